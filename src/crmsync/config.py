@@ -1,0 +1,203 @@
+"""Settings, declared once.
+
+Each setting is a field of ``Settings``: its name gives the environment variable
+(``CRMSYNC_<NAME>``), its description is the documentation, and ``SecretStr`` marks the
+secrets that must never be printed. Values come from the environment and, optionally, a
+TOML file named by ``CRMSYNC_CONFIG`` (environment wins). ``load_settings`` turns every
+validation failure into one ``ConfigError`` that names each bad setting.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from crmsync.domain import ConflictRule, Flow, ObjectSpec, default_objects
+from crmsync.errors import ConfigError
+
+ENV_PREFIX = "CRMSYNC_"
+
+
+class ObjectOverride(BaseModel):
+    """Per-object settings from the TOML file's ``[objects.<name>]`` tables."""
+
+    model_config = {"extra": "forbid"}
+
+    flow: Flow | None = None
+    conflict_rule: ConflictRule | None = None
+    fields: dict[str, str] | None = None
+    field_rules: dict[str, ConflictRule] = Field(default_factory=dict)
+    field_flows: dict[str, Flow] = Field(default_factory=dict)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, hide_input_in_errors=True
+    )
+
+    database_url: str = Field(
+        "sqlite:///crmsync.db",
+        repr=False,  # may carry a password
+        description="SQLAlchemy URL of the store: sqlite:///path.db or "
+        "postgresql+psycopg://user@host:port/db",
+    )
+    dynamics_url: str | None = Field(
+        None,
+        description="Dynamics environment URL (https://org.crm.dynamics.com) or the "
+        "emulator's http://127.0.0.1:8001",
+    )
+    tenant_id: str | None = Field(None, description="Microsoft Entra tenant of the app registration")
+    client_id: str | None = Field(None, description="Application (client) id of the app registration")
+    client_secret: SecretStr | None = Field(None, description="Client secret of the app registration")
+    authority_url: str = Field(
+        "https://login.microsoftonline.com", description="OAuth2 token authority base URL"
+    )
+    api_token: SecretStr | None = Field(None, description="Static bearer token accepted by /api/v1")
+    admin_password: SecretStr | None = Field(
+        None, description="Password of the console user admin (the demo generates one)"
+    )
+    timezone: str = Field("UTC", description="IANA zone for clock hours in the console and API")
+    config: Path | None = Field(None, description="Optional TOML file with more settings")
+
+    batch_size: int = Field(100, ge=1, le=1000, description="Queue entries a worker claims at once")
+    lease_seconds: float = Field(
+        60.0, gt=0, le=3600, description="How long a worker's claim on entries lasts"
+    )
+    max_attempts: int = Field(
+        8, ge=1, le=100, description="Transient failures before an entry is parked as an error"
+    )
+    retry_base_seconds: float = Field(
+        1.0, gt=0, le=600, description="First retry delay; doubles each attempt, jittered"
+    )
+    retry_max_seconds: float = Field(300.0, gt=0, le=86400, description="Cap on the retry delay")
+    max_concurrency: int = Field(
+        52, ge=1, le=52, description="Requests in flight to Dynamics (52 is Dataverse's limit)"
+    )
+    duplicate_detection: bool = Field(
+        True, description="Ask Dynamics to apply its duplicate detection rules on creates"
+    )
+    sync_filter_field: str | None = Field(
+        None, description="Two-option Dynamics field; only an explicit No excludes a record"
+    )
+    delete_behaviour: str = Field(
+        "delete", description="What a Dynamics delete does locally: delete or mark"
+    )
+    poll_seconds: float = Field(
+        5.0, gt=0, le=3600, description="How often a worker pulls Dynamics' changes"
+    )
+    objects: dict[str, ObjectOverride] = Field(
+        default_factory=dict, description="Per-object overrides (TOML [objects.<name>] tables)"
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        return value
+
+    @field_validator("dynamics_url", "authority_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
+    @field_validator("delete_behaviour")
+    @classmethod
+    def _delete_behaviour(cls, value: str) -> str:
+        if value not in ("delete", "mark"):
+            raise ValueError("must be 'delete' or 'mark'")
+        return value
+
+    @field_validator("objects")
+    @classmethod
+    def _known_objects(cls, value: dict[str, ObjectOverride]) -> dict[str, ObjectOverride]:
+        unknown = set(value) - set(default_objects())
+        if unknown:
+            raise ValueError(f"unknown object(s): {', '.join(sorted(unknown))}")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.dynamics_url and self.tenant_id and self.client_id and self.client_secret)
+
+    def object_specs(self) -> dict[str, ObjectSpec]:
+        """The object registry: the contract's defaults with this configuration applied."""
+        specs = default_objects()
+        for name, override in self.objects.items():
+            spec = specs[name]
+            specs[name] = replace(
+                spec,
+                flow=override.flow or spec.flow,
+                conflict_rule=override.conflict_rule or spec.conflict_rule,
+                fields=override.fields if override.fields is not None else spec.fields,
+                field_rules={**spec.field_rules, **override.field_rules},
+                field_flows={**spec.field_flows, **override.field_flows},
+            )
+        return specs
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads the TOML file named by CRMSYNC_CONFIG (keys are setting names, lower case)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get(ENV_PREFIX + "CONFIG")
+        if not path:
+            return {}
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"CRMSYNC_CONFIG: cannot read {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"CRMSYNC_CONFIG: {path} is not valid TOML: {exc}") from exc
+        return data
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, or raise ConfigError naming every bad setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = [str(part) for part in err["loc"]]
+            name = ENV_PREFIX + loc[0].upper() if loc else "settings"
+            where = ".".join(loc[1:])
+            problems.append(f"{name}{'.' + where if where else ''}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,1 @@
+"""The store: schema, migrations, change capture, the queue and the status queries."""

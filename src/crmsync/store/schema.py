@@ -1,0 +1,243 @@
+"""The store's tables, declared once. Alembic migrations must produce exactly this.
+
+Local tables (``lead``, ``contact``, ``account``, ``opportunity``) belong to the
+applications; every other table is crmsync's own bookkeeping:
+
+- ``sync_queue``: one row per (object, direction, record) with changes not yet synced;
+  the backlog is its ``pending`` rows, parked errors are its ``parked`` rows.
+- ``sync_suppress``: on SQLite, a row here while crmsync applies Dynamics' changes tells
+  the capture triggers to stay quiet (PostgreSQL uses a transaction-local setting).
+- ``sync_record``: what was last synced per record (CRM id, ETag, values), the base for
+  conflict detection and the record's sync state.
+- ``sync_error``: failed records as operators see them in Sync Errors.
+- ``sync_throughput``: synced-record counters in 15-minute buckets, so that clock hours
+  of zones with 30- and 45-minute offsets can be summed exactly.
+- ``sync_cursor``: the change-tracking delta link per object.
+- ``sync_conflict``: the conflict journal.
+- ``sync_pause``: what is paused, by object and direction.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+from crmsync.store.types import UTCDateTime
+
+# Deterministic constraint names, so migrations and metadata compare equal on both backends.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING)
+
+# BIGINT on PostgreSQL, INTEGER (the rowid alias) on SQLite.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+NOW = text("CURRENT_TIMESTAMP")
+
+
+def _timestamps() -> list[Column[object]]:
+    return [
+        Column("created_at", UTCDateTime(), nullable=False, server_default=NOW),
+        Column("updated_at", UTCDateTime(), nullable=False, server_default=NOW),
+        # Set instead of deleting the row when delete_behaviour = "mark".
+        Column("crm_deleted_at", UTCDateTime(), nullable=True),
+    ]
+
+
+def _local(name: str, *columns: Column[object]) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("id", Id, primary_key=True, autoincrement=True),
+        Column("crm_id", String(36), nullable=True),
+        *columns,
+        *_timestamps(),
+        Index(f"uq_{name}_crm_id", "crm_id", unique=True),
+        # AUTOINCREMENT on SQLite: ids are never reused, so a queue entry never
+        # outlives its record and gets attached to a new one.
+        sqlite_autoincrement=True,
+    )
+
+
+lead = _local(
+    "lead",
+    Column("email", String(100)),
+    Column("first_name", String(50)),
+    Column("last_name", String(50)),
+    Column("company", String(100)),
+)
+account = _local("account", Column("name", String(160)))
+contact = _local(
+    "contact",
+    Column("email", String(100)),
+    Column("first_name", String(50)),
+    Column("last_name", String(50)),
+    # No foreign key: Dynamics may delete an account before its contacts, and plain SQL
+    # writers must not be refused for a reference that sync will resolve later.
+    Column("account_id", Id, nullable=True),
+)
+opportunity = _local(
+    "opportunity",
+    Column("name", String(300)),
+    Column("account_id", Id, nullable=True),
+)
+
+LOCAL_TABLES: dict[str, Table] = {
+    "lead": lead,
+    "contact": contact,
+    "account": account,
+    "opportunity": opportunity,
+}
+
+sync_queue = Table(
+    "sync_queue",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("object", String(32), nullable=False),
+    Column("direction", String(8), nullable=False),
+    # to_crm: the local id as text; from_crm: the Dynamics id (the local one may not exist).
+    Column("record_key", String(40), nullable=False),
+    Column("record_id", Id, nullable=True),
+    Column("crm_id", String(36), nullable=True),
+    Column("operation", String(8), nullable=False),
+    Column("label", String(300), nullable=True),
+    # from_crm: the Dynamics row as received; to_crm: unused (the local row is read at send).
+    Column("payload", JSON, nullable=True),
+    Column("state", String(8), nullable=False, server_default="pending"),
+    Column("first_queued_at", UTCDateTime(), nullable=False),
+    Column("last_changed_at", UTCDateTime(), nullable=False),
+    # Bumped by every captured change: a worker whose send raced a newer change sees
+    # the version moved and keeps the entry instead of deleting it.
+    Column("version", Integer, nullable=False, server_default="1"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("claimed_by", String(64), nullable=True),
+    Column("claimed_until", UTCDateTime(), nullable=True),
+    Column("last_error_code", String(32), nullable=True),
+    Column("last_error_message", Text, nullable=True),
+    UniqueConstraint("object", "direction", "record_key"),
+    # Backlog counts per object/direction/operation and the oldest entry of each come
+    # from this index alone (an index-only range per group, ordered by queue time).
+    Index(
+        "ix_sync_queue_backlog", "state", "object", "direction", "operation", "first_queued_at"
+    ),
+    # Workers claim due entries per direction in next-attempt order.
+    Index("ix_sync_queue_due", "state", "direction", "next_attempt_at"),
+    sqlite_autoincrement=True,
+)
+
+sync_suppress = Table(
+    "sync_suppress",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+)
+
+sync_record = Table(
+    "sync_record",
+    metadata,
+    Column("object", String(32), primary_key=True),
+    Column("record_id", Id, primary_key=True, autoincrement=False),
+    Column("crm_id", String(36), nullable=True),
+    Column("etag", String(64), nullable=True),
+    Column("crm_version", BigInteger, nullable=True),
+    Column("crm_modified_at", UTCDateTime(), nullable=True),
+    Column("last_synced_at", UTCDateTime(), nullable=False),
+    # Field values (local column names) both sides agreed on at the last sync.
+    Column("synced_values", JSON, nullable=False),
+)
+
+sync_error = Table(
+    "sync_error",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("object", String(32), nullable=False),
+    Column("direction", String(8), nullable=False),
+    Column("record_key", String(40), nullable=False),
+    Column("record_id", Id, nullable=True),
+    Column("crm_id", String(36), nullable=True),
+    Column("record_label", String(300), nullable=True),
+    Column("operation", String(8), nullable=False),
+    Column("error_code", String(64), nullable=False),
+    Column("error_message", Text, nullable=False),
+    Column("first_failed_at", UTCDateTime(), nullable=False),
+    Column("last_failed_at", UTCDateTime(), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="1"),
+    Column("status", String(10), nullable=False, server_default="open"),
+    Column("resolved_at", UTCDateTime(), nullable=True),
+    Index("ix_sync_error_status_last_failed", "status", "last_failed_at", "id"),
+    Index("ix_sync_error_record", "object", "direction", "record_key", "status"),
+    sqlite_autoincrement=True,
+)
+
+sync_throughput = Table(
+    "sync_throughput",
+    metadata,
+    Column("bucket_start", UTCDateTime(), primary_key=True),
+    Column("object", String(32), primary_key=True),
+    Column("direction", String(8), primary_key=True),
+    Column("operation", String(8), primary_key=True),
+    Column("synced", BigInteger, nullable=False, server_default="0"),
+)
+
+sync_cursor = Table(
+    "sync_cursor",
+    metadata,
+    Column("object", String(32), primary_key=True),
+    Column("delta_link", Text, nullable=True),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+sync_conflict = Table(
+    "sync_conflict",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("object", String(32), nullable=False),
+    Column("record_id", Id, nullable=True),
+    Column("crm_id", String(36), nullable=True),
+    Column("field", String(64), nullable=False),
+    Column("local_value", Text, nullable=True),
+    Column("crm_value", Text, nullable=True),
+    Column("winner", String(8), nullable=False),
+    Column("rule", String(16), nullable=False),
+    Column("detected_at", UTCDateTime(), nullable=False),
+    Index("ix_sync_conflict_object_detected", "object", "detected_at"),
+    sqlite_autoincrement=True,
+)
+
+sync_pause = Table(
+    "sync_pause",
+    metadata,
+    # '*' stands for every object or both directions.
+    Column("object", String(32), primary_key=True),
+    Column("direction", String(8), primary_key=True),
+    Column("paused_at", UTCDateTime(), nullable=False),
+)
+
+__all__ = [
+    "LOCAL_TABLES",
+    "metadata",
+    "sync_conflict",
+    "sync_cursor",
+    "sync_error",
+    "sync_pause",
+    "sync_queue",
+    "sync_record",
+    "sync_suppress",
+    "sync_throughput",
+]
