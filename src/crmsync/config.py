@@ -10,6 +10,7 @@ validation failure into one ``ConfigError`` that names each bad setting.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from crmsync.domain import ConflictRule, Flow, ObjectSpec, default_objects
 from crmsync.errors import ConfigError
 
 ENV_PREFIX = "CRMSYNC_"
+_ATTRIBUTE = re.compile(r"[a-z_][a-z0-9_]{0,99}")
 
 
 class ObjectOverride(BaseModel):
@@ -53,9 +55,15 @@ class Settings(BaseSettings):
         description="Dynamics environment URL (https://org.crm.dynamics.com) or the "
         "emulator's http://127.0.0.1:8001",
     )
-    tenant_id: str | None = Field(None, description="Microsoft Entra tenant of the app registration")
-    client_id: str | None = Field(None, description="Application (client) id of the app registration")
-    client_secret: SecretStr | None = Field(None, description="Client secret of the app registration")
+    tenant_id: str | None = Field(
+        None, description="Microsoft Entra tenant of the app registration"
+    )
+    client_id: str | None = Field(
+        None, description="Application (client) id of the app registration"
+    )
+    client_secret: SecretStr | None = Field(
+        None, description="Client secret of the app registration"
+    )
     authority_url: str = Field(
         "https://login.microsoftonline.com", description="OAuth2 token authority base URL"
     )
@@ -129,9 +137,23 @@ class Settings(BaseSettings):
     @field_validator("objects")
     @classmethod
     def _known_objects(cls, value: dict[str, ObjectOverride]) -> dict[str, ObjectOverride]:
-        unknown = set(value) - set(default_objects())
+        defaults = default_objects()
+        unknown = set(value) - set(defaults)
         if unknown:
             raise ValueError(f"unknown object(s): {', '.join(sorted(unknown))}")
+        for name, override in value.items():
+            columns = set(defaults[name].fields)
+            for column, attribute in (override.fields or {}).items():
+                if column not in columns:
+                    raise ValueError(
+                        f"{name}.fields: {column!r} is not a column of table {name}"
+                        f" (one of {', '.join(sorted(columns))})"
+                    )
+                if not _ATTRIBUTE.fullmatch(attribute):
+                    raise ValueError(f"{name}.fields.{column}: {attribute!r} is not an attribute")
+            for column in (*override.field_rules, *override.field_flows):
+                if column not in defaults[name].columns:
+                    raise ValueError(f"{name}: {column!r} is not a column of table {name}")
         return value
 
     @classmethod

@@ -19,7 +19,9 @@ class ConfigError(CrmsyncError):
 class Retriable(CrmsyncError):
     """A transient fault: the same request may succeed later."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None, status: int | None = None):
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, status: int | None = None
+    ):
         super().__init__(message)
         self.retry_after = retry_after
         self.status = status

@@ -23,7 +23,6 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
-
     Index,
     Integer,
     MetaData,
@@ -134,9 +133,7 @@ sync_queue = Table(
     UniqueConstraint("object", "direction", "record_key"),
     # Backlog counts per object/direction/operation and the oldest entry of each come
     # from this index alone (an index-only range per group, ordered by queue time).
-    Index(
-        "ix_sync_queue_backlog", "state", "object", "direction", "operation", "first_queued_at"
-    ),
+    Index("ix_sync_queue_backlog", "state", "object", "direction", "operation", "first_queued_at"),
     # Workers claim due entries per direction in next-attempt order.
     Index("ix_sync_queue_due", "state", "direction", "next_attempt_at"),
     sqlite_autoincrement=True,

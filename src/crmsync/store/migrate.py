@@ -1,0 +1,41 @@
+"""Schema upgrades: Alembic migrations, then the capture triggers for the registry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine
+
+from crmsync.domain import ObjectSpec
+from crmsync.store.capture import install_triggers
+from crmsync.store.db import write_transaction
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, specs: Iterable[ObjectSpec]) -> list[str]:
+    """Create or migrate the schema and install triggers; returns the captured objects."""
+    with write_transaction(engine) as conn:
+        command.upgrade(alembic_config(conn), "head")
+        return install_triggers(conn, specs)
