@@ -47,6 +47,24 @@ def emulator(
     serve(host=host, port=port, db=db, certfile=certfile, keyfile=keyfile)
 
 
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the store's schema and install the capture triggers."""
+    from crmsync.store.db import create_store_engine
+    from crmsync.store.migrate import current_revision, upgrade
+
+    settings = _settings()
+    engine = create_store_engine(settings.database_url)
+    try:
+        before = current_revision(engine)
+        captured = upgrade(engine, settings.object_specs().values())
+        after = current_revision(engine)
+    finally:
+        engine.dispose()
+    moved = f"from {before} to {after}" if before != after else f"at {after}, nothing to do"
+    typer.echo(f"schema {moved}; capturing changes on: {', '.join(captured) or 'nothing'}")
+
+
 def main() -> None:
     try:
         app()

@@ -74,26 +74,29 @@ def _local(name: str, *columns: Column[object]) -> Table:
     )
 
 
+# Local text columns are wider than Dataverse's attributes (emailaddress1 is 100,
+# lastname 50): a value Dynamics would refuse is still kept locally and shows up as a
+# sync error with Dataverse's own message, rather than being refused to the application.
 lead = _local(
     "lead",
-    Column("email", String(100)),
-    Column("first_name", String(50)),
-    Column("last_name", String(50)),
-    Column("company", String(100)),
+    Column("email", String(255)),
+    Column("first_name", String(255)),
+    Column("last_name", String(255)),
+    Column("company", String(255)),
 )
-account = _local("account", Column("name", String(160)))
+account = _local("account", Column("name", String(400)))
 contact = _local(
     "contact",
-    Column("email", String(100)),
-    Column("first_name", String(50)),
-    Column("last_name", String(50)),
+    Column("email", String(255)),
+    Column("first_name", String(255)),
+    Column("last_name", String(255)),
     # No foreign key: Dynamics may delete an account before its contacts, and plain SQL
     # writers must not be refused for a reference that sync will resolve later.
     Column("account_id", Id, nullable=True),
 )
 opportunity = _local(
     "opportunity",
-    Column("name", String(300)),
+    Column("name", String(400)),
     Column("account_id", Id, nullable=True),
 )
 

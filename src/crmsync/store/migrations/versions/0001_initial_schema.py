@@ -29,7 +29,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("crm_id", sa.String(length=36), nullable=True),
-        sa.Column("name", sa.String(length=160), nullable=True),
+        sa.Column("name", sa.String(length=400), nullable=True),
         sa.Column(
             "created_at", UTCDateTime(), server_default=sa.text("CURRENT_TIMESTAMP"), nullable=False
         ),
@@ -52,9 +52,9 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("crm_id", sa.String(length=36), nullable=True),
-        sa.Column("email", sa.String(length=100), nullable=True),
-        sa.Column("first_name", sa.String(length=50), nullable=True),
-        sa.Column("last_name", sa.String(length=50), nullable=True),
+        sa.Column("email", sa.String(length=255), nullable=True),
+        sa.Column("first_name", sa.String(length=255), nullable=True),
+        sa.Column("last_name", sa.String(length=255), nullable=True),
         sa.Column(
             "account_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
         ),
@@ -80,10 +80,10 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("crm_id", sa.String(length=36), nullable=True),
-        sa.Column("email", sa.String(length=100), nullable=True),
-        sa.Column("first_name", sa.String(length=50), nullable=True),
-        sa.Column("last_name", sa.String(length=50), nullable=True),
-        sa.Column("company", sa.String(length=100), nullable=True),
+        sa.Column("email", sa.String(length=255), nullable=True),
+        sa.Column("first_name", sa.String(length=255), nullable=True),
+        sa.Column("last_name", sa.String(length=255), nullable=True),
+        sa.Column("company", sa.String(length=255), nullable=True),
         sa.Column(
             "created_at", UTCDateTime(), server_default=sa.text("CURRENT_TIMESTAMP"), nullable=False
         ),
@@ -106,7 +106,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("crm_id", sa.String(length=36), nullable=True),
-        sa.Column("name", sa.String(length=300), nullable=True),
+        sa.Column("name", sa.String(length=400), nullable=True),
         sa.Column(
             "account_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
         ),

@@ -1,0 +1,151 @@
+"""How many requests may be in flight, and until when everyone must wait.
+
+Dataverse's service protection (api-limits.md) allows 52 concurrent requests per user and
+web server and answers 429 with ``Retry-After`` when a limit is passed; the response header
+``x-ms-dop-hint`` recommends a degree of parallelism (send-parallel-requests). Microsoft's
+advice is to "let the server tell you" (optimize-performance-create-update).
+
+``AdaptiveLimit`` (additive increase, multiplicative decrease) and ``ThrottleGate`` are pure
+state machines that take the time as an argument. ``Limiter`` is the small async wrapper a
+client shares across all its workers, so a 429 seen by one pauses every request made with
+that credential in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+DATAVERSE_MAX_CONCURRENCY = 52
+
+
+@dataclass
+class AdaptiveLimit:
+    """AIMD concurrency: +1 slot per full window of successes, halve on a throttle."""
+
+    ceiling: int = DATAVERSE_MAX_CONCURRENCY
+    current: float = float(DATAVERSE_MAX_CONCURRENCY)
+    floor: int = 1
+    decrease_factor: float = 0.5
+    # Throttles from one burst arrive together; only the first of them should cut.
+    cooldown: float = 1.0
+    server_hint: int | None = None
+    _last_decrease: float = float("-inf")
+
+    def __post_init__(self) -> None:
+        self.ceiling = max(self.floor, min(self.ceiling, DATAVERSE_MAX_CONCURRENCY))
+        self.current = float(max(self.floor, min(self.current, self.ceiling)))
+
+    @property
+    def cap(self) -> int:
+        """The highest the limit may go: our ceiling, lowered by the server's hint."""
+        if self.server_hint is not None and self.server_hint >= 1:
+            return min(self.ceiling, self.server_hint)
+        return self.ceiling
+
+    @property
+    def slots(self) -> int:
+        return max(self.floor, min(int(self.current), self.cap))
+
+    def on_success(self, dop_hint: int | None = None) -> None:
+        if dop_hint is not None:
+            self.server_hint = dop_hint
+        self.current = min(float(self.cap), self.current + 1.0 / max(self.current, 1.0))
+
+    def on_throttle(self, now: float) -> None:
+        if now - self._last_decrease < self.cooldown:
+            return
+        self._last_decrease = now
+        self.current = max(float(self.floor), min(self.current, self.cap) * self.decrease_factor)
+
+
+@dataclass
+class ThrottleGate:
+    """The shared "throttled until" instant; it only ever moves later."""
+
+    until: float = float("-inf")
+
+    def close_for(self, now: float, seconds: float) -> None:
+        self.until = max(self.until, now + max(0.0, seconds))
+
+    def wait(self, now: float) -> float:
+        """Seconds still to wait before a request may be sent (0 when open)."""
+        return max(0.0, self.until - now)
+
+
+def parse_dop_hint(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        hint = int(value.strip())
+    except ValueError:
+        return None
+    return hint if hint >= 1 else None
+
+
+class Limiter:
+    """Async slots sized by an ``AdaptiveLimit``, behind a shared ``ThrottleGate``."""
+
+    def __init__(
+        self,
+        limit: AdaptiveLimit | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.limit = limit or AdaptiveLimit()
+        self.gate = ThrottleGate()
+        self._clock = clock
+        self._sleep = sleep
+        self._in_flight = 0
+        self._changed: asyncio.Condition | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def _condition(self) -> asyncio.Condition:
+        # Created lazily so the limiter can be built outside a running loop.
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    async def wait_gate(self) -> None:
+        while (delay := self.gate.wait(self._clock())) > 0:
+            await self._sleep(delay)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one in-flight slot; waits for the gate to open and for a free slot."""
+        cond = self._condition()
+        while True:
+            await self.wait_gate()
+            async with cond:
+                await cond.wait_for(lambda: self._in_flight < self.limit.slots)
+                if self.gate.wait(self._clock()) > 0:
+                    continue  # throttled while we queued: wait again, holding nothing
+                self._in_flight += 1
+                break
+        try:
+            yield
+        finally:
+            async with cond:
+                self._in_flight -= 1
+                cond.notify_all()
+
+    async def _notify(self) -> None:
+        cond = self._condition()
+        async with cond:
+            cond.notify_all()
+
+    async def succeeded(self, dop_hint: int | None = None) -> None:
+        self.limit.on_success(dop_hint)
+        await self._notify()
+
+    def throttled(self, retry_after: float) -> None:
+        now = self._clock()
+        self.gate.close_for(now, retry_after)
+        self.limit.on_throttle(now)
