@@ -1,0 +1,260 @@
+"""Entity metadata: the tables crmsync maps, with Dataverse's types and maximum lengths.
+
+Lengths are those of the standard tables (Lead, Contact, Account, Opportunity,
+SystemUser table reference pages). ``new_synctomkto`` is Marketo's sync-filter Two
+Options column (reference section 9). Lookups are stored the way the Web API returns
+them, as ``_<attribute>_value``, and written through ``<navigation>@odata.bind``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from crmsync.emulator import faults
+
+STRING = "String"
+MEMO = "Memo"
+GUID = "Uniqueidentifier"
+BOOLEAN = "Boolean"
+PICKLIST = "Picklist"
+DATETIME = "DateTime"
+BIGINT = "BigInt"
+LOOKUP = "Lookup"
+
+_GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+@dataclass(frozen=True)
+class Attribute:
+    name: str
+    type: str
+    max_length: int | None = None
+    options: tuple[tuple[int, str], ...] = ()
+    target: str | None = None  # entity set a lookup points to
+    navigation: str | None = None  # name used with @odata.bind
+    writable: bool = True
+
+
+@dataclass(frozen=True)
+class Entity:
+    logical: str
+    schema: str
+    entity_set: str
+    primary_id: str
+    primary_name: str
+    otc: int  # object type code, quoted in privilege errors
+    attributes: dict[str, Attribute] = field(default_factory=dict)
+
+    @property
+    def navigations(self) -> dict[str, Attribute]:
+        return {a.navigation: a for a in self.attributes.values() if a.navigation}
+
+
+def _system() -> list[Attribute]:
+    return [
+        Attribute("createdon", DATETIME, writable=False),
+        Attribute("modifiedon", DATETIME, writable=False),
+        Attribute("_createdby_value", LOOKUP, target="systemusers", writable=False),
+        Attribute("_modifiedby_value", LOOKUP, target="systemusers", writable=False),
+        Attribute("versionnumber", BIGINT, writable=False),
+    ]
+
+
+def _entity(
+    logical: str, schema: str, entity_set: str, name: str, otc: int, attrs: list[Attribute]
+) -> Entity:
+    pk = Attribute(f"{logical}id", GUID)
+    every = [pk, *attrs, *_system()]
+    return Entity(logical, schema, entity_set, pk.name, name, otc, {a.name: a for a in every})
+
+
+_SYNC = Attribute("new_synctomkto", BOOLEAN)
+_LEAD_QUALITY = ((1, "Hot"), (2, "Warm"), (3, "Cold"))
+
+ENTITIES: dict[str, Entity] = {
+    e.entity_set: e
+    for e in (
+        _entity(
+            "lead",
+            "Lead",
+            "leads",
+            "fullname",
+            4,
+            [
+                Attribute("emailaddress1", STRING, 100),
+                Attribute("firstname", STRING, 50),
+                Attribute("lastname", STRING, 50),
+                Attribute("fullname", STRING, 160, writable=False),
+                Attribute("companyname", STRING, 100),
+                Attribute("subject", STRING, 300),
+                Attribute("leadqualitycode", PICKLIST, options=_LEAD_QUALITY),
+                _SYNC,
+            ],
+        ),
+        _entity(
+            "contact",
+            "Contact",
+            "contacts",
+            "fullname",
+            2,
+            [
+                Attribute("emailaddress1", STRING, 100),
+                Attribute("firstname", STRING, 50),
+                Attribute("lastname", STRING, 50),
+                Attribute("fullname", STRING, 160, writable=False),
+                Attribute(
+                    "_parentcustomerid_value",
+                    LOOKUP,
+                    target="accounts",
+                    navigation="parentcustomerid_account",
+                ),
+                _SYNC,
+            ],
+        ),
+        _entity(
+            "account",
+            "Account",
+            "accounts",
+            "name",
+            1,
+            [
+                Attribute("name", STRING, 160),
+                Attribute("accountnumber", STRING, 20),
+                Attribute("telephone1", STRING, 50),
+            ],
+        ),
+        _entity(
+            "opportunity",
+            "Opportunity",
+            "opportunities",
+            "name",
+            3,
+            [
+                Attribute("name", STRING, 300),
+                Attribute(
+                    "_parentaccountid_value",
+                    LOOKUP,
+                    target="accounts",
+                    navigation="parentaccountid",
+                ),
+            ],
+        ),
+        _entity(
+            "systemuser",
+            "SystemUser",
+            "systemusers",
+            "fullname",
+            8,
+            [
+                Attribute("fullname", STRING, 200),
+                Attribute("applicationid", GUID),
+                Attribute("internalemailaddress", STRING, 100),
+            ],
+        ),
+    )
+}
+BY_LOGICAL: dict[str, Entity] = {e.logical: e for e in ENTITIES.values()}
+
+
+def is_guid(text: str) -> bool:
+    return bool(_GUID_RE.match(text))
+
+
+def normalize_guid(text: str) -> str:
+    return str(uuid.UUID(text))
+
+
+def validate_value(entity: Entity, attr: Attribute, value: Any) -> Any:
+    """Check one body value against its column; return the value to store."""
+    if value is None:
+        return None
+    kind = attr.type
+    if kind in (STRING, MEMO):
+        if not isinstance(value, str):
+            raise faults.bad_payload(
+                entity.entity_set,
+                f"Cannot convert the literal '{value}' to the expected type 'Edm.String'.",
+            )
+        if attr.max_length is not None and len(value) > attr.max_length:
+            raise faults.too_long(entity.logical, attr.name, attr.max_length)
+        return value
+    if kind == BOOLEAN:
+        if not isinstance(value, bool):
+            raise faults.bad_payload(
+                entity.entity_set,
+                f"Cannot convert the literal '{value}' to the expected type 'Edm.Boolean'.",
+            )
+        return value
+    if kind == PICKLIST:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise faults.bad_payload(
+                entity.entity_set,
+                f"Cannot convert the literal '{value}' to the expected type 'Edm.Int32'.",
+            )
+        accepted = [v for v, _ in attr.options]
+        if value not in accepted:
+            raise faults.invalid_choice(entity.logical, attr.name, value, accepted)
+        return value
+    if kind == GUID:
+        if not isinstance(value, str) or not is_guid(value):
+            raise faults.bad_payload(
+                entity.entity_set,
+                f"Cannot convert the literal '{value}' to the expected type 'Edm.Guid'.",
+            )
+        return normalize_guid(value)
+    raise faults.invalid_body_property(entity.logical, attr.name)
+
+
+def computed(entity: Entity, row: dict[str, Any]) -> None:
+    """Fill columns Dataverse derives from others (``fullname`` of leads and contacts)."""
+    if entity.logical in ("lead", "contact"):
+        parts = [row.get("firstname"), row.get("lastname")]
+        row["fullname"] = " ".join(p for p in parts if p) or None
+
+
+def entity_definition(entity: Entity) -> dict[str, Any]:
+    """The ``EntityDefinitions`` row Microsoft's SDK reads to resolve entity sets."""
+    return {
+        "MetadataId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"crmsync-emulator/{entity.logical}")),
+        "LogicalName": entity.logical,
+        "SchemaName": entity.schema,
+        "EntitySetName": entity.entity_set,
+        "PrimaryIdAttribute": entity.primary_id,
+        "PrimaryNameAttribute": entity.primary_name,
+        "ObjectTypeCode": entity.otc,
+        "ChangeTrackingEnabled": True,
+        "IsOptimisticConcurrencyEnabled": True,
+    }
+
+
+def picklist_definitions(entity: Entity) -> list[dict[str, Any]]:
+    """``Attributes/Microsoft.Dynamics.CRM.PicklistAttributeMetadata`` with option labels."""
+    out = []
+    for attr in entity.attributes.values():
+        if attr.type != PICKLIST:
+            continue
+        options = [
+            {
+                "Value": value,
+                "Label": {"LocalizedLabels": [{"Label": label, "LanguageCode": 1033}]},
+            }
+            for value, label in attr.options
+        ]
+        out.append({"LogicalName": attr.name, "OptionSet": {"Options": options}})
+    return out
+
+
+def attribute_definitions(entity: Entity) -> list[dict[str, Any]]:
+    return [
+        {
+            "LogicalName": a.name,
+            "AttributeType": a.type,
+            "MaxLength": a.max_length,
+            "IsValidForCreate": a.writable,
+            "IsValidForUpdate": a.writable,
+        }
+        for a in entity.attributes.values()
+    ]
