@@ -97,7 +97,7 @@ class TokenProvider(Protocol):
 class StaticTokenProvider:
     """A fixed token (tests, or an emulator that accepts anything)."""
 
-    def __init__(self, token: str = "static-token") -> None:
+    def __init__(self, token: str) -> None:
         self._token = token
         self.invalidations = 0
 
