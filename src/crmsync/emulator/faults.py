@@ -46,7 +46,9 @@ def too_long(logical: str, attribute: str, max_length: int) -> DataverseFault:
     )
 
 
-def invalid_choice(logical: str, attribute: str, value: object, accepted: list[int]) -> DataverseFault:
+def invalid_choice(
+    logical: str, attribute: str, value: object, accepted: list[int]
+) -> DataverseFault:
     # Code and shape from the Project Operations docs (reference section 5).
     values = ",".join(str(v) for v in accepted)
     return DataverseFault(
@@ -99,7 +101,9 @@ def unknown_segment(segment: str) -> DataverseFault:
 
 
 def no_resource(url: str) -> DataverseFault:
-    return DataverseFault(404, "", f"No HTTP resource was found that matches the request URI '{url}'.")
+    return DataverseFault(
+        404, "", f"No HTTP resource was found that matches the request URI '{url}'."
+    )
 
 
 def bad_payload(entity_set: str, inner: str) -> DataverseFault:

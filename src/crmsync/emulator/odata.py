@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from crmsync.emulator import faults
-from crmsync.emulator.model import DATETIME, GUID, Entity
+from crmsync.emulator.model import Entity
 
 Row = dict[str, Any]
 Predicate = Callable[[Row], bool]
@@ -333,23 +333,3 @@ def decode_skiptoken(token: str) -> tuple[dict[str, Any], int]:
     if not isinstance(state, dict):
         raise faults.bad_query("The $skiptoken value is invalid.")
     return state, int(m.group(1))
-
-
-def literal_kind(entity: Entity, name: str) -> str:
-    attr = entity.attributes.get(name)
-    return attr.type if attr is not None else ""
-
-
-__all__ = [
-    "DATETIME",
-    "GUID",
-    "Prefer",
-    "compile_filter",
-    "decode_skiptoken",
-    "encode_skiptoken",
-    "format_datetime",
-    "parse_orderby",
-    "parse_prefer",
-    "parse_select",
-    "sort_key",
-]

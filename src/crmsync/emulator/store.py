@@ -191,7 +191,9 @@ class Store:
             "CREATE TABLE IF NOT EXISTS records (entity_set TEXT, id TEXT, version INTEGER,"
             " data TEXT, PRIMARY KEY (entity_set, id))"
         )
-        db.execute("CREATE TABLE IF NOT EXISTS deletions (version INTEGER, entity_set TEXT, id TEXT)")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS deletions (version INTEGER, entity_set TEXT, id TEXT)"
+        )
         for entity_set, _key, data in db.execute(
             "SELECT entity_set, id, data FROM records ORDER BY version"
         ):

@@ -52,20 +52,25 @@ _COLUMNS = (
 )
 
 
-def _upsert_tail(d: _Dialect, operation_sql: str) -> str:
-    # A refresh leaves the indexed columns alone unless the entry was parked, so that on
-    # PostgreSQL the update stays HOT and costs the writer as little as possible.
-    return f"""
-ON CONFLICT (object, direction, record_key) DO UPDATE SET
-  operation = {operation_sql},
-  crm_id = COALESCE(excluded.crm_id, sync_queue.crm_id),
-  label = excluded.label,
-  last_changed_at = excluded.last_changed_at,
-  version = sync_queue.version + 1,
-  state = 'pending',
-  attempts = CASE WHEN sync_queue.state = 'parked' THEN 0 ELSE sync_queue.attempts END,
-  next_attempt_at = CASE WHEN sync_queue.state = 'parked' THEN excluded.next_attempt_at
-                         ELSE sync_queue.next_attempt_at END"""
+def _upsert(spec: ObjectSpec, d: _Dialect, row: str, operation_sql: str) -> list[str]:
+    """Create the entry, or refresh it; then fix its operation and state if they moved.
+
+    The refresh sets only columns no index covers, and the second statement writes only
+    in the rare case that the operation changes or the entry was parked. That keeps the
+    common path cheap: on SQLite no index is rewritten, on PostgreSQL the update is HOT.
+    """
+    key = d.cast_key.format(row=row)
+    match = f"object = '{spec.name}' AND direction = 'to_crm' AND record_key = {key}"
+    return [
+        f"INSERT INTO sync_queue ({_COLUMNS}) VALUES ({_values(spec, d, row, operation_sql)})"
+        " ON CONFLICT (object, direction, record_key) DO UPDATE SET"
+        " crm_id = COALESCE(excluded.crm_id, sync_queue.crm_id), label = excluded.label,"
+        " last_changed_at = excluded.last_changed_at, version = sync_queue.version + 1",
+        f"UPDATE sync_queue SET operation = {operation_sql}, state = 'pending',"
+        " attempts = CASE WHEN state = 'parked' THEN 0 ELSE attempts END,"
+        f" next_attempt_at = CASE WHEN state = 'parked' THEN {d.now} ELSE next_attempt_at END"
+        f" WHERE {match} AND (state = 'parked' OR operation <> {operation_sql})",
+    ]
 
 
 def _ident(name: str) -> str:
@@ -87,33 +92,27 @@ def _values(spec: ObjectSpec, d: _Dialect, row: str, operation_sql: str) -> str:
 
 def _write_statements(spec: ObjectSpec, d: _Dialect, op: str) -> list[str]:
     """The SQL a trigger runs for ``op``, shared by both dialects."""
-    if op == "insert":
-        first = "CASE WHEN NEW.crm_id IS NULL THEN 'insert' ELSE 'update' END"
-        refresh = (
-            "CASE WHEN sync_queue.operation = 'insert' THEN 'insert' ELSE excluded.operation END"
+    if op in ("insert", "update"):
+        # A record without a crm_id never reached Dynamics: whatever happened to it
+        # before, sending it is an insert (an upsert under the id the worker chooses).
+        return _upsert(
+            spec, d, "NEW", "CASE WHEN NEW.crm_id IS NULL THEN 'insert' ELSE 'update' END"
         )
-        return [
-            f"INSERT INTO sync_queue ({_COLUMNS}) VALUES ({_values(spec, d, 'NEW', first)})"
-            + _upsert_tail(d, refresh)
-        ]
-    if op == "update":
-        first = "CASE WHEN NEW.crm_id IS NULL THEN 'insert' ELSE 'update' END"
-        refresh = (
-            "CASE WHEN sync_queue.operation = 'insert' AND excluded.crm_id IS NULL"
-            " THEN 'insert' ELSE excluded.operation END"
-        )
-        return [
-            f"INSERT INTO sync_queue ({_COLUMNS}) VALUES ({_values(spec, d, 'NEW', first)})"
-            + _upsert_tail(d, refresh)
-        ]
     key = d.cast_key.format(row="OLD")
     match = f"object = '{spec.name}' AND direction = 'to_crm' AND record_key = {key}"
     return [
         # Never reached Dynamics and no id chosen yet: nothing to send.
         f"DELETE FROM sync_queue WHERE {match} AND OLD.crm_id IS NULL AND crm_id IS NULL",
+        # Otherwise a delete, carrying the record's id or the one a worker chose.
         f"INSERT INTO sync_queue ({_COLUMNS}) SELECT {_values(spec, d, 'OLD', DELETE)}"
         f" WHERE OLD.crm_id IS NOT NULL OR EXISTS (SELECT 1 FROM sync_queue WHERE {match})"
-        + _upsert_tail(d, DELETE),
+        " ON CONFLICT (object, direction, record_key) DO UPDATE SET"
+        " crm_id = COALESCE(excluded.crm_id, sync_queue.crm_id), label = excluded.label,"
+        " last_changed_at = excluded.last_changed_at, version = sync_queue.version + 1,"
+        " operation = 'delete', state = 'pending',"
+        " attempts = CASE WHEN sync_queue.state = 'parked' THEN 0 ELSE sync_queue.attempts END,"
+        " next_attempt_at = CASE WHEN sync_queue.state = 'parked' THEN excluded.next_attempt_at"
+        " ELSE sync_queue.next_attempt_at END",
     ]
 
 

@@ -139,7 +139,8 @@ sync_queue = Table(
     Index("ix_sync_queue_backlog", "state", "object", "direction", "operation", "first_queued_at"),
     # Workers claim due entries per direction in next-attempt order.
     Index("ix_sync_queue_due", "state", "direction", "next_attempt_at"),
-    sqlite_autoincrement=True,
+    # No AUTOINCREMENT: entry ids are never referenced once an entry is gone, and
+    # SQLite's sequence table would cost every captured write one more row update.
 )
 
 sync_suppress = Table(

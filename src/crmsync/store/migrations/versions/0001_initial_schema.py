@@ -228,7 +228,6 @@ def upgrade() -> None:
             "record_key",
             name=op.f("uq_sync_queue_object_direction_record_key"),
         ),
-        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("sync_queue", schema=None) as batch_op:
         batch_op.create_index(

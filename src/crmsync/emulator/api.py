@@ -1,0 +1,166 @@
+"""The Web API resource tree below ``/api/data/v9.2/``: one ``Call`` in, one ``Reply`` out.
+
+Routes: ``{set}``, ``{set}({id})``, ``{set}/$count``, ``{set}/Microsoft.Dynamics.CRM.
+{Create,Update,Upsert}Multiple``, ``$batch``, ``WhoAmI`` and the slice of
+``EntityDefinitions`` that Microsoft's SDK reads (entity-set resolution and picklist
+labels). Errors are ``DataverseFault`` and become Dataverse's JSON error body.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from crmsync.emulator import faults
+from crmsync.emulator.http import Call, Reply, etag
+from crmsync.emulator.model import (
+    BY_LOGICAL,
+    ENTITIES,
+    Entity,
+    attribute_definitions,
+    entity_definition,
+    is_guid,
+    normalize_guid,
+    picklist_definitions,
+)
+from crmsync.emulator.query import Reader
+from crmsync.emulator.records import Writer, parse_body, represent
+from crmsync.emulator.settings import Settings
+from crmsync.emulator.store import Store
+
+_PATH_RE = re.compile(r"^(?P<name>[A-Za-z_$][A-Za-z0-9_.]*)(?:\((?P<key>[^)]*)\))?(?:/(?P<rest>.*))?$")
+_BULK = {f"Microsoft.Dynamics.CRM.{m}": m for m in ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")}
+_VERBS = {"GET": "Read", "POST": "Create", "PATCH": "Write", "DELETE": "Delete"}
+ORGANIZATION_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "crmsync-emulator/organization"))
+BUSINESS_UNIT_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "crmsync-emulator/businessunit"))
+
+
+class Api:
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.reader = Reader(store, settings)
+        self.writer = Writer(store, settings)
+
+    def handle(self, call: Call) -> Reply:
+        """Run one request as its own transaction."""
+        self.store.begin()
+        try:
+            reply = self.route(call)
+        except faults.DataverseFault as fault:
+            self.store.rollback()
+            return Reply.fault(fault)
+        except Exception:
+            self.store.rollback()
+            raise
+        self.store.commit()
+        return reply
+
+    def route(self, call: Call) -> Reply:
+        m = _PATH_RE.match(call.path)
+        if m is None:
+            raise faults.no_resource(call.base + call.path)
+        name, key, rest = m.group("name"), m.group("key"), m.group("rest")
+        if name == "WhoAmI" and call.method == "GET":
+            return Reply.json(
+                200,
+                {
+                    "@odata.context": f"{call.base}$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse",
+                    "BusinessUnitId": BUSINESS_UNIT_ID,
+                    "UserId": call.user_id,
+                    "OrganizationId": ORGANIZATION_ID,
+                },
+            )
+        if name == "EntityDefinitions":
+            return self._metadata(call, key, rest)
+        entity = ENTITIES.get(name)
+        if entity is None:
+            raise faults.unknown_segment(name)
+        if name in self.settings.denied_entity_sets:
+            verb = _VERBS.get(call.method, "Read")
+            if rest in _BULK and rest != "Microsoft.Dynamics.CRM.CreateMultiple":
+                verb = "Write"
+            raise faults.privilege_denied(call.user_id, f"prv{verb}{entity.schema}", entity.otc, entity.logical)
+        if key is None:
+            return self._collection(entity, call, rest)
+        record_id = self._key(entity, key)
+        if rest:
+            raise faults.no_resource(call.base + call.path)
+        if call.method == "GET":
+            return self._retrieve(entity, record_id, call)
+        if call.method == "PATCH":
+            return self.writer.patch(entity, record_id, call)
+        if call.method == "DELETE":
+            return self.writer.delete(entity, record_id, call)
+        raise faults.no_resource(call.base + call.path)
+
+    def _collection(self, entity: Entity, call: Call, rest: str | None) -> Reply:
+        if rest == "$count" and call.method == "GET":
+            return self.reader.count(entity)
+        if rest in _BULK and call.method == "POST":
+            return self.writer.bulk(entity, _BULK[rest], call)
+        if rest:
+            raise faults.unknown_segment(rest.split("/")[0])
+        if call.method == "GET":
+            return self.reader.collection(entity, call)
+        if call.method == "POST":
+            row = self.writer.create(entity, parse_body(call, entity.entity_set), call)
+            location = f"{call.base}{entity.entity_set}({row[entity.primary_id]})"
+            if (call.header("prefer") or "").lower().find("return=representation") >= 0:
+                body = represent(entity, row, None)
+                body = {"@odata.context": f"{call.base}$metadata#{entity.entity_set}/$entity", **body}
+                return Reply.json(201, body, 1, ETag=etag(row))
+            return Reply.empty(204, 1, OData_EntityId=location, Location=location)
+        raise faults.no_resource(call.base + call.path)
+
+    def _retrieve(self, entity: Entity, record_id: str, call: Call) -> Reply:
+        from crmsync.emulator.odata import parse_select
+
+        select = parse_select(call.query.get("$select"), entity)
+        row = self.store.get(entity.entity_set, record_id)
+        if row is None:
+            raise faults.not_found(entity.logical, record_id)
+        # Conditional GET: 304 when the caller already holds this version (conditional-ops docs).
+        if (call.header("if-none-match") or "").strip() == etag(row):
+            return Reply.empty(304)
+        context = f"{call.base}$metadata#{entity.entity_set}"
+        context += f"({','.join(select)})/$entity" if select else "/$entity"
+        return Reply.json(200, {"@odata.context": context, **represent(entity, row, select)}, 1, ETag=etag(row))
+
+    def _key(self, entity: Entity, key: str) -> str:
+        text = key.strip()
+        if is_guid(text):
+            return normalize_guid(text)
+        if "=" in text:
+            # No alternate keys are defined on the emulated tables (reference section 3).
+            name = text.split("=", 1)[0].strip()
+            raise faults.DataverseFault(
+                400, "0x80060891", f"The key attribute '{name}' is not defined as an alternate key for entity '{entity.logical}'."
+            )
+        raise faults.bad_query(f"Bad Request - Error in query syntax: '{key}' is not a valid key.")
+
+    def _metadata(self, call: Call, key: str | None, rest: str | None) -> Reply:
+        if call.method != "GET":
+            raise faults.no_resource(call.base + call.path)
+        ctx = f"{call.base}$metadata#EntityDefinitions"
+        if key is None:
+            rows = [entity_definition(e) for e in ENTITIES.values()]
+            wanted = re.search(r"LogicalName eq '([^']*)'", call.query.get("$filter", ""))
+            if wanted:
+                rows = [r for r in rows if r["LogicalName"] == wanted.group(1).lower()]
+            return Reply.json(200, {"@odata.context": ctx, "value": rows})
+        m = re.fullmatch(r"LogicalName='([^']*)'", key.strip())
+        entity = BY_LOGICAL.get(m.group(1).lower()) if m else None
+        if entity is None:
+            for candidate in ENTITIES.values():
+                if entity_definition(candidate)["MetadataId"] == key.strip():
+                    entity = candidate
+        if entity is None:
+            raise faults.DataverseFault(404, "0x80040217", f"Could not find entity with key {key}.")
+        if not rest:
+            return Reply.json(200, {"@odata.context": ctx + "/$entity", **entity_definition(entity)})
+        if rest == "Attributes/Microsoft.Dynamics.CRM.PicklistAttributeMetadata":
+            return Reply.json(200, {"@odata.context": ctx, "value": picklist_definitions(entity)})
+        if rest == "Attributes":
+            return Reply.json(200, {"@odata.context": ctx, "value": attribute_definitions(entity)})
+        raise faults.unknown_segment(rest.split("/")[0])

@@ -1,0 +1,76 @@
+"""The web application: JSON API (and, later, the console) over one store engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+
+from crmsync.config import Settings
+from crmsync.store.db import create_store_engine
+from crmsync.web import api_records
+from crmsync.web.auth import CredentialCheck, bearer_token_check
+from crmsync.web.errors import install_error_handlers
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
+    """Build the app. Without ``engine`` one is created from settings (and disposed of
+    at shutdown); a given engine stays the caller's."""
+    own_engine = engine is None
+    store = engine if engine is not None else create_store_engine(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if own_engine:
+            store.dispose()
+
+    app = FastAPI(
+        title="crmsync",
+        version="1",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = store
+    app.state.specs = settings.object_specs()
+    # Anything that may authenticate an API call; the console session login appends its
+    # own check here (see web/auth.py).
+    checks: list[CredentialCheck] = []
+    if settings.api_token is not None and settings.api_token.get_secret_value():
+        checks.append(bearer_token_check(settings.api_token))
+    app.state.credential_checks = checks
+
+    install_error_handlers(app)
+    app.include_router(api_records.router)
+    app.add_api_route("/healthz", healthz, methods=["GET"], tags=["operations"])
+    return app
+
+
+async def healthz(request: Request) -> JSONResponse:
+    """Liveness and store check, without authentication."""
+    engine: Engine = request.app.state.engine
+    try:
+        await run_in_threadpool(_ping, engine)
+    except SQLAlchemyError:
+        return JSONResponse(
+            {"status": "error", "store": "error", "message": "the store is unreachable"},
+            status_code=503,
+        )
+    body: dict[str, Any] = {"status": "ok", "store": "ok"}
+    return JSONResponse(body)
+
+
+def _ping(engine: Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))

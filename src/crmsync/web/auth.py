@@ -1,0 +1,51 @@
+"""Who may call ``/api/v1``.
+
+A request is let in when any of the app's *credential checks* accepts it. ``create_app``
+installs the bearer-token check (``CRMSYNC_API_TOKEN``); the console's session login is
+meant to be appended to ``app.state.credential_checks`` the same way (a function of the
+request, e.g. reading ``request.session``), with nothing here to change.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+
+from fastapi import HTTPException, Request
+from pydantic import SecretStr
+
+CredentialCheck = Callable[[Request], bool]
+
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="crmsync"'}
+
+
+def bearer_token_check(token: SecretStr) -> CredentialCheck:
+    """Accepts ``Authorization: Bearer <token>``, compared in constant time."""
+    expected = token.get_secret_value().encode("utf-8")
+
+    def check(request: Request) -> bool:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            return False
+        # compare_digest takes as long whatever prefix matches: no timing oracle.
+        return hmac.compare_digest(given.strip().encode("utf-8"), expected)
+
+    return check
+
+
+def require_api_auth(request: Request) -> None:
+    """FastAPI dependency: 401 unless one of the app's credential checks accepts."""
+    checks: list[CredentialCheck] = request.app.state.credential_checks
+    if not checks:
+        raise HTTPException(
+            401,
+            "the API is disabled: no credentials are configured (set CRMSYNC_API_TOKEN)",
+            headers=CHALLENGE,
+        )
+    if any(check(request) for check in checks):
+        return
+    if "authorization" not in request.headers:
+        raise HTTPException(
+            401, "missing credentials: send Authorization: Bearer <token>", headers=CHALLENGE
+        )
+    raise HTTPException(401, "invalid credentials", headers=CHALLENGE)
