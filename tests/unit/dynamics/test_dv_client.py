@@ -15,10 +15,9 @@ from crmsync.config import Settings
 from crmsync.dynamics import batch as wire
 from crmsync.dynamics.auth import CachingTokenProvider, StaticTokenProvider
 from crmsync.dynamics.client import DataverseClient
-from crmsync.dynamics.faults import DeltaTokenExpired, Throttled, TokenRejected
+from crmsync.dynamics.faults import DeltaTokenExpired, PreconditionFailed, Throttled, TokenRejected
 from crmsync.dynamics.limiter import AdaptiveLimit, Limiter
 from crmsync.dynamics.writes import Write
-from crmsync.dynamics.faults import PreconditionFailed
 from crmsync.errors import Fatal, RecordRejected, Retriable
 
 ORG = "https://org.crm.dynamics.com"
