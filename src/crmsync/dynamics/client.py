@@ -320,10 +320,15 @@ class DataverseClient:
             raise Fatal(f"unreadable $batch response: {exc}") from exc
         except CrmsyncError as exc:
             return [ItemResult(crm_id=w.record_id, error=exc) for w in writes]
-        return [
+        results = [
             result_from_batch(w, responses[i] if i < len(responses) else None)
             for i, w in enumerate(writes)
         ]
+        waits = [r.error.retry_after or 0.0 for r in results if isinstance(r.error, Throttled)]
+        if waits:
+            # A throttled part inside the batch gates every worker, like an outer 429.
+            self.limiter.throttled(max(waits))
+        return results
 
     async def write_multiple(
         self,
@@ -340,7 +345,7 @@ class DataverseClient:
         """
         if not writes:
             return []
-        payload = bulk_payload(message, logical_name, primary_key, writes)
+        payload = bulk_payload(message, entity_set, logical_name, primary_key, writes)
         extra: dict[str, str] = {}
         if any(w.detect_duplicates for w in writes):
             extra["MSCRM.SuppressDuplicateDetection"] = "false"

@@ -146,25 +146,34 @@ def result_from_batch(write: Write, response: BatchResponse | None) -> ItemResul
 
 def bulk_payload(
     message: BulkMessage,
+    entity_set: str,
     logical_name: str,
     primary_key: str,
     writes: Sequence[Write],
 ) -> dict[str, Any]:
-    """``{"Targets": [...]}``; each target names its table by ``@odata.type`` (required)."""
+    """``{"Targets": [...]}``; each target names its table by ``@odata.type`` (required).
+
+    UpsertMultiple identifies each record by ``@odata.id`` (webapi/reference/upsertmultiple:
+    "identifies the record with a relative URL"), here ``set(<guid>)``; Create/UpdateMultiple
+    carry the primary key column in the record itself.
+    """
     targets = []
     for w in writes:
         target: dict[str, Any] = {
             **(w.body or {}),
             "@odata.type": f"Microsoft.Dynamics.CRM.{logical_name}",
         }
-        if w.record_id:
+        if w.record_id and message == "UpsertMultiple":
+            target["@odata.id"] = record_path(entity_set, w.record_id)
+        elif w.record_id:
             target[primary_key] = w.record_id
         targets.append(target)
     return {"Targets": targets}
 
 
 def bulk_results(writes: Sequence[Write], body: Any) -> list[ItemResult]:
-    """Per-item successes for a bulk message; ``Ids`` (CreateMultiple) wins when present."""
+    """Per-item successes. CreateMultiple answers 200 with ``Ids``; UpsertMultiple and
+    UpdateMultiple answer 204 (no body), so ids come from the writes."""
     ids: list[Any] = []
     if isinstance(body, Mapping) and isinstance(body.get("Ids"), list):
         ids = body["Ids"]

@@ -405,7 +405,7 @@ async def test_bulk_message_success() -> None:
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(200, json={"Ids": [GUID1, GUID2]})
+        return httpx.Response(204)
 
     writes = [Write("upsert", "leads", g, {"lastname": g[-1]}) for g in (GUID1, GUID2)]
     async with client_for(handler) as dv:
@@ -413,8 +413,35 @@ async def test_bulk_message_success() -> None:
     assert seen[0].url.path.endswith("/leads/Microsoft.Dynamics.CRM.UpsertMultiple")
     targets = json.loads(seen[0].content)["Targets"]
     assert targets[0]["@odata.type"] == "Microsoft.Dynamics.CRM.lead"
-    assert targets[1]["leadid"] == GUID2
+    assert targets[1]["@odata.id"] == f"leads({GUID2})"
+    assert "leadid" not in targets[1]
     assert [r.crm_id for r in results] == [GUID1, GUID2]
+
+
+async def test_create_multiple_takes_ids_from_response() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"Ids": [GUID1.upper(), GUID2]})
+
+    writes = [Write("create", "leads", body={"lastname": "a"}, detect_duplicates=True)] * 2
+    async with client_for(handler) as dv:
+        results = await dv.write_multiple("CreateMultiple", "leads", "lead", "leadid", writes)
+    assert seen[0].headers["MSCRM.SuppressDuplicateDetection"] == "false"
+    assert [r.crm_id for r in results] == [GUID1, GUID2]
+    assert all(r.created for r in results)
+
+
+async def test_throttled_part_in_batch_closes_the_gate() -> None:
+    clock = FakeClock()
+    seen: list[httpx.Request] = []
+    throttle = err(429, "0x80072322", "Number of requests exceeded", **{"Retry-After": "4"})
+    limiter = Limiter(clock=clock, sleep=clock.sleep)
+    async with client_for(batch_server({GUID2: throttle}, seen), limiter=limiter) as dv:
+        results = await dv.write_batch([Write("upsert", "leads", g, {}) for g in (GUID1, GUID2)])
+    assert results[0].ok and isinstance(results[1].error, Throttled)
+    assert limiter.gate.wait(clock.now) == 4.0
 
 
 async def test_bulk_rollback_falls_back_to_batch_per_item() -> None:
