@@ -28,8 +28,12 @@ from crmsync.emulator.records import Writer, parse_body, represent
 from crmsync.emulator.settings import Settings
 from crmsync.emulator.store import Store
 
-_PATH_RE = re.compile(r"^(?P<name>[A-Za-z_$][A-Za-z0-9_.]*)(?:\((?P<key>[^)]*)\))?(?:/(?P<rest>.*))?$")
-_BULK = {f"Microsoft.Dynamics.CRM.{m}": m for m in ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")}
+_PATH_RE = re.compile(
+    r"^(?P<name>[A-Za-z_$][A-Za-z0-9_.]*)(?:\((?P<key>[^)]*)\))?(?:/(?P<rest>.*))?$"
+)
+_BULK = {
+    f"Microsoft.Dynamics.CRM.{m}": m for m in ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")
+}
 _VERBS = {"GET": "Read", "POST": "Create", "PATCH": "Write", "DELETE": "Delete"}
 ORGANIZATION_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "crmsync-emulator/organization"))
 BUSINESS_UNIT_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "crmsync-emulator/businessunit"))
@@ -80,7 +84,9 @@ class Api:
             verb = _VERBS.get(call.method, "Read")
             if rest in _BULK and rest != "Microsoft.Dynamics.CRM.CreateMultiple":
                 verb = "Write"
-            raise faults.privilege_denied(call.user_id, f"prv{verb}{entity.schema}", entity.otc, entity.logical)
+            raise faults.privilege_denied(
+                call.user_id, f"prv{verb}{entity.schema}", entity.otc, entity.logical
+            )
         if key is None:
             return self._collection(entity, call, rest)
         record_id = self._key(entity, key)
@@ -108,7 +114,10 @@ class Api:
             location = f"{call.base}{entity.entity_set}({row[entity.primary_id]})"
             if (call.header("prefer") or "").lower().find("return=representation") >= 0:
                 body = represent(entity, row, None)
-                body = {"@odata.context": f"{call.base}$metadata#{entity.entity_set}/$entity", **body}
+                body = {
+                    "@odata.context": f"{call.base}$metadata#{entity.entity_set}/$entity",
+                    **body,
+                }
                 return Reply.json(201, body, 1, ETag=etag(row))
             return Reply.empty(204, 1, OData_EntityId=location, Location=location)
         raise faults.no_resource(call.base + call.path)
@@ -125,7 +134,9 @@ class Api:
             return Reply.empty(304)
         context = f"{call.base}$metadata#{entity.entity_set}"
         context += f"({','.join(select)})/$entity" if select else "/$entity"
-        return Reply.json(200, {"@odata.context": context, **represent(entity, row, select)}, 1, ETag=etag(row))
+        return Reply.json(
+            200, {"@odata.context": context, **represent(entity, row, select)}, 1, ETag=etag(row)
+        )
 
     def _key(self, entity: Entity, key: str) -> str:
         text = key.strip()
@@ -135,7 +146,10 @@ class Api:
             # No alternate keys are defined on the emulated tables (reference section 3).
             name = text.split("=", 1)[0].strip()
             raise faults.DataverseFault(
-                400, "0x80060891", f"The key attribute '{name}' is not defined as an alternate key for entity '{entity.logical}'."
+                400,
+                "0x80060891",
+                f"The key attribute '{name}' is not defined as an alternate key for entity "
+                f"'{entity.logical}'.",
             )
         raise faults.bad_query(f"Bad Request - Error in query syntax: '{key}' is not a valid key.")
 
@@ -158,7 +172,9 @@ class Api:
         if entity is None:
             raise faults.DataverseFault(404, "0x80040217", f"Could not find entity with key {key}.")
         if not rest:
-            return Reply.json(200, {"@odata.context": ctx + "/$entity", **entity_definition(entity)})
+            return Reply.json(
+                200, {"@odata.context": ctx + "/$entity", **entity_definition(entity)}
+            )
         if rest == "Attributes/Microsoft.Dynamics.CRM.PicklistAttributeMetadata":
             return Reply.json(200, {"@odata.context": ctx, "value": picklist_definitions(entity)})
         if rest == "Attributes":

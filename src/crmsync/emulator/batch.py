@@ -49,7 +49,9 @@ def _split(text: str, boundary: str) -> list[str]:
     delimiter = f"--{boundary}"
     chunks = text.split(delimiter)
     if len(chunks) < 2 or not chunks[-1].startswith("--"):
-        raise faults.bad_payload("", "System.ArgumentException: the multipart body has no closing boundary.")
+        raise faults.bad_payload(
+            "", "System.ArgumentException: the multipart body has no closing boundary."
+        )
     return [c[len(_CRLF) :] if c.startswith(_CRLF) else c for c in chunks[1:-1]]
 
 
@@ -69,7 +71,9 @@ def _parse_request(chunk: str) -> Part:
     lines = head.split(_CRLF)
     request_line = lines[0].split(" ")
     if len(request_line) < 2:
-        raise faults.bad_payload("", "System.ArgumentException: a batch part lacks its request line.")
+        raise faults.bad_payload(
+            "", "System.ArgumentException: a batch part lacks its request line."
+        )
     if body.endswith(_CRLF):
         body = body[: -len(_CRLF)]
     return Part(
@@ -84,7 +88,10 @@ def _parse_request(chunk: str) -> Part:
 def parse(body: bytes, content_type: str) -> list[Part | Changeset]:
     boundary = boundary_of(content_type)
     if boundary is None or not content_type.lower().startswith("multipart/mixed"):
-        raise faults.bad_payload("", "System.ArgumentException: $batch needs Content-Type multipart/mixed with a boundary.")
+        raise faults.bad_payload(
+            "",
+            "System.ArgumentException: $batch needs Content-Type multipart/mixed with a boundary.",
+        )
     text = body.decode("utf-8", errors="replace")
     if re.search(r"(?<!\r)\n", text):
         # Bare LF line endings: what Dataverse answers (web-api-client-errors.md).
@@ -98,13 +105,17 @@ def parse(body: bytes, content_type: str) -> list[Part | Changeset]:
             changeset = Changeset([_parse_request(c) for c in _split(rest, inner)])
             for part in changeset.parts:
                 if part.method == "GET":
-                    raise faults.bad_payload("", "System.ArgumentException: GET requests are not allowed in a changeset.")
+                    raise faults.bad_payload(
+                        "", "System.ArgumentException: GET requests are not allowed in a changeset."
+                    )
             items.append(changeset)
         else:
             items.append(_parse_request(chunk))
     total = sum(len(i.parts) if isinstance(i, Changeset) else 1 for i in items)
     if total > MAX_REQUESTS:
-        raise faults.bad_query(f"The number of requests in the batch exceeds the maximum of {MAX_REQUESTS}.")
+        raise faults.bad_query(
+            f"The number of requests in the batch exceeds the maximum of {MAX_REQUESTS}."
+        )
     return items
 
 
@@ -125,7 +136,8 @@ class BatchRunner:
                 inner = f"changesetresponse_{uuid.uuid4()}"
                 block = "".join(f"--{inner}{_CRLF}{_render(r, cid)}" for r, cid in replies)
                 out.append(
-                    f"--{boundary}{_CRLF}Content-Type: multipart/mixed; boundary={inner}{_CRLF}{_CRLF}"
+                    f"--{boundary}{_CRLF}Content-Type: multipart/mixed; "
+                    f"boundary={inner}{_CRLF}{_CRLF}"
                     f"{block}--{inner}--{_CRLF}"
                 )
                 failed = next((r for r, _ in replies if r.status >= 400), None)
@@ -178,7 +190,9 @@ class BatchRunner:
         if m:
             if m.group(1) not in refs:
                 raise faults.DataverseFault(
-                    400, "0x0", f"Content-ID Reference: '${m.group(1)}' does not exist in the batch context."
+                    400,
+                    "0x0",
+                    f"Content-ID Reference: '${m.group(1)}' does not exist in the batch context.",
                 )
             url = refs[m.group(1)] + m.group(2)
         body = part.body
@@ -191,12 +205,17 @@ class BatchRunner:
             path = path.split(marker, 1)[1]
         path = path.lstrip("/")
         if path == "$batch":
-            raise faults.bad_payload("", "System.ArgumentException: nested $batch requests are not allowed.")
+            raise faults.bad_payload(
+                "", "System.ArgumentException: nested $batch requests are not allowed."
+            )
         return Call(
             method=part.method,
             path=path,
             query=dict(parse_qsl(split.query, keep_blank_values=True)),
-            headers={**{k: v for k, v in call.headers.items() if k.startswith("mscrm.")}, **part.headers},
+            headers={
+                **{k: v for k, v in call.headers.items() if k.startswith("mscrm.")},
+                **part.headers,
+            },
             body=body,
             user_id=call.user_id,
             base=call.base,

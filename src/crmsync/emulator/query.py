@@ -32,7 +32,17 @@ from crmsync.emulator.settings import Settings
 from crmsync.emulator.store import Store
 
 MAX_PAGE = 5000
-_KNOWN = {"$select", "$filter", "$orderby", "$top", "$count", "$skiptoken", "$deltatoken", "$skip", "$expand"}
+_KNOWN = {
+    "$select",
+    "$filter",
+    "$orderby",
+    "$top",
+    "$count",
+    "$skiptoken",
+    "$deltatoken",
+    "$skip",
+    "$expand",
+}
 _NOT_WITH_TRACKING = ("$filter", "$orderby", "$expand", "$top")
 
 
@@ -82,7 +92,11 @@ class Reader:
         context = _context(call, entity, select)
         payload: dict[str, Any] = {"@odata.context": context}
         if q.get("$count", "").lower() == "true":
-            total = sum(1 for r in self.store.tables[entity.entity_set].rows.values() if predicate is None or predicate(r))
+            total = sum(
+                1
+                for r in self.store.tables[entity.entity_set].rows.values()
+                if predicate is None or predicate(r)
+            )
             # $count is limited to 5,000 like a page (query/count-rows.md).
             payload["@odata.count"] = min(total, MAX_PAGE)
         payload["value"] = [represent(entity, r, select) for r in rows]
@@ -123,7 +137,11 @@ class Reader:
                         return rows, True, {"after": rows[-1][entity.primary_id]}
                     rows.append(row)
             return rows, False, {}
-        matched = [r for r in self.store.tables[entity.entity_set].rows.values() if predicate is None or predicate(r)]
+        matched = [
+            r
+            for r in self.store.tables[entity.entity_set].rows.values()
+            if predicate is None or predicate(r)
+        ]
         matched.sort(key=sort_key(orderby, entity.primary_id))
         offset = int(state.get("offset", 0))
         chunk = matched[offset : offset + limit]
@@ -148,7 +166,10 @@ class Reader:
             for row in changed[:page_size]:
                 entries.append(represent(entity, row, select))
             if len(changed) > page_size:
-                more, state = True, {"phase": "rows", "after": changed[page_size - 1]["versionnumber"]}
+                more, state = (
+                    True,
+                    {"phase": "rows", "after": changed[page_size - 1]["versionnumber"]},
+                )
             else:
                 phase, after = "deleted", since
         if phase == "deleted" and not more:
@@ -164,7 +185,10 @@ class Reader:
             state["upto"] = upto
             token = encode_skiptoken(state, page + 1, True)
             payload["@odata.nextLink"] = _link(
-                call, entity, {"$deltatoken": call.query["$deltatoken"], "$skiptoken": token}, keep=("$select",)
+                call,
+                entity,
+                {"$deltatoken": call.query["$deltatoken"], "$skiptoken": token},
+                keep=("$select",),
             )
         else:
             payload["@odata.deltaLink"] = _link(
@@ -212,7 +236,9 @@ def _context(call: Call, entity: Entity, select: list[str] | None) -> str:
     return f"{call.base}$metadata#{entity.entity_set}({','.join(select)})"
 
 
-def _link(call: Call, entity: Entity, extra: dict[str, str], keep: tuple[str, ...] | None = None) -> str:
+def _link(
+    call: Call, entity: Entity, extra: dict[str, str], keep: tuple[str, ...] | None = None
+) -> str:
     params = {
         k: v
         for k, v in call.query.items()

@@ -56,7 +56,9 @@ class Writer:
 
     # -- single records ------------------------------------------------------------
 
-    def create(self, entity: Entity, body: dict[str, Any], call: Call, key: str | None = None) -> dict[str, Any]:
+    def create(
+        self, entity: Entity, body: dict[str, Any], call: Call, key: str | None = None
+    ) -> dict[str, Any]:
         pk = entity.primary_id
         supplied = body.get(pk)
         if supplied is not None:
@@ -80,7 +82,9 @@ class Writer:
         self.store.put(entity.entity_set, row)
         return row
 
-    def update(self, entity: Entity, old: dict[str, Any], body: dict[str, Any], call: Call) -> dict[str, Any]:
+    def update(
+        self, entity: Entity, old: dict[str, Any], body: dict[str, Any], call: Call
+    ) -> dict[str, Any]:
         row = dict(old)
         self._apply(entity, row, body, creating=False)
         row["modifiedon"] = format_datetime(datetime.now(UTC))
@@ -130,14 +134,15 @@ class Writer:
         targets = body.get("Targets")
         if not isinstance(targets, list) or not all(isinstance(t, dict) for t in targets):
             raise faults.bad_payload(
-                entity.entity_set, "Microsoft.OData.ODataException: 'Targets' must be an array of entities."
+                entity.entity_set,
+                "Microsoft.OData.ODataException: 'Targets' must be an array of entities.",
             )
         wanted = f"Microsoft.Dynamics.CRM.{entity.logical}"
         for target in targets:
             if target.get("@odata.type") != wanted:
                 raise faults.bad_payload(
                     entity.entity_set,
-                    f"Microsoft.OData.ODataException: each target needs \"@odata.type\": \"{wanted}\".",
+                    f'Microsoft.OData.ODataException: each target needs "@odata.type": "{wanted}".',
                 )
         ids: list[str] = []
         results: list[dict[str, Any]] = []
@@ -148,7 +153,8 @@ class Writer:
                 continue
             if key is None:
                 raise faults.bad_payload(
-                    entity.entity_set, f"Microsoft.OData.ODataException: target lacks '{entity.primary_id}'."
+                    entity.entity_set,
+                    f"Microsoft.OData.ODataException: target lacks '{entity.primary_id}'.",
                 )
             old = self.store.get(entity.entity_set, key)
             if old is not None:
@@ -176,18 +182,22 @@ class Writer:
             if m is None:
                 raise faults.bad_payload(
                     entity.entity_set,
-                    f"Microsoft.OData.ODataException: no alternate key is defined for '{odata_id}'.",
+                    "Microsoft.OData.ODataException: no alternate key is defined for "
+                    f"'{odata_id}'.",
                 )
             key = m.group(2)
         if key is None:
             return None
         if not isinstance(key, str) or not is_guid(key):
             raise faults.bad_payload(
-                entity.entity_set, f"Cannot convert the literal '{key}' to the expected type 'Edm.Guid'."
+                entity.entity_set,
+                f"Cannot convert the literal '{key}' to the expected type 'Edm.Guid'.",
             )
         return normalize_guid(key)
 
-    def _apply(self, entity: Entity, row: dict[str, Any], body: dict[str, Any], *, creating: bool) -> None:
+    def _apply(
+        self, entity: Entity, row: dict[str, Any], body: dict[str, Any], *, creating: bool
+    ) -> None:
         navigations = entity.navigations
         for name, value in body.items():
             if name.endswith("@odata.bind"):
@@ -210,7 +220,8 @@ class Writer:
             if name == entity.primary_id:
                 if not creating and value is not None and str(value).lower() != row[name]:
                     raise faults.bad_payload(
-                        entity.entity_set, "Microsoft.OData.ODataException: the primary key cannot change."
+                        entity.entity_set,
+                        "Microsoft.OData.ODataException: the primary key cannot change.",
                     )
                 continue
             if not attr.writable:

@@ -20,7 +20,9 @@ class SettingsError(ValueError):
     """A bad ``PUT /_emulator/config`` body; the message names every bad key."""
 
 
-def _number(minimum: float, maximum: float | None = None, integer: bool = False) -> Callable[[Any], bool]:
+def _number(
+    minimum: float, maximum: float | None = None, integer: bool = False
+) -> Callable[[Any], bool]:
     def check(value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return False
@@ -65,7 +67,10 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "denied_entity_sets": (_entity_sets, f"a list of entity sets out of {sorted(ENTITIES)}"),
     "token_lifetime_s": (_number(1, 86_400, integer=True), "an integer number of seconds 1..86400"),
     "delta_token_ttl_s": (_number(0.001), "a number of seconds > 0"),
-    "expire_delta_tokens": (_bool, "true or false (an action: expires every delta token issued so far)"),
+    "expire_delta_tokens": (
+        _bool,
+        "true or false (an action: expires every delta token issued so far)",
+    ),
     "clients": (_optional(_clients), "null or an object mapping client_id to client_secret"),
     "seed": (_optional(_number(0, integer=True)), "null or an integer seed for injected faults"),
 }

@@ -1,0 +1,259 @@
+"""The emulator's ASGI application: routing, bearer tokens, limits, faults, control API.
+
+A plain ASGI callable rather than a framework: it keeps per-request overhead low under
+benchmark load, and it holds uvicorn's ``send`` so that ``cut_rate`` can close the
+socket after a write is applied, before any response byte is sent. An httpx client then
+sees ``httpx.RemoteProtocolError("Server disconnected without sending a response.")``;
+in-process (``httpx.ASGITransport``) the app raises ``ConnectionCut`` instead.
+
+Control API (not part of Dataverse): ``POST /_emulator/reset`` (all records and
+counters; settings back to defaults; issued tokens stay valid), ``GET /_emulator/stats``,
+``GET``/``PUT /_emulator/config`` (see ``settings.CHECKS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from crmsync.emulator import faults
+from crmsync.emulator.api import Api
+from crmsync.emulator.auth import AuthError, TokenIssuer, openid_configuration
+from crmsync.emulator.batch import BatchRunner
+from crmsync.emulator.http import API_PREFIX, Call, Reply, dumps
+from crmsync.emulator.limits import Limiter
+from crmsync.emulator.settings import Settings, SettingsError, validate
+from crmsync.emulator.store import Store
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+
+
+class ConnectionCut(Exception):
+    """Raised in-process where no socket can be closed: the response was dropped."""
+
+
+class Emulator:
+    def __init__(self, db: Path | None = None) -> None:
+        self.settings = Settings()
+        self.store = Store(db)
+        self.api = Api(self.store, self.settings)
+        self.batch = BatchRunner(self.api)
+        self.limiter = Limiter(self.settings)
+        self.tokens = TokenIssuer(self.store, self.settings)
+        self.by_status: Counter[str] = Counter()
+        self.total = 0
+        self.cuts = 0
+
+    # -- ASGI ------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        path: str = scope["path"]
+        if path.startswith("/_emulator/"):
+            reply = self._control(scope["method"], path, body)
+        elif path.startswith(API_PREFIX):
+            reply, cut = await self._api(scope, headers, body)
+            self.total += 1
+            self.by_status[str(reply.status)] += 1
+            if cut:
+                self.cuts += 1
+                await _cut(send)
+                return
+        else:
+            reply = self._identity(scope, headers, body)
+            self.total += 1
+            self.by_status[str(reply.status)] += 1
+        await _respond(send, reply)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.store.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- the Web API -----------------------------------------------------------------
+
+    async def _api(self, scope: Scope, headers: dict[str, str], body: bytes) -> tuple[Reply, bool]:
+        grant = self.tokens.check(headers.get("authorization"))
+        if grant is None:
+            # Dataverse answers a missing, unknown or expired token with an empty 401
+            # and a Bearer challenge naming the authority (authenticate-oauth.md).
+            authority = f"{_origin(scope, headers)}/common/oauth2/authorize"
+            challenge = f'Bearer authorization_uri={authority}, error="invalid_token"'
+            return Reply(401, {"WWW-Authenticate": challenge}, b""), False
+        user = grant.user_id
+        try:
+            self.limiter.admit(user)
+        except faults.DataverseFault as fault:
+            return Reply.fault(fault), False
+        started = time.monotonic()
+        try:
+            injected = self.limiter.injected()
+            if injected is not None:
+                return Reply.fault(injected), False
+            raw_query = scope.get("query_string", b"").decode("latin-1")
+            call = Call(
+                method=scope["method"],
+                path=scope["path"][len(API_PREFIX) :],
+                query=dict(parse_qsl(raw_query, keep_blank_values=True)),
+                headers=headers,
+                body=body,
+                user_id=user,
+                base=f"{_origin(scope, headers)}{API_PREFIX}",
+                raw_query=raw_query,
+            )
+            if call.path == "$batch" and call.method == "POST":
+                try:
+                    reply = self.batch.run(call)
+                except faults.DataverseFault as fault:
+                    reply = Reply.fault(fault)
+            else:
+                reply = self.api.handle(call)
+            delay = self.limiter.delay_s(reply.records)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            return reply, self.limiter.cut()
+        finally:
+            self.limiter.release(user, (time.monotonic() - started) * 1000)
+
+    # -- identity provider -----------------------------------------------------------
+
+    def _identity(self, scope: Scope, headers: dict[str, str], body: bytes) -> Reply:
+        parts = scope["path"].strip("/").split("/")
+        method = scope["method"]
+        origin = _origin(scope, headers)
+        if method == "POST" and len(parts) == 4 and parts[1:] == ["oauth2", "v2.0", "token"]:
+            form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+            try:
+                return _plain_json(200, self.tokens.issue(form))
+            except AuthError as exc:
+                return _plain_json(exc.status, exc.body)
+        if method == "GET" and parts[1:] in (
+            ["v2.0", ".well-known", "openid-configuration"],
+            [".well-known", "openid-configuration"],
+        ):
+            return _plain_json(200, openid_configuration(origin, parts[0]))
+        if method == "GET" and parts == ["common", "discovery", "instance"]:
+            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+            endpoint = query.get("authorization_endpoint", "")
+            tenant = endpoint.split("/")[3] if endpoint.count("/") >= 4 else "common"
+            return _plain_json(
+                200,
+                {
+                    "tenant_discovery_endpoint": (
+                        f"{origin}/{tenant}/v2.0/.well-known/openid-configuration"
+                    ),
+                    "api-version": "1.1",
+                    "metadata": [],
+                },
+            )
+        return _plain_json(
+            404, {"error": {"code": "", "message": f"No resource at '{scope['path']}'."}}
+        )
+
+    # -- control API -----------------------------------------------------------------
+
+    def _control(self, method: str, path: str, body: bytes) -> Reply:
+        if path == "/_emulator/reset" and method == "POST":
+            self.reset()
+            return _plain_json(200, {"status": "reset"})
+        if path == "/_emulator/stats" and method == "GET":
+            return _plain_json(200, self.stats())
+        if path == "/_emulator/config" and method == "GET":
+            return _plain_json(200, self.settings.as_dict())
+        if path == "/_emulator/config" and method in ("PUT", "PATCH"):
+            try:
+                update = validate(json.loads(body or b"null"))
+            except ValueError as exc:  # SettingsError and JSONDecodeError
+                message = str(exc) if isinstance(exc, SettingsError) else f"malformed JSON: {exc}"
+                return _plain_json(400, {"error": {"code": "bad_config", "message": message}})
+            self.configure(update)
+            return _plain_json(200, self.settings.as_dict())
+        return _plain_json(404, {"error": {"code": "", "message": f"No resource at '{path}'."}})
+
+    def configure(self, update: dict[str, Any]) -> None:
+        for key, value in update.items():
+            if key == "expire_delta_tokens":
+                if value:
+                    self.api.reader.expire_tokens()
+            else:
+                setattr(self.settings, key, value)
+        if "seed" in update:
+            self.limiter.reseed()
+
+    def reset(self) -> None:
+        self.store.reset()
+        fresh = Settings()
+        for key, value in fresh.as_dict().items():
+            setattr(self.settings, key, value)
+        self.limiter.reset()
+        self.api.reader.delta_floor = 0
+        self.by_status.clear()
+        self.total = self.cuts = 0
+        self.tokens.restore_users()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "records": {name: self.store.count(name) for name in self.store.tables},
+            "requests": {"total": self.total, "by_status": dict(self.by_status), "cut": self.cuts},
+        }
+
+
+def create_app(db: Path | None = None) -> Emulator:
+    """A fresh emulator as an ASGI app; ``db`` persists records to a SQLite file."""
+    return Emulator(db)
+
+
+def _origin(scope: Scope, headers: dict[str, str]) -> str:
+    host = headers.get("host")
+    if not host:
+        server = scope.get("server") or ("127.0.0.1", 80)
+        host = f"{server[0]}:{server[1]}"
+    return f"{scope.get('scheme', 'http')}://{host}"
+
+
+def _plain_json(status: int, payload: Any) -> Reply:
+    return Reply(status, {"Content-Type": "application/json; charset=utf-8"}, dumps(payload))
+
+
+async def _respond(send: Any, reply: Reply) -> None:
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()]
+    if reply.status not in (204, 304):
+        headers.append((b"content-length", str(len(reply.body)).encode()))
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send(
+        {"type": "http.response.body", "body": b"" if reply.status in (204, 304) else reply.body}
+    )
+
+
+async def _cut(send: Any) -> None:
+    # uvicorn passes the bound method of its per-request cycle, which owns the
+    # transport; closing it sends FIN without a status line, like a dropped link.
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None:
+        raise ConnectionCut("response dropped after the request was applied (cut_rate)")
+    transport.close()
+    # Let connection_lost run so uvicorn sees the disconnect and sends nothing more.
+    for _ in range(3):
+        await asyncio.sleep(0)
