@@ -316,7 +316,7 @@ def list_records(
         conditions.append(column == value)
     if cursor is not None:
         conditions.append(table.c.id > decode_cursor(cursor))
-    query = select(*_columns(spec)).where(and_(*conditions)).order_by(table.c.id)
+    query = select(*_columns(spec)).where(*conditions).order_by(table.c.id)
     rows = conn.execute(query.limit(limit + 1)).mappings().all()
     items = [to_json(spec, r) for r in rows[:limit]]
     more = len(rows) > limit

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
+from typing import Annotated
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
 CredentialCheck = Callable[[Request], bool]
@@ -28,12 +30,22 @@ def bearer_token_check(token: SecretStr) -> CredentialCheck:
         if scheme.lower() != "bearer" or not given:
             return False
         # compare_digest takes as long whatever prefix matches: no timing oracle.
-        return hmac.compare_digest(given.strip().encode("utf-8"), expected)
+        # Starlette decodes header bytes as latin-1; encoding back gives the bytes sent,
+        # so a non-ASCII token sent as UTF-8 matches.
+        return hmac.compare_digest(given.strip().encode("latin-1"), expected)
 
     return check
 
 
-def require_api_auth(request: Request) -> None:
+# Declared so that the OpenAPI document and Swagger UI know the scheme; the checking is
+# done by the credential checks below.
+bearer_scheme = HTTPBearer(auto_error=False, description="CRMSYNC_API_TOKEN")
+
+
+def require_api_auth(
+    request: Request,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> None:
     """FastAPI dependency: 401 unless one of the app's credential checks accepts."""
     checks: list[CredentialCheck] = request.app.state.credential_checks
     if not checks:
