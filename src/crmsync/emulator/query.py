@@ -178,7 +178,8 @@ class Reader:
             for _version, key in gone[:room]:
                 entries.append({"@odata.context": deleted_context, "id": key, "reason": "deleted"})
             if len(gone) > room:
-                more, state = True, {"phase": "deleted", "after": gone[room - 1][0]}
+                last = gone[room - 1][0] if room > 0 else after
+                more, state = True, {"phase": "deleted", "after": last}
         payload: dict[str, Any] = {"@odata.context": _context(call, entity, select) + "/$delta"}
         payload["value"] = entries
         if more:
