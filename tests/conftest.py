@@ -105,3 +105,78 @@ def engine(db_url: str) -> Iterator[Engine]:
 @pytest.fixture
 def settings(db_url: str) -> Settings:
     return load_settings(database_url=db_url)
+
+
+# --- real servers on loopback ----------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ThreadServer:
+    """A uvicorn server in a background thread, on a free loopback port."""
+
+    def __init__(self, config: object) -> None:
+        import threading
+
+        import uvicorn
+
+        assert isinstance(config, uvicorn.Config)
+        self.server = uvicorn.Server(config)
+        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ThreadServer:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def emulator_server() -> Iterator[str]:
+    """The Dynamics emulator over real HTTP on loopback, for the whole session."""
+    from crmsync.emulator.server import config
+
+    port = free_port()
+    with ThreadServer(config("127.0.0.1", port)):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def emulator_url(emulator_server: str) -> str:
+    """The emulator, reset to empty and default limits for this test."""
+    import httpx
+
+    httpx.post(f"{emulator_server}/_emulator/reset", timeout=10).raise_for_status()
+    return emulator_server
+
+
+@pytest.fixture
+def sync_settings(db_url: str, emulator_url: str) -> Settings:
+    """Settings for a store on ``db_url`` syncing with the emulator, fast retries."""
+    return load_settings(
+        database_url=db_url,
+        dynamics_url=emulator_url,
+        authority_url=emulator_url,
+        tenant_id="crmsync-tests",
+        client_id="crmsync-app",
+        client_secret="test-secret",  # noqa: S106
+        retry_base_seconds=0.05,
+        retry_max_seconds=0.5,
+        lease_seconds=10,
+    )

@@ -185,6 +185,25 @@ def import_(
         raise typer.Exit(1)
 
 
+@app.command()
+def worker(
+    once: Annotated[
+        bool,
+        typer.Option(
+            "--once",
+            help="Work until the backlog is empty apart from parked errors, then exit 0",
+        ),
+    ] = False,
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=32, help="Batches in flight at once in this process")
+    ] = 4,
+) -> None:
+    """Run the sync workers."""
+    from crmsync.engine.worker import run_worker
+
+    run_worker(_settings(), once=once, concurrency=concurrency)
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,1 @@
+"""The sync engine: plans, push, pull, conflicts, retry policy and the worker loop."""

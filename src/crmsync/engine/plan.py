@@ -1,0 +1,140 @@
+"""Planning a push: queue entries and local rows in, operations out. No I/O.
+
+The plan says, for each claimed entry, what to do: send a write to Dynamics, defer
+(a parent record is not in Dynamics yet but is on its way), park it (it can never be
+sent as it is), or finish it without sending (nothing left to do). The same plan can be
+logged, dry-run or shown; the executor only carries it out.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from crmsync.domain import ObjectSpec
+from crmsync.dynamics.writes import Write
+from crmsync.store.queue import Entry
+
+MISSING_REFERENCE = "crmsync.missing_reference"
+RECORD_GONE = "crmsync.record_gone"
+
+
+@dataclass(frozen=True)
+class Send:
+    entry: Entry
+    write: Write
+    crm_id: str
+    values: dict[str, Any]  # the local values sent, by local column
+
+
+@dataclass(frozen=True)
+class Defer:
+    entry: Entry
+    reason: str
+
+
+@dataclass(frozen=True)
+class Park:
+    entry: Entry
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Nothing to send (the record is already as wanted); completes the entry."""
+
+    entry: Entry
+
+
+Step = Send | Defer | Park | Skip
+
+
+@dataclass(frozen=True)
+class Parent:
+    """What the plan needs to know about a record a lookup points at."""
+
+    crm_id: str | None
+    on_its_way: bool  # it has a pending queue entry that may give it a crm_id
+
+
+def body_for(
+    spec: ObjectSpec, row: Mapping[str, Any], parents: Mapping[tuple[str, int], Parent]
+) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+    """The Dataverse body for ``row``, or the reason it cannot be built yet.
+
+    Returns ``(body, blocked_by, values)``: ``blocked_by`` names a parent that is not in
+    Dynamics. Lookups are bound with ``@odata.bind`` (associate-disassociate-entities).
+    """
+    body: dict[str, Any] = {}
+    values: dict[str, Any] = {}
+    for column, attribute in spec.fields.items():
+        if spec.flow_for(column).pushes:
+            body[attribute] = row.get(column)
+            values[column] = row.get(column)
+    for lookup in spec.lookups:
+        if not spec.flow_for(lookup.column).pushes:
+            continue
+        target_id = row.get(lookup.column)
+        values[lookup.column] = target_id
+        if target_id is None:
+            continue
+        parent = parents.get((lookup.target, int(target_id)))
+        if parent is None or parent.crm_id is None:
+            return body, f"{lookup.target} {target_id}", values
+        body[f"{lookup.navigation}@odata.bind"] = f"/{_entity_set(lookup.target)}({parent.crm_id})"
+    return body, None, values
+
+
+_SETS = {
+    "lead": "leads",
+    "contact": "contacts",
+    "account": "accounts",
+    "opportunity": "opportunities",
+}
+
+
+def _entity_set(obj: str) -> str:
+    return _SETS[obj]
+
+
+def plan_entry(
+    entry: Entry,
+    spec: ObjectSpec,
+    row: Mapping[str, Any] | None,
+    parents: Mapping[tuple[str, int], Parent],
+    *,
+    detect_duplicates: bool,
+    new_id: str | None = None,
+) -> Step:
+    """Decide what to do with one claimed ``to_crm`` entry."""
+    if entry.operation == "delete":
+        if entry.crm_id is None:
+            return Skip(entry)
+        return Send(entry, Write("delete", spec.entity_set, entry.crm_id), entry.crm_id, {})
+    if row is None:
+        # Deleted after the entry was claimed; the delete trigger has queued what is due.
+        return Skip(entry)
+    body, blocked_by, values = body_for(spec, row, parents)
+    if blocked_by is not None:
+        target, target_id = blocked_by.split(" ", 1)
+        parent = parents.get((target, int(target_id)))
+        if parent is not None and parent.on_its_way:
+            return Defer(entry, f"waiting for {blocked_by} to reach Dynamics")
+        return Park(
+            entry,
+            MISSING_REFERENCE,
+            f"{spec.name} {entry.record_id} refers to {blocked_by}, which is not in Dynamics"
+            " and is not queued to go there",
+        )
+    crm_id = row.get("crm_id") or entry.crm_id
+    if entry.operation == "insert" or crm_id is None:
+        # An upsert under an id crmsync chose and saved before sending: a retry after a
+        # lost response updates the same record instead of creating a second one.
+        chosen = crm_id or new_id or str(uuid.uuid4())
+        write = Write("upsert", spec.entity_set, chosen, body, detect_duplicates=detect_duplicates)
+        return Send(entry, write, chosen, values)
+    # Update only: a record deleted in Dynamics is reported, not silently recreated.
+    return Send(entry, Write("update", spec.entity_set, crm_id, body, if_match="*"), crm_id, values)

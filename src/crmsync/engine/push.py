@@ -1,0 +1,240 @@
+"""Push: send claimed ``to_crm`` entries to Dynamics and record what became of them.
+
+One call of ``push_batch`` claims a batch, reads the local rows and the parents their
+lookups point at, plans each entry (``plan.py``), saves the Dynamics ids chosen for
+inserts *before* sending (so a retry reuses them), sends the writes in one ``$batch``
+with continue-on-error (a bad record never fails its neighbours), and records every
+outcome in one transaction: successes set the record's ``crm_id`` without capturing it
+back, transient faults reschedule with backoff, rejections park the record as a sync
+error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection, Engine
+
+from crmsync.config import Settings
+from crmsync.domain import ObjectSpec
+from crmsync.dynamics.client import DataverseClient
+from crmsync.dynamics.writes import ItemResult
+from crmsync.engine import retry
+from crmsync.engine.plan import Defer, Parent, Park, Send, Skip, Step, plan_entry
+from crmsync.errors import Fatal, RecordRejected
+from crmsync.store import queue
+from crmsync.store.db import capture_suppressed, write_transaction
+from crmsync.store.schema import LOCAL_TABLES, sync_queue
+from crmsync.store.types import utcnow
+
+log = logging.getLogger(__name__)
+
+DEFER_SECONDS = 1.0
+
+
+@dataclass
+class PushStats:
+    sent: int = 0
+    synced: int = 0
+    retried: int = 0
+    parked: int = 0
+    deferred: int = 0
+    by_code: dict[str, int] = field(default_factory=dict)
+
+
+def _load_rows(
+    conn: Connection, specs: Mapping[str, ObjectSpec], entries: Sequence[queue.Entry]
+) -> dict[tuple[str, int], dict[str, Any]]:
+    wanted: dict[str, list[int]] = defaultdict(list)
+    for e in entries:
+        if e.record_id is not None and e.operation != "delete":
+            wanted[e.object].append(e.record_id)
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for obj, ids in wanted.items():
+        table = LOCAL_TABLES[specs[obj].table]
+        for r in conn.execute(sa.select(table).where(table.c.id.in_(ids))).mappings():
+            rows[(obj, r["id"])] = dict(r)
+    return rows
+
+
+def _load_parents(
+    conn: Connection,
+    specs: Mapping[str, ObjectSpec],
+    rows: Mapping[tuple[str, int], Mapping[str, Any]],
+) -> dict[tuple[str, int], Parent]:
+    wanted: dict[str, set[int]] = defaultdict(set)
+    for (obj, _), row in rows.items():
+        for lookup in specs[obj].lookups:
+            if row.get(lookup.column) is not None:
+                wanted[lookup.target].add(int(row[lookup.column]))
+    parents: dict[tuple[str, int], Parent] = {}
+    q = sync_queue.c
+    for target, ids in wanted.items():
+        table = LOCAL_TABLES[specs[target].table]
+        found = dict(
+            conn.execute(sa.select(table.c.id, table.c.crm_id).where(table.c.id.in_(ids))).all()
+        )
+        queued = {
+            int(k)
+            for (k,) in conn.execute(
+                sa.select(q.record_key).where(
+                    q.object == target,
+                    q.direction == "to_crm",
+                    q.state == "pending",
+                    q.record_key.in_([str(i) for i in ids]),
+                )
+            )
+        }
+        for i in ids:
+            parents[(target, i)] = Parent(crm_id=found.get(i), on_its_way=i in queued)
+    return parents
+
+
+class Pusher:
+    """Pushes batches for one worker; share one per process with one client."""
+
+    def __init__(self, engine: Engine, client: DataverseClient, settings: Settings, worker_id: str):
+        self.engine = engine
+        self.client = client
+        self.settings = settings
+        self.worker_id = worker_id
+        self.specs = settings.object_specs()
+        self.objects = [s.name for s in self._push_order()]
+        self.stats = PushStats()
+        self._rnd = random.Random()
+
+    def _push_order(self) -> list[ObjectSpec]:
+        # Parents first: a batch that holds an account and its contact sends the account
+        # in an earlier request... and the contact waits one round (see Defer).
+        specs = [s for s in self.specs.values() if s.flow.pushes]
+        return sorted(specs, key=lambda s: len(s.lookups))
+
+    def _claim_and_plan(self) -> list[Step]:
+        entries = queue.claim(
+            self.engine,
+            self.worker_id,
+            "to_crm",
+            self.objects,
+            self.settings.batch_size,
+            timedelta(seconds=self.settings.lease_seconds),
+        )
+        if not entries:
+            return []
+        with write_transaction(self.engine) as conn:
+            rows = _load_rows(conn, self.specs, entries)
+            parents = _load_parents(conn, self.specs, rows)
+            steps = [
+                plan_entry(
+                    e,
+                    self.specs[e.object],
+                    rows.get((e.object, e.record_id)) if e.record_id is not None else None,
+                    parents,
+                    detect_duplicates=self.settings.duplicate_detection,
+                )
+                for e in entries
+            ]
+            for step in steps:
+                if isinstance(step, Send) and step.entry.crm_id is None:
+                    queue.assign_crm_id(conn, step.entry, step.crm_id)
+        return steps
+
+    async def push_batch(self) -> int:
+        """Claim, send and record one batch; returns how many entries it handled."""
+        steps = await asyncio.to_thread(self._claim_and_plan)
+        if not steps:
+            return 0
+        sends = [s for s in steps if isinstance(s, Send)]
+        try:
+            results = await self.client.write_batch([s.write for s in sends]) if sends else []
+        except Fatal:
+            await asyncio.to_thread(queue.release, self.engine, self.worker_id)
+            raise
+        await asyncio.to_thread(self._record, steps, sends, results)
+        return len(steps)
+
+    def _record(
+        self, steps: Sequence[Step], sends: Sequence[Send], results: Sequence[ItemResult]
+    ) -> None:
+        now = utcnow()
+        outcome = queue.Outcome()
+        created: list[tuple[str, int, str]] = []
+        for send, result in zip(sends, results, strict=True):
+            self._judge(send, result, now, outcome, created)
+        for step in steps:
+            if isinstance(step, Skip):
+                outcome.done.append(queue.Done(step.entry, counted=False))
+            elif isinstance(step, Defer):
+                outcome.deferred.append((step.entry, now + timedelta(seconds=DEFER_SECONDS)))
+                self.stats.deferred += 1
+            elif isinstance(step, Park):
+                outcome.failed.append(queue.Failed(step.entry, step.code, step.message))
+                self._count_park(step.code)
+        with write_transaction(self.engine) as conn:
+            if created:
+                with capture_suppressed(conn):
+                    for obj, record_id, crm_id in created:
+                        table = LOCAL_TABLES[self.specs[obj].table]
+                        conn.execute(
+                            sa.update(table)
+                            .where(table.c.id == record_id, table.c.crm_id.is_(None))
+                            .values(crm_id=crm_id)
+                        )
+            queue.record_in(conn, outcome, now)
+
+    def _judge(
+        self,
+        send: Send,
+        result: ItemResult,
+        now: datetime,
+        outcome: queue.Outcome,
+        created: list[tuple[str, int, str]],
+    ) -> None:
+        e = send.entry
+        self.stats.sent += 1
+        err = result.error
+        if err is None or (
+            e.operation == "delete" and isinstance(err, RecordRejected) and err.status == 404
+        ):
+            # A delete of a record already gone from Dynamics has nothing left to do.
+            outcome.done.append(
+                queue.Done(e, crm_id=send.crm_id, etag=result.etag, synced_values=send.values)
+            )
+            if e.operation != "delete" and e.record_id is not None:
+                created.append((e.object, e.record_id, send.crm_id))
+            self.stats.synced += 1
+            return
+        if isinstance(err, RecordRejected):
+            outcome.failed.append(queue.Failed(e, err.code or f"http_{err.status}", err.message))
+            self._count_park(err.code)
+            return
+        attempts = e.attempts + 1
+        code = getattr(err, "status", None)
+        code_text = f"http_{code}" if code else type(err).__name__
+        if retry.exhausted(attempts, self.settings.max_attempts):
+            outcome.failed.append(
+                queue.Failed(e, code_text, f"gave up after {attempts} attempts: {err}")
+            )
+            self._count_park(code_text)
+            return
+        when = retry.next_attempt(
+            now,
+            attempts,
+            self.settings.retry_base_seconds,
+            self.settings.retry_max_seconds,
+            getattr(err, "retry_after", None),
+            rnd=self._rnd,
+        )
+        outcome.failed.append(queue.Failed(e, code_text, str(err), retry_at=when))
+        self.stats.retried += 1
+
+    def _count_park(self, code: str) -> None:
+        self.stats.parked += 1
+        self.stats.by_code[code] = self.stats.by_code.get(code, 0) + 1

@@ -1,0 +1,362 @@
+"""The sync queue: claiming entries under a lease, and recording what became of them.
+
+Workers claim due entries in batches; a claim is a lease (``claimed_by`` and
+``claimed_until``) committed at once, so a worker that dies leaves entries that any
+worker may claim again once the lease runs out. On PostgreSQL the claim takes rows
+with ``FOR UPDATE SKIP LOCKED`` so that many workers on many machines never claim the
+same entry; on SQLite a write transaction serialises claims.
+
+Every outcome is recorded in one transaction per batch:
+
+- ``complete``: the change reached its destination. The entry is removed unless a newer
+  change arrived while it was in flight (its ``version`` moved), in which case it stays
+  queued, now as an update. The throughput counters and the record's sync state are
+  updated and any open error for the record in that direction is resolved.
+- ``reschedule``: a transient fault; the entry waits with backoff and stays in the
+  backlog. ``defer`` does the same without counting an attempt (waiting for a parent).
+- ``park``: the record cannot sync as it is; the entry leaves the backlog and an open
+  sync error says why. A new change to the record, or a retry, queues it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection, Engine
+
+from crmsync.store.db import write_transaction
+from crmsync.store.schema import (
+    sync_error,
+    sync_pause,
+    sync_queue,
+    sync_record,
+    sync_throughput,
+)
+from crmsync.store.types import utcnow
+
+BUCKET_MINUTES = 15
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A claimed queue entry, as the engine sees it."""
+
+    id: int
+    object: str
+    direction: str
+    record_key: str
+    record_id: int | None
+    crm_id: str | None
+    operation: str
+    label: str | None
+    payload: dict[str, Any] | None
+    version: int
+    attempts: int
+    first_queued_at: datetime
+
+
+@dataclass(frozen=True)
+class Done:
+    entry: Entry
+    crm_id: str | None = None
+    etag: str | None = None
+    record_id: int | None = None
+    synced_values: dict[str, Any] | None = None
+    crm_version: int | None = None
+    crm_modified_at: datetime | None = None
+    counted: bool = True  # False when nothing was sent (not throughput)
+
+
+@dataclass(frozen=True)
+class Failed:
+    entry: Entry
+    code: str
+    message: str
+    retry_at: datetime | None = None  # None: park it
+
+
+@dataclass
+class Outcome:
+    done: list[Done] = field(default_factory=list)
+    failed: list[Failed] = field(default_factory=list)
+    deferred: list[tuple[Entry, datetime]] = field(default_factory=list)
+
+
+def bucket_start(at: datetime) -> datetime:
+    """The start of the 15-minute throughput bucket holding ``at``.
+
+    Fifteen minutes divide every clock hour of every zone in use (offsets are whole
+    quarter hours: +05:30, +05:45, +12:45), so zone hours sum whole buckets exactly.
+    """
+    return at.replace(minute=at.minute - at.minute % BUCKET_MINUTES, second=0, microsecond=0)
+
+
+def paused_scopes(conn: Connection) -> set[tuple[str, str]]:
+    return {(r.object, r.direction) for r in conn.execute(sa.select(sync_pause))}
+
+
+def is_paused(scopes: set[tuple[str, str]], obj: str, direction: str) -> bool:
+    return any((o in ("*", obj)) and (d in ("*", direction)) for o, d in scopes)
+
+
+def claim(
+    engine: Engine,
+    worker: str,
+    direction: str,
+    objects: Sequence[str],
+    limit: int,
+    lease: timedelta,
+    now: datetime | None = None,
+) -> list[Entry]:
+    """Claim up to ``limit`` due, unclaimed (or lease-expired) entries of ``objects``."""
+    now = now or utcnow()
+    with write_transaction(engine) as conn:
+        scopes = paused_scopes(conn)
+        wanted = [o for o in objects if not is_paused(scopes, o, direction)]
+        if not wanted:
+            return []
+        q = sync_queue.c
+        due = (
+            sa.select(q.id)
+            .where(
+                q.state == "pending",
+                q.direction == direction,
+                q.next_attempt_at <= now,
+                q.object.in_(wanted),
+                sa.or_(q.claimed_until.is_(None), q.claimed_until < now),
+            )
+            .order_by(q.next_attempt_at)
+            .limit(limit)
+        )
+        if conn.dialect.name == "postgresql":
+            due = due.with_for_update(skip_locked=True)
+        ids = [r[0] for r in conn.execute(due)]
+        if not ids:
+            return []
+        rows = conn.execute(
+            sa.update(sync_queue)
+            .where(q.id.in_(ids))
+            .values(claimed_by=worker, claimed_until=now + lease)
+            .returning(
+                q.id,
+                q.object,
+                q.direction,
+                q.record_key,
+                q.record_id,
+                q.crm_id,
+                q.operation,
+                q.label,
+                q.payload,
+                q.version,
+                q.attempts,
+                q.first_queued_at,
+            )
+        ).all()
+    return sorted((Entry(*r) for r in rows), key=lambda e: e.id)
+
+
+def assign_crm_id(conn: Connection, entry: Entry, crm_id: str) -> None:
+    """Remember the Dynamics id chosen for an insert before it is sent (idempotence)."""
+    conn.execute(
+        sa.update(sync_queue)
+        .where(sync_queue.c.id == entry.id, sync_queue.c.crm_id.is_(None))
+        .values(crm_id=crm_id)
+    )
+
+
+def release(engine: Engine, worker: str) -> int:
+    """Give back every claim of ``worker`` (graceful shutdown)."""
+    with write_transaction(engine) as conn:
+        res = conn.execute(
+            sa.update(sync_queue)
+            .where(sync_queue.c.claimed_by == worker)
+            .values(claimed_by=None, claimed_until=None)
+        )
+    return res.rowcount
+
+
+def record(engine: Engine, outcome: Outcome, now: datetime | None = None) -> None:
+    """Record a batch's outcomes in one transaction."""
+    now = now or utcnow()
+    with write_transaction(engine) as conn:
+        record_in(conn, outcome, now)
+
+
+def record_in(conn: Connection, outcome: Outcome, now: datetime) -> None:
+    _complete(conn, outcome.done, now)
+    for failure in outcome.failed:
+        if failure.retry_at is None:
+            _park(conn, failure, now)
+        else:
+            _reschedule(conn, failure, now)
+    for entry, until in outcome.deferred:
+        conn.execute(
+            sa.update(sync_queue)
+            .where(sync_queue.c.id == entry.id)
+            .values(next_attempt_at=until, claimed_by=None, claimed_until=None)
+        )
+
+
+def _complete(conn: Connection, done: Iterable[Done], now: datetime) -> None:
+    q = sync_queue.c
+    counts: dict[tuple[str, str, str], int] = {}
+    for d in done:
+        e = d.entry
+        # Removed only if no newer change came in while this one was in flight.
+        gone = conn.execute(
+            sa.delete(sync_queue).where(q.id == e.id, q.version == e.version)
+        ).rowcount
+        if not gone:
+            conn.execute(
+                sa.update(sync_queue)
+                .where(q.id == e.id)
+                .values(
+                    claimed_by=None,
+                    claimed_until=None,
+                    attempts=0,
+                    next_attempt_at=now,
+                    crm_id=sa.func.coalesce(q.crm_id, d.crm_id),
+                    operation=sa.case((q.operation == "insert", "update"), else_=q.operation),
+                )
+            )
+        if d.counted:
+            key = (e.object, e.direction, e.operation)
+            counts[key] = counts.get(key, 0) + 1
+        record_id = d.record_id if d.record_id is not None else e.record_id
+        if record_id is not None:
+            _remember_sync(conn, d, record_id, now)
+        _resolve_errors(conn, e, now)
+    _count(conn, counts, now)
+
+
+def _remember_sync(conn: Connection, d: Done, record_id: int, now: datetime) -> None:
+    key = {"object": d.entry.object, "record_id": record_id}
+    conn.execute(
+        sa.delete(sync_record).where(
+            sync_record.c.object == key["object"], sync_record.c.record_id == record_id
+        )
+    )
+    if d.entry.operation == "delete":
+        return
+    conn.execute(
+        sa.insert(sync_record).values(
+            **key,
+            crm_id=d.crm_id or d.entry.crm_id,
+            etag=d.etag,
+            crm_version=d.crm_version,
+            crm_modified_at=d.crm_modified_at,
+            last_synced_at=now,
+            synced_values=d.synced_values or {},
+        )
+    )
+
+
+def _resolve_errors(conn: Connection, e: Entry, now: datetime) -> None:
+    err = sync_error.c
+    conn.execute(
+        sa.update(sync_error)
+        .where(
+            err.object == e.object,
+            err.direction == e.direction,
+            err.record_key == e.record_key,
+            err.status == "open",
+        )
+        .values(status="resolved", resolved_at=now)
+    )
+
+
+def _count(conn: Connection, counts: dict[tuple[str, str, str], int], now: datetime) -> None:
+    if not counts:
+        return
+    start = bucket_start(now)
+    t = sync_throughput.c
+    for (obj, direction, operation), n in sorted(counts.items()):
+        where = (
+            t.bucket_start == start,
+            t.object == obj,
+            t.direction == direction,
+            t.operation == operation,
+        )
+        if not conn.execute(
+            sa.update(sync_throughput).where(*where).values(synced=t.synced + n)
+        ).rowcount:
+            conn.execute(
+                sa.insert(sync_throughput).values(
+                    bucket_start=start,
+                    object=obj,
+                    direction=direction,
+                    operation=operation,
+                    synced=n,
+                )
+            )
+
+
+def _reschedule(conn: Connection, f: Failed, now: datetime) -> None:
+    q = sync_queue.c
+    conn.execute(
+        sa.update(sync_queue)
+        .where(q.id == f.entry.id)
+        .values(
+            attempts=q.attempts + 1,
+            next_attempt_at=f.retry_at,
+            claimed_by=None,
+            claimed_until=None,
+            last_error_code=f.code,
+            last_error_message=f.message,
+        )
+    )
+
+
+def _park(conn: Connection, f: Failed, now: datetime) -> None:
+    e, q, err = f.entry, sync_queue.c, sync_error.c
+    conn.execute(
+        sa.update(sync_queue)
+        .where(q.id == e.id)
+        .values(
+            state="parked",
+            attempts=q.attempts + 1,
+            claimed_by=None,
+            claimed_until=None,
+            last_error_code=f.code,
+            last_error_message=f.message,
+        )
+    )
+    open_error = conn.execute(
+        sa.select(err.id).where(
+            err.object == e.object,
+            err.direction == e.direction,
+            err.record_key == e.record_key,
+            err.status == "open",
+        )
+    ).scalar()
+    values = {
+        "record_id": e.record_id,
+        "crm_id": e.crm_id,
+        "record_label": e.label,
+        "operation": e.operation,
+        "error_code": f.code,
+        "error_message": f.message,
+        "last_failed_at": now,
+    }
+    if open_error is None:
+        conn.execute(
+            sa.insert(sync_error).values(
+                object=e.object,
+                direction=e.direction,
+                record_key=e.record_key,
+                first_failed_at=now,
+                attempts=e.attempts + 1,
+                status="open",
+                **values,
+            )
+        )
+    else:
+        conn.execute(
+            sa.update(sync_error)
+            .where(err.id == open_error)
+            .values(attempts=err.attempts + 1, **values)
+        )
