@@ -53,19 +53,32 @@ _COLUMNS = (
 
 
 def _upsert(spec: ObjectSpec, d: _Dialect, row: str, operation_sql: str) -> list[str]:
-    """Create the entry, or refresh it; then fix its operation and state if they moved.
+    """Create the entry, or refresh it, moving its operation and state if they changed.
 
-    The refresh sets only columns no index covers, and the second statement writes only
-    in the rare case that the operation changes or the entry was parked. That keeps the
-    common path cheap: on SQLite no index is rewritten, on PostgreSQL the update is HOT.
+    SQLite rewrites every index that covers a column named in an UPDATE's SET list,
+    whatever the values; so there the refresh names only unindexed columns, and a second
+    statement (which writes only in the rare case that the operation changes or the entry
+    was parked) handles the rest. PostgreSQL compares values instead (an update leaving
+    indexed columns as they were stays HOT), so one statement does it all.
     """
+    refresh = (
+        " ON CONFLICT (object, direction, record_key) DO UPDATE SET"
+        " crm_id = COALESCE(excluded.crm_id, sync_queue.crm_id), label = excluded.label,"
+        " last_changed_at = excluded.last_changed_at, version = sync_queue.version + 1"
+    )
+    insert = f"INSERT INTO sync_queue ({_COLUMNS}) VALUES ({_values(spec, d, row, operation_sql)})"
+    parked = "sync_queue.state = 'parked'"
+    if d is POSTGRES:
+        return [
+            insert + refresh + ", operation = excluded.operation, state = 'pending',"
+            f" attempts = CASE WHEN {parked} THEN 0 ELSE sync_queue.attempts END,"
+            f" next_attempt_at = CASE WHEN {parked} THEN excluded.next_attempt_at"
+            " ELSE sync_queue.next_attempt_at END"
+        ]
     key = d.cast_key.format(row=row)
     match = f"object = '{spec.name}' AND direction = 'to_crm' AND record_key = {key}"
     return [
-        f"INSERT INTO sync_queue ({_COLUMNS}) VALUES ({_values(spec, d, row, operation_sql)})"
-        " ON CONFLICT (object, direction, record_key) DO UPDATE SET"
-        " crm_id = COALESCE(excluded.crm_id, sync_queue.crm_id), label = excluded.label,"
-        " last_changed_at = excluded.last_changed_at, version = sync_queue.version + 1",
+        insert + refresh,
         f"UPDATE sync_queue SET operation = {operation_sql}, state = 'pending',"
         " attempts = CASE WHEN state = 'parked' THEN 0 ELSE attempts END,"
         f" next_attempt_at = CASE WHEN state = 'parked' THEN {d.now} ELSE next_attempt_at END"
