@@ -154,20 +154,6 @@ class Emulator:
             [".well-known", "openid-configuration"],
         ):
             return _plain_json(200, openid_configuration(origin, parts[0]))
-        if method == "GET" and parts == ["common", "discovery", "instance"]:
-            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-            endpoint = query.get("authorization_endpoint", "")
-            tenant = endpoint.split("/")[3] if endpoint.count("/") >= 4 else "common"
-            return _plain_json(
-                200,
-                {
-                    "tenant_discovery_endpoint": (
-                        f"{origin}/{tenant}/v2.0/.well-known/openid-configuration"
-                    ),
-                    "api-version": "1.1",
-                    "metadata": [],
-                },
-            )
         return _plain_json(
             404, {"error": {"code": "", "message": f"No resource at '{scope['path']}'."}}
         )

@@ -6,16 +6,15 @@ Endpoints (same paths as ``login.microsoftonline.com``, served by the emulator i
   ``client_id``, ``client_secret``, ``scope`` -> ``{"token_type": "Bearer",
   "expires_in", "access_token"}``.
 - ``GET /{tenant}/v2.0/.well-known/openid-configuration`` (tenant discovery).
-- ``GET /common/discovery/instance`` (instance discovery), so MSAL's default
-  ``validate_authority=True`` also works.
 
 What an MSAL client must pass: ``msal.ConfidentialClientApplication(client_id,
 client_credential=secret, authority="https://127.0.0.1:<port>/<tenant>")``. MSAL
 (1.39, ``authority.canonicalize``) refuses any authority that is not ``https``, so the
 emulator must run with ``--certfile/--keyfile`` and the client must trust the
-certificate (``REQUESTS_CA_BUNDLE``, or ``verify=<ca.pem>`` on the application). The
-flags ``instance_discovery=False`` / ``validate_authority=False`` are optional: they only
-skip the instance-discovery request, which the emulator answers anyway.
+certificate (``REQUESTS_CA_BUNDLE``, or ``verify=<ca.pem>`` on the application). It must
+also pass ``instance_discovery=False`` (or ``validate_authority=False``): otherwise MSAL
+asks ``login.microsoftonline.com/common/discovery/instance`` (a fixed host, not the
+authority's) whether the authority is known, which needs the internet and fails.
 
 Each distinct ``client_id`` becomes an application user: a ``systemusers`` row whose
 ``systemuserid`` is stable for that client id, so ``_modifiedby_value`` tells a sync its

@@ -37,6 +37,7 @@ def config(
         # Keep-alive long enough for benchmark clients that pause between pages.
         timeout_keep_alive=30,
         backlog=2048,
+        timeout_graceful_shutdown=2,
     )
 
 

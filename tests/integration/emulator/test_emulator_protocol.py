@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (Dataverse messages are compared verbatim, on one line)
 """Protocol tests: the emulator in-process over httpx.ASGITransport, exact statuses, codes, messages."""
 
 from __future__ import annotations

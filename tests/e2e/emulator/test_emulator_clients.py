@@ -1,0 +1,215 @@
+"""Real clients against the emulator on loopback: Microsoft's Dataverse SDK and MSAL over
+HTTPS (a throwaway trustme CA), and what a cut connection looks like to httpx."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msal
+import pytest
+import requests
+import trustme
+import uvicorn
+from azure.core.credentials import AccessToken
+from PowerPlatform.Dataverse.client import DataverseClient
+
+from crmsync.emulator import server
+from crmsync.emulator.app import Emulator
+
+
+@dataclass
+class Running:
+    url: str
+    ca_file: Path
+    emulator: Emulator
+
+
+@pytest.fixture(scope="module")
+def https_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    tmp = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca_file, cert_file, key_file = tmp / "ca.pem", tmp / "cert.pem", tmp / "key.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = server.config("127.0.0.1", port, None, cert_file, key_file)
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert srv.started
+    app = config.loaded_app if hasattr(config, "loaded_app") else config.app
+    emulator = config.app if isinstance(config.app, Emulator) else app
+    assert isinstance(emulator, Emulator)
+    yield Running(f"https://127.0.0.1:{port}", ca_file, emulator)
+    srv.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+@pytest.fixture
+def fresh(https_emulator: Running, monkeypatch: pytest.MonkeyPatch) -> Running:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(https_emulator.ca_file))
+    https_emulator.emulator.reset()
+    return https_emulator
+
+
+@pytest.fixture
+def session() -> Iterator[requests.Session]:
+    """MSAL's HTTP session, closed after the test so no TLS connection outlives it."""
+    with requests.Session() as s:
+        yield s
+
+
+class EmulatorCredential:
+    """An azure-core TokenCredential that asks the emulator's token endpoint through MSAL."""
+
+    def __init__(
+        self, authority: str, client_id: str, secret: str, session: requests.Session
+    ) -> None:
+        self.app = msal.ConfidentialClientApplication(
+            client_id,
+            client_credential=secret,
+            authority=authority,
+            instance_discovery=False,
+            http_client=session,
+        )
+        self.calls = 0
+
+    def get_token(self, *scopes: str, **_: Any) -> AccessToken:
+        self.calls += 1
+        result = self.app.acquire_token_for_client(scopes=list(scopes))
+        assert "access_token" in result, result
+        return AccessToken(result["access_token"], int(time.time()) + int(result["expires_in"]))
+
+
+def test_msal_confidential_client_gets_a_token(fresh: Running, session: requests.Session) -> None:
+    # instance_discovery=False is required: otherwise MSAL asks login.microsoftonline.com
+    # (not the authority's host) whether 127.0.0.1 is a known authority.
+    app = msal.ConfidentialClientApplication(
+        "msal-app",
+        client_credential="secret",
+        authority=f"{fresh.url}/my-tenant",
+        instance_discovery=False,
+        http_client=session,
+    )
+    result = app.acquire_token_for_client(scopes=[f"{fresh.url}/.default"])
+    assert result["token_type"] == "Bearer" and result["expires_in"] > 3000
+    assert result.get("token_source") == "identity_provider"
+    again = app.acquire_token_for_client(scopes=[f"{fresh.url}/.default"])
+    assert again["access_token"] == result["access_token"]  # served from MSAL's cache
+    r = httpx.get(
+        f"{fresh.url}/api/data/v9.2/WhoAmI",
+        headers={"Authorization": f"Bearer {result['access_token']}"},
+        verify=ssl.create_default_context(cafile=str(fresh.ca_file)),
+    )
+    assert r.status_code == 200
+    # validate_authority=False skips instance discovery as well.
+    quiet = msal.ConfidentialClientApplication(
+        "msal-app",
+        client_credential="secret",
+        authority=f"{fresh.url}/my-tenant",
+        validate_authority=False,
+        http_client=session,
+    )
+    assert "access_token" in quiet.acquire_token_for_client(scopes=[f"{fresh.url}/.default"])
+
+
+def test_msal_refuses_plain_http_authority() -> None:
+    with pytest.raises(ValueError, match="https"):
+        msal.ConfidentialClientApplication(
+            "x", client_credential="s", authority="http://127.0.0.1:1/tenant"
+        )
+
+
+def test_microsoft_sdk_crud_query_and_batch(fresh: Running, session: requests.Session) -> None:
+    cred = EmulatorCredential(f"{fresh.url}/sdk-tenant", "sdk-app", "secret", session)
+    with DataverseClient(fresh.url, cred) as client:
+        account_id = client.records.create("account", {"name": "Contoso"})
+        lead_id = client.records.create(
+            "lead", {"firstname": "Ada", "lastname": "Lovelace", "emailaddress1": "ada@example.com"}
+        )
+        got = client.records.retrieve("lead", lead_id, select=["firstname", "emailaddress1"])
+        assert got["firstname"] == "Ada" and got["emailaddress1"] == "ada@example.com"
+        client.records.update("lead", lead_id, {"firstname": "Augusta", "leadqualitycode": "Warm"})
+        got = client.records.retrieve("lead", lead_id, select=["firstname", "leadqualitycode"])
+        assert got["firstname"] == "Augusta" and got["leadqualitycode"] == 2  # label -> value
+
+        ids = client.records.create(
+            "contact",
+            [
+                {
+                    "lastname": f"C{i:02d}",
+                    "parentcustomerid_account@odata.bind": f"/accounts({account_id})",
+                }
+                for i in range(12)
+            ],
+        )
+        assert len(ids) == 12
+        pages = list(
+            client.records.list_pages(
+                "contact", select=["lastname"], filter="startswith(lastname,'C0')", page_size=4
+            )
+        )
+        names = sorted(r["lastname"] for page in pages for r in page)
+        assert len(pages) == 3 and names == [f"C{i:02d}" for i in range(10)]
+        everything = client.records.list("contact", select=["lastname"], orderby=["lastname desc"])
+        assert [r["lastname"] for r in everything][:2] == ["C11", "C10"]
+
+        batch = client.batch.new()
+        batch.records.create("account", {"name": "Batch One"})
+        with batch.changeset() as cs:
+            ref = cs.records.create("account", {"name": "Batch Two"})
+            cs.records.create(
+                "contact", {"lastname": "Linked", "parentcustomerid_account@odata.bind": ref}
+            )
+        batch.records.retrieve("lead", lead_id, select=["firstname"])
+        result = batch.execute()
+        assert not result.failed and len(result.responses) == 4
+        assert result.responses[3].data is not None
+        assert result.responses[3].data["firstname"] == "Augusta"
+        linked = client.records.list(
+            "contact", select=["lastname", "_parentcustomerid_value"], filter="lastname eq 'Linked'"
+        )
+        two = client.records.list("account", select=["name"], filter="name eq 'Batch Two'")
+        assert linked[0]["_parentcustomerid_value"] == two[0]["accountid"]
+
+        client.records.delete("lead", lead_id)
+        assert client.records.retrieve("lead", lead_id) is None  # the SDK maps 404 to None
+    assert cred.calls >= 1
+    stats = fresh.emulator.stats()
+    assert stats["records"]["accounts"] == 3 and stats["records"]["contacts"] == 13
+    assert stats["records"]["leads"] == 0
+    assert set(stats["requests"]["by_status"]) <= {"200", "201", "204", "404"}
+
+
+def test_cut_connection_applies_write_and_drops_response(fresh: Running) -> None:
+    form = {"grant_type": "client_credentials", "client_id": "cutter", "client_secret": "s"}
+    with httpx.Client(
+        base_url=fresh.url, verify=ssl.create_default_context(cafile=str(fresh.ca_file))
+    ) as c:
+        token = c.post("/t/oauth2/v2.0/token", data=form).json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        fresh.emulator.configure({"cut_rate": 1.0})
+        with pytest.raises(
+            httpx.RemoteProtocolError, match="Server disconnected without sending a response"
+        ):
+            c.post("/api/data/v9.2/accounts", json={"name": "written anyway"}, headers=headers)
+        fresh.emulator.configure({"cut_rate": 0.0})
+        rows = c.get("/api/data/v9.2/accounts?$select=name", headers=headers).json()["value"]
+    assert [r["name"] for r in rows] == ["written anyway"]
+    assert fresh.emulator.stats()["requests"]["cut"] == 1
