@@ -1,0 +1,125 @@
+"""The queue on real databases: leases, in-flight changes, outcomes and their records."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from crmsync.store import queue
+from crmsync.store.db import write_transaction
+from crmsync.store.schema import sync_error, sync_queue, sync_record, sync_throughput
+from crmsync.store.types import utcnow
+
+LEASE = timedelta(seconds=30)
+
+
+def add_leads(engine: sa.Engine, n: int) -> None:
+    with write_transaction(engine) as conn:
+        for i in range(n):
+            conn.execute(
+                sa.text("INSERT INTO lead (email) VALUES (:e)"), {"e": f"q{i}@example.com"}
+            )
+
+
+def count(engine: sa.Engine, table: sa.Table, *where: sa.ColumnElement[bool]) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one()
+        )
+
+
+def test_claims_do_not_overlap_until_the_lease_expires(engine: sa.Engine) -> None:
+    add_leads(engine, 5)
+    a = queue.claim(engine, "a", "to_crm", ["lead"], 3, LEASE)
+    b = queue.claim(engine, "b", "to_crm", ["lead"], 10, LEASE)
+    assert len(a) == 3 and len(b) == 2
+    assert not {e.id for e in a} & {e.id for e in b}
+    assert queue.claim(engine, "c", "to_crm", ["lead"], 10, LEASE) == []
+    # Worker a dies; once its lease runs out, anyone may take its entries.
+    later = utcnow() + LEASE + timedelta(seconds=1)
+    c = queue.claim(engine, "c", "to_crm", ["lead"], 10, LEASE, now=later)
+    assert {e.id for e in c} == {e.id for e in a} | {e.id for e in b}
+
+
+def test_release_gives_claims_back(engine: sa.Engine) -> None:
+    add_leads(engine, 2)
+    assert len(queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)) == 2
+    assert queue.release(engine, "a") == 2
+    assert len(queue.claim(engine, "b", "to_crm", ["lead"], 10, LEASE)) == 2
+
+
+def test_paused_objects_are_not_claimed(engine: sa.Engine) -> None:
+    add_leads(engine, 1)
+    with write_transaction(engine) as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO sync_pause (object, direction, paused_at) VALUES ('lead', '*', :t)"
+            ),
+            {"t": utcnow().replace(tzinfo=None)},
+        )
+    assert queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE) == []
+
+
+def test_change_during_flight_keeps_the_entry_as_an_update(engine: sa.Engine) -> None:
+    add_leads(engine, 1)
+    (entry,) = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
+    with write_transaction(engine) as conn:
+        conn.execute(
+            sa.text("UPDATE lead SET last_name = 'newer' WHERE id = :i"), {"i": entry.record_id}
+        )
+    queue.record(
+        engine, queue.Outcome(done=[queue.Done(entry, crm_id="g-1", synced_values={"email": "q0"})])
+    )
+    with engine.connect() as conn:
+        left = conn.execute(sa.select(sync_queue)).mappings().one()
+    assert (left["operation"], left["crm_id"], left["claimed_by"]) == ("update", "g-1", None)
+    assert count(engine, sync_record) == 1
+
+
+def test_success_counts_throughput_and_resolves_errors(engine: sa.Engine) -> None:
+    add_leads(engine, 2)
+    first, second = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
+    queue.record(engine, queue.Outcome(failed=[queue.Failed(first, "0x80044331", "too long")]))
+    assert count(engine, sync_error, sync_error.c.status == "open") == 1
+    assert count(engine, sync_queue, sync_queue.c.state == "parked") == 1
+    # Parked entries are not claimed again until a new change or a retry.
+    later = utcnow() + timedelta(hours=1)
+    claimed = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE, now=later)
+    assert [e.id for e in claimed] == [second.id]
+    with write_transaction(engine) as conn:
+        conn.execute(
+            sa.text("UPDATE lead SET last_name = 'fixed' WHERE id = :i"), {"i": first.record_id}
+        )
+    (again,) = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE, now=later)
+    assert again.id == first.id and again.attempts == 0
+    queue.record(
+        engine,
+        queue.Outcome(done=[queue.Done(again, crm_id="g-1"), queue.Done(second, crm_id="g-2")]),
+    )
+    assert count(engine, sync_queue) == 0
+    assert count(engine, sync_error, sync_error.c.status == "resolved") == 1
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.sum(sync_throughput.c.synced))).scalar() == 2
+
+
+def test_transient_failure_reschedules_and_repeated_park_updates_one_error(
+    engine: sa.Engine,
+) -> None:
+    add_leads(engine, 1)
+    (entry,) = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
+    retry_at = utcnow() + timedelta(minutes=5)
+    queue.record(
+        engine, queue.Outcome(failed=[queue.Failed(entry, "http_503", "busy", retry_at=retry_at)])
+    )
+    assert queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE) == []
+    (entry,) = queue.claim(
+        engine, "a", "to_crm", ["lead"], 10, LEASE, now=retry_at + timedelta(seconds=1)
+    )
+    assert entry.attempts == 1
+    for _ in range(2):
+        queue.record(engine, queue.Outcome(failed=[queue.Failed(entry, "0x80040333", "duplicate")]))
+    with engine.connect() as conn:
+        err = conn.execute(sa.select(sync_error)).mappings().one()
+    assert err["status"] == "open" and err["error_code"] == "0x80040333"
+    assert err["record_label"] == "q0@example.com" and err["operation"] == "insert"

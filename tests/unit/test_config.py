@@ -1,0 +1,129 @@
+"""Settings: defaults, validation naming each bad setting, secrets kept out of sight."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from crmsync.config import load_settings
+from crmsync.domain import ConflictRule, Flow
+from crmsync.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("CRMSYNC_"):
+            monkeypatch.delenv(key)
+
+
+def test_contract_defaults() -> None:
+    s = load_settings()
+    assert s.database_url == "sqlite:///crmsync.db"
+    assert s.authority_url == "https://login.microsoftonline.com"
+    assert s.timezone == "UTC"
+    specs = s.object_specs()
+    assert {n: sp.flow for n, sp in specs.items()} == {
+        "lead": Flow.BOTH,
+        "contact": Flow.BOTH,
+        "account": Flow.FROM_CRM,
+        "opportunity": Flow.FROM_CRM,
+    }
+    assert specs["lead"].rule_for("email") is ConflictRule.LOCAL_WINS
+    assert specs["contact"].rule_for("email") is ConflictRule.CRM_WINS
+    assert specs["lead"].fields["email"] == "emailaddress1"
+
+
+def test_every_bad_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRMSYNC_TIMEZONE", "Mars/Olympus")
+    monkeypatch.setenv("CRMSYNC_BATCH_SIZE", "0")
+    monkeypatch.setenv("CRMSYNC_DYNAMICS_URL", "org.crm.dynamics.com")
+    monkeypatch.setenv("CRMSYNC_DATABASE_URL", "mysql://x")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    text = str(info.value)
+    for name in (
+        "CRMSYNC_TIMEZONE",
+        "CRMSYNC_BATCH_SIZE",
+        "CRMSYNC_DYNAMICS_URL",
+        "CRMSYNC_DATABASE_URL",
+    ):
+        assert name in text
+
+
+def test_unknown_setting_in_toml_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('batch_sise = 5\n[objects.widget]\nflow = "both"\n')
+    monkeypatch.setenv("CRMSYNC_CONFIG", str(cfg))
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "batch_sise" in str(info.value).lower()
+
+
+def test_toml_object_overrides_and_env_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        'batch_size = 10\n[objects.account]\nflow = "both"\n'
+        '[objects.lead.field_rules]\nemail = "crm_wins"\n'
+    )
+    monkeypatch.setenv("CRMSYNC_CONFIG", str(cfg))
+    monkeypatch.setenv("CRMSYNC_BATCH_SIZE", "20")
+    s = load_settings()
+    assert s.batch_size == 20
+    specs = s.object_specs()
+    assert specs["account"].flow is Flow.BOTH
+    assert specs["lead"].rule_for("email") is ConflictRule.CRM_WINS
+    assert specs["lead"].rule_for("last_name") is ConflictRule.LOCAL_WINS
+
+
+@pytest.mark.parametrize(
+    "toml",
+    [
+        '[objects.lead.fields]\n"email; DROP TABLE lead" = "emailaddress1"\n',
+        '[objects.lead.fields]\nemail = "x) ; --"\n',
+        '[objects.lead.field_rules]\nnope = "crm_wins"\n',
+    ],
+)
+def test_object_overrides_must_name_real_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toml: str
+) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(toml)
+    monkeypatch.setenv("CRMSYNC_CONFIG", str(cfg))
+    with pytest.raises(ConfigError, match="CRMSYNC_OBJECTS"):
+        load_settings()
+
+
+def test_unreadable_or_invalid_toml_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRMSYNC_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(ConfigError, match="CRMSYNC_CONFIG"):
+        load_settings()
+    bad = tmp_path / "bad.toml"
+    bad.write_text("batch_size = [")
+    monkeypatch.setenv("CRMSYNC_CONFIG", str(bad))
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings()
+
+
+def test_secrets_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRMSYNC_CLIENT_SECRET", "canary-secret-1")
+    monkeypatch.setenv("CRMSYNC_API_TOKEN", "canary-token-2")
+    monkeypatch.setenv("CRMSYNC_DATABASE_URL", "postgresql+psycopg://u:canary-pw-3@h/db")
+    s = load_settings()
+    shown = repr(s) + str(s)
+    for canary in ("canary-secret-1", "canary-token-2", "canary-pw-3"):
+        assert canary not in shown
+    # ...and not in validation errors either.
+    monkeypatch.setenv("CRMSYNC_BATCH_SIZE", "canary-bad-4")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "canary" not in str(info.value)

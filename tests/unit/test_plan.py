@@ -1,0 +1,134 @@
+"""Push planning and retry policy: decisions without I/O."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+from crmsync.domain import default_objects
+from crmsync.engine import retry
+from crmsync.engine.plan import MISSING_REFERENCE, Defer, Parent, Park, Send, Skip, plan_entry
+from crmsync.store.queue import Entry, bucket_start
+
+NOW = datetime(2026, 11, 25, 13, 7, 30, tzinfo=UTC)
+SPECS = default_objects()
+
+
+def entry(op: str, obj: str = "lead", crm_id: str | None = None, record_id: int = 1) -> Entry:
+    return Entry(
+        1, obj, "to_crm", str(record_id), record_id, crm_id, op, "x@example.com", None, 1, 0, NOW
+    )
+
+
+LEAD = {
+    "id": 1,
+    "crm_id": None,
+    "email": "x@example.com",
+    "first_name": "X",
+    "last_name": "Y",
+    "company": "Z",
+}
+
+
+def test_insert_is_an_upsert_under_a_chosen_id_with_duplicate_detection() -> None:
+    step = plan_entry(
+        entry("insert"), SPECS["lead"], LEAD, {}, detect_duplicates=True, new_id="g-1"
+    )
+    assert isinstance(step, Send)
+    assert (step.write.op, step.write.record_id, step.crm_id) == ("upsert", "g-1", "g-1")
+    assert step.write.detect_duplicates
+    assert step.write.body == {
+        "emailaddress1": "x@example.com",
+        "firstname": "X",
+        "lastname": "Y",
+        "companyname": "Z",
+    }
+
+
+def test_retried_insert_reuses_the_saved_id() -> None:
+    step = plan_entry(
+        entry("insert", crm_id="saved"),
+        SPECS["lead"],
+        LEAD,
+        {},
+        detect_duplicates=False,
+        new_id="new",
+    )
+    assert isinstance(step, Send) and step.write.record_id == "saved"
+
+
+def test_update_is_update_only_and_delete_needs_an_id() -> None:
+    row = {**LEAD, "crm_id": "g"}
+    step = plan_entry(entry("update"), SPECS["lead"], row, {}, detect_duplicates=True)
+    assert isinstance(step, Send)
+    assert (step.write.op, step.write.if_match, step.write.detect_duplicates) == (
+        "update",
+        "*",
+        False,
+    )
+    gone = plan_entry(entry("delete", crm_id="g"), SPECS["lead"], None, {}, detect_duplicates=True)
+    assert isinstance(gone, Send) and gone.write.op == "delete" and gone.write.record_id == "g"
+    assert isinstance(
+        plan_entry(entry("delete"), SPECS["lead"], None, {}, detect_duplicates=True), Skip
+    )
+
+
+def test_row_deleted_after_claim_is_skipped() -> None:
+    assert isinstance(
+        plan_entry(entry("update"), SPECS["lead"], None, {}, detect_duplicates=True), Skip
+    )
+
+
+def test_contact_lookup_binds_waits_or_parks() -> None:
+    contact = {
+        "id": 1,
+        "crm_id": None,
+        "email": "c@x",
+        "first_name": None,
+        "last_name": "C",
+        "account_id": 7,
+    }
+    e = entry("insert", "contact")
+    bound = plan_entry(
+        e,
+        SPECS["contact"],
+        contact,
+        {("account", 7): Parent("acc-guid", False)},
+        detect_duplicates=False,
+    )
+    assert isinstance(bound, Send)
+    assert bound.write.body is not None
+    assert bound.write.body["parentcustomerid_account@odata.bind"] == "/accounts(acc-guid)"
+    waiting = plan_entry(
+        e, SPECS["contact"], contact, {("account", 7): Parent(None, True)}, detect_duplicates=False
+    )
+    assert isinstance(waiting, Defer)
+    orphan = plan_entry(
+        e, SPECS["contact"], contact, {("account", 7): Parent(None, False)}, detect_duplicates=False
+    )
+    assert isinstance(orphan, Park) and orphan.code == MISSING_REFERENCE
+    missing = plan_entry(e, SPECS["contact"], contact, {}, detect_duplicates=False)
+    assert isinstance(missing, Park)
+
+
+def test_backoff_doubles_is_jittered_and_capped() -> None:
+    rnd = random.Random(3)
+    delays = [retry.backoff_seconds(n, 1.0, 60.0, rnd=rnd) for n in range(1, 12)]
+    for n, d in enumerate(delays, start=1):
+        full = min(60.0, 2.0 ** (n - 1))
+        assert full / 2 <= d <= full
+    assert max(delays) <= 60.0
+
+
+def test_retry_after_is_a_floor() -> None:
+    when = retry.next_attempt(NOW, 1, 1.0, 60.0, retry_after=30.0, rnd=random.Random(1))
+    assert when - NOW >= timedelta(seconds=30)
+    assert retry.exhausted(8, 8) and not retry.exhausted(7, 8)
+
+
+def test_buckets_are_quarter_hours() -> None:
+    assert bucket_start(NOW) == datetime(2026, 11, 25, 13, 0, tzinfo=UTC)
+    assert bucket_start(NOW.replace(minute=44, second=59)) == datetime(
+        2026, 11, 25, 13, 30, tzinfo=UTC
+    )
+    assert bucket_start(NOW.replace(minute=45)) == datetime(2026, 11, 25, 13, 45, tzinfo=UTC)
