@@ -49,8 +49,6 @@ def serve(
     keyfile: Path | None = None,
 ) -> None:
     scheme = "https" if certfile else "http"
-    log.warning(
-        "emulator listening",
-        extra={"event": "emulator.start", "url": f"{scheme}://{host}:{port}/api/data/v9.2/"},
-    )
+    url = f"{scheme}://{host}:{port}/api/data/v9.2/"
+    log.warning("emulator listening on %s", url, extra={"event": "emulator.start", "url": url})
     uvicorn.Server(config(host, port, db, certfile, keyfile)).run()
