@@ -6,64 +6,12 @@ records: every change is in Dynamics exactly once, or listed as an error.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-import httpx
-import pytest
 import sqlalchemy as sa
 
 from crmsync.config import Settings
-from crmsync.dynamics.client import DataverseClient
-from crmsync.engine.worker import Worker
-from crmsync.store.db import create_store_engine, write_transaction
 from crmsync.store.schema import sync_error, sync_queue, sync_throughput
-
-LEAD_SELECT = "leadid,emailaddress1,firstname,lastname,companyname"
-
-
-def sql(engine: sa.Engine, statement: str, params: Any = None) -> None:
-    with write_transaction(engine) as conn:
-        conn.execute(sa.text(statement), params or {})
-
-
-def configure(url: str, **values: Any) -> None:
-    httpx.put(f"{url}/_emulator/config", json=values, timeout=10).raise_for_status()
-
-
-def crm_rows(url: str, entity_set: str, select: str) -> list[dict[str, Any]]:
-    token = httpx.post(
-        f"{url}/crmsync-tests/oauth2/v2.0/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_id": "inspector",
-            "client_secret": "x",
-            "scope": f"{url}/.default",
-        },
-        timeout=10,
-    ).json()["access_token"]
-    rows: list[dict[str, Any]] = []
-    next_url: str | None = f"{url}/api/data/v9.2/{entity_set}?$select={select}"
-    while next_url:
-        body = httpx.get(next_url, headers={"Authorization": f"Bearer {token}"}, timeout=30).json()
-        rows.extend(body["value"])
-        next_url = body.get("@odata.nextLink")
-    return rows
-
-
-def drain(settings: Settings, engine: sa.Engine) -> None:
-    async def go() -> None:
-        async with DataverseClient.from_settings(settings) as client:
-            await Worker(engine, client, settings, concurrency=2).run(once=True)
-
-    asyncio.run(asyncio.wait_for(go(), timeout=60))
-
-
-@pytest.fixture
-def store(sync_settings: Settings) -> Any:
-    engine = create_store_engine(sync_settings.database_url)
-    yield engine
-    engine.dispose()
 
 
 def local_leads(engine: sa.Engine) -> dict[str, dict[str, Any]]:
@@ -73,7 +21,7 @@ def local_leads(engine: sa.Engine) -> dict[str, dict[str, Any]]:
 
 
 def test_inserts_updates_and_deletes_arrive_with_their_values(
-    sync_settings: Settings, store: sa.Engine
+    sync_settings: Settings, store: sa.Engine, sql: Any, drain: Any, crm_rows: Any
 ) -> None:
     for i in range(30):
         sql(
@@ -82,7 +30,7 @@ def test_inserts_updates_and_deletes_arrive_with_their_values(
             {"e": f"p{i}@example.com", "f": f"F{i}", "l": f"L{i}", "c": "Acme"},
         )
     drain(sync_settings, store)
-    crm = {r["leadid"]: r for r in crm_rows(sync_settings.dynamics_url or "", "leads", LEAD_SELECT)}
+    crm = {r["leadid"]: r for r in crm_rows(sync_settings.dynamics_url or "")}
     local = local_leads(store)
     assert len(crm) == 30 and set(crm) == set(local)
     for crm_id, row in local.items():
@@ -92,7 +40,7 @@ def test_inserts_updates_and_deletes_arrive_with_their_values(
     sql(store, "UPDATE lead SET last_name = 'Changed' WHERE id <= 10")
     sql(store, "DELETE FROM lead WHERE id > 25")
     drain(sync_settings, store)
-    crm = {r["leadid"]: r for r in crm_rows(sync_settings.dynamics_url or "", "leads", LEAD_SELECT)}
+    crm = {r["leadid"]: r for r in crm_rows(sync_settings.dynamics_url or "")}
     local = local_leads(store)
     assert set(crm) == set(local) and len(crm) == 25
     assert sorted(r["lastname"] for r in crm.values()).count("Changed") == 10
@@ -109,7 +57,7 @@ def test_inserts_updates_and_deletes_arrive_with_their_values(
 
 
 def test_contact_waits_for_its_account_and_binds_the_lookup(
-    sync_settings: Settings, store: sa.Engine
+    sync_settings: Settings, store: sa.Engine, sql: Any, drain: Any, crm_rows: Any
 ) -> None:
     # Accounts flow from Dynamics by default; here the account is already known there.
     sql(store, "INSERT INTO account (id, name) VALUES (1, 'Acme')")
@@ -122,7 +70,12 @@ def test_contact_waits_for_its_account_and_binds_the_lookup(
 
 
 def test_rejected_records_become_errors_while_the_rest_sync(
-    sync_settings: Settings, store: sa.Engine
+    sync_settings: Settings,
+    store: sa.Engine,
+    sql: Any,
+    drain: Any,
+    crm_rows: Any,
+    configure: Any,
 ) -> None:
     url = sync_settings.dynamics_url or ""
     configure(url, duplicate_detection=True, denied_entity_sets=["contacts"])
@@ -154,12 +107,12 @@ def test_rejected_records_become_errors_while_the_rest_sync(
     assert errors["denied@example.com"]["error_code"] == "0x80040220"
     for e in errors.values():
         assert e["direction"] == "to_crm" and e["operation"] == "insert" and e["attempts"] == 1
-    emails = sorted(r["emailaddress1"] for r in crm_rows(url, "leads", LEAD_SELECT))
+    emails = sorted(r["emailaddress1"] for r in crm_rows(url))
     assert emails == ["dup@example.com", "ok1@example.com", "ok2@example.com"]
 
 
 def test_fixing_a_parked_record_syncs_it_and_resolves_its_error(
-    sync_settings: Settings, store: sa.Engine
+    sync_settings: Settings, store: sa.Engine, sql: Any, drain: Any, crm_rows: Any
 ) -> None:
     sql(
         store, "INSERT INTO lead (email, last_name) VALUES ('fix@example.com', :l)", {"l": "y" * 60}
@@ -170,6 +123,4 @@ def test_fixing_a_parked_record_syncs_it_and_resolves_its_error(
     with store.connect() as conn:
         status = conn.execute(sa.select(sync_error.c.status)).scalar_one()
     assert status == "resolved"
-    assert [
-        r["lastname"] for r in crm_rows(sync_settings.dynamics_url or "", "leads", LEAD_SELECT)
-    ] == ["Short"]
+    assert [r["lastname"] for r in crm_rows(sync_settings.dynamics_url or "")] == ["Short"]
