@@ -175,7 +175,7 @@ def sync_settings(db_url: str, emulator_url: str) -> Settings:
         authority_url=emulator_url,
         tenant_id="crmsync-tests",
         client_id="crmsync-app",
-        client_secret="test-secret",  # noqa: S106
+        client_secret="test-secret",
         retry_base_seconds=0.05,
         retry_max_seconds=0.5,
         lease_seconds=10,
