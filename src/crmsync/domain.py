@@ -7,7 +7,12 @@ table and mapped to a Dataverse entity set. Its *direction* says which way chang
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
+
+# A Dataverse primary key: a GUID in its 8-4-4-4-12 hex form.
+GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+GUID_RE = re.compile(GUID)
 
 
 class Direction(enum.StrEnum):

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from crmsync.domain import GUID
 from crmsync.dynamics.batch import BatchRequest, BatchResponse
 from crmsync.dynamics.faults import classify
 from crmsync.errors import CrmsyncError, Retriable
@@ -28,9 +29,7 @@ from crmsync.errors import CrmsyncError, Retriable
 Op = Literal["create", "upsert", "update", "delete"]
 BulkMessage = Literal["CreateMultiple", "UpdateMultiple", "UpsertMultiple"]
 
-_GUID = re.compile(
-    r"\(([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\)"
-)
+_GUID = re.compile(rf"\(({GUID})\)")
 
 
 @dataclass(frozen=True)

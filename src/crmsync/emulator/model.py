@@ -8,11 +8,11 @@ them, as ``_<attribute>_value``, and written through ``<navigation>@odata.bind``
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from crmsync.domain import GUID_RE
 from crmsync.emulator import faults
 
 STRING = "String"
@@ -24,9 +24,6 @@ DATETIME = "DateTime"
 BIGINT = "BigInt"
 LOOKUP = "Lookup"
 
-_GUID_RE = re.compile(
-    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-)
 
 
 @dataclass(frozen=True)
@@ -162,7 +159,7 @@ BY_LOGICAL: dict[str, Entity] = {e.logical: e for e in ENTITIES.values()}
 
 
 def is_guid(text: str) -> bool:
-    return bool(_GUID_RE.match(text))
+    return bool(GUID_RE.fullmatch(text))
 
 
 def normalize_guid(text: str) -> str:
