@@ -1,0 +1,365 @@
+"""Sync Status: the backlog, its details, the last clock hour, throughput and pauses.
+
+Every number comes from ``sync_queue`` (the backlog is its ``pending`` entries; parked
+errors are excluded) and from ``sync_throughput`` (synced records in 15-minute buckets).
+The queue holds one entry per (object, direction, record), so several changes to one
+record before it syncs already count once per direction, and ``first_queued_at`` is when
+its first unsynced change was captured. The backlog counts are grouped straight off the
+``ix_sync_queue_backlog`` index (state, object, direction, operation, first_queued_at).
+
+``at`` moves the reference time: the last-hour window, the throughput history and the
+ages are computed as of ``at``. The backlog itself is always the present one: the queue
+keeps no history of entries that have since synced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+
+from crmsync.domain import Direction, Operation
+from crmsync.errors import ValidationFailed
+from crmsync.store.schema import sync_pause, sync_queue, sync_throughput
+from crmsync.store.types import utcnow
+
+HOUR = timedelta(hours=1)
+MAX_HOURS = 720
+# The trend compares the backlog with its estimate this long ago (see ``trend``).
+TREND_HOURS = 3
+# Within this share (or this many records) of the earlier backlog the trend is "steady".
+TREND_TOLERANCE = 0.1
+TREND_MIN_CHANGE = 10
+OPERATIONS: tuple[str, ...] = tuple(o.value for o in Operation)
+DIRECTIONS: tuple[str, ...] = tuple(d.value for d in Direction)
+PLURAL = {"insert": "inserts", "update": "updates", "delete": "deletes"}
+
+
+# -- parameters -------------------------------------------------------------------------
+
+
+def parse_timestamp(field: str, value: str | None) -> datetime | None:
+    """An ISO 8601 timestamp with an offset (``Z`` accepted), as aware UTC."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValidationFailed(field, "is not an ISO 8601 timestamp") from None
+    if parsed.tzinfo is None:
+        raise ValidationFailed(field, "needs a UTC offset, e.g. 2026-11-25T13:00:00Z")
+    try:
+        return parsed.astimezone(ZoneInfo("UTC"))
+    except OverflowError:
+        raise ValidationFailed(field, "is out of range") from None
+
+
+def check_choice(field: str, value: str | None, choices: Iterable[str]) -> str | None:
+    allowed = tuple(choices)
+    if value is not None and value not in allowed:
+        raise ValidationFailed(field, f"unknown value {value!r}; one of {', '.join(allowed)}")
+    return value
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+# -- the clock hour ---------------------------------------------------------------------
+
+
+def hour_window(at: datetime, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """The last complete clock hour before ``at`` in ``zone``, as UTC ``(start, end)``.
+
+    The hour's end is ``at`` less the minutes past the hour on the local clock at that
+    instant, which is right for offsets of 30 and 45 minutes and on either side of a
+    DST change (the local clock's minutes are those of the offset in force at ``at``).
+    At exactly hh:00 local, the hour that just ended is the window. Clock hours are one
+    real hour long in every zone whose DST shift is a whole hour (all but Lord Howe).
+    """
+    local = at.astimezone(zone)
+    end = at - timedelta(minutes=local.minute, seconds=local.second, microseconds=local.microsecond)
+    utc = ZoneInfo("UTC")
+    return (end - HOUR).astimezone(utc), end.astimezone(utc)
+
+
+def hourly_windows(at: datetime, zone: ZoneInfo, hours: int) -> list[tuple[datetime, datetime]]:
+    """The last ``hours`` complete clock hours before ``at``, oldest first."""
+    _, end = hour_window(at, zone)
+    return [(end - HOUR * (k + 1), end - HOUR * k) for k in reversed(range(hours))]
+
+
+# -- pauses -----------------------------------------------------------------------------
+
+
+def paused(conn: Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(sa.select(sync_pause).order_by(sync_pause.c.object, sync_pause.c.direction))
+    return [
+        {"object": r.object, "direction": r.direction, "paused_at": iso(r.paused_at)} for r in rows
+    ]
+
+
+def pause(conn: Connection, obj: str, direction: str, now: datetime | None = None) -> None:
+    """Pause ``obj`` (``*``: every object) in ``direction`` (``*``: both)."""
+    exists = conn.execute(
+        sa.select(sa.literal(1)).where(
+            sync_pause.c.object == obj, sync_pause.c.direction == direction
+        )
+    ).first()
+    if exists is None:
+        conn.execute(
+            sa.insert(sync_pause).values(object=obj, direction=direction, paused_at=now or utcnow())
+        )
+
+
+def resume(conn: Connection, obj: str, direction: str) -> int:
+    """Lift the pauses that ``obj``/``direction`` cover (``*`` covers every value)."""
+    where = []
+    if obj != "*":
+        where.append(sync_pause.c.object == obj)
+    if direction != "*":
+        where.append(sync_pause.c.direction == direction)
+    return conn.execute(sa.delete(sync_pause).where(*where)).rowcount
+
+
+# -- the backlog ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Group:
+    """Pending entries of one (object, direction, operation)."""
+
+    object: str
+    direction: str
+    operation: str
+    count: int
+    oldest_queued_at: datetime | None
+
+
+def backlog_groups(conn: Connection, direction: str | None = None) -> list[Group]:
+    """Pending entries counted per (object, direction, operation), from the index."""
+    q = sync_queue.c
+    query = (
+        sa.select(
+            q.object, q.direction, q.operation, sa.func.count(), sa.func.min(q.first_queued_at)
+        )
+        .where(q.state == "pending")
+        .group_by(q.object, q.direction, q.operation)
+    )
+    if direction is not None:
+        query = query.where(q.direction == direction)
+    return [Group(*row) for row in conn.execute(query)]
+
+
+def synced_since(
+    conn: Connection, start: datetime, end: datetime, direction: str | None = None
+) -> dict[str, int]:
+    """Records synced per object in the buckets starting in ``[start, end)``."""
+    t = sync_throughput.c
+    query = (
+        sa.select(t.object, sa.func.sum(t.synced))
+        .where(t.bucket_start >= start, t.bucket_start < end)
+        .group_by(t.object)
+    )
+    if direction is not None:
+        query = query.where(t.direction == direction)
+    return {obj: int(n or 0) for obj, n in conn.execute(query)}
+
+
+def queued_since(conn: Connection, since: datetime, direction: str | None = None) -> dict[str, int]:
+    """Pending entries per object whose first change was captured at or after ``since``."""
+    q = sync_queue.c
+    query = (
+        sa.select(q.object, sa.func.count())
+        .where(q.state == "pending", q.first_queued_at >= since)
+        .group_by(q.object)
+    )
+    if direction is not None:
+        query = query.where(q.direction == direction)
+    return {obj: int(n) for obj, n in conn.execute(query)}
+
+
+def trend(now_total: int, earlier_total: int) -> str:
+    """``growing``, ``shrinking`` or ``steady``, comparing the backlog with an earlier one."""
+    change = now_total - earlier_total
+    if abs(change) <= max(TREND_MIN_CHANGE, TREND_TOLERANCE * earlier_total):
+        return "steady"
+    return "growing" if change > 0 else "shrinking"
+
+
+def drain_eta_seconds(total: int, synced_last_hour: int) -> int | None:
+    """Seconds to drain ``total`` at last hour's rate; None when nothing synced lately."""
+    if total == 0:
+        return 0
+    if synced_last_hour <= 0:
+        return None
+    return round(total * 3600 / synced_last_hour)
+
+
+def backlog(
+    conn: Connection,
+    objects: Iterable[str],
+    *,
+    direction: str | None = None,
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    """The backlog view: one row per configured object, zeros included.
+
+    Beyond the contract's fields each row has ``trend`` and ``eta_seconds``:
+
+    - ``eta_seconds``: the backlog divided by the records synced in the last 60 minutes
+      before ``at`` (null when none synced, 0 when the backlog is empty).
+    - ``trend``: the backlog now against an estimate of it ``TREND_HOURS`` ago: the
+      entries now waiting that were already queued then, plus the records synced since.
+      The estimate over-counts records that both arrived and synced in between, so it
+      leans towards "shrinking" under heavy traffic; it is a hint, not a measurement.
+    """
+    as_of = at or utcnow()
+    names = list(objects)
+    rows: dict[str, dict[str, Any]] = {
+        name: {
+            "object": name,
+            "inserts": 0,
+            "updates": 0,
+            "deletes": 0,
+            "total": 0,
+            "oldest_queued_at": None,
+        }
+        for name in names
+    }
+    oldest: dict[str, datetime] = {}
+    for g in backlog_groups(conn, direction):
+        row = rows.get(g.object)
+        if row is None:  # an object no longer configured: not shown
+            continue
+        row[PLURAL[g.operation]] += g.count
+        row["total"] += g.count
+        if g.oldest_queued_at is not None and (
+            g.object not in oldest or g.oldest_queued_at < oldest[g.object]
+        ):
+            oldest[g.object] = g.oldest_queued_at
+    since = as_of - TREND_HOURS * HOUR
+    recent = queued_since(conn, since, direction)
+    synced_trend = synced_since(conn, since, as_of, direction)
+    synced_hour = synced_since(conn, as_of - HOUR, as_of, direction)
+    for name, row in rows.items():
+        row["oldest_queued_at"] = iso(oldest.get(name))
+        earlier = row["total"] - recent.get(name, 0) + synced_trend.get(name, 0)
+        row["trend"] = trend(row["total"], earlier)
+        row["synced_last_hour"] = synced_hour.get(name, 0)
+        row["eta_seconds"] = drain_eta_seconds(row["total"], row["synced_last_hour"])
+    return {
+        "view": "backlog",
+        "as_of": iso(as_of),
+        "direction": direction,
+        "objects": list(rows.values()),
+        "paused": paused(conn),
+    }
+
+
+def details(conn: Connection, obj: str, *, at: datetime | None = None) -> dict[str, Any]:
+    """One object's backlog per operation with its oldest waiting record, and per direction."""
+    as_of = at or utcnow()
+    q = sync_queue.c
+    by_direction = {d: {PLURAL[op]: 0 for op in OPERATIONS} for d in DIRECTIONS}
+    body: dict[str, Any] = {"object": obj, "as_of": iso(as_of)}
+    for op in OPERATIONS:
+        body[PLURAL[op]] = {"pending": 0, "oldest": None}
+    for g in backlog_groups(conn):
+        if g.object == obj and g.direction in by_direction:
+            by_direction[g.direction][PLURAL[g.operation]] = g.count
+            body[PLURAL[g.operation]]["pending"] += g.count
+    for op in OPERATIONS:
+        if not body[PLURAL[op]]["pending"]:
+            continue
+        # One index range per direction, read in queue-time order: the first row is the oldest.
+        candidates = []
+        for d in DIRECTIONS:
+            row = conn.execute(
+                sa.select(q.record_id, q.crm_id, q.label, q.direction, q.first_queued_at)
+                .where(q.state == "pending", q.object == obj, q.direction == d, q.operation == op)
+                .order_by(q.first_queued_at, q.id)
+                .limit(1)
+            ).first()
+            if row is not None:
+                candidates.append(row)
+        first = min(candidates, key=lambda r: r.first_queued_at)
+        body[PLURAL[op]]["oldest"] = {
+            "record_id": first.record_id,
+            "crm_id": first.crm_id,
+            "label": first.label,
+            "direction": first.direction,
+            "queued_at": iso(first.first_queued_at),
+            "age_seconds": max(0, int((as_of - first.first_queued_at).total_seconds())),
+        }
+    body["by_direction"] = by_direction
+    body["paused"] = paused(conn)
+    return body
+
+
+# -- throughput -------------------------------------------------------------------------
+
+
+def last_hour(
+    conn: Connection, objects: Iterable[str], zone: ZoneInfo, *, at: datetime | None = None
+) -> dict[str, Any]:
+    """Records synced per object in the last complete clock hour, both directions."""
+    start, end = hour_window(at or utcnow(), zone)
+    synced = synced_since(conn, start, end)
+    return {
+        "view": "last_hour",
+        "as_of": iso(at or utcnow()),
+        "timezone": zone.key,
+        "window": {"start": iso(start), "end": iso(end)},
+        "objects": [
+            {
+                "object": name,
+                "inserts": None,
+                "updates": None,
+                "deletes": None,
+                "synced": synced.get(name, 0),
+            }
+            for name in objects
+        ],
+        "paused": paused(conn),
+    }
+
+
+def throughput(
+    conn: Connection,
+    objects: Iterable[str],
+    zone: ZoneInfo,
+    *,
+    hours: int,
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    """Synced records per clock hour (oldest first) for the last ``hours`` complete hours."""
+    if not 1 <= hours <= MAX_HOURS:
+        raise ValidationFailed("hours", f"must be between 1 and {MAX_HOURS}")
+    names = list(objects)
+    windows = hourly_windows(at or utcnow(), zone, hours)
+    first, last = windows[0][0], windows[-1][1]
+    t = sync_throughput.c
+    query = (
+        sa.select(t.bucket_start, t.object, t.operation, sa.func.sum(t.synced))
+        .where(t.bucket_start >= first, t.bucket_start < last, t.object.in_(names))
+        .group_by(t.bucket_start, t.object, t.operation)
+    )
+    per_hour: list[dict[str, dict[str, int]]] = [
+        {n: {"inserts": 0, "updates": 0, "deletes": 0, "synced": 0} for n in names} for _ in windows
+    ]
+    for bucket_start, obj, operation, n in conn.execute(query):
+        counts = per_hour[int((bucket_start - first) // HOUR)][obj]
+        if operation in PLURAL:
+            counts[PLURAL[operation]] += int(n)
+        counts["synced"] += int(n)
+    buckets = [
+        {"start": iso(start), "end": iso(end), "objects": objs}
+        for (start, end), objs in zip(windows, per_hour, strict=True)
+    ]
+    return {"hours": hours, "timezone": zone.key, "buckets": buckets}
