@@ -1,0 +1,182 @@
+"""Queue drain on PostgreSQL with no CRM work: crmsync's queue vs PgQueuer, same run.
+
+Usage: ``.venv/bin/python bench/drain.py [--entries 200000] [--workers 4] [--rounds 1]``
+(needs ``pip install -e '.[bench]'`` for PgQueuer and asyncpg).
+
+Each round makes a fresh database on ``--pg-url``'s server, then:
+
+- crmsync: fills ``sync_queue`` with ``--entries`` pending ``to_crm`` entries and times
+  ``--workers`` processes that each loop ``store.queue.claim`` (batch ``--batch``) and
+  ``store.queue.record`` with ``Done`` outcomes until nothing is left;
+- PgQueuer: enqueues the same number of jobs in the same database and times
+  ``--workers`` processes running ``QueueManager.run(mode=drain)`` with a no-op
+  entrypoint (batch ``--batch``).
+
+Prints entries/s of each (median over rounds) and the ratio crmsync / PgQueuer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import statistics
+import time
+import uuid
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+def make_db(admin_url: str) -> str:
+    from crmsync.config import Settings
+    from crmsync.store.db import create_store_engine
+    from crmsync.store.migrate import upgrade
+
+    name = f"crmsync_bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    engine = create_store_engine(url, poolclass=sa.NullPool)
+    upgrade(engine, Settings().object_specs().values())
+    engine.dispose()
+    return url
+
+
+def drop_db(admin_url: str, url: str) -> None:
+    name = sa.make_url(url).database
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def fill_crmsync(url: str, n: int) -> None:
+    from crmsync.store.db import create_store_engine
+    from crmsync.store.schema import sync_queue
+    from crmsync.store.types import utcnow
+
+    engine = create_store_engine(url)
+    now = utcnow()
+    with engine.begin() as conn:
+        for start in range(0, n, 20000):
+            conn.execute(
+                sa.insert(sync_queue),
+                [
+                    {
+                        "object": "lead",
+                        "direction": "to_crm",
+                        "record_key": str(i),
+                        "operation": "insert",
+                        "first_queued_at": now,
+                        "last_changed_at": now,
+                        "next_attempt_at": now,
+                    }
+                    for i in range(start, min(n, start + 20000))
+                ],
+            )
+        conn.execute(sa.text("ANALYZE sync_queue"))
+    engine.dispose()
+
+
+def crmsync_worker(url: str, batch: int) -> None:
+    from crmsync.store import queue
+    from crmsync.store.db import create_store_engine
+
+    engine = create_store_engine(url)
+    wid = f"bench-{uuid.uuid4().hex[:6]}"
+    while True:
+        entries = queue.claim(engine, wid, "to_crm", ["lead"], batch, timedelta(seconds=60))
+        if not entries:
+            break
+        queue.record(engine, queue.Outcome(done=[queue.Done(e) for e in entries]))
+    engine.dispose()
+
+
+def asyncpg_dsn(url: str) -> str:
+    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def fill_pgqueuer(url: str, n: int) -> None:
+    import asyncpg
+    from pgqueuer.db import AsyncpgDriver
+    from pgqueuer.queries import Queries
+
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    queries = Queries(AsyncpgDriver(conn))
+    await queries.install()
+    for start in range(0, n, 20000):
+        k = min(n, start + 20000) - start
+        await queries.enqueue(["noop"] * k, [None] * k, [0] * k)
+    await conn.execute("ANALYZE")
+    await conn.close()
+
+
+async def _pgqueuer_worker(url: str, batch: int) -> None:
+    import asyncpg
+    from pgqueuer.db import AsyncpgDriver
+    from pgqueuer.models import Job
+    from pgqueuer.qm import QueueManager
+    from pgqueuer.queries import Queries
+    from pgqueuer.types import QueueExecutionMode
+
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    qm = QueueManager(Queries(AsyncpgDriver(conn)))
+
+    @qm.entrypoint("noop")
+    async def noop(job: Job) -> None:
+        return None
+
+    await qm.run(batch_size=batch, mode=QueueExecutionMode.drain)
+    await conn.close()
+
+
+def pgqueuer_worker(url: str, batch: int) -> None:
+    asyncio.run(_pgqueuer_worker(url, batch))
+
+
+def timed(target: object, url: str, workers: int, batch: int) -> float:
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=target, args=(url, batch)) for _ in range(workers)]  # type: ignore[arg-type]
+    started = time.monotonic()
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        if p.exitcode != 0:
+            raise SystemExit(f"a worker failed with exit code {p.exitcode}")
+    return time.monotonic() - started
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--pg-url", default=DEFAULT_PG, help="an admin URL of the server")
+    p.add_argument("--entries", type=int, default=200_000)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=1)
+    args = p.parse_args()
+
+    ours: list[float] = []
+    theirs: list[float] = []
+    for r in range(args.rounds):
+        url = make_db(args.pg_url)
+        try:
+            fill_crmsync(url, args.entries)
+            asyncio.run(fill_pgqueuer(url, args.entries))
+            t_ours = timed(crmsync_worker, url, args.workers, args.batch)
+            t_theirs = timed(pgqueuer_worker, url, args.workers, args.batch)
+        finally:
+            drop_db(args.pg_url, url)
+        ours.append(args.entries / t_ours)
+        theirs.append(args.entries / t_theirs)
+        print(f"round {r + 1}: crmsync {ours[-1]:.0f}/s, PgQueuer {theirs[-1]:.0f}/s", flush=True)
+    a, b = statistics.median(ours), statistics.median(theirs)
+    print(f"\n{args.entries} entries, {args.workers} processes, batch {args.batch}:")
+    print(f"crmsync  {a:8.0f} entries/s\nPgQueuer {b:8.0f} jobs/s\nratio    {a / b:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
