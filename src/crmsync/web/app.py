@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from crmsync.config import Settings
 from crmsync.store.db import create_store_engine
-from crmsync.web import api_records, api_status
+from crmsync.web import api_errors, api_records, api_status
 from crmsync.web.auth import CredentialCheck, bearer_token_check
 from crmsync.web.errors import install_error_handlers
 
@@ -54,6 +54,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(api_records.router)
     app.include_router(api_status.router)
+    app.include_router(api_errors.router)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["operations"])
     return app
 
