@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from crmsync.config import Settings
 from crmsync.dynamics.client import DataverseClient
 from crmsync.engine.push import Pusher
+from crmsync.errors import Fatal
 from crmsync.store import queue
 from crmsync.store.schema import sync_queue
 from crmsync.store.types import utcnow
@@ -84,7 +85,16 @@ class Worker:
 
     async def _lane(self, drain: bool) -> None:
         while not self.stopping.is_set():
-            handled = await self.pusher.push_batch()
+            try:
+                handled = await self.pusher.push_batch()
+            except Fatal:
+                raise
+            except Exception:
+                # A store hiccup (a lock timeout, a dropped connection) must not end the
+                # worker: the batch's claims expire with their lease and are sent again.
+                log.exception("push batch failed", extra={"event": "worker.batch_failed"})
+                await asyncio.sleep(IDLE_SECONDS)
+                continue
             if handled:
                 continue
             due = await asyncio.to_thread(

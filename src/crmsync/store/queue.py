@@ -27,6 +27,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crmsync.store.db import write_transaction
 from crmsync.store.schema import (
@@ -273,26 +275,19 @@ def _count(conn: Connection, counts: dict[tuple[str, str, str], int], now: datet
     if not counts:
         return
     start = bucket_start(now)
-    t = sync_throughput.c
-    for (obj, direction, operation), n in sorted(counts.items()):
-        where = (
-            t.bucket_start == start,
-            t.object == obj,
-            t.direction == direction,
-            t.operation == operation,
-        )
-        if not conn.execute(
-            sa.update(sync_throughput).where(*where).values(synced=t.synced + n)
-        ).rowcount:
-            conn.execute(
-                sa.insert(sync_throughput).values(
-                    bucket_start=start,
-                    object=obj,
-                    direction=direction,
-                    operation=operation,
-                    synced=n,
-                )
-            )
+    rows = [
+        {"bucket_start": start, "object": o, "direction": d, "operation": op, "synced": n}
+        for (o, d, op), n in sorted(counts.items())
+    ]
+    # Concurrent workers add to the same bucket: an upsert, never update-then-insert.
+    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(sync_throughput)
+    conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=["bucket_start", "object", "direction", "operation"],
+            set_={"synced": sync_throughput.c.synced + insert.excluded.synced},
+        ),
+        rows,
+    )
 
 
 def _reschedule(conn: Connection, f: Failed, now: datetime) -> None:
