@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import csv
+import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from sqlalchemy import Engine
 
 from crmsync.config import Settings, load_settings
-from crmsync.errors import ConfigError, CrmsyncError
+from crmsync.errors import ConfigError, CrmsyncError, ValidationFailed
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 MAX_SHOWN_ERRORS = 200
@@ -202,6 +206,185 @@ def worker(
     from crmsync.engine.worker import run_worker
 
     run_worker(_settings(), once=once, concurrency=concurrency)
+
+
+errors_app = typer.Typer(no_args_is_help=True, help="Sync Errors: list, export, retry.")
+app.add_typer(errors_app, name="errors")
+
+SearchOpt = Annotated[
+    str | None, typer.Option("--search", help="Text in the message, code, label or ids")
+]
+ObjectOpt = Annotated[str | None, typer.Option("--object", help="lead, contact, account, ...")]
+DirectionOpt = Annotated[str | None, typer.Option("--direction", help="to_crm or from_crm")]
+OperationOpt = Annotated[str | None, typer.Option("--operation", help="insert, update, delete")]
+CodeOpt = Annotated[str | None, typer.Option("--code", help="Error code, exactly")]
+StatusOpt = Annotated[
+    str | None, typer.Option("--status", help="open (default), resolved, dismissed or all")
+]
+
+
+@contextmanager
+def _store(settings: Settings) -> Iterator[Engine]:
+    from crmsync.store.db import create_store_engine
+    from crmsync.store.records import NotFound
+
+    engine = create_store_engine(settings.database_url)
+    try:
+        yield engine
+    except ValidationFailed as exc:
+        typer.echo(f"crmsync: --{exc.field.replace('_', '-')}: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    except NotFound as exc:
+        typer.echo(f"crmsync: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+
+
+def _print_json(body: object) -> None:
+    typer.echo(json.dumps(body, indent=2, ensure_ascii=False))
+
+
+@app.command()
+def status(
+    view: Annotated[str, typer.Option(help="backlog or last-hour")] = "backlog",
+    object: Annotated[str | None, typer.Option(help="Show this object's details")] = None,
+    at: Annotated[str | None, typer.Option(help="ISO 8601 time to look from (default now)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON")] = False,
+) -> None:
+    """The Sync Status table (backlog or last hour), or one object's details."""
+    from crmsync import terminal
+    from crmsync.store import status as queries
+
+    settings = _settings()
+    with _store(settings) as engine, engine.connect() as conn:
+        when = queries.parse_timestamp("at", at)
+        queries.check_choice("view", view, ("backlog", "last-hour", "last_hour"))
+        if object is not None:
+            queries.check_choice("object", object, settings.object_specs())
+            body = queries.details(conn, object, at=when)
+        elif view == "backlog":
+            body = queries.backlog(conn, settings.object_specs(), at=when)
+        else:
+            body = queries.last_hour(conn, settings.object_specs(), settings.zone, at=when)
+    if as_json:
+        _print_json(body)
+    else:
+        terminal.print_status(body)
+
+
+def _filters(settings: Settings, **given: str | None) -> Any:
+    from crmsync.store.sync_errors import make_filters
+
+    return make_filters(settings.object_specs(), **given)
+
+
+@errors_app.command("list")
+def errors_list(
+    search: SearchOpt = None,
+    object: ObjectOpt = None,
+    direction: DirectionOpt = None,
+    operation: OperationOpt = None,
+    code: CodeOpt = None,
+    status: StatusOpt = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Errors shown")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON")] = False,
+) -> None:
+    """The Sync Errors list, newest first."""
+    from crmsync import terminal
+    from crmsync.store import sync_errors
+
+    settings = _settings()
+    with _store(settings) as engine, engine.connect() as conn:
+        filters = _filters(
+            settings,
+            q=search,
+            object=object,
+            direction=direction,
+            operation=operation,
+            code=code,
+            status=status,
+        )
+        page = sync_errors.list_errors(conn, filters, limit=limit)
+    if as_json:
+        _print_json(page)
+    else:
+        terminal.print_errors(page)
+
+
+@errors_app.command("export")
+def errors_export(
+    file: Annotated[Path, typer.Argument(help="File to write")],
+    format: Annotated[str, typer.Option(help="csv or json")] = "csv",
+    search: SearchOpt = None,
+    object: ObjectOpt = None,
+    direction: DirectionOpt = None,
+    operation: OperationOpt = None,
+    code: CodeOpt = None,
+    status: StatusOpt = None,
+) -> None:
+    """Write the matching errors to FILE as CSV (the contract's columns) or JSON."""
+    from crmsync.store import sync_errors
+    from crmsync.store.status import check_choice
+
+    settings = _settings()
+    with _store(settings) as engine:
+        check_choice("format", format, ("csv", "json"))
+        filters = _filters(
+            settings,
+            q=search,
+            object=object,
+            direction=direction,
+            operation=operation,
+            code=code,
+            status=status,
+        )
+        try:
+            with file.open("w", encoding="utf-8", newline="") as out:
+                for chunk in sync_errors.export(engine, filters, format):
+                    out.write(chunk)
+        except OSError as exc:
+            typer.echo(f"crmsync: cannot write {file}: {exc.strerror}", err=True)
+            raise typer.Exit(2) from None
+    typer.echo(f"wrote {file}")
+
+
+@errors_app.command("retry")
+def errors_retry(
+    id: Annotated[list[int] | None, typer.Option("--id", help="Error id (repeatable)")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every error matching the filters")] = False,
+    search: SearchOpt = None,
+    object: ObjectOpt = None,
+    direction: DirectionOpt = None,
+    operation: OperationOpt = None,
+    code: CodeOpt = None,
+    status: StatusOpt = None,
+) -> None:
+    """Queue failed records again; their errors resolve when they sync."""
+    from crmsync.store import sync_errors
+    from crmsync.store.db import write_transaction
+
+    given = {
+        "q": search,
+        "object": object,
+        "direction": direction,
+        "operation": operation,
+        "code": code,
+        "status": status,
+    }
+    if bool(id) == all_:
+        typer.echo("crmsync: give --id N (repeatable) or --all", err=True)
+        raise typer.Exit(2)
+    if id and any(v is not None for v in given.values()):
+        typer.echo("crmsync: --id does not take filters; use --all with filters", err=True)
+        raise typer.Exit(2)
+    settings = _settings()
+    with _store(settings) as engine, write_transaction(engine) as conn:
+        if id:
+            result = sync_errors.retry_ids(conn, id)
+        else:
+            result = sync_errors.retry_matching(conn, _filters(settings, **given))
+    typer.echo(f"{result['errors']} errors selected, {result['requeued']} records queued again")
 
 
 @app.command()
