@@ -20,7 +20,7 @@ Every outcome is recorded in one transaction per batch:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -203,72 +203,82 @@ def record_in(conn: Connection, outcome: Outcome, now: datetime) -> None:
         )
 
 
-def _complete(conn: Connection, done: Iterable[Done], now: datetime) -> None:
-    q = sync_queue.c
-    counts: dict[tuple[str, str, str], int] = {}
-    for d in done:
-        e = d.entry
-        # Removed only if no newer change came in while this one was in flight.
-        gone = conn.execute(
-            sa.delete(sync_queue).where(q.id == e.id, q.version == e.version)
-        ).rowcount
-        if not gone:
-            conn.execute(
-                sa.update(sync_queue)
-                .where(q.id == e.id)
-                .values(
-                    claimed_by=None,
-                    claimed_until=None,
-                    attempts=0,
-                    next_attempt_at=now,
-                    crm_id=sa.func.coalesce(q.crm_id, d.crm_id),
-                    operation=sa.case((q.operation == "insert", "update"), else_=q.operation),
-                )
-            )
-        if d.counted:
-            key = (e.object, e.direction, e.operation)
-            counts[key] = counts.get(key, 0) + 1
-        record_id = d.record_id if d.record_id is not None else e.record_id
-        if record_id is not None:
-            _remember_sync(conn, d, record_id, now)
-        _resolve_errors(conn, e, now)
-    _count(conn, counts, now)
-
-
-def _remember_sync(conn: Connection, d: Done, record_id: int, now: datetime) -> None:
-    key = {"object": d.entry.object, "record_id": record_id}
-    conn.execute(
-        sa.delete(sync_record).where(
-            sync_record.c.object == key["object"], sync_record.c.record_id == record_id
-        )
-    )
-    if d.entry.operation == "delete":
+def _complete(conn: Connection, done: Sequence[Done], now: datetime) -> None:
+    """Finish a batch in a handful of statements, whatever its size."""
+    if not done:
         return
-    conn.execute(
-        sa.insert(sync_record).values(
-            **key,
-            crm_id=d.crm_id or d.entry.crm_id,
-            etag=d.etag,
-            crm_version=d.crm_version,
-            crm_modified_at=d.crm_modified_at,
-            last_synced_at=now,
-            synced_values=d.synced_values or {},
+    q = sync_queue.c
+    # Removed only if no newer change came in while this one was in flight.
+    gone = {
+        r[0]
+        for r in conn.execute(
+            sa.delete(sync_queue)
+            .where(sa.tuple_(q.id, q.version).in_([(d.entry.id, d.entry.version) for d in done]))
+            .returning(q.id)
         )
-    )
-
-
-def _resolve_errors(conn: Connection, e: Entry, now: datetime) -> None:
+    }
+    stayed = [d for d in done if d.entry.id not in gone]
+    if stayed:
+        conn.execute(
+            sa.update(sync_queue)
+            .where(q.id == sa.bindparam("entry_id"))
+            .values(
+                claimed_by=None,
+                claimed_until=None,
+                attempts=0,
+                next_attempt_at=now,
+                crm_id=sa.func.coalesce(q.crm_id, sa.bindparam("new_crm_id")),
+                operation=sa.case((q.operation == "insert", "update"), else_=q.operation),
+            ),
+            [{"entry_id": d.entry.id, "new_crm_id": d.crm_id} for d in stayed],
+        )
+    _remember_syncs(conn, done, now)
     err = sync_error.c
     conn.execute(
         sa.update(sync_error)
         .where(
-            err.object == e.object,
-            err.direction == e.direction,
-            err.record_key == e.record_key,
             err.status == "open",
+            sa.tuple_(err.object, err.direction, err.record_key).in_(
+                {(d.entry.object, d.entry.direction, d.entry.record_key) for d in done}
+            ),
         )
         .values(status="resolved", resolved_at=now)
     )
+    counts: dict[tuple[str, str, str], int] = {}
+    for d in done:
+        if d.counted:
+            key = (d.entry.object, d.entry.direction, d.entry.operation)
+            counts[key] = counts.get(key, 0) + 1
+    _count(conn, counts, now)
+
+
+def _remember_syncs(conn: Connection, done: Sequence[Done], now: datetime) -> None:
+    """Replace each synced record's sync state (removed for deletes)."""
+    latest: dict[tuple[str, int], Done] = {}
+    for d in done:
+        record_id = d.record_id if d.record_id is not None else d.entry.record_id
+        if record_id is not None:
+            latest[(d.entry.object, record_id)] = d
+    if not latest:
+        return
+    r = sync_record.c
+    conn.execute(sa.delete(sync_record).where(sa.tuple_(r.object, r.record_id).in_(list(latest))))
+    rows = [
+        {
+            "object": obj,
+            "record_id": record_id,
+            "crm_id": d.crm_id or d.entry.crm_id,
+            "etag": d.etag,
+            "crm_version": d.crm_version,
+            "crm_modified_at": d.crm_modified_at,
+            "last_synced_at": now,
+            "synced_values": d.synced_values or {},
+        }
+        for (obj, record_id), d in latest.items()
+        if d.entry.operation != "delete"
+    ]
+    if rows:
+        conn.execute(sa.insert(sync_record), rows)
 
 
 def _count(conn: Connection, counts: dict[tuple[str, str, str], int], now: datetime) -> None:
