@@ -25,7 +25,6 @@ BIGINT = "BigInt"
 LOOKUP = "Lookup"
 
 
-
 @dataclass(frozen=True)
 class Attribute:
     name: str
