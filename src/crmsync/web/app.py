@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from crmsync.config import Settings
 from crmsync.store.db import create_store_engine
-from crmsync.web import api_errors, api_records, api_status
+from crmsync.web import api_errors, api_records, api_status, metrics
 from crmsync.web.auth import CredentialCheck, bearer_token_check
 from crmsync.web.errors import install_error_handlers
 
@@ -55,6 +55,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.include_router(api_records.router)
     app.include_router(api_status.router)
     app.include_router(api_errors.router)
+    app.state.metrics = metrics.MetricsPage(store, app.state.specs)
+    app.include_router(metrics.router)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["operations"])
     return app
 

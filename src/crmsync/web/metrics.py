@@ -1,0 +1,149 @@
+"""``GET /metrics``: Prometheus text format, from the same indexed queries as Sync Status.
+
+The page is computed at most once per ``CACHE_SECONDS`` per app, so scrapers hitting it
+often cost the store nothing extra. It needs the API's credentials (a Prometheus job
+sends them with ``authorization: {credentials: <CRMSYNC_API_TOKEN>}``).
+
+Series:
+
+- ``crmsync_backlog_records{object,direction,operation}`` (gauge): pending entries.
+- ``crmsync_backlog_oldest_age_seconds{object,direction}`` (gauge): age of the oldest
+  pending entry, 0 when there is none.
+- ``crmsync_synced_records_total{object,direction,operation}`` (counter): the sum of the
+  kept throughput buckets; it would step down if old buckets are ever pruned, which
+  Prometheus treats as a counter reset.
+- ``crmsync_sync_errors_total{object,direction,code}``: open sync errors (a gauge: an
+  error resolved or dismissed leaves the count; the name is the contract's).
+- ``crmsync_crm_requests_total{status}`` (counter): declared, without samples until the
+  engine counts its Dynamics requests.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine
+
+from crmsync.store.schema import sync_error, sync_throughput
+from crmsync.store.status import DIRECTIONS, OPERATIONS, Group, backlog_groups
+from crmsync.store.types import utcnow
+from crmsync.web.auth import require_api_auth
+from crmsync.web.errors import error_responses
+
+CACHE_SECONDS = 5.0
+
+router = APIRouter(
+    tags=["operations"],
+    dependencies=[Depends(require_api_auth)],
+    responses=error_responses(401, 503),
+)
+
+
+class StoreCollector(Collector):
+    """Reads every series from the store when collected."""
+
+    def __init__(self, engine: Engine, objects: Iterable[str]) -> None:
+        self.engine = engine
+        self.objects = list(objects)
+
+    def collect(self) -> Iterator[Metric]:
+        now = utcnow()
+        with self.engine.connect() as conn:
+            groups = backlog_groups(conn)
+            t = sync_throughput.c
+            synced = conn.execute(
+                sa.select(t.object, t.direction, t.operation, sa.func.sum(t.synced)).group_by(
+                    t.object, t.direction, t.operation
+                )
+            ).all()
+            e = sync_error.c
+            errors = conn.execute(
+                sa.select(e.object, e.direction, e.error_code, sa.func.count())
+                .where(e.status == "open")
+                .group_by(e.object, e.direction, e.error_code)
+            ).all()
+        yield from self._backlog(groups, now)
+        total = CounterMetricFamily(
+            "crmsync_synced_records",
+            "Records synced, from the kept throughput buckets",
+            labels=["object", "direction", "operation"],
+        )
+        for obj, direction, operation, n in synced:
+            total.add_metric([obj, direction, operation], float(n or 0))
+        yield total
+        open_errors = GaugeMetricFamily(
+            "crmsync_sync_errors_total",
+            "Open sync errors",
+            labels=["object", "direction", "code"],
+        )
+        for obj, direction, code, n in errors:
+            open_errors.add_metric([obj, direction, code], float(n))
+        yield open_errors
+        yield CounterMetricFamily(
+            "crmsync_crm_requests",
+            "Requests sent to Dynamics by status (not counted yet)",
+            labels=["status"],
+        )
+
+    def _backlog(self, groups: list[Group], now: datetime) -> Iterator[Metric]:
+        counts = {(o, d, op): 0 for o in self.objects for d in DIRECTIONS for op in OPERATIONS}
+        oldest: dict[tuple[str, str], datetime] = {}
+        for g in groups:
+            key = (g.object, g.direction, g.operation)
+            counts[key] = counts.get(key, 0) + g.count
+            first = g.oldest_queued_at
+            pair = (g.object, g.direction)
+            if first is not None and (pair not in oldest or first < oldest[pair]):
+                oldest[pair] = first
+        records = GaugeMetricFamily(
+            "crmsync_backlog_records",
+            "Changes waiting to sync (parked errors excluded)",
+            labels=["object", "direction", "operation"],
+        )
+        for (obj, direction, operation), n in counts.items():
+            records.add_metric([obj, direction, operation], float(n))
+        yield records
+        age = GaugeMetricFamily(
+            "crmsync_backlog_oldest_age_seconds",
+            "Age of the oldest waiting change",
+            labels=["object", "direction"],
+        )
+        for obj in self.objects:
+            for direction in DIRECTIONS:
+                first = oldest.get((obj, direction))
+                seconds = max(0.0, (now - first).total_seconds()) if first else 0.0
+                age.add_metric([obj, direction], seconds)
+        yield age
+
+
+class MetricsPage:
+    """The rendered page, recomputed when older than ``CACHE_SECONDS``."""
+
+    def __init__(self, engine: Engine, objects: Iterable[str]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(StoreCollector(engine, objects))
+        self._lock = threading.Lock()
+        self._page = b""
+        self._at = float("-inf")
+
+    def render(self) -> bytes:
+        with self._lock:
+            if time.monotonic() - self._at >= CACHE_SECONDS:
+                self._page = generate_latest(self.registry)
+                self._at = time.monotonic()
+            return self._page
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    """Prometheus metrics (text format 0.0.4)."""
+    page: MetricsPage = request.app.state.metrics
+    return Response(page.render(), media_type=CONTENT_TYPE_LATEST)
