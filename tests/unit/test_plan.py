@@ -93,18 +93,26 @@ def test_contact_lookup_binds_waits_or_parks() -> None:
         e,
         SPECS["contact"],
         contact,
-        {("account", 7): Parent("acc-guid", False)},
+        {("account", 7): Parent("acc-guid", False, "accounts")},
         detect_duplicates=False,
     )
     assert isinstance(bound, Send)
     assert bound.write.body is not None
     assert bound.write.body["parentcustomerid_account@odata.bind"] == "/accounts(acc-guid)"
     waiting = plan_entry(
-        e, SPECS["contact"], contact, {("account", 7): Parent(None, True)}, detect_duplicates=False
+        e,
+        SPECS["contact"],
+        contact,
+        {("account", 7): Parent(None, True, "accounts")},
+        detect_duplicates=False,
     )
     assert isinstance(waiting, Defer)
     orphan = plan_entry(
-        e, SPECS["contact"], contact, {("account", 7): Parent(None, False)}, detect_duplicates=False
+        e,
+        SPECS["contact"],
+        contact,
+        {("account", 7): Parent(None, False, "accounts")},
+        detect_duplicates=False,
     )
     assert isinstance(orphan, Park) and orphan.code == MISSING_REFERENCE
     missing = plan_entry(e, SPECS["contact"], contact, {}, detect_duplicates=False)

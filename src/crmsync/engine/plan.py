@@ -58,6 +58,7 @@ class Parent:
 
     crm_id: str | None
     on_its_way: bool  # it has a pending queue entry that may give it a crm_id
+    entity_set: str  # where it lives in Dynamics, from the registry
 
 
 def body_for(
@@ -84,20 +85,8 @@ def body_for(
         parent = parents.get((lookup.target, int(target_id)))
         if parent is None or parent.crm_id is None:
             return body, f"{lookup.target} {target_id}", values
-        body[f"{lookup.navigation}@odata.bind"] = f"/{_entity_set(lookup.target)}({parent.crm_id})"
+        body[f"{lookup.navigation}@odata.bind"] = f"/{parent.entity_set}({parent.crm_id})"
     return body, None, values
-
-
-_SETS = {
-    "lead": "leads",
-    "contact": "contacts",
-    "account": "accounts",
-    "opportunity": "opportunities",
-}
-
-
-def _entity_set(obj: str) -> str:
-    return _SETS[obj]
 
 
 def plan_entry(

@@ -94,7 +94,9 @@ def _load_parents(
             )
         }
         for i in ids:
-            parents[(target, i)] = Parent(crm_id=found.get(i), on_its_way=i in queued)
+            parents[(target, i)] = Parent(
+                crm_id=found.get(i), on_its_way=i in queued, entity_set=specs[target].entity_set
+            )
     return parents
 
 
@@ -112,8 +114,8 @@ class Pusher:
         self._rnd = random.Random()
 
     def _push_order(self) -> list[ObjectSpec]:
-        # Parents first: a batch that holds an account and its contact sends the account
-        # in an earlier request... and the contact waits one round (see Defer).
+        # Objects without lookups (parents) come first in the claim order; a child whose
+        # parent is still on its way is deferred a moment rather than failed (see Defer).
         specs = [s for s in self.specs.values() if s.flow.pushes]
         return sorted(specs, key=lambda s: len(s.lookups))
 
