@@ -255,13 +255,14 @@ def status(
     """The Sync Status table (backlog or last hour), or one object's details."""
     from crmsync import terminal
     from crmsync.store import status as queries
+    from crmsync.store.params import check_choice, parse_timestamp
 
     settings = _settings()
     with _store(settings) as engine, engine.connect() as conn:
-        when = queries.parse_timestamp("at", at)
-        queries.check_choice("view", view, ("backlog", "last-hour", "last_hour"))
+        when = parse_timestamp("at", at)
+        check_choice("view", view, ("backlog", "last-hour", "last_hour"))
         if object is not None:
-            queries.check_choice("object", object, settings.object_specs())
+            check_choice("object", object, settings.object_specs())
             body = queries.details(conn, object, at=when)
         elif view == "backlog":
             body = queries.backlog(conn, settings.object_specs(), at=when)
@@ -325,7 +326,7 @@ def errors_export(
 ) -> None:
     """Write the matching errors to FILE as CSV (the contract's columns) or JSON."""
     from crmsync.store import sync_errors
-    from crmsync.store.status import check_choice
+    from crmsync.store.params import check_choice
 
     settings = _settings()
     with _store(settings) as engine:

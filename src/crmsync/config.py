@@ -100,6 +100,24 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(
         5.0, gt=0, le=3600, description="How often a worker pulls Dynamics' changes"
     )
+    alert_oldest_age_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Alert when an object's oldest waiting change is older than this (seconds)",
+    )
+    alert_errors_per_hour: int | None = Field(
+        None, ge=0, description="Alert when more sync errors than this first fail in an hour"
+    )
+    alert_webhook_url: SecretStr | None = Field(
+        None,
+        description="URL the alerts are POSTed to as JSON (may carry a token: kept secret)",
+    )
+    ops_interval_seconds: float = Field(
+        60.0,
+        ge=1,
+        le=3600,
+        description="How often crmsync serve checks the alerts and runs status upkeep",
+    )
     objects: dict[str, ObjectOverride] = Field(
         default_factory=dict, description="Per-object overrides (TOML [objects.<name>] tables)"
     )
@@ -126,6 +144,13 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/") if value else value
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
 
     @field_validator("delete_behaviour")
     @classmethod

@@ -94,6 +94,17 @@ THROUGHPUT = [
     ("13:00", "account", "from_crm", "update", 6),
 ]
 
+# Backlog samples (store.maintenance): what the backlog was at each bucket.
+SAMPLES = [
+    ("09:00", "lead", "to_crm", 0),  # superseded by the later 10:15 sample
+    ("10:15", "lead", "to_crm", 200),  # the latest at or before 13:20 - 3h = 10:20
+    ("10:15", "lead", "from_crm", 5),
+    ("10:15", "contact", "to_crm", 0),
+    ("10:15", "account", "from_crm", 0),
+    ("10:30", "lead", "to_crm", 1000),  # after 10:20: not compared with
+    ("12:30", "lead", "to_crm", 999),  # not throughput either
+]
+
 
 def seed(engine: Engine) -> None:
     with engine.begin() as conn:
@@ -103,6 +114,11 @@ def seed(engine: Engine) -> None:
             [
                 {"bucket_start": t(b), "object": o, "direction": d, "operation": op, "synced": n}
                 for b, o, d, op, n in THROUGHPUT
+            ]
+            + [
+                {"bucket_start": t(b), "object": o, "direction": d, "operation": "backlog"}
+                | {"synced": n}
+                for b, o, d, n in SAMPLES
             ],
         )
 
@@ -182,11 +198,24 @@ async def test_backlog_trend_and_eta(client):
     assert rows["account"]["synced_last_hour"] == 6
     assert rows["account"]["eta_seconds"] == 600
     assert rows["contact"]["eta_seconds"] == 0
-    # Lead 3h ago ~ 4 now - 2 queued since 10:20 + 132 synced since = 134: shrinking.
-    assert rows["lead"]["trend"] == "shrinking"
-    # Account: 1 - 1 + 6 = 6 then, 1 now: within 10 records, steady.
-    assert rows["account"]["trend"] == "steady"
-    assert rows["opportunity"]["trend"] == "steady"
+    body = await get(client, "/api/v1/sync/status", at=AT)
+    assert body["trend_since"] == iso("10:15")
+    # Lead: 205 in the 10:15 sample, 4 now: shrinking.
+    assert (rows["lead"]["backlog_earlier"], rows["lead"]["trend"]) == (205, "shrinking")
+    # Account: 0 then, 1 now: within 10 records, steady; contact 0 and 0.
+    assert (rows["account"]["backlog_earlier"], rows["account"]["trend"]) == (0, "steady")
+    assert rows["contact"]["trend"] == "steady"
+    # Never sampled: no trend rather than a guess.
+    assert (rows["opportunity"]["backlog_earlier"], rows["opportunity"]["trend"]) == (None, None)
+    to_crm = by_object(await get(client, "/api/v1/sync/status", at=AT, direction="to_crm"))
+    assert (to_crm["lead"]["backlog_earlier"], to_crm["lead"]["trend"]) == (200, "shrinking")
+
+
+async def test_trend_is_null_without_a_sample_old_enough(client):
+    # 3h before 11:00 is 08:00; the 09:00 sample is later, and nothing is within an hour before.
+    body = await get(client, "/api/v1/sync/status", at="2026-11-25T11:00:00Z")
+    assert body["trend_since"] is None
+    assert {r["trend"] for r in body["objects"]} == {None}
 
 
 async def test_trend_growing_without_throughput(db_url, engine):
@@ -195,9 +224,11 @@ async def test_trend_growing_without_throughput(db_url, engine):
             sa.insert(sync_queue),
             [entry("lead", "to_crm", str(i), "insert", "13:00", record_id=i) for i in range(1, 31)],
         )
+        sample = {"object": "lead", "direction": "to_crm", "operation": "backlog", "synced": 0}
+        conn.execute(sa.insert(sync_throughput).values(bucket_start=t("10:00"), **sample))
     async with await make_client(db_url, engine) as c:
         row = by_object(await get(c, "/api/v1/sync/status", at=AT))["lead"]
-    # 30 now; 30 - 30 queued since + 0 synced = 0 three hours ago.
+    # 30 now, 0 in the 10:00 sample.
     assert (row["total"], row["trend"], row["eta_seconds"]) == (30, "growing", None)
 
 

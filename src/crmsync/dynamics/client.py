@@ -51,6 +51,7 @@ from crmsync.dynamics.writes import (
     result_from_batch,
 )
 from crmsync.errors import ConfigError, CrmsyncError, Fatal, RecordRejected
+from crmsync.observability import count_crm_response
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ class DataverseClient:
                     resp = await self._http.request(method, url, headers=h, content=content)
                 except httpx.HTTPError as exc:
                     raise from_transport_error(exc) from exc
+            count_crm_response(resp.status_code)
             if resp.status_code < 400:
                 await self.limiter.succeeded(parse_dop_hint(resp.headers.get("x-ms-dop-hint")))
                 return resp

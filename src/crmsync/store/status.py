@@ -1,7 +1,9 @@
 """Sync Status: the backlog, its details, the last clock hour, throughput and pauses.
 
 Every number comes from ``sync_queue`` (the backlog is its ``pending`` entries; parked
-errors are excluded) and from ``sync_throughput`` (synced records in 15-minute buckets).
+errors are excluded) and from ``sync_throughput`` (synced records in 15-minute buckets,
+and one backlog sample per bucket under the operation ``backlog``: see
+``store.maintenance``, which writes them and keeps the retention).
 The queue holds one entry per (object, direction, record), so several changes to one
 record before it syncs already count once per direction, and ``first_queued_at`` is when
 its first unsynced change was captured. The backlog counts are grouped straight off the
@@ -25,49 +27,24 @@ from sqlalchemy import Connection
 
 from crmsync.domain import Direction, Operation
 from crmsync.errors import ValidationFailed
+from crmsync.store.params import iso
 from crmsync.store.schema import sync_pause, sync_queue, sync_throughput
 from crmsync.store.types import utcnow
 
 HOUR = timedelta(hours=1)
 MAX_HOURS = 720
-# The trend compares the backlog with its estimate this long ago (see ``trend``).
+# The trend compares the backlog with its sample this long ago (see ``backlog``).
 TREND_HOURS = 3
+# A sample older than TREND_HOURS by more than this is too old to compare with.
+TREND_SLACK = timedelta(hours=1)
+# sync_throughput rows with this operation hold backlog samples, not synced counts.
+SAMPLE_OPERATION = "backlog"
 # Within this share (or this many records) of the earlier backlog the trend is "steady".
 TREND_TOLERANCE = 0.1
 TREND_MIN_CHANGE = 10
 OPERATIONS: tuple[str, ...] = tuple(o.value for o in Operation)
 DIRECTIONS: tuple[str, ...] = tuple(d.value for d in Direction)
 PLURAL = {"insert": "inserts", "update": "updates", "delete": "deletes"}
-
-
-# -- parameters -------------------------------------------------------------------------
-
-
-def parse_timestamp(field: str, value: str | None) -> datetime | None:
-    """An ISO 8601 timestamp with an offset (``Z`` accepted), as aware UTC."""
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise ValidationFailed(field, "is not an ISO 8601 timestamp") from None
-    if parsed.tzinfo is None:
-        raise ValidationFailed(field, "needs a UTC offset, e.g. 2026-11-25T13:00:00Z")
-    try:
-        return parsed.astimezone(ZoneInfo("UTC"))
-    except OverflowError:
-        raise ValidationFailed(field, "is out of range") from None
-
-
-def check_choice(field: str, value: str | None, choices: Iterable[str]) -> str | None:
-    allowed = tuple(choices)
-    if value is not None and value not in allowed:
-        raise ValidationFailed(field, f"unknown value {value!r}; one of {', '.join(allowed)}")
-    return value
-
-
-def iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
 
 
 # -- the clock hour ---------------------------------------------------------------------
@@ -163,7 +140,7 @@ def synced_since(
     t = sync_throughput.c
     query = (
         sa.select(t.object, sa.func.sum(t.synced))
-        .where(t.bucket_start >= start, t.bucket_start < end)
+        .where(t.bucket_start >= start, t.bucket_start < end, t.operation.in_(OPERATIONS))
         .group_by(t.object)
     )
     if direction is not None:
@@ -171,21 +148,60 @@ def synced_since(
     return {obj: int(n or 0) for obj, n in conn.execute(query)}
 
 
-def queued_since(conn: Connection, since: datetime, direction: str | None = None) -> dict[str, int]:
-    """Pending entries per object whose first change was captured at or after ``since``."""
-    q = sync_queue.c
+def backlog_sample(
+    conn: Connection, before: datetime, direction: str | None = None
+) -> tuple[datetime | None, dict[str, int]]:
+    """The latest backlog sample at or before ``before`` (and at most ``TREND_SLACK``
+    older), summed per object: ``(sample time, totals)``, or ``(None, {})``."""
+    t = sync_throughput.c
+    when = conn.execute(
+        sa.select(sa.func.max(t.bucket_start)).where(
+            t.operation == SAMPLE_OPERATION,
+            t.bucket_start <= before,
+            t.bucket_start >= before - TREND_SLACK,
+        )
+    ).scalar_one_or_none()
+    if when is None:
+        return None, {}
     query = (
-        sa.select(q.object, sa.func.count())
-        .where(q.state == "pending", q.first_queued_at >= since)
-        .group_by(q.object)
+        sa.select(t.object, sa.func.sum(t.synced))
+        .where(t.operation == SAMPLE_OPERATION, t.bucket_start == when)
+        .group_by(t.object)
     )
     if direction is not None:
-        query = query.where(q.direction == direction)
-    return {obj: int(n) for obj, n in conn.execute(query)}
+        query = query.where(t.direction == direction)
+    return when, {obj: int(n or 0) for obj, n in conn.execute(query)}
 
 
-def trend(now_total: int, earlier_total: int) -> str:
-    """``growing``, ``shrinking`` or ``steady``, comparing the backlog with an earlier one."""
+def oldest_waiting(conn: Connection, objects: Iterable[str]) -> dict[str, datetime]:
+    """When each object's oldest pending change was captured (objects with none left out).
+
+    One index seek per (object, direction, operation) on ``ix_sync_queue_backlog``,
+    rather than a count of the whole backlog: cheap enough for health checks and alerts.
+    """
+    q = sync_queue.c
+    oldest: dict[str, datetime] = {}
+    for obj in objects:
+        for d in DIRECTIONS:
+            for op in OPERATIONS:
+                first = conn.execute(
+                    sa.select(q.first_queued_at)
+                    .where(
+                        q.state == "pending", q.object == obj, q.direction == d, q.operation == op
+                    )
+                    .order_by(q.first_queued_at)
+                    .limit(1)
+                ).scalar_one_or_none()
+                if first is not None and (obj not in oldest or first < oldest[obj]):
+                    oldest[obj] = first
+    return oldest
+
+
+def trend(now_total: int, earlier_total: int | None) -> str | None:
+    """``growing``, ``shrinking`` or ``steady``, comparing the backlog with an earlier one
+    (None when there is no earlier one to compare with)."""
+    if earlier_total is None:
+        return None
     change = now_total - earlier_total
     if abs(change) <= max(TREND_MIN_CHANGE, TREND_TOLERANCE * earlier_total):
         return "steady"
@@ -210,14 +226,19 @@ def backlog(
 ) -> dict[str, Any]:
     """The backlog view: one row per configured object, zeros included.
 
-    Beyond the contract's fields each row has ``trend`` and ``eta_seconds``:
+    Beyond the contract's fields each row has ``trend``, ``backlog_earlier``,
+    ``synced_last_hour`` and ``eta_seconds``, and the body has ``trend_since``:
 
     - ``eta_seconds``: the backlog divided by the records synced in the last 60 minutes
-      before ``at`` (null when none synced, 0 when the backlog is empty).
-    - ``trend``: the backlog now against an estimate of it ``TREND_HOURS`` ago: the
-      entries now waiting that were already queued then, plus the records synced since.
-      The estimate over-counts records that both arrived and synced in between, so it
-      leans towards "shrinking" under heavy traffic; it is a hint, not a measurement.
+      before ``at``, i.e. how long the entries waiting now take at the recent rate (null
+      when none synced, 0 when the backlog is empty). New arrivals are not in it: a
+      ``growing`` trend says they outpace the drain.
+    - ``trend``: the backlog now against the backlog sample ``TREND_HOURS`` before
+      ``at`` (``trend_since`` is that sample's bucket, ``backlog_earlier`` its count):
+      ``growing``, ``shrinking`` or ``steady`` (within 10% or 10 records). Null when no
+      sample is that old (a new store, or ``maintain`` not running). The queue alone
+      cannot give the earlier backlog: entries that synced since are gone, and the
+      throughput counters do not say when the records they count were queued.
     """
     as_of = at or utcnow()
     names = list(objects)
@@ -243,20 +264,19 @@ def backlog(
             g.object not in oldest or g.oldest_queued_at < oldest[g.object]
         ):
             oldest[g.object] = g.oldest_queued_at
-    since = as_of - TREND_HOURS * HOUR
-    recent = queued_since(conn, since, direction)
-    synced_trend = synced_since(conn, since, as_of, direction)
+    sampled_at, earlier = backlog_sample(conn, as_of - TREND_HOURS * HOUR, direction)
     synced_hour = synced_since(conn, as_of - HOUR, as_of, direction)
     for name, row in rows.items():
         row["oldest_queued_at"] = iso(oldest.get(name))
-        earlier = row["total"] - recent.get(name, 0) + synced_trend.get(name, 0)
-        row["trend"] = trend(row["total"], earlier)
+        row["backlog_earlier"] = earlier.get(name)
+        row["trend"] = trend(row["total"], row["backlog_earlier"])
         row["synced_last_hour"] = synced_hour.get(name, 0)
         row["eta_seconds"] = drain_eta_seconds(row["total"], row["synced_last_hour"])
     return {
         "view": "backlog",
         "as_of": iso(as_of),
         "direction": direction,
+        "trend_since": iso(sampled_at),
         "objects": list(rows.values()),
         "paused": paused(conn),
     }
@@ -347,7 +367,12 @@ def throughput(
     t = sync_throughput.c
     query = (
         sa.select(t.bucket_start, t.object, t.operation, sa.func.sum(t.synced))
-        .where(t.bucket_start >= first, t.bucket_start < last, t.object.in_(names))
+        .where(
+            t.bucket_start >= first,
+            t.bucket_start < last,
+            t.object.in_(names),
+            t.operation.in_(OPERATIONS),
+        )
         .group_by(t.bucket_start, t.object, t.operation)
     )
     per_hour: list[dict[str, dict[str, int]]] = [

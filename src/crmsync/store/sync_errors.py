@@ -12,8 +12,6 @@ client pages land before its cursor, so pages never skip or repeat a row.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import csv
 import io
 import json
@@ -26,9 +24,23 @@ import sqlalchemy as sa
 from sqlalchemy import ColumnElement, Connection, Engine, RowMapping
 
 from crmsync.errors import ValidationFailed
+from crmsync.store.params import (
+    DEFAULT_LIMIT,
+    MAX_ID,
+    before_cursor,
+    check_choice,
+    check_limit,
+    check_text,
+    check_window,
+    decode_cursor,
+    encode_cursor,
+    iso,
+    like_pattern,
+    timestamp,
+)
 from crmsync.store.records import NotFound
 from crmsync.store.schema import sync_error, sync_queue
-from crmsync.store.status import DIRECTIONS, OPERATIONS, check_choice, iso, parse_timestamp
+from crmsync.store.status import DIRECTIONS, OPERATIONS
 from crmsync.store.types import utcnow
 
 # The contract's ERROR, field by field and in this order (also the CSV header).
@@ -48,10 +60,6 @@ ERROR_FIELDS: tuple[str, ...] = (
     "status",
 )
 STATUSES = ("open", "resolved", "dismissed", "all")
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 1000
-MAX_TEXT = 1000
-MAX_ID = 2**63 - 1
 EXPORT_BATCH = 1000
 # Spreadsheets run a cell starting with these as a formula (OWASP "CSV injection").
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\0")
@@ -75,16 +83,6 @@ class ErrorFilters:
         return any(getattr(self, f.name) is not None for f in fields(self) if f.name != "status")
 
 
-def check_text(field: str, value: str | None, max_length: int = MAX_TEXT) -> str | None:
-    if value is None:
-        return None
-    if "\0" in value:  # PostgreSQL text cannot hold NUL: refuse it rather than fail later
-        raise ValidationFailed(field, "must not contain NUL characters")
-    if len(value) > max_length:
-        raise ValidationFailed(field, f"is longer than {max_length} characters")
-    return value
-
-
 def make_filters(
     objects: Iterable[str],
     *,
@@ -102,6 +100,8 @@ def make_filters(
     check_choice("direction", direction, DIRECTIONS)
     check_choice("operation", operation, OPERATIONS)
     check_choice("status", status, STATUSES)
+    since_at, until_at = timestamp("since", since), timestamp("until", until)
+    check_window(since_at, until_at)
     return ErrorFilters(
         q=check_text("q", q) or None,
         object=object,
@@ -109,18 +109,9 @@ def make_filters(
         operation=operation,
         code=check_text("code", code, 64),
         status=status or "open",
-        since=since if isinstance(since, datetime) or since is None else _ts("since", since),
-        until=until if isinstance(until, datetime) or until is None else _ts("until", until),
+        since=since_at,
+        until=until_at,
     )
-
-
-def _ts(field: str, value: str) -> datetime | None:
-    return parse_timestamp(field, value)
-
-
-def _like_pattern(q: str) -> str:
-    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
 
 
 def conditions(filters: ErrorFilters, dialect: str) -> list[ColumnElement[bool]]:
@@ -149,7 +140,7 @@ def conditions(filters: ErrorFilters, dialect: str) -> list[ColumnElement[bool]]
             e.crm_id,
             sa.cast(e.record_id, sa.String),
         ]
-        pattern = _like_pattern(filters.q)
+        pattern = like_pattern(filters.q)
         if dialect == "postgresql":
             where.append(sa.or_(*(c.ilike(pattern, escape="\\") for c in searched)))
         else:
@@ -177,26 +168,6 @@ _NEWEST_FIRST = (sync_error.c.last_failed_at.desc(), sync_error.c.id.desc())
 # -- listing ----------------------------------------------------------------------------
 
 
-def encode_cursor(last_failed_at: datetime, error_id: int) -> str:
-    raw = f"{_CURSOR_PREFIX}{last_failed_at.isoformat()}|{error_id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, int]:
-    bad = ValidationFailed("cursor", "is not a cursor this API returned")
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        stamp, _, digits = raw.removeprefix(_CURSOR_PREFIX).partition("|")
-        at = datetime.fromisoformat(stamp)
-    except (binascii.Error, UnicodeError, ValueError):
-        raise bad from None
-    if not raw.startswith(_CURSOR_PREFIX) or not digits.isdigit() or int(digits) > MAX_ID:
-        raise bad
-    if at.tzinfo is None:
-        raise bad
-    return at, int(digits)
-
-
 def list_errors(
     conn: Connection,
     filters: ErrorFilters,
@@ -204,17 +175,13 @@ def list_errors(
     limit: int = DEFAULT_LIMIT,
     cursor: str | None = None,
 ) -> dict[str, Any]:
-    if not 1 <= limit <= MAX_LIMIT:
-        raise ValidationFailed("limit", f"must be between 1 and {MAX_LIMIT}")
+    check_limit(limit)
     where = conditions(filters, conn.dialect.name)
     total = conn.execute(sa.select(sa.func.count()).select_from(sync_error).where(*where))
     page_where = list(where)
     if cursor is not None:
-        at, last_id = decode_cursor(cursor)
-        e = sync_error.c
-        page_where.append(
-            sa.or_(e.last_failed_at < at, sa.and_(e.last_failed_at == at, e.id < last_id))
-        )
+        at, last_id = decode_cursor(_CURSOR_PREFIX, cursor)
+        page_where.append(before_cursor(sync_error.c.last_failed_at, sync_error.c.id, at, last_id))
     rows = (
         conn.execute(_select().where(*page_where).order_by(*_NEWEST_FIRST).limit(limit + 1))
         .mappings()
@@ -225,7 +192,9 @@ def list_errors(
     return {
         "items": items,
         "total": int(total.scalar_one()),
-        "next_cursor": encode_cursor(last["last_failed_at"], last["id"]) if last else None,
+        "next_cursor": encode_cursor(_CURSOR_PREFIX, last["last_failed_at"], last["id"])
+        if last
+        else None,
     }
 
 

@@ -12,9 +12,10 @@ from sqlalchemy import Engine
 
 from crmsync.domain import OBJECT_NAMES
 from crmsync.errors import ValidationFailed
-from crmsync.store import sync_errors
+from crmsync.store import params, sync_errors
 from crmsync.store.db import write_transaction
-from crmsync.store.status import DIRECTIONS, OPERATIONS, check_choice
+from crmsync.store.params import check_choice
+from crmsync.store.status import DIRECTIONS, OPERATIONS
 from crmsync.store.sync_errors import ErrorFilters
 from crmsync.web.auth import require_api_auth
 from crmsync.web.errors import error_responses
@@ -67,7 +68,7 @@ def error_filters(
 
 Store = Annotated[Engine, Depends(store)]
 Filters = Annotated[ErrorFilters, Depends(error_filters)]
-ErrorId = Annotated[int, Path(ge=1, le=sync_errors.MAX_ID, description="The error's id")]
+ErrorId = Annotated[int, Path(ge=1, le=params.MAX_ID, description="The error's id")]
 
 
 class ErrorItem(BaseModel):
@@ -102,7 +103,7 @@ class RetryRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ids: Annotated[list[int] | None, Field(max_length=sync_errors.MAX_LIMIT)] = None
+    ids: Annotated[list[int] | None, Field(max_length=params.MAX_LIMIT)] = None
     q: str | None = None
     object: str | None = None
     direction: str | None = None
@@ -117,7 +118,7 @@ class RetryRequest(BaseModel):
 def list_errors(
     engine: Store,
     filters: Filters,
-    limit: Annotated[int, Query(ge=1, le=sync_errors.MAX_LIMIT)] = sync_errors.DEFAULT_LIMIT,
+    limit: Annotated[int, Query(ge=1, le=params.MAX_LIMIT)] = params.DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> dict[str, Any]:
     """Sync errors, newest first, paged by cursor, with the total matching."""

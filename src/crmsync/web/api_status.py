@@ -13,6 +13,7 @@ from crmsync.config import Settings
 from crmsync.domain import OBJECT_NAMES
 from crmsync.store import status
 from crmsync.store.db import write_transaction
+from crmsync.store.params import check_choice, parse_timestamp
 from crmsync.store.records import resolve_object
 from crmsync.web.auth import require_api_auth
 from crmsync.web.errors import error_responses
@@ -68,9 +69,9 @@ def sync_status(
     at: At = None,
 ) -> dict[str, Any]:
     """The Sync Status table: the backlog per object, or what synced in the last hour."""
-    status.check_choice("view", view, VIEWS)
-    status.check_choice("direction", direction, status.DIRECTIONS)
-    when = status.parse_timestamp("at", at)
+    check_choice("view", view, VIEWS)
+    check_choice("direction", direction, status.DIRECTIONS)
+    when = parse_timestamp("at", at)
     with engine.connect() as conn:
         if view == "last_hour":
             return status.last_hour(conn, objects, config.zone, at=when)
@@ -92,7 +93,7 @@ def sync_status_details(
 ) -> dict[str, Any]:
     """One object's backlog per operation, with the oldest waiting record of each."""
     spec = resolve_object(request.app.state.specs, object)
-    when = status.parse_timestamp("at", at)
+    when = parse_timestamp("at", at)
     with engine.connect() as conn:
         return status.details(conn, spec.name, at=when)
 
@@ -110,8 +111,8 @@ def sync_throughput(
     at: At = None,
 ) -> dict[str, Any]:
     """Records synced per clock hour, per object and operation, oldest hour first."""
-    status.check_choice("object", object, objects)
-    when = status.parse_timestamp("at", at)
+    check_choice("object", object, objects)
+    when = parse_timestamp("at", at)
     with engine.connect() as conn:
         return status.throughput(
             conn, [object] if object else objects, config.zone, hours=hours, at=when
@@ -129,8 +130,8 @@ class Scope(BaseModel):
 
 def _scope(scope: Scope | None, objects: list[str]) -> Scope:
     scope = scope or Scope()
-    status.check_choice("object", scope.object, [*objects, "*"])
-    status.check_choice("direction", scope.direction, [*status.DIRECTIONS, "*"])
+    check_choice("object", scope.object, [*objects, "*"])
+    check_choice("direction", scope.direction, [*status.DIRECTIONS, "*"])
     return scope
 
 

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from sqlalchemy import Engine, text
-from sqlalchemy.exc import SQLAlchemyError
-from starlette.concurrency import run_in_threadpool
+from fastapi import FastAPI
+from sqlalchemy import Engine
 
 from crmsync.config import Settings
 from crmsync.store.db import create_store_engine
-from crmsync.web import api_errors, api_records, api_status, metrics
+from crmsync.web import api_conflicts, api_errors, api_records, api_status, health, metrics
 from crmsync.web.auth import CredentialCheck, bearer_token_check
 from crmsync.web.errors import install_error_handlers
 
@@ -28,8 +26,12 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     store = engine if engine is not None else create_store_engine(settings.database_url)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        upkeep = asyncio.create_task(health.ops_loop(app))
         yield
+        upkeep.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await upkeep
         if own_engine:
             store.dispose()
 
@@ -55,26 +57,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.include_router(api_records.router)
     app.include_router(api_status.router)
     app.include_router(api_errors.router)
-    app.state.metrics = metrics.MetricsPage(store, app.state.specs)
+    app.include_router(api_conflicts.router)
+    health.install(app, settings)
+    app.state.metrics = metrics.MetricsPage(store, app.state.specs, app.state.alerts)
     app.include_router(metrics.router)
-    app.add_api_route("/healthz", healthz, methods=["GET"], tags=["operations"])
     return app
-
-
-async def healthz(request: Request) -> JSONResponse:
-    """Liveness and store check, without authentication."""
-    engine: Engine = request.app.state.engine
-    try:
-        await run_in_threadpool(_ping, engine)
-    except SQLAlchemyError:
-        return JSONResponse(
-            {"status": "error", "store": "error", "message": "the store is unreachable"},
-            status_code=503,
-        )
-    body: dict[str, Any] = {"status": "ok", "store": "ok"}
-    return JSONResponse(body)
-
-
-def _ping(engine: Engine) -> None:
-    with engine.connect() as conn:
-        conn.execute(text("SELECT 1"))

@@ -14,8 +14,10 @@ Series:
   Prometheus treats as a counter reset.
 - ``crmsync_sync_errors_total{object,direction,code}``: open sync errors (a gauge: an
   error resolved or dismissed leaves the count; the name is the contract's).
-- ``crmsync_crm_requests_total{status}`` (counter): declared, without samples until the
-  engine counts its Dynamics requests.
+- ``crmsync_crm_requests_total{status}`` (counter): HTTP responses from Dynamics by
+  status code, counted by the Dataverse client of this process (``observability``).
+- ``crmsync_alert_active{alert,object}`` (gauge): 1 for each open alert incident
+  (``alerts``), none when nothing is breached.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
+from crmsync.alerts import AlertMonitor
+from crmsync.observability import CRM_REQUESTS
 from crmsync.store.schema import sync_error, sync_throughput
 from crmsync.store.status import DIRECTIONS, OPERATIONS, Group, backlog_groups
 from crmsync.store.types import utcnow
@@ -50,9 +54,12 @@ router = APIRouter(
 class StoreCollector(Collector):
     """Reads every series from the store when collected."""
 
-    def __init__(self, engine: Engine, objects: Iterable[str]) -> None:
+    def __init__(
+        self, engine: Engine, objects: Iterable[str], alerts: AlertMonitor | None = None
+    ) -> None:
         self.engine = engine
         self.objects = list(objects)
+        self.alerts = alerts
 
     def collect(self) -> Iterator[Metric]:
         now = utcnow()
@@ -60,9 +67,9 @@ class StoreCollector(Collector):
             groups = backlog_groups(conn)
             t = sync_throughput.c
             synced = conn.execute(
-                sa.select(t.object, t.direction, t.operation, sa.func.sum(t.synced)).group_by(
-                    t.object, t.direction, t.operation
-                )
+                sa.select(t.object, t.direction, t.operation, sa.func.sum(t.synced))
+                .where(t.operation.in_(OPERATIONS))  # not the backlog samples
+                .group_by(t.object, t.direction, t.operation)
             ).all()
             e = sync_error.c
             errors = conn.execute(
@@ -87,11 +94,12 @@ class StoreCollector(Collector):
         for obj, direction, code, n in errors:
             open_errors.add_metric([obj, direction, code], float(n))
         yield open_errors
-        yield CounterMetricFamily(
-            "crmsync_crm_requests",
-            "Requests sent to Dynamics by status (not counted yet)",
-            labels=["status"],
+        active = GaugeMetricFamily(
+            "crmsync_alert_active", "Open alert incidents", labels=["alert", "object"]
         )
+        for incident in self.alerts.incidents() if self.alerts is not None else []:
+            active.add_metric([incident["alert"], incident["object"]], 1.0)
+        yield active
 
     def _backlog(self, groups: list[Group], now: datetime) -> Iterator[Metric]:
         counts = {(o, d, op): 0 for o in self.objects for d in DIRECTIONS for op in OPERATIONS}
@@ -127,9 +135,12 @@ class StoreCollector(Collector):
 class MetricsPage:
     """The rendered page, recomputed when older than ``CACHE_SECONDS``."""
 
-    def __init__(self, engine: Engine, objects: Iterable[str]) -> None:
+    def __init__(
+        self, engine: Engine, objects: Iterable[str], alerts: AlertMonitor | None = None
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(StoreCollector(engine, objects))
+        self.registry.register(StoreCollector(engine, objects, alerts))
+        self.registry.register(CRM_REQUESTS)
         self._lock = threading.Lock()
         self._page = b""
         self._at = float("-inf")

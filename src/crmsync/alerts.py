@@ -1,0 +1,221 @@
+"""Alerts: a JSON webhook when the sync falls behind, once per breach and once on recovery.
+
+Two thresholds, each per object, both optional (settings ``alert_oldest_age_seconds``
+and ``alert_errors_per_hour``):
+
+- ``oldest_waiting_age``: the age in seconds of the object's oldest waiting change
+  (the backlog's, both directions; parked errors excluded);
+- ``errors_per_hour``: sync errors of the object that first failed in the last hour.
+
+``decide`` is the whole policy, without I/O: a value above its threshold opens an
+incident and sends ``alert``; while it stays above, nothing more is sent; once it is back
+at or below, ``recovered`` is sent and the incident closes. ``AlertMonitor.check``
+observes the store, decides and posts to ``alert_webhook_url`` with retries; an
+incident opens or closes only once its message was delivered, so a webhook that is
+down gets the message on a later check instead of never. Incidents are kept in memory
+of the process that runs the checks (``crmsync serve``): a restart during an incident
+sends its ``alert`` again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy import Connection, Engine
+from starlette.concurrency import run_in_threadpool
+
+from crmsync.config import Settings
+from crmsync.store.params import iso
+from crmsync.store.schema import sync_error
+from crmsync.store.status import oldest_waiting
+from crmsync.store.types import utcnow
+
+log = logging.getLogger(__name__)
+
+OLDEST_AGE = "oldest_waiting_age"
+ERRORS_PER_HOUR = "errors_per_hour"
+ATTEMPTS = 3
+TIMEOUT_SECONDS = 5.0
+BACKOFF_SECONDS = 1.0
+
+Key = tuple[str, str]  # (alert, object)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One webhook message."""
+
+    kind: str  # "alert" or "recovered"
+    alert: str
+    object: str
+    value: float
+    threshold: float
+    at: datetime
+
+    def payload(self) -> dict[str, Any]:
+        verb = "is above" if self.kind == "alert" else "is back within"
+        return {
+            "event": self.kind,
+            "alert": self.alert,
+            "object": self.object,
+            "value": self.value,
+            "threshold": self.threshold,
+            "at": iso(self.at),
+            "message": f"crmsync: {self.object} {self.alert} {self.value:g} {verb} "
+            f"the threshold {self.threshold:g}",
+        }
+
+
+def thresholds(settings: Settings) -> dict[str, float]:
+    """The configured thresholds by alert name (unset ones left out)."""
+    out: dict[str, float] = {}
+    if settings.alert_oldest_age_seconds is not None:
+        out[OLDEST_AGE] = settings.alert_oldest_age_seconds
+    if settings.alert_errors_per_hour is not None:
+        out[ERRORS_PER_HOUR] = float(settings.alert_errors_per_hour)
+    return out
+
+
+def decide(
+    active: frozenset[Key],
+    observed: Mapping[Key, float],
+    limits: Mapping[str, float],
+    now: datetime,
+) -> list[Event]:
+    """The messages to send: ``alert`` for a new breach, ``recovered`` for an ended one.
+
+    A key not observed counts as 0 (no waiting change, no error): an incident on it ends.
+    """
+    events = []
+    for key in sorted(set(observed) | active):
+        alert, obj = key
+        if alert not in limits:
+            continue
+        value, limit = observed.get(key, 0.0), limits[alert]
+        if value > limit and key not in active:
+            events.append(Event("alert", alert, obj, value, limit, now))
+        elif value <= limit and key in active:
+            events.append(Event("recovered", alert, obj, value, limit, now))
+    return events
+
+
+def observe(
+    conn: Connection, objects: Iterable[str], limits: Mapping[str, float], now: datetime
+) -> dict[Key, float]:
+    """The current value of each configured alert, per object."""
+    names = list(objects)
+    observed: dict[Key, float] = {}
+    if OLDEST_AGE in limits:
+        for obj, first in oldest_waiting(conn, names).items():
+            observed[(OLDEST_AGE, obj)] = max(0.0, round((now - first).total_seconds()))
+    if ERRORS_PER_HOUR in limits:
+        e = sync_error.c
+        since = now - timedelta(hours=1)
+        # An error that first failed in the last hour also last failed in it: the range
+        # on (status, last_failed_at) keeps this an index range, not a table scan.
+        rows = conn.execute(
+            sa.select(e.object, sa.func.count())
+            .where(e.status == "open", e.last_failed_at >= since, e.first_failed_at >= since)
+            .group_by(e.object)
+        )
+        for obj, n in rows:
+            if obj in names:
+                observed[(ERRORS_PER_HOUR, obj)] = float(n)
+    return observed
+
+
+async def post(client: httpx.AsyncClient, url: str, payload: dict[str, Any]) -> bool:
+    """POST ``payload``, retrying ``ATTEMPTS`` times on failure; whether it got a 2xx."""
+    for attempt in range(ATTEMPTS):
+        try:
+            response = await client.post(url, json=payload, timeout=TIMEOUT_SECONDS)
+            if response.is_success:
+                return True
+            reason = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            reason = type(exc).__name__
+        # The URL may carry a token (Slack, Teams): it is never logged.
+        log.warning(
+            "alert webhook failed",
+            extra={"event": "alerts.webhook_failed", "attempt": attempt + 1, "reason": reason},
+        )
+        if attempt + 1 < ATTEMPTS:
+            await asyncio.sleep(BACKOFF_SECONDS * 2**attempt)
+    return False
+
+
+class AlertMonitor:
+    """Checks the thresholds and keeps the open incidents."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        objects: Iterable[str],
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.engine = engine
+        self.objects = list(objects)
+        self.limits = thresholds(settings)
+        url = settings.alert_webhook_url
+        self.url = url.get_secret_value() if url is not None else None
+        self.client = client
+        self.active: frozenset[Key] = frozenset()
+        self.values: dict[Key, float] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.limits)
+
+    def _observe(self, now: datetime) -> dict[Key, float]:
+        with self.engine.connect() as conn:
+            return observe(conn, self.objects, self.limits, now)
+
+    async def check(self, now: datetime | None = None) -> list[Event]:
+        """Observe, decide, send; the events delivered (all of them without a webhook)."""
+        if not self.enabled:
+            return []
+        now = now or utcnow()
+        self.values = await run_in_threadpool(self._observe, now)
+        delivered = []
+        for event in decide(self.active, self.values, self.limits, now):
+            if self.url is not None and not await self._send(event):
+                continue  # tried again at the next check
+            key = (event.alert, event.object)
+            self.active = self.active | {key} if event.kind == "alert" else self.active - {key}
+            log.warning(
+                "alert %s: %s %s",
+                event.kind,
+                event.object,
+                event.alert,
+                extra={"event": f"alerts.{event.kind}", "alert": event.alert, "value": event.value},
+            )
+            delivered.append(event)
+        return delivered
+
+    async def _send(self, event: Event) -> bool:
+        assert self.url is not None
+        if self.client is not None:
+            return await post(self.client, self.url, event.payload())
+        async with httpx.AsyncClient() as client:
+            return await post(client, self.url, event.payload())
+
+    def incidents(self) -> list[dict[str, Any]]:
+        """The open incidents, for /healthz and /metrics."""
+        return [
+            {
+                "alert": alert,
+                "object": obj,
+                "value": self.values.get((alert, obj), 0.0),
+                "threshold": self.limits[alert],
+            }
+            for alert, obj in sorted(self.active)
+            if alert in self.limits
+        ]

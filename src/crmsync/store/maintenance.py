@@ -1,0 +1,155 @@
+"""Periodic upkeep of the status tables: backlog samples and throughput retention.
+
+``maintain(engine, now)`` is cheap to call often (``crmsync serve`` calls it every
+``ops_interval_seconds``; a worker may too): it does its work at most once per
+15-minute bucket, the first time it runs in a bucket, and is safe to run from several
+processes at once (every write is an idempotent upsert or delete).
+
+Retention of ``sync_throughput`` (the counters behind last hour, throughput and
+``crmsync_synced_records_total``):
+
+- the last ``FINE_DAYS`` days keep their 15-minute buckets, so every clock hour of
+  every zone (+05:30, +05:45 included) sums exactly; this covers the throughput
+  history the console shows (five days and more);
+- older buckets are compacted into one row per UTC hour (sums unchanged): clock hours
+  of whole-hour zones stay exact, those of 30/45-minute zones are then approximate;
+- rows older than ``KEEP_DAYS`` days are deleted.
+
+Backlog samples: the trend of the backlog (``status.backlog``) compares the backlog now
+with what it was a few hours ago, which the queue cannot tell (entries that synced are
+gone). So each bucket gets one sample of the backlog per (object, direction), stored in
+``sync_throughput`` under the reserved operation ``backlog`` with the count in
+``synced``; readers of throughput only sum the real operations. Samples older than
+``SAMPLE_DAYS`` days are deleted.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy import Connection, Engine
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from crmsync.domain import OBJECT_NAMES
+from crmsync.store.db import write_transaction
+from crmsync.store.queue import bucket_start
+from crmsync.store.schema import sync_throughput
+from crmsync.store.status import DIRECTIONS, OPERATIONS, SAMPLE_OPERATION, backlog_groups
+from crmsync.store.types import utcnow
+
+FINE_DAYS = 8
+KEEP_DAYS = 90
+SAMPLE_DAYS = 2
+HOUR = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Maintained:
+    """What one ``maintain`` call did (``sampled`` False: already done in this bucket)."""
+
+    sampled: bool
+    compacted_hours: int = 0
+    pruned_rows: int = 0
+
+
+def _upsert(conn: Connection, rows: list[dict[str, object]]) -> None:
+    """Insert rows, replacing ``synced`` of any row already at the same key."""
+    if not rows:
+        return
+    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(sync_throughput)
+    conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=["bucket_start", "object", "direction", "operation"],
+            set_={"synced": insert.excluded.synced},
+        ),
+        rows,
+    )
+
+
+def sample_backlog(conn: Connection, now: datetime) -> bool:
+    """Record the backlog per (object, direction) in ``now``'s bucket, once per bucket."""
+    t = sync_throughput.c
+    start = bucket_start(now)
+    done = conn.execute(
+        sa.select(sa.literal(1))
+        .where(t.bucket_start == start, t.operation == SAMPLE_OPERATION)
+        .limit(1)
+    ).first()
+    if done is not None:
+        return False
+    # Zeros included: a missing sample means "not sampled", not "empty".
+    totals = {(o, d): 0 for o in OBJECT_NAMES for d in DIRECTIONS}
+    for g in backlog_groups(conn):
+        totals[(g.object, g.direction)] = totals.get((g.object, g.direction), 0) + g.count
+    _upsert(
+        conn,
+        [
+            {"bucket_start": start, "object": o, "direction": d, "operation": SAMPLE_OPERATION}
+            | {"synced": n}
+            for (o, d), n in sorted(totals.items())
+        ],
+    )
+    return True
+
+
+def compact(conn: Connection, now: datetime) -> int:
+    """Fold 15-minute buckets older than ``FINE_DAYS`` into UTC hours; hours rewritten."""
+    t = sync_throughput.c
+    cutoff = bucket_start(now - timedelta(days=FINE_DAYS)).replace(minute=0)
+    rows = conn.execute(
+        sa.select(t.bucket_start, t.object, t.direction, t.operation, t.synced).where(
+            t.bucket_start < cutoff,
+            t.bucket_start >= now - timedelta(days=KEEP_DAYS),
+            t.operation.in_(OPERATIONS),
+        )
+    ).all()
+    sums: dict[datetime, dict[tuple[str, str, str], int]] = defaultdict(lambda: defaultdict(int))
+    fine: set[datetime] = set()
+    for start, obj, direction, operation, n in rows:
+        hour = start.replace(minute=0, second=0, microsecond=0)
+        sums[hour][(obj, direction, operation)] += int(n)
+        if start != hour:
+            fine.add(hour)
+    for hour in sorted(fine):
+        conn.execute(
+            sa.delete(sync_throughput).where(
+                t.bucket_start >= hour, t.bucket_start < hour + HOUR, t.operation.in_(OPERATIONS)
+            )
+        )
+        _upsert(
+            conn,
+            [
+                {"bucket_start": hour, "object": o, "direction": d, "operation": op, "synced": n}
+                for (o, d, op), n in sorted(sums[hour].items())
+            ],
+        )
+    return len(fine)
+
+
+def prune(conn: Connection, now: datetime) -> int:
+    """Delete counters older than ``KEEP_DAYS`` and backlog samples older than ``SAMPLE_DAYS``."""
+    t = sync_throughput.c
+    old_counts = conn.execute(
+        sa.delete(sync_throughput).where(t.bucket_start < now - timedelta(days=KEEP_DAYS))
+    ).rowcount
+    old_samples = conn.execute(
+        sa.delete(sync_throughput).where(
+            t.operation == SAMPLE_OPERATION, t.bucket_start < now - timedelta(days=SAMPLE_DAYS)
+        )
+    ).rowcount
+    return int(old_counts) + int(old_samples)
+
+
+def maintain(engine: Engine, now: datetime | None = None) -> Maintained:
+    """Sample the backlog, compact and prune throughput: once per 15-minute bucket."""
+    now = now or utcnow()
+    with write_transaction(engine) as conn:
+        if not sample_backlog(conn, now):
+            return Maintained(sampled=False)
+        return Maintained(
+            sampled=True, compacted_hours=compact(conn, now), pruned_rows=prune(conn, now)
+        )

@@ -1,0 +1,144 @@
+"""``GET /healthz`` and the background upkeep of ``crmsync serve``.
+
+``/healthz`` needs no credentials (load balancers and uptime checks call it), so it
+says only what an outsider may know: whether the store and Dynamics answer, how old
+the oldest waiting change is, and which alerts are open. It answers 503 when the store
+is unreachable (nothing works then), and 200 otherwise: Dynamics being down is reported,
+not failed, because the API and the console still work and the backlog will drain once
+it is back.
+
+Dynamics is probed with one unauthenticated GET of the Web API root: any HTTP answer
+(a 401 included) proves the network path and the service are up, without spending a
+token request or exposing a credential. The result is cached for ``PROBE_CACHE_SECONDS``
+so that frequent health checks do not become traffic to Dynamics.
+
+``ops_loop`` runs while the app serves: every ``ops_interval_seconds`` it runs
+``store.maintenance.maintain`` (backlog samples, throughput retention) and the alert
+checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+
+from crmsync.alerts import AlertMonitor
+from crmsync.config import Settings
+from crmsync.store.maintenance import maintain
+from crmsync.store.params import iso
+from crmsync.store.status import oldest_waiting
+from crmsync.store.types import utcnow
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_SECONDS = 2.0
+PROBE_CACHE_SECONDS = 30.0
+WEB_API_ROOT = "/api/data/v9.2/"
+
+router = APIRouter(tags=["operations"])
+
+
+class DynamicsProbe:
+    """Whether Dynamics answers HTTP, checked at most once per ``PROBE_CACHE_SECONDS``."""
+
+    def __init__(self, url: str | None, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.url = url.rstrip("/") + WEB_API_ROOT if url else None
+        self.transport = transport
+        self._lock = asyncio.Lock()
+        self._result = "unknown"
+        self._at = float("-inf")
+
+    async def status(self) -> str:
+        """``ok``, ``unreachable`` or ``not_configured``."""
+        if self.url is None:
+            return "not_configured"
+        async with self._lock:  # one probe in flight; the others wait for its answer
+            if time.monotonic() - self._at >= PROBE_CACHE_SECONDS:
+                self._result = await self._probe(self.url)
+                self._at = time.monotonic()
+            return self._result
+
+    async def _probe(self, url: str) -> str:
+        try:
+            async with httpx.AsyncClient(
+                transport=self.transport, timeout=PROBE_TIMEOUT_SECONDS
+            ) as client:
+                await client.get(url)
+        except httpx.HTTPError as exc:
+            log.warning(
+                "dynamics unreachable",
+                extra={"event": "health.dynamics_unreachable", "reason": type(exc).__name__},
+            )
+            return "unreachable"
+        return "ok"
+
+
+def _store_check(engine: Engine, objects: list[str]) -> tuple[str | None, Any]:
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+        oldest = oldest_waiting(conn, objects)
+    if not oldest:
+        return None, None
+    obj = min(oldest, key=lambda name: oldest[name])
+    return obj, oldest[obj]
+
+
+@router.get("/healthz")
+async def healthz(request: Request) -> JSONResponse:
+    """Store and Dynamics reachability and the oldest waiting change, without credentials."""
+    state = request.app.state
+    objects = list(state.specs)
+    try:
+        obj, first = await run_in_threadpool(_store_check, state.engine, objects)
+    except SQLAlchemyError:
+        body = {"status": "error", "store": "unreachable", "message": "the store is unreachable"}
+        return JSONResponse(body, status_code=503)
+    now = utcnow()
+    probe: DynamicsProbe = state.dynamics_probe
+    alerts: AlertMonitor = state.alerts
+    incidents = alerts.incidents()
+    return JSONResponse(
+        {
+            "status": "ok",
+            "store": "ok",
+            "dynamics": await probe.status(),
+            "oldest_waiting": None
+            if first is None
+            else {
+                "object": obj,
+                "queued_at": iso(first),
+                "age_seconds": max(0, int((now - first).total_seconds())),
+            },
+            "alerting": bool(incidents),
+            "alerts": incidents,
+        }
+    )
+
+
+async def ops_loop(app: FastAPI) -> None:
+    """Status upkeep and alert checks, every ``ops_interval_seconds``, until cancelled."""
+    settings: Settings = app.state.settings
+    alerts: AlertMonitor = app.state.alerts
+    while True:
+        try:
+            await run_in_threadpool(maintain, app.state.engine)
+            await alerts.check()
+        except Exception:  # a bad round must not end the loop; the next one retries
+            log.exception("ops round failed", extra={"event": "ops.round_failed"})
+        await asyncio.sleep(settings.ops_interval_seconds)
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Register /healthz and the state it and ``ops_loop`` use."""
+    app.state.dynamics_probe = DynamicsProbe(settings.dynamics_url)
+    app.state.alerts = AlertMonitor(app.state.engine, settings, app.state.specs)
+    app.include_router(router)
