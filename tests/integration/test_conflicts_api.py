@@ -124,7 +124,10 @@ async def test_paging_without_gaps_or_repeats_while_rows_are_added(client, engin
             with engine.begin() as conn:
                 conn.execute(
                     sa.insert(sync_conflict),
-                    [conflict("lead", 9, "email", "14:00"), conflict("lead", 9, "company", "12:00")],
+                    [
+                        conflict("lead", 9, "email", "14:00"),
+                        conflict("lead", 9, "company", "12:00"),
+                    ],
                 )
             added = True
         cursor = body["next_cursor"]
