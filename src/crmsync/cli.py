@@ -221,6 +221,31 @@ CodeOpt = Annotated[str | None, typer.Option("--code", help="Error code, exactly
 StatusOpt = Annotated[
     str | None, typer.Option("--status", help="open (default), resolved, dismissed or all")
 ]
+SinceOpt = Annotated[str | None, typer.Option("--since", help="Last failed at or after (ISO 8601)")]
+UntilOpt = Annotated[str | None, typer.Option("--until", help="Last failed before (ISO 8601)")]
+
+
+def _raw_filters(
+    search: str | None,
+    object: str | None,
+    direction: str | None,
+    operation: str | None,
+    code: str | None,
+    status: str | None,
+    since: str | None,
+    until: str | None,
+) -> dict[str, str | None]:
+    """The filter options by the names ``sync_errors.make_filters`` takes (as the API's)."""
+    return {
+        "q": search,
+        "object": object,
+        "direction": direction,
+        "operation": operation,
+        "code": code,
+        "status": status,
+        "since": since,
+        "until": until,
+    }
 
 
 @contextmanager
@@ -232,7 +257,8 @@ def _store(settings: Settings) -> Iterator[Engine]:
     try:
         yield engine
     except ValidationFailed as exc:
-        typer.echo(f"crmsync: --{exc.field.replace('_', '-')}: {exc.message}", err=True)
+        option = {"q": "search"}.get(exc.field, exc.field).replace("_", "-")
+        typer.echo(f"crmsync: --{option}: {exc.message}", err=True)
         raise typer.Exit(2) from None
     except NotFound as exc:
         typer.echo(f"crmsync: {exc}", err=True)
@@ -274,7 +300,7 @@ def status(
         terminal.print_status(body)
 
 
-def _filters(settings: Settings, **given: str | None) -> Any:
+def _filters(settings: Settings, given: dict[str, str | None]) -> Any:
     from crmsync.store.sync_errors import make_filters
 
     return make_filters(settings.object_specs(), **given)
@@ -288,6 +314,8 @@ def errors_list(
     operation: OperationOpt = None,
     code: CodeOpt = None,
     status: StatusOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="Errors shown")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON")] = False,
 ) -> None:
@@ -297,16 +325,8 @@ def errors_list(
 
     settings = _settings()
     with _store(settings) as engine, engine.connect() as conn:
-        filters = _filters(
-            settings,
-            q=search,
-            object=object,
-            direction=direction,
-            operation=operation,
-            code=code,
-            status=status,
-        )
-        page = sync_errors.list_errors(conn, filters, limit=limit)
+        given = _raw_filters(search, object, direction, operation, code, status, since, until)
+        page = sync_errors.list_errors(conn, _filters(settings, given), limit=limit)
     if as_json:
         _print_json(page)
     else:
@@ -323,6 +343,8 @@ def errors_export(
     operation: OperationOpt = None,
     code: CodeOpt = None,
     status: StatusOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
 ) -> None:
     """Write the matching errors to FILE as CSV (the contract's columns) or JSON."""
     from crmsync.store import sync_errors
@@ -331,15 +353,8 @@ def errors_export(
     settings = _settings()
     with _store(settings) as engine:
         check_choice("format", format, ("csv", "json"))
-        filters = _filters(
-            settings,
-            q=search,
-            object=object,
-            direction=direction,
-            operation=operation,
-            code=code,
-            status=status,
-        )
+        given = _raw_filters(search, object, direction, operation, code, status, since, until)
+        filters = _filters(settings, given)
         try:
             with file.open("w", encoding="utf-8", newline="") as out:
                 for chunk in sync_errors.export(engine, filters, format):
@@ -360,19 +375,14 @@ def errors_retry(
     operation: OperationOpt = None,
     code: CodeOpt = None,
     status: StatusOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
 ) -> None:
     """Queue failed records again; their errors resolve when they sync."""
     from crmsync.store import sync_errors
     from crmsync.store.db import write_transaction
 
-    given = {
-        "q": search,
-        "object": object,
-        "direction": direction,
-        "operation": operation,
-        "code": code,
-        "status": status,
-    }
+    given = _raw_filters(search, object, direction, operation, code, status, since, until)
     if bool(id) == all_:
         typer.echo("crmsync: give --id N (repeatable) or --all", err=True)
         raise typer.Exit(2)
@@ -381,10 +391,7 @@ def errors_retry(
         raise typer.Exit(2)
     settings = _settings()
     with _store(settings) as engine, write_transaction(engine) as conn:
-        if id:
-            result = sync_errors.retry_ids(conn, id)
-        else:
-            result = sync_errors.retry_matching(conn, _filters(settings, **given))
+        result = sync_errors.retry(conn, settings.object_specs(), ids=id or None, given=given)
     typer.echo(f"{result['errors']} errors selected, {result['requeued']} records queued again")
 
 

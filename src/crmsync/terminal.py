@@ -66,12 +66,16 @@ def print_status(body: dict[str, Any]) -> None:
             cells += [
                 _count(row["total"]),
                 row["oldest_queued_at"] or "-",
-                row.get("trend", "-"),
+                row.get("trend") or "-",
                 _eta(row.get("eta_seconds")),
             ]
         table.add_row(*cells)
     console = _console()
     console.print(table)
+    if not last_hour:
+        since = body.get("trend_since")
+        basis = f"the backlog at {since}" if since else "no backlog sample old enough yet"
+        console.print(f"Trend: against {basis}. ETA: the backlog at last hour's sync rate.")
     paused = _paused_line(body)
     if paused:
         console.print(paused)

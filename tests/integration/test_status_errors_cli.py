@@ -53,6 +53,8 @@ def test_status_table_backlog_last_hour_and_details(run, engine: Engine):
     result = run("status", "--object", "lead", "--at", AT)
     assert result.exit_code == 0, result.output
     assert "l1@example.com" in result.output and "old@example.com" in result.output
+    backlog = run("status", "--at", AT).output
+    assert "shrinking" in backlog and "against the backlog at 2026-11-25T10:15:00+00:00" in backlog
     details = json.loads(run("status", "--object", "lead", "--json", "--at", AT).output)
     assert details["updates"]["oldest"]["record_id"] == 5
 
@@ -65,6 +67,9 @@ def test_status_table_backlog_last_hour_and_details(run, engine: Engine):
         (("status", "--object", "invoice"), "--object"),
         (("errors", "list", "--status", "closed"), "--status"),
         (("errors", "list", "--direction", "up"), "--direction"),
+        (("errors", "list", "--since", "today"), "--since"),
+        (("errors", "export", "x.csv", "--until", "2026-11-25T10:00:00"), "--until"),
+        (("errors", "retry", "--all", "--search", "a\x00b"), "--search"),
     ],
 )
 def test_bad_options_exit_2_naming_them(run, args, flag):
@@ -79,6 +84,9 @@ def test_errors_list_export_retry(run, engine: Engine, tmp_path: Path):
     assert [i["id"] for i in listed["items"]] == [4, 3, 2, 1]
     listed = json.loads(run("errors", "list", "--search", "EXAMPLE.com", "--json").output)
     assert [i["id"] for i in listed["items"]] == [3, 2, 1]
+    window = ("--since", "2026-11-25T11:00:00Z", "--until", "2026-11-25T12:00:00+00:00")
+    listed = json.loads(run("errors", "list", *window, "--json").output)
+    assert [i["id"] for i in listed["items"]] == [2]
     table = run("errors", "list", "--object", "contact")
     assert table.exit_code == 0 and "local_constraint" in table.output
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -112,6 +112,26 @@ def make_filters(
         since=since_at,
         until=until_at,
     )
+
+
+def retry(
+    conn: Connection,
+    objects: Iterable[str],
+    *,
+    ids: Sequence[int] | None = None,
+    given: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Retry the errors ``ids``, or those matching the raw filters ``given`` (not both).
+
+    The one entry point for the API's ``POST .../retry`` and ``crmsync errors retry``.
+    """
+    raw = {name: value for name, value in (given or {}).items() if value is not None}
+    if ids is not None:
+        if raw:
+            raise ValidationFailed("ids", "give ids or filters, not both")
+        return retry_ids(conn, ids, now)
+    return retry_matching(conn, make_filters(objects, **raw), now)
 
 
 def conditions(filters: ErrorFilters, dialect: str) -> list[ColumnElement[bool]]:

@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine
 
 from crmsync.domain import OBJECT_NAMES
-from crmsync.errors import ValidationFailed
 from crmsync.store import params, sync_errors
 from crmsync.store.db import write_transaction
 from crmsync.store.params import check_choice
@@ -158,15 +157,9 @@ def retry_errors(
 ) -> dict[str, Any]:
     """Queue the records of the given errors again (``ids``, or all matching the filters)."""
     body = body or RetryRequest()
-    given = body.model_dump(exclude={"ids"}, exclude_none=True)
-    if body.ids is not None:
-        if given:
-            raise ValidationFailed("ids", "give ids or filters, not both")
-        with write_transaction(engine) as conn:
-            return sync_errors.retry_ids(conn, body.ids)
-    filters = sync_errors.make_filters(request.app.state.specs, **given)
+    given = body.model_dump(exclude={"ids"})
     with write_transaction(engine) as conn:
-        return sync_errors.retry_matching(conn, filters)
+        return sync_errors.retry(conn, request.app.state.specs, ids=body.ids, given=given)
 
 
 @router.post("/{id}/retry", response_model=RetryResult, responses=error_responses(404))
