@@ -118,7 +118,9 @@ class Group:
     oldest_queued_at: datetime | None
 
 
-def backlog_groups(conn: Connection, direction: str | None = None) -> list[Group]:
+def backlog_groups(
+    conn: Connection, direction: str | None = None, obj: str | None = None
+) -> list[Group]:
     """Pending entries counted per (object, direction, operation), from the index."""
     q = sync_queue.c
     query = (
@@ -130,6 +132,8 @@ def backlog_groups(conn: Connection, direction: str | None = None) -> list[Group
     )
     if direction is not None:
         query = query.where(q.direction == direction)
+    if obj is not None:
+        query = query.where(q.object == obj)
     return [Group(*row) for row in conn.execute(query)]
 
 
@@ -176,24 +180,27 @@ def backlog_sample(
 def oldest_waiting(conn: Connection, objects: Iterable[str]) -> dict[str, datetime]:
     """When each object's oldest pending change was captured (objects with none left out).
 
-    One index seek per (object, direction, operation) on ``ix_sync_queue_backlog``,
-    rather than a count of the whole backlog: cheap enough for health checks and alerts.
+    One index seek per (object, direction, operation) on ``ix_sync_queue_backlog``, all
+    in one statement, rather than a count of the whole backlog: cheap enough for every
+    health check and alert round however large the backlog.
     """
     q = sync_queue.c
+    groups = [(obj, d, op) for obj in objects for d in DIRECTIONS for op in OPERATIONS]
+    if not groups:
+        return {}
+    seeks = [
+        sa.select(q.first_queued_at)
+        .where(q.state == "pending", q.object == obj, q.direction == d, q.operation == op)
+        .order_by(q.first_queued_at)
+        .limit(1)
+        .scalar_subquery()
+        for obj, d, op in groups
+    ]
+    row = conn.execute(sa.select(*seeks)).one()
     oldest: dict[str, datetime] = {}
-    for obj in objects:
-        for d in DIRECTIONS:
-            for op in OPERATIONS:
-                first = conn.execute(
-                    sa.select(q.first_queued_at)
-                    .where(
-                        q.state == "pending", q.object == obj, q.direction == d, q.operation == op
-                    )
-                    .order_by(q.first_queued_at)
-                    .limit(1)
-                ).scalar_one_or_none()
-                if first is not None and (obj not in oldest or first < oldest[obj]):
-                    oldest[obj] = first
+    for (obj, _d, _op), first in zip(groups, row, strict=True):
+        if first is not None and (obj not in oldest or first < oldest[obj]):
+            oldest[obj] = first
     return oldest
 
 
@@ -290,8 +297,8 @@ def details(conn: Connection, obj: str, *, at: datetime | None = None) -> dict[s
     body: dict[str, Any] = {"object": obj, "as_of": iso(as_of)}
     for op in OPERATIONS:
         body[PLURAL[op]] = {"pending": 0, "oldest": None}
-    for g in backlog_groups(conn):
-        if g.object == obj and g.direction in by_direction:
+    for g in backlog_groups(conn, obj=obj):
+        if g.direction in by_direction:
             by_direction[g.direction][PLURAL[g.operation]] = g.count
             body[PLURAL[g.operation]]["pending"] += g.count
     for op in OPERATIONS:

@@ -164,10 +164,9 @@ def conditions(filters: ErrorFilters, dialect: str) -> list[ColumnElement[bool]]
         if dialect == "postgresql":
             where.append(sa.or_(*(c.ilike(pattern, escape="\\") for c in searched)))
         else:
-            # SQLite's lower() folds ASCII letters only; folding both sides in SQL keeps
-            # other letters matching in their own case rather than never.
-            folded = sa.func.lower(sa.literal(pattern))
-            where.append(sa.or_(*(sa.func.lower(c).like(folded, escape="\\") for c in searched)))
+            # SQLite's LIKE ignores case for ASCII letters only, as its lower() folds
+            # ASCII only: other letters match in their own case. No lower() per row.
+            where.append(sa.or_(*(c.like(pattern, escape="\\") for c in searched)))
     return where
 
 
@@ -240,6 +239,9 @@ def summary(conn: Connection, filters: ErrorFilters) -> dict[str, Any]:
 
 # -- export -----------------------------------------------------------------------------
 
+_FORMULA_FIRST = frozenset(FORMULA_STARTS)
+_TIME_COLUMNS = frozenset({"first_failed_at", "last_failed_at"})
+
 
 def escape_cell(value: object) -> str:
     """The CSV text of ``value``, with a ``'`` before anything a spreadsheet would run."""
@@ -247,19 +249,34 @@ def escape_cell(value: object) -> str:
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
-def csv_lines(items: Iterable[dict[str, Any]], *, header: bool = True) -> Iterator[str]:
-    """RFC 4180 CSV (CRLF, quotes doubled) of ERROR items, formula cells escaped."""
+def _cell(value: object) -> object:
+    """``escape_cell``, with the common cases (ids, counts, plain text) kept cheap: the
+    export runs this for every cell of up to millions of rows."""
+    if value is None:
+        return ""
+    if type(value) is int and value >= 0:
+        return value  # digits only: nothing to escape, and csv writes it as is
+    text = value if type(value) is str else str(value)
+    return "'" + text if text[:1] in _FORMULA_FIRST else text
+
+
+def _csv(rows: Iterable[Sequence[object]], *, header: bool) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     if header:
         writer.writerow(ERROR_FIELDS)
-    for item in items:
-        writer.writerow([escape_cell(item[name]) for name in ERROR_FIELDS])
+    for row in rows:
+        writer.writerow([_cell(v) for v in row])
         if buffer.tell() > 64_000:
             yield buffer.getvalue()
             buffer.seek(0)
             buffer.truncate()
     yield buffer.getvalue()
+
+
+def csv_lines(items: Iterable[dict[str, Any]], *, header: bool = True) -> Iterator[str]:
+    """RFC 4180 CSV (CRLF, quotes doubled) of ERROR items, formula cells escaped."""
+    return _csv(([item[name] for name in ERROR_FIELDS] for item in items), header=header)
 
 
 def json_lines(items: Iterable[dict[str, Any]]) -> Iterator[str]:
@@ -272,22 +289,34 @@ def json_lines(items: Iterable[dict[str, Any]]) -> Iterator[str]:
     yield "\n]\n"
 
 
-def stream_errors(engine: Engine, filters: ErrorFilters) -> Iterator[dict[str, Any]]:
-    """Every matching error, newest first, read through a server-side cursor.
+def _stream_rows(engine: Engine, filters: ErrorFilters) -> Iterator[tuple[object, ...]]:
+    """Every matching error as a tuple of ERROR_FIELDS (times as ISO text), newest first,
+    read through a server-side cursor.
 
     On PostgreSQL psycopg fetches ``EXPORT_BATCH`` rows at a time from a named cursor,
     so memory stays flat however many rows match; SQLite steps its cursor lazily.
     """
+    times = [i for i, name in enumerate(ERROR_FIELDS) if name in _TIME_COLUMNS]
     with engine.connect() as conn:
         streaming = conn.execution_options(stream_results=True, yield_per=EXPORT_BATCH)
         query = _select().where(*conditions(filters, conn.dialect.name)).order_by(*_NEWEST_FIRST)
-        for row in streaming.execute(query).mappings():
-            yield to_item(row)
+        for row in streaming.execute(query):
+            values = list(row)
+            for i in times:
+                values[i] = iso(values[i])
+            yield tuple(values)
+
+
+def stream_errors(engine: Engine, filters: ErrorFilters) -> Iterator[dict[str, Any]]:
+    """Every matching error as an ERROR item, newest first (see ``_stream_rows``)."""
+    for row in _stream_rows(engine, filters):
+        yield dict(zip(ERROR_FIELDS, row, strict=True))
 
 
 def export(engine: Engine, filters: ErrorFilters, fmt: str) -> Iterator[str]:
-    rows = stream_errors(engine, filters)
-    return csv_lines(rows) if fmt == "csv" else json_lines(rows)
+    if fmt == "csv":
+        return _csv(_stream_rows(engine, filters), header=True)
+    return json_lines(stream_errors(engine, filters))
 
 
 # -- retry and dismiss -------------------------------------------------------------------
