@@ -18,7 +18,6 @@ import test_status_api as status_fixture
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
-from conftest import free_port
 from crmsync import alerts
 from crmsync.config import load_settings
 from crmsync.errors import CrmsyncError
@@ -28,6 +27,15 @@ from crmsync.web import health
 from crmsync.web.app import create_app
 
 TOKEN = "health-token"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class Receiver:
@@ -268,3 +276,35 @@ async def test_crm_requests_are_counted_and_exposed(db_url: str, engine: Engine)
     exposed = _samples(page, "crmsync_crm_requests_total")
     assert exposed[(("status", "200"),)] == count("200")
     assert exposed[(("status", "404"),)] == count("404")
+
+
+async def test_serve_runs_upkeep_and_alerts_in_the_background(
+    db_url: str, engine: Engine, receiver: Receiver
+):
+    import asyncio
+
+    from crmsync.store.schema import sync_throughput
+
+    queue_lead(engine, timedelta(minutes=20))
+    settings = load_settings(
+        database_url=db_url,
+        alert_oldest_age_seconds=60,
+        alert_webhook_url=receiver.url,
+        ops_interval_seconds=1,
+    )
+    app = create_app(settings, engine=engine)
+    async with app.router.lifespan_context(app):
+        for _ in range(200):
+            if receiver.bodies:
+                break
+            await asyncio.sleep(0.05)
+    assert [b["event"] for b in receiver.bodies] == ["alert"]
+    with engine.connect() as conn:
+        samples = conn.execute(
+            sa.select(sync_throughput.c.synced).where(
+                sync_throughput.c.operation == "backlog",
+                sync_throughput.c.object == "lead",
+                sync_throughput.c.direction == "to_crm",
+            )
+        ).scalars()
+        assert list(samples) == [1]
