@@ -19,9 +19,9 @@ tables in the same run: ``SELECT count(*)`` (a full scan) and a primary-key read
 - export (unless ``--no-export``): every error as CSV, rows/s and peak RSS growth,
   against PostgreSQL's ``COPY (SELECT ...) TO STDOUT WITH CSV`` of the same rows.
 
-On PostgreSQL the search is measured twice: as the schema stands, then with the
-``pg_trgm`` GIN indexes this script creates (``TRGM_INDEXES``), which a migration would
-add. The databases are dropped at the end.
+On PostgreSQL the search is measured twice: without the ``pg_trgm`` GIN indexes of
+migration 0002 (dropped for the purpose), then with them (created again). The databases
+are dropped at the end.
 """
 
 from __future__ import annotations
@@ -39,17 +39,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from crmsync.store.schema import PG_SEARCH_INDEXES
+
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 OBJECTS = ("lead", "contact", "account", "opportunity")
 CODES = ("0x80040333", "0x80040237", "0x80040216", "0x80048306", "local_constraint")
-TRGM_INDEXES = {
-    "ix_sync_error_message_trgm": "error_message gin_trgm_ops",
-    "ix_sync_error_code_trgm": "error_code gin_trgm_ops",
-    "ix_sync_error_label_trgm": "record_label gin_trgm_ops",
-    "ix_sync_error_key_trgm": "record_key gin_trgm_ops",
-    "ix_sync_error_crm_id_trgm": "crm_id gin_trgm_ops",
-    "ix_sync_error_record_id_trgm": "(CAST(record_id AS VARCHAR)) gin_trgm_ops",
-}
 
 
 # -- stores -------------------------------------------------------------------------------
@@ -265,12 +259,19 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> None:
         )
         rare = f"user{args.rows // 2 + 7}@"
         common = "(42)"
+        if backend == "postgresql":
+            with engine.begin() as conn:
+                for name in PG_SEARCH_INDEXES:
+                    conn.execute(sa.text(f"DROP INDEX {name}"))
         results = measure(engine, args.calls, rare, common)
         if backend == "postgresql":
             with engine.begin() as conn:
-                conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
-                for name, expr in TRGM_INDEXES.items():
-                    conn.execute(sa.text(f"CREATE INDEX {name} ON sync_error USING gin ({expr})"))
+                for name, column in PG_SEARCH_INDEXES.items():
+                    conn.execute(
+                        sa.text(
+                            f"CREATE INDEX {name} ON sync_error USING gin ({column} gin_trgm_ops)"
+                        )
+                    )
                 conn.execute(sa.text("ANALYZE sync_error"))
             from crmsync.domain import OBJECT_NAMES
             from crmsync.store import sync_errors

@@ -283,7 +283,7 @@ async def test_serve_runs_upkeep_and_alerts_in_the_background(
 ):
     import asyncio
 
-    from crmsync.store.schema import sync_throughput
+    from crmsync.store.schema import sync_backlog_sample
 
     queue_lead(engine, timedelta(minutes=20))
     settings = load_settings(
@@ -301,10 +301,9 @@ async def test_serve_runs_upkeep_and_alerts_in_the_background(
     assert [b["event"] for b in receiver.bodies] == ["alert"]
     with engine.connect() as conn:
         samples = conn.execute(
-            sa.select(sync_throughput.c.synced).where(
-                sync_throughput.c.operation == "backlog",
-                sync_throughput.c.object == "lead",
-                sync_throughput.c.direction == "to_crm",
+            sa.select(sync_backlog_sample.c.backlog).where(
+                sync_backlog_sample.c.object == "lead",
+                sync_backlog_sample.c.direction == "to_crm",
             )
         ).scalars()
         assert list(samples) == [1]

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 
 from crmsync.domain import OBJECT_NAMES
 from crmsync.store import maintenance, status
-from crmsync.store.schema import sync_queue, sync_throughput
+from crmsync.store.schema import sync_backlog_sample, sync_queue, sync_throughput
 
 NOW = datetime.fromisoformat("2026-11-25T13:20:00+00:00")
 UTC = ZoneInfo("UTC")
@@ -29,13 +29,20 @@ def counter(start: datetime, n: int, obj: str = "lead", op: str = "insert") -> d
     }
 
 
-def rows(engine: Engine, operation: str | None = None) -> list[tuple[datetime, str, str, int]]:
+def rows(engine: Engine) -> list[tuple[datetime, str, str, int]]:
     t = sync_throughput.c
     query = sa.select(t.bucket_start, t.object, t.operation, t.synced).order_by(
         t.bucket_start, t.object, t.operation
     )
-    if operation is not None:
-        query = query.where(t.operation == operation)
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(query)]  # type: ignore[misc]
+
+
+def samples(engine: Engine) -> list[tuple[datetime, str, str, int]]:
+    s = sync_backlog_sample.c
+    query = sa.select(s.sampled_at, s.object, s.direction, s.backlog).order_by(
+        s.sampled_at, s.object, s.direction
+    )
     with engine.connect() as conn:
         return [tuple(r) for r in conn.execute(query)]  # type: ignore[misc]
 
@@ -44,24 +51,20 @@ def test_samples_the_backlog_once_per_bucket(engine: Engine):
     status_fixture.seed(engine)  # lead: 3 to_crm + 1 from_crm pending; account 1 from_crm
     with engine.begin() as conn:
         conn.execute(sa.delete(sync_throughput))
+        conn.execute(sa.delete(sync_backlog_sample))
     done = maintenance.maintain(engine, NOW)
     assert done.sampled
-    samples = rows(engine, "backlog")
-    assert len(samples) == len(OBJECT_NAMES) * 2  # zeros included
-    with engine.connect() as conn:
-        per = {
-            (r.object, r.direction): r.synced
-            for r in conn.execute(
-                sa.select(sync_throughput).where(sync_throughput.c.operation == "backlog")
-            )
-        }
+    taken = samples(engine)
+    assert len(taken) == len(OBJECT_NAMES) * 2  # zeros included
+    assert rows(engine) == []  # samples are not throughput
+    per = {(obj, direction): n for _, obj, direction, n in taken}
     assert per[("lead", "to_crm")] == 3 and per[("lead", "from_crm")] == 1
     assert per[("account", "from_crm")] == 1 and per[("contact", "to_crm")] == 0
-    assert {r[0] for r in samples} == {datetime.fromisoformat("2026-11-25T13:15:00+00:00")}
+    assert {r[0] for r in taken} == {datetime.fromisoformat("2026-11-25T13:15:00+00:00")}
     # Same bucket: nothing more; the next bucket: a new sample.
     assert not maintenance.maintain(engine, NOW + timedelta(minutes=9)).sampled
     assert maintenance.maintain(engine, NOW + timedelta(minutes=10)).sampled
-    assert len(rows(engine, "backlog")) == len(OBJECT_NAMES) * 4
+    assert len(samples(engine)) == len(OBJECT_NAMES) * 4
 
 
 def test_trend_from_samples_taken_by_maintain(engine: Engine):
@@ -103,7 +106,7 @@ def test_compacts_old_buckets_into_hours_and_keeps_the_sums(engine: Engine):
     before = _hourly(engine, old, 72)
     done = maintenance.maintain(engine, NOW)
     assert done.compacted_hours == 2
-    assert [r for r in rows(engine) if r[2] != "backlog"] == [
+    assert rows(engine) == [
         (old, "lead", "insert", 7),
         (old, "lead", "update", 8),
         (old + timedelta(hours=1), "lead", "insert", 16),
@@ -127,15 +130,20 @@ def _hourly(engine: Engine, first: datetime, hours: int) -> list[int]:
 def test_prunes_old_counters_and_samples(engine: Engine):
     ancient = NOW - timedelta(days=maintenance.KEEP_DAYS + 1)
     kept = NOW - timedelta(days=maintenance.KEEP_DAYS - 1)
-    sample = {"object": "lead", "direction": "to_crm", "operation": "backlog", "synced": 5}
+    sample = {"object": "lead", "direction": "to_crm", "backlog": 5}
     with engine.begin() as conn:
         conn.execute(
             sa.insert(sync_throughput),
             [
                 counter(ancient.replace(minute=0, second=0), 1),
                 counter(kept.replace(minute=0, second=0), 2),
-                {**sample, "bucket_start": datetime.fromisoformat("2026-11-22T13:00:00+00:00")},
-                {**sample, "bucket_start": datetime.fromisoformat("2026-11-24T13:00:00+00:00")},
+            ],
+        )
+        conn.execute(
+            sa.insert(sync_backlog_sample),
+            [
+                {**sample, "sampled_at": datetime.fromisoformat("2026-11-22T13:00:00+00:00")},
+                {**sample, "sampled_at": datetime.fromisoformat("2026-11-24T13:00:00+00:00")},
             ],
         )
     done = maintenance.maintain(engine, NOW)
@@ -143,15 +151,6 @@ def test_prunes_old_counters_and_samples(engine: Engine):
     left = rows(engine)
     assert (kept.replace(minute=0, second=0), "lead", "insert", 2) in left
     assert not [r for r in left if r[0] < NOW - timedelta(days=maintenance.KEEP_DAYS)]
-    samples = {r[0] for r in rows(engine, "backlog")}
-    assert datetime.fromisoformat("2026-11-24T13:00:00+00:00") in samples
-    assert datetime.fromisoformat("2026-11-22T13:00:00+00:00") not in samples
-
-
-def test_samples_are_not_throughput(engine: Engine):
-    maintenance.maintain(engine, NOW)
-    with engine.begin() as conn:
-        conn.execute(sa.update(sync_throughput).values(synced=1000))  # a big backlog sample
-        assert status.synced_since(conn, NOW - timedelta(hours=1), NOW + timedelta(hours=1)) == {}
-        body = status.throughput(conn, ["lead"], UTC, hours=2, at=NOW + timedelta(hours=1))
-    assert {b["objects"]["lead"]["synced"] for b in body["buckets"]} == {0}
+    sampled = {r[0] for r in samples(engine)}
+    assert datetime.fromisoformat("2026-11-24T13:00:00+00:00") in sampled
+    assert datetime.fromisoformat("2026-11-22T13:00:00+00:00") not in sampled

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from crmsync.config import load_settings
-from crmsync.store.schema import sync_queue, sync_throughput
+from crmsync.store.schema import sync_backlog_sample, sync_queue, sync_throughput
 from crmsync.web.app import create_app
 
 TOKEN = "status-token"
@@ -102,7 +102,7 @@ SAMPLES = [
     ("10:15", "contact", "to_crm", 0),
     ("10:15", "account", "from_crm", 0),
     ("10:30", "lead", "to_crm", 1000),  # after 10:20: not compared with
-    ("12:30", "lead", "to_crm", 999),  # not throughput either
+    ("12:30", "lead", "to_crm", 999),  # after 10:20: not compared with
 ]
 
 
@@ -114,10 +114,12 @@ def seed(engine: Engine) -> None:
             [
                 {"bucket_start": t(b), "object": o, "direction": d, "operation": op, "synced": n}
                 for b, o, d, op, n in THROUGHPUT
-            ]
-            + [
-                {"bucket_start": t(b), "object": o, "direction": d, "operation": "backlog"}
-                | {"synced": n}
+            ],
+        )
+        conn.execute(
+            sa.insert(sync_backlog_sample),
+            [
+                {"sampled_at": t(b), "object": o, "direction": d, "backlog": n}
                 for b, o, d, n in SAMPLES
             ],
         )
@@ -224,8 +226,8 @@ async def test_trend_growing_without_throughput(db_url, engine):
             sa.insert(sync_queue),
             [entry("lead", "to_crm", str(i), "insert", "13:00", record_id=i) for i in range(1, 31)],
         )
-        sample = {"object": "lead", "direction": "to_crm", "operation": "backlog", "synced": 0}
-        conn.execute(sa.insert(sync_throughput).values(bucket_start=t("10:00"), **sample))
+        sample = {"object": "lead", "direction": "to_crm", "backlog": 0}
+        conn.execute(sa.insert(sync_backlog_sample).values(sampled_at=t("10:00"), **sample))
     async with await make_client(db_url, engine) as c:
         row = by_object(await get(c, "/api/v1/sync/status", at=AT))["lead"]
     # 30 now, 0 in the 10:00 sample.

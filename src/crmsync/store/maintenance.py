@@ -17,10 +17,8 @@ Retention of ``sync_throughput`` (the counters behind last hour, throughput and
 
 Backlog samples: the trend of the backlog (``status.backlog``) compares the backlog now
 with what it was a few hours ago, which the queue cannot tell (entries that synced are
-gone). So each bucket gets one sample of the backlog per (object, direction), stored in
-``sync_throughput`` under the reserved operation ``backlog`` with the count in
-``synced``; readers of throughput only sum the real operations. Samples older than
-``SAMPLE_DAYS`` days are deleted.
+gone). So each bucket gets one sample of the backlog per (object, direction) in
+``sync_backlog_sample``. Samples older than ``SAMPLE_DAYS`` days are deleted.
 """
 
 from __future__ import annotations
@@ -37,8 +35,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from crmsync.domain import OBJECT_NAMES
 from crmsync.store.db import write_transaction
 from crmsync.store.queue import bucket_start
-from crmsync.store.schema import sync_throughput
-from crmsync.store.status import DIRECTIONS, OPERATIONS, SAMPLE_OPERATION, backlog_groups
+from crmsync.store.schema import sync_backlog_sample, sync_throughput
+from crmsync.store.status import DIRECTIONS, backlog_groups
 from crmsync.store.types import utcnow
 
 FINE_DAYS = 8
@@ -56,8 +54,8 @@ class Maintained:
     pruned_rows: int = 0
 
 
-def _upsert(conn: Connection, rows: list[dict[str, object]]) -> None:
-    """Insert rows, replacing ``synced`` of any row already at the same key."""
+def _upsert_throughput(conn: Connection, rows: list[dict[str, object]]) -> None:
+    """Insert throughput rows, replacing ``synced`` of any row already at the same key."""
     if not rows:
         return
     insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(sync_throughput)
@@ -72,24 +70,23 @@ def _upsert(conn: Connection, rows: list[dict[str, object]]) -> None:
 
 def sample_backlog(conn: Connection, now: datetime) -> bool:
     """Record the backlog per (object, direction) in ``now``'s bucket, once per bucket."""
-    t = sync_throughput.c
+    s = sync_backlog_sample.c
     start = bucket_start(now)
-    done = conn.execute(
-        sa.select(sa.literal(1))
-        .where(t.bucket_start == start, t.operation == SAMPLE_OPERATION)
-        .limit(1)
-    ).first()
+    done = conn.execute(sa.select(sa.literal(1)).where(s.sampled_at == start).limit(1)).first()
     if done is not None:
         return False
     # Zeros included: a missing sample means "not sampled", not "empty".
     totals = {(o, d): 0 for o in OBJECT_NAMES for d in DIRECTIONS}
     for g in backlog_groups(conn):
         totals[(g.object, g.direction)] = totals.get((g.object, g.direction), 0) + g.count
-    _upsert(
-        conn,
+    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(
+        sync_backlog_sample
+    )
+    # Another process may sample the same bucket at the same moment: first one wins.
+    conn.execute(
+        insert.on_conflict_do_nothing(index_elements=["sampled_at", "object", "direction"]),
         [
-            {"bucket_start": start, "object": o, "direction": d, "operation": SAMPLE_OPERATION}
-            | {"synced": n}
+            {"sampled_at": start, "object": o, "direction": d, "backlog": n}
             for (o, d), n in sorted(totals.items())
         ],
     )
@@ -104,7 +101,6 @@ def compact(conn: Connection, now: datetime) -> int:
         sa.select(t.bucket_start, t.object, t.direction, t.operation, t.synced).where(
             t.bucket_start < cutoff,
             t.bucket_start >= now - timedelta(days=KEEP_DAYS),
-            t.operation.in_(OPERATIONS),
         )
     ).all()
     sums: dict[datetime, dict[tuple[str, str, str], int]] = defaultdict(lambda: defaultdict(int))
@@ -116,11 +112,9 @@ def compact(conn: Connection, now: datetime) -> int:
             fine.add(hour)
     for hour in sorted(fine):
         conn.execute(
-            sa.delete(sync_throughput).where(
-                t.bucket_start >= hour, t.bucket_start < hour + HOUR, t.operation.in_(OPERATIONS)
-            )
+            sa.delete(sync_throughput).where(t.bucket_start >= hour, t.bucket_start < hour + HOUR)
         )
-        _upsert(
+        _upsert_throughput(
             conn,
             [
                 {"bucket_start": hour, "object": o, "direction": d, "operation": op, "synced": n}
@@ -137,8 +131,8 @@ def prune(conn: Connection, now: datetime) -> int:
         sa.delete(sync_throughput).where(t.bucket_start < now - timedelta(days=KEEP_DAYS))
     ).rowcount
     old_samples = conn.execute(
-        sa.delete(sync_throughput).where(
-            t.operation == SAMPLE_OPERATION, t.bucket_start < now - timedelta(days=SAMPLE_DAYS)
+        sa.delete(sync_backlog_sample).where(
+            sync_backlog_sample.c.sampled_at < now - timedelta(days=SAMPLE_DAYS)
         )
     ).rowcount
     return int(old_counts) + int(old_samples)

@@ -183,8 +183,31 @@ sync_error = Table(
     Column("resolved_at", UTCDateTime(), nullable=True),
     Index("ix_sync_error_status_last_failed", "status", "last_failed_at", "id"),
     Index("ix_sync_error_record", "object", "direction", "record_key", "status"),
+    # Listing or exporting every status, newest first, without sorting the table.
+    Index("ix_sync_error_last_failed", "last_failed_at", "id"),
     sqlite_autoincrement=True,
 )
+
+# PostgreSQL only, created by migration 0002 and not declared above (they are not
+# portable): trigram GIN indexes (pg_trgm) so that the case-insensitive substring search
+# of the Sync Errors list (``q``) is an index scan on every searched column.
+PG_SEARCH_INDEXES = {
+    "ix_sync_error_message_trgm": "error_message",
+    "ix_sync_error_code_trgm": "error_code",
+    "ix_sync_error_label_trgm": "record_label",
+    "ix_sync_error_key_trgm": "record_key",
+    "ix_sync_error_crm_id_trgm": "crm_id",
+    "ix_sync_error_record_id_trgm": "(CAST(record_id AS VARCHAR))",
+}
+
+
+def declared(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    """Alembic ``include_object``: compare only what the metadata declares, leaving out
+    the PostgreSQL-only search indexes that migration 0002 creates by hand."""
+    return not (type_ == "index" and reflected and name in PG_SEARCH_INDEXES)
+
 
 sync_throughput = Table(
     "sync_throughput",
@@ -194,6 +217,17 @@ sync_throughput = Table(
     Column("direction", String(8), primary_key=True),
     Column("operation", String(8), primary_key=True),
     Column("synced", BigInteger, nullable=False, server_default="0"),
+)
+
+# The backlog per (object, direction) once per 15-minute bucket: the queue cannot tell
+# what the backlog was hours ago (synced entries are gone), and the trend needs it.
+sync_backlog_sample = Table(
+    "sync_backlog_sample",
+    metadata,
+    Column("sampled_at", UTCDateTime(), primary_key=True),
+    Column("object", String(32), primary_key=True),
+    Column("direction", String(8), primary_key=True),
+    Column("backlog", BigInteger, nullable=False),
 )
 
 sync_cursor = Table(
@@ -232,7 +266,10 @@ sync_pause = Table(
 
 __all__ = [
     "LOCAL_TABLES",
+    "PG_SEARCH_INDEXES",
+    "declared",
     "metadata",
+    "sync_backlog_sample",
     "sync_conflict",
     "sync_cursor",
     "sync_error",

@@ -28,7 +28,7 @@ from sqlalchemy import Connection
 from crmsync.domain import Direction, Operation
 from crmsync.errors import ValidationFailed
 from crmsync.store.params import iso
-from crmsync.store.schema import sync_pause, sync_queue, sync_throughput
+from crmsync.store.schema import sync_backlog_sample, sync_pause, sync_queue, sync_throughput
 from crmsync.store.types import utcnow
 
 HOUR = timedelta(hours=1)
@@ -37,8 +37,6 @@ MAX_HOURS = 720
 TREND_HOURS = 3
 # A sample older than TREND_HOURS by more than this is too old to compare with.
 TREND_SLACK = timedelta(hours=1)
-# sync_throughput rows with this operation hold backlog samples, not synced counts.
-SAMPLE_OPERATION = "backlog"
 # Within this share (or this many records) of the earlier backlog the trend is "steady".
 TREND_TOLERANCE = 0.1
 TREND_MIN_CHANGE = 10
@@ -144,7 +142,7 @@ def synced_since(
     t = sync_throughput.c
     query = (
         sa.select(t.object, sa.func.sum(t.synced))
-        .where(t.bucket_start >= start, t.bucket_start < end, t.operation.in_(OPERATIONS))
+        .where(t.bucket_start >= start, t.bucket_start < end)
         .group_by(t.object)
     )
     if direction is not None:
@@ -157,23 +155,19 @@ def backlog_sample(
 ) -> tuple[datetime | None, dict[str, int]]:
     """The latest backlog sample at or before ``before`` (and at most ``TREND_SLACK``
     older), summed per object: ``(sample time, totals)``, or ``(None, {})``."""
-    t = sync_throughput.c
+    s = sync_backlog_sample.c
     when = conn.execute(
-        sa.select(sa.func.max(t.bucket_start)).where(
-            t.operation == SAMPLE_OPERATION,
-            t.bucket_start <= before,
-            t.bucket_start >= before - TREND_SLACK,
+        sa.select(sa.func.max(s.sampled_at)).where(
+            s.sampled_at <= before, s.sampled_at >= before - TREND_SLACK
         )
     ).scalar_one_or_none()
     if when is None:
         return None, {}
     query = (
-        sa.select(t.object, sa.func.sum(t.synced))
-        .where(t.operation == SAMPLE_OPERATION, t.bucket_start == when)
-        .group_by(t.object)
+        sa.select(s.object, sa.func.sum(s.backlog)).where(s.sampled_at == when).group_by(s.object)
     )
     if direction is not None:
-        query = query.where(t.direction == direction)
+        query = query.where(s.direction == direction)
     return when, {obj: int(n or 0) for obj, n in conn.execute(query)}
 
 
@@ -378,7 +372,6 @@ def throughput(
             t.bucket_start >= first,
             t.bucket_start < last,
             t.object.in_(names),
-            t.operation.in_(OPERATIONS),
         )
         .group_by(t.bucket_start, t.object, t.operation)
     )

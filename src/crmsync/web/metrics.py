@@ -67,9 +67,9 @@ class StoreCollector(Collector):
             groups = backlog_groups(conn)
             t = sync_throughput.c
             synced = conn.execute(
-                sa.select(t.object, t.direction, t.operation, sa.func.sum(t.synced))
-                .where(t.operation.in_(OPERATIONS))  # not the backlog samples
-                .group_by(t.object, t.direction, t.operation)
+                sa.select(t.object, t.direction, t.operation, sa.func.sum(t.synced)).group_by(
+                    t.object, t.direction, t.operation
+                )
             ).all()
             e = sync_error.c
             errors = conn.execute(
