@@ -35,12 +35,15 @@ SECONDS = 2.0
 def test_thin_claims_are_spaced_across_lanes_and_full_ones_are_not() -> None:
     settings = load_settings(database_url="sqlite://", batch_size=3)
     pusher = Pusher(sa.create_engine("sqlite://"), None, settings, "t")  # type: ignore[arg-type]
-    sizes = iter([1] * 8 + [3] * 4)
+    sizes = iter([1] * 8 + [3] * 8)
     claimed_at: list[float] = []
 
     def claim() -> list[Any]:
         claimed_at.append(time.monotonic())
-        return [object()] * next(sizes)
+        size = next(sizes)
+        if size == 3:
+            time.sleep(0.1)  # a claim of a full batch takes a while
+        return [object()] * size
 
     pusher._claim_and_plan = claim  # type: ignore[method-assign]
 
@@ -54,14 +57,18 @@ def test_thin_claims_are_spaced_across_lanes_and_full_ones_are_not() -> None:
         await asyncio.gather(*(lane() for _ in range(n)))
         return [b - a for a, b in itertools.pairwise(claimed_at)]
 
-    async def both() -> tuple[list[float], list[float]]:
+    async def phases() -> tuple[list[float], list[float], float]:
         thin = await lanes(4, 2)  # 8 thin claims from 4 concurrent lanes
-        full = await lanes(4, 1)  # 4 full claims (the first waits out the last thin one)
-        return thin, full
+        await lanes(1, 1)  # a full claim: the backlog is deep now
+        started = time.monotonic()
+        await lanes(4, 1)  # 4 full claims
+        return thin, claimed_at, time.monotonic() - started
 
-    thin, full = asyncio.run(both())
+    thin, full_at, full_took = asyncio.run(phases())
     assert min(thin) >= THIN_CLAIM_INTERVAL * 0.9, thin
-    assert max(full) < THIN_CLAIM_INTERVAL / 2, full
+    # Deep backlog: the four lanes claimed side by side, not one after another.
+    assert max(full_at) - min(full_at) < 0.1, full_at
+    assert full_took < 0.3, full_took
 
 
 def _pending(engine: sa.Engine) -> int:

@@ -120,6 +120,7 @@ class Pusher:
         self.stats = PushStats()
         self._rnd = random.Random()
         self._pace: asyncio.Lock | None = None
+        self._thin = True  # until a claim comes back full
         self._next_claim = 0.0
 
     def _push_order(self) -> list[ObjectSpec]:
@@ -158,14 +159,23 @@ class Pusher:
         return steps
 
     async def _paced_claim(self) -> list[Step]:
+        """Claim a batch; while the backlog is thin, one lane at a time and spaced out.
+
+        Under a deep backlog (the last claim was full) lanes claim concurrently, as
+        they would without pacing.
+        """
         if self._pace is None:  # created lazily: the pusher may be built outside a loop
             self._pace = asyncio.Lock()
-        loop = asyncio.get_running_loop()
+        if not self._thin:
+            return self._paced(await asyncio.to_thread(self._claim_and_plan))
         async with self._pace:
-            await asyncio.sleep(max(0.0, self._next_claim - loop.time()))
-            steps = await asyncio.to_thread(self._claim_and_plan)
-            thin = len(steps) < self.settings.batch_size
-            self._next_claim = loop.time() + (THIN_CLAIM_INTERVAL if thin else 0.0)
+            await asyncio.sleep(max(0.0, self._next_claim - asyncio.get_running_loop().time()))
+            return self._paced(await asyncio.to_thread(self._claim_and_plan))
+
+    def _paced(self, steps: list[Step]) -> list[Step]:
+        self._thin = len(steps) < self.settings.batch_size
+        if self._thin:
+            self._next_claim = asyncio.get_running_loop().time() + THIN_CLAIM_INTERVAL
         return steps
 
     async def push_batch(self) -> int:
