@@ -7,6 +7,9 @@ another application would. Rounds alternate (with, without, with, ...) and the m
 are compared. Target: ratio >= 0.85 on both backends.
 
     .venv/bin/python bench/capture.py [--seconds 3] [--rounds 5] [--rows 10000]
+
+``--drop-index ix_sync_queue_due`` (repeatable) drops a queue index in the bench's own
+database first, to measure what a migration removing it would buy.
 """
 
 from __future__ import annotations
@@ -33,10 +36,14 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PG_DB = "crmsync_bench_capture"
 
 
-def prepare(engine: sa.Engine, rows: int) -> None:
+def prepare(engine: sa.Engine, rows: int, drop_indexes: list[str]) -> None:
     specs = Settings().object_specs().values()
     upgrade(engine, specs)
     with write_transaction(engine) as conn:
+        for name in drop_indexes:
+            if not name.startswith("ix_sync_queue_"):
+                raise SystemExit(f"--drop-index: not a sync_queue index: {name}")
+            conn.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
         drop_triggers(conn, ["lead", "contact"])
         conn.execute(sa.text("DELETE FROM lead"))
         conn.execute(
@@ -116,12 +123,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--rows", type=int, default=10_000)
     ap.add_argument("--skip-postgres", action="store_true")
+    ap.add_argument("--skip-sqlite", action="store_true")
+    ap.add_argument("--drop-index", action="append", default=[], metavar="NAME")
     args = ap.parse_args()
 
+    if not args.skip_sqlite:
+        sqlite_rounds(args)
+    if not args.skip_postgres:
+        postgres_rounds(args)
+
+
+def sqlite_rounds(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.db"
         engine = create_store_engine(f"sqlite:///{path}", poolclass=sa.NullPool)
-        prepare(engine, args.rows)
+        prepare(engine, args.rows, args.drop_index)
         # FULL is SQLite's default, what another program writing the file gets; NORMAL
         # is what crmsync's own connections use in WAL mode.
         for sync in ("FULL", "NORMAL"):
@@ -133,8 +149,8 @@ def main() -> None:
             )
         engine.dispose()
 
-    if args.skip_postgres:
-        return
+
+def postgres_rounds(args: argparse.Namespace) -> None:
     admin = sa.create_engine(
         PG_ADMIN.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
     )
@@ -143,7 +159,7 @@ def main() -> None:
         conn.execute(sa.text(f"CREATE DATABASE {PG_DB}"))
     dsn = PG_ADMIN.rsplit("/", 1)[0] + "/" + PG_DB
     engine = create_store_engine(dsn, poolclass=sa.NullPool)
-    prepare(engine, args.rows)
+    prepare(engine, args.rows, args.drop_index)
     compare(
         "postgresql, 8 clients", engine, lambda: pg_tps(dsn, args.rows, args.seconds), args.rounds
     )
