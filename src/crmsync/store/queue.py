@@ -71,6 +71,7 @@ class Done:
     crm_version: int | None = None
     crm_modified_at: datetime | None = None
     counted: bool = True  # False when nothing was sent (not throughput)
+    remember: bool = True  # False: leave the record's sync state as it is
 
 
 @dataclass(frozen=True)
@@ -257,7 +258,7 @@ def _remember_syncs(conn: Connection, done: Sequence[Done], now: datetime) -> No
     latest: dict[tuple[str, int], Done] = {}
     for d in done:
         record_id = d.record_id if d.record_id is not None else d.entry.record_id
-        if record_id is not None:
+        if record_id is not None and d.remember:
             latest[(d.entry.object, record_id)] = d
     if not latest:
         return
