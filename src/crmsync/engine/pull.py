@@ -35,7 +35,7 @@ from crmsync.dynamics.client import DataverseClient
 from crmsync.dynamics.faults import DeltaTokenExpired
 from crmsync.dynamics.pages import ChangePage
 from crmsync.engine import changes as ch
-from crmsync.errors import RecordRejected
+from crmsync.errors import CrmsyncError, RecordRejected
 from crmsync.store.db import write_transaction
 from crmsync.store.schema import LOCAL_TABLES, sync_cursor, sync_queue, sync_record
 from crmsync.store.types import utcnow
@@ -353,6 +353,39 @@ class Puller:
         self.stats.staged += staged
         return staged
 
+    async def refetch(self, stale: Sequence[tuple[str, str]]) -> None:
+        """Read and stage records that Dynamics refused to update because they changed
+        there since their last sync (a 412 on If-Match): applying them resolves the
+        conflicts and moves the record's ETag on, so that the push can go again."""
+        by_object: dict[str, list[str]] = {}
+        for obj, crm_id in stale:
+            by_object.setdefault(obj, []).append(crm_id)
+        for obj, crm_ids in by_object.items():
+            spec = self.specs[obj]
+            if not spec.flow.pulls:
+                continue
+            filter_field = self._filter_for(spec)
+            select = ch.select_for(spec, filter_field)
+            found: list[dict[str, Any]] = []
+            gone: list[str] = []
+            try:
+                for crm_id in crm_ids:
+                    row = await self.client.get(spec.entity_set, crm_id, select=select)
+                    if row is None:
+                        gone.append(crm_id)
+                    else:
+                        found.append(row)
+            except CrmsyncError as exc:
+                # The push is deferred, not failed: it asks again on its next try.
+                log.warning(
+                    "refetch failed", extra={"event": "pull.refetch_failed", "error": str(exc)}
+                )
+                continue
+            page = ChangePage(rows=found, deleted_ids=gone)
+            await asyncio.to_thread(
+                self._stage_page, spec, page, filter_field, None, utcnow(), force=True
+            )
+
     def _stage_page(
         self,
         spec: ObjectSpec,
@@ -360,6 +393,8 @@ class Puller:
         filter_field: str | None,
         seen: set[str] | None,
         started_at: datetime,
+        *,
+        force: bool = False,
     ) -> int:
         found = [ch.read_row(spec, r, filter_field) for r in page.rows]
         found += [ch.deleted(i) for i in page.deleted_ids]
@@ -370,7 +405,11 @@ class Puller:
             parents = load_parents(conn, self.specs, spec, found)
             for change in found:
                 k = known.get(change.crm_id)
-                op = ch.stage_operation(spec, change, k, parents, self.own_user)
+                op = ch.stage_operation(spec, change, k, parents, None if force else self.own_user)
+                if op is None and force and k is not None and not change.deleted:
+                    # Newer in Dynamics than our last sync, whatever its values: applying
+                    # it is what moves the record's ETag on for the waiting push.
+                    op = "update"
                 if op is not None:
                     rows.append(entry_row(spec, change, op, k, now))
             if seen is not None:

@@ -89,6 +89,7 @@ class Worker:
         self.pusher = Pusher(engine, client, settings, self.id)
         self.puller = Puller(engine, client, settings, progress=progress)
         self.applier = Applier(engine, settings, self.id)
+        self.pusher.on_stale = self.puller.refetch
         self.concurrency = concurrency
         # SQLite has one writer: more than one apply lane there only queues for the lock.
         self.apply_lanes = 1 if engine.dialect.name == "sqlite" else max(1, concurrency // 2)
