@@ -16,7 +16,7 @@ record the sync filter excludes, or for a record whose local deletion is on its 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -75,6 +75,13 @@ class Change:
         return parse_time(self.modified_at)
 
 
+def pull_order(specs: Mapping[str, ObjectSpec]) -> list[ObjectSpec]:
+    """Objects that pull, parents (objects others look up) first, so a child's parent
+    is usually staged before the child and the child need not wait."""
+    pulling = [s for s in specs.values() if s.flow.pulls]
+    return sorted(pulling, key=lambda s: len(s.lookups))
+
+
 def parse_time(text: str | None) -> datetime | None:
     if not text:
         return None
@@ -106,31 +113,41 @@ def select_for(spec: ObjectSpec, filter_field: str | None) -> list[str]:
 
 def read_row(spec: ObjectSpec, row: Mapping[str, Any], filter_field: str | None) -> Change:
     """A change-tracking row as a ``Change``."""
-    crm_id = str(row[spec.primary_key]).lower()
-    values = {c: row.get(a) for c, a in pulled_fields(spec).items()}
-    lookups: dict[str, str | None] = {}
-    for lk in spec.lookups:
-        if spec.flow_for(lk.column).pulls:
-            target = row.get(lk.value_attribute)
-            lookups[lk.column] = str(target).lower() if target else None
-    etag = row.get("@odata.etag")
-    version = row.get(VERSION)
-    try:
-        version = int(version) if version is not None else version_of(etag)
-    except (TypeError, ValueError):
-        version = version_of(etag)
-    by = row.get(MODIFIED_BY)
-    return Change(
-        crm_id=crm_id,
-        values=values,
-        lookups=lookups,
-        version=version,
-        modified_at=row.get(MODIFIED_ON),
-        modified_by=str(by).lower() if by else None,
-        etag=etag if isinstance(etag, str) else None,
-        # Only an explicit No excludes: a missing or null value keeps the record.
-        excluded=bool(filter_field) and row.get(filter_field or "") is False,
-    )
+    return read_rows(spec, [row], filter_field)[0]
+
+
+def read_rows(
+    spec: ObjectSpec, rows: Sequence[Mapping[str, Any]], filter_field: str | None
+) -> list[Change]:
+    """Change-tracking rows as ``Change``s (the mapping worked out once per page)."""
+    fields = list(pulled_fields(spec).items())
+    lookups = [
+        (lk.column, lk.value_attribute) for lk in spec.lookups if spec.flow_for(lk.column).pulls
+    ]
+    key = spec.primary_key
+    out = []
+    for row in rows:
+        etag = row.get("@odata.etag")
+        version = row.get(VERSION)
+        try:
+            version = int(version) if version is not None else version_of(etag)
+        except (TypeError, ValueError):
+            version = version_of(etag)
+        by = row.get(MODIFIED_BY)
+        out.append(
+            Change(
+                crm_id=str(row[key]).lower(),
+                values={c: row.get(a) for c, a in fields},
+                lookups={c: str(row[a]).lower() if row.get(a) else None for c, a in lookups},
+                version=version,
+                modified_at=row.get(MODIFIED_ON),
+                modified_by=str(by).lower() if by else None,
+                etag=etag if isinstance(etag, str) else None,
+                # Only an explicit No excludes: a missing or null value keeps the record.
+                excluded=filter_field is not None and row.get(filter_field) is False,
+            )
+        )
+    return out
 
 
 def deleted(crm_id: str) -> Change:

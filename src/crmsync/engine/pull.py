@@ -35,6 +35,7 @@ from crmsync.dynamics.client import DataverseClient
 from crmsync.dynamics.faults import DeltaTokenExpired
 from crmsync.dynamics.pages import ChangePage
 from crmsync.engine import changes as ch
+from crmsync.engine.apply import insert_new
 from crmsync.errors import CrmsyncError, RecordRejected
 from crmsync.store.db import write_transaction
 from crmsync.store.schema import LOCAL_TABLES, sync_cursor, sync_queue, sync_record
@@ -57,13 +58,6 @@ class PullStats:
     reconciliations: int = 0
     deletions_detected: int = 0
     by_object: dict[str, int] = field(default_factory=dict)
-
-
-def pull_order(specs: Mapping[str, ObjectSpec]) -> list[ObjectSpec]:
-    """Objects that pull, parents (objects others look up) first, so a child's parent
-    is usually staged before the child and the child need not wait."""
-    pulling = [s for s in specs.values() if s.flow.pulls]
-    return sorted(pulling, key=lambda s: len(s.lookups))
 
 
 def read_cursor(conn: Connection, obj: str) -> str | None:
@@ -266,7 +260,7 @@ class Puller:
         self.client = client
         self.settings = settings
         self.specs = settings.object_specs()
-        self.order = pull_order(self.specs)
+        self.order = ch.pull_order(self.specs)
         self.objects = [s.name for s in self.order]
         self.page_size = page_size
         self.progress = progress
@@ -396,13 +390,14 @@ class Puller:
         *,
         force: bool = False,
     ) -> int:
-        found = [ch.read_row(spec, r, filter_field) for r in page.rows]
+        found = ch.read_rows(spec, page.rows, filter_field)
         found += [ch.deleted(i) for i in page.deleted_ids]
         now = utcnow()
         rows: list[dict[str, Any]] = []
         with write_transaction(self.engine) as conn:
             known = load_known(conn, spec, [c.crm_id for c in found])
             parents = load_parents(conn, self.specs, spec, found)
+            new: list[ch.Change] = []
             for change in found:
                 k = known.get(change.crm_id)
                 op = ch.stage_operation(spec, change, k, parents, None if force else self.own_user)
@@ -410,8 +405,13 @@ class Puller:
                     # Newer in Dynamics than our last sync, whatever its values: applying
                     # it is what moves the record's ETag on for the waiting push.
                     op = "update"
-                if op is not None:
+                if op == "insert" and seen is not None:
+                    new.append(change)
+                elif op is not None:
                     rows.append(entry_row(spec, change, op, k, now))
+            if new:
+                for change in insert_new(conn, spec, new, parents, now):
+                    rows.append(entry_row(spec, change, "insert", None, now))
             if seen is not None:
                 seen.update(c.crm_id for c in found)
             if page.delta_link is not None and seen is not None:

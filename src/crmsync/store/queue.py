@@ -282,6 +282,11 @@ def _remember_syncs(conn: Connection, done: Sequence[Done], now: datetime) -> No
         conn.execute(sa.insert(sync_record), rows)
 
 
+def count_synced(conn: Connection, counts: dict[tuple[str, str, str], int], now: datetime) -> None:
+    """Add to the throughput counters: ``(object, direction, operation) -> records``."""
+    _count(conn, counts, now)
+
+
 def _count(conn: Connection, counts: dict[tuple[str, str, str], int], now: datetime) -> None:
     if not counts:
         return
