@@ -222,3 +222,20 @@ def test_a_local_constraint_parks_only_the_refused_record(
     assert rows(store, "lead")[refused]["email"] == "other@example.com"
     with store.connect() as conn:
         assert conn.execute(sa.select(sync_error.c.status)).scalar_one() == "resolved"
+
+
+def test_worker_once_cli_loads_pulls_and_exits_0_with_progress(
+    sync_settings: Settings, store: sa.Engine, sales: Sales, start_worker: Any
+) -> None:
+    crm_ids = [sales.create("leads", {"lastname": f"Cli{i}"}) for i in range(7)]
+    proc = start_worker("--once")
+    assert proc.wait(timeout=60) == 0
+    err = proc.stderr.read().decode()
+    assert "initial load of lead: 7 rows" in err, err
+    assert set(crm_ids) == set(rows(store, "lead"))
+    # The second run reads only what changed since: no initial load any more.
+    sales.update("leads", crm_ids[0], {"lastname": "Changed"})
+    proc = start_worker("--once")
+    assert proc.wait(timeout=60) == 0
+    assert "initial load" not in proc.stderr.read().decode()
+    assert rows(store, "lead")[crm_ids[0]]["last_name"] == "Changed"
