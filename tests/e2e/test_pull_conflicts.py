@@ -90,3 +90,32 @@ def test_push_refused_by_a_newer_dynamics_version_resolves_first(
     assert crm_value(sales, "leads", lead, "lastname") == "Local"
     assert crm_value(sales, "leads", lead, "companyname") == "Co"
     assert [(j["field"], j["winner"]) for j in journal(store)] == [("last_name", "local")]
+
+
+def test_worker_once_finishes_when_dynamics_changes_right_after_its_pull(
+    sync_settings: Settings, store: sa.Engine, sales: Sales, sql: Any, drain: Any
+) -> None:
+    """The push meets a 412 after the only pull of ``--once``: the refetched change must
+    still be applied (the apply lanes wait for pending pushes) and the run must end."""
+    lead = sales.create("leads", {"emailaddress1": "y@example.com", "lastname": "Base"})
+    drain(sync_settings, store)
+    sql(store, "UPDATE lead SET first_name = 'LocalFirst'")
+
+    class EditAfterPull(Worker):
+        async def pull_once(self) -> int:
+            staged = await super().pull_once()
+            sales.update("leads", lead, {"companyname": "Changed meanwhile"})
+            return staged
+
+    async def once() -> Worker:
+        async with DataverseClient.from_settings(sync_settings) as client:
+            worker = EditAfterPull(store, client, sync_settings, concurrency=2)
+            await worker.run(once=True)
+            return worker
+
+    worker = asyncio.run(asyncio.wait_for(once(), 60))
+    assert worker.pusher.stats.stale >= 1
+    assert rows(store, "lead")[lead]["company"] == "Changed meanwhile"
+    assert crm_value(sales, "leads", lead, "firstname") == "LocalFirst"
+    assert crm_value(sales, "leads", lead, "companyname") == "Changed meanwhile"
+    assert journal(store) == []

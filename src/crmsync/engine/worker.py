@@ -121,13 +121,24 @@ class Worker:
             if handled:
                 continue
             due = await asyncio.to_thread(next_due, self.engine, direction, objects, self.id)
-            if due is None and drain:
+            if due is None and drain and not await self._pushes_may_need_applies(direction):
                 return
             wait = IDLE_SECONDS
             if due is not None:
                 wait = min(MAX_WAIT_SECONDS, max(0.05, (due - utcnow()).total_seconds()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), timeout=wait)
+
+    async def _pushes_may_need_applies(self, direction: str) -> bool:
+        """Whether an apply lane must stay: a push refused because Dynamics changed the
+        record (412) stages that change as a ``from_crm`` entry and waits for it to be
+        applied, so while pushes are pending new applies may still come."""
+        if direction != "from_crm" or not self.pusher.objects:
+            return False
+        pending = await asyncio.to_thread(
+            next_due, self.engine, "to_crm", self.pusher.objects, self.id
+        )
+        return pending is not None
 
     async def pull_once(self) -> int:
         """Pull every pulling object once; a failing object does not stop the others."""
