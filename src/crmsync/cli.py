@@ -205,7 +205,36 @@ def worker(
     """Run the sync workers."""
     from crmsync.engine.worker import run_worker
 
-    run_worker(_settings(), once=once, concurrency=concurrency)
+    settings = _settings()
+    with _load_progress() as progress:
+        run_worker(settings, once=once, concurrency=concurrency, progress=progress)
+
+
+@contextmanager
+def _load_progress() -> Iterator[Any]:
+    """A progress bar per object on stderr while an initial load (a full read) runs.
+
+    Dynamics does not say how many rows a change-tracking read will return, so each bar
+    counts rows read and their rate rather than a percentage.
+    """
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (
+        SpinnerColumn(),
+        TextColumn("initial load of {task.description}: {task.completed:,.0f} rows"),
+        TimeElapsedColumn(),
+    )
+    bars = Progress(*columns, console=Console(stderr=True), transient=False)
+    tasks: dict[str, Any] = {}
+
+    def advance(obj: str, rows: int) -> None:
+        if obj not in tasks:
+            tasks[obj] = bars.add_task(obj, total=None)
+        bars.advance(tasks[obj], rows)
+
+    with bars:
+        yield advance
 
 
 errors_app = typer.Typer(no_args_is_help=True, help="Sync Errors: list, export, retry.")

@@ -187,6 +187,16 @@ class DataverseClient:
 
     # --- reads --------------------------------------------------------------------------
 
+    async def whoami(self) -> str:
+        """The id of the system user this client acts as (the WhoAmI function); changes
+        it made come back from change tracking with this ``_modifiedby_value``."""
+        resp = await self._send("GET", "WhoAmI")
+        data = resp.json()
+        user = data.get("UserId") if isinstance(data, dict) else None
+        if not isinstance(user, str):
+            raise Fatal("Dynamics answered WhoAmI without a UserId")
+        return user.lower()
+
     async def get(
         self, entity_set: str, record_id: str, *, select: Sequence[str] = ()
     ) -> dict[str, Any] | None:

@@ -97,8 +97,14 @@ def plan_entry(
     *,
     detect_duplicates: bool,
     new_id: str | None = None,
+    etag: str | None = None,
 ) -> Step:
-    """Decide what to do with one claimed ``to_crm`` entry."""
+    """Decide what to do with one claimed ``to_crm`` entry.
+
+    ``etag`` is the record's version at its last sync: an update is sent only if
+    Dynamics still has that version (If-Match), so a change made there since is never
+    overwritten unseen; it is pulled and its conflicts resolved first.
+    """
     if entry.operation == "delete":
         if entry.crm_id is None:
             return Skip(entry)
@@ -126,4 +132,5 @@ def plan_entry(
         write = Write("upsert", spec.entity_set, chosen, body, detect_duplicates=detect_duplicates)
         return Send(entry, write, chosen, values)
     # Update only: a record deleted in Dynamics is reported, not silently recreated.
-    return Send(entry, Write("update", spec.entity_set, crm_id, body, if_match="*"), crm_id, values)
+    write = Write("update", spec.entity_set, crm_id, body, if_match=etag or "*")
+    return Send(entry, write, crm_id, values)

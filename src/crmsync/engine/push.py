@@ -15,7 +15,7 @@ import asyncio
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,13 +26,14 @@ from sqlalchemy import Connection, Engine
 from crmsync.config import Settings
 from crmsync.domain import ObjectSpec
 from crmsync.dynamics.client import DataverseClient
+from crmsync.dynamics.faults import PreconditionFailed
 from crmsync.dynamics.writes import ItemResult
 from crmsync.engine import retry
 from crmsync.engine.plan import Defer, Parent, Park, Send, Skip, Step, plan_entry
 from crmsync.errors import Fatal, RecordRejected
 from crmsync.store import queue
 from crmsync.store.db import capture_suppressed, write_transaction
-from crmsync.store.schema import LOCAL_TABLES, sync_queue
+from crmsync.store.schema import LOCAL_TABLES, sync_queue, sync_record
 from crmsync.store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class PushStats:
     retried: int = 0
     parked: int = 0
     deferred: int = 0
+    stale: int = 0
     by_code: dict[str, int] = field(default_factory=dict)
 
 
@@ -70,6 +72,24 @@ def _load_rows(
         for r in conn.execute(sa.select(table).where(table.c.id.in_(ids))).mappings():
             rows[(obj, r["id"])] = dict(r)
     return rows
+
+
+def _load_etags(conn: Connection, entries: Sequence[queue.Entry]) -> dict[tuple[str, int], str]:
+    """Each record's ETag at its last sync (for If-Match on updates)."""
+    wanted: dict[str, list[int]] = defaultdict(list)
+    for e in entries:
+        if e.record_id is not None and e.operation == "update":
+            wanted[e.object].append(e.record_id)
+    found: dict[tuple[str, int], str] = {}
+    r = sync_record.c
+    for obj, ids in wanted.items():
+        for rec in conn.execute(
+            sa.select(r.record_id, r.etag).where(
+                r.object == obj, r.record_id.in_(ids), r.etag.is_not(None)
+            )
+        ):
+            found[(obj, rec.record_id)] = rec.etag
+    return found
 
 
 def _load_parents(
@@ -118,6 +138,8 @@ class Pusher:
         self.specs = settings.object_specs()
         self.objects = [s.name for s in self._push_order()]
         self.stats = PushStats()
+        # Told of records changed in Dynamics since their last sync (see ``_record``).
+        self.on_stale: Callable[[list[tuple[str, str]]], Awaitable[None]] | None = None
         self._rnd = random.Random()
         self._pace: asyncio.Lock | None = None
         self._thin = True  # until a claim comes back full
@@ -143,6 +165,7 @@ class Pusher:
         with write_transaction(self.engine) as conn:
             rows = _load_rows(conn, self.specs, entries)
             parents = _load_parents(conn, self.specs, rows)
+            etags = _load_etags(conn, entries)
             steps = [
                 plan_entry(
                     e,
@@ -150,6 +173,7 @@ class Pusher:
                     rows.get((e.object, e.record_id)) if e.record_id is not None else None,
                     parents,
                     detect_duplicates=self.settings.duplicate_detection,
+                    etag=etags.get((e.object, e.record_id)) if e.record_id is not None else None,
                 )
                 for e in entries
             ]
@@ -189,16 +213,31 @@ class Pusher:
         except Fatal:
             await asyncio.to_thread(queue.release, self.engine, self.worker_id)
             raise
-        await asyncio.to_thread(self._record, steps, sends, results)
+        stale = await asyncio.to_thread(self._record, steps, sends, results)
+        if stale and self.on_stale is not None:
+            await self.on_stale(stale)
         return len(steps)
 
     def _record(
         self, steps: Sequence[Step], sends: Sequence[Send], results: Sequence[ItemResult]
-    ) -> None:
+    ) -> list[tuple[str, str]]:
+        """Record the outcomes; returns the (object, crm id) of updates refused because
+        Dynamics' record changed since the last sync (to be pulled before resending)."""
         now = utcnow()
         outcome = queue.Outcome()
         created: list[tuple[str, int, str]] = []
+        stale: list[tuple[str, str]] = []
         for send, result in zip(sends, results, strict=True):
+            if isinstance(result.error, PreconditionFailed) and send.write.if_match not in (
+                None,
+                "*",
+            ):
+                # Changed in Dynamics since the last sync: pull it, let the conflict rules
+                # decide, then send again (the apply moves the record's ETag on).
+                outcome.deferred.append((send.entry, now + timedelta(seconds=DEFER_SECONDS)))
+                stale.append((send.entry.object, send.crm_id))
+                self.stats.stale += 1
+                continue
             self._judge(send, result, now, outcome, created)
         for step in steps:
             if isinstance(step, Skip):
@@ -220,6 +259,7 @@ class Pusher:
                             .values(crm_id=crm_id)
                         )
             queue.record_in(conn, outcome, now)
+        return stale
 
     def _judge(
         self,

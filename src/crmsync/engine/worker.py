@@ -1,7 +1,11 @@
-"""The worker loop: keep pushing (and, once pulling lands, pulling) until told to stop.
+"""The worker loop: pull Dynamics' changes, apply them, push local ones, until told to stop.
 
-Several batches are in flight at once so that the store's work on one batch overlaps
-Dynamics' work on another; the client's limiter keeps requests within Dynamics' limits.
+Three kinds of lanes share one Dataverse client: a pull loop (every ``poll_seconds``, each
+pulling object's changes staged as ``from_crm`` entries, parents first), apply lanes
+(``from_crm`` entries into the local tables) and push lanes (``to_crm`` entries to
+Dynamics). Several batches are in flight at once so that the store's work on one batch
+overlaps Dynamics' work on another; the client's limiter keeps requests within Dynamics'
+limits. ``run(once=True)`` pulls each object once, then drains both directions.
 On SIGINT/SIGTERM the loop stops claiming, lets in-flight batches finish and record
 their outcomes, and gives back any claim it still holds. A worker killed outright
 leaves claims that expire with their lease and are picked up by any other worker.
@@ -16,15 +20,20 @@ import os
 import signal
 import socket
 import uuid
+from collections.abc import Coroutine
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from crmsync.config import Settings
 from crmsync.dynamics.client import DataverseClient
+from crmsync.engine import retry
+from crmsync.engine.apply import Applier
+from crmsync.engine.pull import Progress, Puller
 from crmsync.engine.push import Pusher
-from crmsync.errors import Fatal
+from crmsync.errors import Fatal, RecordRejected, Retriable
 from crmsync.store import queue
 from crmsync.store.schema import sync_queue
 from crmsync.store.types import utcnow
@@ -71,36 +80,48 @@ class Worker:
         settings: Settings,
         *,
         concurrency: int = 4,
+        progress: Progress | None = None,
     ) -> None:
         self.engine = engine
         self.client = client
         self.settings = settings
         self.id = worker_id()
         self.pusher = Pusher(engine, client, settings, self.id)
+        self.puller = Puller(engine, client, settings, progress=progress)
+        self.applier = Applier(engine, settings, self.id)
+        self.pusher.on_stale = self.puller.refetch
         self.concurrency = concurrency
+        # SQLite has one writer: more than one apply lane there only queues for the lock.
+        self.apply_lanes = 1 if engine.dialect.name == "sqlite" else max(1, concurrency // 2)
         self.stopping = asyncio.Event()
 
     def stop(self) -> None:
         self.stopping.set()
 
-    async def _lane(self, drain: bool) -> None:
+    async def _lane(self, direction: str, drain: bool) -> None:
+        if direction == "to_crm":
+            step, objects = self.pusher.push_batch, self.pusher.objects
+        else:
+            step, objects = self.applier.apply_batch, self.applier.objects
+        if not objects:
+            return
         while not self.stopping.is_set():
             try:
-                handled = await self.pusher.push_batch()
+                handled = await step()
             except Fatal:
                 raise
             except Exception:
                 # A store hiccup (a lock timeout, a dropped connection) must not end the
                 # worker: the batch's claims expire with their lease and are sent again.
-                log.exception("push batch failed", extra={"event": "worker.batch_failed"})
+                log.exception(
+                    "batch failed", extra={"event": "worker.batch_failed", "direction": direction}
+                )
                 await asyncio.sleep(IDLE_SECONDS)
                 continue
             if handled:
                 continue
-            due = await asyncio.to_thread(
-                next_due, self.engine, "to_crm", self.pusher.objects, self.id
-            )
-            if due is None and drain:
+            due = await asyncio.to_thread(next_due, self.engine, direction, objects, self.id)
+            if due is None and drain and not await self._pushes_may_need_applies(direction):
                 return
             wait = IDLE_SECONDS
             if due is not None:
@@ -108,10 +129,88 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), timeout=wait)
 
+    async def _pushes_may_need_applies(self, direction: str) -> bool:
+        """Whether an apply lane must stay: a push refused because Dynamics changed the
+        record (412) stages that change as a ``from_crm`` entry and waits for it to be
+        applied, so while pushes are pending new applies may still come."""
+        if direction != "from_crm" or not self.pusher.objects:
+            return False
+        pending = await asyncio.to_thread(
+            next_due, self.engine, "to_crm", self.pusher.objects, self.id
+        )
+        return pending is not None
+
+    async def pull_once(self) -> int:
+        """Pull every pulling object once; a failing object does not stop the others."""
+        staged = 0
+        for obj in self.puller.objects:
+            if self.stopping.is_set():
+                break
+            staged += await self._pull_object(obj)
+        return staged
+
+    async def _pull_object(self, obj: str) -> int:
+        attempts = 0
+        while True:
+            try:
+                return await self.puller.pull(obj)
+            except Fatal:
+                raise
+            except Retriable as exc:
+                attempts += 1
+                if retry.exhausted(attempts, self.settings.max_attempts):
+                    log.error(
+                        "pull gave up",
+                        extra={"event": "pull.failed", "object": obj, "error": str(exc)},
+                    )
+                    return 0
+                when = retry.next_attempt(
+                    utcnow(),
+                    attempts,
+                    self.settings.retry_base_seconds,
+                    self.settings.retry_max_seconds,
+                    exc.retry_after,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self.stopping.wait(), timeout=(when - utcnow()).total_seconds()
+                    )
+                if self.stopping.is_set():
+                    return 0
+            except RecordRejected as exc:
+                # Dynamics refuses to let us read this table (privileges, a bad mapping):
+                # nothing per record to park; say so and keep the other objects going.
+                log.error(
+                    "pull refused",
+                    extra={"event": "pull.refused", "object": obj, "error": str(exc)},
+                )
+                return 0
+
+    async def _pull_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                await self.pull_once()
+            except Fatal:
+                raise
+            except Exception:
+                log.exception("pull failed", extra={"event": "worker.pull_failed"})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=self.settings.poll_seconds)
+
     async def run(self, *, once: bool = False) -> None:
-        """Work until stopped; with ``once``, until nothing is left to send but errors."""
+        """Work until stopped; with ``once``, pull once, then work until nothing is left
+        in either direction but parked errors."""
+
+        def lanes() -> list[Coroutine[Any, Any, None]]:
+            out = [self._lane("to_crm", once) for _ in range(self.concurrency)]
+            return out + [self._lane("from_crm", once) for _ in range(self.apply_lanes)]
+
         try:
-            await asyncio.gather(*(self._lane(once) for _ in range(self.concurrency)))
+            if once:
+                await self.pull_once()
+                await asyncio.gather(*lanes())
+            else:
+                await asyncio.gather(self._pull_loop(), *lanes())
         finally:
             released = await asyncio.to_thread(queue.release, self.engine, self.id)
             if released:
@@ -123,20 +222,34 @@ class Worker:
             loop.add_signal_handler(sig, self.stop)
 
 
-async def _run(settings: Settings, engine: Engine, once: bool, concurrency: int) -> None:
+async def _run(
+    settings: Settings,
+    engine: Engine,
+    once: bool,
+    concurrency: int,
+    progress: Progress | None,
+) -> None:
     async with DataverseClient.from_settings(settings) as client:
-        worker = Worker(engine, client, settings, concurrency=concurrency)
+        worker = Worker(engine, client, settings, concurrency=concurrency, progress=progress)
         worker.install_signal_handlers()
         log.info("worker started", extra={"event": "worker.start", "worker": worker.id})
         await worker.run(once=once)
 
 
-def run_worker(settings: Settings, *, once: bool = False, concurrency: int = 4) -> None:
-    """Run a worker until SIGINT/SIGTERM (or, with ``once``, until drained)."""
+def run_worker(
+    settings: Settings,
+    *,
+    once: bool = False,
+    concurrency: int = 4,
+    progress: Progress | None = None,
+) -> None:
+    """Run a worker until SIGINT/SIGTERM (or, with ``once``, until drained).
+
+    ``progress(object, rows)`` is told of every page of a full read (the initial load)."""
     from crmsync.store.db import create_store_engine
 
     engine = create_store_engine(settings.database_url)
     try:
-        asyncio.run(_run(settings, engine, once, concurrency))
+        asyncio.run(_run(settings, engine, once, concurrency, progress))
     finally:
         engine.dispose()

@@ -71,6 +71,7 @@ class Done:
     crm_version: int | None = None
     crm_modified_at: datetime | None = None
     counted: bool = True  # False when nothing was sent (not throughput)
+    remember: bool = True  # False: leave the record's sync state as it is
 
 
 @dataclass(frozen=True)
@@ -257,12 +258,14 @@ def _remember_syncs(conn: Connection, done: Sequence[Done], now: datetime) -> No
     latest: dict[tuple[str, int], Done] = {}
     for d in done:
         record_id = d.record_id if d.record_id is not None else d.entry.record_id
-        if record_id is not None:
+        if record_id is not None and d.remember:
             latest[(d.entry.object, record_id)] = d
     if not latest:
         return
     r = sync_record.c
-    conn.execute(sa.delete(sync_record).where(sa.tuple_(r.object, r.record_id).in_(list(latest))))
+    gone = [key for key, d in latest.items() if d.entry.operation == "delete"]
+    if gone:
+        conn.execute(sa.delete(sync_record).where(sa.tuple_(r.object, r.record_id).in_(gone)))
     rows = [
         {
             "object": obj,
@@ -278,7 +281,31 @@ def _remember_syncs(conn: Connection, done: Sequence[Done], now: datetime) -> No
         if d.entry.operation != "delete"
     ]
     if rows:
-        conn.execute(sa.insert(sync_record), rows)
+        # An upsert: a push and an apply of the same record may finish at the same time
+        # in two workers; delete-then-insert would have the later one fail on the key.
+        insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(sync_record)
+        conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=["object", "record_id"],
+                set_={
+                    c: insert.excluded[c]
+                    for c in (
+                        "crm_id",
+                        "etag",
+                        "crm_version",
+                        "crm_modified_at",
+                        "last_synced_at",
+                        "synced_values",
+                    )
+                },
+            ),
+            rows,
+        )
+
+
+def count_synced(conn: Connection, counts: dict[tuple[str, str, str], int], now: datetime) -> None:
+    """Add to the throughput counters: ``(object, direction, operation) -> records``."""
+    _count(conn, counts, now)
 
 
 def _count(conn: Connection, counts: dict[tuple[str, str, str], int], now: datetime) -> None:

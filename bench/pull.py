@@ -1,0 +1,197 @@
+"""Initial-load throughput: crmsync's pull versus a bare httpx loop over the same pages.
+
+Usage: ``.venv/bin/python bench/pull.py [--records 200000] [--rounds 3] [--database-url URL]``
+
+The emulator runs with uvicorn in a separate process and is seeded with ``--records``
+leads (``UpsertMultiple``, by another application user). Each round then measures, in
+alternation:
+
+- bare: one httpx client reads every page of the change-tracking initial load
+  (``Prefer: odata.track-changes, odata.maxpagesize=5000``, the same ``$select``,
+  following ``@odata.nextLink``), parses each page's JSON and stores nothing;
+- crmsync: ``worker --once`` in-process on a fresh store (SQLite file by default): the
+  initial load read, staged and applied until every lead is a local row with its sync
+  state and the delta link is saved.
+
+Both figures are records per second over the same pages in the same run; the printed
+ratio (crmsync / bare, medians over rounds) is what the target (>= 0.5) refers to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+
+from crmsync.config import Settings, load_settings
+from crmsync.dynamics.client import DataverseClient
+from crmsync.dynamics.writes import Write
+from crmsync.engine import changes
+from crmsync.engine.worker import Worker
+from crmsync.store.db import create_store_engine
+from crmsync.store.migrate import upgrade
+from push import start_emulator
+
+SEED_CHUNK = 1000
+
+
+def settings_for(url: str, database_url: str, client_id: str, batch_size: int) -> Settings:
+    return load_settings(
+        database_url=database_url,
+        dynamics_url=url,
+        authority_url=url,
+        tenant_id="bench",
+        client_id=client_id,
+        client_secret="bench-secret",
+        batch_size=batch_size,
+    )
+
+
+async def seed(url: str, records: int) -> None:
+    async with DataverseClient.from_settings(
+        settings_for(url, "sqlite://", "bench-seeder", 100)
+    ) as client:
+        sem = asyncio.Semaphore(8)
+
+        async def chunk(start: int) -> None:
+            writes = [
+                Write(
+                    "upsert",
+                    "leads",
+                    str(uuid.uuid4()),
+                    {
+                        "emailaddress1": f"lead{i}@example.com",
+                        "firstname": f"First{i}",
+                        "lastname": f"Last{i}",
+                        "companyname": f"Company {i % 997}",
+                    },
+                )
+                for i in range(start, min(records, start + SEED_CHUNK))
+            ]
+            async with sem:
+                results = await client.write_multiple(
+                    "UpsertMultiple", "leads", "lead", "leadid", writes
+                )
+            failed = [r.error for r in results if r.error is not None]
+            if failed:
+                raise SystemExit(f"seeding failed: {failed[0]}")
+
+        await asyncio.gather(*(chunk(s) for s in range(0, records, SEED_CHUNK)))
+
+
+def bare(url: str, select: str) -> tuple[int, float]:
+    """Rows read per second by a loop that only fetches and parses the pages."""
+    form = {"grant_type": "client_credentials", "client_id": "bench-bare", "client_secret": "s"}
+    token = httpx.post(f"{url}/bench/oauth2/v2.0/token", data=form, timeout=10).json()
+    headers = {
+        "Authorization": f"Bearer {token['access_token']}",
+        "Accept": "application/json",
+        "OData-MaxVersion": "4.0",
+        "OData-Version": "4.0",
+        "Prefer": "odata.track-changes,odata.maxpagesize=5000",
+    }
+    rows = 0
+    started = time.perf_counter()
+    with httpx.Client(headers=headers, timeout=120) as http:
+        link: str | None = f"{url}/api/data/v9.2/leads?$select={select}"
+        while link:
+            body = http.get(link).json()
+            rows += len(body["value"])
+            link = body.get("@odata.nextLink")
+    return rows, time.perf_counter() - started
+
+
+def crmsync_load(url: str, database_url: str, batch_size: int) -> tuple[int, float]:
+    """Leads loaded into the local table per second by ``worker --once``."""
+    settings = settings_for(url, database_url, "bench-crmsync", batch_size)
+    engine = create_store_engine(database_url)
+    upgrade(engine, settings.object_specs().values())
+
+    async def run() -> None:
+        async with DataverseClient.from_settings(settings) as client:
+            await Worker(engine, client, settings, concurrency=1).run(once=True)
+
+    started = time.perf_counter()
+    asyncio.run(run())
+    elapsed = time.perf_counter() - started
+    with engine.connect() as conn:
+        loaded = int(conn.execute(sa.text("SELECT count(*) FROM lead")).scalar_one())
+        left = int(conn.execute(sa.text("SELECT count(*) FROM sync_queue")).scalar_one())
+    engine.dispose()
+    if left:
+        raise SystemExit(f"{left} entries left in the queue")
+    return loaded, elapsed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--records", type=int, default=200_000, help="leads in the emulator")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=1000, help="entries applied per batch")
+    p.add_argument(
+        "--database-url",
+        default=None,
+        help="store for crmsync (default: a fresh SQLite file per round); a PostgreSQL"
+        " database is emptied of local rows and sync state before each round",
+    )
+    args = p.parse_args()
+    logging.getLogger("crmsync").setLevel(logging.ERROR)
+    spec = load_settings(database_url="sqlite://").object_specs()["lead"]
+    select = ",".join(changes.select_for(spec, None))
+
+    proc, url = start_emulator()
+    bare_rates: list[float] = []
+    ours: list[float] = []
+    try:
+        started = time.perf_counter()
+        asyncio.run(seed(url, args.records))
+        print(f"seeded {args.records:,} leads in {time.perf_counter() - started:.1f} s", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in range(args.rounds):
+                rows, seconds = bare(url, select)
+                bare_rates.append(rows / seconds)
+                print(
+                    f"round {r + 1} bare    {rows:,} rows in {seconds:6.2f} s"
+                    f" = {rows / seconds:9,.0f} rows/s",
+                    flush=True,
+                )
+                database_url = args.database_url or f"sqlite:///{Path(tmp) / f'r{r}.db'}"
+                if args.database_url:
+                    reset(database_url)
+                loaded, seconds = crmsync_load(url, database_url, args.batch_size)
+                if loaded != args.records:
+                    raise SystemExit(f"loaded {loaded:,} leads, expected {args.records:,}")
+                ours.append(loaded / seconds)
+                print(
+                    f"round {r + 1} crmsync {loaded:,} rows in {seconds:6.2f} s"
+                    f" = {loaded / seconds:9,.0f} rows/s",
+                    flush=True,
+                )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    b, c = statistics.median(bare_rates), statistics.median(ours)
+    print(f"\n{args.records:,} leads, {args.rounds} rounds (medians)")
+    print(f"bare httpx loop  {b:10,.0f} records/s")
+    print(f"crmsync load     {c:10,.0f} records/s")
+    print(f"ratio            {c / b:10.2f}   (target >= 0.5)")
+
+
+def reset(database_url: str) -> None:
+    engine = create_store_engine(database_url)
+    with engine.begin() as conn:
+        for table in ("lead", "sync_queue", "sync_record", "sync_cursor", "sync_throughput"):
+            conn.execute(sa.text(f"DELETE FROM {table}"))
+    engine.dispose()
+
+
+if __name__ == "__main__":
+    main()

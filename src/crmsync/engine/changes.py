@@ -1,0 +1,223 @@
+"""Reading Dynamics' changes and deciding what to stage. Pure functions, no I/O.
+
+A change-tracking row (use-change-tracking-synchronize-data-external-systems) becomes a
+``Change``: the pulled local columns' values, the lookups as Dynamics ids (resolved to
+local ids only when applied, since the parent may arrive later), and what is needed to
+order changes and recognise echoes: ``versionnumber`` (raised by every write, so a
+higher one is always newer), ``modifiedon`` and ``_modifiedby_value``.
+
+``stage_operation`` decides whether a change becomes a ``from_crm`` queue entry, and as
+which operation. Nothing is staged for a change crmsync itself made (its application
+user modified it: the echo of a push), for one already synced (its version is not newer
+than the last synced one, or its values equal the values both sides agreed on), for a
+record the sync filter excludes, or for a record whose local deletion is on its way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from crmsync.domain import GUID_RE, ObjectSpec
+
+# Dataverse's weak ETags carry the row's versionnumber: W/"1234567".
+_ETAG = re.compile(r'W/"(\d+)"')
+MODIFIED_ON = "modifiedon"
+MODIFIED_BY = "_modifiedby_value"
+VERSION = "versionnumber"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One record as Dynamics reported it (or its deletion)."""
+
+    crm_id: str
+    values: dict[str, Any]  # pulled local column -> value (lookups excluded)
+    lookups: dict[str, str | None]  # lookup column -> Dynamics id of the parent
+    version: int | None = None
+    modified_at: str | None = None  # ISO 8601, as Dynamics wrote it
+    modified_by: str | None = None
+    etag: str | None = None
+    excluded: bool = False  # the sync filter field says No
+    deleted: bool = False
+
+    def payload(self) -> dict[str, Any]:
+        """The queue entry's payload (JSON)."""
+        return {
+            "values": self.values,
+            "lookups": self.lookups,
+            "version": self.version,
+            "modified_at": self.modified_at,
+            "modified_by": self.modified_by,
+            "etag": self.etag,
+            "deleted": self.deleted,
+        }
+
+    @classmethod
+    def from_payload(cls, crm_id: str, payload: Mapping[str, Any] | None) -> Change:
+        p = payload or {}
+        return cls(
+            crm_id=crm_id,
+            values=dict(p.get("values") or {}),
+            lookups=dict(p.get("lookups") or {}),
+            version=p.get("version"),
+            modified_at=p.get("modified_at"),
+            modified_by=p.get("modified_by"),
+            etag=p.get("etag"),
+            deleted=bool(p.get("deleted")),
+        )
+
+    @property
+    def modified_datetime(self) -> datetime | None:
+        return parse_time(self.modified_at)
+
+
+def pull_order(specs: Mapping[str, ObjectSpec]) -> list[ObjectSpec]:
+    """Objects that pull, parents (objects others look up) first, so a child's parent
+    is usually staged before the child and the child need not wait."""
+    pulling = [s for s in specs.values() if s.flow.pulls]
+    return sorted(pulling, key=lambda s: len(s.lookups))
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def version_of(etag: str | None) -> int | None:
+    m = _ETAG.fullmatch(etag or "")
+    return int(m.group(1)) if m else None
+
+
+def pulled_fields(spec: ObjectSpec) -> dict[str, str]:
+    """Local column -> Dataverse attribute, for the fields that flow from Dynamics."""
+    return {c: a for c, a in spec.fields.items() if spec.flow_for(c).pulls}
+
+
+def select_for(spec: ObjectSpec, filter_field: str | None) -> list[str]:
+    """The attributes to read for ``spec``: its key, pulled fields, lookups, bookkeeping."""
+    names = [spec.primary_key, *pulled_fields(spec).values()]
+    names += [lk.value_attribute for lk in spec.lookups if spec.flow_for(lk.column).pulls]
+    names += [MODIFIED_ON, MODIFIED_BY, VERSION]
+    if filter_field:
+        names.append(filter_field)
+    return list(dict.fromkeys(names))
+
+
+def read_row(spec: ObjectSpec, row: Mapping[str, Any], filter_field: str | None) -> Change:
+    """A change-tracking row as a ``Change``."""
+    return read_rows(spec, [row], filter_field)[0]
+
+
+def read_rows(
+    spec: ObjectSpec, rows: Sequence[Mapping[str, Any]], filter_field: str | None
+) -> list[Change]:
+    """Change-tracking rows as ``Change``s (the mapping worked out once per page)."""
+    fields = list(pulled_fields(spec).items())
+    lookups = [
+        (lk.column, lk.value_attribute) for lk in spec.lookups if spec.flow_for(lk.column).pulls
+    ]
+    key = spec.primary_key
+    out = []
+    for row in rows:
+        etag = row.get("@odata.etag")
+        version = row.get(VERSION)
+        try:
+            version = int(version) if version is not None else version_of(etag)
+        except (TypeError, ValueError):
+            version = version_of(etag)
+        by = row.get(MODIFIED_BY)
+        out.append(
+            Change(
+                crm_id=str(row[key]).lower(),
+                values={c: row.get(a) for c, a in fields},
+                lookups={c: str(row[a]).lower() if row.get(a) else None for c, a in lookups},
+                version=version,
+                modified_at=row.get(MODIFIED_ON),
+                modified_by=str(by).lower() if by else None,
+                etag=etag if isinstance(etag, str) else None,
+                # Only an explicit No excludes: a missing or null value keeps the record.
+                excluded=filter_field is not None and row.get(filter_field) is False,
+            )
+        )
+    return out
+
+
+def deleted(crm_id: str) -> Change:
+    return Change(crm_id=crm_id.lower(), values={}, lookups={}, deleted=True)
+
+
+def is_guid(value: object) -> bool:
+    return isinstance(value, str) and GUID_RE.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the store knows about one Dynamics id."""
+
+    record_id: int
+    synced_values: Mapping[str, Any] | None = None
+    synced_version: int | None = None
+    local_delete_pending: bool = False
+    marked_deleted: bool = False
+
+
+def same_as_synced(
+    change: Change, known: Known, parents: Mapping[tuple[str, str], int], spec: ObjectSpec
+) -> bool:
+    """True when the change carries exactly the values both sides last agreed on."""
+    synced = known.synced_values
+    if synced is None:
+        return False
+    for column, value in change.values.items():
+        if column not in synced or synced[column] != value:
+            return False
+    targets = {lk.column: lk.target for lk in spec.lookups}
+    for column, crm_id in change.lookups.items():
+        local = None if crm_id is None else parents.get((targets[column], crm_id))
+        if crm_id is not None and local is None:
+            return False
+        if column not in synced or synced[column] != local:
+            return False
+    return True
+
+
+def stage_operation(
+    spec: ObjectSpec,
+    change: Change,
+    known: Known | None,
+    parents: Mapping[tuple[str, str], int],
+    own_user: str | None,
+) -> str | None:
+    """The operation to stage for ``change``, or None when there is nothing to apply."""
+    if change.deleted:
+        if known is None or known.local_delete_pending or known.marked_deleted:
+            return None
+        return "delete"
+    if change.excluded:
+        # An excluded record stops syncing; it is neither staged nor deleted locally.
+        return None
+    if known is None:
+        # Not known locally under this id, not even as a push in flight (whose chosen
+        # id the caller matched): a new record.
+        return "insert"
+    if known.local_delete_pending:
+        return None
+    if own_user is not None and change.modified_by == own_user:
+        return None  # crmsync's own write, coming back: no echo
+    if (
+        known.synced_version is not None
+        and change.version is not None
+        and change.version <= known.synced_version
+    ):
+        return None
+    if same_as_synced(change, known, parents, spec):
+        return None
+    return "update"

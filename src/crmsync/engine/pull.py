@@ -1,0 +1,432 @@
+"""Pull: read Dynamics' changes per object and stage them as ``from_crm`` queue entries.
+
+Each object keeps a change-tracking delta link in ``sync_cursor``. With none (the first
+run) the pull is a full initial load: every row, read with ``Prefer:
+odata.track-changes`` and ``@odata.nextLink`` paging, ending with a delta link. A delta
+link Dynamics no longer honours (``DeltaTokenExpired``) triggers a full reconciliation:
+the same full read, staging only what differs, then staging deletions for local records
+that Dynamics no longer has.
+
+Every page is staged in one transaction, and the delta link is saved in the transaction
+that stages the last page, so a change is either staged or still ahead of the saved
+link: nothing is lost between. Staging coalesces with a pending entry of the same record
+and never replaces a newer change by an older one (``versionnumber`` decides), so two
+workers pulling at once, or a pull that re-reads what it already staged, duplicate
+nothing. The next page is fetched while the previous one is being staged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy import Connection, Engine
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from crmsync.config import Settings
+from crmsync.domain import ObjectSpec
+from crmsync.dynamics.client import DataverseClient
+from crmsync.dynamics.faults import DeltaTokenExpired
+from crmsync.dynamics.pages import ChangePage
+from crmsync.engine import changes as ch
+from crmsync.engine.apply import insert_new
+from crmsync.errors import CrmsyncError, RecordRejected
+from crmsync.store.db import write_transaction
+from crmsync.store.schema import LOCAL_TABLES, sync_cursor, sync_queue, sync_record
+from crmsync.store.types import utcnow
+
+log = logging.getLogger(__name__)
+
+LABEL_MAX = 300
+# A delete sorts after every version: nothing staged later may replace it.
+_AFTER_ALL = 1e18
+
+Progress = Callable[[str, int], None]
+
+
+@dataclass
+class PullStats:
+    read: int = 0
+    staged: int = 0
+    full_reads: int = 0
+    reconciliations: int = 0
+    deletions_detected: int = 0
+    by_object: dict[str, int] = field(default_factory=dict)
+
+
+def read_cursor(conn: Connection, obj: str) -> str | None:
+    link = conn.execute(
+        sa.select(sync_cursor.c.delta_link).where(sync_cursor.c.object == obj)
+    ).scalar()
+    return str(link) if link else None
+
+
+def save_cursor(conn: Connection, obj: str, link: str | None, now: datetime) -> None:
+    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(sync_cursor)
+    conn.execute(
+        insert.values(object=obj, delta_link=link, updated_at=now).on_conflict_do_update(
+            index_elements=["object"],
+            set_={"delta_link": insert.excluded.delta_link, "updated_at": now},
+        )
+    )
+
+
+def load_known(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> dict[str, ch.Known]:
+    """What the store knows about these Dynamics ids: the local row holding the id, or a
+    push in flight that chose it (its local row has no ``crm_id`` yet), and the sync
+    state both sides last agreed on."""
+    if not crm_ids:
+        return {}
+    table = LOCAL_TABLES[spec.table]
+    rows = {
+        r.crm_id.lower(): (r.id, r.crm_deleted_at is not None)
+        for r in conn.execute(
+            sa.select(table.c.id, table.c.crm_id, table.c.crm_deleted_at).where(
+                table.c.crm_id.in_(crm_ids)
+            )
+        )
+    }
+    q = sync_queue.c
+    pushes = {
+        r.crm_id.lower(): (r.record_id, r.operation)
+        for r in conn.execute(
+            sa.select(q.crm_id, q.record_id, q.operation).where(
+                q.object == spec.name, q.direction == "to_crm", q.crm_id.in_(crm_ids)
+            )
+        )
+    }
+    ids = {v[0] for v in rows.values()} | {v[0] for v in pushes.values() if v[0] is not None}
+    synced: dict[int, Any] = {}
+    if ids:
+        r = sync_record.c
+        for s in conn.execute(
+            sa.select(r.record_id, r.synced_values, r.crm_version, r.etag).where(
+                r.object == spec.name, r.record_id.in_(ids)
+            )
+        ):
+            synced[s.record_id] = s
+    known: dict[str, ch.Known] = {}
+    for crm_id in crm_ids:
+        push = pushes.get(crm_id)
+        local = rows.get(crm_id)
+        record_id = local[0] if local else (push[0] if push else None)
+        if record_id is None:
+            continue
+        state = synced.get(record_id)
+        known[crm_id] = ch.Known(
+            record_id=record_id,
+            synced_values=state.synced_values if state is not None else None,
+            synced_version=(state.crm_version or ch.version_of(state.etag)) if state else None,
+            local_delete_pending=push is not None and push[1] == "delete",
+            marked_deleted=bool(local and local[1]),
+        )
+    return known
+
+
+def load_parents(
+    conn: Connection,
+    specs: Mapping[str, ObjectSpec],
+    spec: ObjectSpec,
+    changes: Iterable[ch.Change],
+) -> dict[tuple[str, str], int]:
+    """(target object, Dynamics id) -> local id, for the lookups these changes carry."""
+    wanted: dict[str, set[str]] = {}
+    targets = {lk.column: lk.target for lk in spec.lookups}
+    for c in changes:
+        for column, crm_id in c.lookups.items():
+            if crm_id is not None:
+                wanted.setdefault(targets[column], set()).add(crm_id)
+    found: dict[tuple[str, str], int] = {}
+    for target, ids in wanted.items():
+        table = LOCAL_TABLES[specs[target].table]
+        for r in conn.execute(
+            sa.select(table.c.id, table.c.crm_id).where(table.c.crm_id.in_(sorted(ids)))
+        ):
+            found[(target, r.crm_id.lower())] = r.id
+    return found
+
+
+def _crm_version(payload: Any) -> Any:
+    return sa.func.coalesce(payload["version"].as_float(), _AFTER_ALL)
+
+
+def stage(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert ``from_crm`` entries, coalescing with pending ones of the same records.
+
+    An entry already holding a newer change (higher ``versionnumber``) is left as it
+    is. A parked entry that receives a newer change is queued again, like a local edit
+    of a parked record.
+    """
+    if not rows:
+        return
+    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(sync_queue)
+    q, new = sync_queue.c, insert.excluded
+    parked = q.state == "parked"
+    conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=["object", "direction", "record_key"],
+            set_={
+                "payload": new.payload,
+                "operation": sa.case(
+                    ((q.operation == "insert") & (new.operation == "update"), "insert"),
+                    else_=new.operation,
+                ),
+                "record_id": sa.func.coalesce(new.record_id, q.record_id),
+                "label": new.label,
+                "last_changed_at": new.last_changed_at,
+                "version": q.version + 1,
+                "state": "pending",
+                "attempts": sa.case((parked, 0), else_=q.attempts),
+                "next_attempt_at": sa.case((parked, new.next_attempt_at), else_=q.next_attempt_at),
+            },
+            where=_crm_version(q.payload) < _crm_version(new.payload),
+        ),
+        rows,
+    )
+
+
+def entry_row(
+    spec: ObjectSpec, change: ch.Change, operation: str, known: ch.Known | None, now: datetime
+) -> dict[str, Any]:
+    label = change.values.get(spec.label_column)
+    return {
+        "object": spec.name,
+        "direction": "from_crm",
+        "record_key": change.crm_id,
+        "record_id": known.record_id if known else None,
+        "crm_id": change.crm_id,
+        "operation": operation,
+        "label": str(label)[:LABEL_MAX] if label is not None else None,
+        "payload": change.payload(),
+        "state": "pending",
+        "first_queued_at": now,
+        "last_changed_at": now,
+        "version": 1,
+        "attempts": 0,
+        "next_attempt_at": now,
+    }
+
+
+def vanished(
+    conn: Connection, spec: ObjectSpec, seen: set[str], started_at: datetime
+) -> list[tuple[int, str]]:
+    """Local records synced before a full read began that the read did not return.
+
+    Only records with sync state count (records crmsync never synced are not its to
+    delete), and not those with local changes on their way (their push decides).
+    """
+    table, r, q = LOCAL_TABLES[spec.table], sync_record.c, sync_queue.c
+    pending_push = (
+        sa.select(sa.literal(1))
+        .where(
+            q.object == spec.name,
+            q.direction == "to_crm",
+            q.record_key == sa.cast(table.c.id, sa.String),
+        )
+        .exists()
+    )
+    rows = conn.execute(
+        sa.select(table.c.id, table.c.crm_id)
+        .join(sync_record, (r.object == spec.name) & (r.record_id == table.c.id))
+        .where(
+            table.c.crm_id.is_not(None),
+            table.c.crm_deleted_at.is_(None),
+            r.last_synced_at < started_at,
+            ~pending_push,
+        )
+    )
+    return [(i, c.lower()) for i, c in rows if c.lower() not in seen]
+
+
+class Puller:
+    """Pulls every object that pulls; one per worker process, sharing its client."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        client: DataverseClient,
+        settings: Settings,
+        *,
+        page_size: int = 5000,
+        progress: Progress | None = None,
+    ) -> None:
+        self.engine = engine
+        self.client = client
+        self.settings = settings
+        self.specs = settings.object_specs()
+        self.order = ch.pull_order(self.specs)
+        self.objects = [s.name for s in self.order]
+        self.page_size = page_size
+        self.progress = progress
+        self.stats = PullStats()
+        self.own_user: str | None = None
+        # Objects whose Dynamics table has no sync filter column (the filter is one
+        # setting; Dataverse refuses to select a column a table lacks).
+        self._unfiltered: set[str] = set()
+
+    async def pull_all(self) -> int:
+        staged = 0
+        for spec in self.order:
+            staged += await self.pull(spec.name)
+        return staged
+
+    async def pull(self, obj: str) -> int:
+        """Read and stage one object's changes; returns how many entries were staged."""
+        spec = self.specs[obj]
+        if self.own_user is None:
+            self.own_user = await self.client.whoami()
+        link = await asyncio.to_thread(self._cursor, obj)
+        try:
+            return await self._read(spec, link)
+        except DeltaTokenExpired:
+            log.warning(
+                "delta token expired; reconciling",
+                extra={"event": "pull.reconcile", "object": obj},
+            )
+            self.stats.reconciliations += 1
+            return await self._read(spec, None)
+
+    def _cursor(self, obj: str) -> str | None:
+        with self.engine.connect() as conn:
+            return read_cursor(conn, obj)
+
+    def _filter_for(self, spec: ObjectSpec) -> str | None:
+        field_name = self.settings.sync_filter_field
+        return None if spec.name in self._unfiltered else field_name
+
+    async def _read(self, spec: ObjectSpec, link: str | None) -> int:
+        full = link is None
+        if full:
+            self.stats.full_reads += 1
+        started_at = utcnow()
+        seen: set[str] = set()
+        staged = 0
+        filter_field = self._filter_for(spec)
+        pages = cast(
+            AsyncGenerator[ChangePage],
+            self.client.changes(
+                spec.entity_set,
+                select=ch.select_for(spec, filter_field),
+                delta_link=link,
+                page_size=self.page_size,
+            ),
+        )
+        task: asyncio.Task[int] | None = None
+        try:
+            async for page in pages:
+                if task is not None:
+                    staged += await task
+                task = asyncio.create_task(
+                    asyncio.to_thread(
+                        self._stage_page,
+                        spec,
+                        page,
+                        filter_field,
+                        seen if full else None,
+                        started_at,
+                    )
+                )
+        except RecordRejected as exc:
+            if task is not None:
+                await task
+            if filter_field and filter_field in exc.message and spec.name not in self._unfiltered:
+                # This table has no sync filter column: pull it unfiltered.
+                self._unfiltered.add(spec.name)
+                return staged + await self._read(spec, link)
+            raise
+        finally:
+            await pages.aclose()
+        if task is not None:
+            staged += await task
+        self.stats.staged += staged
+        return staged
+
+    async def refetch(self, stale: Sequence[tuple[str, str]]) -> None:
+        """Read and stage records that Dynamics refused to update because they changed
+        there since their last sync (a 412 on If-Match): applying them resolves the
+        conflicts and moves the record's ETag on, so that the push can go again."""
+        by_object: dict[str, list[str]] = {}
+        for obj, crm_id in stale:
+            by_object.setdefault(obj, []).append(crm_id)
+        for obj, crm_ids in by_object.items():
+            spec = self.specs[obj]
+            if not spec.flow.pulls:
+                continue
+            filter_field = self._filter_for(spec)
+            select = ch.select_for(spec, filter_field)
+            found: list[dict[str, Any]] = []
+            gone: list[str] = []
+            try:
+                for crm_id in crm_ids:
+                    row = await self.client.get(spec.entity_set, crm_id, select=select)
+                    if row is None:
+                        gone.append(crm_id)
+                    else:
+                        found.append(row)
+            except CrmsyncError as exc:
+                # The push is deferred, not failed: it asks again on its next try.
+                log.warning(
+                    "refetch failed", extra={"event": "pull.refetch_failed", "error": str(exc)}
+                )
+                continue
+            page = ChangePage(rows=found, deleted_ids=gone)
+            await asyncio.to_thread(
+                self._stage_page, spec, page, filter_field, None, utcnow(), force=True
+            )
+
+    def _stage_page(
+        self,
+        spec: ObjectSpec,
+        page: ChangePage,
+        filter_field: str | None,
+        seen: set[str] | None,
+        started_at: datetime,
+        *,
+        force: bool = False,
+    ) -> int:
+        found = ch.read_rows(spec, page.rows, filter_field)
+        found += [ch.deleted(i) for i in page.deleted_ids]
+        now = utcnow()
+        rows: list[dict[str, Any]] = []
+        with write_transaction(self.engine) as conn:
+            known = load_known(conn, spec, [c.crm_id for c in found])
+            parents = load_parents(conn, self.specs, spec, found)
+            new: list[ch.Change] = []
+            for change in found:
+                k = known.get(change.crm_id)
+                op = ch.stage_operation(spec, change, k, parents, None if force else self.own_user)
+                if op is None and force and k is not None and not change.deleted:
+                    # Newer in Dynamics than our last sync, whatever its values: applying
+                    # it is what moves the record's ETag on for the waiting push.
+                    op = "update"
+                if op == "insert" and seen is not None:
+                    new.append(change)
+                elif op is not None:
+                    rows.append(entry_row(spec, change, op, k, now))
+            if new:
+                for change in insert_new(conn, spec, new, parents, now):
+                    rows.append(entry_row(spec, change, "insert", None, now))
+            if seen is not None:
+                seen.update(c.crm_id for c in found)
+            if page.delta_link is not None and seen is not None:
+                # The full read is complete: what it did not return is gone.
+                gone = vanished(conn, spec, seen, started_at)
+                rows += [
+                    entry_row(spec, ch.deleted(crm_id), "delete", ch.Known(record_id), now)
+                    for record_id, crm_id in gone
+                ]
+                self.stats.deletions_detected += len(gone)
+            stage(conn, rows)
+            if page.delta_link is not None:
+                save_cursor(conn, spec.name, page.delta_link, now)
+        self.stats.read += len(found)
+        self.stats.by_object[spec.name] = self.stats.by_object.get(spec.name, 0) + len(found)
+        if self.progress is not None and seen is not None:
+            self.progress(spec.name, len(found))
+        return len(rows)

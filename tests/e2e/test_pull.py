@@ -1,0 +1,241 @@
+"""Pull end to end: a Dynamics user's writes -> change tracking -> worker -> local tables.
+
+Dynamics users here are separate application users of the emulator writing over real
+HTTP (``Sales``); ``test_pull_sdk.py`` does the same with Microsoft's own SDK. Every
+test drains with an in-process ``worker --once`` and compares both sides.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from pull_support import Sales, count, rows, sales_fixture  # noqa: F401 (fixture)
+
+from crmsync.config import Settings, load_settings
+from crmsync.store.schema import sync_cursor, sync_error, sync_queue, sync_record
+
+
+def test_creates_updates_and_deletes_reach_local_tables_with_lookups(
+    sync_settings: Settings, store: sa.Engine, sales: Sales, drain: Any
+) -> None:
+    acme = sales.create("accounts", {"name": "Acme"})
+    globex = sales.create("accounts", {"name": "Globex"})
+    lead = sales.create("leads", {"emailaddress1": "ada@example.com", "lastname": "Lovelace"})
+    contact = sales.create(
+        "contacts",
+        {
+            "emailaddress1": "c@example.com",
+            "lastname": "Curie",
+            "parentcustomerid_account@odata.bind": f"/accounts({acme})",
+        },
+    )
+    deal = sales.create(
+        "opportunities", {"name": "Big deal", "parentaccountid@odata.bind": f"/accounts({acme})"}
+    )
+    drain(sync_settings, store)
+
+    accounts = rows(store, "account")
+    assert {a["name"] for a in accounts.values()} == {"Acme", "Globex"}
+    assert rows(store, "lead")[lead]["email"] == "ada@example.com"
+    assert rows(store, "contact")[contact]["account_id"] == accounts[acme]["id"]
+    assert rows(store, "opportunity")[deal]["account_id"] == accounts[acme]["id"]
+    # Nothing applied from Dynamics was captured to go back.
+    assert count(store, sync_queue) == 0
+    assert count(store, sync_cursor, sync_cursor.c.delta_link.is_not(None)) == 4
+
+    sales.update("leads", lead, {"lastname": "King"})
+    sales.update(
+        "contacts", contact, {"parentcustomerid_account@odata.bind": f"/accounts({globex})"}
+    )
+    sales.update("opportunities", deal, {"name": "Bigger deal"})
+    sales.delete("accounts", acme)
+    drain(sync_settings, store)
+    assert rows(store, "lead")[lead]["last_name"] == "King"
+    assert rows(store, "contact")[contact]["account_id"] == accounts[globex]["id"]
+    assert rows(store, "opportunity")[deal]["name"] == "Bigger deal"
+    assert acme not in rows(store, "account")
+    assert count(store, sync_queue) == 0 and count(store, sync_error) == 0
+    with store.connect() as conn:
+        state = conn.execute(
+            sa.select(sync_record.c.synced_values).where(
+                sync_record.c.object == "lead",
+                sync_record.c.record_id == rows(store, "lead")[lead]["id"],
+            )
+        ).scalar_one()
+    assert state["last_name"] == "King"
+
+
+def test_local_edit_is_pushed_once_and_does_not_come_back(
+    sync_settings: Settings, store: sa.Engine, sql: Any, drain: Any, crm_rows: Any
+) -> None:
+    sql(store, "INSERT INTO lead (email, last_name) VALUES ('me@example.com', 'Mine')")
+    drain(sync_settings, store)
+    drain(sync_settings, store)
+    with store.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM lead")).scalar() == 1
+    assert count(store, sync_queue) == 0
+    assert [r["lastname"] for r in crm_rows(sync_settings.dynamics_url or "")] == ["Mine"]
+
+
+def test_delete_behaviour_mark_keeps_the_row(
+    sync_settings: Settings, store: sa.Engine, sales: Sales, drain: Any
+) -> None:
+    marking = load_settings(**{**sync_settings.model_dump(), "delete_behaviour": "mark"})
+    lead = sales.create("leads", {"emailaddress1": "m@example.com", "lastname": "Mark"})
+    drain(marking, store)
+    sales.delete("leads", lead)
+    drain(marking, store)
+    row = rows(store, "lead")[lead]
+    assert row["crm_deleted_at"] is not None
+    assert count(store, sync_queue) == 0
+
+
+def test_expired_delta_token_reconciles_fully_without_duplicates(
+    sync_settings: Settings,
+    store: sa.Engine,
+    sales: Sales,
+    drain: Any,
+    crm_rows: Any,
+    configure: Any,
+    sql: Any,
+) -> None:
+    url = sync_settings.dynamics_url or ""
+    leads = [
+        sales.create("leads", {"emailaddress1": f"r{i}@example.com", "lastname": f"R{i}"})
+        for i in range(12)
+    ]
+    accounts = [sales.create("accounts", {"name": f"A{i}"}) for i in range(3)]
+    sql(store, "INSERT INTO lead (email, last_name) VALUES ('local@example.com', 'Local')")
+    drain(sync_settings, store)
+    assert len(rows(store, "lead")) == 13
+
+    configure(url, expire_delta_tokens=True)
+    for crm_id in leads[:3]:
+        sales.update("leads", crm_id, {"lastname": "Changed"})
+    for crm_id in leads[3:5]:
+        sales.delete("leads", crm_id)
+    added = sales.create("leads", {"emailaddress1": "new@example.com", "lastname": "New"})
+    sales.delete("accounts", accounts[0])
+    drain(sync_settings, store)
+
+    remote = {r["leadid"]: r for r in crm_rows(url)}
+    local = rows(store, "lead")
+    assert set(local) == set(remote) and added in local
+    with store.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM lead")).scalar() == len(remote) == 12
+    for crm_id, row in local.items():
+        assert (row["email"], row["last_name"]) == (
+            remote[crm_id]["emailaddress1"],
+            remote[crm_id]["lastname"],
+        )
+    assert set(rows(store, "account")) == set(accounts[1:])
+    assert count(store, sync_queue) == 0 and count(store, sync_error) == 0
+    # The new delta link works: a later change arrives incrementally.
+    sales.update("leads", added, {"lastname": "Later"})
+    drain(sync_settings, store)
+    assert rows(store, "lead")[added]["last_name"] == "Later"
+
+
+def test_sync_filter_only_explicit_no_excludes_and_excluded_records_stay(
+    sync_settings: Settings, store: sa.Engine, sales: Sales, drain: Any
+) -> None:
+    filtered = load_settings(
+        **{**sync_settings.model_dump(), "sync_filter_field": "new_synctomkto"}
+    )
+    yes = sales.create("leads", {"lastname": "Yes", "new_synctomkto": True})
+    unset = sales.create("leads", {"lastname": "Unset"})
+    no = sales.create("leads", {"lastname": "No", "new_synctomkto": False})
+    account = sales.create("accounts", {"name": "No filter column on accounts"})
+    drain(filtered, store)
+    assert set(rows(store, "lead")) == {yes, unset}
+    assert set(rows(store, "account")) == {account}
+
+    sales.update("leads", yes, {"new_synctomkto": False, "lastname": "Now excluded"})
+    drain(filtered, store)
+    # Excluded from now on: not updated, and not deleted either.
+    assert rows(store, "lead")[yes]["last_name"] == "Yes"
+    sales.update("leads", no, {"new_synctomkto": True})
+    drain(filtered, store)
+    assert rows(store, "lead")[no]["last_name"] == "No"
+
+
+def test_missing_parent_is_a_from_crm_error_that_retry_resolves(
+    sync_settings: Settings, store: sa.Engine, sales: Sales, drain: Any, sql: Any
+) -> None:
+    # Accounts not pulled here: a contact's parent can never arrive by itself.
+    one_way = load_settings(
+        **{**sync_settings.model_dump(), "objects": {"account": {"flow": "to_crm"}}}
+    )
+    account = sales.create("accounts", {"name": "Not pulled here"})
+    contact = sales.create(
+        "contacts",
+        {"lastname": "Orphan", "parentcustomerid_account@odata.bind": f"/accounts({account})"},
+    )
+    fine = sales.create("leads", {"lastname": "Fine"})
+    drain(one_way, store)
+    with store.connect() as conn:
+        errors = conn.execute(sa.select(sync_error)).mappings().all()
+    assert [(e["object"], e["direction"], e["error_code"]) for e in errors] == [
+        ("contact", "from_crm", "crmsync.missing_parent")
+    ]
+    assert errors[0]["crm_id"] == contact and errors[0]["operation"] == "insert"
+    assert fine in rows(store, "lead") and contact not in rows(store, "contact")
+    assert count(store, sync_queue, sync_queue.c.state == "pending") == 0
+
+    # The parent arrives (accounts pulled again); retrying the error applies the contact.
+    sql(store, "INSERT INTO account (name, crm_id) VALUES ('Not pulled here', :c)", {"c": account})
+    from crmsync.store.sync_errors import retry_ids
+
+    with store.begin() as conn:
+        retry_ids(conn, [errors[0]["id"]])
+    drain(sync_settings, store)
+    assert rows(store, "contact")[contact]["account_id"] is not None
+    with store.connect() as conn:
+        assert conn.execute(sa.select(sync_error.c.status)).scalar_one() == "resolved"
+
+
+def test_a_local_constraint_parks_only_the_refused_record(
+    sync_settings: Settings, store: sa.Engine, sales: Sales, drain: Any, sql: Any
+) -> None:
+    # The application's own rule: one lead per email.
+    sql(store, "CREATE UNIQUE INDEX app_lead_email ON lead (email)")
+    first = sales.create("leads", {"emailaddress1": "same@example.com", "lastname": "First"})
+    second = sales.create("leads", {"emailaddress1": "same@example.com", "lastname": "Second"})
+    others = [sales.create("leads", {"lastname": f"O{i}"}) for i in range(5)]
+    drain(sync_settings, store)
+    local = rows(store, "lead")
+    # Whichever of the two came first is in; the other is refused, the rest unaffected.
+    assert set(others) <= set(local) and len({first, second} & set(local)) == 1
+    refused = second if first in local else first
+    with store.connect() as conn:
+        [error] = conn.execute(sa.select(sync_error)).mappings().all()
+    assert (error["direction"], error["error_code"], error["crm_id"]) == (
+        "from_crm",
+        "crmsync.local_constraint",
+        refused,
+    )
+    assert count(store, sync_queue, sync_queue.c.state == "pending") == 0
+    # Fixed in Dynamics: the next change queues it again and it applies.
+    sales.update("leads", refused, {"emailaddress1": "other@example.com"})
+    drain(sync_settings, store)
+    assert rows(store, "lead")[refused]["email"] == "other@example.com"
+    with store.connect() as conn:
+        assert conn.execute(sa.select(sync_error.c.status)).scalar_one() == "resolved"
+
+
+def test_worker_once_cli_loads_pulls_and_exits_0_with_progress(
+    sync_settings: Settings, store: sa.Engine, sales: Sales, start_worker: Any
+) -> None:
+    crm_ids = [sales.create("leads", {"lastname": f"Cli{i}"}) for i in range(7)]
+    proc = start_worker("--once")
+    assert proc.wait(timeout=60) == 0
+    err = proc.stderr.read().decode()
+    assert "initial load of lead: 7 rows" in err, err
+    assert set(crm_ids) == set(rows(store, "lead"))
+    # The second run reads only what changed since: no initial load any more.
+    sales.update("leads", crm_ids[0], {"lastname": "Changed"})
+    proc = start_worker("--once")
+    assert proc.wait(timeout=60) == 0
+    assert "initial load" not in proc.stderr.read().decode()
+    assert rows(store, "lead")[crm_ids[0]]["last_name"] == "Changed"
