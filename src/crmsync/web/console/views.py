@@ -134,6 +134,12 @@ def nice_ceiling(value: int) -> int:
     return next(step * magnitude for step in (1, 2, 5, 10) if step * magnitude >= value)
 
 
+def axis_values(top: int) -> list[int]:
+    """Round gridline values from 0 to ``top`` (a ``nice_ceiling``): 0, 2, 4 ... 10."""
+    step = top // 5 if top % 5 == 0 else top // 2 if top % 2 == 0 else top
+    return list(range(0, top + 1, step))
+
+
 def throughput_chart(
     body: dict[str, Any], zone: ZoneInfo, *, width: int = 1000, height: int = 220
 ) -> Chart:
@@ -171,8 +177,7 @@ def throughput_chart(
             )
         if i % 3 == 0:
             x_ticks.append(Tick(x + slot / 2, clock(bucket["start"], zone)))
-    values = sorted({top * k // 4 for k in range(5)})
-    y_ticks = [Tick(lower - (lower - upper) * v / top, f"{v:,}") for v in values]
+    y_ticks = [Tick(lower - (lower - upper) * v / top, f"{v:,}") for v in axis_values(top)]
     return Chart(
         width=width,
         height=height,
