@@ -1,7 +1,7 @@
 """The console in a real browser: Debian's Chromium driven by Playwright, against the real
 server (uvicorn on loopback) over a real store that the real engine and emulator filled.
 
-One browser for the session; each test gets a fresh store, server and browser context.
+One browser per test module; each test gets a fresh store, server and browser context.
 The store is SQLite here (the pages' queries run on both backends in the integration
 tests); the emulator is the session's, reset per test.
 """
@@ -33,7 +33,9 @@ TOKEN = "browser-token"
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps its event loop marked as running
+# in this thread until it stops, which would break every asyncio test collected after.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
         message = f"{CHROMIUM} is missing (apt-get install chromium); browser tests need it"

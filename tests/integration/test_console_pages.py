@@ -291,6 +291,9 @@ async def test_bad_filters_and_cursors_are_explained_not_500(
         assert r.status_code == 422, params
         assert message in r.text, params
         assert len(row_ids(r.text)) == 1  # the unfiltered list is still shown
+    for page in ("\u00b2", "9" * 5000, "-1", "0"):
+        r = await c.get(ERRORS, params={"page": page})
+        assert r.status_code == 200 and len(row_ids(r.text)) == 1
 
 
 async def test_retry_and_dismiss_forms(
@@ -327,6 +330,9 @@ async def test_retry_and_dismiss_forms(
     assert "2 of 2 errors queued again" in html
     html = await post("retry", scope="selected")
     assert "Select one or more errors first." in html
+    for bad in ("\u00b2", "9" * 5000, "-1", "<b>"):
+        html = await post("retry", ids=[bad], scope="selected")
+        assert "Nothing done: ids:" in html and "is not an error id" in html
     html = await post("retry", ids=["999999"], scope="selected")
     assert "Nothing done: no sync error with id 999999" in html
 

@@ -53,7 +53,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     checks: list[CredentialCheck] = []
     if settings.api_token is not None and settings.api_token.get_secret_value():
         checks.append(bearer_token_check(settings.api_token))
-    # The admin password is hashed here, once; the plain value is not kept.
+    # The admin password is hashed here, once; logins are checked against the hash only.
     app.state.passwords = passwords = Passwords(settings.admin_password)
     app.state.login_throttle = LoginThrottle()
     if passwords.enabled:

@@ -8,6 +8,7 @@ form's ``datetime-local`` values (no offset) as times on the console's clock.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 
 from crmsync.errors import ValidationFailed
 from crmsync.store import sync_errors
@@ -32,6 +34,7 @@ PATH = "/admin/microsoft-dynamics/sync-errors"
 FILTER_FIELDS = ("q", "object", "direction", "operation", "code", "status", "since", "until")
 PAGE_SIZE = 50
 MAX_PAGE = 1_000_000
+_ID = re.compile(r"[0-9]{1,19}")
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(require_login)])
 
@@ -106,7 +109,8 @@ def sync_errors_page(request: Request) -> Response:
         problem = f"{exc.field}: {exc.message}"
         filters = ErrorFilters()
     cursor = params.get("cursor") or None
-    page = int(params["page"]) if params.get("page", "").isdigit() else 1
+    raw_page = params.get("page", "")
+    page = int(raw_page) if _ID.fullmatch(raw_page) else 1
     page = min(max(page, 1), MAX_PAGE)
     with store_of(request).connect() as conn:
         try:
@@ -147,15 +151,16 @@ def sync_errors_page(request: Request) -> Response:
     return render(request, "sync_errors.html", context, status_code=422 if problem else 200)
 
 
-def _selected_ids(form: Mapping[str, Any], getlist: Any) -> list[int] | None:
+def selected_ids(form: FormData) -> list[int]:
     """The errors a form names: the row's own button (``one``) or the ticked boxes."""
     one = form.get("one")
-    raw = [one] if one else getlist("ids")
+    raw = [one] if one else form.getlist("ids")
     ids = []
     for value in raw:
-        if not str(value).isdigit() or not 1 <= int(value) <= sync_errors.MAX_ID:
-            raise ValidationFailed("ids", f"{value!r} is not an error id")
-        ids.append(int(value))
+        text = value if isinstance(value, str) else ""
+        if not _ID.fullmatch(text) or not 1 <= int(text) <= sync_errors.MAX_ID:
+            raise ValidationFailed("ids", f"{text[:40]!r} is not an error id")
+        ids.append(int(text))
     return ids
 
 
@@ -168,7 +173,7 @@ async def _action(request: Request, action: str) -> Response:
         filters = filters_from(filters_given, request.app.state.specs, zone)
         back = api_query(filters)
         whole_filter = form.get("scope") == "filter" and not form.get("one")
-        ids = None if whole_filter else _selected_ids(form, form.getlist)
+        ids = None if whole_filter else selected_ids(form)
         if ids is not None and not ids:
             notify(request, "Select one or more errors first.", "error")
             return redirect(PATH, back)

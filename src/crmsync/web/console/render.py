@@ -65,7 +65,6 @@ def render(
         "notice": notice,
         "zone": zone,
         "zone_name": zone.key,
-        "clock": lambda value: views.clock(value, zone),
         "local": lambda value: views.local(value, zone),
         **context,
     }
