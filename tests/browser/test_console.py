@@ -140,6 +140,7 @@ def test_wrong_password_is_refused(page: Any, login: Any) -> None:
 def test_pause_lets_the_backlog_grow_and_resume_drains_it(
     page: Any, console: Any, login: Any
 ) -> None:
+    page.clock.install()  # the page's timers run when the test says so
     login(page)
     page.get_by_label("Object").select_option("lead")
     page.get_by_label("Direction").select_option("to_crm")
@@ -149,8 +150,11 @@ def test_pause_lets_the_backlog_grow_and_resume_drains_it(
 
     console.sql("INSERT INTO lead (email, last_name) VALUES ('p1@example.com', 'P')")
     console.drain()  # a paused scope is not claimed: the worker has nothing to do
-    page.evaluate("window.crmsyncRefresh()")
+    page.clock.run_for(9_000)
+    expect(cell(page, "lead", "inserts")).to_have_text("0")  # not refreshed yet
+    page.clock.run_for(1_500)  # the 10-second auto-refresh
     expect(cell(page, "lead", "inserts")).to_have_text("1")
+    expect(page.locator("#refreshed")).to_contain_text("Updated")
     console.sql("INSERT INTO lead (email, last_name) VALUES ('p2@example.com', 'P')")
     page.evaluate("window.crmsyncRefresh()")
     expect(cell(page, "lead", "inserts")).to_have_text("2")

@@ -43,9 +43,10 @@ def require_login(request: Request) -> None:
     """Dependency of every console page and form."""
     if logged_in(request):
         return
-    target = request.url.path
-    if request.url.query and request.method == "GET":
-        target += "?" + request.url.query
+    # After logging in, go back to the page asked for; a form post is not repeated.
+    target = HOME
+    if request.method == "GET":
+        target = request.url.path + ("?" + request.url.query if request.url.query else "")
     raise LoginRequired(target, fragment="partial" in request.query_params)
 
 
