@@ -68,6 +68,13 @@ def needs_token(request: Request) -> bool:
     return not any(check(request) for check in _token_checks(request))
 
 
+class CsrfRejected(HTTPException):
+    """A session-authenticated change without a valid token (403)."""
+
+    def __init__(self) -> None:
+        super().__init__(403, "missing or invalid CSRF token: reload the page and try again")
+
+
 async def protect(request: Request) -> None:
     """App-wide dependency: 403 for a session-authenticated change without the token."""
     if not needs_token(request):
@@ -80,7 +87,4 @@ async def protect(request: Request) -> None:
         or not given
         or not secrets.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
     ):
-        raise HTTPException(
-            403,
-            "missing or invalid CSRF token: reload the page and try again",
-        )
+        raise CsrfRejected()
