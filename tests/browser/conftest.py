@@ -131,6 +131,17 @@ def _login(page: Any, password: str = PASSWORD) -> None:
     page.get_by_role("button", name="Log in").click()
 
 
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where screenshots go: ``docs/screenshots`` when ``CRMSYNC_SCREENSHOTS`` is set (to
+    refresh the README's pictures), else a temporary folder (a test run changes no file)."""
+    if os.environ.get("CRMSYNC_SCREENSHOTS"):
+        path = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return tmp_path_factory.mktemp("screenshots")
+
+
 @pytest.fixture
 def login() -> Callable[..., None]:
     """``login(page, password=...)``: fill in and send the login form."""

@@ -23,7 +23,6 @@ from crmsync.store.types import utcnow
 
 STATUS = "/admin/microsoft-dynamics/sync-status"
 ERRORS = "/admin/microsoft-dynamics/sync-errors"
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 XSS_LABEL = "<script>window.__xss = 1</script>@example.com"
 
 
@@ -71,7 +70,9 @@ def cell(page: Any, obj: str, col: str) -> Any:
     return page.locator(f'#status-table tr[data-object="{obj}"] td[data-col="{col}"]')
 
 
-def test_login_backlog_last_hour_details_and_logout(page: Any, console: Any, login: Any) -> None:
+def test_login_backlog_last_hour_details_and_logout(
+    page: Any, console: Any, login: Any, screenshots: Path
+) -> None:
     seed(console)
     page.goto(STATUS)
     expect(page).to_have_url(re.compile(r"/login"))
@@ -89,8 +90,7 @@ def test_login_backlog_last_hour_details_and_logout(page: Any, console: Any, log
     expect(cell(page, "account", "total")).to_have_text("0")
     expect(cell(page, "lead", "age")).to_have_text(re.compile(r"^\d+ (s|min)$"))
     expect(page.locator("svg.chart-svg rect.bar")).not_to_have_count(0)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "sync-status.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "sync-status.png"), full_page=True)
 
     # Double-click a row: the oldest waiting insert and update, with ids and age.
     page.locator('#status-table tr[data-object="lead"]').dblclick()
@@ -102,7 +102,7 @@ def test_login_backlog_last_hour_details_and_logout(page: Any, console: Any, log
     crm_id = console.scalar("SELECT crm_id FROM lead WHERE email = 'ok1@example.com'")
     expect(dialog.locator('tr[data-operation="update"]')).to_contain_text(crm_id)
     expect(dialog.locator('tr[data-operation="delete"]')).to_contain_text("Nothing waiting")
-    page.screenshot(path=str(SCREENSHOTS / "sync-status-details.png"))
+    page.screenshot(path=str(screenshots / "sync-status-details.png"))
     page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
 
@@ -168,7 +168,7 @@ def test_pause_lets_the_backlog_grow_and_resume_drains_it(
 
 
 def test_errors_search_filter_export_retry_dismiss(
-    page: Any, console: Any, login: Any, tmp_path: Path
+    page: Any, console: Any, login: Any, tmp_path: Path, screenshots: Path
 ) -> None:
     seed(console)
     dialogs: list[str] = []
@@ -189,7 +189,7 @@ def test_errors_search_filter_export_retry_dismiss(
     expect(page.locator("#summary-table")).to_contain_text("0x80040333")
     expect(page.locator("#summary-table")).to_contain_text("0x80040220")
     page.set_viewport_size({"width": 1280, "height": 900})
-    page.screenshot(path=str(SCREENSHOTS / "sync-errors.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "sync-errors.png"), full_page=True)
 
     # Search: by email, case-insensitively.
     page.get_by_label("Search", exact=True).fill("DUP@example")
@@ -242,7 +242,7 @@ def test_errors_search_filter_export_retry_dismiss(
     )
 
 
-def test_console_works_at_800px(page: Any, console: Any, login: Any) -> None:
+def test_console_works_at_800px(page: Any, console: Any, login: Any, screenshots: Path) -> None:
     seed(console)
     page.set_viewport_size({"width": 800, "height": 900})
     login(page)
@@ -253,4 +253,4 @@ def test_console_works_at_800px(page: Any, console: Any, login: Any) -> None:
         assert overflow <= 0, f"{path} overflows by {overflow}px at 800px"
     page.goto(STATUS)
     expect(cell(page, "lead", "total")).to_have_text("6")
-    page.screenshot(path=str(SCREENSHOTS / "sync-status-800.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "sync-status-800.png"), full_page=True)
