@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -145,6 +147,25 @@ class ThreadServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def serve_app() -> Callable[[Any], AbstractContextManager[str]]:
+    """``with serve_app(app) as url:`` an ASGI app on a free loopback port (conftest
+    modules are not importable from other test folders, hence a fixture)."""
+
+    @contextmanager
+    def serve(app: Any) -> Iterator[str]:
+        import uvicorn
+
+        port = free_port()
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", access_log=False
+        )
+        with ThreadServer(config):
+            yield f"http://127.0.0.1:{port}"
+
+    return serve
 
 
 @pytest.fixture(scope="session")

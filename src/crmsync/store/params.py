@@ -27,7 +27,7 @@ from crmsync.errors import ValidationFailed
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 MAX_TEXT = 1000
-MAX_ID = 2**63 - 1
+MAX_ID = 2**63 - 1  # BIGINT on PostgreSQL, INTEGER on SQLite: both signed 64-bit
 
 
 def parse_timestamp(field: str, value: str | None) -> datetime | None:

@@ -23,15 +23,13 @@ from sqlalchemy.engine import RowMapping
 
 from crmsync.domain import Direction, EntryState, ObjectSpec
 from crmsync.errors import CrmsyncError, ValidationFailed
+from crmsync.store.params import DEFAULT_LIMIT, MAX_ID, MAX_LIMIT
 from crmsync.store.schema import LOCAL_TABLES, sync_queue, sync_record
 from crmsync.store.types import utcnow
 
 READ_ONLY = ("id", "crm_id", "created_at", "updated_at", "crm_deleted_at")
 """Columns a client may read but never write (``crm_id`` belongs to the sync engine)."""
 
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 1000
-MAX_ID = 2**63 - 1  # BIGINT on PostgreSQL, INTEGER on SQLite: both signed 64-bit
 _CURSOR_PREFIX = "v1:"
 _INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
 

@@ -386,3 +386,25 @@ def dismiss(conn: Connection, error_id: int) -> dict[str, Any]:
     if row is None:
         raise NotFound(f"no sync error with id {error_id}")
     return to_item(row)
+
+
+def dismiss_ids(conn: Connection, ids: Sequence[int]) -> dict[str, Any]:
+    """Dismiss the errors ``ids`` (every one must exist), as ``dismiss`` does one."""
+    wanted = sorted(set(ids))
+    for error_id in wanted:
+        if not 1 <= error_id <= MAX_ID:
+            raise ValidationFailed("ids", f"{error_id} is not an error id")
+    e = sync_error.c
+    found = set(conn.execute(sa.select(e.id).where(e.id.in_(wanted))).scalars())
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise NotFound(f"no sync error with id {', '.join(map(str, missing))}")
+    conn.execute(sa.update(sync_error).where(e.id.in_(wanted)).values(status="dismissed"))
+    return {"errors": len(wanted), "dismissed": len(wanted)}
+
+
+def dismiss_matching(conn: Connection, filters: ErrorFilters) -> dict[str, Any]:
+    """Dismiss every *open* error matching ``filters`` (resolved ones stay resolved)."""
+    where = [*conditions(filters, conn.dialect.name), sync_error.c.status == "open"]
+    result = conn.execute(sa.update(sync_error).where(*where).values(status="dismissed"))
+    return {"errors": result.rowcount, "dismissed": result.rowcount}

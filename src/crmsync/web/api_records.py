@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 
 from crmsync.domain import OBJECT_NAMES, ObjectSpec
 from crmsync.errors import ValidationFailed
-from crmsync.store import records
+from crmsync.store import params, records
 from crmsync.store.db import write_transaction
 from crmsync.web.auth import require_api_auth
 from crmsync.web.errors import error_responses
@@ -112,7 +112,7 @@ def list_records(
     request: Request,
     spec: Spec,
     engine: Store,
-    limit: Annotated[int, Query(ge=1, le=records.MAX_LIMIT)] = records.DEFAULT_LIMIT,
+    limit: Annotated[int, Query(ge=1, le=params.MAX_LIMIT)] = params.DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> dict[str, Any]:
     """Records in id order, paged by cursor.

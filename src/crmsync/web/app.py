@@ -1,4 +1,4 @@
-"""The web application: JSON API (and, later, the console) over one store engine."""
+"""The web application: JSON API and operator console over one store engine."""
 
 from __future__ import annotations
 
@@ -7,14 +7,25 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy import Engine
 
 from crmsync.config import Settings
 from crmsync.store.db import create_store_engine
-from crmsync.web import api_conflicts, api_errors, api_records, api_status, health, metrics
+from crmsync.web import (
+    api_conflicts,
+    api_control,
+    api_errors,
+    api_records,
+    api_status,
+    console,
+    csrf,
+    health,
+    metrics,
+)
 from crmsync.web.auth import CredentialCheck, bearer_token_check
 from crmsync.web.errors import install_error_handlers
+from crmsync.web.session import LoginThrottle, Passwords, SchemeAwareSessions, session_check
 
 API_PREFIX = "/api/v1"
 
@@ -42,23 +53,34 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         docs_url=f"{API_PREFIX}/docs",
         redoc_url=None,
         lifespan=lifespan,
+        # On every route, present and future: a session-authenticated change needs the
+        # session's CSRF token (web/csrf.py).
+        dependencies=[Depends(csrf.protect)],
     )
     app.state.settings = settings
     app.state.engine = store
     app.state.specs = settings.object_specs()
-    # Anything that may authenticate an API call; the console session login appends its
-    # own check here (see web/auth.py).
+    # Anything that may authenticate an API call (see web/auth.py): the bearer token and
+    # the console's session.
     checks: list[CredentialCheck] = []
     if settings.api_token is not None and settings.api_token.get_secret_value():
         checks.append(bearer_token_check(settings.api_token))
+    # The admin password is hashed here, once; logins are checked against the hash only.
+    app.state.passwords = passwords = Passwords(settings.admin_password)
+    app.state.login_throttle = LoginThrottle()
+    if passwords.enabled:
+        checks.append(session_check)
     app.state.credential_checks = checks
+    app.add_middleware(SchemeAwareSessions, secret_key=passwords.signing_key)
 
     install_error_handlers(app)
     app.include_router(api_records.router)
     app.include_router(api_status.router)
     app.include_router(api_errors.router)
     app.include_router(api_conflicts.router)
+    app.include_router(api_control.router)
     health.install(app, settings)
     app.state.metrics = metrics.MetricsPage(store, app.state.specs, app.state.alerts)
     app.include_router(metrics.router)
+    console.install(app)
     return app

@@ -1,0 +1,48 @@
+"""The operator console: Admin > Microsoft Dynamics > Sync Status and Sync Errors.
+
+Server-rendered Jinja2 pages over the same store queries as the JSON API, a
+stylesheet and a small dependency-free script served from ``web/static`` (no CDN, no
+build step). ``install`` mounts it all on the app.
+"""
+
+from __future__ import annotations
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import Response
+from fastapi.staticfiles import StaticFiles
+
+from crmsync.web.console import errors_page, login, status_page
+from crmsync.web.console.render import STATIC_DIR, redirect, render
+from crmsync.web.csrf import CsrfRejected
+from crmsync.web.errors import error_response
+
+STATIC_PATH = "/static"
+
+
+def _home() -> Response:
+    return redirect(status_page.PATH)
+
+
+async def _csrf_rejected(request: Request, exc: Exception) -> Response:
+    """A console form with a stale token gets a page saying what to do; the API keeps its
+    JSON error shape."""
+    if request.url.path.startswith("/api/"):
+        return error_response(403, "forbidden", str(getattr(exc, "detail", "forbidden")))
+    return render(request, "stale_form.html", {}, status_code=403)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(login.LoginRequired, login.login_required)
+    app.add_exception_handler(CsrfRejected, _csrf_rejected)
+    app.include_router(login.router)
+    app.include_router(status_page.router)
+    app.include_router(errors_page.router)
+    for path in ("/", "/admin", "/admin/microsoft-dynamics"):
+        app.add_api_route(
+            path,
+            _home,
+            methods=["GET"],
+            include_in_schema=False,
+            dependencies=[Depends(login.require_login)],
+        )
+    app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="static")

@@ -1,0 +1,134 @@
+"""The Sync Status tab: backlog or last hour per object, row details, the 24-hour
+throughput chart, and pause/resume.
+
+JSON twins: ``GET /api/v1/sync/status``, ``/status/{object}``, ``/throughput`` and
+``POST /api/v1/sync/pause|resume``, built on the same ``store.status`` functions.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy import Engine
+
+from crmsync.errors import ValidationFailed
+from crmsync.store import params, status
+from crmsync.store.db import write_transaction
+from crmsync.store.records import NotFound, resolve_object
+from crmsync.web.console import views
+from crmsync.web.console.login import require_login
+from crmsync.web.console.render import notify, redirect, render, settings_of
+
+PATH = "/admin/microsoft-dynamics/sync-status"
+VIEWS = {"backlog": "Backlog", "last_hour": "Last hour"}
+CHART_HOURS = 24
+REFRESH_SECONDS = 10
+
+router = APIRouter(include_in_schema=False, dependencies=[Depends(require_login)])
+
+
+def store_of(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def objects_of(request: Request) -> list[str]:
+    return list(request.app.state.specs)
+
+
+def status_data(request: Request, view: str) -> dict[str, Any]:
+    """What the API's ``/sync/status`` and ``/sync/throughput`` say, plus the chart."""
+    zone = settings_of(request).zone
+    objects = objects_of(request)
+    with store_of(request).connect() as conn:
+        if view == "last_hour":
+            body = status.last_hour(conn, objects, zone)
+        else:
+            body = status.backlog(conn, objects)
+        history = status.throughput(conn, objects, zone, hours=CHART_HOURS)
+    rows = []
+    for row in body["objects"]:
+        age = views.age_seconds(row.get("oldest_queued_at"), body.get("as_of"))
+        rows.append({**row, "age": age, "paused": views.is_paused(body["paused"], row["object"])})
+    return {
+        "body": body,
+        "rows": rows,
+        "view": view,
+        "views": VIEWS,
+        "window": views.window_label(body["window"], zone) if "window" in body else None,
+        "chart": views.throughput_chart(history, zone),
+        "history": history,
+        "directions": status.DIRECTIONS,
+        "objects": objects,
+        "path": PATH,
+        "refresh_seconds": REFRESH_SECONDS,
+    }
+
+
+@router.get(PATH, response_class=HTMLResponse)
+def sync_status_page(
+    request: Request, view: str = "backlog", partial: str | None = None
+) -> Response:
+    if view not in VIEWS:
+        view = "backlog"
+    context = status_data(request, view)
+    return render(request, "_status_live.html" if partial else "sync_status.html", context)
+
+
+@router.get(PATH + "/{object}", response_class=HTMLResponse)
+def sync_status_details_page(request: Request, object: str, partial: str | None = None) -> Response:
+    try:
+        spec = resolve_object(request.app.state.specs, object)
+    except NotFound as exc:
+        return render(request, "not_found.html", {"message": str(exc)}, status_code=404)
+    with store_of(request).connect() as conn:
+        body = status.details(conn, spec.name)
+    operations = [(op, body[status.PLURAL[op]]) for op in status.OPERATIONS]
+    context = {"body": body, "operations": operations, "path": PATH}
+    return render(request, "_status_details.html" if partial else "status_details.html", context)
+
+
+Scope = Annotated[str, Form(max_length=32)]
+
+
+def _scope(request: Request, obj: str, direction: str) -> tuple[str, str]:
+    params.check_choice("object", obj, [*objects_of(request), "*"])
+    params.check_choice("direction", direction, [*status.DIRECTIONS, "*"])
+    return obj, direction
+
+
+def _back(view: str) -> Response:
+    return redirect(PATH, {"view": view if view in VIEWS else ""})
+
+
+@router.post(PATH + "/pause")
+def pause_form(
+    request: Request, object: Scope = "*", direction: Scope = "*", view: Scope = ""
+) -> Response:
+    try:
+        obj, d = _scope(request, object, direction)
+    except ValidationFailed as exc:
+        notify(request, f"Nothing paused: {exc.field} {exc.message}", "error")
+        return _back(view)
+    with write_transaction(store_of(request)) as conn:
+        status.pause(conn, obj, d)
+    notify(request, f"Paused: {views.paused_label({'object': obj, 'direction': d})}.")
+    return _back(view)
+
+
+@router.post(PATH + "/resume")
+def resume_form(
+    request: Request, object: Scope = "*", direction: Scope = "*", view: Scope = ""
+) -> Response:
+    try:
+        obj, d = _scope(request, object, direction)
+    except ValidationFailed as exc:
+        notify(request, f"Nothing resumed: {exc.field} {exc.message}", "error")
+        return _back(view)
+    with write_transaction(store_of(request)) as conn:
+        lifted = status.resume(conn, obj, d)
+    scope = views.paused_label({"object": obj, "direction": d})
+    notify(request, f"Resumed: {scope}." if lifted else f"Nothing was paused for {scope}.")
+    return _back(view)

@@ -1,0 +1,178 @@
+"""The console's login session: the admin password, signed cookies and login throttling.
+
+- The password (``CRMSYNC_ADMIN_PASSWORD``) is hashed with argon2id once at start-up; only
+  the hash is kept, and a login is checked against it (``Passwords``).
+- The session lives in a cookie signed with itsdangerous (Starlette's
+  ``SessionMiddleware``): ``HttpOnly``, ``SameSite=Lax``, and ``Secure`` whenever the
+  request came over https (``SchemeAwareSessions`` picks per request, so one process
+  serves both a loopback http port and an https proxy correctly).
+- The signing key is derived from the password with argon2id (a fixed salt): every
+  console process given the same password accepts the same cookies (the console is
+  stateless across machines), changing the password signs everyone out, and a leaked
+  cookie cannot be used to guess the password at HMAC speed.
+- ``LoginThrottle`` refuses more than a few failed logins per client in a window.
+
+Logging out clears the cookie; a copy of it taken earlier stays valid until it
+expires (``MAX_AGE_SECONDS``), as for any stateless signed session.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from argon2.low_level import Type, hash_secret_raw
+from pydantic import SecretStr
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+ADMIN_USER = "admin"
+COOKIE = "crmsync_session"
+# A login lasts a working day; the cookie is re-signed only when the session changes,
+# so this is also the absolute lifetime (checked again in ``logged_in``).
+MAX_AGE_SECONDS = 12 * 3600
+# Changing this salt signs every console user out.
+_KEY_SALT = b"crmsync-console-session-v1"
+
+# argon2id at OWASP's recommended minimum (19 MiB, 2 passes, 1 lane): a guess costs
+# tens of milliseconds of CPU and 19 MiB, and a login stays quick on a small box.
+TIME_COST, MEMORY_KIB, LANES = 2, 19 * 1024, 1
+
+SESSION_USER = "user"
+SESSION_SINCE = "since"
+
+
+class Passwords:
+    """The admin password's argon2id hash, and the session signing key derived from it."""
+
+    def __init__(self, password: SecretStr | None) -> None:
+        self._hasher = PasswordHasher(
+            time_cost=TIME_COST, memory_cost=MEMORY_KIB, parallelism=LANES, type=Type.ID
+        )
+        plain = password.get_secret_value() if password is not None else ""
+        self.enabled = bool(plain)
+        self._hash = self._hasher.hash(plain) if plain else None
+        if plain:
+            key = hash_secret_raw(
+                plain.encode("utf-8"),
+                _KEY_SALT,
+                time_cost=TIME_COST,
+                memory_cost=MEMORY_KIB,
+                parallelism=LANES,
+                hash_len=32,
+                type=Type.ID,
+            )
+            self.signing_key = key.hex()
+        else:
+            # Nobody can log in; any key will do.
+            self.signing_key = secrets.token_hex(32)
+
+    def check(self, user: str, password: str) -> bool:
+        """Whether ``user``/``password`` is the admin's login (always hashes: no timing hint)."""
+        if self._hash is None:
+            return False
+        ok: bool
+        try:
+            ok = self._hasher.verify(self._hash, password)
+        except (VerificationError, InvalidHashError):
+            ok = False
+        return ok and secrets.compare_digest(user.encode("utf-8"), ADMIN_USER.encode("utf-8"))
+
+
+# -- login throttling -------------------------------------------------------------------
+
+
+@dataclass
+class LoginThrottle:
+    """At most ``max_failures`` failed logins per client within ``window`` seconds.
+
+    A decision over timestamps only (the clock is injected), kept per process: behind
+    several console processes the limit applies to each.
+    """
+
+    max_failures: int = 5
+    window: float = 300.0
+    clock: Callable[[], float] = time.monotonic
+    max_clients: int = 10_000
+    _failures: dict[str, deque[float]] = field(default_factory=dict)
+
+    def _recent(self, client: str) -> deque[float]:
+        now = self.clock()
+        failures = self._failures.get(client, deque())
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        return failures
+
+    def retry_after(self, client: str) -> int:
+        """Seconds until ``client`` may try again; 0 when it may now."""
+        failures = self._recent(client)
+        if len(failures) < self.max_failures:
+            return 0
+        return max(1, int(failures[0] + self.window - self.clock()) + 1)
+
+    def failed(self, client: str) -> None:
+        failures = self._recent(client)
+        failures.append(self.clock())
+        if client not in self._failures and len(self._failures) >= self.max_clients:
+            # Bounded memory under a flood of distinct clients: forget the oldest one.
+            self._failures.pop(next(iter(self._failures)))
+        self._failures[client] = failures
+
+    def succeeded(self, client: str) -> None:
+        self._failures.pop(client, None)
+
+
+# -- the session ------------------------------------------------------------------------
+
+
+def logged_in(conn: HTTPConnection) -> bool:
+    """Whether this request carries a valid, unexpired admin session."""
+    session = conn.session
+    if session.get(SESSION_USER) != ADMIN_USER:
+        return False
+    since = session.get(SESSION_SINCE)
+    return isinstance(since, int | float) and 0 <= time.time() - since < MAX_AGE_SECONDS
+
+
+def session_check(request: HTTPConnection) -> bool:
+    """A credential check for ``/api/v1`` (see ``web/auth.py``): the console's session."""
+    return logged_in(request)
+
+
+def start_session(conn: HTTPConnection) -> None:
+    """Log the admin in: a fresh session (new CSRF token), so nothing from before carries."""
+    conn.session.clear()
+    conn.session[SESSION_USER] = ADMIN_USER
+    conn.session[SESSION_SINCE] = int(time.time())
+
+
+def end_session(conn: HTTPConnection) -> None:
+    conn.session.clear()
+
+
+class SchemeAwareSessions:
+    """Signed-cookie sessions whose cookie is ``Secure`` when the request is https."""
+
+    def __init__(self, app: ASGIApp, secret_key: str) -> None:
+        def make(https_only: bool) -> SessionMiddleware:
+            return SessionMiddleware(
+                app,
+                secret_key=secret_key,
+                session_cookie=COOKIE,
+                max_age=MAX_AGE_SECONDS,
+                same_site="lax",
+                https_only=https_only,
+            )
+
+        self.secure = make(True)
+        self.plain = make(False)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        https = scope.get("scheme") in ("https", "wss")
+        await (self.secure if https else self.plain)(scope, receive, send)

@@ -1,0 +1,374 @@
+"""The console's pages and forms over ASGI, on SQLite and PostgreSQL: what they show for a
+store seeded with SQL, and what their forms change. The browser tests drive the same
+pages through Chromium; these cover the cases a browser run would make slow.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from crmsync.config import load_settings
+from crmsync.store import queue
+from crmsync.store.schema import sync_error, sync_pause, sync_queue, sync_throughput
+from crmsync.store.status import hour_window
+from crmsync.store.types import utcnow
+from crmsync.web.app import create_app
+
+PASSWORD = "pages-password"
+STATUS = "/admin/microsoft-dynamics/sync-status"
+ERRORS = "/admin/microsoft-dynamics/sync-errors"
+ZONE = "Asia/Kolkata"  # +05:30: the window and times must follow the half-hour offset
+
+
+def entry(obj: str, direction: str, key: str, operation: str, minutes_ago: int, **extra: Any):
+    at = utcnow() - timedelta(minutes=minutes_ago)
+    return {
+        "object": obj,
+        "direction": direction,
+        "record_key": key,
+        "record_id": int(key) if key.isdigit() else None,
+        "crm_id": extra.pop("crm_id", None),
+        "operation": operation,
+        "label": extra.pop("label", None),
+        "state": extra.pop("state", "pending"),
+        "first_queued_at": at,
+        "last_changed_at": at,
+        "next_attempt_at": at,
+        **extra,
+    }
+
+
+def error_row(n: int, **extra: Any) -> dict[str, Any]:
+    at = utcnow() - timedelta(minutes=n)
+    return {
+        "object": "lead",
+        "direction": "to_crm",
+        "record_key": str(n),
+        "record_id": n,
+        "crm_id": None,
+        "record_label": f"lead{n}@example.com",
+        "operation": "insert",
+        "error_code": "0x80040333",
+        "error_message": "duplicate",
+        "first_failed_at": at,
+        "last_failed_at": at,
+        "attempts": 1,
+        "status": "open",
+        **extra,
+    }
+
+
+def throughput(start: Any, direction: str, operation: str, synced: int) -> dict[str, Any]:
+    return {
+        "bucket_start": start,
+        "object": "lead",
+        "direction": direction,
+        "operation": operation,
+        "synced": synced,
+    }
+
+
+@pytest.fixture
+async def admin(db_url: str, engine: Engine) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    app = create_app(
+        load_settings(database_url=db_url, admin_password=PASSWORD, timezone=ZONE), engine=engine
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://console.test"
+    ) as c:
+        form = await c.get("/login")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        assert token
+        r = await c.post(
+            "/login", data={"username": "admin", "password": PASSWORD, "csrf_token": token[1]}
+        )
+        assert r.status_code == 303
+        page = await c.get(STATUS)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+        assert token
+        yield c, token[1]
+
+
+def cell(html: str, obj: str, col: str) -> str:
+    row = re.search(rf'<tr [^>]*data-object="{obj}".*?</tr>', html, re.S)
+    assert row, f"no row for {obj}"
+    value = re.search(rf'data-col="{col}">(.*?)</td>', row.group(0), re.S)
+    assert value, f"no {col} cell for {obj}"
+    return re.sub(r"<[^>]+>", "", value.group(1)).strip()
+
+
+# -- Sync Status --------------------------------------------------------------------------
+
+
+async def test_status_page_shows_the_backlog_and_the_last_hour(
+    admin: tuple[httpx.AsyncClient, str], engine: Engine
+) -> None:
+    c, _ = admin
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(sync_queue),
+            [
+                entry("lead", "to_crm", "1", "insert", 125, label="old@example.com"),
+                entry("lead", "to_crm", "2", "insert", 3),
+                entry("lead", "from_crm", "3", "update", 10, crm_id="c-3"),
+                entry("contact", "to_crm", "4", "delete", 1),
+                entry("contact", "to_crm", "5", "insert", 1, state="parked"),  # an error
+            ],
+        )
+        start, _ = hour_window(utcnow(), load_settings(timezone=ZONE).zone)
+        conn.execute(
+            sa.insert(sync_throughput),
+            [
+                throughput(start, "to_crm", "insert", 1200),
+                throughput(start, "from_crm", "update", 34),
+                # Now, after the window (its end is a 15-minute boundary): sets the drain rate.
+                throughput(queue.bucket_start(utcnow()), "to_crm", "update", 1080),
+            ],
+        )
+    html = (await c.get(STATUS)).text
+    assert [cell(html, "lead", k) for k in ("inserts", "updates", "deletes", "total")] == [
+        "2",
+        "1",
+        "0",
+        "3",
+    ]
+    assert cell(html, "lead", "age") == "2 h 05 min"
+    assert [cell(html, "contact", k) for k in ("inserts", "deletes", "total")] == ["0", "1", "1"]
+    assert cell(html, "account", "total") == "0"
+    # 3 waiting, 1,080 synced in the last 60 minutes: 3 * 3600 / 1080 = 10 s to drain.
+    assert cell(html, "lead", "drain") == "10 s"
+
+    html = (await c.get(STATUS, params={"view": "last_hour"})).text
+    assert cell(html, "lead", "inserts") == "N/A" and cell(html, "lead", "updates") == "N/A"
+    assert cell(html, "lead", "synced") == "1,234"
+    assert cell(html, "opportunity", "synced") == "0"
+    window = re.search(r'id="window">([^<]+)<', html)
+    assert window and re.fullmatch(r"\d\d:00 to \d\d:00", window[1]), window
+    assert "Asia/Kolkata" in html
+    # The chart has the hour's bar, labelled on the Kolkata clock.
+    assert re.search(
+        r'<rect class="bar bar-lead"[^>]*><title>\d\d:00 to \d\d:00, Lead: 1,234', html
+    )
+
+    # A bad view falls back to the backlog; the fragment is just the live region.
+    assert 'data-col="total"' in (await c.get(STATUS, params={"view": "x"})).text
+    fragment = (await c.get(STATUS, params={"partial": "1"})).text
+    assert "<html" not in fragment and 'id="status-table"' in fragment
+
+
+async def test_details_page_and_fragment(
+    admin: tuple[httpx.AsyncClient, str], engine: Engine
+) -> None:
+    c, _ = admin
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(sync_queue),
+            [
+                entry("lead", "from_crm", "7", "update", 30, crm_id="crm-7", label="seven@x.org"),
+                entry("lead", "to_crm", "8", "update", 5, label="eight@x.org"),
+            ],
+        )
+    html = (await c.get(f"{STATUS}/lead")).text
+    update = re.search(r'<tr data-operation="update">.*?</tr>', html, re.S)
+    assert update
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", update.group(0)))
+    assert "2" in text and "seven@x.org" in text and "crm-7" in text and "From Dynamics" in text
+    assert "30 min" in text
+    assert "<html" in html
+    assert "<html" not in (await c.get(f"{STATUS}/lead", params={"partial": "1"})).text
+    missing = await c.get(f"{STATUS}/invoice")
+    assert missing.status_code == 404 and "unknown object" in missing.text
+
+
+async def test_pause_and_resume_forms(admin: tuple[httpx.AsyncClient, str], engine: Engine) -> None:
+    c, token = admin
+    r = await c.post(
+        f"{STATUS}/pause",
+        data={"object": "lead", "direction": "to_crm", "csrf_token": token, "view": "last_hour"},
+    )
+    assert r.status_code == 303 and r.headers["location"] == f"{STATUS}?view=last_hour"
+    with engine.connect() as conn:
+        scopes = queue.paused_scopes(conn)
+    assert scopes == {("lead", "to_crm")}
+    assert queue.is_paused(scopes, "lead", "to_crm") and not queue.is_paused(
+        scopes, "lead", "from_crm"
+    )
+    html = (await c.get(r.headers["location"])).text
+    assert "Paused: Lead, to dynamics." in html and "Sync paused" in html
+    status = (await c.get("/api/v1/sync/status")).json()
+    assert [(p["object"], p["direction"]) for p in status["paused"]] == [("lead", "to_crm")]
+
+    r = await c.post(f"{STATUS}/pause", data={"object": "invoice", "csrf_token": token})
+    html = (await c.get(r.headers["location"])).text
+    assert "Nothing paused: object unknown value &#39;invoice&#39;" in html
+
+    r = await c.post(f"{STATUS}/resume", data={"csrf_token": token})
+    html = (await c.get(r.headers["location"])).text
+    assert "Resumed: All objects, both directions." in html and "Sync paused" not in html
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(sync_pause)).scalar() == 0
+
+
+# -- Sync Errors ----------------------------------------------------------------------------
+
+
+def row_ids(html: str) -> list[int]:
+    return [int(i) for i in re.findall(r'<tr data-error-id="(\d+)"', html)]
+
+
+async def test_errors_page_pages_filters_and_links(
+    admin: tuple[httpx.AsyncClient, str], engine: Engine
+) -> None:
+    c, _ = admin
+    with engine.begin() as conn:
+        conn.execute(sa.insert(sync_error), [error_row(n) for n in range(1, 61)])
+        conn.execute(
+            sa.insert(sync_error),
+            [error_row(100, object="contact", error_code="0x80040220", record_label="c@x.org")],
+        )
+    html = (await c.get(ERRORS)).text
+    first_page = row_ids(html)
+    assert len(first_page) == 50 and "Showing 1\u201350 of 61" in html
+    assert re.search(r"0x80040333</code></a></th><td class=\"num\">60<", html)  # summary
+    nxt = re.search(r'href="([^"]+)" rel="next"', html)
+    assert nxt
+    html = (await c.get(nxt[1].replace("&amp;", "&"))).text
+    second_page = row_ids(html)
+    assert len(second_page) == 11 and not set(first_page) & set(second_page)
+    assert "Showing 51\u201361 of 61" in html and "Page 2" in html and 'rel="next"' not in html
+
+    html = (await c.get(ERRORS, params={"object": "contact"})).text
+    assert len(row_ids(html)) == 1 and "c@x.org" in html
+    export = re.search(r'href="([^"]+)" download id="export-csv"', html)
+    assert export
+    link = export[1].replace("&amp;", "&")
+    assert parse_qs(urlparse(link).query) == {"object": ["contact"], "format": ["csv"]}
+    csv_text = (await c.get(link)).text
+    assert csv_text.splitlines()[1].split(",")[1] == "contact"
+
+    # since/until come from datetime-local inputs: times on the console's clock.
+    at = utcnow() - timedelta(minutes=30, seconds=30)
+    local = at.astimezone(load_settings(timezone=ZONE).zone).strftime("%Y-%m-%dT%H:%M")
+    html = (await c.get(ERRORS, params={"since": local})).text
+    since_utc = at.replace(second=0, microsecond=0)  # the form has minutes only
+    with engine.connect() as conn:
+        recent = conn.execute(
+            sa.select(sync_error.c.id)
+            .where(sync_error.c.last_failed_at >= since_utc)
+            .order_by(sync_error.c.last_failed_at.desc())
+        ).scalars()
+        expected = list(recent)
+    assert row_ids(html) == expected and 29 <= len(expected) <= 31
+    export = re.search(r'href="([^"]+)" download id="export-csv"', html)
+    assert export
+    since = parse_qs(urlparse(export[1].replace("&amp;", "&")).query)["since"][0]
+    assert since.endswith("+00:00") and since[11:16] == at.strftime("%H:%M")
+
+
+async def test_bad_filters_and_cursors_are_explained_not_500(
+    admin: tuple[httpx.AsyncClient, str], engine: Engine
+) -> None:
+    c, _ = admin
+    with engine.begin() as conn:
+        conn.execute(sa.insert(sync_error), [error_row(1)])
+    for params, message in (
+        ({"object": "invoice"}, "object: unknown value"),
+        ({"since": "yesterday"}, "since: is not a date and time"),
+        ({"status": "gone"}, "status: unknown value"),
+        ({"q": "x" * 1001}, "q: is longer than 1000"),
+        ({"cursor": "garbage"}, "cursor: is not a cursor"),
+    ):
+        r = await c.get(ERRORS, params=params)
+        assert r.status_code == 422, params
+        assert message in r.text, params
+        assert len(row_ids(r.text)) == 1  # the unfiltered list is still shown
+    for page in ("\u00b2", "9" * 5000, "-1", "0"):
+        r = await c.get(ERRORS, params={"page": page})
+        assert r.status_code == 200 and len(row_ids(r.text)) == 1
+
+
+async def test_retry_and_dismiss_forms(
+    admin: tuple[httpx.AsyncClient, str], engine: Engine
+) -> None:
+    c, token = admin
+    with engine.begin() as conn:
+        conn.execute(sa.insert(sync_error), [error_row(n) for n in (1, 2, 3)])
+        conn.execute(
+            sa.insert(sync_error), [error_row(4, object="contact", error_code="0x80040220")]
+        )
+        conn.execute(
+            sa.insert(sync_queue),
+            [entry("lead", "to_crm", str(n), "insert", 60, state="parked") for n in (1, 2, 3)]
+            + [entry("contact", "to_crm", "4", "insert", 60, state="parked")],
+        )
+    with engine.connect() as conn:
+        ids = dict(conn.execute(sa.select(sync_error.c.record_key, sync_error.c.id)).all())
+
+    def states() -> dict[str, str]:
+        with engine.connect() as conn:
+            return dict(conn.execute(sa.select(sync_queue.c.record_key, sync_queue.c.state)).all())
+
+    async def post(action: str, **data: Any) -> str:
+        r = await c.post(f"{ERRORS}/{action}", data={"csrf_token": token, **data})
+        assert r.status_code == 303
+        return (await c.get(r.headers["location"])).text
+
+    html = await post("retry", one=str(ids["1"]), ids=[str(ids["2"])])  # the row's own button
+    assert "1 of 1 error queued again" in html
+    assert states() == {"1": "pending", "2": "parked", "3": "parked", "4": "parked"}
+
+    html = await post("retry", ids=[str(ids["2"]), str(ids["3"])], scope="selected")
+    assert "2 of 2 errors queued again" in html
+    html = await post("retry", scope="selected")
+    assert "Select one or more errors first." in html
+    for bad in ("\u00b2", "9" * 5000, "-1", "<b>"):
+        html = await post("retry", ids=[bad], scope="selected")
+        assert "Nothing done: ids:" in html and "is not an error id" in html
+    html = await post("retry", ids=["999999"], scope="selected")
+    assert "Nothing done: no sync error with id 999999" in html
+
+    # The whole filter: object=contact only.
+    html = await post("retry", scope="filter", object="contact")
+    assert "1 of 1 error queued again" in html and states()["4"] == "pending"
+    html = await post("dismiss", scope="filter", object="lead")
+    assert "3 errors dismissed." in html
+    with engine.connect() as conn:
+        status = dict(conn.execute(sa.select(sync_error.c.record_key, sync_error.c.status)).all())
+    assert status == {"1": "dismissed", "2": "dismissed", "3": "dismissed", "4": "open"}
+    assert 'value="object"' not in html  # redirected back with the filter kept
+    html = await post("dismiss", one=str(ids["4"]))
+    assert "1 error dismissed." in html and "No errors match." in html
+
+
+async def test_bulk_dismiss_api(admin: tuple[httpx.AsyncClient, str], engine: Engine) -> None:
+    c, token = admin
+    headers = {"X-CSRF-Token": token}
+    with engine.begin() as conn:
+        conn.execute(sa.insert(sync_error), [error_row(n) for n in (1, 2, 3)])
+        conn.execute(sa.insert(sync_error), [error_row(4, status="resolved")])
+    with engine.connect() as conn:
+        ids = sorted(conn.execute(sa.select(sync_error.c.id)).scalars())
+    r = await c.post("/api/v1/sync/errors/dismiss", json={"ids": ids[:1]}, headers=headers)
+    assert r.status_code == 200 and r.json() == {"errors": 1, "dismissed": 1}
+    r = await c.post("/api/v1/sync/errors/dismiss", json={"ids": [ids[0], 10**6]}, headers=headers)
+    assert r.status_code == 404 and "1000000" in r.json()["error"]["message"]
+    r = await c.post(
+        "/api/v1/sync/errors/dismiss", json={"ids": [ids[1]], "object": "lead"}, headers=headers
+    )
+    assert r.status_code == 422
+    r = await c.post("/api/v1/sync/errors/dismiss", json={"object": "invoice"}, headers=headers)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "object"
+    r = await c.post("/api/v1/sync/errors/dismiss", json={"object": "lead"}, headers=headers)
+    assert r.json() == {"errors": 2, "dismissed": 2}  # open ones only; resolved stays resolved
+    with engine.connect() as conn:
+        statuses = sorted(conn.execute(sa.select(sync_error.c.status)).scalars())
+    assert statuses == ["dismissed", "dismissed", "dismissed", "resolved"]

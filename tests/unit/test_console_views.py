@@ -1,0 +1,188 @@
+"""The console's pure pieces: formatting, the chart, login throttling, redirects, form times."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+from pydantic import SecretStr
+
+from crmsync.errors import ValidationFailed
+from crmsync.web.console import views
+from crmsync.web.console.errors_page import form_timestamp
+from crmsync.web.console.login import HOME, safe_next
+from crmsync.web.session import LoginThrottle, Passwords
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (None, "-"),
+        (-3, "0 s"),
+        (59, "59 s"),
+        (60, "1 min"),
+        (3599, "59 min"),
+        (3600, "1 h 00 min"),
+        (7500, "2 h 05 min"),
+        (86400 * 2 + 3600 * 4 + 59, "2 d 4 h"),
+    ],
+)
+def test_duration(seconds: float | None, text: str) -> None:
+    assert views.duration(seconds) == text
+
+
+def test_count_and_titles() -> None:
+    assert views.count(None) == "N/A"
+    assert views.count(1234567) == "1,234,567"
+    assert views.title("opportunity") == "Opportunity"
+    assert views.paused_label({"object": "*", "direction": "*"}) == "All objects, both directions"
+    assert views.paused_label({"object": "lead", "direction": "to_crm"}) == "Lead, to dynamics"
+    assert views.is_paused([{"object": "*", "direction": "from_crm"}], "contact")
+    assert not views.is_paused([{"object": "lead", "direction": "*"}], "contact")
+
+
+@pytest.mark.parametrize(
+    ("zone", "start", "end", "label"),
+    [
+        ("UTC", "2026-11-25T13:00:00+00:00", "2026-11-25T14:00:00+00:00", "13:00 to 14:00"),
+        (
+            "Asia/Kolkata",
+            "2026-11-25T07:30:00+00:00",
+            "2026-11-25T08:30:00+00:00",
+            "13:00 to 14:00",
+        ),
+        (
+            "Asia/Kathmandu",
+            "2026-11-25T07:15:00+00:00",
+            "2026-11-25T08:15:00+00:00",
+            "13:00 to 14:00",
+        ),
+        (
+            "America/New_York",
+            "2026-11-25T18:00:00+00:00",
+            "2026-11-25T19:00:00+00:00",
+            "13:00 to 14:00",
+        ),
+    ],
+)
+def test_window_label_is_on_the_zone_clock(zone: str, start: str, end: str, label: str) -> None:
+    assert views.window_label({"start": start, "end": end}, ZoneInfo(zone)) == label
+
+
+def test_age_seconds() -> None:
+    assert views.age_seconds(None, "2026-11-25T13:00:00+00:00") is None
+    assert views.age_seconds("2026-11-25T12:00:00+00:00", "2026-11-25T13:00:30+00:00") == 3630
+
+
+@pytest.mark.parametrize(
+    ("value", "top", "axis"),
+    [
+        (0, 1, [0, 1]),
+        (1, 1, [0, 1]),
+        (2, 2, [0, 1, 2]),
+        (3, 5, [0, 1, 2, 3, 4, 5]),
+        (7, 10, [0, 2, 4, 6, 8, 10]),
+        (11, 20, [0, 4, 8, 12, 16, 20]),
+        (4999, 5000, [0, 1000, 2000, 3000, 4000, 5000]),
+    ],
+)
+def test_axis(value: int, top: int, axis: list[int]) -> None:
+    assert views.nice_ceiling(value) == top
+    assert views.axis_values(top) == axis
+
+
+def hour(start: str, end: str, **synced: int) -> dict[str, object]:
+    objects = {o: {"synced": synced.get(o, 0)} for o in ("lead", "contact")}
+    return {"start": start, "end": end, "objects": objects}
+
+
+def test_chart_stacks_bars_in_proportion() -> None:
+    body = {
+        "buckets": [
+            hour("2026-11-25T12:00:00+00:00", "2026-11-25T13:00:00+00:00", lead=30, contact=10),
+            hour("2026-11-25T13:00:00+00:00", "2026-11-25T14:00:00+00:00"),
+            hour("2026-11-25T14:00:00+00:00", "2026-11-25T15:00:00+00:00", contact=20),
+        ]
+    }
+    chart = views.throughput_chart(body, ZoneInfo("Europe/Paris"), width=330, height=228)
+    assert chart.total == 60 and chart.peak == 40 and chart.objects == ["lead", "contact"]
+    plot = chart.plot_bottom - chart.plot_top  # 50 is the axis top
+    lead, contact, contact2 = chart.bars
+    assert lead.height == pytest.approx(plot * 30 / 50)
+    assert contact.y + contact.height == pytest.approx(lead.y)  # stacked on the lead bar
+    assert lead.y + lead.height == pytest.approx(chart.plot_bottom)
+    assert contact2.x > contact.x and contact2.height == pytest.approx(plot * 20 / 50)
+    assert lead.label == "13:00 to 14:00, Lead: 30"  # Paris clock
+    assert [t.text for t in chart.x_ticks] == ["13:00"]
+    assert chart.y_ticks[-1].text == "50" and chart.y_ticks[-1].position == chart.plot_top
+
+
+def test_chart_of_nothing() -> None:
+    chart = views.throughput_chart({"buckets": []}, ZoneInfo("UTC"))
+    assert chart.bars == [] and chart.total == 0
+
+
+def test_login_throttle_window() -> None:
+    now = [1000.0]
+    throttle = LoginThrottle(max_failures=3, window=60, clock=lambda: now[0])
+    for _ in range(3):
+        assert throttle.retry_after("a") == 0
+        throttle.failed("a")
+    assert throttle.retry_after("a") == 61
+    assert throttle.retry_after("b") == 0
+    now[0] += 30
+    assert throttle.retry_after("a") == 31
+    now[0] += 31
+    assert throttle.retry_after("a") == 0  # the failures aged out
+    throttle.failed("a")
+    throttle.succeeded("a")
+    assert throttle.retry_after("a") == 0
+
+
+def test_login_throttle_memory_is_bounded() -> None:
+    throttle = LoginThrottle(max_failures=1, max_clients=3, clock=lambda: 0.0)
+    for client in "abcd":
+        throttle.failed(client)
+    assert throttle.retry_after("a") == 0  # forgotten, the oldest
+    assert throttle.retry_after("d") > 0
+
+
+def test_passwords() -> None:
+    passwords = Passwords(SecretStr("pw"))
+    assert passwords.check("admin", "pw")
+    assert not passwords.check("admin", "PW")
+    assert not passwords.check("root", "pw")
+    assert Passwords(SecretStr("pw")).signing_key == passwords.signing_key  # shared by processes
+    assert Passwords(SecretStr("pw2")).signing_key != passwords.signing_key
+    nobody = Passwords(None)
+    assert not nobody.enabled and not nobody.check("admin", "")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, HOME),
+        ("", HOME),
+        ("/admin/microsoft-dynamics/sync-errors?q=x", "/admin/microsoft-dynamics/sync-errors?q=x"),
+        ("https://evil.example", HOME),
+        ("//evil.example", HOME),
+        ("/\\evil.example", HOME),
+        ("/x\r\nSet-Cookie: a=b", HOME),
+    ],
+)
+def test_safe_next(value: str | None, expected: str) -> None:
+    assert safe_next(value) == expected
+
+
+def test_form_timestamp() -> None:
+    kolkata = ZoneInfo("Asia/Kolkata")
+    assert form_timestamp("since", "", kolkata) is None
+    assert form_timestamp("since", "2026-11-25T13:00", kolkata) == datetime(
+        2026, 11, 25, 7, 30, tzinfo=UTC
+    )
+    assert form_timestamp("since", "2026-11-25T13:00:00Z", kolkata) == datetime(
+        2026, 11, 25, 13, 0, tzinfo=UTC
+    )
+    with pytest.raises(ValidationFailed, match="since"):
+        form_timestamp("since", "tomorrow", kolkata)
