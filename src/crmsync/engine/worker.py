@@ -35,6 +35,7 @@ from crmsync.engine.pull import Progress, Puller
 from crmsync.engine.push import Pusher
 from crmsync.errors import Fatal, RecordRejected, Retriable
 from crmsync.store import queue
+from crmsync.store.maintenance import maintain
 from crmsync.store.schema import sync_queue
 from crmsync.store.types import utcnow
 
@@ -194,6 +195,13 @@ class Worker:
                 raise
             except Exception:
                 log.exception("pull failed", extra={"event": "worker.pull_failed"})
+            try:
+                # Backlog samples and throughput retention, at most once per 15-minute
+                # bucket whoever calls it: a deployment with workers but no console
+                # still keeps its trend and prunes old counters.
+                await asyncio.to_thread(maintain, self.engine)
+            except Exception:
+                log.exception("upkeep failed", extra={"event": "worker.upkeep_failed"})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), timeout=self.settings.poll_seconds)
 
