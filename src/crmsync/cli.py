@@ -390,7 +390,7 @@ def errors_retry(
 @app.command()
 def run(
     host: Annotated[str, typer.Option(help="Address the console listens on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Console port")] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Console port (0: any free)")] = 8000,
     concurrency: Annotated[
         int, typer.Option(min=1, max=32, help="Batches in flight at once in this process")
     ] = 4,

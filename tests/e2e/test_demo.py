@@ -24,6 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from crmsync.config import Settings
+
 pytestmark = pytest.mark.slow
 
 START_TIMEOUT = 40
@@ -180,3 +182,50 @@ def test_demo_refuses_a_port_in_use_with_a_clear_message(start_demo: object) -> 
     assert rc == 2, stderr
     assert f"cannot listen on 127.0.0.1:{port}" in stderr
     assert "Traceback" not in stderr
+
+
+def test_run_serves_the_api_and_syncs_in_one_process(sync_settings: Settings) -> None:
+    """``crmsync run``: the records API and the worker in one process, stopped by SIGINT."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMSYNC_")}
+    env.update(
+        CRMSYNC_DATABASE_URL=sync_settings.database_url,
+        CRMSYNC_DYNAMICS_URL=sync_settings.dynamics_url or "",
+        CRMSYNC_AUTHORITY_URL=sync_settings.authority_url,
+        CRMSYNC_TENANT_ID="t",
+        CRMSYNC_CLIENT_ID="crmsync-run",
+        CRMSYNC_CLIENT_SECRET="s",
+        CRMSYNC_API_TOKEN="run-token-0123456789",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crmsync", "run", "--port", "0"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        match = re.search(r"on (http://\S+),", line)
+        assert match, line
+        headers = {"Authorization": "Bearer run-token-0123456789"}
+        with httpx.Client(base_url=match.group(1), headers=headers, timeout=10) as http:
+            created = http.post("/api/v1/records/lead", json={"email": "run@example.com"})
+            assert created.status_code == 201, created.text
+            record_id = created.json()["id"]
+            deadline = time.monotonic() + 30
+            state = None
+            while time.monotonic() < deadline and state != "synced":
+                state = http.get(f"/api/v1/records/lead/{record_id}").json()["sync"]["state"]
+                time.sleep(0.2)
+            assert state == "synced"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
