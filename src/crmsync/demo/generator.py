@@ -195,6 +195,7 @@ class Traffic:
                 if (k[0] != "api" or api) and (k[0] != "crm" or crm)
             }
         self.stats: Counter[str] = Counter()
+        self.last_failure: str | None = None
         self.stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -295,11 +296,8 @@ class Traffic:
             return False
         _check_table(table)
         if action.operation == "delete":
-            return bool(
-                conn.execute(
-                    sa.text(f"DELETE FROM {table} WHERE id = :id"),  # noqa: S608 {"id": record_id}
-                ).rowcount
-            )
+            delete = sa.text(f"DELETE FROM {table} WHERE id = :id")  # noqa: S608
+            return bool(conn.execute(delete, {"id": record_id}).rowcount)
         person = self._person(action)
         column, value = self._changed_field(table, person)
         result = conn.execute(
@@ -441,6 +439,7 @@ class Traffic:
 
     def _failed(self, channel: str, exc: Exception) -> None:
         self.stats[f"{channel}_failed"] += 1
+        self.last_failure = f"{type(exc).__name__}: {exc}"[:300]
         log.debug(
             "generator write failed",
             extra={"event": "demo.write_failed", "channel": channel, "error": str(exc)},

@@ -145,7 +145,9 @@ class People:
         p = self.person()
         assert p.email is not None
         if kind == "long_last_name":
-            last = f"{p.last_name}-{self.rng.choice(LAST)}, Head of Regional Partnerships EMEA & APAC"
+            last = (
+                f"{p.last_name}-{self.rng.choice(LAST)}, Head of Regional Partnerships EMEA & APAC"
+            )
             return Person(p.email, p.first_name, last, p.company, kind)
         if kind == "long_company":
             company = (
