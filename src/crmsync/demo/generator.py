@@ -75,7 +75,7 @@ class TrafficConfig:
     crm_share: float | None = None  # None: as WEIGHTS says; 0 turns Dynamics writes off
     burst_every_s: float | None = 90.0
     first_burst_s: float = 8.0
-    burst_size: tuple[int, int] = (200, 600)
+    burst_size: tuple[int, int] = (300, 1500)
     seed: int | None = None
 
 

@@ -7,6 +7,7 @@ newcomer sees in the demo is the product as ``crmsync run`` would run it.
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 from contextlib import AsyncExitStack
 from typing import TextIO
@@ -19,12 +20,12 @@ from crmsync.dynamics.client import DataverseClient
 from crmsync.engine.worker import Worker
 
 
-def add_console(group: Group, settings: Settings, engine: Engine, host: str, port: int) -> str:
-    """Serve the console and API on ``host:port``; returns its base URL."""
+def add_console(group: Group, settings: Settings, engine: Engine, sock: socket.socket) -> str:
+    """Serve the console and API on the bound ``sock``; returns its base URL."""
     from crmsync.web.app import create_app
 
-    sock = bind(host, port, "console")
     group.add_server(server_config(create_app(settings, engine=engine)), sock)
+    host = sock.getsockname()[0]
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port_of(sock)}"
 
@@ -41,7 +42,7 @@ async def _run(settings: Settings, host: str, port: int, concurrency: int, out: 
         async with AsyncExitStack() as stack:
             client = await stack.enter_async_context(DataverseClient.from_settings(settings))
             group = Group()
-            url = add_console(group, settings, engine, host, port)
+            url = add_console(group, settings, engine, bind(host, port, "console"))
             add_worker(group, Worker(engine, client, settings, concurrency=concurrency))
 
             async def announce() -> None:

@@ -44,7 +44,7 @@ REPORT_SECONDS = 30.0
 # that retries show up as they would against a real environment.
 EMULATOR_SETTINGS: dict[str, Any] = {
     "latency_ms": 60,
-    "per_record_ms": 12,
+    "per_record_ms": 25,
     "max_requests": 6000,
     "window_s": 300,
     "max_concurrency": 52,
@@ -151,6 +151,9 @@ async def _run(
     from crmsync.emulator.app import Emulator
     from crmsync.emulator.server import config as emulator_config
 
+    # Ports first: a port in use must fail before any data is reset.
+    console_sock = bind(options.host, options.port, "console")
+    emulator_sock = bind("127.0.0.1", options.emulator_port, "emulator")
     data = DataDir(options.data_dir)
     choice = decide(data.has_data(), options.reset, interactive, ask)
     data.prepare()
@@ -159,7 +162,6 @@ async def _run(
     creds = data.credentials()
 
     group = Group()
-    emulator_sock = bind("127.0.0.1", options.emulator_port, "emulator")
     emulator_url = f"http://127.0.0.1:{port_of(emulator_sock)}"
     emu_config = emulator_config("127.0.0.1", port_of(emulator_sock), data.emulator)
     emulator = emu_config.app
@@ -177,7 +179,7 @@ async def _run(
     traffic_engine = create_store_engine(settings.database_url)  # another program's connection
     try:
         await asyncio.to_thread(_prepare_store, engine, settings)
-        console = add_console(group, settings, engine, options.host, options.port)
+        console = add_console(group, settings, engine, console_sock)
         async with AsyncExitStack() as stack:
             client = await stack.enter_async_context(DataverseClient.from_settings(settings))
             api_http = await stack.enter_async_context(
