@@ -394,7 +394,12 @@ async def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     warm = [kib for t, kib in rss if t >= min(60.0, duration * 0.2)]
     growth = (warm[-1] - warm[0]) / warm[0] if len(warm) > 1 and warm[0] else 0.0
     writes = {k: v for k, v in sorted(traffic.stats.items())}
-    changes = sum(v for k, v in writes.items() if "_missed" not in k and "http" not in k)
+    # Writes that happened: "<channel>_<operation>_<object>" counters only.
+    changes = sum(
+        v
+        for k, v in writes.items()
+        if k.count("_") == 2 and not k.endswith(("_missed", "_failed")) and "_http_" not in k
+    )
     return {
         "minutes": args.minutes,
         "rate_asked": args.rate,
@@ -417,6 +422,7 @@ async def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "after_warmup": round(warm[0] / 1024, 1) if warm else None,
             "end": round(warm[-1] / 1024, 1) if warm else None,
             "growth": round(growth, 4),
+            "per_minute": [round(kib / 1024, 1) for t, kib in rss if int(t) % 60 == 0],
         },
         "emulator_requests": stats["requests"],
         "accounting": result,

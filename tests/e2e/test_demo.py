@@ -170,6 +170,18 @@ def test_demo_runs_syncs_fills_errors_and_stops_on_ctrl_c(start_demo: object) ->
     assert "Traceback" not in stderr, stderr
     assert "stopped" in demo.output()
 
+    # A second run carries on with the same data and the same login.
+    again = start_demo("--reuse", "--rate", "1")  # type: ignore[operator]
+    url = again.wait_for(r"Console\s+(http://\S+?)/admin/", START_TIMEOUT).group(1)
+    assert again.wait_for(r"\(data in .*, (\w+)\)", 1).group(1) == "reused"
+    assert again.wait_for(r"API token\s+(\S+)", 1).group(1) == token
+    assert again.wait_for(r"password (\S+)", 1).group(1) == password
+    with httpx.Client(base_url=url, headers=headers, timeout=10) as http:
+        errors_now = http.get("/api/v1/sync/errors?status=all&limit=1").json()["total"]
+        assert errors_now >= errors
+    again.proc.send_signal(signal.SIGINT)
+    assert again.proc.wait(timeout=30) == 0
+
 
 def test_demo_refuses_a_port_in_use_with_a_clear_message(start_demo: object) -> None:
     with socket.socket() as busy:
