@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install demo test lint typecheck unit format bench clean
+.PHONY: install demo docs test lint typecheck unit format bench soak clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -19,6 +19,12 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/crmsync demo
+
+docs: $(STAMP)
+	$(BIN)/python docs/generate.py
+
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

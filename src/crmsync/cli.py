@@ -425,15 +425,57 @@ def errors_retry(
 
 
 @app.command()
-def demo() -> None:
-    """Run the whole product offline in one process (arrives with the demo issue)."""
-    typer.echo(
-        "crmsync demo is not built yet: it arrives with the demo issue (emulator, store,\n"
-        "workers, console and a traffic generator in one process). Until then, README.md\n"
-        "'Try it by hand' runs the emulator, the worker and the records API step by step.",
-        err=True,
+def run(
+    host: Annotated[str, typer.Option(help="Address the console listens on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Console port (0: any free)")] = 8000,
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=32, help="Batches in flight at once in this process")
+    ] = 4,
+) -> None:
+    """Run the console and API (serve) and the sync workers (worker) in one process."""
+    from crmsync.demo.product import run_product
+
+    settings = _settings()
+    if settings.api_token is None:
+        typer.echo("crmsync: CRMSYNC_API_TOKEN is not set: /api/v1 will answer 401", err=True)
+    run_product(settings, host=host, port=port, concurrency=concurrency)
+
+
+@app.command()
+def demo(
+    host: Annotated[str, typer.Option(help="Address the console listens on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Console port (0: any free)")] = 8000,
+    emulator_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Emulator port on 127.0.0.1 (0: any free)")
+    ] = 0,
+    data_dir: Annotated[
+        Path, typer.Option(help="Folder for the demo's store, emulator records and login")
+    ] = Path(".crmsync-demo"),
+    reset: Annotated[
+        bool | None,
+        typer.Option(
+            "--reset/--reuse",
+            help="Start afresh, or carry on with the earlier run's data "
+            "(default: ask on a terminal, otherwise reuse)",
+        ),
+    ] = None,
+    rate: Annotated[
+        float, typer.Option(min=0.1, max=1000, help="Changes a second made by the generator")
+    ] = 5.0,
+) -> None:
+    """Run the whole product offline: emulator, store, workers, console and traffic."""
+    from crmsync.demo.runner import DemoOptions, run_demo
+
+    run_demo(
+        DemoOptions(
+            host=host,
+            port=port,
+            emulator_port=emulator_port,
+            data_dir=data_dir,
+            reset=reset,
+            rate=rate,
+        )
     )
-    raise typer.Exit(1)
 
 
 def main() -> None:

@@ -1,0 +1,259 @@
+"""Regenerate the parts of the docs that come from declarations, or check them.
+
+- ``docs/configuration.md``: the settings table, from ``crmsync.config.Settings``
+  (between the ``BEGIN GENERATED``/``END GENERATED`` markers; the rest is hand-written);
+- ``docs/api.md``: the API reference, from the app's OpenAPI document.
+
+    PYTHONPATH=src python docs/generate.py           # rewrite both
+    PYTHONPATH=src python docs/generate.py --check   # exit 1 if either is stale
+
+``make docs`` runs the first; ``tests/unit/test_docs.py`` runs the check, so a setting
+or a route added without regenerating fails the suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+DOCS = Path(__file__).resolve().parent
+BEGIN = "<!-- BEGIN GENERATED: settings (docs/generate.py) -->"
+END = "<!-- END GENERATED: settings -->"
+ENV_PREFIX = "CRMSYNC_"
+
+
+# -- settings ------------------------------------------------------------------------------
+
+
+def _type_name(annotation: Any, secret: bool) -> str:
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    text = text.replace("typing.", "").replace("pathlib.", "")
+    if secret:
+        return "secret"
+    for plain in ("int", "float", "bool", "str", "Path"):
+        if text == plain or text.startswith(f"{plain} |"):
+            return {"Path": "file", "str": "text"}.get(plain, plain)
+    if "dict" in text:
+        return "table"
+    return text
+
+
+def _range(metadata: list[Any]) -> str:
+    parts = []
+    for m in metadata:
+        for attr, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+            value = getattr(m, attr, None)
+            if value is not None:
+                parts.append(f"{sign} {value:g}")
+    return ", ".join(parts)
+
+
+def _default(field: Any) -> str:
+    from pydantic_core import PydanticUndefined
+
+    value = field.default
+    if value is PydanticUndefined or value is None:
+        return "none"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, float) and value.is_integer():
+        return f"`{int(value)}`"
+    return f"`{value}`"
+
+
+def settings_rows() -> list[dict[str, str]]:
+    """One row per declared setting, in declaration order."""
+    from pydantic import SecretStr
+
+    from crmsync.config import Settings
+
+    rows = []
+    for name, field in Settings.model_fields.items():
+        secret = "SecretStr" in str(field.annotation) or field.annotation is SecretStr
+        kind = _type_name(field.annotation, secret)
+        limits = _range(field.metadata)
+        where = f"`{ENV_PREFIX}{name.upper()}`"
+        if name == "objects":
+            where = "`[objects.<name>]` (TOML only)"
+        rows.append(
+            {
+                "name": name,
+                "variable": where,
+                "type": kind + (f" ({limits})" if limits else ""),
+                "default": _default(field),
+                "meaning": (field.description or "").replace("|", "\\|"),
+            }
+        )
+    return rows
+
+
+def settings_table() -> str:
+    lines = [
+        "| variable | TOML key | type | default | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for r in settings_rows():
+        lines.append(
+            f"| {r['variable']} | `{r['name']}` | {r['type']} | {r['default']} | {r['meaning']} |"
+        )
+    return "\n".join(lines)
+
+
+def configuration_md(current: str) -> str:
+    """``current`` with the text between the markers replaced by the generated table."""
+    head, sep, rest = current.partition(BEGIN)
+    if not sep or END not in rest:
+        raise SystemExit(f"docs/configuration.md: markers {BEGIN!r} ... {END!r} not found")
+    _, _, tail = rest.partition(END)
+    return f"{head}{BEGIN}\n{settings_table()}\n{END}{tail}"
+
+
+# -- API reference ---------------------------------------------------------------------------
+
+
+def openapi() -> dict[str, Any]:
+    from crmsync.config import load_settings
+    from crmsync.web.app import create_app
+
+    # An in-memory store: the document does not depend on any data.
+    app = create_app(load_settings(database_url="sqlite://", api_token="docs"))
+    doc: dict[str, Any] = app.openapi()
+    return doc
+
+
+def _schema_text(schema: dict[str, Any]) -> str:
+    if "anyOf" in schema:
+        kinds = [_schema_text(s) for s in schema["anyOf"] if s.get("type") != "null"]
+        return " or ".join(kinds) or "null"
+    if "$ref" in schema:
+        return schema["$ref"].rsplit("/", 1)[-1]
+    kind = str(schema.get("type", "any"))
+    if kind == "array":
+        return f"array of {_schema_text(schema.get('items', {}))}"
+    return kind
+
+
+def _param_row(p: dict[str, Any]) -> str:
+    schema = p.get("schema", {})
+    notes = []
+    if "enum" in schema:
+        notes.append("one of " + ", ".join(f"`{v}`" for v in schema["enum"]))
+    for key, label in (("minimum", "≥"), ("maximum", "≤")):
+        if key in schema:
+            notes.append(f"{label} {schema[key]}")
+    if "default" in schema:
+        notes.append(f"default `{schema['default']}`")
+    description = p.get("description") or schema.get("description") or ""
+    if description and description.lower() == p["name"].lower():
+        description = ""
+    text = "; ".join(x for x in (description, *notes) if x)
+    required = "yes" if p.get("required") else "no"
+    return f"| `{p['name']}` | {p['in']} | {_schema_text(schema)} | {required} | {text} |"
+
+
+def api_md() -> str:
+    doc = openapi()
+    out = [
+        "# API reference",
+        "",
+        "<!-- GENERATED by docs/generate.py from the app's OpenAPI document; do not edit. -->",
+        "",
+        f"{doc['info']['title']} API version {doc['info']['version']}. JSON under `/api/v1`, "
+        "authenticated with `Authorization: Bearer <CRMSYNC_API_TOKEN>` or a console session "
+        "(`/healthz` needs neither). Errors are `{\"error\": {\"code\", \"message\"}}` with a "
+        "4xx status; bad input never yields a 500. The live document is at "
+        "`/api/v1/openapi.json` and Swagger UI at `/api/v1/docs`.",
+        "",
+    ]
+    by_tag: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
+    for path, methods in doc["paths"].items():
+        for method, op in methods.items():
+            tag = (op.get("tags") or ["other"])[0]
+            by_tag.setdefault(tag, []).append((path, method, op))
+    for tag, ops in by_tag.items():
+        out += [f"## {tag.capitalize()}", ""]
+        for path, method, op in ops:
+            out += [f"### `{method.upper()} {path}`", ""]
+            if op.get("description") or op.get("summary"):
+                out += [(op.get("description") or op["summary"]).strip(), ""]
+            if op.get("security"):
+                out += ["Authentication: bearer token or console session.", ""]
+            params = op.get("parameters", [])
+            if params:
+                out += [
+                    "| parameter | in | type | required | notes |",
+                    "|---|---|---|---|---|",
+                    *(_param_row(p) for p in params),
+                    "",
+                ]
+            body = op.get("requestBody")
+            if body:
+                content = body.get("content", {})
+                kinds = ", ".join(f"`{k}`" for k in content)
+                schema = next(iter(content.values()), {}).get("schema", {})
+                out += [f"Body ({kinds}): {_schema_text(schema)}.", ""]
+            responses = op.get("responses", {})
+            if responses:
+                out += ["| status | meaning |", "|---|---|"]
+                for code, r in responses.items():
+                    text = r.get("description", "")
+                    schema = r.get("content", {}).get("application/json", {}).get("schema")
+                    if schema and code.startswith("2"):
+                        text = f"{text}: {_schema_text(schema)}"
+                    out.append(f"| {code} | {text} |")
+                out.append("")
+    schemas = doc.get("components", {}).get("schemas", {})
+    if schemas:
+        out += ["## Schemas", ""]
+        for name, schema in schemas.items():
+            out += [f"### {name}", ""]
+            if schema.get("description"):
+                out += [schema["description"].strip(), ""]
+            props = schema.get("properties", {})
+            if props:
+                required = set(schema.get("required", []))
+                out += ["| field | type | required | description |", "|---|---|---|---|"]
+                for prop, s in props.items():
+                    req = "yes" if prop in required else "no"
+                    out.append(
+                        f"| `{prop}` | {_schema_text(s)} | {req} | {s.get('description', '')} |"
+                    )
+                out.append("")
+    return "\n".join(line.replace("\n", " ") if line.startswith("|") else line for line in out)
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def targets() -> dict[Path, str]:
+    config = DOCS / "configuration.md"
+    return {
+        config: configuration_md(config.read_text(encoding="utf-8")),
+        DOCS / "api.md": api_md() + "\n",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a file is stale")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, text in targets().items():
+        current = path.read_text(encoding="utf-8") if path.exists() else ""
+        if current == text:
+            continue
+        if args.check:
+            stale.append(path.name)
+        else:
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path.relative_to(DOCS.parent)}")
+    if stale:
+        print(f"stale: {', '.join(stale)}; run `make docs`", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

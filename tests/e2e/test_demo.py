@@ -1,0 +1,243 @@
+"""``crmsync demo`` as a newcomer runs it: one process, a printed URL and login, live sync.
+
+The demo runs as a subprocess (``python -m crmsync``, so the tree under test is the one
+on ``PYTHONPATH``) on free ports (``--port 0``) and a temporary data folder. Within a
+minute the backlog must move, sync errors must appear (through the API, with the
+printed token) and ``/metrics`` must count newly synced records; SIGINT must then stop
+it with exit code 0 and no traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from crmsync.config import Settings
+
+pytestmark = pytest.mark.slow
+
+START_TIMEOUT = 40
+WATCH_SECONDS = 60
+
+
+def demo_command(data_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "crmsync",
+        "demo",
+        "--port",
+        "0",
+        "--data-dir",
+        str(data_dir),
+        *extra,
+    ]
+
+
+def demo_env() -> dict[str, str]:
+    # Everything inherited (PYTHONPATH included) but crmsync's own settings: the demo
+    # must work on a machine where none are set.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMSYNC_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Demo:
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        assert proc.stdout is not None
+        threading.Thread(target=self._pump, args=(proc.stdout,), daemon=True).start()
+
+    def _pump(self, stream: object) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            self.lines.put(line)
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern)
+        while time.monotonic() < deadline:
+            for line in self.seen:
+                if m := rx.search(line):
+                    return m
+            try:
+                self.seen.append(self.lines.get(timeout=0.2))
+            except queue.Empty:
+                assert self.proc.poll() is None, f"demo exited early: {self.output()}"
+        raise AssertionError(f"no line matching {pattern!r} in {timeout} s: {self.output()}")
+
+    def output(self) -> str:
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return "".join(self.seen)
+
+
+@pytest.fixture
+def start_demo(tmp_path: Path) -> Iterator[object]:
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*extra: str) -> Demo:
+        proc = subprocess.Popen(
+            demo_command(tmp_path / "demo-data", *extra),
+            env=demo_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+        return Demo(proc)
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def synced_total(metrics: str) -> float:
+    return sum(
+        float(m.group(1))
+        for m in re.finditer(r"^crmsync_synced_records_total\{[^}]*\} (\S+)$", metrics, re.M)
+    )
+
+
+def backlog_total(body: dict[str, object]) -> int:
+    return sum(int(o["total"]) for o in body["objects"])  # type: ignore[attr-defined, index]
+
+
+def test_demo_runs_syncs_fills_errors_and_stops_on_ctrl_c(start_demo: object) -> None:
+    demo = start_demo("--reset", "--rate", "20")  # type: ignore[operator]
+    url = demo.wait_for(r"Console\s+(http://\S+?)/admin/", START_TIMEOUT).group(1)
+    password = demo.wait_for(r"Login\s+user admin, password (\S+)", 1).group(1)
+    token = demo.wait_for(r"API token\s+(\S+)", 1).group(1)
+    assert len(password) >= 12 and len(token) >= 20
+    headers = {"Authorization": f"Bearer {token}"}
+
+    with httpx.Client(base_url=url, timeout=10) as http:
+        assert http.get("/healthz").status_code == 200
+        # The API refuses a wrong token: the printed one is the real credential.
+        assert (
+            http.get("/api/v1/sync/errors", headers={"Authorization": "Bearer x"}).status_code
+            == 401
+        )
+        first_synced = synced_total(http.get("/metrics", headers=headers).text)
+        # Seeded history: "Last hour" is meaningful at once.
+        last_hour = http.get("/api/v1/sync/status?view=last_hour", headers=headers).json()
+        assert sum(o["synced"] for o in last_hour["objects"]) > 0
+
+        backlogs: set[int] = set()
+        errors = 0
+        synced = first_synced
+        deadline = time.monotonic() + WATCH_SECONDS
+        while time.monotonic() < deadline:
+            status = http.get("/api/v1/sync/status?view=backlog", headers=headers)
+            assert status.status_code == 200, status.text
+            backlogs.add(backlog_total(status.json()))
+            page = http.get("/api/v1/sync/errors?limit=5", headers=headers).json()
+            errors = page["total"]
+            synced = synced_total(http.get("/metrics", headers=headers).text)
+            if len(backlogs) >= 3 and errors > 0 and synced > first_synced:
+                break
+            time.sleep(1)
+        assert len(backlogs) >= 3, f"the backlog did not move: {sorted(backlogs)}"
+        assert errors > 0, "no sync errors appeared"
+        assert synced > first_synced, "metrics report no newly synced records"
+        # Dataverse's own codes (length 0x80044331, duplicate 0x80040333), not crmsync's.
+        codes = {e["error_code"] for e in page["items"]}
+        assert all(re.fullmatch(r"0x[0-9a-f]{8}", c) for c in codes), codes
+
+    demo.proc.send_signal(signal.SIGINT)
+    rc = demo.proc.wait(timeout=30)
+    stderr = demo.proc.stderr.read() if demo.proc.stderr else ""
+    assert rc == 0, stderr
+    assert "Traceback" not in stderr, stderr
+    assert "stopped" in demo.output()
+
+    # A second run carries on with the same data and the same login.
+    again = start_demo("--reuse", "--rate", "1")  # type: ignore[operator]
+    url = again.wait_for(r"Console\s+(http://\S+?)/admin/", START_TIMEOUT).group(1)
+    assert again.wait_for(r"\(data in .*, (\w+)\)", 1).group(1) == "reused"
+    assert again.wait_for(r"API token\s+(\S+)", 1).group(1) == token
+    assert again.wait_for(r"password (\S+)", 1).group(1) == password
+    with httpx.Client(base_url=url, headers=headers, timeout=10) as http:
+        errors_now = http.get("/api/v1/sync/errors?status=all&limit=1").json()["total"]
+        assert errors_now >= errors
+    again.proc.send_signal(signal.SIGINT)
+    assert again.proc.wait(timeout=30) == 0
+
+
+def test_demo_refuses_a_port_in_use_with_a_clear_message(start_demo: object) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        demo = start_demo("--reset", "--emulator-port", str(port))  # type: ignore[operator]
+        rc = demo.proc.wait(timeout=30)
+        stderr = demo.proc.stderr.read() if demo.proc.stderr else ""
+    assert rc == 2, stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_run_serves_the_api_and_syncs_in_one_process(sync_settings: Settings) -> None:
+    """``crmsync run``: the records API and the worker in one process, stopped by SIGINT."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMSYNC_")}
+    env.update(
+        CRMSYNC_DATABASE_URL=sync_settings.database_url,
+        CRMSYNC_DYNAMICS_URL=sync_settings.dynamics_url or "",
+        CRMSYNC_AUTHORITY_URL=sync_settings.authority_url,
+        CRMSYNC_TENANT_ID="t",
+        CRMSYNC_CLIENT_ID="crmsync-run",
+        CRMSYNC_CLIENT_SECRET="s",
+        CRMSYNC_API_TOKEN="run-token-0123456789",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crmsync", "run", "--port", "0"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        match = re.search(r"on (http://\S+),", line)
+        assert match, line
+        headers = {"Authorization": "Bearer run-token-0123456789"}
+        with httpx.Client(base_url=match.group(1), headers=headers, timeout=10) as http:
+            created = http.post("/api/v1/records/lead", json={"email": "run@example.com"})
+            assert created.status_code == 201, created.text
+            record_id = created.json()["id"]
+            deadline = time.monotonic() + 30
+            state = None
+            while time.monotonic() < deadline and state != "synced":
+                state = http.get(f"/api/v1/records/lead/{record_id}").json()["sync"]["state"]
+                time.sleep(0.2)
+            assert state == "synced"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()

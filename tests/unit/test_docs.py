@@ -1,0 +1,77 @@
+"""The generated docs are current, and every setting is documented."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from crmsync.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+
+
+def generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("docs_generate", DOCS / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_setting_is_documented_in_the_configuration_reference() -> None:
+    text = (DOCS / "configuration.md").read_text(encoding="utf-8")
+    missing = [
+        name
+        for name in Settings.model_fields
+        if name != "objects" and f"`CRMSYNC_{name.upper()}`" not in text
+    ]
+    assert not missing, f"undocumented settings: {missing}; run `make docs`"
+    assert "[objects.<name>]" in text
+
+
+def test_generated_docs_are_current() -> None:
+    gen = generator()
+    for path, text in gen.targets().items():
+        assert path.read_text(encoding="utf-8") == text, f"{path.name} is stale; run `make docs`"
+
+
+def test_check_mode_reports_a_stale_file(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    gen = generator()
+    (tmp_path / "configuration.md").write_text(
+        f"# Configuration\n\n{gen.BEGIN}\nold table\n{gen.END}\n", encoding="utf-8"
+    )
+    monkeypatch.setattr(gen, "DOCS", tmp_path)
+    assert gen.main(["--check"]) == 1
+    assert gen.main([]) == 0
+    assert gen.main(["--check"]) == 0
+    assert "`CRMSYNC_BATCH_SIZE`" in (tmp_path / "configuration.md").read_text(encoding="utf-8")
+
+
+def test_api_reference_lists_every_route_of_the_openapi_document() -> None:
+    gen = generator()
+    text = (DOCS / "api.md").read_text(encoding="utf-8")
+    for path, methods in gen.openapi()["paths"].items():
+        for method in methods:
+            assert f"### `{method.upper()} {path}`" in text
+
+
+def test_docs_link_to_files_that_exist() -> None:
+    for page in [ROOT / "README.md", *DOCS.glob("*.md")]:
+        for target in re.findall(r"\]\(((?!https?:|#|mailto:)[^)#\s]+)", page.read_text("utf-8")):
+            assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+
+
+def test_the_script_runs_in_check_mode() -> None:
+    result = subprocess.run(
+        [sys.executable, str(DOCS / "generate.py"), "--check"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
