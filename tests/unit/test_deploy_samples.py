@@ -6,7 +6,7 @@ import re
 import shlex
 from pathlib import Path
 
-import pytest
+import yaml
 
 from crmsync.cli import app
 from crmsync.config import Settings
@@ -51,7 +51,6 @@ def test_systemd_units_run_real_commands_with_real_settings() -> None:
 
 
 def test_kubernetes_manifest_is_valid_yaml_with_real_commands_and_settings() -> None:
-    yaml = pytest.importorskip("yaml")
     docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "crmsync.yaml").read_text()))
     kinds = [d["kind"] for d in docs]
     assert kinds.count("Deployment") == 2 and "Job" in kinds and "Service" in kinds

@@ -23,11 +23,9 @@ from crmsync.web import (
     health,
     metrics,
 )
-from crmsync.web.auth import CredentialCheck, bearer_token_check
+from crmsync.web.auth import API_PREFIX, CredentialCheck, bearer_token_check
 from crmsync.web.errors import install_error_handlers
 from crmsync.web.session import LoginThrottle, Passwords, SchemeAwareSessions, session_check
-
-API_PREFIX = "/api/v1"
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:

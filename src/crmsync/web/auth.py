@@ -18,6 +18,9 @@ from pydantic import SecretStr
 
 CredentialCheck = Callable[[Request], bool]
 
+API_PREFIX = "/api/v1"
+"""Where the JSON API lives: everything under it needs a credential check to pass."""
+
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="crmsync"'}
 
 

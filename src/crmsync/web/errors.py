@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 
 from crmsync.errors import ValidationFailed
 from crmsync.store.records import NotFound
+from crmsync.web.auth import API_PREFIX, require_api_auth
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,24 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, message, headers=exc.headers)
 
 
+def _refused(request: Request) -> HTTPException | None:
+    """The 401 an unauthenticated API call gets. FastAPI reads and validates the body
+    before it runs the route's dependencies, auth included; without this a caller with
+    no credentials would learn about the body's shape (400/422) before being refused."""
+    if not request.url.path.startswith(f"{API_PREFIX}/"):
+        return None
+    try:
+        require_api_auth(request, None)
+    except HTTPException as refusal:
+        return refusal
+    return None
+
+
 async def _request_invalid(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    refusal = _refused(request)
+    if refusal is not None:
+        return await _http_error(request, refusal)
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         first = next(e for e in errors if e.get("type") == "json_invalid")
