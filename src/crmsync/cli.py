@@ -72,6 +72,27 @@ def db_upgrade() -> None:
     typer.echo(f"schema {moved}; capturing changes on: {', '.join(captured) or 'nothing'}")
 
 
+def _warn_about_access(settings: Settings) -> None:
+    """Say who will be able to get in, when it is not everyone it could be."""
+    if settings.admin_password is None and settings.api_token is None:
+        typer.echo(
+            "crmsync: neither CRMSYNC_ADMIN_PASSWORD nor CRMSYNC_API_TOKEN is set: "
+            "nobody can log in to the console and /api/v1 will answer 401",
+            err=True,
+        )
+    elif settings.admin_password is None:
+        typer.echo(
+            "crmsync: CRMSYNC_ADMIN_PASSWORD is not set: the console has no login "
+            "(the API takes CRMSYNC_API_TOKEN)",
+            err=True,
+        )
+    elif settings.api_token is None:
+        typer.echo(
+            "crmsync: CRMSYNC_API_TOKEN is not set: /api/v1 accepts console sessions only",
+            err=True,
+        )
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
@@ -83,8 +104,7 @@ def serve(
     from crmsync.web.app import create_app
 
     settings = _settings()
-    if settings.api_token is None:
-        typer.echo("crmsync: CRMSYNC_API_TOKEN is not set: /api/v1 will answer 401", err=True)
+    _warn_about_access(settings)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 
@@ -436,8 +456,7 @@ def run(
     from crmsync.demo.product import run_product
 
     settings = _settings()
-    if settings.api_token is None:
-        typer.echo("crmsync: CRMSYNC_API_TOKEN is not set: /api/v1 will answer 401", err=True)
+    _warn_about_access(settings)
     run_product(settings, host=host, port=port, concurrency=concurrency)
 
 
