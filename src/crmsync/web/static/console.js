@@ -35,10 +35,15 @@
     function refresh() {
       if (document.hidden || (toggle && !toggle.checked)) return;
       if (dialog && dialog.open) return;
-      var focused = document.activeElement;
-      var focusedObject = focused && live.contains(focused) ? focused.getAttribute("data-object") : null;
       fetchFragment(live.getAttribute("data-refresh-url"))
         .then(function (html) {
+          // Focus and the dialog are read when the answer arrives, not when it was
+          // asked for: the user may have moved to another row (or opened one) since,
+          // and the refresh must not take them back.
+          if (dialog && dialog.open) return;
+          var focused = document.activeElement;
+          var focusedObject =
+            focused && live.contains(focused) ? focused.getAttribute("data-object") : null;
           live.innerHTML = html;
           if (focusedObject) {
             var row = live.querySelector('tr[data-object="' + CSS.escape(focusedObject) + '"]');
