@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, cast
 
@@ -106,7 +106,7 @@ def load_known(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> di
     if ids:
         r = sync_record.c
         for s in conn.execute(
-            sa.select(r.record_id, r.synced_values, r.crm_version, r.etag).where(
+            sa.select(r.record_id, r.synced_values, r.crm_version, r.etag, r.excluded).where(
                 r.object == spec.name, r.record_id.in_(ids)
             )
         ):
@@ -125,6 +125,7 @@ def load_known(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> di
             synced_version=(state.crm_version or ch.version_of(state.etag)) if state else None,
             local_delete_pending=push is not None and push[1] == "delete",
             marked_deleted=bool(local and local[1]),
+            excluded=bool(state is not None and state.excluded),
         )
     return known
 
@@ -191,9 +192,40 @@ def stage(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     )
 
 
+def exclude(
+    conn: Connection, spec: ObjectSpec, known: Mapping[str, ch.Known], now: datetime
+) -> None:
+    """Remember that the sync filter excludes these synced records, and drop the
+    Dynamics changes of theirs still waiting to be applied (older than the exclusion).
+
+    Their local rows stay; their local changes are skipped by the push plan until
+    Dynamics includes them again."""
+    synced = {c: k for c, k in known.items() if k.synced_values is not None and not k.excluded}
+    if not synced:
+        return
+    ids = [k.record_id for k in synced.values()]
+    r, q = sync_record.c, sync_queue.c
+    conn.execute(
+        sa.update(sync_record)
+        .where(r.object == spec.name, r.record_id.in_(ids))
+        .values(excluded=True)
+    )
+    conn.execute(
+        sa.delete(sync_queue).where(
+            q.object == spec.name,
+            q.direction == "from_crm",
+            q.state == "pending",
+            q.record_key.in_(list(synced)),
+            sa.or_(q.claimed_until.is_(None), q.claimed_until < now),
+        )
+    )
+
+
 def entry_row(
     spec: ObjectSpec, change: ch.Change, operation: str, known: ch.Known | None, now: datetime
 ) -> dict[str, Any]:
+    if known is not None and known.excluded and operation == "update":
+        change = replace(change, rejoin=True)
     label = change.values.get(spec.label_column)
     return {
         "object": spec.name,
@@ -238,6 +270,8 @@ def vanished(
             table.c.crm_id.is_not(None),
             table.c.crm_deleted_at.is_(None),
             r.last_synced_at < started_at,
+            # Excluded records no longer follow Dynamics, deletions included.
+            r.excluded.is_(False),
             ~pending_push,
         )
     )
@@ -398,10 +432,18 @@ class Puller:
             known = load_known(conn, spec, [c.crm_id for c in found])
             parents = load_parents(conn, self.specs, spec, found)
             new: list[ch.Change] = []
+            excluded: dict[str, ch.Known] = {}
             for change in found:
                 k = known.get(change.crm_id)
+                if change.excluded and k is not None:
+                    excluded[change.crm_id] = k
                 op = ch.stage_operation(spec, change, k, parents, None if force else self.own_user)
-                if op is None and force and k is not None and not change.deleted:
+                if (
+                    op is None
+                    and force
+                    and k is not None
+                    and not (change.deleted or change.excluded)
+                ):
                     # Newer in Dynamics than our last sync, whatever its values: applying
                     # it is what moves the record's ETag on for the waiting push.
                     op = "update"
@@ -422,6 +464,7 @@ class Puller:
                     for record_id, crm_id in gone
                 ]
                 self.stats.deletions_detected += len(gone)
+            exclude(conn, spec, excluded, now)
             stage(conn, rows)
             if page.delta_link is not None:
                 save_cursor(conn, spec.name, page.delta_link, now)
