@@ -37,6 +37,7 @@ from crmsync.dynamics.pages import ChangePage
 from crmsync.engine import changes as ch
 from crmsync.engine.apply import insert_new
 from crmsync.errors import CrmsyncError, RecordRejected
+from crmsync.store import queue
 from crmsync.store.db import write_transaction
 from crmsync.store.schema import LOCAL_TABLES, sync_cursor, sync_queue, sync_record
 from crmsync.store.types import utcnow
@@ -311,8 +312,13 @@ class Puller:
         return staged
 
     async def pull(self, obj: str) -> int:
-        """Read and stage one object's changes; returns how many entries were staged."""
+        """Read and stage one object's changes; returns how many entries were staged.
+
+        Nothing is read while the object's ``from_crm`` direction is paused: Dynamics
+        keeps the changes, and the saved delta link picks them up after the resume."""
         spec = self.specs[obj]
+        if await asyncio.to_thread(self._paused, obj):
+            return 0
         if self.own_user is None:
             self.own_user = await self.client.whoami()
         link = await asyncio.to_thread(self._cursor, obj)
@@ -325,6 +331,10 @@ class Puller:
             )
             self.stats.reconciliations += 1
             return await self._read(spec, None)
+
+    def _paused(self, obj: str) -> bool:
+        with self.engine.connect() as conn:
+            return queue.is_paused(queue.paused_scopes(conn), obj, "from_crm")
 
     def _cursor(self, obj: str) -> str | None:
         with self.engine.connect() as conn:
@@ -390,7 +400,8 @@ class Puller:
             by_object.setdefault(obj, []).append(crm_id)
         for obj, crm_ids in by_object.items():
             spec = self.specs[obj]
-            if not spec.flow.pulls:
+            if not spec.flow.pulls or await asyncio.to_thread(self._paused, obj):
+                # Paused: the push stays deferred until the pull may read again.
                 continue
             filter_field = self._filter_for(spec)
             select = ch.select_for(spec, filter_field)

@@ -6,6 +6,8 @@ pulling object's changes staged as ``from_crm`` entries, parents first), apply l
 Dynamics). Several batches are in flight at once so that the store's work on one batch
 overlaps Dynamics' work on another; the client's limiter keeps requests within Dynamics'
 limits. ``run(once=True)`` pulls each object once, then drains both directions.
+A paused ``from_crm`` direction stops an object's reads from Dynamics, not only its
+applies (``Puller.pull``); the saved delta link resumes them where they stopped.
 On SIGINT/SIGTERM the loop stops claiming, lets in-flight batches finish and record
 their outcomes, and gives back any claim it still holds. A worker killed outright
 leaves claims that expire with their lease and are picked up by any other worker.
