@@ -1,5 +1,7 @@
 """Operator control of the pull, end to end over HTTP against the emulator: pausing
-``from_crm`` stops the reads themselves, and resuming continues from the saved delta link.
+``from_crm`` stops the reads themselves, and resuming continues from the saved delta link;
+an object Dynamics will not let crmsync read is a ``from_crm`` sync error of that object,
+listed by the API, and resolved once the object pulls again.
 
 The worker runs in process (as ``worker --once`` does) so that its pull statistics can
 be read; the emulator's request counter shows what reached Dynamics.
@@ -8,25 +10,34 @@ be read; the emulator's request counter shows what reached Dynamics.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from typing import Any
 
 import httpx
 import sqlalchemy as sa
 from pull_support import Sales, rows, sales_fixture  # noqa: F401 (fixture)
 
-from crmsync.config import Settings
+from crmsync.config import Settings, load_settings
 from crmsync.dynamics.client import DataverseClient
 from crmsync.engine.worker import Worker
 from crmsync.store import status
 from crmsync.store.db import write_transaction
-from crmsync.store.schema import sync_cursor
+from crmsync.store.schema import sync_cursor, sync_error
+from crmsync.web.app import create_app
 
 
-def run_once(settings: Settings, engine: sa.Engine) -> Worker:
-    """One in-process ``worker --once``; returns the worker, for its statistics."""
+def run_once(
+    settings: Settings, engine: sa.Engine, entity_sets: dict[str, str] | None = None
+) -> Worker:
+    """One in-process ``worker --once``; returns the worker, for its statistics.
+    ``entity_sets`` maps objects to other entity sets (a mapping mistake)."""
 
     async def go() -> Worker:
         async with DataverseClient.from_settings(settings) as client:
             worker = Worker(engine, client, settings, concurrency=2)
+            for obj, entity_set in (entity_sets or {}).items():
+                specs = worker.puller.specs
+                specs[obj] = replace(specs[obj], entity_set=entity_set)
             await worker.run(once=True)
             return worker
 
@@ -85,3 +96,88 @@ def test_pausing_from_crm_stops_reading_and_resume_continues_from_the_delta_link
     assert set(local) == {first, second}
     assert local[first]["last_name"] == "First, changed"
     assert cursor(store, "lead") != link
+
+
+def errors(engine: sa.Engine) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        found = conn.execute(sa.select(sync_error).order_by(sync_error.c.id)).mappings()
+        return [dict(r) for r in found]
+
+
+def listed(settings: Settings, engine: sa.Engine, **params: str) -> dict[str, Any]:
+    """``GET /api/v1/sync/errors`` through the real app (in process)."""
+
+    async def go() -> dict[str, Any]:
+        app = create_app(
+            load_settings(database_url=settings.database_url, api_token="t"), engine=engine
+        )
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://api.test"
+        ) as c:
+            r = await c.get(
+                "/api/v1/sync/errors", params=params, headers={"Authorization": "Bearer t"}
+            )
+            assert r.status_code == 200, r.text
+            body: dict[str, Any] = r.json()
+            return body
+
+    return asyncio.run(go())
+
+
+def test_a_table_dynamics_refuses_to_read_is_an_error_until_it_pulls_again(
+    sync_settings: Settings, store: sa.Engine, sales: Sales, configure: Any
+) -> None:
+    url = sync_settings.dynamics_url or ""
+    lead = sales.create("leads", {"lastname": "Fine"})
+    contact = sales.create("contacts", {"lastname": "Hidden"})
+    configure(url, denied_entity_sets=["contacts"])
+    # What Dynamics answers crmsync's own application user, verbatim.
+    as_crmsync = Sales(url, client_id=sync_settings.client_id or "")
+    refusal = as_crmsync.http.get("contacts").json()["error"]
+    as_crmsync.close()
+
+    run_once(sync_settings, store)
+    run_once(sync_settings, store)
+    assert lead in rows(store, "lead") and rows(store, "contact") == {}
+    [error] = errors(store)
+    assert (error["object"], error["direction"], error["status"]) == ("contact", "from_crm", "open")
+    assert (error["error_code"], error["error_message"]) == (refusal["code"], refusal["message"])
+    assert error["error_code"] == "0x80040220" and "prvReadContact" in error["error_message"]
+    assert (error["record_id"], error["crm_id"], error["record_label"]) == (None, None, None)
+    assert error["attempts"] == 2  # one error per object, however often it fails
+
+    body = listed(sync_settings, store, direction="from_crm")
+    assert body["total"] == 1
+    item = body["items"][0]
+    assert item["object"] == "contact" and item["error_message"] == refusal["message"]
+    assert (item["record_id"], item["crm_id"], item["record_label"]) == (None, None, None)
+    assert item["operation"] in ("insert", "update", "delete")
+
+    # The privilege is granted: the next pull reads the table and resolves the error.
+    configure(url, denied_entity_sets=[])
+    run_once(sync_settings, store)
+    assert contact in rows(store, "contact")
+    [error] = errors(store)
+    assert error["status"] == "resolved" and error["resolved_at"] is not None
+    assert listed(sync_settings, store)["total"] == 0
+
+
+def test_an_unknown_entity_set_is_that_objects_error_and_the_others_pull(
+    sync_settings: Settings, store: sa.Engine, sales: Sales
+) -> None:
+    lead = sales.create("leads", {"lastname": "Fine"})
+    account = sales.create("accounts", {"name": "Acme"})
+    sales.create("opportunities", {"name": "Deal"})
+    worker = run_once(sync_settings, store, {"opportunity": "opportunitys"})
+    assert lead in rows(store, "lead") and account in rows(store, "account")
+    assert "opportunity" not in worker.puller.stats.by_object
+    [error] = errors(store)
+    assert (error["object"], error["direction"], error["error_code"]) == (
+        "opportunity",
+        "from_crm",
+        "0x8006088a",
+    )
+    assert error["error_message"] == "Resource not found for the segment 'opportunitys'."
+    run_once(sync_settings, store)
+    assert [e["status"] for e in errors(store)] == ["resolved"]
+    assert len(rows(store, "opportunity")) == 1

@@ -479,6 +479,8 @@ class Puller:
             stage(conn, rows)
             if page.delta_link is not None:
                 save_cursor(conn, spec.name, page.delta_link, now)
+                # Read to the end: a failure of the whole object's pull is over.
+                queue.resolve_object(conn, spec.name, "from_crm", now)
         self.stats.read += len(found)
         self.stats.by_object[spec.name] = self.stats.by_object.get(spec.name, 0) + len(found)
         if self.progress is not None and seen is not None:

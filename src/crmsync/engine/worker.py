@@ -31,12 +31,14 @@ from sqlalchemy import Engine
 
 from crmsync.config import Settings
 from crmsync.dynamics.client import DataverseClient
+from crmsync.dynamics.faults import UnknownResource
 from crmsync.engine import retry
 from crmsync.engine.apply import Applier
 from crmsync.engine.pull import Progress, Puller
 from crmsync.engine.push import Pusher
 from crmsync.errors import Fatal, RecordRejected, Retriable
 from crmsync.store import queue
+from crmsync.store.db import write_transaction
 from crmsync.store.maintenance import maintain
 from crmsync.store.schema import sync_queue
 from crmsync.store.types import utcnow
@@ -157,6 +159,10 @@ class Worker:
         while True:
             try:
                 return await self.puller.pull(obj)
+            except UnknownResource as exc:
+                # An entity set Dynamics does not have: only this object is affected.
+                await self._pull_failed(obj, exc.code or f"http_{exc.status}", exc.message)
+                return 0
             except Fatal:
                 raise
             except Retriable as exc:
@@ -166,6 +172,8 @@ class Worker:
                         "pull gave up",
                         extra={"event": "pull.failed", "object": obj, "error": str(exc)},
                     )
+                    code = f"http_{exc.status}" if exc.status else type(exc).__name__
+                    await self._pull_failed(obj, code, f"gave up after {attempts} attempts: {exc}")
                     return 0
                 when = retry.next_attempt(
                     utcnow(),
@@ -187,7 +195,19 @@ class Worker:
                     "pull refused",
                     extra={"event": "pull.refused", "object": obj, "error": str(exc)},
                 )
+                await self._pull_failed(obj, exc.code or f"http_{exc.status}", exc.message)
                 return 0
+
+    async def _pull_failed(self, obj: str, code: str, message: str) -> None:
+        """Show the operator a pull that failed as a whole, as the object's ``from_crm``
+        sync error (Dynamics' code and message verbatim); the next complete pull of the
+        object resolves it."""
+
+        def write() -> None:
+            with write_transaction(self.engine) as conn:
+                queue.fail_object(conn, obj, "from_crm", code, message, utcnow())
+
+        await asyncio.to_thread(write)
 
     async def _pull_loop(self) -> None:
         while not self.stopping.is_set():
