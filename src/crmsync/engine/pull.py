@@ -13,6 +13,11 @@ link: nothing is lost between. Staging coalesces with a pending entry of the sam
 and never replaces a newer change by an older one (``versionnumber`` decides), so two
 workers pulling at once, or a pull that re-reads what it already staged, duplicate
 nothing. The next page is fetched while the previous one is being staged.
+
+A synced record the sync filter field excludes is remembered as excluded
+(``sync_record.excluded``, see ``exclude``) and its waiting Dynamics changes dropped; when
+the filter includes it again its change is staged with the ``rejoin`` mark, which the
+apply honours by taking Dynamics' values and clearing the exclusion.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ Dynamics). Several batches are in flight at once so that the store's work on one
 overlaps Dynamics' work on another; the client's limiter keeps requests within Dynamics'
 limits. ``run(once=True)`` pulls each object once, then drains both directions.
 A paused ``from_crm`` direction stops an object's reads from Dynamics, not only its
-applies (``Puller.pull``); the saved delta link resumes them where they stopped.
+applies (``Puller.pull``); the saved delta link resumes them where they stopped. An
+object whose pull fails as a whole (Dynamics refuses to read its table) becomes that
+object's ``from_crm`` sync error, and the other objects go on.
 On SIGINT/SIGTERM the loop stops claiming, lets in-flight batches finish and record
 their outcomes, and gives back any claim it still holds. A worker killed outright
 leaves claims that expire with their lease and are picked up by any other worker.
