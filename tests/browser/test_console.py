@@ -30,9 +30,10 @@ def seed(console: Any) -> None:
     """A known state, made by the worker against the emulator:
 
     - synced: leads ok1..ok3 and dup@example.com;
-    - errors (3): a second dup@example.com (duplicate detection, 0x80040333), a lead with a
+    - errors (4): a second dup@example.com (duplicate detection, 0x80040333), a lead with a
       too-long last name and a ``<script>`` email (0x80044331), a contact in an entity set
-      the app user may not write (0x80040220);
+      the app user may not write (0x80040220), and, as it may not read that entity set
+      either, the whole contact object from Dynamics (0x80040220, no record);
     - backlog: lead 4 inserts and 2 updates; the other objects nothing;
     - last complete hour: 7 lead records synced (a throughput bucket).
     """
@@ -182,7 +183,11 @@ def test_errors_search_filter_export_retry_dismiss(
     page.get_by_role("link", name="Sync Errors").click()
     expect(page).to_have_url(re.compile(ERRORS))
     rows = page.locator("#errors-table tbody tr")
-    expect(rows).to_have_count(3)
+    expect(rows).to_have_count(4)
+    whole = rows.filter(has_text="every record")
+    expect(whole).to_have_count(1)
+    expect(whole).to_contain_text("From Dynamics")
+    expect(whole).to_contain_text("prvReadContact")
     # A <script> label is shown as text and never runs.
     expect(page.locator("#errors-table")).to_contain_text(XSS_LABEL)
     assert page.evaluate("window.__xss") is None
@@ -199,12 +204,13 @@ def test_errors_search_filter_export_retry_dismiss(
     expect(rows.first).to_contain_text("Insert")
     expect(rows.first).to_contain_text("To Dynamics")
 
-    # Filters: object contact only.
+    # Filters: object contact only (the record, and the object as a whole).
     page.get_by_role("link", name="Clear").click()
     page.get_by_label("Object").select_option("contact")
     page.get_by_role("button", name="Search").click()
-    expect(rows).to_have_count(1)
-    expect(rows.first).to_contain_text("denied@example.com")
+    expect(rows).to_have_count(2)
+    denied = rows.filter(has_text="denied@example.com")
+    expect(denied).to_have_count(1)
     expect(page).to_have_url(re.compile(r"object=contact"))
 
     # Export: the CSV of the current filter.
@@ -213,12 +219,13 @@ def test_errors_search_filter_export_retry_dismiss(
     path = tmp_path / "errors.csv"
     download_info.value.save_as(path)
     exported = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
-    assert [r["record_label"] for r in exported] == ["denied@example.com"]
-    assert exported[0]["error_code"] == "0x80040220"
+    assert sorted(r["record_label"] for r in exported) == ["", "denied@example.com"]
+    assert {r["error_code"] for r in exported} == {"0x80040220"}
 
-    # Retry it after fixing the cause: it leaves the open list once the worker synced it.
+    # Retry the record after fixing the cause: it leaves the open list once the worker
+    # synced it, and the object's error once the worker read contacts again.
     console.emulator(duplicate_detection=True, denied_entity_sets=[])
-    rows.first.get_by_role("button", name="Retry").click()
+    denied.get_by_role("button", name="Retry").click()
     expect(page.get_by_role("status")).to_contain_text("1 of 1 error queued again")
     assert dialogs == ["Retry this error?"]
     console.drain()
@@ -227,7 +234,7 @@ def test_errors_search_filter_export_retry_dismiss(
     expect(page.locator("#result-count")).to_have_text("No errors match.")
     page.get_by_label("Status").select_option("resolved")
     page.get_by_role("button", name="Search").click()
-    expect(rows).to_have_count(1)
+    expect(rows).to_have_count(2)
 
     # Dismiss a selection: tick one lead error, dismiss; it leaves the open list.
     page.goto(ERRORS)

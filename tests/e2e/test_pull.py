@@ -160,6 +160,84 @@ def test_sync_filter_only_explicit_no_excludes_and_excluded_records_stay(
     assert rows(store, "lead")[no]["last_name"] == "No"
 
 
+def _excluded(engine: sa.Engine, record_id: int) -> bool:
+    with engine.connect() as conn:
+        return bool(
+            conn.execute(
+                sa.select(sync_record.c.excluded).where(
+                    sync_record.c.object == "lead", sync_record.c.record_id == record_id
+                )
+            ).scalar_one()
+        )
+
+
+def test_an_excluded_record_stops_syncing_both_ways_until_included_again(
+    sync_settings: Settings,
+    store: sa.Engine,
+    sales: Sales,
+    drain: Any,
+    sql: Any,
+    crm_rows: Any,
+) -> None:
+    filtered = load_settings(
+        **{**sync_settings.model_dump(), "sync_filter_field": "new_synctomkto"}
+    )
+    url = sync_settings.dynamics_url or ""
+
+    def remote() -> dict[str, dict[str, Any]]:
+        return {r["leadid"]: r for r in crm_rows(url)}
+
+    def edit(crm_id: str, first_name: str) -> None:
+        sql(
+            store,
+            "UPDATE lead SET first_name = :f WHERE crm_id = :c",
+            {"f": first_name, "c": crm_id},
+        )
+
+    lead = sales.create("leads", {"lastname": "Kept", "new_synctomkto": True})
+    gone = sales.create("leads", {"lastname": "Deleted there"})
+    dropped = sales.create("leads", {"lastname": "Deleted here"})
+    drain(filtered, store)
+    edit(lead, "Before")
+    drain(filtered, store)
+    assert remote()[lead]["firstname"] == "Before"
+    record_id = rows(store, "lead")[lead]["id"]
+
+    for crm_id in (lead, gone, dropped):
+        sales.update("leads", crm_id, {"new_synctomkto": False})
+    drain(filtered, store)
+    assert _excluded(store, record_id)
+    # Excluded: local edits are not sent (no error, nothing left queued), Dynamics'
+    # edits and deletions are not applied, and the local rows stay.
+    edit(lead, "While out")
+    sales.update("leads", lead, {"lastname": "Changed there"})
+    sales.delete("leads", gone)
+    sql(store, "DELETE FROM lead WHERE crm_id = :c", {"c": dropped})
+    drain(filtered, store)
+    local = rows(store, "lead")
+    assert (local[lead]["first_name"], local[lead]["last_name"]) == ("While out", "Kept")
+    assert gone in local and dropped not in local
+    assert remote()[lead]["firstname"] == "Before" and dropped in remote()
+    assert count(store, sync_queue) == 0 and count(store, sync_error) == 0
+    # A record created locally meanwhile is not affected: it is pushed.
+    sql(store, "INSERT INTO lead (email, last_name) VALUES ('new@example.com', 'New')")
+    drain(filtered, store)
+    assert "New" in {r["lastname"] for r in remote().values()}
+
+    # Cleared in Dynamics (empty counts as Yes): Dynamics' values are applied, and
+    # later local edits are pushed again.
+    sales.update("leads", lead, {"new_synctomkto": None})
+    drain(filtered, store)
+    local = rows(store, "lead")
+    assert (local[lead]["first_name"], local[lead]["last_name"]) == ("Before", "Changed there")
+    assert not _excluded(store, record_id)
+    edit(lead, "After")
+    drain(filtered, store)
+    assert remote()[lead]["firstname"] == "After"
+    assert rows(store, "lead")[lead]["first_name"] == "After"
+    assert count(store, sync_queue) == 0 and count(store, sync_error) == 0
+
+
 def test_missing_parent_is_a_from_crm_error_that_retry_resolves(
     sync_settings: Settings, store: sa.Engine, sales: Sales, drain: Any, sql: Any
 ) -> None:

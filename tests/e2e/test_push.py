@@ -100,6 +100,13 @@ def test_rejected_records_become_errors_while_the_rest_sync(
             .where(sync_queue.c.state == "pending")
         ).scalar()
     assert pending == 0
+    # Contacts cannot be read either: one error for the whole object, no record.
+    whole = errors.pop(None)
+    assert (whole["object"], whole["direction"], whole["error_code"]) == (
+        "contact",
+        "from_crm",
+        "0x80040220",
+    )
     assert set(errors) == {"long@example.com", "dup@example.com", "denied@example.com"}
     assert errors["long@example.com"]["error_code"] == "0x80044331"
     assert "lastname" in errors["long@example.com"]["error_message"]

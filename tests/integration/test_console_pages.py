@@ -372,3 +372,20 @@ async def test_bulk_dismiss_api(admin: tuple[httpx.AsyncClient, str], engine: En
     with engine.connect() as conn:
         statuses = sorted(conn.execute(sa.select(sync_error.c.status)).scalars())
     assert statuses == ["dismissed", "dismissed", "dismissed", "resolved"]
+
+
+async def test_an_error_about_a_whole_object_reads_as_such(
+    admin: tuple[httpx.AsyncClient, str], engine: Engine
+) -> None:
+    c, _ = admin
+    message = "Principal user (Id=1) is missing prvReadContact privilege <b>"
+    with engine.begin() as conn:
+        queue.fail_object(conn, "contact", "from_crm", "0x80040220", message, utcnow())
+        conn.execute(sa.insert(sync_error), [error_row(1)])
+    html = (await c.get(ERRORS, params={"direction": "from_crm"})).text
+    [row] = re.findall(r'<tr data-error-id="\d+">.*?</tr>', html, re.S)
+    assert "Contact: every record" in row and "the whole table" in row
+    assert "local id" not in row and "0x80040220" in row
+    assert "missing prvReadContact privilege &lt;b&gt;" in row
+    csv_text = (await c.get("/api/v1/sync/errors/export", params={"direction": "from_crm"})).text
+    assert csv_text.splitlines()[1].split(",")[1:5] == ["contact", "", "", ""]

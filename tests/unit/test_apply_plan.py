@@ -74,8 +74,10 @@ LOCAL = {
 }
 
 
-def synced(version: int, **values: Any) -> SimpleNamespace:
-    return SimpleNamespace(crm_version=version, etag=None, synced_values={**values})
+def synced(version: int, excluded: bool = False, **values: Any) -> SimpleNamespace:
+    return SimpleNamespace(
+        crm_version=version, etag=None, synced_values={**values}, excluded=excluded
+    )
 
 
 def test_new_record_is_inserted() -> None:
@@ -154,3 +156,34 @@ def test_deletes_delete_or_mark_and_ignore_unknown_records() -> None:
         entry("lead", gone, "delete"), SPECS["lead"], ctx(), delete_behaviour="delete"
     )
     assert isinstance(unknown, Skip)
+
+
+def test_an_excluded_record_ignores_changes_staged_before_its_exclusion() -> None:
+    c = ctx(rows={("lead", LEAD_ID): LOCAL}, synced={("lead", 7): synced(10, excluded=True)})
+    for change, op in ((lead(), "update"), (ch.deleted(LEAD_ID), "delete")):
+        step = plan_apply(entry("lead", change, op, 7), SPECS["lead"], c, delete_behaviour="delete")
+        assert isinstance(step, Skip)
+
+
+def test_a_record_included_again_takes_dynamics_values_and_drops_local_edits() -> None:
+    # Locally edited while excluded (email and last name); Dynamics changed nothing but
+    # the filter field: its values are applied all the same, the pending push is moot.
+    local = {**LOCAL, "email": "local@x", "last_name": "Local"}
+    base = {"email": "a@x", "first_name": None, "last_name": "R", "company": None}
+    c = ctx(
+        rows={("lead", LEAD_ID): local},
+        synced={("lead", 7): synced(30, excluded=True, **base)},
+        pushes={("lead", 7): Push(False, NOW)},
+    )
+    back = ch.Change(LEAD_ID, base, {}, version=40, rejoin=True)
+    step = plan_apply(entry("lead", back, "update", 7), SPECS["lead"], c, delete_behaviour="delete")
+    assert isinstance(step, Write) and step.rejoin and step.kind == "update"
+    assert step.values == {"email": "a@x", "last_name": "R"}
+    assert step.resolution is not None and not step.resolution.push_needed
+    assert not step.resolution.conflicts
+    # Once included (state no longer excluded), a rejoin entry is an ordinary update.
+    c = ctx(rows={("lead", LEAD_ID): local}, synced={("lead", 7): synced(30, **base)})
+    again = plan_apply(
+        entry("lead", back, "update", 7), SPECS["lead"], c, delete_behaviour="delete"
+    )
+    assert isinstance(again, Write) and not again.rejoin

@@ -140,3 +140,25 @@ def test_buckets_are_quarter_hours() -> None:
         2026, 11, 25, 13, 30, tzinfo=UTC
     )
     assert bucket_start(NOW.replace(minute=45)) == datetime(2026, 11, 25, 13, 45, tzinfo=UTC)
+
+
+def test_an_excluded_record_is_skipped_whatever_the_operation() -> None:
+    for op in ("insert", "update", "delete"):
+        step = plan_entry(
+            entry(op, crm_id="c-1"),
+            SPECS["lead"],
+            {**LEAD, "crm_id": "c-1"},
+            {},
+            detect_duplicates=True,
+            etag='W/"5"',
+            excluded=True,
+        )
+        assert isinstance(step, Skip) and step.excluded
+    sent = plan_entry(
+        entry("update", crm_id="c-1"),
+        SPECS["lead"],
+        {**LEAD, "crm_id": "c-1"},
+        {},
+        detect_duplicates=True,
+    )
+    assert isinstance(sent, Send)

@@ -89,6 +89,22 @@ def test_deletions_only_of_records_the_store_has() -> None:
     assert ch.stage_operation(LEAD, gone, None, {}, ME) is None
     assert ch.stage_operation(LEAD, gone, ch.Known(7), {}, ME) == "delete"
     assert ch.stage_operation(LEAD, gone, ch.Known(7, marked_deleted=True), {}, ME) is None
+    # A record the sync filter excluded no longer follows Dynamics' deletions.
+    assert ch.stage_operation(LEAD, gone, ch.Known(7, {}, excluded=True), {}, ME) is None
+
+
+def test_a_record_included_again_is_staged_even_with_unchanged_values() -> None:
+    change = ch.read_row(LEAD, lead_row(new_synctomkto=True), "new_synctomkto")
+    synced = dict(change.values)
+    was_out = ch.Known(1, synced, 1000005, excluded=True)
+    assert ch.stage_operation(LEAD, change, ch.Known(1, synced, 1000005), {}, ME) is None
+    assert ch.stage_operation(LEAD, change, was_out, {}, ME) == "update"
+    # Still excluded: nothing, whatever the state.
+    still = ch.read_row(LEAD, lead_row(new_synctomkto=False), "new_synctomkto")
+    assert ch.stage_operation(LEAD, still, was_out, {}, ME) is None
+    # The rejoin marker travels in the queue entry's payload.
+    marked = ch.Change.from_payload(change.crm_id, {**change.payload(), "rejoin": True})
+    assert marked.rejoin and not ch.Change.from_payload(change.crm_id, change.payload()).rejoin
 
 
 def test_a_lookup_counts_as_unchanged_only_when_it_resolves_to_the_synced_parent() -> None:

@@ -68,6 +68,18 @@ class PreconditionFailed(RecordRejected):
     """412: the record's version (If-Match) or existence (If-None-Match) did not match."""
 
 
+class UnknownResource(Fatal):
+    """404 for an entity set Dataverse does not have: a mapping mistake that every write
+    of the object hits (fatal to a push). A pull, which reads one object at a time,
+    reports it as that object's error and goes on with the others."""
+
+    def __init__(self, code: str, message: str, *, status: int = 404):
+        super().__init__(f"unknown Dataverse resource: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+
 class DeltaTokenExpired(CrmsyncError):
     """The change-tracking delta link is too old; the caller must run a full sync."""
 
@@ -132,7 +144,7 @@ def classify(
     if status == 403:
         return Fatal(f"Dynamics denied access (HTTP 403): {_describe(status, code, message)}")
     if status == 404 and code_key == UNKNOWN_RESOURCE_CODE:
-        return Fatal(f"unknown Dataverse resource: {message}")
+        return UnknownResource(code, message, status=status)
     if status == 412:
         return PreconditionFailed(code, message, status=status)
     if status in (408, 425) or status >= 500:

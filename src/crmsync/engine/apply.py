@@ -74,6 +74,7 @@ class Write:
     values: dict[str, Any]
     resolution: Resolution | None = None
     push: Push | None = None
+    rejoin: bool = False  # the sync filter includes the record again
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,11 @@ def plan_apply(
     row = ctx.rows.get((spec.name, change.crm_id))
     record_id = row["id"] if row is not None else entry.record_id
     push = ctx.pushes.get((spec.name, record_id)) if record_id is not None else None
+    state = ctx.synced.get((spec.name, record_id)) if record_id is not None else None
+    excluded = state is not None and bool(state.excluded)
+    if excluded and not change.rejoin:
+        # Staged before the sync filter excluded the record: it no longer follows Dynamics.
+        return Skip(entry)
     if change.deleted or entry.operation == "delete":
         if row is None:
             return Skip(entry)
@@ -132,8 +138,7 @@ def plan_apply(
         return Write(entry, change, "delete", row["id"], {}, push=push)
     if push is not None and push.claimed:
         return Defer(entry, "a local change of this record is being sent")
-    state = ctx.synced.get((spec.name, record_id)) if record_id is not None else None
-    if state is not None and change.version is not None:
+    if state is not None and change.version is not None and not excluded:
         synced_version = state.crm_version or ch.version_of(state.etag)
         if synced_version is not None and change.version <= synced_version:
             return Skip(entry)  # older than what both sides already agreed on
@@ -169,6 +174,11 @@ def plan_apply(
     if row is None:
         # Known only as a push in flight whose local row is gone: nothing to update.
         return Skip(entry)
+    if excluded:
+        # Included again: the record takes Dynamics' values as a new one would; local
+        # changes made while it was excluded were never sent and are not kept.
+        res = resolve(spec, None, row, remote, local_pending=False)
+        return Write(entry, change, "update", row["id"], res.values, res, push, rejoin=True)
     res = resolve(
         spec,
         state.synced_values if state is not None else None,
@@ -349,7 +359,20 @@ def execute(
             done += [_done(w, w.record_id) for w in group]
         _journal(conn, group, now)
         _settle_pushes(conn, obj, group, now)
+        _rejoin(conn, obj, group)
     return done
+
+
+def _rejoin(conn: Connection, obj: str, group: Sequence[Write]) -> None:
+    """Records the sync filter includes again sync both ways from now on."""
+    ids = [w.record_id for w in group if w.rejoin]
+    if ids:
+        r = sync_record.c
+        conn.execute(
+            sa.update(sync_record)
+            .where(r.object == obj, r.record_id.in_(ids))
+            .values(excluded=False)
+        )
 
 
 def _driver_insert(

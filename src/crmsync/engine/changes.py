@@ -10,7 +10,9 @@ higher one is always newer), ``modifiedon`` and ``_modifiedby_value``.
 which operation. Nothing is staged for a change crmsync itself made (its application
 user modified it: the echo of a push), for one already synced (its version is not newer
 than the last synced one, or its values equal the values both sides agreed on), for a
-record the sync filter excludes, or for a record whose local deletion is on its way.
+record the sync filter excludes (nor for the deletion of one it excluded earlier), or
+for a record whose local deletion is on its way. A record the filter includes again is
+always staged.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ class Change:
     etag: str | None = None
     excluded: bool = False  # the sync filter field says No
     deleted: bool = False
+    # Staged for a record the sync filter had excluded and now includes again: applied
+    # as Dynamics has it, whatever the local row became meanwhile.
+    rejoin: bool = False
 
     def payload(self) -> dict[str, Any]:
         """The queue entry's payload (JSON)."""
@@ -54,6 +59,7 @@ class Change:
             "modified_by": self.modified_by,
             "etag": self.etag,
             "deleted": self.deleted,
+            "rejoin": self.rejoin,
         }
 
     @classmethod
@@ -68,6 +74,7 @@ class Change:
             modified_by=p.get("modified_by"),
             etag=p.get("etag"),
             deleted=bool(p.get("deleted")),
+            rejoin=bool(p.get("rejoin")),
         )
 
     @property
@@ -167,6 +174,7 @@ class Known:
     synced_version: int | None = None
     local_delete_pending: bool = False
     marked_deleted: bool = False
+    excluded: bool = False  # the sync filter excluded it (sync_record.excluded)
 
 
 def same_as_synced(
@@ -200,9 +208,12 @@ def stage_operation(
     if change.deleted:
         if known is None or known.local_delete_pending or known.marked_deleted:
             return None
+        if known.excluded:
+            return None  # an excluded record no longer follows Dynamics, deletes included
         return "delete"
     if change.excluded:
-        # An excluded record stops syncing; it is neither staged nor deleted locally.
+        # An excluded record stops syncing; it is neither staged nor deleted locally
+        # (the caller remembers the exclusion for records it has synced).
         return None
     if known is None:
         # Not known locally under this id, not even as a push in flight (whose chosen
@@ -210,6 +221,10 @@ def stage_operation(
         return "insert"
     if known.local_delete_pending:
         return None
+    if known.excluded:
+        # Included again: Dynamics' values are applied even if they equal the last
+        # synced ones, since the local row may have moved while it was excluded.
+        return "update"
     if own_user is not None and change.modified_by == own_user:
         return None  # crmsync's own write, coming back: no echo
     if (

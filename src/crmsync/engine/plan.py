@@ -47,6 +47,9 @@ class Skip:
     """Nothing to send (the record is already as wanted); completes the entry."""
 
     entry: Entry
+    # The sync filter excludes the record: its local change is dropped, and its sync
+    # state (the exclusion with it) kept, unless the local row is gone.
+    excluded: bool = False
 
 
 Step = Send | Defer | Park | Skip
@@ -98,13 +101,17 @@ def plan_entry(
     detect_duplicates: bool,
     new_id: str | None = None,
     etag: str | None = None,
+    excluded: bool = False,
 ) -> Step:
     """Decide what to do with one claimed ``to_crm`` entry.
 
     ``etag`` is the record's version at its last sync: an update is sent only if
     Dynamics still has that version (If-Match), so a change made there since is never
-    overwritten unseen; it is pulled and its conflicts resolved first.
+    overwritten unseen; it is pulled and its conflicts resolved first. ``excluded``: the
+    sync filter field excludes the record in Dynamics, so nothing of it is sent.
     """
+    if excluded:
+        return Skip(entry, excluded=True)
     if entry.operation == "delete":
         if entry.crm_id is None:
             return Skip(entry)

@@ -13,6 +13,11 @@ link: nothing is lost between. Staging coalesces with a pending entry of the sam
 and never replaces a newer change by an older one (``versionnumber`` decides), so two
 workers pulling at once, or a pull that re-reads what it already staged, duplicate
 nothing. The next page is fetched while the previous one is being staged.
+
+A synced record the sync filter field excludes is remembered as excluded
+(``sync_record.excluded``, see ``exclude``) and its waiting Dynamics changes dropped; when
+the filter includes it again its change is staged with the ``rejoin`` mark, which the
+apply honours by taking Dynamics' values and clearing the exclusion.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, cast
 
@@ -37,6 +42,7 @@ from crmsync.dynamics.pages import ChangePage
 from crmsync.engine import changes as ch
 from crmsync.engine.apply import insert_new
 from crmsync.errors import CrmsyncError, RecordRejected
+from crmsync.store import queue
 from crmsync.store.db import write_transaction
 from crmsync.store.schema import LOCAL_TABLES, sync_cursor, sync_queue, sync_record
 from crmsync.store.types import utcnow
@@ -106,7 +112,7 @@ def load_known(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> di
     if ids:
         r = sync_record.c
         for s in conn.execute(
-            sa.select(r.record_id, r.synced_values, r.crm_version, r.etag).where(
+            sa.select(r.record_id, r.synced_values, r.crm_version, r.etag, r.excluded).where(
                 r.object == spec.name, r.record_id.in_(ids)
             )
         ):
@@ -125,6 +131,7 @@ def load_known(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> di
             synced_version=(state.crm_version or ch.version_of(state.etag)) if state else None,
             local_delete_pending=push is not None and push[1] == "delete",
             marked_deleted=bool(local and local[1]),
+            excluded=bool(state is not None and state.excluded),
         )
     return known
 
@@ -191,9 +198,40 @@ def stage(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     )
 
 
+def exclude(
+    conn: Connection, spec: ObjectSpec, known: Mapping[str, ch.Known], now: datetime
+) -> None:
+    """Remember that the sync filter excludes these synced records, and drop the
+    Dynamics changes of theirs still waiting to be applied (older than the exclusion).
+
+    Their local rows stay; their local changes are skipped by the push plan until
+    Dynamics includes them again."""
+    synced = {c: k for c, k in known.items() if k.synced_values is not None and not k.excluded}
+    if not synced:
+        return
+    ids = [k.record_id for k in synced.values()]
+    r, q = sync_record.c, sync_queue.c
+    conn.execute(
+        sa.update(sync_record)
+        .where(r.object == spec.name, r.record_id.in_(ids))
+        .values(excluded=True)
+    )
+    conn.execute(
+        sa.delete(sync_queue).where(
+            q.object == spec.name,
+            q.direction == "from_crm",
+            q.state == "pending",
+            q.record_key.in_(list(synced)),
+            sa.or_(q.claimed_until.is_(None), q.claimed_until < now),
+        )
+    )
+
+
 def entry_row(
     spec: ObjectSpec, change: ch.Change, operation: str, known: ch.Known | None, now: datetime
 ) -> dict[str, Any]:
+    if known is not None and known.excluded and operation == "update":
+        change = replace(change, rejoin=True)
     label = change.values.get(spec.label_column)
     return {
         "object": spec.name,
@@ -238,6 +276,8 @@ def vanished(
             table.c.crm_id.is_not(None),
             table.c.crm_deleted_at.is_(None),
             r.last_synced_at < started_at,
+            # Excluded records no longer follow Dynamics, deletions included.
+            r.excluded.is_(False),
             ~pending_push,
         )
     )
@@ -277,8 +317,13 @@ class Puller:
         return staged
 
     async def pull(self, obj: str) -> int:
-        """Read and stage one object's changes; returns how many entries were staged."""
+        """Read and stage one object's changes; returns how many entries were staged.
+
+        Nothing is read while the object's ``from_crm`` direction is paused: Dynamics
+        keeps the changes, and the saved delta link picks them up after the resume."""
         spec = self.specs[obj]
+        if await asyncio.to_thread(self._paused, obj):
+            return 0
         if self.own_user is None:
             self.own_user = await self.client.whoami()
         link = await asyncio.to_thread(self._cursor, obj)
@@ -291,6 +336,10 @@ class Puller:
             )
             self.stats.reconciliations += 1
             return await self._read(spec, None)
+
+    def _paused(self, obj: str) -> bool:
+        with self.engine.connect() as conn:
+            return queue.is_paused(queue.paused_scopes(conn), obj, "from_crm")
 
     def _cursor(self, obj: str) -> str | None:
         with self.engine.connect() as conn:
@@ -356,7 +405,8 @@ class Puller:
             by_object.setdefault(obj, []).append(crm_id)
         for obj, crm_ids in by_object.items():
             spec = self.specs[obj]
-            if not spec.flow.pulls:
+            if not spec.flow.pulls or await asyncio.to_thread(self._paused, obj):
+                # Paused: the push stays deferred until the pull may read again.
                 continue
             filter_field = self._filter_for(spec)
             select = ch.select_for(spec, filter_field)
@@ -398,10 +448,18 @@ class Puller:
             known = load_known(conn, spec, [c.crm_id for c in found])
             parents = load_parents(conn, self.specs, spec, found)
             new: list[ch.Change] = []
+            excluded: dict[str, ch.Known] = {}
             for change in found:
                 k = known.get(change.crm_id)
+                if change.excluded and k is not None:
+                    excluded[change.crm_id] = k
                 op = ch.stage_operation(spec, change, k, parents, None if force else self.own_user)
-                if op is None and force and k is not None and not change.deleted:
+                if (
+                    op is None
+                    and force
+                    and k is not None
+                    and not (change.deleted or change.excluded)
+                ):
                     # Newer in Dynamics than our last sync, whatever its values: applying
                     # it is what moves the record's ETag on for the waiting push.
                     op = "update"
@@ -422,9 +480,12 @@ class Puller:
                     for record_id, crm_id in gone
                 ]
                 self.stats.deletions_detected += len(gone)
+            exclude(conn, spec, excluded, now)
             stage(conn, rows)
             if page.delta_link is not None:
                 save_cursor(conn, spec.name, page.delta_link, now)
+                # Read to the end: a failure of the whole object's pull is over.
+                queue.resolve_object(conn, spec.name, "from_crm", now)
         self.stats.read += len(found)
         self.stats.by_object[spec.name] = self.stats.by_object.get(spec.name, 0) + len(found)
         if self.progress is not None and seen is not None:

@@ -74,22 +74,31 @@ def _load_rows(
     return rows
 
 
-def _load_etags(conn: Connection, entries: Sequence[queue.Entry]) -> dict[tuple[str, int], str]:
-    """Each record's ETag at its last sync (for If-Match on updates)."""
+def _load_sync_state(
+    conn: Connection, entries: Sequence[queue.Entry]
+) -> tuple[dict[tuple[str, int], str], set[tuple[str, int]]]:
+    """Each record's ETag at its last sync (for If-Match on updates), and which records
+    the sync filter excludes."""
     wanted: dict[str, list[int]] = defaultdict(list)
     for e in entries:
-        if e.record_id is not None and e.operation == "update":
+        if e.record_id is not None:
             wanted[e.object].append(e.record_id)
-    found: dict[tuple[str, int], str] = {}
+    etags: dict[tuple[str, int], str] = {}
+    excluded: set[tuple[str, int]] = set()
     r = sync_record.c
     for obj, ids in wanted.items():
         for rec in conn.execute(
-            sa.select(r.record_id, r.etag).where(
-                r.object == obj, r.record_id.in_(ids), r.etag.is_not(None)
+            sa.select(r.record_id, r.etag, r.excluded).where(
+                r.object == obj,
+                r.record_id.in_(ids),
+                sa.or_(r.etag.is_not(None), r.excluded.is_(True)),
             )
         ):
-            found[(obj, rec.record_id)] = rec.etag
-    return found
+            if rec.etag is not None:
+                etags[(obj, rec.record_id)] = rec.etag
+            if rec.excluded:
+                excluded.add((obj, rec.record_id))
+    return etags, excluded
 
 
 def _load_parents(
@@ -165,7 +174,7 @@ class Pusher:
         with write_transaction(self.engine) as conn:
             rows = _load_rows(conn, self.specs, entries)
             parents = _load_parents(conn, self.specs, rows)
-            etags = _load_etags(conn, entries)
+            etags, excluded = _load_sync_state(conn, entries)
             steps = [
                 plan_entry(
                     e,
@@ -173,7 +182,10 @@ class Pusher:
                     rows.get((e.object, e.record_id)) if e.record_id is not None else None,
                     parents,
                     detect_duplicates=self.settings.duplicate_detection,
-                    etag=etags.get((e.object, e.record_id)) if e.record_id is not None else None,
+                    etag=etags.get((e.object, e.record_id))
+                    if e.record_id is not None and e.operation == "update"
+                    else None,
+                    excluded=(e.object, e.record_id) in excluded,
                 )
                 for e in entries
             ]
@@ -241,7 +253,10 @@ class Pusher:
             self._judge(send, result, now, outcome, created)
         for step in steps:
             if isinstance(step, Skip):
-                outcome.done.append(queue.Done(step.entry, counted=False))
+                # An excluded record keeps its sync state (the exclusion); a local
+                # delete of one forgets it, as the local row is gone.
+                keep = step.excluded and step.entry.operation != "delete"
+                outcome.done.append(queue.Done(step.entry, counted=False, remember=not keep))
             elif isinstance(step, Defer):
                 outcome.deferred.append((step.entry, now + timedelta(seconds=DEFER_SECONDS)))
                 self.stats.deferred += 1

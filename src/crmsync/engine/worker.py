@@ -6,6 +6,10 @@ pulling object's changes staged as ``from_crm`` entries, parents first), apply l
 Dynamics). Several batches are in flight at once so that the store's work on one batch
 overlaps Dynamics' work on another; the client's limiter keeps requests within Dynamics'
 limits. ``run(once=True)`` pulls each object once, then drains both directions.
+A paused ``from_crm`` direction stops an object's reads from Dynamics, not only its
+applies (``Puller.pull``); the saved delta link resumes them where they stopped. An
+object whose pull fails as a whole (Dynamics refuses to read its table) becomes that
+object's ``from_crm`` sync error, and the other objects go on.
 On SIGINT/SIGTERM the loop stops claiming, lets in-flight batches finish and record
 their outcomes, and gives back any claim it still holds. A worker killed outright
 leaves claims that expire with their lease and are picked up by any other worker.
@@ -29,12 +33,14 @@ from sqlalchemy import Engine
 
 from crmsync.config import Settings
 from crmsync.dynamics.client import DataverseClient
+from crmsync.dynamics.faults import UnknownResource
 from crmsync.engine import retry
 from crmsync.engine.apply import Applier
 from crmsync.engine.pull import Progress, Puller
 from crmsync.engine.push import Pusher
 from crmsync.errors import Fatal, RecordRejected, Retriable
 from crmsync.store import queue
+from crmsync.store.db import write_transaction
 from crmsync.store.maintenance import maintain
 from crmsync.store.schema import sync_queue
 from crmsync.store.types import utcnow
@@ -155,6 +161,10 @@ class Worker:
         while True:
             try:
                 return await self.puller.pull(obj)
+            except UnknownResource as exc:
+                # An entity set Dynamics does not have: only this object is affected.
+                await self._pull_failed(obj, exc.code or f"http_{exc.status}", exc.message)
+                return 0
             except Fatal:
                 raise
             except Retriable as exc:
@@ -164,6 +174,8 @@ class Worker:
                         "pull gave up",
                         extra={"event": "pull.failed", "object": obj, "error": str(exc)},
                     )
+                    code = f"http_{exc.status}" if exc.status else type(exc).__name__
+                    await self._pull_failed(obj, code, f"gave up after {attempts} attempts: {exc}")
                     return 0
                 when = retry.next_attempt(
                     utcnow(),
@@ -185,7 +197,19 @@ class Worker:
                     "pull refused",
                     extra={"event": "pull.refused", "object": obj, "error": str(exc)},
                 )
+                await self._pull_failed(obj, exc.code or f"http_{exc.status}", exc.message)
                 return 0
+
+    async def _pull_failed(self, obj: str, code: str, message: str) -> None:
+        """Show the operator a pull that failed as a whole, as the object's ``from_crm``
+        sync error (Dynamics' code and message verbatim); the next complete pull of the
+        object resolves it."""
+
+        def write() -> None:
+            with write_transaction(self.engine) as conn:
+                queue.fail_object(conn, obj, "from_crm", code, message, utcnow())
+
+        await asyncio.to_thread(write)
 
     async def _pull_loop(self) -> None:
         while not self.stopping.is_set():

@@ -41,6 +41,9 @@ from crmsync.store.schema import (
 from crmsync.store.types import utcnow
 
 BUCKET_MINUTES = 15
+# The record_key of an error about a whole object (Dynamics refused to read its table),
+# not about one record: its record fields are empty.
+OBJECT_KEY = "*"
 
 
 @dataclass(frozen=True)
@@ -344,7 +347,7 @@ def _reschedule(conn: Connection, f: Failed, now: datetime) -> None:
 
 
 def _park(conn: Connection, f: Failed, now: datetime) -> None:
-    e, q, err = f.entry, sync_queue.c, sync_error.c
+    e, q = f.entry, sync_queue.c
     conn.execute(
         sa.update(sync_queue)
         .where(q.id == e.id)
@@ -357,14 +360,6 @@ def _park(conn: Connection, f: Failed, now: datetime) -> None:
             last_error_message=f.message,
         )
     )
-    open_error = conn.execute(
-        sa.select(err.id).where(
-            err.object == e.object,
-            err.direction == e.direction,
-            err.record_key == e.record_key,
-            err.status == "open",
-        )
-    ).scalar()
     values = {
         "record_id": e.record_id,
         "crm_id": e.crm_id,
@@ -374,14 +369,35 @@ def _park(conn: Connection, f: Failed, now: datetime) -> None:
         "error_message": f.message,
         "last_failed_at": now,
     }
+    _open_error(conn, (e.object, e.direction, e.record_key), values, e.attempts + 1, now)
+
+
+def _open_error(
+    conn: Connection,
+    key: tuple[str, str, str],
+    values: dict[str, Any],
+    attempts: int,
+    now: datetime,
+) -> None:
+    """Add an open error for ``(object, direction, record_key)``, or update the open one."""
+    err = sync_error.c
+    obj, direction, record_key = key
+    open_error = conn.execute(
+        sa.select(err.id).where(
+            err.object == obj,
+            err.direction == direction,
+            err.record_key == record_key,
+            err.status == "open",
+        )
+    ).scalar()
     if open_error is None:
         conn.execute(
             sa.insert(sync_error).values(
-                object=e.object,
-                direction=e.direction,
-                record_key=e.record_key,
+                object=obj,
+                direction=direction,
+                record_key=record_key,
                 first_failed_at=now,
-                attempts=e.attempts + 1,
+                attempts=attempts,
                 status="open",
                 **values,
             )
@@ -392,3 +408,37 @@ def _park(conn: Connection, f: Failed, now: datetime) -> None:
             .where(err.id == open_error)
             .values(attempts=err.attempts + 1, **values)
         )
+
+
+def fail_object(
+    conn: Connection, obj: str, direction: str, code: str, message: str, now: datetime
+) -> None:
+    """Record that a whole object failed to sync in ``direction`` (one open error per
+    object and direction, its attempts counting the failed tries)."""
+    values = {
+        "record_id": None,
+        "crm_id": None,
+        "record_label": None,
+        # The contract's operations are per record; reading changes is an update of
+        # what the store holds.
+        "operation": "update",
+        "error_code": code,
+        "error_message": message,
+        "last_failed_at": now,
+    }
+    _open_error(conn, (obj, direction, OBJECT_KEY), values, 1, now)
+
+
+def resolve_object(conn: Connection, obj: str, direction: str, now: datetime) -> None:
+    """The object synced again: its whole-object error, if any, is resolved."""
+    err = sync_error.c
+    conn.execute(
+        sa.update(sync_error)
+        .where(
+            err.status == "open",
+            err.object == obj,
+            err.direction == direction,
+            err.record_key == OBJECT_KEY,
+        )
+        .values(status="resolved", resolved_at=now)
+    )

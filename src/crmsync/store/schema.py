@@ -22,6 +22,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Index,
     Integer,
@@ -30,6 +31,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 
@@ -161,6 +163,9 @@ sync_record = Table(
     Column("last_synced_at", UTCDateTime(), nullable=False),
     # Field values (local column names) both sides agreed on at the last sync.
     Column("synced_values", JSON, nullable=False),
+    # The sync filter field said No: the record syncs in neither direction until
+    # Dynamics includes it again (engine/changes.py, plan.py, apply.py).
+    Column("excluded", Boolean, nullable=False, server_default=false()),
 )
 
 sync_error = Table(

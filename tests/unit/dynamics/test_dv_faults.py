@@ -12,6 +12,7 @@ from crmsync.dynamics.faults import (
     PreconditionFailed,
     Throttled,
     TokenRejected,
+    UnknownResource,
     classify,
     error_fields,
     from_transport_error,
@@ -50,7 +51,7 @@ def body(code: str, message: str = "msg") -> bytes:
         (412, "0x80060892", RecordRejected),
         (401, "", TokenRejected),
         (403, "", Fatal),
-        (404, "0x8006088a", Fatal),
+        (404, "0x8006088a", UnknownResource),
     ],
 )
 def test_classify_table(status: int, code: str, family: type[Exception]) -> None:
@@ -66,6 +67,16 @@ def test_throttle_families() -> None:
     assert issubclass(Throttled, Retriable)
     assert issubclass(TokenRejected, Fatal)
     assert issubclass(PreconditionFailed, RecordRejected)
+    # Fatal to a push; the pull reports it per object with Dynamics' code and message.
+    assert issubclass(UnknownResource, Fatal)
+    err = classify(404, body("0x8006088a", "Resource not found for the segment 'x'."), {})
+    assert isinstance(err, UnknownResource)
+    assert (err.code, err.message, err.status) == (
+        "0x8006088a",
+        "Resource not found for the segment 'x'.",
+        404,
+    )
+    assert str(err) == "unknown Dataverse resource: Resource not found for the segment 'x'."
 
 
 def test_code_and_message_kept_verbatim() -> None:

@@ -1,4 +1,4 @@
-"""error search indexes, backlog samples
+"""error search indexes, backlog samples, sync filter exclusion
 
 Revision ID: 0002
 Revises: 0001
@@ -11,6 +11,8 @@ Create Date: 2026-11-25 16:05:00
 - PostgreSQL: ``pg_trgm`` and trigram GIN indexes on the searched columns of
   ``sync_error`` (search at 1M errors: 6.9 s without, 78 ms with; docs/benchmarks.md).
   pg_trgm is a trusted extension (PostgreSQL 13+): the database owner may create it.
+- ``sync_record.excluded``: the sync filter field excluded the record (it syncs in
+  neither direction until Dynamics includes it again).
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.add_column(
+        "sync_record",
+        sa.Column("excluded", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
     op.create_index("ix_sync_error_last_failed", "sync_error", ["last_failed_at", "id"])
     op.create_table(
         "sync_backlog_sample",
@@ -51,3 +57,5 @@ def downgrade() -> None:
             op.execute(f"DROP INDEX IF EXISTS {name}")
     op.drop_table("sync_backlog_sample")
     op.drop_index("ix_sync_error_last_failed", table_name="sync_error")
+    with op.batch_alter_table("sync_record") as batch:
+        batch.drop_column("excluded")
