@@ -12,8 +12,10 @@ exists once in Dynamics, and the queue and the error list are empty.
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -75,6 +77,22 @@ def assert_same_both_sides(engine: sa.Engine, url: str, crm_rows: Any) -> None:
     assert count(engine, sync_error) == 0
 
 
+def wait_until_sigterm_handled(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Until ``proc`` has installed its SIGTERM handler (Linux: ``SigCgt`` in /proc)."""
+    status = Path(f"/proc/{proc.pid}/status")
+    if not status.exists():  # not Linux: give start-up a generous moment instead
+        time.sleep(5)
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        caught = next(ln for ln in status.read_text().splitlines() if ln.startswith("SigCgt:"))
+        if int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)):
+            return
+        assert proc.poll() is None, f"worker exited with {proc.returncode}"
+        assert time.monotonic() < deadline, "worker never installed its SIGTERM handler"
+        time.sleep(0.05)
+
+
 @pytest.mark.postgres
 def test_pull_and_push_in_three_processes_lose_and_duplicate_nothing(
     pg_sync_settings: Settings,
@@ -117,7 +135,6 @@ def test_pull_and_push_in_three_processes_lose_and_duplicate_nothing(
 
     # Long-running workers polling while both sides keep changing.
     procs = [start_worker("--concurrency", "2", batch_size=25, poll_seconds=0.3) for _ in range(3)]
-    started = time.monotonic()
     for i in range(0, REMOTE_LEADS, 4):
         sales.update("leads", remote[i], {"lastname": f"R{i}-crm"})
     sql(store, "UPDATE lead SET last_name = last_name || '-local' WHERE email LIKE 'local%'")
@@ -141,8 +158,10 @@ def test_pull_and_push_in_three_processes_lose_and_duplicate_nothing(
                     print("WORKER", proc.returncode, err[-3000:])
                 raise
             time.sleep(0.5)
-    # Let every process get past start-up (imports) before asking it to stop.
-    time.sleep(max(0.0, started + 5 - time.monotonic()))
+    # Ask them to stop only once each handles SIGTERM: the other two may have done all
+    # the work while a starved one was still importing, and SIGTERM would kill it.
+    for proc in procs:
+        wait_until_sigterm_handled(proc)
     for proc in procs:
         proc.send_signal(signal.SIGTERM)
     for proc in procs:

@@ -559,8 +559,19 @@ class Applier:
         )
         if not entries:
             return 0
+        self.apply_claimed(entries)
+        return len(entries)
+
+    def apply_claimed(self, entries: Sequence[queue.Entry]) -> None:
+        """Apply and record entries this worker claimed, in one transaction."""
         now = utcnow()
         with write_transaction(self.engine) as conn:
+            # Only entries still ours, locked until the end: if our lease ran out and
+            # another worker claimed them, it applies them; applying them twice would
+            # insert a record twice (refused, and parked as a bogus error).
+            entries = queue.hold(conn, self.worker_id, entries)
+            if not entries:
+                return
             ctx = load_context(conn, self.specs, entries, now)
             steps = [
                 plan_apply(
@@ -573,7 +584,6 @@ class Applier:
             ]
             outcome = self._run(conn, steps, now)
             queue.record_in(conn, outcome, now)
-        return len(entries)
 
     def _run(self, conn: Connection, steps: Sequence[Step], now: datetime) -> queue.Outcome:
         outcome = queue.Outcome()

@@ -86,52 +86,54 @@ def save_cursor(conn: Connection, obj: str, link: str | None, now: datetime) -> 
 def load_known(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> dict[str, ch.Known]:
     """What the store knows about these Dynamics ids: the local row holding the id, or a
     push in flight that chose it (its local row has no ``crm_id`` yet), and the sync
-    state both sides last agreed on."""
+    state both sides last agreed on.
+
+    One statement, so one snapshot: a push finishing meanwhile moves the id from its
+    queue entry to its local row in one commit, and two reads (rows, then queue) on
+    PostgreSQL could fall between and see it in neither place, taking crmsync's own
+    record for a new one. The same holds the other way for a local delete (the row
+    goes, a delete entry comes).
+    """
     if not crm_ids:
         return {}
-    table = LOCAL_TABLES[spec.table]
-    rows = {
-        r.crm_id.lower(): (r.id, r.crm_deleted_at is not None)
-        for r in conn.execute(
-            sa.select(table.c.id, table.c.crm_id, table.c.crm_deleted_at).where(
-                table.c.crm_id.in_(crm_ids)
-            )
+    table, q, r = LOCAL_TABLES[spec.table], sync_queue.c, sync_record.c
+    local = sa.select(
+        table.c.crm_id.label("crm_id"),
+        table.c.id.label("record_id"),
+        sa.literal(None, sa.String).label("operation"),
+        (table.c.crm_deleted_at.is_not(None)).label("marked"),
+    ).where(table.c.crm_id.in_(crm_ids))
+    pushes = sa.select(
+        q.crm_id.label("crm_id"),
+        q.record_id.label("record_id"),
+        q.operation.label("operation"),
+        sa.false().label("marked"),
+    ).where(q.object == spec.name, q.direction == "to_crm", q.crm_id.in_(crm_ids))
+    both = sa.union_all(local, pushes).subquery()
+    found = conn.execute(
+        sa.select(both, r.synced_values, r.crm_version, r.etag, r.excluded).join_from(
+            both,
+            sync_record,
+            (r.object == spec.name) & (r.record_id == both.c.record_id),
+            isouter=True,
         )
-    }
-    q = sync_queue.c
-    pushes = {
-        r.crm_id.lower(): (r.record_id, r.operation)
-        for r in conn.execute(
-            sa.select(q.crm_id, q.record_id, q.operation).where(
-                q.object == spec.name, q.direction == "to_crm", q.crm_id.in_(crm_ids)
-            )
-        )
-    }
-    ids = {v[0] for v in rows.values()} | {v[0] for v in pushes.values() if v[0] is not None}
-    synced: dict[int, Any] = {}
-    if ids:
-        r = sync_record.c
-        for s in conn.execute(
-            sa.select(r.record_id, r.synced_values, r.crm_version, r.etag, r.excluded).where(
-                r.object == spec.name, r.record_id.in_(ids)
-            )
-        ):
-            synced[s.record_id] = s
+    ).all()
+    rows = {f.crm_id.lower(): f for f in found if f.operation is None}
+    pushes_by_id = {f.crm_id.lower(): f for f in found if f.operation is not None}
     known: dict[str, ch.Known] = {}
     for crm_id in crm_ids:
-        push = pushes.get(crm_id)
-        local = rows.get(crm_id)
-        record_id = local[0] if local else (push[0] if push else None)
-        if record_id is None:
+        push = pushes_by_id.get(crm_id)
+        row = rows.get(crm_id)
+        state = row if row is not None else push
+        if state is None or state.record_id is None:
             continue
-        state = synced.get(record_id)
         known[crm_id] = ch.Known(
-            record_id=record_id,
-            synced_values=state.synced_values if state is not None else None,
-            synced_version=(state.crm_version or ch.version_of(state.etag)) if state else None,
-            local_delete_pending=push is not None and push[1] == "delete",
-            marked_deleted=bool(local and local[1]),
-            excluded=bool(state is not None and state.excluded),
+            record_id=state.record_id,
+            synced_values=state.synced_values,  # None without sync state (outer join)
+            synced_version=state.crm_version or ch.version_of(state.etag),
+            local_delete_pending=push is not None and push.operation == "delete",
+            marked_deleted=bool(row is not None and row.marked),
+            excluded=bool(state.excluded),  # None without sync state (outer join)
         )
     return known
 

@@ -16,7 +16,7 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -171,15 +171,21 @@ class Pusher:
         )
         if not entries:
             return []
+        return self._plan(entries)
+
+    def _plan(self, entries: Sequence[queue.Entry]) -> list[Step]:
+        """Plan claimed entries and save the Dynamics ids chosen for inserts."""
         with write_transaction(self.engine) as conn:
             rows = _load_rows(conn, self.specs, entries)
             parents = _load_parents(conn, self.specs, rows)
             etags, excluded = _load_sync_state(conn, entries)
-            steps = [
-                plan_entry(
+
+            def plan(e: queue.Entry) -> Step:
+                row = rows.get((e.object, e.record_id)) if e.record_id is not None else None
+                return plan_entry(
                     e,
                     self.specs[e.object],
-                    rows.get((e.object, e.record_id)) if e.record_id is not None else None,
+                    row,
                     parents,
                     detect_duplicates=self.settings.duplicate_detection,
                     etag=etags.get((e.object, e.record_id))
@@ -187,11 +193,19 @@ class Pusher:
                     else None,
                     excluded=(e.object, e.record_id) in excluded,
                 )
-                for e in entries
-            ]
-            for step in steps:
+
+            steps: list[Step] = []
+            for step in map(plan, entries):
                 if isinstance(step, Send) and step.entry.crm_id is None:
-                    queue.assign_crm_id(conn, step.entry, step.crm_id)
+                    # Another worker may hold this entry too (our lease ran out between
+                    # the claim and now) and may have chosen an id first: both must
+                    # send that one, or Dynamics gets the record twice.
+                    stored = queue.assign_crm_id(conn, step.entry, step.crm_id)
+                    if stored is None:
+                        continue  # finished by that worker meanwhile: nothing left to do
+                    if stored != step.crm_id:
+                        step = plan(replace(step.entry, crm_id=stored))
+                steps.append(step)
         return steps
 
     async def _paced_claim(self) -> list[Step]:

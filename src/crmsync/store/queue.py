@@ -165,13 +165,45 @@ def claim(
     return sorted((Entry(*r) for r in rows), key=lambda e: e.id)
 
 
-def assign_crm_id(conn: Connection, entry: Entry, crm_id: str) -> None:
-    """Remember the Dynamics id chosen for an insert before it is sent (idempotence)."""
-    conn.execute(
-        sa.update(sync_queue)
-        .where(sync_queue.c.id == entry.id, sync_queue.c.crm_id.is_(None))
-        .values(crm_id=crm_id)
+def hold(conn: Connection, worker: str, entries: Sequence[Entry]) -> list[Entry]:
+    """The entries still claimed by ``worker``, locked for the caller's transaction.
+
+    A lease can run out while its batch is still being worked on (a stalled process);
+    another worker may then claim the entries. Recording outcomes only for entries
+    held under this lock fences the late worker off. On PostgreSQL the lock also makes
+    a concurrent claim (``SKIP LOCKED``) pass the entries by; on SQLite the write
+    transaction already excludes every other writer.
+    """
+    if not entries:
+        return []
+    q = sync_queue.c
+    mine = (
+        sa.select(q.id)
+        .where(q.id.in_([e.id for e in entries]), q.claimed_by == worker)
+        .order_by(q.id)  # one lock order for every worker
     )
+    if conn.dialect.name == "postgresql":
+        mine = mine.with_for_update()
+    held = {r[0] for r in conn.execute(mine)}
+    return [e for e in entries if e.id in held]
+
+
+def assign_crm_id(conn: Connection, entry: Entry, crm_id: str) -> str | None:
+    """Remember the Dynamics id chosen for an insert before it is sent (idempotence).
+
+    Returns the id the entry holds now, which is another worker's choice if it got
+    there first (it claimed the entry after this worker's lease ran out), or None if
+    the entry is gone (that worker finished it). The row stays locked until the
+    caller's transaction ends, so the two never disagree.
+    """
+    q = sync_queue.c
+    stored = conn.execute(
+        sa.update(sync_queue)
+        .where(q.id == entry.id)
+        .values(crm_id=sa.func.coalesce(q.crm_id, crm_id))
+        .returning(q.crm_id)
+    ).scalar()
+    return None if stored is None else str(stored)
 
 
 def release(engine: Engine, worker: str) -> int:
