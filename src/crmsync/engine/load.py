@@ -13,12 +13,13 @@ is not local goes the ordinary way, through the queue, where it is decided recor
 record. If the database refuses the bulk insert (another worker inserted one of the
 records first, a local constraint), the whole page goes the ordinary way too.
 
-The work per record in Python is kept to the checks and one list; the page is handed to
-the database as ONE JSON parameter and unpacked there (``json_each`` on SQLite,
-``json_array_elements`` on PostgreSQL), so that SQLite does a page in one statement per
-table (no per-row round trip through the driver, no per-row hand-over of the GIL while
-the event loop thread parses the next page) and the synced values are built from the
-inserted row itself (``json_object``) instead of being encoded once more per record.
+The work per record in Python is kept to the checks, done column by column over the
+page. The rows go to the database many per statement (multi-row ``VALUES`` straight
+through the driver: no per-row trip through SQLAlchemy, no per-row ``executemany`` step
+handing the GIL back and forth with the event loop thread that parses the next page),
+the sync state is joined to the inserted rows by ``crm_id`` in SQL, and the synced
+values are built by the database from the inserted row (``json_object``) instead of
+being JSON-encoded in Python per record.
 """
 
 from __future__ import annotations
