@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -179,7 +180,9 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=10)
     b, c = statistics.median(bare_rates), statistics.median(ours)
-    print(f"\n{args.records:,} leads, {args.rounds} rounds (medians)")
+    # Both sides and the emulator share the machine's cores: say how busy it was.
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\n{args.records:,} leads, {args.rounds} rounds (medians); load average {load}")
     print(f"bare httpx loop  {b:10,.0f} records/s")
     print(f"crmsync load     {c:10,.0f} records/s")
     print(f"ratio            {c / b:10.2f}   (target >= 0.5)")

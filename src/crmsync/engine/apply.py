@@ -17,12 +17,11 @@ replayed record by record in savepoints, and only the refused records are parked
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -375,25 +374,6 @@ def _rejoin(conn: Connection, obj: str, group: Sequence[Write]) -> None:
         )
 
 
-def _driver_insert(
-    conn: Connection, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
-) -> None:
-    """``executemany`` straight through the driver: for the initial load's thousands of
-    rows a page, SQLAlchemy's per-row parameter processing costs more than the insert.
-    Names come from the schema, values are bound parameters."""
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    names, marks = ", ".join(columns), ", ".join(mark for _ in columns)
-    sql = f"INSERT INTO {table} ({names}) VALUES ({marks})"  # noqa: S608 (schema names)
-    conn.exec_driver_sql(sql, list(rows))
-
-
-def _driver_time(conn: Connection, value: datetime | None) -> Any:
-    """A UTC timestamp as ``UTCDateTime`` stores it (text on SQLite)."""
-    if value is None or conn.dialect.name != "sqlite":
-        return value
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
 def _insert_rows(conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> list[int]:
     """Insert rows carrying distinct ``crm_id``s; their new ids, in order.
 
@@ -448,84 +428,6 @@ def _settle_pushes(conn: Connection, obj: str, group: Sequence[Write], now: date
             sa.or_(q.claimed_until.is_(None), q.claimed_until < now),
         )
     )
-
-
-def insert_new(
-    conn: Connection,
-    spec: ObjectSpec,
-    found: Sequence[ch.Change],
-    parents: Mapping[tuple[str, str], int],
-    now: datetime,
-) -> list[ch.Change]:
-    """The initial load's fast path: records the store has never seen, whose values fit
-    and whose parents are all local, are inserted at once with their sync state (capture
-    suppressed, in the caller's transaction). For such a record the plan could only be
-    "insert Dynamics' values": there is no local side to conflict with. Returns the
-    changes that must go through the queue instead (all of them if a write is refused,
-    so that the apply lane can park exactly the refused records)."""
-    table = LOCAL_TABLES[spec.table]
-    targets = {lk.column: lk.target for lk in spec.lookups}
-    direct: list[tuple[ch.Change, dict[str, Any]]] = []
-    rest: list[ch.Change] = []
-    lengths = {c: getattr(table.c[c].type, "length", None) for c in spec.fields}
-    for change in found:
-        values = dict(change.values)
-        ok = all(
-            # The common case (text that fits) checked inline; anything else in full.
-            (type(v) is str and (lengths.get(c) or 0) >= len(v)) or _fits(table, c, v) is None
-            for c, v in values.items()
-        )
-        for column, parent in change.lookups.items():
-            local = None if parent is None else parents.get((targets[column], parent))
-            ok = ok and (parent is None or local is not None)
-            values[column] = local
-        if ok:
-            direct.append((change, values))
-        else:
-            rest.append(change)
-    if not direct:
-        return rest
-    columns = [*direct[0][1], "crm_id"]
-    try:
-        with capture_suppressed(conn), conn.begin_nested():
-            _driver_insert(conn, table.name, columns, [(*v.values(), c.crm_id) for c, v in direct])
-            keys = [c.crm_id for c, _ in direct]
-            found_ids = conn.execute(
-                sa.select(table.c.crm_id, table.c.id).where(table.c.crm_id.in_(keys))
-            )
-            ids = {crm_id: record_id for crm_id, record_id in found_ids}
-            stamp = _driver_time(conn, now)
-            _driver_insert(
-                conn,
-                "sync_record",
-                [
-                    "object",
-                    "record_id",
-                    "crm_id",
-                    "etag",
-                    "crm_version",
-                    "crm_modified_at",
-                    "last_synced_at",
-                    "synced_values",
-                ],
-                [
-                    (
-                        spec.name,
-                        ids[c.crm_id],
-                        c.crm_id,
-                        c.etag,
-                        c.version,
-                        _driver_time(conn, c.modified_datetime),
-                        stamp,
-                        json.dumps(v, separators=(",", ":")),
-                    )
-                    for c, v in direct
-                ],
-            )
-            queue.count_synced(conn, {(spec.name, "from_crm", "insert"): len(direct)}, now)
-    except DBAPIError:
-        return list(found)
-    return rest
 
 
 def _driver_message(exc: DBAPIError) -> str:

@@ -118,6 +118,16 @@ def select_for(spec: ObjectSpec, filter_field: str | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def row_version(row: Mapping[str, Any]) -> int | None:
+    """A change-tracking row's ``versionnumber``, or the one its ETag carries."""
+    etag = row.get("@odata.etag")
+    version = row.get(VERSION)
+    try:
+        return int(version) if version is not None else version_of(etag)
+    except (TypeError, ValueError):
+        return version_of(etag)
+
+
 def read_row(spec: ObjectSpec, row: Mapping[str, Any], filter_field: str | None) -> Change:
     """A change-tracking row as a ``Change``."""
     return read_rows(spec, [row], filter_field)[0]
@@ -135,18 +145,13 @@ def read_rows(
     out = []
     for row in rows:
         etag = row.get("@odata.etag")
-        version = row.get(VERSION)
-        try:
-            version = int(version) if version is not None else version_of(etag)
-        except (TypeError, ValueError):
-            version = version_of(etag)
         by = row.get(MODIFIED_BY)
         out.append(
             Change(
                 crm_id=str(row[key]).lower(),
                 values={c: row.get(a) for c, a in fields},
                 lookups={c: str(row[a]).lower() if row.get(a) else None for c, a in lookups},
-                version=version,
+                version=row_version(row),
                 modified_at=row.get(MODIFIED_ON),
                 modified_by=str(by).lower() if by else None,
                 etag=etag if isinstance(etag, str) else None,

@@ -40,7 +40,7 @@ from crmsync.dynamics.client import DataverseClient
 from crmsync.dynamics.faults import DeltaTokenExpired
 from crmsync.dynamics.pages import ChangePage
 from crmsync.engine import changes as ch
-from crmsync.engine.apply import insert_new
+from crmsync.engine import load
 from crmsync.errors import CrmsyncError, RecordRejected
 from crmsync.store import queue
 from crmsync.store.db import write_transaction
@@ -102,13 +102,13 @@ def load_known(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> di
         table.c.id.label("record_id"),
         sa.literal(None, sa.String).label("operation"),
         (table.c.crm_deleted_at.is_not(None)).label("marked"),
-    ).where(table.c.crm_id.in_(crm_ids))
+    ).where(load.id_in(conn, table.c.crm_id, crm_ids))
     pushes = sa.select(
         q.crm_id.label("crm_id"),
         q.record_id.label("record_id"),
         q.operation.label("operation"),
         sa.false().label("marked"),
-    ).where(q.object == spec.name, q.direction == "to_crm", q.crm_id.in_(crm_ids))
+    ).where(q.object == spec.name, q.direction == "to_crm", load.id_in(conn, q.crm_id, crm_ids))
     both = sa.union_all(local, pushes).subquery()
     found = conn.execute(
         sa.select(both, r.synced_values, r.crm_version, r.etag, r.excluded).join_from(
@@ -151,14 +151,7 @@ def load_parents(
         for column, crm_id in c.lookups.items():
             if crm_id is not None:
                 wanted.setdefault(targets[column], set()).add(crm_id)
-    found: dict[tuple[str, str], int] = {}
-    for target, ids in wanted.items():
-        table = LOCAL_TABLES[specs[target].table]
-        for r in conn.execute(
-            sa.select(table.c.id, table.c.crm_id).where(table.c.crm_id.in_(sorted(ids)))
-        ):
-            found[(target, r.crm_id.lower())] = r.id
-    return found
+    return load.local_parents(conn, specs, wanted)
 
 
 def _crm_version(payload: Any) -> Any:
@@ -442,14 +435,18 @@ class Puller:
         *,
         force: bool = False,
     ) -> int:
-        found = ch.read_rows(spec, page.rows, filter_field)
-        found += [ch.deleted(i) for i in page.deleted_ids]
         now = utcnow()
         rows: list[dict[str, Any]] = []
         with write_transaction(self.engine) as conn:
+            loaded = load.Loaded([], page.rows)
+            if seen is not None:
+                # A full read: what the store has never seen is inserted as it is.
+                loaded = load.insert_new(conn, self.specs, spec, page.rows, filter_field, now)
+                seen.update(loaded.inserted)
+            found = ch.read_rows(spec, loaded.rest, filter_field)
+            found += [ch.deleted(i) for i in page.deleted_ids]
             known = load_known(conn, spec, [c.crm_id for c in found])
             parents = load_parents(conn, self.specs, spec, found)
-            new: list[ch.Change] = []
             excluded: dict[str, ch.Known] = {}
             for change in found:
                 k = known.get(change.crm_id)
@@ -465,13 +462,8 @@ class Puller:
                     # Newer in Dynamics than our last sync, whatever its values: applying
                     # it is what moves the record's ETag on for the waiting push.
                     op = "update"
-                if op == "insert" and seen is not None:
-                    new.append(change)
-                elif op is not None:
+                if op is not None:
                     rows.append(entry_row(spec, change, op, k, now))
-            if new:
-                for change in insert_new(conn, spec, new, parents, now):
-                    rows.append(entry_row(spec, change, "insert", None, now))
             if seen is not None:
                 seen.update(c.crm_id for c in found)
             if page.delta_link is not None and seen is not None:
@@ -488,8 +480,9 @@ class Puller:
                 save_cursor(conn, spec.name, page.delta_link, now)
                 # Read to the end: a failure of the whole object's pull is over.
                 queue.resolve_object(conn, spec.name, "from_crm", now)
-        self.stats.read += len(found)
-        self.stats.by_object[spec.name] = self.stats.by_object.get(spec.name, 0) + len(found)
+        read = len(found) + len(loaded.inserted)
+        self.stats.read += read
+        self.stats.by_object[spec.name] = self.stats.by_object.get(spec.name, 0) + read
         if self.progress is not None and seen is not None:
-            self.progress(spec.name, len(found))
+            self.progress(spec.name, read)
         return len(rows)
