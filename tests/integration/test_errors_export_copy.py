@@ -117,8 +117,8 @@ def count(conn: sa.Connection) -> int:
     return int(conn.execute(sa.select(sa.func.count()).select_from(sync_error)).scalar_one())
 
 
-def both(engine: Engine, **given: Any) -> tuple[str, str]:
-    filters = make_filters(OBJECT_NAMES, **given)
+def both(engine: Engine, **chosen: Any) -> tuple[str, str]:
+    filters = make_filters(OBJECT_NAMES, **chosen)
     copied = "".join(sync_errors.export(engine, filters, "csv"))
     portable = "".join(sync_errors.portable_csv(engine, filters))
     return copied, portable
@@ -142,15 +142,15 @@ FILTERS: list[dict[str, Any]] = [
 
 def test_copy_export_is_byte_identical_to_the_python_export(engine):
     insert(engine, nasty_rows())
-    for given in FILTERS:  # one database for all: creating one per case costs seconds
-        copied, portable = both(engine, **given)
-        assert copied == portable, given
+    for chosen in FILTERS:  # one database for all: creating one per case costs seconds
+        copied, portable = both(engine, **chosen)
+        assert copied == portable, chosen
         rows = list(csv.reader(io.StringIO(copied, newline="")))
         assert rows[0] == list(ERROR_FIELDS)
         with engine.connect() as conn:
-            total = sync_errors.list_errors(conn, make_filters(OBJECT_NAMES, **given))["total"]
-        assert len(rows) - 1 == total, given
-        assert total > 0 or given.get("q") == "nothing matches this", given
+            total = sync_errors.list_errors(conn, make_filters(OBJECT_NAMES, **chosen))["total"]
+        assert len(rows) - 1 == total, chosen
+        assert total > 0 or chosen.get("q") == "nothing matches this", chosen
 
 
 def test_copy_export_cells(engine):
