@@ -206,6 +206,15 @@ def test_stopping_early_leaves_a_clean_connection(engine):
     assert copied == portable
 
 
+def test_a_failing_copy_raises_the_store_error_family(engine, db_url):
+    rows = [dict(r, error_message=r["error_message"] + "y" * 2000) for r in nasty_rows()]
+    insert(engine, rows * 40)  # sorting 2,000+ wide rows takes well over a millisecond
+    slow = create_store_engine(db_url, connect_args={"options": "-c statement_timeout=1"})
+    with pytest.raises(sa.exc.OperationalError, match="statement timeout"):
+        "".join(sync_errors.export(slow, make_filters(OBJECT_NAMES, status="all"), "csv"))
+    slow.dispose()
+
+
 # PostgreSQL text holds any character but NUL (and no lone surrogates).
 cell = st.text(
     st.characters(codec="utf-8", exclude_categories=["Cs"], exclude_characters="\0"), max_size=40

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy import ColumnElement, Engine
 from sqlalchemy.engine import Dialect
@@ -99,9 +100,14 @@ def copy_csv(engine: Engine, query: sa.Select[Any]) -> Iterator[str]:
     with engine.connect() as conn:
         raw: Any = conn.connection.driver_connection
         encoding = raw.info.encoding
-        with raw.transaction(), raw.cursor() as cursor:
-            cursor.execute("SET LOCAL TIME ZONE 'UTC'")
-            yield from _crlf_chunks(cursor, statement, params, encoding)
+        try:
+            with raw.transaction(), raw.cursor() as cursor:
+                cursor.execute("SET LOCAL TIME ZONE 'UTC'")
+                yield from _crlf_chunks(cursor, statement, params, encoding)
+        except psycopg.Error as exc:
+            # The same exception family as a query run through SQLAlchemy (the API
+            # answers a lost store with 503, not 500).
+            raise sa.exc.DBAPIError.instance(statement, params, exc, psycopg.Error) from exc
 
 
 def _crlf_chunks(
