@@ -30,6 +30,7 @@ from typing import Any
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy import ColumnElement, Engine
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
 
 from crmsync.store.schema import sync_error
@@ -56,12 +57,19 @@ def _escaped_cell(column: ColumnElement[Any], formula_starts: Sequence[str]) -> 
     if not isinstance(column.type, sa.String):  # a number: only a minus sign to escape
         text = sa.cast(column, sa.Text)
         return sa.case((column < 0, quote + text), else_=text)
-    # One ascii() of the first character and integer comparisons: the cheapest test
-    # measured (left() or a regex per cell cost about twice as much). ascii('') is 0:
-    # NULL, written as an empty field like Python's csv does, where COPY would write "".
-    escapes: dict[Any, Any] = {ord(c): quote + column for c in formula_starts if c != "\0"}
-    escapes[0] = sa.null()
-    return sa.case(escapes, value=sa.func.ascii(column), else_=column)
+    # Most cells start with a letter or another character above the highest formula
+    # character ('@', 64): that test first, as ascii() and one integer comparison cost a
+    # fraction of comparing with each formula character (measured: 5x on 400k cells).
+    # ascii('') is 0: NULL, written as an empty field like Python's csv does, where COPY
+    # would write "".
+    first = sa.func.ascii(column, type_=sa.Integer)
+    codes = sorted(ord(c) for c in formula_starts if c != "\0")
+    return sa.case(
+        (first > codes[-1], column),
+        (first == sa.any_(sa.literal(codes, ARRAY(sa.Integer))), quote + column),
+        (first == 0, sa.null()),
+        else_=column,
+    )
 
 
 def copy_select(
