@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy import ColumnElement, Connection, Engine, RowMapping
 
 from crmsync.errors import ValidationFailed
+from crmsync.store import errors_copy
 from crmsync.store.params import (
     DEFAULT_LIMIT,
     MAX_ID,
@@ -307,6 +308,20 @@ def _stream_rows(engine: Engine, filters: ErrorFilters) -> Iterator[tuple[object
             yield tuple(values)
 
 
+def portable_csv(engine: Engine, filters: ErrorFilters) -> Iterator[str]:
+    """The CSV export formatted in Python: the path on SQLite, and on PostgreSQL the
+    reference the ``COPY`` path is tested byte for byte against."""
+    return _csv(_stream_rows(engine, filters), header=True)
+
+
+def copy_query(filters: ErrorFilters) -> sa.Select[Any]:
+    """The PostgreSQL SELECT the ``COPY`` export runs: same filters, order and columns."""
+    where = conditions(filters, "postgresql")
+    return errors_copy.copy_select(
+        ERROR_FIELDS, where, _NEWEST_FIRST, FORMULA_STARTS, _TIME_COLUMNS
+    )
+
+
 def stream_errors(engine: Engine, filters: ErrorFilters) -> Iterator[dict[str, Any]]:
     """Every matching error as an ERROR item, newest first (see ``_stream_rows``)."""
     for row in _stream_rows(engine, filters):
@@ -314,8 +329,12 @@ def stream_errors(engine: Engine, filters: ErrorFilters) -> Iterator[dict[str, A
 
 
 def export(engine: Engine, filters: ErrorFilters, fmt: str) -> Iterator[str]:
+    """Every matching error as CSV or JSON text, streamed. The CSV comes from the
+    server's ``COPY`` on PostgreSQL (see ``errors_copy``), from ``_csv`` elsewhere."""
+    if fmt == "csv" and engine.dialect.name == "postgresql":
+        return errors_copy.copy_csv(engine, copy_query(filters))
     if fmt == "csv":
-        return _csv(_stream_rows(engine, filters), header=True)
+        return portable_csv(engine, filters)
     return json_lines(stream_errors(engine, filters))
 
 
