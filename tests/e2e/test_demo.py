@@ -218,9 +218,12 @@ def test_run_serves_the_api_and_syncs_in_one_process(sync_settings: Settings) ->
     )
     try:
         assert proc.stderr is not None
-        line = proc.stderr.readline()
-        match = re.search(r"on (http://\S+),", line)
-        assert match, line
+        lines: list[str] = []
+        match = None
+        while match is None and len(lines) < 5:  # start-up warnings come first
+            lines.append(proc.stderr.readline())
+            match = re.search(r"on (http://\S+),", lines[-1])
+        assert match, lines
         headers = {"Authorization": "Bearer run-token-0123456789"}
         with httpx.Client(base_url=match.group(1), headers=headers, timeout=10) as http:
             created = http.post("/api/v1/records/lead", json={"email": "run@example.com"})
