@@ -118,7 +118,7 @@ def openapi() -> dict[str, Any]:
     from crmsync.web.app import create_app
 
     # An in-memory store: the document does not depend on any data.
-    app = create_app(load_settings(database_url="sqlite://", api_token="docs"))
+    app = create_app(load_settings(database_url="sqlite://"))
     doc: dict[str, Any] = app.openapi()
     return doc
 
@@ -162,7 +162,7 @@ def api_md() -> str:
         "",
         f"{doc['info']['title']} API version {doc['info']['version']}. JSON under `/api/v1`, "
         "authenticated with `Authorization: Bearer <CRMSYNC_API_TOKEN>` or a console session "
-        "(`/healthz` needs neither). Errors are `{\"error\": {\"code\", \"message\"}}` with a "
+        '(`/healthz` needs neither). Errors are `{"error": {"code", "message"}}` with a '
         "4xx status; bad input never yields a 500. The live document is at "
         "`/api/v1/openapi.json` and Swagger UI at `/api/v1/docs`.",
         "",
