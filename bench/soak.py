@@ -15,8 +15,11 @@ Three processes, as in production:
   and a separate Dynamics user) at ``--rate`` changes per second, with 2% bad data, and
   the samplers.
 
-At the end the generator stops, the backlog drains, the faults are switched off, and
-the local tables, the queue, the errors and the emulator are compared:
+At the end the generator stops; the script waits for a pull of every object that began
+after the stop (the Dynamics user's last edits, and the conflicts they raise, reach the
+store only then) and for the backlog to drain; the faults are switched off, and the
+local tables, the queue, the errors and the emulator are compared (differing records
+are listed with their sync state and queue entries; on failure the store is kept):
 
 - no pending entry is left;
 - every local lead and contact without an open error is in Dynamics exactly once with
@@ -39,12 +42,13 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +73,7 @@ FIELDS = {
     "contact": {"email": "emailaddress1", "first_name": "firstname", "last_name": "lastname"},
 }
 ENTITY_SET = {"lead": "leads", "contact": "contacts"}
+PULLED = ("lead", "contact", "account", "opportunity")
 
 
 def free_port() -> int:
@@ -190,6 +195,33 @@ def pending(engine: sa.Engine) -> tuple[int, float]:
     return int(n), max(0.0, (datetime.now(UTC) - oldest).total_seconds())
 
 
+async def settle(engine: sa.Engine, stopped_at: datetime, deadline: float) -> None:
+    """Wait until both sides have seen everything: a pull of every object that began
+    after the generator stopped (Dynamics users' last edits, and the conflicts they
+    raise, are only known to the store after it), and then no entry pending in either
+    direction."""
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            pulled = conn.execute(sa.text("SELECT object, updated_at FROM sync_cursor")).all()
+            waiting = conn.execute(
+                sa.text("SELECT count(*) FROM sync_queue WHERE state = 'pending'")
+            ).scalar()
+        seen = {obj: _utc(at) for obj, at in pulled}
+        # A page is saved when read, so a cursor saved after the stop covers the stop
+        # (plus a second for the emulator's clock granularity).
+        fresh = len(seen) >= len(PULLED) and all(
+            seen.get(obj, stopped_at) > stopped_at + timedelta(seconds=1) for obj in PULLED
+        )
+        if fresh and not waiting:
+            return
+        await asyncio.sleep(0.5)
+
+
+def _utc(value: Any) -> datetime:
+    at = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
 def oldest_entry(engine: sa.Engine) -> dict[str, Any]:
     with engine.connect() as conn:
         row = (
@@ -211,6 +243,7 @@ def compare(engine: sa.Engine, url: str) -> dict[str, Any]:
     """The closing accounting: local, queue, errors and Dynamics agree."""
     sync_user = user_id_for(CLIENT_ID)
     problems: list[str] = []
+    samples: list[dict[str, Any]] = []
     report: dict[str, Any] = {}
     with engine.connect() as conn:
         left = conn.execute(
@@ -253,8 +286,15 @@ def compare(engine: sa.Engine, url: str) -> dict[str, Any]:
                 missing += 1
                 continue
             checked += 1
-            if any((row[c] or None) != (record.get(a) or None) for c, a in columns.items()):
+            differs = {
+                c: [row[c], record.get(a)]
+                for c, a in columns.items()
+                if (row[c] or None) != (record.get(a) or None)
+            }
+            if differs:
                 mismatched += 1
+                if len(samples) < 5:
+                    samples.append({"object": obj, "id": row["id"], "differs": differs})
         doubles = [k for k, n in known.items() if n > 1]
         orphans = [k for k in ours if k not in known]
         if missing:
@@ -275,7 +315,40 @@ def compare(engine: sa.Engine, url: str) -> dict[str, Any]:
         }
     report["open_errors"] = len(open_errors)
     report["problems"] = problems
+    report["differing_samples"] = explain(engine, samples)
     return report
+
+
+def explain(engine: sa.Engine, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the store says of each differing record: its sync state and queue entries."""
+    with engine.connect() as conn:
+        for sample in samples:
+            key = {"o": sample["object"], "i": sample["id"], "k": str(sample["id"])}
+            state = (
+                conn.execute(
+                    sa.text(
+                        "SELECT crm_version, last_synced_at, synced_values, excluded "
+                        "FROM sync_record WHERE object = :o AND record_id = :i"
+                    ),
+                    key,
+                )
+                .mappings()
+                .first()
+            )
+            entries = (
+                conn.execute(
+                    sa.text(
+                        "SELECT direction, operation, state, attempts, last_error_code "
+                        "FROM sync_queue WHERE object = :o AND record_key = :k"
+                    ),
+                    key,
+                )
+                .mappings()
+                .all()
+            )
+            sample["sync_record"] = {k: str(v) for k, v in (state or {}).items()}
+            sample["queue"] = [dict(e) for e in entries]
+    return samples
 
 
 def insert_lag(engine: sa.Engine, url: str) -> list[float]:
@@ -371,11 +444,7 @@ async def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             traffic.stop()
             await generating
         drain_started = time.monotonic()
-        while True:
-            n, age = await asyncio.to_thread(pending, engine)
-            if n == 0 or time.monotonic() - drain_started > 300:
-                break
-            await asyncio.sleep(0.5)
+        await settle(engine, datetime.now(UTC), drain_started + 300)
         drain_seconds = time.monotonic() - drain_started
         configure(emu_url, throttle_rate=0, fail_rate=0, latency_ms=0, per_record_ms=0)
         result = compare(engine, emu_url)
@@ -442,8 +511,8 @@ def main() -> None:
     ap.add_argument("--log", help="file for the product's log (default: a temp file)")
     ap.add_argument("--database-url", help="store URL (default: a SQLite file in a temp dir)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="crmsync-soak-") as tmp:
-        result = asyncio.run(soak(args, Path(tmp)))
+    work = Path(tempfile.mkdtemp(prefix="crmsync-soak-"))
+    result = asyncio.run(soak(args, work))
     print(json.dumps(result, indent=2, default=str))
     ok = (
         not result["accounting"]["problems"]
@@ -451,7 +520,11 @@ def main() -> None:
         and result["rss_mib"]["growth"] < 0.10
         and result["product_exit_code"] == 0
     )
-    print("PASS" if ok else "FAIL", flush=True)
+    if ok:
+        shutil.rmtree(work, ignore_errors=True)
+        print("PASS", flush=True)
+    else:
+        print(f"FAIL (the store and the product's log are kept in {work})", flush=True)
     sys.exit(0 if ok else 1)
 
 

@@ -39,6 +39,7 @@ from crmsync.engine.apply import Applier
 from crmsync.engine.pull import Progress, Puller
 from crmsync.engine.push import Pusher
 from crmsync.errors import Fatal, RecordRejected, Retriable
+from crmsync.memory import release_free_memory
 from crmsync.store import queue
 from crmsync.store.db import write_transaction
 from crmsync.store.maintenance import maintain
@@ -224,6 +225,7 @@ class Worker:
                 # bucket whoever calls it: a deployment with workers but no console
                 # still keeps its trend and prunes old counters.
                 await asyncio.to_thread(maintain, self.engine)
+                await asyncio.to_thread(release_free_memory)
             except Exception:
                 log.exception("upkeep failed", extra={"event": "worker.upkeep_failed"})
             with contextlib.suppress(TimeoutError):

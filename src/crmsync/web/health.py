@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 
 from crmsync.alerts import AlertMonitor
 from crmsync.config import Settings
+from crmsync.memory import release_free_memory
 from crmsync.store.maintenance import maintain
 from crmsync.store.params import iso
 from crmsync.store.status import oldest_waiting
@@ -131,6 +132,7 @@ async def ops_loop(app: FastAPI) -> None:
     while True:
         try:
             await run_in_threadpool(maintain, app.state.engine)
+            await run_in_threadpool(release_free_memory)
             await alerts.check()
         except Exception:  # a bad round must not end the loop; the next one retries
             log.exception("ops round failed", extra={"event": "ops.round_failed"})
