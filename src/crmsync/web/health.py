@@ -2,14 +2,18 @@
 
 ``/healthz`` needs no credentials (load balancers and uptime checks call it), so it
 says only what an outsider may know: whether the store and Dynamics answer, how old
-the oldest waiting change is, and which alerts are open. It answers 503 when the store
+the oldest waiting change is, until when Dynamics told the workers to wait (a 429's
+``Retry-After``, shared through the store: ``dynamics_throttled_until``, null when no
+wait is in force), and which alerts are open. It answers 503 when the store
 is unreachable (nothing works then), and 200 otherwise: Dynamics being down is reported,
 not failed, because the API and the console still work and the backlog will drain once
 it is back.
 
 Dynamics is probed with one unauthenticated GET of the Web API root: any HTTP answer
 (a 401 included) proves the network path and the service are up, without spending a
-token request or exposing a credential. The result is cached for ``PROBE_CACHE_SECONDS``
+token request or exposing a credential; an unauthenticated request is no user's, so it
+does not count against the workers' service protection limits and needs no pause while
+they are throttled. The result is cached for ``PROBE_CACHE_SECONDS``
 so that frequent health checks do not become traffic to Dynamics.
 
 ``ops_loop`` runs while the app serves: every ``ops_interval_seconds`` it runs
@@ -36,6 +40,7 @@ from crmsync.config import Settings
 from crmsync.store.maintenance import maintain
 from crmsync.store.params import iso
 from crmsync.store.status import oldest_waiting
+from crmsync.store.throttle import latest as throttled_until
 from crmsync.store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -82,14 +87,15 @@ class DynamicsProbe:
         return "ok"
 
 
-def _store_check(engine: Engine, objects: list[str]) -> tuple[str | None, Any]:
+def _store_check(engine: Engine, objects: list[str]) -> tuple[str | None, Any, Any]:
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
         oldest = oldest_waiting(conn, objects)
+        throttled = throttled_until(conn)
     if not oldest:
-        return None, None
+        return None, None, throttled
     obj = min(oldest, key=lambda name: oldest[name])
-    return obj, oldest[obj]
+    return obj, oldest[obj], throttled
 
 
 @router.get("/healthz")
@@ -98,7 +104,7 @@ async def healthz(request: Request) -> JSONResponse:
     state = request.app.state
     objects = list(state.specs)
     try:
-        obj, first = await run_in_threadpool(_store_check, state.engine, objects)
+        obj, first, throttled = await run_in_threadpool(_store_check, state.engine, objects)
     except SQLAlchemyError:
         body = {"status": "error", "store": "unreachable", "message": "the store is unreachable"}
         return JSONResponse(body, status_code=503)
@@ -118,6 +124,9 @@ async def healthz(request: Request) -> JSONResponse:
                 "queued_at": iso(first),
                 "age_seconds": max(0, int((now - first).total_seconds())),
             },
+            "dynamics_throttled_until": iso(throttled)
+            if throttled is not None and throttled > now
+            else None,
             "alerting": bool(incidents),
             "alerts": incidents,
         }
