@@ -104,8 +104,6 @@ async def test_a_429_in_one_process_closes_the_gate_of_another(engine: Engine) -
     a.throttled(5.0)  # a shorter wait later never shortens the shared one
     await bridge_a.aclose()
     assert 18.0 < await bridge_b.refresh() <= 20.0
-    a.throttled(0.0)  # a 429 without a wait publishes nothing
-    assert bridge_a._publisher is not None and bridge_a._publisher.done()
 
 
 @pytest.fixture
