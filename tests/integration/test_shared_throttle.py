@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
@@ -170,3 +171,22 @@ async def test_healthz_and_metrics_show_the_shared_instant(db_url: str, engine: 
         if s.name.startswith("crmsync_dynamics_throttled")
     }
     assert gauges == {"crmsync_dynamics_throttled_until_timestamp_seconds": until.timestamp()}
+
+
+async def test_healthz_survives_a_store_not_yet_upgraded(db_url: str, engine: Engine) -> None:
+    """New code in front of a store still at migration 0002 (before ``db upgrade``):
+    the health check and metrics stay up and show no shared wait."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE dynamics_throttle"))
+    app = create_app(load_settings(database_url=db_url, api_token="t"), engine=engine)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://t", headers={"Authorization": "Bearer t"}
+    ) as c:
+        health = await c.get("/healthz")
+        assert health.status_code == 200
+        assert health.json()["store"] == "ok"
+        assert health.json()["dynamics_throttled_until"] is None
+        metrics = await c.get("/metrics")
+    assert metrics.status_code == 200
+    assert "crmsync_dynamics_throttled_until_timestamp_seconds 0.0" in metrics.text

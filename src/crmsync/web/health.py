@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -87,11 +88,21 @@ class DynamicsProbe:
         return "ok"
 
 
+def shared_throttle(engine: Engine) -> datetime | None:
+    """The latest shared 429 wait, or None also when it cannot be read: a store not yet
+    upgraded to migration 0003 must not make the health check (or metrics) fail."""
+    try:
+        with engine.connect() as conn:
+            return throttled_until(conn)
+    except SQLAlchemyError:
+        return None
+
+
 def _store_check(engine: Engine, objects: list[str]) -> tuple[str | None, Any, Any]:
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
         oldest = oldest_waiting(conn, objects)
-        throttled = throttled_until(conn)
+    throttled = shared_throttle(engine)
     if not oldest:
         return None, None, throttled
     obj = min(oldest, key=lambda name: oldest[name])

@@ -41,10 +41,10 @@ from crmsync.alerts import AlertMonitor
 from crmsync.observability import CRM_REQUESTS
 from crmsync.store.schema import sync_error, sync_throughput
 from crmsync.store.status import DIRECTIONS, OPERATIONS, Group, backlog_groups
-from crmsync.store.throttle import latest as throttled_until
 from crmsync.store.types import utcnow
 from crmsync.web.auth import require_api_auth
 from crmsync.web.errors import error_responses
+from crmsync.web.health import shared_throttle
 
 CACHE_SECONDS = 5.0
 
@@ -81,7 +81,7 @@ class StoreCollector(Collector):
                 .where(e.status == "open")
                 .group_by(e.object, e.direction, e.error_code)
             ).all()
-            throttled = throttled_until(conn)
+        throttled = shared_throttle(self.engine)
         yield from self._backlog(groups, now)
         total = CounterMetricFamily(
             "crmsync_synced_records",
