@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -23,6 +23,9 @@ import sqlalchemy as sa
 
 from crmsync.config import Settings
 from crmsync.engine.throttle import POLL_SECONDS
+from crmsync.store import throttle as shared
+from crmsync.store.db import write_transaction
+from crmsync.store.throttle import credential_key
 
 LEADS = 1200
 RETRY_AFTER = 5
@@ -82,3 +85,28 @@ def test_a_429_pauses_every_worker_process_sharing_the_credential(
     assert {r["status"] for r in log} == {200, 429}
     result = check_exactly_once(store, url)
     assert result["synced"] == LEADS
+
+
+def test_a_worker_started_during_a_shared_wait_sends_nothing_until_it_ends(
+    sync_settings: Settings,
+    store: sa.Engine,
+    insert_leads: Any,
+    drain: Any,
+    check_exactly_once: Any,
+) -> None:
+    """Another process was told to wait just before this one started: its first request
+    (the pull's) already waits for the instant in the store."""
+    url = sync_settings.dynamics_url or ""
+    insert_leads(store, 20)
+    until = datetime.now(UTC) + timedelta(seconds=2)
+    key = credential_key(
+        sync_settings.dynamics_url, sync_settings.tenant_id, sync_settings.client_id
+    )
+    with write_transaction(store) as conn:
+        shared.record(conn, key, until, datetime.now(UTC))
+    drain(sync_settings, store)
+    log = api_requests(url)
+    assert log, "the worker sent nothing"
+    first = min(datetime.fromisoformat(r["at"]) for r in log)
+    assert first >= until, f"first request {(until - first).total_seconds():.2f} s early"
+    assert check_exactly_once(store, url)["synced"] == 20
