@@ -106,6 +106,7 @@ async def test_healthz_reports_the_oldest_waiting_change(db_url: str, engine: En
             "store": "ok",
             "dynamics": "not_configured",
             "oldest_waiting": None,
+            "dynamics_throttled_until": None,
             "alerting": False,
             "alerts": [],
         }

@@ -8,7 +8,9 @@ advice is to "let the server tell you" (optimize-performance-create-update).
 ``AdaptiveLimit`` (additive increase, multiplicative decrease) and ``ThrottleGate`` are pure
 state machines that take the time as an argument. ``Limiter`` is the small async wrapper a
 client shares across all its workers, so a 429 seen by one pauses every request made with
-that credential in this process.
+that credential in this process. Other processes using the same credential learn of it
+through listeners (``on_throttle``) and close this gate with ``hold``; the engine wires
+both to the store (``engine/throttle.py``), so this package needs no store.
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ class Limiter:
         self._sleep = sleep
         self._in_flight = 0
         self._changed: asyncio.Condition | None = None
+        self._listeners: list[Callable[[float], None]] = []
 
     @property
     def in_flight(self) -> int:
@@ -145,7 +148,19 @@ class Limiter:
         self.limit.on_success(dop_hint)
         await self._notify()
 
+    def on_throttle(self, listener: Callable[[float], None]) -> None:
+        """Call ``listener(retry_after)`` on every 429 this process sees; it runs in the
+        sending task, so it must not block."""
+        self._listeners.append(listener)
+
     def throttled(self, retry_after: float) -> None:
         now = self._clock()
         self.gate.close_for(now, retry_after)
         self.limit.on_throttle(now)
+        for listener in self._listeners:
+            listener(retry_after)
+
+    def hold(self, seconds: float) -> None:
+        """Close the gate for ``seconds`` because another process sharing the credential
+        was told to wait; our own concurrency is left alone (it was not our burst)."""
+        self.gate.close_for(self._clock(), seconds)

@@ -8,7 +8,9 @@ in-process (``httpx.ASGITransport``) the app raises ``ConnectionCut`` instead.
 
 Control API (not part of Dataverse): ``POST /_emulator/reset`` (all records and
 counters; settings back to defaults; issued tokens stay valid), ``GET /_emulator/stats``,
-``GET``/``PUT /_emulator/config`` (see ``settings.CHECKS``).
+``GET``/``PUT /_emulator/config`` (see ``settings.CHECKS``), and ``GET /_emulator/requests``:
+the last ``REQUEST_LOG_SIZE`` requests (Web API and token endpoint) with when each
+arrived, so a test can tell when the emulator heard nothing (a shared 429 wait).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import Counter
+from collections import Counter, deque
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -32,6 +35,8 @@ from crmsync.emulator.store import Store
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
+
+REQUEST_LOG_SIZE = 10_000
 
 
 class ConnectionCut(Exception):
@@ -49,6 +54,8 @@ class Emulator:
         self.by_status: Counter[str] = Counter()
         self.total = 0
         self.cuts = 0
+        # (arrived at, wall clock seconds; method; path; status)
+        self.log: deque[tuple[float, str, str, int]] = deque(maxlen=REQUEST_LOG_SIZE)
 
     # -- ASGI ------------------------------------------------------------------------
 
@@ -67,19 +74,20 @@ class Emulator:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path: str = scope["path"]
         if path.startswith("/_emulator/"):
-            reply = self._control(scope["method"], path, body)
-        elif path.startswith(API_PREFIX):
+            await _respond(send, self._control(scope["method"], path, body))
+            return
+        arrived = time.time()
+        if path.startswith(API_PREFIX):
             reply, cut = await self._api(scope, headers, body)
-            self.total += 1
-            self.by_status[str(reply.status)] += 1
-            if cut:
-                self.cuts += 1
-                await _cut(send)
-                return
         else:
-            reply = self._identity(scope, headers, body)
-            self.total += 1
-            self.by_status[str(reply.status)] += 1
+            reply, cut = self._identity(scope, headers, body), False
+        self.total += 1
+        self.by_status[str(reply.status)] += 1
+        self.log.append((arrived, scope["method"], path, reply.status))
+        if cut:
+            self.cuts += 1
+            await _cut(send)
+            return
         await _respond(send, reply)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
@@ -166,6 +174,8 @@ class Emulator:
             return _plain_json(200, {"status": "reset"})
         if path == "/_emulator/stats" and method == "GET":
             return _plain_json(200, self.stats())
+        if path == "/_emulator/requests" and method == "GET":
+            return _plain_json(200, {"requests": self.requests()})
         if path == "/_emulator/config" and method == "GET":
             return _plain_json(200, self.settings.as_dict())
         if path == "/_emulator/config" and method in ("PUT", "PATCH"):
@@ -197,6 +207,7 @@ class Emulator:
         self.api.reader.delta_floor = 0
         self.by_status.clear()
         self.total = self.cuts = 0
+        self.log.clear()
         self.tokens.restore_users()
 
     def stats(self) -> dict[str, Any]:
@@ -204,6 +215,17 @@ class Emulator:
             "records": {name: self.store.count(name) for name in self.store.tables},
             "requests": {"total": self.total, "by_status": dict(self.by_status), "cut": self.cuts},
         }
+
+    def requests(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "at": datetime.fromtimestamp(at, UTC).isoformat(),
+                "method": method,
+                "path": path,
+                "status": status,
+            }
+            for at, method, path, status in self.log
+        ]
 
 
 def create_app(db: Path | None = None) -> Emulator:

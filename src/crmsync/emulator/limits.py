@@ -5,7 +5,8 @@ execution time in a sliding window, and concurrent requests. Exceeding concurren
 fails at once; the window limits answer ``429`` with a ``Retry-After`` of the seconds
 until enough of the window has passed. Injected faults are drawn from one seeded RNG:
 ``fail_rate`` answers 503, ``throttle_rate`` 429, and ``cut_rate`` applies the request
-and then drops the connection without a response.
+and then drops the connection without a response. ``throttle_next`` answers the next N
+requests 429 whatever the rates, so a test can throttle exactly once and watch who waits.
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ class Limiter:
     def injected(self) -> faults.DataverseFault | None:
         """A fault to answer instead of running the request, drawn by the configured rates."""
         s = self.settings
+        if s.throttle_next > 0:
+            s.throttle_next -= 1
+            return faults.too_many_requests(s.max_requests or 6000, s.window_s, s.retry_after_s)
         if s.fail_rate and self.rng.random() < s.fail_rate:
             return faults.unavailable()
         if s.throttle_rate and self.rng.random() < s.throttle_rate:

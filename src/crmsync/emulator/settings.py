@@ -62,6 +62,10 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "fail_rate": (_RATE, "a share 0..1"),
     "throttle_rate": (_RATE, "a share 0..1"),
     "cut_rate": (_RATE, "a share 0..1"),
+    "throttle_next": (
+        _number(0, integer=True),
+        "an integer >= 0 (the next N Web API requests are answered 429)",
+    ),
     "retry_after_s": (_number(0, 3600, integer=True), "an integer number of seconds 0..3600"),
     "duplicate_detection": (_bool, "true or false"),
     "denied_entity_sets": (_entity_sets, f"a list of entity sets out of {sorted(ENTITIES)}"),
@@ -87,6 +91,7 @@ class Settings:
     fail_rate: float = 0.0
     throttle_rate: float = 0.0
     cut_rate: float = 0.0
+    throttle_next: int = 0
     retry_after_s: int = 1
     duplicate_detection: bool = False
     denied_entity_sets: list[str] = field(default_factory=list)

@@ -5,7 +5,9 @@ pulling object's changes staged as ``from_crm`` entries, parents first), apply l
 (``from_crm`` entries into the local tables) and push lanes (``to_crm`` entries to
 Dynamics). Several batches are in flight at once so that the store's work on one batch
 overlaps Dynamics' work on another; the client's limiter keeps requests within Dynamics'
-limits. ``run(once=True)`` pulls each object once, then drains both directions.
+limits, and ``SharedThrottle`` extends its throttle gate to every process using the same
+credential (a 429 seen by any of them pauses all). ``run(once=True)`` pulls each object
+once, then drains both directions.
 A paused ``from_crm`` direction stops an object's reads from Dynamics, not only its
 applies (``Puller.pull``); the saved delta link resumes them where they stopped. An
 object whose pull fails as a whole (Dynamics refuses to read its table) becomes that
@@ -38,6 +40,7 @@ from crmsync.engine import retry
 from crmsync.engine.apply import Applier
 from crmsync.engine.pull import Progress, Puller
 from crmsync.engine.push import Pusher
+from crmsync.engine.throttle import SharedThrottle
 from crmsync.errors import Fatal, RecordRejected, Retriable
 from crmsync.memory import release_free_memory
 from crmsync.store import queue
@@ -98,6 +101,7 @@ class Worker:
         self.puller = Puller(engine, client, settings, progress=progress)
         self.applier = Applier(engine, settings, self.id)
         self.pusher.on_stale = self.puller.refetch
+        self.throttle = SharedThrottle.for_settings(engine, client.limiter, settings)
         self.concurrency = concurrency
         # SQLite has one writer: more than one apply lane there only queues for the lock.
         self.apply_lanes = 1 if engine.dialect.name == "sqlite" else max(1, concurrency // 2)
@@ -239,6 +243,9 @@ class Worker:
             out = [self._lane("to_crm", once) for _ in range(self.concurrency)]
             return out + [self._lane("from_crm", once) for _ in range(self.apply_lanes)]
 
+        # A throttle already in force when we start is honoured before the first send.
+        await self.throttle.refresh()
+        poll = asyncio.create_task(self.throttle.run())
         try:
             if once:
                 await self.pull_once()
@@ -246,6 +253,10 @@ class Worker:
             else:
                 await asyncio.gather(self._pull_loop(), *lanes())
         finally:
+            poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll
+            await self.throttle.aclose()
             released = await asyncio.to_thread(queue.release, self.engine, self.id)
             if released:
                 log.info("released claims", extra={"event": "worker.release", "entries": released})

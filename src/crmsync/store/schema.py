@@ -15,6 +15,8 @@ applications; every other table is crmsync's own bookkeeping:
 - ``sync_cursor``: the change-tracking delta link per object.
 - ``sync_conflict``: the conflict journal.
 - ``sync_pause``: what is paused, by object and direction.
+- ``dynamics_throttle``: until when Dynamics told a credential to wait (a 429's
+  ``Retry-After``), shared by every worker process using that credential.
 """
 
 from __future__ import annotations
@@ -269,10 +271,23 @@ sync_pause = Table(
     Column("paused_at", UTCDateTime(), nullable=False),
 )
 
+# One row per Dynamics credential (application user): service protection limits are per
+# user, so a 429 seen by one worker process must pause all of them. ``credential`` is a
+# hash of the environment URL, tenant and client id (store/throttle.py), never a secret;
+# ``throttled_until`` is UTC wall time and only ever moves later.
+dynamics_throttle = Table(
+    "dynamics_throttle",
+    metadata,
+    Column("credential", String(64), primary_key=True),
+    Column("throttled_until", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
 __all__ = [
     "LOCAL_TABLES",
     "PG_SEARCH_INDEXES",
     "declared",
+    "dynamics_throttle",
     "metadata",
     "sync_backlog_sample",
     "sync_conflict",

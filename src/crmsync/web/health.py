@@ -2,14 +2,18 @@
 
 ``/healthz`` needs no credentials (load balancers and uptime checks call it), so it
 says only what an outsider may know: whether the store and Dynamics answer, how old
-the oldest waiting change is, and which alerts are open. It answers 503 when the store
+the oldest waiting change is, until when Dynamics told the workers to wait (a 429's
+``Retry-After``, shared through the store: ``dynamics_throttled_until``, null when no
+wait is in force), and which alerts are open. It answers 503 when the store
 is unreachable (nothing works then), and 200 otherwise: Dynamics being down is reported,
 not failed, because the API and the console still work and the backlog will drain once
 it is back.
 
 Dynamics is probed with one unauthenticated GET of the Web API root: any HTTP answer
 (a 401 included) proves the network path and the service are up, without spending a
-token request or exposing a credential. The result is cached for ``PROBE_CACHE_SECONDS``
+token request or exposing a credential; an unauthenticated request is no user's, so it
+does not count against the workers' service protection limits and needs no pause while
+they are throttled. The result is cached for ``PROBE_CACHE_SECONDS``
 so that frequent health checks do not become traffic to Dynamics.
 
 ``ops_loop`` runs while the app serves: every ``ops_interval_seconds`` it runs
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -37,6 +42,7 @@ from crmsync.memory import release_free_memory
 from crmsync.store.maintenance import maintain
 from crmsync.store.params import iso
 from crmsync.store.status import oldest_waiting
+from crmsync.store.throttle import latest as throttled_until
 from crmsync.store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -83,14 +89,25 @@ class DynamicsProbe:
         return "ok"
 
 
-def _store_check(engine: Engine, objects: list[str]) -> tuple[str | None, Any]:
+def shared_throttle(engine: Engine) -> datetime | None:
+    """The latest shared 429 wait, or None also when it cannot be read: a store not yet
+    upgraded to migration 0003 must not make the health check (or metrics) fail."""
+    try:
+        with engine.connect() as conn:
+            return throttled_until(conn)
+    except SQLAlchemyError:
+        return None
+
+
+def _store_check(engine: Engine, objects: list[str]) -> tuple[str | None, Any, Any]:
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
         oldest = oldest_waiting(conn, objects)
+    throttled = shared_throttle(engine)
     if not oldest:
-        return None, None
+        return None, None, throttled
     obj = min(oldest, key=lambda name: oldest[name])
-    return obj, oldest[obj]
+    return obj, oldest[obj], throttled
 
 
 @router.get("/healthz")
@@ -99,7 +116,7 @@ async def healthz(request: Request) -> JSONResponse:
     state = request.app.state
     objects = list(state.specs)
     try:
-        obj, first = await run_in_threadpool(_store_check, state.engine, objects)
+        obj, first, throttled = await run_in_threadpool(_store_check, state.engine, objects)
     except SQLAlchemyError:
         body = {"status": "error", "store": "unreachable", "message": "the store is unreachable"}
         return JSONResponse(body, status_code=503)
@@ -119,6 +136,9 @@ async def healthz(request: Request) -> JSONResponse:
                 "queued_at": iso(first),
                 "age_seconds": max(0, int((now - first).total_seconds())),
             },
+            "dynamics_throttled_until": iso(throttled)
+            if throttled is not None and throttled > now
+            else None,
             "alerting": bool(incidents),
             "alerts": incidents,
         }

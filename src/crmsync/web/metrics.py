@@ -16,6 +16,9 @@ Series:
   error resolved or dismissed leaves the count; the name is the contract's).
 - ``crmsync_crm_requests_total{status}`` (counter): HTTP responses from Dynamics by
   status code, counted by the Dataverse client of this process (``observability``).
+- ``crmsync_dynamics_throttled_until_timestamp_seconds`` (gauge): Unix time until which
+  Dynamics told the workers to wait (the latest 429 ``Retry-After`` of any credential,
+  shared through the store); 0 when none was ever recorded.
 - ``crmsync_alert_active{alert,object}`` (gauge): 1 for each open alert incident
   (``alerts``), none when nothing is breached.
 """
@@ -41,6 +44,7 @@ from crmsync.store.status import DIRECTIONS, OPERATIONS, Group, backlog_groups
 from crmsync.store.types import utcnow
 from crmsync.web.auth import require_api_auth
 from crmsync.web.errors import error_responses
+from crmsync.web.health import shared_throttle
 
 CACHE_SECONDS = 5.0
 
@@ -77,6 +81,7 @@ class StoreCollector(Collector):
                 .where(e.status == "open")
                 .group_by(e.object, e.direction, e.error_code)
             ).all()
+        throttled = shared_throttle(self.engine)
         yield from self._backlog(groups, now)
         total = CounterMetricFamily(
             "crmsync_synced_records",
@@ -94,6 +99,11 @@ class StoreCollector(Collector):
         for obj, direction, code, n in errors:
             open_errors.add_metric([obj, direction, code], float(n))
         yield open_errors
+        yield GaugeMetricFamily(
+            "crmsync_dynamics_throttled_until_timestamp_seconds",
+            "Unix time until which Dynamics told the workers to wait (429 Retry-After)",
+            value=throttled.timestamp() if throttled is not None else 0.0,
+        )
         active = GaugeMetricFamily(
             "crmsync_alert_active", "Open alert incidents", labels=["alert", "object"]
         )

@@ -805,6 +805,40 @@ async def test_fault_injection_rates(client: httpx.AsyncClient, dv: Dv) -> None:
     assert 5 < statuses.count(429) < 35 and set(statuses) == {200, 429}
 
 
+async def test_throttle_next_answers_exactly_n_requests_429(
+    client: httpx.AsyncClient, dv: Dv
+) -> None:
+    r = await client.put("/_emulator/config", json={"throttle_next": 2, "retry_after_s": 3})
+    assert r.json()["throttle_next"] == 2
+    statuses = [(await dv.req("GET", "leads")).status_code for _ in range(4)]
+    assert statuses == [429, 429, 200, 200]
+    assert (await client.get("/_emulator/config")).json()["throttle_next"] == 0
+    bad = await client.put("/_emulator/config", json={"throttle_next": -1})
+    assert bad.status_code == 400 and "throttle_next" in bad.json()["error"]["message"]
+
+
+async def test_request_log_lists_requests_in_arrival_order(
+    client: httpx.AsyncClient, dv: Dv
+) -> None:
+    from datetime import UTC, datetime
+
+    await client.post("/_emulator/reset")
+    before = datetime.now(UTC)
+    await client.put("/_emulator/config", json={"throttle_next": 1})
+    await dv.req("GET", "leads")
+    await dv.req("GET", "leads?$select=fullname")
+    log = (await client.get("/_emulator/requests")).json()["requests"]
+    # Control calls are not logged; the token request came before the reset.
+    assert [(e["method"], e["path"], e["status"]) for e in log] == [
+        ("GET", API + "leads", 429),
+        ("GET", API + "leads", 200),
+    ]
+    times = [datetime.fromisoformat(e["at"]) for e in log]
+    assert before <= times[0] <= times[1] <= datetime.now(UTC)
+    await client.post("/_emulator/reset")
+    assert (await client.get("/_emulator/requests")).json() == {"requests": []}
+
+
 async def test_cut_applies_write_then_drops_response_in_process(
     client: httpx.AsyncClient, dv: Dv
 ) -> None:

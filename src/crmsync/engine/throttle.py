@@ -1,0 +1,161 @@
+"""The bridge that makes a 429 pause every worker process sharing the credential.
+
+The Dataverse client's ``Limiter`` gates the requests of one process. ``SharedThrottle``
+publishes each 429 it sees to the store (``store.throttle``) and polls the store for the
+429s other processes saw, closing the local gate until the shared instant.
+
+Why a poll and no read before each batch: a read per batch would put a store round trip
+on the path of every send to save at most ``POLL_SECONDS`` of blindness. Within that
+window another process's request is at worst answered 429 itself (Dataverse rejects it
+before executing it, so resending is safe) and that process then waits anyway. Two
+indexed reads a second per process cost the store nothing measurable.
+
+The store holds UTC wall time; each process converts the remaining seconds to its own
+monotonic clock, and caps them at ``MAX_WAIT`` so that one machine with a wrong clock
+cannot stop the others for long. A store outage never stops sending: it is logged once,
+and the local gate goes on working alone until the store answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine
+
+from crmsync.config import Settings
+from crmsync.dynamics.limiter import Limiter
+from crmsync.store import throttle as shared
+from crmsync.store.db import write_transaction
+from crmsync.store.types import utcnow
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.5
+# Dataverse's windows are 300 s (api-limits.md); a longer wait is a wrong clock somewhere.
+MAX_WAIT = timedelta(seconds=300)
+
+
+def shared_until(now: datetime, retry_after: float) -> datetime:
+    """The wall-clock instant a ``Retry-After`` of ``retry_after`` seconds ends."""
+    return now + min(timedelta(seconds=max(0.0, retry_after)), MAX_WAIT)
+
+
+def remaining(until: datetime | None, now: datetime) -> float:
+    """Seconds still to wait for a shared instant, 0 when past, at most ``MAX_WAIT``."""
+    if until is None:
+        return 0.0
+    return max(0.0, min((until - now).total_seconds(), MAX_WAIT.total_seconds()))
+
+
+class SharedThrottle:
+    def __init__(
+        self,
+        engine: Engine,
+        limiter: Limiter,
+        credential: str,
+        *,
+        poll_seconds: float = POLL_SECONDS,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.engine = engine
+        self.limiter = limiter
+        self.credential = credential
+        self.poll_seconds = poll_seconds
+        self._now = now
+        self._pending: datetime | None = None
+        self._published: datetime | None = None
+        self._publisher: asyncio.Task[None] | None = None
+        self._store_ok = True
+        limiter.on_throttle(self._throttled)
+
+    @classmethod
+    def for_settings(cls, engine: Engine, limiter: Limiter, settings: Settings) -> SharedThrottle:
+        key = shared.credential_key(settings.dynamics_url, settings.tenant_id, settings.client_id)
+        return cls(engine, limiter, key)
+
+    # --- our 429s, out to the store ------------------------------------------------------
+
+    def _throttled(self, retry_after: float) -> None:
+        """Limiter listener: remember the instant and make sure a publisher runs. A burst
+        of 429s becomes one write of its latest instant."""
+        if retry_after <= 0:
+            return
+        until = shared_until(self._now(), retry_after)
+        if self._pending is None or until > self._pending:
+            self._pending = until
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a synchronous caller): the next publish or poll carries it
+        if self._publisher is None or self._publisher.done():
+            self._publisher = loop.create_task(self.publish())
+
+    async def publish(self) -> None:
+        """Write pending instants until none is left; one write at a time."""
+        while self._pending is not None:
+            until, self._pending = self._pending, None
+            if self._published is not None and until <= self._published:
+                continue
+            try:
+                await asyncio.to_thread(self._record, until)
+            except Exception as exc:
+                self._store_failed(exc)
+                return
+            self._published = until
+            self._store_answered()
+
+    def _record(self, until: datetime) -> None:
+        with write_transaction(self.engine) as conn:
+            shared.record(conn, self.credential, until, self._now())
+
+    # --- everyone's 429s, in from the store ----------------------------------------------
+
+    async def refresh(self) -> float:
+        """Read the shared instant once and close the local gate until it; the seconds
+        held (0 when the store says nothing or cannot be read)."""
+        try:
+            until = await asyncio.to_thread(self._read)
+        except Exception as exc:
+            self._store_failed(exc)
+            return 0.0
+        self._store_answered()
+        seconds = remaining(until, self._now())
+        if seconds > 0:
+            self.limiter.hold(seconds)
+        return seconds
+
+    def _read(self) -> datetime | None:
+        with self.engine.connect() as conn:
+            return shared.throttled_until(conn, self.credential)
+
+    async def run(self) -> None:
+        """Poll until cancelled."""
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self.poll_seconds)
+
+    async def aclose(self) -> None:
+        """Let a publish in progress finish, so a worker that exits right after its 429
+        still tells the others."""
+        if self._publisher is not None:
+            with contextlib.suppress(Exception):
+                await self._publisher
+
+    # --- a store outage is logged once ---------------------------------------------------
+
+    def _store_failed(self, exc: Exception) -> None:
+        if self._store_ok:
+            self._store_ok = False
+            log.warning(
+                "shared throttle unavailable; honouring this process's 429s only",
+                extra={"event": "throttle.store_unavailable", "error": type(exc).__name__},
+            )
+
+    def _store_answered(self) -> None:
+        if not self._store_ok:
+            self._store_ok = True
+            log.info("shared throttle available again", extra={"event": "throttle.store_back"})
