@@ -202,6 +202,16 @@ async def test_refused_input_is_422_everywhere(client):
         assert response.json()["error"]["field"] == "q"
 
 
+def test_long_text_asks_the_index_for_some_of_its_trigrams(engine: Engine):
+    words = " ".join(f"word{i}" for i in range(120))
+    insert(engine, [row(1, words), row(2, words.replace("word3 ", "WORD3! "))])
+    assert len(error_search.fts_query(words[40:700]).split(" AND ")) <= 33
+    assert same(engine, words[40:700].upper()) == [2, 1]
+    assert same(engine, words[:400]) == [1]
+    assert same(engine, words[:-1] + "!") == []
+    assert same(engine, "x" * 1000) == []
+
+
 def test_text_after_a_nul_is_not_searched_either_way(sqlite_engine: Engine):
     """SQLite's LIKE and the trigram tokenizer both stop at a NUL in stored text."""
     insert(sqlite_engine, [row(1, "before\x00after"), row(2, "after")])

@@ -13,6 +13,9 @@ error (1.7 s at 1M errors without it; ``store/error_search.py``).
   ``sync_error``, and FTS5 ``rebuild`` seeds the index from the existing errors. A
   contentless table would index the same but could neither be rebuilt nor checked
   against the table (``integrity-check``), and would need the same delete triggers.
+- ``detail=none``: no token positions, a quarter of the size (16 MB against 65 MB for
+  200k bench errors; the table itself is 39 MB). The search asks for every trigram of
+  its text rather than the phrase; ``LIKE`` decides on the candidates either way.
 - ``columnsize=0``: no per-row token counts; they only serve ranking, which the search
   does not use (it orders newest first).
 - Triggers keep the index: insert, delete, and an update of a searched column (resolving,
@@ -48,7 +51,8 @@ def upgrade() -> None:
     names = ", ".join(COLUMNS)
     op.execute(
         f"CREATE VIRTUAL TABLE {TABLE} USING fts5({names}, content='sync_error',"
-        " content_rowid='id', tokenize='trigram case_sensitive 0', columnsize=0)"
+        " content_rowid='id', tokenize='trigram case_sensitive 0',"
+        " detail=none, columnsize=0)"
     )
     # Only this module's constants go into the SQL below (no input): hence the noqa.
     insert = f"INSERT INTO {TABLE} (rowid, {names}) VALUES ({_values('new')});"  # noqa: S608
