@@ -8,7 +8,7 @@ from alembic.runtime.migration import MigrationContext
 
 from crmsync.config import Settings
 from crmsync.store import migrate
-from crmsync.store.schema import PG_SEARCH_INDEXES, declared, metadata
+from crmsync.store.schema import ERROR_FTS, ERROR_FTS_TABLES, PG_SEARCH_INDEXES, declared, metadata
 
 
 def test_upgraded_schema_equals_metadata(engine: sa.Engine) -> None:
@@ -39,3 +39,27 @@ def test_postgresql_search_indexes_exist(engine: sa.Engine) -> None:
     expected = set(PG_SEARCH_INDEXES) if engine.dialect.name == "postgresql" else set()
     names = {ix["name"] for ix in sa.inspect(engine).get_indexes("sync_error")}
     assert names & set(PG_SEARCH_INDEXES) == expected
+
+
+def test_sqlite_error_search_index_and_its_triggers_exist(engine: sa.Engine) -> None:
+    """Migration 0004: the FTS5 trigram table and the three triggers that keep it, on
+    SQLite only. A later migration that rebuilds ``sync_error`` on SQLite (batch mode)
+    drops the triggers with the old table: this fails until it creates them again."""
+    with engine.connect() as conn:
+        rows = (
+            conn.execute(
+                sa.text("SELECT type, name, tbl_name FROM sqlite_master WHERE name LIKE :name"),
+                {"name": f"{ERROR_FTS}%"},
+            ).all()
+            if engine.dialect.name == "sqlite"
+            else []
+        )
+    found = {(kind, name, table) for kind, name, table in rows}
+    if engine.dialect.name != "sqlite":
+        assert ERROR_FTS not in sa.inspect(engine).get_table_names()
+        return
+    assert ("table", ERROR_FTS, ERROR_FTS) in found
+    triggers = {name for kind, name, table in found if kind == "trigger" and table == "sync_error"}
+    assert triggers == {f"{ERROR_FTS}_insert", f"{ERROR_FTS}_update", f"{ERROR_FTS}_delete"}
+    shadows = {name for kind, name, _ in found if kind == "table"} - {ERROR_FTS}
+    assert shadows and shadows <= ERROR_FTS_TABLES

@@ -65,6 +65,10 @@ def check_text(field: str, value: str | None, max_length: int = MAX_TEXT) -> str
         raise ValidationFailed(field, "must not contain NUL characters")
     if len(value) > max_length:
         raise ValidationFailed(field, f"is longer than {max_length} characters")
+    try:  # a JSON body may carry a lone surrogate ("\ud800"), which no database stores
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationFailed(field, "is not valid Unicode text") from None
     return value
 
 

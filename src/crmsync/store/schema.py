@@ -208,12 +208,28 @@ PG_SEARCH_INDEXES = {
 }
 
 
+# SQLite only, created by migration 0004 and not declared above (virtual tables are not
+# portable): an FTS5 trigram index over the same searched columns of ``sync_error``, kept
+# by triggers, narrowing the search to candidate rows (``store/error_search.py``).
+# External content: the text stays in ``sync_error`` alone; FTS5 keeps these shadow tables.
+ERROR_FTS = "sync_error_fts"
+ERROR_FTS_TABLES = frozenset(
+    {
+        ERROR_FTS,
+        *(f"{ERROR_FTS}_{shadow}" for shadow in ("data", "idx", "content", "docsize", "config")),
+    }
+)
+
+
 def declared(
     obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
 ) -> bool:
     """Alembic ``include_object``: compare only what the metadata declares, leaving out
-    the PostgreSQL-only search indexes that migration 0002 creates by hand."""
-    return not (type_ == "index" and reflected and name in PG_SEARCH_INDEXES)
+    the search structures that migrations 0002 (PostgreSQL) and 0004 (SQLite) create by
+    hand."""
+    if type_ == "index" and reflected and name in PG_SEARCH_INDEXES:
+        return False
+    return not (type_ == "table" and reflected and name in ERROR_FTS_TABLES)
 
 
 sync_throughput = Table(
@@ -284,6 +300,8 @@ dynamics_throttle = Table(
 )
 
 __all__ = [
+    "ERROR_FTS",
+    "ERROR_FTS_TABLES",
     "LOCAL_TABLES",
     "PG_SEARCH_INDEXES",
     "declared",

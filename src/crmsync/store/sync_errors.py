@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy import ColumnElement, Connection, Engine, RowMapping
 
 from crmsync.errors import ValidationFailed
-from crmsync.store import errors_copy
+from crmsync.store import error_search, errors_copy
 from crmsync.store.params import (
     DEFAULT_LIMIT,
     MAX_ID,
@@ -36,7 +36,6 @@ from crmsync.store.params import (
     decode_cursor,
     encode_cursor,
     iso,
-    like_pattern,
     timestamp,
 )
 from crmsync.store.records import NotFound
@@ -136,38 +135,33 @@ def retry(
 
 
 def conditions(filters: ErrorFilters, dialect: str) -> list[ColumnElement[bool]]:
-    e = sync_error.c
+    # A search through SQLite's trigram index is the way in: its candidates are read by
+    # id and the other filters checked on them. Left to itself, SQLite's planner may walk
+    # an index of another filter instead (every open error, say) and probe the
+    # candidates row by row, which grows with the table rather than with the matches.
+    indexed = filters.q is not None and error_search.uses_index(filters.q, dialect)
+
+    def column(name: str) -> ColumnElement[Any]:
+        c = sync_error.c[name]
+        return error_search.not_indexed(c) if indexed else c
+
     where: list[ColumnElement[bool]] = []
     if filters.status != "all":
-        where.append(e.status == filters.status)
-    for column, value in (
-        (e.object, filters.object),
-        (e.direction, filters.direction),
-        (e.operation, filters.operation),
-        (e.error_code, filters.code),
+        where.append(column("status") == filters.status)
+    for name, value in (
+        ("object", filters.object),
+        ("direction", filters.direction),
+        ("operation", filters.operation),
+        ("error_code", filters.code),
     ):
         if value is not None:
-            where.append(column == value)
+            where.append(column(name) == value)
     if filters.since is not None:
-        where.append(e.last_failed_at >= filters.since)
+        where.append(column("last_failed_at") >= filters.since)
     if filters.until is not None:
-        where.append(e.last_failed_at < filters.until)
+        where.append(column("last_failed_at") < filters.until)
     if filters.q:
-        searched: list[Any] = [
-            e.error_message,
-            e.error_code,
-            e.record_label,
-            e.record_key,
-            e.crm_id,
-            sa.cast(e.record_id, sa.String),
-        ]
-        pattern = like_pattern(filters.q)
-        if dialect == "postgresql":
-            where.append(sa.or_(*(c.ilike(pattern, escape="\\") for c in searched)))
-        else:
-            # SQLite's LIKE ignores case for ASCII letters only, as its lower() folds
-            # ASCII only: other letters match in their own case. No lower() per row.
-            where.append(sa.or_(*(c.like(pattern, escape="\\") for c in searched)))
+        where.append(error_search.matches(filters.q, dialect))
     return where
 
 
