@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import sqlalchemy as sa
 
-from crmsync.store import queue
+from crmsync.store import queue, sync_errors
 from crmsync.store.db import write_transaction
-from crmsync.store.schema import sync_error, sync_queue, sync_record, sync_throughput
+from crmsync.store.schema import (
+    sync_error,
+    sync_pause,
+    sync_queue,
+    sync_record,
+    sync_throughput,
+)
 from crmsync.store.types import utcnow
 
 LEASE = timedelta(seconds=30)
@@ -123,3 +130,156 @@ def test_transient_failure_reschedules_and_repeated_park_updates_one_error(
         err = conn.execute(sa.select(sync_error)).mappings().one()
     assert err["status"] == "open" and err["error_code"] == "0x80040333"
     assert err["record_label"] == "q0@example.com" and err["operation"] == "insert"
+
+
+def pause(engine: sa.Engine, obj: str, direction: str) -> None:
+    with write_transaction(engine) as conn:
+        conn.execute(
+            sa.insert(sync_pause).values(object=obj, direction=direction, paused_at=utcnow())
+        )
+
+
+def test_a_pause_holds_back_only_the_scopes_it_names(engine: sa.Engine) -> None:
+    add_leads(engine, 1)
+    pause(engine, "lead", "from_crm")
+    pause(engine, "contact", "*")
+    (entry,) = queue.claim(engine, "a", "to_crm", ["contact", "lead"], 10, LEASE)
+    assert entry.object == "lead"
+    assert queue.release(engine, "a") == 1
+    pause(engine, "*", "to_crm")
+    assert queue.claim(engine, "a", "to_crm", ["contact", "lead"], 10, LEASE) == []
+
+
+def open_error(engine: sa.Engine, entry: queue.Entry) -> None:
+    """An open error for ``entry``'s record, as if left by an earlier entry of it."""
+    now = utcnow()
+    with write_transaction(engine) as conn:
+        conn.execute(
+            sa.insert(sync_error).values(
+                object=entry.object,
+                direction=entry.direction,
+                record_key=entry.record_key,
+                operation=entry.operation,
+                error_code="0x1",
+                error_message="old",
+                first_failed_at=now,
+                last_failed_at=now,
+                status="open",
+            )
+        )
+
+
+def open_errors(engine: sa.Engine) -> int:
+    return count(engine, sync_error, sync_error.c.status == "open")
+
+
+def test_a_batch_whose_entries_never_failed_does_not_look_at_sync_error(
+    engine: sa.Engine,
+) -> None:
+    # An entry with no attempt counted and no error recorded cannot have opened an
+    # error, so completing it skips sync_error (the error planted here stays open).
+    add_leads(engine, 2)
+    entries = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
+    assert all(e.attempts == 0 for e in entries)
+    open_error(engine, entries[0])
+    statements: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        queue.record(engine, queue.Outcome(done=[queue.Done(e) for e in entries]))
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    assert count(engine, sync_queue) == 0
+    assert open_errors(engine) == 1
+    looked = [s for s in statements if "sync_error" in s]
+    if engine.dialect.name == "sqlite":
+        assert looked == []
+    else:  # one statement finishes the batch, its error step finding nothing to do
+        assert len(looked) == 1 and looked[0].startswith("WITH gone")
+
+
+def test_a_retried_error_resolves_when_its_entry_syncs(engine: sa.Engine) -> None:
+    add_leads(engine, 2)
+    first, second = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
+    queue.record(
+        engine,
+        queue.Outcome(
+            failed=[queue.Failed(first, "0x80044331", "too long")],
+            done=[queue.Done(second, crm_id="g-2")],
+        ),
+    )
+    with write_transaction(engine) as conn:
+        error_id = conn.execute(sa.select(sync_error.c.id)).scalar_one()
+        assert sync_errors.retry_ids(conn, [error_id])["requeued"] == 1
+    (again,) = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
+    assert again.id == first.id and again.attempts == 0  # counted afresh, yet it failed
+    queue.record(engine, queue.Outcome(done=[queue.Done(again, crm_id="g-1")]))
+    assert open_errors(engine) == 0 and count(engine, sync_queue) == 0
+
+
+def test_a_rescheduled_entry_resolves_an_error_when_it_syncs(engine: sa.Engine) -> None:
+    add_leads(engine, 1)
+    (entry,) = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
+    open_error(engine, entry)
+    now = utcnow()
+    queue.record(
+        engine, queue.Outcome(failed=[queue.Failed(entry, "http_503", "busy", retry_at=now)])
+    )
+    (entry,) = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
+    assert entry.attempts == 1
+    queue.record(engine, queue.Outcome(done=[queue.Done(entry, crm_id="g-1")]))
+    assert open_errors(engine) == 0
+
+
+def test_an_error_resolves_when_its_entry_changed_in_flight(engine: sa.Engine) -> None:
+    add_leads(engine, 1)
+    (entry,) = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
+    queue.record(engine, queue.Outcome(failed=[queue.Failed(entry, "0x80044331", "too long")]))
+    with write_transaction(engine) as conn:
+        conn.execute(
+            sa.text("UPDATE lead SET last_name = 'fixed' WHERE id = :i"), {"i": entry.record_id}
+        )
+    (entry,) = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
+    with write_transaction(engine) as conn:
+        conn.execute(
+            sa.text("UPDATE lead SET last_name = 'newer' WHERE id = :i"), {"i": entry.record_id}
+        )
+    queue.record(engine, queue.Outcome(done=[queue.Done(entry, crm_id="g-1")]))
+    assert open_errors(engine) == 0
+    with engine.connect() as conn:
+        left = conn.execute(sa.select(sync_queue)).mappings().one()
+    assert (left["state"], left["operation"], left["claimed_by"]) == ("pending", "update", None)
+
+
+def test_one_batch_counts_each_operation_and_skips_uncounted(engine: sa.Engine) -> None:
+    add_leads(engine, 4)
+    a, b, c, d = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
+    deleted = dataclasses.replace(b, operation="delete")
+    queue.record(
+        engine,
+        queue.Outcome(
+            done=[
+                queue.Done(a, crm_id="g-1"),
+                queue.Done(deleted),
+                queue.Done(c, crm_id="g-3"),
+                queue.Done(d, counted=False),
+            ]
+        ),
+    )
+    queue.record(engine, queue.Outcome())  # nothing to record: no statement fails
+    with engine.connect() as conn:
+        counted = dict(
+            conn.execute(sa.select(sync_throughput.c.operation, sync_throughput.c.synced)).all()
+        )
+    assert counted == {"insert": 2, "delete": 1}
+    assert count(engine, sync_queue) == 0
+
+
+def test_a_claim_asks_for_at_least_one_entry(engine: sa.Engine) -> None:
+    add_leads(engine, 1)
+    assert queue.claim(engine, "a", "to_crm", ["lead"], 0, LEASE) == []
+    assert queue.claim(engine, "a", "to_crm", [], 10, LEASE) == []
+    assert len(queue.claim(engine, "a", "to_crm", ["lead"], 1, LEASE)) == 1
