@@ -274,10 +274,12 @@ def record_in(conn: Connection, outcome: Outcome, now: datetime) -> None:
 
 
 def _complete(conn: Connection, done: Sequence[Done], now: datetime) -> None:
-    """Finish a batch in a handful of statements, whatever its size.
+    """Finish a batch in a handful of statements, whatever its size (on PostgreSQL one,
+    unless records' sync state is kept or a change came in while in flight).
 
-    Entries whose change never failed (no attempt counted, no error recorded) cannot
-    have an open sync error, so only the others are looked up in ``sync_error``.
+    Every entry's record has its open error looked up, even an entry that never failed:
+    its record may have an error left by an earlier entry that was dropped without
+    syncing (a push made moot by a pull, a record excluded by the sync filter).
     """
     if not done:
         return
@@ -294,8 +296,8 @@ def _complete(conn: Connection, done: Sequence[Done], now: datetime) -> None:
     stayed = [d for d in done if d.entry.id not in gone]
     if not stayed:
         return
-    # A newer change came in while this one was in flight (or the entry is gone
-    # already): it stays queued, now as an update.
+    # A newer change came in while this one was in flight: it stays queued, now as an
+    # update.
     q = sync_queue.c
     conn.execute(
         sa.update(sync_queue)
@@ -310,19 +312,20 @@ def _complete(conn: Connection, done: Sequence[Done], now: datetime) -> None:
         ),
         [{"entry_id": d.entry.id, "new_crm_id": d.crm_id} for d in stayed],
     )
-    # What the entry went through is not known here (rare): resolve as before.
-    _resolve(conn, {(d.entry.object, d.entry.direction, d.entry.record_key) for d in stayed}, now)
 
 
 def _finish_postgresql(
     conn: Connection, done: Sequence[Done], counts: dict[tuple[str, str, str], int], now: datetime
 ) -> set[int]:
-    """Remove the finished entries, resolve the errors of those that had failed and add
-    to the counters, in one statement (one round trip); returns the removed ids."""
+    """Remove the finished entries, resolve their records' errors and add to the
+    counters, in one statement (one round trip); returns the removed ids."""
     keys = sorted(counts)  # one lock order on the counters for every worker
     params = {
         "finished_id": [d.entry.id for d in done],
         "finished_version": [d.entry.version for d in done],
+        "finished_object": [d.entry.object for d in done],
+        "finished_direction": [d.entry.direction for d in done],
+        "finished_record_key": [d.entry.record_key for d in done],
         "resolved_at": now,
         "added_bucket_start": bucket_start(now),
         "added_object": [k[0] for k in keys],
@@ -336,22 +339,27 @@ def _finish_postgresql(
 @functools.cache
 def _finish_statement() -> sa.Select[Any]:
     q, err = sync_queue.c, sync_error.c
-    finished = _unnest("finished", id=sa.BigInteger, version=sa.Integer)
+    finished = _unnest(
+        "finished",
+        id=sa.BigInteger,
+        version=sa.Integer,
+        object=sa.String,
+        direction=sa.String,
+        record_key=sa.String,
+    )
     # Removed only if no newer change came in while this one was in flight.
     gone = (
         sa.delete(sync_queue)
         .where(q.id == finished.c.id, q.version == finished.c.version)
-        .returning(q.id, q.object, q.direction, q.record_key, q.attempts, q.last_error_code)
+        .returning(q.id)
         .cte("gone")
     )
-    had_failed = sa.select(gone.c.object, gone.c.direction, gone.c.record_key).where(
-        sa.or_(gone.c.attempts > 0, gone.c.last_error_code.is_not(None))
-    )
+    synced = sa.select(finished.c.object, finished.c.direction, finished.c.record_key)
     resolved = (
         sa.update(sync_error)
         .where(
             err.status == "open",
-            sa.tuple_(err.object, err.direction, err.record_key).in_(had_failed),
+            sa.tuple_(err.object, err.direction, err.record_key).in_(synced),
         )
         .values(status="resolved", resolved_at=sa.bindparam("resolved_at", type_=UTCDateTime()))
         .cte("resolved")
@@ -383,22 +391,16 @@ def _finish_portable(
 ) -> set[int]:
     """``_finish_postgresql`` in three statements, for SQLite (no writes in a ``WITH``)."""
     q = sync_queue.c
-    rows = conn.execute(
-        sa.delete(sync_queue)
-        .where(sa.tuple_(q.id, q.version).in_([(d.entry.id, d.entry.version) for d in done]))
-        .returning(q.id, q.object, q.direction, q.record_key, q.attempts, q.last_error_code)
-    ).all()
-    _resolve(
-        conn,
-        {
-            (r.object, r.direction, r.record_key)
-            for r in rows
-            if r.attempts > 0 or r.last_error_code is not None
-        },
-        now,
+    gone = set(
+        conn.execute(
+            sa.delete(sync_queue)
+            .where(sa.tuple_(q.id, q.version).in_([(d.entry.id, d.entry.version) for d in done]))
+            .returning(q.id)
+        ).scalars()
     )
+    _resolve(conn, {(d.entry.object, d.entry.direction, d.entry.record_key) for d in done}, now)
     _count(conn, counts, now)
-    return {r.id for r in rows}
+    return gone
 
 
 def _resolve(conn: Connection, keys: set[tuple[str, str, str]], now: datetime) -> None:
