@@ -253,3 +253,10 @@ def test_a_claim_asks_for_at_least_one_entry(engine: sa.Engine) -> None:
     assert queue.claim(engine, "a", "to_crm", ["lead"], 0, LEASE) == []
     assert queue.claim(engine, "a", "to_crm", [], 10, LEASE) == []
     assert len(queue.claim(engine, "a", "to_crm", ["lead"], 1, LEASE)) == 1
+
+
+def test_a_batch_with_nothing_to_count_leaves_the_counters_alone(engine: sa.Engine) -> None:
+    add_leads(engine, 2)
+    entries = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
+    queue.record(engine, queue.Outcome(done=[queue.Done(e, counted=False) for e in entries]))
+    assert count(engine, sync_queue) == 0 and count(engine, sync_throughput) == 0
