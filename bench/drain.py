@@ -12,7 +12,13 @@ Each round makes a fresh database on ``--pg-url``'s server, then:
   ``--workers`` processes running ``QueueManager.run(mode=drain)`` with a no-op
   entrypoint (batch ``--batch``).
 
-Prints entries/s of each (median over rounds) and the ratio crmsync / PgQueuer.
+The two take turns going first (round 1 crmsync, round 2 PgQueuer, ...), so that neither
+always runs after the other's dead rows and autovacuum. Prints entries/s of each round
+with the load average, then the medians over rounds and their ratio crmsync / PgQueuer.
+
+``queue.claim`` and ``queue.record`` are what the worker runs (``engine/push.py`` claims
+with the first and records with ``queue.record_in`` inside its own transaction, which is
+``queue.record`` plus the local ids of new records).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import os
 import statistics
 import time
 import uuid
@@ -166,16 +173,27 @@ def main() -> None:
         try:
             fill_crmsync(url, args.entries)
             asyncio.run(fill_pgqueuer(url, args.entries))
-            t_ours = timed(crmsync_worker, url, args.workers, args.batch)
-            t_theirs = timed(pgqueuer_worker, url, args.workers, args.batch)
+            if r % 2 == 0:
+                t_ours = timed(crmsync_worker, url, args.workers, args.batch)
+                t_theirs = timed(pgqueuer_worker, url, args.workers, args.batch)
+            else:
+                t_theirs = timed(pgqueuer_worker, url, args.workers, args.batch)
+                t_ours = timed(crmsync_worker, url, args.workers, args.batch)
         finally:
             drop_db(args.pg_url, url)
         ours.append(args.entries / t_ours)
         theirs.append(args.entries / t_theirs)
-        print(f"round {r + 1}: crmsync {ours[-1]:.0f}/s, PgQueuer {theirs[-1]:.0f}/s", flush=True)
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(
+            f"round {r + 1}: crmsync {ours[-1]:.0f}/s, PgQueuer {theirs[-1]:.0f}/s,"
+            f" ratio {ours[-1] / theirs[-1]:.2f} (load average {load})",
+            flush=True,
+        )
     a, b = statistics.median(ours), statistics.median(theirs)
     print(f"\n{args.entries} entries, {args.workers} processes, batch {args.batch}:")
     print(f"crmsync  {a:8.0f} entries/s\nPgQueuer {b:8.0f} jobs/s\nratio    {a / b:8.2f}")
+    ratios = [x / y for x, y in zip(ours, theirs, strict=True)]
+    print(f"median of the rounds' ratios {statistics.median(ratios):.2f}")
 
 
 if __name__ == "__main__":

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import sqlalchemy as sa
 
-from crmsync.store import queue
+from crmsync.store import queue, sync_errors
 from crmsync.store.db import write_transaction
-from crmsync.store.schema import sync_error, sync_queue, sync_record, sync_throughput
+from crmsync.store.schema import (
+    sync_error,
+    sync_pause,
+    sync_queue,
+    sync_record,
+    sync_throughput,
+)
 from crmsync.store.types import utcnow
 
 LEASE = timedelta(seconds=30)
@@ -123,3 +130,133 @@ def test_transient_failure_reschedules_and_repeated_park_updates_one_error(
         err = conn.execute(sa.select(sync_error)).mappings().one()
     assert err["status"] == "open" and err["error_code"] == "0x80040333"
     assert err["record_label"] == "q0@example.com" and err["operation"] == "insert"
+
+
+def pause(engine: sa.Engine, obj: str, direction: str) -> None:
+    with write_transaction(engine) as conn:
+        conn.execute(
+            sa.insert(sync_pause).values(object=obj, direction=direction, paused_at=utcnow())
+        )
+
+
+def test_a_pause_holds_back_only_the_scopes_it_names(engine: sa.Engine) -> None:
+    add_leads(engine, 1)
+    pause(engine, "lead", "from_crm")
+    pause(engine, "contact", "*")
+    (entry,) = queue.claim(engine, "a", "to_crm", ["contact", "lead"], 10, LEASE)
+    assert entry.object == "lead"
+    assert queue.release(engine, "a") == 1
+    pause(engine, "*", "to_crm")
+    assert queue.claim(engine, "a", "to_crm", ["contact", "lead"], 10, LEASE) == []
+
+
+def open_errors(engine: sa.Engine) -> int:
+    return count(engine, sync_error, sync_error.c.status == "open")
+
+
+def test_an_error_left_by_a_dropped_entry_resolves_when_a_new_entry_syncs(
+    engine: sa.Engine,
+) -> None:
+    # The failed entry is dropped without syncing (as a pull that makes the push moot
+    # drops it); a later change queues a fresh entry, which never failed itself.
+    add_leads(engine, 1)
+    (entry,) = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
+    queue.record(engine, queue.Outcome(failed=[queue.Failed(entry, "0x80044331", "too long")]))
+    with write_transaction(engine) as conn:
+        conn.execute(sa.delete(sync_queue))
+        conn.execute(
+            sa.text("UPDATE lead SET last_name = 'fixed' WHERE id = :i"), {"i": entry.record_id}
+        )
+    (fresh,) = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
+    assert fresh.attempts == 0
+    statements: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        queue.record(engine, queue.Outcome(done=[queue.Done(fresh, crm_id="g-1")]))
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    assert open_errors(engine) == 0 and count(engine, sync_queue) == 0
+    if engine.dialect.name == "postgresql":
+        # Besides the record's sync state, one statement finishes the batch.
+        assert [s.split()[0] for s in statements] == ["INSERT", "WITH"]
+
+
+def test_a_retried_error_resolves_when_its_entry_syncs(engine: sa.Engine) -> None:
+    add_leads(engine, 2)
+    first, second = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
+    queue.record(
+        engine,
+        queue.Outcome(
+            failed=[queue.Failed(first, "0x80044331", "too long")],
+            done=[queue.Done(second, crm_id="g-2")],
+        ),
+    )
+    with write_transaction(engine) as conn:
+        error_id = conn.execute(sa.select(sync_error.c.id)).scalar_one()
+        assert sync_errors.retry_ids(conn, [error_id])["requeued"] == 1
+    (again,) = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
+    assert again.id == first.id and again.attempts == 0  # counted afresh, yet it failed
+    queue.record(engine, queue.Outcome(done=[queue.Done(again, crm_id="g-1")]))
+    assert open_errors(engine) == 0 and count(engine, sync_queue) == 0
+
+
+def test_an_error_resolves_when_its_entry_changed_in_flight(engine: sa.Engine) -> None:
+    add_leads(engine, 1)
+    (entry,) = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
+    queue.record(engine, queue.Outcome(failed=[queue.Failed(entry, "0x80044331", "too long")]))
+    with write_transaction(engine) as conn:
+        conn.execute(
+            sa.text("UPDATE lead SET last_name = 'fixed' WHERE id = :i"), {"i": entry.record_id}
+        )
+    (entry,) = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
+    with write_transaction(engine) as conn:
+        conn.execute(
+            sa.text("UPDATE lead SET last_name = 'newer' WHERE id = :i"), {"i": entry.record_id}
+        )
+    queue.record(engine, queue.Outcome(done=[queue.Done(entry, crm_id="g-1")]))
+    assert open_errors(engine) == 0
+    with engine.connect() as conn:
+        left = conn.execute(sa.select(sync_queue)).mappings().one()
+    assert (left["state"], left["operation"], left["claimed_by"]) == ("pending", "update", None)
+
+
+def test_one_batch_counts_each_operation_and_skips_uncounted(engine: sa.Engine) -> None:
+    add_leads(engine, 4)
+    a, b, c, d = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
+    deleted = dataclasses.replace(b, operation="delete")
+    queue.record(
+        engine,
+        queue.Outcome(
+            done=[
+                queue.Done(a, crm_id="g-1"),
+                queue.Done(deleted),
+                queue.Done(c, crm_id="g-3"),
+                queue.Done(d, counted=False),
+            ]
+        ),
+    )
+    queue.record(engine, queue.Outcome())  # nothing to record: no statement fails
+    with engine.connect() as conn:
+        counted = dict(
+            conn.execute(sa.select(sync_throughput.c.operation, sync_throughput.c.synced)).all()
+        )
+    assert counted == {"insert": 2, "delete": 1}
+    assert count(engine, sync_queue) == 0
+
+
+def test_a_claim_asks_for_at_least_one_entry(engine: sa.Engine) -> None:
+    add_leads(engine, 1)
+    assert queue.claim(engine, "a", "to_crm", ["lead"], 0, LEASE) == []
+    assert queue.claim(engine, "a", "to_crm", [], 10, LEASE) == []
+    assert len(queue.claim(engine, "a", "to_crm", ["lead"], 1, LEASE)) == 1
+
+
+def test_a_batch_with_nothing_to_count_leaves_the_counters_alone(engine: sa.Engine) -> None:
+    add_leads(engine, 2)
+    entries = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
+    queue.record(engine, queue.Outcome(done=[queue.Done(e, counted=False) for e in entries]))
+    assert count(engine, sync_queue) == 0 and count(engine, sync_throughput) == 0

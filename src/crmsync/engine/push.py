@@ -280,15 +280,24 @@ class Pusher:
         with write_transaction(self.engine) as conn:
             if created:
                 with capture_suppressed(conn):
-                    for obj, record_id, crm_id in created:
-                        table = LOCAL_TABLES[self.specs[obj].table]
-                        conn.execute(
-                            sa.update(table)
-                            .where(table.c.id == record_id, table.c.crm_id.is_(None))
-                            .values(crm_id=crm_id)
-                        )
+                    self._set_crm_ids(conn, created)
             queue.record_in(conn, outcome, now)
         return stale
+
+    def _set_crm_ids(self, conn: Connection, created: Sequence[tuple[str, int, str]]) -> None:
+        """One statement per object, run for all its records at once (not a round trip
+        per record)."""
+        by_object: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for obj, record_id, crm_id in created:
+            by_object[obj].append({"record": record_id, "new_crm_id": crm_id})
+        for obj, rows in by_object.items():
+            table = LOCAL_TABLES[self.specs[obj].table]
+            conn.execute(
+                sa.update(table)
+                .where(table.c.id == sa.bindparam("record"), table.c.crm_id.is_(None))
+                .values(crm_id=sa.bindparam("new_crm_id")),
+                rows,
+            )
 
     def _judge(
         self,

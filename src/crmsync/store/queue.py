@@ -20,6 +20,7 @@ Every outcome is recorded in one transaction per batch:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,6 +28,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -38,7 +40,7 @@ from crmsync.store.schema import (
     sync_record,
     sync_throughput,
 )
-from crmsync.store.types import utcnow
+from crmsync.store.types import UTCDateTime, utcnow
 
 BUCKET_MINUTES = 15
 # The record_key of an error about a whole object (Dynamics refused to read its table),
@@ -118,51 +120,81 @@ def claim(
     lease: timedelta,
     now: datetime | None = None,
 ) -> list[Entry]:
-    """Claim up to ``limit`` due, unclaimed (or lease-expired) entries of ``objects``."""
+    """Claim up to ``limit`` due, unclaimed (or lease-expired) entries of ``objects``.
+
+    One statement (the pause check, the pick and the lease), so one round trip: under
+    a deep backlog a worker spends most of its time here and in ``record``.
+    """
     now = now or utcnow()
+    if not objects or limit < 1:
+        return []
+    params = {
+        "c_worker": worker,
+        "c_direction": direction,
+        "c_objects": list(objects),
+        "c_limit": limit,
+        "c_now": now,
+        "c_until": now + lease,
+    }
     with write_transaction(engine) as conn:
-        scopes = paused_scopes(conn)
-        wanted = [o for o in objects if not is_paused(scopes, o, direction)]
-        if not wanted:
-            return []
-        q = sync_queue.c
-        due = (
-            sa.select(q.id)
-            .where(
-                q.state == "pending",
-                q.direction == direction,
-                q.next_attempt_at <= now,
-                q.object.in_(wanted),
-                sa.or_(q.claimed_until.is_(None), q.claimed_until < now),
-            )
-            .order_by(q.next_attempt_at)
-            .limit(limit)
-        )
         if conn.dialect.name == "postgresql":
-            due = due.with_for_update(skip_locked=True)
-        ids = [r[0] for r in conn.execute(due)]
-        if not ids:
-            return []
-        rows = conn.execute(
-            sa.update(sync_queue)
-            .where(q.id.in_(ids))
-            .values(claimed_by=worker, claimed_until=now + lease)
-            .returning(
-                q.id,
-                q.object,
-                q.direction,
-                q.record_key,
-                q.record_id,
-                q.crm_id,
-                q.operation,
-                q.label,
-                q.payload,
-                q.version,
-                q.attempts,
-                q.first_queued_at,
-            )
-        ).all()
-    return sorted((Entry(*r) for r in rows), key=lambda e: e.id)
+            # A claim lost in a server crash is as good as a lease run out (the entries
+            # are claimed again; a completion does not need the claim), so its commit
+            # need not wait for the disk: it becomes durable with the worker's next one.
+            conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+        rows = conn.execute(_claim_statement(conn.dialect.name == "postgresql"), params)
+        return sorted((Entry(*r) for r in rows), key=lambda e: e.id)
+
+
+@functools.cache
+def _claim_statement(skip_locked: bool) -> sa.Update:
+    """Built once: building it costs about as much as running it."""
+    due, p = sync_queue.alias("due"), sync_pause.c
+    direction = sa.bindparam("c_direction", type_=sa.String)
+    now = sa.bindparam("c_now", type_=UTCDateTime())
+    paused = sa.exists().where(
+        sa.or_(p.object == "*", p.object == due.c.object),
+        sa.or_(p.direction == "*", p.direction == direction),
+    )
+    pick = (
+        sa.select(due.c.id)
+        .where(
+            due.c.state == "pending",
+            due.c.direction == direction,
+            due.c.next_attempt_at <= now,
+            due.c.object.in_(sa.bindparam("c_objects", expanding=True)),
+            sa.or_(due.c.claimed_until.is_(None), due.c.claimed_until < now),
+            ~paused,
+        )
+        .order_by(due.c.next_attempt_at)
+        .limit(sa.bindparam("c_limit", type_=sa.Integer))
+    )
+    if skip_locked:
+        # Rows another worker is claiming right now are passed by, not waited for.
+        pick = pick.with_for_update(skip_locked=True)
+    q = sync_queue.c
+    return (
+        sa.update(sync_queue)
+        .where(q.id.in_(pick.scalar_subquery()))
+        .values(
+            claimed_by=sa.bindparam("c_worker", type_=sa.String),
+            claimed_until=sa.bindparam("c_until", type_=UTCDateTime()),
+        )
+        .returning(
+            q.id,
+            q.object,
+            q.direction,
+            q.record_key,
+            q.record_id,
+            q.crm_id,
+            q.operation,
+            q.label,
+            q.payload,
+            q.version,
+            q.attempts,
+            q.first_queued_at,
+        )
+    )
 
 
 def hold(conn: Connection, worker: str, entries: Sequence[Entry]) -> list[Entry]:
@@ -225,7 +257,6 @@ def record(engine: Engine, outcome: Outcome, now: datetime | None = None) -> Non
 
 
 def record_in(conn: Connection, outcome: Outcome, now: datetime) -> None:
-    _complete(conn, outcome.done, now)
     for failure in outcome.failed:
         if failure.retry_at is None:
             _park(conn, failure, now)
@@ -237,55 +268,154 @@ def record_in(conn: Connection, outcome: Outcome, now: datetime) -> None:
             .where(sync_queue.c.id == entry.id)
             .values(next_attempt_at=until, claimed_by=None, claimed_until=None)
         )
+    # Last: it adds to the throughput counters, rows every worker writes, so their
+    # locks are held for as short a time as the transaction allows.
+    _complete(conn, outcome.done, now)
 
 
 def _complete(conn: Connection, done: Sequence[Done], now: datetime) -> None:
-    """Finish a batch in a handful of statements, whatever its size."""
+    """Finish a batch in a handful of statements, whatever its size (on PostgreSQL one,
+    unless records' sync state is kept or a change came in while in flight).
+
+    Every entry's record has its open error looked up, even an entry that never failed:
+    its record may have an error left by an earlier entry that was dropped without
+    syncing (a push made moot by a pull, a record excluded by the sync filter).
+    """
     if not done:
         return
-    q = sync_queue.c
-    # Removed only if no newer change came in while this one was in flight.
-    gone = {
-        r[0]
-        for r in conn.execute(
-            sa.delete(sync_queue)
-            .where(sa.tuple_(q.id, q.version).in_([(d.entry.id, d.entry.version) for d in done]))
-            .returning(q.id)
-        )
-    }
-    stayed = [d for d in done if d.entry.id not in gone]
-    if stayed:
-        conn.execute(
-            sa.update(sync_queue)
-            .where(q.id == sa.bindparam("entry_id"))
-            .values(
-                claimed_by=None,
-                claimed_until=None,
-                attempts=0,
-                next_attempt_at=now,
-                crm_id=sa.func.coalesce(q.crm_id, sa.bindparam("new_crm_id")),
-                operation=sa.case((q.operation == "insert", "update"), else_=q.operation),
-            ),
-            [{"entry_id": d.entry.id, "new_crm_id": d.crm_id} for d in stayed],
-        )
     _remember_syncs(conn, done, now)
-    err = sync_error.c
-    conn.execute(
-        sa.update(sync_error)
-        .where(
-            err.status == "open",
-            sa.tuple_(err.object, err.direction, err.record_key).in_(
-                {(d.entry.object, d.entry.direction, d.entry.record_key) for d in done}
-            ),
-        )
-        .values(status="resolved", resolved_at=now)
-    )
     counts: dict[tuple[str, str, str], int] = {}
     for d in done:
         if d.counted:
             key = (d.entry.object, d.entry.direction, d.entry.operation)
             counts[key] = counts.get(key, 0) + 1
+    if conn.dialect.name == "postgresql":
+        gone = _finish_postgresql(conn, done, counts, now)
+    else:
+        gone = _finish_portable(conn, done, counts, now)
+    stayed = [d for d in done if d.entry.id not in gone]
+    if not stayed:
+        return
+    # A newer change came in while this one was in flight: it stays queued, now as an
+    # update.
+    q = sync_queue.c
+    conn.execute(
+        sa.update(sync_queue)
+        .where(q.id == sa.bindparam("entry_id"))
+        .values(
+            claimed_by=None,
+            claimed_until=None,
+            attempts=0,
+            next_attempt_at=now,
+            crm_id=sa.func.coalesce(q.crm_id, sa.bindparam("new_crm_id")),
+            operation=sa.case((q.operation == "insert", "update"), else_=q.operation),
+        ),
+        [{"entry_id": d.entry.id, "new_crm_id": d.crm_id} for d in stayed],
+    )
+
+
+def _finish_postgresql(
+    conn: Connection, done: Sequence[Done], counts: dict[tuple[str, str, str], int], now: datetime
+) -> set[int]:
+    """Remove the finished entries, resolve their records' errors and add to the
+    counters, in one statement (one round trip); returns the removed ids."""
+    keys = sorted(counts)  # one lock order on the counters for every worker
+    params = {
+        "finished_id": [d.entry.id for d in done],
+        "finished_version": [d.entry.version for d in done],
+        "finished_object": [d.entry.object for d in done],
+        "finished_direction": [d.entry.direction for d in done],
+        "finished_record_key": [d.entry.record_key for d in done],
+        "resolved_at": now,
+        "added_bucket_start": bucket_start(now),
+        "added_object": [k[0] for k in keys],
+        "added_direction": [k[1] for k in keys],
+        "added_operation": [k[2] for k in keys],
+        "added_synced": [counts[k] for k in keys],
+    }
+    return {r[0] for r in conn.execute(_finish_statement(), params)}
+
+
+@functools.cache
+def _finish_statement() -> sa.Select[Any]:
+    q, err = sync_queue.c, sync_error.c
+    finished = _unnest(
+        "finished",
+        id=sa.BigInteger,
+        version=sa.Integer,
+        object=sa.String,
+        direction=sa.String,
+        record_key=sa.String,
+    )
+    # Removed only if no newer change came in while this one was in flight.
+    gone = (
+        sa.delete(sync_queue)
+        .where(q.id == finished.c.id, q.version == finished.c.version)
+        .returning(q.id)
+        .cte("gone")
+    )
+    synced = sa.select(finished.c.object, finished.c.direction, finished.c.record_key)
+    resolved = (
+        sa.update(sync_error)
+        .where(
+            err.status == "open",
+            sa.tuple_(err.object, err.direction, err.record_key).in_(synced),
+        )
+        .values(status="resolved", resolved_at=sa.bindparam("resolved_at", type_=UTCDateTime()))
+        .cte("resolved")
+    )
+    added = _unnest(
+        "added", object=sa.String, direction=sa.String, operation=sa.String, synced=sa.BigInteger
+    )
+    counted = _add_to_counters(
+        pg_insert(sync_throughput).from_select(
+            ["bucket_start", "object", "direction", "operation", "synced"],
+            sa.select(sa.bindparam("added_bucket_start", type_=UTCDateTime()), *added.c),
+        )
+    ).cte("counted")
+    return sa.select(gone.c.id).add_cte(resolved, counted)
+
+
+def _unnest(name: str, **arrays: Any) -> Any:
+    """A PostgreSQL ``unnest`` of array parameters ``<name>_<column>``: a batch's rows
+    in one parameter per column, however many rows (the statement stays the same)."""
+    return (
+        sa.func.unnest(*(sa.bindparam(f"{name}_{k}", type_=ARRAY(t)) for k, t in arrays.items()))
+        .table_valued(*(sa.column(k, t) for k, t in arrays.items()))
+        .render_derived(name=name)
+    )
+
+
+def _finish_portable(
+    conn: Connection, done: Sequence[Done], counts: dict[tuple[str, str, str], int], now: datetime
+) -> set[int]:
+    """``_finish_postgresql`` in three statements, for SQLite (no writes in a ``WITH``)."""
+    q = sync_queue.c
+    gone = set(
+        conn.execute(
+            sa.delete(sync_queue)
+            .where(sa.tuple_(q.id, q.version).in_([(d.entry.id, d.entry.version) for d in done]))
+            .returning(q.id)
+        ).scalars()
+    )
+    _resolve(conn, {(d.entry.object, d.entry.direction, d.entry.record_key) for d in done}, now)
     _count(conn, counts, now)
+    return gone
+
+
+def _resolve(conn: Connection, keys: set[tuple[str, str, str]], now: datetime) -> None:
+    """Resolve the open errors of ``(object, direction, record_key)``s that synced."""
+    if not keys:
+        return
+    err = sync_error.c
+    conn.execute(
+        sa.update(sync_error)
+        .where(
+            err.status == "open",
+            sa.tuple_(err.object, err.direction, err.record_key).in_(sorted(keys)),
+        )
+        .values(status="resolved", resolved_at=now)
+    )
 
 
 def _remember_syncs(conn: Connection, done: Sequence[Done], now: datetime) -> None:
@@ -351,14 +481,15 @@ def _count(conn: Connection, counts: dict[tuple[str, str, str], int], now: datet
         {"bucket_start": start, "object": o, "direction": d, "operation": op, "synced": n}
         for (o, d, op), n in sorted(counts.items())
     ]
-    # Concurrent workers add to the same bucket: an upsert, never update-then-insert.
     insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(sync_throughput)
-    conn.execute(
-        insert.on_conflict_do_update(
-            index_elements=["bucket_start", "object", "direction", "operation"],
-            set_={"synced": sync_throughput.c.synced + insert.excluded.synced},
-        ),
-        rows,
+    conn.execute(_add_to_counters(insert), rows)
+
+
+def _add_to_counters(insert: Any) -> Any:
+    # Concurrent workers add to the same bucket: an upsert, never update-then-insert.
+    return insert.on_conflict_do_update(
+        index_elements=["bucket_start", "object", "direction", "operation"],
+        set_={"synced": sync_throughput.c.synced + insert.excluded.synced},
     )
 
 
