@@ -43,6 +43,7 @@ from crmsync.store import queue
 from crmsync.store.db import write_transaction
 from crmsync.store.maintenance import maintain
 from crmsync.store.schema import sync_queue
+from crmsync.store.status import AWAITING_PULL
 from crmsync.store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,9 @@ def next_due(engine: Engine, direction: str, objects: list[str], worker: str) ->
         if not wanted:
             return None
         q = sync_queue.c
+        # Pushes held for a paused pull wait for the resume, not for a time.
+        held = [o for o in wanted if queue.is_paused(scopes, o, "from_crm")]
+        waiting = q.object.in_(held) & (sa.func.coalesce(q.last_error_code, "") == AWAITING_PULL)
         return conn.execute(
             sa.select(
                 sa.func.min(
@@ -75,7 +79,12 @@ def next_due(engine: Engine, direction: str, objects: list[str], worker: str) ->
                         else_=sa.func.coalesce(q.claimed_until, q.next_attempt_at),
                     )
                 )
-            ).where(q.state == "pending", q.direction == direction, q.object.in_(wanted))
+            ).where(
+                q.state == "pending",
+                q.direction == direction,
+                q.object.in_(wanted),
+                *([~waiting] if held and direction == "to_crm" else []),
+            )
         ).scalar()
 
 
