@@ -16,8 +16,9 @@ nothing. The next page is fetched while the previous one is being staged.
 
 A synced record the sync filter field excludes is remembered as excluded
 (``sync_record.excluded``, see ``exclude``) and its waiting Dynamics changes dropped; when
-the filter includes it again its change is staged with the ``rejoin`` mark, which the
-apply honours by taking Dynamics' values and clearing the exclusion.
+the filter includes it again its change is staged with the ``rejoin`` mark: the apply
+settles what both sides changed meanwhile with the conflict rules (against the last
+synced values), queues a push of what changed only locally, and clears the exclusion.
 """
 
 from __future__ import annotations

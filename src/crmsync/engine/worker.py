@@ -137,7 +137,7 @@ class Worker:
             if handled:
                 continue
             due = await asyncio.to_thread(next_due, self.engine, direction, objects, self.id)
-            if due is None and drain and not await self._pushes_may_need_applies(direction):
+            if due is None and drain and not await self._may_get_more(direction):
                 return
             wait = IDLE_SECONDS
             if due is not None:
@@ -145,15 +145,19 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), timeout=wait)
 
-    async def _pushes_may_need_applies(self, direction: str) -> bool:
-        """Whether an apply lane must stay: a push refused because Dynamics changed the
-        record (412) stages that change as a ``from_crm`` entry and waits for it to be
-        applied, so while pushes are pending new applies may still come."""
-        if direction != "from_crm" or not self.pusher.objects:
-            return False
-        pending = await asyncio.to_thread(
-            next_due, self.engine, "to_crm", self.pusher.objects, self.id
+    async def _may_get_more(self, direction: str) -> bool:
+        """Whether a draining lane with nothing due must stay, because the other
+        direction's pending work may still queue some: a push refused because Dynamics
+        changed the record (412) stages that change as a ``from_crm`` entry, and applying
+        a record the sync filter includes again queues the push of its local changes."""
+        other, objects = (
+            ("to_crm", self.pusher.objects)
+            if direction == "from_crm"
+            else ("from_crm", self.applier.objects)
         )
+        if not objects:
+            return False
+        pending = await asyncio.to_thread(next_due, self.engine, other, objects, self.id)
         return pending is not None
 
     async def pull_once(self) -> int:
