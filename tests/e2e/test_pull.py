@@ -117,6 +117,10 @@ def test_expired_delta_token_reconciles_fully_without_duplicates(
         sales.delete("leads", crm_id)
     added = sales.create("leads", {"emailaddress1": "new@example.com", "lastname": "New"})
     sales.delete("accounts", accounts[0])
+    # Changed on both sides (a conflict: local wins for leads), and only locally.
+    sales.update("leads", leads[5], {"lastname": "Remote"})
+    sql(store, "UPDATE lead SET last_name = 'Local' WHERE crm_id = :c", {"c": leads[5]})
+    sql(store, "UPDATE lead SET first_name = 'OnlyLocal' WHERE crm_id = :c", {"c": leads[6]})
     drain(sync_settings, store)
 
     remote = {r["leadid"]: r for r in crm_rows(url)}
@@ -131,6 +135,11 @@ def test_expired_delta_token_reconciles_fully_without_duplicates(
         )
     assert set(rows(store, "account")) == set(accounts[1:])
     assert count(store, sync_queue) == 0 and count(store, sync_error) == 0
+    assert remote[leads[5]]["lastname"] == "Local"
+    assert remote[leads[6]]["firstname"] == local[leads[6]]["first_name"] == "OnlyLocal"
+    with store.connect() as conn:
+        journal = conn.execute(sa.select(sync_conflict)).all()
+    assert [(j.crm_id, j.field, j.winner) for j in journal] == [(leads[5], "last_name", "local")]
     # The new delta link works: a later change arrives incrementally.
     sales.update("leads", added, {"lastname": "Later"})
     drain(sync_settings, store)

@@ -42,7 +42,7 @@ from crmsync.domain import ObjectSpec
 from crmsync.engine import changes as ch
 from crmsync.store import queue
 from crmsync.store.db import capture_suppressed
-from crmsync.store.schema import LOCAL_TABLES, sync_queue
+from crmsync.store.schema import LOCAL_TABLES, sync_queue, sync_record
 
 # Rows per INSERT statement: enough that a statement's own cost vanishes, few enough
 # that its text stays small and its prepared form is reused page after page.
@@ -82,6 +82,46 @@ def known_ids(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> set
         )
     )
     return {str(i).lower() for (i,) in [*local, *pushes]}
+
+
+def in_sync(
+    conn: Connection,
+    spec: ObjectSpec,
+    rows: Sequence[Mapping[str, Any]],
+    ids: Sequence[str],
+    filter_field: str | None,
+) -> set[int]:
+    """Positions of a full read's ``rows`` (Dynamics ids ``ids``) that the store already
+    holds at that version: a local row with the id, whose sync state has this
+    ``versionnumber`` or a later one and is not excluded, and a row the filter does not
+    exclude. ``changes.stage_operation`` would stage nothing for them, so a
+    reconciliation sets them aside with one query per page, before any work per record
+    (no ``Change``, no synced values decoded): at 200,000 known records that work was
+    most of the reconciliation."""
+    if not rows:
+        return set()
+    table, r = LOCAL_TABLES[spec.table], sync_record.c
+    found = conn.execute(
+        sa.select(table.c.crm_id, r.crm_version, r.etag)
+        .join_from(table, sync_record, (r.object == spec.name) & (r.record_id == table.c.id))
+        .where(id_in(conn, table.c.crm_id, ids), r.excluded.is_(False))
+    )
+    # As ``pull.load_known`` reads the synced version.
+    synced = {crm_id: version or ch.version_of(etag) for crm_id, version, etag in found}
+    out: set[int] = set()
+    for i, crm_id in enumerate(ids):
+        at = synced.get(crm_id)
+        if at is None:
+            continue
+        row = rows[i]
+        if filter_field is not None and row.get(filter_field) is False:
+            continue  # the ordinary path remembers the exclusion
+        version = row.get(ch.VERSION)
+        if type(version) is not int:
+            version = ch.row_version(row)
+        if version is not None and version <= at:
+            out.add(i)
+    return out
 
 
 def local_parents(
