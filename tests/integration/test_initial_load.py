@@ -186,7 +186,7 @@ def test_stored_times_match_the_ordinary_reading() -> None:
 def test_a_reconciliation_sets_aside_only_records_held_at_their_version(
     engine: sa.Engine, settings: Settings
 ) -> None:
-    """``in_sync``: what a full read may skip without a ``Change`` or a queue entry."""
+    """What a full read may skip without a ``Change`` or a queue entry (``settled``)."""
     rows = [lead_row(n) for n in range(1, 8)]
     insert(engine, settings, "lead", rows)
     with write_transaction(engine) as conn:
@@ -203,10 +203,8 @@ def test_a_reconciliation_sets_aside_only_records_held_at_their_version(
         conn.execute(sa.delete(sync_record).where(r.record_id == ids[guid(6)]))  # no state
     rows[6] = lead_row(7, new_synctomkto=False)  # excluded in Dynamics now
     rows.append(lead_row(8))  # new
-    specs = settings.object_specs()
-    page_ids = [guid(n) for n in range(1, 9)]
-    with engine.connect() as conn:
-        same = load.in_sync(conn, specs["lead"], rows, page_ids, "new_synctomkto")
-    assert sorted(page_ids[i] for i in same) == [guid(1), guid(4)]
-    with engine.connect() as conn:
-        assert load.in_sync(conn, specs["lead"], [], [], None) == set()
+    done = insert(engine, settings, "lead", rows, "new_synctomkto")
+    assert done.settled == [guid(1), guid(4)]
+    assert done.inserted == [guid(8)]
+    left = sorted(str(row["leadid"]).lower() for row in done.rest)
+    assert left == [guid(2), guid(3), guid(5), guid(6), guid(7)]

@@ -28,7 +28,7 @@ import json
 import sqlite3
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
 from typing import Any
@@ -42,7 +42,7 @@ from crmsync.domain import ObjectSpec
 from crmsync.engine import changes as ch
 from crmsync.store import queue
 from crmsync.store.db import capture_suppressed
-from crmsync.store.schema import LOCAL_TABLES, sync_queue, sync_record
+from crmsync.store.schema import LOCAL_TABLES, sync_queue
 
 # Rows per INSERT statement: enough that a statement's own cost vanishes, few enough
 # that its text stays small and its prepared form is reused page after page.
@@ -53,10 +53,13 @@ _fromisoformat = datetime.fromisoformat
 @dataclass(frozen=True)
 class Loaded:
     """What ``insert_new`` did with a page: the Dynamics ids it inserted, and the rows
-    (as Dynamics sent them) left for the ordinary path."""
+    (as Dynamics sent them) left for the ordinary path, and the ids needing nothing."""
 
     inserted: list[str]
     rest: list[dict[str, Any]]
+    # Known records the store holds at the version read (a reconciliation's bulk): no
+    # work, but seen (what a full read does not return is gone).
+    settled: list[str] = field(default_factory=list)
 
 
 def id_in(conn: Connection, column: sa.ColumnElement[Any], ids: Iterable[str | int]) -> Any:
@@ -69,46 +72,66 @@ def id_in(conn: Connection, column: sa.ColumnElement[Any], ids: Iterable[str | i
     return column.in_(sa.select(each.table_valued("value").c.value))
 
 
-def known_ids(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> set[str]:
-    """Those of ``crm_ids`` the store knows: a local row holds it, or a push in flight
-    chose it (its local row has no ``crm_id`` yet)."""
+def known_ids(
+    conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]
+) -> tuple[set[str], dict[str, int]]:
+    """Those of ``crm_ids`` the store knows (a local row holds it, or a push in flight
+    chose it: its local row has no ``crm_id`` yet), and the version each local row among
+    them was last synced at, where it has a sync state that is not excluded."""
     if not crm_ids:
-        return set()
-    table, q = LOCAL_TABLES[spec.table], sync_queue.c
-    local = conn.execute(sa.select(table.c.crm_id).where(id_in(conn, table.c.crm_id, crm_ids)))
+        return set(), {}
+    q = sync_queue.c
+    known: set[str] = set()
+    synced: dict[str, int] = {}
+    for crm_id, version, etag, excluded in _local_states(conn, spec, crm_ids):
+        crm_id = str(crm_id).lower()
+        known.add(crm_id)
+        # As ``pull.load_known`` reads it: no state (outer join), excluded, or no
+        # version known leave the record to the ordinary path.
+        at = None if excluded is None or excluded else (version or ch.version_of(etag))
+        if at is not None:
+            synced[crm_id] = at
     pushes = conn.execute(
         sa.select(q.crm_id).where(
             q.object == spec.name, q.direction == "to_crm", id_in(conn, q.crm_id, crm_ids)
         )
     )
-    return {str(i).lower() for (i,) in [*local, *pushes]}
+    known.update(str(i).lower() for (i,) in pushes)
+    return known, synced
 
 
-def in_sync(
-    conn: Connection,
-    spec: ObjectSpec,
+def _local_states(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> Sequence[Any]:
+    """``(crm_id, crm_version, etag, excluded)`` of the local rows holding these ids
+    (the state's columns null without one). Written out so that SQLite goes from the
+    page's ids to the ``crm_id`` index (``CROSS JOIN`` fixes the order): left to its
+    planner it scanned every sync state of the object per page, quadratic over a load."""
+    table = LOCAL_TABLES[spec.table].name
+    state = "LEFT JOIN sync_record AS r ON r.object = {0} AND r.record_id = t.id"
+    columns = "SELECT t.crm_id, r.crm_version, r.etag, r.excluded"
+    if conn.dialect.name == "postgresql":
+        sql = f"{columns} FROM {table} AS t {state.format('%s')} WHERE t.crm_id = ANY(%s)"
+        return conn.exec_driver_sql(sql, (spec.name, list(crm_ids))).all()
+    sql = (
+        f"{columns} FROM json_each(?) AS v CROSS JOIN {table} AS t {state.format('?')}"
+        " WHERE t.crm_id = v.value"
+    )
+    return conn.exec_driver_sql(sql, (json.dumps(list(crm_ids)), spec.name)).all()
+
+
+def held_at_version(
     rows: Sequence[Mapping[str, Any]],
     ids: Sequence[str],
+    synced: Mapping[str, int],
     filter_field: str | None,
 ) -> set[int]:
-    """Positions of a full read's ``rows`` (Dynamics ids ``ids``) that the store already
-    holds at that version: a local row with the id, whose sync state has this
-    ``versionnumber`` or a later one and is not excluded, and a row the filter does not
-    exclude. ``changes.stage_operation`` would stage nothing for them, so a
-    reconciliation sets them aside with one query per page, before any work per record
-    (no ``Change``, no synced values decoded): at 200,000 known records that work was
-    most of the reconciliation."""
-    if not rows:
-        return set()
-    table, r = LOCAL_TABLES[spec.table], sync_record.c
-    found = conn.execute(
-        sa.select(table.c.crm_id, r.crm_version, r.etag)
-        .join_from(table, sync_record, (r.object == spec.name) & (r.record_id == table.c.id))
-        .where(id_in(conn, table.c.crm_id, ids), r.excluded.is_(False))
-    )
-    # As ``pull.load_known`` reads the synced version.
-    synced = {crm_id: version or ch.version_of(etag) for crm_id, version, etag in found}
+    """Positions of a full read's ``rows`` that the store already holds at that version
+    (their sync state has this ``versionnumber`` or a later one; ``synced`` as
+    ``known_ids`` gives it) and that the filter does not exclude: for them
+    ``changes.stage_operation`` would stage nothing, so a reconciliation sets them aside
+    before any work per record (no ``Change``, no synced values decoded)."""
     out: set[int] = set()
+    if not synced:
+        return out
     for i, crm_id in enumerate(ids):
         at = synced.get(crm_id)
         if at is None:
@@ -185,7 +208,12 @@ def insert_new(
     table = LOCAL_TABLES[spec.table]
     key = spec.primary_key
     ids = [str(r[key]).lower() for r in rows]
-    known = known_ids(conn, spec, ids)
+    known, synced = known_ids(conn, spec, ids)
+    same = held_at_version(rows, ids, synced, filter_field)
+    settled = [ids[i] for i in sorted(same)]
+    if same:
+        rows = [r for i, r in enumerate(rows) if i not in same]
+        ids = [i for j, i in enumerate(ids) if j not in same]
     # Text columns without a length take any text; every pulled field is a text
     # column today, and a value of another kind goes the ordinary way.
     fields = [
@@ -254,16 +282,17 @@ def insert_new(
         states = [x for j, x in enumerate(states) if j not in unfit]
         picked = [i for j, i in enumerate(picked) if j not in unfit]
     if not picked:
-        return Loaded([], list(rows))
+        return Loaded([], list(rows), settled)
     columns = [c for c, _, _ in fields] + [c for c, _, _ in lookups]
     try:
         with capture_suppressed(conn), conn.begin_nested():
             _write(conn, spec, columns, local_rows, states, now)
             queue.count_synced(conn, {(spec.name, "from_crm", "insert"): len(picked)}, now)
     except DBAPIError:
-        return Loaded([], list(rows))
+        return Loaded([], list(rows), settled)
     taken = set(picked)
-    return Loaded([ids[i] for i in picked], [r for i, r in enumerate(rows) if i not in taken])
+    rest = [r for i, r in enumerate(rows) if i not in taken]
+    return Loaded([ids[i] for i in picked], rest, settled)
 
 
 def _max_rows(conn: Connection, width: int) -> int:

@@ -276,7 +276,7 @@ def vanished(
             r.excluded.is_(False),
             ~pending_push,
         )
-    )
+    ).all()
     return [(i, c.lower()) for i, c in rows if c.lower() not in seen]
 
 
@@ -438,20 +438,14 @@ class Puller:
     ) -> int:
         now = utcnow()
         rows: list[dict[str, Any]] = []
-        settled = 0
         with write_transaction(self.engine) as conn:
             loaded = load.Loaded([], page.rows)
             if seen is not None:
-                # A full read: what the store holds as it is needs nothing (a
-                # reconciliation's bulk), and what it has never seen is inserted as it is.
-                key = spec.primary_key
-                ids = [str(r[key]).lower() for r in page.rows]
-                same = load.in_sync(conn, spec, page.rows, ids, filter_field)
-                seen.update(ids[i] for i in same)
-                settled = len(same)
-                rest = [r for i, r in enumerate(page.rows) if i not in same] if same else page.rows
-                loaded = load.insert_new(conn, self.specs, spec, rest, filter_field, now)
+                # A full read: what the store has never seen is inserted as it is, and
+                # what it holds at the version read needs nothing (a reconciliation).
+                loaded = load.insert_new(conn, self.specs, spec, page.rows, filter_field, now)
                 seen.update(loaded.inserted)
+                seen.update(loaded.settled)
             found = ch.read_rows(spec, loaded.rest, filter_field)
             found += [ch.deleted(i) for i in page.deleted_ids]
             known = load_known(conn, spec, [c.crm_id for c in found])
@@ -489,7 +483,7 @@ class Puller:
                 save_cursor(conn, spec.name, page.delta_link, now)
                 # Read to the end: a failure of the whole object's pull is over.
                 queue.resolve_object(conn, spec.name, "from_crm", now)
-        read = len(found) + len(loaded.inserted) + settled
+        read = len(found) + len(loaded.inserted) + len(loaded.settled)
         self.stats.read += read
         self.stats.by_object[spec.name] = self.stats.by_object.get(spec.name, 0) + read
         if self.progress is not None and seen is not None:
