@@ -48,6 +48,7 @@ from crmsync.store.schema import LOCAL_TABLES, sync_queue
 # that its text stays small and its prepared form is reused page after page.
 ROWS_PER_STATEMENT = 1000
 _fromisoformat = datetime.fromisoformat
+_TEXT_OR_NONE = {str, type(None)}
 
 
 @dataclass(frozen=True)
@@ -246,11 +247,12 @@ def insert_new(
         column = [r.get(attr) for r in new]
         # Text that fits, as apply's ``_fits`` checks it; the ordinary path parks
         # anything else with the reason.
-        unfit.update(
-            j
-            for j, v in enumerate(column)
-            if v is not None and (type(v) is not str or len(v) > length)
-        )
+        if not _all_text_within(column, length):
+            unfit.update(
+                j
+                for j, v in enumerate(column)
+                if v is not None and (type(v) is not str or len(v) > length)
+            )
         values.append(column)
     for _, attr, target in lookups:
         given = [r.get(attr) for r in new]
@@ -293,6 +295,14 @@ def insert_new(
     taken = set(picked)
     rest = [r for i, r in enumerate(rows) if i not in taken]
     return Loaded([ids[i] for i in picked], rest, settled)
+
+
+def _all_text_within(column: Sequence[Any], length: int) -> bool:
+    """Whether every value is None or text of at most ``length`` characters, answered
+    by builtins looping in C (the usual case; the caller then skips its own check)."""
+    if not set(map(type, column)) <= _TEXT_OR_NONE:
+        return False
+    return length == sys.maxsize or max(map(len, filter(None, column)), default=0) <= length
 
 
 def _max_rows(conn: Connection, width: int) -> int:
