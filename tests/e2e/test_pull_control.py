@@ -252,3 +252,24 @@ def test_a_push_refused_as_stale_waits_for_a_paused_pull_without_resending(
         journal = conn.execute(sa.select(sync_conflict)).mappings().all()
         assert conn.execute(sa.select(sa.func.count()).select_from(sync_queue)).scalar() == 0
     assert [(j["field"], j["winner"]) for j in journal] == [("last_name", "local")]
+
+
+def test_a_held_push_that_becomes_a_delete_no_longer_waits_for_the_pull(
+    sync_settings: Settings, store: sa.Engine, sales: Sales, sql: Any
+) -> None:
+    lead = sales.create("leads", {"emailaddress1": "d@example.com", "lastname": "Base"})
+    run_once(sync_settings, store)
+    with write_transaction(store) as conn:
+        status.pause(conn, "*", "from_crm")
+    sql(store, "UPDATE lead SET last_name = 'Local'")
+    sales.update("leads", lead, {"lastname": "Remote"})
+    run_once(sync_settings, store)
+    assert lead_push(store)["last_error_code"] == status.AWAITING_PULL
+    # Deleted here meanwhile: the delete needs no pull (its hold may run out as usual).
+    sql(store, "DELETE FROM lead")
+    sql(store, "UPDATE sync_queue SET next_attempt_at = first_queued_at")
+    worker = run_once(sync_settings, store)
+    assert worker.pusher.stats.held == 0
+    assert sales.http.get(f"leads({lead})").status_code == 404
+    with store.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(sync_queue)).scalar() == 0

@@ -146,10 +146,15 @@ def _load_parents(
 
 
 def _still_awaiting_pull(conn: Connection, entries: Sequence[queue.Entry]) -> set[int]:
-    """The ids of claimed entries held for a pull that is still paused (not to be sent:
-    Dynamics would refuse them again, and only the pull can resolve why)."""
+    """The ids of claimed updates held for a pull that is still paused (not to be sent:
+    Dynamics would refuse them again, and only the pull can resolve why). A held entry
+    that became a delete (the local row is gone) no longer waits for anything."""
     scopes = queue.paused_scopes(conn)
-    ids = [e.id for e in entries if queue.is_paused(scopes, e.object, "from_crm")]
+    ids = [
+        e.id
+        for e in entries
+        if e.operation == "update" and queue.is_paused(scopes, e.object, "from_crm")
+    ]
     if not ids:
         return set()
     q = sync_queue.c

@@ -70,7 +70,11 @@ def next_due(engine: Engine, direction: str, objects: list[str], worker: str) ->
         q = sync_queue.c
         # Pushes held for a paused pull wait for the resume, not for a time.
         held = [o for o in wanted if queue.is_paused(scopes, o, "from_crm")]
-        waiting = q.object.in_(held) & (sa.func.coalesce(q.last_error_code, "") == AWAITING_PULL)
+        waiting = (
+            q.object.in_(held)
+            & (q.operation == "update")
+            & (sa.func.coalesce(q.last_error_code, "") == AWAITING_PULL)
+        )
         return conn.execute(
             sa.select(
                 sa.func.min(
