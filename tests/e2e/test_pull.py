@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from pull_support import Sales, count, rows, sales_fixture  # noqa: F401 (fixture)
 
 from crmsync.config import Settings, load_settings
-from crmsync.store.schema import sync_cursor, sync_error, sync_queue, sync_record
+from crmsync.store.schema import sync_conflict, sync_cursor, sync_error, sync_queue, sync_record
 
 
 def test_creates_updates_and_deletes_reach_local_tables_with_lookups(
@@ -117,6 +117,10 @@ def test_expired_delta_token_reconciles_fully_without_duplicates(
         sales.delete("leads", crm_id)
     added = sales.create("leads", {"emailaddress1": "new@example.com", "lastname": "New"})
     sales.delete("accounts", accounts[0])
+    # Changed on both sides (a conflict: local wins for leads), and only locally.
+    sales.update("leads", leads[5], {"lastname": "Remote"})
+    sql(store, "UPDATE lead SET last_name = 'Local' WHERE crm_id = :c", {"c": leads[5]})
+    sql(store, "UPDATE lead SET first_name = 'OnlyLocal' WHERE crm_id = :c", {"c": leads[6]})
     drain(sync_settings, store)
 
     remote = {r["leadid"]: r for r in crm_rows(url)}
@@ -131,6 +135,11 @@ def test_expired_delta_token_reconciles_fully_without_duplicates(
         )
     assert set(rows(store, "account")) == set(accounts[1:])
     assert count(store, sync_queue) == 0 and count(store, sync_error) == 0
+    assert remote[leads[5]]["lastname"] == "Local"
+    assert remote[leads[6]]["firstname"] == local[leads[6]]["first_name"] == "OnlyLocal"
+    with store.connect() as conn:
+        journal = conn.execute(sa.select(sync_conflict)).all()
+    assert [(j.crm_id, j.field, j.winner) for j in journal] == [(leads[5], "last_name", "local")]
     # The new delta link works: a later change arrives incrementally.
     sales.update("leads", added, {"lastname": "Later"})
     drain(sync_settings, store)
@@ -224,18 +233,98 @@ def test_an_excluded_record_stops_syncing_both_ways_until_included_again(
     drain(filtered, store)
     assert "New" in {r["lastname"] for r in remote().values()}
 
-    # Cleared in Dynamics (empty counts as Yes): Dynamics' values are applied, and
-    # later local edits are pushed again.
+    # Cleared in Dynamics (empty counts as Yes): what changed there while it was out is
+    # applied, what changed here is sent (nothing lost), and later local edits go too.
     sales.update("leads", lead, {"new_synctomkto": None})
     drain(filtered, store)
     local = rows(store, "lead")
-    assert (local[lead]["first_name"], local[lead]["last_name"]) == ("Before", "Changed there")
+    assert (local[lead]["first_name"], local[lead]["last_name"]) == ("While out", "Changed there")
+    assert (remote()[lead]["firstname"], remote()[lead]["lastname"]) == (
+        "While out",
+        "Changed there",
+    )
     assert not _excluded(store, record_id)
     edit(lead, "After")
     drain(filtered, store)
     assert remote()[lead]["firstname"] == "After"
     assert rows(store, "lead")[lead]["first_name"] == "After"
     assert count(store, sync_queue) == 0 and count(store, sync_error) == 0
+
+
+def test_a_rejoin_settles_both_sides_changes_with_the_rule_table(
+    sync_settings: Settings, store: sa.Engine, sales: Sales, drain: Any, sql: Any
+) -> None:
+    """Both sides edited a record while the sync filter excluded it. Set back to Yes,
+    it is resolved like any two-sided change against the last synced values: a field
+    changed on one side takes that side's value (sent to Dynamics if it was local), a
+    field changed on both follows the rule (leads: local wins; contacts: Dynamics wins)
+    and is journaled once; a field both set to the same value is no conflict."""
+    filtered = load_settings(
+        **{**sync_settings.model_dump(), "sync_filter_field": "new_synctomkto"}
+    )
+    base = {"emailaddress1": "b@example.com", "firstname": "F", "lastname": "L"}
+    lead = sales.create("leads", {**base, "companyname": "C", "new_synctomkto": True})
+    contact = sales.create("contacts", {**base, "new_synctomkto": True})
+    drain(filtered, store)
+    for entity_set, crm_id in (("leads", lead), ("contacts", contact)):
+        sales.update(entity_set, crm_id, {"new_synctomkto": False})
+    drain(filtered, store)
+
+    for table in ("lead", "contact"):
+        sql(store, f"UPDATE {table} SET last_name = 'Here', first_name = 'OnlyHere'")
+    sql(store, "UPDATE lead SET email = 'same@example.com'")
+    sales.update("leads", lead, {"lastname": "There", "companyname": "OnlyThere"})
+    sales.update("leads", lead, {"emailaddress1": "same@example.com"})
+    sales.update("contacts", contact, {"lastname": "There", "emailaddress1": "t@example.com"})
+    drain(filtered, store)  # still excluded: nothing moves either way
+    assert rows(store, "lead")[lead]["company"] == "C"
+
+    for entity_set, crm_id in (("leads", lead), ("contacts", contact)):
+        sales.update(entity_set, crm_id, {"new_synctomkto": True})
+    drain(filtered, store)
+
+    def crm(entity_set: str, crm_id: str) -> dict[str, Any]:
+        select = "firstname,lastname,emailaddress1" + (
+            ",companyname" if entity_set == "leads" else ""
+        )
+        body: dict[str, Any] = sales.http.get(f"{entity_set}({crm_id})?$select={select}").json()
+        return body
+
+    local_lead, remote_lead = rows(store, "lead")[lead], crm("leads", lead)
+    expected = ("OnlyHere", "Here", "OnlyThere", "same@example.com")
+    assert (
+        local_lead["first_name"],
+        local_lead["last_name"],
+        local_lead["company"],
+        local_lead["email"],
+    ) == expected
+    assert (
+        remote_lead["firstname"],
+        remote_lead["lastname"],
+        remote_lead["companyname"],
+        remote_lead["emailaddress1"],
+    ) == expected
+    local_contact, remote_contact = rows(store, "contact")[contact], crm("contacts", contact)
+    expected = ("OnlyHere", "There", "t@example.com")
+    assert (local_contact["first_name"], local_contact["last_name"], local_contact["email"]) == (
+        expected
+    )
+    assert (
+        remote_contact["firstname"],
+        remote_contact["lastname"],
+        remote_contact["emailaddress1"],
+    ) == expected
+    with store.connect() as conn:
+        journal = conn.execute(sa.select(sync_conflict).order_by(sync_conflict.c.object)).all()
+    assert [(j.object, j.field, j.local_value, j.crm_value, j.winner, j.rule) for j in journal] == [
+        ("contact", "last_name", "Here", "There", "crm", "crm_wins"),
+        ("lead", "last_name", "Here", "There", "local", "local_wins"),
+    ]
+    assert count(store, sync_queue) == 0 and count(store, sync_error) == 0
+    # Settled: another round moves nothing and journals nothing more.
+    drain(filtered, store)
+    with store.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(sync_conflict)).scalar() == 2
 
 
 def test_missing_parent_is_a_from_crm_error_that_retry_resolves(

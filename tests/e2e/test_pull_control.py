@@ -22,7 +22,7 @@ from crmsync.dynamics.client import DataverseClient
 from crmsync.engine.worker import Worker
 from crmsync.store import status
 from crmsync.store.db import write_transaction
-from crmsync.store.schema import sync_cursor, sync_error
+from crmsync.store.schema import sync_conflict, sync_cursor, sync_error, sync_queue
 from crmsync.web.app import create_app
 
 
@@ -181,3 +181,95 @@ def test_an_unknown_entity_set_is_that_objects_error_and_the_others_pull(
     run_once(sync_settings, store)
     assert [e["status"] for e in errors(store)] == ["resolved"]
     assert len(rows(store, "opportunity")) == 1
+
+
+def run_for(settings: Settings, engine: sa.Engine, seconds: float) -> Worker:
+    """A worker running (not ``--once``) for ``seconds``, then stopped."""
+
+    async def go() -> Worker:
+        async with DataverseClient.from_settings(settings) as client:
+            worker = Worker(engine, client, settings, concurrency=2)
+            task = asyncio.create_task(worker.run())
+            await asyncio.sleep(seconds)
+            worker.stop()
+            await asyncio.wait_for(task, 30)
+            return worker
+
+    return asyncio.run(go())
+
+
+def lead_push(engine: sa.Engine) -> dict[str, Any]:
+    with engine.connect() as conn:
+        [entry] = conn.execute(
+            sa.select(sync_queue).where(sync_queue.c.direction == "to_crm")
+        ).mappings()
+        return dict(entry)
+
+
+def test_a_push_refused_as_stale_waits_for_a_paused_pull_without_resending(
+    sync_settings: Settings, store: sa.Engine, sales: Sales, sql: Any
+) -> None:
+    """A 412 (Dynamics changed the record) can only be resolved by pulling the record;
+    with ``from_crm`` paused the push is held, not re-sent, until the resume, and then
+    goes the ordinary way: pulled, decided by the rule (local wins for leads), sent."""
+    url = sync_settings.dynamics_url or ""
+    lead = sales.create("leads", {"emailaddress1": "h@example.com", "lastname": "Base"})
+    run_once(sync_settings, store)
+    with write_transaction(store) as conn:
+        status.pause(conn, "*", "from_crm")
+    sql(store, "UPDATE lead SET last_name = 'Local'")
+    sales.update("leads", lead, {"lastname": "Remote", "companyname": "Co"})
+
+    before = requests_made(url)
+    worker = run_for(sync_settings, store, 4)
+    # One token and one $batch (refused with 412), then nothing more: it used to be
+    # re-sent about once a second.
+    assert requests_made(url) - before <= 2
+    assert (worker.pusher.stats.stale, worker.pusher.stats.held) == (1, 1)
+    entry = lead_push(store)
+    assert (entry["state"], entry["last_error_code"]) == ("pending", status.AWAITING_PULL)
+    with store.connect() as conn:
+        [row] = [r for r in status.backlog(conn, ["lead"])["objects"]]
+    assert (row["updates"], row["total"]) == (1, 1)  # visible in the backlog
+
+    # Its hold runs out while the pull is still paused: held again, nothing sent.
+    sql(store, "UPDATE sync_queue SET next_attempt_at = :t", {"t": entry["first_queued_at"]})
+    before = requests_made(url)
+    worker = run_once(sync_settings, store)  # --once ends: a held push is not due
+    assert requests_made(url) == before
+    assert worker.pusher.stats.held == 1 and worker.pusher.stats.sent == 0
+    assert lead_push(store)["last_error_code"] == status.AWAITING_PULL
+
+    with write_transaction(store) as conn:
+        status.resume(conn, "*", "from_crm")
+    assert lead_push(store)["last_error_code"] is None
+    run_once(sync_settings, store)
+    local = rows(store, "lead")[lead]
+    assert (local["last_name"], local["company"]) == ("Local", "Co")
+    crm = sales.http.get(f"leads({lead})?$select=lastname,companyname").json()
+    assert (crm["lastname"], crm["companyname"]) == ("Local", "Co")
+    with store.connect() as conn:
+        journal = conn.execute(sa.select(sync_conflict)).mappings().all()
+        assert conn.execute(sa.select(sa.func.count()).select_from(sync_queue)).scalar() == 0
+    assert [(j["field"], j["winner"]) for j in journal] == [("last_name", "local")]
+
+
+def test_a_held_push_that_becomes_a_delete_no_longer_waits_for_the_pull(
+    sync_settings: Settings, store: sa.Engine, sales: Sales, sql: Any
+) -> None:
+    lead = sales.create("leads", {"emailaddress1": "d@example.com", "lastname": "Base"})
+    run_once(sync_settings, store)
+    with write_transaction(store) as conn:
+        status.pause(conn, "*", "from_crm")
+    sql(store, "UPDATE lead SET last_name = 'Local'")
+    sales.update("leads", lead, {"lastname": "Remote"})
+    run_once(sync_settings, store)
+    assert lead_push(store)["last_error_code"] == status.AWAITING_PULL
+    # Deleted here meanwhile: the delete needs no pull (its hold may run out as usual).
+    sql(store, "DELETE FROM lead")
+    sql(store, "UPDATE sync_queue SET next_attempt_at = first_queued_at")
+    worker = run_once(sync_settings, store)
+    assert worker.pusher.stats.held == 0
+    assert sales.http.get(f"leads({lead})").status_code == 404
+    with store.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(sync_queue)).scalar() == 0

@@ -181,3 +181,30 @@ def test_stored_times_match_the_ordinary_reading() -> None:
         None,
     ]
     assert load.stored_times(texts[:1], sqlite=False) == ["2026-11-25T16:07:33Z"]
+
+
+def test_a_reconciliation_sets_aside_only_records_held_at_their_version(
+    engine: sa.Engine, settings: Settings
+) -> None:
+    """What a full read may skip without a ``Change`` or a queue entry (``settled``)."""
+    rows = [lead_row(n) for n in range(1, 8)]
+    insert(engine, settings, "lead", rows)
+    with write_transaction(engine) as conn:
+        r = sync_record.c
+        ids = {c: i for c, i in conn.execute(sa.select(lead.c.crm_id, lead.c.id))}
+
+        def state(n: int, **values: Any) -> None:
+            conn.execute(sa.update(sync_record).where(r.record_id == ids[guid(n)]).values(**values))
+
+        state(2, crm_version=1001)  # Dynamics has 1002: changed since
+        state(3, excluded=True)  # excluded here: its rejoin is the ordinary path's
+        state(4, crm_version=None, etag='W/"1004"')  # synced by a push: the ETag says
+        state(5, crm_version=None, etag=None)  # no version known: cannot tell
+        conn.execute(sa.delete(sync_record).where(r.record_id == ids[guid(6)]))  # no state
+    rows[6] = lead_row(7, new_synctomkto=False)  # excluded in Dynamics now
+    rows.append(lead_row(8))  # new
+    done = insert(engine, settings, "lead", rows, "new_synctomkto")
+    assert done.settled == [guid(1), guid(4)]
+    assert done.inserted == [guid(8)]
+    left = sorted(str(row["leadid"]).lower() for row in done.rest)
+    assert left == [guid(2), guid(3), guid(5), guid(6), guid(7)]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
-from crmsync.domain import default_objects
+from crmsync.domain import ConflictRule, default_objects
 from crmsync.engine import changes as ch
 from crmsync.engine.apply import (
     MISSING_PARENT,
@@ -23,6 +24,7 @@ from crmsync.store.queue import Entry
 
 SPECS = default_objects()
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
+HOUR, MINUTE = timedelta(hours=1), timedelta(minutes=1)
 LEAD_ID = "aaaaaaaa-0000-0000-0000-000000000001"
 ACCOUNT_ID = "bbbbbbbb-0000-0000-0000-000000000002"
 
@@ -165,20 +167,37 @@ def test_an_excluded_record_ignores_changes_staged_before_its_exclusion() -> Non
         assert isinstance(step, Skip)
 
 
-def test_a_record_included_again_takes_dynamics_values_and_drops_local_edits() -> None:
-    # Locally edited while excluded (email and last name); Dynamics changed nothing but
-    # the filter field: its values are applied all the same, the pending push is moot.
+def test_a_record_included_again_settles_both_sides_with_the_rule_table() -> None:
+    # Locally edited while excluded (email and last name; the push was dropped, none is
+    # waiting); Dynamics changed the last name too, and the company. Against the last
+    # synced values: the company is Dynamics' alone, the email ours alone (to be sent),
+    # the last name both sides' (leads: local wins, journaled).
     local = {**LOCAL, "email": "local@x", "last_name": "Local"}
     base = {"email": "a@x", "first_name": None, "last_name": "R", "company": None}
     c = ctx(
         rows={("lead", LEAD_ID): local},
         synced={("lead", 7): synced(30, excluded=True, **base)},
-        pushes={("lead", 7): Push(False, NOW)},
     )
-    back = ch.Change(LEAD_ID, base, {}, version=40, rejoin=True)
+    remote = {**base, "last_name": "Remote", "company": "Co"}
+    back = ch.Change(LEAD_ID, remote, {}, version=40, rejoin=True)
     step = plan_apply(entry("lead", back, "update", 7), SPECS["lead"], c, delete_behaviour="delete")
     assert isinstance(step, Write) and step.rejoin and step.kind == "update"
-    assert step.values == {"email": "a@x", "last_name": "R"}
+    assert step.values == {"company": "Co"}
+    assert step.resolution is not None and step.resolution.push_needed
+    [conflict] = step.resolution.conflicts
+    assert (conflict.field, conflict.local_value, conflict.crm_value, conflict.winner) == (
+        "last_name",
+        "Local",
+        "Remote",
+        "local",
+    )
+    # Nothing changed locally: Dynamics' values are applied and nothing is to be sent.
+    c = ctx(
+        rows={("lead", LEAD_ID): {**LOCAL, "last_name": "R"}},
+        synced={("lead", 7): synced(30, excluded=True, **base)},
+    )
+    step = plan_apply(entry("lead", back, "update", 7), SPECS["lead"], c, delete_behaviour="delete")
+    assert isinstance(step, Write) and step.values == {"last_name": "Remote", "company": "Co"}
     assert step.resolution is not None and not step.resolution.push_needed
     assert not step.resolution.conflicts
     # Once included (state no longer excluded), a rejoin entry is an ordinary update.
@@ -187,3 +206,31 @@ def test_a_record_included_again_takes_dynamics_values_and_drops_local_edits() -
         entry("lead", back, "update", 7), SPECS["lead"], c, delete_behaviour="delete"
     )
     assert isinstance(again, Write) and not again.rejoin
+
+
+def test_newest_wins_on_a_rejoin_takes_the_local_time_from_the_row_if_written_since() -> None:
+    # No push is waiting (dropped while excluded): the local edit's time is the row's
+    # updated_at when it is later than the last sync, else unknown (counts as oldest).
+    spec = replace(SPECS["lead"], conflict_rule=ConflictRule.NEWEST_WINS)
+    base = {"email": "a@x", "first_name": None, "last_name": "R", "company": None}
+    remote = ch.Change(
+        LEAD_ID,
+        {**base, "last_name": "Remote"},
+        {},
+        version=40,
+        rejoin=True,
+        modified_at="2026-11-25T12:00:00Z",
+    )
+    state = SimpleNamespace(**vars(synced(30, excluded=True, **base)), last_synced_at=NOW - HOUR)
+
+    def winner(updated_at: datetime) -> str:
+        row = {**LOCAL, "last_name": "Local", "updated_at": updated_at}
+        c = ctx(rows={("lead", LEAD_ID): row}, synced={("lead", 7): state})
+        step = plan_apply(entry("lead", remote, "update", 7), spec, c, delete_behaviour="delete")
+        assert isinstance(step, Write) and step.resolution is not None
+        [conflict] = step.resolution.conflicts
+        return conflict.winner
+
+    assert winner(NOW + MINUTE) == "local"  # edited after Dynamics' change
+    assert winner(NOW - MINUTE) == "crm"  # edited before it
+    assert winner(NOW - 2 * HOUR) == "crm"  # not maintained (older than the last sync)

@@ -81,7 +81,9 @@ def parse_change_page(body: Any) -> ChangePage:
     for row in raw:
         if not isinstance(row, dict):
             continue
-        if is_deleted_entry(row):
+        if "@odata.context" not in row and "reason" not in row:
+            rows.append(row)  # nearly every row (a deleted entry has one of these keys)
+        elif is_deleted_entry(row):
             deleted.append(str(row["id"]).lower())
         else:
             rows.append(row)

@@ -26,6 +26,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
 from crmsync.config import Settings
@@ -35,7 +37,7 @@ from crmsync.engine.conflicts import Resolution, as_text, resolve
 from crmsync.store import queue
 from crmsync.store.db import capture_suppressed, write_transaction
 from crmsync.store.schema import LOCAL_TABLES, sync_conflict, sync_queue, sync_record
-from crmsync.store.types import utcnow
+from crmsync.store.types import UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +176,18 @@ def plan_apply(
         # Known only as a push in flight whose local row is gone: nothing to update.
         return Skip(entry)
     if excluded:
-        # Included again: the record takes Dynamics' values as a new one would; local
-        # changes made while it was excluded were never sent and are not kept.
-        res = resolve(spec, None, row, remote, local_pending=False)
+        # Included again: both sides may have moved while it was out (its local changes
+        # were held back, not sent), so the rule table settles it against the values
+        # both sides last agreed on; what changed only locally is pushed afterwards.
+        res = resolve(
+            spec,
+            state.synced_values if state is not None else None,
+            row,
+            remote,
+            local_pending=True,
+            local_modified_at=_local_change_time(row, state, push),
+            crm_modified_at=change.modified_datetime,
+        )
         return Write(entry, change, "update", row["id"], res.values, res, push, rejoin=True)
     res = resolve(
         spec,
@@ -188,6 +199,19 @@ def plan_apply(
         crm_modified_at=change.modified_datetime,
     )
     return Write(entry, change, "update", row["id"], res.values, res, push)
+
+
+def _local_change_time(row: Mapping[str, Any], state: Any, push: Push | None) -> datetime | None:
+    """When the record last changed locally, for ``newest_wins`` on a rejoin: its waiting
+    push's last change, else the row's ``updated_at`` if it is later than the last sync
+    (writers that do not maintain it leave it older: unknown, which counts as oldest)."""
+    if push is not None:
+        return push.changed_at
+    updated = row.get("updated_at")
+    synced = getattr(state, "last_synced_at", None)
+    if isinstance(updated, datetime) and synced is not None and updated > synced:
+        return updated
+    return None
 
 
 # --- loading what the plan needs -----------------------------------------------------
@@ -358,20 +382,70 @@ def execute(
             done += [_done(w, w.record_id) for w in group]
         _journal(conn, group, now)
         _settle_pushes(conn, obj, group, now)
-        _rejoin(conn, obj, group)
+        _rejoin(conn, spec, group, now)
     return done
 
 
-def _rejoin(conn: Connection, obj: str, group: Sequence[Write]) -> None:
-    """Records the sync filter includes again sync both ways from now on."""
+def _rejoin(conn: Connection, spec: ObjectSpec, group: Sequence[Write], now: datetime) -> None:
+    """Records the sync filter includes again sync both ways from now on; those whose
+    local row still differs from Dynamics after the rule table get a push queued (their
+    local changes were dropped from the queue while they were excluded)."""
     ids = [w.record_id for w in group if w.rejoin]
-    if ids:
-        r = sync_record.c
-        conn.execute(
-            sa.update(sync_record)
-            .where(r.object == obj, r.record_id.in_(ids))
-            .values(excluded=False)
-        )
+    if not ids:
+        return
+    r = sync_record.c
+    conn.execute(
+        sa.update(sync_record)
+        .where(r.object == spec.name, r.record_id.in_(ids))
+        .values(excluded=False)
+    )
+    unsent = [
+        w.record_id
+        for w in group
+        if w.rejoin and w.push is None and w.resolution is not None and w.resolution.push_needed
+    ]
+    if unsent:
+        _queue_updates(conn, spec, unsent, now)
+
+
+def _queue_updates(
+    conn: Connection, spec: ObjectSpec, ids: Sequence[int | None], now: datetime
+) -> None:
+    """Queue ``to_crm`` updates of these local rows, as the capture trigger would have
+    (an entry already waiting is left as it is)."""
+    table = LOCAL_TABLES[spec.table]
+    rows = sa.select(
+        sa.literal(spec.name),
+        sa.literal("to_crm"),
+        sa.cast(table.c.id, sa.String),
+        table.c.id,
+        table.c.crm_id,
+        sa.literal("update"),
+        table.c[spec.label_column],
+        sa.literal("pending"),
+        sa.literal(now, UTCDateTime()),
+        sa.literal(now, UTCDateTime()),
+        sa.literal(1),
+        sa.literal(0),
+        sa.literal(now, UTCDateTime()),
+    ).where(table.c.id.in_(ids))
+    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(sync_queue)
+    columns = [
+        "object",
+        "direction",
+        "record_key",
+        "record_id",
+        "crm_id",
+        "operation",
+        "label",
+        "state",
+        "first_queued_at",
+        "last_changed_at",
+        "version",
+        "attempts",
+        "next_attempt_at",
+    ]
+    conn.execute(insert.from_select(columns, rows).on_conflict_do_nothing())
 
 
 def _insert_rows(conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> list[int]:

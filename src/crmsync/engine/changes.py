@@ -45,8 +45,8 @@ class Change:
     etag: str | None = None
     excluded: bool = False  # the sync filter field says No
     deleted: bool = False
-    # Staged for a record the sync filter had excluded and now includes again: applied
-    # as Dynamics has it, whatever the local row became meanwhile.
+    # Staged for a record the sync filter had excluded and now includes again: both
+    # sides' changes since the last sync are settled by the rules (``apply.plan_apply``).
     rejoin: bool = False
 
     def payload(self) -> dict[str, Any]:
@@ -227,8 +227,8 @@ def stage_operation(
     if known.local_delete_pending:
         return None
     if known.excluded:
-        # Included again: Dynamics' values are applied even if they equal the last
-        # synced ones, since the local row may have moved while it was excluded.
+        # Included again: staged even if its values equal the last synced ones, since
+        # the local row may have moved while it was excluded (and must then be sent).
         return "update"
     if own_user is not None and change.modified_by == own_user:
         return None  # crmsync's own write, coming back: no echo

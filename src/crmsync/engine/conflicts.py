@@ -3,7 +3,9 @@
 The base is ``sync_record.synced_values``: the values both sides agreed on at the last
 sync. A field changed in Dynamics if Dynamics' value differs from the base; it changed
 locally if the record has a pending ``to_crm`` entry and the local value differs from
-the base. When both changed it to different values, the field's rule decides
+the base (on a rejoin after a sync-filter exclusion, whenever the local value differs
+from the base: the record's pushes were dropped while it was out). When both changed it
+to different values, the field's rule decides
 (``ObjectSpec.rule_for``: per field, then per object; a field or object that does not
 push always takes Dynamics' value), and the decision is journaled.
 

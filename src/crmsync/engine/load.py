@@ -28,7 +28,7 @@ import json
 import sqlite3
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
 from typing import Any
@@ -48,15 +48,19 @@ from crmsync.store.schema import LOCAL_TABLES, sync_queue
 # that its text stays small and its prepared form is reused page after page.
 ROWS_PER_STATEMENT = 1000
 _fromisoformat = datetime.fromisoformat
+_TEXT_OR_NONE = {str, type(None)}
 
 
 @dataclass(frozen=True)
 class Loaded:
     """What ``insert_new`` did with a page: the Dynamics ids it inserted, and the rows
-    (as Dynamics sent them) left for the ordinary path."""
+    (as Dynamics sent them) left for the ordinary path, and the ids needing nothing."""
 
     inserted: list[str]
     rest: list[dict[str, Any]]
+    # Known records the store holds at the version read (a reconciliation's bulk): no
+    # work, but seen (what a full read does not return is gone).
+    settled: list[str] = field(default_factory=list)
 
 
 def id_in(conn: Connection, column: sa.ColumnElement[Any], ids: Iterable[str | int]) -> Any:
@@ -69,19 +73,79 @@ def id_in(conn: Connection, column: sa.ColumnElement[Any], ids: Iterable[str | i
     return column.in_(sa.select(each.table_valued("value").c.value))
 
 
-def known_ids(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> set[str]:
-    """Those of ``crm_ids`` the store knows: a local row holds it, or a push in flight
-    chose it (its local row has no ``crm_id`` yet)."""
+def known_ids(
+    conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]
+) -> tuple[set[str], dict[str, int]]:
+    """Those of ``crm_ids`` the store knows (a local row holds it, or a push in flight
+    chose it: its local row has no ``crm_id`` yet), and the version each local row among
+    them was last synced at, where it has a sync state that is not excluded."""
     if not crm_ids:
-        return set()
-    table, q = LOCAL_TABLES[spec.table], sync_queue.c
-    local = conn.execute(sa.select(table.c.crm_id).where(id_in(conn, table.c.crm_id, crm_ids)))
+        return set(), {}
+    q = sync_queue.c
+    known: set[str] = set()
+    synced: dict[str, int] = {}
+    for crm_id, version, etag, excluded in _local_states(conn, spec, crm_ids):
+        crm_id = str(crm_id).lower()
+        known.add(crm_id)
+        # As ``pull.load_known`` reads it: no state (outer join), excluded, or no
+        # version known leave the record to the ordinary path.
+        at = None if excluded is None or excluded else (version or ch.version_of(etag))
+        if at is not None:
+            synced[crm_id] = at
     pushes = conn.execute(
         sa.select(q.crm_id).where(
             q.object == spec.name, q.direction == "to_crm", id_in(conn, q.crm_id, crm_ids)
         )
     )
-    return {str(i).lower() for (i,) in [*local, *pushes]}
+    known.update(str(i).lower() for (i,) in pushes)
+    return known, synced
+
+
+def _local_states(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> Sequence[Any]:
+    """``(crm_id, crm_version, etag, excluded)`` of the local rows holding these ids
+    (the state's columns null without one). Written out so that SQLite goes from the
+    page's ids to the ``crm_id`` index (``CROSS JOIN`` fixes the order): left to its
+    planner it scanned every sync state of the object per page, quadratic over a load."""
+    table = LOCAL_TABLES[spec.table].name
+    state = "LEFT JOIN sync_record AS r ON r.object = {0} AND r.record_id = t.id"
+    columns = "SELECT t.crm_id, r.crm_version, r.etag, r.excluded"
+    if conn.dialect.name == "postgresql":
+        sql = f"{columns} FROM {table} AS t {state.format('%s')} WHERE t.crm_id = ANY(%s)"
+        return conn.exec_driver_sql(sql, (spec.name, list(crm_ids))).all()
+    sql = (
+        f"{columns} FROM json_each(?) AS v CROSS JOIN {table} AS t {state.format('?')}"
+        " WHERE t.crm_id = v.value"
+    )
+    return conn.exec_driver_sql(sql, (json.dumps(list(crm_ids)), spec.name)).all()
+
+
+def held_at_version(
+    rows: Sequence[Mapping[str, Any]],
+    ids: Sequence[str],
+    synced: Mapping[str, int],
+    filter_field: str | None,
+) -> set[int]:
+    """Positions of a full read's ``rows`` that the store already holds at that version
+    (their sync state has this ``versionnumber`` or a later one; ``synced`` as
+    ``known_ids`` gives it) and that the filter does not exclude: for them
+    ``changes.stage_operation`` would stage nothing, so a reconciliation sets them aside
+    before any work per record (no ``Change``, no synced values decoded)."""
+    out: set[int] = set()
+    if not synced:
+        return out
+    for i, crm_id in enumerate(ids):
+        at = synced.get(crm_id)
+        if at is None:
+            continue
+        row = rows[i]
+        if filter_field is not None and row.get(filter_field) is False:
+            continue  # the ordinary path remembers the exclusion
+        version = row.get(ch.VERSION)
+        if type(version) is not int:
+            version = ch.row_version(row)
+        if version is not None and version <= at:
+            out.add(i)
+    return out
 
 
 def local_parents(
@@ -145,7 +209,12 @@ def insert_new(
     table = LOCAL_TABLES[spec.table]
     key = spec.primary_key
     ids = [str(r[key]).lower() for r in rows]
-    known = known_ids(conn, spec, ids)
+    known, synced = known_ids(conn, spec, ids)
+    same = held_at_version(rows, ids, synced, filter_field)
+    settled = [ids[i] for i in sorted(same)]
+    if same:
+        rows = [r for i, r in enumerate(rows) if i not in same]
+        ids = [i for j, i in enumerate(ids) if j not in same]
     # Text columns without a length take any text; every pulled field is a text
     # column today, and a value of another kind goes the ordinary way.
     fields = [
@@ -178,11 +247,12 @@ def insert_new(
         column = [r.get(attr) for r in new]
         # Text that fits, as apply's ``_fits`` checks it; the ordinary path parks
         # anything else with the reason.
-        unfit.update(
-            j
-            for j, v in enumerate(column)
-            if v is not None and (type(v) is not str or len(v) > length)
-        )
+        if not _all_text_within(column, length):
+            unfit.update(
+                j
+                for j, v in enumerate(column)
+                if v is not None and (type(v) is not str or len(v) > length)
+            )
         values.append(column)
     for _, attr, target in lookups:
         given = [r.get(attr) for r in new]
@@ -214,16 +284,25 @@ def insert_new(
         states = [x for j, x in enumerate(states) if j not in unfit]
         picked = [i for j, i in enumerate(picked) if j not in unfit]
     if not picked:
-        return Loaded([], list(rows))
+        return Loaded([], list(rows), settled)
     columns = [c for c, _, _ in fields] + [c for c, _, _ in lookups]
     try:
         with capture_suppressed(conn), conn.begin_nested():
             _write(conn, spec, columns, local_rows, states, now)
             queue.count_synced(conn, {(spec.name, "from_crm", "insert"): len(picked)}, now)
     except DBAPIError:
-        return Loaded([], list(rows))
+        return Loaded([], list(rows), settled)
     taken = set(picked)
-    return Loaded([ids[i] for i in picked], [r for i, r in enumerate(rows) if i not in taken])
+    rest = [r for i, r in enumerate(rows) if i not in taken]
+    return Loaded([ids[i] for i in picked], rest, settled)
+
+
+def _all_text_within(column: Sequence[Any], length: int) -> bool:
+    """Whether every value is None or text of at most ``length`` characters, answered
+    by builtins looping in C (the usual case; the caller then skips its own check)."""
+    if not set(map(type, column)) <= _TEXT_OR_NONE:
+        return False
+    return length == sys.maxsize or max(map(len, filter(None, column)), default=0) <= length
 
 
 def _max_rows(conn: Connection, width: int) -> int:

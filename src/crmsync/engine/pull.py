@@ -16,8 +16,9 @@ nothing. The next page is fetched while the previous one is being staged.
 
 A synced record the sync filter field excludes is remembered as excluded
 (``sync_record.excluded``, see ``exclude``) and its waiting Dynamics changes dropped; when
-the filter includes it again its change is staged with the ``rejoin`` mark, which the
-apply honours by taking Dynamics' values and clearing the exclusion.
+the filter includes it again its change is staged with the ``rejoin`` mark: the apply
+settles what both sides changed meanwhile with the conflict rules (against the last
+synced values), queues a push of what changed only locally, and clears the exclusion.
 """
 
 from __future__ import annotations
@@ -275,7 +276,7 @@ def vanished(
             r.excluded.is_(False),
             ~pending_push,
         )
-    )
+    ).all()
     return [(i, c.lower()) for i, c in rows if c.lower() not in seen]
 
 
@@ -440,9 +441,11 @@ class Puller:
         with write_transaction(self.engine) as conn:
             loaded = load.Loaded([], page.rows)
             if seen is not None:
-                # A full read: what the store has never seen is inserted as it is.
+                # A full read: what the store has never seen is inserted as it is, and
+                # what it holds at the version read needs nothing (a reconciliation).
                 loaded = load.insert_new(conn, self.specs, spec, page.rows, filter_field, now)
                 seen.update(loaded.inserted)
+                seen.update(loaded.settled)
             found = ch.read_rows(spec, loaded.rest, filter_field)
             found += [ch.deleted(i) for i in page.deleted_ids]
             known = load_known(conn, spec, [c.crm_id for c in found])
@@ -480,7 +483,7 @@ class Puller:
                 save_cursor(conn, spec.name, page.delta_link, now)
                 # Read to the end: a failure of the whole object's pull is over.
                 queue.resolve_object(conn, spec.name, "from_crm", now)
-        read = len(found) + len(loaded.inserted)
+        read = len(found) + len(loaded.inserted) + len(loaded.settled)
         self.stats.read += read
         self.stats.by_object[spec.name] = self.stats.by_object.get(spec.name, 0) + read
         if self.progress is not None and seen is not None:

@@ -34,6 +34,7 @@ from crmsync.errors import Fatal, RecordRejected
 from crmsync.store import queue
 from crmsync.store.db import capture_suppressed, write_transaction
 from crmsync.store.schema import LOCAL_TABLES, sync_queue, sync_record
+from crmsync.store.status import AWAITING_PULL
 from crmsync.store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,13 @@ DEFER_SECONDS = 1.0
 # 3.7 s at 50 changes/s). Waiting lets changes gather into one request; a full batch is
 # never held back, so throughput under a deep backlog is unchanged.
 THIN_CLAIM_INTERVAL = 1 / 15
+# A push refused with 412 while its object's pull is paused waits this long before its
+# pause is looked at again (without sending); resuming the pull wakes it at once.
+HOLD_SECONDS = 60.0
+HOLD_MESSAGE = (
+    "changed in Dynamics since the last sync; waiting for pulling (from_crm) to resume,"
+    " so that the conflict is resolved before the push goes again"
+)
 
 
 @dataclass
@@ -56,6 +64,7 @@ class PushStats:
     parked: int = 0
     deferred: int = 0
     stale: int = 0
+    held: int = 0  # refused as stale while the pull was paused: waiting for the resume
     by_code: dict[str, int] = field(default_factory=dict)
 
 
@@ -136,6 +145,42 @@ def _load_parents(
     return parents
 
 
+def _still_awaiting_pull(conn: Connection, entries: Sequence[queue.Entry]) -> set[int]:
+    """The ids of claimed updates held for a pull that is still paused (not to be sent:
+    Dynamics would refuse them again, and only the pull can resolve why). A held entry
+    that became a delete (the local row is gone) no longer waits for anything."""
+    scopes = queue.paused_scopes(conn)
+    ids = [
+        e.id
+        for e in entries
+        if e.operation == "update" and queue.is_paused(scopes, e.object, "from_crm")
+    ]
+    if not ids:
+        return set()
+    q = sync_queue.c
+    found = conn.execute(sa.select(q.id).where(q.id.in_(ids), q.last_error_code == AWAITING_PULL))
+    return {i for (i,) in found}
+
+
+def _hold(conn: Connection, entry_ids: Sequence[int], now: datetime) -> None:
+    """Hold pushes for a paused pull: pending (so in the backlog) and marked with why,
+    not sent again until the pull resumes (``status.resume`` wakes them)."""
+    if not entry_ids:
+        return
+    q = sync_queue.c
+    conn.execute(
+        sa.update(sync_queue)
+        .where(q.id.in_(entry_ids))
+        .values(
+            next_attempt_at=now + timedelta(seconds=HOLD_SECONDS),
+            claimed_by=None,
+            claimed_until=None,
+            last_error_code=AWAITING_PULL,
+            last_error_message=HOLD_MESSAGE,
+        )
+    )
+
+
 class Pusher:
     """Pushes batches for one worker; share one per process with one client."""
 
@@ -176,6 +221,11 @@ class Pusher:
     def _plan(self, entries: Sequence[queue.Entry]) -> list[Step]:
         """Plan claimed entries and save the Dynamics ids chosen for inserts."""
         with write_transaction(self.engine) as conn:
+            held = _still_awaiting_pull(conn, entries)
+            if held:
+                _hold(conn, sorted(held), utcnow())
+                self.stats.held += len(held)
+                entries = [e for e in entries if e.id not in held]
             rows = _load_rows(conn, self.specs, entries)
             parents = _load_parents(conn, self.specs, rows)
             etags, excluded = _load_sync_state(conn, entries)
@@ -252,16 +302,13 @@ class Pusher:
         now = utcnow()
         outcome = queue.Outcome()
         created: list[tuple[str, int, str]] = []
-        stale: list[tuple[str, str]] = []
+        refused: list[Send] = []
         for send, result in zip(sends, results, strict=True):
             if isinstance(result.error, PreconditionFailed) and send.write.if_match not in (
                 None,
                 "*",
             ):
-                # Changed in Dynamics since the last sync: pull it, let the conflict rules
-                # decide, then send again (the apply moves the record's ETag on).
-                outcome.deferred.append((send.entry, now + timedelta(seconds=DEFER_SECONDS)))
-                stale.append((send.entry.object, send.crm_id))
+                refused.append(send)
                 self.stats.stale += 1
                 continue
             self._judge(send, result, now, outcome, created)
@@ -278,10 +325,12 @@ class Pusher:
                 outcome.failed.append(queue.Failed(step.entry, step.code, step.message))
                 self._count_park(step.code)
         with write_transaction(self.engine) as conn:
+            stale, held = self._refused(conn, refused, now, outcome)
             if created:
                 with capture_suppressed(conn):
                     self._set_crm_ids(conn, created)
             queue.record_in(conn, outcome, now)
+            _hold(conn, held, now)
         return stale
 
     def _set_crm_ids(self, conn: Connection, created: Sequence[tuple[str, int, str]]) -> None:
@@ -298,6 +347,31 @@ class Pusher:
                 .values(crm_id=sa.bindparam("new_crm_id")),
                 rows,
             )
+
+    def _refused(
+        self, conn: Connection, refused: Sequence[Send], now: datetime, outcome: queue.Outcome
+    ) -> tuple[list[tuple[str, str]], list[int]]:
+        """Updates Dynamics refused because its record changed since the last sync:
+        ``(records to pull now, entries to hold)``.
+
+        Such a record is pulled, the conflict rules decide, and the push goes again (the
+        apply moves the record's ETag on). While the object's pull is paused that cannot
+        happen: re-sending would be refused again and again, so the entry is held until
+        the pull resumes instead.
+        """
+        if not refused:
+            return [], []
+        scopes = queue.paused_scopes(conn)
+        stale: list[tuple[str, str]] = []
+        held: list[int] = []
+        for send in refused:
+            if queue.is_paused(scopes, send.entry.object, "from_crm"):
+                held.append(send.entry.id)
+                self.stats.held += 1
+            else:
+                outcome.deferred.append((send.entry, now + timedelta(seconds=DEFER_SECONDS)))
+                stale.append((send.entry.object, send.crm_id))
+        return stale, held
 
     def _judge(
         self,

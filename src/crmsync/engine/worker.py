@@ -47,6 +47,7 @@ from crmsync.store import queue
 from crmsync.store.db import write_transaction
 from crmsync.store.maintenance import maintain
 from crmsync.store.schema import sync_queue
+from crmsync.store.status import AWAITING_PULL
 from crmsync.store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,13 @@ def next_due(engine: Engine, direction: str, objects: list[str], worker: str) ->
         if not wanted:
             return None
         q = sync_queue.c
+        # Pushes held for a paused pull wait for the resume, not for a time.
+        held = [o for o in wanted if queue.is_paused(scopes, o, "from_crm")]
+        waiting = (
+            q.object.in_(held)
+            & (q.operation == "update")
+            & (sa.func.coalesce(q.last_error_code, "") == AWAITING_PULL)
+        )
         return conn.execute(
             sa.select(
                 sa.func.min(
@@ -79,7 +87,12 @@ def next_due(engine: Engine, direction: str, objects: list[str], worker: str) ->
                         else_=sa.func.coalesce(q.claimed_until, q.next_attempt_at),
                     )
                 )
-            ).where(q.state == "pending", q.direction == direction, q.object.in_(wanted))
+            ).where(
+                q.state == "pending",
+                q.direction == direction,
+                q.object.in_(wanted),
+                *([~waiting] if held and direction == "to_crm" else []),
+            )
         ).scalar()
 
 
@@ -133,7 +146,7 @@ class Worker:
             if handled:
                 continue
             due = await asyncio.to_thread(next_due, self.engine, direction, objects, self.id)
-            if due is None and drain and not await self._pushes_may_need_applies(direction):
+            if due is None and drain and not await self._may_get_more(direction):
                 return
             wait = IDLE_SECONDS
             if due is not None:
@@ -141,15 +154,19 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), timeout=wait)
 
-    async def _pushes_may_need_applies(self, direction: str) -> bool:
-        """Whether an apply lane must stay: a push refused because Dynamics changed the
-        record (412) stages that change as a ``from_crm`` entry and waits for it to be
-        applied, so while pushes are pending new applies may still come."""
-        if direction != "from_crm" or not self.pusher.objects:
-            return False
-        pending = await asyncio.to_thread(
-            next_due, self.engine, "to_crm", self.pusher.objects, self.id
+    async def _may_get_more(self, direction: str) -> bool:
+        """Whether a draining lane with nothing due must stay, because the other
+        direction's pending work may still queue some: a push refused because Dynamics
+        changed the record (412) stages that change as a ``from_crm`` entry, and applying
+        a record the sync filter includes again queues the push of its local changes."""
+        other, objects = (
+            ("to_crm", self.pusher.objects)
+            if direction == "from_crm"
+            else ("from_crm", self.applier.objects)
         )
+        if not objects:
+            return False
+        pending = await asyncio.to_thread(next_due, self.engine, other, objects, self.id)
         return pending is not None
 
     async def pull_once(self) -> int:

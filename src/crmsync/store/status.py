@@ -27,11 +27,16 @@ from sqlalchemy import Connection
 
 from crmsync.domain import Direction, Operation
 from crmsync.errors import ValidationFailed
+from crmsync.store import queue
 from crmsync.store.params import iso
 from crmsync.store.schema import sync_backlog_sample, sync_pause, sync_queue, sync_throughput
 from crmsync.store.types import utcnow
 
 HOUR = timedelta(hours=1)
+# The ``last_error_code`` of a push Dynamics refused with 412 (the record changed there)
+# while its object's ``from_crm`` direction was paused: the conflict can only be resolved
+# by pulling the record, so the entry waits (pending, in the backlog) until the resume.
+AWAITING_PULL = "crmsync.awaiting_pull"
 MAX_HOURS = 720
 # The trend compares the backlog with its sample this long ago (see ``backlog``).
 TREND_HOURS = 3
@@ -92,14 +97,35 @@ def pause(conn: Connection, obj: str, direction: str, now: datetime | None = Non
         )
 
 
-def resume(conn: Connection, obj: str, direction: str) -> int:
-    """Lift the pauses that ``obj``/``direction`` cover (``*`` covers every value)."""
+def resume(conn: Connection, obj: str, direction: str, now: datetime | None = None) -> int:
+    """Lift the pauses that ``obj``/``direction`` cover (``*`` covers every value), and
+    wake the pushes that waited for their object's pull (see ``AWAITING_PULL``)."""
     where = []
     if obj != "*":
         where.append(sync_pause.c.object == obj)
     if direction != "*":
         where.append(sync_pause.c.direction == direction)
-    return conn.execute(sa.delete(sync_pause).where(*where)).rowcount
+    lifted = conn.execute(sa.delete(sync_pause).where(*where)).rowcount
+    if lifted:
+        wake_awaiting_pull(conn, now or utcnow())
+    return lifted
+
+
+def wake_awaiting_pull(conn: Connection, now: datetime) -> int:
+    """Make due (and unmark) the pushes held for a paused pull whose object pulls again:
+    they go the ordinary way from now on (refused again, the record is pulled first)."""
+    q = sync_queue.c
+    scopes = queue.paused_scopes(conn)
+    held = q.state == "pending", q.direction == "to_crm", q.last_error_code == AWAITING_PULL
+    objects = [o for (o,) in conn.execute(sa.select(q.object).where(*held).distinct())]
+    free = [o for o in objects if not queue.is_paused(scopes, o, "from_crm")]
+    if not free:
+        return 0
+    return conn.execute(
+        sa.update(sync_queue)
+        .where(*held, q.object.in_(free))
+        .values(next_attempt_at=now, last_error_code=None, last_error_message=None)
+    ).rowcount
 
 
 # -- the backlog ------------------------------------------------------------------------
