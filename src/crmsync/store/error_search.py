@@ -114,22 +114,27 @@ def windows(top: int) -> list[tuple[int, int]]:
     return [(start, start + SAMPLE_IDS - 1) for start in starts]
 
 
+def _sampled(conn: Connection, q: str, ranges: list[tuple[int, int]], most: int | None) -> int:
+    """The candidates for ``q`` in the id ``ranges``, counted up to ``most``: SQLite stops
+    reading the index there (a common term is decided within its first window)."""
+    match = _fts.c[ERROR_FTS].match(fts_query(q))
+    selects = [
+        sa.select(_fts.c.rowid).where(match, _fts.c.rowid.between(lo, hi)) for lo, hi in ranges
+    ]
+    rows = (sa.union_all(*selects) if len(selects) > 1 else selects[0]).subquery()
+    counted = sa.select(rows.c.rowid).limit(most).subquery()
+    return int(conn.execute(sa.select(sa.func.count()).select_from(counted)).scalar_one())
+
+
+def _ids(ranges: list[tuple[int, int]]) -> int:
+    return sum(high - low + 1 for low, high in ranges)
+
+
 def share(conn: Connection, q: str) -> float:
     """About which share of the errors are candidates for ``q`` (hold all its trigrams),
     from the index on sampled id ranges; exact on a small table."""
     ranges = windows(table_size(conn))
-    if not ranges:
-        return 0.0
-    match = _fts.c[ERROR_FTS].match(fts_query(q))
-    counts = [
-        sa.select(sa.func.count())
-        .select_from(_fts)
-        .where(match, _fts.c.rowid.between(low, high))
-        .scalar_subquery()
-        for low, high in ranges
-    ]
-    found = conn.execute(sa.select(sum(counts[1:], counts[0]))).scalar_one()
-    return int(found) / sum(high - low + 1 for low, high in ranges)
+    return _sampled(conn, q, ranges, None) / _ids(ranges) if ranges else 0.0
 
 
 def table_size(conn: Connection) -> int:
@@ -144,7 +149,9 @@ def plan(conn: Connection, q: str | None) -> bool:
     than the scan."""
     if q is None or not uses_index(q, conn.dialect.name):
         return False
-    return share(conn, q) <= SCAN_SHARE
+    ranges = windows(table_size(conn))
+    most = int(SCAN_SHARE * _ids(ranges))
+    return not ranges or _sampled(conn, q, ranges, most + 1) <= most
 
 
 def not_indexed(column: ColumnElement[T]) -> ColumnElement[T]:
