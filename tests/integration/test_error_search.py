@@ -626,3 +626,20 @@ def test_both_plans_find_what_a_scan_finds(sqlite_engine, case):
         expected = scanned(conn, q, **given)
         for indexed in (True, False):
             assert listed(conn, q, indexed, **given) == (expected, len(expected)), (q, indexed)
+
+
+def test_the_threshold_is_scan_share_of_the_sampled_ids(sqlite_engine: Engine):
+    """40 errors: up to int(0.15 * 40) = 6 candidates the index serves, 7 scan."""
+    assert error_search.SCAN_SHARE == 0.15
+    ids = insert(sqlite_engine, [row(n, "edge case" if n < 6 else "other") for n in range(40)])
+    with sqlite_engine.connect() as conn:
+        assert error_search.plan(conn, "edge case")
+    with sqlite_engine.begin() as conn:
+        conn.execute(
+            sa.update(sync_error).where(sync_error.c.id == ids[-1]).values(error_message="EDGE")
+        )
+    with sqlite_engine.connect() as conn:
+        assert error_search.share(conn, "edge") == 7 / 40
+        assert not error_search.plan(conn, "edge")
+        assert error_search.plan(conn, "edge case")
+    assert len(same(sqlite_engine, "edge")) == 7
