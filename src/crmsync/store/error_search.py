@@ -39,8 +39,8 @@ from crmsync.store.schema import ERROR_FTS, sync_error
 TRIGRAM = 3
 MAX_TRIGRAMS = 32
 # Above this share of the errors being candidates, the scan is cheaper than reading them
-# by id (at 1M errors: index 0.14-0.18 s against scan 0.42-0.46 s at 11%, 0.68 s against
-# 0.51 s at 20%; docs/benchmarks.md).
+# by id (at 1M errors: index 0.10-0.15 s against scan 0.52-0.54 s at 11%, 0.51 s against
+# 0.43 s at 20%; docs/benchmarks.md).
 SCAN_SHARE = 0.15
 # ``share`` counts the candidates among SAMPLES windows of SAMPLE_IDS consecutive ids,
 # spread from the oldest error to the newest: a rowid range is a seek into each doclist.
