@@ -7,10 +7,12 @@ Usage: ``.venv/bin/python bench/error_fts.py [--rows 1000000] [--park 10000]
 A fresh migrated SQLite store gets ``--rows`` queue entries and ``--rows`` errors
 (``bench/console.py``'s rows, through the index triggers), then:
 
-- search: ``sync_errors.list_errors`` (first page and ``total``, every status) with the
-  index and with the scan the index replaces (``error_search.uses_index`` turned off),
-  for a rare term, a term matching 0.1% of the rows, one matching every row, and a
-  two-character term (a scan either way): median and p95 of ``--calls`` calls;
+- search: ``sync_errors.list_errors`` (first page and ``total``, every status) as it
+  runs (the plan ``error_search.plan`` chooses, its sampling included), forced through
+  the index, and forced to the scan the index replaces, for a rare term, a term
+  matching 0.1% of the rows, terms in 11% and 20% of them (either side of
+  ``SCAN_SHARE``), one matching every row, and a two-character term (a scan either
+  way): median and p95 of ``--calls`` calls, and the ratio of the scan to the plan;
 - rebuild: FTS5 ``rebuild`` of the whole index, which is what migration 0004 costs a
   store upgraded with that many errors;
 - park: ``--park`` new queue entries parked as errors through ``queue.record`` (the
@@ -44,20 +46,29 @@ def search(engine: Engine, rows: int, calls: int) -> None:
     terms = {
         "rare label fragment": f"user{rows // 2 + 7}@",
         "(42), 0.1% of rows": "(42)",
+        "s (1, 11% of rows": "s (1",
+        "0x80040333, 20% of rows": "0x80040333",
         "every row": "already exists",
         "two characters (scan)": "zz",
     }
-    print(f"{'search (all statuses)':32} {'matches':>8} {'index ms':>17} {'scan ms':>17} ratio")
+    print(
+        f"{'search (all statuses)':26} {'matches':>9} {'plan':>5} {'as run ms':>17}"
+        f" {'index ms':>17} {'scan ms':>17} ratio"
+    )
     for name, q in terms.items():
         filters = make_filters(OBJECT_NAMES, q=q, status="all")
         with engine.connect() as conn:
             total = sync_errors.list_errors(conn, filters)["total"]
-            with_index = timed(calls, lambda c=conn, f=filters: sync_errors.list_errors(c, f))
-            with mock.patch.object(error_search, "uses_index", lambda q, dialect: False):
+            chosen = "index" if error_search.plan(conn, q) else "scan"
+            run = timed(calls, lambda c=conn, f=filters: sync_errors.list_errors(c, f))
+            with mock.patch.object(error_search, "plan", lambda c, q: True):
+                index = timed(calls, lambda c=conn, f=filters: sync_errors.list_errors(c, f))
+            with mock.patch.object(error_search, "plan", lambda c, q: False):
                 scan = timed(calls, lambda c=conn, f=filters: sync_errors.list_errors(c, f))
         print(
-            f"{name:32} {total:8,} {with_index[0]:8.1f} /{with_index[1]:7.1f}"
-            f" {scan[0]:8.1f} /{scan[1]:7.1f} {scan[0] / with_index[0]:5.1f}x"
+            f"{name:26} {total:9,} {chosen:>5} {run[0]:8.1f} /{run[1]:7.1f}"
+            f" {index[0]:8.1f} /{index[1]:7.1f} {scan[0]:8.1f} /{scan[1]:7.1f}"
+            f" {scan[0] / run[0]:5.1f}x"
         )
 
 

@@ -459,11 +459,13 @@ def test_summary_export_retry_and_dismiss_take_the_same_rows(engine: Engine):
 
 
 def plans(engine: Engine, call: Callable[[Connection], object]) -> list[str]:
-    """The query plan of every SELECT that ``call`` runs, as SQLite chose it."""
+    """The query plan of every SELECT that ``call`` runs, as SQLite chose it, but for the
+    two reads ``error_search.plan`` makes to choose (the highest id, the sampled share)."""
     statements: list[tuple[str, Any]] = []
 
     def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
+        choosing = "max(sync_error.id)" in statement or " BETWEEN " in statement
+        if statement.lstrip().upper().startswith("SELECT") and not choosing:
             statements.append((statement, parameters))
 
     with engine.connect() as conn:
@@ -490,8 +492,9 @@ def plans(engine: Engine, call: Callable[[Connection], object]) -> list[str]:
 def test_sqlite_reads_the_index_then_the_candidates_by_id(sqlite_engine: Engine, given):
     """The plan, not only the rows: a search of 3+ characters reads the trigram index and
     fetches its candidates by id, whatever the other filters (not an index of those
-    filters probing the candidates row by row, which grows with the table)."""
-    insert(sqlite_engine, [row(n, f"timeout {n}") for n in range(20)])
+    filters probing the candidates row by row, which grows with the table). A term in
+    most errors scans."""
+    insert(sqlite_engine, [row(n, f"timeout {n}" if n < 4 else f"other {n}") for n in range(40)])
     filters = make_filters(OBJECT_NAMES, q="timeout", **given)
     listed = plans(sqlite_engine, lambda conn: sync_errors.list_errors(conn, filters))
     summed = plans(sqlite_engine, lambda conn: sync_errors.summary(conn, filters))
@@ -499,9 +502,10 @@ def test_sqlite_reads_the_index_then_the_candidates_by_id(sqlite_engine: Engine,
     for plan in listed + summed:
         assert f"SCAN {ERROR_FTS} VIRTUAL TABLE" in plan, plan
         assert "SEARCH sync_error USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
-    short = make_filters(OBJECT_NAMES, q="ti", **given)
-    for plan in plans(sqlite_engine, lambda conn: sync_errors.list_errors(conn, short)):
-        assert ERROR_FTS not in plan, plan
+    for q in ("ti", "ther "):  # too short for the index; in 36 of 40 errors
+        other = make_filters(OBJECT_NAMES, q=q, **given)
+        for plan in plans(sqlite_engine, lambda conn: sync_errors.list_errors(conn, other)):
+            assert ERROR_FTS not in plan, plan
 
 
 # -- upgrading a database that has errors ------------------------------------------------------
@@ -522,3 +526,120 @@ def test_upgrade_from_0003_indexes_existing_errors(db_url: str, engine: Engine):
     assert same(engine, "old") == [3, 2, 1]
     with engine.connect() as conn:
         check_index(conn)
+
+
+# -- the plan: index or scan, chosen by the index's own counts --------------------------------
+
+
+def listed(conn: Connection, q: str, indexed: bool, **given: Any) -> tuple[list[int], int]:
+    """Ids (one page of 1000) and ``total`` of the search with the plan forced."""
+    where = conditions(make_filters(OBJECT_NAMES, q=q, **given), conn.dialect.name, indexed)
+    e = sync_error.c
+    ids = conn.execute(
+        sa.select(e.id).where(*where).order_by(e.last_failed_at.desc(), e.id.desc())
+    ).scalars()
+    total = conn.execute(sa.select(sa.func.count()).select_from(sync_error).where(*where))
+    return list(ids), int(total.scalar_one())
+
+
+def test_a_term_in_most_errors_scans_a_rare_one_uses_the_index(sqlite_engine: Engine):
+    rows = [row(n, f"already exists ({n % 10})", label=f"user{n}@x") for n in range(1, 41)]
+    insert(sqlite_engine, rows)
+    with sqlite_engine.connect() as conn:
+        assert error_search.table_size(conn) == 40
+        assert error_search.share(conn, "ALREADY") == 1.0
+        assert error_search.share(conn, "(3)") == 4 / 40
+        assert error_search.share(conn, "user17@") == 1 / 40
+        assert error_search.share(conn, "nowhere") == 0.0
+        assert not error_search.plan(conn, "already exists")
+        assert error_search.plan(conn, "(3)")
+        assert error_search.plan(conn, "USER17@")
+        assert error_search.plan(conn, "nowhere")
+        assert not error_search.plan(conn, "ex")  # two characters: a scan
+        assert not error_search.plan(conn, None)
+    for q in ("already exists", "(3)", "USER17@", "ser1", "nowhere", "xists (", "@x"):
+        assert same(sqlite_engine, q, status="all") == same(sqlite_engine, q)
+        with sqlite_engine.connect() as conn:
+            for given in ({}, {"status": "all"}, {"status": "resolved"}):
+                assert listed(conn, q, True, **given) == listed(conn, q, False, **given), q
+
+
+def test_a_large_table_is_sampled_over_its_ids(sqlite_engine: Engine):
+    """Past ``SAMPLES * SAMPLE_IDS`` errors the share is counted on windows of ids from
+    the oldest to the newest, each found through the index by rowid range."""
+    assert error_search.windows(0) == []
+    assert error_search.windows(3) == [(1, 3)]
+    assert error_search.windows(10_000) == [(1, 1000), (3001, 4000), (6001, 7000), (9001, 10000)]
+    n = error_search.SAMPLES * error_search.SAMPLE_IDS + 1000
+    # "Everywhere" in every error; "Newest" in the last 1000 only (one window of four).
+    insert(
+        sqlite_engine,
+        [row(i, "everywhere" + (" newest" if i > n - 1000 else "")) for i in range(1, n + 1)],
+    )
+    with sqlite_engine.connect() as conn:
+        assert error_search.share(conn, "everywhere") == 1.0
+        assert error_search.share(conn, "NEWEST") == 0.25
+        assert not error_search.plan(conn, "everywhere")
+        assert not error_search.plan(conn, "newest")
+        assert error_search.plan(conn, "nowhere")
+        for q in ("everywhere", "newest", "where n"):
+            assert listed(conn, q, True, status="all") == listed(conn, q, False, status="all")
+    assert len(same(sqlite_engine, "newest", status="all")) == 1000
+
+
+def test_an_empty_store_plans_without_error(engine: Engine):
+    with engine.connect() as conn:
+        assert error_search.plan(conn, "anything") == (engine.dialect.name == "sqlite")
+        assert same(engine, "anything") == []
+
+
+def test_the_plan_follows_deletes_and_updates(sqlite_engine: Engine):
+    """The counts come from the index, kept by the triggers: a term that was everywhere
+    and is now rare is looked up in the index again."""
+    ids = insert(sqlite_engine, [row(n, "common text") for n in range(1, 21)])
+    with sqlite_engine.connect() as conn:
+        assert not error_search.plan(conn, "common")
+    with sqlite_engine.begin() as conn:
+        conn.execute(
+            sa.update(sync_error).where(sync_error.c.id != ids[0]).values(error_message="other")
+        )
+    with sqlite_engine.connect() as conn:
+        assert error_search.share(conn, "common") == 1 / 20
+        assert error_search.plan(conn, "common")
+        check_index(conn)
+    assert same(sqlite_engine, "common") == [ids[0]]
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(search_case())
+def test_both_plans_find_what_a_scan_finds(sqlite_engine, case):
+    rows, q, given = case
+    with sqlite_engine.begin() as conn:
+        conn.execute(sa.delete(sync_error))
+    insert(
+        sqlite_engine,
+        [row(n, message, label, status=status) for n, (message, label, status) in enumerate(rows)],
+    )
+    with sqlite_engine.connect() as conn:
+        expected = scanned(conn, q, **given)
+        for indexed in (True, False):
+            assert listed(conn, q, indexed, **given) == (expected, len(expected)), (q, indexed)
+
+
+def test_the_threshold_is_scan_share_of_the_sampled_ids(sqlite_engine: Engine):
+    """40 errors: up to int(0.15 * 40) = 6 candidates the index serves, 7 scan."""
+    assert error_search.SCAN_SHARE == 0.15
+    ids = insert(sqlite_engine, [row(n, "edge case" if n < 6 else "other") for n in range(40)])
+    with sqlite_engine.connect() as conn:
+        assert error_search.plan(conn, "edge case")
+    with sqlite_engine.begin() as conn:
+        conn.execute(
+            sa.update(sync_error).where(sync_error.c.id == ids[-1]).values(error_message="EDGE")
+        )
+    with sqlite_engine.connect() as conn:
+        assert error_search.share(conn, "edge") == 7 / 40
+        assert not error_search.plan(conn, "edge")
+        assert error_search.plan(conn, "edge case")
+    assert len(same(sqlite_engine, "edge")) == 7

@@ -11,6 +11,15 @@ the ``LIKE`` matches (the tokenizer folds each character, ASCII letters included
 stops at a NUL as ``LIKE`` does), and the ``LIKE`` decides, so the rows are those of
 the scan, exactly. A trigram index cannot look up fewer than three characters: shorter
 searches keep the scan (the list's other filters still narrow it).
+
+A term in most errors makes every row a candidate, each read by id and checked again:
+slower than the scan, which stops at the first column that matches (2.2 s against
+0.4 s at 1M). So ``plan`` first asks the index how many candidates ``q`` has among a
+few thousand ids sampled over the table (``share``); above ``SCAN_SHARE`` the scan
+serves. Either plan returns the same rows. FTS5's own counts (an ``fts5vocab`` table's
+document count of the rarest trigram) were measured and left: fts5vocab counts a term by
+reading its whole doclist, 60 ms for a rare label at 1M errors (``use`` is in every
+row) and 280 ms for ``already exists``, more than the indexed search itself.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, Connection
 from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 
@@ -29,6 +38,14 @@ from crmsync.store.schema import ERROR_FTS, sync_error
 # "The Trigram Tokenizer").
 TRIGRAM = 3
 MAX_TRIGRAMS = 32
+# Above this share of the errors being candidates, the scan is cheaper than reading them
+# by id (at 1M errors: index 0.10-0.15 s against scan 0.52-0.54 s at 11%, 0.51 s against
+# 0.43 s at 20%; docs/benchmarks.md).
+SCAN_SHARE = 0.15
+# ``share`` counts the candidates among SAMPLES windows of SAMPLE_IDS consecutive ids,
+# spread from the oldest error to the newest: a rowid range is a seek into each doclist.
+SAMPLES = 4
+SAMPLE_IDS = 1000
 
 T = TypeVar("T")
 
@@ -57,20 +74,24 @@ def scan(q: str, dialect: str) -> ColumnElement[bool]:
     return sa.or_(*(c.like(pattern, escape="\\") for c in _searched()))
 
 
+def trigrams(q: str) -> list[str]:
+    """The trigrams of ``q`` the index is asked for: all of them, or ``MAX_TRIGRAMS``
+    spread over long text (any subset still finds a superset of the matches)."""
+    starts = list(range(len(q) - TRIGRAM + 1))
+    step = -(-len(starts) // MAX_TRIGRAMS)
+    picked = [*starts[::step], starts[-1]]
+    return list(dict.fromkeys(q[i : i + TRIGRAM] for i in picked))
+
+
 def fts_query(q: str) -> str:
     """An FTS5 query for the rows holding every trigram of ``q``, each one an FTS5 string
     (quotes doubled), so nothing in ``q`` is query syntax.
 
     The index keeps no positions (``detail=none``, a quarter of the size), so the query
     is an AND of trigrams rather than a phrase: a superset of the rows holding ``q``,
-    which ``matches`` narrows with ``LIKE``. Long text asks for ``MAX_TRIGRAMS`` of its
-    trigrams, spread over it (any subset is still a superset).
+    which ``matches`` narrows with ``LIKE``.
     """
-    starts = list(range(len(q) - TRIGRAM + 1))
-    step = -(-len(starts) // MAX_TRIGRAMS)
-    picked = [*starts[::step], starts[-1]]
-    trigrams = dict.fromkeys(q[i : i + TRIGRAM] for i in picked)
-    return " AND ".join('"' + t.replace('"', '""') + '"' for t in trigrams)
+    return " AND ".join('"' + t.replace('"', '""') + '"' for t in trigrams(q))
 
 
 def candidates(q: str) -> sa.Select[Any]:
@@ -84,6 +105,55 @@ def uses_index(q: str, dialect: str) -> bool:
     return dialect == "sqlite" and len(q) >= TRIGRAM
 
 
+def windows(top: int) -> list[tuple[int, int]]:
+    """The id ranges ``share`` samples when the highest id is ``top``: all of them when
+    the table is small."""
+    if top <= SAMPLES * SAMPLE_IDS:
+        return [(1, top)] if top else []
+    starts = [1 + k * (top - SAMPLE_IDS) // (SAMPLES - 1) for k in range(SAMPLES)]
+    return [(start, start + SAMPLE_IDS - 1) for start in starts]
+
+
+def _sampled(conn: Connection, q: str, ranges: list[tuple[int, int]], most: int | None) -> int:
+    """The candidates for ``q`` in the id ``ranges``, counted up to ``most``: SQLite stops
+    reading the index there (a common term is decided within its first window)."""
+    match = _fts.c[ERROR_FTS].match(fts_query(q))
+    selects = [
+        sa.select(_fts.c.rowid).where(match, _fts.c.rowid.between(lo, hi)) for lo, hi in ranges
+    ]
+    rows = (sa.union_all(*selects) if len(selects) > 1 else selects[0]).subquery()
+    counted = sa.select(rows.c.rowid).limit(most).subquery()
+    return int(conn.execute(sa.select(sa.func.count()).select_from(counted)).scalar_one())
+
+
+def _ids(ranges: list[tuple[int, int]]) -> int:
+    return sum(high - low + 1 for low, high in ranges)
+
+
+def share(conn: Connection, q: str) -> float:
+    """About which share of the errors are candidates for ``q`` (hold all its trigrams),
+    from the index on sampled id ranges; exact on a small table."""
+    ranges = windows(table_size(conn))
+    return _sampled(conn, q, ranges, None) / _ids(ranges) if ranges else 0.0
+
+
+def table_size(conn: Connection) -> int:
+    """About how many errors there are, cheaply: the highest id (an index seek, where
+    ``count(*)`` reads every row); deleted errors only make it larger."""
+    return int(conn.execute(sa.select(sa.func.max(sync_error.c.id))).scalar() or 0)
+
+
+def plan(conn: Connection, q: str | None) -> bool:
+    """Whether the search of ``q`` should narrow by the trigram index on this store: it
+    can (``uses_index``) and the term is selective enough that its candidates cost less
+    than the scan."""
+    if q is None or not uses_index(q, conn.dialect.name):
+        return False
+    ranges = windows(table_size(conn))
+    most = int(SCAN_SHARE * _ids(ranges))
+    return not ranges or _sampled(conn, q, ranges, most + 1) <= most
+
+
 def not_indexed(column: ColumnElement[T]) -> ColumnElement[T]:
     """``+column``: a term so written is never served by an index on SQLite
     (sqlite.org/optoverview.html, "Disqualifying WHERE clause terms using unary-+");
@@ -91,8 +161,9 @@ def not_indexed(column: ColumnElement[T]) -> ColumnElement[T]:
     return UnaryExpression(column, operator=custom_op("+"), type_=column.type)
 
 
-def matches(q: str, dialect: str) -> ColumnElement[bool]:
-    """The search as the lists, summary, export, retry and dismiss apply it."""
-    if not uses_index(q, dialect):
+def matches(q: str, dialect: str, indexed: bool | None = None) -> ColumnElement[bool]:
+    """The search as the lists, summary, export, retry and dismiss apply it: through the
+    index if ``indexed`` (as ``plan`` chose; by default whenever it can), else a scan."""
+    if not (uses_index(q, dialect) if indexed is None else indexed and uses_index(q, dialect)):
         return scan(q, dialect)
     return sa.and_(sync_error.c.id.in_(candidates(q)), scan(q, dialect))

@@ -134,12 +134,21 @@ def retry(
     return retry_matching(conn, make_filters(objects, **raw), now)
 
 
-def conditions(filters: ErrorFilters, dialect: str) -> list[ColumnElement[bool]]:
-    # A search through SQLite's trigram index is the way in: its candidates are read by
-    # id and the other filters checked on them. Left to itself, SQLite's planner may walk
-    # an index of another filter instead (every open error, say) and probe the
-    # candidates row by row, which grows with the table rather than with the matches.
-    indexed = filters.q is not None and error_search.uses_index(filters.q, dialect)
+def conditions(
+    filters: ErrorFilters, dialect: str, indexed: bool | None = None
+) -> list[ColumnElement[bool]]:
+    # ``indexed``: whether the search narrows by SQLite's trigram index (``where_for``
+    # decides from the store; by default whenever it can). A search through the index is
+    # the way in: its candidates are read by id and the other filters checked on them.
+    # Left to itself, SQLite's planner may walk an index of another filter instead (every
+    # open error, say) and probe the candidates row by row, which grows with the table
+    # rather than with the matches.
+    if filters.q is None:
+        indexed = False
+    elif indexed is None:
+        indexed = error_search.uses_index(filters.q, dialect)
+    else:
+        indexed = indexed and error_search.uses_index(filters.q, dialect)
 
     def column(name: str) -> ColumnElement[Any]:
         c = sync_error.c[name]
@@ -161,8 +170,13 @@ def conditions(filters: ErrorFilters, dialect: str) -> list[ColumnElement[bool]]
     if filters.until is not None:
         where.append(column("last_failed_at") < filters.until)
     if filters.q:
-        where.append(error_search.matches(filters.q, dialect))
+        where.append(error_search.matches(filters.q, dialect, indexed))
     return where
+
+
+def where_for(conn: Connection, filters: ErrorFilters) -> list[ColumnElement[bool]]:
+    """``conditions`` with the search's plan chosen from this store's index statistics."""
+    return conditions(filters, conn.dialect.name, error_search.plan(conn, filters.q))
 
 
 def to_item(row: RowMapping) -> dict[str, Any]:
@@ -190,7 +204,7 @@ def list_errors(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     check_limit(limit)
-    where = conditions(filters, conn.dialect.name)
+    where = where_for(conn, filters)
     total = conn.execute(sa.select(sa.func.count()).select_from(sync_error).where(*where))
     page_where = list(where)
     if cursor is not None:
@@ -217,7 +231,7 @@ def summary(conn: Connection, filters: ErrorFilters) -> dict[str, Any]:
     e = sync_error.c
     rows = conn.execute(
         sa.select(e.object, e.direction, e.error_code, sa.func.count())
-        .where(*conditions(filters, conn.dialect.name))
+        .where(*where_for(conn, filters))
         .group_by(e.object, e.direction, e.error_code)
         .order_by(sa.func.count().desc(), e.object, e.direction, e.error_code)
     ).all()
@@ -294,7 +308,7 @@ def _stream_rows(engine: Engine, filters: ErrorFilters) -> Iterator[tuple[object
     times = [i for i, name in enumerate(ERROR_FIELDS) if name in _TIME_COLUMNS]
     with engine.connect() as conn:
         streaming = conn.execution_options(stream_results=True, yield_per=EXPORT_BATCH)
-        query = _select().where(*conditions(filters, conn.dialect.name)).order_by(*_NEWEST_FIRST)
+        query = _select().where(*where_for(conn, filters)).order_by(*_NEWEST_FIRST)
         for row in streaming.execute(query):
             values = list(row)
             for i in times:
@@ -382,7 +396,7 @@ def retry_matching(
     conn: Connection, filters: ErrorFilters, now: datetime | None = None
 ) -> dict[str, Any]:
     """Retry every error matching ``filters`` (by default: every open error)."""
-    where = conditions(filters, conn.dialect.name)
+    where = where_for(conn, filters)
     count = conn.execute(sa.select(sa.func.count()).select_from(sync_error).where(*where))
     errors = int(count.scalar_one())
     return {"errors": errors, "requeued": _requeue(conn, where, now or utcnow())}
@@ -418,6 +432,6 @@ def dismiss_ids(conn: Connection, ids: Sequence[int]) -> dict[str, Any]:
 
 def dismiss_matching(conn: Connection, filters: ErrorFilters) -> dict[str, Any]:
     """Dismiss every *open* error matching ``filters`` (resolved ones stay resolved)."""
-    where = [*conditions(filters, conn.dialect.name), sync_error.c.status == "open"]
+    where = [*where_for(conn, filters), sync_error.c.status == "open"]
     result = conn.execute(sa.update(sync_error).where(*where).values(status="dismissed"))
     return {"errors": result.rowcount, "dismissed": result.rowcount}
