@@ -15,6 +15,7 @@ applications; every other table is crmsync's own bookkeeping:
 - ``sync_cursor``: the change-tracking delta link per object.
 - ``sync_conflict``: the conflict journal.
 - ``sync_pause``: what is paused, by object and direction.
+- ``sync_backlog_count``: the backlog's counts, kept by triggers on ``sync_queue``.
 """
 
 from __future__ import annotations
@@ -235,6 +236,20 @@ sync_backlog_sample = Table(
     Column("backlog", BigInteger, nullable=False),
 )
 
+# Backlog counts per (object, direction, operation) as +1/-1 rows appended by triggers on
+# sync_queue and folded into one row per group by upkeep: see store/backlog_counts.py.
+# No index but the key: every counted write appends one row.
+sync_backlog_count = Table(
+    "sync_backlog_count",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("object", String(32), nullable=False),
+    Column("direction", String(8), nullable=False),
+    Column("operation", String(8), nullable=False),
+    Column("n", BigInteger, nullable=False),
+    # No AUTOINCREMENT: the rowid alias, so an append writes no sequence row.
+)
+
 sync_cursor = Table(
     "sync_cursor",
     metadata,
@@ -274,6 +289,7 @@ __all__ = [
     "PG_SEARCH_INDEXES",
     "declared",
     "metadata",
+    "sync_backlog_count",
     "sync_backlog_sample",
     "sync_conflict",
     "sync_cursor",

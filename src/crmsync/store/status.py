@@ -6,7 +6,8 @@ and one backlog sample per bucket under the operation ``backlog``: see
 ``store.maintenance``, which writes them and keeps the retention).
 The queue holds one entry per (object, direction, record), so several changes to one
 record before it syncs already count once per direction, and ``first_queued_at`` is when
-its first unsynced change was captured. The backlog counts are grouped straight off the
+its first unsynced change was captured. The backlog counts are kept by triggers in
+``sync_backlog_count`` (``store.backlog_counts``); the oldest entries are seeks on the
 ``ix_sync_queue_backlog`` index (state, object, direction, operation, first_queued_at).
 
 ``at`` moves the reference time: the last-hour window, the throughput history and the
@@ -27,6 +28,7 @@ from sqlalchemy import Connection
 
 from crmsync.domain import Direction, Operation
 from crmsync.errors import ValidationFailed
+from crmsync.store import backlog_counts
 from crmsync.store.params import iso
 from crmsync.store.schema import sync_backlog_sample, sync_pause, sync_queue, sync_throughput
 from crmsync.store.types import utcnow
@@ -119,20 +121,27 @@ class Group:
 def backlog_groups(
     conn: Connection, direction: str | None = None, obj: str | None = None
 ) -> list[Group]:
-    """Pending entries counted per (object, direction, operation), from the index."""
-    q = sync_queue.c
-    query = (
-        sa.select(
-            q.object, q.direction, q.operation, sa.func.count(), sa.func.min(q.first_queued_at)
+    """Pending entries counted per (object, direction, operation), with the oldest of each.
+
+    The counts are the sums of ``sync_backlog_count`` (a few dozen rows once compacted);
+    the oldest entry of each group is one seek on ``ix_sync_queue_backlog``. One
+    statement, so that both come from the same snapshot.
+    """
+    sums, q = backlog_counts.sums(direction, obj), sync_queue.c
+    oldest = (
+        sa.select(q.first_queued_at)
+        .where(
+            q.state == "pending",
+            q.object == sums.c.object,
+            q.direction == sums.c.direction,
+            q.operation == sums.c.operation,
         )
-        .where(q.state == "pending")
-        .group_by(q.object, q.direction, q.operation)
+        .order_by(q.first_queued_at)
+        .limit(1)
+        .scalar_subquery()
     )
-    if direction is not None:
-        query = query.where(q.direction == direction)
-    if obj is not None:
-        query = query.where(q.object == obj)
-    return [Group(*row) for row in conn.execute(query)]
+    query = sa.select(sums.c.object, sums.c.direction, sums.c.operation, sums.c.n, oldest)
+    return [Group(o, d, op, int(n), first) for o, d, op, n, first in conn.execute(query)]
 
 
 def synced_since(
