@@ -449,3 +449,30 @@ def test_concurrent_writers_and_compactions_keep_counts_exact(engine: sa.Engine)
     with write_transaction(engine) as conn:
         backlog_counts.compact(conn)
     assert counts(engine) == truth(engine)
+
+
+# --- upkeep ----------------------------------------------------------------------------
+
+
+async def test_serve_folds_the_counts_between_its_rounds(
+    db_url: str, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from crmsync.config import load_settings
+    from crmsync.web import health
+    from crmsync.web.app import create_app
+
+    monkeypatch.setattr(health, "COMPACT_SECONDS", 0.05)
+    # The next full round (maintain, alerts) is an hour away: only the folds run.
+    app = create_app(load_settings(database_url=db_url, ops_interval_seconds=3600), engine=engine)
+    async with app.router.lifespan_context(app):
+        await asyncio.sleep(0.2)
+        for i in range(1, 4):
+            run(engine, "INSERT INTO lead (id, email) VALUES (:i, 'f' || :i)", i=i)
+        for _ in range(200):
+            if count_rows(engine) == 1:
+                break
+            await asyncio.sleep(0.05)
+    assert count_rows(engine) == 1
+    assert counts(engine) == {LEAD_INSERT: 3}
