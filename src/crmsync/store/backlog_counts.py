@@ -14,8 +14,8 @@ dozen rows (``store.maintenance`` runs it every few seconds).
 The triggers depend on no configuration: migration 0005 installs them once, and seeds
 the table from the queue as it stands, in the same transaction (on PostgreSQL creating
 a trigger locks the queue against writers until commit, so none is missed or counted
-twice). The table has no index besides its key: each counted write adds one row at its
-end (one page more per commit on SQLite).
+twice). The table has no key and no index: each counted write adds one row at its end and
+nothing else (one page more per commit on SQLite).
 """
 
 from __future__ import annotations
