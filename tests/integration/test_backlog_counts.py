@@ -476,3 +476,22 @@ async def test_serve_folds_the_counts_between_its_rounds(
             await asyncio.sleep(0.05)
     assert count_rows(engine) == 1
     assert counts(engine) == {LEAD_INSERT: 3}
+
+
+def test_a_large_fold_gives_postgresql_pages_back(engine: sa.Engine) -> None:
+    """Reads scan the whole table: a bulk load's fold must not leave it mostly empty."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite reads only live pages")
+    run(
+        engine,
+        "INSERT INTO sync_queue (object, direction, record_key, operation, state,"
+        " first_queued_at, last_changed_at, next_attempt_at) SELECT 'lead', 'to_crm',"
+        " i::text, 'insert', 'pending', now(), now(), now() FROM generate_series(1, 20000) i",
+    )
+    assert compact_counts(engine) == 19_999
+    with engine.connect() as conn:
+        pages = conn.execute(
+            sa.text("SELECT pg_relation_size('sync_backlog_count') / 8192")
+        ).scalar_one()
+    assert pages <= 2  # from ~150 pages of dead rows
+    assert counts(engine) == {LEAD_INSERT: 20_000} == truth(engine)

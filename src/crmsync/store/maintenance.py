@@ -54,6 +54,8 @@ SAMPLE_DAYS = 2
 HOUR = timedelta(hours=1)
 # How often long-running processes fold the backlog counts.
 COMPACT_SECONDS = 5.0
+# A fold of this many rows is followed by a vacuum of the counts (PostgreSQL).
+SHRINK_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -151,9 +153,13 @@ def prune(conn: Connection, now: datetime) -> int:
 
 
 def compact_counts(engine: Engine) -> int:
-    """Fold the backlog counts (a short write transaction of its own)."""
+    """Fold the backlog counts (a short write transaction of its own); after a fold of
+    many rows (a bulk load or drain), shrink PostgreSQL's table, which reads scan whole."""
     with write_transaction(engine) as conn:
-        return backlog_counts.compact(conn)
+        folded = backlog_counts.compact(conn)
+    if folded >= SHRINK_ROWS and engine.dialect.name == "postgresql":
+        backlog_counts.shrink(engine)
+    return folded
 
 
 def maintain(engine: Engine, now: datetime | None = None) -> Maintained:
