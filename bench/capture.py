@@ -125,6 +125,7 @@ def main() -> None:
     ap.add_argument("--skip-postgres", action="store_true")
     ap.add_argument("--skip-sqlite", action="store_true")
     ap.add_argument("--drop-index", action="append", default=[], metavar="NAME")
+    ap.add_argument("--pg-db", default=PG_DB, help="scratch database name (dropped at the end)")
     args = ap.parse_args()
 
     if not args.skip_sqlite:
@@ -151,13 +152,16 @@ def sqlite_rounds(args: argparse.Namespace) -> None:
 
 
 def postgres_rounds(args: argparse.Namespace) -> None:
+    db = args.pg_db
+    if not db.replace("_", "").isalnum():
+        raise SystemExit(f"--pg-db: not a plain database name: {db}")
     admin = sa.create_engine(
         PG_ADMIN.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
     )
     with admin.connect() as conn:
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)"))
-        conn.execute(sa.text(f"CREATE DATABASE {PG_DB}"))
-    dsn = PG_ADMIN.rsplit("/", 1)[0] + "/" + PG_DB
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        conn.execute(sa.text(f"CREATE DATABASE {db}"))
+    dsn = PG_ADMIN.rsplit("/", 1)[0] + "/" + db
     engine = create_store_engine(dsn, poolclass=sa.NullPool)
     prepare(engine, args.rows, args.drop_index)
     compare(
@@ -165,7 +169,7 @@ def postgres_rounds(args: argparse.Namespace) -> None:
     )
     engine.dispose()
     with admin.connect() as conn:
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)"))
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ tables in the same run: ``SELECT count(*)`` (a full scan) and a primary-key read
 
 - backlog: ``status.backlog`` (the Sync Status table, all objects, with trend and ETA);
 - details: ``status.details`` of ``lead`` (counts and the oldest record per operation);
+  both again with ``UNFOLDED`` backlog count rows not yet folded by the upkeep (the
+  bulk fill's own count rows are folded once before measuring, as upkeep would);
 - last hour: ``status.last_hour``; oldest: ``status.oldest_waiting`` (/healthz, alerts);
 - errors list: first page of open errors with ``total``; summary: counts of open errors;
 - search: ``q=`` a rare label fragment over every status (a few matches in 1M rows),
@@ -46,6 +48,9 @@ DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 OBJECTS = ("lead", "contact", "account", "opportunity")
 CODES = ("0x80040333", "0x80040237", "0x80040216", "0x80048306", "local_constraint")
 EXPORT_ROUNDS = 3
+# Backlog count rows left unfolded for the second backlog measure: what thousands of
+# queue writes a second leave between two folds (every COMPACT_SECONDS).
+UNFOLDED = 10_000
 
 
 # -- stores -------------------------------------------------------------------------------
@@ -150,8 +155,30 @@ def fill(engine: Engine, backend: str, n: int) -> None:
                     " (SELECT 'lead' AS o UNION ALL SELECT 'contact') AS x"
                 )
             )
+    # The bulk insert appended one backlog count row per entry (store/backlog_counts.py):
+    # fold them as the upkeep of a running worker or console does every few seconds.
+    from crmsync.store.maintenance import compact_counts
+
+    start = time.perf_counter()
+    folded = compact_counts(engine)
+    print(f"folded {folded:,} backlog count rows in {time.perf_counter() - start:.1f} s")
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("VACUUM ANALYZE" if backend == "postgresql" else "ANALYZE"))
+
+
+def unfold(engine: Engine, rows: int) -> None:
+    """Append ``rows`` count rows that sum to nothing, as between two folds."""
+    from crmsync.store.schema import sync_backlog_count
+
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(sync_backlog_count),
+            [
+                {"object": OBJECTS[k % 4], "direction": "to_crm", "operation": "update", "n": n}
+                for k in range(rows // 2)
+                for n in (1, -1)
+            ],
+        )
 
 
 # -- timing -------------------------------------------------------------------------------
@@ -172,6 +199,7 @@ def timed(calls: int, fn: Callable[[], object]) -> tuple[float, float]:
 def measure(engine: Engine, calls: int, rare: str, common: str) -> dict[str, tuple[float, float]]:
     from crmsync.domain import OBJECT_NAMES
     from crmsync.store import status, sync_errors
+    from crmsync.store.maintenance import compact_counts
     from crmsync.store.sync_errors import make_filters
 
     zone = __import__("zoneinfo").ZoneInfo("Asia/Kolkata")
@@ -195,6 +223,10 @@ def measure(engine: Engine, calls: int, rare: str, common: str) -> dict[str, tup
     )
     run("backlog", lambda c: status.backlog(c, OBJECT_NAMES))
     run("details (lead)", lambda c: status.details(c, "lead"))
+    unfold(engine, UNFOLDED)
+    run(f"backlog, {UNFOLDED:,} count rows unfolded", lambda c: status.backlog(c, OBJECT_NAMES))
+    run(f"details, {UNFOLDED:,} count rows unfolded", lambda c: status.details(c, "lead"))
+    compact_counts(engine)
     run("last hour (+05:30)", lambda c: status.last_hour(c, OBJECT_NAMES, zone))
     run("oldest waiting (healthz)", lambda c: status.oldest_waiting(c, OBJECT_NAMES))
     open_errors = make_filters(OBJECT_NAMES)

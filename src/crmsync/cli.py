@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from crmsync.config import Settings, load_settings
 from crmsync.errors import ConfigError, CrmsyncError, ValidationFailed
+from crmsync.memory import limit_arenas
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 MAX_SHOWN_ERRORS = 200
@@ -498,6 +499,7 @@ def demo(
 
 
 def main() -> None:
+    limit_arenas()
     try:
         app()
     except CrmsyncError as exc:

@@ -9,7 +9,7 @@ import pytest
 
 from crmsync import memory
 
-glibc = pytest.mark.skipif(memory._trim is None, reason="not glibc: nothing to trim")
+glibc = pytest.mark.skipif(memory._libc is None, reason="not glibc: nothing to trim")
 
 
 def _rss_kib() -> int:
@@ -52,3 +52,11 @@ def test_free_pages_go_back_to_the_system(monkeypatch: pytest.MonkeyPatch) -> No
     after = _rss_kib()
     libc.free(keep)
     assert before - after > 40_000, (before, after)
+
+
+@glibc
+def test_arena_cap_yields_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert not memory.limit_arenas()
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert memory.limit_arenas()

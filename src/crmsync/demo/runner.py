@@ -30,7 +30,7 @@ from crmsync.dynamics.client import DataverseClient
 from crmsync.engine.worker import Worker
 from crmsync.store.db import create_store_engine, write_transaction
 from crmsync.store.migrate import upgrade
-from crmsync.store.schema import sync_error, sync_queue, sync_throughput
+from crmsync.store.schema import sync_backlog_count, sync_error, sync_throughput
 from crmsync.store.types import utcnow
 
 TENANT = "demo"
@@ -113,9 +113,9 @@ def banner(
 def progress(engine: sa.Engine) -> dict[str, int]:
     """Backlog, open errors and records synced so far (history included)."""
     with engine.connect() as conn:
-        q = sync_queue.c
+        # The backlog's counts (store/backlog_counts.py), not a count of the queue.
         backlog = conn.execute(
-            sa.select(sa.func.count()).select_from(sync_queue).where(q.state == "pending")
+            sa.select(sa.func.coalesce(sa.func.sum(sync_backlog_count.c.n), 0))
         ).scalar()
         errors = conn.execute(
             sa.select(sa.func.count()).select_from(sync_error).where(sync_error.c.status == "open")

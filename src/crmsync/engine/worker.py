@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Coroutine
 from datetime import datetime
@@ -45,7 +46,7 @@ from crmsync.errors import Fatal, RecordRejected, Retriable
 from crmsync.memory import release_free_memory
 from crmsync.store import queue
 from crmsync.store.db import write_transaction
-from crmsync.store.maintenance import maintain
+from crmsync.store.maintenance import COMPACT_SECONDS, compact_counts, maintain
 from crmsync.store.schema import sync_queue
 from crmsync.store.status import AWAITING_PULL
 from crmsync.store.types import utcnow
@@ -249,8 +250,21 @@ class Worker:
                 await asyncio.to_thread(release_free_memory)
             except Exception:
                 log.exception("upkeep failed", extra={"event": "worker.upkeep_failed"})
+            await self._until_next_poll()
+
+    async def _until_next_poll(self) -> None:
+        """Wait ``poll_seconds``, folding the backlog counts every ``COMPACT_SECONDS``
+        meanwhile: this worker's own outcomes append to them all the time."""
+        deadline = time.monotonic() + self.settings.poll_seconds
+        while (left := deadline - time.monotonic()) > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), timeout=self.settings.poll_seconds)
+                await asyncio.wait_for(self.stopping.wait(), timeout=min(left, COMPACT_SECONDS))
+            if self.stopping.is_set() or deadline - time.monotonic() <= 0:
+                return
+            try:
+                await asyncio.to_thread(compact_counts, self.engine)
+            except Exception:
+                log.exception("upkeep failed", extra={"event": "worker.upkeep_failed"})
 
     async def run(self, *, once: bool = False) -> None:
         """Work until stopped; with ``once``, pull once, then work until nothing is left

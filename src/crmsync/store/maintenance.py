@@ -1,9 +1,17 @@
-"""Periodic upkeep of the status tables: backlog samples and throughput retention.
+"""Periodic upkeep of the status tables: backlog counts, samples, throughput retention.
 
-``maintain(engine, now)`` is cheap to call often (``crmsync serve`` calls it every
-``ops_interval_seconds``; a worker may too): it does its work at most once per
-15-minute bucket, the first time it runs in a bucket, and is safe to run from several
-processes at once (every write is an idempotent upsert or delete).
+``maintain(engine, now)`` is cheap to call often (a worker's pull loop calls it every
+``poll_seconds``, ``crmsync serve`` every ``ops_interval_seconds``): it folds the
+backlog counts on every call (``compact_counts``, which ``crmsync serve`` also runs
+every ``COMPACT_SECONDS``), and does the rest at most once per 15-minute bucket, the
+first time it runs in a bucket. It is safe to run from several processes at once
+(every write is an idempotent upsert or delete, or the atomic fold of
+``backlog_counts.compact``).
+
+Backlog counts: every write to the queue appends a +1/-1 row to ``sync_backlog_count``
+(``store.backlog_counts``), and a read sums them; folding them into one row per group
+every few seconds keeps that read to a few dozen rows (a few thousand at most between
+folds at thousands of queue writes a second).
 
 Retention of ``sync_throughput`` (the counters behind last hour, throughput and
 ``crmsync_synced_records_total``):
@@ -33,6 +41,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crmsync.domain import OBJECT_NAMES
+from crmsync.store import backlog_counts
 from crmsync.store.db import write_transaction
 from crmsync.store.queue import bucket_start
 from crmsync.store.schema import sync_backlog_sample, sync_throughput
@@ -43,6 +52,10 @@ FINE_DAYS = 8
 KEEP_DAYS = 90
 SAMPLE_DAYS = 2
 HOUR = timedelta(hours=1)
+# How often long-running processes fold the backlog counts.
+COMPACT_SECONDS = 5.0
+# A fold of this many rows is followed by a vacuum of the counts (PostgreSQL).
+SHRINK_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,7 @@ class Maintained:
     sampled: bool
     compacted_hours: int = 0
     pruned_rows: int = 0
+    folded_counts: int = 0
 
 
 def _upsert_throughput(conn: Connection, rows: list[dict[str, object]]) -> None:
@@ -138,12 +152,27 @@ def prune(conn: Connection, now: datetime) -> int:
     return int(old_counts) + int(old_samples)
 
 
+def compact_counts(engine: Engine) -> int:
+    """Fold the backlog counts (a short write transaction of its own); after a fold of
+    many rows (a bulk load or drain), shrink PostgreSQL's table, which reads scan whole."""
+    with write_transaction(engine) as conn:
+        folded = backlog_counts.compact(conn)
+    if folded >= SHRINK_ROWS and engine.dialect.name == "postgresql":
+        backlog_counts.shrink(engine)
+    return folded
+
+
 def maintain(engine: Engine, now: datetime | None = None) -> Maintained:
-    """Sample the backlog, compact and prune throughput: once per 15-minute bucket."""
+    """Fold the backlog counts; sample the backlog, compact and prune throughput once per
+    15-minute bucket."""
     now = now or utcnow()
+    folded = compact_counts(engine)
     with write_transaction(engine) as conn:
         if not sample_backlog(conn, now):
-            return Maintained(sampled=False)
+            return Maintained(sampled=False, folded_counts=folded)
         return Maintained(
-            sampled=True, compacted_hours=compact(conn, now), pruned_rows=prune(conn, now)
+            sampled=True,
+            compacted_hours=compact(conn, now),
+            pruned_rows=prune(conn, now),
+            folded_counts=folded,
         )

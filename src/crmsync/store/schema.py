@@ -17,6 +17,7 @@ applications; every other table is crmsync's own bookkeeping:
 - ``sync_pause``: what is paused, by object and direction.
 - ``dynamics_throttle``: until when Dynamics told a credential to wait (a 429's
   ``Retry-After``), shared by every worker process using that credential.
+- ``sync_backlog_count``: the backlog's counts, kept by triggers on ``sync_queue``.
 """
 
 from __future__ import annotations
@@ -253,6 +254,20 @@ sync_backlog_sample = Table(
     Column("backlog", BigInteger, nullable=False),
 )
 
+# Backlog counts per (object, direction, operation) as +1/-1 rows appended by triggers on
+# sync_queue and folded into one row per group by upkeep: see store/backlog_counts.py.
+# No key and no index: every counted write appends one row and nothing else (a bigserial
+# key cost PostgreSQL ~5 µs more per append: a sequence step and a B-tree insertion);
+# rows are only ever read, deleted and folded all together.
+sync_backlog_count = Table(
+    "sync_backlog_count",
+    metadata,
+    Column("object", String(32), nullable=False),
+    Column("direction", String(8), nullable=False),
+    Column("operation", String(8), nullable=False),
+    Column("n", BigInteger, nullable=False),
+)
+
 sync_cursor = Table(
     "sync_cursor",
     metadata,
@@ -307,6 +322,7 @@ __all__ = [
     "declared",
     "dynamics_throttle",
     "metadata",
+    "sync_backlog_count",
     "sync_backlog_sample",
     "sync_conflict",
     "sync_cursor",

@@ -6,7 +6,8 @@ and one backlog sample per bucket under the operation ``backlog``: see
 ``store.maintenance``, which writes them and keeps the retention).
 The queue holds one entry per (object, direction, record), so several changes to one
 record before it syncs already count once per direction, and ``first_queued_at`` is when
-its first unsynced change was captured. The backlog counts are grouped straight off the
+its first unsynced change was captured. The backlog counts are kept by triggers in
+``sync_backlog_count`` (``store.backlog_counts``); the oldest entries are seeks on the
 ``ix_sync_queue_backlog`` index (state, object, direction, operation, first_queued_at).
 
 ``at`` moves the reference time: the last-hour window, the throughput history and the
@@ -27,7 +28,7 @@ from sqlalchemy import Connection
 
 from crmsync.domain import Direction, Operation
 from crmsync.errors import ValidationFailed
-from crmsync.store import queue
+from crmsync.store import backlog_counts, queue
 from crmsync.store.params import iso
 from crmsync.store.schema import sync_backlog_sample, sync_pause, sync_queue, sync_throughput
 from crmsync.store.types import utcnow
@@ -145,20 +146,27 @@ class Group:
 def backlog_groups(
     conn: Connection, direction: str | None = None, obj: str | None = None
 ) -> list[Group]:
-    """Pending entries counted per (object, direction, operation), from the index."""
-    q = sync_queue.c
-    query = (
-        sa.select(
-            q.object, q.direction, q.operation, sa.func.count(), sa.func.min(q.first_queued_at)
+    """Pending entries counted per (object, direction, operation), with the oldest of each.
+
+    The counts are the sums of ``sync_backlog_count`` (a few dozen rows once compacted);
+    the oldest entry of each group is one seek on ``ix_sync_queue_backlog``. One
+    statement, so that both come from the same snapshot.
+    """
+    sums, q = backlog_counts.sums(direction, obj), sync_queue.c
+    oldest = (
+        sa.select(q.first_queued_at)
+        .where(
+            q.state == "pending",
+            q.object == sums.c.object,
+            q.direction == sums.c.direction,
+            q.operation == sums.c.operation,
         )
-        .where(q.state == "pending")
-        .group_by(q.object, q.direction, q.operation)
+        .order_by(q.first_queued_at)
+        .limit(1)
+        .scalar_subquery()
     )
-    if direction is not None:
-        query = query.where(q.direction == direction)
-    if obj is not None:
-        query = query.where(q.object == obj)
-    return [Group(*row) for row in conn.execute(query)]
+    query = sa.select(sums.c.object, sums.c.direction, sums.c.operation, sums.c.n, oldest)
+    return [Group(o, d, op, int(n), first) for o, d, op, n, first in conn.execute(query)]
 
 
 def synced_since(
@@ -309,33 +317,60 @@ def backlog(
     }
 
 
+def _oldest_entries(conn: Connection, obj: str) -> list[Any]:
+    """Per (direction, operation) of ``obj``: the count and its oldest pending entry.
+
+    One statement (one snapshot): the counts from ``sync_backlog_count``, the oldest
+    entry's id by one seek per group on ``ix_sync_queue_backlog``, and that entry joined.
+    """
+    sums, q = backlog_counts.sums(obj=obj), sync_queue.c
+    oldest_id = (
+        sa.select(q.id)
+        .where(
+            q.state == "pending",
+            q.object == sums.c.object,
+            q.direction == sums.c.direction,
+            q.operation == sums.c.operation,
+        )
+        .order_by(q.first_queued_at, q.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    groups = sa.select(
+        sums.c.direction, sums.c.operation, sums.c.n, oldest_id.label("oldest_id")
+    ).subquery("groups")
+    query = sa.select(
+        groups.c.direction,
+        groups.c.operation,
+        groups.c.n,
+        q.record_id,
+        q.crm_id,
+        q.label,
+        q.first_queued_at,
+    ).select_from(groups.outerjoin(sync_queue, q.id == groups.c.oldest_id))
+    return list(conn.execute(query))
+
+
 def details(conn: Connection, obj: str, *, at: datetime | None = None) -> dict[str, Any]:
     """One object's backlog per operation with its oldest waiting record, and per direction."""
     as_of = at or utcnow()
-    q = sync_queue.c
     by_direction = {d: {PLURAL[op]: 0 for op in OPERATIONS} for d in DIRECTIONS}
     body: dict[str, Any] = {"object": obj, "as_of": iso(as_of)}
     for op in OPERATIONS:
         body[PLURAL[op]] = {"pending": 0, "oldest": None}
-    for g in backlog_groups(conn, obj=obj):
-        if g.direction in by_direction:
-            by_direction[g.direction][PLURAL[g.operation]] = g.count
-            body[PLURAL[g.operation]]["pending"] += g.count
-    for op in OPERATIONS:
-        if not body[PLURAL[op]]["pending"]:
+    oldest: dict[str, Any] = {}
+    for row in _oldest_entries(conn, obj):
+        if row.direction not in by_direction or row.operation not in PLURAL:
             continue
-        # One index range per direction, read in queue-time order: the first row is the oldest.
-        candidates = []
-        for d in DIRECTIONS:
-            row = conn.execute(
-                sa.select(q.record_id, q.crm_id, q.label, q.direction, q.first_queued_at)
-                .where(q.state == "pending", q.object == obj, q.direction == d, q.operation == op)
-                .order_by(q.first_queued_at, q.id)
-                .limit(1)
-            ).first()
-            if row is not None:
-                candidates.append(row)
-        first = min(candidates, key=lambda r: r.first_queued_at)
+        by_direction[row.direction][PLURAL[row.operation]] = int(row.n)
+        body[PLURAL[row.operation]]["pending"] += int(row.n)
+        if row.first_queued_at is None:
+            continue
+        # The oldest of both directions; on a tie, to_crm first.
+        rank = (row.first_queued_at, DIRECTIONS.index(row.direction))
+        if row.operation not in oldest or rank < oldest[row.operation][0]:
+            oldest[row.operation] = (rank, row)
+    for op, (_, first) in oldest.items():
         body[PLURAL[op]]["oldest"] = {
             "record_id": first.record_id,
             "crm_id": first.crm_id,

@@ -18,7 +18,8 @@ so that frequent health checks do not become traffic to Dynamics.
 
 ``ops_loop`` runs while the app serves: every ``ops_interval_seconds`` it runs
 ``store.maintenance.maintain`` (backlog samples, throughput retention) and the alert
-checks.
+checks, and in between it folds the backlog counts every ``COMPACT_SECONDS`` (the
+queue's writers append to them all the time; see ``store.backlog_counts``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from starlette.concurrency import run_in_threadpool
 from crmsync.alerts import AlertMonitor
 from crmsync.config import Settings
 from crmsync.memory import release_free_memory
-from crmsync.store.maintenance import maintain
+from crmsync.store.maintenance import COMPACT_SECONDS, compact_counts, maintain
 from crmsync.store.params import iso
 from crmsync.store.status import oldest_waiting
 from crmsync.store.throttle import latest as throttled_until
@@ -146,17 +147,24 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def ops_loop(app: FastAPI) -> None:
-    """Status upkeep and alert checks, every ``ops_interval_seconds``, until cancelled."""
+    """Status upkeep and alert checks every ``ops_interval_seconds``, the backlog counts
+    folded every ``COMPACT_SECONDS`` in between, until cancelled."""
     settings: Settings = app.state.settings
     alerts: AlertMonitor = app.state.alerts
+    next_round = time.monotonic()
     while True:
         try:
-            await run_in_threadpool(maintain, app.state.engine)
-            await run_in_threadpool(release_free_memory)
-            await alerts.check()
+            if time.monotonic() >= next_round:
+                next_round = time.monotonic() + settings.ops_interval_seconds
+                await run_in_threadpool(maintain, app.state.engine)
+                await run_in_threadpool(release_free_memory)
+                await alerts.check()
+            else:
+                await run_in_threadpool(compact_counts, app.state.engine)
         except Exception:  # a bad round must not end the loop; the next one retries
             log.exception("ops round failed", extra={"event": "ops.round_failed"})
-        await asyncio.sleep(settings.ops_interval_seconds)
+        wait = min(COMPACT_SECONDS, next_round - time.monotonic())
+        await asyncio.sleep(max(0.0, wait))
 
 
 def install(app: FastAPI, settings: Settings) -> None:
