@@ -143,6 +143,18 @@ class Group:
     oldest_queued_at: datetime | None
 
 
+def _pending_in_group(sums: sa.Subquery) -> tuple[sa.ColumnElement[bool], ...]:
+    """Pending queue entries of the count row's group (``ix_sync_queue_backlog``'s
+    leading columns, so one seek finds the group's oldest)."""
+    q = sync_queue.c
+    return (
+        q.state == "pending",
+        q.object == sums.c.object,
+        q.direction == sums.c.direction,
+        q.operation == sums.c.operation,
+    )
+
+
 def backlog_groups(
     conn: Connection, direction: str | None = None, obj: str | None = None
 ) -> list[Group]:
@@ -155,12 +167,7 @@ def backlog_groups(
     sums, q = backlog_counts.sums(direction, obj), sync_queue.c
     oldest = (
         sa.select(q.first_queued_at)
-        .where(
-            q.state == "pending",
-            q.object == sums.c.object,
-            q.direction == sums.c.direction,
-            q.operation == sums.c.operation,
-        )
+        .where(*_pending_in_group(sums))
         .order_by(q.first_queued_at)
         .limit(1)
         .scalar_subquery()
@@ -326,12 +333,7 @@ def _oldest_entries(conn: Connection, obj: str) -> list[Any]:
     sums, q = backlog_counts.sums(obj=obj), sync_queue.c
     oldest_id = (
         sa.select(q.id)
-        .where(
-            q.state == "pending",
-            q.object == sums.c.object,
-            q.direction == sums.c.direction,
-            q.operation == sums.c.operation,
-        )
+        .where(*_pending_in_group(sums))
         .order_by(q.first_queued_at, q.id)
         .limit(1)
         .scalar_subquery()
