@@ -484,7 +484,8 @@ def _journal(conn: Connection, group: Sequence[Write], now: datetime) -> None:
 
 def _settle_pushes(conn: Connection, obj: str, group: Sequence[Write], now: datetime) -> None:
     """Drop pending pushes that applying made moot: the record is gone in Dynamics, or
-    Dynamics' values won every field the push would have sent."""
+    Dynamics' values won every field the push would have sent. A push that had failed
+    leaves nothing to retry, so its error is resolved with it."""
     moot = [
         str(w.record_id)
         for w in group
@@ -494,14 +495,17 @@ def _settle_pushes(conn: Connection, obj: str, group: Sequence[Write], now: date
     if not moot:
         return
     q = sync_queue.c
-    conn.execute(
-        sa.delete(sync_queue).where(
+    dropped = conn.execute(
+        sa.delete(sync_queue)
+        .where(
             q.object == obj,
             q.direction == "to_crm",
             q.record_key.in_(moot),
             sa.or_(q.claimed_until.is_(None), q.claimed_until < now),
         )
-    )
+        .returning(q.record_key)
+    ).scalars()
+    queue.resolve(conn, {(obj, "to_crm", key) for key in dropped}, now)
 
 
 def _driver_message(exc: DBAPIError) -> str:

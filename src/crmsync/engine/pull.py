@@ -198,7 +198,8 @@ def exclude(
     conn: Connection, spec: ObjectSpec, known: Mapping[str, ch.Known], now: datetime
 ) -> None:
     """Remember that the sync filter excludes these synced records, and drop the
-    Dynamics changes of theirs still waiting to be applied (older than the exclusion).
+    Dynamics changes of theirs still waiting to be applied (older than the exclusion),
+    resolving the errors of any that had failed: nothing is left to retry.
 
     Their local rows stay; their local changes are skipped by the push plan until
     Dynamics includes them again."""
@@ -212,15 +213,18 @@ def exclude(
         .where(r.object == spec.name, r.record_id.in_(ids))
         .values(excluded=True)
     )
-    conn.execute(
-        sa.delete(sync_queue).where(
+    dropped = conn.execute(
+        sa.delete(sync_queue)
+        .where(
             q.object == spec.name,
             q.direction == "from_crm",
             q.state == "pending",
             q.record_key.in_(list(synced)),
             sa.or_(q.claimed_until.is_(None), q.claimed_until < now),
         )
-    )
+        .returning(q.record_key)
+    ).scalars()
+    queue.resolve(conn, {(spec.name, "from_crm", key) for key in dropped}, now)
 
 
 def entry_row(

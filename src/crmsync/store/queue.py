@@ -398,13 +398,14 @@ def _finish_portable(
             .returning(q.id)
         ).scalars()
     )
-    _resolve(conn, {(d.entry.object, d.entry.direction, d.entry.record_key) for d in done}, now)
+    resolve(conn, {(d.entry.object, d.entry.direction, d.entry.record_key) for d in done}, now)
     _count(conn, counts, now)
     return gone
 
 
-def _resolve(conn: Connection, keys: set[tuple[str, str, str]], now: datetime) -> None:
-    """Resolve the open errors of ``(object, direction, record_key)``s that synced."""
+def resolve(conn: Connection, keys: set[tuple[str, str, str]], now: datetime) -> None:
+    """Resolve the open errors of ``(object, direction, record_key)``s that synced, or
+    whose waiting change was dropped as having nothing left to do."""
     if not keys:
         return
     err = sync_error.c
