@@ -14,6 +14,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -26,8 +27,9 @@ from sqlalchemy import Engine
 from starlette.routing import Mount
 
 from crmsync.config import load_settings
+from crmsync.store import sessions
 from crmsync.store.db import write_transaction
-from crmsync.store.schema import sync_error, sync_pause
+from crmsync.store.schema import console_session_revoked, sync_error, sync_pause
 from crmsync.web import csrf
 from crmsync.web.app import create_app
 from crmsync.web.auth import require_api_auth
@@ -360,6 +362,42 @@ async def test_logout_ends_the_session(admin: tuple[httpx.AsyncClient, str]) -> 
     assert (await c.get("/api/v1/sync/status")).status_code == 401
     r = await c.get("/admin/microsoft-dynamics/sync-errors")
     assert r.status_code == 303
+
+
+async def test_a_copy_of_the_cookie_is_refused_after_logout_by_every_process(
+    app: FastAPI, admin: tuple[httpx.AsyncClient, str], db_url: str, engine: Engine
+) -> None:
+    """Logout revokes the session id in the store: the process that logged out refuses
+    a copy of the cookie at once, another console process on the same store from its
+    next refresh; the revocation is pruned once the cookie would have expired."""
+    c, token = admin
+    copied = c.cookies[COOKIE]
+    settings = load_settings(database_url=db_url, admin_password=PASSWORD, api_token=TOKEN)
+    other = create_app(settings, engine=engine)  # the same password signs the same cookies
+    async with client_for(other) as thief:
+        thief.cookies.set(COOKIE, copied)
+        assert (await thief.get("/api/v1/sync/status")).status_code == 200
+
+    assert (await c.post("/logout", data={"csrf_token": token})).status_code == 303
+
+    async with client_for(app) as thief:
+        thief.cookies.set(COOKIE, copied)
+        assert (await thief.get("/api/v1/sync/status")).status_code == 401
+        r = await thief.get("/admin/microsoft-dynamics/sync-status")
+        assert r.status_code == 303 and r.headers["location"].startswith("/login")
+    other.state.revoked_sessions.refresh(engine)  # what its upkeep loop does every 5 s
+    async with client_for(other) as thief:
+        thief.cookies.set(COOKIE, copied)
+        assert (await thief.get("/api/v1/sync/status")).status_code == 401
+    async with client_for(app) as c2:  # a new login is a new session
+        assert (await log_in(c2)).status_code == 303
+        assert (await c2.get("/api/v1/sync/status")).status_code == 200
+
+    with engine.connect() as conn:
+        [expires] = conn.execute(sa.select(console_session_revoked.c.expires_at)).scalars()
+    with write_transaction(engine) as conn:
+        assert sessions.prune(conn, expires - timedelta(seconds=1)) == 0
+        assert sessions.prune(conn, expires) == 1
 
 
 @pytest.mark.parametrize(

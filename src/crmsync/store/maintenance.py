@@ -41,7 +41,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crmsync.domain import OBJECT_NAMES
-from crmsync.store import backlog_counts
+from crmsync.store import backlog_counts, sessions
 from crmsync.store.db import write_transaction
 from crmsync.store.queue import bucket_start
 from crmsync.store.schema import sync_backlog_sample, sync_throughput
@@ -139,7 +139,8 @@ def compact(conn: Connection, now: datetime) -> int:
 
 
 def prune(conn: Connection, now: datetime) -> int:
-    """Delete counters older than ``KEEP_DAYS`` and backlog samples older than ``SAMPLE_DAYS``."""
+    """Delete counters older than ``KEEP_DAYS``, backlog samples older than
+    ``SAMPLE_DAYS`` and logged-out sessions whose cookies have expired."""
     t = sync_throughput.c
     old_counts = conn.execute(
         sa.delete(sync_throughput).where(t.bucket_start < now - timedelta(days=KEEP_DAYS))
@@ -149,7 +150,7 @@ def prune(conn: Connection, now: datetime) -> int:
             sync_backlog_sample.c.sampled_at < now - timedelta(days=SAMPLE_DAYS)
         )
     ).rowcount
-    return int(old_counts) + int(old_samples)
+    return int(old_counts) + int(old_samples) + sessions.prune(conn, now)
 
 
 def compact_counts(engine: Engine) -> int:

@@ -15,6 +15,7 @@ applications; every other table is crmsync's own bookkeeping:
 - ``sync_cursor``: the change-tracking delta link per object.
 - ``sync_conflict``: the conflict journal.
 - ``sync_pause``: what is paused, by object and direction.
+- ``console_session_revoked``: console sessions logged out before their cookie expires.
 - ``dynamics_throttle``: until when Dynamics told a credential to wait (a 429's
   ``Retry-After``), shared by every worker process using that credential.
 - ``sync_backlog_count``: the backlog's counts, kept by triggers on ``sync_queue``.
@@ -314,11 +315,21 @@ dynamics_throttle = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
 )
 
+# Console sessions ended by a logout before their cookie expires: a signed cookie stays
+# valid until then, so a copy taken earlier is refused by its id. Pruned once expired.
+console_session_revoked = Table(
+    "console_session_revoked",
+    metadata,
+    Column("session_id", String(64), primary_key=True),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)
+
 __all__ = [
     "ERROR_FTS",
     "ERROR_FTS_TABLES",
     "LOCAL_TABLES",
     "PG_SEARCH_INDEXES",
+    "console_session_revoked",
     "declared",
     "dynamics_throttle",
     "metadata",

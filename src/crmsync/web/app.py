@@ -25,7 +25,13 @@ from crmsync.web import (
 )
 from crmsync.web.auth import API_PREFIX, CredentialCheck, bearer_token_check
 from crmsync.web.errors import install_error_handlers
-from crmsync.web.session import LoginThrottle, Passwords, SchemeAwareSessions, session_check
+from crmsync.web.session import (
+    LoginThrottle,
+    Passwords,
+    RevokedSessions,
+    SchemeAwareSessions,
+    session_check,
+)
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
@@ -36,6 +42,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Refuse sessions other processes logged out before serving anything.
+        await asyncio.to_thread(app.state.revoked_sessions.refresh, store)
         upkeep = asyncio.create_task(health.ops_loop(app))
         yield
         upkeep.cancel()
@@ -66,6 +74,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     # The admin password is hashed here, once; logins are checked against the hash only.
     app.state.passwords = passwords = Passwords(settings.admin_password)
     app.state.login_throttle = LoginThrottle()
+    app.state.revoked_sessions = RevokedSessions()
     if passwords.enabled:
         checks.append(session_check)
     app.state.credential_checks = checks

@@ -147,13 +147,15 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def ops_loop(app: FastAPI) -> None:
-    """Status upkeep and alert checks every ``ops_interval_seconds``, the backlog counts
-    folded every ``COMPACT_SECONDS`` in between, until cancelled."""
+    """Status upkeep and alert checks every ``ops_interval_seconds``; the backlog counts
+    folded and other processes' console logouts read every ``COMPACT_SECONDS`` in
+    between; until cancelled."""
     settings: Settings = app.state.settings
     alerts: AlertMonitor = app.state.alerts
     next_round = time.monotonic()
     while True:
         try:
+            await run_in_threadpool(app.state.revoked_sessions.refresh, app.state.engine)
             if time.monotonic() >= next_round:
                 next_round = time.monotonic() + settings.ops_interval_seconds
                 await run_in_threadpool(maintain, app.state.engine)

@@ -12,25 +12,33 @@
   cookie cannot be used to guess the password at HMAC speed.
 - ``LoginThrottle`` refuses more than a few failed logins per client in a window.
 
-Logging out clears the cookie; a copy of it taken earlier stays valid until it
-expires (``MAX_AGE_SECONDS``), as for any stateless signed session.
+Each session has a random id. Logging out clears the cookie and records the id as
+revoked in the store (``RevokedSessions``), so a copy of the cookie taken earlier is
+refused: at once by the process that logged out, and by other console processes from
+their next refresh (every few seconds, in the upkeep loop, and at start-up).
 """
 
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from argon2.low_level import Type, hash_secret_raw
 from pydantic import SecretStr
+from sqlalchemy import Engine
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from crmsync.store import sessions
+from crmsync.store.db import write_transaction
 
 ADMIN_USER = "admin"
 COOKIE = "crmsync_session"
@@ -46,6 +54,7 @@ TIME_COST, MEMORY_KIB, LANES = 2, 19 * 1024, 1
 
 SESSION_USER = "user"
 SESSION_SINCE = "since"
+SESSION_ID = "sid"
 
 
 class Passwords:
@@ -131,12 +140,42 @@ class LoginThrottle:
 # -- the session ------------------------------------------------------------------------
 
 
+class RevokedSessions:
+    """The ids of sessions logged out before their cookies expire: this process's own
+    at once, every process's since the last ``refresh`` from the store."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, datetime] = {}  # session id -> when its cookie expires
+        self._lock = threading.Lock()
+
+    def __contains__(self, session_id: str) -> bool:
+        return session_id in self._until
+
+    def revoke(self, engine: Engine, session_id: str, since: float) -> None:
+        expires = datetime.fromtimestamp(since, UTC) + timedelta(seconds=MAX_AGE_SECONDS)
+        with self._lock:
+            self._until[session_id] = expires
+        with write_transaction(engine) as conn:
+            sessions.revoke(conn, session_id, expires)
+
+    def refresh(self, engine: Engine) -> None:
+        """Add the other processes' revocations; forget those whose cookies expired."""
+        now = datetime.now(UTC)
+        with engine.connect() as conn:
+            stored = sessions.revoked(conn, now)
+        with self._lock:
+            merged = {**self._until, **stored}
+            self._until = {sid: until for sid, until in merged.items() if until > now}
+
+
 def logged_in(conn: HTTPConnection) -> bool:
-    """Whether this request carries a valid, unexpired admin session."""
+    """Whether this request carries a valid, unexpired, not logged-out admin session."""
     session = conn.session
     if session.get(SESSION_USER) != ADMIN_USER:
         return False
-    since = session.get(SESSION_SINCE)
+    since, session_id = session.get(SESSION_SINCE), session.get(SESSION_ID)
+    if not isinstance(session_id, str) or session_id in conn.app.state.revoked_sessions:
+        return False
     return isinstance(since, int | float) and 0 <= time.time() - since < MAX_AGE_SECONDS
 
 
@@ -146,13 +185,21 @@ def session_check(request: HTTPConnection) -> bool:
 
 
 def start_session(conn: HTTPConnection) -> None:
-    """Log the admin in: a fresh session (new CSRF token), so nothing from before carries."""
+    """Log the admin in: a fresh session (new id, new CSRF token), so nothing from before
+    carries."""
     conn.session.clear()
     conn.session[SESSION_USER] = ADMIN_USER
     conn.session[SESSION_SINCE] = int(time.time())
+    conn.session[SESSION_ID] = secrets.token_urlsafe(24)
 
 
 def end_session(conn: HTTPConnection) -> None:
+    """Log out: the cookie is cleared and its session id revoked for every process
+    (a blocking store write: call it from a worker thread)."""
+    session_id, since = conn.session.get(SESSION_ID), conn.session.get(SESSION_SINCE)
+    if isinstance(session_id, str) and isinstance(since, int | float):
+        revoked: RevokedSessions = conn.app.state.revoked_sessions
+        revoked.revoke(conn.app.state.engine, session_id, since)
     conn.session.clear()
 
 
