@@ -30,7 +30,7 @@ from crmsync.config import load_settings
 from crmsync.store import sessions
 from crmsync.store.db import write_transaction
 from crmsync.store.schema import console_session_revoked, sync_error, sync_pause
-from crmsync.web import csrf
+from crmsync.web import csrf, health
 from crmsync.web.app import create_app
 from crmsync.web.auth import require_api_auth
 from crmsync.web.console.login import require_login
@@ -398,6 +398,33 @@ async def test_a_copy_of_the_cookie_is_refused_after_logout_by_every_process(
     with write_transaction(engine) as conn:
         assert sessions.prune(conn, expires - timedelta(seconds=1)) == 0
         assert sessions.prune(conn, expires) == 1
+
+
+async def test_a_store_without_the_sessions_table_still_serves_and_says_so_once(
+    db_url: str, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """New code in front of a store not yet upgraded to migration 0006: start-up and the
+    upkeep's refreshes warn once; the console still logs in and out (this process's own
+    logout is still refused at once)."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE console_session_revoked"))
+    settings = load_settings(database_url=db_url, admin_password=PASSWORD, api_token=TOKEN)
+    app = create_app(settings, engine=engine)
+    with caplog.at_level(logging.WARNING, logger="crmsync.web"):
+        async with app.router.lifespan_context(app):
+            await health.refresh_revoked_sessions(app)  # the upkeep loop's next round
+            async with client_for(app) as c:
+                assert (await log_in(c)).status_code == 303
+                page = await c.get("/admin/microsoft-dynamics/sync-status")
+                copied = c.cookies[COOKIE]
+                r = await c.post("/logout", data={"csrf_token": page_token(page.text)})
+                assert r.status_code == 303
+            async with client_for(app) as thief:
+                thief.cookies.set(COOKIE, copied)
+                assert (await thief.get("/api/v1/sync/status")).status_code == 401
+    events = [getattr(r, "event", "") for r in caplog.records]
+    assert events.count("console.sessions_unreadable") == 1
+    assert events.count("console.logout_unshared") == 1
 
 
 @pytest.mark.parametrize(

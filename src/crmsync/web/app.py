@@ -43,7 +43,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Refuse sessions other processes logged out before serving anything.
-        await asyncio.to_thread(app.state.revoked_sessions.refresh, store)
+        await health.refresh_revoked_sessions(app)
         upkeep = asyncio.create_task(health.ops_loop(app))
         yield
         upkeep.cancel()

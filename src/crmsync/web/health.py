@@ -146,6 +146,22 @@ async def healthz(request: Request) -> JSONResponse:
     )
 
 
+async def refresh_revoked_sessions(app: FastAPI) -> None:
+    """Read the console sessions other processes logged out; a store that cannot answer
+    (down, or not yet at migration 0006) leaves this process with its own logouts only."""
+    try:
+        await run_in_threadpool(app.state.revoked_sessions.refresh, app.state.engine)
+    except SQLAlchemyError:
+        if getattr(app.state, "sessions_readable", True):  # said once, not every 5 s
+            log.warning(
+                "cannot read logged-out sessions (is the store upgraded? crmsync db upgrade)",
+                extra={"event": "console.sessions_unreadable"},
+            )
+        app.state.sessions_readable = False
+    else:
+        app.state.sessions_readable = True
+
+
 async def ops_loop(app: FastAPI) -> None:
     """Status upkeep and alert checks every ``ops_interval_seconds``; the backlog counts
     folded and other processes' console logouts read every ``COMPACT_SECONDS`` in
@@ -154,8 +170,8 @@ async def ops_loop(app: FastAPI) -> None:
     alerts: AlertMonitor = app.state.alerts
     next_round = time.monotonic()
     while True:
+        await refresh_revoked_sessions(app)
         try:
-            await run_in_threadpool(app.state.revoked_sessions.refresh, app.state.engine)
             if time.monotonic() >= next_round:
                 next_round = time.monotonic() + settings.ops_interval_seconds
                 await run_in_threadpool(maintain, app.state.engine)

@@ -20,6 +20,7 @@ their next refresh (every few seconds, in the upkeep loop, and at start-up).
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -33,12 +34,15 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from argon2.low_level import Type, hash_secret_raw
 from pydantic import SecretStr
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from crmsync.store import sessions
 from crmsync.store.db import write_transaction
+
+log = logging.getLogger(__name__)
 
 ADMIN_USER = "admin"
 COOKIE = "crmsync_session"
@@ -155,8 +159,15 @@ class RevokedSessions:
         expires = datetime.fromtimestamp(since, UTC) + timedelta(seconds=MAX_AGE_SECONDS)
         with self._lock:
             self._until[session_id] = expires
-        with write_transaction(engine) as conn:
-            sessions.revoke(conn, session_id, expires)
+        try:
+            with write_transaction(engine) as conn:
+                sessions.revoke(conn, session_id, expires)
+        except SQLAlchemyError:
+            # Logged out here all the same; other console processes are not told.
+            log.warning(
+                "logout not shared with other console processes: the store refused it",
+                extra={"event": "console.logout_unshared"},
+            )
 
     def refresh(self, engine: Engine) -> None:
         """Add the other processes' revocations; forget those whose cookies expired."""
