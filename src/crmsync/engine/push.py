@@ -148,18 +148,15 @@ def _load_parents(
 def _still_awaiting_pull(conn: Connection, entries: Sequence[queue.Entry]) -> set[int]:
     """The ids of claimed updates held for a pull that is still paused (not to be sent:
     Dynamics would refuse them again, and only the pull can resolve why). A held entry
-    that became a delete (the local row is gone) no longer waits for anything."""
-    scopes = queue.paused_scopes(conn)
-    ids = [
-        e.id
-        for e in entries
-        if e.operation == "update" and queue.is_paused(scopes, e.object, "from_crm")
-    ]
-    if not ids:
+    that became a delete (the local row is gone) no longer waits for anything.
+
+    The claim returned each entry's mark, so the pauses are read only when one of the
+    batch was held (not on every batch)."""
+    marked = [e for e in entries if e.operation == "update" and e.last_error_code == AWAITING_PULL]
+    if not marked:
         return set()
-    q = sync_queue.c
-    found = conn.execute(sa.select(q.id).where(q.id.in_(ids), q.last_error_code == AWAITING_PULL))
-    return {i for (i,) in found}
+    scopes = queue.paused_scopes(conn)
+    return {e.id for e in marked if queue.is_paused(scopes, e.object, "from_crm")}
 
 
 def _hold(conn: Connection, entry_ids: Sequence[int], now: datetime) -> None:

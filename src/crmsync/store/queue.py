@@ -64,6 +64,7 @@ class Entry:
     version: int
     attempts: int
     first_queued_at: datetime
+    last_error_code: str | None = None  # why it waits, when it has waited (e.g. held)
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,7 @@ def _claim_statement(skip_locked: bool) -> sa.Update:
             q.version,
             q.attempts,
             q.first_queued_at,
+            q.last_error_code,
         )
     )
 
