@@ -1,15 +1,18 @@
 """Cost of change capture: update transactions per second with the capture triggers
 installed versus the same writes with the triggers absent, in the same run.
 
-SQLite: one writer (SQLite has one at a time). PostgreSQL: 8 client threads.
-Each transaction updates one random lead's last name through the plain driver, as
-another application would. Rounds alternate (with, without, with, ...) and the medians
-are compared. Target: ratio >= 0.85 on both backends.
+SQLite: one writer (SQLite has one at a time), at ``synchronous=FULL`` (SQLite's
+default, what another program gets; the target's setting) and at ``NORMAL`` (crmsync's
+own connections). PostgreSQL: 8 client threads. Each transaction updates one random
+lead's last name through the plain driver, as another application would. Rounds
+alternate (with, without, with, ...) and the medians are compared. Target: ratio >= 0.85
+on both backends.
+
+The triggers only append to the capture log; the worker folds the log into the queue.
+After each round with capture on, the bench folds what the round logged and prints the
+fold's rate next to the capture rate: the fold must keep up with what it is given.
 
     .venv/bin/python bench/capture.py [--seconds 3] [--rounds 5] [--rows 10000]
-
-``--drop-index ix_sync_queue_due`` (repeatable) drops a queue index in the bench's own
-database first, to measure what a migration removing it would buy.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import psycopg
 import sqlalchemy as sa
 
 from crmsync.config import Settings
+from crmsync.store import capture
 from crmsync.store.capture import drop_triggers, install_triggers
 from crmsync.store.db import create_store_engine, write_transaction
 from crmsync.store.migrate import upgrade
@@ -36,14 +40,10 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PG_DB = "crmsync_bench_capture"
 
 
-def prepare(engine: sa.Engine, rows: int, drop_indexes: list[str]) -> None:
+def prepare(engine: sa.Engine, rows: int) -> None:
     specs = Settings().object_specs().values()
     upgrade(engine, specs)
     with write_transaction(engine) as conn:
-        for name in drop_indexes:
-            if not name.startswith("ix_sync_queue_"):
-                raise SystemExit(f"--drop-index: not a sync_queue index: {name}")
-            conn.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
         drop_triggers(conn, ["lead", "contact"])
         conn.execute(sa.text("DELETE FROM lead"))
         conn.execute(
@@ -58,7 +58,15 @@ def set_capture(engine: sa.Engine, on: bool) -> None:
         drop_triggers(conn, ["lead", "contact"])
         if on:
             install_triggers(conn, Settings().object_specs().values())
+        conn.execute(sa.text("DELETE FROM sync_change"))
         conn.execute(sa.text("DELETE FROM sync_queue"))
+
+
+def fold_rate(engine: sa.Engine) -> float:
+    """Changes folded per second, folding everything the last round logged."""
+    start = time.perf_counter()
+    n = capture.fold_pending(engine)
+    return n / (time.perf_counter() - start) if n else 0.0
 
 
 def sqlite_tps(path: Path, rows: int, seconds: float, synchronous: str) -> float:
@@ -108,12 +116,20 @@ def compare(
 ) -> tuple[float, float, float]:
     with_capture: list[float] = []
     without: list[float] = []
+    folds: list[float] = []
     for _ in range(rounds):
         for on, bucket in ((True, with_capture), (False, without)):
             set_capture(engine, on)
             bucket.append(measure())
+            if on:
+                folds.append(fold_rate(engine))
     a, b = statistics.median(with_capture), statistics.median(without)
-    print(f"{label}: capture on {a:,.0f} tx/s, off {b:,.0f} tx/s, ratio {a / b:.2f}")
+    f = statistics.median(folds)
+    print(
+        f"{label}: capture on {a:,.0f} tx/s, off {b:,.0f} tx/s, ratio {a / b:.2f};"
+        f" fold {f:,.0f} changes/s ({f / a:.1f}x the capture rate)",
+        flush=True,
+    )
     return a, b, a / b
 
 
@@ -124,7 +140,6 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=10_000)
     ap.add_argument("--skip-postgres", action="store_true")
     ap.add_argument("--skip-sqlite", action="store_true")
-    ap.add_argument("--drop-index", action="append", default=[], metavar="NAME")
     ap.add_argument("--pg-db", default=PG_DB, help="scratch database name (dropped at the end)")
     args = ap.parse_args()
 
@@ -138,7 +153,7 @@ def sqlite_rounds(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.db"
         engine = create_store_engine(f"sqlite:///{path}", poolclass=sa.NullPool)
-        prepare(engine, args.rows, args.drop_index)
+        prepare(engine, args.rows)
         # FULL is SQLite's default, what another program writing the file gets; NORMAL
         # is what crmsync's own connections use in WAL mode.
         for sync in ("FULL", "NORMAL"):
@@ -163,7 +178,7 @@ def postgres_rounds(args: argparse.Namespace) -> None:
         conn.execute(sa.text(f"CREATE DATABASE {db}"))
     dsn = PG_ADMIN.rsplit("/", 1)[0] + "/" + db
     engine = create_store_engine(dsn, poolclass=sa.NullPool)
-    prepare(engine, args.rows, args.drop_index)
+    prepare(engine, args.rows)
     compare(
         "postgresql, 8 clients", engine, lambda: pg_tps(dsn, args.rows, args.seconds), args.rounds
     )

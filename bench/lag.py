@@ -46,7 +46,7 @@ from crmsync.dynamics.client import DataverseClient
 from crmsync.dynamics.writes import Write
 from crmsync.store.db import create_store_engine, write_transaction
 from crmsync.store.migrate import upgrade
-from crmsync.store.schema import sync_queue, sync_record
+from crmsync.store.schema import sync_change, sync_queue, sync_record
 from push import start_emulator
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -202,6 +202,7 @@ def wait_drained(engine: sa.Engine, timeout: float) -> None:
                 .select_from(sync_queue)
                 .where(sync_queue.c.state == "pending")
             ).scalar_one()
+            left += conn.execute(sa.select(sa.func.count()).select_from(sync_change)).scalar_one()
         if left == 0:
             return
         time.sleep(0.2)

@@ -186,6 +186,13 @@ def pending(engine: sa.Engine) -> tuple[int, float]:
                 "WHERE q.state = 'pending' AND q.direction = 'to_crm'"
             )
         ).one()
+        # Changes captured but not folded into the queue yet wait too.
+        logged, first_logged = conn.execute(
+            sa.text("SELECT count(*), min(changed_at) FROM sync_change")
+        ).one()
+    n += logged
+    if first_logged and (not oldest or str(first_logged) < str(oldest)):
+        oldest = first_logged
     if not oldest:
         return int(n), 0.0
     if isinstance(oldest, str):

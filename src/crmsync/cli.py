@@ -330,20 +330,24 @@ def status(
 ) -> None:
     """The Sync Status table (backlog or last hour), or one object's details."""
     from crmsync import terminal
+    from crmsync.store import capture
     from crmsync.store import status as queries
     from crmsync.store.params import check_choice, parse_timestamp
 
     settings = _settings()
-    with _store(settings) as engine, engine.connect() as conn:
+    with _store(settings) as engine:
         when = parse_timestamp("at", at)
         check_choice("view", view, ("backlog", "last-hour", "last_hour"))
         if object is not None:
             check_choice("object", object, settings.object_specs())
-            body = queries.details(conn, object, at=when)
-        elif view == "backlog":
-            body = queries.backlog(conn, settings.object_specs(), at=when)
-        else:
-            body = queries.last_hour(conn, settings.object_specs(), settings.zone, at=when)
+        capture.catch_up(engine)
+        with engine.connect() as conn:
+            if object is not None:
+                body = queries.details(conn, object, at=when)
+            elif view == "backlog":
+                body = queries.backlog(conn, settings.object_specs(), at=when)
+            else:
+                body = queries.last_hour(conn, settings.object_specs(), settings.zone, at=when)
     if as_json:
         _print_json(body)
     else:

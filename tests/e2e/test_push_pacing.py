@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from crmsync.config import Settings, load_settings
 from crmsync.engine.push import THIN_CLAIM_INTERVAL, Pusher
 from crmsync.store.db import write_transaction
-from crmsync.store.schema import sync_queue
+from crmsync.store.schema import sync_change, sync_queue
 
 RATE = 50  # changes per second
 SECONDS = 2.0
@@ -72,14 +72,15 @@ def test_thin_claims_are_spaced_across_lanes_and_full_ones_are_not() -> None:
 
 
 def _pending(engine: sa.Engine) -> int:
+    """Changes waiting: queued, or captured and not folded into the queue yet."""
     with engine.connect() as conn:
-        return int(
-            conn.execute(
-                sa.select(sa.func.count())
-                .select_from(sync_queue)
-                .where(sync_queue.c.state == "pending")
-            ).scalar_one()
-        )
+        queued = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(sync_queue)
+            .where(sync_queue.c.state == "pending")
+        ).scalar_one()
+        logged = conn.execute(sa.select(sa.func.count()).select_from(sync_change)).scalar_one()
+    return int(queued) + int(logged)
 
 
 def _wait_drained(engine: sa.Engine, timeout: float) -> None:

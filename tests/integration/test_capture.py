@@ -3,7 +3,11 @@ suppression, and objects that only flow from Dynamics."""
 
 from __future__ import annotations
 
+import itertools
+import random
 import sqlite3
+import threading
+import time
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -15,15 +19,26 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crmsync.domain import Flow, default_objects
+from crmsync.store import capture
 from crmsync.store.capture import install_triggers
 from crmsync.store.db import capture_suppressed, write_transaction
-from crmsync.store.schema import sync_queue
+from crmsync.store.schema import sync_change, sync_queue
 
 
-def queue(engine: sa.Engine) -> dict[tuple[str, str], dict[str, Any]]:
+def queue(engine: sa.Engine, *, fold: bool = True) -> dict[tuple[str, str], dict[str, Any]]:
+    """The queue, after folding what capture logged (unless ``fold`` is false)."""
+    if fold:
+        capture.fold_pending(engine)
     with engine.connect() as conn:
         rows = conn.execute(sa.select(sync_queue)).mappings().all()
     return {(r["object"], r["record_key"]): dict(r) for r in rows}
+
+
+def logged(engine: sa.Engine) -> list[tuple[int, bool, str | None]]:
+    c = sync_change.c
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(c.record_id, c.deleted, c.crm_id).order_by(c.seq)).all()
+    return [(r.record_id, bool(r.deleted), r.crm_id) for r in rows]
 
 
 def run(engine: sa.Engine, *statements: str, suppress: bool = False) -> list[Any]:
@@ -49,7 +64,7 @@ def test_insert_then_updates_stays_one_insert_keeping_first_time(engine: sa.Engi
     assert entry["direction"] == "to_crm"
     assert entry["first_queued_at"] == first["first_queued_at"]
     assert entry["last_changed_at"] >= first["last_changed_at"]
-    assert entry["version"] == 3
+    assert entry["version"] == 2  # both updates were folded together: one refresh
     assert entry["label"] == "a@example.com"
     assert entry["state"] == "pending"
 
@@ -77,10 +92,77 @@ def test_delete_of_never_synced_record_drops_the_entry(engine: sa.Engine) -> Non
 def test_delete_after_a_worker_chose_the_crm_id_becomes_a_delete(engine: sa.Engine) -> None:
     # The worker may already have created the record in Dynamics under that id.
     run(engine, "INSERT INTO lead (email) VALUES ('w@example.com')")
+    assert queue(engine)[("lead", "1")]["crm_id"] is None
     run(engine, "UPDATE sync_queue SET crm_id = 'chosen' WHERE record_key = '1'")
     run(engine, "DELETE FROM lead WHERE id = 1")
     entry = queue(engine)[("lead", "1")]
     assert (entry["operation"], entry["crm_id"]) == ("delete", "chosen")
+
+
+def test_delete_logged_while_its_insert_was_in_flight_becomes_a_delete(engine: sa.Engine) -> None:
+    # The worker sent the insert under a chosen id; the record was deleted locally while
+    # it was in flight; the worker finished (entry gone, sync state kept) before the
+    # delete was folded. The delete must still reach Dynamics.
+    run(engine, "INSERT INTO lead (email) VALUES ('f@example.com')")
+    assert queue(engine)[("lead", "1")]["operation"] == "insert"
+    run(engine, "DELETE FROM lead WHERE id = 1")
+    run(
+        engine,
+        "DELETE FROM sync_queue WHERE record_key = '1'",
+        "INSERT INTO sync_record (object, record_id, crm_id, last_synced_at, synced_values)"
+        " VALUES ('lead', 1, 'sent', CURRENT_TIMESTAMP, '{}')",
+    )
+    entry = queue(engine)[("lead", "1")]
+    assert (entry["operation"], entry["crm_id"], entry["label"]) == (
+        "delete",
+        "sent",
+        "f@example.com",
+    )
+
+
+def test_changes_wait_in_the_log_until_folded_in_capture_order(engine: sa.Engine) -> None:
+    run(engine, "INSERT INTO lead (id, email) VALUES (7, 'o@example.com')")
+    run(engine, "DELETE FROM lead WHERE id = 7")
+    # The same id again: the delete must not be folded after the new insert.
+    run(engine, "INSERT INTO lead (id, email) VALUES (7, 'again@example.com')")
+    assert queue(engine, fold=False) == {}
+    assert logged(engine) == [(7, False, None), (7, True, None), (7, False, None)]
+    with write_transaction(engine) as conn:
+        assert capture.fold(conn, limit=2) == 2
+    assert queue(engine, fold=False) == {}  # inserted, then deleted: nothing to send
+    entry = queue(engine)[("lead", "7")]
+    assert (entry["operation"], entry["label"]) == ("insert", "again@example.com")
+    assert logged(engine) == []
+
+
+def test_a_parked_entry_changed_again_is_due_again(engine: sa.Engine) -> None:
+    run(engine, "INSERT INTO lead (email, crm_id) VALUES ('p@example.com', 'g')", suppress=True)
+    run(engine, "UPDATE lead SET first_name = 'A' WHERE id = 1")
+    queue(engine)
+    run(
+        engine,
+        "UPDATE sync_queue SET state = 'parked', attempts = 5,"
+        " next_attempt_at = '2999-01-01 00:00:00.000000' WHERE record_key = '1'",
+    )
+    run(engine, "UPDATE lead SET first_name = 'B' WHERE id = 1")
+    entry = queue(engine)[("lead", "1")]
+    assert (entry["state"], entry["attempts"]) == ("pending", 0)
+    assert entry["next_attempt_at"].year < 2999
+
+
+def test_fold_pending_folds_in_batches_until_the_log_is_empty(engine: sa.Engine) -> None:
+    with write_transaction(engine) as conn:
+        conn.execute(
+            sa.text("INSERT INTO lead (email) VALUES (:e)"),
+            [{"e": f"b{i}@example.com"} for i in range(25)],
+        )
+        conn.execute(sa.text("UPDATE lead SET first_name = 'x' WHERE id <= 10"))
+    assert len(logged(engine)) == 35
+    assert capture.fold_pending(engine, batch=4) == 35
+    assert logged(engine) == []
+    q = queue(engine, fold=False)
+    assert len(q) == 25 and {e["operation"] for e in q.values()} == {"insert"}
+    assert capture.fold_pending(engine) == 0
 
 
 def test_update_touching_no_pushed_column_is_not_captured(engine: sa.Engine) -> None:
@@ -154,6 +236,7 @@ ACTIONS = st.lists(
             st.tuples(st.just("synced"), st.integers(0, 7)),  # the engine synced it
             st.tuples(st.just("claim"), st.integers(0, 7)),  # a worker chose its crm_id
             st.tuples(st.just("applied"), st.integers(0, 7)),  # a change from Dynamics
+            st.tuples(st.just("fold"), st.integers(1, 4)),  # the worker folds the log
         ),
         min_size=1,
         max_size=6,
@@ -168,37 +251,52 @@ ACTIONS = st.lists(
 
 
 class Model:
+    """What the log and the queue must hold: the log as written, the queue as folded."""
+
     def __init__(self) -> None:
         self.rows: dict[int, str | None] = {}  # id -> crm_id
         self.queue: dict[int, tuple[str, str | None]] = {}  # id -> (operation, crm_id)
+        self.log: list[tuple[int, bool, str | None]] = []  # (id, deleted, crm_id)
+        self.synced: dict[int, str] = {}  # id -> crm_id of its last sync
         self.next_id = 1
 
     def copy(self) -> Model:
         m = Model()
         m.rows, m.queue, m.next_id = dict(self.rows), dict(self.queue), self.next_id
+        m.log, m.synced = list(self.log), dict(self.synced)
         return m
 
     def capture(self, rid: int) -> None:
-        crm = self.rows[rid]
-        new_op = "insert" if crm is None else "update"
-        if rid in self.queue:
-            old_op, old_crm = self.queue[rid]
-            op = "insert" if old_op == "insert" and crm is None else new_op
-            self.queue[rid] = (op, crm or old_crm)
-        else:
-            self.queue[rid] = (new_op, crm)
+        self.log.append((rid, False, None))
 
     def delete(self, rid: int) -> None:
-        crm = self.rows.pop(rid)
-        entry = self.queue.get(rid)
-        if crm is None and (entry is None or entry[1] is None):
-            self.queue.pop(rid, None)
-        else:
-            self.queue[rid] = ("delete", crm or (entry[1] if entry else None))
+        self.log.append((rid, True, self.rows.pop(rid)))
+
+    def fold(self, limit: int | None = None) -> None:
+        taken = self.log if limit is None else self.log[:limit]
+        self.log = self.log[len(taken) :]
+        for rid, deleted, crm_at_delete in taken:
+            entry = self.queue.get(rid)
+            if not deleted:
+                if rid not in self.rows:
+                    continue  # deleted since: its delete is its own log row
+                crm = self.rows[rid]
+                op = "insert" if crm is None else "update"
+                self.queue[rid] = (op, crm or (entry[1] if entry else None))
+                continue
+            crm = crm_at_delete or (entry[1] if entry else None) or self.synced.get(rid)
+            if crm is None:
+                self.queue.pop(rid, None)
+            else:
+                self.queue[rid] = ("delete", crm_at_delete or self.synced.get(rid) or crm)
 
 
 def _apply(conn: sa.Connection, model: Model, action: tuple[str, Any], n: int) -> None:
     kind, arg = action
+    if kind == "fold":
+        assert capture.fold(conn, limit=arg) == min(arg, len(model.log))
+        model.fold(arg)
+        return
     if kind == "insert":
         crm = str(uuid.uuid4()) if arg else None
         conn.execute(
@@ -209,7 +307,13 @@ def _apply(conn: sa.Connection, model: Model, action: tuple[str, Any], n: int) -
         model.capture(model.next_id)
         model.next_id += 1
         return
-    ids = sorted(model.rows)
+    if kind == "synced":
+        # A worker finished sending a record's insert or update, or it was synced some
+        # other way; its local row may be gone since (a delete not folded yet).
+        pushed = {i for i, (op, _) in model.queue.items() if op != "delete"}
+        ids = sorted(set(model.rows) | pushed)
+    else:
+        ids = sorted(model.rows)
     if not ids:
         return
     rid = ids[arg % len(ids)]
@@ -226,7 +330,7 @@ def _apply(conn: sa.Connection, model: Model, action: tuple[str, Any], n: int) -
         conn.execute(sa.text("DELETE FROM lead WHERE id = :id"), {"id": rid})
         model.delete(rid)
     elif kind == "synced":
-        crm = model.rows[rid] or (model.queue.get(rid, ("", None))[1]) or str(uuid.uuid4())
+        crm = model.rows.get(rid) or model.queue.get(rid, ("", None))[1] or str(uuid.uuid4())
         with capture_suppressed(conn):
             conn.execute(
                 sa.text("UPDATE lead SET crm_id = :c WHERE id = :id"), {"c": crm, "id": rid}
@@ -235,7 +339,17 @@ def _apply(conn: sa.Connection, model: Model, action: tuple[str, Any], n: int) -
             sa.text("DELETE FROM sync_queue WHERE object = 'lead' AND record_key = :k"),
             {"k": str(rid)},
         )
-        model.rows[rid] = crm
+        conn.execute(sa.text("DELETE FROM sync_record WHERE record_id = :id"), {"id": rid})
+        conn.execute(
+            sa.text(
+                "INSERT INTO sync_record (object, record_id, crm_id, last_synced_at,"
+                " synced_values) VALUES ('lead', :id, :c, CURRENT_TIMESTAMP, '{}')"
+            ),
+            {"id": rid, "c": crm},
+        )
+        if rid in model.rows:
+            model.rows[rid] = crm
+        model.synced[rid] = crm
         model.queue.pop(rid, None)
     elif kind == "claim":
         if rid in model.queue and model.queue[rid][1] is None:
@@ -263,6 +377,8 @@ def test_queue_matches_reference_model(engine: sa.Engine, plan: Any) -> None:
     with write_transaction(engine) as conn, capture_suppressed(conn):
         conn.execute(sa.text("DELETE FROM lead"))
         conn.execute(sa.text("DELETE FROM sync_queue"))
+        conn.execute(sa.text("DELETE FROM sync_change"))
+        conn.execute(sa.text("DELETE FROM sync_record"))
     model = Model()
     model.next_id = 1_000_000  # ids never reused across examples (AUTOINCREMENT)
     with engine.connect() as conn:
@@ -287,5 +403,119 @@ def test_queue_matches_reference_model(engine: sa.Engine, plan: Any) -> None:
             tx.rollback()
             model.next_id = trial.next_id
         conn.close()
-        got = {int(k[1]): (e["operation"], e["crm_id"]) for k, e in queue(engine).items()}
-        assert got == model.queue
+        got = {
+            int(k[1]): (e["operation"], e["crm_id"]) for k, e in queue(engine, fold=False).items()
+        }
+        assert (logged(engine), got) == (model.log, model.queue)
+    model.fold()
+    got = {int(k[1]): (e["operation"], e["crm_id"]) for k, e in queue(engine).items()}
+    assert (logged(engine), got) == ([], model.queue)
+
+
+# --- PostgreSQL: writers and several folders at once --------------------------------
+
+
+@pytest.mark.postgres
+def test_concurrent_writers_and_folders_lose_and_duplicate_nothing(engine: sa.Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time")
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    folded = [0]
+    next_id = itertools.count(1)
+
+    def writer(k: int) -> None:
+        rnd = random.Random(k)
+        try:
+            while not stop.is_set():
+                with write_transaction(engine) as conn:
+                    for _ in range(rnd.randint(1, 3)):
+                        kind = rnd.choice(["insert", "insert", "update", "delete"])
+                        if kind == "insert":
+                            rid = next(next_id)
+                            conn.execute(
+                                sa.text("INSERT INTO lead (id, email) VALUES (:i, :e)"),
+                                {"i": rid, "e": f"c{rid}@example.com"},
+                            )
+                        else:
+                            rid = rnd.randint(1, max(1, next(next_id) - 1))
+                            sql = (
+                                "UPDATE lead SET last_name = 'x' || :n WHERE id = :i"
+                                if kind == "update"
+                                else "DELETE FROM lead WHERE id = :i"
+                            )
+                            conn.execute(sa.text(sql), {"i": rid, "n": str(rnd.random())})
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    def folder(k: int) -> None:
+        try:
+            while not stop.is_set():
+                folded[0] += capture.fold_pending(engine, wait=bool(k % 2), batch=7)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(3)]
+    threads += [threading.Thread(target=folder, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not failures, failures
+    assert folded[0] > 0
+    q = queue(engine)
+    assert logged(engine) == []
+    with engine.connect() as conn:
+        alive = {r[0] for r in conn.execute(sa.text("SELECT id FROM lead"))}
+    # Nothing ever reached Dynamics: every live record is one insert, deleted ones none.
+    assert alive
+    assert {int(k[1]) for k in q} == alive
+    assert {e["operation"] for e in q.values()} == {"insert"}
+
+
+@pytest.mark.postgres
+def test_shrink_vacuums_the_log_once_folding_left_many_dead_rows(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if engine.dialect.name != "postgresql":
+        assert capture.shrink(engine) is False
+        return
+    monkeypatch.setattr(capture, "SHRINK_ROWS", 20)
+    with write_transaction(engine) as conn:
+        conn.execute(
+            sa.text("INSERT INTO lead (email) VALUES (:e)"),
+            [{"e": f"s{i}@example.com"} for i in range(40)],
+        )
+    assert capture.fold_pending(engine) == 40
+    deadline = time.monotonic() + 10
+    while not capture.shrink(engine):  # the statistics reach other sessions within ~1 s
+        assert time.monotonic() < deadline, "the dead rows were never seen"
+        time.sleep(0.2)
+    assert capture.shrink(engine) is False  # vacuumed: nothing dead left to count
+
+
+@pytest.mark.postgres
+def test_an_application_role_needs_only_the_documented_grants(engine: sa.Engine) -> None:
+    """docs/deployment.md: rights on its tables, INSERT on the log and its sequence."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("roles are PostgreSQL's")
+    role = f"crmsync_app_{uuid.uuid4().hex[:8]}"
+    with write_transaction(engine) as conn:
+        conn.execute(sa.text(f"CREATE ROLE {role}"))
+        conn.execute(sa.text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON lead TO {role}"))
+        conn.execute(sa.text(f"GRANT USAGE ON SEQUENCE lead_id_seq TO {role}"))
+        conn.execute(sa.text(f"GRANT INSERT ON sync_change TO {role}"))
+        conn.execute(sa.text(f"GRANT USAGE ON SEQUENCE sync_change_seq_seq TO {role}"))
+    try:
+        with write_transaction(engine) as conn:
+            conn.execute(sa.text(f"SET LOCAL ROLE {role}"))
+            conn.execute(sa.text("INSERT INTO lead (email) VALUES ('app@example.com')"))
+            conn.execute(sa.text("UPDATE lead SET last_name = 'App'"))
+            conn.execute(sa.text("DELETE FROM lead"))
+        assert [d for _, d, _ in logged(engine)] == [False, False, True]
+    finally:
+        with write_transaction(engine) as conn:
+            conn.execute(sa.text(f"DROP OWNED BY {role}"))
+            conn.execute(sa.text(f"DROP ROLE {role}"))

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from crmsync.cli import app
 from crmsync.domain import default_objects
+from crmsync.store import capture
 from crmsync.store.csv_import import import_csv
 
 LEAD = default_objects()["lead"]
@@ -45,6 +46,7 @@ def leads(engine: Engine) -> list[tuple]:
 
 
 def queued(engine: Engine, obj: str = "lead") -> int:
+    capture.fold_pending(engine)
     with engine.connect() as conn:
         return conn.scalar(
             sa.text("SELECT count(*) FROM sync_queue WHERE object = :o AND operation = 'insert'"),

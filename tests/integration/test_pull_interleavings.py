@@ -17,14 +17,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
 from crmsync.config import Settings
 from crmsync.engine import changes as ch
-from crmsync.engine.pull import load_known
+from crmsync.engine.apply import load_context
+from crmsync.engine.load import known_ids
+from crmsync.engine.pull import load_known, vanished
+from crmsync.store import capture, queue
 from crmsync.store.db import capture_suppressed, write_transaction
 from crmsync.store.schema import sync_queue
+from crmsync.store.types import utcnow
 
 CRM_ID = "5f0e8c1a-1d2b-4c3d-8e9f-0a1b2c3d4e5f"
 
@@ -62,6 +67,7 @@ def test_a_push_finishing_meanwhile_is_still_known(engine: sa.Engine, settings: 
         lead_id = conn.execute(
             sa.text("INSERT INTO lead (email) VALUES ('own@example.com') RETURNING id")
         ).scalar_one()
+        capture.fold(conn)
         # The worker chose the id and sent the record: the entry carries the id.
         conn.execute(sa.update(sync_queue).values(crm_id=CRM_ID))
     other = sa.create_engine(engine.url) if engine.dialect.name != "sqlite" else engine
@@ -102,3 +108,89 @@ def test_a_local_delete_meanwhile_is_still_known(engine: sa.Engine, settings: Se
     assert k is not None and k.record_id == lead_id
     if other is not engine:
         other.dispose()
+
+
+@pytest.mark.parametrize("folded", [False, True])
+def test_a_local_delete_on_its_way_is_known_to_a_full_read(
+    engine: sa.Engine, settings: Settings, folded: bool
+) -> None:
+    """Initial load and reconciliation: a record deleted locally whose delete is still
+    in the capture log (or already queued) is known, not a new record to insert."""
+    with write_transaction(engine) as conn, capture_suppressed(conn):
+        conn.execute(
+            sa.text("INSERT INTO lead (email, crm_id) VALUES ('gone@example.com', :c)"),
+            {"c": CRM_ID},
+        )
+    with write_transaction(engine) as conn:
+        conn.execute(sa.text("DELETE FROM lead"))
+    if folded:
+        capture.fold_pending(engine)
+    with engine.connect() as conn:
+        known_now, _ = known_ids(conn, settings.object_specs()["lead"], [CRM_ID])
+    assert known_now == {CRM_ID}
+
+
+@pytest.mark.parametrize("where", ["nowhere", "log", "queue"])
+def test_a_record_with_a_local_change_on_its_way_has_not_vanished(
+    engine: sa.Engine, settings: Settings, where: str
+) -> None:
+    """Reconciliation deletes local records a full read no longer returns, except those
+    whose local change is on its way (in the capture log or the queue): its push
+    decides."""
+    with write_transaction(engine) as conn, capture_suppressed(conn):
+        lead_id = conn.execute(
+            sa.text("INSERT INTO lead (email, crm_id) VALUES ('v@example.com', :c) RETURNING id"),
+            {"c": CRM_ID},
+        ).scalar_one()
+        conn.execute(
+            sa.text(
+                "INSERT INTO sync_record (object, record_id, crm_id, last_synced_at,"
+                " synced_values) VALUES ('lead', :i, :c, :t, '{}')"
+            ),
+            {"i": lead_id, "c": CRM_ID, "t": "2000-01-01 00:00:00.000000"},
+        )
+    if where != "nowhere":
+        with write_transaction(engine) as conn:
+            conn.execute(sa.text("UPDATE lead SET last_name = 'Local'"))
+    if where == "queue":
+        capture.fold_pending(engine)
+    with engine.connect() as conn:
+        gone = vanished(conn, settings.object_specs()["lead"], set(), utcnow())
+    assert gone == ([(lead_id, CRM_ID)] if where == "nowhere" else [])
+
+
+def test_a_local_change_still_in_the_capture_log_is_a_push_to_apply(
+    engine: sa.Engine, settings: Settings
+) -> None:
+    """Applying folds the log first; a local change committed after that fold is read
+    from the log, so the conflict check still sees a push on its way."""
+    with write_transaction(engine) as conn, capture_suppressed(conn):
+        lead_id = conn.execute(
+            sa.text("INSERT INTO lead (email, crm_id) VALUES ('l@example.com', :c) RETURNING id"),
+            {"c": CRM_ID},
+        ).scalar_one()
+    with write_transaction(engine) as conn:
+        conn.execute(sa.text("UPDATE lead SET last_name = 'Local' WHERE id = :i"), {"i": lead_id})
+    entry = queue.Entry(
+        id=1,
+        object="lead",
+        direction="from_crm",
+        record_key=CRM_ID,
+        record_id=None,
+        crm_id=CRM_ID,
+        operation="update",
+        label=None,
+        payload={},
+        version=1,
+        attempts=0,
+        first_queued_at=utcnow(),
+    )
+    with engine.connect() as conn:
+        ctx = load_context(conn, settings.object_specs(), [entry], utcnow())
+    push = ctx.pushes.get(("lead", lead_id))
+    assert push is not None and not push.claimed
+    # Folded, it is the queued entry that says so, at the same change time.
+    capture.fold_pending(engine)
+    with engine.connect() as conn:
+        folded = load_context(conn, settings.object_specs(), [entry], utcnow())
+    assert folded.pushes[("lead", lead_id)] == push

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 from datetime import timedelta
 
+import pytest
 import sqlalchemy as sa
 
-from crmsync.store import queue, sync_errors
+from crmsync.store import capture, queue, sync_errors
 from crmsync.store.db import write_transaction
 from crmsync.store.schema import (
     sync_error,
@@ -68,16 +69,22 @@ def test_paused_objects_are_not_claimed(engine: sa.Engine) -> None:
     assert queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE) == []
 
 
-def test_change_during_flight_keeps_the_entry_as_an_update(engine: sa.Engine) -> None:
+@pytest.mark.parametrize("folded_in_flight", [True, False])
+def test_change_during_flight_keeps_the_entry_as_an_update(
+    engine: sa.Engine, folded_in_flight: bool
+) -> None:
     add_leads(engine, 1)
     (entry,) = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
     with write_transaction(engine) as conn:
         conn.execute(
             sa.text("UPDATE lead SET last_name = 'newer' WHERE id = :i"), {"i": entry.record_id}
         )
+    if folded_in_flight:  # the entry's version moves: the finish keeps it
+        capture.fold_pending(engine)
     queue.record(
         engine, queue.Outcome(done=[queue.Done(entry, crm_id="g-1", synced_values={"email": "q0"})])
     )
+    capture.fold_pending(engine)  # otherwise the entry went, and the fold queues it again
     with engine.connect() as conn:
         left = conn.execute(sa.select(sync_queue)).mappings().one()
     assert (left["operation"], left["crm_id"], left["claimed_by"]) == ("update", "g-1", None)
@@ -204,7 +211,10 @@ def test_a_retried_error_resolves_when_its_entry_syncs(engine: sa.Engine) -> Non
     assert open_errors(engine) == 0 and count(engine, sync_queue) == 0
 
 
-def test_an_error_resolves_when_its_entry_changed_in_flight(engine: sa.Engine) -> None:
+@pytest.mark.parametrize("folded_in_flight", [True, False])
+def test_an_error_resolves_when_its_entry_changed_in_flight(
+    engine: sa.Engine, folded_in_flight: bool
+) -> None:
     add_leads(engine, 1)
     (entry,) = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
     queue.record(engine, queue.Outcome(failed=[queue.Failed(entry, "0x80044331", "too long")]))
@@ -217,8 +227,11 @@ def test_an_error_resolves_when_its_entry_changed_in_flight(engine: sa.Engine) -
         conn.execute(
             sa.text("UPDATE lead SET last_name = 'newer' WHERE id = :i"), {"i": entry.record_id}
         )
+    if folded_in_flight:
+        capture.fold_pending(engine)
     queue.record(engine, queue.Outcome(done=[queue.Done(entry, crm_id="g-1")]))
     assert open_errors(engine) == 0
+    capture.fold_pending(engine)
     with engine.connect() as conn:
         left = conn.execute(sa.select(sync_queue)).mappings().one()
     assert (left["state"], left["operation"], left["claimed_by"]) == ("pending", "update", None)

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from crmsync.config import Settings, load_settings
+from crmsync.store import capture
 from crmsync.store.schema import sync_queue, sync_record
 from crmsync.web.app import create_app
 
@@ -37,6 +38,7 @@ async def client(api_settings: Settings, engine: Engine) -> AsyncIterator[httpx.
 
 
 def queue(engine: Engine) -> list[dict[str, Any]]:
+    capture.fold_pending(engine)
     with engine.connect() as conn:
         rows = conn.execute(
             sa.select(

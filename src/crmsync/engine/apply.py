@@ -34,7 +34,7 @@ from crmsync.config import Settings
 from crmsync.domain import ObjectSpec
 from crmsync.engine import changes as ch
 from crmsync.engine.conflicts import Resolution, as_text, resolve
-from crmsync.store import queue
+from crmsync.store import capture, queue
 from crmsync.store.db import capture_suppressed, write_transaction
 from crmsync.store.schema import LOCAL_TABLES, sync_conflict, sync_queue, sync_record
 from crmsync.store.types import UTCDateTime, utcnow
@@ -267,6 +267,14 @@ def load_context(
         ):
             claimed = p.claimed_until is not None and p.claimed_until > now
             pushes[(obj, p.record_id)] = Push(claimed, p.last_changed_at)
+        # A local change committed since the fold that preceded this batch is still in
+        # the capture log: a push all the same.
+        for record_id, changed_at in capture.logged_changes(conn, obj, ids).items():
+            known = pushes.get((obj, record_id))
+            if known is None:
+                pushes[(obj, record_id)] = Push(False, changed_at)
+            elif changed_at > known.changed_at:
+                pushes[(obj, record_id)] = Push(known.claimed, changed_at)
     parents: dict[tuple[str, str], int] = {}
     on_way: set[tuple[str, str]] = set()
     for target, crm_ids in wanted_parents.items():
@@ -544,6 +552,9 @@ class Applier:
 
     def apply_claimed(self, entries: Sequence[queue.Entry]) -> None:
         """Apply and record entries this worker claimed, in one transaction."""
+        # Local changes are queued first, so that conflict checks see them as pushes
+        # (those logged after this are read from the log by ``load_context``).
+        capture.fold_pending(self.engine, max_seconds=capture.BATCH_FOLD_SECONDS)
         now = utcnow()
         with write_transaction(self.engine) as conn:
             # Only entries still ours, locked until the end: if our lease ran out and

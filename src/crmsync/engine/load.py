@@ -42,7 +42,7 @@ from crmsync.domain import ObjectSpec
 from crmsync.engine import changes as ch
 from crmsync.store import queue
 from crmsync.store.db import capture_suppressed
-from crmsync.store.schema import LOCAL_TABLES, sync_queue
+from crmsync.store.schema import LOCAL_TABLES, sync_change, sync_queue
 
 # Rows per INSERT statement: enough that a statement's own cost vanishes, few enough
 # that its text stays small and its prepared form is reused page after page.
@@ -98,6 +98,14 @@ def known_ids(
         )
     )
     known.update(str(i).lower() for (i,) in pushes)
+    # A local delete still in the capture log: known, like a queued delete entry.
+    c = sync_change.c
+    logged = conn.execute(
+        sa.select(c.crm_id).where(
+            c.object == spec.name, c.deleted.is_(True), id_in(conn, c.crm_id, crm_ids)
+        )
+    )
+    known.update(str(i).lower() for (i,) in logged)
     return known, synced
 
 

@@ -45,7 +45,7 @@ from crmsync.engine import load
 from crmsync.errors import CrmsyncError, RecordRejected
 from crmsync.store import queue
 from crmsync.store.db import write_transaction
-from crmsync.store.schema import LOCAL_TABLES, sync_cursor, sync_queue, sync_record
+from crmsync.store.schema import LOCAL_TABLES, sync_change, sync_cursor, sync_queue, sync_record
 from crmsync.store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def load_known(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> di
         q.operation.label("operation"),
         sa.false().label("marked"),
     ).where(q.object == spec.name, q.direction == "to_crm", load.id_in(conn, q.crm_id, crm_ids))
-    both = sa.union_all(local, pushes).subquery()
+    both = sa.union_all(local, pushes, _logged_deletes(conn, spec, crm_ids)).subquery()
     found = conn.execute(
         sa.select(both, r.synced_values, r.crm_version, r.etag, r.excluded).join_from(
             both,
@@ -120,7 +120,13 @@ def load_known(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> di
         )
     ).all()
     rows = {f.crm_id.lower(): f for f in found if f.operation is None}
-    pushes_by_id = {f.crm_id.lower(): f for f in found if f.operation is not None}
+    pushes_by_id: dict[str, Any] = {}
+    for f in found:
+        # A delete logged after an entry was queued is the later change.
+        if f.operation is not None and (
+            f.crm_id.lower() not in pushes_by_id or f.operation == "delete"
+        ):
+            pushes_by_id[f.crm_id.lower()] = f
     known: dict[str, ch.Known] = {}
     for crm_id in crm_ids:
         push = pushes_by_id.get(crm_id)
@@ -137,6 +143,18 @@ def load_known(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> di
             excluded=bool(state.excluded),  # None without sync state (outer join)
         )
     return known
+
+
+def _logged_deletes(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> sa.Select[Any]:
+    """Local deletes of these Dynamics ids still in the capture log: pushes on their
+    way, like the queue's delete entries (the log is folded into the queue later)."""
+    c = sync_change.c
+    return sa.select(
+        c.crm_id.label("crm_id"),
+        c.record_id.label("record_id"),
+        sa.literal("delete", sa.String).label("operation"),
+        sa.false().label("marked"),
+    ).where(c.object == spec.name, c.deleted.is_(True), load.id_in(conn, c.crm_id, crm_ids))
 
 
 def load_parents(
@@ -260,6 +278,7 @@ def vanished(
     delete), and not those with local changes on their way (their push decides).
     """
     table, r, q = LOCAL_TABLES[spec.table], sync_record.c, sync_queue.c
+    c = sync_change.c
     pending_push = (
         sa.select(sa.literal(1))
         .where(
@@ -268,7 +287,7 @@ def vanished(
             q.record_key == sa.cast(table.c.id, sa.String),
         )
         .exists()
-    )
+    ) | (sa.select(sa.literal(1)).where(c.object == spec.name, c.record_id == table.c.id).exists())
     rows = conn.execute(
         sa.select(table.c.id, table.c.crm_id)
         .join(sync_record, (r.object == spec.name) & (r.record_id == table.c.id))

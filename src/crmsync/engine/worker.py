@@ -44,7 +44,7 @@ from crmsync.engine.push import Pusher
 from crmsync.engine.throttle import SharedThrottle
 from crmsync.errors import Fatal, RecordRejected, Retriable
 from crmsync.memory import release_free_memory
-from crmsync.store import queue
+from crmsync.store import capture, queue
 from crmsync.store.db import write_transaction
 from crmsync.store.maintenance import COMPACT_SECONDS, compact_counts, maintain
 from crmsync.store.schema import sync_queue
@@ -72,6 +72,8 @@ def next_due(engine: Engine, direction: str, objects: list[str], worker: str) ->
         wanted = [o for o in objects if not queue.is_paused(scopes, o, direction)]
         if not wanted:
             return None
+        if direction == "to_crm" and capture.has_changes(conn):
+            return utcnow()  # local changes logged, to be folded by the next claim
         q = sync_queue.c
         # Pushes held for a paused pull wait for the resume, not for a time.
         held = [o for o in wanted if queue.is_paused(scopes, o, "from_crm")]

@@ -1,16 +1,40 @@
-"""Change capture: database triggers that queue every local write for Dynamics.
+"""Change capture: database triggers log every local write; ``fold`` queues them.
 
-Each insert, update and delete on a pushed object's table creates or refreshes its
-``to_crm`` entry in ``sync_queue`` inside the writer's own transaction, whoever the
-writer is (the API, the CLI, or another program's plain SQL). The coalescing rules:
+Capture has two halves.
 
-- one entry per (object, direction, record); it keeps its first-queued time;
-- an insert followed by updates stays an insert; so does any change to a record that
-  was never synced (its ``crm_id`` is still null);
+**The triggers** on each pushed object's table append one row to ``sync_change`` (the
+capture log) inside the writer's own transaction, whoever the writer is (the API, the
+CLI, or another program's plain SQL): a rolled-back write leaves no row, a committed one
+always leaves one. That append is all a writer pays: one short row at the end of one
+table. Creating or refreshing the queue entry in the writer's transaction, as capture
+first did, wrote the queue row, its unique key, two more indexes and a backlog count
+row: about seven pages per commit on SQLite where the write itself changes one, and a
+fifth of a single-row transaction's time on PostgreSQL (docs/benchmarks.md).
+
+**The fold** moves logged changes into ``sync_queue``, oldest first, in batches, with
+the coalescing rules:
+
+- one entry per (object, direction, record); it keeps its first-queued time (that of
+  the change that created it);
+- an insert or an update queues the record as it is when folded: an ``insert`` while
+  it has no ``crm_id`` (it never reached Dynamics), otherwise an ``update``. So an
+  insert followed by updates stays an insert. A record gone by then (deleted since)
+  queues nothing: its delete, if captured, is its own log row;
 - deleting a record that never reached Dynamics drops the entry (nothing to send),
   unless a worker already chose its Dynamics id and may have created it there (the
-  entry then carries that id), in which case it becomes a delete;
-- deleting a synced record becomes a delete carrying its ``crm_id``.
+  entry, or the record's sync state, then carries that id), in which case it becomes a
+  delete; deleting a synced record becomes a delete carrying its ``crm_id``;
+- a parked entry that changes again is due again, its attempts reset; every refresh
+  bumps the entry's ``version``, so that a worker whose send raced it keeps the entry.
+
+Nothing is lost between the halves: a change is in the log or in the queue, and the log
+row is deleted in the transaction that queues it. The worker folds before each push
+claim (``fold_pending`` without waiting) and counts a non-empty log as work due; every
+reader of the backlog (Sync Status, a record's sync state, ``/metrics``, the health and
+alert checks) calls ``catch_up`` first; applying Dynamics' changes folds first and also
+reads the log for its records, so a local change is never missed by a conflict check.
+On PostgreSQL one folder at a time holds an advisory lock (rows of one record must be
+queued in capture order); SQLite's single writer does that by itself.
 
 Updates that change none of the pushed columns are not captured, and neither is any
 write made while capture is suppressed (``db.suppress_capture``).
@@ -22,68 +46,58 @@ worker start) drops and recreates them to match.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, text
+import sqlalchemy as sa
+from sqlalchemy import Connection, Engine, text
 
-from crmsync.domain import ObjectSpec
-from crmsync.store.types import SQLITE_NOW
+from crmsync.domain import ObjectSpec, default_objects
+from crmsync.store.db import write_transaction
+from crmsync.store.schema import sync_change
+from crmsync.store.types import SQLITE_NOW, UTCDateTime
 
 PREFIX = "crmsync_capture_"
 OPS = ("insert", "update", "delete")
-DELETE = "'delete'"
 IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+# Changes folded per transaction: on SQLite the fold holds the write lock meanwhile, so
+# a batch is kept to tens of milliseconds.
+FOLD_BATCH = 2_000
+# One folder at a time on PostgreSQL (pg_advisory_xact_lock's key: "crmsync fold").
+FOLD_LOCK = 0x63726D73_666F6C64
+# How long a worker folds before it claims or applies a batch (the rest of a long log is
+# folded by its next batches).
+BATCH_FOLD_SECONDS = 0.5
+# How long a reader spends folding before it answers with what is queued so far (only a
+# log left unfolded for long, say while no worker ran, holds more than one batch).
+CATCH_UP_SECONDS = 1.0
+# Dead rows left in the log by folding that make ``shrink`` vacuum it (PostgreSQL).
+SHRINK_ROWS = 20_000
 
-
-@dataclass(frozen=True)
-class _Dialect:
-    now: str
-    cast_key: str  # expression for record_key from a row alias
-
-
-SQLITE = _Dialect(now=SQLITE_NOW, cast_key="CAST({row}.id AS TEXT)")
-POSTGRES = _Dialect(now="now()", cast_key="CAST({row}.id AS TEXT)")
-
-_COLUMNS = (
+_QUEUE_COLUMNS = (
     "object, direction, record_key, record_id, crm_id, operation, label, state,"
     " first_queued_at, last_changed_at, version, attempts, next_attempt_at"
 )
-
-
-def _upsert(spec: ObjectSpec, d: _Dialect, row: str, operation_sql: str) -> list[str]:
-    """Create the entry, or refresh it, moving its operation and state if they changed.
-
-    SQLite rewrites every index that covers a column named in an UPDATE's SET list,
-    whatever the values; so there the refresh names only unindexed columns, and a second
-    statement (which writes only in the rare case that the operation changes or the entry
-    was parked) handles the rest. PostgreSQL compares values instead (an update leaving
-    indexed columns as they were stays HOT), so one statement does it all.
-    """
-    refresh = (
-        " ON CONFLICT (object, direction, record_key) DO UPDATE SET"
-        " crm_id = COALESCE(excluded.crm_id, sync_queue.crm_id), label = excluded.label,"
-        " last_changed_at = excluded.last_changed_at, version = sync_queue.version + 1"
-    )
-    insert = f"INSERT INTO sync_queue ({_COLUMNS}) VALUES ({_values(spec, d, row, operation_sql)})"
-    parked = "sync_queue.state = 'parked'"
-    if d is POSTGRES:
-        return [
-            insert + refresh + ", operation = excluded.operation, state = 'pending',"
-            f" attempts = CASE WHEN {parked} THEN 0 ELSE sync_queue.attempts END,"
-            f" next_attempt_at = CASE WHEN {parked} THEN excluded.next_attempt_at"
-            " ELSE sync_queue.next_attempt_at END"
-        ]
-    key = d.cast_key.format(row=row)
-    match = f"object = '{spec.name}' AND direction = 'to_crm' AND record_key = {key}"
-    return [
-        insert + refresh,
-        f"UPDATE sync_queue SET operation = {operation_sql}, state = 'pending',"
-        " attempts = CASE WHEN state = 'parked' THEN 0 ELSE attempts END,"
-        f" next_attempt_at = CASE WHEN state = 'parked' THEN {d.now} ELSE next_attempt_at END"
-        f" WHERE {match} AND (state = 'parked' OR operation <> {operation_sql})",
-    ]
+# Refreshing an entry: the bound values win, except an id a worker already chose; a
+# parked entry is due again with its attempts reset.
+_REFRESH = (
+    " ON CONFLICT (object, direction, record_key) DO UPDATE SET"
+    " crm_id = COALESCE(excluded.crm_id, sync_queue.crm_id), label = excluded.label,"
+    " last_changed_at = excluded.last_changed_at, version = sync_queue.version + 1,"
+    " operation = excluded.operation, state = 'pending',"
+    " attempts = CASE WHEN sync_queue.state = 'parked' THEN 0 ELSE sync_queue.attempts END,"
+    " next_attempt_at = CASE WHEN sync_queue.state = 'parked' THEN excluded.next_attempt_at"
+    " ELSE sync_queue.next_attempt_at END"
+)
+_TIMES = (
+    sa.bindparam("first_at", type_=UTCDateTime()),
+    sa.bindparam("last_at", type_=UTCDateTime()),
+)
 
 
 def _ident(name: str) -> str:
@@ -94,39 +108,19 @@ def _ident(name: str) -> str:
     return name
 
 
-def _values(spec: ObjectSpec, d: _Dialect, row: str, operation_sql: str) -> str:
-    _ident(spec.name), _ident(spec.table), _ident(spec.label_column)
-    key = d.cast_key.format(row=row)
+# --- the triggers ------------------------------------------------------------------------
+
+
+def _log_row(spec: ObjectSpec, op: str, now: str, false: str, true: str) -> str:
+    _ident(spec.name), _ident(spec.label_column)
+    if op == "delete":
+        values = f"'{spec.name}', OLD.id, {true}, OLD.crm_id, OLD.{spec.label_column}, {now}"
+    else:
+        values = f"'{spec.name}', NEW.id, {false}, NULL, NULL, {now}"
     return (
-        f"'{spec.name}', 'to_crm', {key}, {row}.id, {row}.crm_id, {operation_sql},"
-        f" {row}.{spec.label_column}, 'pending', {d.now}, {d.now}, 1, 0, {d.now}"
+        "INSERT INTO sync_change (object, record_id, deleted, crm_id, label, changed_at)"
+        f" VALUES ({values})"
     )
-
-
-def _write_statements(spec: ObjectSpec, d: _Dialect, op: str) -> list[str]:
-    """The SQL a trigger runs for ``op``, shared by both dialects."""
-    if op in ("insert", "update"):
-        # A record without a crm_id never reached Dynamics: whatever happened to it
-        # before, sending it is an insert (an upsert under the id the worker chooses).
-        return _upsert(
-            spec, d, "NEW", "CASE WHEN NEW.crm_id IS NULL THEN 'insert' ELSE 'update' END"
-        )
-    key = d.cast_key.format(row="OLD")
-    match = f"object = '{spec.name}' AND direction = 'to_crm' AND record_key = {key}"
-    return [
-        # Never reached Dynamics and no id chosen yet: nothing to send.
-        f"DELETE FROM sync_queue WHERE {match} AND OLD.crm_id IS NULL AND crm_id IS NULL",
-        # Otherwise a delete, carrying the record's id or the one a worker chose.
-        f"INSERT INTO sync_queue ({_COLUMNS}) SELECT {_values(spec, d, 'OLD', DELETE)}"
-        f" WHERE OLD.crm_id IS NOT NULL OR EXISTS (SELECT 1 FROM sync_queue WHERE {match})"
-        " ON CONFLICT (object, direction, record_key) DO UPDATE SET"
-        " crm_id = COALESCE(excluded.crm_id, sync_queue.crm_id), label = excluded.label,"
-        " last_changed_at = excluded.last_changed_at, version = sync_queue.version + 1,"
-        " operation = 'delete', state = 'pending',"
-        " attempts = CASE WHEN sync_queue.state = 'parked' THEN 0 ELSE sync_queue.attempts END,"
-        " next_attempt_at = CASE WHEN sync_queue.state = 'parked' THEN excluded.next_attempt_at"
-        " ELSE sync_queue.next_attempt_at END",
-    ]
 
 
 def _changed(spec: ObjectSpec, neq: str) -> str:
@@ -135,15 +129,17 @@ def _changed(spec: ObjectSpec, neq: str) -> str:
 
 
 def sqlite_ddl(spec: ObjectSpec) -> list[str]:
+    """SQLite compiles a WHEN clause into the writing statement: it costs nothing extra."""
     out = []
     for op in OPS:
         when = "NOT EXISTS (SELECT 1 FROM sync_suppress)"
         if op == "update":
             when += f" AND ({_changed(spec, 'IS NOT')})"
-        body = ";\n".join(_write_statements(spec, SQLITE, op))
         out.append(
-            f"CREATE TRIGGER {PREFIX}{spec.table}_{op} AFTER {op.upper()} ON {spec.table}\n"
-            f"FOR EACH ROW WHEN {when}\nBEGIN\n{body};\nEND"
+            f"CREATE TRIGGER {PREFIX}{_ident(spec.table)}_{op}"
+            f" AFTER {op.upper()} ON {spec.table}\n"
+            f"FOR EACH ROW WHEN {when}\n"
+            f"BEGIN\n{_log_row(spec, op, SQLITE_NOW, '0', '1')};\nEND"
         )
     return out
 
@@ -152,20 +148,19 @@ def postgres_ddl(spec: ObjectSpec) -> list[str]:
     """Triggers with no WHEN clause: the tests open the function body instead.
 
     PostgreSQL keeps a WHEN clause as stored text and plans it again at the start of
-    every statement that fires the trigger, which cost about 20 µs a write (more than
-    the upsert's own index work); a test in a plpgsql body is planned once a session.
+    every statement that fires the trigger, which cost about 20 µs a write; a test in a
+    plpgsql body is planned once a session.
     """
     out = []
     for op in OPS:
-        fn = f"{PREFIX}{spec.table}_{op}"
-        body = ";\n  ".join(_write_statements(spec, POSTGRES, op))
+        fn = f"{PREFIX}{_ident(spec.table)}_{op}"
         skip = "current_setting('crmsync.suppress', true) IS NOT DISTINCT FROM 'on'"
         if op == "update":
             skip += f" OR NOT ({_changed(spec, 'IS DISTINCT FROM')})"
         out.append(
             f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $fn$\n"
             f"BEGIN\n  IF {skip} THEN\n    RETURN NULL;\n  END IF;\n"
-            f"  {body};\n  RETURN NULL;\nEND\n$fn$"
+            f"  {_log_row(spec, op, 'now()', 'false', 'true')};\n  RETURN NULL;\nEND\n$fn$"
         )
         out.append(
             f"CREATE TRIGGER {fn} AFTER {op.upper()} ON {spec.table}\n"
@@ -178,7 +173,7 @@ def drop_triggers(conn: Connection, tables: Iterable[str]) -> None:
     sqlite = conn.dialect.name == "sqlite"
     for table in tables:
         for op in OPS:
-            name = f"{PREFIX}{table}_{op}"
+            name = f"{PREFIX}{_ident(table)}_{op}"
             if sqlite:
                 conn.execute(text(f"DROP TRIGGER IF EXISTS {name}"))
             else:
@@ -189,7 +184,8 @@ def drop_triggers(conn: Connection, tables: Iterable[str]) -> None:
 def install_triggers(conn: Connection, specs: Iterable[ObjectSpec]) -> list[str]:
     """Make the capture triggers match the registry; returns the captured objects.
 
-    Objects that do not push (from Dynamics only) get no triggers at all.
+    Objects that do not push (from Dynamics only) get no triggers at all. Their changes
+    already logged are still folded: the log was written when they did push.
     """
     specs = list(specs)
     drop_triggers(conn, [s.table for s in specs])
@@ -205,3 +201,193 @@ def install_triggers(conn: Connection, specs: Iterable[ObjectSpec]) -> list[str]
             conn.execute(text(ddl))
         captured.append(spec.name)
     return captured
+
+
+# --- the fold -----------------------------------------------------------------------------
+
+
+@functools.cache
+def _touch(obj: str) -> sa.TextClause:
+    """Create or refresh ``obj``'s entry from the record as it is now.
+
+    Its Dynamics id is the row's, else the one its last sync recorded: a push that
+    finishes saves both in one transaction, so the second is only a safeguard.
+    """
+    spec = default_objects()[obj]  # table and label column are not configurable
+    table, label, name = _ident(spec.table), _ident(spec.label_column), _ident(obj)
+    crm_id = "COALESCE(t.crm_id, r.crm_id)"
+    return text(
+        f"INSERT INTO sync_queue ({_QUEUE_COLUMNS})"
+        f" SELECT '{name}', 'to_crm', CAST(t.id AS VARCHAR(40)), t.id, {crm_id},"
+        f" CASE WHEN {crm_id} IS NULL THEN 'insert' ELSE 'update' END, t.{label},"
+        " 'pending', :first_at, :last_at, 1, 0, :first_at"
+        f" FROM {table} AS t LEFT JOIN sync_record AS r"
+        f" ON r.object = '{name}' AND r.record_id = t.id"
+        " WHERE t.id = :record_id" + _REFRESH
+    ).bindparams(*_TIMES)
+
+
+_ENTRY = "object = :object AND direction = 'to_crm' AND record_key = :record_key"
+# The Dynamics id a delete carries: the record's own when deleted, else the one a worker
+# chose for its entry (the refresh keeps it), else the one its last sync recorded (a
+# push that finished after the delete was logged but before it was folded).
+_SYNCED_ID = (
+    "(SELECT r.crm_id FROM sync_record AS r WHERE r.object = :object AND r.record_id = :record_id)"
+)
+_DROP = text(
+    f"DELETE FROM sync_queue WHERE {_ENTRY} AND crm_id IS NULL"
+    f" AND COALESCE(CAST(:crm_id AS VARCHAR(36)), {_SYNCED_ID}) IS NULL"
+)
+_DELETE = text(
+    f"INSERT INTO sync_queue ({_QUEUE_COLUMNS})"
+    " SELECT CAST(:object AS VARCHAR(32)), 'to_crm', CAST(:record_key AS VARCHAR(40)),"
+    " CAST(:record_id AS BIGINT), d.crm_id, 'delete', CAST(:label AS VARCHAR(300)),"
+    " 'pending', :first_at, :last_at, 1, 0, :first_at"
+    f" FROM (SELECT COALESCE(CAST(:crm_id AS VARCHAR(36)), {_SYNCED_ID}) AS crm_id) AS d"
+    f" WHERE d.crm_id IS NOT NULL OR EXISTS (SELECT 1 FROM sync_queue WHERE {_ENTRY})" + _REFRESH
+).bindparams(*_TIMES)
+
+
+def _take(limit: int) -> Any:
+    c = sync_change.c
+    oldest = sa.select(c.seq).order_by(c.seq).limit(limit)
+    return (
+        sa.delete(sync_change)
+        .where(c.seq.in_(oldest))
+        .returning(c.seq, c.object, c.record_id, c.deleted, c.crm_id, c.label, c.changed_at)
+    )
+
+
+def _steps(rows: Sequence[Any]) -> list[list[dict[str, Any]]]:
+    """Each record's changes as steps in capture order: a run of inserts and updates is
+    one step (they all queue the record as it is now), each delete is one."""
+    per_record: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in sorted(rows, key=lambda r: r.seq):
+        steps = per_record[(r.object, r.record_id)]
+        if steps and not r.deleted and not steps[-1]["deleted"]:
+            steps[-1]["last_at"] = r.changed_at
+            continue
+        steps.append(
+            {
+                "object": r.object,
+                "record_id": r.record_id,
+                "record_key": str(r.record_id),
+                "deleted": r.deleted,
+                "crm_id": r.crm_id,
+                "label": r.label,
+                "first_at": r.changed_at,
+                "last_at": r.changed_at,
+            }
+        )
+    return list(per_record.values())
+
+
+def fold(conn: Connection, limit: int = FOLD_BATCH) -> int:
+    """Queue the oldest ``limit`` logged changes, in the caller's transaction; returns
+    how many there were. The caller keeps other folders out (``fold_pending`` does)."""
+    taken = conn.execute(_take(limit)).all()
+    if not taken:
+        return 0
+    records = _steps(taken)
+    # Step k of every record, then step k + 1: records are independent of each other,
+    # and one record's steps run in capture order.
+    for k in range(max(len(steps) for steps in records)):
+        touches: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        deletes: list[dict[str, Any]] = []
+        for steps in records:
+            if k < len(steps):
+                step = steps[k]
+                (deletes if step["deleted"] else touches[step["object"]]).append(step)
+        for obj, params in touches.items():
+            conn.execute(_touch(obj), params)
+        if deletes:
+            conn.execute(_DROP, deletes)
+            conn.execute(_DELETE, deletes)
+    return len(taken)
+
+
+def fold_pending(
+    engine: Engine,
+    *,
+    wait: bool = True,
+    max_seconds: float | None = None,
+    batch: int = FOLD_BATCH,
+) -> int:
+    """Fold the log in batches until it is empty; returns how many changes were folded.
+
+    ``wait=False`` returns at once if another process is folding (its fold does the
+    work); ``max_seconds`` stops after the batch that used the time up.
+    """
+    if not has_changes(engine):
+        return 0
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    total = 0
+    while True:
+        with write_transaction(engine) as conn:
+            if conn.dialect.name == "postgresql":
+                if wait:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": FOLD_LOCK})
+                elif not conn.execute(
+                    text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": FOLD_LOCK}
+                ).scalar():
+                    return total
+            n = fold(conn, batch)
+        total += n
+        if n < batch or (deadline is not None and time.monotonic() >= deadline):
+            return total
+
+
+def catch_up(engine: Engine) -> int:
+    """Fold what is logged before reading the backlog, so that every committed change
+    is in it (within ``CATCH_UP_SECONDS`` of folding, which only a log left unfolded
+    for long can exceed)."""
+    return fold_pending(engine, wait=True, max_seconds=CATCH_UP_SECONDS)
+
+
+def has_changes(conn_or_engine: Connection | Engine) -> bool:
+    """Whether any captured change waits in the log."""
+    # In key order: on PostgreSQL an index probe, which skips the rows folded since the
+    # last vacuum faster than a scan of the table's pages would.
+    query = sa.select(sync_change.c.seq).order_by(sync_change.c.seq).limit(1)
+    if isinstance(conn_or_engine, Engine):
+        with conn_or_engine.connect() as conn:
+            return conn.execute(query).first() is not None
+    return conn_or_engine.execute(query).first() is not None
+
+
+def logged_changes(conn: Connection, obj: str, record_ids: Iterable[int]) -> dict[int, datetime]:
+    """The records of ``obj`` among ``record_ids`` with changes still in the log, and
+    the time of each one's latest."""
+    ids = sorted(set(record_ids))
+    if not ids:
+        return {}
+    c = sync_change.c
+    rows = conn.execute(
+        sa.select(c.record_id, sa.func.max(c.changed_at))
+        .where(c.object == obj, c.record_id.in_(ids), c.deleted.is_(False))
+        .group_by(c.record_id)
+    )
+    return {r[0]: r[1] for r in rows}
+
+
+def shrink(engine: Engine) -> bool:
+    """PostgreSQL: vacuum the log once folding has left ``SHRINK_ROWS`` dead rows in it.
+
+    Every folded change leaves a dead row; autovacuum looks at a table once a minute,
+    and by then a busy store has left hundreds of thousands that every probe of the log
+    steps over. Vacuum takes no lock that capture or the fold needs.
+    """
+    if engine.dialect.name != "postgresql":
+        return False
+    with engine.connect() as conn:
+        dead = conn.execute(
+            text(
+                "SELECT n_dead_tup FROM pg_stat_user_tables"
+                " WHERE relid = CAST('sync_change' AS regclass)"
+            )
+        ).scalar()
+    if (dead or 0) < SHRINK_ROWS:
+        return False
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM sync_change"))
+    return True

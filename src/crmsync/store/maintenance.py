@@ -41,7 +41,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crmsync.domain import OBJECT_NAMES
-from crmsync.store import backlog_counts, sessions
+from crmsync.store import backlog_counts, capture, sessions
 from crmsync.store.db import write_transaction
 from crmsync.store.queue import bucket_start
 from crmsync.store.schema import sync_backlog_sample, sync_throughput
@@ -155,11 +155,13 @@ def prune(conn: Connection, now: datetime) -> int:
 
 def compact_counts(engine: Engine) -> int:
     """Fold the backlog counts (a short write transaction of its own); after a fold of
-    many rows (a bulk load or drain), shrink PostgreSQL's table, which reads scan whole."""
+    many rows (a bulk load or drain), shrink PostgreSQL's table, which reads scan whole.
+    On PostgreSQL, also vacuum the capture log once folding has left it many dead rows."""
     with write_transaction(engine) as conn:
         folded = backlog_counts.compact(conn)
     if folded >= SHRINK_ROWS and engine.dialect.name == "postgresql":
         backlog_counts.shrink(engine)
+    capture.shrink(engine)
     return folded
 
 
@@ -167,6 +169,7 @@ def maintain(engine: Engine, now: datetime | None = None) -> Maintained:
     """Fold the backlog counts; sample the backlog, compact and prune throughput once per
     15-minute bucket."""
     now = now or utcnow()
+    capture.catch_up(engine)  # the sample counts every committed change
     folded = compact_counts(engine)
     with write_transaction(engine) as conn:
         if not sample_backlog(conn, now):

@@ -32,6 +32,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from crmsync.store import capture
 from crmsync.store.db import write_transaction
 from crmsync.store.schema import (
     sync_error,
@@ -124,11 +125,14 @@ def claim(
     """Claim up to ``limit`` due, unclaimed (or lease-expired) entries of ``objects``.
 
     One statement (the pause check, the pick and the lease), so one round trip: under
-    a deep backlog a worker spends most of its time here and in ``record``.
+    a deep backlog a worker spends most of its time here and in ``record``. A ``to_crm``
+    claim first folds what capture logged since (unless another process is folding).
     """
-    now = now or utcnow()
     if not objects or limit < 1:
         return []
+    if direction == "to_crm":
+        capture.fold_pending(engine, wait=False, max_seconds=capture.BATCH_FOLD_SECONDS)
+    now = now or utcnow()
     params = {
         "c_worker": worker,
         "c_direction": direction,

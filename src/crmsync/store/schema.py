@@ -3,6 +3,8 @@
 Local tables (``lead``, ``contact``, ``account``, ``opportunity``) belong to the
 applications; every other table is crmsync's own bookkeeping:
 
+- ``sync_change``: the capture log: one row per captured local write, appended by the
+  capture triggers and folded into ``sync_queue`` in batches (``store/capture.py``).
 - ``sync_queue``: one row per (object, direction, record) with changes not yet synced;
   the backlog is its ``pending`` rows, parked errors are its ``parked`` rows.
 - ``sync_suppress``: on SQLite, a row here while crmsync applies Dynamics' changes tells
@@ -147,6 +149,21 @@ sync_queue = Table(
     Index("ix_sync_queue_due", "state", "direction", "next_attempt_at"),
     # No AUTOINCREMENT: entry ids are never referenced once an entry is gone, and
     # SQLite's sequence table would cost every captured write one more row update.
+)
+
+sync_change = Table(
+    "sync_change",
+    metadata,
+    # Capture order: rows of one record are folded in this order.
+    Column("seq", Id, primary_key=True, autoincrement=True),
+    Column("object", String(32), nullable=False),
+    Column("record_id", Id, nullable=False),
+    Column("deleted", Boolean, nullable=False),
+    # A delete's record is gone by the time it is folded: what it was is kept here.
+    Column("crm_id", String(36), nullable=True),
+    Column("label", String(300), nullable=True),
+    Column("changed_at", UTCDateTime(), nullable=False),
+    # No AUTOINCREMENT on SQLite, for the same reason as sync_queue.
 )
 
 sync_suppress = Table(
@@ -335,6 +352,7 @@ __all__ = [
     "metadata",
     "sync_backlog_count",
     "sync_backlog_sample",
+    "sync_change",
     "sync_conflict",
     "sync_cursor",
     "sync_error",

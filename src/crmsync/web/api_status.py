@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 
 from crmsync.config import Settings
 from crmsync.domain import OBJECT_NAMES
-from crmsync.store import status
+from crmsync.store import capture, status
 from crmsync.store.db import write_transaction
 from crmsync.store.params import check_choice, parse_timestamp
 from crmsync.store.records import resolve_object
@@ -72,6 +72,7 @@ def sync_status(
     check_choice("view", view, VIEWS)
     check_choice("direction", direction, status.DIRECTIONS)
     when = parse_timestamp("at", at)
+    capture.catch_up(engine)
     with engine.connect() as conn:
         if view == "last_hour":
             return status.last_hour(conn, objects, config.zone, at=when)
@@ -94,6 +95,7 @@ def sync_status_details(
     """One object's backlog per operation, with the oldest waiting record of each."""
     spec = resolve_object(request.app.state.specs, object)
     when = parse_timestamp("at", at)
+    capture.catch_up(engine)
     with engine.connect() as conn:
         return status.details(conn, spec.name, at=when)
 

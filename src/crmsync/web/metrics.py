@@ -39,6 +39,7 @@ from sqlalchemy import Engine
 
 from crmsync.alerts import AlertMonitor
 from crmsync.observability import CRM_REQUESTS
+from crmsync.store import capture
 from crmsync.store.schema import sync_error, sync_throughput
 from crmsync.store.status import DIRECTIONS, OPERATIONS, Group, backlog_groups
 from crmsync.store.types import utcnow
@@ -67,6 +68,7 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         now = utcnow()
+        capture.catch_up(self.engine)
         with self.engine.connect() as conn:
             groups = backlog_groups(conn)
             t = sync_throughput.c

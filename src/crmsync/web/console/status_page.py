@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import Engine
 
 from crmsync.errors import ValidationFailed
-from crmsync.store import params, status
+from crmsync.store import capture, params, status
 from crmsync.store.db import write_transaction
 from crmsync.store.records import NotFound, resolve_object
 from crmsync.web.console import views
@@ -42,6 +42,7 @@ def status_data(request: Request, view: str) -> dict[str, Any]:
     """What the API's ``/sync/status`` and ``/sync/throughput`` say, plus the chart."""
     zone = settings_of(request).zone
     objects = objects_of(request)
+    capture.catch_up(store_of(request))
     with store_of(request).connect() as conn:
         if view == "last_hour":
             body = status.last_hour(conn, objects, zone)
@@ -83,6 +84,7 @@ def sync_status_details_page(request: Request, object: str, partial: str | None 
         spec = resolve_object(request.app.state.specs, object)
     except NotFound as exc:
         return render(request, "not_found.html", {"message": str(exc)}, status_code=404)
+    capture.catch_up(store_of(request))
     with store_of(request).connect() as conn:
         body = status.details(conn, spec.name)
     operations = [(op, body[status.PLURAL[op]]) for op in status.OPERATIONS]

@@ -73,6 +73,11 @@
       dialog.addEventListener(
         "close",
         function () {
+          // Back to the row (a refresh may have replaced it), unless focus has moved on
+          // already: the close event comes after the key that closed the dialog, and
+          // the user may have gone to another row meanwhile.
+          var active = document.activeElement;
+          if (active && active !== document.body && !dialog.contains(active)) return;
           var again = document.querySelector('tr[data-object="' + CSS.escape(row.getAttribute("data-object")) + '"]');
           if (again) again.focus();
         },
