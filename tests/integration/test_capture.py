@@ -150,6 +150,32 @@ def test_a_parked_entry_changed_again_is_due_again(engine: sa.Engine) -> None:
     assert entry["next_attempt_at"].year < 2999
 
 
+def test_an_update_waiting_to_be_sent_that_becomes_a_delete_is_due_at_once(
+    engine: sa.Engine,
+) -> None:
+    # Held for a paused pull (or backing off after a fault): the delete waits for none
+    # of it.
+    run(engine, "INSERT INTO lead (email, crm_id) VALUES ('h@example.com', 'g')", suppress=True)
+    run(engine, "UPDATE lead SET first_name = 'A' WHERE id = 1")
+    queue(engine)
+    run(
+        engine,
+        "UPDATE sync_queue SET attempts = 3, last_error_code = 'crmsync.awaiting_pull',"
+        " next_attempt_at = '2999-01-01 00:00:00.000000' WHERE record_key = '1'",
+    )
+    run(engine, "UPDATE lead SET first_name = 'B' WHERE id = 1")
+    still = queue(engine)[("lead", "1")]
+    assert (still["operation"], still["attempts"], still["next_attempt_at"].year) == (
+        "update",
+        3,
+        2999,
+    )
+    run(engine, "DELETE FROM lead WHERE id = 1")
+    entry = queue(engine)[("lead", "1")]
+    assert (entry["operation"], entry["attempts"]) == ("delete", 0)
+    assert entry["next_attempt_at"].year < 2999
+
+
 def test_fold_pending_folds_in_batches_until_the_log_is_empty(engine: sa.Engine) -> None:
     with write_transaction(engine) as conn:
         conn.execute(

@@ -24,8 +24,10 @@ the coalescing rules:
   unless a worker already chose its Dynamics id and may have created it there (the
   entry, or the record's sync state, then carries that id), in which case it becomes a
   delete; deleting a synced record becomes a delete carrying its ``crm_id``;
-- a parked entry that changes again is due again, its attempts reset; every refresh
-  bumps the entry's ``version``, so that a worker whose send raced it keeps the entry.
+- a parked entry that changes again is due again, its attempts reset, and so is an
+  entry that becomes a delete (its update's backoff or hold does not apply to it);
+  every refresh bumps the entry's ``version``, so that a worker whose send raced it
+  keeps the entry.
 
 Nothing is lost between the halves: a change is in the log or in the queue, and the log
 row is deleted in the transaction that queues it. The worker folds before each push
@@ -83,15 +85,21 @@ _QUEUE_COLUMNS = (
     "object, direction, record_key, record_id, crm_id, operation, label, state,"
     " first_queued_at, last_changed_at, version, attempts, next_attempt_at"
 )
-# Refreshing an entry: the bound values win, except an id a worker already chose; a
-# parked entry is due again with its attempts reset.
+# Refreshing an entry: the bound values win, except an id a worker already chose. A
+# parked entry is due again with its attempts reset, and so is one that becomes a
+# delete: whatever its update waited for (a retry's backoff, a paused pull), the delete
+# is another request and needs none of it.
+_AGAIN = (
+    "sync_queue.state = 'parked'"
+    " OR (excluded.operation = 'delete' AND sync_queue.operation <> 'delete')"
+)
 _REFRESH = (
     " ON CONFLICT (object, direction, record_key) DO UPDATE SET"
     " crm_id = COALESCE(excluded.crm_id, sync_queue.crm_id), label = excluded.label,"
     " last_changed_at = excluded.last_changed_at, version = sync_queue.version + 1,"
     " operation = excluded.operation, state = 'pending',"
-    " attempts = CASE WHEN sync_queue.state = 'parked' THEN 0 ELSE sync_queue.attempts END,"
-    " next_attempt_at = CASE WHEN sync_queue.state = 'parked' THEN excluded.next_attempt_at"
+    f" attempts = CASE WHEN {_AGAIN} THEN 0 ELSE sync_queue.attempts END,"
+    f" next_attempt_at = CASE WHEN {_AGAIN} THEN excluded.next_attempt_at"
     " ELSE sync_queue.next_attempt_at END"
 )
 _TIMES = (
