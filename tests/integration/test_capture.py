@@ -545,3 +545,65 @@ def test_an_application_role_needs_only_the_documented_grants(engine: sa.Engine)
         with write_transaction(engine) as conn:
             conn.execute(sa.text(f"DROP OWNED BY {role}"))
             conn.execute(sa.text(f"DROP ROLE {role}"))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("change", ["delete", "update"])
+def test_a_fold_waits_for_a_push_finishing_on_the_same_record(
+    engine: sa.Engine, change: str
+) -> None:
+    """The insert was sent under a chosen id; the record changed locally meanwhile; the
+    fold of that change starts while the worker's completion (sync state saved, entry
+    removed) has not committed. The fold must queue the change with the Dynamics id:
+    a delete with none is sent to nobody, an update without it goes as an insert."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time")
+    run(engine, "INSERT INTO lead (email) VALUES ('race@example.com')")
+    queue(engine)
+    run(engine, "UPDATE sync_queue SET crm_id = 'X', claimed_by = 'w' WHERE record_key = '1'")
+    if change == "delete":
+        run(engine, "DELETE FROM lead WHERE id = 1")
+    else:
+        run(engine, "UPDATE lead SET last_name = 'later' WHERE id = 1")
+    finishing = engine.connect()
+    tx = finishing.begin()
+    with capture_suppressed(finishing):
+        finishing.execute(sa.text("UPDATE lead SET crm_id = 'X' WHERE id = 1"))
+    finishing.execute(
+        sa.text(
+            "INSERT INTO sync_record (object, record_id, crm_id, last_synced_at, synced_values)"
+            " VALUES ('lead', 1, 'X', now(), '{}')"
+        )
+    )
+    finishing.execute(sa.text("DELETE FROM sync_queue WHERE record_key = '1' AND version = 1"))
+    folded: list[int] = []
+    fold = threading.Thread(target=lambda: folded.append(capture.fold_pending(engine)))
+    fold.start()
+    time.sleep(0.5)
+    assert fold.is_alive()  # waiting for the completion
+    tx.commit()
+    finishing.close()
+    fold.join(10)
+    assert folded == [1]
+    entry = queue(engine, fold=False)[("lead", "1")]
+    assert (entry["operation"], entry["crm_id"]) == (change, "X")
+
+
+def test_a_label_longer_than_the_queue_keeps_is_cut_not_refused(engine: sa.Engine) -> None:
+    # An account's name may have 400 characters; the queue keeps 300 of a label. On
+    # PostgreSQL an uncut label would refuse the delete (its log row) or every fold.
+    specs = default_objects()
+    specs["account"] = replace(specs["account"], flow=Flow.BOTH)
+    with write_transaction(engine) as conn:
+        install_triggers(conn, specs.values())
+    name = "N" * 350
+    run(engine, f"INSERT INTO account (name) VALUES ('{name}')")
+    assert len(queue(engine)[("account", "1")]["label"]) == capture.LABEL_MAX
+    run(engine, "UPDATE account SET crm_id = 'a-1'", suppress=True)  # synced
+    run(engine, "DELETE FROM account WHERE id = 1", "INSERT INTO lead (email) VALUES ('n@x')")
+    q = queue(engine)
+    assert (q[("account", "1")]["operation"], q[("account", "1")]["label"]) == (
+        "delete",
+        name[: capture.LABEL_MAX],
+    )
+    assert q[("lead", "1")]["operation"] == "insert"  # the fold went on past it

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 import sqlalchemy as sa
 
-from crmsync.config import Settings
+from crmsync.config import Settings, load_settings
 from crmsync.engine import changes as ch
 from crmsync.engine.apply import Applier
 from crmsync.engine.pull import entry_row, exclude, stage
-from crmsync.store import queue, sync_errors
-from crmsync.store.db import write_transaction
-from crmsync.store.schema import sync_error, sync_queue
+from crmsync.store import capture, queue, sync_errors
+from crmsync.store.db import capture_suppressed, write_transaction
+from crmsync.store.schema import sync_change, sync_error, sync_queue
 from crmsync.store.types import utcnow
 
 CRM_ID = "5e1f0c2a-7b7d-4c35-9a57-3f0e2f8b1c22"
@@ -90,7 +91,8 @@ def test_excluding_a_record_resolves_the_error_of_its_dropped_change(
             sa.text("INSERT INTO lead (email, crm_id) VALUES ('ex@example.com', :c) RETURNING id"),
             {"c": CRM_ID},
         ).scalar_one()
-        conn.execute(sa.delete(sync_queue))  # the local insert's push: not what is tested
+        # The local insert's push (still in the capture log): not what is tested.
+        conn.execute(sa.delete(sync_change))
     change = ch.Change(crm_id=CRM_ID, values={"last_name": "Crm"}, lookups={}, version=7)
     with write_transaction(engine) as conn:
         stage(conn, [entry_row(spec, change, "update", None, utcnow())])
@@ -108,3 +110,56 @@ def test_excluding_a_record_resolves_the_error_of_its_dropped_change(
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(sync_queue)).scalar() == 0
     assert errors(engine) == [("from_crm", "resolved")]
+
+
+@pytest.mark.parametrize("dynamics", ["wins_every_field", "deleted_and_marked"])
+def test_a_moot_local_change_still_in_the_capture_log_is_not_sent(
+    engine: sa.Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch, dynamics: str
+) -> None:
+    """A local change committed after the apply's own fold is read from the log as a
+    push. If applying makes it moot, its log rows go with it: folded later, they would
+    send Dynamics' own values back (an echo), or update a record deleted there."""
+    rules = {"lead": {"conflict_rule": "crm_wins"}}
+    behaviour = "mark" if dynamics == "deleted_and_marked" else settings.delete_behaviour
+    settings = settings.model_copy(update={"delete_behaviour": behaviour})
+    settings.objects = load_settings(database_url=settings.database_url, objects=rules).objects
+    spec = settings.object_specs()["lead"]
+    with write_transaction(engine) as conn, capture_suppressed(conn):
+        conn.execute(
+            sa.text("INSERT INTO lead (email, last_name, crm_id) VALUES ('m@x', 'Old', :c)"),
+            {"c": CRM_ID},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO sync_record (object, record_id, crm_id, etag, crm_version,"
+                " last_synced_at, synced_values) VALUES ('lead', 1, :c, 'W/\"5\"', 5,"
+                " CURRENT_TIMESTAMP, :v)"
+            ),
+            {"c": CRM_ID, "v": '{"email": "m@x", "last_name": "Old"}'},
+        )
+    with write_transaction(engine) as conn:
+        conn.execute(sa.text("UPDATE lead SET last_name = 'Local' WHERE id = 1"))
+    if dynamics == "wins_every_field":
+        later = (utcnow() + timedelta(minutes=5)).isoformat()
+        change = ch.Change(
+            crm_id=CRM_ID,
+            values={"last_name": "Crm", "email": "m@x"},
+            lookups={},
+            version=7,
+            etag='W/"7"',
+            modified_at=later,
+        )
+        operation = "update"
+    else:
+        change = ch.Change(crm_id=CRM_ID, values={}, lookups={}, deleted=True)
+        operation = "delete"
+    with write_transaction(engine) as conn:
+        stage(conn, [entry_row(spec, change, operation, None, utcnow())])
+    entries = queue.claim(engine, "w", "from_crm", ["lead"], 10, LEASE)
+    with monkeypatch.context() as m:
+        m.setattr(capture, "fold_pending", lambda *a, **k: 0)  # committed after the fold
+        Applier(engine, settings, "w").apply_claimed(entries)
+    capture.fold_pending(engine)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(sync_queue)).scalar() == 0
+        assert conn.execute(sa.select(sa.func.count()).select_from(sync_change)).scalar() == 0

@@ -53,6 +53,7 @@ class Push:
 
     claimed: bool  # being sent right now
     changed_at: datetime  # its last captured local change
+    logged_up_to: int | None = None  # its latest change still in the capture log
 
 
 @dataclass(frozen=True)
@@ -269,12 +270,11 @@ def load_context(
             pushes[(obj, p.record_id)] = Push(claimed, p.last_changed_at)
         # A local change committed since the fold that preceded this batch is still in
         # the capture log: a push all the same.
-        for record_id, changed_at in capture.logged_changes(conn, obj, ids).items():
+        for record_id, (changed_at, seq) in capture.logged_changes(conn, obj, ids).items():
             known = pushes.get((obj, record_id))
-            if known is None:
-                pushes[(obj, record_id)] = Push(False, changed_at)
-            elif changed_at > known.changed_at:
-                pushes[(obj, record_id)] = Push(known.claimed, changed_at)
+            claimed = known is not None and known.claimed
+            latest = max(changed_at, known.changed_at) if known is not None else changed_at
+            pushes[(obj, record_id)] = Push(claimed, latest, seq)
     parents: dict[tuple[str, str], int] = {}
     on_way: set[tuple[str, str]] = set()
     for target, crm_ids in wanted_parents.items():
@@ -502,6 +502,19 @@ def _settle_pushes(conn: Connection, obj: str, group: Sequence[Write], now: date
     ]
     if not moot:
         return
+    # Its changes still in the capture log are as moot as its entry.
+    capture.forget_changes(
+        conn,
+        obj,
+        {
+            w.record_id: w.push.logged_up_to
+            for w in group
+            if str(w.record_id) in moot
+            and w.record_id is not None
+            and w.push is not None
+            and w.push.logged_up_to is not None
+        },
+    )
     q = sync_queue.c
     dropped = conn.execute(
         sa.delete(sync_queue)

@@ -92,13 +92,9 @@ def known_ids(
         at = None if excluded is None or excluded else (version or ch.version_of(etag))
         if at is not None:
             synced[crm_id] = at
-    pushes = conn.execute(
-        sa.select(q.crm_id).where(
-            q.object == spec.name, q.direction == "to_crm", id_in(conn, q.crm_id, crm_ids)
-        )
-    )
-    known.update(str(i).lower() for (i,) in pushes)
-    # A local delete still in the capture log: known, like a queued delete entry.
+    # A local delete still in the capture log is known, like a queued delete entry.
+    # The log is read first: a fold moving a delete into the queue in between is then
+    # seen in one or the other (the other order could miss it in both).
     c = sync_change.c
     logged = conn.execute(
         sa.select(c.crm_id).where(
@@ -106,6 +102,12 @@ def known_ids(
         )
     )
     known.update(str(i).lower() for (i,) in logged)
+    pushes = conn.execute(
+        sa.select(q.crm_id).where(
+            q.object == spec.name, q.direction == "to_crm", id_in(conn, q.crm_id, crm_ids)
+        )
+    )
+    known.update(str(i).lower() for (i,) in pushes)
     return known, synced
 
 

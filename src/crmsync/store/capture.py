@@ -52,7 +52,7 @@ import functools
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -61,12 +61,15 @@ from sqlalchemy import Connection, Engine, text
 
 from crmsync.domain import ObjectSpec, default_objects
 from crmsync.store.db import write_transaction
-from crmsync.store.schema import sync_change
+from crmsync.store.schema import sync_change, sync_queue
 from crmsync.store.types import SQLITE_NOW, UTCDateTime
 
 PREFIX = "crmsync_capture_"
 OPS = ("insert", "update", "delete")
 IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+# ``sync_queue.label`` and ``sync_change.label``: longer labels (an account's name may
+# have 400 characters) are cut, or PostgreSQL would refuse the write or the fold.
+LABEL_MAX = 300
 # Changes folded per transaction: on SQLite the fold holds the write lock meanwhile, so
 # a batch is kept to tens of milliseconds.
 FOLD_BATCH = 2_000
@@ -122,7 +125,8 @@ def _ident(name: str) -> str:
 def _log_row(spec: ObjectSpec, op: str, now: str, false: str, true: str) -> str:
     _ident(spec.name), _ident(spec.label_column)
     if op == "delete":
-        values = f"'{spec.name}', OLD.id, {true}, OLD.crm_id, OLD.{spec.label_column}, {now}"
+        label = f"substr(OLD.{spec.label_column}, 1, {LABEL_MAX})"
+        values = f"'{spec.name}', OLD.id, {true}, OLD.crm_id, {label}, {now}"
     else:
         values = f"'{spec.name}', NEW.id, {false}, NULL, NULL, {now}"
     return (
@@ -227,7 +231,8 @@ def _touch(obj: str) -> sa.TextClause:
     return text(
         f"INSERT INTO sync_queue ({_QUEUE_COLUMNS})"
         f" SELECT '{name}', 'to_crm', CAST(t.id AS VARCHAR(40)), t.id, {crm_id},"
-        f" CASE WHEN {crm_id} IS NULL THEN 'insert' ELSE 'update' END, t.{label},"
+        f" CASE WHEN {crm_id} IS NULL THEN 'insert' ELSE 'update' END,"
+        f" substr(t.{label}, 1, {LABEL_MAX}),"
         " 'pending', :first_at, :last_at, 1, 0, :first_at"
         f" FROM {table} AS t LEFT JOIN sync_record AS r"
         f" ON r.object = '{name}' AND r.record_id = t.id"
@@ -290,6 +295,29 @@ def _steps(rows: Sequence[Any]) -> list[list[dict[str, Any]]]:
     return list(per_record.values())
 
 
+def _lock_entries(conn: Connection, steps: Sequence[dict[str, Any]]) -> None:
+    """PostgreSQL: wait for a worker finishing any of these records' entries, and keep
+    the next one out until this fold commits.
+
+    The fold's statements read the record's row and its sync state from a snapshot
+    taken when they start. A push finishing meanwhile (it saves the Dynamics id in the
+    sync state and on the row, and removes the entry) would otherwise commit under the
+    fold's feet: the entry it removes makes room for the fold's insert, built from the
+    older snapshot, which has no Dynamics id (a delete then sent to nobody, an update
+    queued as an insert). Once the entry is locked here, the finish has either
+    committed (and the fold's next statements see it) or waits for this fold, then sees
+    the entry's version moved and keeps it.
+    """
+    q = sync_queue.c
+    keys = sorted({(s["object"], s["record_key"]) for s in steps})
+    conn.execute(
+        sa.select(q.id)
+        .where(q.direction == "to_crm", sa.tuple_(q.object, q.record_key).in_(keys))
+        .order_by(q.id)
+        .with_for_update()
+    ).all()
+
+
 def fold(conn: Connection, limit: int = FOLD_BATCH) -> int:
     """Queue the oldest ``limit`` logged changes, in the caller's transaction; returns
     how many there were. The caller keeps other folders out (``fold_pending`` does)."""
@@ -306,6 +334,8 @@ def fold(conn: Connection, limit: int = FOLD_BATCH) -> int:
             if k < len(steps):
                 step = steps[k]
                 (deletes if step["deleted"] else touches[step["object"]]).append(step)
+        if conn.dialect.name == "postgresql":
+            _lock_entries(conn, [*deletes, *(p for ps in touches.values() for p in ps)])
         for obj, params in touches.items():
             conn.execute(_touch(obj), params)
         if deletes:
@@ -363,19 +393,39 @@ def has_changes(conn_or_engine: Connection | Engine) -> bool:
     return conn_or_engine.execute(query).first() is not None
 
 
-def logged_changes(conn: Connection, obj: str, record_ids: Iterable[int]) -> dict[int, datetime]:
-    """The records of ``obj`` among ``record_ids`` with changes still in the log, and
-    the time of each one's latest."""
+def logged_changes(
+    conn: Connection, obj: str, record_ids: Iterable[int]
+) -> dict[int, tuple[datetime, int]]:
+    """The records of ``obj`` among ``record_ids`` with changes (not deletes) still in
+    the log: the time of each one's latest, and its place in the log."""
     ids = sorted(set(record_ids))
     if not ids:
         return {}
     c = sync_change.c
     rows = conn.execute(
-        sa.select(c.record_id, sa.func.max(c.changed_at))
+        sa.select(c.record_id, sa.func.max(c.changed_at), sa.func.max(c.seq))
         .where(c.object == obj, c.record_id.in_(ids), c.deleted.is_(False))
         .group_by(c.record_id)
     )
-    return {r[0]: r[1] for r in rows}
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def forget_changes(conn: Connection, obj: str, upto: Mapping[int, int]) -> None:
+    """Drop logged changes (not deletes) of ``obj``'s records up to the given place in
+    the log, per record: a push they would have queued was made moot. A change logged
+    later is newer than what made it moot, and stays."""
+    if not upto:
+        return
+    c = sync_change.c
+    conn.execute(
+        sa.delete(sync_change).where(
+            c.object == obj,
+            c.deleted.is_(False),
+            c.record_id == sa.bindparam("f_record_id"),
+            c.seq <= sa.bindparam("f_upto"),
+        ),
+        [{"f_record_id": r, "f_upto": s} for r, s in sorted(upto.items())],
+    )
 
 
 def shrink(engine: Engine) -> bool:
