@@ -61,6 +61,7 @@ from sqlalchemy import Connection, Engine, text
 
 from crmsync.domain import ObjectSpec, default_objects
 from crmsync.store.db import write_transaction
+from crmsync.store.pgarrays import unnest
 from crmsync.store.schema import sync_change, sync_queue
 from crmsync.store.types import SQLITE_NOW, UTCDateTime
 
@@ -308,14 +309,26 @@ def _lock_entries(conn: Connection, steps: Sequence[dict[str, Any]]) -> None:
     committed (and the fold's next statements see it) or waits for this fold, then sees
     the entry's version moved and keeps it.
     """
-    q = sync_queue.c
     keys = sorted({(s["object"], s["record_key"]) for s in steps})
     conn.execute(
-        sa.select(q.id)
-        .where(q.direction == "to_crm", sa.tuple_(q.object, q.record_key).in_(keys))
-        .order_by(q.id)
-        .with_for_update()
+        _lock_statement(),
+        {"locked_object": [k[0] for k in keys], "locked_record_key": [k[1] for k in keys]},
     ).all()
+
+
+@functools.cache
+def _lock_statement() -> sa.Select[Any]:
+    q = sync_queue.c
+    keys = unnest("locked", object=sa.String(), record_key=sa.String())
+    return (
+        sa.select(q.id)
+        .join_from(
+            sync_queue, keys, (q.object == keys.c.object) & (q.record_key == keys.c.record_key)
+        )
+        .where(q.direction == "to_crm")
+        .order_by(q.id)
+        .with_for_update(of=sync_queue)
+    )
 
 
 def fold(conn: Connection, limit: int = FOLD_BATCH) -> int:

@@ -28,12 +28,12 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crmsync.store import capture
 from crmsync.store.db import write_transaction
+from crmsync.store.pgarrays import unnest as _unnest
 from crmsync.store.schema import (
     sync_error,
     sync_pause,
@@ -380,16 +380,6 @@ def _finish_statement() -> sa.Select[Any]:
         )
     ).cte("counted")
     return sa.select(gone.c.id).add_cte(resolved, counted)
-
-
-def _unnest(name: str, **arrays: Any) -> Any:
-    """A PostgreSQL ``unnest`` of array parameters ``<name>_<column>``: a batch's rows
-    in one parameter per column, however many rows (the statement stays the same)."""
-    return (
-        sa.func.unnest(*(sa.bindparam(f"{name}_{k}", type_=ARRAY(t)) for k, t in arrays.items()))
-        .table_valued(*(sa.column(k, t) for k, t in arrays.items()))
-        .render_derived(name=name)
-    )
 
 
 def _finish_portable(
