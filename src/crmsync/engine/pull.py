@@ -44,13 +44,13 @@ from crmsync.engine import changes as ch
 from crmsync.engine import load
 from crmsync.errors import CrmsyncError, RecordRejected
 from crmsync.store import queue
+from crmsync.store.capture import LABEL_MAX
 from crmsync.store.db import write_transaction
 from crmsync.store.schema import LOCAL_TABLES, sync_change, sync_cursor, sync_queue, sync_record
 from crmsync.store.types import utcnow
 
 log = logging.getLogger(__name__)
 
-LABEL_MAX = 300
 # A delete sorts after every version: nothing staged later may replace it.
 _AFTER_ALL = 1e18
 

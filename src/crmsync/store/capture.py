@@ -255,7 +255,7 @@ _DROP = text(
 _DELETE = text(
     f"INSERT INTO sync_queue ({_QUEUE_COLUMNS})"
     " SELECT CAST(:object AS VARCHAR(32)), 'to_crm', CAST(:record_key AS VARCHAR(40)),"
-    " CAST(:record_id AS BIGINT), d.crm_id, 'delete', CAST(:label AS VARCHAR(300)),"
+    f" CAST(:record_id AS BIGINT), d.crm_id, 'delete', CAST(:label AS VARCHAR({LABEL_MAX})),"
     " 'pending', :first_at, :last_at, 1, 0, :first_at"
     f" FROM (SELECT COALESCE(CAST(:crm_id AS VARCHAR(36)), {_SYNCED_ID}) AS crm_id) AS d"
     f" WHERE d.crm_id IS NOT NULL OR EXISTS (SELECT 1 FROM sync_queue WHERE {_ENTRY})" + _REFRESH
