@@ -9,15 +9,19 @@ validation failure into one ``ConfigError`` that names each bad setting.
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import logging
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from crmsync.domain import ConflictRule, Flow, ObjectSpec, default_objects
@@ -25,6 +29,10 @@ from crmsync.errors import ConfigError
 
 ENV_PREFIX = "CRMSYNC_"
 _ATTRIBUTE = re.compile(r"[a-z_][a-z0-9_]{0,99}")
+# Variables with the prefix that are not settings: the test suite's own.
+_NOT_SETTINGS = ("CRMSYNC_TEST_", "CRMSYNC_SCREENSHOTS")
+
+log = logging.getLogger(__name__)
 
 
 class ObjectOverride(BaseModel):
@@ -118,6 +126,36 @@ class Settings(BaseSettings):
         le=3600,
         description="How often crmsync serve checks the alerts and runs status upkeep",
     )
+    max_request_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        le=1024**3,
+        description="Largest request body crmsync serve reads; a larger one gets 413 unread",
+    )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Time a client has to send a request's headers before it is cut off",
+    )
+    body_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Time allowed between two parts of a request body before 408",
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Open connections crmsync serve keeps; past it, the one idle longest "
+        "before sending its headers is closed (keep it below the file descriptor limit)",
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated addresses or networks of reverse proxies whose "
+        "X-Forwarded-For and X-Forwarded-Proto are believed (default: none)",
+    )
     objects: dict[str, ObjectOverride] = Field(
         default_factory=dict, description="Per-object overrides (TOML [objects.<name>] tables)"
     )
@@ -159,6 +197,26 @@ class Settings(BaseSettings):
             raise ValueError("must be 'delete' or 'mark'")
         return value
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: str) -> str:
+        for part in _split(value):
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ValueError(f"{part!r} is not an IP address or network") from None
+        return value
+
+    @model_validator(mode="after")
+    def _retry_range(self) -> Settings:
+        if self.retry_base_seconds > self.retry_max_seconds:
+            raise ValueError(
+                f"CRMSYNC_RETRY_BASE_SECONDS ({self.retry_base_seconds:g}) is greater than "
+                f"CRMSYNC_RETRY_MAX_SECONDS ({self.retry_max_seconds:g}): the first retry "
+                "delay cannot exceed its cap"
+            )
+        return self
+
     @field_validator("objects")
     @classmethod
     def _known_objects(cls, value: dict[str, ObjectOverride]) -> dict[str, ObjectOverride]:
@@ -197,6 +255,10 @@ class Settings(BaseSettings):
         return ZoneInfo(self.timezone)
 
     @property
+    def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(p, strict=False) for p in _split(self.trusted_proxies))
+
+    @property
     def has_credentials(self) -> bool:
         return bool(self.dynamics_url and self.tenant_id and self.client_id and self.client_secret)
 
@@ -230,21 +292,65 @@ class _TomlSource(PydanticBaseSettingsSource):
             with open(path, "rb") as fh:
                 data = tomllib.load(fh)
         except OSError as exc:
-            raise ConfigError(f"CRMSYNC_CONFIG: cannot read {path}: {exc.strerror}") from exc
+            raise ConfigError(f"CRMSYNC_CONFIG: cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"CRMSYNC_CONFIG: {path} is not UTF-8 text (invalid byte at offset "
+                f"{exc.start}); save it as UTF-8"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"CRMSYNC_CONFIG: {path} is not valid TOML: {exc}") from exc
+            raise ConfigError(f"CRMSYNC_CONFIG: {path} is not valid TOML: {exc}") from None
         return data
 
 
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """Each ``CRMSYNC_*`` variable that names no setting, with the closest one that does."""
+    known = [ENV_PREFIX + name.upper() for name in Settings.model_fields if name != "objects"]
+    found = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known or name.startswith(_NOT_SETTINGS):
+            continue
+        # Compared without the prefix, which every name shares and would make all close.
+        close = difflib.get_close_matches(
+            name.upper().removeprefix(ENV_PREFIX),
+            [k.removeprefix(ENV_PREFIX) for k in known],
+            n=1,
+            cutoff=0.6,
+        )
+        found.append((name, ENV_PREFIX + close[0] if close else None))
+    return found
+
+
+def warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    """A typo in a variable's name would otherwise leave its setting at the default."""
+    for name, close in unknown_variables(environ):
+        hint = f"; did you mean {close}?" if close else ""
+        log.warning(
+            f"{name} is not a crmsync setting and is ignored{hint}",
+            extra={"event": "config.unknown_variable", "variable": name, "closest": close},
+        )
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Build the settings, or raise ConfigError naming every bad setting."""
+    """Build the settings, or raise ConfigError naming every bad setting.
+
+    Unknown ``CRMSYNC_*`` variables are logged as warnings (``warn_unknown_variables``).
+    """
+    warn_unknown_variables(os.environ)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             loc = [str(part) for part in err["loc"]]
-            name = ENV_PREFIX + loc[0].upper() if loc else "settings"
+            if not loc:  # a check across settings: its message names them
+                problems.append(err["msg"].removeprefix("Value error, "))
+                continue
+            name = ENV_PREFIX + loc[0].upper()
             where = ".".join(loc[1:])
             problems.append(f"{name}{'.' + where if where else ''}: {err['msg']}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None

@@ -127,3 +127,53 @@ def test_secrets_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert "canary" not in str(info.value)
+
+
+def test_config_file_not_utf8_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    latin = tmp_path / "latin1.toml"
+    latin.write_bytes('timezone = "Europe/Zürich"\n'.encode("latin-1"))
+    monkeypatch.setenv("CRMSYNC_CONFIG", str(latin))
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "not UTF-8" in str(info.value) and str(latin) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_retry_base_above_its_cap_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRMSYNC_RETRY_BASE_SECONDS", "60")
+    monkeypatch.setenv("CRMSYNC_RETRY_MAX_SECONDS", "30")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    text = str(info.value)
+    assert "CRMSYNC_RETRY_BASE_SECONDS (60)" in text and "CRMSYNC_RETRY_MAX_SECONDS (30)" in text
+    assert "Value error" not in text
+    monkeypatch.setenv("CRMSYNC_RETRY_MAX_SECONDS", "60")
+    assert load_settings().retry_base_seconds == 60  # equal is fine
+
+
+def test_unknown_variable_is_named_with_the_closest_setting(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CRMSYNC_BATCH_SISE", "10")
+    monkeypatch.setenv("CRMSYNC_ZZZ", "1")
+    monkeypatch.setenv("CRMSYNC_TIMEZONE", "UTC")
+    with caplog.at_level("WARNING", logger="crmsync.config"):
+        settings = load_settings()
+    assert settings.batch_size == 100
+    warned = {r.variable: r.closest for r in caplog.records}  # type: ignore[attr-defined]
+    assert warned == {"CRMSYNC_BATCH_SISE": "CRMSYNC_BATCH_SIZE", "CRMSYNC_ZZZ": None}
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(
+        "CRMSYNC_BATCH_SISE" in m and "did you mean CRMSYNC_BATCH_SIZE" in m for m in messages
+    )
+    assert all(r.event == "config.unknown_variable" for r in caplog.records)  # type: ignore[attr-defined]
+
+
+def test_trusted_proxies_are_addresses_or_networks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRMSYNC_TRUSTED_PROXIES", "10.0.0.0/8, ::1")
+    assert [str(n) for n in load_settings().proxy_networks] == ["10.0.0.0/8", "::1/128"]
+    monkeypatch.setenv("CRMSYNC_TRUSTED_PROXIES", "10.0.0.0/8,proxy.local")
+    with pytest.raises(ConfigError, match="CRMSYNC_TRUSTED_PROXIES.*proxy.local"):
+        load_settings()
