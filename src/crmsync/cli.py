@@ -130,6 +130,7 @@ def import_(
 
     from crmsync.store.csv_import import ImportUsageError, RowError, import_csv, inspect_csv
     from crmsync.store.db import create_store_engine
+    from crmsync.store.sync_errors import escape_cell
 
     settings = _settings()
     specs = settings.object_specs()
@@ -156,6 +157,7 @@ def import_(
             raise typer.Exit(2) from None
         writer = csv.writer(errors_out)
         writer.writerow(["line", "field", "error", *shape.header])
+    header = shape.header
 
     def report(error: RowError) -> None:
         nonlocal shown
@@ -163,14 +165,9 @@ def import_(
             stderr.print(str(error), markup=False)
         shown += 1
         if writer is not None:
-            writer.writerow(
-                [
-                    error.line,
-                    error.field or "",
-                    error.message,
-                    *(error.values.get(c, "") for c in shape.header),
-                ]
-            )
+            # The rows are for a spreadsheet: escaped as the errors export is.
+            cells = [error.field or "", error.message, *(error.values.get(c, "") for c in header)]
+            writer.writerow([error.line, *map(escape_cell, cells)])
 
     engine = create_store_engine(settings.database_url)
     try:

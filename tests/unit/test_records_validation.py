@@ -54,9 +54,10 @@ def test_text_field_wants_a_string(value):
 
 
 def test_length_limit_is_the_columns():
-    assert records.validate(LEAD, {"email": "x" * 255}) == {"email": "x" * 255}
+    longest = "x" * 243 + "@example.com"
+    assert records.validate(LEAD, {"email": longest}) == {"email": longest}
     with pytest.raises(ValidationFailed) as info:
-        records.validate(LEAD, {"email": "x" * 256})
+        records.validate(LEAD, {"email": "x" + longest})
     assert info.value.field == "email"
     assert "255" in info.value.message
     # account names are wider
@@ -65,7 +66,7 @@ def test_length_limit_is_the_columns():
 
 
 def test_length_counts_characters_not_bytes():
-    assert records.validate(LEAD, {"email": "é" * 255})
+    assert records.validate(LEAD, {"first_name": "é" * 255})
 
 
 @pytest.mark.parametrize("value", ["a\x00b", "\ud800"])
@@ -108,3 +109,18 @@ def test_cursor_round_trip_and_garbage():
 def test_unknown_object():
     with pytest.raises(records.NotFound, match="lead"):
         records.resolve_object(SPECS, "leads")
+
+
+@pytest.mark.parametrize(
+    "email", ["not-an-email", "a@b", "a@@b.c", "a b@c.d", "@c.d", "a@.c", "a@c.", "a@c..d"]
+)
+def test_email_columns_refuse_what_is_not_an_address(email):
+    with pytest.raises(ValidationFailed) as info:
+        records.validate(LEAD, {"email": email})
+    assert info.value.field == "email" and "not an email address" in info.value.message
+    assert field_of(CONTACT, {"email": email}) == "email"
+
+
+@pytest.mark.parametrize("email", ["a@b.co", "first.last+tag@sub.example.org", "ü@exämple.de"])
+def test_email_columns_take_addresses(email):
+    assert records.validate(LEAD, {"email": email}) == {"email": email}

@@ -32,6 +32,9 @@ READ_ONLY = ("id", "crm_id", "created_at", "updated_at", "crm_deleted_at")
 
 _CURSOR_PREFIX = "v1:"
 _INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
+# An address as Dataverse's Email format takes it: one @, no spaces, a dot in the domain.
+# Deliverability is not ours to judge; a typo such as a missing @ is.
+_EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
 
 
 class NotFound(CrmsyncError):
@@ -90,6 +93,16 @@ def check_text(field: str, value: str, max_length: int | None = None) -> None:
         )
 
 
+def is_email_column(column: str) -> bool:
+    return column == "email" or column.endswith("_email")
+
+
+def check_email(field: str, value: str) -> None:
+    if not _EMAIL.fullmatch(value):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise ValidationFailed(field, f"{shown!r} is not an email address (name@example.com)")
+
+
 def check_id(field: str, value: object) -> int:
     # bool is an int in Python, but true is not an id.
     if not isinstance(value, int) or isinstance(value, bool):
@@ -103,8 +116,8 @@ def validate(spec: ObjectSpec, payload: Mapping[str, Any]) -> dict[str, Any]:
     """Check a payload of field values; return the values to write.
 
     Every key must be a writable column of the object; text columns take a string or
-    null no longer than the column; id columns (lookups) take a positive integer or
-    null. Whether a lookup points at an existing record is ``check_references``'s job.
+    null no longer than the column (an email column, an address); id columns (lookups)
+    take a positive integer or null. Whether a lookup points at an existing record is ``check_references``'s job.
     """
     table = table_of(spec)
     writable = spec.columns
@@ -124,6 +137,8 @@ def validate(spec: ObjectSpec, payload: Mapping[str, Any]) -> dict[str, Any]:
             if not isinstance(value, str):
                 raise ValidationFailed(field, "must be a string or null")
             check_text(field, value, column_type.length)
+            if is_email_column(field):
+                check_email(field, value)
             values[field] = value
         elif isinstance(column_type, Integer):
             values[field] = check_id(field, value)
