@@ -1,9 +1,15 @@
-"""The ``crmsync`` command: thin wrappers over library functions."""
+"""crmsync: keep SQL tables and Microsoft Dynamics 365 in sync.
+
+Run `crmsync demo` to try it offline; `crmsync COMMAND --help` says more about each command.
+"""
 
 from __future__ import annotations
 
 import csv
+import enum
 import json
+import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,25 +17,63 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from sqlalchemy import Engine
+from sqlalchemy import Engine, make_url
 
+from crmsync import logs
 from crmsync.config import Settings, load_settings
 from crmsync.errors import ConfigError, CrmsyncError, ValidationFailed
 from crmsync.memory import limit_arenas
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 MAX_SHOWN_ERRORS = 200
+# Set by main(): this process is the command, so it owns logging (see logs.configure).
+STANDALONE = "standalone"
+
+log = logging.getLogger(__name__)
 
 db_app = typer.Typer(no_args_is_help=True, help="Manage the store's schema.")
 app.add_typer(db_app, name="db")
 
 
+class LogFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            help="Logs on stderr as text lines, or one JSON object a line (for shippers)",
+        ),
+    ] = LogFormat.TEXT,
+) -> None:
+    if ctx.obj == STANDALONE:
+        logs.configure("json" if log_format is LogFormat.JSON else "text")
+
+
 def _settings() -> Settings:
     try:
-        return load_settings()
+        settings = load_settings()
     except ConfigError as exc:
         typer.echo(f"crmsync: {exc}", err=True)
         raise typer.Exit(2) from None
+    secrets = [
+        s.get_secret_value()
+        for s in (
+            settings.client_secret,
+            settings.api_token,
+            settings.admin_password,
+            settings.alert_webhook_url,
+        )
+        if s is not None
+    ]
+    password = make_url(settings.database_url).password
+    logs.add_secrets([*secrets, *([str(password)] if password else [])])
+    return settings
 
 
 @app.command()
@@ -58,11 +102,11 @@ def emulator(
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the store's schema and install the capture triggers."""
-    from crmsync.store.db import create_store_engine
+    from crmsync.store.db import open_store
     from crmsync.store.migrate import current_revision, upgrade
 
     settings = _settings()
-    engine = create_store_engine(settings.database_url)
+    engine = open_store(settings.database_url, existing=False)
     try:
         before = current_revision(engine)
         captured = upgrade(engine, settings.object_specs().values())
@@ -102,11 +146,17 @@ def serve(
     """Run the console and the JSON API."""
     import uvicorn
 
+    from crmsync.store.db import open_store
     from crmsync.web.app import create_app
 
     settings = _settings()
     _warn_about_access(settings)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    engine = open_store(settings.database_url)
+    try:
+        # log_config=None: uvicorn logs through crmsync's logging (logs.configure).
+        uvicorn.run(create_app(settings, engine=engine), host=host, port=port, log_config=None)
+    finally:
+        engine.dispose()
 
 
 @app.command("import")
@@ -129,7 +179,7 @@ def import_(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from crmsync.store.csv_import import ImportUsageError, RowError, import_csv, inspect_csv
-    from crmsync.store.db import create_store_engine
+    from crmsync.store.db import open_store
     from crmsync.store.sync_errors import escape_cell
 
     settings = _settings()
@@ -169,7 +219,7 @@ def import_(
             cells = [error.field or "", error.message, *(error.values.get(c, "") for c in header)]
             writer.writerow([error.line, *map(escape_cell, cells)])
 
-    engine = create_store_engine(settings.database_url)
+    engine = open_store(settings.database_url)
     try:
         with Progress(
             "[progress.description]{task.description}",
@@ -222,8 +272,12 @@ def worker(
 ) -> None:
     """Run the sync workers."""
     from crmsync.engine.worker import run_worker
+    from crmsync.store.db import open_store
 
     settings = _settings()
+    # A store that is not there or not upgraded is one line; one that is down is the
+    # worker's to wait for.
+    open_store(settings.database_url, reachable=False).dispose()
     with _load_progress() as progress:
         run_worker(settings, once=once, concurrency=concurrency, progress=progress)
 
@@ -297,10 +351,10 @@ def _raw_filters(
 
 @contextmanager
 def _store(settings: Settings) -> Iterator[Engine]:
-    from crmsync.store.db import create_store_engine
+    from crmsync.store.db import open_store
     from crmsync.store.records import NotFound
 
-    engine = create_store_engine(settings.database_url)
+    engine = open_store(settings.database_url)
     try:
         yield engine
     except ValidationFailed as exc:
@@ -456,9 +510,11 @@ def run(
 ) -> None:
     """Run the console and API (serve) and the sync workers (worker) in one process."""
     from crmsync.demo.product import run_product
+    from crmsync.store.db import open_store
 
     settings = _settings()
     _warn_about_access(settings)
+    open_store(settings.database_url).dispose()
     run_product(settings, host=host, port=port, concurrency=concurrency)
 
 
@@ -500,9 +556,21 @@ def demo(
 
 
 def main() -> None:
+    """The command's entry point: every failure it expects is one line and status 2."""
+    from sqlalchemy.exc import DBAPIError
+
+    from crmsync.store.db import store_error_message
+
     limit_arenas()
     try:
-        app()
+        app(obj=STANDALONE)
     except CrmsyncError as exc:
         typer.echo(f"crmsync: {exc}", err=True)
         sys.exit(2)
+    except DBAPIError as exc:
+        url = os.environ.get("CRMSYNC_DATABASE_URL", "sqlite:///crmsync.db")
+        typer.echo(f"crmsync: {store_error_message(url, exc)}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("crmsync: interrupted", err=True)
+        sys.exit(130)

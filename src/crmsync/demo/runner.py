@@ -102,6 +102,9 @@ def banner(
             f"  API docs   {console}/api/v1/docs",
             f"  Dynamics   {emulator}/api/data/v9.2/ (the emulator)",
             "",
+            "For the CLI (crmsync status, crmsync errors list) in another terminal:",
+            f"  export CRMSYNC_DATABASE_URL={data.database_url}",
+            "",
             f"Generating about {rate:g} changes a second, with a list import now and then;",
             "the emulator throttles about 1% of requests on purpose, as Dataverse may.",
             "Press Ctrl-C to stop.",
@@ -220,7 +223,10 @@ def quiet_logging() -> None:
     """Warnings and errors only, and not the throttling the demo injects on purpose."""
     import logging
 
+    # The command's logging (logs.configure) when run as ``crmsync demo``; a plain one
+    # for an in-process caller that has none.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("crmsync").setLevel(logging.WARNING)
     logging.getLogger("crmsync.dynamics").setLevel(logging.ERROR)
 
 

@@ -5,6 +5,12 @@ generator) are the same shape: uvicorn servers plus long-running coroutines. uvi
 own signal capture is for a process that runs one server; here SIGINT/SIGTERM are the
 group's, and every member is asked to stop. A second Ctrl-C stops without waiting.
 
+Clients stop before servers: the tasks (the worker finishing its in-flight batches
+against the emulator, the generator calling the console) are stopped and awaited
+first, and only then are the servers asked to exit, so that no request of our own is
+still running when a server's graceful shutdown runs out and cancels it (which uvicorn
+reports as an ERROR with a CancelledError traceback).
+
 Sockets are bound before anything starts, so a port already in use is a clear error
 (``PortInUse``) rather than uvicorn's ``sys.exit`` from inside a task.
 """
@@ -86,9 +92,12 @@ class Group:
         self.tasks.append(task)
 
     def stop(self) -> None:
+        """Ask the tasks to stop (the servers follow once they have: see ``run``)."""
         self.stopping.set()
         for task in self.tasks:
             task.stop()
+
+    def stop_servers(self) -> None:
         for server, _ in self.servers:
             server.should_exit = True
 
@@ -96,6 +105,7 @@ class Group:
         self.interrupted += 1
         if self.interrupted > 1:
             # A second Ctrl-C: do not wait for in-flight work.
+            self.stop_servers()
             for server, _ in self.servers:
                 server.force_exit = True
         self.stop()
@@ -115,22 +125,22 @@ class Group:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal)
-        running: list[asyncio.Task[None]] = []
+        servers: list[asyncio.Task[None]] = []
+        tasks: list[asyncio.Task[None]] = []
         try:
             for server, sock in self.servers:
-                running.append(asyncio.create_task(server.serve(sockets=[sock])))
+                servers.append(asyncio.create_task(server.serve(sockets=[sock])))
             for task in self.tasks:
-                running.append(asyncio.create_task(task.start(), name=task.name))
+                tasks.append(asyncio.create_task(task.start(), name=task.name))
             if after_start is not None:
                 await self.started()
                 if not self.stopping.is_set():
                     await after_start()
-            await _until_first_done(running, self.stopping)
+            await _until_first_done([*servers, *tasks], self.stopping)
             self.stop()
-            done, pending = await asyncio.wait(running, timeout=STOP_GRACE_SECONDS)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            done = await _finish(tasks, STOP_GRACE_SECONDS)
+            self.stop_servers()
+            done |= await _finish(servers, STOP_GRACE_SECONDS)
             _raise_first(done)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -147,6 +157,17 @@ async def _until_first_done(running: Sequence[asyncio.Task[None]], stopping: asy
         waiter.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await waiter
+
+
+async def _finish(running: Sequence[asyncio.Task[None]], grace: float) -> set[asyncio.Task[None]]:
+    """Wait up to ``grace`` seconds for ``running`` to end, then cancel what has not."""
+    if not running:
+        return set()
+    done, pending = await asyncio.wait(running, timeout=grace)
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return done
 
 
 def _raise_first(done: set[asyncio.Task[None]]) -> None:

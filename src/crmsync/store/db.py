@@ -9,22 +9,108 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy import URL, Connection, Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
-from crmsync.errors import ConfigError
+from crmsync.errors import ConfigError, CrmsyncError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# A table every upgraded store has: without it, nothing else is there either.
+SCHEMA_MARKER = "sync_change"
+UPGRADE_HINT = "run `crmsync db upgrade` first"
+
+
+class StoreNotReady(CrmsyncError):
+    """The store cannot be used as it is: missing, unreachable or not upgraded.
+
+    The message is one line saying what is wrong and what to do.
+    """
+
+
+def shown_url(url: str | URL) -> str:
+    """The URL to show a person: never its password."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _parse(url: str) -> URL:
+    try:
+        return make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"CRMSYNC_DATABASE_URL: not a database URL ({exc})") from None
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; None for another database or an in-memory one."""
+    parsed = _parse(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return None
+    if database.startswith("file:"):
+        return None  # a URI filename: its options are SQLite's business
+    return Path(database)
+
+
+def open_store(url: str, *, existing: bool = True, reachable: bool = True, **kwargs: Any) -> Engine:
+    """An engine on a store that can be used now, or ``StoreNotReady``.
+
+    ``existing`` (every command but ``db upgrade``): the store must already be there and
+    upgraded, and nothing is created, not even an empty SQLite file. Without it, only
+    the SQLite file's folder must exist. Without ``reachable``, a database that does
+    not answer is left for the caller to wait for (the worker rides out outages).
+    """
+    path = sqlite_file(url)
+    if path is not None:
+        if not path.parent.is_dir():
+            raise StoreNotReady(
+                f"CRMSYNC_DATABASE_URL: the folder {path.parent} does not exist; "
+                "create it, or point the URL at a file in an existing folder"
+            )
+        if existing and not path.exists():
+            raise StoreNotReady(
+                f"no store at {path}: {UPGRADE_HINT} to create it, or set "
+                "CRMSYNC_DATABASE_URL to the store you meant (the demo's is "
+                "sqlite:///.crmsync-demo/crmsync.db)"
+            )
+    engine = create_store_engine(url, **kwargs)
+    try:
+        with engine.connect() as conn:
+            upgraded = inspect(conn).has_table(SCHEMA_MARKER)
+    except DBAPIError as exc:
+        if not reachable and not sqlite_file(url):
+            return engine
+        engine.dispose()
+        raise StoreNotReady(unreachable_message(url, exc)) from None
+    if existing and not upgraded:
+        engine.dispose()
+        raise StoreNotReady(f"the store at {shown_url(url)} has no crmsync schema: {UPGRADE_HINT}")
+    return engine
+
+
+def unreachable_message(url: str, exc: DBAPIError) -> str:
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+    return (
+        f"cannot open the store at {shown_url(url)} ({reason}); check "
+        "CRMSYNC_DATABASE_URL and that the database is running"
+    )
+
+
+def store_error_message(url: str, exc: DBAPIError) -> str:
+    """One line for a database error that reached the command's top level."""
+    text_ = str(exc.orig or exc)
+    # 42P01 is PostgreSQL's undefined_table.
+    if "no such table" in text_ or getattr(exc.orig, "sqlstate", None) == "42P01":
+        first = text_.strip().splitlines()[0]
+        return f"the store at {shown_url(url)} is not upgraded ({first}): {UPGRADE_HINT}"
+    return unreachable_message(url, exc)
 
 
 def create_store_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for ``url`` with crmsync's connection settings applied."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise ConfigError(f"CRMSYNC_DATABASE_URL: not a database URL ({exc})") from None
+    """An engine for ``url`` with crmsync's connection settings applied (it connects,
+    and SQLite creates its file, only when first used: see ``open_store``)."""
+    parsed = _parse(url)
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(
             parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
