@@ -144,3 +144,37 @@ def add_secrets(secrets: Iterable[str]) -> None:
                     f.secrets = sorted(
                         {*f.secrets, *(s for s in secrets if len(s) >= 6)}, key=len, reverse=True
                     )
+
+
+class Conditions:
+    """Conditions that come and go (Dynamics unreachable, throttling, server faults),
+    logged once when each begins and once when it ends, not at every occurrence.
+
+    A retry loop sees the same fault many times a second; the operator needs to know
+    that it started, why, and when it stopped. Per instance, on one event loop.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._log = logger
+        self._since: dict[str, float] = {}
+
+    def begin(self, name: str, message: str, *, event: str, now: float, **fields: Any) -> bool:
+        """Log ``message`` as a warning if ``name`` was not already on; True if it was not."""
+        if name in self._since:
+            return False
+        self._since[name] = now
+        self._log.warning(message, extra={"event": event, **fields})
+        return True
+
+    def end_all(self, message: str, *, now: float) -> None:
+        """Every condition that was on is over (a request succeeded)."""
+        for name, since in list(self._since.items()):
+            del self._since[name]
+            self._log.info(
+                message.format(name=name),
+                extra={"event": f"{name}.over", "seconds": round(now - since, 1)},
+            )
+
+    @property
+    def active(self) -> tuple[str, ...]:
+        return tuple(self._since)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -50,7 +51,8 @@ from crmsync.dynamics.writes import (
     result_from,
     result_from_batch,
 )
-from crmsync.errors import ConfigError, CrmsyncError, Fatal, RecordRejected
+from crmsync.errors import ConfigError, CrmsyncError, Fatal, RecordRejected, Retriable
+from crmsync.logs import Conditions
 from crmsync.observability import count_crm_response
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,10 @@ ODATA_HEADERS = {
     "OData-Version": "4.0",
 }
 DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
+
+
+def _now() -> float:
+    return time.monotonic()
 
 
 def _with_query(path: str, params: Mapping[str, str]) -> str:
@@ -86,6 +92,7 @@ class DataverseClient:
         self._tokens = tokens
         self.limiter = limiter or Limiter()
         self._throttle_retries = throttle_retries
+        self.conditions = Conditions(log)
         self._http = httpx.AsyncClient(
             base_url=self.base_url, transport=transport, timeout=timeout, headers=ODATA_HEADERS
         )
@@ -153,7 +160,16 @@ class DataverseClient:
         throttles = 0
         while True:
             async with self.limiter.slot():
-                token = await self._tokens.token()
+                try:
+                    token = await self._tokens.token()
+                except Retriable as exc:
+                    self.conditions.begin(
+                        "dataverse.unreachable",
+                        f"no token from the authority ({exc}); retrying with backoff",
+                        event="dataverse.unreachable",
+                        now=_now(),
+                    )
+                    raise
                 h = {"Authorization": f"Bearer {token}", **(headers or {})}
                 if json_body is not None:
                     content = json.dumps(json_body, separators=(",", ":")).encode("utf-8")
@@ -161,12 +177,30 @@ class DataverseClient:
                 try:
                     resp = await self._http.request(method, url, headers=h, content=content)
                 except httpx.HTTPError as exc:
-                    raise from_transport_error(exc) from exc
+                    error = from_transport_error(exc)
+                    self.conditions.begin(
+                        "dataverse.unreachable",
+                        f"Dynamics is unreachable ({error}); retrying with backoff",
+                        event="dataverse.unreachable",
+                        now=_now(),
+                        url=self.base_url,
+                    )
+                    raise error from exc
             count_crm_response(resp.status_code)
             if resp.status_code < 400:
                 await self.limiter.succeeded(parse_dop_hint(resp.headers.get("x-ms-dop-hint")))
+                if self.conditions.active:
+                    self.conditions.end_all("{name}: over, Dynamics answers again", now=_now())
                 return resp
             error = classify(resp.status_code, resp.content, resp.headers)
+            if isinstance(error, Retriable) and not isinstance(error, Throttled):
+                self.conditions.begin(
+                    "dataverse.failing",
+                    f"Dynamics is failing requests ({error}); retrying with backoff",
+                    event="dataverse.failing",
+                    now=_now(),
+                    status=resp.status_code,
+                )
             if isinstance(error, TokenRejected) and not refreshed:
                 # One refresh per 401; a second 401 with a new token is Fatal.
                 refreshed = True
@@ -175,9 +209,13 @@ class DataverseClient:
             if isinstance(error, Throttled):
                 wait = error.retry_after or 0.0
                 self.limiter.throttled(wait)
-                log.warning(
-                    "dataverse throttled",
-                    extra={"event": "dataverse.throttled", "retry_after": wait},
+                self.conditions.begin(
+                    "dataverse.throttled",
+                    f"Dynamics is throttling requests (429, Retry-After {wait:g} s); "
+                    "sending fewer at once",
+                    event="dataverse.throttled",
+                    now=_now(),
+                    retry_after=wait,
                 )
                 if throttles < self._throttle_retries:
                     # Service protection rejects before executing, so resending is safe.
@@ -371,7 +409,8 @@ class DataverseClient:
                 "bulk message rejected; resending per item",
                 extra={
                     "event": "dataverse.bulk_fallback",
-                    "message": message,
+                    # not "message": a LogRecord's own attribute (logging raises KeyError)
+                    "bulk_message": message,
                     "items": len(writes),
                 },
             )

@@ -117,7 +117,8 @@ def validate(spec: ObjectSpec, payload: Mapping[str, Any]) -> dict[str, Any]:
 
     Every key must be a writable column of the object; text columns take a string or
     null no longer than the column (an email column, an address); id columns (lookups)
-    take a positive integer or null. Whether a lookup points at an existing record is ``check_references``'s job.
+    take a positive integer or null. Whether a lookup points at an existing record is
+    ``check_references``'s job.
     """
     table = table_of(spec)
     writable = spec.columns
