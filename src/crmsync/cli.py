@@ -148,13 +148,21 @@ def serve(
 
     from crmsync.store.db import open_store
     from crmsync.web.app import create_app
+    from crmsync.web.server import server_options
 
     settings = _settings()
     _warn_about_access(settings)
     engine = open_store(settings.database_url)
     try:
-        # log_config=None: uvicorn logs through crmsync's logging (logs.configure).
-        uvicorn.run(create_app(settings, engine=engine), host=host, port=port, log_config=None)
+        config = uvicorn.Config(
+            create_app(settings, engine=engine),
+            host=host,
+            port=port,
+            # uvicorn logs through crmsync's logging (logs.configure).
+            log_config=None,
+            **server_options(settings),
+        )
+        uvicorn.Server(config).run()
     finally:
         engine.dispose()
 

@@ -123,29 +123,44 @@ def test_chart_of_nothing() -> None:
     assert chart.bars == [] and chart.total == 0
 
 
-def test_login_throttle_window() -> None:
+def test_login_throttle_grows_a_delay_and_never_locks() -> None:
     now = [1000.0]
-    throttle = LoginThrottle(max_failures=3, window=60, clock=lambda: now[0])
+    throttle = LoginThrottle(free=3, base=1, max_delay=8, window=600, clock=lambda: now[0])
     for _ in range(3):
-        assert throttle.retry_after("a") == 0
-        throttle.failed("a")
-    assert throttle.retry_after("a") == 61
-    assert throttle.retry_after("b") == 0
-    now[0] += 30
-    assert throttle.retry_after("a") == 31
-    now[0] += 31
-    assert throttle.retry_after("a") == 0  # the failures aged out
-    throttle.failed("a")
-    throttle.succeeded("a")
-    assert throttle.retry_after("a") == 0
+        assert throttle.retry_after("a", "admin") == 0
+        throttle.failed("a", "admin")
+    assert throttle.retry_after("a", "admin") == 1
+    waits = []
+    for _ in range(5):
+        now[0] += throttle.retry_after("a", "admin")
+        assert throttle.retry_after("a", "admin") == 0  # the right password is heard now
+        throttle.failed("a", "admin")
+        waits.append(throttle.retry_after("a", "admin"))
+    assert waits == [2, 4, 8, 8, 8]  # doubling, capped: a delay, not a lock
+    # Someone else's guesses never delay another client's login.
+    assert throttle.retry_after("b", "admin") == 0
+    now[0] += 600
+    assert throttle.retry_after("a", "admin") == 0  # forgotten after the window
+    throttle.failed("a", "admin")
+    throttle.succeeded("a", "admin")
+    assert throttle.retry_after("a", "admin") == 0
+
+
+def test_login_throttle_counts_a_client_across_accounts() -> None:
+    throttle = LoginThrottle(free=5, client_free=4, clock=lambda: 0.0)
+    for user in ("root", "admin1", "sa", "x"):
+        throttle.failed("a", user)
+    assert throttle.retry_after("a", "admin") == 1  # a fresh account name does not help
+    assert throttle.retry_after("b", "admin") == 0
 
 
 def test_login_throttle_memory_is_bounded() -> None:
-    throttle = LoginThrottle(max_failures=1, max_clients=3, clock=lambda: 0.0)
+    throttle = LoginThrottle(free=1, client_free=1, max_keys=4, clock=lambda: 0.0)
     for client in "abcd":
-        throttle.failed(client)
-    assert throttle.retry_after("a") == 0  # forgotten, the oldest
-    assert throttle.retry_after("d") > 0
+        throttle.failed(client, "admin")
+    assert throttle.retry_after("a", "admin") == 0  # forgotten, the oldest
+    assert throttle.retry_after("d", "admin") > 0
+    assert len(throttle._failures) <= 4
 
 
 def test_passwords() -> None:

@@ -63,3 +63,16 @@ def test_kubernetes_manifest_is_valid_yaml_with_real_commands_and_settings() -> 
                 probe = container.get("readinessProbe")
                 if probe:
                     assert probe["httpGet"]["path"] == "/healthz"
+
+
+def test_file_descriptor_limits_leave_room_for_the_connection_cap() -> None:
+    """A slowloris on the default 1,024 descriptors took serve down (issue 16.5)."""
+    cap = Settings.model_fields["max_connections"].default
+    for name in ("crmsync-web.service", "crmsync-worker@.service"):
+        text = (DEPLOY / "systemd" / name).read_text()
+        (limit,) = re.findall(r"^LimitNOFILE=(\d+)$", text, re.M)
+        assert int(limit) >= cap + 1024, name
+    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "crmsync.yaml").read_text()))
+    (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert int(config["data"]["CRMSYNC_MAX_CONNECTIONS"]) <= 1_000_000 - 1024
+    assert config["data"]["CRMSYNC_TRUSTED_PROXIES"]

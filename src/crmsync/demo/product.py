@@ -23,8 +23,10 @@ from crmsync.engine.worker import Worker
 def add_console(group: Group, settings: Settings, engine: Engine, sock: socket.socket) -> str:
     """Serve the console and API on the bound ``sock``; returns its base URL."""
     from crmsync.web.app import create_app
+    from crmsync.web.server import server_options
 
-    group.add_server(server_config(create_app(settings, engine=engine)), sock)
+    app = create_app(settings, engine=engine)
+    group.add_server(server_config(app, **server_options(settings)), sock)
     host = sock.getsockname()[0]
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port_of(sock)}"

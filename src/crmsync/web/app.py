@@ -25,6 +25,7 @@ from crmsync.web import (
 )
 from crmsync.web.auth import API_PREFIX, CredentialCheck, bearer_token_check
 from crmsync.web.errors import install_error_handlers
+from crmsync.web.limits import BodyLimit
 from crmsync.web.session import (
     LoginThrottle,
     Passwords,
@@ -79,6 +80,12 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         checks.append(session_check)
     app.state.credential_checks = checks
     app.add_middleware(SchemeAwareSessions, secret_key=passwords.signing_key)
+    # Added last, so outermost: a body is sized and timed before anything reads it.
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_request_bytes,
+        body_timeout=settings.body_timeout_seconds,
+    )
 
     install_error_handlers(app)
     app.include_router(api_records.router)

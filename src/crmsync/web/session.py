@@ -10,7 +10,8 @@
   console process given the same password accepts the same cookies (the console is
   stateless across machines), changing the password signs everyone out, and a leaked
   cookie cannot be used to guess the password at HMAC speed.
-- ``LoginThrottle`` refuses more than a few failed logins per client in a window.
+- ``LoginThrottle`` makes each failed login past a few wait longer before the next, per
+  client and account, so that someone else's guesses never lock the admin out.
 
 Each session has a random id. Logging out clears the cookie and records the id as
 revoked in the store (``RevokedSessions``), so a copy of the cookie taken earlier is
@@ -21,10 +22,10 @@ their next refresh (every few seconds, in the upkeep loop, and at start-up).
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -103,42 +104,59 @@ class Passwords:
 
 @dataclass
 class LoginThrottle:
-    """At most ``max_failures`` failed logins per client within ``window`` seconds.
+    """A growing delay after failed logins, per client and account, and per client.
 
-    A decision over timestamps only (the clock is injected), kept per process: behind
-    several console processes the limit applies to each.
+    The first ``free`` failures of a (client, account) pair cost nothing; after each
+    further one, that pair's next attempt is refused (429) until ``base`` seconds have
+    passed, doubling each time up to ``max_delay``. The right password is then
+    accepted as soon as the delay has run out: never a lock. A client also has a
+    budget across accounts (``client_free``, growing the same way). Keyed by the
+    client's address, so one client's guesses never delay another's login (the address
+    is the proxy's unless it is in CRMSYNC_TRUSTED_PROXIES). Failures are forgotten
+    ``window`` seconds after the last, and on success. Per process; memory bounded.
     """
 
-    max_failures: int = 5
-    window: float = 300.0
+    free: int = 5
+    client_free: int = 20
+    base: float = 1.0
+    max_delay: float = 60.0
+    window: float = 900.0
     clock: Callable[[], float] = time.monotonic
-    max_clients: int = 10_000
-    _failures: dict[str, deque[float]] = field(default_factory=dict)
+    max_keys: int = 10_000
+    _failures: dict[tuple[str, ...], tuple[int, float]] = field(default_factory=dict)
 
-    def _recent(self, client: str) -> deque[float]:
+    def _keys(self, client: str, user: str) -> tuple[tuple[tuple[str, ...], int], ...]:
+        return (((client, user), self.free), ((client,), self.client_free))
+
+    def delay(self, failures: int, free: int) -> float:
+        """Seconds to wait after ``failures`` failed logins (a pure function)."""
+        if failures < free:
+            return 0.0
+        return min(self.max_delay, self.base * 2.0 ** min(failures - free, 30))
+
+    def retry_after(self, client: str, user: str) -> int:
+        """Whole seconds until ``client`` may try ``user`` again; 0 when it may now."""
+        now, wait = self.clock(), 0.0
+        for key, free in self._keys(client, user):
+            count, last = self._failures.get(key, (0, 0.0))
+            if count and now - last < self.window:
+                wait = max(wait, last + self.delay(count, free) - now)
+        return math.ceil(wait) if wait > 0 else 0
+
+    def failed(self, client: str, user: str) -> None:
         now = self.clock()
-        failures = self._failures.get(client, deque())
-        while failures and failures[0] <= now - self.window:
-            failures.popleft()
-        return failures
+        for key, _free in self._keys(client, user):
+            count, last = self._failures.pop(key, (0, 0.0))
+            if now - last >= self.window:
+                count = 0
+            if len(self._failures) >= self.max_keys:
+                # Bounded memory under a flood of clients: forget the oldest.
+                self._failures.pop(next(iter(self._failures)))
+            self._failures[key] = (count + 1, now)
 
-    def retry_after(self, client: str) -> int:
-        """Seconds until ``client`` may try again; 0 when it may now."""
-        failures = self._recent(client)
-        if len(failures) < self.max_failures:
-            return 0
-        return max(1, int(failures[0] + self.window - self.clock()) + 1)
-
-    def failed(self, client: str) -> None:
-        failures = self._recent(client)
-        failures.append(self.clock())
-        if client not in self._failures and len(self._failures) >= self.max_clients:
-            # Bounded memory under a flood of distinct clients: forget the oldest one.
-            self._failures.pop(next(iter(self._failures)))
-        self._failures[client] = failures
-
-    def succeeded(self, client: str) -> None:
-        self._failures.pop(client, None)
+    def succeeded(self, client: str, user: str) -> None:
+        for key, _free in self._keys(client, user):
+            self._failures.pop(key, None)
 
 
 # -- the session ------------------------------------------------------------------------

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 HOME = "/admin/microsoft-dynamics/sync-status"
 LOGIN = "/login"
 MAX_FIELD = 1024
+MAX_ACCOUNT = 64  # of a user name, as a throttling key
 
 
 class LoginRequired(Exception):
@@ -81,6 +82,8 @@ def throttle_of(request: Request) -> LoginThrottle:
 
 
 def client_of(request: Request) -> str:
+    """The client's address. X-Forwarded-For is never read here: the server puts a
+    trusted proxy's value in its place (CRMSYNC_TRUSTED_PROXIES, web/server.py)."""
     return request.client.host if request.client else "unknown"
 
 
@@ -107,9 +110,13 @@ async def login(
 ) -> Response:
     passwords, throttle, client = passwords_of(request), throttle_of(request), client_of(request)
     context = {"next": safe_next(next), "enabled": passwords.enabled, "username": username}
-    wait = throttle.retry_after(client)
+    account = username.strip()[:MAX_ACCOUNT]
+    wait = throttle.retry_after(client, account)
     if wait:
-        log.warning("login throttled", extra={"event": "console.login_throttled", "client": client})
+        log.warning(
+            "login throttled",
+            extra={"event": "console.login_throttled", "client": client, "wait": wait},
+        )
         return _refused(
             request,
             context,
@@ -119,10 +126,10 @@ async def login(
         )
     # argon2 takes tens of milliseconds of CPU on purpose: keep it off the event loop.
     if not await run_in_threadpool(passwords.check, username.strip(), password):
-        throttle.failed(client)
+        throttle.failed(client, account)
         log.warning("login failed", extra={"event": "console.login_failed", "client": client})
         return _refused(request, context, 401, "Wrong user name or password.")
-    throttle.succeeded(client)
+    throttle.succeeded(client, account)
     start_session(request)
     log.info("login", extra={"event": "console.login", "client": client, "user": ADMIN_USER})
     return RedirectResponse(safe_next(next), status_code=303)
