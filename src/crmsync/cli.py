@@ -28,6 +28,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 MAX_SHOWN_ERRORS = 200
 # Set by main(): this process is the command, so it owns logging (see logs.configure).
 STANDALONE = "standalone"
+# Exit status 2 says "a person must fix something": the systemd units do not restart on
+# it. A long-running command that loses its store to an outage exits 1 instead.
+_LONG_RUNNING: list[str] = []
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +155,9 @@ def serve(
 
     settings = _settings()
     _warn_about_access(settings)
-    engine = open_store(settings.database_url)
+    _LONG_RUNNING.append("serve")
+    # A store that is down is /healthz's to report (503), not a reason not to start.
+    engine = open_store(settings.database_url, reachable=False)
     try:
         config = uvicorn.Config(
             create_app(settings, engine=engine),
@@ -286,6 +291,7 @@ def worker(
     # A store that is not there or not upgraded is one line; one that is down is the
     # worker's to wait for.
     open_store(settings.database_url, reachable=False).dispose()
+    _LONG_RUNNING.append("worker")
     with _load_progress() as progress:
         run_worker(settings, once=once, concurrency=concurrency, progress=progress)
 
@@ -522,7 +528,8 @@ def run(
 
     settings = _settings()
     _warn_about_access(settings)
-    open_store(settings.database_url).dispose()
+    open_store(settings.database_url, reachable=False).dispose()
+    _LONG_RUNNING.append("run")
     run_product(settings, host=host, port=port, concurrency=concurrency)
 
 
@@ -567,7 +574,7 @@ def main() -> None:
     """The command's entry point: every failure it expects is one line and status 2."""
     from sqlalchemy.exc import DBAPIError
 
-    from crmsync.store.db import store_error_message
+    from crmsync.store.db import not_upgraded, store_error_message
 
     limit_arenas()
     try:
@@ -578,7 +585,7 @@ def main() -> None:
     except DBAPIError as exc:
         url = os.environ.get("CRMSYNC_DATABASE_URL", "sqlite:///crmsync.db")
         typer.echo(f"crmsync: {store_error_message(url, exc)}", err=True)
-        sys.exit(2)
+        sys.exit(1 if _LONG_RUNNING and not not_upgraded(exc) else 2)
     except KeyboardInterrupt:
         typer.echo("crmsync: interrupted", err=True)
         sys.exit(130)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+
 from conftest import PG_ADMIN_URL, free_port
 
 

@@ -235,3 +235,51 @@ def test_x_forwarded_for_is_believed_only_from_trusted_proxies(serve: Serve) -> 
         assert codes[5:] == [429, 429]
         with httpx.Client(base_url=url, follow_redirects=False) as admin:
             assert attempt(admin, PASSWORD, "198.51.100.20") == 303
+
+
+def test_crmsync_serve_applies_the_limits_and_starts_with_its_store_down(tmp_path: Path) -> None:
+    """The real command: its server is the guarded one, and a store that is down is
+    /healthz's to report (systemd would not restart a status-2 exit)."""
+    import os
+    import subprocess
+    import sys
+
+    port, dead = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMSYNC_")}
+    env |= {
+        "CRMSYNC_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:{dead}/none",
+        "CRMSYNC_API_TOKEN": TOKEN,
+        "CRMSYNC_HEADER_TIMEOUT_SECONDS": "0.5",
+        "CRMSYNC_MAX_REQUEST_BYTES": "2048",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crmsync", "serve", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "crmsync serve did not start"
+                time.sleep(0.2)
+        assert health.status_code == 503
+        with connect(port) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+            assert status_of(read_response(sock)) == 408
+        with connect(port) as sock:
+            sock.sendall(
+                b"POST /api/v1/records/lead HTTP/1.1\r\nHost: t\r\nContent-Length: 4096\r\n\r\n"
+            )
+            assert status_of(read_response(sock)) == 413
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err, err

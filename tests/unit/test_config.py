@@ -175,5 +175,5 @@ def test_trusted_proxies_are_addresses_or_networks(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("CRMSYNC_TRUSTED_PROXIES", "10.0.0.0/8, ::1")
     assert [str(n) for n in load_settings().proxy_networks] == ["10.0.0.0/8", "::1/128"]
     monkeypatch.setenv("CRMSYNC_TRUSTED_PROXIES", "10.0.0.0/8,proxy.local")
-    with pytest.raises(ConfigError, match="CRMSYNC_TRUSTED_PROXIES.*proxy.local"):
+    with pytest.raises(ConfigError, match=r"CRMSYNC_TRUSTED_PROXIES.*proxy\.local"):
         load_settings()

@@ -97,12 +97,18 @@ def unreachable_message(url: str, exc: DBAPIError) -> str:
     )
 
 
-def store_error_message(url: str, exc: DBAPIError) -> str:
-    """One line for a database error that reached the command's top level."""
+def not_upgraded(exc: DBAPIError) -> bool:
+    """Whether the store lacks a table crmsync needs (a person must upgrade it); other
+    database errors at the top level are outages or contention, which pass."""
     text_ = str(exc.orig or exc)
     # 42P01 is PostgreSQL's undefined_table.
-    if "no such table" in text_ or getattr(exc.orig, "sqlstate", None) == "42P01":
-        first = text_.strip().splitlines()[0]
+    return "no such table" in text_ or getattr(exc.orig, "sqlstate", None) == "42P01"
+
+
+def store_error_message(url: str, exc: DBAPIError) -> str:
+    """One line for a database error that reached the command's top level."""
+    if not_upgraded(exc):
+        first = str(exc.orig or exc).strip().splitlines()[0]
         return f"the store at {shown_url(url)} is not upgraded ({first}): {UPGRADE_HINT}"
     return unreachable_message(url, exc)
 

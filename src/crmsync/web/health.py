@@ -34,11 +34,12 @@ import httpx
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from crmsync.alerts import AlertMonitor
 from crmsync.config import Settings
+from crmsync.logs import Conditions
 from crmsync.memory import release_free_memory
 from crmsync.store import capture
 from crmsync.store.maintenance import COMPACT_SECONDS, compact_counts, maintain
@@ -171,6 +172,7 @@ async def ops_loop(app: FastAPI) -> None:
     settings: Settings = app.state.settings
     alerts: AlertMonitor = app.state.alerts
     next_round = time.monotonic()
+    outage = Conditions(log)
     while True:
         await refresh_revoked_sessions(app)
         try:
@@ -181,8 +183,19 @@ async def ops_loop(app: FastAPI) -> None:
                 await alerts.check()
             else:
                 await run_in_threadpool(compact_counts, app.state.engine)
+        except OperationalError as exc:  # the store is down: said once, not every round
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            outage.begin(
+                "store.unreachable",
+                f"the store does not answer ({reason}); upkeep waits for it",
+                event="store.unreachable",
+                now=time.monotonic(),
+            )
         except Exception:  # a bad round must not end the loop; the next one retries
             log.exception("ops round failed", extra={"event": "ops.round_failed"})
+        else:
+            if outage.active:
+                outage.end_all("{name}: over, the store answers again", now=time.monotonic())
         wait = min(COMPACT_SECONDS, next_round - time.monotonic())
         await asyncio.sleep(max(0.0, wait))
 
