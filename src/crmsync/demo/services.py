@@ -180,7 +180,9 @@ def _raise_first(done: set[asyncio.Task[None]]) -> None:
 
 
 def server_config(app: Any, **options: Any) -> uvicorn.Config:
-    """uvicorn settings for a server in a group: quiet, no lifespan surprises."""
+    """uvicorn settings for a server in a group: quiet, no lifespan surprises, and its
+    logs through the process's logging (``logs.configure``), not uvicorn's own format."""
+    options.setdefault("log_config", None)
     options.setdefault("log_level", "warning")
     options.setdefault("access_log", False)
     options.setdefault("lifespan", "on")

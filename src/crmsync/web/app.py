@@ -25,7 +25,7 @@ from crmsync.web import (
 )
 from crmsync.web.auth import API_PREFIX, CredentialCheck, bearer_token_check
 from crmsync.web.errors import install_error_handlers
-from crmsync.web.limits import BodyLimit
+from crmsync.web.limits import Admission, BodyLimit
 from crmsync.web.session import (
     LoginThrottle,
     Passwords,
@@ -80,6 +80,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         checks.append(session_check)
     app.state.credential_checks = checks
     app.add_middleware(SchemeAwareSessions, secret_key=passwords.signing_key)
+    app.add_middleware(Admission)
     # Added last, so outermost: a body is sized and timed before anything reads it.
     app.add_middleware(
         BodyLimit,

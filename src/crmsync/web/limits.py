@@ -12,6 +12,11 @@ dependencies:
 Either way the application is told the client went away (``http.disconnect``), and
 whatever it still sends is dropped: the refusal is the one response. A malformed
 ``Content-Length`` is a 400.
+
+``Admission`` lets at most ``ADMITTED`` requests into the application at once; the
+others wait their turn, and ``/healthz`` never waits: under a burst of requests the
+health check still answers at once (a load balancer that saw it time out would take a
+busy but healthy server out of service).
 """
 
 from __future__ import annotations
@@ -26,6 +31,28 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 log = logging.getLogger(__name__)
 
 DISCONNECT: Message = {"type": "http.disconnect"}
+# Below the 40 worker threads of anyio's default limiter, which runs the store queries of
+# sync routes and of /healthz: a burst cannot take every thread.
+ADMITTED = 32
+EXEMPT = frozenset({"/healthz"})
+
+
+class Admission:
+    def __init__(self, app: ASGIApp, *, limit: int = ADMITTED) -> None:
+        self.app = app
+        self.limit = limit
+        self._gates: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        gate = self._gates.get(loop)
+        if gate is None:  # one per event loop (tests run apps on several)
+            self._gates = {loop: (gate := asyncio.Semaphore(self.limit))}
+        async with gate:
+            await self.app(scope, receive, send)
 
 
 class BodyLimit:

@@ -1,0 +1,38 @@
+"""``web/limits.py``'s Admission over an in-process ASGI app: a burst waits its turn,
+``/healthz`` never waits."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from crmsync.web.limits import Admission
+
+
+async def test_a_burst_is_admitted_a_few_at_a_time_and_healthz_goes_first() -> None:
+    inside, most = 0, 0
+    release = asyncio.Event()
+
+    async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        nonlocal inside, most
+        inside += 1
+        most = max(most, inside)
+        if scope["path"] != "/healthz":
+            await release.wait()
+        inside -= 1
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    transport = httpx.ASGITransport(app=Admission(app, limit=3))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        burst = [asyncio.create_task(http.get("/api/v1/sync/status")) for _ in range(10)]
+        while inside < 3:
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.05)
+        assert inside == 3  # the other seven wait at the gate
+        health = await asyncio.wait_for(http.get("/healthz"), timeout=1)
+        assert health.status_code == 200
+        release.set()
+        assert [r.status_code for r in await asyncio.gather(*burst)] == [200] * 10
+    assert most == 4  # three admitted, plus /healthz beside them
