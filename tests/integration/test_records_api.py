@@ -261,6 +261,7 @@ async def test_paging_default_limit_is_50(client, engine):
         ({"email": 5}, "email"),
         ({"email": ["a"]}, "email"),
         ({"email": "x" * 256}, "email"),
+        ({"email": "not-an-email"}, "email"),
         ({"first_name": "a\x00b"}, "first_name"),
         ({"id": 5}, "id"),
         ({"crm_id": "00000000-0000-0000-0000-000000000001"}, "crm_id"),
