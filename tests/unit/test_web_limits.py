@@ -36,3 +36,22 @@ async def test_a_burst_is_admitted_a_few_at_a_time_and_healthz_goes_first() -> N
         release.set()
         assert [r.status_code for r in await asyncio.gather(*burst)] == [200] * 10
     assert most == 4  # three admitted, plus /healthz beside them
+
+
+def test_server_options_trust_no_proxy_by_default_and_normalise_networks() -> None:
+    from crmsync.config import load_settings
+    from crmsync.web.server import GuardedH11Protocol, server_options
+
+    default = server_options(load_settings(database_url="sqlite:///x.db"))
+    assert default["proxy_headers"] is False  # uvicorn's own default trusts 127.0.0.1
+    assert issubclass(default["http"], GuardedH11Protocol)
+    proxied = server_options(
+        load_settings(database_url="sqlite:///x.db", trusted_proxies="10.1.2.3/8, 192.0.2.7")
+    )
+    assert proxied["proxy_headers"] is True
+    # uvicorn takes "10.1.2.3/8" (host bits set) for a hostname, silently: never given it.
+    assert proxied["forwarded_allow_ips"] == "10.0.0.0/8,192.0.2.7/32"
+    limits = server_options(
+        load_settings(database_url="sqlite:///x.db", header_timeout_seconds=3, max_connections=7)
+    )["http"]
+    assert (limits.header_timeout, limits.max_connections) == (3, 7)

@@ -116,6 +116,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "http": guarded_protocol(settings.header_timeout_seconds, settings.max_connections),
         "timeout_keep_alive": KEEP_ALIVE_SECONDS,
         # X-Forwarded-* are believed only from CRMSYNC_TRUSTED_PROXIES (none by default).
-        "proxy_headers": bool(settings.trusted_proxies.strip()),
-        "forwarded_allow_ips": settings.trusted_proxies or None,
+        "proxy_headers": bool(settings.proxy_networks),
+        # Normalised ("10.1.2.3/8" is 10.0.0.0/8): uvicorn would refuse host bits.
+        "forwarded_allow_ips": ",".join(str(n) for n in settings.proxy_networks) or None,
     }
