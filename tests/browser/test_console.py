@@ -146,7 +146,7 @@ def test_pause_lets_the_backlog_grow_and_resume_drains_it(
     page.get_by_label("Object").select_option("lead")
     page.get_by_label("Direction").select_option("to_crm")
     page.get_by_role("button", name="Pause").click()
-    expect(page.locator(".paused-banner")).to_contain_text("Lead, to dynamics")
+    expect(page.locator(".paused-banner")).to_contain_text("Lead, to Dynamics")
     expect(page.locator('#status-table tr[data-object="lead"] .badge')).to_have_text("Paused")
 
     console.sql("INSERT INTO lead (email, last_name) VALUES ('p1@example.com', 'P')")

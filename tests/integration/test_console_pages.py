@@ -165,8 +165,39 @@ async def test_status_page_shows_the_backlog_and_the_last_hour(
     assert "Asia/Kolkata" in html
     # The chart has the hour's bar, labelled on the Kolkata clock.
     assert re.search(
-        r'<rect class="bar bar-lead"[^>]*><title>\d\d:00 to \d\d:00, Lead: 1,234', html
+        r'<rect class="bar bar-lead"[^>]*><title>\d{4}-\d\d-\d\d \d\d:00 to \d\d:00, Lead: 1,234',
+        html,
     )
+    # The current hour is the chart's last, partial; the figures are in a table too.
+    hours = re.findall(r'<g class="hour( hour-partial)?" data-hour="(\d+)"', html)
+    assert len(hours) == 25 and [p for p, _ in hours].count(" hour-partial") == 1
+    assert hours[-1][0] == " hour-partial"
+    partial_row = re.search(r'<tr class="partial"><th scope="row">([^<]+)</th>', html)
+    assert partial_row and partial_row[1].endswith(", so far")
+    assert re.search(r'<text class="axis axis-date"[^>]*>\d{4}-\d\d-\d\d</text>', html)
+
+    # Its row's details in this view: the hour's records by operation and direction.
+    assert f'data-details-url="{STATUS}/lead?view=last_hour"' in html
+    hour_html = (await c.get(f"{STATUS}/lead", params={"view": "last_hour", "partial": "1"})).text
+    table = re.search(
+        r'<table class="data details-table" id="hour-details">.*?</table>', hour_html, re.S
+    )
+    assert table, hour_html
+    cells = dict(re.findall(r'<tr data-operation="(\w+)">(.*?)</tr>', table[0], re.S))
+    assert re.findall(r'data-direction="(\w+)">([^<]+)<', cells["insert"]) == [
+        ("to_crm", "1,200"),
+        ("from_crm", "0"),
+    ]
+    assert re.findall(r'data-direction="(\w+)">([^<]+)<', cells["update"]) == [
+        ("to_crm", "0"),
+        ("from_crm", "34"),
+    ]
+    assert "1,234 records in all" in hour_html
+    api = await c.get("/api/v1/sync/status/lead", params={"view": "last_hour"})
+    assert api.status_code == 200
+    assert api.json()["by_direction"]["from_crm"]["updates"] == 34 and api.json()["synced"] == 1234
+    bad = await c.get("/api/v1/sync/status/lead", params={"view": "weekly"})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "view"
 
     # A bad view falls back to the backlog; the fragment is just the live region.
     assert 'data-col="total"' in (await c.get(STATUS, params={"view": "x"})).text
@@ -212,7 +243,7 @@ async def test_pause_and_resume_forms(admin: tuple[httpx.AsyncClient, str], engi
         scopes, "lead", "from_crm"
     )
     html = (await c.get(r.headers["location"])).text
-    assert "Paused: Lead, to dynamics." in html and "Sync paused" in html
+    assert "Paused: Lead, to Dynamics." in html and "Sync paused" in html
     status = (await c.get("/api/v1/sync/status")).json()
     assert [(p["object"], p["direction"]) for p in status["paused"]] == [("lead", "to_crm")]
 

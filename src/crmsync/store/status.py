@@ -416,6 +416,37 @@ def last_hour(
     }
 
 
+def last_hour_details(
+    conn: Connection, obj: str, zone: ZoneInfo, *, at: datetime | None = None
+) -> dict[str, Any]:
+    """One object's records synced in the last complete clock hour, per direction and
+    operation (the details of a ``last_hour`` row: ``synced`` is that row's count)."""
+    start, end = hour_window(at or utcnow(), zone)
+    t = sync_throughput.c
+    by_direction = {d: {PLURAL[op]: 0 for op in OPERATIONS} for d in DIRECTIONS}
+    query = (
+        sa.select(t.direction, t.operation, sa.func.sum(t.synced))
+        .where(t.object == obj, t.bucket_start >= start, t.bucket_start < end)
+        .group_by(t.direction, t.operation)
+    )
+    for direction, operation, n in conn.execute(query):
+        if direction in by_direction and operation in PLURAL:
+            by_direction[direction][PLURAL[operation]] += int(n or 0)
+    body: dict[str, Any] = {
+        "object": obj,
+        "view": "last_hour",
+        "as_of": iso(at or utcnow()),
+        "timezone": zone.key,
+        "window": {"start": iso(start), "end": iso(end)},
+    }
+    for op in OPERATIONS:
+        body[PLURAL[op]] = sum(counts[PLURAL[op]] for counts in by_direction.values())
+    body["synced"] = sum(body[PLURAL[op]] for op in OPERATIONS)
+    body["by_direction"] = by_direction
+    body["paused"] = paused(conn)
+    return body
+
+
 def throughput(
     conn: Connection,
     objects: Iterable[str],
