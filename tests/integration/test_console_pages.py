@@ -481,3 +481,29 @@ async def test_an_error_about_a_whole_object_reads_as_such(
     assert "missing prvReadContact privilege &lt;b&gt;" in row
     csv_text = (await c.get("/api/v1/sync/errors/export", params={"direction": "from_crm"})).text
     assert csv_text.splitlines()[1].split(",")[1:5] == ["contact", "", "", ""]
+
+
+async def test_unknown_pages_are_console_pages_and_there_is_an_icon(
+    admin: tuple[httpx.AsyncClient, str],
+) -> None:
+    c, _ = admin
+    html = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    for path in ("/admin/microsoft-dynamics/nowhere", "/nope", "/admin/x/<script>"):
+        r = await c.get(path, headers=html)
+        assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+        assert '<h1 id="not-found-title">Page not found</h1>' in r.text
+        assert 'class="topbar"' in r.text and "Log out" in r.text  # the console's layout
+        assert "<script>" not in r.text.split("<main", 1)[1]  # the path is escaped
+        assert "default-src 'self'" in r.headers["content-security-policy"]
+    # Machines keep the JSON shape: the API, a client that does not ask for HTML, a POST.
+    for method, path, headers in (
+        ("GET", "/api/v1/nowhere", html),
+        ("GET", "/admin/nowhere", {"Accept": "application/json"}),
+        ("GET", "/healthz/x", html),
+    ):
+        r = await c.request(method, path, headers=headers)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", path
+    icon = await c.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+    assert icon.content[:4] == b"\x00\x00\x01\x00"  # an ICO file
+    assert (await c.get("/static/favicon.svg")).status_code == 200

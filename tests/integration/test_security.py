@@ -46,6 +46,7 @@ PUBLIC = {
     "/api/v1/openapi.json",
     "/api/v1/docs",
     "/docs/oauth2-redirect",
+    "/favicon.ico",  # the login page's icon
 }
 PUBLIC_MOUNTS = {"/static"}
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
