@@ -12,10 +12,10 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
+from crmsync.web import errors
 from crmsync.web.console import errors_page, login, status_page
 from crmsync.web.console.render import STATIC_DIR, redirect, render
 from crmsync.web.csrf import CsrfRejected
-from crmsync.web import errors
 from crmsync.web.errors import error_response
 
 STATIC_PATH = "/static"
