@@ -26,9 +26,12 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
+from crmsync.store.queue import BUCKET_MINUTES
 from crmsync.store.schema import sync_throughput
 
-BUCKET = timedelta(minutes=15)  # store.queue.BUCKET_MINUTES
+# The counters' granularity bounds how fast the estimate follows a change of pace: a
+# bucket's records are spread over its elapsed part. Finer buckets need no change here.
+BUCKET = timedelta(minutes=BUCKET_MINUTES)
 WINDOW = timedelta(minutes=30)
 HALF_LIFE = timedelta(minutes=5)
 
