@@ -1,8 +1,12 @@
 """crmsync: keep SQL tables and Microsoft Dynamics 365 in sync.
 
-Start with `crmsync demo` to try everything offline, or `crmsync db upgrade`, then
-`crmsync run`. See what is waiting with `crmsync status` and what failed with
-`crmsync errors list`. Settings come from CRMSYNC_* environment variables.
+Try everything offline with `crmsync demo`.
+
+For real: `crmsync db upgrade`, then `crmsync run`.
+
+See what waits with `crmsync status`, what failed with `crmsync errors list`.
+
+Settings come from CRMSYNC_* environment variables (see the README).
 """
 
 from __future__ import annotations
@@ -363,8 +367,11 @@ def status(
         bool, typer.Option("--json", help="Print JSON (as the API answers) instead of a table")
     ] = False,
 ) -> None:
-    """What is waiting to sync per object and how long it will take, or what synced in
-    the last hour."""
+    """What waits to sync per object and how long it will take, or what synced lately.
+
+    The backlog view counts waiting changes in both directions; --view last-hour counts
+    the records synced in the last complete clock hour.
+    """
     from crmsync import terminal
     from crmsync.store import capture
     from crmsync.store import status as queries
@@ -490,8 +497,10 @@ def errors_retry(
     since: SinceOpt = None,
     until: UntilOpt = None,
 ) -> None:
-    """Send the failed records again (fix the cause first); each error is resolved once
-    its record syncs."""
+    """Send failed records again, once their cause is fixed.
+
+    Each error stays open until its record syncs, then it is resolved.
+    """
     from crmsync.store import sync_errors
     from crmsync.store.db import write_transaction
 
@@ -519,8 +528,11 @@ def errors_dismiss(
     since: SinceOpt = None,
     until: UntilOpt = None,
 ) -> None:
-    """Hide errors you will not fix from the open list (`errors list --status dismissed`
-    still shows them). With --all, only open errors are dismissed."""
+    """Hide errors you will not fix from the open list.
+
+    `crmsync errors list --status dismissed` still shows them. With --all, only open
+    errors are dismissed (resolved ones stay resolved).
+    """
     from crmsync.store import sync_errors
     from crmsync.store.db import write_transaction
 
