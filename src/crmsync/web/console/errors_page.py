@@ -3,7 +3,13 @@
 JSON twins: ``GET /api/v1/sync/errors`` (and ``/summary``, ``/export``), ``POST
 /api/v1/sync/errors/retry`` and ``/dismiss``. Filters are validated by the same
 ``sync_errors.make_filters`` as the API; the only console-specific step is reading the
-form's ``datetime-local`` values (no offset) as times on the console's clock.
+form's date boxes (ISO 8601, ``YYYY-MM-DD HH:MM`` without an offset) as times on the
+console's clock.
+
+Invariants: a filter that cannot be applied lists no row and offers no bulk action (a
+wrong filter must never widen to everything), and the form keeps what was typed, each bad
+field marked. The page's place ("Showing 51-100 of 186") is counted from its cursor,
+never read from the URL.
 """
 
 from __future__ import annotations
