@@ -1,6 +1,12 @@
 """crmsync: keep SQL tables and Microsoft Dynamics 365 in sync.
 
-Run `crmsync demo` to try it offline; `crmsync COMMAND --help` says more about each command.
+Try everything offline with `crmsync demo`.
+
+For real: `crmsync db upgrade`, then `crmsync run`.
+
+See what waits with `crmsync status`, what failed with `crmsync errors list`.
+
+Settings come from CRMSYNC_* environment variables (see the README).
 """
 
 from __future__ import annotations
@@ -323,21 +329,42 @@ def _load_progress() -> Iterator[Any]:
         yield advance
 
 
-errors_app = typer.Typer(no_args_is_help=True, help="Sync Errors: list, export, retry.")
+errors_app = typer.Typer(
+    no_args_is_help=True,
+    help="Records that failed to sync: list or export them, retry or dismiss them.",
+)
 app.add_typer(errors_app, name="errors")
 
 SearchOpt = Annotated[
-    str | None, typer.Option("--search", help="Text in the message, code, label or ids")
+    str | None,
+    typer.Option(
+        "--search", help="Only errors whose message, code, email, name or id contains this"
+    ),
 ]
-ObjectOpt = Annotated[str | None, typer.Option("--object", help="lead, contact, account, ...")]
-DirectionOpt = Annotated[str | None, typer.Option("--direction", help="to_crm or from_crm")]
-OperationOpt = Annotated[str | None, typer.Option("--operation", help="insert, update, delete")]
-CodeOpt = Annotated[str | None, typer.Option("--code", help="Error code, exactly")]
+ObjectOpt = Annotated[
+    str | None, typer.Option("--object", help="Only this object: lead, contact, account, ...")
+]
+DirectionOpt = Annotated[
+    str | None,
+    typer.Option("--direction", help="to_crm (sending to Dynamics) or from_crm (receiving)"),
+]
+OperationOpt = Annotated[
+    str | None, typer.Option("--operation", help="Only insert, update or delete errors")
+]
+CodeOpt = Annotated[
+    str | None, typer.Option("--code", help="Only this error code, e.g. 0x80040333")
+]
 StatusOpt = Annotated[
-    str | None, typer.Option("--status", help="open (default), resolved, dismissed or all")
+    str | None,
+    typer.Option("--status", help="open (the default), resolved, dismissed or all"),
 ]
-SinceOpt = Annotated[str | None, typer.Option("--since", help="Last failed at or after (ISO 8601)")]
-UntilOpt = Annotated[str | None, typer.Option("--until", help="Last failed before (ISO 8601)")]
+SinceOpt = Annotated[
+    str | None,
+    typer.Option("--since", help="Failed last at or after this time, e.g. 2026-11-25T14:00Z"),
+]
+UntilOpt = Annotated[
+    str | None, typer.Option("--until", help="Failed last before this time, e.g. 2026-11-26T00:00Z")
+]
 
 
 def _raw_filters(
@@ -388,12 +415,25 @@ def _print_json(body: object) -> None:
 
 @app.command()
 def status(
-    view: Annotated[str, typer.Option(help="backlog or last-hour")] = "backlog",
-    object: Annotated[str | None, typer.Option(help="Show this object's details")] = None,
-    at: Annotated[str | None, typer.Option(help="ISO 8601 time to look from (default now)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON")] = False,
+    view: Annotated[
+        str,
+        typer.Option(help="backlog: what waits to sync; last-hour: what synced in the last hour"),
+    ] = "backlog",
+    object: Annotated[
+        str | None, typer.Option(help="One object's waiting changes, with the oldest of each")
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option(help="Look from this time instead of now, e.g. 2026-11-25T14:00Z")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON (as the API answers) instead of a table")
+    ] = False,
 ) -> None:
-    """The Sync Status table (backlog or last hour), or one object's details."""
+    """What waits to sync per object and how long it will take, or what synced lately.
+
+    The backlog view counts waiting changes in both directions; --view last-hour counts
+    the records synced in the last complete clock hour.
+    """
     from crmsync import terminal
     from crmsync.store import capture
     from crmsync.store import status as queries
@@ -435,10 +475,12 @@ def errors_list(
     status: StatusOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="Errors shown")] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many errors to show")] = 50,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON (as the API answers) instead of a table")
+    ] = False,
 ) -> None:
-    """The Sync Errors list, newest first."""
+    """List the records that failed to sync, newest first, with what went wrong."""
     from crmsync import terminal
     from crmsync.store import sync_errors
 
@@ -465,7 +507,7 @@ def errors_export(
     since: SinceOpt = None,
     until: UntilOpt = None,
 ) -> None:
-    """Write the matching errors to FILE as CSV (the contract's columns) or JSON."""
+    """Save the matching errors to FILE, as CSV (for a spreadsheet) or JSON."""
     from crmsync.store import sync_errors
     from crmsync.store.params import check_choice
 
@@ -484,10 +526,30 @@ def errors_export(
     typer.echo(f"wrote {file}")
 
 
+IdOpt = Annotated[
+    list[int] | None, typer.Option("--id", help="The error's id, from `errors list` (repeatable)")
+]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every error the filters match")]
+
+
+def _selection(id: list[int] | None, all_: bool, given: dict[str, str | None]) -> None:
+    """``--id`` or ``--all``, and filters only with ``--all`` (exit 2 otherwise)."""
+    if bool(id) == all_:
+        typer.echo("crmsync: give --id N (repeatable) or --all", err=True)
+        raise typer.Exit(2)
+    if id and any(v is not None for v in given.values()):
+        typer.echo("crmsync: --id does not take filters; use --all with filters", err=True)
+        raise typer.Exit(2)
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 @errors_app.command("retry")
 def errors_retry(
-    id: Annotated[list[int] | None, typer.Option("--id", help="Error id (repeatable)")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Every error matching the filters")] = False,
+    id: IdOpt = None,
+    all_: AllOpt = False,
     search: SearchOpt = None,
     object: ObjectOpt = None,
     direction: DirectionOpt = None,
@@ -497,21 +559,53 @@ def errors_retry(
     since: SinceOpt = None,
     until: UntilOpt = None,
 ) -> None:
-    """Queue failed records again; their errors resolve when they sync."""
+    """Send failed records again, once their cause is fixed.
+
+    Each error stays open until its record syncs, then it is resolved.
+    """
     from crmsync.store import sync_errors
     from crmsync.store.db import write_transaction
 
     given = _raw_filters(search, object, direction, operation, code, status, since, until)
-    if bool(id) == all_:
-        typer.echo("crmsync: give --id N (repeatable) or --all", err=True)
-        raise typer.Exit(2)
-    if id and any(v is not None for v in given.values()):
-        typer.echo("crmsync: --id does not take filters; use --all with filters", err=True)
-        raise typer.Exit(2)
+    _selection(id, all_, given)
     settings = _settings()
     with _store(settings) as engine, write_transaction(engine) as conn:
         result = sync_errors.retry(conn, settings.object_specs(), ids=id or None, given=given)
-    typer.echo(f"{result['errors']} errors selected, {result['requeued']} records queued again")
+    typer.echo(
+        f"Retried {_plural(result['errors'], 'error')}:"
+        f" {_plural(result['requeued'], 'record')} queued to sync again."
+    )
+
+
+@errors_app.command("dismiss")
+def errors_dismiss(
+    id: IdOpt = None,
+    all_: AllOpt = False,
+    search: SearchOpt = None,
+    object: ObjectOpt = None,
+    direction: DirectionOpt = None,
+    operation: OperationOpt = None,
+    code: CodeOpt = None,
+    status: StatusOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+) -> None:
+    """Hide errors you will not fix from the open list.
+
+    `crmsync errors list --status dismissed` still shows them. With --all, only open
+    errors are dismissed (resolved ones stay resolved).
+    """
+    from crmsync.store import sync_errors
+    from crmsync.store.db import write_transaction
+
+    given = _raw_filters(search, object, direction, operation, code, status, since, until)
+    _selection(id, all_, given)
+    settings = _settings()
+    with _store(settings) as engine, write_transaction(engine) as conn:
+        result = sync_errors.dismiss_selected(
+            conn, settings.object_specs(), ids=id or None, given=given
+        )
+    typer.echo(f"Dismissed {_plural(result['dismissed'], 'error')}.")
 
 
 @app.command()

@@ -1,25 +1,148 @@
-"""Rich renderings of the Sync Status and Sync Errors data for ``crmsync`` commands.
+"""The Sync Status and Sync Errors data laid out for a terminal, for ``crmsync`` commands.
 
-The data is exactly what the API returns (``store.status``, ``store.sync_errors``);
-this module only lays it out, as the console's HTML pages will.
+The data is exactly what the API returns (``store.status``, ``store.sync_errors``); this
+module only lays it out, as the console's pages do. Layout is a pure function of the
+data and the terminal's width (``lines_*`` return the lines; ``print_*`` print them):
+
+- an id, an error code, a timestamp and an object name are never cut or wrapped: a
+  reader copies them into a command or a search;
+- only free text (an error message, a record's label) is folded to the width left, and
+  a message is shortened to ``MESSAGE_LINES`` lines (``--json`` and the export have it
+  whole);
+- when the columns do not fit the width, each row becomes a block of lines instead.
 """
 
 from __future__ import annotations
 
+import shutil
+import textwrap
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
+import typer
 
 NA = "N/A"
+NONE = "\u2014"  # no estimate
+GAP = "  "
+MESSAGE_LINES = 3
+# A table whose free-text column would be narrower than this becomes blocks.
+MIN_TEXT = 24
+INDENT = "    "
 
 
-def _console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+def width() -> int:
+    """The terminal's width (``COLUMNS`` first), at least 40."""
+    return max(40, shutil.get_terminal_size((100, 24)).columns)
 
 
-def _count(value: int | None) -> str:
+def count(value: int | None) -> str:
     return NA if value is None else f"{value:,}"
+
+
+def stamp(value: str | None) -> str:
+    """``2026-11-25 13:05:09`` (UTC, said in the headings) from an API timestamp."""
+    if not value:
+        return "-"
+    return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def duration(seconds: float | None) -> str:
+    """``45s``, ``12m05s``, ``3h05m``, ``2d04h``."""
+    if seconds is None:
+        return "-"
+    s = max(0, int(seconds))
+    minutes, secs = divmod(s, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def drain_text(row: dict[str, Any]) -> str:
+    """Time to drain as the console says it: a duration, ``paused`` or ``—``."""
+    if not row.get("total"):
+        return "-"
+    if row.get("drain") == "paused":
+        return "paused"
+    eta = row.get("eta_seconds")
+    return NONE if eta is None else duration(eta)
+
+
+def wrap_tokens(tokens: Sequence[str], limit: int, indent: str = "", sep: str = "  ") -> list[str]:
+    """Tokens joined by ``sep`` into lines of at most ``limit`` characters, a token never
+    split (one longer than the line gets a line of its own)."""
+    lines: list[str] = []
+    line = ""
+    for token in tokens:
+        candidate = f"{line}{sep}{token}" if line else token
+        if line and len(indent if lines else "") + len(candidate) > limit:
+            lines.append(line)
+            line = token
+        else:
+            line = candidate
+    if line:
+        lines.append(line)
+    return [(indent if i else "") + text for i, text in enumerate(lines)]
+
+
+def fold(text: str, limit: int, max_lines: int | None = None) -> list[str]:
+    """Free text folded to ``limit`` columns at spaces (a word longer than that is cut
+    into pieces), shortened with ``…`` past ``max_lines``."""
+    clean = " ".join(text.split()) or "-"
+    return textwrap.wrap(
+        clean,
+        max(8, limit),
+        max_lines=max_lines,
+        placeholder=" …",
+        break_on_hyphens=False,
+    ) or ["-"]
+
+
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    right: Sequence[bool],
+    limit: int,
+    free: int | None = None,
+    max_lines: int | None = None,
+) -> list[str] | None:
+    """Columns sized to their widest cell. ``free`` is the index of the one column that
+    is folded to the width left; None when even then the table does not fit ``limit``."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    if free is not None:
+        fixed = sum(w for i, w in enumerate(widths) if i != free) + len(GAP) * (len(widths) - 1)
+        room = limit - fixed
+        if room < MIN_TEXT:
+            return None
+        widths[free] = min(widths[free], room)
+    elif sum(widths) + len(GAP) * (len(widths) - 1) > limit:
+        return None
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            c.rjust(w) if right[i] else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return GAP.join(parts).rstrip()
+
+    out = [line(headers), line(["-" * w for w in widths])]
+    for row in rows:
+        if free is None:
+            out.append(line(row))
+            continue
+        folded = fold(row[free], widths[free], max_lines)
+        out.append(line([*row[:free], folded[0], *row[free + 1 :]]))
+        for more in folded[1:]:
+            out.append(line(["" if i != free else more for i in range(len(row))]))
+    return out
+
+
+# -- Sync Status ------------------------------------------------------------------------
 
 
 def _paused_line(body: dict[str, Any]) -> str | None:
@@ -30,98 +153,176 @@ def _paused_line(body: dict[str, Any]) -> str | None:
     return f"Paused: {scopes}"
 
 
-def _eta(seconds: int | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(seconds, 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-def print_status(body: dict[str, Any]) -> None:
+def lines_status(body: dict[str, Any], limit: int) -> list[str]:
     """The Sync Status table: backlog, last hour, or one object's details."""
     if "by_direction" in body:
-        print_details(body)
-        return
+        return lines_details(body, limit)
     last_hour = body["view"] == "last_hour"
     if last_hour:
         window = body["window"]
-        title = f"Sync Status - last hour {window['start']} to {window['end']}"
+        title = (
+            f"Sync Status: records synced from {stamp(window['start'])}"
+            f" to {stamp(window['end'])} UTC, both directions"
+        )
+        headers = ["Object", "Inserts", "Updates", "Deletes", "Synced"]
     else:
-        title = f"Sync Status - backlog as of {body['as_of']}"
-    table = Table(title=title)
-    for header in ("Object", "Inserts", "Updates", "Deletes"):
-        table.add_column(header, justify="left" if header == "Object" else "right")
-    if last_hour:
-        table.add_column("Synced", justify="right")
-    else:
-        for header in ("Total", "Oldest queued", "Trend", "ETA"):
-            table.add_column(header, justify="right")
+        title = f"Sync Status: backlog as of {stamp(body['as_of'])} UTC"
+        headers = ["Object", "Inserts", "Updates", "Deletes", "Total", "Oldest", "Trend", "Drain"]
+    rows = []
     for row in body["objects"]:
-        cells = [row["object"], _count(row["inserts"]), _count(row["updates"])]
-        cells.append(_count(row["deletes"]))
+        cells = [row["object"], count(row["inserts"]), count(row["updates"])]
+        cells.append(count(row["deletes"]))
         if last_hour:
-            cells.append(_count(row["synced"]))
+            cells.append(count(row["synced"]))
         else:
+            oldest = row.get("oldest_queued_at")
+            age = (
+                datetime.fromisoformat(body["as_of"]) - datetime.fromisoformat(oldest)
+                if oldest
+                else None
+            )
             cells += [
-                _count(row["total"]),
-                row["oldest_queued_at"] or "-",
+                count(row["total"]),
+                duration(age.total_seconds()) if age is not None else "-",
                 row.get("trend") or "-",
-                _eta(row.get("eta_seconds")),
+                drain_text(row),
             ]
-        table.add_row(*cells)
-    console = _console()
-    console.print(table)
+        rows.append(cells)
+    right = [False, True, True, True, True, True, False, True][: len(headers)]
+    out = [*wrap_tokens(title.split(" "), limit, INDENT, " "), ""]
+    laid = table(headers, rows, right=right, limit=limit)
+    if laid is None:
+        for cells in rows:
+            pairs = [f"{h.lower()} {c}" for h, c in zip(headers[1:], cells[1:], strict=True)]
+            out += wrap_tokens([cells[0], *pairs], limit, INDENT)
+    else:
+        out += laid
     if not last_hour:
         since = body.get("trend_since")
-        basis = f"the backlog at {since}" if since else "no backlog sample old enough yet"
-        console.print(f"Trend: against {basis}. ETA: the backlog at last hour's sync rate.")
+        basis = f"the backlog at {stamp(since)} UTC" if since else "no sample old enough yet"
+        notes = (
+            f"Oldest: how long the oldest change has waited. Trend: against {basis}."
+            " Drain: the time the backlog takes at the rate of the last minutes,"
+            " each direction on its own ('paused' while paused, '\u2014' when nothing"
+            " synced lately)."
+        )
+        out += ["", *fold(notes, limit)]
     paused = _paused_line(body)
     if paused:
-        console.print(paused)
+        out += wrap_tokens(paused.split(" "), limit, INDENT, " ")
+    return out
 
 
-def print_details(body: dict[str, Any]) -> None:
-    table = Table(title=f"{body['object']} backlog as of {body['as_of']}")
-    for header in ("Operation", "Pending", "to_crm", "from_crm", "Oldest record", "Queued at"):
-        table.add_column(header)
+def lines_details(body: dict[str, Any], limit: int) -> list[str]:
+    title = f"{body['object']}: waiting changes as of {stamp(body['as_of'])} UTC"
+    out = [*wrap_tokens(title.split(" "), limit, INDENT, " "), ""]
+    headers = ["Operation", "Waiting", "to_crm", "from_crm"]
+    rows = [
+        [
+            op.capitalize(),
+            count(body[op]["pending"]),
+            count(body["by_direction"]["to_crm"][op]),
+            count(body["by_direction"]["from_crm"][op]),
+        ]
+        for op in ("inserts", "updates", "deletes")
+    ]
+    laid = table(headers, rows, right=[False, True, True, True], limit=limit)
+    if laid is None:
+        for cells in rows:
+            pairs = [f"{h} {c}" for h, c in zip(headers[1:], cells[1:], strict=True)]
+            out += wrap_tokens([cells[0], *pairs], limit, INDENT)
+    else:
+        out += laid
+    out.append("")
     for op in ("inserts", "updates", "deletes"):
         oldest = body[op]["oldest"]
-        who = "-"
-        when = "-"
-        if oldest is not None:
-            ident = oldest["record_id"] if oldest["record_id"] is not None else oldest["crm_id"]
-            who = f"{oldest['label'] or ''} (#{ident}, {oldest['direction']})".strip()
-            when = f"{oldest['queued_at']} ({_eta(oldest['age_seconds'])} ago)"
-        table.add_row(
-            op.capitalize(),
-            _count(body[op]["pending"]),
-            _count(body["by_direction"]["to_crm"][op]),
-            _count(body["by_direction"]["from_crm"][op]),
-            who,
-            when,
-        )
-    console = _console()
-    console.print(table)
+        if oldest is None:
+            continue
+        ids = f"local id {oldest['record_id'] if oldest['record_id'] is not None else '-'}"
+        tokens = [
+            f"Oldest {op[:-1]}:",
+            *fold(oldest["label"] or "(no label)", limit - len(INDENT)),
+            f"({ids},",
+            f"CRM id {oldest['crm_id'] or '-'},",
+            f"{oldest['direction']})",
+            "queued",
+            f"{stamp(oldest['queued_at'])} UTC,",
+            f"{duration(oldest['age_seconds'])} ago",
+        ]
+        out += wrap_tokens(tokens, limit, INDENT, " ")
     paused = _paused_line(body)
     if paused:
-        console.print(paused)
+        out += wrap_tokens(paused.split(" "), limit, INDENT, " ")
+    return out
 
 
-def print_errors(page: dict[str, Any]) -> None:
-    table = Table(title=f"Sync Errors ({len(page['items'])} of {page['total']})")
-    for header in ("Id", "Object", "Record", "Op", "Direction", "Code", "Message", "Last failed"):
-        table.add_column(header)
-    for e in page["items"]:
-        record = e["record_label"] or str(e["record_id"] or e["crm_id"] or "")
-        table.add_row(
+# -- Sync Errors ------------------------------------------------------------------------
+
+
+def _record(e: dict[str, Any]) -> str:
+    if e["record_id"] is None and not e["crm_id"]:
+        return "(every record)"
+    return e["record_label"] or str(e["record_id"] if e["record_id"] is not None else e["crm_id"])
+
+
+def lines_errors(page: dict[str, Any], limit: int) -> list[str]:
+    """The Sync Errors list: a table when it fits, else one block per error."""
+    items = page["items"]
+    out = [f"Sync Errors: {len(items):,} of {page['total']:,}, newest first (times in UTC)"]
+    if not items:
+        return [*out, "No errors match."]
+    headers = ["Id", "Object", "Op", "Direction", "Code", "Last failed", "Record", "Message"]
+    rows = [
+        [
             str(e["id"]),
             e["object"],
-            record,
             e["operation"],
             e["direction"],
             e["error_code"],
+            stamp(e["last_failed_at"]),
+            _record(e),
             e["error_message"],
-            e["last_failed_at"],
+        ]
+        for e in items
+    ]
+    # Record is free text as well, but an email is what people search by: whole, or blocks.
+    laid = table(
+        headers,
+        rows,
+        right=[True, *([False] * 7)],
+        limit=limit,
+        free=7,
+        max_lines=MESSAGE_LINES,
+    )
+    if laid is not None:
+        return [*out, "", *laid]
+    for e, cells in zip(items, rows, strict=True):
+        out.append("")
+        out += wrap_tokens(
+            [f"#{e['id']}", e["object"], e["operation"], e["direction"], e["error_code"], cells[5]],
+            limit,
+            INDENT,
         )
-    _console().print(table, markup=False)
+        ids = f"local id {e['record_id'] if e['record_id'] is not None else '-'}"
+        record = f"{cells[6]} ({ids}, CRM id {e['crm_id'] or '-'})"
+        out += [INDENT + text for text in fold(record, limit - len(INDENT))]
+        out += [
+            INDENT + text for text in fold(e["error_message"], limit - len(INDENT), MESSAGE_LINES)
+        ]
+    return out
+
+
+def _echo(lines: list[str]) -> None:
+    typer.echo("\n".join(lines))
+
+
+def print_status(body: dict[str, Any]) -> None:
+    _echo(lines_status(body, width()))
+
+
+def print_details(body: dict[str, Any]) -> None:
+    _echo(lines_details(body, width()))
+
+
+def print_errors(page: dict[str, Any]) -> None:
+    _echo(lines_errors(page, width()))

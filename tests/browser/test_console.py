@@ -146,7 +146,7 @@ def test_pause_lets_the_backlog_grow_and_resume_drains_it(
     page.get_by_label("Object").select_option("lead")
     page.get_by_label("Direction").select_option("to_crm")
     page.get_by_role("button", name="Pause").click()
-    expect(page.locator(".paused-banner")).to_contain_text("Lead, to dynamics")
+    expect(page.locator(".paused-banner")).to_contain_text("Lead, to Dynamics")
     expect(page.locator('#status-table tr[data-object="lead"] .badge')).to_have_text("Paused")
 
     console.sql("INSERT INTO lead (email, last_name) VALUES ('p1@example.com', 'P')")
@@ -226,7 +226,9 @@ def test_errors_search_filter_export_retry_dismiss(
     # synced it, and the object's error once the worker read contacts again.
     console.emulator(duplicate_detection=True, denied_entity_sets=[])
     denied.get_by_role("button", name="Retry").click()
-    expect(page.get_by_role("status")).to_contain_text("1 of 1 error queued again")
+    expect(page.get_by_role("status")).to_contain_text(
+        "Retried 1 error: 1 record queued to sync again."
+    )
     assert dialogs == ["Retry this error?"]
     console.drain()
     page.reload()
@@ -241,7 +243,7 @@ def test_errors_search_filter_export_retry_dismiss(
     expect(rows).to_have_count(2)
     rows.filter(has_text="dup@example.com").get_by_role("checkbox").check()
     page.get_by_role("button", name="Dismiss selected").click()
-    expect(page.get_by_role("status")).to_contain_text("1 error dismissed")
+    expect(page.get_by_role("status")).to_contain_text("Dismissed 1 error.")
     expect(rows).to_have_count(1)
     expect(rows.first).to_contain_text("0x80044331")
     assert console.scalar("SELECT status FROM sync_error WHERE error_code = '0x80040333'") == (

@@ -46,6 +46,8 @@ PUBLIC = {
     "/api/v1/openapi.json",
     "/api/v1/docs",
     "/docs/oauth2-redirect",
+    "/favicon.ico",  # the login page's icon
+    "/swagger-ui/{name}",  # the API docs page's assets (web/api_docs.py)
 }
 PUBLIC_MOUNTS = {"/static"}
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}

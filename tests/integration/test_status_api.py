@@ -196,10 +196,24 @@ async def test_backlog_trend_and_eta(client):
     rows = by_object(await get(client, "/api/v1/sync/status", at=AT))
     # Synced 12:20-13:20 (buckets 12:30, 12:45, 13:00, 13:15): lead 7+1+4+100 = 112.
     assert rows["lead"]["synced_last_hour"] == 112
-    assert rows["lead"]["eta_seconds"] == round(4 * 3600 / 112)  # 129
     assert rows["account"]["synced_last_hour"] == 6
-    assert rows["account"]["eta_seconds"] == 600
-    assert rows["contact"]["eta_seconds"] == 0
+    # Time to drain, at the rate of the 30 minutes before 13:20 weighted with a 5-minute
+    # half-life (store.drain), each direction on its own. Lead's from_crm update waits
+    # and nothing synced from_crm since 12:30: no rate, no time.
+    assert (rows["lead"]["drain"], rows["lead"]["eta_seconds"]) == ("no_rate", None)
+    # Account: 6 in the 13:00 bucket, i.e. 6/900 a second at ages 5 to 20 minutes, whose
+    # weight is (1/2 - 1/16) of the window's (1 - 1/64): 4/9. 1 / (6/900 * 4/9) = 337.5.
+    assert (rows["account"]["drain"], rows["account"]["eta_seconds"]) == ("estimate", 338)
+    assert (rows["contact"]["drain"], rows["contact"]["eta_seconds"]) == ("empty", 0)
+    # To Dynamics only: lead's 3 waiting at 1 (12:45), 4 (13:00) and 100 (13:15, 5 of its
+    # minutes elapsed) weighted 3/64, 7/16 and 1/2 over 63/64: 0.1713/s, 17.5 s.
+    to_crm = by_object(await get(client, "/api/v1/sync/status", at=AT, direction="to_crm"))
+    assert (to_crm["lead"]["drain"], to_crm["lead"]["eta_seconds"]) == ("estimate", 18)
+    # Paused: no time, whatever the rate.
+    r = await client.post("/api/v1/sync/pause", json={"object": "lead", "direction": "to_crm"})
+    assert r.status_code == 200, r.text
+    to_crm = by_object(await get(client, "/api/v1/sync/status", at=AT, direction="to_crm"))
+    assert (to_crm["lead"]["drain"], to_crm["lead"]["eta_seconds"]) == ("paused", None)
     body = await get(client, "/api/v1/sync/status", at=AT)
     assert body["trend_since"] == iso("10:15")
     # Lead: 205 in the 10:15 sample, 4 now: shrinking.
@@ -232,6 +246,7 @@ async def test_trend_growing_without_throughput(db_url, engine):
         row = by_object(await get(c, "/api/v1/sync/status", at=AT))["lead"]
     # 30 now, 0 in the 10:00 sample.
     assert (row["total"], row["trend"], row["eta_seconds"]) == (30, "growing", None)
+    assert row["drain"] == "no_rate"
 
 
 async def test_several_changes_to_one_record_count_once(db_url, engine):

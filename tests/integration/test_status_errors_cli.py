@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from crmsync.cli import app
-from crmsync.store.schema import sync_queue
+from crmsync.store.schema import sync_error, sync_queue
 
 AT = status_fixture.AT
 
@@ -23,9 +23,9 @@ AT = status_fixture.AT
 def run(db_url: str):
     runner = CliRunner()
 
-    def invoke(*args: str):
+    def invoke(*args: str, columns: int = 200):
         return runner.invoke(
-            app, list(args), env={"CRMSYNC_DATABASE_URL": db_url, "COLUMNS": "200"}
+            app, list(args), env={"CRMSYNC_DATABASE_URL": db_url, "COLUMNS": str(columns)}
         )
 
     return invoke
@@ -44,17 +44,18 @@ def test_status_table_backlog_last_hour_and_details(run, engine: Engine):
     status_fixture.seed(engine)
     result = run("status", "--at", AT)
     assert result.exit_code == 0, result.output
-    assert "Sync Status - backlog" in result.output and "lead" in result.output
+    assert "Sync Status: backlog as of 2026-11-25 13:20:00 UTC" in result.output
+    assert "lead" in result.output
     result = run("status", "--view", "last-hour", "--at", AT)
     assert result.exit_code == 0, result.output
     assert "N/A" in result.output
-    assert "2026-11-25T12:00:00+00:00 to 2026-11-25T13:00:00+00:00" in result.output
+    assert "from 2026-11-25 12:00:00 to 2026-11-25 13:00:00 UTC" in result.output
     assert "23" in result.output
     result = run("status", "--object", "lead", "--at", AT)
     assert result.exit_code == 0, result.output
     assert "l1@example.com" in result.output and "old@example.com" in result.output
     backlog = run("status", "--at", AT).output
-    assert "shrinking" in backlog and "against the backlog at 2026-11-25T10:15:00+00:00" in backlog
+    assert "shrinking" in backlog and "against the backlog at 2026-11-25 10:15:00 UTC" in backlog
     details = json.loads(run("status", "--object", "lead", "--json", "--at", AT).output)
     assert details["updates"]["oldest"]["record_id"] == 5
 
@@ -106,9 +107,122 @@ def test_errors_list_export_retry(run, engine: Engine, tmp_path: Path):
     assert missing.exit_code == 1 and "999" in missing.output
     result = run("errors", "retry", "--id", "1")
     assert result.exit_code == 0, result.output
-    assert "1 errors selected, 1 records queued again" in result.output
+    assert result.output == "Retried 1 error: 1 record queued to sync again.\n"
     result = run("errors", "retry", "--all", "--object", "contact")
-    assert "1 errors selected, 1 records queued again" in result.output
+    assert result.output == "Retried 1 error: 1 record queued to sync again.\n"
     with engine.connect() as conn:
         states = set(conn.execute(sa.select(sync_queue.c.state)).scalars())
     assert states == {"pending"}
+
+
+def test_errors_dismiss_by_id_and_by_filter(run, engine: Engine):
+    errors_fixture.seed(engine)
+
+    def statuses() -> dict[int, str]:
+        with engine.connect() as conn:
+            return dict(conn.execute(sa.select(sync_error.c.id, sync_error.c.status)).all())
+
+    before = statuses()
+    assert run("errors", "dismiss").exit_code == 2
+    assert run("errors", "dismiss", "--id", "1", "--all").exit_code == 2
+    assert run("errors", "dismiss", "--id", "1", "--code", "x").exit_code == 2
+    bad = run("errors", "dismiss", "--all", "--object", "invoice")
+    assert bad.exit_code == 2 and "--object" in bad.output
+    missing = run("errors", "dismiss", "--id", "1", "--id", "999")
+    assert missing.exit_code == 1 and "999" in missing.output
+    assert statuses() == before  # nothing half done
+
+    result = run("errors", "dismiss", "--id", "1")
+    assert result.exit_code == 0 and result.output == "Dismissed 1 error.\n"
+    assert statuses()[1] == "dismissed"
+    # --all dismisses the open errors the filters match; resolved ones stay resolved.
+    still_open = {i for i, st in statuses().items() if st == "open"}
+    earlier = {i for i, st in before.items() if st == "dismissed"}
+    assert len(still_open) == 3 and earlier
+    result = run("errors", "dismiss", "--all", "--status", "all")
+    assert result.exit_code == 0 and result.output == "Dismissed 3 errors.\n"
+    after = statuses()
+    assert {i for i, st in after.items() if st == "dismissed"} == {1, *still_open, *earlier}
+    assert [st for i, st in after.items() if before[i] == "resolved"] == ["resolved"]
+    listed = json.loads(run("errors", "list", "--status", "dismissed", "--json").output)
+    assert {i["id"] for i in listed["items"]} == {1, *still_open, *earlier}
+
+
+LONG = "0x80060891"
+
+
+def test_errors_at_80_columns_keep_ids_codes_times_and_objects_whole(run, engine: Engine):
+    errors_fixture.seed(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(sync_error).values(
+                object="opportunity",
+                direction="from_crm",
+                record_key="dddd",
+                record_id=None,
+                crm_id="dddddddd-0000-4000-8000-000000000001",
+                record_label="Contoso renewal 2027, three-year enterprise agreement",
+                operation="update",
+                error_code=LONG,
+                error_message="The remote server returned an error: (503) Server Unavailable. " * 4,
+                first_failed_at=status_fixture.t("12:00"),
+                last_failed_at=status_fixture.t("12:01"),
+                attempts=7,
+                status="open",
+            )
+        )
+    result = run("errors", "list", columns=80)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80, result.output
+    for whole in (
+        LONG,
+        "2026-11-25 12:01:00",
+        "opportunity",
+        "dddddddd-0000-4000-8000-000000000001",
+        "0x80040333",
+        "from_crm",
+    ):
+        assert whole in result.output, whole
+    assert "…" in result.output  # the long message is shortened, not one word a line
+    assert not [line for line in lines if len(line.split()) == 1 and line.strip().isalpha()]
+    # Each error is a block starting with its id.
+    with engine.connect() as conn:
+        ids = sorted(
+            conn.execute(sa.select(sync_error.c.id).where(sync_error.c.status == "open")).scalars()
+        )
+    starts = [int(line.split()[0][1:]) for line in lines if line.startswith("#")]
+    assert sorted(starts) == ids
+    # Wide enough, the same errors are a table with one row each (and the same whole values).
+    wide = run("errors", "list", columns=220).output
+    assert "Id  Object" in wide and LONG in wide and "2026-11-25 12:01:00" in wide
+    assert max(len(line) for line in wide.splitlines()) <= 220
+
+
+def test_status_at_80_columns(run, engine: Engine):
+    status_fixture.seed(engine)
+    for args in (
+        ("status", "--at", status_fixture.AT),
+        ("status", "--view", "last-hour", "--at", status_fixture.AT),
+        ("status", "--object", "lead", "--at", status_fixture.AT),
+    ):
+        result = run(*args, columns=80)
+        assert result.exit_code == 0, result.output
+        assert max(len(line) for line in result.output.splitlines()) <= 80, result.output
+    backlog = run("status", "--at", status_fixture.AT, columns=80).output
+    header = next(line for line in backlog.splitlines() if line.startswith("Object"))
+    assert header.split() == [
+        "Object",
+        "Inserts",
+        "Updates",
+        "Deletes",
+        "Total",
+        "Oldest",
+        "Trend",
+        "Drain",
+    ]
+    lead = next(line for line in backlog.splitlines() if line.startswith("lead "))
+    # 4 waiting, the oldest since 09:30 (3h50m at 13:20); from_crm has no recent rate.
+    assert lead.split() == ["lead", "2", "2", "0", "4", "3h50m", "shrinking", "\u2014"]
+    details = run("status", "--object", "lead", "--at", status_fixture.AT, columns=80).output
+    assert "old@example.com" in details and "2026-11-25 09:30:00 UTC" in details

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -37,7 +37,7 @@ def test_count_and_titles() -> None:
     assert views.count(1234567) == "1,234,567"
     assert views.title("opportunity") == "Opportunity"
     assert views.paused_label({"object": "*", "direction": "*"}) == "All objects, both directions"
-    assert views.paused_label({"object": "lead", "direction": "to_crm"}) == "Lead, to dynamics"
+    assert views.paused_label({"object": "lead", "direction": "to_crm"}) == "Lead, to Dynamics"
     assert views.is_paused([{"object": "*", "direction": "from_crm"}], "contact")
     assert not views.is_paused([{"object": "lead", "direction": "*"}], "contact")
 
@@ -113,9 +113,36 @@ def test_chart_stacks_bars_in_proportion() -> None:
     assert contact.y + contact.height == pytest.approx(lead.y)  # stacked on the lead bar
     assert lead.y + lead.height == pytest.approx(chart.plot_bottom)
     assert contact2.x > contact.x and contact2.height == pytest.approx(plot * 20 / 50)
-    assert lead.label == "13:00 to 14:00, Lead: 30"  # Paris clock
-    assert [t.text for t in chart.x_ticks] == ["13:00"]
+    assert lead.label == "2026-11-25 13:00 to 14:00, Lead: 30"  # Paris clock
+    # Ticks on local hours divisible by three, the first with its date.
+    assert [(t.text, t.date) for t in chart.x_ticks] == [("15:00", "2026-11-25")]
     assert chart.y_ticks[-1].text == "50" and chart.y_ticks[-1].position == chart.plot_top
+    # Each hour's figures in words (what a keyboard or screen reader user gets).
+    assert [h.label for h in chart.hours] == [
+        "2026-11-25 13:00 to 14:00: Lead 30, Contact 10; 40 in all",
+        "2026-11-25 14:00 to 15:00: nothing synced; 0 in all",
+        "2026-11-25 15:00 to 16:00: Contact 20; 20 in all",
+    ]
+    assert not any(h.partial for h in chart.hours)
+
+
+def test_chart_dates_at_midnight_and_the_current_hour_partial() -> None:
+    starts = [datetime(2026, 11, 25, 20, tzinfo=UTC) + timedelta(hours=k) for k in range(8)]
+    body = {
+        "buckets": [
+            hour(s.isoformat(), (s + timedelta(hours=1)).isoformat(), lead=k + 1)
+            for k, s in enumerate(starts)
+        ]
+    }
+    now = datetime(2026, 11, 26, 3, 20, tzinfo=UTC)  # in the last bucket
+    chart = views.throughput_chart(body, ZoneInfo("UTC"), now=now)
+    assert [(t.text, t.date) for t in chart.x_ticks] == [
+        ("21:00", "2026-11-25"),
+        ("00:00", "2026-11-26"),
+        ("03:00", None),
+    ]
+    assert [h.partial for h in chart.hours] == [False] * 7 + [True]
+    assert chart.hours[-1].label == "2026-11-26 03:00 to 04:00, so far: Lead 8; 8 in all"
 
 
 def test_chart_of_nothing() -> None:

@@ -28,7 +28,7 @@ from sqlalchemy import Connection
 
 from crmsync.domain import Direction, Operation
 from crmsync.errors import ValidationFailed
-from crmsync.store import backlog_counts, queue
+from crmsync.store import backlog_counts, drain, queue
 from crmsync.store.params import iso
 from crmsync.store.schema import sync_backlog_sample, sync_pause, sync_queue, sync_throughput
 from crmsync.store.types import utcnow
@@ -250,15 +250,6 @@ def trend(now_total: int, earlier_total: int | None) -> str | None:
     return "growing" if change > 0 else "shrinking"
 
 
-def drain_eta_seconds(total: int, synced_last_hour: int) -> int | None:
-    """Seconds to drain ``total`` at last hour's rate; None when nothing synced lately."""
-    if total == 0:
-        return 0
-    if synced_last_hour <= 0:
-        return None
-    return round(total * 3600 / synced_last_hour)
-
-
 def backlog(
     conn: Connection,
     objects: Iterable[str],
@@ -271,10 +262,12 @@ def backlog(
     Beyond the contract's fields each row has ``trend``, ``backlog_earlier``,
     ``synced_last_hour`` and ``eta_seconds``, and the body has ``trend_since``:
 
-    - ``eta_seconds``: the backlog divided by the records synced in the last 60 minutes
-      before ``at``, i.e. how long the entries waiting now take at the recent rate (null
-      when none synced, 0 when the backlog is empty). New arrivals are not in it: a
-      ``growing`` trend says they outpace the drain.
+    - ``eta_seconds`` and ``drain``: how long the entries waiting now take at the rate
+      of the last minutes, each direction on its own (``store.drain``); ``drain`` is
+      ``empty`` (``eta_seconds`` 0), ``estimate``, ``paused`` or ``no_rate`` (null
+      ``eta_seconds``: a pause has no end to estimate, and nothing synced lately
+      gives no rate). New arrivals are not in it: a ``growing`` trend says they
+      outpace the drain.
     - ``trend``: the backlog now against the backlog sample ``TREND_HOURS`` before
       ``at`` (``trend_since`` is that sample's bucket, ``backlog_earlier`` its count):
       ``growing``, ``shrinking`` or ``steady`` (within 10% or 10 records). Null when no
@@ -296,24 +289,33 @@ def backlog(
         for name in names
     }
     oldest: dict[str, datetime] = {}
+    per_direction: dict[str, dict[str, int]] = {name: {} for name in names}
     for g in backlog_groups(conn, direction):
         row = rows.get(g.object)
         if row is None:  # an object no longer configured: not shown
             continue
         row[PLURAL[g.operation]] += g.count
         row["total"] += g.count
+        waiting = per_direction[g.object]
+        waiting[g.direction] = waiting.get(g.direction, 0) + g.count
         if g.oldest_queued_at is not None and (
             g.object not in oldest or g.oldest_queued_at < oldest[g.object]
         ):
             oldest[g.object] = g.oldest_queued_at
     sampled_at, earlier = backlog_sample(conn, as_of - TREND_HOURS * HOUR, direction)
     synced_hour = synced_since(conn, as_of - HOUR, as_of, direction)
+    recent = drain.recent_synced(conn, as_of)
+    scopes = queue.paused_scopes(conn)
     for name, row in rows.items():
         row["oldest_queued_at"] = iso(oldest.get(name))
         row["backlog_earlier"] = earlier.get(name)
         row["trend"] = trend(row["total"], row["backlog_earlier"])
         row["synced_last_hour"] = synced_hour.get(name, 0)
-        row["eta_seconds"] = drain_eta_seconds(row["total"], row["synced_last_hour"])
+        rates = {d: drain.recent_rate(recent.get((name, d), []), as_of) for d in DIRECTIONS}
+        held = [d for d in DIRECTIONS if queue.is_paused(scopes, name, d)]
+        estimate = drain.estimate(per_direction[name], rates, held)
+        row["drain"] = estimate.state
+        row["eta_seconds"] = estimate.seconds
     return {
         "view": "backlog",
         "as_of": iso(as_of),
@@ -412,6 +414,37 @@ def last_hour(
         ],
         "paused": paused(conn),
     }
+
+
+def last_hour_details(
+    conn: Connection, obj: str, zone: ZoneInfo, *, at: datetime | None = None
+) -> dict[str, Any]:
+    """One object's records synced in the last complete clock hour, per direction and
+    operation (the details of a ``last_hour`` row: ``synced`` is that row's count)."""
+    start, end = hour_window(at or utcnow(), zone)
+    t = sync_throughput.c
+    by_direction = {d: {PLURAL[op]: 0 for op in OPERATIONS} for d in DIRECTIONS}
+    query = (
+        sa.select(t.direction, t.operation, sa.func.sum(t.synced))
+        .where(t.object == obj, t.bucket_start >= start, t.bucket_start < end)
+        .group_by(t.direction, t.operation)
+    )
+    for direction, operation, n in conn.execute(query):
+        if direction in by_direction and operation in PLURAL:
+            by_direction[direction][PLURAL[operation]] += int(n or 0)
+    body: dict[str, Any] = {
+        "object": obj,
+        "view": "last_hour",
+        "as_of": iso(at or utcnow()),
+        "timezone": zone.key,
+        "window": {"start": iso(start), "end": iso(end)},
+    }
+    for op in OPERATIONS:
+        body[PLURAL[op]] = sum(counts[PLURAL[op]] for counts in by_direction.values())
+    body["synced"] = sum(body[PLURAL[op]] for op in OPERATIONS)
+    body["by_direction"] = by_direction
+    body["paused"] = paused(conn)
+    return body
 
 
 def throughput(

@@ -134,6 +134,24 @@ def retry(
     return retry_matching(conn, make_filters(objects, **raw), now)
 
 
+def dismiss_selected(
+    conn: Connection,
+    objects: Iterable[str],
+    *,
+    ids: Sequence[int] | None = None,
+    given: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Dismiss the errors ``ids``, or the open errors matching the raw filters ``given``
+    (not both): the one entry point for ``POST .../dismiss``, the console's bulk
+    dismissal and ``crmsync errors dismiss``, as ``retry`` is for retries."""
+    raw = {name: value for name, value in (given or {}).items() if value is not None}
+    if ids is not None:
+        if raw:
+            raise ValidationFailed("ids", "give ids or filters, not both")
+        return dismiss_ids(conn, ids)
+    return dismiss_matching(conn, make_filters(objects, **raw))
+
+
 def conditions(
     filters: ErrorFilters, dialect: str, indexed: bool | None = None
 ) -> list[ColumnElement[bool]]:
@@ -224,6 +242,38 @@ def list_errors(
         if last
         else None,
     }
+
+
+def position(conn: Connection, filters: ErrorFilters, cursor: str | None) -> int:
+    """How many matching errors come before the page that ``cursor`` starts (0 for the
+    first page): the page's place is read from the cursor, never taken on trust."""
+    if cursor is None:
+        return 0
+    at, last_id = decode_cursor(_CURSOR_PREFIX, cursor)
+    e = sync_error.c
+    after = sa.not_(before_cursor(e.last_failed_at, e.id, at, last_id))
+    query = sa.select(sa.func.count()).select_from(sync_error).where(*where_for(conn, filters))
+    return int(conn.execute(query.where(after)).scalar_one())
+
+
+def previous_cursor(conn: Connection, filters: ErrorFilters, cursor: str, limit: int) -> str | None:
+    """The cursor of the page before the one ``cursor`` starts (None: that is the first).
+
+    The page before holds the ``limit`` rows at or above the cursor's row; its own
+    cursor is the row just above those, found by one seek upwards in key order.
+    """
+    check_limit(limit)
+    at, last_id = decode_cursor(_CURSOR_PREFIX, cursor)
+    e = sync_error.c
+    upwards = sa.not_(before_cursor(e.last_failed_at, e.id, at, last_id))
+    rows = conn.execute(
+        sa.select(e.last_failed_at, e.id)
+        .where(*where_for(conn, filters), upwards)
+        .order_by(e.last_failed_at.asc(), e.id.asc())
+        .offset(limit)
+        .limit(1)
+    ).first()
+    return encode_cursor(_CURSOR_PREFIX, rows[0], rows[1]) if rows else None
 
 
 def summary(conn: Connection, filters: ErrorFilters) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 
-from crmsync.errors import ValidationFailed
 from crmsync.store import sync_errors
 from crmsync.store.db import write_transaction
 from crmsync.web.api_errors import RetryRequest
@@ -38,11 +37,8 @@ def dismiss_errors(
     (none given: every open error)."""
     engine: Engine = request.app.state.engine
     body = body or RetryRequest()
-    given = body.model_dump(exclude={"ids"}, exclude_none=True)
+    given = body.model_dump(exclude={"ids"})
     with write_transaction(engine) as conn:
-        if body.ids is not None:
-            if given:
-                raise ValidationFailed("ids", "give ids or filters, not both")
-            return sync_errors.dismiss_ids(conn, body.ids)
-        filters = sync_errors.make_filters(request.app.state.specs, **given)
-        return sync_errors.dismiss_matching(conn, filters)
+        return sync_errors.dismiss_selected(
+            conn, request.app.state.specs, ids=body.ids, given=given
+        )

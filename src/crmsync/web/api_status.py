@@ -90,13 +90,26 @@ def sync_status_details(
             json_schema_extra={"enum": list(OBJECT_NAMES)},
         ),
     ],
+    config: Config,
+    view: Annotated[
+        str,
+        Query(
+            description="backlog (waiting changes) or last_hour (synced in the last hour)",
+            json_schema_extra={"enum": list(VIEWS)},
+        ),
+    ] = "backlog",
     at: At = None,
 ) -> dict[str, Any]:
-    """One object's backlog per operation, with the oldest waiting record of each."""
+    """One object's backlog per operation, with the oldest waiting record of each; or,
+    with ``view=last_hour``, its records synced in the last complete clock hour per
+    direction and operation."""
     spec = resolve_object(request.app.state.specs, object)
+    check_choice("view", view, VIEWS)
     when = parse_timestamp("at", at)
     capture.catch_up(engine)
     with engine.connect() as conn:
+        if view == "last_hour":
+            return status.last_hour_details(conn, spec.name, config.zone, at=when)
         return status.details(conn, spec.name, at=when)
 
 

@@ -15,6 +15,7 @@ from crmsync.store.db import create_store_engine
 from crmsync.web import (
     api_conflicts,
     api_control,
+    api_docs,
     api_errors,
     api_records,
     api_status,
@@ -57,7 +58,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         title="crmsync",
         version="1",
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        # Swagger UI is served by web/api_docs.py from a pinned package, not a CDN.
+        docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
         # On every route, present and future: a session-authenticated change needs the
@@ -94,6 +96,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.include_router(api_errors.router)
     app.include_router(api_conflicts.router)
     app.include_router(api_control.router)
+    api_docs.install(app)
     health.install(app, settings)
     app.state.metrics = metrics.MetricsPage(store, app.state.specs, app.state.alerts)
     app.include_router(metrics.router)

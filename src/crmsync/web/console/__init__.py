@@ -8,15 +8,41 @@ build step). ``install`` mounts it all on the app.
 from __future__ import annotations
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
 
+from crmsync.web import errors
 from crmsync.web.console import errors_page, login, status_page
 from crmsync.web.console.render import STATIC_DIR, redirect, render
 from crmsync.web.csrf import CsrfRejected
 from crmsync.web.errors import error_response
 
 STATIC_PATH = "/static"
+# Machine-facing paths keep the JSON error shape whatever the client accepts.
+MACHINE_PREFIXES = ("/api/", "/healthz", "/metrics", "/_")
+
+
+def wants_page(request: Request) -> bool:
+    """Whether an error answers with a console page: a browser asking for HTML, outside
+    the API and the operations endpoints."""
+    path = request.url.path
+    if path.startswith(MACHINE_PREFIXES) or request.method not in ("GET", "HEAD"):
+        return False
+    return "text/html" in request.headers.get("accept", "")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """An unknown console page is a page in the console's layout, not raw JSON."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404 and wants_page(request):
+        message = f"There is no page at {request.url.path}."
+        return render(request, "not_found.html", {"message": message}, status_code=404)
+    return await errors.http_error(request, exc)
+
+
+def _favicon() -> Response:
+    return FileResponse(STATIC_DIR / "favicon.ico", media_type="image/x-icon")
 
 
 def _home() -> Response:
@@ -34,6 +60,8 @@ async def _csrf_rejected(request: Request, exc: Exception) -> Response:
 def install(app: FastAPI) -> None:
     app.add_exception_handler(login.LoginRequired, login.login_required)
     app.add_exception_handler(CsrfRejected, _csrf_rejected)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_api_route("/favicon.ico", _favicon, methods=["GET"], include_in_schema=False)
     app.include_router(login.router)
     app.include_router(status_page.router)
     app.include_router(errors_page.router)

@@ -3,7 +3,13 @@
 JSON twins: ``GET /api/v1/sync/errors`` (and ``/summary``, ``/export``), ``POST
 /api/v1/sync/errors/retry`` and ``/dismiss``. Filters are validated by the same
 ``sync_errors.make_filters`` as the API; the only console-specific step is reading the
-form's ``datetime-local`` values (no offset) as times on the console's clock.
+form's date boxes (ISO 8601, ``YYYY-MM-DD HH:MM`` without an offset) as times on the
+console's clock.
+
+Invariants: a filter that cannot be applied lists no row and offers no bulk action (a
+wrong filter must never widen to everything), and the form keeps what was typed, each bad
+field marked. The page's place ("Showing 51-100 of 186") is counted from its cursor,
+never read from the URL.
 """
 
 from __future__ import annotations
@@ -27,27 +33,44 @@ from crmsync.store.db import write_transaction
 from crmsync.store.records import NotFound
 from crmsync.store.status import DIRECTIONS, OPERATIONS
 from crmsync.store.sync_errors import ErrorFilters
+from crmsync.web.console import views
 from crmsync.web.console.login import require_login
 from crmsync.web.console.render import notify, redirect, render, settings_of
 
 PATH = "/admin/microsoft-dynamics/sync-errors"
 FILTER_FIELDS = ("q", "object", "direction", "operation", "code", "status", "since", "until")
+PAGE_SIZES = (25, 50, 100, 200)
 PAGE_SIZE = 50
-MAX_PAGE = 1_000_000
+# How the form shows a time, and what it reads besides any ISO 8601 form.
+FORM_TIME = "%Y-%m-%d %H:%M"
 _ID = re.compile(r"[0-9]{1,19}")
+FIELD_TITLES = {
+    "q": "Search",
+    "object": "Object",
+    "direction": "Direction",
+    "operation": "Operation",
+    "code": "Error code",
+    "status": "Status",
+    "since": "Failed since",
+    "until": "Failed before",
+    "limit": "Rows per page",
+}
+# The store's words for a reversed window name the API's parameter; the form's names it.
+_REWORDED = {"is before since": "is earlier than Failed since"}
+NO_ROWS: dict[str, Any] = {"items": [], "total": 0, "next_cursor": None}
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(require_login)])
 
 
 def form_timestamp(field: str, value: str | None, zone: ZoneInfo) -> datetime | None:
-    """A timestamp from the filter form: ISO 8601, and without an offset on the zone's clock
-    (what ``<input type=datetime-local>`` sends)."""
+    """A timestamp from the filter form: ISO 8601 (``2026-11-25 14:05`` or with a ``T``,
+    seconds or an offset), a time without an offset being on the zone's clock."""
     if not value:
         return None
     try:
         parsed = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise ValidationFailed(field, "is not a date and time") from None
+        raise ValidationFailed(field, "is not a date and time (YYYY-MM-DD HH:MM)") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=zone)
     return parsed.astimezone(ZoneInfo("UTC"))
@@ -69,6 +92,35 @@ def filters_from(values: Mapping[str, Any], specs: Any, zone: ZoneInfo) -> Error
     )
 
 
+def read_filters(
+    values: Mapping[str, Any], specs: Any, zone: ZoneInfo
+) -> tuple[ErrorFilters | None, dict[str, str]]:
+    """The filters, or None and every bad field's reason (not just the first: each field
+    found bad is set aside and the rest checked again)."""
+    given = {k: values[k] for k in FILTER_FIELDS if values.get(k)}
+    problems: dict[str, str] = {}
+    for _ in range(len(FILTER_FIELDS) + 1):
+        try:
+            filters = filters_from(given, specs, zone)
+        except ValidationFailed as exc:
+            problems[exc.field] = _REWORDED.get(exc.message, exc.message)
+            if given.pop(exc.field, None) is None:
+                break
+            continue
+        return (None, problems) if problems else (filters, {})
+    return None, problems
+
+
+def page_size(raw: str | None) -> int:
+    """The page size asked for: one of ``PAGE_SIZES`` (default ``PAGE_SIZE``)."""
+    if not raw:
+        return PAGE_SIZE
+    if not _ID.fullmatch(raw) or int(raw) not in PAGE_SIZES:
+        choices = ", ".join(map(str, PAGE_SIZES))
+        raise ValidationFailed("limit", f"must be one of {choices}")
+    return int(raw)
+
+
 def api_query(filters: ErrorFilters) -> dict[str, str]:
     """The filters as the API's query parameters (timestamps in UTC ISO 8601)."""
     query: dict[str, str] = {}
@@ -87,9 +139,25 @@ def form_values(filters: ErrorFilters, zone: ZoneInfo) -> dict[str, str]:
     for name in ("since", "until"):
         at = getattr(filters, name)
         if at is not None:
-            values[name] = at.astimezone(zone).strftime("%Y-%m-%dT%H:%M")
+            values[name] = at.astimezone(zone).strftime(FORM_TIME)
     values.setdefault("status", "open")
     return values
+
+
+def page_label(first: int, shown: int, total: int) -> str:
+    """``Showing 51-100 of 186`` (an en dash), from the page's real place: ``first`` is
+    ``sync_errors.position`` of its cursor, never a number from the URL."""
+    if not shown:
+        return "No errors match." if not first else "No more errors on this page."
+    return f"Showing {first + 1:,}\u2013{first + shown:,} of {total:,}"
+
+
+def page_of(before: int, limit: int, total: int) -> str | None:
+    """``Page 2 of 4``: where the page starts, in pages of ``limit`` (None: nothing to page)."""
+    if total <= limit and not before:
+        return None
+    pages = max(1, -(-total // limit))
+    return f"Page {min(before // limit + 1, pages):,} of {pages:,}"
 
 
 def store_of(request: Request) -> Engine:
@@ -97,36 +165,51 @@ def store_of(request: Request) -> Engine:
     return engine
 
 
+def _url(query: Mapping[str, str], **extra: str | int | None) -> str:
+    clean = {k: str(v) for k, v in {**query, **extra}.items() if v not in (None, "")}
+    return PATH + ("?" + urlencode(clean) if clean else "")
+
+
 @router.get(PATH, response_class=HTMLResponse)
 def sync_errors_page(request: Request) -> Response:
     zone = settings_of(request).zone
     specs = request.app.state.specs
     params = request.query_params
-    problem = None
+    filters, problems = read_filters(params, specs, zone)
     try:
-        filters = filters_from(params, specs, zone)
+        limit = page_size(params.get("limit"))
     except ValidationFailed as exc:
-        problem = f"{exc.field}: {exc.message}"
-        filters = ErrorFilters()
+        problems[exc.field], limit = exc.message, PAGE_SIZE
+        filters = None
     cursor = params.get("cursor") or None
-    raw_page = params.get("page", "")
-    page = int(raw_page) if _ID.fullmatch(raw_page) else 1
-    page = min(max(page, 1), MAX_PAGE)
-    with store_of(request).connect() as conn:
-        try:
-            listing = sync_errors.list_errors(conn, filters, limit=PAGE_SIZE, cursor=cursor)
-        except ValidationFailed as exc:  # a stale or edited cursor: start again
-            problem = problem or f"{exc.field}: {exc.message}"
-            listing = sync_errors.list_errors(conn, filters, limit=PAGE_SIZE)
-            page = 1
-        summary = sync_errors.summary(conn, filters)
-    query = api_query(filters)
-    first = (page - 1) * PAGE_SIZE + 1 if listing["items"] else 0
+    stale = None
+    listing, summary, before, previous = NO_ROWS, {"total": 0, "by_code": {}}, 0, None
+    if filters is not None:
+        with store_of(request).connect() as conn:
+            try:
+                listing = sync_errors.list_errors(conn, filters, limit=limit, cursor=cursor)
+                before = sync_errors.position(conn, filters, cursor)
+                if cursor is not None:
+                    previous = sync_errors.previous_cursor(conn, filters, cursor, limit)
+            except ValidationFailed as exc:  # a stale or edited cursor: start again
+                stale = f"{exc.field}: {exc.message}; showing the first page"
+                listing = sync_errors.list_errors(conn, filters, limit=limit)
+                cursor = None
+            summary = sync_errors.summary(conn, filters)
+    query = api_query(filters) if filters is not None else {}
+    sized = {**query, "limit": str(limit) if limit != PAGE_SIZE else ""}
+    shown = len(listing["items"])
     context = {
         "path": PATH,
-        "filters": form_values(filters, zone),
-        "filtered": filters.given or filters.status != "open",
-        "problem": problem,
+        # A filter that cannot be applied keeps what the user typed, to be corrected.
+        "filters": (
+            form_values(filters, zone)
+            if filters is not None
+            else {k: str(params[k]) for k in FILTER_FIELDS if params.get(k)}
+        ),
+        "filtered": filters is None or filters.given or filters.status != "open",
+        "problems": problems,
+        "stale": stale,
         "listing": listing,
         "summary": summary,
         "objects": list(specs),
@@ -136,19 +219,23 @@ def sync_errors_page(request: Request) -> Response:
         "hidden": query,
         "export_csv": "/api/v1/sync/errors/export?" + urlencode({**query, "format": "csv"}),
         "export_json": "/api/v1/sync/errors/export?" + urlencode({**query, "format": "json"}),
-        "api_url": "/api/v1/sync/errors?" + urlencode(query),
-        "first": first,
-        "last": first + len(listing["items"]) - 1 if listing["items"] else 0,
-        "page": page,
-        "next_url": (
-            PATH + "?" + urlencode({**query, "cursor": listing["next_cursor"], "page": page + 1})
-            if listing["next_cursor"]
-            else None
-        ),
-        "first_url": PATH + ("?" + urlencode(query) if query else "") if cursor else None,
+        "api_url": "/api/v1/sync/errors?" + urlencode({**query, "limit": limit}),
+        "count_label": page_label(before, shown, listing["total"]),
+        "page_of": page_of(before, limit, listing["total"]),
+        "page_sizes": PAGE_SIZES,
+        "limit": limit,
+        "next_url": _url(sized, cursor=listing["next_cursor"]) if listing["next_cursor"] else None,
+        "first_url": _url(sized) if cursor else None,
+        "previous_url": _url(sized, cursor=previous) if cursor else None,
         "return_query": urlencode(query),
+        "field_titles": FIELD_TITLES,
+        "title_of": views.title,
+        "direction_of": lambda d: views.DIRECTION_TITLES.get(d, d),
+        "operation_of": lambda o: views.OPERATION_TITLES.get(o, o),
+        "capitalize_of": str.capitalize,
     }
-    return render(request, "sync_errors.html", context, status_code=422 if problem else 200)
+    status = 422 if problems or stale else 200
+    return render(request, "sync_errors.html", context, status_code=status)
 
 
 def selected_ids(form: FormData) -> list[int]:
@@ -177,34 +264,40 @@ async def _action(request: Request, action: str) -> Response:
         if ids is not None and not ids:
             notify(request, "Select one or more errors first.", "error")
             return redirect(PATH, back)
-        result = await run_in_threadpool(_apply, store_of(request), action, filters, ids)
+        result = await run_in_threadpool(
+            _apply, store_of(request), request.app.state.specs, action, filters, ids
+        )
     except (ValidationFailed, NotFound) as exc:
         notify(request, f"Nothing done: {exc}", "error")
         return redirect(PATH, back)
-    n = result["errors"]
-    noun = "error" if n == 1 else "errors"
-    if action == "retry":
-        message = (
-            f"{result['requeued']:,} of {n:,} {noun} queued again;"
-            " they leave the list once their records sync."
-        )
-    else:
-        message = f"{result['dismissed']:,} {noun} dismissed."
+    message = action_message(action, result)
     notify(request, message)
     return redirect(PATH, back)
 
 
+def action_message(action: str, result: Mapping[str, int]) -> str:
+    """What a retry or dismissal did, in words (``result`` as ``sync_errors`` returns)."""
+    n = result["errors"]
+    errors = f"{n:,} error" + ("" if n == 1 else "s")
+    if action == "dismiss":
+        return f"Dismissed {errors}."
+    queued = result["requeued"]
+    records = f"{queued:,} record" + ("" if queued == 1 else "s")
+    return (
+        f"Retried {errors}: {records} queued to sync again."
+        " An error leaves this list once its record syncs."
+    )
+
+
 def _apply(
-    engine: Engine, action: str, filters: ErrorFilters, ids: list[int] | None
+    engine: Engine, specs: Any, action: str, filters: ErrorFilters, ids: list[int] | None
 ) -> dict[str, Any]:
+    # The same entry points as the API's and the CLI's: ids, or the filters as raw values.
+    given = None if ids is not None else api_query(filters)
     with write_transaction(engine) as conn:
         if action == "retry":
-            if ids is None:
-                return sync_errors.retry_matching(conn, filters)
-            return sync_errors.retry_ids(conn, ids)
-        if ids is None:
-            return sync_errors.dismiss_matching(conn, filters)
-        return sync_errors.dismiss_ids(conn, ids)
+            return sync_errors.retry(conn, specs, ids=ids, given=given)
+        return sync_errors.dismiss_selected(conn, specs, ids=ids, given=given)
 
 
 @router.post(PATH + "/retry")

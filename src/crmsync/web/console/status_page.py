@@ -7,6 +7,7 @@ JSON twins: ``GET /api/v1/sync/status``, ``/status/{object}``, ``/throughput`` a
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Request
@@ -17,6 +18,7 @@ from crmsync.errors import ValidationFailed
 from crmsync.store import capture, params, status
 from crmsync.store.db import write_transaction
 from crmsync.store.records import NotFound, resolve_object
+from crmsync.store.types import utcnow
 from crmsync.web.console import views
 from crmsync.web.console.login import require_login
 from crmsync.web.console.render import notify, redirect, render, settings_of
@@ -24,6 +26,7 @@ from crmsync.web.console.render import notify, redirect, render, settings_of
 PATH = "/admin/microsoft-dynamics/sync-status"
 VIEWS = {"backlog": "Backlog", "last_hour": "Last hour"}
 CHART_HOURS = 24
+HOUR = timedelta(hours=1)
 REFRESH_SECONDS = 10
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(require_login)])
@@ -48,7 +51,11 @@ def status_data(request: Request, view: str) -> dict[str, Any]:
             body = status.last_hour(conn, objects, zone)
         else:
             body = status.backlog(conn, objects)
-        history = status.throughput(conn, objects, zone, hours=CHART_HOURS)
+        # The complete hours and the current one so far: throughput "as of" the end of
+        # this clock hour (its buckets after now are empty), drawn as partial.
+        now = utcnow()
+        _, this_hour = status.hour_window(now, zone)
+        history = status.throughput(conn, objects, zone, hours=CHART_HOURS + 1, at=this_hour + HOUR)
     rows = []
     for row in body["objects"]:
         age = views.age_seconds(row.get("oldest_queued_at"), body.get("as_of"))
@@ -59,7 +66,7 @@ def status_data(request: Request, view: str) -> dict[str, Any]:
         "view": view,
         "views": VIEWS,
         "window": views.window_label(body["window"], zone) if "window" in body else None,
-        "chart": views.throughput_chart(history, zone),
+        "chart": views.throughput_chart(history, zone, now=now),
         "history": history,
         "directions": status.DIRECTIONS,
         "objects": objects,
@@ -79,16 +86,30 @@ def sync_status_page(
 
 
 @router.get(PATH + "/{object}", response_class=HTMLResponse)
-def sync_status_details_page(request: Request, object: str, partial: str | None = None) -> Response:
+def sync_status_details_page(
+    request: Request, object: str, partial: str | None = None, view: str = "backlog"
+) -> Response:
+    """A row's details: its waiting changes, or in the Last hour view what it synced in
+    that hour by operation and direction (JSON twin: ``/api/v1/sync/status/{object}``)."""
     try:
         spec = resolve_object(request.app.state.specs, object)
     except NotFound as exc:
         return render(request, "not_found.html", {"message": str(exc)}, status_code=404)
     capture.catch_up(store_of(request))
+    zone = settings_of(request).zone
     with store_of(request).connect() as conn:
-        body = status.details(conn, spec.name)
+        if view == "last_hour":
+            body = status.last_hour_details(conn, spec.name, zone)
+        else:
+            body = status.details(conn, spec.name)
     operations = [(op, body[status.PLURAL[op]]) for op in status.OPERATIONS]
-    context = {"body": body, "operations": operations, "path": PATH}
+    context = {
+        "body": body,
+        "operations": operations,
+        "path": PATH,
+        "view": "last_hour" if view == "last_hour" else "backlog",
+        "window": views.window_label(body["window"], zone) if "window" in body else None,
+    }
     return render(request, "_status_details.html" if partial else "status_details.html", context)
 
 

@@ -80,8 +80,10 @@ def window_label(window: dict[str, str], zone: ZoneInfo) -> str:
 
 
 def paused_label(scope: dict[str, Any]) -> str:
+    """``Lead, to Dynamics``; ``All objects, both directions`` (Dynamics is a name)."""
     obj = "All objects" if scope["object"] == "*" else title(scope["object"])
-    return f"{obj}, {DIRECTION_TITLES.get(scope['direction'], scope['direction']).lower()}"
+    direction = DIRECTION_TITLES.get(scope["direction"], scope["direction"])
+    return f"{obj}, {direction[:1].lower()}{direction[1:]}"
 
 
 def is_paused(paused: list[dict[str, Any]], obj: str) -> bool:
@@ -100,13 +102,28 @@ class Bar:
     height: float
     object: str
     synced: int
-    label: str  # "13:00 to 14:00, Lead: 42 synced"
+    label: str  # "2026-11-25 13:00 to 14:00, Lead: 42"
 
 
 @dataclass(frozen=True)
 class Tick:
     position: float
     text: str
+    date: str | None = None  # under the time, where a day starts (and at the first tick)
+
+
+@dataclass(frozen=True)
+class Hour:
+    """One clock hour of the chart: its slot, its bars, and its figures in words."""
+
+    x: float
+    width: float
+    label: str  # "2026-11-25 13:00 to 14:00: Lead 30, Contact 10; 40 in all"
+    when: str  # "2026-11-25 13:00 to 14:00" ("... 14:00, so far" for the current hour)
+    counts: dict[str, int]
+    total: int
+    partial: bool
+    bars: list[Bar]
 
 
 @dataclass(frozen=True)
@@ -123,6 +140,7 @@ class Chart:
     objects: list[str]
     total: int
     peak: int
+    hours: list[Hour]
 
 
 def nice_ceiling(value: int) -> int:
@@ -140,31 +158,52 @@ def axis_values(top: int) -> list[int]:
     return list(range(0, top + 1, step))
 
 
+def hour_words(start: str, end: str, zone: ZoneInfo, partial: bool) -> str:
+    """``2026-11-25 13:00 to 14:00`` on the zone's clock (``, so far`` when partial)."""
+    at = parse(start)
+    day = at.astimezone(zone).strftime("%Y-%m-%d") if at else ""
+    words = f"{day} {clock(start, zone)} to {clock(end, zone)}"
+    return words + (", so far" if partial else "")
+
+
 def throughput_chart(
-    body: dict[str, Any], zone: ZoneInfo, *, width: int = 1000, height: int = 220
+    body: dict[str, Any],
+    zone: ZoneInfo,
+    *,
+    now: datetime | None = None,
+    width: int = 1000,
+    height: int = 236,
 ) -> Chart:
-    """Stacked bars of records synced per clock hour, one colour per object."""
+    """Stacked bars of records synced per clock hour, one colour per object. The hour
+    holding ``now`` (if the body has it) is partial: drawn as such and said so. Ticks
+    fall on local hours divisible by three; a tick where a day starts shows its date."""
     buckets = body["buckets"]
     objects = list(buckets[0]["objects"]) if buckets else []
     totals = [sum(b["objects"][o]["synced"] for o in objects) for b in buckets]
     peak = max(totals, default=0)
     top = nice_ceiling(peak)
-    left, right, upper, lower = 48.0, width - 8.0, 12.0, height - 28.0
+    left, right, upper, lower = 48.0, width - 8.0, 12.0, height - 44.0
     slot = (right - left) / max(1, len(buckets))
     gap = min(4.0, slot * 0.2)
     bars: list[Bar] = []
+    hours: list[Hour] = []
     x_ticks: list[Tick] = []
+    last_day = None
     for i, bucket in enumerate(buckets):
         x = left + i * slot
-        hour = f"{clock(bucket['start'], zone)} to {clock(bucket['end'], zone)}"
+        start, end = parse(bucket["start"]), parse(bucket["end"])
+        partial = bool(now and start and end and start <= now < end)
+        when = hour_words(bucket["start"], bucket["end"], zone, partial)
         base = lower
+        hour_bars = []
+        counts = {obj: int(bucket["objects"][obj]["synced"]) for obj in objects}
         for obj in objects:
-            synced = bucket["objects"][obj]["synced"]
+            synced = counts[obj]
             if not synced:
                 continue
             h = (lower - upper) * synced / top
             base -= h
-            bars.append(
+            hour_bars.append(
                 Bar(
                     x + gap / 2,
                     base,
@@ -172,11 +211,20 @@ def throughput_chart(
                     h,
                     obj,
                     synced,
-                    f"{hour}, {title(obj)}: {synced:,}",
+                    f"{when}, {title(obj)}: {synced:,}",
                 )
             )
-        if i % 3 == 0:
-            x_ticks.append(Tick(x + slot / 2, clock(bucket["start"], zone)))
+        bars += hour_bars
+        figures = ", ".join(f"{title(o)} {n:,}" for o, n in counts.items() if n) or "nothing synced"
+        label = f"{when}: {figures}; {totals[i]:,} in all"
+        hours.append(Hour(x, slot, label, when, counts, totals[i], partial, hour_bars))
+        local_start = start.astimezone(zone) if start else None
+        if local_start is not None and local_start.hour % 3 == 0:
+            day = local_start.strftime("%Y-%m-%d")
+            x_ticks.append(
+                Tick(x + slot / 2, clock(bucket["start"], zone), day if day != last_day else None)
+            )
+            last_day = day
     y_ticks = [Tick(lower - (lower - upper) * v / top, f"{v:,}") for v in axis_values(top)]
     return Chart(
         width=width,
@@ -191,4 +239,5 @@ def throughput_chart(
         objects=objects,
         total=sum(totals),
         peak=peak,
+        hours=hours,
     )

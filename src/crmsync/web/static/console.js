@@ -42,13 +42,15 @@
           // and the refresh must not take them back.
           if (dialog && dialog.open) return;
           var focused = document.activeElement;
-          var focusedObject =
-            focused && live.contains(focused) ? focused.getAttribute("data-object") : null;
+          var inside = focused && live.contains(focused);
+          var focusedObject = inside ? focused.getAttribute("data-object") : null;
+          var focusedHour = inside ? focused.getAttribute("data-hour") : null;
           live.innerHTML = html;
           if (focusedObject) {
             var row = live.querySelector('tr[data-object="' + CSS.escape(focusedObject) + '"]');
             if (row) row.focus();
           }
+          if (focusedHour) focusHour(live.querySelector('.hour[data-hour="' + CSS.escape(focusedHour) + '"]'));
           if (stamp) stamp.textContent = "Updated " + new Date().toLocaleTimeString();
         })
         .catch(function () {
@@ -59,6 +61,42 @@
     window.crmsyncRefresh = refresh; // for people (and tests) who do not want to wait
   }
 
+  // -- the chart: each hour's figures by keyboard (roving focus) and pointer -------------
+  function focusHour(hour) {
+    if (!hour) return;
+    var all = hour.parentNode.querySelectorAll(".hour");
+    all.forEach(function (h) {
+      h.setAttribute("tabindex", h === hour ? "0" : "-1");
+    });
+    hour.focus();
+  }
+
+  function showHour(hour) {
+    var readout = document.getElementById("chart-readout");
+    if (readout && hour) readout.textContent = hour.getAttribute("data-label");
+  }
+
+  document.addEventListener("focusin", function (event) {
+    var hour = event.target.closest && event.target.closest(".hour");
+    if (hour) showHour(hour);
+  });
+
+  document.addEventListener("mouseover", function (event) {
+    var hour = event.target.closest && event.target.closest(".hour");
+    if (hour) showHour(hour);
+  });
+
+  document.addEventListener("keydown", function (event) {
+    var hour = event.target.closest && event.target.closest(".hour");
+    if (!hour) return;
+    var hours = Array.prototype.slice.call(hour.parentNode.querySelectorAll(".hour"));
+    var i = hours.indexOf(hour);
+    var next = { ArrowLeft: i - 1, ArrowRight: i + 1, Home: 0, End: hours.length - 1 }[event.key];
+    if (next === undefined || next < 0 || next >= hours.length) return;
+    event.preventDefault();
+    focusHour(hours[next]);
+  });
+
   // -- row details --------------------------------------------------------------------
   function openDetails(row) {
     var dialog = document.getElementById("details");
@@ -68,7 +106,7 @@
       window.location.href = url;
       return;
     }
-    fetchFragment(url + "?partial=1").then(function (html) {
+    fetchFragment(url + (url.indexOf("?") >= 0 ? "&" : "?") + "partial=1").then(function (html) {
       body.innerHTML = html;
       dialog.addEventListener(
         "close",
