@@ -150,6 +150,13 @@ class ThreadServer:
 
 
 @pytest.fixture
+def thread_server() -> type[ThreadServer]:
+    """``with thread_server(uvicorn.Config(...)):`` for a test that sets its own server
+    options (conftest modules are not importable from other test folders)."""
+    return ThreadServer
+
+
+@pytest.fixture
 def serve_app() -> Callable[[Any], AbstractContextManager[str]]:
     """``with serve_app(app) as url:`` an ASGI app on a free loopback port (conftest
     modules are not importable from other test folders, hence a fixture)."""

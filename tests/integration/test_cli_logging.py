@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -15,12 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
-
 TEXT_LINE = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (INFO|WARNING|ERROR) [\w.]+: .+ event=[\w.]+"
 )
 SECRET = "client-secret-canary-42"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def env_for(db_url: str, **extra: str) -> dict[str, str]:

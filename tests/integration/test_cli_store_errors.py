@@ -4,6 +4,7 @@ what to do, exit status 2, no traceback, and nothing created."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -13,7 +14,16 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from conftest import PG_ADMIN_URL, free_port
+# As tests/conftest.py has it (a conftest module is not importable from every folder).
+PG_ADMIN_URL = os.environ.get(
+    "CRMSYNC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def crmsync(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

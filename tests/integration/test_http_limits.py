@@ -18,7 +18,6 @@ import pytest
 import sqlalchemy as sa
 import uvicorn
 
-from conftest import ThreadServer, free_port
 from crmsync.config import load_settings
 from crmsync.store.db import create_store_engine
 from crmsync.web.app import create_app
@@ -27,6 +26,12 @@ from crmsync.web.server import server_options
 TOKEN = "limits-token-1234567890"
 PASSWORD = "limits-Admin-pw-1"
 AUTH = f"Authorization: Bearer {TOKEN}\r\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -40,7 +45,7 @@ Serve = Callable[..., AbstractContextManager[tuple[str, int]]]
 
 
 @pytest.fixture
-def serve(store_url: str) -> Iterator[Serve]:
+def serve(store_url: str, thread_server: Any) -> Iterator[Serve]:
     engines: list[sa.Engine] = []
 
     @contextmanager
@@ -59,7 +64,7 @@ def serve(store_url: str) -> Iterator[Serve]:
             access_log=False,
             **server_options(settings),
         )
-        with ThreadServer(config):
+        with thread_server(config):
             yield f"http://127.0.0.1:{port}", port
 
     yield run
