@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from crmsync.domain import OBJECT_NAMES, default_objects
 from crmsync.engine import pull
 from crmsync.store import backlog_counts, capture, migrate, queue, status, sync_errors
-from crmsync.store.db import read_transaction, write_transaction
 from crmsync.store.capture import fold_pending
+from crmsync.store.db import read_transaction, write_transaction
 from crmsync.store.maintenance import compact_counts, maintain
 from crmsync.store.schema import sync_backlog_count, sync_queue
 from crmsync.store.types import utcnow
@@ -370,25 +370,6 @@ def test_counts_always_equal_a_count_of_the_queue(engine: sa.Engine, steps: Any)
         assert counts(engine) == truth(engine), action
     groups = {(g.object, g.direction, g.operation): g.oldest_queued_at for g in _groups(engine)}
     assert groups == oldest_truth(engine)
-
-
-@settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(steps=STEPS)
-def test_reads_count_the_unfolded_log_as_folded(engine: sa.Engine, steps: Any) -> None:
-    """Local writes stay in the capture log (only claims and upkeep fold, as with no
-    worker running); a read counts them exactly as the queue holds them once folded."""
-    run(engine, "DELETE FROM lead", "DELETE FROM contact", "DELETE FROM sync_queue")
-    run(engine, "DELETE FROM sync_error", "DELETE FROM sync_record")
-    example = Run(engine, fold=False)
-    for action in steps:
-        example.step(action)
-    read = counts(engine)
-    oldest = {(g.object, g.direction, g.operation): g.oldest_queued_at for g in _groups(engine)}
-    fold_pending(engine)
-    assert read == truth(engine), steps
-    assert oldest == oldest_truth(engine), steps
 
 
 @settings(
