@@ -32,7 +32,7 @@ from sqlalchemy import Connection, Engine
 from starlette.concurrency import run_in_threadpool
 
 from crmsync.config import Settings
-from crmsync.store import capture
+from crmsync.store.db import read_transaction
 from crmsync.store.params import iso
 from crmsync.store.schema import sync_error
 from crmsync.store.status import oldest_waiting
@@ -176,8 +176,7 @@ class AlertMonitor:
         return bool(self.limits)
 
     def _observe(self, now: datetime) -> dict[Key, float]:
-        capture.catch_up(self.engine)
-        with self.engine.connect() as conn:
+        with read_transaction(self.engine) as conn:
             return observe(conn, self.objects, self.limits, now)
 
     async def check(self, now: datetime | None = None) -> list[Event]:

@@ -435,8 +435,8 @@ def status(
     the records synced in the last complete clock hour.
     """
     from crmsync import terminal
-    from crmsync.store import capture
     from crmsync.store import status as queries
+    from crmsync.store.db import read_transaction
     from crmsync.store.params import check_choice, parse_timestamp
 
     settings = _settings()
@@ -445,8 +445,7 @@ def status(
         check_choice("view", view, ("backlog", "last-hour", "last_hour"))
         if object is not None:
             check_choice("object", object, settings.object_specs())
-        capture.catch_up(engine)
-        with engine.connect() as conn:
+        with read_transaction(engine) as conn:
             if object is not None:
                 body = queries.details(conn, object, at=when)
             elif view == "backlog":

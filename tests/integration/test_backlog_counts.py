@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from crmsync.domain import OBJECT_NAMES, default_objects
 from crmsync.engine import pull
 from crmsync.store import backlog_counts, capture, migrate, queue, status, sync_errors
-from crmsync.store.db import write_transaction
+from crmsync.store.capture import fold_pending
+from crmsync.store.db import read_transaction, write_transaction
 from crmsync.store.maintenance import compact_counts, maintain
 from crmsync.store.schema import sync_backlog_count, sync_queue
 from crmsync.store.types import utcnow
@@ -33,8 +34,8 @@ Key = tuple[str, str, str]
 
 
 def counts(engine: sa.Engine) -> dict[Key, int]:
-    """What the status views read."""
-    with engine.connect() as conn:
+    """What the status views read (the capture log's unfolded tail included)."""
+    with read_transaction(engine) as conn:
         return {(g.object, g.direction, g.operation): g.count for g in status.backlog_groups(conn)}
 
 
@@ -68,13 +69,14 @@ def count_rows(engine: sa.Engine) -> int:
         )
 
 
-def run(engine: sa.Engine, *statements: str, **params: Any) -> None:
-    """Run the statements in one transaction, then queue what capture logged (as the
-    worker does before its next claim)."""
+def run(engine: sa.Engine, *statements: str, fold: bool = True, **params: Any) -> None:
+    """Run the statements in one transaction, then (``fold``) queue what capture logged,
+    as the worker does before its next claim."""
     with write_transaction(engine) as conn:
         for sql in statements:
             conn.execute(sa.text(sql), params)
-    capture.fold_pending(engine)
+    if fold:
+        capture.fold_pending(engine)
 
 
 def from_crm(key: str, operation: str, version: int) -> dict[str, Any]:
@@ -211,7 +213,7 @@ def test_backlog_view_and_oldest_come_from_counts_and_seeks(engine: sa.Engine) -
 
 
 def _groups(engine: sa.Engine) -> list[status.Group]:
-    with engine.connect() as conn:
+    with read_transaction(engine) as conn:
         return status.backlog_groups(conn)
 
 
@@ -285,8 +287,9 @@ STEPS = st.lists(
 class Run:
     """One example's state: local ids and entries in flight."""
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, fold: bool = True) -> None:
         self.engine = engine
+        self.fold = fold  # False: local writes stay in the capture log until a claim
         self.claimed: list[queue.Entry] = []
         self.version = 0
         self.later = utcnow() + timedelta(hours=1)  # every entry is due by then
@@ -300,7 +303,12 @@ class Run:
         if kind == "insert":
             _, table, synced = action
             crm = f"crm-{random.random()}" if synced else None
-            run(self.engine, f"INSERT INTO {table} (email, crm_id) VALUES ('p', :c)", c=crm)
+            run(
+                self.engine,
+                f"INSERT INTO {table} (email, crm_id) VALUES ('p', :c)",
+                fold=self.fold,
+                c=crm,
+            )
         elif kind in ("update", "delete", "rolled_back"):
             ids = self.ids("lead")
             if not ids:
@@ -308,10 +316,13 @@ class Run:
             rid = ids[action[1] % len(ids)]
             if kind == "update":
                 run(
-                    self.engine, "UPDATE lead SET last_name = last_name || 'x' WHERE id = :i", i=rid
+                    self.engine,
+                    "UPDATE lead SET last_name = last_name || 'x' WHERE id = :i",
+                    fold=self.fold,
+                    i=rid,
                 )
             elif kind == "delete":
-                run(self.engine, "DELETE FROM lead WHERE id = :i", i=rid)
+                run(self.engine, "DELETE FROM lead WHERE id = :i", fold=self.fold, i=rid)
             else:
                 with self.engine.connect() as conn:
                     tx = conn.begin()
@@ -359,6 +370,25 @@ def test_counts_always_equal_a_count_of_the_queue(engine: sa.Engine, steps: Any)
         assert counts(engine) == truth(engine), action
     groups = {(g.object, g.direction, g.operation): g.oldest_queued_at for g in _groups(engine)}
     assert groups == oldest_truth(engine)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=STEPS)
+def test_reads_count_the_unfolded_log_as_folded(engine: sa.Engine, steps: Any) -> None:
+    """Local writes stay in the capture log (only claims and upkeep fold, as with no
+    worker running); a read counts them exactly as the queue holds them once folded."""
+    run(engine, "DELETE FROM lead", "DELETE FROM contact", "DELETE FROM sync_queue")
+    run(engine, "DELETE FROM sync_error", "DELETE FROM sync_record")
+    example = Run(engine, fold=False)
+    for action in steps:
+        example.step(action)
+    read = counts(engine)
+    oldest = {(g.object, g.direction, g.operation): g.oldest_queued_at for g in _groups(engine)}
+    fold_pending(engine)
+    assert read == truth(engine), steps
+    assert oldest == oldest_truth(engine), steps
 
 
 # --- PostgreSQL: concurrent writers while compactions run ------------------------------
@@ -450,8 +480,10 @@ def test_concurrent_writers_and_compactions_keep_counts_exact(engine: sa.Engine)
         t.join()
     assert not failures, failures
     assert folds[0] > 0  # compactions did fold rows written concurrently
+    read = counts(engine)  # with the log's unfolded tail counted as folded
+    fold_pending(engine)
     assert truth(engine)  # something is left to count
-    assert counts(engine) == truth(engine)
+    assert read == truth(engine) == counts(engine)
     with write_transaction(engine) as conn:
         backlog_counts.compact(conn)
     assert counts(engine) == truth(engine)

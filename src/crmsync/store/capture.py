@@ -31,10 +31,11 @@ the coalescing rules:
 
 Nothing is lost between the halves: a change is in the log or in the queue, and the log
 row is deleted in the transaction that queues it. The worker folds before each push
-claim (``fold_pending`` without waiting) and counts a non-empty log as work due; every
-reader of the backlog (Sync Status, a record's sync state, ``/metrics``, the health and
-alert checks) calls ``catch_up`` first; applying Dynamics' changes folds first and also
-reads the log for its records, so a local change is never missed by a conflict check.
+claim (``fold_pending`` without waiting) and counts a non-empty log as work due, and the
+upkeep of every long-running process folds every few seconds; applying Dynamics'
+changes folds first and also reads the log for its records, so a local change is never
+missed by a conflict check. Readers never fold: the backlog views count the unfolded
+tail as folded (``store.backlog``).
 On PostgreSQL one folder at a time holds an advisory lock (rows of one record must be
 queued in capture order); SQLite's single writer does that by itself.
 
@@ -79,9 +80,6 @@ FOLD_LOCK = 0x63726D73_666F6C64
 # How long a worker folds before it claims or applies a batch (the rest of a long log is
 # folded by its next batches).
 BATCH_FOLD_SECONDS = 0.5
-# How long a reader spends folding before it answers with what is queued so far (only a
-# log left unfolded for long, say while no worker ran, holds more than one batch).
-CATCH_UP_SECONDS = 1.0
 # Dead rows left in the log by folding that make ``shrink`` vacuum it (PostgreSQL).
 SHRINK_ROWS = 20_000
 
@@ -386,13 +384,6 @@ def fold_pending(
         total += n
         if n < batch or (deadline is not None and time.monotonic() >= deadline):
             return total
-
-
-def catch_up(engine: Engine) -> int:
-    """Fold what is logged before reading the backlog, so that every committed change
-    is in it (within ``CATCH_UP_SECONDS`` of folding, which only a log left unfolded
-    for long can exceed)."""
-    return fold_pending(engine, wait=True, max_seconds=CATCH_UP_SECONDS)
 
 
 def has_changes(conn_or_engine: Connection | Engine) -> bool:

@@ -199,3 +199,38 @@ def capture_suppressed(conn: Connection) -> Iterator[Connection]:
     finally:
         if conn.in_transaction() and not conn.invalidated:
             resume_capture(conn)
+
+
+@contextmanager
+def read_transaction(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction on one snapshot: every statement in it sees the same
+    store, and none of them can write (PostgreSQL: ``REPEATABLE READ, READ ONLY``;
+    SQLite: a deferred transaction, which keeps its first read's snapshot, with
+    ``query_only`` on)."""
+    conn = engine.connect()
+    try:
+        if engine.dialect.name == "postgresql":
+            conn = conn.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+            with conn.begin():
+                yield conn
+            return
+        with conn.begin():
+            conn.exec_driver_sql("PRAGMA query_only=ON")
+            try:
+                yield conn
+            finally:
+                _writable_again(conn)
+    finally:
+        conn.close()
+
+
+def _writable_again(conn: Connection) -> None:
+    # The flag belongs to the pooled connection: one left on would refuse every later
+    # writer's statements, so a connection that cannot clear it is thrown away.
+    try:
+        conn.exec_driver_sql("PRAGMA query_only=OFF")
+    except Exception:
+        conn.invalidate()
+        raise

@@ -42,7 +42,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crmsync.domain import OBJECT_NAMES
 from crmsync.store import backlog_counts, capture, sessions
-from crmsync.store.db import write_transaction
+from crmsync.store.db import read_transaction, write_transaction
 from crmsync.store.queue import bucket_start
 from crmsync.store.schema import sync_backlog_sample, sync_throughput
 from crmsync.store.status import DIRECTIONS, backlog_groups
@@ -52,8 +52,10 @@ FINE_DAYS = 8
 KEEP_DAYS = 90
 SAMPLE_DAYS = 2
 HOUR = timedelta(hours=1)
-# How often long-running processes fold the backlog counts.
+# How often long-running processes fold the capture log and the backlog counts.
 COMPACT_SECONDS = 5.0
+# How long one round of upkeep folds the capture log (the rest waits for the next).
+FOLD_SECONDS = 1.0
 # A fold of this many rows is followed by a vacuum of the counts (PostgreSQL).
 SHRINK_ROWS = 10_000
 
@@ -82,17 +84,24 @@ def _upsert_throughput(conn: Connection, rows: list[dict[str, object]]) -> None:
     )
 
 
-def sample_backlog(conn: Connection, now: datetime) -> bool:
-    """Record the backlog per (object, direction) in ``now``'s bucket, once per bucket."""
+def backlog_totals(engine: Engine) -> dict[tuple[str, str], int]:
+    """The backlog per (object, direction), zeros included, from one read snapshot."""
+    # Zeros included: a missing sample means "not sampled", not "empty".
+    totals = {(o, d): 0 for o in OBJECT_NAMES for d in DIRECTIONS}
+    with read_transaction(engine) as conn:
+        for g in backlog_groups(conn):
+            totals[(g.object, g.direction)] = totals.get((g.object, g.direction), 0) + g.count
+    return totals
+
+
+def sample_backlog(conn: Connection, now: datetime, totals: dict[tuple[str, str], int]) -> bool:
+    """Record ``totals`` (the backlog per (object, direction)) in ``now``'s bucket, once
+    per bucket."""
     s = sync_backlog_sample.c
     start = bucket_start(now)
     done = conn.execute(sa.select(sa.literal(1)).where(s.sampled_at == start).limit(1)).first()
     if done is not None:
         return False
-    # Zeros included: a missing sample means "not sampled", not "empty".
-    totals = {(o, d): 0 for o in OBJECT_NAMES for d in DIRECTIONS}
-    for g in backlog_groups(conn):
-        totals[(g.object, g.direction)] = totals.get((g.object, g.direction), 0) + g.count
     insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(
         sync_backlog_sample
     )
@@ -154,9 +163,13 @@ def prune(conn: Connection, now: datetime) -> int:
 
 
 def compact_counts(engine: Engine) -> int:
-    """Fold the backlog counts (a short write transaction of its own); after a fold of
-    many rows (a bulk load or drain), shrink PostgreSQL's table, which reads scan whole.
-    On PostgreSQL, also vacuum the capture log once folding has left it many dead rows."""
+    """Fold the capture log (for up to ``FOLD_SECONDS``, unless another process is
+    folding) and the backlog counts (a short write transaction of its own); after a fold
+    of many rows (a bulk load or drain), shrink PostgreSQL's table, which reads scan
+    whole. On PostgreSQL, also vacuum the capture log once folding has left it many
+    dead rows. Readers never fold: this is where a process without a worker (``crmsync
+    serve``) keeps the log's unfolded tail short, and so the backlog's reads cheap."""
+    capture.fold_pending(engine, wait=False, max_seconds=FOLD_SECONDS)
     with write_transaction(engine) as conn:
         folded = backlog_counts.compact(conn)
     if folded >= SHRINK_ROWS and engine.dialect.name == "postgresql":
@@ -169,10 +182,17 @@ def maintain(engine: Engine, now: datetime | None = None) -> Maintained:
     """Fold the backlog counts; sample the backlog, compact and prune throughput once per
     15-minute bucket."""
     now = now or utcnow()
-    capture.catch_up(engine)  # the sample counts every committed change
     folded = compact_counts(engine)
+    s = sync_backlog_sample.c
+    with engine.connect() as conn:
+        done = conn.execute(
+            sa.select(sa.literal(1)).where(s.sampled_at == bucket_start(now)).limit(1)
+        ).first()
+    if done is not None:
+        return Maintained(sampled=False, folded_counts=folded)
+    totals = backlog_totals(engine)
     with write_transaction(engine) as conn:
-        if not sample_backlog(conn, now):
+        if not sample_backlog(conn, now, totals):
             return Maintained(sampled=False, folded_counts=folded)
         return Maintained(
             sampled=True,

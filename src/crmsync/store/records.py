@@ -24,7 +24,7 @@ from sqlalchemy.engine import RowMapping
 from crmsync.domain import Direction, EntryState, ObjectSpec
 from crmsync.errors import CrmsyncError, ValidationFailed
 from crmsync.store.params import DEFAULT_LIMIT, MAX_ID, MAX_LIMIT
-from crmsync.store.schema import LOCAL_TABLES, sync_queue, sync_record
+from crmsync.store.schema import LOCAL_TABLES, sync_change, sync_queue, sync_record
 from crmsync.store.types import utcnow
 
 READ_ONLY = ("id", "crm_id", "created_at", "updated_at", "crm_deleted_at")
@@ -357,31 +357,35 @@ def sync_state(conn: Connection, spec: ObjectSpec, record_id: int) -> SyncState:
 
     ``error`` when a queue entry for it is parked (either direction); ``pending`` when
     a change waits in either direction, or when it never synced at all (a record of an
-    object that is not pushed stays local); else ``synced``.
+    object that is not pushed stays local); else ``synced``. A change still in the
+    capture log counts as folded: its record's ``to_crm`` entry is pending then, parked
+    or not before (a parked entry that changes again is due again).
     """
-    states = set(
-        conn.scalars(
-            select(sync_queue.c.state).where(
-                sync_queue.c.object == spec.name,
-                or_(
-                    and_(
-                        sync_queue.c.direction == Direction.TO_CRM.value,
-                        sync_queue.c.record_key == str(record_id),
-                    ),
-                    and_(
-                        sync_queue.c.direction == Direction.FROM_CRM.value,
-                        sync_queue.c.record_id == record_id,
-                    ),
-                ),
-            )
+    q = sync_queue.c
+    rows = conn.execute(
+        select(q.direction, q.state).where(
+            q.object == spec.name,
+            or_(
+                and_(q.direction == Direction.TO_CRM.value, q.record_key == str(record_id)),
+                and_(q.direction == Direction.FROM_CRM.value, q.record_id == record_id),
+            ),
         )
+    ).all()
+    states = {(direction, entry_state) for direction, entry_state in rows}
+    logged = conn.scalar(
+        select(sync_change.c.seq)
+        .where(sync_change.c.object == spec.name, sync_change.c.record_id == record_id)
+        .limit(1)
     )
+    if logged is not None:
+        states = {(d, st) for d, st in states if d != Direction.TO_CRM.value}
+        states.add((Direction.TO_CRM.value, EntryState.PENDING.value))
     last_synced_at = conn.scalar(
         select(sync_record.c.last_synced_at).where(
             sync_record.c.object == spec.name, sync_record.c.record_id == record_id
         )
     )
-    if EntryState.PARKED.value in states:
+    if any(st == EntryState.PARKED.value for _d, st in states):
         state = "error"
     elif states or last_synced_at is None:
         state = "pending"

@@ -1,14 +1,11 @@
 """Sync Status: the backlog, its details, the last clock hour, throughput and pauses.
 
-Every number comes from ``sync_queue`` (the backlog is its ``pending`` entries; parked
-errors are excluded) and from ``sync_throughput`` (synced records in 15-minute buckets,
-and one backlog sample per bucket under the operation ``backlog``: see
-``store.maintenance``, which writes them and keeps the retention).
-The queue holds one entry per (object, direction, record), so several changes to one
-record before it syncs already count once per direction, and ``first_queued_at`` is when
-its first unsynced change was captured. The backlog counts are kept by triggers in
-``sync_backlog_count`` (``store.backlog_counts``); the oldest entries are seeks on the
-``ix_sync_queue_backlog`` index (state, object, direction, operation, first_queued_at).
+The backlog is every committed local or Dynamics change not yet synced: the queue's
+``pending`` entries (parked errors excluded) plus what the capture log holds unfolded,
+counted as folded (``store.backlog``), so several changes to one record count once per
+direction. Synced records come from ``sync_throughput`` (15-minute buckets), and the
+trend from the backlog samples ``store.maintenance`` writes. Every function here only
+reads, except ``pause``, ``resume`` and ``wake_awaiting_pull``.
 
 ``at`` moves the reference time: the last-hour window, the throughput history and the
 ages are computed as of ``at``. The backlog itself is always the present one: the queue
@@ -18,7 +15,6 @@ keeps no history of entries that have since synced.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -28,7 +24,9 @@ from sqlalchemy import Connection
 
 from crmsync.domain import Direction, Operation
 from crmsync.errors import ValidationFailed
-from crmsync.store import backlog_counts, drain, queue
+from crmsync.store import backlog as backlog_module
+from crmsync.store import drain, queue
+from crmsync.store.backlog import Group
 from crmsync.store.params import iso
 from crmsync.store.schema import sync_backlog_sample, sync_pause, sync_queue, sync_throughput
 from crmsync.store.types import utcnow
@@ -132,48 +130,12 @@ def wake_awaiting_pull(conn: Connection, now: datetime) -> int:
 # -- the backlog ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Group:
-    """Pending entries of one (object, direction, operation)."""
-
-    object: str
-    direction: str
-    operation: str
-    count: int
-    oldest_queued_at: datetime | None
-
-
-def _pending_in_group(sums: sa.Subquery) -> tuple[sa.ColumnElement[bool], ...]:
-    """Pending queue entries of the count row's group (``ix_sync_queue_backlog``'s
-    leading columns, so one seek finds the group's oldest)."""
-    q = sync_queue.c
-    return (
-        q.state == "pending",
-        q.object == sums.c.object,
-        q.direction == sums.c.direction,
-        q.operation == sums.c.operation,
-    )
-
-
 def backlog_groups(
     conn: Connection, direction: str | None = None, obj: str | None = None
 ) -> list[Group]:
-    """Pending entries counted per (object, direction, operation), with the oldest of each.
-
-    The counts are the sums of ``sync_backlog_count`` (a few dozen rows once compacted);
-    the oldest entry of each group is one seek on ``ix_sync_queue_backlog``. One
-    statement, so that both come from the same snapshot.
-    """
-    sums, q = backlog_counts.sums(direction, obj), sync_queue.c
-    oldest = (
-        sa.select(q.first_queued_at)
-        .where(*_pending_in_group(sums))
-        .order_by(q.first_queued_at)
-        .limit(1)
-        .scalar_subquery()
-    )
-    query = sa.select(sums.c.object, sums.c.direction, sums.c.operation, sums.c.n, oldest)
-    return [Group(o, d, op, int(n), first) for o, d, op, n, first in conn.execute(query)]
+    """Pending changes per (object, direction, operation) with the oldest of each, the
+    capture log's unfolded tail included (``store.backlog``)."""
+    return backlog_module.groups(conn, direction, obj)
 
 
 def synced_since(
@@ -213,29 +175,17 @@ def backlog_sample(
 
 
 def oldest_waiting(conn: Connection, objects: Iterable[str]) -> dict[str, datetime]:
-    """When each object's oldest pending change was captured (objects with none left out).
-
-    One index seek per (object, direction, operation) on ``ix_sync_queue_backlog``, all
-    in one statement, rather than a count of the whole backlog: cheap enough for every
-    health check and alert round however large the backlog.
-    """
-    q = sync_queue.c
-    groups = [(obj, d, op) for obj in objects for d in DIRECTIONS for op in OPERATIONS]
-    if not groups:
-        return {}
-    seeks = [
-        sa.select(q.first_queued_at)
-        .where(q.state == "pending", q.object == obj, q.direction == d, q.operation == op)
-        .order_by(q.first_queued_at)
-        .limit(1)
-        .scalar_subquery()
-        for obj, d, op in groups
-    ]
-    row = conn.execute(sa.select(*seeks)).one()
+    """When each object's oldest pending change was captured (objects with none left out)."""
+    names = set(objects)
     oldest: dict[str, datetime] = {}
-    for (obj, _d, _op), first in zip(groups, row, strict=True):
-        if first is not None and (obj not in oldest or first < oldest[obj]):
-            oldest[obj] = first
+    for g in backlog_module.groups(conn):
+        first = g.oldest_queued_at
+        if (
+            g.object in names
+            and first is not None
+            and (g.object not in oldest or first < oldest[g.object])
+        ):
+            oldest[g.object] = first
     return oldest
 
 
@@ -326,35 +276,6 @@ def backlog(
     }
 
 
-def _oldest_entries(conn: Connection, obj: str) -> list[Any]:
-    """Per (direction, operation) of ``obj``: the count and its oldest pending entry.
-
-    One statement (one snapshot): the counts from ``sync_backlog_count``, the oldest
-    entry's id by one seek per group on ``ix_sync_queue_backlog``, and that entry joined.
-    """
-    sums, q = backlog_counts.sums(obj=obj), sync_queue.c
-    oldest_id = (
-        sa.select(q.id)
-        .where(*_pending_in_group(sums))
-        .order_by(q.first_queued_at, q.id)
-        .limit(1)
-        .scalar_subquery()
-    )
-    groups = sa.select(
-        sums.c.direction, sums.c.operation, sums.c.n, oldest_id.label("oldest_id")
-    ).subquery("groups")
-    query = sa.select(
-        groups.c.direction,
-        groups.c.operation,
-        groups.c.n,
-        q.record_id,
-        q.crm_id,
-        q.label,
-        q.first_queued_at,
-    ).select_from(groups.outerjoin(sync_queue, q.id == groups.c.oldest_id))
-    return list(conn.execute(query))
-
-
 def details(conn: Connection, obj: str, *, at: datetime | None = None) -> dict[str, Any]:
     """One object's backlog per operation with its oldest waiting record, and per direction."""
     as_of = at or utcnow()
@@ -362,18 +283,17 @@ def details(conn: Connection, obj: str, *, at: datetime | None = None) -> dict[s
     body: dict[str, Any] = {"object": obj, "as_of": iso(as_of)}
     for op in OPERATIONS:
         body[PLURAL[op]] = {"pending": 0, "oldest": None}
+    for g in backlog_module.groups(conn, obj=obj):
+        if g.direction not in by_direction or g.operation not in PLURAL:
+            continue
+        by_direction[g.direction][PLURAL[g.operation]] = g.count
+        body[PLURAL[g.operation]]["pending"] += g.count
     oldest: dict[str, Any] = {}
-    for row in _oldest_entries(conn, obj):
-        if row.direction not in by_direction or row.operation not in PLURAL:
-            continue
-        by_direction[row.direction][PLURAL[row.operation]] = int(row.n)
-        body[PLURAL[row.operation]]["pending"] += int(row.n)
-        if row.first_queued_at is None:
-            continue
+    for first in backlog_module.oldest_records(conn, obj):
         # The oldest of both directions; on a tie, to_crm first.
-        rank = (row.first_queued_at, DIRECTIONS.index(row.direction))
-        if row.operation not in oldest or rank < oldest[row.operation][0]:
-            oldest[row.operation] = (rank, row)
+        rank = (first.first_queued_at, DIRECTIONS.index(first.direction))
+        if first.operation not in oldest or rank < oldest[first.operation][0]:
+            oldest[first.operation] = (rank, first)
     for op, (_, first) in oldest.items():
         body[PLURAL[op]]["oldest"] = {
             "record_id": first.record_id,

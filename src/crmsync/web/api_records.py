@@ -14,8 +14,8 @@ from sqlalchemy import Engine
 
 from crmsync.domain import OBJECT_NAMES, ObjectSpec
 from crmsync.errors import ValidationFailed
-from crmsync.store import capture, params, records
-from crmsync.store.db import write_transaction
+from crmsync.store import params, records
+from crmsync.store.db import read_transaction, write_transaction
 from crmsync.web.auth import require_api_auth
 from crmsync.web.errors import error_responses
 
@@ -97,8 +97,7 @@ def create_record(spec: Spec, engine: Store, payload: Fields) -> dict[str, Any]:
 @router.get("/{object}/{id}", response_model=RecordWithSync, responses=error_responses(503))
 def get_record(spec: Spec, engine: Store, id: RecordId) -> dict[str, Any]:
     """One record and where it stands with Dynamics."""
-    capture.catch_up(engine)
-    with engine.connect() as conn:
+    with read_transaction(engine) as conn:
         record = records.get_record(conn, spec, id)
         record["sync"] = records.sync_state(conn, spec, id).as_json()
     return record

@@ -11,8 +11,8 @@ from sqlalchemy import Engine
 
 from crmsync.config import Settings
 from crmsync.domain import OBJECT_NAMES
-from crmsync.store import capture, status
-from crmsync.store.db import write_transaction
+from crmsync.store import status
+from crmsync.store.db import read_transaction, write_transaction
 from crmsync.store.params import check_choice, parse_timestamp
 from crmsync.store.records import resolve_object
 from crmsync.web.auth import require_api_auth
@@ -72,8 +72,7 @@ def sync_status(
     check_choice("view", view, VIEWS)
     check_choice("direction", direction, status.DIRECTIONS)
     when = parse_timestamp("at", at)
-    capture.catch_up(engine)
-    with engine.connect() as conn:
+    with read_transaction(engine) as conn:
         if view == "last_hour":
             return status.last_hour(conn, objects, config.zone, at=when)
         return status.backlog(conn, objects, direction=direction, at=when)
@@ -106,8 +105,7 @@ def sync_status_details(
     spec = resolve_object(request.app.state.specs, object)
     check_choice("view", view, VIEWS)
     when = parse_timestamp("at", at)
-    capture.catch_up(engine)
-    with engine.connect() as conn:
+    with read_transaction(engine) as conn:
         if view == "last_hour":
             return status.last_hour_details(conn, spec.name, config.zone, at=when)
         return status.details(conn, spec.name, at=when)

@@ -41,7 +41,7 @@ from crmsync.alerts import AlertMonitor
 from crmsync.config import Settings
 from crmsync.logs import Conditions
 from crmsync.memory import release_free_memory
-from crmsync.store import capture
+from crmsync.store.db import read_transaction
 from crmsync.store.maintenance import COMPACT_SECONDS, compact_counts, maintain
 from crmsync.store.params import iso
 from crmsync.store.status import oldest_waiting
@@ -103,8 +103,7 @@ def shared_throttle(engine: Engine) -> datetime | None:
 
 
 def _store_check(engine: Engine, objects: list[str]) -> tuple[str | None, Any, Any]:
-    capture.catch_up(engine)
-    with engine.connect() as conn:
+    with read_transaction(engine) as conn:
         conn.execute(text("SELECT 1"))
         oldest = oldest_waiting(conn, objects)
     throttled = shared_throttle(engine)

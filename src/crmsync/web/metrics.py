@@ -39,9 +39,10 @@ from sqlalchemy import Engine
 
 from crmsync.alerts import AlertMonitor
 from crmsync.observability import CRM_REQUESTS
-from crmsync.store import capture
+from crmsync.store.backlog import Group
+from crmsync.store.db import read_transaction
 from crmsync.store.schema import sync_error, sync_throughput
-from crmsync.store.status import DIRECTIONS, OPERATIONS, Group, backlog_groups
+from crmsync.store.status import DIRECTIONS, OPERATIONS, backlog_groups
 from crmsync.store.types import utcnow
 from crmsync.web.auth import require_api_auth
 from crmsync.web.errors import error_responses
@@ -68,8 +69,7 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         now = utcnow()
-        capture.catch_up(self.engine)
-        with self.engine.connect() as conn:
+        with read_transaction(self.engine) as conn:
             groups = backlog_groups(conn)
             t = sync_throughput.c
             synced = conn.execute(

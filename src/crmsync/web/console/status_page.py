@@ -15,8 +15,8 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import Engine
 
 from crmsync.errors import ValidationFailed
-from crmsync.store import capture, params, status
-from crmsync.store.db import write_transaction
+from crmsync.store import params, status
+from crmsync.store.db import read_transaction, write_transaction
 from crmsync.store.records import NotFound, resolve_object
 from crmsync.store.types import utcnow
 from crmsync.web.console import views
@@ -45,8 +45,7 @@ def status_data(request: Request, view: str) -> dict[str, Any]:
     """What the API's ``/sync/status`` and ``/sync/throughput`` say, plus the chart."""
     zone = settings_of(request).zone
     objects = objects_of(request)
-    capture.catch_up(store_of(request))
-    with store_of(request).connect() as conn:
+    with read_transaction(store_of(request)) as conn:
         if view == "last_hour":
             body = status.last_hour(conn, objects, zone)
         else:
@@ -95,9 +94,8 @@ def sync_status_details_page(
         spec = resolve_object(request.app.state.specs, object)
     except NotFound as exc:
         return render(request, "not_found.html", {"message": str(exc)}, status_code=404)
-    capture.catch_up(store_of(request))
     zone = settings_of(request).zone
-    with store_of(request).connect() as conn:
+    with read_transaction(store_of(request)) as conn:
         if view == "last_hour":
             body = status.last_hour_details(conn, spec.name, zone)
         else:

@@ -1,0 +1,304 @@
+"""The exact backlog: the queue's counts plus what the capture log holds unfolded.
+
+A committed local change is in the capture log or in the queue, never neither. The
+queue's counts (``store.backlog_counts``) cover what is folded; for the log's tail this
+module works out, per record, what ``capture.fold`` would make of it, without writing:
+
+- its entry *before* the fold: the record's ``to_crm`` entry, if pending (parked entries
+  are not backlog);
+- its entry *after* the fold: for a record whose latest logged change is a delete, a
+  ``delete`` if a Dynamics id is known (the deleted row's, the entry's or its last
+  sync's), else none; for one whose row exists, an ``insert`` while neither the row nor
+  its last sync has a Dynamics id, else an ``update`` (a refreshed entry is always due:
+  parked ones become pending); for one whose row is gone with no logged delete (applied
+  from Dynamics with capture suppressed), its entry unchanged;
+- the after entry's first-queued time: the entry's if it had one, else its first
+  logged change's (its delete's, for a deleted record).
+
+The backlog is the folded counts less every *before* and plus every *after*, so several
+changes to one record count once, exactly as once folded. Reading never folds and never
+writes: every statement here is a ``SELECT``, served by ``read_transaction``'s
+read-only snapshot. Cost: a scan of the unfolded tail (kept short by whoever writes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+
+from crmsync.domain import Direction, EntryState, Operation, default_objects
+from crmsync.store import backlog_counts
+from crmsync.store.schema import LOCAL_TABLES, sync_change, sync_queue, sync_record
+from crmsync.store.types import UTCDateTime
+
+_TO_CRM = Direction.TO_CRM.value
+
+
+@dataclass(frozen=True)
+class Group:
+    """Pending entries of one (object, direction, operation), folded or not."""
+
+    object: str
+    direction: str
+    operation: str
+    count: int
+    oldest_queued_at: datetime | None
+
+
+def _object_tail(obj: str) -> sa.Select[Any]:
+    """``tail`` for one object. Grouping one object's log rows by the integer record id
+    sorts several times faster on SQLite than grouping by (object, record id)."""
+    c = sync_change.c
+    per = (
+        sa.select(
+            c.record_id,
+            sa.func.min(c.seq).label("first_seq"),
+            sa.func.max(c.seq).label("last_seq"),
+        )
+        .where(c.object == obj)
+        .group_by(c.record_id)
+        .subquery(f"per_{obj}")
+    )
+    first, last = sync_change.alias(f"first_{obj}"), sync_change.alias(f"last_{obj}")
+    q, r = sync_queue.alias(f"q_{obj}"), sync_record.alias(f"r_{obj}")
+    spec = default_objects()[obj]
+    row = LOCAL_TABLES[spec.table].alias(f"t_{obj}")
+    pending = q.c.state == EntryState.PENDING.value
+    before = sa.case((pending, q.c.operation), else_=None)
+    known_id = sa.func.coalesce(last.c.crm_id, r.c.crm_id, q.c.crm_id)
+    after = sa.case(
+        (last.c.deleted, sa.case((known_id.is_not(None), Operation.DELETE.value), else_=None)),
+        (
+            row.c.id.is_not(None),
+            sa.case(
+                (sa.func.coalesce(row.c.crm_id, r.c.crm_id).is_(None), Operation.INSERT.value),
+                else_=Operation.UPDATE.value,
+            ),
+        ),
+        else_=before,
+    )
+    source = (
+        per.join(first, first.c.seq == per.c.first_seq)
+        .join(last, last.c.seq == per.c.last_seq)
+        .outerjoin(
+            q,
+            (q.c.object == obj)
+            & (q.c.direction == _TO_CRM)
+            & (q.c.record_key == sa.cast(per.c.record_id, sa.String(40))),
+        )
+        .outerjoin(r, (r.c.object == obj) & (r.c.record_id == per.c.record_id))
+        .outerjoin(row, row.c.id == per.c.record_id)
+    )
+    return sa.select(
+        sa.literal(obj).label("object"),
+        per.c.record_id,
+        before.label("before"),
+        after.label("after"),
+        # A new entry's first change: for a deleted record, its delete (the changes
+        # before it found no row to queue by the time they were folded).
+        sa.func.coalesce(
+            q.c.first_queued_at,
+            sa.case((last.c.deleted, last.c.changed_at), else_=first.c.changed_at),
+        ).label("first_at"),
+        sa.case(
+            (last.c.deleted, known_id),
+            else_=sa.func.coalesce(row.c.crm_id, r.c.crm_id, q.c.crm_id),
+        ).label("crm_id"),
+        sa.case((last.c.deleted, last.c.label), else_=row.c[spec.label_column]).label("label"),
+    ).select_from(source)
+
+
+_OPS = tuple(o.value for o in Operation)
+
+
+def _tail_sums(obj: str | None) -> sa.CompoundSelect[Any] | sa.Select[Any]:
+    """The tail summed, one row per object: how many records it holds, then per
+    operation how many records leave it (``before``), how many join it (``after``),
+    and the oldest first-queued time of the records in it after the fold. A record
+    whose group the fold leaves as it is changes no count. Each object's rows are
+    summed on their own, without a GROUP BY, which SQLite would answer by sorting
+    every row of the tail."""
+    parts = []
+    for name in [obj] if obj is not None else list(default_objects()):
+        t = _object_tail(name).subquery(f"tail_{name}")
+        moved = sa.func.coalesce(t.c.before, "") != sa.func.coalesce(t.c.after, "")
+        columns: list[Any] = [sa.literal(name).label("object"), sa.func.count().label("n")]
+        for op in _OPS:
+            columns.append(sa.func.sum(sa.case((moved & (t.c.before == op), 1), else_=0)))
+            columns.append(sa.func.sum(sa.case((moved & (t.c.after == op), 1), else_=0)))
+            first = sa.case((t.c.after == op, t.c.first_at), else_=None)
+            columns.append(sa.type_coerce(sa.func.min(first), UTCDateTime()))
+        parts.append(sa.select(*columns))
+    return parts[0] if len(parts) == 1 else sa.union_all(*parts)
+
+
+# Entries read per round when the oldest ones of a group have changes in the log.
+_PAGE = 50
+
+
+def _logged(conn: Connection, obj: str, record_ids: Iterable[int | None]) -> set[int]:
+    """Which of ``obj``'s records have changes in the log."""
+    ids = sorted({i for i in record_ids if i is not None})
+    if not ids:
+        return set()
+    c = sync_change.c
+    query = sa.select(c.record_id).where(c.object == obj, c.record_id.in_(ids)).distinct()
+    return {int(r) for (r,) in conn.execute(query)}
+
+
+def _oldest_entries(
+    conn: Connection, obj: str, direction: str, operation: str, skip_logged: bool
+) -> Any | None:
+    """The oldest pending entry of one group (a seek on ``ix_sync_queue_backlog``);
+    with ``skip_logged``, the oldest whose record has no change in the log (those are
+    the tail's to count: the fold may move them to another group or drop them)."""
+    q = sync_queue.c
+    query = (
+        sa.select(q.id, q.record_id, q.crm_id, q.label, q.first_queued_at)
+        .where(
+            q.state == EntryState.PENDING.value,
+            q.object == obj,
+            q.direction == direction,
+            q.operation == operation,
+        )
+        .order_by(q.first_queued_at, q.id)
+    )
+    after: tuple[datetime, int] | None = None
+    while True:
+        page_query = query.limit(_PAGE if skip_logged else 1)
+        if after is not None:
+            page_query = page_query.where(sa.tuple_(q.first_queued_at, q.id) > sa.tuple_(*after))
+        page = conn.execute(page_query).all()
+        if not skip_logged:
+            return page[0] if page else None
+        logged = _logged(conn, obj, (row.record_id for row in page))
+        for row in page:
+            if row.record_id not in logged:
+                return row
+        if len(page) < _PAGE:
+            return None
+        after = (page[-1].first_queued_at, page[-1].id)
+
+
+def groups(conn: Connection, direction: str | None = None, obj: str | None = None) -> list[Group]:
+    """Pending entries per (object, direction, operation) with the oldest of each,
+    counting the log's tail as folded. Several statements: ``conn`` must hold one
+    snapshot (``read_transaction``, or a write transaction on SQLite)."""
+    counts: dict[tuple[str, str, str], int] = {}
+    oldest: dict[tuple[str, str, str], datetime] = {}
+
+    def add(key: tuple[str, str, str], n: int, first: datetime | None) -> None:
+        counts[key] = counts.get(key, 0) + n
+        if first is not None and (key not in oldest or first < oldest[key]):
+            oldest[key] = first
+
+    in_tail: set[str] = set()
+    if direction in (None, _TO_CRM):
+        for row in conn.execute(_tail_sums(obj)):
+            if not row.n:
+                continue
+            in_tail.add(row.object)
+            for k, op in enumerate(_OPS):
+                left, joined, first = row[2 + 3 * k : 5 + 3 * k]
+                add((row.object, _TO_CRM, op), int(joined or 0) - int(left or 0), first)
+    sums, q = backlog_counts.sums(direction, obj), sync_queue.c
+    in_group = (
+        q.state == EntryState.PENDING.value,
+        q.object == sums.c.object,
+        q.direction == sums.c.direction,
+        q.operation == sums.c.operation,
+    )
+
+    def seek(column: Any) -> Any:
+        return (
+            sa.select(column)
+            .where(*in_group)
+            .order_by(q.first_queued_at, q.id)
+            .limit(1)
+            .scalar_subquery()
+        )
+
+    query = sa.select(
+        sums.c.object,
+        sums.c.direction,
+        sums.c.operation,
+        sums.c.n,
+        seek(q.first_queued_at),
+        seek(q.record_id),
+    )
+    for o, d, op, n, first, record_id in conn.execute(query):
+        if d == _TO_CRM and o in in_tail and record_id in _logged(conn, o, [record_id]):
+            entry = _oldest_entries(conn, o, d, op, skip_logged=True)
+            first = None if entry is None else entry.first_queued_at
+        add((o, d, op), int(n), first)
+    return [
+        Group(o, d, op, n, oldest.get((o, d, op)))
+        for (o, d, op), n in sorted(counts.items())
+        if n != 0
+    ]
+
+
+@dataclass(frozen=True)
+class Oldest:
+    """The oldest waiting record of one (direction, operation) of an object."""
+
+    direction: str
+    operation: str
+    record_id: int | None
+    crm_id: str | None
+    label: str | None
+    first_queued_at: datetime
+
+
+def oldest_records(conn: Connection, obj: str) -> list[Oldest]:
+    """Per (direction, operation) of ``obj`` with a backlog: its oldest waiting record,
+    from the queue or from the log's tail, whichever was queued first. ``conn`` holds
+    one snapshot."""
+    t = _object_tail(obj).subquery("tail")
+    rank = sa.func.row_number().over(partition_by=t.c.after, order_by=(t.c.first_at, t.c.record_id))
+    ranked = sa.select(t, rank.label("rank")).where(t.c.after.is_not(None)).subquery("ranked")
+    best: dict[tuple[str, str], Oldest] = {}
+    tail_rows = conn.execute(sa.select(ranked).where(ranked.c.rank == 1)).all()
+    for row in tail_rows:
+        best[(_TO_CRM, row.after)] = Oldest(
+            _TO_CRM, row.after, row.record_id, row.crm_id, row.label, row.first_at
+        )
+    logged = bool(tail_rows) or bool(_logged_any(conn, obj))
+    for d in Direction:
+        for op in _OPS:
+            entry = _oldest_entries(conn, obj, d.value, op, logged and d == Direction.TO_CRM)
+            key = (d.value, op)
+            if entry is not None and (
+                key not in best or entry.first_queued_at < best[key].first_queued_at
+            ):
+                best[key] = Oldest(
+                    d.value, op, entry.record_id, entry.crm_id, entry.label, entry.first_queued_at
+                )
+    return list(best.values())
+
+
+def _logged_any(conn: Connection, obj: str) -> bool:
+    c = sync_change.c
+    return conn.execute(sa.select(c.seq).where(c.object == obj).limit(1)).first() is not None
+
+
+def pending_records(conn: Connection, obj: str, record_ids: Iterable[int]) -> set[int]:
+    """Which of ``obj``'s records have a change waiting to go to Dynamics (folded or
+    not): a pending ``to_crm`` entry, or a change still in the log."""
+    ids = sorted(set(record_ids))
+    if not ids:
+        return set()
+    q, c = sync_queue.c, sync_change.c
+    queued = sa.select(q.record_id).where(
+        q.object == obj,
+        q.direction == _TO_CRM,
+        q.state == EntryState.PENDING.value,
+        q.record_key.in_([str(i) for i in ids]),
+    )
+    logged = sa.select(c.record_id).where(c.object == obj, c.record_id.in_(ids))
+    return {int(r) for (r,) in conn.execute(sa.union(queued, logged)) if r is not None}
