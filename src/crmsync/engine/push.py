@@ -15,7 +15,7 @@ import asyncio
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,11 +29,11 @@ from crmsync.dynamics.client import DataverseClient
 from crmsync.dynamics.faults import PreconditionFailed
 from crmsync.dynamics.writes import ItemResult
 from crmsync.engine import retry
-from crmsync.engine.plan import Defer, Parent, Park, Send, Skip, Step, plan_entry
+from crmsync.engine.plan import Defer, Park, Send, Skip, Step, plan_batch
 from crmsync.errors import Fatal, RecordRejected
-from crmsync.store import queue
+from crmsync.store import outbound, queue
 from crmsync.store.db import capture_suppressed, write_transaction
-from crmsync.store.schema import LOCAL_TABLES, sync_queue, sync_record
+from crmsync.store.schema import LOCAL_TABLES, sync_queue
 from crmsync.store.status import AWAITING_PULL
 from crmsync.store.types import utcnow
 
@@ -66,83 +66,6 @@ class PushStats:
     stale: int = 0
     held: int = 0  # refused as stale while the pull was paused: waiting for the resume
     by_code: dict[str, int] = field(default_factory=dict)
-
-
-def _load_rows(
-    conn: Connection, specs: Mapping[str, ObjectSpec], entries: Sequence[queue.Entry]
-) -> dict[tuple[str, int], dict[str, Any]]:
-    wanted: dict[str, list[int]] = defaultdict(list)
-    for e in entries:
-        if e.record_id is not None and e.operation != "delete":
-            wanted[e.object].append(e.record_id)
-    rows: dict[tuple[str, int], dict[str, Any]] = {}
-    for obj, ids in wanted.items():
-        table = LOCAL_TABLES[specs[obj].table]
-        for r in conn.execute(sa.select(table).where(table.c.id.in_(ids))).mappings():
-            rows[(obj, r["id"])] = dict(r)
-    return rows
-
-
-def _load_sync_state(
-    conn: Connection, entries: Sequence[queue.Entry]
-) -> tuple[dict[tuple[str, int], str], set[tuple[str, int]]]:
-    """Each record's ETag at its last sync (for If-Match on updates), and which records
-    the sync filter excludes."""
-    wanted: dict[str, list[int]] = defaultdict(list)
-    for e in entries:
-        if e.record_id is not None:
-            wanted[e.object].append(e.record_id)
-    etags: dict[tuple[str, int], str] = {}
-    excluded: set[tuple[str, int]] = set()
-    r = sync_record.c
-    for obj, ids in wanted.items():
-        for rec in conn.execute(
-            sa.select(r.record_id, r.etag, r.excluded).where(
-                r.object == obj,
-                r.record_id.in_(ids),
-                sa.or_(r.etag.is_not(None), r.excluded.is_(True)),
-            )
-        ):
-            if rec.etag is not None:
-                etags[(obj, rec.record_id)] = rec.etag
-            if rec.excluded:
-                excluded.add((obj, rec.record_id))
-    return etags, excluded
-
-
-def _load_parents(
-    conn: Connection,
-    specs: Mapping[str, ObjectSpec],
-    rows: Mapping[tuple[str, int], Mapping[str, Any]],
-) -> dict[tuple[str, int], Parent]:
-    wanted: dict[str, set[int]] = defaultdict(set)
-    for (obj, _), row in rows.items():
-        for lookup in specs[obj].lookups:
-            if row.get(lookup.column) is not None:
-                wanted[lookup.target].add(int(row[lookup.column]))
-    parents: dict[tuple[str, int], Parent] = {}
-    q = sync_queue.c
-    for target, ids in wanted.items():
-        table = LOCAL_TABLES[specs[target].table]
-        found = dict(
-            conn.execute(sa.select(table.c.id, table.c.crm_id).where(table.c.id.in_(ids))).all()
-        )
-        queued = {
-            int(k)
-            for (k,) in conn.execute(
-                sa.select(q.record_key).where(
-                    q.object == target,
-                    q.direction == "to_crm",
-                    q.state == "pending",
-                    q.record_key.in_([str(i) for i in ids]),
-                )
-            )
-        }
-        for i in ids:
-            parents[(target, i)] = Parent(
-                crm_id=found.get(i), on_its_way=i in queued, entity_set=specs[target].entity_set
-            )
-    return parents
 
 
 def _still_awaiting_pull(conn: Connection, entries: Sequence[queue.Entry]) -> set[int]:
@@ -223,26 +146,23 @@ class Pusher:
                 _hold(conn, sorted(held), utcnow())
                 self.stats.held += len(held)
                 entries = [e for e in entries if e.id not in held]
-            rows = _load_rows(conn, self.specs, entries)
-            parents = _load_parents(conn, self.specs, rows)
-            etags, excluded = _load_sync_state(conn, entries)
+            rows = outbound.load_rows(conn, self.specs, entries)
+            parents = outbound.load_parents(conn, self.specs, rows)
+            etags, excluded = outbound.load_sync_state(conn, entries)
 
-            def plan(e: queue.Entry) -> Step:
-                row = rows.get((e.object, e.record_id)) if e.record_id is not None else None
-                return plan_entry(
-                    e,
-                    self.specs[e.object],
-                    row,
+            def plan(batch: Sequence[queue.Entry]) -> list[Step]:
+                return plan_batch(
+                    batch,
+                    self.specs,
+                    rows,
                     parents,
+                    etags,
+                    excluded,
                     detect_duplicates=self.settings.duplicate_detection,
-                    etag=etags.get((e.object, e.record_id))
-                    if e.record_id is not None and e.operation == "update"
-                    else None,
-                    excluded=(e.object, e.record_id) in excluded,
                 )
 
             steps: list[Step] = []
-            for step in map(plan, entries):
+            for step in plan(entries):
                 if isinstance(step, Send) and step.entry.crm_id is None:
                     # Another worker may hold this entry too (our lease ran out between
                     # the claim and now) and may have chosen an id first: both must
@@ -251,7 +171,7 @@ class Pusher:
                     if stored is None:
                         continue  # finished by that worker meanwhile: nothing left to do
                     if stored != step.crm_id:
-                        step = plan(replace(step.entry, crm_id=stored))
+                        step = plan([replace(step.entry, crm_id=stored)])[0]
                 steps.append(step)
         return steps
 
