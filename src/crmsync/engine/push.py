@@ -26,11 +26,10 @@ from sqlalchemy import Connection, Engine
 from crmsync.config import Settings
 from crmsync.domain import ObjectSpec
 from crmsync.dynamics.client import DataverseClient
-from crmsync.dynamics.faults import PreconditionFailed
 from crmsync.dynamics.writes import ItemResult
-from crmsync.engine import retry
 from crmsync.engine.plan import Defer, Park, Send, Skip, Step, plan_batch
-from crmsync.errors import Fatal, RecordRejected
+from crmsync.engine.verdict import Parked, Retry, RetryPolicy, Stale, Synced, judge
+from crmsync.errors import Fatal
 from crmsync.store import outbound, queue
 from crmsync.store.db import capture_suppressed, write_transaction
 from crmsync.store.schema import LOCAL_TABLES, sync_queue
@@ -220,15 +219,33 @@ class Pusher:
         outcome = queue.Outcome()
         created: list[tuple[str, int, str]] = []
         refused: list[Send] = []
+        policy = RetryPolicy(
+            self.settings.max_attempts,
+            self.settings.retry_base_seconds,
+            self.settings.retry_max_seconds,
+        )
         for send, result in zip(sends, results, strict=True):
-            if isinstance(result.error, PreconditionFailed) and send.write.if_match not in (
-                None,
-                "*",
-            ):
-                refused.append(send)
-                self.stats.stale += 1
-                continue
-            self._judge(send, result, now, outcome, created)
+            e = send.entry
+            verdict = judge(send, result, now, policy, self._rnd)
+            # A refusal as stale is sent again once pulled: not counted as sent yet.
+            self.stats.sent += not isinstance(verdict, Stale)
+            match verdict:
+                case Synced(etag):
+                    outcome.done.append(
+                        queue.Done(e, crm_id=send.crm_id, etag=etag, synced_values=send.values)
+                    )
+                    if e.operation != "delete" and e.record_id is not None:
+                        created.append((e.object, e.record_id, send.crm_id))
+                    self.stats.synced += 1
+                case Stale():
+                    refused.append(send)
+                    self.stats.stale += 1
+                case Parked(code, message):
+                    outcome.failed.append(queue.Failed(e, code, message))
+                    self._count_park(code)
+                case Retry(code, message, at):
+                    outcome.failed.append(queue.Failed(e, code, message, retry_at=at))
+                    self.stats.retried += 1
         for step in steps:
             if isinstance(step, Skip):
                 # An excluded record keeps its sync state (the exclusion); a local
@@ -289,52 +306,6 @@ class Pusher:
                 outcome.deferred.append((send.entry, now + timedelta(seconds=DEFER_SECONDS)))
                 stale.append((send.entry.object, send.crm_id))
         return stale, held
-
-    def _judge(
-        self,
-        send: Send,
-        result: ItemResult,
-        now: datetime,
-        outcome: queue.Outcome,
-        created: list[tuple[str, int, str]],
-    ) -> None:
-        e = send.entry
-        self.stats.sent += 1
-        err = result.error
-        if err is None or (
-            e.operation == "delete" and isinstance(err, RecordRejected) and err.status == 404
-        ):
-            # A delete of a record already gone from Dynamics has nothing left to do.
-            outcome.done.append(
-                queue.Done(e, crm_id=send.crm_id, etag=result.etag, synced_values=send.values)
-            )
-            if e.operation != "delete" and e.record_id is not None:
-                created.append((e.object, e.record_id, send.crm_id))
-            self.stats.synced += 1
-            return
-        if isinstance(err, RecordRejected):
-            outcome.failed.append(queue.Failed(e, err.code or f"http_{err.status}", err.message))
-            self._count_park(err.code)
-            return
-        attempts = e.attempts + 1
-        code = getattr(err, "status", None)
-        code_text = f"http_{code}" if code else type(err).__name__
-        if retry.exhausted(attempts, self.settings.max_attempts):
-            outcome.failed.append(
-                queue.Failed(e, code_text, f"gave up after {attempts} attempts: {err}")
-            )
-            self._count_park(code_text)
-            return
-        when = retry.next_attempt(
-            now,
-            attempts,
-            self.settings.retry_base_seconds,
-            self.settings.retry_max_seconds,
-            getattr(err, "retry_after", None),
-            rnd=self._rnd,
-        )
-        outcome.failed.append(queue.Failed(e, code_text, str(err), retry_at=when))
-        self.stats.retried += 1
 
     def _count_park(self, code: str) -> None:
         self.stats.parked += 1
