@@ -8,13 +8,16 @@ are shown as "a new id" (a push chooses and saves them just before sending).
 
 from __future__ import annotations
 
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING
 
 from crmsync.config import Settings
 from crmsync.engine.plan import Step, plan_batch
 from crmsync.store import outbound
 from crmsync.store.db import read_transaction
 from crmsync.store.types import utcnow
+
+if TYPE_CHECKING:  # the engine passes the store's handles on; it runs no SQL
+    from sqlalchemy import Engine
 
 
 def plan_waiting(engine: Engine, settings: Settings, limit: int) -> list[Step]:

@@ -14,14 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy import Connection, Engine
+from typing import TYPE_CHECKING
 
 from crmsync.config import Settings
 from crmsync.domain import ObjectSpec
@@ -32,9 +28,12 @@ from crmsync.engine.verdict import Parked, Retry, RetryPolicy, Stale, Synced, ju
 from crmsync.errors import Fatal
 from crmsync.store import outbound, queue
 from crmsync.store.db import capture_suppressed, write_transaction
-from crmsync.store.schema import LOCAL_TABLES, sync_queue
 from crmsync.store.status import AWAITING_PULL
 from crmsync.store.types import utcnow
+
+if TYPE_CHECKING:  # the engine passes the store's handles on; it runs no SQL
+    from sqlalchemy import Connection, Engine
+
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +45,6 @@ DEFER_SECONDS = 1.0
 # 3.7 s at 50 changes/s). Waiting lets changes gather into one request; a full batch is
 # never held back, so throughput under a deep backlog is unchanged.
 THIN_CLAIM_INTERVAL = 1 / 15
-# A push refused with 412 while its object's pull is paused waits this long before its
-# pause is looked at again (without sending); resuming the pull wakes it at once.
-HOLD_SECONDS = 60.0
-HOLD_MESSAGE = (
-    "changed in Dynamics since the last sync; waiting for pulling (from_crm) to resume,"
-    " so that the conflict is resolved before the push goes again"
-)
 
 
 @dataclass
@@ -79,25 +71,6 @@ def _still_awaiting_pull(conn: Connection, entries: Sequence[queue.Entry]) -> se
         return set()
     scopes = queue.paused_scopes(conn)
     return {e.id for e in marked if queue.is_paused(scopes, e.object, "from_crm")}
-
-
-def _hold(conn: Connection, entry_ids: Sequence[int], now: datetime) -> None:
-    """Hold pushes for a paused pull: pending (so in the backlog) and marked with why,
-    not sent again until the pull resumes (``status.resume`` wakes them)."""
-    if not entry_ids:
-        return
-    q = sync_queue.c
-    conn.execute(
-        sa.update(sync_queue)
-        .where(q.id.in_(entry_ids))
-        .values(
-            next_attempt_at=now + timedelta(seconds=HOLD_SECONDS),
-            claimed_by=None,
-            claimed_until=None,
-            last_error_code=AWAITING_PULL,
-            last_error_message=HOLD_MESSAGE,
-        )
-    )
 
 
 class Pusher:
@@ -142,7 +115,7 @@ class Pusher:
         with write_transaction(self.engine) as conn:
             held = _still_awaiting_pull(conn, entries)
             if held:
-                _hold(conn, sorted(held), utcnow())
+                outbound.hold_for_pull(conn, sorted(held), utcnow())
                 self.stats.held += len(held)
                 entries = [e for e in entries if e.id not in held]
             rows = outbound.load_rows(conn, self.specs, entries)
@@ -262,25 +235,10 @@ class Pusher:
             stale, held = self._refused(conn, refused, now, outcome)
             if created:
                 with capture_suppressed(conn):
-                    self._set_crm_ids(conn, created)
+                    outbound.set_crm_ids(conn, self.specs, created)
             queue.record_in(conn, outcome, now)
-            _hold(conn, held, now)
+            outbound.hold_for_pull(conn, held, now)
         return stale
-
-    def _set_crm_ids(self, conn: Connection, created: Sequence[tuple[str, int, str]]) -> None:
-        """One statement per object, run for all its records at once (not a round trip
-        per record)."""
-        by_object: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for obj, record_id, crm_id in created:
-            by_object[obj].append({"record": record_id, "new_crm_id": crm_id})
-        for obj, rows in by_object.items():
-            table = LOCAL_TABLES[self.specs[obj].table]
-            conn.execute(
-                sa.update(table)
-                .where(table.c.id == sa.bindparam("record"), table.c.crm_id.is_(None))
-                .values(crm_id=sa.bindparam("new_crm_id")),
-                rows,
-            )
 
     def _refused(
         self, conn: Connection, refused: Sequence[Send], now: datetime, outcome: queue.Outcome

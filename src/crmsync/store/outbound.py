@@ -1,8 +1,9 @@
-"""What a push reads before it plans: local rows, sync state, the parents of lookups.
-
-Every function here only reads. ``waiting`` lists the entries a push would claim next,
-without claiming them, for a dry run; the capture log's unfolded changes are listed as
-the entries the fold would make of them (``store.backlog``).
+"""The push's side of the store: what it reads before it plans (local rows, sync
+state, the parents of lookups), the ids it gives new records, and the pushes it holds
+for a paused pull. ``waiting`` lists, without claiming them, the entries a push would
+send next, the capture log's unfolded changes as the entries the fold would make of
+them (``store.backlog``), for a dry run. Only ``hold_for_pull`` and ``set_crm_ids``
+write.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,6 +21,15 @@ from crmsync.domain import Direction, EntryState, ObjectSpec
 from crmsync.store import backlog
 from crmsync.store.queue import Entry
 from crmsync.store.schema import LOCAL_TABLES, sync_queue, sync_record
+from crmsync.store.status import AWAITING_PULL
+
+# A push refused with 412 while its object's pull is paused waits this long before its
+# pause is looked at again (without sending); resuming the pull wakes it at once.
+HOLD_SECONDS = 60.0
+HOLD_MESSAGE = (
+    "changed in Dynamics since the last sync; waiting for pulling (from_crm) to resume,"
+    " so that the conflict is resolved before the push goes again"
+)
 
 
 @dataclass(frozen=True)
@@ -172,3 +182,41 @@ def waiting(conn: Connection, objects: Sequence[str], limit: int, now: datetime)
                     )
                 )
     return out
+
+
+def hold_for_pull(conn: Connection, entry_ids: Sequence[int], now: datetime) -> None:
+    """Hold pushes for a paused pull: pending (so in the backlog) and marked with why,
+    not sent again until the pull resumes (``status.resume`` wakes them)."""
+    if not entry_ids:
+        return
+    q = sync_queue.c
+    conn.execute(
+        sa.update(sync_queue)
+        .where(q.id.in_(entry_ids))
+        .values(
+            next_attempt_at=now + timedelta(seconds=HOLD_SECONDS),
+            claimed_by=None,
+            claimed_until=None,
+            last_error_code=AWAITING_PULL,
+            last_error_message=HOLD_MESSAGE,
+        )
+    )
+
+
+def set_crm_ids(
+    conn: Connection, specs: Mapping[str, ObjectSpec], created: Sequence[tuple[str, int, str]]
+) -> None:
+    """Give new records the Dynamics ids they were created under, ``(object, id, crm
+    id)``, where the row has none yet: one statement per object, for all its records at
+    once. The caller suppresses capture (the id is not a change to send back)."""
+    by_object: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for obj, record_id, crm_id in created:
+        by_object[obj].append({"record": record_id, "new_crm_id": crm_id})
+    for obj, rows in by_object.items():
+        table = LOCAL_TABLES[specs[obj].table]
+        conn.execute(
+            sa.update(table)
+            .where(table.c.id == sa.bindparam("record"), table.c.crm_id.is_(None))
+            .values(crm_id=sa.bindparam("new_crm_id")),
+            rows,
+        )
