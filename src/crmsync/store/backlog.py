@@ -1,24 +1,16 @@
-"""The exact backlog: the queue's counts plus what the capture log holds unfolded.
+"""The exact backlog: the queue's counts plus the capture log's unfolded tail.
 
-A committed local change is in the capture log or in the queue, never neither. The
-queue's counts (``store.backlog_counts``) cover what is folded; for the log's tail this
-module works out, per record, what ``capture.fold`` would make of it, without writing:
-
-- its entry *before* the fold: the record's ``to_crm`` entry, if pending (parked entries
-  are not backlog);
-- its entry *after* the fold: for a record whose latest logged change is a delete, a
-  ``delete`` if a Dynamics id is known (the deleted row's, the entry's or its last
-  sync's), else none; for one whose row exists, an ``insert`` while neither the row nor
-  its last sync has a Dynamics id, else an ``update`` (a refreshed entry is always due:
-  parked ones become pending); for one whose row is gone with no logged delete (applied
-  from Dynamics with capture suppressed), its entry unchanged;
-- the after entry's first-queued time: the entry's if it had one, else its first
-  logged change's (its delete's, for a deleted record).
-
-The backlog is the folded counts less every *before* and plus every *after*, so several
-changes to one record count once, exactly as once folded. Reading never folds and never
-writes: every statement here is a ``SELECT``, served by ``read_transaction``'s
-read-only snapshot. Cost: a scan of the unfolded tail (kept short by whoever writes).
+For each record in the log this module works out, without writing, what ``capture.fold``
+will make of it: its pending ``to_crm`` entry *before* the fold (parked ones are not
+backlog) and *after* it. After: for a record last logged as deleted, a ``delete`` if a
+Dynamics id is known (the row's, the entry's or its last sync's), else none; for one
+whose row exists, an ``insert`` while neither the row nor its last sync has a Dynamics
+id, else an ``update``; for one whose row is gone with no logged delete (applied from
+Dynamics with capture suppressed), its entry unchanged. The after entry keeps the
+entry's first-queued time, else takes its first change's (its delete's, if deleted).
+The backlog is the folded counts less every *before* plus every *after*, so several
+changes to one record count once, as once folded. Every statement is a ``SELECT``
+(``db.read_transaction``); the cost is a scan of the tail, which writers keep short.
 """
 
 from __future__ import annotations
