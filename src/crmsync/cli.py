@@ -288,12 +288,32 @@ def worker(
     concurrency: Annotated[
         int, typer.Option(min=1, max=32, help="Batches in flight at once in this process")
     ] = 4,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print what would be sent to Dynamics for each waiting change; send nothing",
+        ),
+    ] = False,
+    limit: Annotated[
+        int, typer.Option(min=1, max=100_000, help="With --dry-run: changes shown per object")
+    ] = 100,
 ) -> None:
     """Run the sync workers."""
     from crmsync.engine.worker import run_worker
     from crmsync.store.db import open_store
 
     settings = _settings()
+    if dry_run:
+        from crmsync.engine.dry_run import plan_waiting
+        from crmsync.engine.plan import describe
+
+        with _store(settings) as engine:
+            steps = plan_waiting(engine, settings, limit)
+        for step in steps:
+            typer.echo(describe(step))
+        typer.echo(f"{len(steps)} waiting change(s) planned; nothing was sent")
+        return
     # A store that is not there or not upgraded is one line; one that is down is the
     # worker's to wait for.
     open_store(settings.database_url, reachable=False).dispose()

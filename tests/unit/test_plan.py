@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 from crmsync.domain import default_objects
 from crmsync.engine import retry
-from crmsync.engine.plan import MISSING_REFERENCE, Defer, Parent, Park, Send, Skip, plan_entry
+from crmsync.engine.plan import MISSING_REFERENCE, Defer, Park, Send, Skip, plan_entry
+from crmsync.store.outbound import Parent
 from crmsync.store.queue import Entry, bucket_start
 
 NOW = datetime(2026, 11, 25, 13, 7, 30, tzinfo=UTC)

@@ -9,12 +9,13 @@ logged, dry-run or shown; the executor only carries it out.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
 from crmsync.domain import ObjectSpec
 from crmsync.dynamics.writes import Write
+from crmsync.store.outbound import Parent
 from crmsync.store.queue import Entry
 
 MISSING_REFERENCE = "crmsync.missing_reference"
@@ -53,15 +54,6 @@ class Skip:
 
 
 Step = Send | Defer | Park | Skip
-
-
-@dataclass(frozen=True)
-class Parent:
-    """What the plan needs to know about a record a lookup points at."""
-
-    crm_id: str | None
-    on_its_way: bool  # it has a pending queue entry that may give it a crm_id
-    entity_set: str  # where it lives in Dynamics, from the registry
 
 
 def body_for(
@@ -141,3 +133,55 @@ def plan_entry(
     # Update only: a record deleted in Dynamics is reported, not silently recreated.
     write = Write("update", spec.entity_set, crm_id, body, if_match=etag or "*")
     return Send(entry, write, crm_id, values)
+
+
+def plan_batch(
+    entries: Sequence[Entry],
+    specs: Mapping[str, ObjectSpec],
+    rows: Mapping[tuple[str, int], Mapping[str, Any]],
+    parents: Mapping[tuple[str, int], Parent],
+    etags: Mapping[tuple[str, int], str],
+    excluded: Set[tuple[str, int]],
+    *,
+    detect_duplicates: bool,
+) -> list[Step]:
+    """``plan_entry`` for each entry, with what the store read for the batch: the local
+    rows, the lookups' parents, each record's ETag at its last sync (the base of an
+    update's If-Match) and which records the sync filter excludes."""
+
+    def one(e: Entry) -> Step:
+        key = (e.object, e.record_id) if e.record_id is not None else None
+        return plan_entry(
+            e,
+            specs[e.object],
+            rows.get(key) if key is not None else None,
+            parents,
+            detect_duplicates=detect_duplicates,
+            etag=etags.get(key) if key is not None and e.operation == "update" else None,
+            excluded=key in excluded,
+        )
+
+    return [one(e) for e in entries]
+
+
+def describe(step: Step) -> str:
+    """One line saying what the step would do, for a dry run or a log."""
+    e = step.entry
+    what = f"{e.object} {e.record_id if e.record_id is not None else e.record_key} ({e.operation})"
+    if isinstance(step, Send):
+        w = step.write
+        target = (
+            f"{w.entity_set}({w.record_id})"
+            if e.crm_id or w.op != "upsert"
+            else (f"{w.entity_set}(a new id)")
+        )
+        fields = ", ".join(f"{k}={v!r}" for k, v in (w.body or {}).items())
+        match = f" If-Match: {w.if_match}" if w.if_match else ""
+        return f"{what}: {w.op} {target}{match}" + (f" {{{fields}}}" if fields else "")
+    if isinstance(step, Defer):
+        return f"{what}: wait, {step.reason}"
+    if isinstance(step, Park):
+        return f"{what}: not sent, {step.code}: {step.message}"
+    if step.excluded:
+        return f"{what}: nothing to send, the sync filter excludes the record"
+    return f"{what}: nothing to send"

@@ -14,28 +14,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy import Connection, Engine
+from typing import TYPE_CHECKING
 
 from crmsync.config import Settings
 from crmsync.domain import ObjectSpec
 from crmsync.dynamics.client import DataverseClient
-from crmsync.dynamics.faults import PreconditionFailed
 from crmsync.dynamics.writes import ItemResult
-from crmsync.engine import retry
-from crmsync.engine.plan import Defer, Parent, Park, Send, Skip, Step, plan_entry
-from crmsync.errors import Fatal, RecordRejected
-from crmsync.store import queue
+from crmsync.engine.plan import Defer, Park, Send, Skip, Step, plan_batch
+from crmsync.engine.verdict import Parked, Retry, RetryPolicy, Stale, Synced, judge
+from crmsync.errors import Fatal
+from crmsync.store import outbound, queue
 from crmsync.store.db import capture_suppressed, write_transaction
-from crmsync.store.schema import LOCAL_TABLES, sync_queue, sync_record
 from crmsync.store.status import AWAITING_PULL
 from crmsync.store.types import utcnow
+
+if TYPE_CHECKING:  # the engine passes the store's handles on; it runs no SQL
+    from sqlalchemy import Connection, Engine
+
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +45,6 @@ DEFER_SECONDS = 1.0
 # 3.7 s at 50 changes/s). Waiting lets changes gather into one request; a full batch is
 # never held back, so throughput under a deep backlog is unchanged.
 THIN_CLAIM_INTERVAL = 1 / 15
-# A push refused with 412 while its object's pull is paused waits this long before its
-# pause is looked at again (without sending); resuming the pull wakes it at once.
-HOLD_SECONDS = 60.0
-HOLD_MESSAGE = (
-    "changed in Dynamics since the last sync; waiting for pulling (from_crm) to resume,"
-    " so that the conflict is resolved before the push goes again"
-)
 
 
 @dataclass
@@ -68,83 +59,6 @@ class PushStats:
     by_code: dict[str, int] = field(default_factory=dict)
 
 
-def _load_rows(
-    conn: Connection, specs: Mapping[str, ObjectSpec], entries: Sequence[queue.Entry]
-) -> dict[tuple[str, int], dict[str, Any]]:
-    wanted: dict[str, list[int]] = defaultdict(list)
-    for e in entries:
-        if e.record_id is not None and e.operation != "delete":
-            wanted[e.object].append(e.record_id)
-    rows: dict[tuple[str, int], dict[str, Any]] = {}
-    for obj, ids in wanted.items():
-        table = LOCAL_TABLES[specs[obj].table]
-        for r in conn.execute(sa.select(table).where(table.c.id.in_(ids))).mappings():
-            rows[(obj, r["id"])] = dict(r)
-    return rows
-
-
-def _load_sync_state(
-    conn: Connection, entries: Sequence[queue.Entry]
-) -> tuple[dict[tuple[str, int], str], set[tuple[str, int]]]:
-    """Each record's ETag at its last sync (for If-Match on updates), and which records
-    the sync filter excludes."""
-    wanted: dict[str, list[int]] = defaultdict(list)
-    for e in entries:
-        if e.record_id is not None:
-            wanted[e.object].append(e.record_id)
-    etags: dict[tuple[str, int], str] = {}
-    excluded: set[tuple[str, int]] = set()
-    r = sync_record.c
-    for obj, ids in wanted.items():
-        for rec in conn.execute(
-            sa.select(r.record_id, r.etag, r.excluded).where(
-                r.object == obj,
-                r.record_id.in_(ids),
-                sa.or_(r.etag.is_not(None), r.excluded.is_(True)),
-            )
-        ):
-            if rec.etag is not None:
-                etags[(obj, rec.record_id)] = rec.etag
-            if rec.excluded:
-                excluded.add((obj, rec.record_id))
-    return etags, excluded
-
-
-def _load_parents(
-    conn: Connection,
-    specs: Mapping[str, ObjectSpec],
-    rows: Mapping[tuple[str, int], Mapping[str, Any]],
-) -> dict[tuple[str, int], Parent]:
-    wanted: dict[str, set[int]] = defaultdict(set)
-    for (obj, _), row in rows.items():
-        for lookup in specs[obj].lookups:
-            if row.get(lookup.column) is not None:
-                wanted[lookup.target].add(int(row[lookup.column]))
-    parents: dict[tuple[str, int], Parent] = {}
-    q = sync_queue.c
-    for target, ids in wanted.items():
-        table = LOCAL_TABLES[specs[target].table]
-        found = dict(
-            conn.execute(sa.select(table.c.id, table.c.crm_id).where(table.c.id.in_(ids))).all()
-        )
-        queued = {
-            int(k)
-            for (k,) in conn.execute(
-                sa.select(q.record_key).where(
-                    q.object == target,
-                    q.direction == "to_crm",
-                    q.state == "pending",
-                    q.record_key.in_([str(i) for i in ids]),
-                )
-            )
-        }
-        for i in ids:
-            parents[(target, i)] = Parent(
-                crm_id=found.get(i), on_its_way=i in queued, entity_set=specs[target].entity_set
-            )
-    return parents
-
-
 def _still_awaiting_pull(conn: Connection, entries: Sequence[queue.Entry]) -> set[int]:
     """The ids of claimed updates held for a pull that is still paused (not to be sent:
     Dynamics would refuse them again, and only the pull can resolve why). A held entry
@@ -157,25 +71,6 @@ def _still_awaiting_pull(conn: Connection, entries: Sequence[queue.Entry]) -> se
         return set()
     scopes = queue.paused_scopes(conn)
     return {e.id for e in marked if queue.is_paused(scopes, e.object, "from_crm")}
-
-
-def _hold(conn: Connection, entry_ids: Sequence[int], now: datetime) -> None:
-    """Hold pushes for a paused pull: pending (so in the backlog) and marked with why,
-    not sent again until the pull resumes (``status.resume`` wakes them)."""
-    if not entry_ids:
-        return
-    q = sync_queue.c
-    conn.execute(
-        sa.update(sync_queue)
-        .where(q.id.in_(entry_ids))
-        .values(
-            next_attempt_at=now + timedelta(seconds=HOLD_SECONDS),
-            claimed_by=None,
-            claimed_until=None,
-            last_error_code=AWAITING_PULL,
-            last_error_message=HOLD_MESSAGE,
-        )
-    )
 
 
 class Pusher:
@@ -220,29 +115,26 @@ class Pusher:
         with write_transaction(self.engine) as conn:
             held = _still_awaiting_pull(conn, entries)
             if held:
-                _hold(conn, sorted(held), utcnow())
+                outbound.hold_for_pull(conn, sorted(held), utcnow())
                 self.stats.held += len(held)
                 entries = [e for e in entries if e.id not in held]
-            rows = _load_rows(conn, self.specs, entries)
-            parents = _load_parents(conn, self.specs, rows)
-            etags, excluded = _load_sync_state(conn, entries)
+            rows = outbound.load_rows(conn, self.specs, entries)
+            parents = outbound.load_parents(conn, self.specs, rows)
+            etags, excluded = outbound.load_sync_state(conn, entries)
 
-            def plan(e: queue.Entry) -> Step:
-                row = rows.get((e.object, e.record_id)) if e.record_id is not None else None
-                return plan_entry(
-                    e,
-                    self.specs[e.object],
-                    row,
+            def plan(batch: Sequence[queue.Entry]) -> list[Step]:
+                return plan_batch(
+                    batch,
+                    self.specs,
+                    rows,
                     parents,
+                    etags,
+                    excluded,
                     detect_duplicates=self.settings.duplicate_detection,
-                    etag=etags.get((e.object, e.record_id))
-                    if e.record_id is not None and e.operation == "update"
-                    else None,
-                    excluded=(e.object, e.record_id) in excluded,
                 )
 
             steps: list[Step] = []
-            for step in map(plan, entries):
+            for step in plan(entries):
                 if isinstance(step, Send) and step.entry.crm_id is None:
                     # Another worker may hold this entry too (our lease ran out between
                     # the claim and now) and may have chosen an id first: both must
@@ -251,7 +143,7 @@ class Pusher:
                     if stored is None:
                         continue  # finished by that worker meanwhile: nothing left to do
                     if stored != step.crm_id:
-                        step = plan(replace(step.entry, crm_id=stored))
+                        step = plan([replace(step.entry, crm_id=stored)])[0]
                 steps.append(step)
         return steps
 
@@ -300,15 +192,33 @@ class Pusher:
         outcome = queue.Outcome()
         created: list[tuple[str, int, str]] = []
         refused: list[Send] = []
+        policy = RetryPolicy(
+            self.settings.max_attempts,
+            self.settings.retry_base_seconds,
+            self.settings.retry_max_seconds,
+        )
         for send, result in zip(sends, results, strict=True):
-            if isinstance(result.error, PreconditionFailed) and send.write.if_match not in (
-                None,
-                "*",
-            ):
-                refused.append(send)
-                self.stats.stale += 1
-                continue
-            self._judge(send, result, now, outcome, created)
+            e = send.entry
+            verdict = judge(send, result, now, policy, self._rnd)
+            # A refusal as stale is sent again once pulled: not counted as sent yet.
+            self.stats.sent += not isinstance(verdict, Stale)
+            match verdict:
+                case Synced(etag):
+                    outcome.done.append(
+                        queue.Done(e, crm_id=send.crm_id, etag=etag, synced_values=send.values)
+                    )
+                    if e.operation != "delete" and e.record_id is not None:
+                        created.append((e.object, e.record_id, send.crm_id))
+                    self.stats.synced += 1
+                case Stale():
+                    refused.append(send)
+                    self.stats.stale += 1
+                case Parked(code, message):
+                    outcome.failed.append(queue.Failed(e, code, message))
+                    self._count_park(code)
+                case Retry(code, message, at):
+                    outcome.failed.append(queue.Failed(e, code, message, retry_at=at))
+                    self.stats.retried += 1
         for step in steps:
             if isinstance(step, Skip):
                 # An excluded record keeps its sync state (the exclusion); a local
@@ -325,25 +235,10 @@ class Pusher:
             stale, held = self._refused(conn, refused, now, outcome)
             if created:
                 with capture_suppressed(conn):
-                    self._set_crm_ids(conn, created)
+                    outbound.set_crm_ids(conn, self.specs, created)
             queue.record_in(conn, outcome, now)
-            _hold(conn, held, now)
+            outbound.hold_for_pull(conn, held, now)
         return stale
-
-    def _set_crm_ids(self, conn: Connection, created: Sequence[tuple[str, int, str]]) -> None:
-        """One statement per object, run for all its records at once (not a round trip
-        per record)."""
-        by_object: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for obj, record_id, crm_id in created:
-            by_object[obj].append({"record": record_id, "new_crm_id": crm_id})
-        for obj, rows in by_object.items():
-            table = LOCAL_TABLES[self.specs[obj].table]
-            conn.execute(
-                sa.update(table)
-                .where(table.c.id == sa.bindparam("record"), table.c.crm_id.is_(None))
-                .values(crm_id=sa.bindparam("new_crm_id")),
-                rows,
-            )
 
     def _refused(
         self, conn: Connection, refused: Sequence[Send], now: datetime, outcome: queue.Outcome
@@ -369,52 +264,6 @@ class Pusher:
                 outcome.deferred.append((send.entry, now + timedelta(seconds=DEFER_SECONDS)))
                 stale.append((send.entry.object, send.crm_id))
         return stale, held
-
-    def _judge(
-        self,
-        send: Send,
-        result: ItemResult,
-        now: datetime,
-        outcome: queue.Outcome,
-        created: list[tuple[str, int, str]],
-    ) -> None:
-        e = send.entry
-        self.stats.sent += 1
-        err = result.error
-        if err is None or (
-            e.operation == "delete" and isinstance(err, RecordRejected) and err.status == 404
-        ):
-            # A delete of a record already gone from Dynamics has nothing left to do.
-            outcome.done.append(
-                queue.Done(e, crm_id=send.crm_id, etag=result.etag, synced_values=send.values)
-            )
-            if e.operation != "delete" and e.record_id is not None:
-                created.append((e.object, e.record_id, send.crm_id))
-            self.stats.synced += 1
-            return
-        if isinstance(err, RecordRejected):
-            outcome.failed.append(queue.Failed(e, err.code or f"http_{err.status}", err.message))
-            self._count_park(err.code)
-            return
-        attempts = e.attempts + 1
-        code = getattr(err, "status", None)
-        code_text = f"http_{code}" if code else type(err).__name__
-        if retry.exhausted(attempts, self.settings.max_attempts):
-            outcome.failed.append(
-                queue.Failed(e, code_text, f"gave up after {attempts} attempts: {err}")
-            )
-            self._count_park(code_text)
-            return
-        when = retry.next_attempt(
-            now,
-            attempts,
-            self.settings.retry_base_seconds,
-            self.settings.retry_max_seconds,
-            getattr(err, "retry_after", None),
-            rnd=self._rnd,
-        )
-        outcome.failed.append(queue.Failed(e, code_text, str(err), retry_at=when))
-        self.stats.retried += 1
 
     def _count_park(self, code: str) -> None:
         self.stats.parked += 1

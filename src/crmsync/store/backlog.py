@@ -1,24 +1,16 @@
-"""The exact backlog: the queue's counts plus what the capture log holds unfolded.
+"""The exact backlog: the queue's counts plus the capture log's unfolded tail.
 
-A committed local change is in the capture log or in the queue, never neither. The
-queue's counts (``store.backlog_counts``) cover what is folded; for the log's tail this
-module works out, per record, what ``capture.fold`` would make of it, without writing:
-
-- its entry *before* the fold: the record's ``to_crm`` entry, if pending (parked entries
-  are not backlog);
-- its entry *after* the fold: for a record whose latest logged change is a delete, a
-  ``delete`` if a Dynamics id is known (the deleted row's, the entry's or its last
-  sync's), else none; for one whose row exists, an ``insert`` while neither the row nor
-  its last sync has a Dynamics id, else an ``update`` (a refreshed entry is always due:
-  parked ones become pending); for one whose row is gone with no logged delete (applied
-  from Dynamics with capture suppressed), its entry unchanged;
-- the after entry's first-queued time: the entry's if it had one, else its first
-  logged change's (its delete's, for a deleted record).
-
-The backlog is the folded counts less every *before* and plus every *after*, so several
-changes to one record count once, exactly as once folded. Reading never folds and never
-writes: every statement here is a ``SELECT``, served by ``read_transaction``'s
-read-only snapshot. Cost: a scan of the unfolded tail (kept short by whoever writes).
+For each record in the log this module works out, without writing, what ``capture.fold``
+will make of it: its pending ``to_crm`` entry *before* the fold (parked ones are not
+backlog) and *after* it. After: for a record last logged as deleted, a ``delete`` if a
+Dynamics id is known (the row's, the entry's or its last sync's), else none; for one
+whose row exists, an ``insert`` while neither the row nor its last sync has a Dynamics
+id, else an ``update``; for one whose row is gone with no logged delete (applied from
+Dynamics with capture suppressed), its entry unchanged. The after entry keeps the
+entry's first-queued time, else takes its first change's (its delete's, if deleted).
+The backlog is the folded counts less every *before* plus every *after*, so several
+changes to one record count once, as once folded. Every statement is a ``SELECT``
+(``db.read_transaction``); the cost is a scan of the tail, which writers keep short.
 """
 
 from __future__ import annotations
@@ -117,23 +109,22 @@ _OPS = tuple(o.value for o in Operation)
 
 
 def _tail_sums(obj: str | None) -> sa.CompoundSelect[Any] | sa.Select[Any]:
-    """The tail summed, one row per object: how many records it holds, then per
-    operation how many records leave it (``before``), how many join it (``after``),
-    and the oldest first-queued time of the records in it after the fold. A record
-    whose group the fold leaves as it is changes no count. Each object's rows are
-    summed on their own, without a GROUP BY, which SQLite would answer by sorting
-    every row of the tail."""
+    """The tail summed: per object and (before, after) pair, how many records, and the
+    oldest first-queued time among them. Each object's rows are summed on their own
+    (grouping one object's integer record ids sorts several times faster on SQLite
+    than grouping by object and id)."""
     parts = []
     for name in [obj] if obj is not None else list(default_objects()):
         t = _object_tail(name).subquery(f"tail_{name}")
-        moved = sa.func.coalesce(t.c.before, "") != sa.func.coalesce(t.c.after, "")
-        columns: list[Any] = [sa.literal(name).label("object"), sa.func.count().label("n")]
-        for op in _OPS:
-            columns.append(sa.func.sum(sa.case((moved & (t.c.before == op), 1), else_=0)))
-            columns.append(sa.func.sum(sa.case((moved & (t.c.after == op), 1), else_=0)))
-            first = sa.case((t.c.after == op, t.c.first_at), else_=None)
-            columns.append(sa.type_coerce(sa.func.min(first), UTCDateTime()))
-        parts.append(sa.select(*columns))
+        parts.append(
+            sa.select(
+                sa.literal(name).label("object"),
+                t.c.before,
+                t.c.after,
+                sa.func.count().label("n"),
+                sa.type_coerce(sa.func.min(t.c.first_at), UTCDateTime()).label("first_at"),
+            ).group_by(t.c.before, t.c.after)
+        )
     return parts[0] if len(parts) == 1 else sa.union_all(*parts)
 
 
@@ -200,12 +191,15 @@ def groups(conn: Connection, direction: str | None = None, obj: str | None = Non
     in_tail: set[str] = set()
     if direction in (None, _TO_CRM):
         for row in conn.execute(_tail_sums(obj)):
-            if not row.n:
-                continue
             in_tail.add(row.object)
-            for k, op in enumerate(_OPS):
-                left, joined, first = row[2 + 3 * k : 5 + 3 * k]
-                add((row.object, _TO_CRM, op), int(joined or 0) - int(left or 0), first)
+            # A record the fold leaves in its group changes no count; its entry's
+            # first-queued time still counts for the group's oldest (the queue's own
+            # seeks below skip entries with changes in the log).
+            moved = row.before != row.after
+            if row.before is not None and moved:
+                add((row.object, _TO_CRM, row.before), -int(row.n), None)
+            if row.after is not None:
+                add((row.object, _TO_CRM, row.after), int(row.n) if moved else 0, row.first_at)
     sums, q = backlog_counts.sums(direction, obj), sync_queue.c
     in_group = (
         q.state == EntryState.PENDING.value,
@@ -285,6 +279,14 @@ def oldest_records(conn: Connection, obj: str) -> list[Oldest]:
 def _logged_any(conn: Connection, obj: str) -> bool:
     c = sync_change.c
     return conn.execute(sa.select(c.seq).where(c.object == obj).limit(1)).first() is not None
+
+
+def tail_entries(conn: Connection, obj: str, limit: int) -> list[Any]:
+    """The oldest ``limit`` records of ``obj`` in the log that the fold would queue:
+    ``record_id, after`` (the operation), ``crm_id``, ``label``, ``first_at``."""
+    t = _object_tail(obj).subquery("tail")
+    query = sa.select(t).where(t.c.after.is_not(None)).order_by(t.c.first_at, t.c.record_id)
+    return list(conn.execute(query.limit(limit)))
 
 
 def pending_records(conn: Connection, obj: str, record_ids: Iterable[int]) -> set[int]:

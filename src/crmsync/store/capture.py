@@ -1,50 +1,19 @@
-"""Change capture: database triggers log every local write; ``fold`` queues them.
+"""Change capture: triggers log every local write; ``fold`` queues what they logged.
 
-Capture has two halves.
-
-**The triggers** on each pushed object's table append one row to ``sync_change`` (the
-capture log) inside the writer's own transaction, whoever the writer is (the API, the
-CLI, or another program's plain SQL): a rolled-back write leaves no row, a committed one
-always leaves one. That append is all a writer pays: one short row at the end of one
-table. Creating or refreshing the queue entry in the writer's transaction, as capture
-first did, wrote the queue row, its unique key, two more indexes and a backlog count
-row: about seven pages per commit on SQLite where the write itself changes one, and a
-fifth of a single-row transaction's time on PostgreSQL (docs/benchmarks.md).
-
-**The fold** moves logged changes into ``sync_queue``, oldest first, in batches, with
-the coalescing rules:
-
-- one entry per (object, direction, record); it keeps its first-queued time (that of
-  the change that created it);
-- an insert or an update queues the record as it is when folded: an ``insert`` while
-  it has no ``crm_id`` (it never reached Dynamics), otherwise an ``update``. So an
-  insert followed by updates stays an insert. A record gone by then (deleted since)
-  queues nothing: its delete, if captured, is its own log row;
-- deleting a record that never reached Dynamics drops the entry (nothing to send),
-  unless a worker already chose its Dynamics id and may have created it there (the
-  entry, or the record's sync state, then carries that id), in which case it becomes a
-  delete; deleting a synced record becomes a delete carrying its ``crm_id``;
-- a parked entry that changes again is due again, its attempts reset, and so is an
-  entry that becomes a delete (its update's backoff or hold does not apply to it);
-  every refresh bumps the entry's ``version``, so that a worker whose send raced it
-  keeps the entry.
-
-Nothing is lost between the halves: a change is in the log or in the queue, and the log
-row is deleted in the transaction that queues it. The worker folds before each push
-claim (``fold_pending`` without waiting) and counts a non-empty log as work due, and the
-upkeep of every long-running process folds every few seconds; applying Dynamics'
-changes folds first and also reads the log for its records, so a local change is never
-missed by a conflict check. Readers never fold: the backlog views count the unfolded
-tail as folded (``store.backlog``).
-On PostgreSQL one folder at a time holds an advisory lock (rows of one record must be
-queued in capture order); SQLite's single writer does that by itself.
-
-Updates that change none of the pushed columns are not captured, and neither is any
-write made while capture is suppressed (``db.suppress_capture``).
-
-Triggers are generated from the object registry, so making an object two-way in
-configuration needs no code: ``install_triggers`` (run by ``crmsync db upgrade`` and at
-worker start) drops and recreates them to match.
+- **Triggers** on each pushed object's table append one row to ``sync_change`` in the
+  writer's transaction, whoever writes: a rolled-back write leaves none, a committed one
+  always one. Updates of no pushed column, and writes with capture suppressed
+  (``db.suppress_capture``), are not logged. ``install_triggers`` makes them match the
+  registry.
+- **The fold** moves logged changes into ``sync_queue``, oldest first, deleting them in
+  the transaction that queues them (a change is in the log or in the queue, never
+  neither): one entry per (object, direction, record), which keeps its first-queued
+  time; an insert or update queues the record as it is then (``insert`` while it has no
+  Dynamics id); a delete of a record never in Dynamics drops the entry, else becomes a
+  ``delete``; a parked entry changed again, or one that becomes a delete, is due again
+  with its attempts reset; every refresh bumps ``version``. On PostgreSQL one folder at
+  a time (an advisory lock). Writers fold (claims, applies, the upkeep); readers count
+  the unfolded tail as folded (``store.backlog``).
 """
 
 from __future__ import annotations

@@ -1,32 +1,14 @@
-"""Periodic upkeep of the status tables: backlog counts, samples, throughput retention.
+"""Periodic upkeep of the capture log and the status tables, by the processes that
+write anyway (workers, ``crmsync serve``); safe to run from several at once.
 
-``maintain(engine, now)`` is cheap to call often (a worker's pull loop calls it every
-``poll_seconds``, ``crmsync serve`` every ``ops_interval_seconds``): it folds the
-backlog counts on every call (``compact_counts``, which ``crmsync serve`` also runs
-every ``COMPACT_SECONDS``), and does the rest at most once per 15-minute bucket, the
-first time it runs in a bucket. It is safe to run from several processes at once
-(every write is an idempotent upsert or delete, or the atomic fold of
-``backlog_counts.compact``).
-
-Backlog counts: every write to the queue appends a +1/-1 row to ``sync_backlog_count``
-(``store.backlog_counts``), and a read sums them; folding them into one row per group
-every few seconds keeps that read to a few dozen rows (a few thousand at most between
-folds at thousands of queue writes a second).
-
-Retention of ``sync_throughput`` (the counters behind last hour, throughput and
-``crmsync_synced_records_total``):
-
-- the last ``FINE_DAYS`` days keep their 15-minute buckets, so every clock hour of
-  every zone (+05:30, +05:45 included) sums exactly; this covers the throughput
-  history the console shows (five days and more);
-- older buckets are compacted into one row per UTC hour (sums unchanged): clock hours
-  of whole-hour zones stay exact, those of 30/45-minute zones are then approximate;
-- rows older than ``KEEP_DAYS`` days are deleted.
-
-Backlog samples: the trend of the backlog (``status.backlog``) compares the backlog now
-with what it was a few hours ago, which the queue cannot tell (entries that synced are
-gone). So each bucket gets one sample of the backlog per (object, direction) in
-``sync_backlog_sample``. Samples older than ``SAMPLE_DAYS`` days are deleted.
+- ``compact_counts``, every ``COMPACT_SECONDS``: folds the capture log (up to
+  ``FOLD_SECONDS``, unless another process is folding) and the backlog's +1/-1 count
+  rows into one per group (``store.backlog_counts``), so reads stay a few dozen rows.
+- ``maintain``, every poll or ops round, does the rest once per 15-minute bucket: one
+  backlog sample per (object, direction) for the trend (kept ``SAMPLE_DAYS`` days);
+  ``sync_throughput`` retention: 15-minute buckets for ``FINE_DAYS`` days (every clock
+  hour of every zone, +05:30 and +05:45 included, sums exactly), then one row per UTC
+  hour (sums unchanged), deleted after ``KEEP_DAYS`` days.
 """
 
 from __future__ import annotations

@@ -1,0 +1,93 @@
+"""What became of one write Dynamics answered: the push's outcome decision. No I/O.
+
+``judge`` reads the answer to one ``Send`` and says what the queue does with its entry:
+
+- ``Synced``: acknowledged (a delete of a record already gone from Dynamics too);
+- ``Stale``: refused with 412 although an ETag was sent: the record changed in
+  Dynamics since the last sync; it is pulled and the conflict settled before resending;
+- ``Parked``: refused for this record (a data error, a privilege, a 412 against ``*``,
+  i.e. the record is gone), or a transient fault that used up its attempts;
+- ``Retry``: a transient fault (throttling, 5xx, a timeout, a cut connection), tried
+  again at ``at``, never sooner than the server's ``Retry-After``.
+
+The answer's exception family decides, not the order of ``except`` clauses.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime
+
+from crmsync.dynamics.faults import PreconditionFailed
+from crmsync.dynamics.writes import ItemResult
+from crmsync.engine import retry
+from crmsync.engine.plan import Send
+from crmsync.errors import RecordRejected
+
+
+@dataclass(frozen=True)
+class Synced:
+    etag: str | None
+
+
+@dataclass(frozen=True)
+class Stale:
+    pass
+
+
+@dataclass(frozen=True)
+class Parked:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Retry:
+    code: str
+    message: str
+    at: datetime
+
+
+Verdict = Synced | Stale | Parked | Retry
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    base_seconds: float
+    max_seconds: float
+
+
+def judge(
+    send: Send,
+    result: ItemResult,
+    now: datetime,
+    policy: RetryPolicy,
+    rnd: random.Random | None = None,
+) -> Verdict:
+    """The verdict on one answered write (see the module's docstring)."""
+    err = result.error
+    entry = send.entry
+    if err is None:
+        return Synced(result.etag)
+    if isinstance(err, RecordRejected):
+        if entry.operation == "delete" and err.status == 404:
+            return Synced(result.etag)  # nothing left to delete
+        if isinstance(err, PreconditionFailed) and send.write.if_match not in (None, "*"):
+            return Stale()
+        return Parked(err.code or f"http_{err.status}", err.message)
+    attempts = entry.attempts + 1
+    status = getattr(err, "status", None)
+    code = f"http_{status}" if status else type(err).__name__
+    if retry.exhausted(attempts, policy.max_attempts):
+        return Parked(code, f"gave up after {attempts} attempts: {err}")
+    at = retry.next_attempt(
+        now,
+        attempts,
+        policy.base_seconds,
+        policy.max_seconds,
+        getattr(err, "retry_after", None),
+        rnd=rnd,
+    )
+    return Retry(code, str(err), at)

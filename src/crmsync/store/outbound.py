@@ -1,0 +1,222 @@
+"""The push's side of the store: what it reads before it plans (local rows, sync
+state, the parents of lookups), the ids it gives new records, and the pushes it holds
+for a paused pull. ``waiting`` lists, without claiming them, the entries a push would
+send next, the capture log's unfolded changes as the entries the fold would make of
+them (``store.backlog``), for a dry run. Only ``hold_for_pull`` and ``set_crm_ids``
+write.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+
+from crmsync.domain import Direction, EntryState, ObjectSpec
+from crmsync.store import backlog
+from crmsync.store.queue import Entry
+from crmsync.store.schema import LOCAL_TABLES, sync_queue, sync_record
+from crmsync.store.status import AWAITING_PULL
+
+# A push refused with 412 while its object's pull is paused waits this long before its
+# pause is looked at again (without sending); resuming the pull wakes it at once.
+HOLD_SECONDS = 60.0
+HOLD_MESSAGE = (
+    "changed in Dynamics since the last sync; waiting for pulling (from_crm) to resume,"
+    " so that the conflict is resolved before the push goes again"
+)
+
+
+@dataclass(frozen=True)
+class Parent:
+    """What the plan needs to know about a record a lookup points at."""
+
+    crm_id: str | None
+    on_its_way: bool  # it has a pending queue entry that may give it a crm_id
+    entity_set: str  # where it lives in Dynamics, from the registry
+
+
+def load_rows(
+    conn: Connection, specs: Mapping[str, ObjectSpec], entries: Sequence[Entry]
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """The local rows of the entries' records (deletes need none), by (object, id)."""
+    wanted: dict[str, list[int]] = defaultdict(list)
+    for e in entries:
+        if e.record_id is not None and e.operation != "delete":
+            wanted[e.object].append(e.record_id)
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for obj, ids in wanted.items():
+        table = LOCAL_TABLES[specs[obj].table]
+        for r in conn.execute(sa.select(table).where(table.c.id.in_(ids))).mappings():
+            rows[(obj, r["id"])] = dict(r)
+    return rows
+
+
+def load_sync_state(
+    conn: Connection, entries: Sequence[Entry]
+) -> tuple[dict[tuple[str, int], str], set[tuple[str, int]]]:
+    """Each record's ETag at its last sync (for If-Match on updates), and which records
+    the sync filter excludes."""
+    wanted: dict[str, list[int]] = defaultdict(list)
+    for e in entries:
+        if e.record_id is not None:
+            wanted[e.object].append(e.record_id)
+    etags: dict[tuple[str, int], str] = {}
+    excluded: set[tuple[str, int]] = set()
+    r = sync_record.c
+    for obj, ids in wanted.items():
+        for rec in conn.execute(
+            sa.select(r.record_id, r.etag, r.excluded).where(
+                r.object == obj,
+                r.record_id.in_(ids),
+                sa.or_(r.etag.is_not(None), r.excluded.is_(True)),
+            )
+        ):
+            if rec.etag is not None:
+                etags[(obj, rec.record_id)] = rec.etag
+            if rec.excluded:
+                excluded.add((obj, rec.record_id))
+    return etags, excluded
+
+
+def load_parents(
+    conn: Connection,
+    specs: Mapping[str, ObjectSpec],
+    rows: Mapping[tuple[str, int], Mapping[str, Any]],
+    *,
+    unfolded: bool = False,
+) -> dict[tuple[str, int], Parent]:
+    """The records the rows' lookups point at: their Dynamics ids, and whether they are
+    on their way there (a pending entry; with ``unfolded``, also a change still in the
+    capture log: a push has folded the log before it claims, a dry run has not)."""
+    wanted: dict[str, set[int]] = defaultdict(set)
+    for (obj, _), row in rows.items():
+        for lookup in specs[obj].lookups:
+            if row.get(lookup.column) is not None:
+                wanted[lookup.target].add(int(row[lookup.column]))
+    parents: dict[tuple[str, int], Parent] = {}
+    q = sync_queue.c
+    for target, ids in wanted.items():
+        table = LOCAL_TABLES[specs[target].table]
+        found = dict(
+            conn.execute(sa.select(table.c.id, table.c.crm_id).where(table.c.id.in_(ids))).all()
+        )
+        queued = {
+            int(k)
+            for (k,) in conn.execute(
+                sa.select(q.record_key).where(
+                    q.object == target,
+                    q.direction == "to_crm",
+                    q.state == "pending",
+                    q.record_key.in_([str(i) for i in ids]),
+                )
+            )
+        }
+        if unfolded:
+            queued |= backlog.pending_records(conn, target, ids)
+        for i in ids:
+            parents[(target, i)] = Parent(
+                crm_id=found.get(i), on_its_way=i in queued, entity_set=specs[target].entity_set
+            )
+    return parents
+
+
+def waiting(conn: Connection, objects: Sequence[str], limit: int, now: datetime) -> list[Entry]:
+    """Up to ``limit`` entries per object that a push would send: pending ``to_crm``
+    entries due by ``now``, oldest first, then the capture log's records as the fold
+    would queue them (``id`` 0: not in the queue yet). Reads only."""
+    q = sync_queue.c
+    out: list[Entry] = []
+    for obj in objects:
+        rows = conn.execute(
+            sa.select(sync_queue)
+            .where(
+                q.object == obj,
+                q.direction == Direction.TO_CRM.value,
+                q.state == EntryState.PENDING.value,
+                q.next_attempt_at <= now,
+            )
+            .order_by(q.next_attempt_at, q.id)
+            .limit(limit)
+        ).all()
+        queued = {r.record_id for r in rows}
+        out += [
+            Entry(
+                id=r.id,
+                object=r.object,
+                direction=r.direction,
+                record_key=r.record_key,
+                record_id=r.record_id,
+                crm_id=r.crm_id,
+                operation=r.operation,
+                label=r.label,
+                payload=r.payload,
+                version=r.version,
+                attempts=r.attempts,
+                first_queued_at=r.first_queued_at,
+                last_error_code=r.last_error_code,
+            )
+            for r in rows
+        ]
+        for t in backlog.tail_entries(conn, obj, limit):
+            if t.record_id not in queued:
+                out.append(
+                    Entry(
+                        id=0,
+                        object=obj,
+                        direction=Direction.TO_CRM.value,
+                        record_key=str(t.record_id),
+                        record_id=t.record_id,
+                        crm_id=t.crm_id,
+                        operation=t.after,
+                        label=t.label,
+                        payload=None,
+                        version=0,
+                        attempts=0,
+                        first_queued_at=t.first_at,
+                    )
+                )
+    return out
+
+
+def hold_for_pull(conn: Connection, entry_ids: Sequence[int], now: datetime) -> None:
+    """Hold pushes for a paused pull: pending (so in the backlog) and marked with why,
+    not sent again until the pull resumes (``status.resume`` wakes them)."""
+    if not entry_ids:
+        return
+    q = sync_queue.c
+    conn.execute(
+        sa.update(sync_queue)
+        .where(q.id.in_(entry_ids))
+        .values(
+            next_attempt_at=now + timedelta(seconds=HOLD_SECONDS),
+            claimed_by=None,
+            claimed_until=None,
+            last_error_code=AWAITING_PULL,
+            last_error_message=HOLD_MESSAGE,
+        )
+    )
+
+
+def set_crm_ids(
+    conn: Connection, specs: Mapping[str, ObjectSpec], created: Sequence[tuple[str, int, str]]
+) -> None:
+    """Give new records the Dynamics ids they were created under, ``(object, id, crm
+    id)``, where the row has none yet: one statement per object, for all its records at
+    once. The caller suppresses capture (the id is not a change to send back)."""
+    by_object: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for obj, record_id, crm_id in created:
+        by_object[obj].append({"record": record_id, "new_crm_id": crm_id})
+    for obj, rows in by_object.items():
+        table = LOCAL_TABLES[specs[obj].table]
+        conn.execute(
+            sa.update(table)
+            .where(table.c.id == sa.bindparam("record"), table.c.crm_id.is_(None))
+            .values(crm_id=sa.bindparam("new_crm_id")),
+            rows,
+        )
