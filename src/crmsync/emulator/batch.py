@@ -64,21 +64,33 @@ def _headers(block: str) -> dict[str, str]:
     return out
 
 
+def request_line(line: str) -> tuple[str, str]:
+    """``GET leads?$filter=lastname eq 'x' HTTP/1.1`` -> ("GET", "leads?$filter=...").
+
+    Clients put the URL unencoded, spaces included, so the URL is everything between
+    the method and the last `` HTTP/1.1`` (RFC 9112 section 3 forbids spaces; OData
+    clients send them anyway and Dataverse accepts them).
+    """
+    method, sep, rest = line.strip().partition(" ")
+    url, sep2, version = rest.rpartition(" ")
+    if not sep or not sep2 or not version.upper().startswith("HTTP/") or not url.strip():
+        raise faults.bad_payload(
+            "", "System.ArgumentException: a batch part lacks its request line."
+        )
+    return method.upper(), url.strip()
+
+
 def _parse_request(chunk: str) -> Part:
     mime, _, http = chunk.partition(_CRLF + _CRLF)
     mime_headers = _headers(mime)
     head, _, body = http.partition(_CRLF + _CRLF)
     lines = head.split(_CRLF)
-    request_line = lines[0].split(" ")
-    if len(request_line) < 2:
-        raise faults.bad_payload(
-            "", "System.ArgumentException: a batch part lacks its request line."
-        )
+    method, url = request_line(lines[0])
     if body.endswith(_CRLF):
         body = body[: -len(_CRLF)]
     return Part(
-        method=request_line[0].upper(),
-        url=request_line[1],
+        method=method,
+        url=url,
         headers=_headers(_CRLF.join(lines[1:])),
         body=body.encode(),
         content_id=mime_headers.get("content-id"),
