@@ -49,7 +49,7 @@ def format_datetime(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _parse_date(text: str) -> str:
+def parse_date(text: str) -> str:
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
@@ -172,7 +172,7 @@ class _Parser:
             return lambda r: guid
         if tok.kind == "date":
             try:
-                stamp = _parse_date(tok.text)
+                stamp = parse_date(tok.text)
             except ValueError as exc:
                 raise self.fail() from exc
             return lambda r: stamp
@@ -259,15 +259,33 @@ class Prefer:
     maxpagesize: int | None = None
     track_changes: bool = False
     continue_on_error: bool = False
+    annotations: tuple[str, ...] = ()  # odata.include-annotations patterns, lower-case
+
+    def wants(self, annotation: str) -> bool:
+        """Whether ``odata.include-annotations`` asks for this annotation (``*`` globs)."""
+        name = annotation.lower()
+        for pattern in self.annotations:
+            if pattern == "*" or pattern == name:
+                return True
+            if pattern.endswith(".*") and name.startswith(pattern[:-1]):
+                return True
+        return False
+
+
+# Commas split preferences, except inside a quoted include-annotations list.
+_PREFER_SPLIT_RE = re.compile(r',(?=(?:[^"]*"[^"]*")*[^"]*$)')
 
 
 def parse_prefer(header: str | None) -> Prefer:
     prefer = Prefer()
     if not header:
         return prefer
-    for part in header.split(","):
+    for part in _PREFER_SPLIT_RE.split(header):
         item = part.strip().lower()
-        if item == "return=representation":
+        if item.startswith("odata.include-annotations="):
+            listed = item.split("=", 1)[1].strip().strip('"')
+            prefer.annotations = tuple(p.strip() for p in listed.split(",") if p.strip())
+        elif item == "return=representation":
             prefer.representation = True
         elif item == "odata.track-changes":
             prefer.track_changes = True

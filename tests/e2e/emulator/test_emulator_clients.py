@@ -213,3 +213,37 @@ def test_cut_connection_applies_write_and_drops_response(fresh: Running) -> None
         rows = c.get("/api/data/v9.2/accounts?$select=name", headers=headers).json()["value"]
     assert [r["name"] for r in rows] == ["written anyway"]
     assert fresh.emulator.stats()["requests"]["cut"] == 1
+
+
+def test_microsoft_sdk_fetchxml_and_sql(fresh: Running, session: requests.Session) -> None:
+    cred = EmulatorCredential(f"{fresh.url}/sdk-tenant", "sdk-app", "secret", session)
+    with DataverseClient(fresh.url, cred) as client:
+        account_id = client.records.create("account", {"name": "Fabrikam"})
+        client.records.create(
+            "contact",
+            [
+                {
+                    "lastname": f"F{i:02d}",
+                    "firstname": "odd" if i % 2 else "even",
+                    "parentcustomerid_account@odata.bind": f"/accounts({account_id})",
+                }
+                for i in range(7)
+            ],
+        )
+        # count='3' makes the SDK follow morerecords and the paging cookie over 3 pages.
+        xml = (
+            "<fetch count='3'><entity name='contact'><attribute name='lastname'/>"
+            "<filter><condition attribute='lastname' operator='begins-with' value='F'/></filter>"
+            "<order attribute='lastname'/>"
+            "<link-entity name='account' from='accountid' to='parentcustomerid' alias='a'>"
+            "<attribute name='name'/></link-entity></entity></fetch>"
+        )
+        pages = list(client.query.fetchxml(xml).execute_pages())
+        assert [len(p.records) for p in pages] == [3, 3, 1]
+        rows = [r for p in pages for r in p.records]
+        assert [r["lastname"] for r in rows] == [f"F{i:02d}" for i in range(7)]
+        assert {r["a.name"] for r in rows} == {"Fabrikam"}
+        got = client.query.sql(
+            "SELECT TOP 2 lastname FROM contact WHERE firstname = 'odd' ORDER BY lastname DESC"
+        )
+        assert [r["lastname"] for r in got] == ["F05", "F03"]
