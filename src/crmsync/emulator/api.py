@@ -11,18 +11,9 @@ from __future__ import annotations
 import re
 import uuid
 
-from crmsync.emulator import faults
+from crmsync.emulator import faults, metadata
 from crmsync.emulator.http import Call, Reply, etag
-from crmsync.emulator.model import (
-    BY_LOGICAL,
-    ENTITIES,
-    Entity,
-    attribute_definitions,
-    entity_definition,
-    is_guid,
-    normalize_guid,
-    picklist_definitions,
-)
+from crmsync.emulator.model import ENTITIES, Entity, is_guid, normalize_guid
 from crmsync.emulator.query import Reader
 from crmsync.emulator.records import Writer, parse_body, represent
 from crmsync.emulator.settings import Settings
@@ -76,7 +67,7 @@ class Api:
                 },
             )
         if name == "EntityDefinitions":
-            return self._metadata(call, key, rest)
+            return metadata.handle(call, key, rest)
         entity = ENTITIES.get(name)
         if entity is None:
             raise faults.unknown_segment(name)
@@ -152,31 +143,3 @@ class Api:
                 f"'{entity.logical}'.",
             )
         raise faults.bad_query(f"Bad Request - Error in query syntax: '{key}' is not a valid key.")
-
-    def _metadata(self, call: Call, key: str | None, rest: str | None) -> Reply:
-        if call.method != "GET":
-            raise faults.no_resource(call.base + call.path)
-        ctx = f"{call.base}$metadata#EntityDefinitions"
-        if key is None:
-            rows = [entity_definition(e) for e in ENTITIES.values()]
-            wanted = re.search(r"LogicalName eq '([^']*)'", call.query.get("$filter", ""))
-            if wanted:
-                rows = [r for r in rows if r["LogicalName"] == wanted.group(1).lower()]
-            return Reply.json(200, {"@odata.context": ctx, "value": rows})
-        m = re.fullmatch(r"LogicalName='([^']*)'", key.strip())
-        entity = BY_LOGICAL.get(m.group(1).lower()) if m else None
-        if entity is None:
-            for candidate in ENTITIES.values():
-                if entity_definition(candidate)["MetadataId"] == key.strip():
-                    entity = candidate
-        if entity is None:
-            raise faults.DataverseFault(404, "0x80040217", f"Could not find entity with key {key}.")
-        if not rest:
-            return Reply.json(
-                200, {"@odata.context": ctx + "/$entity", **entity_definition(entity)}
-            )
-        if rest == "Attributes/Microsoft.Dynamics.CRM.PicklistAttributeMetadata":
-            return Reply.json(200, {"@odata.context": ctx, "value": picklist_definitions(entity)})
-        if rest == "Attributes":
-            return Reply.json(200, {"@odata.context": ctx, "value": attribute_definitions(entity)})
-        raise faults.unknown_segment(rest.split("/")[0])

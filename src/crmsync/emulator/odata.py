@@ -24,7 +24,8 @@ Predicate = Callable[[Row], bool]
 
 _TOKEN_RE = re.compile(
     r"""\s*(?:
-      (?P<string>'(?:[^']|'')*')
+      (?P<enum>[A-Za-z][A-Za-z0-9_.]*'(?:[^']|'')*')
+    | (?P<string>'(?:[^']|'')*')
     | (?P<guid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b)
     | (?P<date>\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})?)?)
     | (?P<number>-?\d+(?:\.\d+)?)
@@ -70,10 +71,14 @@ def _tokenize(text: str) -> list[_Tok]:
     return out
 
 
+Resolver = Callable[[str], Callable[[Row], Any]]
+
+
 class _Parser:
-    def __init__(self, text: str, entity: Entity) -> None:
+    def __init__(self, text: str, entity: Entity, resolve: Resolver | None = None) -> None:
         self.text = text
         self.entity = entity
+        self.resolve = resolve
         self.toks = _tokenize(text)
         self.i = 0
 
@@ -164,8 +169,10 @@ class _Parser:
         if tok is None:
             raise self.fail()
         self.i += 1
-        if tok.kind == "string":
-            text = tok.text[1:-1].replace("''", "'")
+        if tok.kind in ("string", "enum"):
+            # An enum literal (Microsoft.Dynamics.CRM.AttributeTypeCode'Picklist') compares
+            # as its member name, which is how metadata rows carry enum values.
+            text = tok.text[tok.text.index("'") + 1 : -1].replace("''", "'")
             return lambda r: text
         if tok.kind == "guid":
             guid = tok.text.lower()
@@ -186,6 +193,8 @@ class _Parser:
                 return lambda r: flag
             if lowered == "null":
                 return lambda r: None
+            if self.resolve is not None:
+                return self.resolve(tok.text)
             attr = self.entity.attributes.get(tok.text)
             if attr is None:
                 raise faults.unknown_property(self.entity.logical, tok.text)
@@ -222,8 +231,9 @@ def _compare(op: str, left: Callable[[Row], Any], right: Callable[[Row], Any]) -
     return pred
 
 
-def compile_filter(text: str, entity: Entity) -> Predicate:
-    return _Parser(text, entity).parse()
+def compile_filter(text: str, entity: Entity, resolve: Resolver | None = None) -> Predicate:
+    """``$filter`` as a predicate; ``resolve`` maps names to getters (metadata rows)."""
+    return _Parser(text, entity, resolve).parse()
 
 
 def parse_select(text: str | None, entity: Entity) -> list[str] | None:

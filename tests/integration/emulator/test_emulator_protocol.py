@@ -733,10 +733,16 @@ async def test_entity_definitions_for_the_sdk(dv: Dv) -> None:
     assert (row["EntitySetName"], row["PrimaryIdAttribute"]) == ("opportunities", "opportunityid")
     r = await dv.req(
         "GET",
-        "EntityDefinitions(LogicalName='lead')/Attributes/Microsoft.Dynamics.CRM.PicklistAttributeMetadata",
+        "EntityDefinitions(LogicalName='lead')/Attributes/Microsoft.Dynamics.CRM.PicklistAttributeMetadata?$select=LogicalName&$expand=OptionSet($select=Options)",
     )
     (pick,) = r.json()["value"]
     assert pick["LogicalName"] == "leadqualitycode" and len(pick["OptionSet"]["Options"]) == 3
+    # OptionSet is a navigation property: without $expand it is not in the row.
+    r = await dv.req(
+        "GET",
+        "EntityDefinitions(LogicalName='lead')/Attributes/Microsoft.Dynamics.CRM.PicklistAttributeMetadata",
+    )
+    assert "OptionSet" not in r.json()["value"][0]
     attrs = (await dv.req("GET", "EntityDefinitions(LogicalName='lead')/Attributes")).json()[
         "value"
     ]
