@@ -247,3 +247,29 @@ def test_microsoft_sdk_fetchxml_and_sql(fresh: Running, session: requests.Sessio
             "SELECT TOP 2 lastname FROM contact WHERE firstname = 'odd' ORDER BY lastname DESC"
         )
         assert [r["lastname"] for r in got] == ["F05", "F03"]
+
+
+def test_microsoft_sdk_table_metadata(fresh: Running, session: requests.Session) -> None:
+    cred = EmulatorCredential(f"{fresh.url}/sdk-tenant", "sdk-app", "secret", session)
+    with DataverseClient(fresh.url, cred) as client:
+        info = client.tables.get("contact")
+        assert info is not None and info["entity_set_name"] == "contacts"
+        assert client.tables.get("widget") is None
+        tables = client.tables.list(select=["LogicalName"], filter="ObjectTypeCode le 2")
+        assert sorted(t["LogicalName"] for t in tables) == ["account", "contact"]
+        strings = client.tables.list_columns(
+            "contact", select=["LogicalName", "MaxLength"], filter="AttributeType eq 'String'"
+        )
+        assert {c["LogicalName"] for c in strings} == {
+            "emailaddress1",
+            "firstname",
+            "lastname",
+            "fullname",
+        }
+        assert client.tables.get_alternate_keys("lead") == []
+        batch = client.batch.new()
+        batch.tables.get("lead")
+        result = batch.execute()
+        # The SDK hands back the raw collection of its EntityDefinitions query.
+        (row,) = result.responses[0].data["value"]
+        assert not result.failed and row["EntitySetName"] == "leads"
