@@ -177,7 +177,7 @@ class Emulator:
         if path == "/_emulator/requests" and method == "GET":
             return _plain_json(200, {"requests": self.requests()})
         if path == "/_emulator/config" and method == "GET":
-            return _plain_json(200, self.settings.as_dict())
+            return _plain_json(200, self.settings.public())
         if path == "/_emulator/config" and method in ("PUT", "PATCH"):
             try:
                 update = validate(json.loads(body or b"null"))
@@ -185,7 +185,7 @@ class Emulator:
                 message = str(exc) if isinstance(exc, SettingsError) else f"malformed JSON: {exc}"
                 return _plain_json(400, {"error": {"code": "bad_config", "message": message}})
             self.configure(update)
-            return _plain_json(200, self.settings.as_dict())
+            return _plain_json(200, self.settings.public())
         return _plain_json(404, {"error": {"code": "", "message": f"No resource at '{path}'."}})
 
     def configure(self, update: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from crmsync.emulator.model import ENTITIES
 
+REDACTED = "********"
 _WEEK_S = 7 * 24 * 3600  # ExpireChangeTrackingInDays defaults to 7 (change-tracking docs)
 
 
@@ -102,6 +103,14 @@ class Settings:
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def public(self) -> dict[str, Any]:
+        """``as_dict`` for ``GET``/``PUT /_emulator/config`` answers: client secrets are
+        never echoed (issue 16), only which client ids are configured."""
+        out = self.as_dict()
+        if self.clients is not None:
+            out["clients"] = {client_id: REDACTED for client_id in self.clients}
+        return out
 
 
 def validate(update: Any) -> dict[str, Any]:
