@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from crmsync.emulator import faults, metadata
+from crmsync.emulator import faults, metadata, service
 from crmsync.emulator.http import Call, Reply, etag
 from crmsync.emulator.model import ENTITIES, Entity, is_guid, normalize_guid
 from crmsync.emulator.query import Reader
@@ -52,10 +52,16 @@ class Api:
         return reply
 
     def route(self, call: Call) -> Reply:
+        if call.path == "" and call.method == "GET":
+            return service.service_document(call)
         m = _PATH_RE.match(call.path)
         if m is None:
             raise faults.no_resource(call.base + call.path)
         name, key, rest = m.group("name"), m.group("key"), m.group("rest")
+        if name == "$metadata" and call.method == "GET" and key is None and not rest:
+            return service.csdl(call)
+        if name == "RetrieveTotalRecordCount" and call.method == "GET" and not rest:
+            return service.total_record_count(call, key, self.store)
         if name == "WhoAmI" and call.method == "GET":
             return Reply.json(
                 200,

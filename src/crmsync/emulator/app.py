@@ -28,7 +28,7 @@ from crmsync.emulator import faults
 from crmsync.emulator.api import Api
 from crmsync.emulator.auth import AuthError, TokenIssuer, openid_configuration
 from crmsync.emulator.batch import BatchRunner
-from crmsync.emulator.http import API_PREFIX, Call, Reply, dumps
+from crmsync.emulator.http import API_PREFIX, Call, Reply, dumps, split_api_path
 from crmsync.emulator.limits import Limiter
 from crmsync.emulator.settings import Settings, SettingsError, validate
 from crmsync.emulator.store import Store
@@ -77,7 +77,7 @@ class Emulator:
             await _respond(send, self._control(scope["method"], path, body))
             return
         arrived = time.time()
-        if path.startswith(API_PREFIX):
+        if split_api_path(path) is not None:
             reply, cut = await self._api(scope, headers, body)
         else:
             reply, cut = self._identity(scope, headers, body), False
@@ -121,14 +121,15 @@ class Emulator:
             if injected is not None:
                 return Reply.fault(injected), False
             raw_query = scope.get("query_string", b"").decode("latin-1")
+            root, rest = split_api_path(scope["path"]) or (API_PREFIX, "")
             call = Call(
                 method=scope["method"],
-                path=scope["path"][len(API_PREFIX) :],
+                path=rest,
                 query=dict(parse_qsl(raw_query, keep_blank_values=True)),
                 headers=headers,
                 body=body,
                 user_id=user,
-                base=f"{_origin(scope, headers)}{API_PREFIX}",
+                base=f"{_origin(scope, headers)}{root}",
                 raw_query=raw_query,
             )
             if call.path == "$batch" and call.method == "POST":

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from crmsync.emulator import faults
 from crmsync.emulator.api import Api
-from crmsync.emulator.http import Call, Reply
+from crmsync.emulator.http import Call, Reply, split_api_path
 from crmsync.emulator.odata import parse_prefer
 
 MAX_REQUESTS = 1000
@@ -212,9 +212,9 @@ class BatchRunner:
             body = _resolve_binds(body, refs)
         split = urlsplit(url)
         path = split.path
-        marker = "/api/data/v9.2/"
-        if marker in path:
-            path = path.split(marker, 1)[1]
+        inside = split_api_path(path)
+        if inside is not None:
+            path = inside[1]
         path = path.lstrip("/")
         if path == "$batch":
             raise faults.bad_payload(

@@ -223,6 +223,15 @@ def option_set(e: Entity, attr: Attribute) -> Row | None:
     return None
 
 
+def relationship_name(entity_logical: str, attr_name: str) -> str:
+    """Schema names of the standard relationships; ``lk_<table>_<column>`` for users."""
+    known = {
+        "parentcustomerid": "contact_customer_accounts",
+        "parentaccountid": "opportunity_parent_account",
+    }
+    return known.get(attr_name, f"lk_{entity_logical}_{attr_name}")
+
+
 def relationships(e: Entity, side: str) -> list[Row]:
     """``ManyToOne`` (this table's lookups) or ``OneToMany`` (lookups pointing at it)."""
     out = []
@@ -236,10 +245,7 @@ def relationships(e: Entity, side: str) -> list[Row]:
             ):
                 continue
             name = logical_name(attr)
-            schema = {
-                "parentcustomerid": "contact_customer_accounts",
-                "parentaccountid": "opportunity_parent_account",
-            }.get(name, f"lk_{other.logical}_{name}")
+            schema = relationship_name(other.logical, name)
             out.append(
                 {
                     "MetadataId": _id("relationship", schema),
