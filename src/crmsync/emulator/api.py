@@ -12,8 +12,11 @@ import re
 import uuid
 
 from crmsync.emulator import faults, metadata, service
+from crmsync.emulator.annotations import annotate
+from crmsync.emulator.annotations import applied as annotations_applied
 from crmsync.emulator.http import Call, Reply, etag
 from crmsync.emulator.model import ENTITIES, Entity, is_guid, normalize_guid
+from crmsync.emulator.odata import Prefer, parse_prefer
 from crmsync.emulator.query import Reader
 from crmsync.emulator.records import Writer, parse_body, represent
 from crmsync.emulator.settings import Settings
@@ -109,13 +112,14 @@ class Api:
         if call.method == "POST":
             row = self.writer.create(entity, parse_body(call, entity.entity_set), call)
             location = f"{call.base}{entity.entity_set}({row[entity.primary_id]})"
-            if (call.header("prefer") or "").lower().find("return=representation") >= 0:
-                body = represent(entity, row, None)
+            prefer = parse_prefer(call.header("prefer"))
+            if prefer.representation:
+                body = annotate(entity, represent(entity, row, None), prefer, self.store)
                 body = {
                     "@odata.context": f"{call.base}$metadata#{entity.entity_set}/$entity",
                     **body,
                 }
-                return Reply.json(201, body, 1, ETag=etag(row))
+                return _with_applied(Reply.json(201, body, 1, ETag=etag(row)), prefer)
             return Reply.empty(204, 1, OData_EntityId=location, Location=location)
         raise faults.no_resource(call.base + call.path)
 
@@ -126,14 +130,16 @@ class Api:
         row = self.store.get(entity.entity_set, record_id)
         if row is None:
             raise faults.not_found(entity.logical, record_id)
-        # Conditional GET: 304 when the caller already holds this version (conditional-ops docs).
-        if (call.header("if-none-match") or "").strip() == etag(row):
+        prefer = parse_prefer(call.header("prefer"))
+        # Conditional GET: 304 when the caller already holds this version, but never with
+        # odata.include-annotations (perform-conditional-operations-using-web-api.md).
+        if (call.header("if-none-match") or "").strip() == etag(row) and not prefer.annotations:
             return Reply.empty(304)
         context = f"{call.base}$metadata#{entity.entity_set}"
         context += f"({','.join(select)})/$entity" if select else "/$entity"
-        return Reply.json(
-            200, {"@odata.context": context, **represent(entity, row, select)}, 1, ETag=etag(row)
-        )
+        body = annotate(entity, represent(entity, row, select), prefer, self.store)
+        reply = Reply.json(200, {"@odata.context": context, **body}, 1, ETag=etag(row))
+        return _with_applied(reply, prefer)
 
     def _key(self, entity: Entity, key: str) -> str:
         text = key.strip()
@@ -149,3 +155,10 @@ class Api:
                 f"'{entity.logical}'.",
             )
         raise faults.bad_query(f"Bad Request - Error in query syntax: '{key}' is not a valid key.")
+
+
+def _with_applied(reply: Reply, prefer: Prefer) -> Reply:
+    item = annotations_applied(prefer)
+    if item:
+        reply.headers["Preference-Applied"] = item
+    return reply

@@ -21,10 +21,11 @@ from typing import Any
 from urllib.parse import quote
 
 from crmsync.emulator import faults
+from crmsync.emulator.annotations import annotate
 from crmsync.emulator.conditions import coerce, column, invalid, logical_name, operator_test
 from crmsync.emulator.http import Call, Reply, etag
 from crmsync.emulator.model import BY_LOGICAL, Attribute, Entity
-from crmsync.emulator.odata import sort_key
+from crmsync.emulator.odata import Prefer, sort_key
 from crmsync.emulator.store import Store
 
 MAX_PAGE = 5000
@@ -272,7 +273,7 @@ def _known_attrs(node: ET.Element, allowed: set[str]) -> None:
 # -- running ---------------------------------------------------------------------------
 
 
-def run(fetch: Fetch, store: Store, call: Call, annotations: Callable[[str], bool]) -> Reply:
+def run(fetch: Fetch, store: Store, call: Call, prefer: Prefer) -> Reply:
     """Join, filter, order, page and shape rows the way the Web API returns FetchXML."""
     entity = fetch.entity
     combos: list[Combo] = [{"": r} for r in store.tables[entity.entity_set].rows.values()]
@@ -283,7 +284,7 @@ def run(fetch: Fetch, store: Store, call: Call, annotations: Callable[[str], boo
     combos.sort(key=lambda c: _root(c)[entity.primary_id])
     for alias, name, desc in reversed(fetch.orders):
         combos.sort(key=_order_key(alias, name, desc))  # stable: earlier orders win
-    rows = [_shape(fetch, c) for c in combos]
+    rows = [annotate(entity, _shape(fetch, c), prefer, store) for c in combos]
     if fetch.distinct:
         seen: set[str] = set()
         unique = []
@@ -299,6 +300,7 @@ def run(fetch: Fetch, store: Store, call: Call, annotations: Callable[[str], boo
     chunk = rows[offset : offset + size]
     more = fetch.top is None and offset + size < total
     payload: dict[str, Any] = {"@odata.context": f"{call.base}$metadata#{entity.entity_set}"}
+    annotations = prefer.wants
     if fetch.total and annotations("Microsoft.Dynamics.CRM.totalrecordcount"):
         payload["@Microsoft.Dynamics.CRM.totalrecordcount"] = min(total, MAX_PAGE)
         payload["@Microsoft.Dynamics.CRM.totalrecordcountlimitexceeded"] = total > MAX_PAGE

@@ -270,6 +270,7 @@ class Prefer:
     track_changes: bool = False
     continue_on_error: bool = False
     annotations: tuple[str, ...] = ()  # odata.include-annotations patterns, lower-case
+    annotations_raw: tuple[str, ...] = ()  # the same, as the caller spelled them
 
     def wants(self, annotation: str) -> bool:
         """Whether ``odata.include-annotations`` asks for this annotation (``*`` globs)."""
@@ -293,8 +294,9 @@ def parse_prefer(header: str | None) -> Prefer:
     for part in _PREFER_SPLIT_RE.split(header):
         item = part.strip().lower()
         if item.startswith("odata.include-annotations="):
-            listed = item.split("=", 1)[1].strip().strip('"')
-            prefer.annotations = tuple(p.strip() for p in listed.split(",") if p.strip())
+            listed = part.strip().split("=", 1)[1].strip().strip('"')
+            prefer.annotations_raw = tuple(p.strip() for p in listed.split(",") if p.strip())
+            prefer.annotations = tuple(p.lower() for p in prefer.annotations_raw)
         elif item == "return=representation":
             prefer.representation = True
         elif item == "odata.track-changes":

@@ -16,6 +16,8 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from crmsync.emulator import faults, fetchxml, sqlquery
+from crmsync.emulator.annotations import annotate
+from crmsync.emulator.annotations import applied as annotations_applied
 from crmsync.emulator.http import Call, Reply
 from crmsync.emulator.model import Entity
 from crmsync.emulator.odata import (
@@ -105,9 +107,13 @@ class Reader:
             )
             # $count is limited to 5,000 like a page (query/count-rows.md).
             payload["@odata.count"] = min(total, MAX_PAGE)
-        payload["value"] = [represent(entity, r, select) for r in rows]
+        payload["value"] = [
+            annotate(entity, represent(entity, r, select), prefer, self.store) for r in rows
+        ]
         headers: dict[str, str] = {}
         applied = []
+        if annotations_applied(prefer):
+            applied.append(annotations_applied(prefer) or "")
         if prefer.maxpagesize is not None:
             applied.append(f"odata.maxpagesize={prefer.maxpagesize}")
         if prefer.track_changes:
@@ -141,7 +147,7 @@ class Reader:
             )
         if names[0] == "fetchXml":
             fetch = fetchxml.parse(call.query["fetchXml"], entity)
-            return fetchxml.run(fetch, self.store, call, prefer.wants)
+            return fetchxml.run(fetch, self.store, call, prefer)
         select = sqlquery.parse(call.query["sql"], entity)
         return sqlquery.run(select, entity, self.store, call)
 
@@ -174,6 +180,7 @@ class Reader:
         return chunk, more, {"offset": offset + limit}
 
     def _delta(self, entity: Entity, call: Call, select: list[str] | None, page_size: int) -> Reply:
+        prefer = parse_prefer(call.header("prefer"))
         since = self._check_token(call.query["$deltatoken"])
         state: dict[str, Any] = {}
         page = 1
@@ -189,7 +196,8 @@ class Reader:
         if phase == "rows":
             changed = table.changed_since(after, upto)
             for row in changed[:page_size]:
-                entries.append(represent(entity, row, select))
+                shaped = represent(entity, row, select)
+                entries.append(annotate(entity, shaped, prefer, self.store))
             if len(changed) > page_size:
                 more, state = (
                     True,

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from crmsync.emulator import faults
+from crmsync.emulator.annotations import annotate, applied
 from crmsync.emulator.http import Call, Reply, etag
 from crmsync.emulator.model import LOOKUP, Entity, computed, is_guid, normalize_guid, validate_value
 from crmsync.emulator.odata import format_datetime, parse_prefer
@@ -114,7 +115,11 @@ class Writer:
             status = 200
         location = f"{call.base}{entity.entity_set}({key})"
         if prefer.representation:
-            return Reply.json(status, represent(entity, row, None), 1, ETag=etag(row))
+            body = annotate(entity, represent(entity, row, None), prefer, self.store)
+            reply = Reply.json(status, body, 1, ETag=etag(row))
+            if applied(prefer):
+                reply.headers["Preference-Applied"] = applied(prefer) or ""
+            return reply
         return Reply.empty(204, 1, OData_EntityId=location, ETag=etag(row))
 
     def delete(self, entity: Entity, key: str, call: Call) -> Reply:
