@@ -26,7 +26,12 @@ from urllib.parse import parse_qsl
 
 from crmsync.emulator import faults
 from crmsync.emulator.api import Api
-from crmsync.emulator.auth import AuthError, TokenIssuer, openid_configuration
+from crmsync.emulator.auth import (
+    AuthError,
+    TokenIssuer,
+    basic_credentials,
+    openid_configuration,
+)
 from crmsync.emulator.batch import BatchRunner
 from crmsync.emulator.http import API_PREFIX, Call, Reply, dumps, split_api_path
 from crmsync.emulator.limits import Limiter
@@ -152,10 +157,13 @@ class Emulator:
         parts = scope["path"].strip("/").split("/")
         method = scope["method"]
         origin = _origin(scope, headers)
-        if method == "POST" and len(parts) == 4 and parts[1:] == ["oauth2", "v2.0", "token"]:
+        v2 = len(parts) == 4 and parts[1:] == ["oauth2", "v2.0", "token"]
+        v1 = len(parts) == 3 and parts[1:] == ["oauth2", "token"]
+        if method == "POST" and (v1 or v2):
             form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
             try:
-                return _plain_json(200, self.tokens.issue(form))
+                form = basic_credentials(headers.get("authorization"), form)
+                return _plain_json(200, self.tokens.issue(form, v1=v1))
             except AuthError as exc:
                 return _plain_json(exc.status, exc.body)
         if method == "GET" and parts[1:] in (
