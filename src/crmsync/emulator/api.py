@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from crmsync.emulator import faults, metadata, service
+from crmsync.emulator import faults, metadata, properties, service
 from crmsync.emulator.annotations import annotate
 from crmsync.emulator.annotations import applied as annotations_applied
 from crmsync.emulator.http import Call, Reply, etag
@@ -28,7 +28,7 @@ _PATH_RE = re.compile(
 _BULK = {
     f"Microsoft.Dynamics.CRM.{m}": m for m in ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")
 }
-_VERBS = {"GET": "Read", "POST": "Create", "PATCH": "Write", "DELETE": "Delete"}
+_VERBS = {"GET": "Read", "POST": "Create", "PATCH": "Write", "PUT": "Write", "DELETE": "Delete"}
 ORGANIZATION_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "crmsync-emulator/organization"))
 BUSINESS_UNIT_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "crmsync-emulator/businessunit"))
 
@@ -91,7 +91,7 @@ class Api:
             return self._collection(entity, call, rest)
         record_id = self._key(entity, key)
         if rest:
-            raise faults.no_resource(call.base + call.path)
+            return properties.handle(self.store, self.writer, entity, record_id, rest, call)
         if call.method == "GET":
             return self._retrieve(entity, record_id, call)
         if call.method == "PATCH":
@@ -146,8 +146,11 @@ class Api:
         if is_guid(text):
             return normalize_guid(text)
         if "=" in text:
+            name, _, value = (part.strip() for part in text.partition("="))
+            # The named form of the primary key, leads(leadid=<guid>), is a key too.
+            if name == entity.primary_id and is_guid(value):
+                return normalize_guid(value)
             # No alternate keys are defined on the emulated tables (reference section 3).
-            name = text.split("=", 1)[0].strip()
             raise faults.DataverseFault(
                 400,
                 "0x80060891",

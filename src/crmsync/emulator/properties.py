@@ -1,0 +1,70 @@
+"""Single-property endpoints: ``GET/PUT/DELETE {set}({id})/{property}`` and ``/$value``.
+
+From ``webapi/retrieve-entity-using-web-api.md`` and ``update-delete-entities-using-web-
+api.md``: ``GET`` answers ``{"@odata.context": ".../$metadata#leads(<id>)/lastname",
+"value": ...}``, ``/$value`` the raw value as text; ``PUT`` with ``{"value": ...}``
+sets one column and ``DELETE`` clears it, both ``204``. Lookups are read this way as
+``_x_value`` but changed through ``$ref`` (not run here), so writing one is refused.
+Inferred (undocumented): a null property answers ``204`` to ``GET``, as OData says.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from crmsync.emulator import faults
+from crmsync.emulator.http import Call, Reply
+from crmsync.emulator.model import LOOKUP, Entity
+from crmsync.emulator.records import Writer
+from crmsync.emulator.store import Store
+
+
+def handle(store: Store, writer: Writer, entity: Entity, key: str, rest: str, call: Call) -> Reply:
+    name, _, tail = rest.partition("/")
+    attr = entity.attributes.get(name)
+    if attr is None or tail not in ("", "$value"):
+        raise faults.unknown_segment(name if attr is None else tail)
+    row = store.get(entity.entity_set, key)
+    if row is None:
+        raise faults.not_found(entity.logical, key)
+    if call.method == "GET":
+        value = row.get(name)
+        if value is None:
+            return Reply.empty(204, 1)
+        if tail == "$value":
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            return Reply(
+                200, {"Content-Type": "text/plain", "OData-Version": "4.0"}, text.encode(), 1
+            )
+        context = f"{call.base}$metadata#{entity.entity_set}({key})/{name}"
+        return Reply.json(200, {"@odata.context": context, "value": value}, 1)
+    if tail:
+        raise faults.no_resource(call.base + call.path)
+    if call.method not in ("PUT", "DELETE"):
+        raise faults.no_resource(call.base + call.path)
+    if attr.type == LOOKUP or name == entity.primary_id or not attr.writable:
+        raise faults.bad_payload(
+            entity.entity_set,
+            f"Microsoft.OData.ODataException: the property '{name}' can't be set this way.",
+        )
+    new_value: Any = None
+    if call.method == "PUT":
+        try:
+            body = json.loads(call.body or b"null")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise faults.bad_payload(
+                entity.entity_set, f"Microsoft.OData.ODataException: Invalid JSON. {exc}"
+            ) from exc
+        if (
+            not isinstance(body, dict)
+            or set(body) - {"value", "@odata.context"}
+            or "value" not in body
+        ):
+            raise faults.bad_payload(
+                entity.entity_set,
+                'Microsoft.OData.ODataException: a property update needs {"value": ...}.',
+            )
+        new_value = body["value"]
+    writer.update(entity, row, {name: new_value}, call)
+    return Reply.empty(204, 1)
