@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from crmsync.emulator import faults
+from crmsync.emulator import faults, functions
 from crmsync.emulator.model import Entity
 
 Row = dict[str, Any]
@@ -30,7 +30,7 @@ _TOKEN_RE = re.compile(
     | (?P<date>\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})?)?)
     | (?P<number>-?\d+(?:\.\d+)?)
     | (?P<name>[A-Za-z_][A-Za-z0-9_./@]*)
-    | (?P<punct>[(),])
+    | (?P<punct>[(),=\[\]])
     )""",
     re.VERBOSE,
 )
@@ -139,13 +139,35 @@ class _Parser:
             return inner
         if tok.kind == "name" and tok.text.lower() in _FUNCS:
             return self.function(tok.text.lower())
+        if tok.kind == "name" and tok.text.lower().startswith(functions.PREFIX):
+            self.i += 1
+            return functions.build(tok.text, functions.parse_args(self), self.getter)
         left = self.operand()
         op = self.word()
+        if op == "in":  # OData 4.01: name in ('a','b')
+            self.i += 1
+            self.expect("(")
+            items = [self.operand()({})]
+            while self.peek() is not None and self.peek().text == ",":  # type: ignore[union-attr]
+                self.i += 1
+                items.append(self.operand()({}))
+            self.expect(")")
+            return functions.membership(left, items, negate=False)
         if op not in _COMPARE:
             raise self.fail()
         self.i += 1
         right = self.operand()
         return _compare(op, left, right)
+
+    def getter(self, name: str) -> Callable[[Row], Any]:
+        """A column's value by name, for a query function's PropertyName."""
+        if self.resolve is not None:
+            return self.resolve(name)
+        attr = self.entity.attributes.get(name)
+        if attr is None:
+            raise faults.unknown_property(self.entity.logical, name)
+        column = attr.name
+        return lambda r: r.get(column)
 
     def function(self, name: str) -> Predicate:
         self.i += 1
