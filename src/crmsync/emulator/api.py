@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from crmsync.emulator import faults, metadata, properties, service
+from crmsync.emulator import expand, faults, metadata, properties, service
 from crmsync.emulator.annotations import annotate
 from crmsync.emulator.annotations import applied as annotations_applied
 from crmsync.emulator.http import Call, Reply, etag
@@ -131,13 +131,19 @@ class Api:
         if row is None:
             raise faults.not_found(entity.logical, record_id)
         prefer = parse_prefer(call.header("prefer"))
+        for name in call.query:
+            if name not in ("$select", "$expand"):
+                raise faults.bad_query(f"The query parameter {name} is not supported")
+        expansions = expand.parse(call.query.get("$expand"), entity)
         # Conditional GET: 304 when the caller already holds this version, but never with
-        # odata.include-annotations (perform-conditional-operations-using-web-api.md).
-        if (call.header("if-none-match") or "").strip() == etag(row) and not prefer.annotations:
+        # $expand or odata.include-annotations (perform-conditional-operations-...md).
+        fresh = (call.header("if-none-match") or "").strip() == etag(row)
+        if fresh and not prefer.annotations and not expansions:
             return Reply.empty(304)
         context = f"{call.base}$metadata#{entity.entity_set}"
         context += f"({','.join(select)})/$entity" if select else "/$entity"
         body = annotate(entity, represent(entity, row, select), prefer, self.store)
+        expand.expand_rows(expansions, [row], [body], self.store)
         reply = Reply.json(200, {"@odata.context": context, **body}, 1, ETag=etag(row))
         return _with_applied(reply, prefer)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from crmsync.emulator import faults
+from crmsync.emulator import expand, faults
 from crmsync.emulator.http import Call, Reply
 from crmsync.emulator.model import LOOKUP, Entity
 from crmsync.emulator.records import Writer
@@ -23,11 +23,15 @@ from crmsync.emulator.store import Store
 def handle(store: Store, writer: Writer, entity: Entity, key: str, rest: str, call: Call) -> Reply:
     name, _, tail = rest.partition("/")
     attr = entity.attributes.get(name)
-    if attr is None or tail not in ("", "$value"):
-        raise faults.unknown_segment(name if attr is None else tail)
+    nav = expand.navigations(entity).get(name)
+    if (attr is None and nav is None) or tail not in ("", "$value"):
+        raise faults.unknown_segment(name if attr is None and nav is None else tail)
     row = store.get(entity.entity_set, key)
     if row is None:
         raise faults.not_found(entity.logical, key)
+    if nav is not None:
+        return _navigation(store, nav, row, tail, call)
+    assert attr is not None
     if call.method == "GET":
         value = row.get(name)
         if value is None:
@@ -68,3 +72,25 @@ def handle(store: Store, writer: Writer, entity: Entity, key: str, rest: str, ca
         new_value = body["value"]
     writer.update(entity, row, {name: new_value}, call)
     return Reply.empty(204, 1)
+
+
+def _navigation(store: Store, nav: expand.Nav, row: dict[str, Any], tail: str, call: Call) -> Reply:
+    """``GET accounts(<id>)/contact_customer_accounts`` (or a single-valued property)."""
+    if call.method != "GET" or tail:
+        raise faults.no_resource(call.base + call.path)
+    options = {k: v for k, v in call.query.items()}
+    exp = expand.options_for(nav, options)
+    context = f"{call.base}$metadata#{nav.target.entity_set}"
+    if not nav.many:
+        value = expand.related(exp, row, store, None)
+        if value is None:
+            return Reply.empty(204, 1)
+        return Reply.json(200, {"@odata.context": context + "/$entity", **value}, 1)
+    rows = expand.rows_of(exp, (expand.index_for(exp, store) or {}).get(row[_pk(nav)], []))
+    return Reply.json(200, {"@odata.context": context, "value": rows}, len(rows))
+
+
+def _pk(nav: expand.Nav) -> str:
+    from crmsync.emulator.model import ENTITIES
+
+    return ENTITIES[nav.lookup.target or ""].primary_id

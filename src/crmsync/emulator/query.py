@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from crmsync.emulator import faults, fetchxml, sqlquery
+from crmsync.emulator import expand, faults, fetchxml, sqlquery
 from crmsync.emulator.annotations import annotate
 from crmsync.emulator.annotations import applied as annotations_applied
 from crmsync.emulator.http import Call, Reply
@@ -74,8 +74,6 @@ class Reader:
             return self._language(entity, call, language)
         if "$skip" in q:
             raise faults.bad_query("The query parameter $skip is not supported")
-        if "$expand" in q:
-            raise faults.bad_query("The emulator does not support $expand")
         prefer = parse_prefer(call.header("prefer"))
         select = parse_select(q.get("$select"), entity)
         page_size = min(prefer.maxpagesize or MAX_PAGE, MAX_PAGE)
@@ -85,6 +83,7 @@ class Reader:
             for option in _NOT_WITH_TRACKING:
                 if option in q:
                     raise faults.track_changes_option(option)
+        expansions = expand.parse(q.get("$expand"), entity)
         predicate = compile_filter(q["$filter"], entity) if q.get("$filter") else None
         orderby = parse_orderby(q.get("$orderby"), entity)
         top = _top(q.get("$top")) if prefer.maxpagesize is None else None
@@ -110,6 +109,7 @@ class Reader:
         payload["value"] = [
             annotate(entity, represent(entity, r, select), prefer, self.store) for r in rows
         ]
+        expand.expand_rows(expansions, rows, payload["value"], self.store)
         headers: dict[str, str] = {}
         applied = []
         if annotations_applied(prefer):
