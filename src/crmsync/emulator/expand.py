@@ -40,6 +40,7 @@ class Nav:
     many: bool  # collection-valued
     target: Entity  # the entity the property leads to
     lookup: Attribute  # the lookup column (on this entity if single, on target if many)
+    source: Entity  # the entity the property belongs to
 
 
 @dataclass
@@ -56,12 +57,12 @@ def navigations(entity: Entity) -> dict[str, Nav]:
     for attr in entity.attributes.values():
         if attr.type == LOOKUP and attr.target:
             name = attr.navigation or logical_name(attr)
-            out[name] = Nav(name, False, ENTITIES[attr.target], attr)
+            out[name] = Nav(name, False, ENTITIES[attr.target], attr, entity)
     for other in ENTITIES.values():
         for attr in other.attributes.values():
             if attr.type == LOOKUP and attr.target == entity.entity_set:
                 name = relationship_name(other.logical, logical_name(attr))
-                out[name] = Nav(name, True, other, attr)
+                out[name] = Nav(name, True, other, attr, entity)
     return out
 
 
@@ -115,8 +116,7 @@ def related(exp: Expansion, row: Row, store: Store, index: dict[Any, list[Row]] 
         key = row.get(nav.lookup.name)
         target = store.get(nav.target.entity_set, key) if key else None
         return None if target is None else represent(nav.target, target, exp.select)
-    source = ENTITIES[nav.lookup.target or ""]
-    matches = (index or {}).get(row.get(source.primary_id), [])
+    matches = (index or {}).get(row.get(nav.source.primary_id), [])
     return rows_of(exp, matches)
 
 

@@ -11,26 +11,35 @@ Inferred (undocumented): a null property answers ``204`` to ``GET``, as OData sa
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
-from crmsync.emulator import expand, faults
+from crmsync.emulator import expand, faults, refs
 from crmsync.emulator.http import Call, Reply
-from crmsync.emulator.model import LOOKUP, Entity
+from crmsync.emulator.model import LOOKUP, Entity, normalize_guid
 from crmsync.emulator.records import Writer
 from crmsync.emulator.store import Store
 
 
 def handle(store: Store, writer: Writer, entity: Entity, key: str, rest: str, call: Call) -> Reply:
     name, _, tail = rest.partition("/")
+    member = None
+    m = re.fullmatch(r"([A-Za-z_]+)\(([0-9a-fA-F-]{36})\)", name)
+    if m is not None and tail == "$ref":  # accounts(<id>)/contact_customer_accounts(<id>)/$ref
+        name, member = m.group(1), normalize_guid(m.group(2))
     attr = entity.attributes.get(name)
     nav = expand.navigations(entity).get(name)
-    if (attr is None and nav is None) or tail not in ("", "$value"):
+    if (attr is None and nav is None) or tail not in ("", "$value", "$ref"):
         raise faults.unknown_segment(name if attr is None and nav is None else tail)
     row = store.get(entity.entity_set, key)
     if row is None:
         raise faults.not_found(entity.logical, key)
+    if nav is not None and tail == "$ref":
+        return refs.handle(store, writer, nav, row, member, call)
     if nav is not None:
         return _navigation(store, nav, row, tail, call)
+    if tail == "$ref":
+        raise faults.unknown_segment(tail)
     assert attr is not None
     if call.method == "GET":
         value = row.get(name)
@@ -86,11 +95,7 @@ def _navigation(store: Store, nav: expand.Nav, row: dict[str, Any], tail: str, c
         if value is None:
             return Reply.empty(204, 1)
         return Reply.json(200, {"@odata.context": context + "/$entity", **value}, 1)
-    rows = expand.rows_of(exp, (expand.index_for(exp, store) or {}).get(row[_pk(nav)], []))
+    rows = expand.rows_of(
+        exp, (expand.index_for(exp, store) or {}).get(row[nav.source.primary_id], [])
+    )
     return Reply.json(200, {"@odata.context": context, "value": rows}, len(rows))
-
-
-def _pk(nav: expand.Nav) -> str:
-    from crmsync.emulator.model import ENTITIES
-
-    return ENTITIES[nav.lookup.target or ""].primary_id
