@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import Any
 
-from crmsync.emulator import expand, faults, metadata, properties, service
+from crmsync.emulator import expand, faults, keys, metadata, properties, service
 from crmsync.emulator.annotations import annotate
 from crmsync.emulator.annotations import applied as annotations_applied
 from crmsync.emulator.http import Call, Reply, etag
@@ -76,7 +77,7 @@ class Api:
                 },
             )
         if name == "EntityDefinitions":
-            return metadata.handle(call, key, rest)
+            return metadata.handle(call, key, rest, self.settings.alternate_keys)
         entity = ENTITIES.get(name)
         if entity is None:
             raise faults.unknown_segment(name)
@@ -89,13 +90,19 @@ class Api:
             )
         if key is None:
             return self._collection(entity, call, rest)
-        record_id = self._key(entity, key)
+        record_id, key_values = self._key(entity, key)
+        if record_id is None:  # an alternate key that finds no row
+            if call.method != "PATCH" or rest:
+                raise keys.not_found(entity)
+            new_id = str(uuid.uuid4())
+            return self.writer.patch(entity, new_id, call, key_values, location=key)
         if rest:
             return properties.handle(self.store, self.writer, entity, record_id, rest, call)
         if call.method == "GET":
             return self._retrieve(entity, record_id, call)
         if call.method == "PATCH":
-            return self.writer.patch(entity, record_id, call)
+            location = key if key_values else None
+            return self.writer.patch(entity, record_id, call, key_values, location=location)
         if call.method == "DELETE":
             return self.writer.delete(entity, record_id, call)
         raise faults.no_resource(call.base + call.path)
@@ -147,23 +154,21 @@ class Api:
         reply = Reply.json(200, {"@odata.context": context, **body}, 1, ETag=etag(row))
         return _with_applied(reply, prefer)
 
-    def _key(self, entity: Entity, key: str) -> str:
+    def _key(self, entity: Entity, key: str) -> tuple[str | None, dict[str, Any]]:
+        """(primary key or None, alternate-key values) for the text between parentheses."""
         text = key.strip()
         if is_guid(text):
-            return normalize_guid(text)
-        if "=" in text:
-            name, _, value = (part.strip() for part in text.partition("="))
-            # The named form of the primary key, leads(leadid=<guid>), is a key too.
-            if name == entity.primary_id and is_guid(value):
-                return normalize_guid(value)
-            # No alternate keys are defined on the emulated tables (reference section 3).
-            raise faults.DataverseFault(
-                400,
-                "0x80060891",
-                f"The key attribute '{name}' is not defined as an alternate key for entity "
-                f"'{entity.logical}'.",
+            return normalize_guid(text), {}
+        pairs = keys.parse_pairs(text)
+        if pairs is None:
+            raise faults.bad_query(
+                f"Bad Request - Error in query syntax: '{key}' is not a valid key."
             )
-        raise faults.bad_query(f"Bad Request - Error in query syntax: '{key}' is not a valid key.")
+        # The named form of the primary key, leads(leadid=<guid>), is a key too.
+        value = pairs.get(entity.primary_id)
+        if len(pairs) == 1 and value is not None and is_guid(value):
+            return normalize_guid(value), {}
+        return keys.resolve(entity, pairs, self.settings.alternate_keys, self.store)
 
 
 def _with_applied(reply: Reply, prefer: Prefer) -> Reply:

@@ -8,7 +8,7 @@ then ``/Attributes`` (optionally cast, ``/Microsoft.Dynamics.CRM.PicklistAttribu
 ``/OneToManyRelationships``, ``/ManyToManyRelationships``; each honours ``$select``,
 ``$filter`` and ``$expand`` (``metaquery``). Lookups are listed under their logical name
 (``parentcustomerid``) with ``Targets``, as in Dataverse, not as ``_x_value``. The
-emulated tables define no alternate keys, so ``Keys`` is empty.
+``Keys`` lists the alternate keys the emulator's config declares (``keys.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import re
 import uuid
 from typing import Any
 
-from crmsync.emulator import faults, metaquery
+from crmsync.emulator import faults, keys, metaquery
 from crmsync.emulator.conditions import logical_name
 from crmsync.emulator.http import Call, Reply
 from crmsync.emulator.model import (
@@ -287,7 +287,7 @@ def _attributes(row: Row) -> list[Row]:
     return [attribute_row(e, a) for a in e.attributes.values()]
 
 
-def _expanders() -> dict[str, metaquery.Navigation]:
+def _expanders(declared: dict[str, list[list[str]]]) -> dict[str, metaquery.Navigation]:
     def optionset(row: Row) -> Row | None:
         e = BY_LOGICAL[row["EntityLogicalName"]]
         attr = next(a for a in e.attributes.values() if logical_name(a) == row["LogicalName"])
@@ -295,7 +295,7 @@ def _expanders() -> dict[str, metaquery.Navigation]:
 
     return {
         "Attributes": _attributes,
-        "Keys": lambda row: [],
+        "Keys": lambda row: keys.metadata_rows(BY_LOGICAL[row["LogicalName"]], declared),
         "ManyToOneRelationships": lambda row: relationships(
             BY_LOGICAL[row["LogicalName"]], "ManyToOne"
         ),
@@ -307,11 +307,13 @@ def _expanders() -> dict[str, metaquery.Navigation]:
     }
 
 
-def handle(call: Call, key: str | None, rest: str | None) -> Reply:
+def handle(
+    call: Call, key: str | None, rest: str | None, declared: dict[str, list[list[str]]]
+) -> Reply:
     if call.method != "GET":
         raise faults.no_resource(call.base + call.path)
     ctx = f"{call.base}$metadata#EntityDefinitions"
-    expanders = _expanders()
+    expanders = _expanders(declared)
     if key is None:
         if rest:
             raise faults.unknown_segment(rest.split("/")[0])
