@@ -273,3 +273,48 @@ def test_microsoft_sdk_table_metadata(fresh: Running, session: requests.Session)
         # The SDK hands back the raw collection of its EntityDefinitions query.
         (row,) = result.responses[0].data["value"]
         assert not result.failed and row["EntitySetName"] == "leads"
+
+
+def test_microsoft_sdk_upsert_expand_and_annotations(
+    fresh: Running, session: requests.Session
+) -> None:
+    from PowerPlatform.Dataverse.models import UpsertItem
+
+    fresh.emulator.configure({"alternate_keys": {"accounts": [["accountnumber"]]}})
+    cred = EmulatorCredential(f"{fresh.url}/sdk-tenant", "sdk-app", "secret", session)
+    with DataverseClient(fresh.url, cred) as client:
+        client.records.upsert(
+            "account", [UpsertItem(alternate_key={"accountnumber": "A-1"}, record={"name": "One"})]
+        )
+        client.records.upsert(
+            "account",
+            [
+                UpsertItem(alternate_key={"accountnumber": "A-1"}, record={"name": "One again"}),
+                UpsertItem(alternate_key={"accountnumber": "A-2"}, record={"name": "Two"}),
+            ],
+        )
+        rows = client.records.list("account", select=["name", "accountnumber"], orderby=["name"])
+        assert [(r["name"], r["accountnumber"]) for r in rows] == [
+            ("One again", "A-1"),
+            ("Two", "A-2"),
+        ]
+        one = next(r for r in rows if r["accountnumber"] == "A-1")
+        client.records.create(
+            "contact",
+            {
+                "lastname": "Linked",
+                "parentcustomerid_account@odata.bind": f"/accounts({one['accountid']})",
+            },
+        )
+        got = client.records.list(
+            "contact",
+            select=["lastname", "_parentcustomerid_value"],
+            expand=["parentcustomerid_account($select=name)"],
+            include_annotations="*",
+        )
+        (contact,) = got
+        assert contact["parentcustomerid_account"]["name"] == "One again"
+        formatted = "_parentcustomerid_value@OData.Community.Display.V1.FormattedValue"
+        assert contact[formatted] == "One again"
+        tables = client.query.sql("SELECT name FROM account WHERE accountnumber = 'A-2'")
+        assert [t["name"] for t in tables] == ["Two"]
