@@ -12,7 +12,7 @@ import re
 import uuid
 from typing import Any
 
-from crmsync.emulator import expand, faults, keys, metadata, properties, service
+from crmsync.emulator import bulkdelete, expand, faults, keys, metadata, properties, service
 from crmsync.emulator.annotations import annotate
 from crmsync.emulator.annotations import applied as annotations_applied
 from crmsync.emulator.http import Call, Reply, etag
@@ -40,9 +40,23 @@ class Api:
         self.settings = settings
         self.reader = Reader(store, settings)
         self.writer = Writer(store, settings)
+        self.jobs: list[Any] = []  # BulkDelete jobs accepted, not yet run
+
+    def run_jobs(self) -> None:
+        """Run the pending asynchronous jobs (BulkDelete), each its own transaction."""
+        while self.jobs:
+            job = self.jobs.pop(0)
+            self.store.begin()
+            try:
+                bulkdelete.run(job, self.store)
+            except Exception:
+                self.store.rollback()
+                raise
+            self.store.commit()
 
     def handle(self, call: Call) -> Reply:
-        """Run one request as its own transaction."""
+        """Run one request as its own transaction (after any pending job)."""
+        self.run_jobs()
         self.store.begin()
         try:
             reply = self.route(call)
@@ -64,6 +78,10 @@ class Api:
         name, key, rest = m.group("name"), m.group("key"), m.group("rest")
         if name == "$metadata" and call.method == "GET" and key is None and not rest:
             return service.csdl(call)
+        if name == "BulkDelete" and call.method == "POST" and key is None and not rest:
+            reply, job = bulkdelete.submit(call, self.store)
+            self.jobs.append(job)
+            return reply
         if name == "RetrieveTotalRecordCount" and call.method == "GET" and not rest:
             return service.total_record_count(call, key, self.store)
         if name == "WhoAmI" and call.method == "GET":

@@ -214,6 +214,7 @@ class Emulator:
             setattr(self.settings, key, value)
         self.limiter.reset()
         self.api.reader.delta_floor = 0
+        self.api.jobs.clear()
         self.by_status.clear()
         self.total = self.cuts = 0
         self.log.clear()

@@ -136,6 +136,7 @@ class BatchRunner:
         self.api = api
 
     def run(self, call: Call) -> Reply:
+        self.api.run_jobs()
         items = parse(call.body, call.header("content-type") or "")
         keep_going = parse_prefer(call.header("prefer")).continue_on_error
         boundary = f"batchresponse_{uuid.uuid4()}"

@@ -37,8 +37,12 @@ from crmsync.emulator.model import (
 
 Row = dict[str, Any]
 LANGUAGE = 1033
-_PLURALS = {"opportunity": "Opportunities", "systemuser": "Users"}
-_DISPLAY = {"systemuser": "User", "new_synctomkto": "Sync to Marketo"}
+_PLURALS = {"opportunity": "Opportunities", "systemuser": "Users", "asyncoperation": "System Jobs"}
+_DISPLAY = {
+    "systemuser": "User",
+    "asyncoperation": "System Job",
+    "new_synctomkto": "Sync to Marketo",
+}
 _TYPE_NAMES = {
     STRING: ("StringAttributeMetadata", "StringType"),
     MEMO: ("MemoAttributeMetadata", "MemoType"),
@@ -114,7 +118,7 @@ def entity_row(e: Entity) -> Row:
     """The full ``EntityMetadata`` row (properties only; navigations come by $expand)."""
     display = _DISPLAY.get(e.logical, e.schema)
     plural = _PLURALS.get(e.logical, display + "s")
-    business = e.logical not in ("systemuser",)
+    business = e.logical not in ("systemuser", "asyncoperation")
     return {
         "MetadataId": _id(e.logical),
         "LogicalName": e.logical,
@@ -128,7 +132,7 @@ def entity_row(e: Entity) -> Row:
         "PrimaryIdAttribute": e.primary_id,
         "PrimaryNameAttribute": e.primary_name,
         "ObjectTypeCode": e.otc,
-        "OwnershipType": "UserOwned" if business else "BusinessOwned",
+        "OwnershipType": "BusinessOwned" if e.logical == "systemuser" else "UserOwned",
         "IsActivity": False,
         "HasActivities": business,
         "HasNotes": business,
@@ -153,7 +157,9 @@ _SCHEMA = {
     "parentaccountid": "ParentAccountId", "applicationid": "ApplicationId",
     "internalemailaddress": "InternalEMailAddress", "createdon": "CreatedOn",
     "modifiedon": "ModifiedOn", "createdby": "CreatedBy", "modifiedby": "ModifiedBy",
-    "versionnumber": "VersionNumber",
+    "versionnumber": "VersionNumber", "operationtype": "OperationType",
+    "statecode": "StateCode", "statuscode": "StatusCode", "message": "Message",
+    "completedon": "CompletedOn",
 }  # fmt: skip
 
 

@@ -70,6 +70,13 @@ def _entity(
 
 
 _SYNC = Attribute("new_synctomkto", BOOLEAN)
+# asyncoperation choices (AsyncOperation table reference): 13 is Bulk Delete.
+_OPERATION_TYPES = ((13, "Bulk Delete"),)
+_JOB_STATES = ((0, "Ready"), (1, "Suspended"), (2, "Locked"), (3, "Completed"))
+_JOB_STATUSES = (
+    (0, "Waiting For Resources"), (10, "Waiting"), (20, "In Progress"), (30, "Succeeded"),
+    (31, "Failed"), (32, "Canceled"),
+)  # fmt: skip
 _LEAD_QUALITY = ((1, "Hot"), (2, "Warm"), (3, "Cold"))
 
 ENTITIES: dict[str, Entity] = {
@@ -138,6 +145,22 @@ ENTITIES: dict[str, Entity] = {
                     target="accounts",
                     navigation="parentaccountid",
                 ),
+            ],
+        ),
+        _entity(
+            "asyncoperation",
+            "AsyncOperation",
+            "asyncoperations",
+            "name",
+            4700,
+            [
+                # System jobs (BulkDelete's JobId): the system writes every column.
+                Attribute("name", STRING, 256, writable=False),
+                Attribute("operationtype", PICKLIST, options=_OPERATION_TYPES, writable=False),
+                Attribute("statecode", PICKLIST, options=_JOB_STATES, writable=False),
+                Attribute("statuscode", PICKLIST, options=_JOB_STATUSES, writable=False),
+                Attribute("message", MEMO, writable=False),
+                Attribute("completedon", DATETIME, writable=False),
             ],
         ),
         _entity(

@@ -318,3 +318,19 @@ def test_microsoft_sdk_upsert_expand_and_annotations(
         assert contact[formatted] == "One again"
         tables = client.query.sql("SELECT name FROM account WHERE accountnumber = 'A-2'")
         assert [t["name"] for t in tables] == ["Two"]
+
+
+def test_microsoft_sdk_deletes_a_list_with_bulk_delete(
+    fresh: Running, session: requests.Session
+) -> None:
+    cred = EmulatorCredential(f"{fresh.url}/sdk-tenant", "sdk-app", "secret", session)
+    with DataverseClient(fresh.url, cred) as client:
+        ids = client.records.create("lead", [{"lastname": f"L{i}"} for i in range(4)])
+        job_id = client.records.delete("lead", ids[:3])
+        assert job_id
+        job = client.records.retrieve("asyncoperation", job_id, select=["statecode", "statuscode"])
+        assert (job["statecode"], job["statuscode"]) == (3, 30)
+        left = client.records.list("lead", select=["lastname"])
+        assert [r["lastname"] for r in left] == ["L3"]
+        client.records.delete("lead", ids[3:], use_bulk_delete=False)
+        assert list(client.records.list("lead", select=["lastname"])) == []

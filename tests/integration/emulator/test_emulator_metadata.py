@@ -26,6 +26,7 @@ async def test_select_projects_and_keeps_the_key(dv: Dv) -> None:
         "account",
         "opportunity",
         "systemuser",
+        "asyncoperation",
     }
     assert all(set(r) == {"LogicalName", "ObjectTypeCode", "MetadataId"} for r in rows)
     r = await dv.get("EntityDefinitions?$select=LogicalName")
