@@ -1,7 +1,8 @@
 """``POST $batch``: multipart/mixed requests, atomic changesets, ``Content-ID`` references.
 
 Rules from ``webapi/execute-batch-operations-using-web-api.md`` (reference section 4):
-CRLF line endings only (else ``0x80048d19 ... Stream was not readable``), at most 1,000
+CRLF line endings (else a part with a body answers ``0x80048d19 ... Stream was not readable``
+unless the body ends with two bare line feeds, the support article's workaround), at most 1,000
 requests, changesets all-or-nothing and without GETs, ``$n`` refers to the record a
 part with ``Content-ID: n`` created earlier in the same changeset, and the batch stops
 at the first failure unless ``Prefer: odata.continue-on-error``.
@@ -33,6 +34,7 @@ class Part:
     headers: dict[str, str]
     body: bytes
     content_id: str | None = None
+    unreadable: bool = False  # sent with bare-LF line endings (see ``parse``)
 
 
 @dataclass
@@ -105,9 +107,15 @@ def parse(body: bytes, content_type: str) -> list[Part | Changeset]:
             "System.ArgumentException: $batch needs Content-Type multipart/mixed with a boundary.",
         )
     text = body.decode("utf-8", errors="replace")
+    unreadable = False
     if re.search(r"(?<!\r)\n", text):
-        # Bare LF line endings: what Dataverse answers (web-api-client-errors.md).
-        raise faults.bad_payload("", "System.ArgumentException: Stream was not readable.")
+        # Line endings other than CRLF (web-api-client-errors.md): the parts' bodies
+        # can't be read ("Stream was not readable"), unless the body ends with two
+        # non-CRLF line endings, the workaround the article gives. Parts are still
+        # split, so each answers on its own, as in the article's example response.
+        tail = text.rstrip(" \t")
+        unreadable = not (tail.endswith("\n\n") and not tail.endswith("\r\n\n"))
+        text = text.replace("\r\n", "\n").replace("\n", _CRLF)
     items: list[Part | Changeset] = []
     for chunk in _split(text, boundary):
         mime = _headers(chunk.partition(_CRLF + _CRLF)[0])
@@ -123,6 +131,10 @@ def parse(body: bytes, content_type: str) -> list[Part | Changeset]:
             items.append(changeset)
         else:
             items.append(_parse_request(chunk))
+    if unreadable:
+        for item in items:
+            for part in item.parts if isinstance(item, Changeset) else [item]:
+                part.unreadable = bool(part.body.strip())
     total = sum(len(i.parts) if isinstance(i, Changeset) else 1 for i in items)
     if total > MAX_REQUESTS:
         raise faults.bad_query(
@@ -208,6 +220,11 @@ class BatchRunner:
                     f"Content-ID Reference: '${m.group(1)}' does not exist in the batch context.",
                 )
             url = refs[m.group(1)] + m.group(2)
+        if part.unreadable:
+            entity_set = urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1].split("(")[0]
+            raise faults.bad_payload(
+                entity_set, "System.ArgumentException: Stream was not readable."
+            )
         body = part.body
         if refs and body and b'"$' in body:
             body = _resolve_binds(body, refs)

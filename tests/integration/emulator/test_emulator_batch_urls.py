@@ -41,3 +41,32 @@ async def test_a_part_without_a_request_line_is_refused(dv: Dv) -> None:
     part = "Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\nGET\r\n\r\n"
     r = await send_batch(dv, batch_body("batch_1", [part]))
     assert error(r)[:2] == (400, "0x80048d19")
+
+
+def lf_only(body: bytes) -> bytes:
+    return body.replace(b"\r\n", b"\n")
+
+
+async def test_lf_only_bodies_need_the_documented_trailing_line_feeds(dv: Dv) -> None:
+    """web-api-client-errors.md: line endings other than CRLF make a part's body
+    unreadable ("Stream was not readable") unless the body ends with two bare line
+    endings. Which parts fail is inferred: those with a body; a GET still runs."""
+    await dv.create("leads", {"lastname": "seen"})
+    parts = [
+        http_part("GET", "leads?$select=lastname"),
+        http_part("POST", "leads", '{"lastname":"lf"}'),
+    ]
+    r = await dv.req(
+        "POST",
+        "$batch",
+        {"Content-Type": "multipart/mixed; boundary=batch_1", "Prefer": "odata.continue-on-error"},
+        content=lf_only(batch_body("batch_1", parts)),
+    )
+    assert r.status_code == 200 and "HTTP/1.1 200" in r.text
+    assert "Stream was not readable." in r.text and "Entity :'leads'" in r.text
+    # The article's workaround: two non-CRLF line endings at the end of the body.
+    r = await send_batch(dv, lf_only(batch_body("batch_1", parts)) + b"\n")
+    assert r.status_code == 200, r.text
+    assert r.text.count("HTTP/1.1 ") == 2 and "HTTP/1.1 204" in r.text
+    names = sorted(x["lastname"] for x in (await dv.get("leads?$select=lastname")).json()["value"])
+    assert names == ["lf", "seen"]
