@@ -12,7 +12,16 @@ import re
 import uuid
 from typing import Any
 
-from crmsync.emulator import bulkdelete, expand, faults, keys, metadata, properties, service
+from crmsync.emulator import (
+    bulkdelete,
+    expand,
+    faults,
+    keys,
+    messages,
+    metadata,
+    properties,
+    service,
+)
 from crmsync.emulator.annotations import annotate
 from crmsync.emulator.annotations import applied as annotations_applied
 from crmsync.emulator.http import Call, Reply, etag
@@ -82,6 +91,10 @@ class Api:
             reply, job = bulkdelete.submit(call, self.store)
             self.jobs.append(job)
             return reply
+        if name == "sdkmessagefilters" and key is None and not rest:
+            return messages.sdk_message_filters(call)
+        if name == "RetrieveAvailableLanguages" and call.method == "GET" and not rest:
+            return messages.available_languages(call)
         if name == "RetrieveTotalRecordCount" and call.method == "GET" and not rest:
             return service.total_record_count(call, key, self.store)
         if name == "WhoAmI" and call.method == "GET":

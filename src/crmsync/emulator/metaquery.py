@@ -63,14 +63,14 @@ def parse(
         opts.select = [n.strip() for n in query["$select"].split(",") if n.strip()]
         for name in opts.select:
             if name not in properties:
-                raise _no_property(type_name, name)
+                raise no_property(type_name, name)
     if query.get("$filter"):
         opts.where = compile_filter(query["$filter"], _ANY_ENTITY, _resolver(type_name, properties))
     for item in split_top(query.get("$expand", ""), ","):
         name, _, rest = item.partition("(")
         name = name.strip()
         if name not in navigations:
-            raise _no_property(type_name, name)
+            raise no_property(type_name, name)
         inner: dict[str, str] = {}
         if rest:
             if not rest.endswith(")"):
@@ -115,7 +115,7 @@ def _resolver(type_name: str, properties: set[str]) -> Callable[[str], Callable[
     def resolve(path: str) -> Callable[[Row], Any]:
         parts = path.split("/")
         if parts[0] not in properties:
-            raise _no_property(type_name, parts[0])
+            raise no_property(type_name, parts[0])
 
         def get(row: Row) -> Any:
             value: Any = row
@@ -128,7 +128,7 @@ def _resolver(type_name: str, properties: set[str]) -> Callable[[str], Callable[
     return resolve
 
 
-def _no_property(type_name: str, name: str) -> faults.DataverseFault:
+def no_property(type_name: str, name: str) -> faults.DataverseFault:
     # Same wording as for records (web-api-client-errors.md), on the metadata type.
     return faults.DataverseFault(
         400,
