@@ -14,7 +14,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from crmsync.emulator import faults
 from crmsync.emulator.api import Api
@@ -229,7 +229,9 @@ class BatchRunner:
         if refs and body and b'"$' in body:
             body = _resolve_binds(body, refs)
         split = urlsplit(url)
-        path = split.path
+        # Percent-decoded like a top-level request's path (ASGI decodes it): a key such
+        # as leads(emailaddress1='a%40b.c') names a@b.c.
+        path = unquote(split.path)
         inside = split_api_path(path)
         if inside is not None:
             path = inside[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from dvclient import Dv, batch_body, batch_json_parts, error, http_part, send_batch
 
@@ -70,3 +71,21 @@ async def test_lf_only_bodies_need_the_documented_trailing_line_feeds(dv: Dv) ->
     assert r.text.count("HTTP/1.1 ") == 2 and "HTTP/1.1 204" in r.text
     names = sorted(x["lastname"] for x in (await dv.get("leads?$select=lastname")).json()["value"])
     assert names == ["lf", "seen"]
+
+
+async def test_part_urls_are_percent_decoded_like_top_level_paths(
+    dv: Dv, client: httpx.AsyncClient
+) -> None:
+    await client.put("/_emulator/config", json={"alternate_keys": {"leads": [["emailaddress1"]]}})
+    body = batch_body(
+        "batch_1",
+        [
+            http_part("PATCH", "leads(emailaddress1='a%40b.c')", '{"lastname":"Key"}'),
+            http_part("GET", "leads?$select=emailaddress1&$filter=lastname%20eq%20'Key'"),
+        ],
+    )
+    r = await send_batch(dv, body)
+    assert r.status_code == 200, r.text
+    (found,) = batch_json_parts(r.text)
+    assert [row["emailaddress1"] for row in found["value"]] == ["a@b.c"]
+    assert (await dv.get("leads(emailaddress1='a@b.c')")).status_code == 200
