@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from crmsync.emulator import expand, faults, fetchxml, sqlquery
+from crmsync.emulator import aggregate, expand, faults, fetchxml, sqlquery
 from crmsync.emulator.annotations import annotate
 from crmsync.emulator.annotations import applied as annotations_applied
 from crmsync.emulator.http import Call, Reply
@@ -44,6 +44,7 @@ _KNOWN = {
     "$deltatoken",
     "$skip",
     "$expand",
+    "$apply",
 }
 # Whole-query languages, each a single option (use-fetchxml-web-api.md, sdk-python/query.md).
 _QUERY_LANGUAGES = ("fetchXml", "sql")
@@ -72,6 +73,8 @@ class Reader:
         language = [name for name in _QUERY_LANGUAGES if name in q]
         if language:
             return self._language(entity, call, language)
+        if "$apply" in q:
+            return self._aggregate(entity, call)
         if "$skip" in q:
             raise faults.bad_query("The query parameter $skip is not supported")
         prefer = parse_prefer(call.header("prefer"))
@@ -150,6 +153,24 @@ class Reader:
             return fetchxml.run(fetch, self.store, call, prefer)
         select = sqlquery.parse(call.query["sql"], entity)
         return sqlquery.run(select, entity, self.store, call)
+
+    def _aggregate(self, entity: Entity, call: Call) -> Reply:
+        others = [n for n in call.query if n not in ("$apply", "$orderby")]
+        if others:
+            raise faults.bad_query(
+                f"The query parameter {others[0]} can't be combined with $apply."
+            )
+        prefer = parse_prefer(call.header("prefer"))
+        if prefer.track_changes:
+            raise faults.track_changes_option("$apply")
+        spec = aggregate.parse(call.query["$apply"], entity)
+        rows = list(self.store.tables[entity.entity_set].rows.values())
+        out = aggregate.run(spec, rows, call.query.get("$orderby"), entity)
+        value = [annotate(entity, r, prefer, self.store) for r in out]
+        reply = Reply.json(200, {"@odata.context": _context(call, entity, None), "value": value})
+        if annotations_applied(prefer):
+            reply.headers["Preference-Applied"] = annotations_applied(prefer) or ""
+        return reply
 
     def _page(
         self,
