@@ -18,6 +18,7 @@ from crmsync.emulator import (
     faults,
     keys,
     messages,
+    metachanges,
     metadata,
     properties,
     service,
@@ -93,6 +94,10 @@ class Api:
             return reply
         if name == "sdkmessagefilters" and key is None and not rest:
             return messages.sdk_message_filters(call)
+        if name == "RetrieveMetadataChanges" and call.method == "GET" and not rest:
+            return metachanges.retrieve_metadata_changes(call, key)
+        if name == "RetrieveAllEntities" and call.method == "GET" and not rest:
+            return metachanges.retrieve_all_entities(call, key)
         if name == "RetrieveAvailableLanguages" and call.method == "GET" and not rest:
             return messages.available_languages(call)
         if name == "RetrieveTotalRecordCount" and call.method == "GET" and not rest:

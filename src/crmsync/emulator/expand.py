@@ -17,7 +17,6 @@ from typing import Any
 
 from crmsync.emulator import faults
 from crmsync.emulator.conditions import logical_name
-from crmsync.emulator.metadata import relationship_name
 from crmsync.emulator.metaquery import split_top
 from crmsync.emulator.model import ENTITIES, LOOKUP, Attribute, Entity
 from crmsync.emulator.odata import (
@@ -28,6 +27,7 @@ from crmsync.emulator.odata import (
     sort_key,
 )
 from crmsync.emulator.records import represent
+from crmsync.emulator.relationships import relationship_name
 from crmsync.emulator.store import Store
 
 Row = dict[str, Any]

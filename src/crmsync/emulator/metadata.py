@@ -34,6 +34,7 @@ from crmsync.emulator.model import (
     Attribute,
     Entity,
 )
+from crmsync.emulator.relationships import relationships
 
 Row = dict[str, Any]
 LANGUAGE = 1033
@@ -204,6 +205,9 @@ def attribute_row(e: Entity, attr: Attribute) -> Row:
     if kind in (STRING, MEMO):
         row["MaxLength"] = attr.max_length
         row["Format"] = "Email" if name.startswith(("emailaddress", "internalemail")) else "Text"
+        row["FormatName"] = {"Value": row["Format"]}
+    if kind == BIGINT:
+        row["MinValue"], row["MaxValue"] = -(2**63), 2**63 - 1
     if attr.type == LOOKUP:
         row["Targets"] = targets
     if kind == DATETIME:
@@ -229,47 +233,6 @@ def option_set(e: Entity, attr: Attribute) -> Row | None:
         no = {"Value": 0, "Label": label("No", e.logical, name, "0")}
         return base | {"OptionSetType": "Boolean", "TrueOption": yes, "FalseOption": no}
     return None
-
-
-def relationship_name(entity_logical: str, attr_name: str) -> str:
-    """Schema names of the standard relationships; ``lk_<table>_<column>`` for users."""
-    known = {
-        "parentcustomerid": "contact_customer_accounts",
-        "parentaccountid": "opportunity_parent_account",
-    }
-    return known.get(attr_name, f"lk_{entity_logical}_{attr_name}")
-
-
-def relationships(e: Entity, side: str) -> list[Row]:
-    """``ManyToOne`` (this table's lookups) or ``OneToMany`` (lookups pointing at it)."""
-    out = []
-    for other in ENTITIES.values():
-        for attr in other.attributes.values():
-            if attr.type != LOOKUP or not attr.target:
-                continue
-            target = ENTITIES[attr.target]
-            if (side == "ManyToOne" and other is not e) or (
-                side == "OneToMany" and target is not e
-            ):
-                continue
-            name = logical_name(attr)
-            schema = relationship_name(other.logical, name)
-            out.append(
-                {
-                    "MetadataId": _id("relationship", schema),
-                    "SchemaName": schema,
-                    "RelationshipType": "OneToManyRelationship",
-                    "ReferencedEntity": target.logical,
-                    "ReferencedAttribute": target.primary_id,
-                    "ReferencingEntity": other.logical,
-                    "ReferencingAttribute": name,
-                    "ReferencedEntityNavigationPropertyName": schema,
-                    "ReferencingEntityNavigationPropertyName": attr.navigation or name,
-                    "IsCustomRelationship": False,
-                    "IsManaged": True,
-                }
-            )
-    return out
 
 
 # -- the query surface ------------------------------------------------------------------

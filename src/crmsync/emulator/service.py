@@ -19,7 +19,6 @@ from xml.sax.saxutils import quoteattr
 from crmsync.emulator import faults
 from crmsync.emulator.conditions import logical_name
 from crmsync.emulator.http import Call, Reply
-from crmsync.emulator.metadata import relationship_name
 from crmsync.emulator.model import (
     BIGINT,
     BOOLEAN,
@@ -34,6 +33,7 @@ from crmsync.emulator.model import (
     Attribute,
     Entity,
 )
+from crmsync.emulator.relationships import relationship_name
 from crmsync.emulator.store import Store
 
 _EDM = {

@@ -275,3 +275,32 @@ def test_microsoft_sdk_deletes_a_list_with_bulk_delete(
         assert [r["lastname"] for r in left] == ["L3"]
         client.records.delete("lead", ids[3:], use_bulk_delete=False)
         assert list(client.records.list("lead", select=["lastname"])) == []
+
+
+def test_microsoft_sdk_dataframes_and_typed_columns(
+    fresh: Running, session: requests.Session
+) -> None:
+    import pandas as pd
+
+    cred = EmulatorCredential(f"{fresh.url}/sdk-tenant", "sdk-app", "secret", session)
+    with DataverseClient(fresh.url, cred) as client:
+        frame = pd.DataFrame([{"name": f"D{i}", "accountnumber": f"N{i}"} for i in range(4)])
+        ids = client.dataframe.create("account", frame)
+        assert len(ids) == 4
+        got = (
+            client.query.builder("account").select("name").order_by("name").execute().to_dataframe()
+        )
+        assert list(got["name"]) == ["D0", "D1", "D2", "D3"]
+        changes = pd.DataFrame({"accountid": list(ids[:2]), "telephone1": ["1", "2"]})
+        client.dataframe.update("account", changes, id_column="accountid")
+        phones = client.dataframe.sql(
+            "SELECT name, telephone1 FROM account WHERE telephone1 IS NOT NULL"
+        )
+        assert sorted(phones["telephone1"]) == ["1", "2"]
+        client.dataframe.delete("account", ids[2:])
+        assert len(client.query.builder("account").select("name").execute().to_dataframe()) == 2
+        typed = client.tables.list_columns("lead", typed=True, select=["LogicalName", "MaxLength"])
+        lengths = {c["LogicalName"]: c.get("MaxLength") for c in typed}
+        assert lengths["subject"] == 300 and lengths["emailaddress1"] == 100
+        column = client.tables.get_column("lead", "firstname", typed=True)
+        assert column is not None and column["MaxLength"] == 50
