@@ -198,6 +198,18 @@ async def test_fetchxml_top_count_page_and_paging_cookie(dv: Dv, people: dict[st
     assert counted.json()["@Microsoft.Dynamics.CRM.totalrecordcount"] == 5
 
 
+async def test_fetchxml_comments_and_cdata_are_fine(dv: Dv, people: dict[str, str]) -> None:
+    xml = (
+        "<fetch><!-- who --><entity name='contact'><attribute name='lastname'/>"
+        "<filter><condition attribute='lastname' operator='in'><value><![CDATA[Cole]]></value>"
+        "</condition></filter></entity></fetch>"
+    )
+    r = await fetch(dv, "contacts", xml)
+    assert [x["lastname"] for x in r.json()["value"]] == ["Cole"]
+    r = await fetch(dv, "contacts", '<!doctype fetch SYSTEM "file:///etc/passwd"><fetch/>')
+    assert error(r)[:2] == (400, "0x80040203")
+
+
 async def test_fetchxml_distinct(dv: Dv, people: dict[str, str]) -> None:
     r = await fetch(
         dv,
