@@ -1,9 +1,13 @@
 """The Web API resource tree below ``/api/data/v9.2/``: one ``Call`` in, one ``Reply`` out.
 
-Routes: ``{set}``, ``{set}({id})``, ``{set}/$count``, ``{set}/Microsoft.Dynamics.CRM.
-{Create,Update,Upsert}Multiple``, ``$batch``, ``WhoAmI`` and the slice of
-``EntityDefinitions`` that Microsoft's SDK reads (entity-set resolution and picklist
-labels). Errors are ``DataverseFault`` and become Dataverse's JSON error body.
+Routes: the service document and ``$metadata`` (``service``); ``{set}`` (reads in
+``query``: OData, ``fetchXml=``, ``sql=``, ``$apply``), ``{set}({key})`` by GUID, named
+primary key or alternate key (``keys``), ``{set}({key})/{property|navigation}[/$value|
+/$ref]`` (``properties``, ``refs``), ``{set}/$count``, the bulk messages, ``$batch``,
+``WhoAmI``, ``BulkDelete``, ``EntityDefinitions`` (``metadata``), ``RetrieveMetadataChanges``
+/ ``RetrieveAllEntities`` (``metachanges``), ``sdkmessagefilters`` /
+``RetrieveAvailableLanguages`` (``messages``) and ``RetrieveTotalRecordCount``. Errors are
+``DataverseFault`` and become Dataverse's JSON error body.
 """
 
 from __future__ import annotations

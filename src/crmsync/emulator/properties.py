@@ -4,7 +4,8 @@ From ``webapi/retrieve-entity-using-web-api.md`` and ``update-delete-entities-us
 api.md``: ``GET`` answers ``{"@odata.context": ".../$metadata#leads(<id>)/lastname",
 "value": ...}``, ``/$value`` the raw value as text; ``PUT`` with ``{"value": ...}``
 sets one column and ``DELETE`` clears it, both ``204``. Lookups are read this way as
-``_x_value`` but changed through ``$ref`` (not run here), so writing one is refused.
+``_x_value`` but changed through ``$ref`` (``refs.py``), so writing one here is refused.
+Navigation properties route here too: ``accounts(<id>)/contact_customer_accounts``.
 Inferred (undocumented): a null property answers ``204`` to ``GET``, as OData says.
 """
 
