@@ -190,7 +190,7 @@ class Api:
         context = f"{call.base}$metadata#{entity.entity_set}"
         context += f"({','.join(select)})/$entity" if select else "/$entity"
         body = annotate(entity, represent(entity, row, select), prefer, self.store)
-        expand.expand_rows(expansions, [row], [body], self.store)
+        expand.expand_rows(expansions, [row], [body], self.store, prefer)
         reply = Reply.json(200, {"@odata.context": context, **body}, 1, ETag=etag(row))
         return _with_applied(reply, prefer)
 

@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crmsync.emulator import faults
+from crmsync.emulator.annotations import annotate
 from crmsync.emulator.conditions import logical_name
 from crmsync.emulator.metaquery import split_top
 from crmsync.emulator.model import ENTITIES, LOOKUP, Attribute, Entity
 from crmsync.emulator.odata import (
     Predicate,
+    Prefer,
     compile_filter,
     parse_orderby,
     parse_select,
@@ -141,10 +143,21 @@ def index_for(exp: Expansion, store: Store) -> dict[Any, list[Row]] | None:
 
 
 def expand_rows(
-    expansions: list[Expansion], raw: list[Row], shaped: list[Row], store: Store
+    expansions: list[Expansion],
+    raw: list[Row],
+    shaped: list[Row],
+    store: Store,
+    prefer: Prefer | None = None,
 ) -> None:
-    """Add each expansion to the shaped rows (same order as ``raw``), in place."""
+    """Add each expansion to the shaped rows (same order as ``raw``), in place; the
+    related rows get the annotations ``prefer`` asks for, like the top-level ones."""
     for exp in expansions:
         index = index_for(exp, store)
         for source, out in zip(raw, shaped, strict=True):
-            out[exp.nav.name] = related(exp, source, store, index)
+            value = related(exp, source, store, index)
+            if prefer is not None and prefer.annotations:
+                if isinstance(value, list):
+                    value = [annotate(exp.nav.target, v, prefer, store) for v in value]
+                elif value is not None:
+                    value = annotate(exp.nav.target, value, prefer, store)
+            out[exp.nav.name] = value

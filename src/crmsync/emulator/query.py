@@ -112,7 +112,7 @@ class Reader:
         payload["value"] = [
             annotate(entity, represent(entity, r, select), prefer, self.store) for r in rows
         ]
-        expand.expand_rows(expansions, rows, payload["value"], self.store)
+        expand.expand_rows(expansions, rows, payload["value"], self.store, prefer)
         headers: dict[str, str] = {}
         applied = []
         if annotations_applied(prefer):

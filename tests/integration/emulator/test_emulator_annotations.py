@@ -102,3 +102,21 @@ async def test_formatted_values_on_fetchxml_rows(dv: Dv) -> None:
     xml = "<fetch><entity name='lead'><attribute name='leadqualitycode'/></entity></fetch>"
     r = await dv.req("GET", f"leads?fetchXml={quote(xml)}", {"Prefer": ALL})
     assert r.json()["value"][0]["leadqualitycode" + FV] == "Cold"
+
+
+async def test_annotations_on_expanded_rows(dv: Dv) -> None:
+    await _contact(dv)
+    r = await dv.req(
+        "GET",
+        "accounts?$select=name&$expand=contact_customer_accounts($select=new_synctomkto)",
+        {"Prefer": ALL},
+    )
+    (account,) = r.json()["value"]
+    (contact,) = account["contact_customer_accounts"]
+    assert contact["new_synctomkto" + FV] == "Yes"
+    r = await dv.req(
+        "GET",
+        "contacts?$select=lastname&$expand=parentcustomerid_account($select=createdon)",
+        {"Prefer": ALL},
+    )
+    assert "createdon" + FV in r.json()["value"][0]["parentcustomerid_account"]
