@@ -26,9 +26,14 @@ from urllib.parse import parse_qsl
 
 from crmsync.emulator import faults
 from crmsync.emulator.api import Api
-from crmsync.emulator.auth import AuthError, TokenIssuer, openid_configuration
+from crmsync.emulator.auth import (
+    AuthError,
+    TokenIssuer,
+    basic_credentials,
+    openid_configuration,
+)
 from crmsync.emulator.batch import BatchRunner
-from crmsync.emulator.http import API_PREFIX, Call, Reply, dumps
+from crmsync.emulator.http import API_PREFIX, Call, Reply, dumps, split_api_path
 from crmsync.emulator.limits import Limiter
 from crmsync.emulator.settings import Settings, SettingsError, validate
 from crmsync.emulator.store import Store
@@ -77,7 +82,7 @@ class Emulator:
             await _respond(send, self._control(scope["method"], path, body))
             return
         arrived = time.time()
-        if path.startswith(API_PREFIX):
+        if split_api_path(path) is not None:
             reply, cut = await self._api(scope, headers, body)
         else:
             reply, cut = self._identity(scope, headers, body), False
@@ -121,14 +126,15 @@ class Emulator:
             if injected is not None:
                 return Reply.fault(injected), False
             raw_query = scope.get("query_string", b"").decode("latin-1")
+            root, rest = split_api_path(scope["path"]) or (API_PREFIX, "")
             call = Call(
                 method=scope["method"],
-                path=scope["path"][len(API_PREFIX) :],
+                path=rest,
                 query=dict(parse_qsl(raw_query, keep_blank_values=True)),
                 headers=headers,
                 body=body,
                 user_id=user,
-                base=f"{_origin(scope, headers)}{API_PREFIX}",
+                base=f"{_origin(scope, headers)}{root}",
                 raw_query=raw_query,
             )
             if call.path == "$batch" and call.method == "POST":
@@ -151,10 +157,15 @@ class Emulator:
         parts = scope["path"].strip("/").split("/")
         method = scope["method"]
         origin = _origin(scope, headers)
-        if method == "POST" and len(parts) == 4 and parts[1:] == ["oauth2", "v2.0", "token"]:
+        v2 = len(parts) == 4 and parts[1:] == ["oauth2", "v2.0", "token"]
+        v1 = len(parts) == 3 and parts[1:] == ["oauth2", "token"]
+        if method == "POST" and (v1 or v2):
             form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
             try:
-                return _plain_json(200, self.tokens.issue(form))
+                form = basic_credentials(headers.get("authorization"), form)
+                # issue(form) stays callable with one argument (tests wrap it).
+                token = self.tokens.issue(form, v1=True) if v1 else self.tokens.issue(form)
+                return _plain_json(200, token)
             except AuthError as exc:
                 return _plain_json(exc.status, exc.body)
         if method == "GET" and parts[1:] in (
@@ -177,7 +188,7 @@ class Emulator:
         if path == "/_emulator/requests" and method == "GET":
             return _plain_json(200, {"requests": self.requests()})
         if path == "/_emulator/config" and method == "GET":
-            return _plain_json(200, self.settings.as_dict())
+            return _plain_json(200, self.settings.public())
         if path == "/_emulator/config" and method in ("PUT", "PATCH"):
             try:
                 update = validate(json.loads(body or b"null"))
@@ -185,7 +196,7 @@ class Emulator:
                 message = str(exc) if isinstance(exc, SettingsError) else f"malformed JSON: {exc}"
                 return _plain_json(400, {"error": {"code": "bad_config", "message": message}})
             self.configure(update)
-            return _plain_json(200, self.settings.as_dict())
+            return _plain_json(200, self.settings.public())
         return _plain_json(404, {"error": {"code": "", "message": f"No resource at '{path}'."}})
 
     def configure(self, update: dict[str, Any]) -> None:
@@ -205,6 +216,7 @@ class Emulator:
             setattr(self.settings, key, value)
         self.limiter.reset()
         self.api.reader.delta_floor = 0
+        self.api.jobs.clear()
         self.by_status.clear()
         self.total = self.cuts = 0
         self.log.clear()

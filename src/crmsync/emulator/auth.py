@@ -5,6 +5,10 @@ Endpoints (same paths as ``login.microsoftonline.com``, served by the emulator i
 - ``POST /{tenant}/oauth2/v2.0/token`` with ``grant_type=client_credentials``,
   ``client_id``, ``client_secret``, ``scope`` -> ``{"token_type": "Bearer",
   "expires_in", "access_token"}``.
+- ``POST /{tenant}/oauth2/token`` (v1): the same with ``resource=<org url>`` for
+  ``scope``; the answer has ``expires_in``/``expires_on`` as strings and ``resource``.
+- Either takes the client credentials in the body (``client_secret_post``) or in an
+  HTTP Basic header (``client_secret_basic``), both advertised by discovery.
 - ``GET /{tenant}/v2.0/.well-known/openid-configuration`` (tenant discovery).
 
 What an MSAL client must pass: ``msal.ConfidentialClientApplication(client_id,
@@ -23,12 +27,14 @@ own writes apart. Any secret is accepted unless ``clients`` is configured.
 
 from __future__ import annotations
 
+import base64
 import secrets
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote_plus
 
 from crmsync.emulator.odata import format_datetime
 from crmsync.emulator.settings import Settings
@@ -60,7 +66,15 @@ class TokenIssuer:
         self.grants: dict[str, Grant] = {}
         self.clients: set[str] = set()
 
-    def issue(self, form: dict[str, str]) -> dict[str, Any]:
+    def issue(self, form: dict[str, str], *, v1: bool = False) -> dict[str, Any]:
+        """A token for ``form``; ``v1`` is ``/{tenant}/oauth2/token``, which names the
+        API with ``resource=`` instead of ``scope=`` and answers numbers as strings."""
+        if v1 and not form.get("resource"):
+            raise AuthError(
+                400,
+                "invalid_request",
+                "AADSTS900144: The request body must contain the following parameter: 'resource'.",
+            )
         if form.get("grant_type") != "client_credentials":
             raise AuthError(
                 400,
@@ -90,6 +104,17 @@ class TokenIssuer:
         token = secrets.token_urlsafe(32)
         self.grants[token] = Grant(client_id, user_id, time.time() + lifetime)
         self._prune()
+        if v1:
+            now = int(time.time())
+            return {
+                "token_type": "Bearer",
+                "expires_in": str(lifetime),
+                "ext_expires_in": str(lifetime),
+                "expires_on": str(now + lifetime),
+                "not_before": str(now),
+                "resource": form["resource"],
+                "access_token": token,
+            }
         return {
             "token_type": "Bearer",
             "expires_in": lifetime,
@@ -136,6 +161,32 @@ class TokenIssuer:
         if len(self.grants) > 10_000:
             now = time.time()
             self.grants = {t: g for t, g in self.grants.items() if g.expires_at > now}
+
+
+def basic_credentials(authorization: str | None, form: dict[str, str]) -> dict[str, str]:
+    """``client_secret_basic`` (RFC 6749 section 2.3.1): the client id and secret in an
+    HTTP Basic header, each form-URL-encoded. Sending them in the body as well is an
+    error, as the RFC allows only one method per request. Entra ID's wording for these
+    two failures is not documented; the messages are the emulator's."""
+    if not authorization or not authorization.lower().startswith("basic "):
+        return form
+    try:
+        decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AuthError(
+            401, "invalid_client", "The Basic authorization header is malformed."
+        ) from exc
+    client_id, sep, secret = decoded.partition(":")
+    if not sep:
+        raise AuthError(401, "invalid_client", "The Basic authorization header is malformed.")
+    if "client_secret" in form:
+        raise AuthError(
+            400,
+            "invalid_request",
+            "The client credentials were sent both in the Authorization header and in the "
+            "request body.",
+        )
+    return {**form, "client_id": unquote_plus(client_id), "client_secret": unquote_plus(secret)}
 
 
 def _is_guid(text: str) -> bool:

@@ -1,7 +1,8 @@
 """``POST $batch``: multipart/mixed requests, atomic changesets, ``Content-ID`` references.
 
 Rules from ``webapi/execute-batch-operations-using-web-api.md`` (reference section 4):
-CRLF line endings only (else ``0x80048d19 ... Stream was not readable``), at most 1,000
+CRLF line endings (else a part with a body answers ``0x80048d19 ... Stream was not readable``
+unless the body ends with two bare line feeds, the support article's workaround), at most 1,000
 requests, changesets all-or-nothing and without GETs, ``$n`` refers to the record a
 part with ``Content-ID: n`` created earlier in the same changeset, and the batch stops
 at the first failure unless ``Prefer: odata.continue-on-error``.
@@ -13,11 +14,11 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from crmsync.emulator import faults
 from crmsync.emulator.api import Api
-from crmsync.emulator.http import Call, Reply
+from crmsync.emulator.http import Call, Reply, split_api_path
 from crmsync.emulator.odata import parse_prefer
 
 MAX_REQUESTS = 1000
@@ -33,6 +34,7 @@ class Part:
     headers: dict[str, str]
     body: bytes
     content_id: str | None = None
+    unreadable: bool = False  # sent with bare-LF line endings (see ``parse``)
 
 
 @dataclass
@@ -64,21 +66,33 @@ def _headers(block: str) -> dict[str, str]:
     return out
 
 
+def request_line(line: str) -> tuple[str, str]:
+    """``GET leads?$filter=lastname eq 'x' HTTP/1.1`` -> ("GET", "leads?$filter=...").
+
+    Clients put the URL unencoded, spaces included, so the URL is everything between
+    the method and the last `` HTTP/1.1`` (RFC 9112 section 3 forbids spaces; OData
+    clients send them anyway and Dataverse accepts them).
+    """
+    method, sep, rest = line.strip().partition(" ")
+    url, sep2, version = rest.rpartition(" ")
+    if not sep or not sep2 or not version.upper().startswith("HTTP/") or not url.strip():
+        raise faults.bad_payload(
+            "", "System.ArgumentException: a batch part lacks its request line."
+        )
+    return method.upper(), url.strip()
+
+
 def _parse_request(chunk: str) -> Part:
     mime, _, http = chunk.partition(_CRLF + _CRLF)
     mime_headers = _headers(mime)
     head, _, body = http.partition(_CRLF + _CRLF)
     lines = head.split(_CRLF)
-    request_line = lines[0].split(" ")
-    if len(request_line) < 2:
-        raise faults.bad_payload(
-            "", "System.ArgumentException: a batch part lacks its request line."
-        )
+    method, url = request_line(lines[0])
     if body.endswith(_CRLF):
         body = body[: -len(_CRLF)]
     return Part(
-        method=request_line[0].upper(),
-        url=request_line[1],
+        method=method,
+        url=url,
         headers=_headers(_CRLF.join(lines[1:])),
         body=body.encode(),
         content_id=mime_headers.get("content-id"),
@@ -93,9 +107,15 @@ def parse(body: bytes, content_type: str) -> list[Part | Changeset]:
             "System.ArgumentException: $batch needs Content-Type multipart/mixed with a boundary.",
         )
     text = body.decode("utf-8", errors="replace")
+    unreadable = False
     if re.search(r"(?<!\r)\n", text):
-        # Bare LF line endings: what Dataverse answers (web-api-client-errors.md).
-        raise faults.bad_payload("", "System.ArgumentException: Stream was not readable.")
+        # Line endings other than CRLF (web-api-client-errors.md): the parts' bodies
+        # can't be read ("Stream was not readable"), unless the body ends with two
+        # non-CRLF line endings, the workaround the article gives. Parts are still
+        # split, so each answers on its own, as in the article's example response.
+        tail = text.rstrip(" \t")
+        unreadable = not (tail.endswith("\n\n") and not tail.endswith("\r\n\n"))
+        text = text.replace("\r\n", "\n").replace("\n", _CRLF)
     items: list[Part | Changeset] = []
     for chunk in _split(text, boundary):
         mime = _headers(chunk.partition(_CRLF + _CRLF)[0])
@@ -111,6 +131,10 @@ def parse(body: bytes, content_type: str) -> list[Part | Changeset]:
             items.append(changeset)
         else:
             items.append(_parse_request(chunk))
+    if unreadable:
+        for item in items:
+            for part in item.parts if isinstance(item, Changeset) else [item]:
+                part.unreadable = bool(part.body.strip())
     total = sum(len(i.parts) if isinstance(i, Changeset) else 1 for i in items)
     if total > MAX_REQUESTS:
         raise faults.bad_query(
@@ -124,6 +148,7 @@ class BatchRunner:
         self.api = api
 
     def run(self, call: Call) -> Reply:
+        self.api.run_jobs()
         items = parse(call.body, call.header("content-type") or "")
         keep_going = parse_prefer(call.header("prefer")).continue_on_error
         boundary = f"batchresponse_{uuid.uuid4()}"
@@ -195,14 +220,21 @@ class BatchRunner:
                     f"Content-ID Reference: '${m.group(1)}' does not exist in the batch context.",
                 )
             url = refs[m.group(1)] + m.group(2)
+        if part.unreadable:
+            entity_set = urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1].split("(")[0]
+            raise faults.bad_payload(
+                entity_set, "System.ArgumentException: Stream was not readable."
+            )
         body = part.body
         if refs and body and b'"$' in body:
             body = _resolve_binds(body, refs)
         split = urlsplit(url)
-        path = split.path
-        marker = "/api/data/v9.2/"
-        if marker in path:
-            path = path.split(marker, 1)[1]
+        # Percent-decoded like a top-level request's path (ASGI decodes it): a key such
+        # as leads(emailaddress1='a%40b.c') names a@b.c.
+        path = unquote(split.path)
+        inside = split_api_path(path)
+        if inside is not None:
+            path = inside[1]
         path = path.lstrip("/")
         if path == "$batch":
             raise faults.bad_payload(

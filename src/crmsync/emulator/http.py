@@ -7,12 +7,25 @@ A ``$batch`` part is executed exactly like a top-level request, so both build a
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from crmsync.emulator.faults import DataverseFault
 
 API_PREFIX = "/api/data/v9.2/"
+# v9.0 and v9.1 are served as v9.2: the Web API keeps older versions working with the
+# current behaviour ("The current version is v9.2", compose-http-requests-handle-errors.md).
+API_ROOT_RE = re.compile(r"^/api/data/v9\.[012](?:/|$)")
+
+
+def split_api_path(path: str) -> tuple[str, str] | None:
+    """``/api/data/v9.1/leads`` -> ("/api/data/v9.1/", "leads"); None outside the API."""
+    m = API_ROOT_RE.match(path)
+    if m is None:
+        return None
+    root = m.group(0) if m.group(0).endswith("/") else m.group(0) + "/"
+    return root, path[m.end() :]
 
 
 @dataclass

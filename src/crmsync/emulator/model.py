@@ -70,6 +70,13 @@ def _entity(
 
 
 _SYNC = Attribute("new_synctomkto", BOOLEAN)
+# asyncoperation choices (AsyncOperation table reference): 13 is Bulk Delete.
+_OPERATION_TYPES = ((13, "Bulk Delete"),)
+_JOB_STATES = ((0, "Ready"), (1, "Suspended"), (2, "Locked"), (3, "Completed"))
+_JOB_STATUSES = (
+    (0, "Waiting For Resources"), (10, "Waiting"), (20, "In Progress"), (30, "Succeeded"),
+    (31, "Failed"), (32, "Canceled"),
+)  # fmt: skip
 _LEAD_QUALITY = ((1, "Hot"), (2, "Warm"), (3, "Cold"))
 
 ENTITIES: dict[str, Entity] = {
@@ -138,6 +145,22 @@ ENTITIES: dict[str, Entity] = {
                     target="accounts",
                     navigation="parentaccountid",
                 ),
+            ],
+        ),
+        _entity(
+            "asyncoperation",
+            "AsyncOperation",
+            "asyncoperations",
+            "name",
+            4700,
+            [
+                # System jobs (BulkDelete's JobId): the system writes every column.
+                Attribute("name", STRING, 256, writable=False),
+                Attribute("operationtype", PICKLIST, options=_OPERATION_TYPES, writable=False),
+                Attribute("statecode", PICKLIST, options=_JOB_STATES, writable=False),
+                Attribute("statuscode", PICKLIST, options=_JOB_STATUSES, writable=False),
+                Attribute("message", MEMO, writable=False),
+                Attribute("completedon", DATETIME, writable=False),
             ],
         ),
         _entity(
@@ -211,48 +234,3 @@ def computed(entity: Entity, row: dict[str, Any]) -> None:
     if entity.logical in ("lead", "contact"):
         parts = [row.get("firstname"), row.get("lastname")]
         row["fullname"] = " ".join(p for p in parts if p) or None
-
-
-def entity_definition(entity: Entity) -> dict[str, Any]:
-    """The ``EntityDefinitions`` row Microsoft's SDK reads to resolve entity sets."""
-    return {
-        "MetadataId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"crmsync-emulator/{entity.logical}")),
-        "LogicalName": entity.logical,
-        "SchemaName": entity.schema,
-        "EntitySetName": entity.entity_set,
-        "PrimaryIdAttribute": entity.primary_id,
-        "PrimaryNameAttribute": entity.primary_name,
-        "ObjectTypeCode": entity.otc,
-        "ChangeTrackingEnabled": True,
-        "IsOptimisticConcurrencyEnabled": True,
-    }
-
-
-def picklist_definitions(entity: Entity) -> list[dict[str, Any]]:
-    """``Attributes/Microsoft.Dynamics.CRM.PicklistAttributeMetadata`` with option labels."""
-    out = []
-    for attr in entity.attributes.values():
-        if attr.type != PICKLIST:
-            continue
-        options = [
-            {
-                "Value": value,
-                "Label": {"LocalizedLabels": [{"Label": label, "LanguageCode": 1033}]},
-            }
-            for value, label in attr.options
-        ]
-        out.append({"LogicalName": attr.name, "OptionSet": {"Options": options}})
-    return out
-
-
-def attribute_definitions(entity: Entity) -> list[dict[str, Any]]:
-    return [
-        {
-            "LogicalName": a.name,
-            "AttributeType": a.type,
-            "MaxLength": a.max_length,
-            "IsValidForCreate": a.writable,
-            "IsValidForUpdate": a.writable,
-        }
-        for a in entity.attributes.values()
-    ]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from crmsync.emulator import faults
+from crmsync.emulator import faults, functions
 from crmsync.emulator.model import Entity
 
 Row = dict[str, Any]
@@ -24,12 +24,13 @@ Predicate = Callable[[Row], bool]
 
 _TOKEN_RE = re.compile(
     r"""\s*(?:
-      (?P<string>'(?:[^']|'')*')
+      (?P<enum>[A-Za-z][A-Za-z0-9_.]*'(?:[^']|'')*')
+    | (?P<string>'(?:[^']|'')*')
     | (?P<guid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b)
     | (?P<date>\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})?)?)
     | (?P<number>-?\d+(?:\.\d+)?)
     | (?P<name>[A-Za-z_][A-Za-z0-9_./@]*)
-    | (?P<punct>[(),])
+    | (?P<punct>[(),=\[\]])
     )""",
     re.VERBOSE,
 )
@@ -49,7 +50,7 @@ def format_datetime(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _parse_date(text: str) -> str:
+def parse_date(text: str) -> str:
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
@@ -70,10 +71,14 @@ def _tokenize(text: str) -> list[_Tok]:
     return out
 
 
+Resolver = Callable[[str], Callable[[Row], Any]]
+
+
 class _Parser:
-    def __init__(self, text: str, entity: Entity) -> None:
+    def __init__(self, text: str, entity: Entity, resolve: Resolver | None = None) -> None:
         self.text = text
         self.entity = entity
+        self.resolve = resolve
         self.toks = _tokenize(text)
         self.i = 0
 
@@ -134,13 +139,35 @@ class _Parser:
             return inner
         if tok.kind == "name" and tok.text.lower() in _FUNCS:
             return self.function(tok.text.lower())
+        if tok.kind == "name" and tok.text.lower().startswith(functions.PREFIX):
+            self.i += 1
+            return functions.build(tok.text, functions.parse_args(self), self.getter)
         left = self.operand()
         op = self.word()
+        if op == "in":  # OData 4.01: name in ('a','b')
+            self.i += 1
+            self.expect("(")
+            items = [self.operand()({})]
+            while self.peek() is not None and self.peek().text == ",":  # type: ignore[union-attr]
+                self.i += 1
+                items.append(self.operand()({}))
+            self.expect(")")
+            return functions.membership(left, items, negate=False)
         if op not in _COMPARE:
             raise self.fail()
         self.i += 1
         right = self.operand()
         return _compare(op, left, right)
+
+    def getter(self, name: str) -> Callable[[Row], Any]:
+        """A column's value by name, for a query function's PropertyName."""
+        if self.resolve is not None:
+            return self.resolve(name)
+        attr = self.entity.attributes.get(name)
+        if attr is None:
+            raise faults.unknown_property(self.entity.logical, name)
+        column = attr.name
+        return lambda r: r.get(column)
 
     def function(self, name: str) -> Predicate:
         self.i += 1
@@ -164,15 +191,17 @@ class _Parser:
         if tok is None:
             raise self.fail()
         self.i += 1
-        if tok.kind == "string":
-            text = tok.text[1:-1].replace("''", "'")
+        if tok.kind in ("string", "enum"):
+            # An enum literal (Microsoft.Dynamics.CRM.AttributeTypeCode'Picklist') compares
+            # as its member name, which is how metadata rows carry enum values.
+            text = tok.text[tok.text.index("'") + 1 : -1].replace("''", "'")
             return lambda r: text
         if tok.kind == "guid":
             guid = tok.text.lower()
             return lambda r: guid
         if tok.kind == "date":
             try:
-                stamp = _parse_date(tok.text)
+                stamp = parse_date(tok.text)
             except ValueError as exc:
                 raise self.fail() from exc
             return lambda r: stamp
@@ -186,6 +215,8 @@ class _Parser:
                 return lambda r: flag
             if lowered == "null":
                 return lambda r: None
+            if self.resolve is not None:
+                return self.resolve(tok.text)
             attr = self.entity.attributes.get(tok.text)
             if attr is None:
                 raise faults.unknown_property(self.entity.logical, tok.text)
@@ -222,8 +253,9 @@ def _compare(op: str, left: Callable[[Row], Any], right: Callable[[Row], Any]) -
     return pred
 
 
-def compile_filter(text: str, entity: Entity) -> Predicate:
-    return _Parser(text, entity).parse()
+def compile_filter(text: str, entity: Entity, resolve: Resolver | None = None) -> Predicate:
+    """``$filter`` as a predicate; ``resolve`` maps names to getters (metadata rows)."""
+    return _Parser(text, entity, resolve).parse()
 
 
 def parse_select(text: str | None, entity: Entity) -> list[str] | None:
@@ -259,15 +291,35 @@ class Prefer:
     maxpagesize: int | None = None
     track_changes: bool = False
     continue_on_error: bool = False
+    annotations: tuple[str, ...] = ()  # odata.include-annotations patterns, lower-case
+    annotations_raw: tuple[str, ...] = ()  # the same, as the caller spelled them
+
+    def wants(self, annotation: str) -> bool:
+        """Whether ``odata.include-annotations`` asks for this annotation (``*`` globs)."""
+        name = annotation.lower()
+        for pattern in self.annotations:
+            if pattern == "*" or pattern == name:
+                return True
+            if pattern.endswith(".*") and name.startswith(pattern[:-1]):
+                return True
+        return False
+
+
+# Commas split preferences, except inside a quoted include-annotations list.
+_PREFER_SPLIT_RE = re.compile(r',(?=(?:[^"]*"[^"]*")*[^"]*$)')
 
 
 def parse_prefer(header: str | None) -> Prefer:
     prefer = Prefer()
     if not header:
         return prefer
-    for part in header.split(","):
+    for part in _PREFER_SPLIT_RE.split(header):
         item = part.strip().lower()
-        if item == "return=representation":
+        if item.startswith("odata.include-annotations="):
+            listed = part.strip().split("=", 1)[1].strip().strip('"')
+            prefer.annotations_raw = tuple(p.strip() for p in listed.split(",") if p.strip())
+            prefer.annotations = tuple(p.lower() for p in prefer.annotations_raw)
+        elif item == "return=representation":
             prefer.representation = True
         elif item == "odata.track-changes":
             prefer.track_changes = True

@@ -15,7 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from crmsync.emulator import faults
+from crmsync.emulator import aggregate, expand, faults, fetchxml, sqlquery
+from crmsync.emulator.annotations import annotate
+from crmsync.emulator.annotations import applied as annotations_applied
 from crmsync.emulator.http import Call, Reply
 from crmsync.emulator.model import Entity
 from crmsync.emulator.odata import (
@@ -42,7 +44,10 @@ _KNOWN = {
     "$deltatoken",
     "$skip",
     "$expand",
+    "$apply",
 }
+# Whole-query languages, each a single option (use-fetchxml-web-api.md, sdk-python/query.md).
+_QUERY_LANGUAGES = ("fetchXml", "sql")
 _NOT_WITH_TRACKING = ("$filter", "$orderby", "$expand", "$top")
 
 
@@ -62,12 +67,16 @@ class Reader:
     def collection(self, entity: Entity, call: Call) -> Reply:
         q = call.query
         for name in q:
-            if name.startswith("$") and name not in _KNOWN:
+            if name not in _KNOWN and name not in _QUERY_LANGUAGES:
+                # Never ignore an option: an ignored one answers 200 with the wrong rows.
                 raise faults.bad_query(f"The query parameter {name} is not supported")
+        language = [name for name in _QUERY_LANGUAGES if name in q]
+        if language:
+            return self._language(entity, call, language)
+        if "$apply" in q:
+            return self._aggregate(entity, call)
         if "$skip" in q:
             raise faults.bad_query("The query parameter $skip is not supported")
-        if "$expand" in q:
-            raise faults.bad_query("The emulator does not support $expand")
         prefer = parse_prefer(call.header("prefer"))
         select = parse_select(q.get("$select"), entity)
         page_size = min(prefer.maxpagesize or MAX_PAGE, MAX_PAGE)
@@ -77,6 +86,7 @@ class Reader:
             for option in _NOT_WITH_TRACKING:
                 if option in q:
                     raise faults.track_changes_option(option)
+        expansions = expand.parse(q.get("$expand"), entity)
         predicate = compile_filter(q["$filter"], entity) if q.get("$filter") else None
         orderby = parse_orderby(q.get("$orderby"), entity)
         top = _top(q.get("$top")) if prefer.maxpagesize is None else None
@@ -99,9 +109,14 @@ class Reader:
             )
             # $count is limited to 5,000 like a page (query/count-rows.md).
             payload["@odata.count"] = min(total, MAX_PAGE)
-        payload["value"] = [represent(entity, r, select) for r in rows]
+        payload["value"] = [
+            annotate(entity, represent(entity, r, select), prefer, self.store) for r in rows
+        ]
+        expand.expand_rows(expansions, rows, payload["value"], self.store, prefer)
         headers: dict[str, str] = {}
         applied = []
+        if annotations_applied(prefer):
+            applied.append(annotations_applied(prefer) or "")
         if prefer.maxpagesize is not None:
             applied.append(f"odata.maxpagesize={prefer.maxpagesize}")
         if prefer.track_changes:
@@ -118,6 +133,43 @@ class Reader:
             )
         reply = Reply.json(200, payload, len(rows))
         reply.headers.update(headers)
+        return reply
+
+    def _language(self, entity: Entity, call: Call, names: list[str]) -> Reply:
+        """``fetchXml=`` or ``sql=``: a whole query in one option, alone on the URL."""
+        others = [n for n in call.query if n != names[0]]
+        if others:
+            # (inferred) Dataverse documents no mix of fetchXml/sql with OData options.
+            raise faults.bad_query(
+                f"The query parameter {others[0]} can't be combined with {names[0]}."
+            )
+        prefer = parse_prefer(call.header("prefer"))
+        if prefer.track_changes:
+            raise faults.bad_query(
+                f"The query parameter {names[0]} isn't supported with Change Tracking."
+            )
+        if names[0] == "fetchXml":
+            fetch = fetchxml.parse(call.query["fetchXml"], entity)
+            return fetchxml.run(fetch, self.store, call, prefer)
+        select = sqlquery.parse(call.query["sql"], entity)
+        return sqlquery.run(select, entity, self.store, call)
+
+    def _aggregate(self, entity: Entity, call: Call) -> Reply:
+        others = [n for n in call.query if n not in ("$apply", "$orderby")]
+        if others:
+            raise faults.bad_query(
+                f"The query parameter {others[0]} can't be combined with $apply."
+            )
+        prefer = parse_prefer(call.header("prefer"))
+        if prefer.track_changes:
+            raise faults.track_changes_option("$apply")
+        spec = aggregate.parse(call.query["$apply"], entity)
+        rows = list(self.store.tables[entity.entity_set].rows.values())
+        out = aggregate.run(spec, rows, call.query.get("$orderby"), entity)
+        value = [annotate(entity, r, prefer, self.store) for r in out]
+        reply = Reply.json(200, {"@odata.context": _context(call, entity, None), "value": value})
+        if annotations_applied(prefer):
+            reply.headers["Preference-Applied"] = annotations_applied(prefer) or ""
         return reply
 
     def _page(
@@ -149,6 +201,7 @@ class Reader:
         return chunk, more, {"offset": offset + limit}
 
     def _delta(self, entity: Entity, call: Call, select: list[str] | None, page_size: int) -> Reply:
+        prefer = parse_prefer(call.header("prefer"))
         since = self._check_token(call.query["$deltatoken"])
         state: dict[str, Any] = {}
         page = 1
@@ -164,7 +217,8 @@ class Reader:
         if phase == "rows":
             changed = table.changed_since(after, upto)
             for row in changed[:page_size]:
-                entries.append(represent(entity, row, select))
+                shaped = represent(entity, row, select)
+                entries.append(annotate(entity, shaped, prefer, self.store))
             if len(changed) > page_size:
                 more, state = (
                     True,

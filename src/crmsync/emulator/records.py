@@ -14,7 +14,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from crmsync.emulator import faults
+from crmsync.emulator import faults, keys
+from crmsync.emulator.annotations import annotate, applied
 from crmsync.emulator.http import Call, Reply, etag
 from crmsync.emulator.model import LOOKUP, Entity, computed, is_guid, normalize_guid, validate_value
 from crmsync.emulator.odata import format_datetime, parse_prefer
@@ -78,6 +79,7 @@ class Writer:
         row["createdon"] = row["modifiedon"] = now
         row["_createdby_value"] = row["_modifiedby_value"] = call.user_id
         self._check_duplicate(entity, row, call)
+        keys.check_unique(entity, row, self.settings.alternate_keys, self.store)
         row["versionnumber"] = self.store.next_version()
         self.store.put(entity.entity_set, row)
         return row
@@ -90,12 +92,24 @@ class Writer:
         row["modifiedon"] = format_datetime(datetime.now(UTC))
         row["_modifiedby_value"] = call.user_id
         self._check_duplicate(entity, row, call)
+        keys.check_unique(entity, row, self.settings.alternate_keys, self.store)
         row["versionnumber"] = self.store.next_version()
         self.store.put(entity.entity_set, row)
         return row
 
-    def patch(self, entity: Entity, key: str, call: Call) -> Reply:
+    def patch(
+        self,
+        entity: Entity,
+        key: str,
+        call: Call,
+        key_values: dict[str, Any] | None = None,
+        location: str | None = None,
+    ) -> Reply:
+        """PATCH as upsert. ``key_values`` are an alternate key's columns from the URL:
+        a create takes them unless the body sets them, an update ignores them in the
+        body (use-upsert-insert-update-record.md); ``location`` is the URL's key form."""
         body = parse_body(call, entity.entity_set)
+        key_values = key_values or {}
         prefer = parse_prefer(call.header("prefer"))
         if_match = _condition(call.header("if-match"))
         if_none_match = _condition(call.header("if-none-match"))
@@ -103,18 +117,23 @@ class Writer:
         if old is None:
             if if_match is not None:
                 raise faults.not_found(entity.logical, key)
-            row = self.create(entity, body, call, key=key)
+            row = self.create(entity, {**key_values, **body}, call, key=key)
             status = 201
         else:
             if if_none_match == "*":
                 raise faults.already_exists()
             if if_match not in (None, "*") and if_match != etag(old):
                 raise faults.version_mismatch()
-            row = self.update(entity, old, body, call)
+            kept = {k: v for k, v in body.items() if k not in key_values}
+            row = self.update(entity, old, kept, call)
             status = 200
-        location = f"{call.base}{entity.entity_set}({key})"
+        location = f"{call.base}{entity.entity_set}({location or key})"
         if prefer.representation:
-            return Reply.json(status, represent(entity, row, None), 1, ETag=etag(row))
+            body = annotate(entity, represent(entity, row, None), prefer, self.store)
+            reply = Reply.json(status, body, 1, ETag=etag(row))
+            if applied(prefer):
+                reply.headers["Preference-Applied"] = applied(prefer) or ""
+            return reply
         return Reply.empty(204, 1, OData_EntityId=location, ETag=etag(row))
 
     def delete(self, entity: Entity, key: str, call: Call) -> Reply:
@@ -147,24 +166,25 @@ class Writer:
         ids: list[str] = []
         results: list[dict[str, Any]] = []
         for target in targets:
-            key = self._target_key(entity, target)
             if message == "CreateMultiple":
                 ids.append(self.create(entity, target, call)[entity.primary_id])
                 continue
-            if key is None:
+            key, by_key = self._target_key(entity, target)
+            if key is None and by_key is None:
                 raise faults.bad_payload(
                     entity.entity_set,
                     f"Microsoft.OData.ODataException: target lacks '{entity.primary_id}'.",
                 )
-            old = self.store.get(entity.entity_set, key)
+            old = self.store.get(entity.entity_set, key) if key else None
             if old is not None:
-                self.update(entity, old, target, call)
+                kept = {k: v for k, v in target.items() if k not in (by_key or {})}
+                self.update(entity, old, kept, call)
                 results.append({"RecordCreated": False, "Id": key})
             elif message == "UpdateMultiple":
-                raise faults.not_found(entity.logical, key)
+                raise faults.not_found(entity.logical, key) if key else keys.not_found(entity)
             else:
-                self.create(entity, target, call, key=key)
-                results.append({"RecordCreated": True, "Id": key})
+                row = self.create(entity, {**(by_key or {}), **target}, call, key=key)
+                results.append({"RecordCreated": True, "Id": row[entity.primary_id]})
         context = f"{call.base}$metadata#Microsoft.Dynamics.CRM.{message}Response"
         if message == "CreateMultiple":
             return Reply.json(200, {"@odata.context": context, "Ids": ids}, len(ids))
@@ -174,26 +194,39 @@ class Writer:
 
     # -- helpers -------------------------------------------------------------------
 
-    def _target_key(self, entity: Entity, target: dict[str, Any]) -> str | None:
+    def _target_key(
+        self, entity: Entity, target: dict[str, Any]
+    ) -> tuple[str | None, dict[str, Any] | None]:
+        """(primary key, alternate-key values): by the key column, ``@odata.id`` with a
+        GUID, or ``@odata.id`` with an alternate key (``leads(emailaddress1='x')``)."""
         key = target.get(entity.primary_id)
         odata_id = target.get("@odata.id")
         if key is None and isinstance(odata_id, str):
             m = _BIND_RE.search(odata_id)
             if m is None:
-                raise faults.bad_payload(
-                    entity.entity_set,
-                    "Microsoft.OData.ODataException: no alternate key is defined for "
-                    f"'{odata_id}'.",
-                )
+                return self._by_alternate_key(entity, odata_id)
             key = m.group(2)
         if key is None:
-            return None
+            return None, None
         if not isinstance(key, str) or not is_guid(key):
             raise faults.bad_payload(
                 entity.entity_set,
                 f"Cannot convert the literal '{key}' to the expected type 'Edm.Guid'.",
             )
-        return normalize_guid(key)
+        return normalize_guid(key), None
+
+    def _by_alternate_key(
+        self, entity: Entity, odata_id: str
+    ) -> tuple[str | None, dict[str, Any] | None]:
+        m = re.search(r"(?:^|/)([A-Za-z_]+)\((.*)\)$", odata_id)
+        pairs = keys.parse_pairs(m.group(2)) if m and m.group(1) == entity.entity_set else None
+        if pairs is None:
+            raise faults.bad_payload(
+                entity.entity_set,
+                f"Microsoft.OData.ODataException: '{odata_id}' is not a key of "
+                f"'{entity.entity_set}'.",
+            )
+        return keys.resolve(entity, pairs, self.settings.alternate_keys, self.store)
 
     def _apply(
         self, entity: Entity, row: dict[str, Any], body: dict[str, Any], *, creating: bool

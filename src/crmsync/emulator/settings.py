@@ -11,8 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from crmsync.emulator.keys import valid_declaration
 from crmsync.emulator.model import ENTITIES
 
+REDACTED = "********"
 _WEEK_S = 7 * 24 * 3600  # ExpireChangeTrackingInDays defaults to 7 (change-tracking docs)
 
 
@@ -76,6 +78,10 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "true or false (an action: expires every delta token issued so far)",
     ),
     "clients": (_optional(_clients), "null or an object mapping client_id to client_secret"),
+    "alternate_keys": (
+        lambda v: valid_declaration(v, ENTITIES),
+        'an object of entity set -> list of column lists, e.g. {"leads": [["emailaddress1"]]}',
+    ),
     "seed": (_optional(_number(0, integer=True)), "null or an integer seed for injected faults"),
 }
 
@@ -98,10 +104,19 @@ class Settings:
     token_lifetime_s: int = 3600
     delta_token_ttl_s: float = _WEEK_S
     clients: dict[str, str] | None = None
+    alternate_keys: dict[str, list[list[str]]] = field(default_factory=dict)
     seed: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def public(self) -> dict[str, Any]:
+        """``as_dict`` for ``GET``/``PUT /_emulator/config`` answers: client secrets are
+        never echoed (issue 16), only which client ids are configured."""
+        out = self.as_dict()
+        if self.clients is not None:
+            out["clients"] = {client_id: REDACTED for client_id in self.clients}
+        return out
 
 
 def validate(update: Any) -> dict[str, Any]:

@@ -43,28 +43,42 @@ class Group:
 
 
 def _object_tail(obj: str) -> sa.Select[Any]:
-    """``tail`` for one object. Grouping one object's log rows by the integer record id
-    sorts several times faster on SQLite than grouping by (object, record id)."""
+    """The tail of one object: one row per record with logged changes, ``object,
+    record_id, before, after, first_at, crm_id, label``.
+
+    One aggregate over the object's log rows gives each record's first change, whether
+    its last one is a delete, and that delete's Dynamics id, label and time (no join
+    back to the log: on PostgreSQL those were two hash joins over the whole log). Ids
+    are not reused (SQLite's AUTOINCREMENT, sequences), so a record has one delete at
+    most; where a writer reused an id, the counts are still the fold's.
+    """
     c = sync_change.c
+    deleted = c.deleted.is_(True)
+    last_delete = sa.func.max(c.seq).filter(deleted)
     per = (
         sa.select(
             c.record_id,
-            sa.func.min(c.seq).label("first_seq"),
-            sa.func.max(c.seq).label("last_seq"),
+            sa.type_coerce(sa.func.min(c.changed_at), UTCDateTime()).label("first_at"),
+            (sa.func.max(c.seq) == sa.func.coalesce(last_delete, -1)).label("last_deleted"),
+            sa.func.max(c.crm_id).filter(deleted).label("deleted_crm_id"),
+            sa.func.max(c.label).filter(deleted).label("deleted_label"),
+            sa.type_coerce(sa.func.max(c.changed_at).filter(deleted), UTCDateTime()).label(
+                "deleted_at"
+            ),
         )
         .where(c.object == obj)
         .group_by(c.record_id)
         .subquery(f"per_{obj}")
     )
-    first, last = sync_change.alias(f"first_{obj}"), sync_change.alias(f"last_{obj}")
     q, r = sync_queue.alias(f"q_{obj}"), sync_record.alias(f"r_{obj}")
     spec = default_objects()[obj]
     row = LOCAL_TABLES[spec.table].alias(f"t_{obj}")
     pending = q.c.state == EntryState.PENDING.value
     before = sa.case((pending, q.c.operation), else_=None)
-    known_id = sa.func.coalesce(last.c.crm_id, r.c.crm_id, q.c.crm_id)
+    gone = per.c.last_deleted
+    known_id = sa.func.coalesce(per.c.deleted_crm_id, r.c.crm_id, q.c.crm_id)
     after = sa.case(
-        (last.c.deleted, sa.case((known_id.is_not(None), Operation.DELETE.value), else_=None)),
+        (gone, sa.case((known_id.is_not(None), Operation.DELETE.value), else_=None)),
         (
             row.c.id.is_not(None),
             sa.case(
@@ -75,9 +89,7 @@ def _object_tail(obj: str) -> sa.Select[Any]:
         else_=before,
     )
     source = (
-        per.join(first, first.c.seq == per.c.first_seq)
-        .join(last, last.c.seq == per.c.last_seq)
-        .outerjoin(
+        per.outerjoin(
             q,
             (q.c.object == obj)
             & (q.c.direction == _TO_CRM)
@@ -93,15 +105,16 @@ def _object_tail(obj: str) -> sa.Select[Any]:
         after.label("after"),
         # A new entry's first change: for a deleted record, its delete (the changes
         # before it found no row to queue by the time they were folded).
-        sa.func.coalesce(
-            q.c.first_queued_at,
-            sa.case((last.c.deleted, last.c.changed_at), else_=first.c.changed_at),
+        sa.type_coerce(
+            sa.func.coalesce(
+                q.c.first_queued_at, sa.case((gone, per.c.deleted_at), else_=per.c.first_at)
+            ),
+            UTCDateTime(),
         ).label("first_at"),
         sa.case(
-            (last.c.deleted, known_id),
-            else_=sa.func.coalesce(row.c.crm_id, r.c.crm_id, q.c.crm_id),
+            (gone, known_id), else_=sa.func.coalesce(row.c.crm_id, r.c.crm_id, q.c.crm_id)
         ).label("crm_id"),
-        sa.case((last.c.deleted, last.c.label), else_=row.c[spec.label_column]).label("label"),
+        sa.case((gone, per.c.deleted_label), else_=row.c[spec.label_column]).label("label"),
     ).select_from(source)
 
 

@@ -1,78 +1,19 @@
 """Real clients against the emulator on loopback: Microsoft's Dataverse SDK and MSAL over
-HTTPS (a throwaway trustme CA), and what a cut connection looks like to httpx."""
+HTTPS (a throwaway trustme CA, see conftest.py), and what a cut connection looks like to httpx."""
 
 from __future__ import annotations
 
-import socket
 import ssl
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import msal
 import pytest
 import requests
-import trustme
-import uvicorn
 from azure.core.credentials import AccessToken
+from emulator_https import Running
 from PowerPlatform.Dataverse.client import DataverseClient
-
-from crmsync.emulator import server
-from crmsync.emulator.app import Emulator
-
-
-@dataclass
-class Running:
-    url: str
-    ca_file: Path
-    emulator: Emulator
-
-
-@pytest.fixture(scope="module")
-def https_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    tmp = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    ca_file, cert_file, key_file = tmp / "ca.pem", tmp / "cert.pem", tmp / "key.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    cert.cert_chain_pems[0].write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = server.config("127.0.0.1", port, None, cert_file, key_file)
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert srv.started
-    app = config.loaded_app if hasattr(config, "loaded_app") else config.app
-    emulator = config.app if isinstance(config.app, Emulator) else app
-    assert isinstance(emulator, Emulator)
-    yield Running(f"https://127.0.0.1:{port}", ca_file, emulator)
-    srv.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
-
-
-@pytest.fixture
-def fresh(https_emulator: Running, monkeypatch: pytest.MonkeyPatch) -> Running:
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(https_emulator.ca_file))
-    https_emulator.emulator.reset()
-    return https_emulator
-
-
-@pytest.fixture
-def session() -> Iterator[requests.Session]:
-    """MSAL's HTTP session, closed after the test so no TLS connection outlives it."""
-    with requests.Session() as s:
-        yield s
 
 
 class EmulatorCredential:
@@ -213,3 +154,153 @@ def test_cut_connection_applies_write_and_drops_response(fresh: Running) -> None
         rows = c.get("/api/data/v9.2/accounts?$select=name", headers=headers).json()["value"]
     assert [r["name"] for r in rows] == ["written anyway"]
     assert fresh.emulator.stats()["requests"]["cut"] == 1
+
+
+def test_microsoft_sdk_fetchxml_and_sql(fresh: Running, session: requests.Session) -> None:
+    cred = EmulatorCredential(f"{fresh.url}/sdk-tenant", "sdk-app", "secret", session)
+    with DataverseClient(fresh.url, cred) as client:
+        account_id = client.records.create("account", {"name": "Fabrikam"})
+        client.records.create(
+            "contact",
+            [
+                {
+                    "lastname": f"F{i:02d}",
+                    "firstname": "odd" if i % 2 else "even",
+                    "parentcustomerid_account@odata.bind": f"/accounts({account_id})",
+                }
+                for i in range(7)
+            ],
+        )
+        # count='3' makes the SDK follow morerecords and the paging cookie over 3 pages.
+        xml = (
+            "<fetch count='3'><entity name='contact'><attribute name='lastname'/>"
+            "<filter><condition attribute='lastname' operator='begins-with' value='F'/></filter>"
+            "<order attribute='lastname'/>"
+            "<link-entity name='account' from='accountid' to='parentcustomerid' alias='a'>"
+            "<attribute name='name'/></link-entity></entity></fetch>"
+        )
+        pages = list(client.query.fetchxml(xml).execute_pages())
+        assert [len(p.records) for p in pages] == [3, 3, 1]
+        rows = [r for p in pages for r in p.records]
+        assert [r["lastname"] for r in rows] == [f"F{i:02d}" for i in range(7)]
+        assert {r["a.name"] for r in rows} == {"Fabrikam"}
+        got = client.query.sql(
+            "SELECT TOP 2 lastname FROM contact WHERE firstname = 'odd' ORDER BY lastname DESC"
+        )
+        assert [r["lastname"] for r in got] == ["F05", "F03"]
+
+
+def test_microsoft_sdk_table_metadata(fresh: Running, session: requests.Session) -> None:
+    cred = EmulatorCredential(f"{fresh.url}/sdk-tenant", "sdk-app", "secret", session)
+    with DataverseClient(fresh.url, cred) as client:
+        info = client.tables.get("contact")
+        assert info is not None and info["entity_set_name"] == "contacts"
+        assert client.tables.get("widget") is None
+        tables = client.tables.list(select=["LogicalName"], filter="ObjectTypeCode le 2")
+        assert sorted(t["LogicalName"] for t in tables) == ["account", "contact"]
+        strings = client.tables.list_columns(
+            "contact", select=["LogicalName", "MaxLength"], filter="AttributeType eq 'String'"
+        )
+        assert {c["LogicalName"] for c in strings} == {
+            "emailaddress1",
+            "firstname",
+            "lastname",
+            "fullname",
+        }
+        assert client.tables.get_alternate_keys("lead") == []
+        batch = client.batch.new()
+        batch.tables.get("lead")
+        result = batch.execute()
+        # The SDK hands back the raw collection of its EntityDefinitions query.
+        (row,) = result.responses[0].data["value"]
+        assert not result.failed and row["EntitySetName"] == "leads"
+
+
+def test_microsoft_sdk_upsert_expand_and_annotations(
+    fresh: Running, session: requests.Session
+) -> None:
+    from PowerPlatform.Dataverse.models import UpsertItem
+
+    fresh.emulator.configure({"alternate_keys": {"accounts": [["accountnumber"]]}})
+    cred = EmulatorCredential(f"{fresh.url}/sdk-tenant", "sdk-app", "secret", session)
+    with DataverseClient(fresh.url, cred) as client:
+        client.records.upsert(
+            "account", [UpsertItem(alternate_key={"accountnumber": "A-1"}, record={"name": "One"})]
+        )
+        client.records.upsert(
+            "account",
+            [
+                UpsertItem(alternate_key={"accountnumber": "A-1"}, record={"name": "One again"}),
+                UpsertItem(alternate_key={"accountnumber": "A-2"}, record={"name": "Two"}),
+            ],
+        )
+        rows = client.records.list("account", select=["name", "accountnumber"], orderby=["name"])
+        assert [(r["name"], r["accountnumber"]) for r in rows] == [
+            ("One again", "A-1"),
+            ("Two", "A-2"),
+        ]
+        one = next(r for r in rows if r["accountnumber"] == "A-1")
+        client.records.create(
+            "contact",
+            {
+                "lastname": "Linked",
+                "parentcustomerid_account@odata.bind": f"/accounts({one['accountid']})",
+            },
+        )
+        got = client.records.list(
+            "contact",
+            select=["lastname", "_parentcustomerid_value"],
+            expand=["parentcustomerid_account($select=name)"],
+            include_annotations="*",
+        )
+        (contact,) = got
+        assert contact["parentcustomerid_account"]["name"] == "One again"
+        formatted = "_parentcustomerid_value@OData.Community.Display.V1.FormattedValue"
+        assert contact[formatted] == "One again"
+        tables = client.query.sql("SELECT name FROM account WHERE accountnumber = 'A-2'")
+        assert [t["name"] for t in tables] == ["Two"]
+
+
+def test_microsoft_sdk_deletes_a_list_with_bulk_delete(
+    fresh: Running, session: requests.Session
+) -> None:
+    cred = EmulatorCredential(f"{fresh.url}/sdk-tenant", "sdk-app", "secret", session)
+    with DataverseClient(fresh.url, cred) as client:
+        ids = client.records.create("lead", [{"lastname": f"L{i}"} for i in range(4)])
+        job_id = client.records.delete("lead", ids[:3])
+        assert job_id
+        job = client.records.retrieve("asyncoperation", job_id, select=["statecode", "statuscode"])
+        assert (job["statecode"], job["statuscode"]) == (3, 30)
+        left = client.records.list("lead", select=["lastname"])
+        assert [r["lastname"] for r in left] == ["L3"]
+        client.records.delete("lead", ids[3:], use_bulk_delete=False)
+        assert list(client.records.list("lead", select=["lastname"])) == []
+
+
+def test_microsoft_sdk_dataframes_and_typed_columns(
+    fresh: Running, session: requests.Session
+) -> None:
+    import pandas as pd
+
+    cred = EmulatorCredential(f"{fresh.url}/sdk-tenant", "sdk-app", "secret", session)
+    with DataverseClient(fresh.url, cred) as client:
+        frame = pd.DataFrame([{"name": f"D{i}", "accountnumber": f"N{i}"} for i in range(4)])
+        ids = client.dataframe.create("account", frame)
+        assert len(ids) == 4
+        got = (
+            client.query.builder("account").select("name").order_by("name").execute().to_dataframe()
+        )
+        assert list(got["name"]) == ["D0", "D1", "D2", "D3"]
+        changes = pd.DataFrame({"accountid": list(ids[:2]), "telephone1": ["1", "2"]})
+        client.dataframe.update("account", changes, id_column="accountid")
+        phones = client.dataframe.sql(
+            "SELECT name, telephone1 FROM account WHERE telephone1 IS NOT NULL"
+        )
+        assert sorted(phones["telephone1"]) == ["1", "2"]
+        client.dataframe.delete("account", ids[2:])
+        assert len(client.query.builder("account").select("name").execute().to_dataframe()) == 2
+        typed = client.tables.list_columns("lead", typed=True, select=["LogicalName", "MaxLength"])
+        lengths = {c["LogicalName"]: c.get("MaxLength") for c in typed}
+        assert lengths["subject"] == 300 and lengths["emailaddress1"] == 100
+        column = client.tables.get_column("lead", "firstname", typed=True)
+        assert column is not None and column["MaxLength"] == 50

@@ -1,0 +1,251 @@
+"""``GET {set}?sql=SELECT ...``: the read-only SQL subset Microsoft's Python SDK sends.
+
+Microsoft documents the subset (``sdk-python/query.md``): one ``SELECT`` with an
+optional ``WHERE`` whose leaves compare a column with a constant, ``TOP`` with an
+integer literal, ``ORDER BY`` plain columns, a plain table alias after ``FROM``. The
+emulator runs exactly that (plus ``DISTINCT``, ``LIKE``, ``IS [NOT] NULL`` and ``IN``
+lists) on one table and refuses everything else (joins, functions, ``*``, grouping,
+subqueries) with a 400. Undocumented, so inferred: the error code (0x80040203), that
+rows carry every selected column including nulls, and that a result has no next page.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from crmsync.emulator.conditions import coerce, column, invalid, like, logical_name, operator_test
+from crmsync.emulator.http import Call, Reply
+from crmsync.emulator.model import Attribute, Entity
+from crmsync.emulator.odata import sort_key
+from crmsync.emulator.store import Store
+
+MAX_ROWS = 5000
+Row = dict[str, Any]
+_TOKEN_RE = re.compile(
+    r"""\s*(?:(?P<string>N?'(?:[^']|'')*')|(?P<number>-?\d+(?:\.\d+)?)
+    |(?P<name>\[[^\]]+\]|[A-Za-z_][A-Za-z0-9_]*)|(?P<op><=|>=|<>|!=|=|<|>)|(?P<punct>[(),.*;]))""",
+    re.VERBOSE,
+)
+_KEYWORDS = {
+    "select", "distinct", "top", "from", "as", "where", "and", "or", "not", "order", "by",
+    "asc", "desc", "like", "is", "null", "in", "join", "inner", "left", "right", "on",
+    "group", "having", "union", "with", "exists", "between", "case", "offset",
+}  # fmt: skip
+_OPS = {"=": "eq", "<>": "ne", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
+
+
+def refused(message: str) -> Exception:
+    return invalid(f"The SQL query is not supported: {message}")
+
+
+@dataclass
+class Select:
+    columns: list[tuple[Attribute, str]]
+    where: Callable[[Row], bool] | None = None
+    orders: list[tuple[str, bool]] = field(default_factory=list)
+    top: int | None = None
+    distinct: bool = False
+
+
+class _Parser:
+    def __init__(self, text: str, entity: Entity) -> None:
+        self.entity = entity
+        self.alias = ""
+        self.toks: list[tuple[str, str]] = []
+        pos = 0
+        while text[pos:].strip():
+            m = _TOKEN_RE.match(text, pos)
+            if m is None or m.lastgroup is None:
+                raise refused(f"unexpected text at position {pos}: '{text[pos : pos + 20]}'.")
+            self.toks.append((m.lastgroup, m.group(m.lastgroup)))
+            pos = m.end()
+        self.i = 0
+
+    def peek(self, ahead: int = 0) -> str:
+        j = self.i + ahead
+        return self.toks[j][1].lower() if j < len(self.toks) else ""
+
+    def take(self, *words: str) -> bool:
+        if self.peek() in words:
+            self.i += 1
+            return True
+        return False
+
+    def need(self, word: str) -> None:
+        if not self.take(word):
+            raise refused(f"expected '{word.upper()}' but found '{self.peek() or 'the end'}'.")
+
+    def name(self) -> str:
+        if self.i >= len(self.toks) or self.toks[self.i][0] != "name":
+            raise refused(f"expected a name but found '{self.peek() or 'the end'}'.")
+        text = self.toks[self.i][1]
+        self.i += 1
+        return text[1:-1] if text.startswith("[") else text
+
+    def column(self) -> Attribute:
+        first = self.name()
+        if self.take("."):
+            if first.lower() != self.alias.lower() and first.lower() != self.entity.logical:
+                raise refused(f"'{first}' is not the table or its alias (joins are not run).")
+            first = self.name()
+        if first.lower() in _KEYWORDS or self.peek() == "(":
+            raise refused(f"'{first}' where a column was expected (functions are not run).")
+        attr = column(self.entity, first.lower())
+        if attr is None:
+            raise invalid(f"Invalid column name '{first}'.")
+        return attr
+
+    def parse(self) -> Select:
+        self.need("select")
+        distinct = self.take("distinct")
+        top = None
+        if self.take("top"):
+            kind, text = self.toks[self.i] if self.i < len(self.toks) else ("", "")
+            if kind != "number" or not text.isdigit():
+                raise refused("TOP takes an integer literal.")
+            self.i += 1
+            top = min(int(text), MAX_ROWS)
+        start = self.i
+        depth = 0
+        while self.i < len(self.toks) and not (depth == 0 and self.peek() == "from"):
+            depth += {"(": 1, ")": -1}.get(self.peek(), 0)
+            self.i += 1
+        select_end = self.i
+        self.need("from")
+        table = self.name()
+        if table.lower() != self.entity.logical:
+            raise refused(f"the table '{table}' is not the entity set's table.")
+        if self.take("as") or (self.peek() and self.peek() not in _KEYWORDS):
+            self.alias = self.name()
+        after_from = self.i
+        self.i = start
+        columns = self.columns(select_end)
+        self.i = after_from
+        out = Select(columns, top=top, distinct=distinct)
+        if self.take("where"):
+            out.where = self.or_expr()
+        if self.take("order"):
+            self.need("by")
+            while True:
+                attr = self.column()
+                desc = self.take("desc")
+                if not desc:
+                    self.take("asc")
+                out.orders.append((attr.name, desc))
+                if not self.take(","):
+                    break
+        if self.i < len(self.toks):
+            raise refused(f"'{self.peek()}' is not part of the supported SELECT subset.")
+        return out
+
+    def columns(self, end: int) -> list[tuple[Attribute, str]]:
+        out = []
+        while True:
+            if self.peek() == "*":
+                raise refused("SELECT * is not run; name the columns.")
+            attr = self.column()
+            label = ""
+            if self.take("as") or (self.i < end and self.peek() not in (",",)):
+                label = self.name()
+            out.append((attr, label))
+            if self.i >= end:
+                return out
+            self.need(",")
+
+    def or_expr(self) -> Callable[[Row], bool]:
+        left = self.and_expr()
+        while self.take("or"):
+            right = self.and_expr()
+            left = (lambda a, b: lambda r: a(r) or b(r))(left, right)
+        return left
+
+    def and_expr(self) -> Callable[[Row], bool]:
+        left = self.not_expr()
+        while self.take("and"):
+            right = self.not_expr()
+            left = (lambda a, b: lambda r: a(r) and b(r))(left, right)
+        return left
+
+    def not_expr(self) -> Callable[[Row], bool]:
+        if self.take("not"):
+            inner = self.not_expr()
+            return lambda r: not inner(r)
+        if self.take("("):
+            inner = self.or_expr()
+            self.need(")")
+            return inner
+        return self.leaf()
+
+    def leaf(self) -> Callable[[Row], bool]:
+        attr = self.column()
+        name = attr.name
+        if self.take("is"):
+            negate = self.take("not")
+            self.need("null")
+            return (
+                (lambda r: r.get(name) is not None) if negate else (lambda r: r.get(name) is None)
+            )
+        negate = self.take("not")
+        if self.take("like"):
+            pattern = self.constant()
+            if not isinstance(pattern, str):
+                raise refused("LIKE takes a string literal.")
+            if negate:
+                return lambda r: isinstance(r.get(name), str) and not like(r.get(name), pattern)
+            return lambda r: like(r.get(name), pattern)
+        if self.take("in"):
+            self.need("(")
+            values = [coerce(self.entity, attr, self.constant())]
+            while self.take(","):
+                values.append(coerce(self.entity, attr, self.constant()))
+            self.need(")")
+            check = operator_test("not-in" if negate else "in", values)
+            return lambda r: check(r.get(name))
+        if negate or self.peek() not in _OPS:
+            raise refused(f"'{self.peek() or 'the end'}' after column '{logical_name(attr)}'.")
+        op = _OPS[self.peek()]
+        self.i += 1
+        value = coerce(self.entity, attr, self.constant())
+        check = operator_test(op, [value])
+        return lambda r: check(r.get(name))
+
+    def constant(self) -> Any:
+        kind, text = self.toks[self.i] if self.i < len(self.toks) else ("", "")
+        self.i += 1
+        if kind == "string":
+            return text[text.index("'") + 1 : -1].replace("''", "'")
+        if kind == "number":
+            return text
+        if text.lower() == "null":
+            return None
+        raise refused(f"'{text or 'the end'}' where a constant was expected.")
+
+
+def parse(text: str, entity: Entity) -> Select:
+    return _Parser(text.strip(), entity).parse()
+
+
+def run(select: Select, entity: Entity, store: Store, call: Call) -> Reply:
+    rows = [
+        r
+        for r in store.tables[entity.entity_set].rows.values()
+        if select.where is None or select.where(r)
+    ]
+    rows.sort(key=sort_key(select.orders, entity.primary_id))
+    out: list[Row] = []
+    seen: set[str] = set()
+    for row in rows:
+        shaped = {label or logical_name(a): row.get(a.name) for a, label in select.columns}
+        if select.distinct:
+            marker = repr(sorted(shaped.items()))
+            if marker in seen:
+                continue
+            seen.add(marker)
+        out.append(shaped)
+        if len(out) == (select.top if select.top is not None else MAX_ROWS):
+            break
+    payload = {"@odata.context": f"{call.base}$metadata#{entity.entity_set}", "value": out}
+    return Reply.json(200, payload, len(out))

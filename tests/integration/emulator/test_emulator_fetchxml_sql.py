@@ -1,0 +1,343 @@
+# ruff: noqa: E501  (FetchXML and SQL are easier to read on one line)
+"""fetchXml= and sql=: run like Dataverse, never ignored (issue 17, "silent wrong answers").
+
+Documented behaviour checked here: FetchXML rows omit null columns and name linked
+columns ``<alias>.<column>`` (use-fetchxml-web-api.md, fetchxml/join-tables.md);
+morerecords and the paging cookie come back when ``include-annotations`` asks
+(fetchxml/page-results.md). Error codes for malformed queries are not documented; the
+emulator's choices (0x80040203, 0x80041103, 0x80041102) are marked inferred in the code.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, unquote
+
+import pytest
+from dvclient import Dv, error
+
+PAGING = 'odata.include-annotations="Microsoft.Dynamics.CRM.fetchxmlpagingcookie,Microsoft.Dynamics.CRM.morerecords"'
+
+
+async def fetch(dv: Dv, entity_set: str, xml: str, prefer: str | None = None):
+    headers = {"Prefer": prefer} if prefer else {}
+    return await dv.req("GET", f"{entity_set}?fetchXml={quote(xml)}", headers)
+
+
+@pytest.fixture
+async def people(dv: Dv) -> dict[str, str]:
+    acme = await dv.create("accounts", {"name": "Acme", "accountnumber": "A-1"})
+    globex = await dv.create("accounts", {"name": "Globex"})
+    ids = {"acme": acme["accountid"], "globex": globex["accountid"]}
+    for last, first, account in [
+        ("Ames", "Ann", "acme"),
+        ("Baker", None, "acme"),
+        ("Cole", "Cy", "globex"),
+        ("Dunn", "Di", None),
+        ("Ames-Smith", "Al", None),
+    ]:
+        body = {"lastname": last, "firstname": first}
+        if account:
+            body["parentcustomerid_account@odata.bind"] = f"/accounts({ids[account]})"
+        row = await dv.create("contacts", body)
+        ids[last] = row["contactid"]
+    return ids
+
+
+async def test_fetchxml_attributes_filter_and_order(dv: Dv, people: dict[str, str]) -> None:
+    r = await fetch(
+        dv,
+        "contacts",
+        "<fetch><entity name='contact'><attribute name='lastname'/><attribute name='firstname'/>"
+        "<filter type='or'><condition attribute='lastname' operator='begins-with' value='ames'/>"
+        "<condition attribute='firstname' operator='null'/></filter>"
+        "<order attribute='lastname' descending='true'/></entity></fetch>",
+    )
+    assert r.status_code == 200, r.text
+    rows = r.json()["value"]
+    assert [row["lastname"] for row in rows] == ["Baker", "Ames-Smith", "Ames"]
+    baker = rows[0]
+    assert "firstname" not in baker  # FetchXML omits null columns (use-fetchxml-web-api.md)
+    assert baker["contactid"] == people["Baker"] and baker["@odata.etag"].startswith('W/"')
+    assert "fullname" not in baker  # only the selected columns come back
+
+
+@pytest.mark.parametrize(
+    ("condition", "expected"),
+    [
+        ("<condition attribute='lastname' operator='eq' value='AMES'/>", ["Ames"]),
+        (
+            "<condition attribute='lastname' operator='ne' value='Ames'/>",
+            ["Ames-Smith", "Baker", "Cole", "Dunn"],
+        ),
+        (
+            "<condition attribute='lastname' operator='lt' value='C'/>",
+            ["Ames", "Ames-Smith", "Baker"],
+        ),
+        ("<condition attribute='lastname' operator='ge' value='Cole'/>", ["Cole", "Dunn"]),
+        ("<condition attribute='lastname' operator='like' value='%s%'/>", ["Ames", "Ames-Smith"]),
+        (
+            "<condition attribute='lastname' operator='not-like' value='A%'/>",
+            ["Baker", "Cole", "Dunn"],
+        ),
+        ("<condition attribute='lastname' operator='ends-with' value='n'/>", ["Dunn"]),
+        (
+            "<condition attribute='firstname' operator='not-null'/>",
+            ["Ames", "Ames-Smith", "Cole", "Dunn"],
+        ),
+        (
+            "<condition attribute='lastname' operator='in'><value>Cole</value><value>dunn</value></condition>",
+            ["Cole", "Dunn"],
+        ),
+        (
+            "<condition attribute='lastname' operator='not-in'><value>Cole</value></condition>",
+            ["Ames", "Ames-Smith", "Baker", "Dunn"],
+        ),
+        (
+            "<filter type='and'><condition attribute='firstname' operator='not-null'/><condition attribute='lastname' operator='begins-with' value='A'/></filter>",
+            ["Ames", "Ames-Smith"],
+        ),
+    ],
+)
+async def test_fetchxml_condition_operators(
+    dv: Dv, people: dict[str, str], condition: str, expected: list[str]
+) -> None:
+    r = await fetch(
+        dv,
+        "contacts",
+        f"<fetch><entity name='contact'><attribute name='lastname'/><filter>{condition}</filter>"
+        "<order attribute='lastname'/></entity></fetch>",
+    )
+    assert r.status_code == 200, r.text
+    assert [row["lastname"] for row in r.json()["value"]] == expected
+
+
+async def test_fetchxml_lookup_condition_and_link_entities(dv: Dv, people: dict[str, str]) -> None:
+    acme = people["acme"]
+    r = await fetch(
+        dv,
+        "contacts",
+        f"<fetch><entity name='contact'><attribute name='lastname'/><attribute name='parentcustomerid'/>"
+        f"<filter><condition attribute='parentcustomerid' operator='eq' value='{{{acme.upper()}}}'/></filter>"
+        "<order attribute='lastname'/></entity></fetch>",
+    )
+    rows = r.json()["value"]
+    assert [row["lastname"] for row in rows] == ["Ames", "Baker"]
+    assert rows[0]["_parentcustomerid_value"] == acme
+    inner = (
+        "<fetch><entity name='contact'><attribute name='lastname'/><order attribute='lastname'/>"
+        "<link-entity name='account' from='accountid' to='parentcustomerid' link-type='{kind}' alias='a'>"
+        "<attribute name='name'/><attribute name='accountnumber' alias='number'/>{extra}</link-entity></entity></fetch>"
+    )
+    rows = (await fetch(dv, "contacts", inner.format(kind="inner", extra=""))).json()["value"]
+    assert [(x["lastname"], x["a.name"]) for x in rows] == [
+        ("Ames", "Acme"),
+        ("Baker", "Acme"),
+        ("Cole", "Globex"),
+    ]
+    assert rows[0]["number"] == "A-1" and "number" not in rows[2]
+    rows = (await fetch(dv, "contacts", inner.format(kind="outer", extra=""))).json()["value"]
+    assert [x.get("a.name") for x in rows] == ["Acme", None, "Acme", "Globex", None]
+    link_filter = "<filter><condition attribute='name' operator='eq' value='Globex'/></filter>"
+    rows = (await fetch(dv, "contacts", inner.format(kind="inner", extra=link_filter))).json()[
+        "value"
+    ]
+    assert [x["lastname"] for x in rows] == ["Cole"]
+    rows = (await fetch(dv, "contacts", inner.format(kind="outer", extra=link_filter))).json()[
+        "value"
+    ]
+    assert len(rows) == 5 and [x.get("a.name") for x in rows].count("Globex") == 1
+    # One-to-many from the account side, with a condition on the linked alias.
+    r = await fetch(
+        dv,
+        "accounts",
+        "<fetch><entity name='account'><attribute name='name'/>"
+        "<link-entity name='contact' from='parentcustomerid' to='accountid'><attribute name='lastname'/></link-entity>"
+        "<filter><condition entityname='contact1' attribute='lastname' operator='eq' value='Baker'/></filter>"
+        "</entity></fetch>",
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["value"] == [
+        {
+            "@odata.etag": r.json()["value"][0]["@odata.etag"],
+            "name": "Acme",
+            "accountid": people["acme"],
+            "contact1.lastname": "Baker",
+        }
+    ]
+
+
+async def test_fetchxml_top_count_page_and_paging_cookie(dv: Dv, people: dict[str, str]) -> None:
+    body = (
+        "<entity name='contact'><attribute name='lastname'/><order attribute='lastname'/></entity>"
+    )
+    rows = (await fetch(dv, "contacts", f"<fetch top='2'>{body}</fetch>")).json()["value"]
+    assert [x["lastname"] for x in rows] == ["Ames", "Ames-Smith"]
+    first = (
+        await fetch(dv, "contacts", f"<fetch count='2' page='1'>{body}</fetch>", PAGING)
+    ).json()
+    assert [x["lastname"] for x in first["value"]] == ["Ames", "Ames-Smith"]
+    assert first["@Microsoft.Dynamics.CRM.morerecords"] is True
+    cookie = first["@Microsoft.Dynamics.CRM.fetchxmlpagingcookie"]
+    assert cookie.startswith('<cookie pagenumber="2" pagingcookie="%253ccookie')
+    inner = unquote(unquote(cookie.split('pagingcookie="')[1].split('"')[0]))
+    assert inner.startswith('<cookie page="1"><contactid last="{')
+    third = (
+        await fetch(dv, "contacts", f"<fetch count='2' page='3'>{body}</fetch>", PAGING)
+    ).json()
+    assert [x["lastname"] for x in third["value"]] == ["Dunn"]
+    assert third["@Microsoft.Dynamics.CRM.morerecords"] is False
+    assert "@Microsoft.Dynamics.CRM.fetchxmlpagingcookie" not in third
+    plain = (await fetch(dv, "contacts", f"<fetch count='2'>{body}</fetch>")).json()
+    assert len(plain["value"]) == 2 and "@Microsoft.Dynamics.CRM.morerecords" not in plain
+    counted = await fetch(
+        dv,
+        "contacts",
+        f"<fetch count='1' returntotalrecordcount='true'>{body}</fetch>",
+        'odata.include-annotations="*"',
+    )
+    assert counted.json()["@Microsoft.Dynamics.CRM.totalrecordcount"] == 5
+
+
+async def test_fetchxml_comments_and_cdata_are_fine(dv: Dv, people: dict[str, str]) -> None:
+    xml = (
+        "<fetch><!-- who --><entity name='contact'><attribute name='lastname'/>"
+        "<filter><condition attribute='lastname' operator='in'><value><![CDATA[Cole]]></value>"
+        "</condition></filter></entity></fetch>"
+    )
+    r = await fetch(dv, "contacts", xml)
+    assert [x["lastname"] for x in r.json()["value"]] == ["Cole"]
+    r = await fetch(dv, "contacts", '<!doctype fetch SYSTEM "file:///etc/passwd"><fetch/>')
+    assert error(r)[:2] == (400, "0x80040203")
+
+
+async def test_fetchxml_distinct(dv: Dv, people: dict[str, str]) -> None:
+    r = await fetch(
+        dv,
+        "contacts",
+        "<fetch distinct='true'><entity name='contact'><attribute name='parentcustomerid'/>"
+        "<filter><condition attribute='parentcustomerid' operator='not-null'/></filter></entity></fetch>",
+    )
+    values = sorted(x["_parentcustomerid_value"] for x in r.json()["value"])
+    assert values == sorted([people["acme"], people["globex"]])
+
+
+@pytest.mark.parametrize(
+    ("xml", "code", "message"),
+    [
+        (
+            "<fetch><entity name='contact'><attribute name='nope'/></entity></fetch>",
+            "0x80041103",
+            "'contact' entity doesn't contain attribute with Name = 'nope' and NameMapping = 'Logical'.",
+        ),
+        (
+            "<fetch><entity name='widget'/></fetch>",
+            "0x80041102",
+            "The entity with a name = 'widget' with namemapping = 'Logical' was not found in the MetadataCache.",
+        ),
+        (
+            "<fetch><entity name='lead'/></fetch>",
+            "0x80040203",
+            "does not match the entity set 'contacts'",
+        ),
+        ("<fetch><entity name='contact'>", "0x80040203", "Invalid XML"),
+        ("<fetch aggregate='true'><entity name='contact'/></fetch>", "0x80040203", "aggregate"),
+        ("<fetch top='1' count='1'><entity name='contact'/></fetch>", "0x80040203", "'top'"),
+        (
+            "<fetch><entity name='contact'><filter><condition attribute='lastname' operator='under' value='x'/></filter></entity></fetch>",
+            "0x80040203",
+            "'under'",
+        ),
+        (
+            "<fetch><entity name='contact'><filter><condition attribute='createdon' operator='eq' value='soon'/></filter></entity></fetch>",
+            "0x80040203",
+            "'soon'",
+        ),
+        (
+            "<fetch><entity name='contact'><link-entity name='account' from='accountid' to='parentcustomerid' link-type='any'/></entity></fetch>",
+            "0x80040203",
+            "'any'",
+        ),
+        ("<fetch><entity name='contact'><banana/></entity></fetch>", "0x80040203", "'banana'"),
+        ("<fetch><entity name='contact' extra='1'/></fetch>", "0x80040203", "'extra'"),
+        (
+            '<!DOCTYPE x [<!ENTITY a "aaaa">]><fetch><entity name="contact"><attribute name="&a;"/></entity></fetch>',
+            "0x80040203",
+            "DTD",
+        ),
+    ],
+)
+async def test_fetchxml_refuses_what_it_does_not_run(
+    dv: Dv, xml: str, code: str, message: str
+) -> None:
+    status, got_code, got_message = error(await fetch(dv, "contacts", xml))
+    assert (status, got_code) == (400, code)
+    assert message in got_message
+
+
+async def test_unknown_or_mixed_query_options_are_errors_not_ignored(dv: Dv) -> None:
+    await dv.create("leads", {"lastname": "x"})
+    for url in (
+        "leads?fetchxml=<fetch/>",
+        "leads?Sql=SELECT lastname FROM lead",
+        "leads?foo=bar",
+        "leads?$search=x",
+    ):
+        status, code, message = error(await dv.req("GET", url))
+        assert (status, code) == (400, "0x80060888") and "is not supported" in message
+    xml = quote("<fetch><entity name='lead'/></fetch>")
+    status, _, message = error(await dv.req("GET", f"leads?fetchXml={xml}&$select=lastname"))
+    assert status == 400 and "$select" in message
+
+
+async def test_sql_subset(dv: Dv, people: dict[str, str]) -> None:
+    async def sql(text: str, entity_set: str = "contacts"):
+        return await dv.req("GET", f"{entity_set}?sql={quote(text, safe='')}")
+
+    r = await sql(
+        "SELECT TOP 2 lastname, firstname AS given FROM contact WHERE lastname LIKE 'A%' OR firstname IS NULL ORDER BY lastname DESC"
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["value"] == [
+        {"lastname": "Baker", "given": None},
+        {"lastname": "Ames-Smith", "given": "Al"},
+    ]
+    r = await sql(
+        f"SELECT c.lastname FROM contact c WHERE c.parentcustomerid = '{people['acme']}' AND NOT c.lastname = 'Baker'"
+    )
+    assert r.json()["value"] == [{"lastname": "Ames"}]
+    r = await sql(
+        "SELECT lastname FROM contact WHERE lastname IN ('cole', 'Dunn') AND (firstname <> 'Di' OR firstname IS NULL)"
+    )
+    assert r.json()["value"] == [{"lastname": "Cole"}]
+    r = await sql(
+        "SELECT DISTINCT parentcustomerid FROM contact WHERE parentcustomerid IS NOT NULL"
+    )
+    assert sorted(x["parentcustomerid"] for x in r.json()["value"]) == sorted(
+        [people["acme"], people["globex"]]
+    )
+    r = await sql("SELECT name FROM account WHERE name = 'It''s'", "accounts")
+    assert r.json()["value"] == []
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("SELECT * FROM contact", "SELECT *"),
+        ("SELECT nope FROM contact", "Invalid column name 'nope'"),
+        ("SELECT lastname FROM account", "'account'"),
+        (
+            "SELECT c.lastname FROM contact c JOIN account a ON a.accountid = c.parentcustomerid",
+            "'join'",
+        ),
+        ("SELECT COUNT(lastname) FROM contact", "functions"),
+        ("SELECT lastname FROM contact GROUP BY lastname", "'group'"),
+        ("SELECT lastname FROM contact; DELETE FROM contact", "';'"),
+        ("DELETE FROM contact", "'SELECT'"),
+        ("SELECT TOP x lastname FROM contact", "TOP"),
+        ("SELECT lastname FROM contact WHERE createdon > 'later'", "'later'"),
+    ],
+)
+async def test_sql_refuses_the_rest(dv: Dv, text: str, fragment: str) -> None:
+    status, code, message = error(await dv.req("GET", f"contacts?sql={quote(text, safe='')}"))
+    assert (status, code) == (400, "0x80040203")
+    assert fragment in message

@@ -1,0 +1,111 @@
+# ruff: noqa: E501
+"""RetrieveMetadataChanges (an EntityQueryExpression, as Microsoft's SDK sends it for typed
+columns) and RetrieveAllEntities."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+from dvclient import Dv, error
+
+
+def eq(name: str, value: str) -> dict:
+    return {
+        "PropertyName": name,
+        "ConditionOperator": "Equals",
+        "Value": {"Type": "System.String", "Value": value},
+    }
+
+
+async def changes(dv: Dv, query: dict, stamp: str | None = None):
+    url = f"RetrieveMetadataChanges(Query=@p1)?@p1={quote(json.dumps(query))}"
+    if stamp:
+        url = f"RetrieveMetadataChanges(Query=@p1,ClientVersionStamp=@p2)?@p1={quote(json.dumps(query))}&@p2='{quote(stamp)}'"
+    return await dv.get(url)
+
+
+async def test_typed_columns_in_one_request(dv: Dv) -> None:
+    query = {
+        "Properties": {"PropertyNames": ["LogicalName", "Attributes"]},
+        "Criteria": {"Conditions": [eq("LogicalName", "lead")]},
+        "AttributeQuery": {
+            "Properties": {
+                "PropertyNames": ["LogicalName", "AttributeType", "MaxLength", "MinValue"]
+            }
+        },
+    }
+    r = await changes(dv, query)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["@odata.context"].endswith(
+        "#Microsoft.Dynamics.CRM.RetrieveMetadataChangesResponse"
+    )
+    (lead,) = body["EntityMetadata"]
+    assert set(lead) == {"MetadataId", "LogicalName", "Attributes"}
+    attrs = {a["LogicalName"]: a for a in lead["Attributes"]}
+    assert (
+        attrs["subject"]["MaxLength"] == 300
+        and attrs["subject"]["@odata.type"] == "#Microsoft.Dynamics.CRM.StringAttributeMetadata"
+    )
+    assert "MaxLength" not in attrs["leadqualitycode"] and attrs["versionnumber"]["MinValue"] == -(
+        2**63
+    )
+    query["AttributeQuery"]["Criteria"] = {"Conditions": [eq("LogicalName", "firstname")]}
+    (lead,) = (await changes(dv, query)).json()["EntityMetadata"]
+    assert [a["LogicalName"] for a in lead["Attributes"]] == ["firstname"]
+    # Nothing has changed since the stamp the server handed out.
+    again = await changes(dv, query, body["ServerVersionStamp"])
+    assert again.json()["EntityMetadata"] == []
+
+
+async def test_criteria_operators_and_errors(dv: Dv) -> None:
+    query = {
+        "Properties": {"PropertyNames": ["LogicalName"]},
+        "Criteria": {
+            "FilterOperator": "Or",
+            "Conditions": [
+                eq("LogicalName", "contact"),
+                {
+                    "PropertyName": "ObjectTypeCode",
+                    "ConditionOperator": "In",
+                    "Value": {"Type": "System.Int32[]", "Value": [1, 3]},
+                },
+            ],
+        },
+    }
+    rows = (await changes(dv, query)).json()["EntityMetadata"]
+    assert sorted(r["LogicalName"] for r in rows) == ["account", "contact", "opportunity"]
+    assert all("Attributes" not in r for r in rows)
+    bad = {
+        "Criteria": {
+            "Conditions": [
+                {"PropertyName": "LogicalName", "ConditionOperator": "Sounds", "Value": "x"}
+            ]
+        }
+    }
+    assert error(await changes(dv, bad))[0] == 400
+    assert error(await dv.get("RetrieveMetadataChanges(Query=@p1)?@p1=notjson"))[0] == 400
+
+
+async def test_retrieve_all_entities(dv: Dv) -> None:
+    r = await dv.get(
+        "RetrieveAllEntities(EntityFilters=@p1,RetrieveAsIfPublished=@p2)?@p1=Microsoft.Dynamics.CRM.EntityFilters'Entity'&@p2=false"
+    )
+    assert r.status_code == 200, r.text
+    rows = r.json()["EntityMetadata"]
+    assert {x["LogicalName"] for x in rows} >= {"lead", "contact"} and "Attributes" not in rows[0]
+    r = await dv.get(
+        "RetrieveAllEntities(EntityFilters=@p1,RetrieveAsIfPublished=@p2)?@p1=Microsoft.Dynamics.CRM.EntityFilters'Entity,Attributes'&@p2=false"
+    )
+    assert any(
+        a["LogicalName"] == "emailaddress1" for a in r.json()["EntityMetadata"][0]["Attributes"]
+    )
+    assert (
+        error(
+            await dv.get(
+                "RetrieveAllEntities(EntityFilters=@p1)?@p1=Microsoft.Dynamics.CRM.EntityFilters'Nope'"
+            )
+        )[0]
+        == 400
+    )
