@@ -20,7 +20,7 @@ from crmsync.alerts import observe
 from crmsync.cli import app as cli
 from crmsync.config import load_settings
 from crmsync.domain import default_objects
-from crmsync.store import status
+from crmsync.store import backlog, status
 from crmsync.store.capture import fold_pending
 from crmsync.store.db import read_transaction, write_transaction
 from crmsync.store.records import sync_state
@@ -217,3 +217,29 @@ def test_a_read_transaction_refuses_writes(engine: Engine) -> None:
     sql(engine, "INSERT INTO lead (email) VALUES ('yes@x')")  # the pool's connection writes again
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM lead")).scalar_one() == 1
+
+
+def test_queued_records_changed_again_read_exactly_on_either_plan(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every queued record changes again before the fold: the oldest waiting insert is
+    still found (the queue's own candidates all have changes in the log), with the
+    planner's choice of plans and with the hash joins of a large tail."""
+    sql(
+        engine,
+        "INSERT INTO lead (id, email) VALUES (:i, :e)",
+        [{"i": i, "e": f"q{i}@x"} for i in range(1, 301)],
+    )
+    fold_pending(engine)
+    sql(engine, "UPDATE lead SET last_name = 'again'")
+    for large in (10**9, 0):
+        monkeypatch.setattr(backlog, "LARGE_TAIL", large)
+        with read_transaction(engine) as conn:
+            rows = {r["object"]: r for r in status.backlog(conn, OBJECTS)["objects"]}
+            details = status.details(conn, "lead")
+            if engine.dialect.name == "postgresql":
+                assert conn.execute(sa.text("SHOW enable_nestloop")).scalar_one() == "on"
+        assert (rows["lead"]["inserts"], rows["lead"]["updates"]) == (300, 0)
+        assert details["inserts"]["oldest"]["record_id"] == 1
+    fold_pending(engine)
+    assert queue_counts(engine)["lead"] == (300, 0, 0)

@@ -3,6 +3,8 @@ changes nothing: no claim, no fold, no id chosen, no request."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import sqlalchemy as sa
 from sqlalchemy import Engine
 from typer.testing import CliRunner
@@ -64,3 +66,26 @@ def test_dry_run_plans_queued_and_unfolded_changes_and_writes_nothing(
     assert "contact 3 (insert): not sent, crmsync.missing_reference" in result.output
     assert lines[-1] == "4 waiting change(s) planned; nothing was sent"
     assert _snapshot(engine) == before
+
+
+def test_dry_run_leaves_out_what_waits_for_its_retry_and_shows_what_the_fold_makes_due(
+    db_url: str, engine: Engine
+) -> None:
+    with write_transaction(engine) as conn:
+        conn.execute(sa.text("INSERT INTO lead (id, email) VALUES (1, 'later@x'), (2, 'bad@x')"))
+    fold_pending(engine)
+    with write_transaction(engine) as conn:  # 1 backs off after a 503; 2 is parked
+        conn.execute(
+            sa.update(sync_queue)
+            .where(sync_queue.c.record_id == 1)
+            .values(attempts=3, next_attempt_at=datetime.now(UTC) + timedelta(hours=1))
+        )
+        conn.execute(
+            sa.update(sync_queue).where(sync_queue.c.record_id == 2).values(state="parked")
+        )
+        conn.execute(sa.text("UPDATE lead SET last_name = 'again' WHERE id IN (1, 2)"))
+    result = CliRunner().invoke(app, ["worker", "--dry-run"], env={"CRMSYNC_DATABASE_URL": db_url})
+    assert result.exit_code == 0, result.output
+    assert "lead 1 " not in result.output  # the fold keeps its retry's schedule
+    assert "lead 2 (insert): upsert leads(a new id)" in result.output  # parked, changed: due
+    assert result.output.splitlines()[-1] == "1 waiting change(s) planned; nothing was sent"

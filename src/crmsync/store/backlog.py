@@ -15,7 +15,8 @@ changes to one record count once, as once folded. Every statement is a ``SELECT`
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -115,6 +116,13 @@ def _object_tail(obj: str) -> sa.Select[Any]:
             (gone, known_id), else_=sa.func.coalesce(row.c.crm_id, r.c.crm_id, q.c.crm_id)
         ).label("crm_id"),
         sa.case((gone, per.c.deleted_label), else_=row.c[spec.label_column]).label("label"),
+        # The entry as it is before the fold (a dry run shows what is due).
+        q.c.id.label("entry_id"),
+        q.c.state.label("entry_state"),
+        q.c.next_attempt_at.label("entry_due_at"),
+        q.c.claimed_until.label("entry_claimed_until"),
+        q.c.attempts.label("entry_attempts"),
+        q.c.version.label("entry_version"),
     ).select_from(source)
 
 
@@ -141,8 +149,33 @@ def _tail_sums(obj: str | None) -> sa.CompoundSelect[Any] | sa.Select[Any]:
     return parts[0] if len(parts) == 1 else sa.union_all(*parts)
 
 
-# Entries read per round when the oldest ones of a group have changes in the log.
-_PAGE = 50
+# A log longer than this is read with hash joins on PostgreSQL (see ``_plans_for_tail``).
+LARGE_TAIL = 1_000
+
+
+@contextmanager
+def _plans_for_tail(conn: Connection) -> Iterator[None]:
+    """PostgreSQL: read a large tail with hash joins, never nested loops.
+
+    The log churns every second (appended by every write, emptied by every fold), so
+    its statistics are always stale, and right after a bulk load the planner still
+    believes it holds a row or two: it then probes the log once per queued entry and
+    once per logged record, which took minutes at 20,000 records. A small tail is left
+    to the planner (index lookups are best there)."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    probe = sa.select(sa.func.count()).select_from(
+        sa.select(sync_change.c.seq).limit(LARGE_TAIL + 1).subquery()
+    )
+    if conn.execute(probe).scalar_one() <= LARGE_TAIL:
+        yield
+        return
+    conn.exec_driver_sql("SET LOCAL enable_nestloop = off")
+    try:
+        yield
+    finally:
+        conn.exec_driver_sql("RESET enable_nestloop")
 
 
 def _logged(conn: Connection, obj: str, record_ids: Iterable[int | None]) -> set[int]:
@@ -160,39 +193,42 @@ def _oldest_entries(
 ) -> Any | None:
     """The oldest pending entry of one group (a seek on ``ix_sync_queue_backlog``);
     with ``skip_logged``, the oldest whose record has no change in the log (those are
-    the tail's to count: the fold may move them to another group or drop them)."""
-    q = sync_queue.c
+    the tail's to count: the fold may move them to another group or drop them). One
+    statement either way: the log has no index on the record, so the test is an
+    anti-join against the object's logged ids, read once (not a probe of the log per
+    entry, which is quadratic once many queued records change again)."""
+    q, c = sync_queue.c, sync_change.c
+    source: Any = sync_queue
+    where = [
+        q.state == EntryState.PENDING.value,
+        q.object == obj,
+        q.direction == direction,
+        q.operation == operation,
+    ]
+    if skip_logged:
+        logged = sa.select(c.record_id).where(c.object == obj).distinct().subquery("logged")
+        source = sync_queue.outerjoin(logged, logged.c.record_id == q.record_id)
+        where.append(logged.c.record_id.is_(None))
     query = (
         sa.select(q.id, q.record_id, q.crm_id, q.label, q.first_queued_at)
-        .where(
-            q.state == EntryState.PENDING.value,
-            q.object == obj,
-            q.direction == direction,
-            q.operation == operation,
-        )
+        .select_from(source)
+        .where(*where)
         .order_by(q.first_queued_at, q.id)
+        .limit(1)
     )
-    after: tuple[datetime, int] | None = None
-    while True:
-        page_query = query.limit(_PAGE if skip_logged else 1)
-        if after is not None:
-            page_query = page_query.where(sa.tuple_(q.first_queued_at, q.id) > sa.tuple_(*after))
-        page = conn.execute(page_query).all()
-        if not skip_logged:
-            return page[0] if page else None
-        logged = _logged(conn, obj, (row.record_id for row in page))
-        for row in page:
-            if row.record_id not in logged:
-                return row
-        if len(page) < _PAGE:
-            return None
-        after = (page[-1].first_queued_at, page[-1].id)
+    return conn.execute(query).first()
 
 
 def groups(conn: Connection, direction: str | None = None, obj: str | None = None) -> list[Group]:
     """Pending entries per (object, direction, operation) with the oldest of each,
     counting the log's tail as folded. Several statements: ``conn`` must hold one
     snapshot (``read_transaction``, or a write transaction on SQLite)."""
+    with _plans_for_tail(conn):
+        return _groups(conn, direction, obj)
+
+
+def _groups(conn: Connection, direction: str | None, obj: str | None) -> list[Group]:
+    """``groups`` under the chosen plans."""
     counts: dict[tuple[str, str, str], int] = {}
     oldest: dict[tuple[str, str, str], datetime] = {}
 
@@ -239,7 +275,7 @@ def groups(conn: Connection, direction: str | None = None, obj: str | None = Non
         seek(q.record_id),
     )
     for o, d, op, n, first, record_id in conn.execute(query):
-        if d == _TO_CRM and o in in_tail and record_id in _logged(conn, o, [record_id]):
+        if d == _TO_CRM and o in in_tail and _logged(conn, o, [record_id]):
             entry = _oldest_entries(conn, o, d, op, skip_logged=True)
             first = None if entry is None else entry.first_queued_at
         add((o, d, op), int(n), first)
@@ -266,6 +302,12 @@ def oldest_records(conn: Connection, obj: str) -> list[Oldest]:
     """Per (direction, operation) of ``obj`` with a backlog: its oldest waiting record,
     from the queue or from the log's tail, whichever was queued first. ``conn`` holds
     one snapshot."""
+    with _plans_for_tail(conn):
+        return _oldest_records(conn, obj)
+
+
+def _oldest_records(conn: Connection, obj: str) -> list[Oldest]:
+    """``oldest_records`` under the chosen plans."""
     t = _object_tail(obj).subquery("tail")
     rank = sa.func.row_number().over(partition_by=t.c.after, order_by=(t.c.first_at, t.c.record_id))
     ranked = sa.select(t, rank.label("rank")).where(t.c.after.is_not(None)).subquery("ranked")
@@ -296,7 +338,8 @@ def _logged_any(conn: Connection, obj: str) -> bool:
 
 def tail_entries(conn: Connection, obj: str, limit: int) -> list[Any]:
     """The oldest ``limit`` records of ``obj`` in the log that the fold would queue:
-    ``record_id, after`` (the operation), ``crm_id``, ``label``, ``first_at``."""
+    ``record_id, after`` (the operation), ``crm_id``, ``label``, ``first_at`` and their
+    entry as it stands (``entry_*``, null without one)."""
     t = _object_tail(obj).subquery("tail")
     query = sa.select(t).where(t.c.after.is_not(None)).order_by(t.c.first_at, t.c.record_id)
     return list(conn.execute(query.limit(limit)))

@@ -330,11 +330,13 @@ def fold_pending(
     wait: bool = True,
     max_seconds: float | None = None,
     batch: int = FOLD_BATCH,
+    pause: float = 0.0,
 ) -> int:
     """Fold the log in batches until it is empty; returns how many changes were folded.
 
     ``wait=False`` returns at once if another process is folding (its fold does the
-    work); ``max_seconds`` stops after the batch that used the time up.
+    work); ``max_seconds`` stops after the batch that used the time up; ``pause`` waits
+    between batches (on SQLite, so that writers waiting for the lock get in).
     """
     if not has_changes(engine):
         return 0
@@ -353,6 +355,8 @@ def fold_pending(
         total += n
         if n < batch or (deadline is not None and time.monotonic() >= deadline):
             return total
+        if pause:
+            time.sleep(pause)
 
 
 def has_changes(conn_or_engine: Connection | Engine) -> bool:

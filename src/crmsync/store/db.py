@@ -220,17 +220,24 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
             conn.exec_driver_sql("PRAGMA query_only=ON")
             try:
                 yield conn
-            finally:
-                _writable_again(conn)
+            except BaseException:
+                _writable_again(conn, quietly=True)
+                raise
+            _writable_again(conn, quietly=False)
     finally:
         conn.close()
 
 
-def _writable_again(conn: Connection) -> None:
+def _writable_again(conn: Connection, *, quietly: bool) -> None:
     # The flag belongs to the pooled connection: one left on would refuse every later
-    # writer's statements, so a connection that cannot clear it is thrown away.
+    # writer's statements, so a connection that cannot clear it is thrown away (one
+    # already invalidated is thrown away anyway). ``quietly``: an error is already on
+    # its way out, and this one must not hide it.
+    if conn.invalidated:
+        return
     try:
         conn.exec_driver_sql("PRAGMA query_only=OFF")
     except Exception:
         conn.invalidate()
-        raise
+        if not quietly:
+            raise

@@ -36,8 +36,10 @@ SAMPLE_DAYS = 2
 HOUR = timedelta(hours=1)
 # How often long-running processes fold the capture log and the backlog counts.
 COMPACT_SECONDS = 5.0
-# How long one round of upkeep folds the capture log (the rest waits for the next).
+# How long one round of upkeep folds the capture log (the rest waits for the next), and
+# on SQLite how long it lets other writers in between two batches.
 FOLD_SECONDS = 1.0
+FOLD_PAUSE_SECONDS = 0.15
 # A fold of this many rows is followed by a vacuum of the counts (PostgreSQL).
 SHRINK_ROWS = 10_000
 
@@ -151,7 +153,10 @@ def compact_counts(engine: Engine) -> int:
     whole. On PostgreSQL, also vacuum the capture log once folding has left it many
     dead rows. Readers never fold: this is where a process without a worker (``crmsync
     serve``) keeps the log's unfolded tail short, and so the backlog's reads cheap."""
-    capture.fold_pending(engine, wait=False, max_seconds=FOLD_SECONDS)
+    # SQLite has one writer: a pause between batches lets the application's writers,
+    # waiting in their busy handler, in (it retries every 100 ms at most).
+    pause = FOLD_PAUSE_SECONDS if engine.dialect.name == "sqlite" else 0.0
+    capture.fold_pending(engine, wait=False, max_seconds=FOLD_SECONDS, pause=pause)
     with write_transaction(engine) as conn:
         folded = backlog_counts.compact(conn)
     if folded >= SHRINK_ROWS and engine.dialect.name == "postgresql":

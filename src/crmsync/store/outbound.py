@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -126,10 +126,29 @@ def load_parents(
     return parents
 
 
+def _entry(r: Any) -> Entry:
+    return Entry(
+        id=r.id,
+        object=r.object,
+        direction=r.direction,
+        record_key=r.record_key,
+        record_id=r.record_id,
+        crm_id=r.crm_id,
+        operation=r.operation,
+        label=r.label,
+        payload=r.payload,
+        version=r.version,
+        attempts=r.attempts,
+        first_queued_at=r.first_queued_at,
+        last_error_code=r.last_error_code,
+    )
+
+
 def waiting(conn: Connection, objects: Sequence[str], limit: int, now: datetime) -> list[Entry]:
     """Up to ``limit`` entries per object that a push would send: pending ``to_crm``
-    entries due by ``now``, oldest first, then the capture log's records as the fold
-    would queue them (``id`` 0: not in the queue yet). Reads only."""
+    entries due by ``now`` and not claimed, oldest first, as the fold would refresh
+    them, then the capture log's records the fold would make due: new entries (``id``
+    0), parked entries changed again, and entries that become deletes. Reads only."""
     q = sync_queue.c
     out: list[Entry] = []
     for obj in objects:
@@ -140,47 +159,38 @@ def waiting(conn: Connection, objects: Sequence[str], limit: int, now: datetime)
                 q.direction == Direction.TO_CRM.value,
                 q.state == EntryState.PENDING.value,
                 q.next_attempt_at <= now,
+                sa.or_(q.claimed_until.is_(None), q.claimed_until <= now),
             )
             .order_by(q.next_attempt_at, q.id)
             .limit(limit)
         ).all()
-        queued = {r.record_id for r in rows}
-        out += [
-            Entry(
-                id=r.id,
-                object=r.object,
-                direction=r.direction,
-                record_key=r.record_key,
-                record_id=r.record_id,
-                crm_id=r.crm_id,
-                operation=r.operation,
-                label=r.label,
-                payload=r.payload,
-                version=r.version,
-                attempts=r.attempts,
-                first_queued_at=r.first_queued_at,
-                last_error_code=r.last_error_code,
-            )
-            for r in rows
-        ]
+        listed = {r.record_id: len(out) + k for k, r in enumerate(rows)}
+        out += [_entry(r) for r in rows]
         for t in backlog.tail_entries(conn, obj, limit):
-            if t.record_id not in queued:
-                out.append(
-                    Entry(
-                        id=0,
-                        object=obj,
-                        direction=Direction.TO_CRM.value,
-                        record_key=str(t.record_id),
-                        record_id=t.record_id,
-                        crm_id=t.crm_id,
-                        operation=t.after,
-                        label=t.label,
-                        payload=None,
-                        version=0,
-                        attempts=0,
-                        first_queued_at=t.first_at,
-                    )
+            if t.record_id in listed:
+                # Due already; the fold only refreshes what it sends.
+                k = listed[t.record_id]
+                out[k] = replace(out[k], operation=t.after, crm_id=t.crm_id or out[k].crm_id)
+                continue
+            again = t.entry_state != EntryState.PENDING.value or t.after == "delete"
+            if t.entry_id is not None and not again:
+                continue  # the fold keeps its entry's schedule: not due yet
+            out.append(
+                Entry(
+                    id=t.entry_id or 0,
+                    object=obj,
+                    direction=Direction.TO_CRM.value,
+                    record_key=str(t.record_id),
+                    record_id=t.record_id,
+                    crm_id=t.crm_id,
+                    operation=t.after,
+                    label=t.label,
+                    payload=None,
+                    version=(t.entry_version or 0) + 1 if t.entry_id is not None else 0,
+                    attempts=0,
+                    first_queued_at=t.first_at,
                 )
+            )
     return out
 
 
