@@ -14,8 +14,8 @@ so the interleaving cannot happen there; the tests then check the plain answers.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -23,10 +23,11 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from crmsync.config import Settings
+from crmsync.dynamics.pages import ChangePage
 from crmsync.engine import changes as ch
-from crmsync.engine.apply import load_context
+from crmsync.engine.apply import Applier, load_context
 from crmsync.engine.load import known_ids
-from crmsync.engine.pull import load_known, vanished
+from crmsync.engine.pull import Puller, load_known, vanished
 from crmsync.store import capture, queue
 from crmsync.store.db import capture_suppressed, write_transaction
 from crmsync.store.schema import sync_queue
@@ -216,10 +217,6 @@ def test_a_page_read_before_a_pushed_delete_does_not_bring_the_record_back(
     deleted); then the first pull stages its page. The store no longer knows the id
     (row, entry and sync state are gone): it must remember crmsync deleted it, and the
     record must stay deleted on both sides, with nothing staged."""
-    from crmsync.dynamics.pages import ChangePage
-    from crmsync.engine.apply import Applier
-    from crmsync.engine.pull import Puller
-
     spec = settings.object_specs()["lead"]
     with write_transaction(engine) as conn, capture_suppressed(conn):
         lead_id = conn.execute(
