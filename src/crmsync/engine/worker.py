@@ -12,6 +12,8 @@ A paused ``from_crm`` direction stops an object's reads from Dynamics, not only 
 applies (``Puller.pull``); the saved delta link resumes them where they stopped. An
 object whose pull fails as a whole (Dynamics refuses to read its table) becomes that
 object's ``from_crm`` sync error, and the other objects go on.
+At start the worker refuses a store that is not upgraded and brings the capture
+triggers to the configured flows (``migrate.ensure_current``).
 On SIGINT/SIGTERM the loop stops claiming, lets in-flight batches finish and record
 their outcomes, and gives back any claim it still holds. A worker killed outright
 leaves claims that expire with their lease and are picked up by any other worker.
@@ -44,7 +46,7 @@ from crmsync.engine.push import Pusher
 from crmsync.engine.throttle import SharedThrottle
 from crmsync.errors import Fatal, RecordRejected, Retriable
 from crmsync.memory import release_free_memory
-from crmsync.store import capture, queue
+from crmsync.store import capture, migrate, queue
 from crmsync.store.db import write_transaction
 from crmsync.store.maintenance import COMPACT_SECONDS, compact_counts, maintain
 from crmsync.store.schema import sync_queue
@@ -276,6 +278,7 @@ class Worker:
             out = [self._lane("to_crm", once) for _ in range(self.concurrency)]
             return out + [self._lane("from_crm", once) for _ in range(self.apply_lanes)]
 
+        await asyncio.to_thread(self._prepare_store)
         # A throttle already in force when we start is honoured before the first send.
         await self.throttle.refresh()
         poll = asyncio.create_task(self.throttle.run())
@@ -293,6 +296,16 @@ class Worker:
             released = await asyncio.to_thread(queue.release, self.engine, self.id)
             if released:
                 log.info("released claims", extra={"event": "worker.release", "entries": released})
+
+    def _prepare_store(self) -> None:
+        """Refuse a store that is not upgraded; bring the capture triggers to the
+        configured flows (``migrate.ensure_current``)."""
+        captured = migrate.ensure_current(self.engine, self.settings.object_specs().values())
+        if captured is not None:
+            log.warning(
+                "capture triggers brought to the configured flows",
+                extra={"event": "worker.triggers_installed", "objects": captured},
+            )
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()

@@ -43,8 +43,9 @@ Updates that change none of the pushed columns are not captured, and neither is 
 write made while capture is suppressed (``db.suppress_capture``).
 
 Triggers are generated from the object registry, so making an object two-way in
-configuration needs no code: ``install_triggers`` (run by ``crmsync db upgrade`` and at
-worker start) drops and recreates them to match.
+configuration needs no code: ``install_triggers`` (run by ``crmsync db upgrade``) drops
+and recreates them to match, and ``ensure_triggers`` (run when a worker or ``serve``
+starts, via ``migrate.ensure_current``) does so only if the installed ones differ.
 """
 
 from __future__ import annotations
@@ -212,6 +213,72 @@ def install_triggers(conn: Connection, specs: Iterable[ObjectSpec]) -> list[str]
             conn.execute(text(ddl))
         captured.append(spec.name)
     return captured
+
+
+# pg_advisory_xact_lock's key for bringing the triggers to the registry: "crmsync trig".
+TRIGGER_LOCK = 0x63726D73_74726967
+
+
+def expected_triggers(dialect: str, specs: Iterable[ObjectSpec]) -> dict[str, str]:
+    """Trigger (SQLite) or trigger function (PostgreSQL) name -> the text the database
+    keeps for it (SQLite's ``sqlite_master.sql``, PostgreSQL's ``pg_proc.prosrc``), for
+    the registry's pushed objects; objects that do not push have none."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        if not spec.flow.pushes:
+            continue
+        if dialect == "sqlite":
+            texts = sqlite_ddl(spec)
+        else:  # each function's body, between its $fn$ quotes
+            texts = [ddl.split("$fn$")[1] for ddl in postgres_ddl(spec)[::2]]
+        for op, kept in zip(OPS, texts, strict=True):
+            out[f"{PREFIX}{spec.table}_{op}"] = kept
+    return out
+
+
+def installed_triggers(conn: Connection) -> dict[str, str]:
+    """The capture triggers as the database holds them, shaped as ``expected_triggers``.
+
+    On PostgreSQL a trigger function counts only while its trigger exists."""
+    like = PREFIX.replace("_", "\\_") + "%"
+    if conn.dialect.name == "sqlite":
+        rows = conn.execute(
+            text(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
+                f" AND name LIKE '{like}' ESCAPE '\\'"
+            )
+        )
+    else:
+        rows = conn.execute(
+            text(
+                "SELECT p.proname, p.prosrc FROM pg_proc AS p"
+                " JOIN pg_trigger AS t ON t.tgfoid = p.oid AND t.tgname = p.proname"
+                f" WHERE p.proname LIKE '{like}' AND NOT t.tgisinternal"
+            )
+        )
+    return {str(name): str(body) for name, body in rows}
+
+
+def ensure_triggers(engine: Engine, specs: Iterable[ObjectSpec]) -> list[str] | None:
+    """Bring the capture triggers to the registry's flows if they differ; returns the
+    captured objects when it (re)installed them, None when they already matched.
+
+    Reading first keeps the usual start free of DDL (dropping a trigger locks its table
+    against every writer). Installing is one transaction; several processes starting
+    at once take turns (PostgreSQL: an advisory lock; SQLite: its single writer) and
+    look again under it, so the triggers are installed once and never seen half done.
+    """
+    specs = list(specs)
+    expected = expected_triggers(engine.dialect.name, specs)
+    with engine.connect() as conn:
+        if installed_triggers(conn) == expected:
+            return None
+    with write_transaction(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": TRIGGER_LOCK})
+        if installed_triggers(conn) == expected:
+            return None
+        return install_triggers(conn, specs)
 
 
 # --- the fold -----------------------------------------------------------------------------
