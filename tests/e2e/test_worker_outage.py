@@ -146,3 +146,33 @@ def test_a_worker_rides_out_a_store_outage_and_syncs_afterwards(
     events = [getattr(r, "event", None) for r in caplog.records]
     assert events.count("worker.store_unavailable") == 1
     assert events.count("worker.store_available") == 1
+
+
+def test_worker_once_rides_out_a_store_outage_during_its_pull(
+    sync_settings: Settings, store: sa.Engine, flaky: FlakyStore
+) -> None:
+    """``worker --once``: the store goes away as the pull reads its first delta link;
+    the pull starts again when it is back, and the run drains as usual."""
+    insert_lead(store, "once@example.com")
+    hit = False
+
+    @event.listens_for(flaky.engine, "before_cursor_execute")
+    def _at_pull(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        nonlocal hit
+        if "sync_cursor" in statement and not hit:
+            hit = True
+            flaky.go_down()
+            raise flaky.dbapi.OperationalError("server closed the connection unexpectedly")
+
+    async def scenario() -> None:
+        async with DataverseClient.from_settings(sync_settings) as client:
+            worker = Worker(flaky.engine, client, sync_settings, concurrency=2)
+            task = asyncio.create_task(worker.run(once=True))
+            await until(lambda: flaky.down)
+            await asyncio.sleep(1.5)
+            assert not task.done(), "the worker exited"
+            flaky.down = False
+            await asyncio.wait_for(task, 60)
+
+    asyncio.run(scenario())
+    assert synced(store, "once@example.com")()

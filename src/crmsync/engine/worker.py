@@ -242,6 +242,20 @@ class Worker:
             staged += await self._pull_object(obj)
         return staged
 
+    async def _pull_once_through_outages(self) -> None:
+        """``pull_once``, again from the start for as long as the store is unavailable
+        (staging is idempotent: a page staged twice duplicates nothing)."""
+        while not self.stopping.is_set():
+            try:
+                await self.pull_once()
+            except Exception as exc:
+                if not store_unavailable(exc):
+                    raise
+                await self._wait(self.outage.failed(exc, "worker.pull_failed"))
+                continue
+            self.outage.answered()
+            return
+
     async def _pull_object(self, obj: str) -> int:
         attempts = 0
         while True:
@@ -345,7 +359,7 @@ class Worker:
         poll = asyncio.create_task(self.throttle.run())
         try:
             if once:
-                await self.pull_once()
+                await self._pull_once_through_outages()
                 await asyncio.gather(*lanes())
             else:
                 await asyncio.gather(self._pull_loop(), *lanes())
