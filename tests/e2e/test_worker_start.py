@@ -111,3 +111,24 @@ def test_a_store_not_upgraded_is_refused_in_one_line(tmp_path: Path) -> None:
         engine.dispose()
     message = str(info.value)
     assert "\n" not in message and "crmsync db upgrade" in message
+
+
+def test_serve_starts_on_a_store_not_upgraded_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``serve`` keeps starting on a store that is not upgraded (its health checks say
+    so); the trigger check only logs why it could not run."""
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    engine = create_store_engine(url)
+
+    async def serving() -> None:
+        app = create_app(load_settings(database_url=url), engine=engine)
+        async with app.router.lifespan_context(app):
+            pass
+
+    try:
+        asyncio.run(serving())
+    finally:
+        engine.dispose()
+    events = [getattr(r, "event", None) for r in caplog.records]
+    assert events.count("store.triggers_unchecked") == 1

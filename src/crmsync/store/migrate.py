@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from crmsync.domain import ObjectSpec
 from crmsync.errors import Fatal
@@ -17,6 +19,8 @@ from crmsync.store.capture import ensure_triggers, install_triggers
 from crmsync.store.db import write_transaction
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+log = logging.getLogger(__name__)
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -61,3 +65,20 @@ def ensure_current(engine: Engine, specs: Iterable[ObjectSpec]) -> list[str] | N
             " run `crmsync db upgrade`"
         )
     return ensure_triggers(engine, specs)
+
+
+def ensure_current_if_reachable(engine: Engine, specs: Iterable[ObjectSpec]) -> None:
+    """``ensure_current`` for ``serve``, which also starts on a store that is down or not
+    upgraded yet (its health checks say so): then it only logs why, once, and the
+    workers, which refuse or wait, bring the triggers to the configured flows."""
+    try:
+        ensure_current(engine, specs)
+    except (SQLAlchemyError, StoreNotUpgraded) as exc:
+        text = str(exc).strip()
+        log.warning(
+            "capture triggers not checked",
+            extra={
+                "event": "store.triggers_unchecked",
+                "error": text.splitlines()[0][:300] if text else type(exc).__name__,
+            },
+        )

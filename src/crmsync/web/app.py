@@ -45,7 +45,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Capture triggers at the configured flows before the records API writes.
-        await asyncio.to_thread(migrate.ensure_current, store, app.state.specs.values())
+        await asyncio.to_thread(
+            migrate.ensure_current_if_reachable, store, app.state.specs.values()
+        )
         # Refuse sessions other processes logged out before serving anything.
         await health.refresh_revoked_sessions(app)
         upkeep = asyncio.create_task(health.ops_loop(app))
