@@ -123,10 +123,11 @@ class StoreOutage:
         self.down_since: float | None = None
         self.failures = 0
 
-    def failed(self, exc: BaseException, event: str) -> float:
-        """Note a failure; returns how long the caller waits before trying again."""
+    def failed(self, exc: BaseException, event: str, **extra: Any) -> float:
+        """Note a failure; returns how long the caller waits before trying again.
+        ``event`` (and ``extra``) name what failed, in the log of any other failure."""
         if not store_unavailable(exc):
-            log.exception("store work failed", extra={"event": event}, exc_info=exc)
+            log.exception("%s", event, extra={"event": event, **extra}, exc_info=exc)
             return IDLE_SECONDS
         self.failures += 1
         if self.down_since is None:
@@ -206,7 +207,9 @@ class Worker:
             except Fatal:
                 raise
             except Exception as exc:
-                await self._wait(self.outage.failed(exc, f"worker.batch_failed.{direction}"))
+                await self._wait(
+                    self.outage.failed(exc, "worker.batch_failed", direction=direction)
+                )
                 continue
             wait = IDLE_SECONDS
             if due is not None:
