@@ -105,8 +105,13 @@ def next_due(engine: Engine, direction: str, objects: list[str], worker: str) ->
 
 def store_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` says the store cannot be reached or used right now (a restart, a
-    refused or dropped connection, a lock timeout), rather than a fault of ours."""
-    return isinstance(exc, sa.exc.DBAPIError)
+    refused or dropped connection, a lock timeout), rather than a fault of ours (a
+    refused statement, an integrity error: logged with their traceback every time)."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    return exc.connection_invalidated or isinstance(
+        exc, sa.exc.OperationalError | sa.exc.InterfaceError
+    )
 
 
 class StoreOutage:
