@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -22,10 +23,11 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from crmsync.config import Settings
+from crmsync.dynamics.pages import ChangePage
 from crmsync.engine import changes as ch
-from crmsync.engine.apply import load_context
+from crmsync.engine.apply import Applier, load_context
 from crmsync.engine.load import known_ids
-from crmsync.engine.pull import load_known, vanished
+from crmsync.engine.pull import Puller, load_known, vanished
 from crmsync.store import capture, queue
 from crmsync.store.db import capture_suppressed, write_transaction
 from crmsync.store.schema import sync_queue
@@ -195,3 +197,91 @@ def test_a_local_change_still_in_the_capture_log_is_a_push_to_apply(
         folded = load_context(conn, settings.object_specs(), [entry], utcnow())
     again = folded.pushes[("lead", lead_id)]
     assert (again.claimed, again.changed_at, again.logged_up_to) == (False, push.changed_at, None)
+
+
+OWN_USER = "0a0a0a0a-0000-4000-8000-000000000001"
+SOMEONE = "0b0b0b0b-0000-4000-8000-000000000002"
+
+
+@pytest.mark.parametrize(
+    ("modified_by", "force"),
+    [(OWN_USER, False), (SOMEONE, False), (SOMEONE, True)],
+    ids=["own-echo", "their-change", "refetch"],
+)
+def test_a_page_read_before_a_pushed_delete_does_not_bring_the_record_back(
+    engine: sa.Engine, settings: Settings, modified_by: str, force: bool
+) -> None:
+    """Issue 16 item 1. A pull reads a page holding a synced lead (crmsync's own echo,
+    someone's change, or a refetch after a 412); meanwhile the application deletes the
+    lead and another worker pushes the delete and pulls past it (Dynamics reports it
+    deleted); then the first pull stages its page. The store no longer knows the id
+    (row, entry and sync state are gone): it must remember crmsync deleted it, and the
+    record must stay deleted on both sides, with nothing staged."""
+    spec = settings.object_specs()["lead"]
+    with write_transaction(engine) as conn, capture_suppressed(conn):
+        lead_id = conn.execute(
+            sa.text("INSERT INTO lead (email, crm_id) VALUES ('e@example.com', :c) RETURNING id"),
+            {"c": CRM_ID},
+        ).scalar_one()
+        conn.execute(
+            sa.text(
+                "INSERT INTO sync_record (object, record_id, crm_id, crm_version,"
+                " last_synced_at, synced_values) VALUES ('lead', :i, :c, 5, :t, '{}')"
+            ),
+            {"i": lead_id, "c": CRM_ID, "t": "2026-01-01 00:00:00.000000"},
+        )
+    # The first pull's page, read from Dynamics before the delete.
+    row = {a: None for a in ch.pulled_fields(spec).values()}
+    row.update(
+        {
+            spec.primary_key: CRM_ID,
+            spec.fields["email"]: "e@example.com",
+            ch.MODIFIED_BY: modified_by,
+            ch.VERSION: 6,
+            ch.MODIFIED_ON: "2026-01-02T00:00:00Z",
+        }
+    )
+    page = ChangePage(rows=[row], deleted_ids=[])
+
+    # Meanwhile: the application deletes the lead, another worker pushes the delete...
+    with write_transaction(engine) as conn:
+        conn.execute(sa.text("DELETE FROM lead WHERE id = :i"), {"i": lead_id})
+    capture.fold_pending(engine)
+    claimed = queue.claim(engine, "other", "to_crm", ["lead"], 10, timedelta(seconds=60))
+    assert [(e.operation, e.crm_id) for e in claimed] == [("delete", CRM_ID)]
+    queue.record(engine, queue.Outcome(done=[queue.Done(claimed[0], crm_id=CRM_ID)]))
+    # ... and pulls past it: Dynamics reports the lead deleted (nothing to stage).
+    other = Puller(engine, None, settings)  # type: ignore[arg-type]  # staging needs no client
+    other.own_user = OWN_USER
+    assert (
+        other._stage_page(spec, ChangePage(rows=[], deleted_ids=[CRM_ID]), None, None, utcnow())
+        == 0
+    )
+
+    # Then the first pull stages its page.
+    first = Puller(engine, None, settings)  # type: ignore[arg-type]
+    first.own_user = OWN_USER
+    staged = first._stage_page(spec, page, None, None, utcnow(), force=force)
+    Applier(engine, settings, "first").apply_batch_sync()
+
+    with engine.connect() as conn:
+        leads = conn.execute(sa.text("SELECT count(*) FROM lead")).scalar_one()
+        entries = conn.execute(sa.select(sync_queue.c.direction, sync_queue.c.state)).all()
+    assert (staged, leads, entries) == (0, 0, [])
+
+
+def test_a_full_read_page_from_before_a_pushed_delete_does_not_insert_it(
+    engine: sa.Engine, settings: Settings
+) -> None:
+    """The same interleaving for an initial load or reconciliation: a record crmsync
+    deleted is known to the full read (``known_ids``), not a new record."""
+    with write_transaction(engine) as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO sync_tombstone (object, crm_id, deleted_at) VALUES ('lead', :c, :t)"
+            ),
+            {"c": CRM_ID, "t": "2026-01-01 00:00:00.000000"},
+        )
+    with engine.connect() as conn:
+        known_now, _ = known_ids(conn, settings.object_specs()["lead"], [CRM_ID])
+    assert known_now == {CRM_ID}

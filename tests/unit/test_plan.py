@@ -7,12 +7,24 @@ from datetime import UTC, datetime, timedelta
 
 from crmsync.domain import default_objects
 from crmsync.engine import retry
-from crmsync.engine.plan import MISSING_REFERENCE, Defer, Park, Send, Skip, plan_entry
+from crmsync.engine.plan import (
+    INVALID_CRM_ID,
+    MISSING_REFERENCE,
+    Defer,
+    Park,
+    Send,
+    Skip,
+    plan_entry,
+)
 from crmsync.store.outbound import Parent
 from crmsync.store.queue import Entry, bucket_start
 
 NOW = datetime(2026, 11, 25, 13, 7, 30, tzinfo=UTC)
 SPECS = default_objects()
+SAVED = "5f0e8c1a-1d2b-4c3d-8e9f-0a1b2c3d4e51"
+G = "5f0e8c1a-1d2b-4c3d-8e9f-0a1b2c3d4e52"
+C1 = "5f0e8c1a-1d2b-4c3d-8e9f-0a1b2c3d4e53"
+ACC = "5f0e8c1a-1d2b-4c3d-8e9f-0a1b2c3d4e54"
 
 
 def entry(op: str, obj: str = "lead", crm_id: str | None = None, record_id: int = 1) -> Entry:
@@ -48,18 +60,18 @@ def test_insert_is_an_upsert_under_a_chosen_id_with_duplicate_detection() -> Non
 
 def test_retried_insert_reuses_the_saved_id() -> None:
     step = plan_entry(
-        entry("insert", crm_id="saved"),
+        entry("insert", crm_id=SAVED),
         SPECS["lead"],
         LEAD,
         {},
         detect_duplicates=False,
         new_id="new",
     )
-    assert isinstance(step, Send) and step.write.record_id == "saved"
+    assert isinstance(step, Send) and step.write.record_id == SAVED
 
 
 def test_update_is_update_only_and_delete_needs_an_id() -> None:
-    row = {**LEAD, "crm_id": "g"}
+    row = {**LEAD, "crm_id": G}
     step = plan_entry(entry("update"), SPECS["lead"], row, {}, detect_duplicates=True)
     assert isinstance(step, Send)
     assert (step.write.op, step.write.if_match, step.write.detect_duplicates) == (
@@ -67,8 +79,8 @@ def test_update_is_update_only_and_delete_needs_an_id() -> None:
         "*",
         False,
     )
-    gone = plan_entry(entry("delete", crm_id="g"), SPECS["lead"], None, {}, detect_duplicates=True)
-    assert isinstance(gone, Send) and gone.write.op == "delete" and gone.write.record_id == "g"
+    gone = plan_entry(entry("delete", crm_id=G), SPECS["lead"], None, {}, detect_duplicates=True)
+    assert isinstance(gone, Send) and gone.write.op == "delete" and gone.write.record_id == G
     assert isinstance(
         plan_entry(entry("delete"), SPECS["lead"], None, {}, detect_duplicates=True), Skip
     )
@@ -94,12 +106,12 @@ def test_contact_lookup_binds_waits_or_parks() -> None:
         e,
         SPECS["contact"],
         contact,
-        {("account", 7): Parent("acc-guid", False, "accounts")},
+        {("account", 7): Parent(ACC, False, "accounts")},
         detect_duplicates=False,
     )
     assert isinstance(bound, Send)
     assert bound.write.body is not None
-    assert bound.write.body["parentcustomerid_account@odata.bind"] == "/accounts(acc-guid)"
+    assert bound.write.body["parentcustomerid_account@odata.bind"] == f"/accounts({ACC})"
     waiting = plan_entry(
         e,
         SPECS["contact"],
@@ -146,9 +158,9 @@ def test_buckets_are_quarter_hours() -> None:
 def test_an_excluded_record_is_skipped_whatever_the_operation() -> None:
     for op in ("insert", "update", "delete"):
         step = plan_entry(
-            entry(op, crm_id="c-1"),
+            entry(op, crm_id=C1),
             SPECS["lead"],
-            {**LEAD, "crm_id": "c-1"},
+            {**LEAD, "crm_id": C1},
             {},
             detect_duplicates=True,
             etag='W/"5"',
@@ -156,10 +168,35 @@ def test_an_excluded_record_is_skipped_whatever_the_operation() -> None:
         )
         assert isinstance(step, Skip) and step.excluded
     sent = plan_entry(
-        entry("update", crm_id="c-1"),
+        entry("update", crm_id=C1),
         SPECS["lead"],
-        {**LEAD, "crm_id": "c-1"},
+        {**LEAD, "crm_id": C1},
         {},
         detect_duplicates=True,
     )
     assert isinstance(sent, Send)
+
+
+BAD = "<svg onload=alert(3)>"
+
+
+def test_a_crm_id_that_is_not_a_guid_is_parked_and_never_sent() -> None:
+    """Issue 16 item 7: any program may write a local row's ``crm_id``; one that is not
+    a Dynamics id must never reach a URL (crmsync sent ``PATCH leads(<svg ...>)``)."""
+    cases = [
+        (entry("update", crm_id=BAD), SPECS["lead"], {**LEAD, "crm_id": BAD}, {}),
+        (entry("insert", crm_id=BAD), SPECS["lead"], LEAD, {}),
+        (entry("delete", crm_id=BAD), SPECS["lead"], None, {}),
+        (entry("update", crm_id="1234"), SPECS["lead"], {**LEAD, "crm_id": "1234"}, {}),
+        (
+            entry("insert", "contact"),
+            SPECS["contact"],
+            {"id": 1, "crm_id": None, "email": "c@x", "last_name": "C", "account_id": 7},
+            {("account", 7): Parent(f"{ACC}) or (1", False, "accounts")},
+        ),
+    ]
+    for e, spec, row, parents in cases:
+        step = plan_entry(e, spec, row, parents, detect_duplicates=False, new_id=SAVED)
+        assert isinstance(step, Park), (e.operation, step)
+        assert step.code == INVALID_CRM_ID
+        assert "is not a Dynamics id" in step.message and "crm_id" in step.message

@@ -84,6 +84,18 @@ def test_what_gets_staged() -> None:
     assert stage(LEAD, excluded, ch.Known(1, {}, 1), {}, ME) is None
 
 
+def test_an_unknown_record_is_inserted_only_if_crmsync_neither_wrote_nor_deleted_it() -> None:
+    """Issue 16 item 1: a record the store does not know that crmsync wrote (its local
+    row deleted since the page was read) or deleted (a tombstone) is never inserted,
+    even when the own-write check is off (a refetch passes no user)."""
+    theirs = ch.read_row(LEAD, lead_row(), None)
+    own = ch.read_row(LEAD, lead_row(_modifiedby_value=ME), None)
+    assert ch.stage_operation(LEAD, own, None, {}, ME) is None
+    assert ch.stage_operation(LEAD, theirs, None, {}, ME, buried=True) is None
+    assert ch.stage_operation(LEAD, theirs, None, {}, None, buried=True) is None
+    assert ch.stage_operation(LEAD, theirs, None, {}, ME) == "insert"
+
+
 def test_deletions_only_of_records_the_store_has() -> None:
     gone = ch.deleted("AAAAAAAA-0000-0000-0000-000000000001")
     assert ch.stage_operation(LEAD, gone, None, {}, ME) is None

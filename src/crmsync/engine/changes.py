@@ -12,7 +12,9 @@ user modified it: the echo of a push), for one already synced (its version is no
 than the last synced one, or its values equal the values both sides agreed on), for a
 record the sync filter excludes (nor for the deletion of one it excluded earlier), or
 for a record whose local deletion is on its way. A record the filter includes again is
-always staged.
+always staged. A record the store does not know is inserted only if it is neither
+crmsync's own write nor a record crmsync deleted (``buried``: a page read before the
+delete and staged after it), so no echo ever brings a deleted record back.
 """
 
 from __future__ import annotations
@@ -208,8 +210,12 @@ def stage_operation(
     known: Known | None,
     parents: Mapping[tuple[str, str], int],
     own_user: str | None,
+    *,
+    buried: bool = False,
 ) -> str | None:
-    """The operation to stage for ``change``, or None when there is nothing to apply."""
+    """The operation to stage for ``change``, or None when there is nothing to apply.
+
+    ``buried``: crmsync deleted this record (``sync_tombstone``)."""
     if change.deleted:
         if known is None or known.local_delete_pending or known.marked_deleted:
             return None
@@ -222,7 +228,10 @@ def stage_operation(
         return None
     if known is None:
         # Not known locally under this id, not even as a push in flight (whose chosen
-        # id the caller matched): a new record.
+        # id the caller matched): a new record, unless crmsync wrote it (its local row
+        # was deleted since) or deleted it.
+        if buried or (own_user is not None and change.modified_by == own_user):
+            return None
         return "insert"
     if known.local_delete_pending:
         return None

@@ -42,7 +42,7 @@ from crmsync.domain import ObjectSpec
 from crmsync.engine import changes as ch
 from crmsync.store import queue
 from crmsync.store.db import capture_suppressed
-from crmsync.store.schema import LOCAL_TABLES, sync_change, sync_queue
+from crmsync.store.schema import LOCAL_TABLES, sync_change, sync_queue, sync_tombstone
 
 # Rows per INSERT statement: enough that a statement's own cost vanishes, few enough
 # that its text stays small and its prepared form is reused page after page.
@@ -108,6 +108,13 @@ def known_ids(
         )
     )
     known.update(str(i).lower() for (i,) in pushes)
+    # A record crmsync deleted is known too (read last: a delete pushed meanwhile moves
+    # from the queue to its tombstone), so a page read before it is not inserted again.
+    t = sync_tombstone.c
+    buried = conn.execute(
+        sa.select(t.crm_id).where(t.object == spec.name, id_in(conn, t.crm_id, crm_ids))
+    )
+    known.update(str(i).lower() for (i,) in buried)
     return known, synced
 
 

@@ -4,6 +4,11 @@ The plan says, for each claimed entry, what to do: send a write to Dynamics, def
 (a parent record is not in Dynamics yet but is on its way), park it (it can never be
 sent as it is), or finish it without sending (nothing left to do). The same plan can be
 logged, dry-run or shown; the executor only carries it out.
+
+Every Dynamics id the plan puts into a URL (the record's own, a parent's in
+``@odata.bind``) is a GUID: a ``crm_id`` read from a local table that is not one (any
+program may write that column) parks the entry as ``crmsync.invalid_crm_id``, a visible
+sync error, and nothing is sent.
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
-from crmsync.domain import ObjectSpec
+from crmsync.domain import GUID_RE, ObjectSpec
 from crmsync.dynamics.writes import Write
 from crmsync.store.outbound import Parent
 from crmsync.store.queue import Entry
 
 MISSING_REFERENCE = "crmsync.missing_reference"
 RECORD_GONE = "crmsync.record_gone"
+INVALID_CRM_ID = "crmsync.invalid_crm_id"
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,21 @@ def body_for(
     return body, None, values
 
 
+def is_dynamics_id(value: object) -> bool:
+    return isinstance(value, str) and GUID_RE.fullmatch(value) is not None
+
+
+def _invalid_id(entry: Entry, whose: str, crm_id: object) -> Park:
+    shown = repr(crm_id) if len(repr(crm_id)) <= 80 else repr(crm_id)[:77] + "..."
+    return Park(
+        entry,
+        INVALID_CRM_ID,
+        f"{whose} crm_id {shown} is not a Dynamics id (a GUID such as"
+        " 00000000-0000-0000-0000-000000000000): nothing was sent; set the row's crm_id"
+        " to the record's Dynamics id, then retry",
+    )
+
+
 def plan_entry(
     entry: Entry,
     spec: ObjectSpec,
@@ -104,13 +125,29 @@ def plan_entry(
     """
     if excluded:
         return Skip(entry, excluded=True)
+    label = f"{spec.name} {entry.record_id}:"
     if entry.operation == "delete":
         if entry.crm_id is None:
             return Skip(entry)
+        if not is_dynamics_id(entry.crm_id):
+            return _invalid_id(entry, f"{label} the deleted row's", entry.crm_id)
         return Send(entry, Write("delete", spec.entity_set, entry.crm_id), entry.crm_id, {})
     if row is None:
         # Deleted after the entry was claimed; the delete trigger has queued what is due.
         return Skip(entry)
+    for own in (row.get("crm_id"), entry.crm_id):
+        if own is not None and not is_dynamics_id(own):
+            return _invalid_id(entry, f"{label} the row's", own)
+    for lookup in spec.lookups:
+        target_id = row.get(lookup.column)
+        parent = parents.get((lookup.target, int(target_id))) if target_id is not None else None
+        if (
+            spec.flow_for(lookup.column).pushes
+            and parent is not None
+            and parent.crm_id is not None
+            and not is_dynamics_id(parent.crm_id)
+        ):
+            return _invalid_id(entry, f"{label} its {lookup.target} {target_id}'s", parent.crm_id)
     body, blocked_by, values = body_for(spec, row, parents)
     if blocked_by is not None:
         target, target_id = blocked_by.split(" ", 1)

@@ -46,7 +46,14 @@ from crmsync.errors import CrmsyncError, RecordRejected
 from crmsync.store import queue
 from crmsync.store.capture import LABEL_MAX
 from crmsync.store.db import write_transaction
-from crmsync.store.schema import LOCAL_TABLES, sync_change, sync_cursor, sync_queue, sync_record
+from crmsync.store.schema import (
+    LOCAL_TABLES,
+    sync_change,
+    sync_cursor,
+    sync_queue,
+    sync_record,
+    sync_tombstone,
+)
 from crmsync.store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -143,6 +150,20 @@ def load_known(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> di
             excluded=bool(state.excluded),  # None without sync state (outer join)
         )
     return known
+
+
+def load_buried(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> set[str]:
+    """The Dynamics ids among ``crm_ids`` of records crmsync deleted (``sync_tombstone``).
+
+    Read after ``load_known`` in the same transaction: a delete committed between the
+    two reads left a tombstone, so a record is known, buried, or truly new."""
+    if not crm_ids:
+        return set()
+    t = sync_tombstone.c
+    found = conn.execute(
+        sa.select(t.crm_id).where(t.object == spec.name, load.id_in(conn, t.crm_id, crm_ids))
+    ).scalars()
+    return {str(c).lower() for c in found}
 
 
 def _logged_deletes(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> sa.Select[Any]:
@@ -472,13 +493,21 @@ class Puller:
             found = ch.read_rows(spec, loaded.rest, filter_field)
             found += [ch.deleted(i) for i in page.deleted_ids]
             known = load_known(conn, spec, [c.crm_id for c in found])
+            buried = load_buried(conn, spec, [c.crm_id for c in found if c.crm_id not in known])
             parents = load_parents(conn, self.specs, spec, found)
             excluded: dict[str, ch.Known] = {}
             for change in found:
                 k = known.get(change.crm_id)
                 if change.excluded and k is not None:
                     excluded[change.crm_id] = k
-                op = ch.stage_operation(spec, change, k, parents, None if force else self.own_user)
+                op = ch.stage_operation(
+                    spec,
+                    change,
+                    k,
+                    parents,
+                    None if force else self.own_user,
+                    buried=change.crm_id in buried,
+                )
                 if (
                     op is None
                     and force

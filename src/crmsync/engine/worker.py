@@ -12,6 +12,10 @@ A paused ``from_crm`` direction stops an object's reads from Dynamics, not only 
 applies (``Puller.pull``); the saved delta link resumes them where they stopped. An
 object whose pull fails as a whole (Dynamics refuses to read its table) becomes that
 object's ``from_crm`` sync error, and the other objects go on.
+At start the worker refuses a store that is not upgraded and brings the capture
+triggers to the configured flows (``migrate.ensure_current``). A store that cannot be
+reached, at start or later, is waited for with backoff and logged once (``StoreOutage``):
+the worker rides out an outage of any length.
 On SIGINT/SIGTERM the loop stops claiming, lets in-flight batches finish and record
 their outcomes, and gives back any claim it still holds. A worker killed outright
 leaves claims that expire with their lease and are picked up by any other worker.
@@ -44,7 +48,7 @@ from crmsync.engine.push import Pusher
 from crmsync.engine.throttle import SharedThrottle
 from crmsync.errors import Fatal, RecordRejected, Retriable
 from crmsync.memory import release_free_memory
-from crmsync.store import capture, queue
+from crmsync.store import capture, migrate, queue
 from crmsync.store.db import write_transaction
 from crmsync.store.maintenance import COMPACT_SECONDS, compact_counts, maintain
 from crmsync.store.schema import sync_queue
@@ -99,6 +103,64 @@ def next_due(engine: Engine, direction: str, objects: list[str], worker: str) ->
         ).scalar()
 
 
+def store_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store cannot be reached or used right now (a restart, a
+    refused or dropped connection, a lock timeout), rather than a fault of ours (a
+    refused statement, an integrity error: logged with their traceback every time)."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    return exc.connection_invalidated or isinstance(
+        exc, sa.exc.OperationalError | sa.exc.InterfaceError
+    )
+
+
+class StoreOutage:
+    """Backoff and logging for a store that stops answering, shared by a worker's lanes.
+
+    An outage is logged once when it begins (``worker.store_unavailable``, with the
+    driver's first line) and once when the store answers again
+    (``worker.store_available``); meanwhile each failing caller waits a backoff that
+    doubles from ``IDLE_SECONDS`` to ``MAX_WAIT_SECONDS``. Any other failure is logged
+    each time with its traceback, and waits ``IDLE_SECONDS``.
+    """
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+        self.failures = 0
+
+    def failed(self, exc: BaseException, event: str, **extra: Any) -> float:
+        """Note a failure; returns how long the caller waits before trying again.
+        ``event`` (and ``extra``) name what failed, in the log of any other failure."""
+        if not store_unavailable(exc):
+            log.exception("%s", event, extra={"event": event, **extra}, exc_info=exc)
+            return IDLE_SECONDS
+        self.failures += 1
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            # The driver's first line says what is wrong; the rest may quote statements.
+            text = str(getattr(exc, "orig", None) or exc).strip()
+            log.warning(
+                "store unavailable; waiting for it",
+                extra={
+                    "event": "worker.store_unavailable",
+                    "error": text.splitlines()[0][:300] if text else type(exc).__name__,
+                },
+            )
+        return float(min(MAX_WAIT_SECONDS, IDLE_SECONDS * 2.0 ** min(self.failures - 1, 10)))
+
+    def answered(self) -> None:
+        if self.down_since is None:
+            return
+        log.warning(
+            "store available again",
+            extra={
+                "event": "worker.store_available",
+                "seconds": round(time.monotonic() - self.down_since, 1),
+            },
+        )
+        self.down_since, self.failures = None, 0
+
+
 class Worker:
     def __init__(
         self,
@@ -122,6 +184,7 @@ class Worker:
         # SQLite has one writer: more than one apply lane there only queues for the lock.
         self.apply_lanes = 1 if engine.dialect.name == "sqlite" else max(1, concurrency // 2)
         self.stopping = asyncio.Event()
+        self.outage = StoreOutage()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -134,28 +197,34 @@ class Worker:
         if not objects:
             return
         while not self.stopping.is_set():
+            # Everything that reads the store is inside the try: a store that goes away
+            # (a restart, a dropped connection, a lock timeout) must not end the worker.
+            # The batch's claims expire with their lease and are sent again.
             try:
                 handled = await step()
+                if handled:
+                    self.outage.answered()
+                    continue
+                due = await asyncio.to_thread(next_due, self.engine, direction, objects, self.id)
+                self.outage.answered()
+                if due is None and drain and not await self._may_get_more(direction):
+                    return
             except Fatal:
                 raise
-            except Exception:
-                # A store hiccup (a lock timeout, a dropped connection) must not end the
-                # worker: the batch's claims expire with their lease and are sent again.
-                log.exception(
-                    "batch failed", extra={"event": "worker.batch_failed", "direction": direction}
+            except Exception as exc:
+                await self._wait(
+                    self.outage.failed(exc, "worker.batch_failed", direction=direction)
                 )
-                await asyncio.sleep(IDLE_SECONDS)
                 continue
-            if handled:
-                continue
-            due = await asyncio.to_thread(next_due, self.engine, direction, objects, self.id)
-            if due is None and drain and not await self._may_get_more(direction):
-                return
             wait = IDLE_SECONDS
             if due is not None:
                 wait = min(MAX_WAIT_SECONDS, max(0.05, (due - utcnow()).total_seconds()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), timeout=wait)
+            await self._wait(wait)
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if the worker is told to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
     async def _may_get_more(self, direction: str) -> bool:
         """Whether a draining lane with nothing due must stay, because the other
@@ -180,6 +249,20 @@ class Worker:
                 break
             staged += await self._pull_object(obj)
         return staged
+
+    async def _pull_once_through_outages(self) -> None:
+        """``pull_once``, again from the start for as long as the store is unavailable
+        (staging is idempotent: a page staged twice duplicates nothing)."""
+        while not self.stopping.is_set():
+            try:
+                await self.pull_once()
+            except Exception as exc:
+                if not store_unavailable(exc):
+                    raise
+                await self._wait(self.outage.failed(exc, "worker.pull_failed"))
+                continue
+            self.outage.answered()
+            return
 
     async def _pull_object(self, obj: str) -> int:
         attempts = 0
@@ -242,16 +325,17 @@ class Worker:
                 await self.pull_once()
             except Fatal:
                 raise
-            except Exception:
-                log.exception("pull failed", extra={"event": "worker.pull_failed"})
+            except Exception as exc:
+                # The poll interval is the wait; an outage is logged once (``outage``).
+                self.outage.failed(exc, "worker.pull_failed")
             try:
                 # Backlog samples and throughput retention, at most once per 15-minute
                 # bucket whoever calls it: a deployment with workers but no console
                 # still keeps its trend and prunes old counters.
                 await asyncio.to_thread(maintain, self.engine)
                 await asyncio.to_thread(release_free_memory)
-            except Exception:
-                log.exception("upkeep failed", extra={"event": "worker.upkeep_failed"})
+            except Exception as exc:
+                self.outage.failed(exc, "worker.upkeep_failed")
             await self._until_next_poll()
 
     async def _until_next_poll(self) -> None:
@@ -265,8 +349,8 @@ class Worker:
                 return
             try:
                 await asyncio.to_thread(compact_counts, self.engine)
-            except Exception:
-                log.exception("upkeep failed", extra={"event": "worker.upkeep_failed"})
+            except Exception as exc:
+                self.outage.failed(exc, "worker.upkeep_failed")
 
     async def run(self, *, once: bool = False) -> None:
         """Work until stopped; with ``once``, pull once, then work until nothing is left
@@ -276,12 +360,14 @@ class Worker:
             out = [self._lane("to_crm", once) for _ in range(self.concurrency)]
             return out + [self._lane("from_crm", once) for _ in range(self.apply_lanes)]
 
+        if not await self._wait_for_store():
+            return
         # A throttle already in force when we start is honoured before the first send.
         await self.throttle.refresh()
         poll = asyncio.create_task(self.throttle.run())
         try:
             if once:
-                await self.pull_once()
+                await self._pull_once_through_outages()
                 await asyncio.gather(*lanes())
             else:
                 await asyncio.gather(self._pull_loop(), *lanes())
@@ -290,9 +376,44 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await poll
             await self.throttle.aclose()
-            released = await asyncio.to_thread(queue.release, self.engine, self.id)
+            try:
+                released = await asyncio.to_thread(queue.release, self.engine, self.id)
+            except Exception as exc:
+                if not store_unavailable(exc):
+                    raise
+                # Store down at exit: the claims expire with their lease instead.
+                log.warning(
+                    "claims not released: store unavailable",
+                    extra={"event": "worker.release_failed"},
+                )
+                released = 0
             if released:
                 log.info("released claims", extra={"event": "worker.release", "entries": released})
+
+    async def _wait_for_store(self) -> bool:
+        """Prepare the store (``_prepare_store``), waiting for as long as it cannot be
+        reached (a worker started before its database); False if stopped meanwhile."""
+        while not self.stopping.is_set():
+            try:
+                await asyncio.to_thread(self._prepare_store)
+            except Exception as exc:
+                if not store_unavailable(exc):
+                    raise
+                await self._wait(self.outage.failed(exc, "worker.start"))
+                continue
+            self.outage.answered()
+            return True
+        return False
+
+    def _prepare_store(self) -> None:
+        """Refuse a store that is not upgraded; bring the capture triggers to the
+        configured flows (``migrate.ensure_current``)."""
+        captured = migrate.ensure_current(self.engine, self.settings.object_specs().values())
+        if captured is not None:
+            log.warning(
+                "capture triggers brought to the configured flows",
+                extra={"event": "worker.triggers_installed", "objects": captured},
+            )
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()

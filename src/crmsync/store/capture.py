@@ -3,8 +3,9 @@
 - **Triggers** on each pushed object's table append one row to ``sync_change`` in the
   writer's transaction, whoever writes: a rolled-back write leaves none, a committed one
   always one. Updates of no pushed column, and writes with capture suppressed
-  (``db.suppress_capture``), are not logged. ``install_triggers`` makes them match the
-  registry.
+  (``db.suppress_capture``), are not logged. ``install_triggers`` (``db upgrade``)
+  makes them match the registry; ``ensure_triggers`` (worker and ``serve`` start) does
+  so only if the installed ones differ.
 - **The fold** moves logged changes into ``sync_queue``, oldest first, deleting them in
   the transaction that queues them (a change is in the log or in the queue, never
   neither): one entry per (object, direction, record), which keeps its first-queued
@@ -181,6 +182,72 @@ def install_triggers(conn: Connection, specs: Iterable[ObjectSpec]) -> list[str]
             conn.execute(text(ddl))
         captured.append(spec.name)
     return captured
+
+
+# pg_advisory_xact_lock's key for bringing the triggers to the registry: "crmsync trig".
+TRIGGER_LOCK = 0x63726D73_74726967
+
+
+def expected_triggers(dialect: str, specs: Iterable[ObjectSpec]) -> dict[str, str]:
+    """Trigger (SQLite) or trigger function (PostgreSQL) name -> the text the database
+    keeps for it (SQLite's ``sqlite_master.sql``, PostgreSQL's ``pg_proc.prosrc``), for
+    the registry's pushed objects; objects that do not push have none."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        if not spec.flow.pushes:
+            continue
+        if dialect == "sqlite":
+            texts = sqlite_ddl(spec)
+        else:  # each function's body, between its $fn$ quotes
+            texts = [ddl.split("$fn$")[1] for ddl in postgres_ddl(spec)[::2]]
+        for op, kept in zip(OPS, texts, strict=True):
+            out[f"{PREFIX}{spec.table}_{op}"] = kept
+    return out
+
+
+def installed_triggers(conn: Connection) -> dict[str, str]:
+    """The capture triggers as the database holds them, shaped as ``expected_triggers``.
+
+    On PostgreSQL a trigger function counts only while its trigger exists."""
+    like = PREFIX.replace("_", "\\_") + "%"
+    if conn.dialect.name == "sqlite":
+        rows = conn.execute(
+            text(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
+                f" AND name LIKE '{like}' ESCAPE '\\'"
+            )
+        )
+    else:
+        rows = conn.execute(
+            text(
+                "SELECT p.proname, p.prosrc FROM pg_proc AS p"
+                " JOIN pg_trigger AS t ON t.tgfoid = p.oid AND t.tgname = p.proname"
+                f" WHERE p.proname LIKE '{like}' AND NOT t.tgisinternal"
+            )
+        )
+    return {str(name): str(body) for name, body in rows}
+
+
+def ensure_triggers(engine: Engine, specs: Iterable[ObjectSpec]) -> list[str] | None:
+    """Bring the capture triggers to the registry's flows if they differ; returns the
+    captured objects when it (re)installed them, None when they already matched.
+
+    Reading first keeps the usual start free of DDL (dropping a trigger locks its table
+    against every writer). Installing is one transaction; several processes starting
+    at once take turns (PostgreSQL: an advisory lock; SQLite: its single writer) and
+    look again under it, so the triggers are installed once and never seen half done.
+    """
+    specs = list(specs)
+    expected = expected_triggers(engine.dialect.name, specs)
+    with engine.connect() as conn:
+        if installed_triggers(conn) == expected:
+            return None
+    with write_transaction(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": TRIGGER_LOCK})
+        if installed_triggers(conn) == expected:
+            return None
+        return install_triggers(conn, specs)
 
 
 # --- the fold -----------------------------------------------------------------------------

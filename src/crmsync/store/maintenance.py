@@ -26,7 +26,7 @@ from crmsync.domain import OBJECT_NAMES
 from crmsync.store import backlog_counts, capture, sessions
 from crmsync.store.db import read_transaction, write_transaction
 from crmsync.store.queue import bucket_start
-from crmsync.store.schema import sync_backlog_sample, sync_throughput
+from crmsync.store.schema import sync_backlog_sample, sync_throughput, sync_tombstone
 from crmsync.store.status import DIRECTIONS, backlog_groups
 from crmsync.store.types import utcnow
 
@@ -132,7 +132,7 @@ def compact(conn: Connection, now: datetime) -> int:
 
 
 def prune(conn: Connection, now: datetime) -> int:
-    """Delete counters older than ``KEEP_DAYS``, backlog samples older than
+    """Delete counters and tombstones older than ``KEEP_DAYS``, backlog samples older than
     ``SAMPLE_DAYS`` and logged-out sessions whose cookies have expired."""
     t = sync_throughput.c
     old_counts = conn.execute(
@@ -143,7 +143,12 @@ def prune(conn: Connection, now: datetime) -> int:
             sync_backlog_sample.c.sampled_at < now - timedelta(days=SAMPLE_DAYS)
         )
     ).rowcount
-    return int(old_counts) + int(old_samples) + sessions.prune(conn, now)
+    old_tombstones = conn.execute(
+        sa.delete(sync_tombstone).where(
+            sync_tombstone.c.deleted_at < now - timedelta(days=KEEP_DAYS)
+        )
+    ).rowcount
+    return int(old_counts) + int(old_samples) + int(old_tombstones) + sessions.prune(conn, now)
 
 
 def compact_counts(engine: Engine) -> int:

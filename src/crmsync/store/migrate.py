@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -10,12 +11,16 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from crmsync.domain import ObjectSpec
-from crmsync.store.capture import install_triggers
+from crmsync.errors import Fatal
+from crmsync.store.capture import ensure_triggers, install_triggers
 from crmsync.store.db import write_transaction
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+log = logging.getLogger(__name__)
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -39,3 +44,41 @@ def upgrade(engine: Engine, specs: Iterable[ObjectSpec]) -> list[str]:
     with write_transaction(engine) as conn:
         command.upgrade(alembic_config(conn), "head")
         return install_triggers(conn, specs)
+
+
+class StoreNotUpgraded(Fatal):
+    """The store's schema is not the one this release needs: ``crmsync db upgrade``."""
+
+
+def ensure_current(engine: Engine, specs: Iterable[ObjectSpec]) -> list[str] | None:
+    """At a worker's or ``serve``'s start: refuse a store whose schema is not this
+    release's (one line, naming the fix), and bring the capture triggers to the
+    configured flows (``capture.ensure_triggers``), so that a flow changed in
+    configuration without ``crmsync db upgrade`` loses no local change.
+
+    Configuration is read once per process: a changed mapping takes effect when the
+    processes restart, and each runs this again then."""
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        raise StoreNotUpgraded(
+            f"the store is at schema revision {current or 'none'}, this crmsync needs {head}:"
+            " run `crmsync db upgrade`"
+        )
+    return ensure_triggers(engine, specs)
+
+
+def ensure_current_if_reachable(engine: Engine, specs: Iterable[ObjectSpec]) -> None:
+    """``ensure_current`` for ``serve``, which also starts on a store that is down or not
+    upgraded yet (its health checks say so): then it only logs why, once, and the
+    workers, which refuse or wait, bring the triggers to the configured flows."""
+    try:
+        ensure_current(engine, specs)
+    except (SQLAlchemyError, StoreNotUpgraded) as exc:
+        text = str(exc).strip()
+        log.warning(
+            "capture triggers not checked",
+            extra={
+                "event": "store.triggers_unchecked",
+                "error": text.splitlines()[0][:300] if text else type(exc).__name__,
+            },
+        )

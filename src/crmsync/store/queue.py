@@ -40,6 +40,7 @@ from crmsync.store.schema import (
     sync_queue,
     sync_record,
     sync_throughput,
+    sync_tombstone,
 )
 from crmsync.store.types import UTCDateTime, utcnow
 
@@ -428,6 +429,7 @@ def _remember_syncs(conn: Connection, done: Sequence[Done], now: datetime) -> No
     gone = [key for key, d in latest.items() if d.entry.operation == "delete"]
     if gone:
         conn.execute(sa.delete(sync_record).where(sa.tuple_(r.object, r.record_id).in_(gone)))
+        _bury(conn, [d for key, d in latest.items() if key in set(gone)], now)
     rows = [
         {
             "object": obj,
@@ -463,6 +465,31 @@ def _remember_syncs(conn: Connection, done: Sequence[Done], now: datetime) -> No
             ),
             rows,
         )
+
+
+def _bury(conn: Connection, deleted: Sequence[Done], now: datetime) -> None:
+    """Remember the Dynamics ids of deleted records (``sync_tombstone``), so that a change
+    read from Dynamics before the delete never inserts the record again."""
+    rows = {
+        (d.entry.object, str(crm_id).lower()): {
+            "object": d.entry.object,
+            "crm_id": str(crm_id).lower(),
+            "deleted_at": now,
+        }
+        for d in deleted
+        # Only deletes carried out (counted): a skipped one (an excluded record's) left
+        # the record in Dynamics, to come back if the filter includes it again.
+        if d.counted and (crm_id := d.crm_id or d.entry.crm_id)
+    }
+    if not rows:
+        return
+    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(sync_tombstone)
+    conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=["object", "crm_id"], set_={"deleted_at": insert.excluded.deleted_at}
+        ),
+        sorted(rows.values(), key=lambda row: (row["object"], row["crm_id"])),
+    )
 
 
 def count_synced(conn: Connection, counts: dict[tuple[str, str, str], int], now: datetime) -> None:

@@ -189,6 +189,17 @@ sync_record = Table(
     Column("excluded", Boolean, nullable=False, server_default=false()),
 )
 
+# Records crmsync deleted (either side), by Dynamics id: a change read from Dynamics
+# before the delete but staged after it must not insert the record again (the delete
+# removed its local row, queue entry and sync state). Pruned after ``KEEP_DAYS``.
+sync_tombstone = Table(
+    "sync_tombstone",
+    metadata,
+    Column("object", String(32), primary_key=True),
+    Column("crm_id", String(36), primary_key=True),
+    Column("deleted_at", UTCDateTime(), nullable=False),
+)
+
 sync_error = Table(
     "sync_error",
     metadata,

@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI
 from sqlalchemy import Engine
 
 from crmsync.config import Settings
+from crmsync.store import migrate
 from crmsync.store.db import create_store_engine
 from crmsync.web import (
     api_conflicts,
@@ -44,6 +45,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Capture triggers at the configured flows before the records API writes.
+        await asyncio.to_thread(
+            migrate.ensure_current_if_reachable, store, app.state.specs.values()
+        )
         # Refuse sessions other processes logged out before serving anything.
         await health.refresh_revoked_sessions(app)
         upkeep = asyncio.create_task(health.ops_loop(app))
