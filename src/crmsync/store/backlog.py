@@ -151,31 +151,38 @@ def _tail_sums(obj: str | None) -> sa.CompoundSelect[Any] | sa.Select[Any]:
 
 # A log longer than this is read with hash joins on PostgreSQL (see ``_plans_for_tail``).
 LARGE_TAIL = 1_000
+_PLANS = {
+    # small tail: look each record up by index; large: hash the tail and the tables once
+    False: ("enable_hashjoin", "enable_mergejoin"),
+    True: ("enable_nestloop",),
+}
 
 
 @contextmanager
-def _plans_for_tail(conn: Connection) -> Iterator[None]:
-    """PostgreSQL: read a large tail with hash joins, never nested loops.
+def _plans_for_tail(conn: Connection) -> Iterator[bool]:
+    """Whether the log holds anything; on PostgreSQL, the join plans for its size.
 
     The log churns every second (appended by every write, emptied by every fold), so
-    its statistics are always stale, and right after a bulk load the planner still
-    believes it holds a row or two: it then probes the log once per queued entry and
-    once per logged record, which took minutes at 20,000 records. A small tail is left
-    to the planner (index lookups are best there)."""
-    if conn.dialect.name != "postgresql":
-        yield
-        return
+    its statistics are always stale: right after a bulk load the planner believes it
+    holds a row or two and probes it once per queued entry (minutes at 20,000 records);
+    right after a fold it believes it still holds the million it was last analysed with
+    and hashes the whole queue for an empty tail (half a second a read). So the size is
+    counted here, up to ``LARGE_TAIL``, and the plan chosen by it."""
     probe = sa.select(sa.func.count()).select_from(
         sa.select(sync_change.c.seq).limit(LARGE_TAIL + 1).subquery()
     )
-    if conn.execute(probe).scalar_one() <= LARGE_TAIL:
-        yield
+    size = int(conn.execute(probe).scalar_one())
+    if conn.dialect.name != "postgresql" or size == 0:
+        yield size > 0
         return
-    conn.exec_driver_sql("SET LOCAL enable_nestloop = off")
+    off = _PLANS[size > LARGE_TAIL]
+    for name in off:
+        conn.exec_driver_sql(f"SET LOCAL {name} = off")
     try:
-        yield
+        yield True
     finally:
-        conn.exec_driver_sql("RESET enable_nestloop")
+        for name in off:
+            conn.exec_driver_sql(f"RESET {name}")
 
 
 def _logged(conn: Connection, obj: str, record_ids: Iterable[int | None]) -> set[int]:
@@ -223,11 +230,11 @@ def groups(conn: Connection, direction: str | None = None, obj: str | None = Non
     """Pending entries per (object, direction, operation) with the oldest of each,
     counting the log's tail as folded. Several statements: ``conn`` must hold one
     snapshot (``read_transaction``, or a write transaction on SQLite)."""
-    with _plans_for_tail(conn):
-        return _groups(conn, direction, obj)
+    with _plans_for_tail(conn) as logged:
+        return _groups(conn, direction, obj, logged)
 
 
-def _groups(conn: Connection, direction: str | None, obj: str | None) -> list[Group]:
+def _groups(conn: Connection, direction: str | None, obj: str | None, logged: bool) -> list[Group]:
     """``groups`` under the chosen plans."""
     counts: dict[tuple[str, str, str], int] = {}
     oldest: dict[tuple[str, str, str], datetime] = {}
@@ -238,7 +245,7 @@ def _groups(conn: Connection, direction: str | None, obj: str | None) -> list[Gr
             oldest[key] = first
 
     in_tail: set[str] = set()
-    if direction in (None, _TO_CRM):
+    if logged and direction in (None, _TO_CRM):
         for row in conn.execute(_tail_sums(obj)):
             in_tail.add(row.object)
             # A record the fold leaves in its group changes no count; its entry's
@@ -302,22 +309,16 @@ def oldest_records(conn: Connection, obj: str) -> list[Oldest]:
     """Per (direction, operation) of ``obj`` with a backlog: its oldest waiting record,
     from the queue or from the log's tail, whichever was queued first. ``conn`` holds
     one snapshot."""
-    with _plans_for_tail(conn):
-        return _oldest_records(conn, obj)
+    with _plans_for_tail(conn) as logged:
+        return _oldest_records(conn, obj, logged)
 
 
-def _oldest_records(conn: Connection, obj: str) -> list[Oldest]:
+def _oldest_records(conn: Connection, obj: str, logged: bool) -> list[Oldest]:
     """``oldest_records`` under the chosen plans."""
-    t = _object_tail(obj).subquery("tail")
-    rank = sa.func.row_number().over(partition_by=t.c.after, order_by=(t.c.first_at, t.c.record_id))
-    ranked = sa.select(t, rank.label("rank")).where(t.c.after.is_not(None)).subquery("ranked")
     best: dict[tuple[str, str], Oldest] = {}
-    tail_rows = conn.execute(sa.select(ranked).where(ranked.c.rank == 1)).all()
-    for row in tail_rows:
-        best[(_TO_CRM, row.after)] = Oldest(
-            _TO_CRM, row.after, row.record_id, row.crm_id, row.label, row.first_at
-        )
-    logged = bool(tail_rows) or bool(_logged_any(conn, obj))
+    if logged:
+        _oldest_in_tail(conn, obj, best)
+        logged = bool(best) or _logged_any(conn, obj)
     for d in Direction:
         for op in _OPS:
             entry = _oldest_entries(conn, obj, d.value, op, logged and d == Direction.TO_CRM)
@@ -329,6 +330,17 @@ def _oldest_records(conn: Connection, obj: str) -> list[Oldest]:
                     d.value, op, entry.record_id, entry.crm_id, entry.label, entry.first_queued_at
                 )
     return list(best.values())
+
+
+def _oldest_in_tail(conn: Connection, obj: str, best: dict[tuple[str, str], Oldest]) -> None:
+    """Per operation, the record of ``obj`` in the log the fold would leave oldest."""
+    t = _object_tail(obj).subquery("tail")
+    rank = sa.func.row_number().over(partition_by=t.c.after, order_by=(t.c.first_at, t.c.record_id))
+    ranked = sa.select(t, rank.label("rank")).where(t.c.after.is_not(None)).subquery("ranked")
+    for row in conn.execute(sa.select(ranked).where(ranked.c.rank == 1)):
+        best[(_TO_CRM, row.after)] = Oldest(
+            _TO_CRM, row.after, row.record_id, row.crm_id, row.label, row.first_at
+        )
 
 
 def _logged_any(conn: Connection, obj: str) -> bool:
