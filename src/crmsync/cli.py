@@ -389,8 +389,9 @@ def status(
 ) -> None:
     """What waits to sync per object and how long it will take, or what synced lately.
 
-    The backlog view counts waiting changes in both directions; --view last-hour counts
-    the records synced in the last complete clock hour.
+    The backlog view counts waiting changes in both directions. With --view last-hour it
+    counts the records synced in the last complete clock hour. With --object it shows
+    that object's numbers per operation and direction.
     """
     from crmsync import terminal
     from crmsync.store import status as queries
@@ -404,8 +405,10 @@ def status(
         if object is not None:
             check_choice("object", object, settings.object_specs())
         with read_transaction(engine) as conn:
-            if object is not None:
+            if object is not None and view == "backlog":
                 body = queries.details(conn, object, at=when)
+            elif object is not None:
+                body = queries.last_hour_details(conn, object, settings.zone, at=when)
             elif view == "backlog":
                 body = queries.backlog(conn, settings.object_specs(), at=when)
             else:
