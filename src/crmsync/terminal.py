@@ -166,15 +166,15 @@ def lines_status(body: dict[str, Any], limit: int) -> list[str]:
     if last_hour:
         window = body["window"]
         title = [
-            *"Sync Status: records synced from".split(" "),
+            *["Sync", "Status:", "records", "synced", "from"],
             stamp(window["start"]),
             "to",
             stamp(window["end"]),
-            *"UTC, both directions".split(" "),
+            *["UTC,", "both", "directions"],
         ]
         headers = ["Object", "Inserts", "Updates", "Deletes", "Synced"]
     else:
-        title = [*"Sync Status: backlog as of".split(" "), stamp(body["as_of"]), "UTC"]
+        title = [*["Sync", "Status:", "backlog", "as", "of"], stamp(body["as_of"]), "UTC"]
         headers = ["Object", "Inserts", "Updates", "Deletes", "Total", "Oldest", "Trend", "Drain"]
     rows = []
     for row in body["objects"]:
@@ -222,7 +222,7 @@ def lines_status(body: dict[str, Any], limit: int) -> list[str]:
 
 
 def lines_details(body: dict[str, Any], limit: int) -> list[str]:
-    title = [f"{body['object']}:", *"waiting changes as of".split(" "), stamp(body["as_of"]), "UTC"]
+    title = [f"{body['object']}:", *["waiting", "changes", "as", "of"], stamp(body["as_of"]), "UTC"]
     out = [*wrap_tokens(title, limit, INDENT, " "), ""]
     headers = ["Operation", "Waiting", "to_crm", "from_crm"]
     rows = [
@@ -270,7 +270,7 @@ def lines_last_hour_details(body: dict[str, Any], limit: int) -> list[str]:
     window = body["window"]
     title = [
         f"{body['object']}:",
-        *"records synced from".split(" "),
+        *["records", "synced", "from"],
         stamp(window["start"]),
         "to",
         stamp(window["end"]),
@@ -352,9 +352,7 @@ def lines_errors(page: dict[str, Any], limit: int) -> list[str]:
         # The record's label, local id and CRM id as tokens: none is ever cut.
         local = e["record_id"] if e["record_id"] is not None else "-"
         record = [*cells[6].split(), f"(local id {local},", "CRM id", f"{e['crm_id'] or '-'})"]
-        out += [
-            INDENT + text for text in wrap_tokens(record, limit - len(INDENT), sep=" ")
-        ]
+        out += [INDENT + text for text in wrap_tokens(record, limit - len(INDENT), sep=" ")]
         out += [
             INDENT + text for text in fold(e["error_message"], limit - len(INDENT), MESSAGE_LINES)
         ]

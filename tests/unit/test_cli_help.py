@@ -3,6 +3,8 @@ for the person running them (no talk of wrappers, library functions or the contr
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from typer.testing import CliRunner
 
@@ -39,7 +41,7 @@ def broken_lines(output: str, columns: int) -> list[str]:
     from the source, not one the wrapping made."""
     broken = []
     lines = [line.rstrip() for line in output.splitlines()]
-    for before, line in zip(lines, lines[1:], strict=False):
+    for before, line in itertools.pairwise(lines):
         if not before.strip() or not line.strip() or line.lstrip()[0] in "│╭╰":
             continue
         if before.lstrip()[0] in "│╭╰":

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -30,8 +30,8 @@ MAX_TEXT = 1000
 MAX_ID = 2**63 - 1  # BIGINT on PostgreSQL, INTEGER on SQLite: both signed 64-bit
 # The times a query may name. Far from datetime's own limits (years 1 and 9999), so a
 # window derived from one (an hour, a day, a zone's local clock) never overflows.
-MIN_TIME = datetime(1900, 1, 1, tzinfo=timezone.utc)
-MAX_TIME = datetime(3000, 1, 1, tzinfo=timezone.utc)
+MIN_TIME = datetime(1900, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(3000, 1, 1, tzinfo=UTC)
 OUT_OF_RANGE = "is out of range (1900-01-01 to 2999-12-31)"
 
 
