@@ -433,7 +433,13 @@ def _print_json(body: object) -> None:
     typer.echo(json.dumps(body, indent=2, ensure_ascii=False))
 
 
-@app.command()
+@app.command(
+    # Paragraphs as one string each: the help keeps a docstring's line breaks.
+    help="What waits to sync per object and how long it will take, or what synced lately."
+    "\n\nThe backlog view counts waiting changes in both directions; --view last-hour"
+    " counts the records synced in the last complete clock hour. With --object, one"
+    " object's numbers per operation and direction.",
+)
 def status(
     view: Annotated[
         str,
@@ -449,11 +455,7 @@ def status(
         bool, typer.Option("--json", help="Print JSON (as the API answers) instead of a table")
     ] = False,
 ) -> None:
-    """What waits to sync per object and how long it will take, or what synced lately.
-
-    The backlog view counts waiting changes in both directions; --view last-hour counts
-    the records synced in the last complete clock hour.
-    """
+    """Print the Sync Status table (the help text is the decorator's)."""
     from crmsync import terminal
     from crmsync.store import status as queries
     from crmsync.store.db import read_transaction
@@ -466,8 +468,10 @@ def status(
         if object is not None:
             check_choice("object", object, settings.object_specs())
         with read_transaction(engine) as conn:
-            if object is not None:
+            if object is not None and view == "backlog":
                 body = queries.details(conn, object, at=when)
+            elif object is not None:
+                body = queries.last_hour_details(conn, object, settings.zone, at=when)
             elif view == "backlog":
                 body = queries.backlog(conn, settings.object_specs(), at=when)
             else:
@@ -596,7 +600,13 @@ def errors_retry(
     )
 
 
-@errors_app.command("dismiss")
+@errors_app.command(
+    "dismiss",
+    # Paragraphs as one string each: the help keeps a docstring's line breaks.
+    help="Hide errors you will not fix from the open list.\n\n"
+    "`crmsync errors list --status dismissed` still shows them. With --all, only open"
+    " errors are dismissed (resolved ones stay resolved).",
+)
 def errors_dismiss(
     id: IdOpt = None,
     all_: AllOpt = False,
@@ -609,11 +619,7 @@ def errors_dismiss(
     since: SinceOpt = None,
     until: UntilOpt = None,
 ) -> None:
-    """Hide errors you will not fix from the open list.
-
-    `crmsync errors list --status dismissed` still shows them. With --all, only open
-    errors are dismissed (resolved ones stay resolved).
-    """
+    """Mark the matching errors dismissed (the help text is the decorator's)."""
     from crmsync.store import sync_errors
     from crmsync.store.db import write_transaction
 

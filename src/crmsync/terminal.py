@@ -6,9 +6,10 @@ data and the terminal's width (``lines_*`` return the lines; ``print_*`` print t
 
 - an id, an error code, a timestamp and an object name are never cut or wrapped: a
   reader copies them into a command or a search;
-- only free text (an error message, a record's label) is folded to the width left, and
-  a message is shortened to ``MESSAGE_LINES`` lines (``--json`` and the export have it
-  whole);
+- only free text (an error message, a record's label) is folded to the width left, at
+  spaces only (a word wider than the line, such as a GUID or an email, keeps a line of
+  its own and overflows rather than being cut), and a message is shortened to
+  ``MESSAGE_LINES`` lines (``--json`` and the export have it whole);
 - when the columns do not fit the width, each row becomes a block of lines instead.
 """
 
@@ -90,8 +91,9 @@ def wrap_tokens(tokens: Sequence[str], limit: int, indent: str = "", sep: str = 
 
 
 def fold(text: str, limit: int, max_lines: int | None = None) -> list[str]:
-    """Free text folded to ``limit`` columns at spaces (a word longer than that is cut
-    into pieces), shortened with ``…`` past ``max_lines``."""
+    """Free text folded to ``limit`` columns at spaces only, shortened with ``…`` past
+    ``max_lines``. A word longer than ``limit`` (an id, an email) is never cut: it gets a
+    line of its own, wider than ``limit``."""
     clean = " ".join(text.split()) or "-"
     return textwrap.wrap(
         clean,
@@ -99,6 +101,7 @@ def fold(text: str, limit: int, max_lines: int | None = None) -> list[str]:
         max_lines=max_lines,
         placeholder=" …",
         break_on_hyphens=False,
+        break_long_words=False,
     ) or ["-"]
 
 
@@ -154,19 +157,24 @@ def _paused_line(body: dict[str, Any]) -> str | None:
 
 
 def lines_status(body: dict[str, Any], limit: int) -> list[str]:
-    """The Sync Status table: backlog, last hour, or one object's details."""
+    """The Sync Status table: backlog, last hour, or one object's details of either."""
+    if "by_direction" in body and body.get("view") == "last_hour":
+        return lines_last_hour_details(body, limit)
     if "by_direction" in body:
         return lines_details(body, limit)
     last_hour = body["view"] == "last_hour"
     if last_hour:
         window = body["window"]
-        title = (
-            f"Sync Status: records synced from {stamp(window['start'])}"
-            f" to {stamp(window['end'])} UTC, both directions"
-        )
+        title = [
+            *["Sync", "Status:", "records", "synced", "from"],
+            stamp(window["start"]),
+            "to",
+            stamp(window["end"]),
+            *["UTC,", "both", "directions"],
+        ]
         headers = ["Object", "Inserts", "Updates", "Deletes", "Synced"]
     else:
-        title = f"Sync Status: backlog as of {stamp(body['as_of'])} UTC"
+        title = [*["Sync", "Status:", "backlog", "as", "of"], stamp(body["as_of"]), "UTC"]
         headers = ["Object", "Inserts", "Updates", "Deletes", "Total", "Oldest", "Trend", "Drain"]
     rows = []
     for row in body["objects"]:
@@ -189,7 +197,7 @@ def lines_status(body: dict[str, Any], limit: int) -> list[str]:
             ]
         rows.append(cells)
     right = [False, True, True, True, True, True, False, True][: len(headers)]
-    out = [*wrap_tokens(title.split(" "), limit, INDENT, " "), ""]
+    out = [*wrap_tokens(title, limit, INDENT, " "), ""]
     laid = table(headers, rows, right=right, limit=limit)
     if laid is None:
         for cells in rows:
@@ -214,8 +222,8 @@ def lines_status(body: dict[str, Any], limit: int) -> list[str]:
 
 
 def lines_details(body: dict[str, Any], limit: int) -> list[str]:
-    title = f"{body['object']}: waiting changes as of {stamp(body['as_of'])} UTC"
-    out = [*wrap_tokens(title.split(" "), limit, INDENT, " "), ""]
+    title = [f"{body['object']}:", *["waiting", "changes", "as", "of"], stamp(body["as_of"]), "UTC"]
+    out = [*wrap_tokens(title, limit, INDENT, " "), ""]
     headers = ["Operation", "Waiting", "to_crm", "from_crm"]
     rows = [
         [
@@ -238,12 +246,13 @@ def lines_details(body: dict[str, Any], limit: int) -> list[str]:
         oldest = body[op]["oldest"]
         if oldest is None:
             continue
-        ids = f"local id {oldest['record_id'] if oldest['record_id'] is not None else '-'}"
+        local = oldest["record_id"] if oldest["record_id"] is not None else "-"
         tokens = [
             f"Oldest {op[:-1]}:",
-            *fold(oldest["label"] or "(no label)", limit - len(INDENT)),
-            f"({ids},",
-            f"CRM id {oldest['crm_id'] or '-'},",
+            *(oldest["label"] or "(no label)").split(),
+            f"(local id {local},",
+            "CRM id",
+            f"{oldest['crm_id'] or '-'},",
             f"{oldest['direction']})",
             "queued",
             f"{stamp(oldest['queued_at'])} UTC,",
@@ -253,6 +262,42 @@ def lines_details(body: dict[str, Any], limit: int) -> list[str]:
     paused = _paused_line(body)
     if paused:
         out += wrap_tokens(paused.split(" "), limit, INDENT, " ")
+    return out
+
+
+def lines_last_hour_details(body: dict[str, Any], limit: int) -> list[str]:
+    """One object's records synced in the last clock hour, per operation and direction."""
+    window = body["window"]
+    title = [
+        f"{body['object']}:",
+        *["records", "synced", "from"],
+        stamp(window["start"]),
+        "to",
+        stamp(window["end"]),
+        "UTC",
+    ]
+    out = [*wrap_tokens(title, limit, INDENT, " "), ""]
+    headers = ["Operation", "Synced", "to_crm", "from_crm"]
+    rows = [
+        [
+            op.capitalize(),
+            count(body[op]),
+            count(body["by_direction"]["to_crm"][op]),
+            count(body["by_direction"]["from_crm"][op]),
+        ]
+        for op in ("inserts", "updates", "deletes")
+    ]
+    rows.append(["Total", count(body["synced"]), "", ""])
+    laid = table(headers, rows, right=[False, True, True, True], limit=limit)
+    if laid is None:
+        for cells in rows:
+            pairs = [f"{h} {c}" for h, c in zip(headers[1:], cells[1:], strict=True) if c]
+            out += wrap_tokens([cells[0], *pairs], limit, INDENT)
+    else:
+        out += laid
+    paused = _paused_line(body)
+    if paused:
+        out += ["", *wrap_tokens(paused.split(" "), limit, INDENT, " ")]
     return out
 
 
@@ -268,7 +313,8 @@ def _record(e: dict[str, Any]) -> str:
 def lines_errors(page: dict[str, Any], limit: int) -> list[str]:
     """The Sync Errors list: a table when it fits, else one block per error."""
     items = page["items"]
-    out = [f"Sync Errors: {len(items):,} of {page['total']:,}, newest first (times in UTC)"]
+    title = f"Sync Errors: {len(items):,} of {page['total']:,}, newest first (times in UTC)"
+    out = wrap_tokens(title.split(" "), limit, INDENT, " ")
     if not items:
         return [*out, "No errors match."]
     headers = ["Id", "Object", "Op", "Direction", "Code", "Last failed", "Record", "Message"]
@@ -303,9 +349,10 @@ def lines_errors(page: dict[str, Any], limit: int) -> list[str]:
             limit,
             INDENT,
         )
-        ids = f"local id {e['record_id'] if e['record_id'] is not None else '-'}"
-        record = f"{cells[6]} ({ids}, CRM id {e['crm_id'] or '-'})"
-        out += [INDENT + text for text in fold(record, limit - len(INDENT))]
+        # The record's label, local id and CRM id as tokens: none is ever cut.
+        local = e["record_id"] if e["record_id"] is not None else "-"
+        record = [*cells[6].split(), f"(local id {local},", "CRM id", f"{e['crm_id'] or '-'})"]
+        out += [INDENT + text for text in wrap_tokens(record, limit - len(INDENT), sep=" ")]
         out += [
             INDENT + text for text in fold(e["error_message"], limit - len(INDENT), MESSAGE_LINES)
         ]

@@ -507,3 +507,56 @@ async def test_unknown_pages_are_console_pages_and_there_is_an_icon(
     assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
     assert icon.content[:4] == b"\x00\x00\x01\x00"  # an ICO file
     assert (await c.get("/static/favicon.svg")).status_code == 200
+
+
+async def test_date_boxes_and_cursors_out_of_range_are_marked_not_500(
+    admin: tuple[httpx.AsyncClient, str], engine: Engine
+) -> None:
+    c, _ = admin
+    with engine.begin() as conn:
+        conn.execute(sa.insert(sync_error), [error_row(1)])
+    # On the console's clock (+05:30) year 1's first minute is before year 1 in UTC, and
+    # 9999-12-31 23:59 at -23:00 is after year 9999: astimezone overflows on both.
+    for field, value in (
+        ("since", "0001-01-01 00:00"),
+        ("since", "9999-12-31T23:59-23:00"),
+        ("until", "0001-01-01T00:00+14:00"),
+        ("until", "9999-12-31 23:59"),
+    ):
+        r = await c.get(ERRORS, params={field: value})
+        assert r.status_code == 422, (field, value)
+        assert row_ids(r.text) == [] and "Dismiss all" not in r.text
+        problem = re.search(rf'id="problem-{field}">([^<]+)<', r.text)
+        assert problem and problem[1].startswith("Is out of range"), (field, value, problem)
+        assert f'value="{value}"' in r.text
+    # A hand-edited cursor holding such a time is a stale cursor: the first page.
+    from datetime import datetime as dt
+
+    from crmsync.store.params import encode_cursor
+
+    for at in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:00-23:00"):
+        cursor = encode_cursor("e1:", dt.fromisoformat(at), 1)
+        r = await c.get(ERRORS, params={"cursor": cursor})
+        assert r.status_code == 422 and "cursor: is not a cursor" in r.text, at
+        assert row_ids(r.text) == [1]
+
+
+async def test_page_label_when_rows_leave_the_list_between_loads(
+    admin: tuple[httpx.AsyncClient, str], engine: Engine
+) -> None:
+    c, _ = admin
+    with engine.begin() as conn:
+        conn.execute(sa.insert(sync_error), [error_row(n) for n in range(1, 61)])
+    html = (await c.get(ERRORS, params={"limit": "25"})).text
+    assert "Page 1 of 3" in html
+    nxt = re.search(r'href="([^"]+)" rel="next"', html)
+    assert nxt
+    with engine.begin() as conn:  # 10 errors of page 1 resolve meanwhile
+        conn.execute(sa.update(sync_error).where(sync_error.c.id <= 10).values(status="resolved"))
+    html = (await c.get(nxt[1].replace("&amp;", "&"))).text
+    # 15 open rows are before the cursor, 35 from it on: a second page of 25 then one of 10.
+    assert row_ids(html) == list(range(26, 51))
+    assert "Showing 16\u201340 of 50" in html
+    label = re.search(r'id="page-of">([^<]+)<', html)
+    assert label and label[1] == "Page 2 of 3", label
+    assert 'rel="prev"' in html and 'rel="next"' in html

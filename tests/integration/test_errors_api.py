@@ -267,6 +267,12 @@ async def test_search(client, engine, q, expected):
         ({"limit": 1001}, "limit"),
         ({"cursor": "not-a-cursor"}, "cursor"),
         ({"cursor": "ZTE6eHx5"}, "cursor"),
+        # Hand-edited cursors holding a time at datetime's limits (overflow on binding)
+        ({"cursor": "ZTE6MDAwMS0wMS0wMVQwMDowMDowMCsxNDowMHwx"}, "cursor"),
+        ({"cursor": "ZTE6OTk5OS0xMi0zMVQyMzo1OTowMC0yMzowMHwx"}, "cursor"),
+        ({"since": "0001-01-01T00:00+14:00"}, "since"),
+        ({"until": "9999-12-31T23:59-23:00"}, "until"),
+        ({"since": "1899-12-31T23:59Z"}, "since"),
         ({"q": "a\x00b"}, "q"),
         ({"q": "x" * 1001}, "q"),
     ],
@@ -505,3 +511,14 @@ async def test_errors_need_credentials(client):
     assert (await client.get("/api/v1/sync/errors/export", headers=no)).status_code == 401
     assert (await client.post("/api/v1/sync/errors/1/retry", headers=no)).status_code == 401
     assert (await client.post("/api/v1/sync/errors/1/dismiss", headers=no)).status_code == 401
+
+
+async def test_an_edited_cursor_out_of_range_reads_as_not_a_cursor(client):
+    from crmsync.store.params import encode_cursor
+
+    for at in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:00-23:00", "0001-01-01T00:00Z"):
+        cursor = encode_cursor("e1:", datetime.fromisoformat(at), 1)
+        response = await client.get("/api/v1/sync/errors", params={"cursor": cursor})
+        assert response.status_code == 422, (at, response.text)
+        assert response.json()["error"]["field"] == "cursor"
+        assert "is not a cursor" in response.json()["error"]["message"]

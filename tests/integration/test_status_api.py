@@ -369,6 +369,13 @@ async def test_throughput_hourly_buckets(client):
         ("/api/v1/sync/status", {"at": "yesterday"}, "at"),
         ("/api/v1/sync/status", {"at": "2026-11-25T13:00:00"}, "at"),
         ("/api/v1/sync/status/lead", {"at": "2026-13-45T00:00:00Z"}, "at"),
+        # Times near datetime's limits: out of range, not an overflow (a 500).
+        ("/api/v1/sync/status", {"at": "0001-01-01T00:00Z"}, "at"),
+        ("/api/v1/sync/status", {"view": "last_hour", "at": "0001-01-01T00:00Z"}, "at"),
+        ("/api/v1/sync/status/lead", {"at": "0001-01-01T00:00Z"}, "at"),
+        ("/api/v1/sync/status/lead", {"view": "last_hour", "at": "9999-12-31T23:59Z"}, "at"),
+        ("/api/v1/sync/status/lead", {"view": "last_hour", "at": "0001-01-01T00:00Z"}, "at"),
+        ("/api/v1/sync/throughput", {"at": "0001-01-01T05:00+14:00"}, "at"),
         ("/api/v1/sync/throughput", {"hours": 0}, "hours"),
         ("/api/v1/sync/throughput", {"hours": 721}, "hours"),
         ("/api/v1/sync/throughput", {"hours": "many"}, "hours"),

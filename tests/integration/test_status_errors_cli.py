@@ -226,3 +226,94 @@ def test_status_at_80_columns(run, engine: Engine):
     assert lead.split() == ["lead", "2", "2", "0", "4", "3h50m", "shrinking", "\u2014"]
     details = run("status", "--object", "lead", "--at", status_fixture.AT, columns=80).output
     assert "old@example.com" in details and "2026-11-25 09:30:00 UTC" in details
+
+
+async def test_status_object_last_hour_is_the_apis_details(run, db_url: str, engine: Engine):
+    status_fixture.seed(engine)
+    result = run("status", "--object", "lead", "--view", "last-hour", "--json", "--at", AT)
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.output)
+    async with await status_fixture.make_client(db_url, engine) as c:
+        api = await c.get("/api/v1/sync/status/lead", params={"view": "last_hour", "at": AT})
+    assert api.status_code == 200 and body == api.json()
+    assert body["view"] == "last_hour" and body["synced"] == 23
+    table = run("status", "--object", "lead", "--view", "last-hour", "--at", AT).output
+    assert "lead: records synced from 2026-11-25 12:00:00 to 2026-11-25 13:00:00 UTC" in table
+    total = next(line for line in table.splitlines() if line.startswith("Total"))
+    assert total.split() == ["Total", "23"]
+    by_op = {line.split()[0]: line.split()[1:] for line in table.splitlines() if line}
+    to_crm, from_crm = body["by_direction"]["to_crm"], body["by_direction"]["from_crm"]
+    for op in ("inserts", "updates", "deletes"):
+        expected = [str(body[op]), str(to_crm[op]), str(from_crm[op])]
+        assert by_op[op.capitalize()] == expected, op
+    assert "waiting" not in table  # not the backlog's details
+    narrow = run("status", "--object", "lead", "--view", "last-hour", "--at", AT, columns=40)
+    assert "    2026-11-25 12:00:00 to" in narrow.output.splitlines()
+    assert ["Total", "23"] in [line.split() for line in narrow.output.splitlines()]
+
+
+CRM_ID = "dddddddd-0000-4000-8000-000000000001"
+EMAIL = "first.middle.lastname-longer@subsidiary.example.com"  # 51 characters
+
+
+@pytest.mark.parametrize("columns", [40, 60, 80])
+def test_narrow_blocks_never_cut_ids_codes_times_or_names(run, engine: Engine, columns: int):
+    status_fixture.seed(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(sync_error),
+            [
+                {
+                    "object": "opportunity",
+                    "direction": "from_crm",
+                    "record_key": "dddd",
+                    "record_id": None,
+                    "crm_id": CRM_ID,
+                    "record_label": "Contoso renewal 2027, three-year enterprise agreement",
+                    "operation": "update",
+                    "error_code": LONG,
+                    "error_message": f"Entity opportunity With Id = {CRM_ID} Does Not Exist",
+                    "first_failed_at": status_fixture.t("12:00"),
+                    "last_failed_at": status_fixture.t("12:01"),
+                    "attempts": 7,
+                    "status": "open",
+                },
+                {
+                    "object": "contact",
+                    "direction": "to_crm",
+                    "record_key": "123456789",
+                    "record_id": 123456789,
+                    "crm_id": None,
+                    "record_label": EMAIL,
+                    "operation": "insert",
+                    "error_code": "0x80040333",
+                    "error_message": f"A record with {EMAIL} exists",
+                    "first_failed_at": status_fixture.t("12:02"),
+                    "last_failed_at": status_fixture.t("12:03"),
+                    "attempts": 1,
+                    "status": "open",
+                },
+            ],
+        )
+    out = run("errors", "list", columns=columns).output
+    lines = out.splitlines()
+    # CRM_ID twice (record and message), EMAIL twice: each time on one line, whole.
+    assert sum(line.count(CRM_ID) for line in lines) == 2, out
+    assert sum(line.count(EMAIL) for line in lines) == 2, out
+    for whole in (LONG, "0x80040333", "2026-11-25 12:01:00", "opportunity", "123456789"):
+        assert whole in out, (whole, out)
+    # A line is wider than the terminal only when it is one token that is itself wider.
+    for line in lines:
+        assert len(line) <= columns or len(line.split()) == 1, (line, out)
+    for args in (
+        ("status", "--at", AT),
+        ("status", "--view", "last-hour", "--at", AT),
+        ("status", "--object", "lead", "--at", AT),
+        ("status", "--object", "lead", "--view", "last-hour", "--at", AT),
+    ):
+        text = run(*args, columns=columns).output
+        assert all(len(line) <= columns for line in text.splitlines()), (args, text)
+        stamps = ("2026-11-25 13:20:00", "2026-11-25 12:00:00", "2026-11-25 09:30:00")
+        assert any(s in text for s in stamps), (args, text)
+        for line in text.splitlines():  # no line ends in a date whose time went to the next
+            assert not line.rstrip().endswith("2026-11-25"), (args, text)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -28,6 +28,22 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 MAX_TEXT = 1000
 MAX_ID = 2**63 - 1  # BIGINT on PostgreSQL, INTEGER on SQLite: both signed 64-bit
+# The times a query may name. Far from datetime's own limits (years 1 and 9999), so a
+# window derived from one (an hour, a day, a zone's local clock) never overflows.
+MIN_TIME = datetime(1900, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(3000, 1, 1, tzinfo=UTC)
+OUT_OF_RANGE = "is out of range (1900-01-01 to 2999-12-31)"
+
+
+def in_range(field: str, value: datetime) -> datetime:
+    """An aware ``value`` as UTC, refused unless between ``MIN_TIME`` and ``MAX_TIME``."""
+    try:
+        utc = value.astimezone(ZoneInfo("UTC"))
+    except (OverflowError, ValueError):
+        raise ValidationFailed(field, OUT_OF_RANGE) from None
+    if not MIN_TIME <= utc < MAX_TIME:
+        raise ValidationFailed(field, OUT_OF_RANGE)
+    return utc
 
 
 def parse_timestamp(field: str, value: str | None) -> datetime | None:
@@ -40,10 +56,7 @@ def parse_timestamp(field: str, value: str | None) -> datetime | None:
         raise ValidationFailed(field, "is not an ISO 8601 timestamp") from None
     if parsed.tzinfo is None:
         raise ValidationFailed(field, "needs a UTC offset, e.g. 2026-11-25T13:00:00Z")
-    try:
-        return parsed.astimezone(ZoneInfo("UTC"))
-    except OverflowError:
-        raise ValidationFailed(field, "is out of range") from None
+    return in_range(field, parsed)
 
 
 def timestamp(field: str, value: str | datetime | None) -> datetime | None:
@@ -120,6 +133,10 @@ def decode_cursor(prefix: str, cursor: str) -> tuple[datetime, int]:
         raise bad
     if at.tzinfo is None:
         raise bad
+    try:  # a hand-edited time near year 1 or 9999 would overflow in the query
+        at = in_range("cursor", at)
+    except ValidationFailed:
+        raise bad from None
     return at, int(digits)
 
 

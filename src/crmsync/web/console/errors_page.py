@@ -73,7 +73,7 @@ def form_timestamp(field: str, value: str | None, zone: ZoneInfo) -> datetime | 
         raise ValidationFailed(field, "is not a date and time (YYYY-MM-DD HH:MM)") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=zone)
-    return parsed.astimezone(ZoneInfo("UTC"))
+    return params.in_range(field, parsed)
 
 
 def filters_from(values: Mapping[str, Any], specs: Any, zone: ZoneInfo) -> ErrorFilters:
@@ -153,11 +153,17 @@ def page_label(first: int, shown: int, total: int) -> str:
 
 
 def page_of(before: int, limit: int, total: int) -> str | None:
-    """``Page 2 of 4``: where the page starts, in pages of ``limit`` (None: nothing to page)."""
+    """``Page 2 of 4``: where the page starts, in pages of ``limit`` (None: nothing to page).
+
+    Counted from the rows before the cursor and the rows from it on, not from ``total``
+    alone: when rows leave the list between loads (resolved, dismissed) ``before`` is no
+    longer a multiple of ``limit``, and a page with rows before it is never page 1.
+    """
     if total <= limit and not before:
         return None
-    pages = max(1, -(-total // limit))
-    return f"Page {min(before // limit + 1, pages):,} of {pages:,}"
+    page = -(-before // limit) + 1
+    pages = page - 1 + max(1, -(-max(0, total - before) // limit))
+    return f"Page {page:,} of {pages:,}"
 
 
 def store_of(request: Request) -> Engine:
