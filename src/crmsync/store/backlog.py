@@ -203,7 +203,9 @@ def _oldest_entries(
     the tail's to count: the fold may move them to another group or drop them). One
     statement either way: the log has no index on the record, so the test is an
     anti-join against the object's logged ids, read once (not a probe of the log per
-    entry, which is quadratic once many queued records change again)."""
+    entry, which is quadratic once many queued records change again). Ordered by the
+    index's own column alone: entries queued by one bulk load share their time, and a
+    tie-break on ``id`` had PostgreSQL sort them all (0.5 s at a million)."""
     q, c = sync_queue.c, sync_change.c
     source: Any = sync_queue
     where = [
@@ -220,7 +222,7 @@ def _oldest_entries(
         sa.select(q.id, q.record_id, q.crm_id, q.label, q.first_queued_at)
         .select_from(source)
         .where(*where)
-        .order_by(q.first_queued_at, q.id)
+        .order_by(q.first_queued_at)
         .limit(1)
     )
     return conn.execute(query).first()
@@ -268,7 +270,7 @@ def _groups(conn: Connection, direction: str | None, obj: str | None, logged: bo
         return (
             sa.select(column)
             .where(*in_group)
-            .order_by(q.first_queued_at, q.id)
+            .order_by(q.first_queued_at)
             .limit(1)
             .scalar_subquery()
         )
