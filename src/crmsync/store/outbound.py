@@ -19,7 +19,7 @@ from sqlalchemy import Connection
 
 from crmsync.domain import Direction, EntryState, ObjectSpec
 from crmsync.store import backlog
-from crmsync.store.queue import Entry
+from crmsync.store.queue import Entry, entry_columns
 from crmsync.store.schema import LOCAL_TABLES, sync_queue, sync_record
 from crmsync.store.status import AWAITING_PULL
 
@@ -126,24 +126,6 @@ def load_parents(
     return parents
 
 
-def _entry(r: Any) -> Entry:
-    return Entry(
-        id=r.id,
-        object=r.object,
-        direction=r.direction,
-        record_key=r.record_key,
-        record_id=r.record_id,
-        crm_id=r.crm_id,
-        operation=r.operation,
-        label=r.label,
-        payload=r.payload,
-        version=r.version,
-        attempts=r.attempts,
-        first_queued_at=r.first_queued_at,
-        last_error_code=r.last_error_code,
-    )
-
-
 def waiting(conn: Connection, objects: Sequence[str], limit: int, now: datetime) -> list[Entry]:
     """Up to ``limit`` entries per object that a push would send: pending ``to_crm``
     entries due by ``now`` and not claimed, oldest first, as the fold would refresh
@@ -153,7 +135,7 @@ def waiting(conn: Connection, objects: Sequence[str], limit: int, now: datetime)
     out: list[Entry] = []
     for obj in objects:
         rows = conn.execute(
-            sa.select(sync_queue)
+            sa.select(*entry_columns())
             .where(
                 q.object == obj,
                 q.direction == Direction.TO_CRM.value,
@@ -165,7 +147,7 @@ def waiting(conn: Connection, objects: Sequence[str], limit: int, now: datetime)
             .limit(limit)
         ).all()
         listed = {r.record_id: len(out) + k for k, r in enumerate(rows)}
-        out += [_entry(r) for r in rows]
+        out += [Entry(*r) for r in rows]
         for t in backlog.tail_entries(conn, obj, limit):
             if t.record_id in listed:
                 # Due already; the fold only refreshes what it sends.

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -67,6 +67,11 @@ class Entry:
     attempts: int
     first_queued_at: datetime
     last_error_code: str | None = None  # why it waits, when it has waited (e.g. held)
+
+
+def entry_columns() -> list[sa.Column[Any]]:
+    """The queue's columns in ``Entry``'s field order: ``Entry(*row)`` of a row of them."""
+    return [sync_queue.c[f.name] for f in fields(Entry)]
 
 
 @dataclass(frozen=True)
@@ -186,21 +191,7 @@ def _claim_statement(skip_locked: bool) -> sa.Update:
             claimed_by=sa.bindparam("c_worker", type_=sa.String),
             claimed_until=sa.bindparam("c_until", type_=UTCDateTime()),
         )
-        .returning(
-            q.id,
-            q.object,
-            q.direction,
-            q.record_key,
-            q.record_id,
-            q.crm_id,
-            q.operation,
-            q.label,
-            q.payload,
-            q.version,
-            q.attempts,
-            q.first_queued_at,
-            q.last_error_code,
-        )
+        .returning(*entry_columns())
     )
 
 
