@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
-from crmsync.domain import ConflictRule, default_objects
+from crmsync.domain import ConflictRule
 from crmsync.engine import changes as ch
 from crmsync.engine.apply import (
     MISSING_PARENT,
@@ -20,6 +20,7 @@ from crmsync.engine.apply import (
     Write,
     plan_apply,
 )
+from crmsync.mapping import default_objects
 from crmsync.store.queue import Entry
 
 SPECS = default_objects()

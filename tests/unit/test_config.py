@@ -97,7 +97,8 @@ def test_object_overrides_must_name_real_columns(
     cfg = tmp_path / "c.toml"
     cfg.write_text(toml)
     monkeypatch.setenv("CRMSYNC_CONFIG", str(cfg))
-    with pytest.raises(ConfigError, match="CRMSYNC_OBJECTS"):
+    # Named by its TOML path, as the contract's mappings section says.
+    with pytest.raises(ConfigError, match=r"\n  objects\.lead\.(fields|field_rules)\."):
         load_settings()
 
 

@@ -24,7 +24,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from crmsync.domain import Direction, EntryState, Operation, default_objects
+from crmsync.domain import Direction, EntryState, Operation
+from crmsync.mapping import default_objects
 from crmsync.store import backlog_counts
 from crmsync.store.schema import LOCAL_TABLES, sync_change, sync_queue, sync_record
 from crmsync.store.types import UTCDateTime

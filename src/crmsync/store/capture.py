@@ -30,7 +30,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine, text
 
-from crmsync.domain import ObjectSpec, default_objects
+from crmsync.domain import ObjectSpec
+from crmsync.mapping import default_objects
 from crmsync.store.db import write_transaction
 from crmsync.store.pgarrays import unnest
 from crmsync.store.schema import sync_change, sync_queue

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine
 
-from crmsync.domain import OBJECT_NAMES, ObjectSpec
+from crmsync.domain import STANDARD_OBJECTS, ObjectSpec
 from crmsync.errors import ValidationFailed
 from crmsync.store import params, records
 from crmsync.store.db import read_transaction, write_transaction
@@ -65,7 +65,7 @@ def object_spec(
         str,
         Path(
             description="lead, contact, account or opportunity",
-            json_schema_extra={"enum": list(OBJECT_NAMES)},
+            json_schema_extra={"enum": list(STANDARD_OBJECTS)},
         ),
     ],
 ) -> ObjectSpec:
