@@ -36,7 +36,8 @@ from crmsync.engine import changes as ch
 from crmsync.engine.conflicts import Resolution, as_text, resolve
 from crmsync.store import capture, queue
 from crmsync.store.db import capture_suppressed, write_transaction
-from crmsync.store.schema import LOCAL_TABLES, sync_conflict, sync_queue, sync_record
+from crmsync.store.local_tables import local_table
+from crmsync.store.schema import sync_conflict, sync_queue, sync_record
 from crmsync.store.types import UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ def plan_apply(
         synced_version = state.crm_version or ch.version_of(state.etag)
         if synced_version is not None and change.version <= synced_version:
             return Skip(entry)  # older than what both sides already agreed on
-    table = LOCAL_TABLES[spec.table]
+    table = local_table(spec)
     remote: dict[str, Any] = {}
     for column, value in change.values.items():
         problem = _fits(table, column, value)
@@ -232,7 +233,7 @@ def load_context(
     wanted_parents: dict[str, set[str]] = defaultdict(set)
     for obj, group in by_object.items():
         spec = specs[obj]
-        table = LOCAL_TABLES[spec.table]
+        table = local_table(spec)
         keys = [e.record_key for e in group]
         for m in conn.execute(sa.select(table).where(table.c.crm_id.in_(keys))).mappings():
             rows[(obj, m["crm_id"].lower())] = dict(m)
@@ -278,7 +279,7 @@ def load_context(
     parents: dict[tuple[str, str], int] = {}
     on_way: set[tuple[str, str]] = set()
     for target, crm_ids in wanted_parents.items():
-        table = LOCAL_TABLES[specs[target].table]
+        table = local_table(specs[target])
         ids_sorted = sorted(crm_ids)
         for pr in conn.execute(
             sa.select(table.c.id, table.c.crm_id).where(table.c.crm_id.in_(ids_sorted))
@@ -344,7 +345,7 @@ def execute(
         by_kind[(w.entry.object, w.kind)].append(w)
     for (obj, kind), group in by_kind.items():
         spec = specs[obj]
-        table = LOCAL_TABLES[spec.table]
+        table = local_table(spec)
         if kind == "insert":
             given = [{**w.values, "crm_id": w.change.crm_id} for w in group]
             names = sorted({c for row in given for c in row})
@@ -421,7 +422,7 @@ def _queue_updates(
 ) -> None:
     """Queue ``to_crm`` updates of these local rows, as the capture trigger would have
     (an entry already waiting is left as it is)."""
-    table = LOCAL_TABLES[spec.table]
+    table = local_table(spec)
     rows = sa.select(
         sa.literal(spec.name),
         sa.literal("to_crm"),

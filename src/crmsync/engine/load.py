@@ -42,7 +42,8 @@ from crmsync.domain import ObjectSpec
 from crmsync.engine import changes as ch
 from crmsync.store import queue
 from crmsync.store.db import capture_suppressed
-from crmsync.store.schema import LOCAL_TABLES, sync_change, sync_queue, sync_tombstone
+from crmsync.store.local_tables import local_table
+from crmsync.store.schema import sync_change, sync_queue, sync_tombstone
 
 # Rows per INSERT statement: enough that a statement's own cost vanishes, few enough
 # that its text stays small and its prepared form is reused page after page.
@@ -123,7 +124,7 @@ def _local_states(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) ->
     (the state's columns null without one). Written out so that SQLite goes from the
     page's ids to the ``crm_id`` index (``CROSS JOIN`` fixes the order): left to its
     planner it scanned every sync state of the object per page, quadratic over a load."""
-    table = LOCAL_TABLES[spec.table].name
+    table = spec.table
     state = "LEFT JOIN sync_record AS r ON r.object = {0} AND r.record_id = t.id"
     columns = "SELECT t.crm_id, r.crm_version, r.etag, r.excluded"
     if conn.dialect.name == "postgresql":
@@ -173,7 +174,7 @@ def local_parents(
     for target, ids in wanted.items():
         if not ids:
             continue
-        table = LOCAL_TABLES[specs[target].table]
+        table = local_table(specs[target])
         for r in conn.execute(
             sa.select(table.c.id, table.c.crm_id).where(id_in(conn, table.c.crm_id, sorted(ids)))
         ):
@@ -223,7 +224,7 @@ def insert_new(
     their sync state, in the caller's transaction (see the module docstring)."""
     if not rows:
         return Loaded([], [])
-    table = LOCAL_TABLES[spec.table]
+    table = local_table(spec)
     key = spec.primary_key
     ids = [str(r[key]).lower() for r in rows]
     known, synced = known_ids(conn, spec, ids)
@@ -346,7 +347,7 @@ def _write(
     through the driver: SQLAlchemy's per-parameter processing and ``executemany``'s
     per-row step cost more than the inserts. Names come from the schema; every value
     is a bound parameter."""
-    table = LOCAL_TABLES[spec.table]
+    table = local_table(spec)
     pg = conn.dialect.name == "postgresql"
     mark = "%s" if pg else "?"
 

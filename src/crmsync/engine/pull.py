@@ -46,9 +46,9 @@ from crmsync.errors import CrmsyncError, RecordRejected
 from crmsync.store import queue
 from crmsync.store.capture import LABEL_MAX
 from crmsync.store.db import write_transaction
+from crmsync.store.local_tables import local_table
 from crmsync.store.schema import (
-    LOCAL_TABLES,
-    sync_change,
+        sync_change,
     sync_cursor,
     sync_queue,
     sync_record,
@@ -104,7 +104,7 @@ def load_known(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> di
     """
     if not crm_ids:
         return {}
-    table, q, r = LOCAL_TABLES[spec.table], sync_queue.c, sync_record.c
+    table, q, r = local_table(spec), sync_queue.c, sync_record.c
     local = sa.select(
         table.c.crm_id.label("crm_id"),
         table.c.id.label("record_id"),
@@ -298,7 +298,7 @@ def vanished(
     Only records with sync state count (records crmsync never synced are not its to
     delete), and not those with local changes on their way (their push decides).
     """
-    table, r, q = LOCAL_TABLES[spec.table], sync_record.c, sync_queue.c
+    table, r, q = local_table(spec), sync_record.c, sync_queue.c
     c = sync_change.c
     pending_push = (
         sa.select(sa.literal(1))

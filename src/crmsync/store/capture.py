@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine, text
 
 from crmsync.domain import ObjectSpec
-from crmsync.mapping import default_objects
+from crmsync.mapping import spec_of
 from crmsync.store.db import write_transaction
 from crmsync.store.pgarrays import unnest
 from crmsync.store.schema import sync_change, sync_queue
@@ -254,15 +254,19 @@ def ensure_triggers(engine: Engine, specs: Iterable[ObjectSpec]) -> list[str] | 
 # --- the fold -----------------------------------------------------------------------------
 
 
-@functools.cache
 def _touch(obj: str) -> sa.TextClause:
+    spec = spec_of(obj)
+    return _touch_statement(obj, spec.table, spec.label_column)
+
+
+@functools.cache
+def _touch_statement(obj: str, table: str, label: str) -> sa.TextClause:
     """Create or refresh ``obj``'s entry from the record as it is now.
 
     Its Dynamics id is the row's, else the one its last sync recorded: a push that
     finishes saves both in one transaction, so the second is only a safeguard.
     """
-    spec = default_objects()[obj]  # table and label column are not configurable
-    table, label, name = _ident(spec.table), _ident(spec.label_column), _ident(obj)
+    table, label, name = _ident(table), _ident(label), _ident(obj)
     crm_id = "COALESCE(t.crm_id, r.crm_id)"
     return text(
         f"INSERT INTO sync_queue ({_QUEUE_COLUMNS})"

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from crmsync.domain import STANDARD_OBJECTS
+from crmsync.mapping import active
 from crmsync.store import backlog_counts, capture, sessions
 from crmsync.store.db import read_transaction, write_transaction
 from crmsync.store.queue import bucket_start
@@ -71,7 +71,7 @@ def _upsert_throughput(conn: Connection, rows: list[dict[str, object]]) -> None:
 def backlog_totals(engine: Engine) -> dict[tuple[str, str], int]:
     """The backlog per (object, direction), zeros included, from one read snapshot."""
     # Zeros included: a missing sample means "not sampled", not "empty".
-    totals = {(o, d): 0 for o in STANDARD_OBJECTS for d in DIRECTIONS}
+    totals = {(o, d): 0 for o in active() for d in DIRECTIONS}
     with read_transaction(engine) as conn:
         for g in backlog_groups(conn):
             totals[(g.object, g.direction)] = totals.get((g.object, g.direction), 0) + g.count

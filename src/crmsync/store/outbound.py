@@ -20,7 +20,8 @@ from sqlalchemy import Connection
 from crmsync.domain import Direction, EntryState, ObjectSpec
 from crmsync.store import backlog
 from crmsync.store.queue import Entry, entry_columns
-from crmsync.store.schema import LOCAL_TABLES, sync_queue, sync_record
+from crmsync.store.local_tables import local_table
+from crmsync.store.schema import sync_queue, sync_record
 from crmsync.store.status import AWAITING_PULL
 
 # A push refused with 412 while its object's pull is paused waits this long before its
@@ -51,7 +52,7 @@ def load_rows(
             wanted[e.object].append(e.record_id)
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     for obj, ids in wanted.items():
-        table = LOCAL_TABLES[specs[obj].table]
+        table = local_table(specs[obj])
         for r in conn.execute(sa.select(table).where(table.c.id.in_(ids))).mappings():
             rows[(obj, r["id"])] = dict(r)
     return rows
@@ -102,7 +103,7 @@ def load_parents(
     parents: dict[tuple[str, int], Parent] = {}
     q = sync_queue.c
     for target, ids in wanted.items():
-        table = LOCAL_TABLES[specs[target].table]
+        table = local_table(specs[target])
         found = dict(
             conn.execute(sa.select(table.c.id, table.c.crm_id).where(table.c.id.in_(ids))).all()
         )
@@ -205,7 +206,7 @@ def set_crm_ids(
     for obj, record_id, crm_id in created:
         by_object[obj].append({"record": record_id, "new_crm_id": crm_id})
     for obj, rows in by_object.items():
-        table = LOCAL_TABLES[specs[obj].table]
+        table = local_table(specs[obj])
         conn.execute(
             sa.update(table)
             .where(table.c.id == sa.bindparam("record"), table.c.crm_id.is_(None))

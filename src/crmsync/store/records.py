@@ -24,7 +24,9 @@ from sqlalchemy.engine import RowMapping
 from crmsync.domain import Direction, EntryState, ObjectSpec
 from crmsync.errors import CrmsyncError, ValidationFailed
 from crmsync.store.params import DEFAULT_LIMIT, MAX_ID, MAX_LIMIT
-from crmsync.store.schema import LOCAL_TABLES, sync_change, sync_queue, sync_record
+from crmsync.store.local_tables import local_table
+from crmsync.mapping import spec_of
+from crmsync.store.schema import sync_change, sync_queue, sync_record
 from crmsync.store.types import utcnow
 
 READ_ONLY = ("id", "crm_id", "created_at", "updated_at", "crm_deleted_at")
@@ -68,7 +70,7 @@ def resolve_object(specs: Mapping[str, ObjectSpec], name: str) -> ObjectSpec:
 
 
 def table_of(spec: ObjectSpec) -> Table:
-    return LOCAL_TABLES[spec.table]
+    return local_table(spec)
 
 
 def readable_columns(spec: ObjectSpec) -> tuple[str, ...]:
@@ -191,7 +193,7 @@ def missing_references(
         wanted = {r[lookup.column] for r in rows if r.get(lookup.column) is not None}
         if not wanted:
             continue
-        target = LOCAL_TABLES[lookup.target]
+        target = local_table(spec_of(lookup.target))
         found: set[int] = set()
         ordered = sorted(wanted)
         for start in range(0, len(ordered), 500):

@@ -58,7 +58,7 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 NOW = text("CURRENT_TIMESTAMP")
 
 
-def _timestamps() -> list[Column[object]]:
+def timestamps() -> list[Column[object]]:
     return [
         Column("created_at", UTCDateTime(), nullable=False, server_default=NOW),
         Column("updated_at", UTCDateTime(), nullable=False, server_default=NOW),
@@ -74,7 +74,7 @@ def _local(name: str, *columns: Column[object]) -> Table:
         Column("id", Id, primary_key=True, autoincrement=True),
         Column("crm_id", String(36), nullable=True),
         *columns,
-        *_timestamps(),
+        *timestamps(),
         Index(f"uq_{name}_crm_id", "crm_id", unique=True),
         # AUTOINCREMENT on SQLite: ids are never reused, so a queue entry never
         # outlives its record and gets attached to a new one.
@@ -108,12 +108,9 @@ opportunity = _local(
     Column("account_id", Id, nullable=True),
 )
 
-LOCAL_TABLES: dict[str, Table] = {
-    "lead": lead,
-    "contact": contact,
-    "account": account,
-    "opportunity": opportunity,
-}
+# The contract's four tables, as the initial migration created them; the mapping's own
+# tables (and new columns of these) are built by ``store/local_tables.py``.
+STANDARD_TABLES: tuple[Table, ...] = (lead, contact, account, opportunity)
 
 sync_queue = Table(
     "sync_queue",
@@ -355,7 +352,7 @@ console_session_revoked = Table(
 __all__ = [
     "ERROR_FTS",
     "ERROR_FTS_TABLES",
-    "LOCAL_TABLES",
+    "STANDARD_TABLES",
     "PG_SEARCH_INDEXES",
     "console_session_revoked",
     "declared",
