@@ -48,7 +48,7 @@ from crmsync.store.capture import LABEL_MAX
 from crmsync.store.db import write_transaction
 from crmsync.store.local_tables import local_table
 from crmsync.store.schema import (
-        sync_change,
+    sync_change,
     sync_cursor,
     sync_queue,
     sync_record,

@@ -47,6 +47,7 @@ from crmsync.engine.pull import Progress, Puller
 from crmsync.engine.push import Pusher
 from crmsync.engine.throttle import SharedThrottle
 from crmsync.errors import Fatal, RecordRejected, Retriable
+from crmsync.mapping import activate as activate_mapping
 from crmsync.memory import release_free_memory
 from crmsync.store import capture, migrate, queue
 from crmsync.store.db import write_transaction
@@ -171,6 +172,7 @@ class Worker:
         concurrency: int = 4,
         progress: Progress | None = None,
     ) -> None:
+        activate_mapping(settings.object_specs())
         self.engine = engine
         self.client = client
         self.settings = settings

@@ -82,7 +82,10 @@ def _families(field: FieldSpec) -> tuple[type[sa.types.TypeEngine[object]], ...]
 def local_table(spec: ObjectSpec) -> Table:
     """The table of ``spec``'s object (one ``Table`` per distinct declaration)."""
     fields = tuple(spec.field_specs.values())
-    key = (spec.table, *((f.column, f.type, f.max_length, f.precision, bool(f.choices)) for f in fields))
+    key = (
+        spec.table,
+        *((f.column, f.type, f.max_length, f.precision, bool(f.choices)) for f in fields),
+    )
     table = _CACHE.get(key)
     if table is not None:
         return table
@@ -104,8 +107,10 @@ def _build(spec: ObjectSpec, standard: Table | None) -> Table:
             columns.append(Column(field.column, column_type(field), nullable=True))
     # Another declaration of the same table (a changed mapping in a test) gets its own
     # MetaData: tables of one MetaData must have distinct names.
-    meta = local_metadata if spec.table not in local_metadata.tables else MetaData(
-        naming_convention=schema.NAMING
+    meta = (
+        local_metadata
+        if spec.table not in local_metadata.tables
+        else MetaData(naming_convention=schema.NAMING)
     )
     return Table(
         spec.table,
@@ -170,7 +175,9 @@ def bring_to(conn: Connection, specs: Iterable[ObjectSpec]) -> list[str]:
     found = differences(conn, specs)
     refused = refusals(found)
     if refused:
-        raise LocalSchemaMismatch("the store's tables do not match the mapping: " + "; ".join(refused))
+        raise LocalSchemaMismatch(
+            "the store's tables do not match the mapping: " + "; ".join(refused)
+        )
     by_name = {s.name: s for s in specs}
     added: list[str] = []
     if conn.dialect.name == "postgresql":

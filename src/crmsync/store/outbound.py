@@ -19,8 +19,8 @@ from sqlalchemy import Connection
 
 from crmsync.domain import Direction, EntryState, ObjectSpec
 from crmsync.store import backlog
-from crmsync.store.queue import Entry, entry_columns
 from crmsync.store.local_tables import local_table
+from crmsync.store.queue import Entry, entry_columns
 from crmsync.store.schema import sync_queue, sync_record
 from crmsync.store.status import AWAITING_PULL
 

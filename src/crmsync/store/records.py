@@ -23,9 +23,9 @@ from sqlalchemy.engine import RowMapping
 
 from crmsync.domain import Direction, EntryState, ObjectSpec
 from crmsync.errors import CrmsyncError, ValidationFailed
-from crmsync.store.params import DEFAULT_LIMIT, MAX_ID, MAX_LIMIT
-from crmsync.store.local_tables import local_table
 from crmsync.mapping import spec_of
+from crmsync.store.local_tables import local_table
+from crmsync.store.params import DEFAULT_LIMIT, MAX_ID, MAX_LIMIT
 from crmsync.store.schema import sync_change, sync_queue, sync_record
 from crmsync.store.types import utcnow
 

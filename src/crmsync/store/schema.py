@@ -352,8 +352,8 @@ console_session_revoked = Table(
 __all__ = [
     "ERROR_FTS",
     "ERROR_FTS_TABLES",
-    "STANDARD_TABLES",
     "PG_SEARCH_INDEXES",
+    "STANDARD_TABLES",
     "console_session_revoked",
     "declared",
     "dynamics_throttle",

@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI
 from sqlalchemy import Engine
 
 from crmsync.config import Settings
+from crmsync.mapping import activate as activate_mapping
 from crmsync.store import migrate
 from crmsync.store.db import create_store_engine
 from crmsync.web import (
@@ -40,6 +41,7 @@ from crmsync.web.session import (
 def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     """Build the app. Without ``engine`` one is created from settings (and disposed of
     at shutdown); a given engine stays the caller's."""
+    activate_mapping(settings.object_specs())
     own_engine = engine is None
     store = engine if engine is not None else create_store_engine(settings.database_url)
 
