@@ -1,20 +1,17 @@
 """Alerts: a JSON webhook when the sync falls behind, once per breach and once on recovery.
 
-Two thresholds, each per object, both optional (settings ``alert_oldest_age_seconds``
-and ``alert_errors_per_hour``):
-
-- ``oldest_waiting_age``: the age in seconds of the object's oldest waiting change
-  (the backlog's, both directions; parked errors excluded);
-- ``errors_per_hour``: sync errors of the object that first failed in the last hour.
+Two thresholds per object, both optional (``alert_oldest_age_seconds``,
+``alert_errors_per_hour``): ``oldest_waiting_age``, the age in seconds of the object's
+oldest waiting change (both directions; parked errors excluded), and
+``errors_per_hour``, the object's sync errors that first failed in the last hour.
 
 ``decide`` is the whole policy, without I/O: a value above its threshold opens an
 incident and sends ``alert``; while it stays above, nothing more is sent; once it is back
 at or below, ``recovered`` is sent and the incident closes. ``AlertMonitor.check``
-observes the store, decides and posts to ``alert_webhook_url`` with retries; an
-incident opens or closes only once its message was delivered, so a webhook that is
-down gets the message on a later check instead of never. Incidents are kept in memory
-of the process that runs the checks (``crmsync serve``): a restart during an incident
-sends its ``alert`` again.
+observes the store, decides and posts to ``alert_webhook_url`` with retries. An incident
+opens or closes only once its message was delivered, so a webhook that is down gets it
+on a later check. Incidents live in the memory of the process that runs the checks
+(``crmsync serve``): a restart during an incident sends its ``alert`` again.
 """
 
 from __future__ import annotations

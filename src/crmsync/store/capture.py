@@ -7,14 +7,10 @@
   makes them match the registry; ``ensure_triggers`` (worker and ``serve`` start) does
   so only if the installed ones differ.
 - **The fold** moves logged changes into ``sync_queue``, oldest first, deleting them in
-  the transaction that queues them (a change is in the log or in the queue, never
-  neither): one entry per (object, direction, record), which keeps its first-queued
-  time; an insert or update queues the record as it is then (``insert`` while it has no
-  Dynamics id); a delete of a record never in Dynamics drops the entry, else becomes a
-  ``delete``; a parked entry changed again, or one that becomes a delete, is due again
-  with its attempts reset; every refresh bumps ``version``. On PostgreSQL one folder at
-  a time (an advisory lock). Writers fold (claims, applies, the upkeep); readers count
-  the unfolded tail as folded (``store.backlog``).
+  the transaction that queues them: a change is in the log or in the queue, never
+  neither. One entry per (object, direction, record); the rules are beside ``fold``.
+  On PostgreSQL one folder at a time (an advisory lock). Writers fold (claims, applies,
+  the upkeep); readers count the unfolded tail as folded (``store.backlog``).
 """
 
 from __future__ import annotations
@@ -370,6 +366,11 @@ def _lock_statement() -> sa.Select[Any]:
     )
 
 
+# What a logged change does to its record's entry: the entry keeps its first-queued
+# time; an insert or update queues the record as it is then (``insert`` while it has no
+# Dynamics id); a delete of a record never in Dynamics drops the entry, else becomes a
+# ``delete``; a parked entry changed again, or one that becomes a delete, is due again
+# with its attempts reset; every refresh bumps ``version``.
 def fold(conn: Connection, limit: int = FOLD_BATCH) -> int:
     """Queue the oldest ``limit`` logged changes, in the caller's transaction; returns
     how many there were. The caller keeps other folders out (``fold_pending`` does)."""

@@ -6,16 +6,13 @@ worker may claim again once the lease runs out. On PostgreSQL the claim takes ro
 with ``FOR UPDATE SKIP LOCKED`` so that many workers on many machines never claim the
 same entry; on SQLite a write transaction serialises claims.
 
-Every outcome is recorded in one transaction per batch:
-
-- ``complete``: the change reached its destination. The entry is removed unless a newer
-  change arrived while it was in flight (its ``version`` moved), in which case it stays
-  queued, now as an update. The throughput counters and the record's sync state are
-  updated and any open error for the record in that direction is resolved.
-- ``reschedule``: a transient fault; the entry waits with backoff and stays in the
-  backlog. ``defer`` does the same without counting an attempt (waiting for a parent).
-- ``park``: the record cannot sync as it is; the entry leaves the backlog and an open
-  sync error says why. A new change to the record, or a retry, queues it again.
+Every outcome is recorded in one transaction per batch: ``complete`` removes the entry
+(unless a newer change arrived in flight: its ``version`` moved, and it stays queued as
+an update), adds to the throughput counters, updates the record's sync state and
+resolves its open error; ``reschedule`` waits with backoff, still in the backlog
+(``defer`` likewise without counting an attempt: waiting for a parent); ``park`` takes
+the entry out of the backlog with an open sync error saying why, until a new change to
+the record, or a retry, queues it again.
 """
 
 from __future__ import annotations

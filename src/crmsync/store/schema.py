@@ -1,26 +1,10 @@
 """The store's tables, declared once. Alembic migrations must produce exactly this.
 
 Local tables (``lead``, ``contact``, ``account``, ``opportunity``) belong to the
-applications; every other table is crmsync's own bookkeeping:
-
-- ``sync_change``: the capture log: one row per captured local write, appended by the
-  capture triggers and folded into ``sync_queue`` in batches (``store/capture.py``).
-- ``sync_queue``: one row per (object, direction, record) with changes not yet synced;
-  the backlog is its ``pending`` rows, parked errors are its ``parked`` rows.
-- ``sync_suppress``: on SQLite, a row here while crmsync applies Dynamics' changes tells
-  the capture triggers to stay quiet (PostgreSQL uses a transaction-local setting).
-- ``sync_record``: what was last synced per record (CRM id, ETag, values), the base for
-  conflict detection and the record's sync state.
-- ``sync_error``: failed records as operators see them in Sync Errors.
-- ``sync_throughput``: synced-record counters in 15-minute buckets, so that clock hours
-  of zones with 30- and 45-minute offsets can be summed exactly.
-- ``sync_cursor``: the change-tracking delta link per object.
-- ``sync_conflict``: the conflict journal.
-- ``sync_pause``: what is paused, by object and direction.
-- ``console_session_revoked``: console sessions logged out before their cookie expires.
-- ``dynamics_throttle``: until when Dynamics told a credential to wait (a 429's
-  ``Retry-After``), shared by every worker process using that credential.
-- ``sync_backlog_count``: the backlog's counts, kept by triggers on ``sync_queue``.
+applications; every other table is crmsync's own bookkeeping, each described beside its
+declaration. The capture triggers append to ``sync_change``, which is folded into
+``sync_queue`` (``store/capture.py``); the backlog is the queue's ``pending`` rows, parked
+errors its ``parked`` rows.
 """
 
 from __future__ import annotations
@@ -112,6 +96,8 @@ opportunity = _local(
 # tables (and new columns of these) are built by ``store/local_tables.py``.
 STANDARD_TABLES: tuple[Table, ...] = (lead, contact, account, opportunity)
 
+# One row per (object, direction, record) with changes not yet synced: the backlog is
+# its ``pending`` rows, parked errors are its ``parked`` rows.
 sync_queue = Table(
     "sync_queue",
     metadata,
@@ -148,6 +134,8 @@ sync_queue = Table(
     # SQLite's sequence table would cost every captured write one more row update.
 )
 
+# The capture log: one row per captured local write, appended by the capture triggers
+# and folded into ``sync_queue`` in batches (store/capture.py).
 sync_change = Table(
     "sync_change",
     metadata,
@@ -163,12 +151,16 @@ sync_change = Table(
     # No AUTOINCREMENT on SQLite, for the same reason as sync_queue.
 )
 
+# On SQLite, a row here while crmsync applies Dynamics' changes tells the capture
+# triggers to stay quiet (PostgreSQL uses a transaction-local setting).
 sync_suppress = Table(
     "sync_suppress",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
 )
 
+# What was last synced per record (CRM id, ETag, values): the base for conflict
+# detection and the record's sync state.
 sync_record = Table(
     "sync_record",
     metadata,
@@ -197,6 +189,7 @@ sync_tombstone = Table(
     Column("deleted_at", UTCDateTime(), nullable=False),
 )
 
+# Failed records as operators see them in Sync Errors.
 sync_error = Table(
     "sync_error",
     metadata,
@@ -259,6 +252,8 @@ def declared(
     return not (type_ == "table" and reflected and name in ERROR_FTS_TABLES)
 
 
+# Synced-record counters in 15-minute buckets, so that clock hours of zones with 30- and
+# 45-minute offsets can be summed exactly.
 sync_throughput = Table(
     "sync_throughput",
     metadata,
@@ -294,6 +289,7 @@ sync_backlog_count = Table(
     Column("n", BigInteger, nullable=False),
 )
 
+# The change-tracking delta link per object.
 sync_cursor = Table(
     "sync_cursor",
     metadata,
@@ -302,6 +298,7 @@ sync_cursor = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
 )
 
+# The conflict journal.
 sync_conflict = Table(
     "sync_conflict",
     metadata,
@@ -319,6 +316,7 @@ sync_conflict = Table(
     sqlite_autoincrement=True,
 )
 
+# What is paused, by object and direction.
 sync_pause = Table(
     "sync_pause",
     metadata,
