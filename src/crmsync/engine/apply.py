@@ -34,6 +34,13 @@ from crmsync.config import Settings
 from crmsync.domain import ObjectSpec
 from crmsync.engine import changes as ch
 from crmsync.engine.conflicts import Resolution, as_text, resolve
+from crmsync.mapping.convert import (
+    DoesNotFit,
+    from_dataverse,
+    json_row,
+    local_values,
+    to_dataverse,
+)
 from crmsync.store import capture, queue
 from crmsync.store.db import capture_suppressed, write_transaction
 from crmsync.store.local_tables import local_table
@@ -147,8 +154,17 @@ def plan_apply(
             return Skip(entry)  # older than what both sides already agreed on
     table = local_table(spec)
     remote: dict[str, Any] = {}
+    types = spec.field_specs
     for column, value in change.values.items():
-        problem = _fits(table, column, value)
+        field = types.get(column)
+        local = value
+        if field is not None:
+            try:
+                local = from_dataverse(field, value)
+                value = to_dataverse(field, local)  # one JSON form to compare and keep
+            except DoesNotFit as exc:
+                return Park(entry, UNMAPPABLE, str(exc))
+        problem = _fits(table, column, local)
         if problem is not None:
             return Park(entry, UNMAPPABLE, problem)
         remote[column] = value
@@ -173,7 +189,7 @@ def plan_apply(
         remote[column] = parent
     if row is None and record_id is None:
         res = resolve(spec, None, None, remote, local_pending=False)
-        return Write(entry, change, "insert", None, res.values, res)
+        return Write(entry, change, "insert", None, local_values(spec, res.values), res)
     if row is None:
         # Known only as a push in flight whose local row is gone: nothing to update.
         return Skip(entry)
@@ -184,23 +200,24 @@ def plan_apply(
         res = resolve(
             spec,
             state.synced_values if state is not None else None,
-            row,
+            json_row(spec, row),
             remote,
             local_pending=True,
             local_modified_at=_local_change_time(row, state, push),
             crm_modified_at=change.modified_datetime,
         )
-        return Write(entry, change, "update", row["id"], res.values, res, push, rejoin=True)
+        values = local_values(spec, res.values)
+        return Write(entry, change, "update", row["id"], values, res, push, rejoin=True)
     res = resolve(
         spec,
         state.synced_values if state is not None else None,
-        row,
+        json_row(spec, row),
         remote,
         local_pending=push is not None,
         local_modified_at=push.changed_at if push is not None else None,
         crm_modified_at=change.modified_datetime,
     )
-    return Write(entry, change, "update", row["id"], res.values, res, push)
+    return Write(entry, change, "update", row["id"], local_values(spec, res.values), res, push)
 
 
 def _local_change_time(row: Mapping[str, Any], state: Any, push: Push | None) -> datetime | None:

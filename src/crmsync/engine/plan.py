@@ -20,6 +20,7 @@ from typing import Any
 
 from crmsync.domain import GUID_RE, ObjectSpec
 from crmsync.dynamics.writes import Write
+from crmsync.mapping.convert import DoesNotFit, to_dataverse
 from crmsync.store.outbound import Parent
 from crmsync.store.queue import Entry
 
@@ -33,7 +34,7 @@ class Send:
     entry: Entry
     write: Write
     crm_id: str
-    values: dict[str, Any]  # the local values sent, by local column
+    values: dict[str, Any]  # the values sent, by local column, in their JSON form
 
 
 @dataclass(frozen=True)
@@ -68,14 +69,20 @@ def body_for(
     """The Dataverse body for ``row``, or the reason it cannot be built yet.
 
     Returns ``(body, blocked_by, values)``: ``blocked_by`` names a parent that is not in
-    Dynamics. Lookups are bound with ``@odata.bind`` (associate-disassociate-entities).
+    Dynamics; ``values`` are the fields' JSON values by local column. Lookups are bound
+    with ``@odata.bind`` (associate-disassociate-entities).
     """
     body: dict[str, Any] = {}
     values: dict[str, Any] = {}
+    types = spec.field_specs
     for column, attribute in spec.fields.items():
         if spec.flow_for(column).pushes:
-            body[attribute] = row.get(column)
-            values[column] = row.get(column)
+            field = types.get(column)
+            value = row.get(column)
+            # Raises DoesNotFit, naming the field, for a value Dynamics cannot take.
+            value = to_dataverse(field, value) if field is not None else value
+            body[attribute] = value
+            values[column] = value
     for lookup in spec.lookups:
         if not spec.flow_for(lookup.column).pushes:
             continue
@@ -148,7 +155,10 @@ def plan_entry(
             and not is_dynamics_id(parent.crm_id)
         ):
             return _invalid_id(entry, f"{label} its {lookup.target} {target_id}'s", parent.crm_id)
-    body, blocked_by, values = body_for(spec, row, parents)
+    try:
+        body, blocked_by, values = body_for(spec, row, parents)
+    except DoesNotFit as exc:
+        return Park(entry, exc.code, f"{label} {exc}: nothing was sent; correct the value")
     if blocked_by is not None:
         target, target_id = blocked_by.split(" ", 1)
         parent = parents.get((target, int(target_id)))

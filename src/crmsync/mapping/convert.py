@@ -1,0 +1,210 @@
+"""Field values between a local row and Dataverse's JSON, exactly both ways. No I/O.
+
+``to_dataverse`` turns a local value into the JSON value Dataverse takes for the
+field's type; ``from_dataverse`` turns what Dataverse returns into the local value. A
+value that does not fit (not a number, out of range, not one of the choices) raises
+``DoesNotFit`` naming the field: it becomes a sync error, never a rounding or a
+truncation. Text longer than Dynamics allows is sent as it is, so that Dynamics'
+own error (0x80044331) names the limit.
+
+The engine compares and keeps field values in their JSON form (the last synced values,
+conflict detection); ``canonical`` gives it for a value Dataverse returned, so that
+``1.5`` and ``1.50`` of a decimal, or a datetime's two spellings, are the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from crmsync.domain import FieldSpec, FieldType, ObjectSpec
+
+INVALID_VALUE = "crmsync.invalid_value"
+
+
+class DoesNotFit(ValueError):
+    """A value that cannot be converted for its field; ``code`` is crmsync's error code."""
+
+    def __init__(self, field: FieldSpec, message: str, code: str = INVALID_VALUE) -> None:
+        self.field = field
+        self.code = code
+        super().__init__(f"{field.column}: {message}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def to_dataverse(field: FieldSpec, value: Any) -> Any:
+    """The JSON value Dataverse takes for ``field`` holding the local ``value``."""
+    if value is None:
+        return None
+    kind = field.type
+    if kind in (FieldType.STRING, FieldType.MEMO):
+        return value if isinstance(value, str) else str(value)
+    if kind is FieldType.INTEGER:
+        return _integer(field, value)
+    if kind in (FieldType.DECIMAL, FieldType.MONEY):
+        return _number(field, _decimal(field, value))
+    if kind is FieldType.BOOLEAN:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):  # SQLite keeps booleans as 0 and 1
+            return bool(value)
+        raise DoesNotFit(field, f"{_short(value)} is not a yes/no value")
+    if kind is FieldType.DATETIME:
+        return _instant(field, value).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if kind is FieldType.DATE:
+        return _date(field, value).isoformat()
+    if kind is FieldType.CHOICE:
+        if not field.choices:
+            return _integer(field, value)
+        for local, option in field.choices:
+            if value == local:
+                return option
+        allowed = ", ".join(repr(c) for c, _ in field.choices)
+        raise DoesNotFit(field, f"{_short(value)} is not one of the choices ({allowed})")
+    return value  # a lookup is bound by the engine, not converted
+
+
+def from_dataverse(field: FieldSpec, value: Any) -> Any:
+    """The local value of ``field`` for the JSON ``value`` Dataverse returned."""
+    if value is None:
+        return None
+    kind = field.type
+    if kind in (FieldType.STRING, FieldType.MEMO):
+        if not isinstance(value, str):
+            raise DoesNotFit(field, f"Dynamics returned {_short(value)}, not text")
+        return value
+    if kind is FieldType.INTEGER:
+        return _integer(field, value)
+    if kind in (FieldType.DECIMAL, FieldType.MONEY):
+        return _decimal(field, value)
+    if kind is FieldType.BOOLEAN:
+        if not isinstance(value, bool):
+            raise DoesNotFit(field, f"Dynamics returned {_short(value)}, not a yes/no value")
+        return value
+    if kind is FieldType.DATETIME:
+        return _instant(field, value)
+    if kind is FieldType.DATE:
+        return _date(field, value)
+    if kind is FieldType.CHOICE:
+        option = _integer(field, value)
+        if not field.choices:
+            return option
+        for local, known in field.choices:
+            if known == option:
+                return local
+        raise DoesNotFit(field, f"Dynamics' option {option} has no local choice in the mapping")
+    return value
+
+
+def canonical(field: FieldSpec, value: Any) -> Any:
+    """Dataverse's JSON ``value`` in the one form crmsync keeps and compares."""
+    return to_dataverse(field, from_dataverse(field, value))
+
+
+def json_row(spec: ObjectSpec, row: Mapping[str, Any]) -> dict[str, Any]:
+    """A local row with its mapped fields in their JSON form, to compare with Dynamics'
+    (a value that does not fit stays as it is, and so differs)."""
+    out = dict(row)
+    for column, field in spec.field_specs.items():
+        if column in out and field.type is not FieldType.LOOKUP:
+            with contextlib.suppress(DoesNotFit):
+                out[column] = to_dataverse(field, out[column])
+    return out
+
+
+def local_values(spec: ObjectSpec, values: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON field values (lookups already local ids) as a local row holds them."""
+    types = spec.field_specs
+    return {
+        c: from_dataverse(types[c], v)
+        if c in types and types[c].type is not FieldType.LOOKUP
+        else v
+        for c, v in values.items()
+    }
+
+
+def _integer(field: FieldSpec, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str, Decimal, float)):
+        raise DoesNotFit(field, f"{_short(value)} is not a whole number")
+    try:
+        number = int(value) if not isinstance(value, float) else None
+    except ValueError:
+        number = None
+    if number is None and isinstance(value, float) and value.is_integer():
+        number = int(value)
+    if number is None or (isinstance(value, Decimal) and value != number):
+        raise DoesNotFit(field, f"{_short(value)} is not a whole number")
+    _in_range(field, number)
+    return number
+
+
+def _decimal(field: FieldSpec, value: Any) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
+        raise DoesNotFit(field, f"{_short(value)} is not a number")
+    try:
+        # repr of a float is its shortest exact spelling: 0.1 stays 0.1.
+        exact = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    except InvalidOperation:
+        raise DoesNotFit(field, f"{_short(value)} is not a number") from None
+    if not exact.is_finite():
+        raise DoesNotFit(field, f"{_short(value)} is not a number")
+    places = field.precision or 0
+    step = Decimal(1).scaleb(-places)
+    if exact != exact.quantize(step, rounding="ROUND_DOWN"):
+        raise DoesNotFit(
+            field, f"{exact} has more than {places} decimal places (it would be rounded)"
+        )
+    _in_range(field, exact)
+    return exact.quantize(step)
+
+
+def _number(field: FieldSpec, exact: Decimal) -> int | float:
+    """A JSON number that is exactly ``exact``: an integer, or a float whose shortest
+    spelling is the decimal's (JSON has no decimal type; 15 significant digits always
+    round-trip)."""
+    if exact == exact.to_integral_value():
+        return int(exact)
+    as_float = float(exact)
+    if Decimal(repr(as_float)) != exact:
+        raise DoesNotFit(field, f"{exact} has more significant digits than can be sent exactly")
+    return as_float
+
+
+def _in_range(field: FieldSpec, number: int | Decimal) -> None:
+    low, high = field.minimum, field.maximum
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise DoesNotFit(field, f"{number} is outside {low}..{high}")
+
+
+def _instant(field: FieldSpec, value: Any) -> datetime:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise DoesNotFit(field, f"{_short(value)} is not a date and time") from None
+    if not isinstance(value, datetime):
+        raise DoesNotFit(field, f"{_short(value)} is not a date and time")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)  # local datetime columns hold UTC
+    # Dataverse keeps date and time columns to the second.
+    return value.astimezone(UTC).replace(microsecond=0)
+
+
+def _date(field: FieldSpec, value: Any) -> date:
+    if isinstance(value, datetime):
+        raise DoesNotFit(field, f"{_short(value)} has a time; the field is a date only")
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise DoesNotFit(field, f"{_short(value)} is not a date (YYYY-MM-DD)")
