@@ -105,7 +105,9 @@ def emulator(
         if path is not None and not path.is_file():
             typer.echo(f"crmsync: no such file: {path}", err=True)
             raise typer.Exit(2)
-    serve(host=host, port=port, db=db, certfile=certfile, keyfile=keyfile)
+    # Every object of the mapping (CRMSYNC_CONFIG), custom tables and columns included.
+    specs = _settings().object_specs().values()
+    serve(host=host, port=port, db=db, certfile=certfile, keyfile=keyfile, specs=specs)
 
 
 @db_app.command("upgrade")

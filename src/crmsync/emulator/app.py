@@ -19,11 +19,13 @@ import asyncio
 import json
 import time
 from collections import Counter, deque
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from crmsync.domain import ObjectSpec
 from crmsync.emulator import faults
 from crmsync.emulator.api import Api
 from crmsync.emulator.auth import (
@@ -35,6 +37,7 @@ from crmsync.emulator.auth import (
 from crmsync.emulator.batch import BatchRunner
 from crmsync.emulator.http import API_PREFIX, Call, Reply, dumps, split_api_path
 from crmsync.emulator.limits import Limiter
+from crmsync.emulator.mapped import serve_mapping
 from crmsync.emulator.settings import Settings, SettingsError, validate
 from crmsync.emulator.store import Store
 
@@ -49,7 +52,9 @@ class ConnectionCut(Exception):
 
 
 class Emulator:
-    def __init__(self, db: Path | None = None) -> None:
+    def __init__(self, db: Path | None = None, specs: Iterable[ObjectSpec] = ()) -> None:
+        # Before the store: it keeps one table per emulated entity set.
+        self.mapped = serve_mapping(specs)
         self.settings = Settings()
         self.store = Store(db)
         self.api = Api(self.store, self.settings)
@@ -240,9 +245,10 @@ class Emulator:
         ]
 
 
-def create_app(db: Path | None = None) -> Emulator:
-    """A fresh emulator as an ASGI app; ``db`` persists records to a SQLite file."""
-    return Emulator(db)
+def create_app(db: Path | None = None, specs: Iterable[ObjectSpec] = ()) -> Emulator:
+    """A fresh emulator as an ASGI app; ``db`` persists records to a SQLite file;
+    ``specs`` are the mapping's objects, served besides the standard tables."""
+    return Emulator(db, specs)
 
 
 def _origin(scope: Scope, headers: dict[str, str]) -> str:

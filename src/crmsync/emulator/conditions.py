@@ -17,8 +17,11 @@ from crmsync.emulator.model import (
     BIGINT,
     BOOLEAN,
     DATETIME,
+    DECIMAL,
     GUID,
+    INTEGER,
     LOOKUP,
+    MONEY,
     PICKLIST,
     Attribute,
     Entity,
@@ -62,8 +65,10 @@ def coerce(entity: Entity, attr: Attribute, value: Any) -> Any:
             if text.lower() in ("0", "false"):
                 return False
             raise ValueError(text)
-        if kind in (PICKLIST, BIGINT):
+        if kind in (PICKLIST, BIGINT, INTEGER):
             return int(text)
+        if kind in (DECIMAL, MONEY):
+            return float(text)
         if kind in (GUID, LOOKUP):
             bare = text.strip("{}")
             if not is_guid(bare):

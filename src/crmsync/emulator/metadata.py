@@ -25,10 +25,13 @@ from crmsync.emulator.model import (
     BOOLEAN,
     BY_LOGICAL,
     DATETIME,
+    DECIMAL,
     ENTITIES,
     GUID,
+    INTEGER,
     LOOKUP,
     MEMO,
+    MONEY,
     PICKLIST,
     STRING,
     Attribute,
@@ -53,13 +56,13 @@ _TYPE_NAMES = {
     DATETIME: ("DateTimeAttributeMetadata", "DateTimeType"),
     BIGINT: ("BigIntAttributeMetadata", "BigIntType"),
     LOOKUP: ("LookupAttributeMetadata", "LookupType"),
+    INTEGER: ("IntegerAttributeMetadata", "IntegerType"),
+    DECIMAL: ("DecimalAttributeMetadata", "DecimalType"),
+    MONEY: ("MoneyAttributeMetadata", "MoneyType"),
 }
 # Casts Dataverse accepts on Attributes; the emulated tables have no column of the
 # types not in _TYPE_NAMES, so those casts answer an empty collection.
 _OTHER_CASTS = {
-    "IntegerAttributeMetadata",
-    "MoneyAttributeMetadata",
-    "DecimalAttributeMetadata",
     "DoubleAttributeMetadata",
     "MultiSelectPicklistAttributeMetadata",
     "StateAttributeMetadata",
@@ -210,9 +213,14 @@ def attribute_row(e: Entity, attr: Attribute) -> Row:
         row["MinValue"], row["MaxValue"] = -(2**63), 2**63 - 1
     if attr.type == LOOKUP:
         row["Targets"] = targets
+    if kind in (INTEGER, DECIMAL, MONEY):
+        row["MinValue"], row["MaxValue"] = attr.min_value, attr.max_value
+        row["Format"] = "None"
+    if kind in (DECIMAL, MONEY):
+        row["Precision"] = attr.precision
     if kind == DATETIME:
-        row["Format"] = "DateAndTime"
-        row["DateTimeBehavior"] = {"Value": "UserLocal"}
+        row["Format"] = "DateOnly" if attr.date_only else "DateAndTime"
+        row["DateTimeBehavior"] = {"Value": "DateOnly" if attr.date_only else "UserLocal"}
     return row
 
 
@@ -237,8 +245,14 @@ def option_set(e: Entity, attr: Attribute) -> Row | None:
 
 # -- the query surface ------------------------------------------------------------------
 
+# Every property an attribute row may have: those of the emulated columns, and of one
+# column of each type a mapping may add (serve_mapping adds them after import).
 _ATTR_PROPS: set[str] = set().union(
-    *(attribute_row(e, a) for e in ENTITIES.values() for a in e.attributes.values())
+    *(attribute_row(e, a) for e in ENTITIES.values() for a in e.attributes.values()),
+    *(
+        attribute_row(next(iter(ENTITIES.values())), Attribute("x", kind))
+        for kind in (INTEGER, DECIMAL, MONEY)
+    ),
 )
 # name -> (type name, its plain properties, its navigations), for metaquery.parse.
 NavSpec = dict[str, tuple[str, set[str], dict[str, Any]]]

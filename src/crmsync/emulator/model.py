@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from crmsync.domain import GUID_RE
@@ -23,6 +25,10 @@ PICKLIST = "Picklist"
 DATETIME = "DateTime"
 BIGINT = "BigInt"
 LOOKUP = "Lookup"
+INTEGER = "Integer"
+DECIMAL = "Decimal"
+MONEY = "Money"
+NUMBERS = (INTEGER, DECIMAL, MONEY, BIGINT, PICKLIST)
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,12 @@ class Attribute:
     target: str | None = None  # entity set a lookup points to
     navigation: str | None = None  # name used with @odata.bind
     writable: bool = True
+    # Integer, Decimal, Money: the range and (decimal places) precision; DateTime: True
+    # for a date-only column (Format and DateTimeBehavior DateOnly).
+    min_value: int | None = None
+    max_value: int | None = None
+    precision: int | None = None
+    date_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,7 +63,8 @@ class Entity:
         return {a.navigation: a for a in self.attributes.values() if a.navigation}
 
 
-def _system() -> list[Attribute]:
+def system_attributes() -> list[Attribute]:
+    """Columns every table has, which the system writes."""
     return [
         Attribute("createdon", DATETIME, writable=False),
         Attribute("modifiedon", DATETIME, writable=False),
@@ -65,7 +78,7 @@ def _entity(
     logical: str, schema: str, entity_set: str, name: str, otc: int, attrs: list[Attribute]
 ) -> Entity:
     pk = Attribute(f"{logical}id", GUID)
-    every = [pk, *attrs, *_system()]
+    every = [pk, *attrs, *system_attributes()]
     return Entity(logical, schema, entity_set, pk.name, name, otc, {a.name: a for a in every})
 
 
@@ -216,9 +229,38 @@ def validate_value(entity: Entity, attr: Attribute, value: Any) -> Any:
                 f"Cannot convert the literal '{value}' to the expected type 'Edm.Int32'.",
             )
         accepted = [v for v, _ in attr.options]
-        if value not in accepted:
+        # A mapped choice declared without its options takes any option value.
+        if accepted and value not in accepted:
             raise faults.invalid_choice(entity.logical, attr.name, value, accepted)
         return value
+    if kind == INTEGER:
+        if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31:
+            raise faults.bad_payload(
+                entity.entity_set,
+                f"Cannot convert the literal '{value}' to the expected type 'Edm.Int32'.",
+            )
+        _in_range(entity, attr, value)
+        return value
+    if kind in (DECIMAL, MONEY):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise faults.bad_payload(
+                entity.entity_set,
+                f"Cannot convert the literal '{value}' to the expected type 'Edm.Decimal'.",
+            )
+        exact = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+        _in_range(entity, attr, exact)
+        # Dataverse rounds a value to the column's precision.
+        rounded = exact.quantize(Decimal(1).scaleb(-(attr.precision or 0)), ROUND_HALF_EVEN)
+        return int(rounded) if rounded == rounded.to_integral_value() else float(rounded)
+    if kind == DATETIME:
+        edm = "Edm.Date" if attr.date_only else "Edm.DateTimeOffset"
+        parsed = _moment(value, attr.date_only)
+        if parsed is None:
+            raise faults.bad_payload(
+                entity.entity_set,
+                f"Cannot convert the literal '{value}' to the expected type '{edm}'.",
+            )
+        return parsed
     if kind == GUID:
         if not isinstance(value, str) or not is_guid(value):
             raise faults.bad_payload(
@@ -227,6 +269,30 @@ def validate_value(entity: Entity, attr: Attribute, value: Any) -> Any:
             )
         return normalize_guid(value)
     raise faults.invalid_body_property(entity.logical, attr.name)
+
+
+def _in_range(entity: Entity, attr: Attribute, value: int | Decimal) -> None:
+    low, high = attr.min_value, attr.max_value
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise faults.out_of_range(entity.logical, attr.name, value, low, high)
+
+
+def _moment(value: Any, date_only: bool) -> str | None:
+    """A date (``2026-01-02``) or a UTC instant (``2026-01-02T03:04:05Z``) as Dataverse
+    returns it, or None if ``value`` is neither."""
+    if not isinstance(value, str):
+        return None
+    try:
+        if date_only and len(value) == 10:
+            return date.fromisoformat(value).isoformat()
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if date_only:
+            return moment.date().isoformat()
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # Dataverse reads a time without offset as UTC
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def computed(entity: Entity, row: dict[str, Any]) -> None:

@@ -84,7 +84,8 @@ def build(overrides: Mapping[str, Any]) -> dict[str, ObjectSpec]:
         given = _parse(name, data, problems)
         if given is None:
             continue
-        entries[name] = _merge(name, entries[name], given, problems) if name in standard else given
+        base = entries.get(name)
+        entries[name] = _merge(name, base, given, problems) if base is not None else given
     specs: dict[str, ObjectSpec] = {}
     for name, entry in entries.items():
         if entry is None:
@@ -152,7 +153,7 @@ def _merge(
 
 def _with(entry: str | FieldEntry, **changes: Any) -> FieldEntry:
     if isinstance(entry, str):
-        entry = FieldEntry(attribute=entry, type=FieldType.STRING)
+        entry = FieldEntry.model_validate({"attribute": entry, "type": FieldType.STRING})
     return entry.model_copy(update=changes)
 
 

@@ -191,10 +191,9 @@ def _instant(field: FieldSpec, value: Any) -> datetime:
             raise DoesNotFit(field, f"{_short(value)} is not a date and time") from None
     if not isinstance(value, datetime):
         raise DoesNotFit(field, f"{_short(value)} is not a date and time")
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)  # local datetime columns hold UTC
-    # Dataverse keeps date and time columns to the second.
-    return value.astimezone(UTC).replace(microsecond=0)
+    moment: datetime = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    # Dataverse keeps date and time columns to the second; local ones hold UTC.
+    return moment.astimezone(UTC).replace(microsecond=0)
 
 
 def _date(field: FieldSpec, value: Any) -> date:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Column, Connection, Index, MetaData, Table
@@ -34,7 +35,7 @@ _STANDARD = {t.name: t for t in schema.STANDARD_TABLES}
 # The families a column's type may be in the store, per field type (what reflection
 # reports on SQLite and PostgreSQL).
 _STRINGS = (sa.String, sa.Text)
-_FAMILIES: dict[FieldType, tuple[type[sa.types.TypeEngine[object]], ...]] = {
+_FAMILIES: dict[FieldType, tuple[type[sa.types.TypeEngine[Any]], ...]] = {
     FieldType.STRING: _STRINGS,
     FieldType.MEMO: _STRINGS,
     FieldType.INTEGER: (sa.Integer,),
@@ -51,7 +52,7 @@ class LocalSchemaMismatch(Fatal):
     """The store's local tables are not what the mapping says; the message says why."""
 
 
-def column_type(field: FieldSpec) -> sa.types.TypeEngine[object]:
+def column_type(field: FieldSpec) -> sa.types.TypeEngine[Any]:
     """The type crmsync gives a new column for ``field``."""
     kind = field.type
     if kind is FieldType.STRING:
@@ -73,7 +74,7 @@ def column_type(field: FieldSpec) -> sa.types.TypeEngine[object]:
     return schema.Id  # a lookup holds the target's local id
 
 
-def _families(field: FieldSpec) -> tuple[type[sa.types.TypeEngine[object]], ...]:
+def _families(field: FieldSpec) -> tuple[type[sa.types.TypeEngine[Any]], ...]:
     if field.type is FieldType.CHOICE:
         return _STRINGS if field.choices else (sa.Integer,)
     return _FAMILIES[field.type]
