@@ -93,3 +93,17 @@ def _custom_entity(spec: ObjectSpec) -> Entity:
     for attr in model.system_attributes():
         attributes[attr.name] = attr
     return Entity(spec.logical_name, schema, spec.entity_set, pk.name, label, otc, attributes)
+
+
+def forget(added: Iterable[str]) -> None:
+    """Take away what ``serve_mapping`` added (a test's own mapping, at its end)."""
+    for item in reversed(list(added)):
+        entity_set, _, attribute = item.partition(".")
+        entity = model.ENTITIES.get(entity_set)
+        if entity is None:
+            continue
+        if attribute:
+            entity.attributes.pop(attribute, None)
+        else:
+            del model.ENTITIES[entity_set]
+            model.BY_LOGICAL.pop(entity.logical, None)
