@@ -42,6 +42,7 @@ RESERVED_TABLE_PREFIXES = ("sync_", "console_", "dynamics_", "alembic_")
 RESERVED_ATTRIBUTES = frozenset({"modifiedon", "_modifiedby_value", "versionnumber"})
 
 _ENTRY = TypeAdapter(ObjectEntry)
+_FIELD: TypeAdapter[str | FieldEntry] = TypeAdapter(str | FieldEntry)
 
 
 class MappingError(ValueError):
@@ -73,9 +74,6 @@ def build(overrides: Mapping[str, Any]) -> dict[str, ObjectSpec]:
     standard = set(entries)
     for name, data in overrides.items():
         path = f"objects.{name}"
-        if not isinstance(data, Mapping):
-            problems.append((path, "must be a table"))
-            continue
         if name not in standard and not SQL_NAME.fullmatch(str(name)):
             problems.append(
                 (path, "an object's name must be a lower-case SQL name ([a-z_][a-z0-9_]*)")
@@ -93,19 +91,51 @@ def build(overrides: Mapping[str, Any]) -> dict[str, ObjectSpec]:
         spec = _spec(name, entry, name in standard, problems)
         if spec is not None:
             specs[name] = spec
-    _check_across(specs, problems)
+    _check_across(entries, problems)
     if problems:
         raise MappingError(problems)
     return specs
 
 
 def _parse(name: str, data: Any, problems: list[tuple[str, str]]) -> ObjectEntry | None:
+    """The entry, with each field checked on its own so that every problem is listed; a
+    field that does not parse is left out (its problems are listed)."""
+    path = f"objects.{name}"
+    if not isinstance(data, Mapping):
+        problems.append((path, "must be a table"))
+        return None
+    fields = data.get("fields")
+    entry: ObjectEntry | None = _validate(
+        _ENTRY, {k: v for k, v in data.items() if k != "fields"}, path, problems
+    )
+    if fields is None:
+        return entry
+    if not isinstance(fields, Mapping):
+        problems.append((f"{path}.fields", "must be a table of fields"))
+        return None
+    parsed = {
+        column: f
+        for column, raw in fields.items()
+        if (f := _validate(_FIELD, raw, f"{path}.fields.{column}", problems)) is not None
+    }
+    if entry is None:
+        return None
+    # Fields that did not parse are left out; their problems are listed already, and
+    # build() refuses the mapping, so the rest only adds its own problems to the list.
+    entry = entry.model_copy(update={"fields": parsed})
+    entry._broken = set(fields) - set(parsed)
+    return entry
+
+
+def _validate(
+    adapter: TypeAdapter[Any], data: Any, path: str, problems: list[tuple[str, str]]
+) -> Any:
     try:
-        return _ENTRY.validate_python(data)
+        return adapter.validate_python(data)
     except ValidationError as exc:
         for err in exc.errors():
             loc = ".".join(str(part) for part in err["loc"] if not _is_union_branch(part))
-            problems.append((f"objects.{name}{'.' + loc if loc else ''}", err["msg"]))
+            problems.append((f"{path}{'.' + loc if loc else ''}", err["msg"]))
         return None
 
 
@@ -137,7 +167,7 @@ def _merge(
                     fields[column] = _with(fields[column], attribute=value)
                 else:
                     fields[column] = _with(fields[column], **value.model_dump(exclude_unset=True))
-    return ObjectEntry(
+    merged = ObjectEntry(
         entity_set=base.entity_set,
         logical_name=base.logical_name,
         primary_key=base.primary_key,
@@ -149,6 +179,8 @@ def _merge(
         field_rules={**base.field_rules, **given.field_rules},
         field_flows={**base.field_flows, **given.field_flows},
     )
+    merged._broken = given._broken
+    return merged
 
 
 def _with(entry: str | FieldEntry, **changes: Any) -> FieldEntry:
@@ -165,6 +197,7 @@ def _spec(
 ) -> ObjectSpec | None:
     path = f"objects.{name}"
     before = len(problems)
+    broken = entry._broken
     for key in ("entity_set", "logical_name", "primary_key", "label"):
         if getattr(entry, key) is None:
             problems.append((f"{path}.{key}", "required for an object that is not standard"))
@@ -191,7 +224,7 @@ def _spec(
                 "leave table out and crmsync creates a table named after the object",
             )
         )
-    if not entry.fields:
+    if not entry.fields and not broken:
         problems.append((f"{path}.fields", "an object needs at least one field"))
     fields = [
         f
@@ -209,7 +242,7 @@ def _spec(
                 )
             )
         seen.setdefault(f.attribute, f.column)
-    if entry.label is not None:
+    if entry.label is not None and entry.label not in broken:
         label = by_column.get(entry.label)
         if label is None:
             problems.append((f"{path}.label", f"{entry.label!r} is not a field of {name}"))
@@ -217,7 +250,7 @@ def _spec(
             problems.append((f"{path}.label", "a lookup cannot be the label"))
     for key, table_ in (("field_rules", entry.field_rules), ("field_flows", entry.field_flows)):
         for column in table_:
-            if column not in by_column:
+            if column not in by_column and column not in broken:
                 problems.append((f"{path}.{key}.{column}", f"{column!r} is not a field of {name}"))
     if len(problems) > before:
         return None
@@ -341,22 +374,24 @@ def _field(
     )
 
 
-def _check_across(specs: Mapping[str, ObjectSpec], problems: list[tuple[str, str]]) -> None:
+def _check_across(
+    entries: Mapping[str, ObjectEntry | None], problems: list[tuple[str, str]]
+) -> None:
     tables: dict[str, str] = {}
     sets: dict[str, str] = {}
-    for name, spec in specs.items():
-        for owner, value, key in (
-            (tables, spec.table, "table"),
-            (sets, spec.entity_set, "entity_set"),
-        ):
+    for name, entry in entries.items():
+        if entry is None:
+            continue
+        table = entry.table or name
+        for owner, value, key in ((tables, table, "table"), (sets, entry.entity_set, "entity_set")):
+            if value is None:
+                continue
             if value in owner:
                 problems.append((f"objects.{name}.{key}", f"{value!r} is also {owner[value]}'s"))
             owner.setdefault(value, name)
-        for lookup in spec.lookups:
-            if lookup.target not in specs:
+        for column, field in (entry.fields or {}).items():
+            target = field.target if isinstance(field, FieldEntry) else None
+            if target is not None and target not in entries:
                 problems.append(
-                    (
-                        f"objects.{name}.fields.{lookup.column}.target",
-                        f"{lookup.target!r} is not a mapped object",
-                    )
+                    (f"objects.{name}.fields.{column}.target", f"{target!r} is not a mapped object")
                 )

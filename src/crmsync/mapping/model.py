@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, PrivateAttr, StringConstraints
 
 from crmsync.domain import ConflictRule, FieldType, Flow
 
@@ -117,3 +117,5 @@ class ObjectEntry(BaseModel):
     field_flows: dict[str, Flow] = Field(
         default_factory=dict, description="per-column direction (v1 form of flow)"
     )
+    # Fields whose entries did not parse (their problems are listed): not a setting.
+    _broken: set[str] = PrivateAttr(default_factory=set)
