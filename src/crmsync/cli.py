@@ -182,7 +182,9 @@ def serve(
 
 @app.command("import")
 def import_(
-    object: Annotated[str, typer.Argument(help="lead, contact, account or opportunity")],
+    object: Annotated[
+        str, typer.Argument(help="A mapped object (lead, contact, ...)")
+    ],
     file: Annotated[Path, typer.Argument(help="CSV file with a header row of column names")],
     batch_size: Annotated[
         int, typer.Option(min=1, max=10_000, help="Rows inserted per transaction")

@@ -103,6 +103,24 @@ def from_dataverse(field: FieldSpec, value: Any) -> Any:
     return value
 
 
+def from_input(field: FieldSpec, value: Any) -> Any:
+    """The local value of a typed field given by a person or a program (the records API's
+    JSON, a CSV cell's text), checked as Dynamics would check it."""
+    if value is None:
+        return None
+    if field.type is FieldType.CHOICE:
+        option = to_dataverse(field, value)  # one of the choices, or an option value
+        return value if field.choices else option
+    if field.type is FieldType.BOOLEAN and isinstance(value, str):
+        text = value.strip().lower()
+        if text not in ("true", "false", "1", "0", "yes", "no"):
+            raise DoesNotFit(field, f"{_short(value)} is not a yes/no value")
+        return text in ("true", "1", "yes")
+    local = from_dataverse(field, value)
+    to_dataverse(field, local)
+    return local
+
+
 def canonical(field: FieldSpec, value: Any) -> Any:
     """Dataverse's JSON ``value`` in the one form crmsync keeps and compares."""
     return to_dataverse(field, from_dataverse(field, value))

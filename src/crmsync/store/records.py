@@ -21,9 +21,9 @@ from typing import Any
 from sqlalchemy import Connection, Integer, String, Table, and_, or_, select
 from sqlalchemy.engine import RowMapping
 
-from crmsync.domain import Direction, EntryState, ObjectSpec
+from crmsync.domain import Direction, EntryState, FieldType, ObjectSpec
 from crmsync.errors import CrmsyncError, ValidationFailed
-from crmsync.mapping import spec_of
+from crmsync.mapping import convert, spec_of
 from crmsync.store.local_tables import local_table
 from crmsync.store.params import DEFAULT_LIMIT, MAX_ID, MAX_LIMIT
 from crmsync.store.schema import sync_change, sync_queue, sync_record
@@ -56,6 +56,10 @@ class SyncState:
 
     def as_json(self) -> dict[str, Any]:
         return {"state": self.state, "last_synced_at": iso(self.last_synced_at)}
+
+
+# Fields written as text or as a local id; every other type goes through mapping.convert.
+_AS_TEXT_OR_ID = (FieldType.STRING, FieldType.MEMO, FieldType.LOOKUP)
 
 
 # -- the registry ---------------------------------------------------------------------
@@ -119,8 +123,9 @@ def validate(spec: ObjectSpec, payload: Mapping[str, Any]) -> dict[str, Any]:
 
     Every key must be a writable column of the object; text columns take a string or
     null no longer than the column (an email column, an address); id columns (lookups)
-    take a positive integer or null. Whether a lookup points at an existing record is
-    ``check_references``'s job.
+    take a positive integer or null; other typed fields take their JSON value (a decimal
+    also as text, a datetime or date in ISO 8601) that Dynamics would accept. Whether a
+    lookup points at an existing record is ``check_references``'s job.
     """
     table = table_of(spec)
     writable = spec.columns
@@ -134,6 +139,13 @@ def validate(spec: ObjectSpec, payload: Mapping[str, Any]) -> dict[str, Any]:
             )
         if value is None:
             values[field] = None
+            continue
+        typed = spec.field_specs.get(field)
+        if typed is not None and typed.type not in _AS_TEXT_OR_ID:
+            try:
+                values[field] = convert.from_input(typed, value)
+            except convert.DoesNotFit as exc:
+                raise ValidationFailed(field, str(exc).removeprefix(f"{field}: ")) from None
             continue
         column_type = table.c[field].type
         if isinstance(column_type, String):
@@ -160,6 +172,8 @@ def parse_text(spec: ObjectSpec, row: Mapping[str, str]) -> dict[str, Any]:
     for field, text in row.items():
         if text == "":
             values[field] = None
+        elif field in spec.field_specs and spec.field_specs[field].type not in _AS_TEXT_OR_ID:
+            values[field] = text  # validate() reads the text as the field's type
         elif field in table.c and isinstance(table.c[field].type, Integer):
             values[field] = _parse_int(field, text)
         else:

@@ -64,7 +64,7 @@ def object_spec(
     object: Annotated[
         str,
         Path(
-            description="lead, contact, account or opportunity",
+            description="A mapped object: lead, contact, account, opportunity or a custom one",
             json_schema_extra={"enum": list(STANDARD_OBJECTS)},
         ),
     ],

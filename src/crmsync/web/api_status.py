@@ -85,7 +85,7 @@ def sync_status_details(
     object: Annotated[
         str,
         Path(
-            description="lead, contact, account or opportunity",
+            description="A mapped object: lead, contact, account, opportunity or a custom one",
             json_schema_extra={"enum": list(STANDARD_OBJECTS)},
         ),
     ],
@@ -137,7 +137,7 @@ class Scope(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    object: Annotated[str, Field(description="lead, contact, account, opportunity or *")] = "*"
+    object: Annotated[str, Field(description="A mapped object, or * for all")] = "*"
     direction: Annotated[str, Field(description="to_crm, from_crm or *")] = "*"
 
 

@@ -13,19 +13,15 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 NA = "N/A"
-OBJECT_TITLES = {
-    "lead": "Lead",
-    "contact": "Contact",
-    "account": "Account",
-    "opportunity": "Opportunity",
-}
 DIRECTION_TITLES = {"to_crm": "To Dynamics", "from_crm": "From Dynamics", "*": "Both directions"}
 OPERATION_TITLES = {"insert": "Insert", "update": "Update", "delete": "Delete"}
 TREND_SYMBOLS = {"growing": "▲", "shrinking": "▼", "steady": "▬"}
 
 
 def title(obj: str) -> str:
-    return OBJECT_TITLES.get(obj, obj.replace("_", " ").title())
+    """An object's name as a title: ``lead`` -> ``Lead``, ``event_registration`` ->
+    ``Event registration``."""
+    return obj.replace("_", " ").capitalize()
 
 
 def count(value: int | None) -> str:
