@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 db_app = typer.Typer(no_args_is_help=True, help="Manage the store's schema.")
 app.add_typer(db_app, name="db")
+mapping_app = typer.Typer(no_args_is_help=True, help="Check the mapping of objects and fields.")
+app.add_typer(mapping_app, name="mapping")
 
 
 class LogFormat(enum.StrEnum):
@@ -128,6 +130,53 @@ def db_upgrade() -> None:
     typer.echo(f"schema {moved}; capturing changes on: {', '.join(captured) or 'nothing'}")
 
 
+@mapping_app.command("check")
+def mapping_check(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the mismatches as JSON")] = False,
+    timeout: Annotated[
+        float, typer.Option(min=1, max=3600, help="Seconds to wait for Dynamics")
+    ] = 120,
+) -> None:
+    """Compare the mapping with the Dynamics environment's metadata; exit 1 on any mismatch."""
+    import asyncio
+    import json
+
+    from crmsync.dynamics.client import DataverseClient
+    from crmsync.dynamics.metadata import read_tables
+    from crmsync.mapping.check import mismatches
+
+    settings = _settings()
+    if not settings.dynamics_url:
+        raise ConfigError("CRMSYNC_DYNAMICS_URL: needed to read the environment's metadata")
+    specs = settings.object_specs()
+
+    async def read() -> list[Any]:
+        async with DataverseClient.from_settings(settings) as client:
+            tables = await read_tables(client, (s.logical_name for s in specs.values()))
+        return mismatches(specs, tables)
+
+    try:
+        found = asyncio.run(asyncio.wait_for(read(), timeout))
+    except TimeoutError:
+        raise ConfigError(
+            f"Dynamics did not answer within {timeout:g} s ({settings.dynamics_url})"
+        ) from None
+    if as_json:
+        typer.echo(json.dumps({"mismatches": [m.as_json() for m in found]}, indent=2))
+    else:
+        for m in found:
+            where = f"{m.object}.{m.field}" if m.field else m.object
+            typer.echo(f"{where}: {m.kind}: {m.message}")
+        checked = ", ".join(specs)
+        typer.echo(
+            f"{len(found)} mismatch(es) between the mapping and Dynamics"
+            if found
+            else f"the mapping matches Dynamics ({checked})"
+        )
+    if found:
+        raise typer.Exit(1)
+
+
 def _warn_about_access(settings: Settings) -> None:
     """Say who will be able to get in, when it is not everyone it could be."""
     if settings.admin_password is None and settings.api_token is None:
@@ -182,9 +231,7 @@ def serve(
 
 @app.command("import")
 def import_(
-    object: Annotated[
-        str, typer.Argument(help="A mapped object (lead, contact, ...)")
-    ],
+    object: Annotated[str, typer.Argument(help="A mapped object (lead, contact, ...)")],
     file: Annotated[Path, typer.Argument(help="CSV file with a header row of column names")],
     batch_size: Annotated[
         int, typer.Option(min=1, max=10_000, help="Rows inserted per transaction")

@@ -235,6 +235,15 @@ class DataverseClient:
             raise Fatal("Dynamics answered WhoAmI without a UserId")
         return user.lower()
 
+    async def get_json(self, path: str) -> dict[str, Any]:
+        """The JSON object at ``path`` (relative to the Web API, query included); a 404
+        raises ``RecordRejected`` with ``status`` 404."""
+        resp = await self._send("GET", path)
+        data = resp.json()
+        if not isinstance(data, dict):
+            raise Fatal(f"Dynamics answered GET {path.split('?')[0]} with no JSON object")
+        return data
+
     async def get(
         self, entity_set: str, record_id: str, *, select: Sequence[str] = ()
     ) -> dict[str, Any] | None:

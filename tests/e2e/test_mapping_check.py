@@ -1,0 +1,121 @@
+"""``crmsync mapping check`` against the emulator serving a mapping, with drift of
+several kinds made deliberately; exit 0 when the mapping matches, 1 otherwise."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crmsync.config import Settings, load_settings
+from crmsync.emulator import mapped
+from crmsync.mapping import activate, default_objects
+
+SERVED = """
+[objects.lead.fields]
+lead_score = { attribute = "new_leadscore", type = "integer" }
+rating = { attribute = "new_rating", type = "choice", choices = { hot = 1, warm = 2 } }
+
+[objects.event_registration]
+entity_set = "new_eventregistrations"
+logical_name = "new_eventregistration"
+primary_key = "new_eventregistrationid"
+label = "name"
+
+[objects.event_registration.fields]
+name = { attribute = "new_name", type = "string", max_length = 100 }
+contact_id = { type = "lookup", target = "contact", attribute = "new_contactid" }
+"""
+
+DRIFTED = """
+[objects.lead.fields]
+lead_score = { attribute = "new_leadscore", type = "decimal" }
+rating = { attribute = "new_rating", type = "choice", choices = { hot = 1, warm = 2, cold = 3 } }
+email = { max_length = 250 }
+nickname = { attribute = "new_nickname", type = "string" }
+
+[objects.event_registration]
+entity_set = "new_eventregistrations"
+logical_name = "new_eventregistration"
+primary_key = "new_eventregistrationid"
+label = "name"
+
+[objects.event_registration.fields]
+name = { attribute = "new_name", type = "string", max_length = 100 }
+contact_id = { type = "lookup", target = "account", attribute = "new_contactid" }
+
+[objects.webinar]
+entity_set = "new_webinars"
+logical_name = "new_webinar"
+primary_key = "new_webinarid"
+label = "title"
+
+[objects.webinar.fields]
+title = { attribute = "new_title", type = "string" }
+"""
+
+
+@pytest.fixture
+def served(sync_settings: Settings, tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "served.toml"
+    path.write_text(SERVED)
+    os.environ["CRMSYNC_CONFIG"] = str(path)
+    try:
+        specs = load_settings(**sync_settings.model_dump(exclude={"objects"})).object_specs()
+    finally:
+        del os.environ["CRMSYNC_CONFIG"]
+    added = mapped.serve_mapping(specs.values())
+    yield path
+    mapped.forget(added)
+    activate(default_objects())
+
+
+def check(settings: Settings, config: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMSYNC_")}
+    env.update(
+        CRMSYNC_CONFIG=str(config),
+        CRMSYNC_DATABASE_URL=settings.database_url,
+        CRMSYNC_DYNAMICS_URL=settings.dynamics_url or "",
+        CRMSYNC_AUTHORITY_URL=settings.authority_url,
+        CRMSYNC_TENANT_ID=settings.tenant_id or "",
+        CRMSYNC_CLIENT_ID=settings.client_id or "",
+        CRMSYNC_CLIENT_SECRET="test-secret",
+    )
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("crmsync")), "mapping", "check", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_matching_mapping_exits_0(sync_settings: Settings, served: Path) -> None:
+    result = check(sync_settings, served)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"mismatches": []}
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_each_kind_of_drift_is_listed_and_exits_1(
+    sync_settings: Settings, served: Path, tmp_path: Path
+) -> None:
+    drifted = tmp_path / "drifted.toml"
+    drifted.write_text(DRIFTED)
+    result = check(sync_settings, drifted)
+    assert result.returncode == 1, result.stderr
+    found = {(m["object"], m["field"], m["kind"]) for m in json.loads(result.stdout)["mismatches"]}
+    assert found == {
+        ("lead", "lead_score", "type"),
+        ("lead", "rating", "choice"),
+        ("lead", "email", "max_length"),
+        ("lead", "nickname", "missing_attribute"),
+        ("event_registration", "contact_id", "lookup_target"),
+        ("webinar", None, "missing_entity"),
+    }
