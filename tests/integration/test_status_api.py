@@ -1,7 +1,7 @@
 """Sync Status over the API, on SQLite and PostgreSQL, against hand-computed numbers.
 
-The queue, the throughput buckets and the rate minutes are seeded with SQL at known times; ``at=`` pins
-"now" to 2026-11-25T13:20:00Z.
+The queue, the throughput buckets and the rate minutes are seeded with SQL at known
+times; ``at=`` pins "now" to 2026-11-25T13:20:00Z.
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ THROUGHPUT = [
     ("12:15", "lead", "from_crm", "update", 10),
     ("13:00", "account", "from_crm", "update", 6),
 ]
+
 
 def ts(hhmmss: str) -> datetime:
     return datetime.fromisoformat(f"2026-11-25T{hhmmss}+00:00")

@@ -150,7 +150,5 @@ def recent_minutes(
     ).where(r.minute_start >= minute_start(now - window), r.minute_start <= now)
     found: dict[tuple[str, str], list[Minute]] = defaultdict(list)
     for obj, direction, start, synced, first, last, first_batch in conn.execute(query):
-        found[(obj, direction)].append(
-            Minute(start, int(synced), first, last, int(first_batch))
-        )
+        found[(obj, direction)].append(Minute(start, int(synced), first, last, int(first_batch)))
     return dict(found)

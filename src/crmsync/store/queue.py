@@ -11,7 +11,8 @@ Every outcome is recorded in one transaction per batch:
 - ``complete``: the change reached its destination. The entry is removed unless a newer
   change arrived while it was in flight (its ``version`` moved), in which case it stays
   queued, now as an update. The throughput counters, the minute's rate (``sync_rate``)
-  and the record's sync state are updated and any open error for the record in that direction is resolved.
+  and the record's sync state are updated and any open error for the record in that
+  direction is resolved.
 - ``reschedule``: a transient fault; the entry waits with backoff and stays in the
   backlog. ``defer`` does the same without counting an attempt (waiting for a parent).
 - ``park``: the record cannot sync as it is; the entry leaves the backlog and an open
