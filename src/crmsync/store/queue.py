@@ -532,8 +532,7 @@ def _count(conn: Connection, counts: dict[tuple[str, str, str], int], now: datet
         {"bucket_start": start, "object": o, "direction": d, "operation": op, "synced": n}
         for (o, d, op), n in sorted(counts.items())
     ]
-    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(sync_throughput)
-    conn.execute(_add_to_counters(insert), rows)
+    conn.execute(_counter_upsert(conn.dialect.name), rows)
     minute = minute_start(now)
     rate_rows = [
         {
@@ -548,8 +547,20 @@ def _count(conn: Connection, counts: dict[tuple[str, str, str], int], now: datet
         for (o, d), n in _rates(counts).items()
     ]
     if rate_rows:
-        rate_insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(sync_rate)
-        conn.execute(_add_to_rate(rate_insert), rate_rows)
+        conn.execute(_rate_upsert(conn.dialect.name), rate_rows)
+
+
+# Built once per dialect: these run for every finished batch.
+@functools.cache
+def _counter_upsert(dialect: str) -> Any:
+    return _add_to_counters(
+        (pg_insert if dialect == "postgresql" else sqlite_insert)(sync_throughput)
+    )
+
+
+@functools.cache
+def _rate_upsert(dialect: str) -> Any:
+    return _add_to_rate((pg_insert if dialect == "postgresql" else sqlite_insert)(sync_rate))
 
 
 def _rates(counts: dict[tuple[str, str, str], int]) -> dict[tuple[str, str], int]:
