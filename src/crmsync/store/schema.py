@@ -264,6 +264,22 @@ sync_throughput = Table(
     Column("synced", BigInteger, nullable=False, server_default="0"),
 )
 
+# Records synced per (object, direction) and UTC minute, when the minute's first and last
+# batch finished and how many records its first batch held: the time to drain reads the
+# rate of the last minutes from here, measured from the first sync (idle time before a
+# drain started is not in it). One upsert per finished batch; pruned by upkeep.
+sync_rate = Table(
+    "sync_rate",
+    metadata,
+    Column("minute_start", UTCDateTime(), primary_key=True),
+    Column("object", String(32), primary_key=True),
+    Column("direction", String(8), primary_key=True),
+    Column("synced", BigInteger, nullable=False),
+    Column("first_synced_at", UTCDateTime(), nullable=False),
+    Column("last_synced_at", UTCDateTime(), nullable=False),
+    Column("first_batch", BigInteger, nullable=False),
+)
+
 # The backlog per (object, direction) once per 15-minute bucket: the queue cannot tell
 # what the backlog was hours ago (synced entries are gone), and the trend needs it.
 sync_backlog_sample = Table(
@@ -364,6 +380,7 @@ __all__ = [
     "sync_error",
     "sync_pause",
     "sync_queue",
+    "sync_rate",
     "sync_record",
     "sync_suppress",
     "sync_throughput",

@@ -3,8 +3,9 @@
 The backlog is every committed local or Dynamics change not yet synced: the queue's
 ``pending`` entries (parked errors excluded) plus what the capture log holds unfolded,
 counted as folded (``store.backlog``), so several changes to one record count once per
-direction. Synced records come from ``sync_throughput`` (15-minute buckets), and the
-trend from the backlog samples ``store.maintenance`` writes. Every function here only
+direction. Synced records come from ``sync_throughput`` (15-minute buckets), the time to
+drain from ``sync_rate`` (minutes, ``store.drain``), and the trend from the backlog
+samples ``store.maintenance`` writes. Every function here only
 reads, except ``pause``, ``resume`` and ``wake_awaiting_pull``.
 
 ``at`` moves the reference time: the last-hour window, the throughput history and the
@@ -254,7 +255,7 @@ def backlog(
             oldest[g.object] = g.oldest_queued_at
     sampled_at, earlier = backlog_sample(conn, as_of - TREND_HOURS * HOUR, direction)
     synced_hour = synced_since(conn, as_of - HOUR, as_of, direction)
-    recent = drain.recent_synced(conn, as_of)
+    recent = drain.recent_minutes(conn, as_of)
     scopes = queue.paused_scopes(conn)
     for name, row in rows.items():
         row["oldest_queued_at"] = iso(oldest.get(name))
