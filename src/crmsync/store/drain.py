@@ -11,9 +11,7 @@ stalled drain's rate fades and, once nothing is left in the window, is gone.
 Each direction drains on its own (different workers, different limits): an object's
 time is that of its slower direction. The estimate is ``no_rate`` ("—") when a direction
 with a backlog has no rate, and ``paused`` when a paused direction holds part of the
-backlog: no rate tells when a pause ends. New arrivals are not in it.
-
-Everything but ``recent_minutes`` is a pure function of its arguments; that one only reads.
+backlog: no rate tells when a pause ends. All but ``recent_minutes`` (a read) are pure.
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ same entry; on SQLite a write transaction serialises claims.
 Every outcome is recorded in one transaction per batch: ``complete`` removes the entry
 (unless a newer change arrived in flight: its ``version`` moved, and it stays queued as
 an update), adds to the throughput counters and the minute's rate (``sync_rate``),
-updates the record's sync state and resolves its open error; ``reschedule`` waits with backoff, still in the backlog
-(``defer`` likewise without counting an attempt: waiting for a parent); ``park`` takes
-the entry out of the backlog with an open sync error saying why, until a new change to
-the record, or a retry, queues it again.
+updates the record's sync state and resolves its open error; ``reschedule`` waits with
+backoff, still in the backlog (``defer`` likewise without counting an attempt: waiting
+for a parent); ``park`` takes the entry out of the backlog with an open sync error
+saying why, until a new change to the record, or a retry, queues it again.
 """
 
 from __future__ import annotations
