@@ -4,8 +4,9 @@
 "dataverse" charges per operation (``costs``, milliseconds): a single create, update,
 upsert or delete; ``CreateMultiple``/``UpdateMultiple``/``UpsertMultiple`` per request
 plus per target; a read per page plus per row; a ``$batch`` its own overhead plus each
-part it executed, costed as that operation on its own ("each operation is executed as
-its own request", execute-batch-operations-using-web-api.md). A request is charged as
+part it executed, costed as that operation on its own (``$batch`` is ExecuteMultiple,
+which "behaves the same as if you executed each message request ... separately",
+execute-batch-operations-using-web-api.md and the ExecuteMultiple docs). Charged as
 attempted, refused or not: Dataverse did the work before answering (inferred). Every
 charge also lands in one ``MESSAGES`` bucket for ``GET /_emulator/stats``. Charging is
 pure: what is slept stays ``limits.Limiter.delay_s``.
