@@ -11,6 +11,11 @@ import httpx
 import pytest
 from dvclient import Dv, batch_body, error, http_part, send_batch, token
 
+from crmsync.dynamics.auth import StaticTokenProvider
+from crmsync.dynamics.client import DataverseClient
+from crmsync.dynamics.faults import Throttled
+from crmsync.dynamics.limiter import RateLimitRemaining
+from crmsync.emulator.app import Emulator
 from crmsync.emulator.costs import DEFAULT_COSTS
 
 LEAD = "Microsoft.Dynamics.CRM.lead"
@@ -351,3 +356,21 @@ async def test_costs_merge_and_bad_settings_are_refused(client: httpx.AsyncClien
     assert "create_multiple_record" in r.json()["error"]["message"]  # names the known keys
     config = (await client.get("/_emulator/config")).json()
     assert config["cost_model"] == "flat" and config["costs"]["create"] == 50
+
+
+async def test_the_client_reads_what_is_left(client: httpx.AsyncClient, emulator: Emulator) -> None:
+    await configure(
+        client, cost_model="dataverse", costs={"create": 250}, max_requests=10, window_s=60
+    )
+    tokens = StaticTokenProvider(await token(client))
+    transport = httpx.ASGITransport(app=emulator)
+    client_ = DataverseClient("https://org.test", tokens, transport=transport, throttle_retries=0)
+    async with client_ as dv:
+        assert dv.ratelimit is None
+        await dv.create("leads", {"lastname": "A"})
+        assert dv.ratelimit == RateLimitRemaining(requests=9, execution_s=1199.75)
+        await configure(client, max_execution_ms=250)
+        with pytest.raises(Throttled):
+            await dv.create("leads", {"lastname": "B"})
+    # The 429 carries them too: nothing left of the budget, the request not counted.
+    assert dv.ratelimit == RateLimitRemaining(requests=9, execution_s=0.0)
