@@ -29,6 +29,7 @@ from crmsync.emulator.model import (
     GUID,
     LOOKUP,
     MEMO,
+    MULTISELECT,
     PICKLIST,
     STRING,
     Attribute,
@@ -43,6 +44,7 @@ _DISPLAY = {
     "systemuser": "User",
     "asyncoperation": "System Job",
     "new_synctomkto": "Sync to Marketo",
+    "sample_outdooractivities": "Outdoor activities",
 }
 _TYPE_NAMES = {
     STRING: ("StringAttributeMetadata", "StringType"),
@@ -53,6 +55,7 @@ _TYPE_NAMES = {
     DATETIME: ("DateTimeAttributeMetadata", "DateTimeType"),
     BIGINT: ("BigIntAttributeMetadata", "BigIntType"),
     LOOKUP: ("LookupAttributeMetadata", "LookupType"),
+    MULTISELECT: ("MultiSelectPicklistAttributeMetadata", "MultiSelectPicklistType"),
 }
 # Casts Dataverse accepts on Attributes; the emulated tables have no column of the
 # types not in _TYPE_NAMES, so those casts answer an empty collection.
@@ -61,7 +64,6 @@ _OTHER_CASTS = {
     "MoneyAttributeMetadata",
     "DecimalAttributeMetadata",
     "DoubleAttributeMetadata",
-    "MultiSelectPicklistAttributeMetadata",
     "StateAttributeMetadata",
     "StatusAttributeMetadata",
     "EntityNameAttributeMetadata",
@@ -162,7 +164,7 @@ _SCHEMA = {
     "modifiedon": "ModifiedOn", "createdby": "CreatedBy", "modifiedby": "ModifiedBy",
     "versionnumber": "VersionNumber", "operationtype": "OperationType",
     "statecode": "StateCode", "statuscode": "StatusCode", "message": "Message",
-    "completedon": "CompletedOn",
+    "completedon": "CompletedOn", "sample_outdooractivities": "sample_OutdoorActivities",
 }  # fmt: skip
 
 
@@ -180,6 +182,8 @@ def attribute_row(e: Entity, attr: Attribute) -> Row:
     targets = [ENTITIES[attr.target].logical] if attr.target else []
     if name == "parentcustomerid":
         kind, cast, type_name = "Customer", "LookupAttributeMetadata", "CustomerType"
+    if kind == MULTISELECT:
+        kind = "Virtual"  # AttributeTypeCode of choices columns; the type name says which
     required = "SystemRequired" if name == e.primary_id else "None"
     if name == "lastname" and e.logical in ("lead", "contact"):
         required = "ApplicationRequired"
@@ -194,7 +198,7 @@ def attribute_row(e: Entity, attr: Attribute) -> Row:
         "DisplayName": label(_DISPLAY.get(name, _schema_name(e, attr)), e.logical, name),
         "IsPrimaryId": name == e.primary_id,
         "IsPrimaryName": name == e.primary_name,
-        "IsCustomAttribute": name.startswith("new_"),
+        "IsCustomAttribute": name.startswith(("new_", "sample_")),
         "IsValidForCreate": attr.writable,
         "IsValidForUpdate": attr.writable and name != e.primary_id,
         "IsValidForRead": True,
@@ -223,7 +227,7 @@ def option_set(e: Entity, attr: Attribute) -> Row | None:
         "Name": f"{e.logical}_{name}",
         "IsGlobal": False,
     }
-    if attr.type == PICKLIST:
+    if attr.type in (PICKLIST, MULTISELECT):
         options = [
             {"Value": v, "Label": label(text, e.logical, name, str(v))} for v, text in attr.options
         ]

@@ -28,6 +28,7 @@ from crmsync.emulator.model import (
     GUID,
     LOOKUP,
     MEMO,
+    MULTISELECT,
     PICKLIST,
     STRING,
     Attribute,
@@ -39,7 +40,7 @@ from crmsync.emulator.store import Store
 _EDM = {
     STRING: "Edm.String", MEMO: "Edm.String", GUID: "Edm.Guid", BOOLEAN: "Edm.Boolean",
     PICKLIST: "Edm.Int32", DATETIME: "Edm.DateTimeOffset", BIGINT: "Edm.Int64",
-    LOOKUP: "Edm.Guid",
+    LOOKUP: "Edm.Guid", MULTISELECT: "Edm.String",
 }  # fmt: skip
 
 
