@@ -32,6 +32,7 @@ from crmsync.emulator.model import (
     LOOKUP,
     MEMO,
     MONEY,
+    MULTISELECT,
     PICKLIST,
     STRING,
     Attribute,
@@ -46,6 +47,7 @@ _DISPLAY = {
     "systemuser": "User",
     "asyncoperation": "System Job",
     "new_synctomkto": "Sync to Marketo",
+    "sample_outdooractivities": "Outdoor activities",
 }
 _TYPE_NAMES = {
     STRING: ("StringAttributeMetadata", "StringType"),
@@ -59,12 +61,12 @@ _TYPE_NAMES = {
     INTEGER: ("IntegerAttributeMetadata", "IntegerType"),
     DECIMAL: ("DecimalAttributeMetadata", "DecimalType"),
     MONEY: ("MoneyAttributeMetadata", "MoneyType"),
+    MULTISELECT: ("MultiSelectPicklistAttributeMetadata", "MultiSelectPicklistType"),
 }
 # Casts Dataverse accepts on Attributes; the emulated tables have no column of the
 # types not in _TYPE_NAMES, so those casts answer an empty collection.
 _OTHER_CASTS = {
     "DoubleAttributeMetadata",
-    "MultiSelectPicklistAttributeMetadata",
     "StateAttributeMetadata",
     "StatusAttributeMetadata",
     "EntityNameAttributeMetadata",
@@ -165,7 +167,7 @@ _SCHEMA = {
     "modifiedon": "ModifiedOn", "createdby": "CreatedBy", "modifiedby": "ModifiedBy",
     "versionnumber": "VersionNumber", "operationtype": "OperationType",
     "statecode": "StateCode", "statuscode": "StatusCode", "message": "Message",
-    "completedon": "CompletedOn",
+    "completedon": "CompletedOn", "sample_outdooractivities": "sample_OutdoorActivities",
 }  # fmt: skip
 
 
@@ -183,6 +185,8 @@ def attribute_row(e: Entity, attr: Attribute) -> Row:
     targets = [ENTITIES[attr.target].logical] if attr.target else []
     if name == "parentcustomerid":
         kind, cast, type_name = "Customer", "LookupAttributeMetadata", "CustomerType"
+    if kind == MULTISELECT:
+        kind = "Virtual"  # AttributeTypeCode of choices columns; the type name says which
     required = "SystemRequired" if name == e.primary_id else "None"
     if name == "lastname" and e.logical in ("lead", "contact"):
         required = "ApplicationRequired"
@@ -197,7 +201,7 @@ def attribute_row(e: Entity, attr: Attribute) -> Row:
         "DisplayName": label(_DISPLAY.get(name, _schema_name(e, attr)), e.logical, name),
         "IsPrimaryId": name == e.primary_id,
         "IsPrimaryName": name == e.primary_name,
-        "IsCustomAttribute": name.startswith("new_"),
+        "IsCustomAttribute": name.startswith(("new_", "sample_")),
         "IsValidForCreate": attr.writable,
         "IsValidForUpdate": attr.writable and name != e.primary_id,
         "IsValidForRead": True,
@@ -231,7 +235,7 @@ def option_set(e: Entity, attr: Attribute) -> Row | None:
         "Name": f"{e.logical}_{name}",
         "IsGlobal": False,
     }
-    if attr.type == PICKLIST:
+    if attr.type in (PICKLIST, MULTISELECT):
         options = [
             {"Value": v, "Label": label(text, e.logical, name, str(v))} for v, text in attr.options
         ]

@@ -2,7 +2,10 @@
 
 Lengths are those of the standard tables (Lead, Contact, Account, Opportunity,
 SystemUser table reference pages). ``new_synctomkto`` is Marketo's sync-filter Two
-Options column (reference section 9). Lookups are stored the way the Web API returns
+Options column (reference section 9). ``sample_outdooractivities`` is the choices
+(multi-select) column of Microsoft's own example (multi-select-picklist.md), added to
+contacts as there: written and read as a string of comma-separated option values.
+Lookups are stored the way the Web API returns
 them, as ``_<attribute>_value``, and written through ``<navigation>@odata.bind``.
 """
 
@@ -29,6 +32,8 @@ INTEGER = "Integer"
 DECIMAL = "Decimal"
 MONEY = "Money"
 NUMBERS = (INTEGER, DECIMAL, MONEY, BIGINT, PICKLIST)
+MULTISELECT = "MultiSelectPicklist"
+MAX_SELECTED = 150  # "only 150 options can be selected for a single column"
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,10 @@ _JOB_STATUSES = (
     (31, "Failed"), (32, "Canceled"),
 )  # fmt: skip
 _LEAD_QUALITY = ((1, "Hot"), (2, "Warm"), (3, "Cold"))
+_OUTDOOR = (
+    (1, "Swimming"), (2, "Hiking"), (3, "Mountain Climbing"), (4, "Fishing"), (5, "Hunting"),
+    (6, "Running"), (7, "Boating"), (8, "Skiing"), (9, "Camping"),
+)  # fmt: skip
 
 ENTITIES: dict[str, Entity] = {
     e.entity_set: e
@@ -129,6 +138,7 @@ ENTITIES: dict[str, Entity] = {
                     target="accounts",
                     navigation="parentcustomerid_account",
                 ),
+                Attribute("sample_outdooractivities", MULTISELECT, options=_OUTDOOR),
                 _SYNC,
             ],
         ),
@@ -261,6 +271,8 @@ def validate_value(entity: Entity, attr: Attribute, value: Any) -> Any:
                 f"Cannot convert the literal '{value}' to the expected type '{edm}'.",
             )
         return parsed
+    if kind == MULTISELECT:
+        return _choices(entity, attr, value)
     if kind == GUID:
         if not isinstance(value, str) or not is_guid(value):
             raise faults.bad_payload(
@@ -293,6 +305,51 @@ def _moment(value: Any, date_only: bool) -> str | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)  # Dataverse reads a time without offset as UTC
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def choice_values(text: str) -> list[int] | None:
+    """``"1, 9"`` -> [1, 9]; None unless every comma-separated item is a whole number."""
+    items = [item.strip() for item in text.split(",")]
+    if not all(item.lstrip("-").isdigit() for item in items):
+        return None
+    return [int(item) for item in items]
+
+
+def selected(value: Any) -> set[int]:
+    """The options a stored choices value holds ("2,4,9"); none for null."""
+    if not isinstance(value, str):
+        return set()
+    return set(choice_values(value) or [])
+
+
+def _choices(entity: Entity, attr: Attribute, value: Any) -> str | None:
+    # The Web API takes "a string containing comma separated number values" ("1, 9")
+    # and answers them comma-separated without spaces ("2,3,8,9") (multi-select-
+    # picklist.md). Inferred: ascending and without repeats; "" clears the column.
+    if not isinstance(value, str):
+        raise faults.bad_payload(
+            entity.entity_set,
+            f"Cannot convert the literal '{value}' to the expected type 'Edm.String'.",
+        )
+    if not value.strip():
+        return None
+    values = choice_values(value)
+    if values is None:
+        raise faults.bad_payload(
+            entity.entity_set,
+            f"Cannot convert the literal '{value}' to a collection of option values.",
+        )
+    accepted = [v for v, _ in attr.options]
+    for v in values:
+        if v not in accepted:
+            raise faults.invalid_choice(entity.logical, attr.name, v, accepted)
+    chosen = sorted(set(values))
+    if len(chosen) > MAX_SELECTED:
+        raise faults.bad_payload(
+            entity.entity_set,
+            f"At most {MAX_SELECTED} options can be selected for '{attr.name}'.",
+        )  # (inferred) wording
+    return ",".join(str(v) for v in chosen)
 
 
 def computed(entity: Entity, row: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ from crmsync.emulator.model import (
     LOOKUP,
     MEMO,
     MONEY,
+    MULTISELECT,
     PICKLIST,
     STRING,
     Attribute,
@@ -43,6 +44,7 @@ _EDM = {
     STRING: "Edm.String", MEMO: "Edm.String", GUID: "Edm.Guid", BOOLEAN: "Edm.Boolean",
     PICKLIST: "Edm.Int32", DATETIME: "Edm.DateTimeOffset", BIGINT: "Edm.Int64",
     LOOKUP: "Edm.Guid", INTEGER: "Edm.Int32", DECIMAL: "Edm.Decimal", MONEY: "Edm.Decimal",
+    MULTISELECT: "Edm.String",
 }  # fmt: skip
 
 
