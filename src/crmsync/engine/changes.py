@@ -19,69 +19,18 @@ delete and staged after it), so no echo ever brings a deleted record back.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from crmsync.domain import GUID_RE, ObjectSpec
+from crmsync.values import Change as Change
+from crmsync.values import Known as Known
+from crmsync.values import parse_time as parse_time
+from crmsync.values import version_of as version_of
 
-# Dataverse's weak ETags carry the row's versionnumber: W/"1234567".
-_ETAG = re.compile(r'W/"(\d+)"')
 MODIFIED_ON = "modifiedon"
 MODIFIED_BY = "_modifiedby_value"
 VERSION = "versionnumber"
-
-
-@dataclass(frozen=True)
-class Change:
-    """One record as Dynamics reported it (or its deletion)."""
-
-    crm_id: str
-    values: dict[str, Any]  # pulled local column -> value (lookups excluded)
-    lookups: dict[str, str | None]  # lookup column -> Dynamics id of the parent
-    version: int | None = None
-    modified_at: str | None = None  # ISO 8601, as Dynamics wrote it
-    modified_by: str | None = None
-    etag: str | None = None
-    excluded: bool = False  # the sync filter field says No
-    deleted: bool = False
-    # Staged for a record the sync filter had excluded and now includes again: both
-    # sides' changes since the last sync are settled by the rules (``apply.plan_apply``).
-    rejoin: bool = False
-
-    def payload(self) -> dict[str, Any]:
-        """The queue entry's payload (JSON)."""
-        return {
-            "values": self.values,
-            "lookups": self.lookups,
-            "version": self.version,
-            "modified_at": self.modified_at,
-            "modified_by": self.modified_by,
-            "etag": self.etag,
-            "deleted": self.deleted,
-            "rejoin": self.rejoin,
-        }
-
-    @classmethod
-    def from_payload(cls, crm_id: str, payload: Mapping[str, Any] | None) -> Change:
-        p = payload or {}
-        return cls(
-            crm_id=crm_id,
-            values=dict(p.get("values") or {}),
-            lookups=dict(p.get("lookups") or {}),
-            version=p.get("version"),
-            modified_at=p.get("modified_at"),
-            modified_by=p.get("modified_by"),
-            etag=p.get("etag"),
-            deleted=bool(p.get("deleted")),
-            rejoin=bool(p.get("rejoin")),
-        )
-
-    @property
-    def modified_datetime(self) -> datetime | None:
-        return parse_time(self.modified_at)
 
 
 def pull_order(specs: Mapping[str, ObjectSpec]) -> list[ObjectSpec]:
@@ -89,20 +38,6 @@ def pull_order(specs: Mapping[str, ObjectSpec]) -> list[ObjectSpec]:
     is usually staged before the child and the child need not wait."""
     pulling = [s for s in specs.values() if s.flow.pulls]
     return sorted(pulling, key=lambda s: len(s.lookups))
-
-
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def version_of(etag: str | None) -> int | None:
-    m = _ETAG.fullmatch(etag or "")
-    return int(m.group(1)) if m else None
 
 
 def pulled_fields(spec: ObjectSpec) -> dict[str, str]:
@@ -170,18 +105,6 @@ def deleted(crm_id: str) -> Change:
 
 def is_guid(value: object) -> bool:
     return isinstance(value, str) and GUID_RE.fullmatch(value) is not None
-
-
-@dataclass(frozen=True)
-class Known:
-    """What the store knows about one Dynamics id."""
-
-    record_id: int
-    synced_values: Mapping[str, Any] | None = None
-    synced_version: int | None = None
-    local_delete_pending: bool = False
-    marked_deleted: bool = False
-    excluded: bool = False  # the sync filter excluded it (sync_record.excluded)
 
 
 def same_as_synced(

@@ -20,12 +20,13 @@ from typing import Any
 
 from crmsync.domain import GUID_RE, ObjectSpec
 from crmsync.dynamics.writes import Write
-from crmsync.store.outbound import Parent
-from crmsync.store.queue import Entry
-
-MISSING_REFERENCE = "crmsync.missing_reference"
-RECORD_GONE = "crmsync.record_gone"
-INVALID_CRM_ID = "crmsync.invalid_crm_id"
+from crmsync.values import INVALID_CRM_ID as INVALID_CRM_ID
+from crmsync.values import MISSING_REFERENCE as MISSING_REFERENCE
+from crmsync.values import RECORD_GONE as RECORD_GONE
+from crmsync.values import Defer as Defer
+from crmsync.values import Entry, Parent
+from crmsync.values import Park as Park
+from crmsync.values import Skip as Skip
 
 
 @dataclass(frozen=True)
@@ -34,29 +35,6 @@ class Send:
     write: Write
     crm_id: str
     values: dict[str, Any]  # the local values sent, by local column
-
-
-@dataclass(frozen=True)
-class Defer:
-    entry: Entry
-    reason: str
-
-
-@dataclass(frozen=True)
-class Park:
-    entry: Entry
-    code: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Skip:
-    """Nothing to send (the record is already as wanted); completes the entry."""
-
-    entry: Entry
-    # The sync filter excludes the record: its local change is dropped, and its sync
-    # state (the exclusion with it) kept, unless the local row is gone.
-    excluded: bool = False
 
 
 Step = Send | Defer | Park | Skip

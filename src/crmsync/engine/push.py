@@ -23,13 +23,13 @@ from crmsync.config import Settings
 from crmsync.domain import ObjectSpec
 from crmsync.dynamics.client import DataverseClient
 from crmsync.dynamics.writes import ItemResult
-from crmsync.engine.plan import Defer, Park, Send, Skip, Step, plan_batch
+from crmsync.engine.plan import Send, Step, plan_batch
 from crmsync.engine.verdict import Parked, Retry, RetryPolicy, Stale, Synced, judge
 from crmsync.errors import Fatal
 from crmsync.store import outbound, queue
 from crmsync.store.db import capture_suppressed, write_transaction
-from crmsync.store.status import AWAITING_PULL
 from crmsync.store.types import utcnow
+from crmsync.values import AWAITING_PULL, Defer, Done, Entry, Failed, Outcome, Park, Skip
 
 if TYPE_CHECKING:  # the engine passes the store's handles on; it runs no SQL
     from sqlalchemy import Connection, Engine
@@ -37,7 +37,10 @@ if TYPE_CHECKING:  # the engine passes the store's handles on; it runs no SQL
 
 log = logging.getLogger(__name__)
 
-DEFER_SECONDS = 1.0
+# A deferred push waits for Dynamics (a parent's push, or the pull of a record Dynamics
+# changed, before the push goes again): a round trip away, so it looks again later than
+# a deferred apply does.
+PUSH_DEFER_SECONDS = 1.0
 # While the backlog is thin (a claim comes back short of a full batch), the lanes of one
 # process claim at most this often. Without it four lanes sent a request per handful of
 # records, spent Dataverse's budget (6,000 requests / 5 min, i.e. 20 a second per user)
@@ -59,7 +62,7 @@ class PushStats:
     by_code: dict[str, int] = field(default_factory=dict)
 
 
-def _still_awaiting_pull(conn: Connection, entries: Sequence[queue.Entry]) -> set[int]:
+def _still_awaiting_pull(conn: Connection, entries: Sequence[Entry]) -> set[int]:
     """The ids of claimed updates held for a pull that is still paused (not to be sent:
     Dynamics would refuse them again, and only the pull can resolve why). A held entry
     that became a delete (the local row is gone) no longer waits for anything.
@@ -110,7 +113,7 @@ class Pusher:
             return []
         return self._plan(entries)
 
-    def _plan(self, entries: Sequence[queue.Entry]) -> list[Step]:
+    def _plan(self, entries: Sequence[Entry]) -> list[Step]:
         """Plan claimed entries and save the Dynamics ids chosen for inserts."""
         with write_transaction(self.engine) as conn:
             held = _still_awaiting_pull(conn, entries)
@@ -122,7 +125,7 @@ class Pusher:
             parents = outbound.load_parents(conn, self.specs, rows)
             etags, excluded = outbound.load_sync_state(conn, entries)
 
-            def plan(batch: Sequence[queue.Entry]) -> list[Step]:
+            def plan(batch: Sequence[Entry]) -> list[Step]:
                 return plan_batch(
                     batch,
                     self.specs,
@@ -189,7 +192,7 @@ class Pusher:
         """Record the outcomes; returns the (object, crm id) of updates refused because
         Dynamics' record changed since the last sync (to be pulled before resending)."""
         now = utcnow()
-        outcome = queue.Outcome()
+        outcome = Outcome()
         created: list[tuple[str, int, str]] = []
         refused: list[Send] = []
         policy = RetryPolicy(
@@ -205,7 +208,7 @@ class Pusher:
             match verdict:
                 case Synced(etag):
                     outcome.done.append(
-                        queue.Done(e, crm_id=send.crm_id, etag=etag, synced_values=send.values)
+                        Done(e, crm_id=send.crm_id, etag=etag, synced_values=send.values)
                     )
                     if e.operation != "delete" and e.record_id is not None:
                         created.append((e.object, e.record_id, send.crm_id))
@@ -214,22 +217,22 @@ class Pusher:
                     refused.append(send)
                     self.stats.stale += 1
                 case Parked(code, message):
-                    outcome.failed.append(queue.Failed(e, code, message))
+                    outcome.failed.append(Failed(e, code, message))
                     self._count_park(code)
                 case Retry(code, message, at):
-                    outcome.failed.append(queue.Failed(e, code, message, retry_at=at))
+                    outcome.failed.append(Failed(e, code, message, retry_at=at))
                     self.stats.retried += 1
         for step in steps:
             if isinstance(step, Skip):
                 # An excluded record keeps its sync state (the exclusion); a local
                 # delete of one forgets it, as the local row is gone.
                 keep = step.excluded and step.entry.operation != "delete"
-                outcome.done.append(queue.Done(step.entry, counted=False, remember=not keep))
+                outcome.done.append(Done(step.entry, counted=False, remember=not keep))
             elif isinstance(step, Defer):
-                outcome.deferred.append((step.entry, now + timedelta(seconds=DEFER_SECONDS)))
+                outcome.deferred.append((step.entry, now + timedelta(seconds=PUSH_DEFER_SECONDS)))
                 self.stats.deferred += 1
             elif isinstance(step, Park):
-                outcome.failed.append(queue.Failed(step.entry, step.code, step.message))
+                outcome.failed.append(Failed(step.entry, step.code, step.message))
                 self._count_park(step.code)
         with write_transaction(self.engine) as conn:
             stale, held = self._refused(conn, refused, now, outcome)
@@ -241,7 +244,7 @@ class Pusher:
         return stale
 
     def _refused(
-        self, conn: Connection, refused: Sequence[Send], now: datetime, outcome: queue.Outcome
+        self, conn: Connection, refused: Sequence[Send], now: datetime, outcome: Outcome
     ) -> tuple[list[tuple[str, str]], list[int]]:
         """Updates Dynamics refused because its record changed since the last sync:
         ``(records to pull now, entries to hold)``.
@@ -261,7 +264,7 @@ class Pusher:
                 held.append(send.entry.id)
                 self.stats.held += 1
             else:
-                outcome.deferred.append((send.entry, now + timedelta(seconds=DEFER_SECONDS)))
+                outcome.deferred.append((send.entry, now + timedelta(seconds=PUSH_DEFER_SECONDS)))
                 stale.append((send.entry.object, send.crm_id))
         return stale, held
 

@@ -23,14 +23,16 @@ import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING
 
 from crmsync.config import Settings
 from crmsync.dynamics.limiter import Limiter
 from crmsync.store import throttle as shared
 from crmsync.store.db import write_transaction
 from crmsync.store.types import utcnow
+
+if TYPE_CHECKING:  # the engine passes the store's handles on; it runs no SQL
+    from sqlalchemy import Engine
 
 log = logging.getLogger(__name__)
 

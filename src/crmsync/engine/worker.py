@@ -32,11 +32,7 @@ import socket
 import time
 import uuid
 from collections.abc import Coroutine
-from datetime import datetime
-from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING, Any
 
 from crmsync.config import Settings
 from crmsync.dynamics.client import DataverseClient
@@ -48,12 +44,14 @@ from crmsync.engine.push import Pusher
 from crmsync.engine.throttle import SharedThrottle
 from crmsync.errors import Fatal, RecordRejected, Retriable
 from crmsync.memory import release_free_memory
-from crmsync.store import capture, migrate, queue
-from crmsync.store.db import write_transaction
+from crmsync.store import migrate, queue
+from crmsync.store.db import store_unavailable, write_transaction
 from crmsync.store.maintenance import COMPACT_SECONDS, compact_counts, maintain
-from crmsync.store.schema import sync_queue
-from crmsync.store.status import AWAITING_PULL
+from crmsync.store.queue import next_due
 from crmsync.store.types import utcnow
+
+if TYPE_CHECKING:  # the engine passes the store's handles on; it runs no SQL
+    from sqlalchemy import Engine
 
 log = logging.getLogger(__name__)
 
@@ -63,55 +61,6 @@ MAX_WAIT_SECONDS = 5.0
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def next_due(engine: Engine, direction: str, objects: list[str], worker: str) -> datetime | None:
-    """When the earliest waiting entry that this worker could send falls due.
-
-    Entries this worker has in flight count as due now: their batch is about to finish
-    (or fail and be rescheduled), so the caller should look again shortly.
-    """
-    with engine.connect() as conn:
-        scopes = queue.paused_scopes(conn)
-        wanted = [o for o in objects if not queue.is_paused(scopes, o, direction)]
-        if not wanted:
-            return None
-        if direction == "to_crm" and capture.has_changes(conn):
-            return utcnow()  # local changes logged, to be folded by the next claim
-        q = sync_queue.c
-        # Pushes held for a paused pull wait for the resume, not for a time.
-        held = [o for o in wanted if queue.is_paused(scopes, o, "from_crm")]
-        waiting = (
-            q.object.in_(held)
-            & (q.operation == "update")
-            & (sa.func.coalesce(q.last_error_code, "") == AWAITING_PULL)
-        )
-        return conn.execute(
-            sa.select(
-                sa.func.min(
-                    sa.case(
-                        (q.claimed_by == worker, q.next_attempt_at),
-                        else_=sa.func.coalesce(q.claimed_until, q.next_attempt_at),
-                    )
-                )
-            ).where(
-                q.state == "pending",
-                q.direction == direction,
-                q.object.in_(wanted),
-                *([~waiting] if held and direction == "to_crm" else []),
-            )
-        ).scalar()
-
-
-def store_unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the store cannot be reached or used right now (a restart, a
-    refused or dropped connection, a lock timeout), rather than a fault of ours (a
-    refused statement, an integrity error: logged with their traceback every time)."""
-    if not isinstance(exc, sa.exc.DBAPIError):
-        return False
-    return exc.connection_invalidated or isinstance(
-        exc, sa.exc.OperationalError | sa.exc.InterfaceError
-    )
 
 
 class StoreOutage:

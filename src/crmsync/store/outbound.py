@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,9 +19,10 @@ from sqlalchemy import Connection
 
 from crmsync.domain import Direction, EntryState, ObjectSpec
 from crmsync.store import backlog
-from crmsync.store.queue import Entry, entry_columns
+from crmsync.store.queue import entry_columns
 from crmsync.store.schema import LOCAL_TABLES, sync_queue, sync_record
 from crmsync.store.status import AWAITING_PULL
+from crmsync.values import Entry, Parent
 
 # A push refused with 412 while its object's pull is paused waits this long before its
 # pause is looked at again (without sending); resuming the pull wakes it at once.
@@ -30,15 +31,6 @@ HOLD_MESSAGE = (
     "changed in Dynamics since the last sync; waiting for pulling (from_crm) to resume,"
     " so that the conflict is resolved before the push goes again"
 )
-
-
-@dataclass(frozen=True)
-class Parent:
-    """What the plan needs to know about a record a lookup points at."""
-
-    crm_id: str | None
-    on_its_way: bool  # it has a pending queue entry that may give it a crm_id
-    entity_set: str  # where it lives in Dynamics, from the registry
 
 
 def load_rows(

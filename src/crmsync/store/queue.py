@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,6 +43,11 @@ from crmsync.store.schema import (
     sync_tombstone,
 )
 from crmsync.store.types import UTCDateTime, utcnow
+from crmsync.values import AWAITING_PULL
+from crmsync.values import Done as Done
+from crmsync.values import Entry as Entry
+from crmsync.values import Failed as Failed
+from crmsync.values import Outcome as Outcome
 
 BUCKET_MINUTES = 15
 # The record_key of an error about a whole object (Dynamics refused to read its table),
@@ -50,56 +55,9 @@ BUCKET_MINUTES = 15
 OBJECT_KEY = "*"
 
 
-@dataclass(frozen=True)
-class Entry:
-    """A claimed queue entry, as the engine sees it."""
-
-    id: int
-    object: str
-    direction: str
-    record_key: str
-    record_id: int | None
-    crm_id: str | None
-    operation: str
-    label: str | None
-    payload: dict[str, Any] | None
-    version: int
-    attempts: int
-    first_queued_at: datetime
-    last_error_code: str | None = None  # why it waits, when it has waited (e.g. held)
-
-
 def entry_columns() -> list[sa.Column[Any]]:
     """The queue's columns in ``Entry``'s field order: ``Entry(*row)`` of a row of them."""
     return [sync_queue.c[f.name] for f in fields(Entry)]
-
-
-@dataclass(frozen=True)
-class Done:
-    entry: Entry
-    crm_id: str | None = None
-    etag: str | None = None
-    record_id: int | None = None
-    synced_values: dict[str, Any] | None = None
-    crm_version: int | None = None
-    crm_modified_at: datetime | None = None
-    counted: bool = True  # False when nothing was sent (not throughput)
-    remember: bool = True  # False: leave the record's sync state as it is
-
-
-@dataclass(frozen=True)
-class Failed:
-    entry: Entry
-    code: str
-    message: str
-    retry_at: datetime | None = None  # None: park it
-
-
-@dataclass
-class Outcome:
-    done: list[Done] = field(default_factory=list)
-    failed: list[Failed] = field(default_factory=list)
-    deferred: list[tuple[Entry, datetime]] = field(default_factory=list)
 
 
 def bucket_start(at: datetime) -> datetime:
@@ -620,3 +578,41 @@ def resolve_object(conn: Connection, obj: str, direction: str, now: datetime) ->
         )
         .values(status="resolved", resolved_at=now)
     )
+
+
+def next_due(engine: Engine, direction: str, objects: list[str], worker: str) -> datetime | None:
+    """When the earliest waiting entry that this worker could send falls due.
+
+    Entries this worker has in flight count as due now: their batch is about to finish
+    (or fail and be rescheduled), so the caller should look again shortly.
+    """
+    with engine.connect() as conn:
+        scopes = paused_scopes(conn)
+        wanted = [o for o in objects if not is_paused(scopes, o, direction)]
+        if not wanted:
+            return None
+        if direction == "to_crm" and capture.has_changes(conn):
+            return utcnow()  # local changes logged, to be folded by the next claim
+        q = sync_queue.c
+        # Pushes held for a paused pull wait for the resume, not for a time.
+        held = [o for o in wanted if is_paused(scopes, o, "from_crm")]
+        waiting = (
+            q.object.in_(held)
+            & (q.operation == "update")
+            & (sa.func.coalesce(q.last_error_code, "") == AWAITING_PULL)
+        )
+        return conn.execute(
+            sa.select(
+                sa.func.min(
+                    sa.case(
+                        (q.claimed_by == worker, q.next_attempt_at),
+                        else_=sa.func.coalesce(q.claimed_until, q.next_attempt_at),
+                    )
+                )
+            ).where(
+                q.state == "pending",
+                q.direction == direction,
+                q.object.in_(wanted),
+                *([~waiting] if held and direction == "to_crm" else []),
+            )
+        ).scalar()

@@ -30,12 +30,9 @@ from crmsync.store.backlog import Group
 from crmsync.store.params import iso
 from crmsync.store.schema import sync_backlog_sample, sync_pause, sync_queue, sync_throughput
 from crmsync.store.types import utcnow
+from crmsync.values import AWAITING_PULL as AWAITING_PULL
 
 HOUR = timedelta(hours=1)
-# The ``last_error_code`` of a push Dynamics refused with 412 (the record changed there)
-# while its object's ``from_crm`` direction was paused: the conflict can only be resolved
-# by pulling the record, so the entry waits (pending, in the backlog) until the resume.
-AWAITING_PULL = "crmsync.awaiting_pull"
 MAX_HOURS = 720
 # The trend compares the backlog with its sample this long ago (see ``backlog``).
 TREND_HOURS = 3
