@@ -25,7 +25,7 @@ from crmsync.dynamics.client import DataverseClient
 from crmsync.dynamics.writes import ItemResult
 from crmsync.engine.plan import Send, Step, plan_batch
 from crmsync.engine.verdict import Parked, Retry, RetryPolicy, Stale, Synced, judge
-from crmsync.errors import Fatal
+from crmsync.errors import Fatal, ObjectUnusable
 from crmsync.store import outbound, queue
 from crmsync.store.db import capture_suppressed, write_transaction
 from crmsync.store.types import utcnow
@@ -181,6 +181,11 @@ class Pusher:
         except Fatal:
             await asyncio.to_thread(queue.release, self.engine, self.worker_id)
             raise
+        except ObjectUnusable as exc:
+            # One push lane serves every pushing object, and every write of this one
+            # fails the same way: a mapping mistake, fatal to the push like any other.
+            await asyncio.to_thread(queue.release, self.engine, self.worker_id)
+            raise Fatal(str(exc)) from exc
         stale = await asyncio.to_thread(self._record, steps, sends, results)
         if stale and self.on_stale is not None:
             await self.on_stale(stale)

@@ -36,13 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 from crmsync.config import Settings
 from crmsync.dynamics.client import DataverseClient
-from crmsync.dynamics.faults import UnknownResource
 from crmsync.engine import retry
 from crmsync.engine.apply import Applier
 from crmsync.engine.pull import Progress, Puller
 from crmsync.engine.push import Pusher
 from crmsync.engine.throttle import SharedThrottle
-from crmsync.errors import Fatal, RecordRejected, Retriable
+from crmsync.errors import Fatal, ObjectUnusable, RecordRejected, Retriable, StaleRecord
 from crmsync.memory import release_free_memory
 from crmsync.store import migrate, queue
 from crmsync.store.db import store_unavailable, write_transaction
@@ -218,8 +217,8 @@ class Worker:
         while True:
             try:
                 return await self.puller.pull(obj)
-            except UnknownResource as exc:
-                # An entity set Dynamics does not have: only this object is affected.
+            except ObjectUnusable as exc:
+                # E.g. an entity set Dynamics does not have: only this object is affected.
                 await self._pull_failed(obj, exc.code or f"http_{exc.status}", exc.message)
                 return 0
             except Fatal:
@@ -247,7 +246,7 @@ class Worker:
                     )
                 if self.stopping.is_set():
                     return 0
-            except RecordRejected as exc:
+            except (RecordRejected, StaleRecord) as exc:
                 # Dynamics refuses to let us read this table (privileges, a bad mapping):
                 # nothing per record to park; say so and keep the other objects going.
                 log.error(
