@@ -12,13 +12,14 @@ Everything here is immutable except ``Outcome``, which a batch fills as it goes.
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from crmsync.domain import ConflictRule
+from crmsync.domain import ConflictRule, Direction, Operation
 
 # --- crmsync's own error codes (a sync error's ``code`` beside Dynamics' own) ----------
 
@@ -42,11 +43,11 @@ class Entry:
 
     id: int
     object: str
-    direction: str
+    direction: Direction
     record_key: str
     record_id: int | None
     crm_id: str | None
-    operation: str
+    operation: Operation
     label: str | None
     payload: dict[str, Any] | None
     version: int
@@ -260,13 +261,23 @@ class ApplyContext:
     parents_on_their_way: frozenset[tuple[str, str]]  # staged from_crm, not applied yet
 
 
+class WriteKind(enum.StrEnum):
+    """What an apply does to a local row; ``MARK`` stamps ``crm_deleted_at`` (the
+    ``delete_behaviour = mark`` setting) instead of deleting it."""
+
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+    MARK = "mark"
+
+
 @dataclass(frozen=True)
 class LocalWrite:
-    """An apply's write to a local table (``kind``: insert, update, delete or mark)."""
+    """An apply's write to a local table."""
 
     entry: Entry
     change: Change
-    kind: str
+    kind: WriteKind
     record_id: int | None
     values: dict[str, Any]
     resolution: Resolution | None = None

@@ -131,6 +131,7 @@ def test_the_values_module_sits_at_the_bottom() -> None:
     }
     assert imported <= {
         "__future__",
+        "enum",
         "re",
         "collections",
         "dataclasses",

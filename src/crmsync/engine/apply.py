@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from crmsync.config import Settings
-from crmsync.domain import ObjectSpec
+from crmsync.domain import Direction, ObjectSpec, Operation
 from crmsync.engine import changes as ch
 from crmsync.engine.conflicts import resolve
 from crmsync.store import apply as store_apply
@@ -45,6 +45,7 @@ from crmsync.values import (
     Park,
     PendingPush,
     Skip,
+    WriteKind,
 )
 
 if TYPE_CHECKING:  # the engine passes the store's handles on; it runs no SQL
@@ -76,14 +77,14 @@ def plan_apply(
     if excluded and not change.rejoin:
         # Staged before the sync filter excluded the record: it no longer follows Dynamics.
         return Skip(entry)
-    if change.deleted or entry.operation == "delete":
+    if change.deleted or entry.operation == Operation.DELETE:
         if row is None:
             return Skip(entry)
         if delete_behaviour == "mark":
             if row.get("crm_deleted_at") is not None:
                 return Skip(entry)
-            return LocalWrite(entry, change, "mark", row["id"], {}, push=push)
-        return LocalWrite(entry, change, "delete", row["id"], {}, push=push)
+            return LocalWrite(entry, change, WriteKind.MARK, row["id"], {}, push=push)
+        return LocalWrite(entry, change, WriteKind.DELETE, row["id"], {}, push=push)
     if push is not None and push.claimed:
         return Defer(entry, "a local change of this record is being sent")
     if state is not None and change.version is not None and not excluded:
@@ -117,7 +118,7 @@ def plan_apply(
         remote[column] = parent
     if row is None and record_id is None:
         res = resolve(spec, None, None, remote, local_pending=False)
-        return LocalWrite(entry, change, "insert", None, res.values, res)
+        return LocalWrite(entry, change, WriteKind.INSERT, None, res.values, res)
     if row is None:
         # Known only as a push in flight whose local row is gone: nothing to update.
         return Skip(entry)
@@ -134,7 +135,9 @@ def plan_apply(
             local_modified_at=_local_change_time(row, state, push),
             crm_modified_at=change.modified_datetime,
         )
-        return LocalWrite(entry, change, "update", row["id"], res.values, res, push, rejoin=True)
+        return LocalWrite(
+            entry, change, WriteKind.UPDATE, row["id"], res.values, res, push, rejoin=True
+        )
     res = resolve(
         spec,
         state.synced_values if state is not None else None,
@@ -144,7 +147,7 @@ def plan_apply(
         local_modified_at=push.changed_at if push is not None else None,
         crm_modified_at=change.modified_datetime,
     )
-    return LocalWrite(entry, change, "update", row["id"], res.values, res, push)
+    return LocalWrite(entry, change, WriteKind.UPDATE, row["id"], res.values, res, push)
 
 
 def _local_change_time(
@@ -194,7 +197,7 @@ class Applier:
         entries = queue.claim(
             self.engine,
             self.worker_id,
-            "from_crm",
+            Direction.FROM_CRM,
             self.objects,
             self.settings.batch_size,
             timedelta(seconds=self.settings.lease_seconds),

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from crmsync.domain import GUID_RE, ObjectSpec
+from crmsync.domain import GUID_RE, ObjectSpec, Operation
 from crmsync.values import Change as Change
 from crmsync.values import Known as Known
 from crmsync.values import parse_time as parse_time
@@ -135,7 +135,7 @@ def stage_operation(
     own_user: str | None,
     *,
     buried: bool = False,
-) -> str | None:
+) -> Operation | None:
     """The operation to stage for ``change``, or None when there is nothing to apply.
 
     ``buried``: crmsync deleted this record (``sync_tombstone``)."""
@@ -144,7 +144,7 @@ def stage_operation(
             return None
         if known.excluded:
             return None  # an excluded record no longer follows Dynamics, deletes included
-        return "delete"
+        return Operation.DELETE
     if change.excluded:
         # An excluded record stops syncing; it is neither staged nor deleted locally
         # (the caller remembers the exclusion for records it has synced).
@@ -155,13 +155,13 @@ def stage_operation(
         # was deleted since) or deleted it.
         if buried or (own_user is not None and change.modified_by == own_user):
             return None
-        return "insert"
+        return Operation.INSERT
     if known.local_delete_pending:
         return None
     if known.excluded:
         # Included again: staged even if its values equal the last synced ones, since
         # the local row may have moved while it was excluded (and must then be sent).
-        return "update"
+        return Operation.UPDATE
     if own_user is not None and change.modified_by == own_user:
         return None  # crmsync's own write, coming back: no echo
     if (
@@ -172,4 +172,4 @@ def stage_operation(
         return None
     if same_as_synced(change, known, parents, spec):
         return None
-    return "update"
+    return Operation.UPDATE

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
-from crmsync.domain import GUID_RE, ObjectSpec
+from crmsync.domain import GUID_RE, ObjectSpec, Operation
 from crmsync.dynamics.writes import Write
 from crmsync.values import INVALID_CRM_ID as INVALID_CRM_ID
 from crmsync.values import MISSING_REFERENCE as MISSING_REFERENCE
@@ -104,7 +104,7 @@ def plan_entry(
     if excluded:
         return Skip(entry, excluded=True)
     label = f"{spec.name} {entry.record_id}:"
-    if entry.operation == "delete":
+    if entry.operation == Operation.DELETE:
         if entry.crm_id is None:
             return Skip(entry)
         if not is_dynamics_id(entry.crm_id):
@@ -139,7 +139,7 @@ def plan_entry(
             " and is not queued to go there",
         )
     crm_id = row.get("crm_id") or entry.crm_id
-    if entry.operation == "insert" or crm_id is None:
+    if entry.operation == Operation.INSERT or crm_id is None:
         # An upsert under an id crmsync chose and saved before sending: a retry after a
         # lost response updates the same record instead of creating a second one.
         chosen = crm_id or new_id or str(uuid.uuid4())
@@ -172,7 +172,7 @@ def plan_batch(
             rows.get(key) if key is not None else None,
             parents,
             detect_duplicates=detect_duplicates,
-            etag=etags.get(key) if key is not None and e.operation == "update" else None,
+            etag=etags.get(key) if key is not None and e.operation == Operation.UPDATE else None,
             excluded=key in excluded,
         )
 

@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from crmsync.config import Settings
-from crmsync.domain import ObjectSpec
+from crmsync.domain import Direction, EntryState, ObjectSpec, Operation
 from crmsync.dynamics.client import DataverseClient
 from crmsync.dynamics.faults import DeltaTokenExpired
 from crmsync.dynamics.pages import ChangePage
@@ -78,21 +78,21 @@ def load_parents(
 
 
 def entry_row(
-    spec: ObjectSpec, change: ch.Change, operation: str, known: ch.Known | None, now: datetime
+    spec: ObjectSpec, change: ch.Change, operation: Operation, known: ch.Known | None, now: datetime
 ) -> dict[str, Any]:
-    if known is not None and known.excluded and operation == "update":
+    if known is not None and known.excluded and operation == Operation.UPDATE:
         change = replace(change, rejoin=True)
     label = change.values.get(spec.label_column)
     return {
         "object": spec.name,
-        "direction": "from_crm",
+        "direction": Direction.FROM_CRM,
         "record_key": change.crm_id,
         "record_id": known.record_id if known else None,
         "crm_id": change.crm_id,
         "operation": operation,
         "label": str(label)[:LABEL_MAX] if label is not None else None,
         "payload": change.payload(),
-        "state": "pending",
+        "state": EntryState.PENDING,
         "first_queued_at": now,
         "last_changed_at": now,
         "version": 1,
@@ -292,7 +292,7 @@ class Puller:
                 ):
                     # Newer in Dynamics than our last sync, whatever its values: applying
                     # it is what moves the record's ETag on for the waiting push.
-                    op = "update"
+                    op = Operation.UPDATE
                 if op is not None:
                     rows.append(entry_row(spec, change, op, k, now))
             if seen is not None:
@@ -301,7 +301,7 @@ class Puller:
                 # The full read is complete: what it did not return is gone.
                 gone = inbound.vanished(conn, spec, seen, started_at)
                 rows += [
-                    entry_row(spec, ch.deleted(crm_id), "delete", ch.Known(record_id), now)
+                    entry_row(spec, ch.deleted(crm_id), Operation.DELETE, ch.Known(record_id), now)
                     for record_id, crm_id in gone
                 ]
                 self.stats.deletions_detected += len(gone)
@@ -310,7 +310,7 @@ class Puller:
             if page.delta_link is not None:
                 inbound.save_cursor(conn, spec.name, page.delta_link, now)
                 # Read to the end: a failure of the whole object's pull is over.
-                queue.resolve_object(conn, spec.name, "from_crm", now)
+                queue.resolve_object(conn, spec.name, Direction.FROM_CRM, now)
         read = len(found) + len(loaded.inserted) + len(loaded.settled)
         self.stats.read += read
         self.stats.by_object[spec.name] = self.stats.by_object.get(spec.name, 0) + read

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from crmsync.config import Settings
-from crmsync.domain import ObjectSpec
+from crmsync.domain import Direction, ObjectSpec, Operation
 from crmsync.dynamics.client import DataverseClient
 from crmsync.dynamics.writes import ItemResult
 from crmsync.engine.plan import Send, Step, plan_batch
@@ -69,11 +69,13 @@ def _still_awaiting_pull(conn: Connection, entries: Sequence[Entry]) -> set[int]
 
     The claim returned each entry's mark, so the pauses are read only when one of the
     batch was held (not on every batch)."""
-    marked = [e for e in entries if e.operation == "update" and e.last_error_code == AWAITING_PULL]
+    marked = [
+        e for e in entries if e.operation == Operation.UPDATE and e.last_error_code == AWAITING_PULL
+    ]
     if not marked:
         return set()
     scopes = queue.paused_scopes(conn)
-    return {e.id for e in marked if queue.is_paused(scopes, e.object, "from_crm")}
+    return {e.id for e in marked if queue.is_paused(scopes, e.object, Direction.FROM_CRM)}
 
 
 class Pusher:
@@ -104,7 +106,7 @@ class Pusher:
         entries = queue.claim(
             self.engine,
             self.worker_id,
-            "to_crm",
+            Direction.TO_CRM,
             self.objects,
             self.settings.batch_size,
             timedelta(seconds=self.settings.lease_seconds),
@@ -215,7 +217,7 @@ class Pusher:
                     outcome.done.append(
                         Done(e, crm_id=send.crm_id, etag=etag, synced_values=send.values)
                     )
-                    if e.operation != "delete" and e.record_id is not None:
+                    if e.operation != Operation.DELETE and e.record_id is not None:
                         created.append((e.object, e.record_id, send.crm_id))
                     self.stats.synced += 1
                 case Stale():
@@ -231,7 +233,7 @@ class Pusher:
             if isinstance(step, Skip):
                 # An excluded record keeps its sync state (the exclusion); a local
                 # delete of one forgets it, as the local row is gone.
-                keep = step.excluded and step.entry.operation != "delete"
+                keep = step.excluded and step.entry.operation != Operation.DELETE
                 outcome.done.append(Done(step.entry, counted=False, remember=not keep))
             elif isinstance(step, Defer):
                 outcome.deferred.append((step.entry, now + timedelta(seconds=PUSH_DEFER_SECONDS)))
@@ -265,7 +267,7 @@ class Pusher:
         stale: list[tuple[str, str]] = []
         held: list[int] = []
         for send in refused:
-            if queue.is_paused(scopes, send.entry.object, "from_crm"):
+            if queue.is_paused(scopes, send.entry.object, Direction.FROM_CRM):
                 held.append(send.entry.id)
                 self.stats.held += 1
             else:

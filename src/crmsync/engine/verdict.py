@@ -19,6 +19,7 @@ import random
 from dataclasses import dataclass
 from datetime import datetime
 
+from crmsync.domain import Operation
 from crmsync.dynamics.writes import ItemResult
 from crmsync.engine import retry
 from crmsync.engine.plan import Send
@@ -76,7 +77,7 @@ def judge(
         # Against ``*`` (or no ETag): the record is not there to update.
         return Parked(err.code or f"http_{err.status}", err.message)
     if isinstance(err, RecordRejected):
-        if entry.operation == "delete" and err.status == 404:
+        if entry.operation == Operation.DELETE and err.status == 404:
             return Synced(result.etag)  # nothing left to delete
         return Parked(err.code or f"http_{err.status}", err.message)
     attempts = entry.attempts + 1

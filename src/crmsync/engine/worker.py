@@ -35,6 +35,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from crmsync.config import Settings
+from crmsync.domain import Direction
 from crmsync.dynamics.client import DataverseClient
 from crmsync.engine import retry
 from crmsync.engine.apply import Applier
@@ -137,8 +138,8 @@ class Worker:
     def stop(self) -> None:
         self.stopping.set()
 
-    async def _lane(self, direction: str, drain: bool) -> None:
-        if direction == "to_crm":
+    async def _lane(self, direction: Direction, drain: bool) -> None:
+        if direction == Direction.TO_CRM:
             step, objects = self.pusher.push_batch, self.pusher.objects
         else:
             step, objects = self.applier.apply_batch, self.applier.objects
@@ -174,15 +175,15 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
-    async def _may_get_more(self, direction: str) -> bool:
+    async def _may_get_more(self, direction: Direction) -> bool:
         """Whether a draining lane with nothing due must stay, because the other
         direction's pending work may still queue some: a push refused because Dynamics
         changed the record (412) stages that change as a ``from_crm`` entry, and applying
         a record the sync filter includes again queues the push of its local changes."""
         other, objects = (
-            ("to_crm", self.pusher.objects)
-            if direction == "from_crm"
-            else ("from_crm", self.applier.objects)
+            (Direction.TO_CRM, self.pusher.objects)
+            if direction == Direction.FROM_CRM
+            else (Direction.FROM_CRM, self.applier.objects)
         )
         if not objects:
             return False
@@ -263,7 +264,7 @@ class Worker:
 
         def write() -> None:
             with write_transaction(self.engine) as conn:
-                queue.fail_object(conn, obj, "from_crm", code, message, utcnow())
+                queue.fail_object(conn, obj, Direction.FROM_CRM, code, message, utcnow())
 
         await asyncio.to_thread(write)
 
@@ -305,8 +306,8 @@ class Worker:
         in either direction but parked errors."""
 
         def lanes() -> list[Coroutine[Any, Any, None]]:
-            out = [self._lane("to_crm", once) for _ in range(self.concurrency)]
-            return out + [self._lane("from_crm", once) for _ in range(self.apply_lanes)]
+            out = [self._lane(Direction.TO_CRM, once) for _ in range(self.concurrency)]
+            return out + [self._lane(Direction.FROM_CRM, once) for _ in range(self.apply_lanes)]
 
         if not await self._wait_for_store():
             return

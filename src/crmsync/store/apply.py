@@ -25,12 +25,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
-from crmsync.domain import ObjectSpec
+from crmsync.domain import Direction, EntryState, ObjectSpec, Operation
 from crmsync.store import capture, queue
 from crmsync.store.db import capture_suppressed
 from crmsync.store.schema import LOCAL_TABLES, sync_conflict, sync_queue, sync_record
 from crmsync.store.types import UTCDateTime
-from crmsync.values import ApplyContext, Done, Entry, LocalWrite, PendingPush, as_text
+from crmsync.values import ApplyContext, Done, Entry, LocalWrite, PendingPush, WriteKind, as_text
 
 
 def write_all(
@@ -101,7 +101,7 @@ def load_context(
         for p in conn.execute(
             sa.select(q.record_id, q.claimed_until, q.last_changed_at).where(
                 q.object == obj,
-                q.direction == "to_crm",
+                q.direction == Direction.TO_CRM,
                 q.record_key.in_([str(i) for i in sorted(ids)]),
             )
         ):
@@ -126,7 +126,7 @@ def load_context(
         for pq in conn.execute(
             sa.select(q.crm_id, q.record_id).where(
                 q.object == target,
-                q.direction == "to_crm",
+                q.direction == Direction.TO_CRM,
                 q.crm_id.in_(ids_sorted),
                 q.record_id.is_not(None),
             )
@@ -135,8 +135,8 @@ def load_context(
         for pk in conn.execute(
             sa.select(q.record_key).where(
                 q.object == target,
-                q.direction == "from_crm",
-                q.state == "pending",
+                q.direction == Direction.FROM_CRM,
+                q.state == EntryState.PENDING,
                 q.record_key.in_(ids_sorted),
             )
         ):
@@ -165,19 +165,19 @@ def execute(
 ) -> list[Done]:
     """Carry out ``writes`` (capture must be suppressed); returns their outcomes."""
     done: list[Done] = []
-    by_kind: dict[tuple[str, str], list[LocalWrite]] = defaultdict(list)
+    by_kind: dict[tuple[str, WriteKind], list[LocalWrite]] = defaultdict(list)
     for w in writes:
         by_kind[(w.entry.object, w.kind)].append(w)
     for (obj, kind), group in by_kind.items():
         spec = specs[obj]
         table = LOCAL_TABLES[spec.table]
-        if kind == "insert":
+        if kind == WriteKind.INSERT:
             given = [{**w.values, "crm_id": w.change.crm_id} for w in group]
             names = sorted({c for row in given for c in row})
             rows = [{c: row.get(c) for c in names} for row in given]
             new_ids = _insert_rows(conn, table, rows)
             done += [_done(w, i) for w, i in zip(group, new_ids, strict=True)]
-        elif kind == "update":
+        elif kind == WriteKind.UPDATE:
             by_columns: dict[tuple[str, ...], list[LocalWrite]] = defaultdict(list)
             for w in group:
                 by_columns[tuple(sorted(w.values))].append(w)
@@ -209,7 +209,7 @@ def execute(
             done += [_done(w, w.record_id) for w in group]
         else:
             ids = [w.record_id for w in group]
-            if kind == "delete":
+            if kind == WriteKind.DELETE:
                 conn.execute(sa.delete(table).where(table.c.id.in_(ids)))
             else:
                 conn.execute(sa.update(table).where(table.c.id.in_(ids)).values(crm_deleted_at=now))
@@ -250,13 +250,13 @@ def _queue_updates(
     table = LOCAL_TABLES[spec.table]
     rows = sa.select(
         sa.literal(spec.name),
-        sa.literal("to_crm"),
+        sa.literal(Direction.TO_CRM, sa.String),
         sa.cast(table.c.id, sa.String),
         table.c.id,
         table.c.crm_id,
-        sa.literal("update"),
+        sa.literal(Operation.UPDATE, sa.String),
         table.c[spec.label_column],
-        sa.literal("pending"),
+        sa.literal(EntryState.PENDING, sa.String),
         sa.literal(now, UTCDateTime()),
         sa.literal(now, UTCDateTime()),
         sa.literal(1),
@@ -324,7 +324,10 @@ def _settle_pushes(conn: Connection, obj: str, group: Sequence[LocalWrite], now:
         str(w.record_id)
         for w in group
         if w.push is not None
-        and (w.kind in ("delete", "mark") or (w.resolution and not w.resolution.push_needed))
+        and (
+            w.kind in (WriteKind.DELETE, WriteKind.MARK)
+            or (w.resolution and not w.resolution.push_needed)
+        )
     ]
     if not moot:
         return
@@ -346,13 +349,13 @@ def _settle_pushes(conn: Connection, obj: str, group: Sequence[LocalWrite], now:
         sa.delete(sync_queue)
         .where(
             q.object == obj,
-            q.direction == "to_crm",
+            q.direction == Direction.TO_CRM,
             q.record_key.in_(moot),
             sa.or_(q.claimed_until.is_(None), q.claimed_until < now),
         )
         .returning(q.record_key)
     ).scalars()
-    queue.resolve(conn, {(obj, "to_crm", key) for key in dropped}, now)
+    queue.resolve(conn, {(obj, Direction.TO_CRM, key) for key in dropped}, now)
 
 
 def _driver_message(exc: DBAPIError) -> str:

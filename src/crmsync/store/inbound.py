@@ -29,7 +29,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
-from crmsync.domain import ObjectSpec
+from crmsync.domain import Direction, EntryState, ObjectSpec, Operation
 from crmsync.store import queue
 from crmsync.store.db import capture_suppressed
 from crmsync.store.schema import (
@@ -53,7 +53,7 @@ _fromisoformat = datetime.fromisoformat
 def paused(engine: Engine, obj: str) -> bool:
     """Whether reading ``obj`` from Dynamics is paused (its ``from_crm`` direction)."""
     with engine.connect() as conn:
-        return queue.is_paused(queue.paused_scopes(conn), obj, "from_crm")
+        return queue.is_paused(queue.paused_scopes(conn), obj, Direction.FROM_CRM)
 
 
 def cursor(engine: Engine, obj: str) -> str | None:
@@ -96,7 +96,9 @@ def insert_loaded(
     try:
         with capture_suppressed(conn), conn.begin_nested():
             _write(conn, spec, columns, local_rows, states, now)
-            queue.count_synced(conn, {(spec.name, "from_crm", "insert"): len(local_rows)}, now)
+            queue.count_synced(
+                conn, {(spec.name, Direction.FROM_CRM, Operation.INSERT): len(local_rows)}, now
+            )
     except DBAPIError:
         return False
     return True
@@ -143,7 +145,7 @@ def known_ids(
     known.update(str(i).lower() for (i,) in logged)
     pushes = conn.execute(
         sa.select(q.crm_id).where(
-            q.object == spec.name, q.direction == "to_crm", id_in(conn, q.crm_id, crm_ids)
+            q.object == spec.name, q.direction == Direction.TO_CRM, id_in(conn, q.crm_id, crm_ids)
         )
     )
     known.update(str(i).lower() for (i,) in pushes)
@@ -327,7 +329,7 @@ def load_known(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> di
         q.record_id.label("record_id"),
         q.operation.label("operation"),
         sa.false().label("marked"),
-    ).where(q.object == spec.name, q.direction == "to_crm", id_in(conn, q.crm_id, crm_ids))
+    ).where(q.object == spec.name, q.direction == Direction.TO_CRM, id_in(conn, q.crm_id, crm_ids))
     both = sa.union_all(local, pushes, _logged_deletes(conn, spec, crm_ids)).subquery()
     found = conn.execute(
         sa.select(both, r.synced_values, r.crm_version, r.etag, r.excluded).join_from(
@@ -342,7 +344,7 @@ def load_known(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> di
     for f in found:
         # A delete logged after an entry was queued is the later change.
         if f.operation is not None and (
-            f.crm_id.lower() not in pushes_by_id or f.operation == "delete"
+            f.crm_id.lower() not in pushes_by_id or f.operation == Operation.DELETE
         ):
             pushes_by_id[f.crm_id.lower()] = f
     known: dict[str, Known] = {}
@@ -356,7 +358,7 @@ def load_known(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> di
             record_id=state.record_id,
             synced_values=state.synced_values,  # None without sync state (outer join)
             synced_version=state.crm_version or version_of(state.etag),
-            local_delete_pending=push is not None and push.operation == "delete",
+            local_delete_pending=push is not None and push.operation == Operation.DELETE,
             marked_deleted=bool(row is not None and row.marked),
             excluded=bool(state.excluded),  # None without sync state (outer join)
         )
@@ -384,7 +386,7 @@ def _logged_deletes(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) 
     return sa.select(
         c.crm_id.label("crm_id"),
         c.record_id.label("record_id"),
-        sa.literal("delete", sa.String).label("operation"),
+        sa.literal(Operation.DELETE, sa.String).label("operation"),
         sa.false().label("marked"),
     ).where(c.object == spec.name, c.deleted.is_(True), id_in(conn, c.crm_id, crm_ids))
 
@@ -404,21 +406,24 @@ def stage(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         return
     insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(sync_queue)
     q, new = sync_queue.c, insert.excluded
-    parked = q.state == "parked"
+    parked = q.state == EntryState.PARKED
     conn.execute(
         insert.on_conflict_do_update(
             index_elements=["object", "direction", "record_key"],
             set_={
                 "payload": new.payload,
                 "operation": sa.case(
-                    ((q.operation == "insert") & (new.operation == "update"), "insert"),
+                    (
+                        (q.operation == Operation.INSERT) & (new.operation == Operation.UPDATE),
+                        Operation.INSERT,
+                    ),
                     else_=new.operation,
                 ),
                 "record_id": sa.func.coalesce(new.record_id, q.record_id),
                 "label": new.label,
                 "last_changed_at": new.last_changed_at,
                 "version": q.version + 1,
-                "state": "pending",
+                "state": EntryState.PENDING,
                 "attempts": sa.case((parked, 0), else_=q.attempts),
                 "next_attempt_at": sa.case((parked, new.next_attempt_at), else_=q.next_attempt_at),
             },
@@ -449,14 +454,14 @@ def exclude(conn: Connection, spec: ObjectSpec, known: Mapping[str, Known], now:
         sa.delete(sync_queue)
         .where(
             q.object == spec.name,
-            q.direction == "from_crm",
-            q.state == "pending",
+            q.direction == Direction.FROM_CRM,
+            q.state == EntryState.PENDING,
             q.record_key.in_(list(synced)),
             sa.or_(q.claimed_until.is_(None), q.claimed_until < now),
         )
         .returning(q.record_key)
     ).scalars()
-    queue.resolve(conn, {(spec.name, "from_crm", key) for key in dropped}, now)
+    queue.resolve(conn, {(spec.name, Direction.FROM_CRM, key) for key in dropped}, now)
 
 
 def vanished(
@@ -473,7 +478,7 @@ def vanished(
         sa.select(sa.literal(1))
         .where(
             q.object == spec.name,
-            q.direction == "to_crm",
+            q.direction == Direction.TO_CRM,
             q.record_key == sa.cast(table.c.id, sa.String),
         )
         .exists()

@@ -31,6 +31,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from crmsync.domain import Direction, EntryState, ErrorStatus, Operation
 from crmsync.store import capture
 from crmsync.store.db import write_transaction
 from crmsync.store.pgarrays import unnest as _unnest
@@ -73,14 +74,14 @@ def paused_scopes(conn: Connection) -> set[tuple[str, str]]:
     return {(r.object, r.direction) for r in conn.execute(sa.select(sync_pause))}
 
 
-def is_paused(scopes: set[tuple[str, str]], obj: str, direction: str) -> bool:
+def is_paused(scopes: set[tuple[str, str]], obj: str, direction: Direction) -> bool:
     return any((o in ("*", obj)) and (d in ("*", direction)) for o, d in scopes)
 
 
 def claim(
     engine: Engine,
     worker: str,
-    direction: str,
+    direction: Direction,
     objects: Sequence[str],
     limit: int,
     lease: timedelta,
@@ -94,7 +95,7 @@ def claim(
     """
     if not objects or limit < 1:
         return []
-    if direction == "to_crm":
+    if direction == Direction.TO_CRM:
         capture.fold_pending(engine, wait=False, max_seconds=capture.BATCH_FOLD_SECONDS)
     now = now or utcnow()
     params = {
@@ -128,7 +129,7 @@ def _claim_statement(skip_locked: bool) -> sa.Update:
     pick = (
         sa.select(due.c.id)
         .where(
-            due.c.state == "pending",
+            due.c.state == EntryState.PENDING,
             due.c.direction == direction,
             due.c.next_attempt_at <= now,
             due.c.object.in_(sa.bindparam("c_objects", expanding=True)),
@@ -264,7 +265,9 @@ def _complete(conn: Connection, done: Sequence[Done], now: datetime) -> None:
             attempts=0,
             next_attempt_at=now,
             crm_id=sa.func.coalesce(q.crm_id, sa.bindparam("new_crm_id")),
-            operation=sa.case((q.operation == "insert", "update"), else_=q.operation),
+            operation=sa.case(
+                (q.operation == Operation.INSERT, Operation.UPDATE), else_=q.operation
+            ),
         ),
         [{"entry_id": d.entry.id, "new_crm_id": d.crm_id} for d in stayed],
     )
@@ -314,10 +317,13 @@ def _finish_statement() -> sa.Select[Any]:
     resolved = (
         sa.update(sync_error)
         .where(
-            err.status == "open",
+            err.status == ErrorStatus.OPEN,
             sa.tuple_(err.object, err.direction, err.record_key).in_(synced),
         )
-        .values(status="resolved", resolved_at=sa.bindparam("resolved_at", type_=UTCDateTime()))
+        .values(
+            status=ErrorStatus.RESOLVED,
+            resolved_at=sa.bindparam("resolved_at", type_=UTCDateTime()),
+        )
         .cte("resolved")
     )
     added = _unnest(
@@ -358,10 +364,10 @@ def resolve(conn: Connection, keys: set[tuple[str, str, str]], now: datetime) ->
     conn.execute(
         sa.update(sync_error)
         .where(
-            err.status == "open",
+            err.status == ErrorStatus.OPEN,
             sa.tuple_(err.object, err.direction, err.record_key).in_(sorted(keys)),
         )
-        .values(status="resolved", resolved_at=now)
+        .values(status=ErrorStatus.RESOLVED, resolved_at=now)
     )
 
 
@@ -375,7 +381,7 @@ def _remember_syncs(conn: Connection, done: Sequence[Done], now: datetime) -> No
     if not latest:
         return
     r = sync_record.c
-    gone = [key for key, d in latest.items() if d.entry.operation == "delete"]
+    gone = [key for key, d in latest.items() if d.entry.operation == Operation.DELETE]
     if gone:
         conn.execute(sa.delete(sync_record).where(sa.tuple_(r.object, r.record_id).in_(gone)))
         _bury(conn, [d for key, d in latest.items() if key in set(gone)], now)
@@ -391,7 +397,7 @@ def _remember_syncs(conn: Connection, done: Sequence[Done], now: datetime) -> No
             "synced_values": d.synced_values or {},
         }
         for (obj, record_id), d in latest.items()
-        if d.entry.operation != "delete"
+        if d.entry.operation != Operation.DELETE
     ]
     if rows:
         # An upsert: a push and an apply of the same record may finish at the same time
@@ -488,7 +494,7 @@ def _park(conn: Connection, f: Failed, now: datetime) -> None:
         sa.update(sync_queue)
         .where(q.id == e.id)
         .values(
-            state="parked",
+            state=EntryState.PARKED,
             attempts=q.attempts + 1,
             claimed_by=None,
             claimed_until=None,
@@ -523,7 +529,7 @@ def _open_error(
             err.object == obj,
             err.direction == direction,
             err.record_key == record_key,
-            err.status == "open",
+            err.status == ErrorStatus.OPEN,
         )
     ).scalar()
     if open_error is None:
@@ -534,7 +540,7 @@ def _open_error(
                 record_key=record_key,
                 first_failed_at=now,
                 attempts=attempts,
-                status="open",
+                status=ErrorStatus.OPEN,
                 **values,
             )
         )
@@ -547,7 +553,7 @@ def _open_error(
 
 
 def fail_object(
-    conn: Connection, obj: str, direction: str, code: str, message: str, now: datetime
+    conn: Connection, obj: str, direction: Direction, code: str, message: str, now: datetime
 ) -> None:
     """Record that a whole object failed to sync in ``direction`` (one open error per
     object and direction, its attempts counting the failed tries)."""
@@ -557,7 +563,7 @@ def fail_object(
         "record_label": None,
         # The contract's operations are per record; reading changes is an update of
         # what the store holds.
-        "operation": "update",
+        "operation": Operation.UPDATE,
         "error_code": code,
         "error_message": message,
         "last_failed_at": now,
@@ -565,22 +571,24 @@ def fail_object(
     _open_error(conn, (obj, direction, OBJECT_KEY), values, 1, now)
 
 
-def resolve_object(conn: Connection, obj: str, direction: str, now: datetime) -> None:
+def resolve_object(conn: Connection, obj: str, direction: Direction, now: datetime) -> None:
     """The object synced again: its whole-object error, if any, is resolved."""
     err = sync_error.c
     conn.execute(
         sa.update(sync_error)
         .where(
-            err.status == "open",
+            err.status == ErrorStatus.OPEN,
             err.object == obj,
             err.direction == direction,
             err.record_key == OBJECT_KEY,
         )
-        .values(status="resolved", resolved_at=now)
+        .values(status=ErrorStatus.RESOLVED, resolved_at=now)
     )
 
 
-def next_due(engine: Engine, direction: str, objects: list[str], worker: str) -> datetime | None:
+def next_due(
+    engine: Engine, direction: Direction, objects: list[str], worker: str
+) -> datetime | None:
     """When the earliest waiting entry that this worker could send falls due.
 
     Entries this worker has in flight count as due now: their batch is about to finish
@@ -591,14 +599,14 @@ def next_due(engine: Engine, direction: str, objects: list[str], worker: str) ->
         wanted = [o for o in objects if not is_paused(scopes, o, direction)]
         if not wanted:
             return None
-        if direction == "to_crm" and capture.has_changes(conn):
+        if direction == Direction.TO_CRM and capture.has_changes(conn):
             return utcnow()  # local changes logged, to be folded by the next claim
         q = sync_queue.c
         # Pushes held for a paused pull wait for the resume, not for a time.
-        held = [o for o in wanted if is_paused(scopes, o, "from_crm")]
+        held = [o for o in wanted if is_paused(scopes, o, Direction.FROM_CRM)]
         waiting = (
             q.object.in_(held)
-            & (q.operation == "update")
+            & (q.operation == Operation.UPDATE)
             & (sa.func.coalesce(q.last_error_code, "") == AWAITING_PULL)
         )
         return conn.execute(
@@ -610,9 +618,9 @@ def next_due(engine: Engine, direction: str, objects: list[str], worker: str) ->
                     )
                 )
             ).where(
-                q.state == "pending",
+                q.state == EntryState.PENDING,
                 q.direction == direction,
                 q.object.in_(wanted),
-                *([~waiting] if held and direction == "to_crm" else []),
+                *([~waiting] if held and direction == Direction.TO_CRM else []),
             )
         ).scalar()

@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from crmsync.domain import Direction, Operation
+from crmsync.domain import Direction, EntryState, Operation
 from crmsync.errors import ValidationFailed
 from crmsync.store import backlog as backlog_module
 from crmsync.store import drain, queue
@@ -112,9 +112,13 @@ def wake_awaiting_pull(conn: Connection, now: datetime) -> int:
     they go the ordinary way from now on (refused again, the record is pulled first)."""
     q = sync_queue.c
     scopes = queue.paused_scopes(conn)
-    held = q.state == "pending", q.direction == "to_crm", q.last_error_code == AWAITING_PULL
+    held = (
+        q.state == EntryState.PENDING,
+        q.direction == Direction.TO_CRM,
+        q.last_error_code == AWAITING_PULL,
+    )
     objects = [o for (o,) in conn.execute(sa.select(q.object).where(*held).distinct())]
-    free = [o for o in objects if not queue.is_paused(scopes, o, "from_crm")]
+    free = [o for o in objects if not queue.is_paused(scopes, o, Direction.FROM_CRM)]
     if not free:
         return 0
     return conn.execute(
@@ -259,7 +263,7 @@ def backlog(
         row["trend"] = trend(row["total"], row["backlog_earlier"])
         row["synced_last_hour"] = synced_hour.get(name, 0)
         rates = {d: drain.recent_rate(recent.get((name, d), []), as_of) for d in DIRECTIONS}
-        held = [d for d in DIRECTIONS if queue.is_paused(scopes, name, d)]
+        held = [d for d in DIRECTIONS if queue.is_paused(scopes, name, Direction(d))]
         estimate = drain.estimate(per_direction[name], rates, held)
         row["drain"] = estimate.state
         row["eta_seconds"] = estimate.seconds
