@@ -1,20 +1,17 @@
 """Reading Dynamics' changes and deciding what to stage. Pure functions, no I/O.
 
 A change-tracking row (use-change-tracking-synchronize-data-external-systems) becomes a
-``Change``: the pulled local columns' values, the lookups as Dynamics ids (resolved to
-local ids only when applied, since the parent may arrive later), and what is needed to
-order changes and recognise echoes: ``versionnumber`` (raised by every write, so a
-higher one is always newer), ``modifiedon`` and ``_modifiedby_value``.
+``Change``: the pulled columns' values, the lookups as Dynamics ids (resolved to local
+ids only when applied), and ``versionnumber`` (raised by every write: higher is newer),
+``modifiedon`` and ``_modifiedby_value``.
 
-``stage_operation`` decides whether a change becomes a ``from_crm`` queue entry, and as
-which operation. Nothing is staged for a change crmsync itself made (its application
-user modified it: the echo of a push), for one already synced (its version is not newer
-than the last synced one, or its values equal the values both sides agreed on), for a
-record the sync filter excludes (nor for the deletion of one it excluded earlier), or
-for a record whose local deletion is on its way. A record the filter includes again is
-always staged. A record the store does not know is inserted only if it is neither
-crmsync's own write nor a record crmsync deleted (``buried``: a page read before the
-delete and staged after it), so no echo ever brings a deleted record back.
+``stage_operation`` decides whether a change becomes a ``from_crm`` entry, and as which
+operation. Nothing is staged for crmsync's own write coming back (an echo), for a change
+already synced (not newer, or equal to the values both sides agreed on), for a record the
+sync filter excludes (nor its deletion), or while a local deletion is on its way. A record
+the filter includes again is always staged. An unknown record is inserted only if it is
+neither crmsync's own write nor a record crmsync deleted (``buried``), so no echo brings
+a deleted record back.
 """
 
 from __future__ import annotations

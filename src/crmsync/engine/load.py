@@ -1,25 +1,17 @@
 """The initial load's bulk path: records the store has never seen, inserted page by page.
 
-During a full read (the first pull of an object, or a reconciliation) most records are
-new to the store. For such a record the apply plan could only be "insert Dynamics'
-values": there is no local side to conflict with, no push in flight, nothing to echo.
-So instead of a queue entry each, a page's new records go into the local table and
-``sync_record`` at once, in the transaction that stages the rest of the page (and, on
-the last page, saves the delta link), with capture suppressed so nothing goes back.
+During a full read (a first pull, or a reconciliation) most records are new to the store,
+and for such a record the apply plan could only be "insert Dynamics' values". So a page's
+new records go into the local table and ``sync_record`` at once (``inbound.insert_loaded``),
+in the transaction that stages the rest of the page (and, on the last page, saves the
+delta link), with capture suppressed so nothing goes back.
 
-What is known to the store in any way (a local row or a push in flight holding the id),
-excluded by the sync filter, not fitting a local column, or waiting for a parent that
-is not local goes the ordinary way, through the queue, where it is decided record by
-record. If the database refuses the bulk insert (another worker inserted one of the
-records first, a local constraint), the whole page goes the ordinary way too.
-
-The work per record in Python is kept to the checks, done column by column over the
-page. The rows go to the database many per statement (multi-row ``VALUES`` straight
-through the driver: no per-row trip through SQLAlchemy, no per-row ``executemany`` step
-handing the GIL back and forth with the event loop thread that parses the next page),
-the sync state is joined to the inserted rows by ``crm_id`` in SQL, and the synced
-values are built by the database from the inserted row (``json_object``) instead of
-being JSON-encoded in Python per record.
+What the store knows in any way (a local row, a push in flight holding the id, a logged
+delete, a tombstone), what the sync filter excludes, what does not fit a local column and
+what waits for a parent that is not local go the ordinary way, through the queue. Records
+held at the version read need nothing (``held_at_version``). If the database refuses the
+bulk insert, the whole page goes the ordinary way. The checks run column by column over
+the page: this is the part of the load that runs per record.
 """
 
 from __future__ import annotations

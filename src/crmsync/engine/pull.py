@@ -1,24 +1,17 @@
 """Pull: read Dynamics' changes per object and stage them as ``from_crm`` queue entries.
 
-Each object keeps a change-tracking delta link in ``sync_cursor``. With none (the first
-run) the pull is a full initial load: every row, read with ``Prefer:
-odata.track-changes`` and ``@odata.nextLink`` paging, ending with a delta link. A delta
-link Dynamics no longer honours (``DeltaTokenExpired``) triggers a full reconciliation:
-the same full read, staging only what differs, then staging deletions for local records
-that Dynamics no longer has.
+Each object keeps a change-tracking delta link. With none, the pull is a full read (every
+row, ``Prefer: odata.track-changes``, ``@odata.nextLink`` paging, ending with a delta
+link); a link Dynamics no longer honours (``DeltaTokenExpired``) starts a reconciliation:
+the same full read, staging only what differs, then deletions for the local records it did
+not return.
 
-Every page is staged in one transaction, and the delta link is saved in the transaction
-that stages the last page, so a change is either staged or still ahead of the saved
-link: nothing is lost between. Staging coalesces with a pending entry of the same record
-and never replaces a newer change by an older one (``versionnumber`` decides), so two
-workers pulling at once, or a pull that re-reads what it already staged, duplicate
-nothing. The next page is fetched while the previous one is being staged.
-
-A synced record the sync filter field excludes is remembered as excluded
-(``sync_record.excluded``, see ``exclude``) and its waiting Dynamics changes dropped; when
-the filter includes it again its change is staged with the ``rejoin`` mark: the apply
-settles what both sides changed meanwhile with the conflict rules (against the last
-synced values), queues a push of what changed only locally, and clears the exclusion.
+Every page is staged in ONE transaction, and the delta link is saved in the transaction of
+the last page: a change is either staged or still ahead of the saved link. Staging never
+replaces a newer change by an older one, so concurrent or repeated pulls duplicate nothing.
+A synced record the sync filter excludes is remembered as excluded and its waiting changes
+dropped; included again, its change is staged with ``rejoin`` for the apply to settle.
+Nothing is read while the object's ``from_crm`` direction is paused.
 """
 
 from __future__ import annotations

@@ -1,24 +1,18 @@
 """The worker loop: pull Dynamics' changes, apply them, push local ones, until told to stop.
 
-Three kinds of lanes share one Dataverse client: a pull loop (every ``poll_seconds``, each
-pulling object's changes staged as ``from_crm`` entries, parents first), apply lanes
-(``from_crm`` entries into the local tables) and push lanes (``to_crm`` entries to
-Dynamics). Several batches are in flight at once so that the store's work on one batch
-overlaps Dynamics' work on another; the client's limiter keeps requests within Dynamics'
-limits, and ``SharedThrottle`` extends its throttle gate to every process using the same
-credential (a 429 seen by any of them pauses all). ``run(once=True)`` pulls each object
-once, then drains both directions.
-A paused ``from_crm`` direction stops an object's reads from Dynamics, not only its
-applies (``Puller.pull``); the saved delta link resumes them where they stopped. An
-object whose pull fails as a whole (Dynamics refuses to read its table) becomes that
-object's ``from_crm`` sync error, and the other objects go on.
-At start the worker refuses a store that is not upgraded and brings the capture
-triggers to the configured flows (``migrate.ensure_current``). A store that cannot be
-reached, at start or later, is waited for with backoff and logged once (``StoreOutage``):
-the worker rides out an outage of any length.
-On SIGINT/SIGTERM the loop stops claiming, lets in-flight batches finish and record
-their outcomes, and gives back any claim it still holds. A worker killed outright
-leaves claims that expire with their lease and are picked up by any other worker.
+One Dataverse client serves a pull loop (every ``poll_seconds``, parents first), apply
+lanes (``from_crm``) and push lanes (``to_crm``); several batches are in flight at once.
+The client's limiter keeps requests within Dynamics' limits, and ``SharedThrottle`` makes
+a 429 seen by any process on the credential pause all. ``run(once=True)`` pulls each
+object once, then drains both directions.
+
+An object whose pull fails as a whole (``ObjectUnusable``, a refusal, retries used up)
+becomes that object's ``from_crm`` sync error; the other objects go on. At start the
+worker refuses a store that is not upgraded and brings the capture triggers to the
+configured flows. A store that cannot be reached is waited for with backoff and logged
+once (``StoreOutage``). On SIGINT/SIGTERM the loop stops claiming, lets in-flight batches
+record their outcomes and gives back its claims; a worker killed outright leaves claims
+that expire with their lease.
 """
 
 from __future__ import annotations
