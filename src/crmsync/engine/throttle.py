@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 from crmsync.config import Settings
 from crmsync.dynamics.limiter import Limiter
 from crmsync.store import throttle as shared
-from crmsync.store.db import write_transaction
 from crmsync.store.types import utcnow
 
 if TYPE_CHECKING:  # the engine passes the store's handles on; it runs no SQL
@@ -107,8 +106,7 @@ class SharedThrottle:
             self._store_answered()
 
     def _record(self, until: datetime) -> None:
-        with write_transaction(self.engine) as conn:
-            shared.record(conn, self.credential, until, self._now())
+        shared.publish(self.engine, self.credential, until, self._now())
 
     # --- everyone's 429s, in from the store ----------------------------------------------
 
@@ -127,8 +125,7 @@ class SharedThrottle:
         return seconds
 
     def _read(self) -> datetime | None:
-        with self.engine.connect() as conn:
-            return shared.throttled_until(conn, self.credential)
+        return shared.read(self.engine, self.credential)
 
     async def run(self) -> None:
         """Poll until cancelled."""

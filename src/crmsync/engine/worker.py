@@ -39,7 +39,7 @@ from crmsync.engine.throttle import SharedThrottle
 from crmsync.errors import Fatal, ObjectUnusable, RecordRejected, Retriable, StaleRecord
 from crmsync.memory import release_free_memory
 from crmsync.store import migrate, queue
-from crmsync.store.db import store_unavailable, write_transaction
+from crmsync.store.db import is_sqlite, store_unavailable, write_transaction
 from crmsync.store.maintenance import COMPACT_SECONDS, compact_counts, maintain
 from crmsync.store.queue import next_due
 from crmsync.store.types import utcnow
@@ -125,7 +125,7 @@ class Worker:
         self.throttle = SharedThrottle.for_settings(engine, client.limiter, settings)
         self.concurrency = concurrency
         # SQLite has one writer: more than one apply lane there only queues for the lock.
-        self.apply_lanes = 1 if engine.dialect.name == "sqlite" else max(1, concurrency // 2)
+        self.apply_lanes = 1 if is_sqlite(engine) else max(1, concurrency // 2)
         self.stopping = asyncio.Event()
         self.outage = StoreOutage()
 
