@@ -29,6 +29,7 @@ from sqlalchemy import Connection, Engine
 from starlette.concurrency import run_in_threadpool
 
 from crmsync.config import Settings
+from crmsync.domain import ErrorStatus
 from crmsync.store.db import read_transaction
 from crmsync.store.params import iso
 from crmsync.store.schema import sync_error
@@ -120,7 +121,9 @@ def observe(
         # on (status, last_failed_at) keeps this an index range, not a table scan.
         rows = conn.execute(
             sa.select(e.object, sa.func.count())
-            .where(e.status == "open", e.last_failed_at >= since, e.first_failed_at >= since)
+            .where(
+                e.status == ErrorStatus.OPEN, e.last_failed_at >= since, e.first_failed_at >= since
+            )
             .group_by(e.object)
         )
         for obj, n in rows:

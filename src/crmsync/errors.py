@@ -2,7 +2,14 @@
 
 - ``Retriable``: try again later (throttling, server faults, timeouts, cut connections).
 - ``RecordRejected``: this record cannot sync as it is; park it as a sync error, keep going.
+- ``StaleRecord``: the record changed on the other side since the last sync; read it
+  again, settle the conflict, then send again.
+- ``ObjectUnusable``: every record of one object fails (Dynamics has no such table); that
+  object's error for the operator, the other objects go on.
 - ``Fatal``: nothing will work until a person fixes configuration or credentials.
+
+The families are disjoint (none is a subclass of another), so a handler reads the family
+of what it caught, whatever the order of its ``except`` clauses.
 """
 
 from __future__ import annotations
@@ -27,14 +34,29 @@ class Retriable(CrmsyncError):
         self.status = status
 
 
-class RecordRejected(CrmsyncError):
-    """Dynamics (or the local store) refused this one record; others are unaffected."""
+class Refusal(CrmsyncError):
+    """An answer that refused something, with Dynamics' code and message verbatim (the
+    code is often empty: compose-http-requests-handle-errors). Not a family itself."""
 
     def __init__(self, code: str, message: str, *, status: int | None = None):
         super().__init__(f"{code}: {message}" if code else message)
         self.code = code
         self.message = message
         self.status = status
+
+
+class RecordRejected(Refusal):
+    """Dynamics (or the local store) refused this one record; others are unaffected."""
+
+
+class StaleRecord(Refusal):
+    """The record is not as the request assumed (HTTP 412: its version changed since the
+    last sync, or it is gone when ``If-Match: *`` asked for it to exist)."""
+
+
+class ObjectUnusable(Refusal):
+    """One object cannot be used at all (e.g. its entity set does not exist): every
+    record of it would fail the same way; the other objects are unaffected."""
 
 
 class Fatal(CrmsyncError):

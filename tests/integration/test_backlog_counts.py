@@ -21,9 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crmsync.domain import STANDARD_OBJECTS
-from crmsync.engine import pull
 from crmsync.mapping import default_objects
-from crmsync.store import backlog_counts, capture, migrate, queue, status, sync_errors
+from crmsync.store import backlog_counts, capture, inbound, migrate, queue, status, sync_errors
 from crmsync.store.capture import fold_pending
 from crmsync.store.db import read_transaction, write_transaction
 from crmsync.store.maintenance import compact_counts, maintain
@@ -179,11 +178,11 @@ def test_worker_outcomes_move_the_counts(engine: sa.Engine) -> None:
 
 def test_pull_staging_counts_from_crm_changes(engine: sa.Engine) -> None:
     with write_transaction(engine) as conn:
-        pull.stage(conn, [from_crm("k1", "insert", 1), from_crm("k2", "update", 1)])
+        inbound.stage(conn, [from_crm("k1", "insert", 1), from_crm("k2", "update", 1)])
         # A newer update of a queued insert stays an insert; a delete replaces an update.
-        pull.stage(conn, [from_crm("k1", "update", 2), from_crm("k2", "delete", 2)])
+        inbound.stage(conn, [from_crm("k1", "update", 2), from_crm("k2", "delete", 2)])
         # An older change is ignored.
-        pull.stage(conn, [from_crm("k2", "update", 1)])
+        inbound.stage(conn, [from_crm("k2", "update", 1)])
     assert counts(engine) == {("lead", "from_crm", "insert"): 1, ("lead", "from_crm", "delete"): 1}
     (k1,) = [
         e for e in queue.claim(engine, "w", "from_crm", ["lead"], 10, LEASE) if e.crm_id == "k1"
@@ -192,7 +191,7 @@ def test_pull_staging_counts_from_crm_changes(engine: sa.Engine) -> None:
     assert counts(engine) == {("lead", "from_crm", "delete"): 1}
     # A newer change from Dynamics queues a parked entry again (still an insert).
     with write_transaction(engine) as conn:
-        pull.stage(conn, [from_crm("k1", "update", 3)])
+        inbound.stage(conn, [from_crm("k1", "update", 3)])
     assert counts(engine) == truth(engine)
     assert counts(engine) == {("lead", "from_crm", "insert"): 1, ("lead", "from_crm", "delete"): 1}
 
@@ -245,7 +244,7 @@ def test_upgrade_of_an_existing_store_seeds_the_counts(engine: sa.Engine) -> Non
     assert "sync_backlog_count" not in sa.inspect(engine).get_table_names()
     with write_transaction(engine) as conn:
         conn.execute(sa.text("UPDATE sync_queue SET state = 'parked' WHERE record_key = '4'"))
-        pull.stage(conn, [from_crm("k1", "update", 1)])
+        inbound.stage(conn, [from_crm("k1", "update", 1)])
     migrate.upgrade(engine, default_objects().values())
     assert counts(engine) == {LEAD_INSERT: 3, ("lead", "from_crm", "update"): 1}
     run(engine, "DELETE FROM lead WHERE id = 1")
@@ -353,7 +352,7 @@ class Run:
         elif kind == "stage":
             self.version += 1
             with write_transaction(self.engine) as conn:
-                pull.stage(conn, [from_crm(f"k{action[1]}", action[2], self.version)])
+                inbound.stage(conn, [from_crm(f"k{action[1]}", action[2], self.version)])
         else:
             compact_counts(self.engine)
 
@@ -456,7 +455,7 @@ def test_concurrent_writers_and_compactions_keep_counts_exact(engine: sa.Engine)
 
     def stage(rnd: random.Random) -> None:
         with write_transaction(engine) as conn:
-            pull.stage(
+            inbound.stage(
                 conn,
                 [
                     from_crm(

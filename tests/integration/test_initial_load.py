@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from crmsync.config import Settings
 from crmsync.engine import load
+from crmsync.store import inbound
 from crmsync.store.db import write_transaction
 from crmsync.store.schema import lead, sync_queue, sync_record, sync_throughput
 
@@ -149,7 +150,7 @@ def test_a_refused_page_is_left_whole_to_the_queue(engine: sa.Engine, settings: 
 def test_pages_larger_than_one_statement(
     engine: sa.Engine, settings: Settings, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(load, "ROWS_PER_STATEMENT", 3)
+    monkeypatch.setattr(inbound, "ROWS_PER_STATEMENT", 3)
     rows = [lead_row(n) for n in range(1, 11)]
     assert len(insert(engine, settings, "lead", rows).inserted) == 10
     with engine.connect() as conn:
@@ -170,7 +171,7 @@ def test_stored_times_match_the_ordinary_reading() -> None:
         None,
         5,
     ]
-    assert load.stored_times(texts, sqlite=True) == [
+    assert inbound.stored_times(texts, sqlite=True) == [
         "2026-11-25 16:07:33.000000",
         "2026-11-25 16:07:33.500000",
         "2026-11-25 16:07:33.000000",
@@ -180,7 +181,7 @@ def test_stored_times_match_the_ordinary_reading() -> None:
         None,
         None,
     ]
-    assert load.stored_times(texts[:1], sqlite=False) == ["2026-11-25T16:07:33Z"]
+    assert inbound.stored_times(texts[:1], sqlite=False) == ["2026-11-25T16:07:33Z"]
 
 
 def test_a_reconciliation_sets_aside_only_records_held_at_their_version(

@@ -30,10 +30,11 @@ from crmsync.config import Settings
 from crmsync.engine import changes as ch
 from crmsync.engine.apply import Applier
 from crmsync.engine.plan import Send
-from crmsync.engine.pull import entry_row, stage
+from crmsync.engine.pull import entry_row
 from crmsync.engine.push import Pusher
 from crmsync.store import queue
 from crmsync.store.db import write_transaction
+from crmsync.store.inbound import stage
 from crmsync.store.schema import sync_error, sync_queue
 from crmsync.store.types import utcnow
 

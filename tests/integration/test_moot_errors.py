@@ -20,9 +20,10 @@ import sqlalchemy as sa
 from crmsync.config import Settings, load_settings
 from crmsync.engine import changes as ch
 from crmsync.engine.apply import Applier
-from crmsync.engine.pull import entry_row, exclude, stage
+from crmsync.engine.pull import entry_row
 from crmsync.store import capture, queue, sync_errors
 from crmsync.store.db import capture_suppressed, write_transaction
+from crmsync.store.inbound import exclude, stage
 from crmsync.store.schema import sync_change, sync_error, sync_queue
 from crmsync.store.types import utcnow
 

@@ -25,11 +25,12 @@ from sqlalchemy import event
 from crmsync.config import Settings
 from crmsync.dynamics.pages import ChangePage
 from crmsync.engine import changes as ch
-from crmsync.engine.apply import Applier, load_context
-from crmsync.engine.load import known_ids
-from crmsync.engine.pull import Puller, load_known, vanished
+from crmsync.engine.apply import Applier
+from crmsync.engine.pull import Puller
 from crmsync.store import capture, queue
+from crmsync.store.apply import load_context
 from crmsync.store.db import capture_suppressed, write_transaction
+from crmsync.store.inbound import known_ids, load_known, vanished
 from crmsync.store.schema import sync_queue
 from crmsync.store.types import utcnow
 

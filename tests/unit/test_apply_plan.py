@@ -9,19 +9,12 @@ from typing import Any
 
 from crmsync.domain import ConflictRule
 from crmsync.engine import changes as ch
-from crmsync.engine.apply import (
-    MISSING_PARENT,
-    UNMAPPABLE,
-    Context,
-    Defer,
-    Park,
-    Push,
-    Skip,
-    Write,
-    plan_apply,
-)
+from crmsync.engine.apply import plan_apply
 from crmsync.mapping import default_objects
-from crmsync.store.queue import Entry
+from crmsync.values import MISSING_PARENT, UNMAPPABLE, Defer, Entry, Park, Skip
+from crmsync.values import ApplyContext as Context
+from crmsync.values import LocalWrite as Write
+from crmsync.values import PendingPush as Push
 
 SPECS = default_objects()
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 
-from crmsync.dynamics.faults import PreconditionFailed
+from crmsync.dynamics.faults import PreconditionFailed, classify, from_transport_error
 from crmsync.dynamics.writes import ItemResult, Write
 from crmsync.engine.plan import Send
 from crmsync.engine.verdict import Parked, Retry, RetryPolicy, Stale, Synced, judge
@@ -85,3 +87,33 @@ def test_a_transient_fault_that_used_up_its_attempts_is_parked() -> None:
     fault = Retriable("busy", status=503)
     verdict = judge(send(attempts=4), ItemResult(error=fault), NOW, POLICY)
     assert verdict == Parked("http_503", "gave up after 5 attempts: busy")
+
+
+@pytest.mark.parametrize(
+    ("operation", "if_match", "status", "code", "verdict"),
+    [
+        ("update", 'W/"7"', 429, "0x80072322", Retry),
+        ("update", 'W/"7"', 503, "", Retry),
+        ("insert", None, 500, "0x80040333", Parked),  # duplicate detection
+        ("insert", None, 400, "0x80044331", Parked),
+        ("update", 'W/"7"', 403, "0x80040220", Parked),
+        ("update", 'W/"7"', 404, "0x80040217", Parked),
+        ("delete", None, 404, "0x80040217", Synced),
+        ("delete", None, 404, "", Synced),
+        ("update", 'W/"7"', 412, "", Stale),
+        ("update", "*", 412, "", Parked),
+        ("update", 'W/"7"', 412, "0x80060892", Parked),  # alternate key: a rejection
+    ],
+)
+def test_each_class_of_dynamics_answer_gets_its_verdict(
+    operation: str, if_match: str | None, status: int, code: str, verdict: type
+) -> None:
+    """From the response as Dataverse sends it (``classify``) to what the queue does."""
+    err = classify(status, json.dumps({"error": {"code": code, "message": "m"}}), {})
+    got = judge(send(operation, if_match=if_match), ItemResult(error=err), NOW, POLICY)
+    assert isinstance(got, verdict), got
+
+
+def test_a_cut_connection_is_retried() -> None:
+    err = from_transport_error(httpx.ReadError("reset"))
+    assert isinstance(judge(send(), ItemResult(error=err), NOW, POLICY), Retry)

@@ -57,7 +57,15 @@ from crmsync.dynamics.writes import (
     result_from,
     result_from_batch,
 )
-from crmsync.errors import ConfigError, CrmsyncError, Fatal, RecordRejected, Retriable
+from crmsync.errors import (
+    ConfigError,
+    CrmsyncError,
+    Fatal,
+    ObjectUnusable,
+    RecordRejected,
+    Retriable,
+    StaleRecord,
+)
 from crmsync.logs import Conditions
 from crmsync.observability import count_crm_response
 
@@ -384,8 +392,8 @@ class DataverseClient:
         try:
             resp = await self._send("POST", "$batch", headers=headers, content=body)
             responses = wire.decode_responses(resp.headers.get("content-type", ""), resp.content)
-        except Fatal:
-            raise
+        except (Fatal, ObjectUnusable):
+            raise  # about more than these items
         except wire.BatchFormatError as exc:
             raise Fatal(f"unreadable $batch response: {exc}") from exc
         except CrmsyncError as exc:
@@ -422,9 +430,9 @@ class DataverseClient:
         url = f"{entity_set}/Microsoft.Dynamics.CRM.{message}"
         try:
             resp = await self._send("POST", url, headers=extra, json_body=payload)
-        except Fatal:
-            raise
-        except RecordRejected:
+        except (Fatal, ObjectUnusable):
+            raise  # about more than these items
+        except (RecordRejected, StaleRecord):
             log.info(
                 "bulk message rejected; resending per item",
                 extra={

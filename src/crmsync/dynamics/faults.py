@@ -6,7 +6,9 @@ exception the caller should act on. The families come from ``crmsync.errors``:
 - ``Retriable``: 429 service protection (with ``Retry-After``), 5xx, timeouts, cut
   connections. The caller tries again later.
 - ``RecordRejected``: Dataverse refused this record (validation, duplicate, privilege,
-  not found, precondition). Dataverse's code and message are kept verbatim.
+  not found). Dataverse's code and message are kept verbatim.
+- ``StaleRecord``: 412, the record's version (If-Match) or existence did not match.
+- ``ObjectUnusable``: 404 for an entity set Dataverse does not have.
 - ``Fatal``: credentials or configuration; nothing will work until a person acts.
 
 Dataverse's error body is ``{"error": {"code": "<hex or empty>", "message": "..."}}``;
@@ -24,7 +26,14 @@ from typing import Any
 
 import httpx
 
-from crmsync.errors import CrmsyncError, Fatal, RecordRejected, Retriable
+from crmsync.errors import (
+    CrmsyncError,
+    Fatal,
+    ObjectUnusable,
+    RecordRejected,
+    Retriable,
+    StaleRecord,
+)
 
 # api-limits.md: requests, execution time and concurrent requests exceeded.
 THROTTLE_CODES = frozenset({"0x80072322", "0x80072321", "0x80072326"})
@@ -64,20 +73,20 @@ class TokenRejected(Fatal):
     """401 even with a freshly issued token: the credentials cannot reach this environment."""
 
 
-class PreconditionFailed(RecordRejected):
+class PreconditionFailed(StaleRecord):
     """412: the record's version (If-Match) or existence (If-None-Match) did not match."""
 
 
-class UnknownResource(Fatal):
-    """404 for an entity set Dataverse does not have: a mapping mistake that every write
-    of the object hits (fatal to a push). A pull, which reads one object at a time,
-    reports it as that object's error and goes on with the others."""
+class UnknownResource(ObjectUnusable):
+    """404 for an entity set Dataverse does not have: a mapping mistake that every request
+    of the object hits. A pull reports it as that object's error and goes on with the
+    others; a push stops (``Pusher.push_batch``), as every write of the object would."""
 
     def __init__(self, code: str, message: str, *, status: int = 404):
-        super().__init__(f"unknown Dataverse resource: {message}")
-        self.code = code
-        self.message = message
-        self.status = status
+        super().__init__(code, message, status=status)
+
+    def __str__(self) -> str:
+        return f"unknown Dataverse resource: {self.message}"
 
 
 class DeltaTokenExpired(CrmsyncError):

@@ -1,87 +1,33 @@
 """Reading Dynamics' changes and deciding what to stage. Pure functions, no I/O.
 
 A change-tracking row (use-change-tracking-synchronize-data-external-systems) becomes a
-``Change``: the pulled local columns' values, the lookups as Dynamics ids (resolved to
-local ids only when applied, since the parent may arrive later), and what is needed to
-order changes and recognise echoes: ``versionnumber`` (raised by every write, so a
-higher one is always newer), ``modifiedon`` and ``_modifiedby_value``.
+``Change``: the pulled columns' values, the lookups as Dynamics ids (resolved to local
+ids only when applied), and ``versionnumber`` (raised by every write: higher is newer),
+``modifiedon`` and ``_modifiedby_value``.
 
-``stage_operation`` decides whether a change becomes a ``from_crm`` queue entry, and as
-which operation. Nothing is staged for a change crmsync itself made (its application
-user modified it: the echo of a push), for one already synced (its version is not newer
-than the last synced one, or its values equal the values both sides agreed on), for a
-record the sync filter excludes (nor for the deletion of one it excluded earlier), or
-for a record whose local deletion is on its way. A record the filter includes again is
-always staged. A record the store does not know is inserted only if it is neither
-crmsync's own write nor a record crmsync deleted (``buried``: a page read before the
-delete and staged after it), so no echo ever brings a deleted record back.
+``stage_operation`` decides whether a change becomes a ``from_crm`` entry, and as which
+operation. Nothing is staged for crmsync's own write coming back (an echo), for a change
+already synced (not newer, or equal to the values both sides agreed on), for a record the
+sync filter excludes (nor its deletion), or while a local deletion is on its way. A record
+the filter includes again is always staged. An unknown record is inserted only if it is
+neither crmsync's own write nor a record crmsync deleted (``buried``), so no echo brings
+a deleted record back.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from crmsync.domain import GUID_RE, ObjectSpec
+from crmsync.domain import GUID_RE, ObjectSpec, Operation
+from crmsync.values import Change as Change
+from crmsync.values import Known as Known
+from crmsync.values import parse_time as parse_time
+from crmsync.values import version_of as version_of
 
-# Dataverse's weak ETags carry the row's versionnumber: W/"1234567".
-_ETAG = re.compile(r'W/"(\d+)"')
 MODIFIED_ON = "modifiedon"
 MODIFIED_BY = "_modifiedby_value"
 VERSION = "versionnumber"
-
-
-@dataclass(frozen=True)
-class Change:
-    """One record as Dynamics reported it (or its deletion)."""
-
-    crm_id: str
-    values: dict[str, Any]  # pulled local column -> value (lookups excluded)
-    lookups: dict[str, str | None]  # lookup column -> Dynamics id of the parent
-    version: int | None = None
-    modified_at: str | None = None  # ISO 8601, as Dynamics wrote it
-    modified_by: str | None = None
-    etag: str | None = None
-    excluded: bool = False  # the sync filter field says No
-    deleted: bool = False
-    # Staged for a record the sync filter had excluded and now includes again: both
-    # sides' changes since the last sync are settled by the rules (``apply.plan_apply``).
-    rejoin: bool = False
-
-    def payload(self) -> dict[str, Any]:
-        """The queue entry's payload (JSON)."""
-        return {
-            "values": self.values,
-            "lookups": self.lookups,
-            "version": self.version,
-            "modified_at": self.modified_at,
-            "modified_by": self.modified_by,
-            "etag": self.etag,
-            "deleted": self.deleted,
-            "rejoin": self.rejoin,
-        }
-
-    @classmethod
-    def from_payload(cls, crm_id: str, payload: Mapping[str, Any] | None) -> Change:
-        p = payload or {}
-        return cls(
-            crm_id=crm_id,
-            values=dict(p.get("values") or {}),
-            lookups=dict(p.get("lookups") or {}),
-            version=p.get("version"),
-            modified_at=p.get("modified_at"),
-            modified_by=p.get("modified_by"),
-            etag=p.get("etag"),
-            deleted=bool(p.get("deleted")),
-            rejoin=bool(p.get("rejoin")),
-        )
-
-    @property
-    def modified_datetime(self) -> datetime | None:
-        return parse_time(self.modified_at)
 
 
 def pull_order(specs: Mapping[str, ObjectSpec]) -> list[ObjectSpec]:
@@ -89,20 +35,6 @@ def pull_order(specs: Mapping[str, ObjectSpec]) -> list[ObjectSpec]:
     is usually staged before the child and the child need not wait."""
     pulling = [s for s in specs.values() if s.flow.pulls]
     return sorted(pulling, key=lambda s: len(s.lookups))
-
-
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def version_of(etag: str | None) -> int | None:
-    m = _ETAG.fullmatch(etag or "")
-    return int(m.group(1)) if m else None
 
 
 def pulled_fields(spec: ObjectSpec) -> dict[str, str]:
@@ -172,18 +104,6 @@ def is_guid(value: object) -> bool:
     return isinstance(value, str) and GUID_RE.fullmatch(value) is not None
 
 
-@dataclass(frozen=True)
-class Known:
-    """What the store knows about one Dynamics id."""
-
-    record_id: int
-    synced_values: Mapping[str, Any] | None = None
-    synced_version: int | None = None
-    local_delete_pending: bool = False
-    marked_deleted: bool = False
-    excluded: bool = False  # the sync filter excluded it (sync_record.excluded)
-
-
 def same_as_synced(
     change: Change, known: Known, parents: Mapping[tuple[str, str], int], spec: ObjectSpec
 ) -> bool:
@@ -212,7 +132,7 @@ def stage_operation(
     own_user: str | None,
     *,
     buried: bool = False,
-) -> str | None:
+) -> Operation | None:
     """The operation to stage for ``change``, or None when there is nothing to apply.
 
     ``buried``: crmsync deleted this record (``sync_tombstone``)."""
@@ -221,7 +141,7 @@ def stage_operation(
             return None
         if known.excluded:
             return None  # an excluded record no longer follows Dynamics, deletes included
-        return "delete"
+        return Operation.DELETE
     if change.excluded:
         # An excluded record stops syncing; it is neither staged nor deleted locally
         # (the caller remembers the exclusion for records it has synced).
@@ -232,13 +152,13 @@ def stage_operation(
         # was deleted since) or deleted it.
         if buried or (own_user is not None and change.modified_by == own_user):
             return None
-        return "insert"
+        return Operation.INSERT
     if known.local_delete_pending:
         return None
     if known.excluded:
         # Included again: staged even if its values equal the last synced ones, since
         # the local row may have moved while it was excluded (and must then be sent).
-        return "update"
+        return Operation.UPDATE
     if own_user is not None and change.modified_by == own_user:
         return None  # crmsync's own write, coming back: no echo
     if (
@@ -249,4 +169,4 @@ def stage_operation(
         return None
     if same_as_synced(change, known, parents, spec):
         return None
-    return "update"
+    return Operation.UPDATE

@@ -17,34 +17,13 @@ to Dynamics, the system of record.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from crmsync.domain import ConflictRule, ObjectSpec
-
-
-@dataclass(frozen=True)
-class Conflict:
-    field: str
-    local_value: Any
-    crm_value: Any
-    winner: str  # "local" | "crm"
-    rule: ConflictRule
-
-
-@dataclass(frozen=True)
-class Resolution:
-    """What applying Dynamics' values to one local record comes to."""
-
-    values: dict[str, Any]  # pulled columns as the local row must hold them
-    synced_values: dict[str, Any]  # the new base: Dynamics' values over the old base
-    conflicts: list[Conflict] = field(default_factory=list)
-    push_needed: bool = False  # the local row still differs from Dynamics somewhere
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.values)
+from crmsync.values import Conflict as Conflict
+from crmsync.values import Resolution as Resolution
+from crmsync.values import as_text as as_text
 
 
 def rule_for(spec: ObjectSpec, column: str) -> ConflictRule:
@@ -108,10 +87,3 @@ def resolve(
         final.get(c) != new_base.get(c) for c in pushed if c in new_base or c in local
     )
     return Resolution(values, new_base, conflicts, push_needed)
-
-
-def as_text(value: Any) -> str | None:
-    """A journaled value: text as it is, anything else in its plain text form."""
-    if value is None:
-        return None
-    return value if isinstance(value, str) else str(value)

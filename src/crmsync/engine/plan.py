@@ -18,15 +18,16 @@ from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
-from crmsync.domain import GUID_RE, ObjectSpec
+from crmsync.domain import GUID_RE, ObjectSpec, Operation
 from crmsync.dynamics.writes import Write
 from crmsync.mapping.convert import DoesNotFit, to_dataverse
-from crmsync.store.outbound import Parent
-from crmsync.store.queue import Entry
-
-MISSING_REFERENCE = "crmsync.missing_reference"
-RECORD_GONE = "crmsync.record_gone"
-INVALID_CRM_ID = "crmsync.invalid_crm_id"
+from crmsync.values import INVALID_CRM_ID as INVALID_CRM_ID
+from crmsync.values import MISSING_REFERENCE as MISSING_REFERENCE
+from crmsync.values import RECORD_GONE as RECORD_GONE
+from crmsync.values import Defer as Defer
+from crmsync.values import Entry, Parent
+from crmsync.values import Park as Park
+from crmsync.values import Skip as Skip
 
 
 @dataclass(frozen=True)
@@ -35,29 +36,6 @@ class Send:
     write: Write
     crm_id: str
     values: dict[str, Any]  # the values sent, by local column, in their JSON form
-
-
-@dataclass(frozen=True)
-class Defer:
-    entry: Entry
-    reason: str
-
-
-@dataclass(frozen=True)
-class Park:
-    entry: Entry
-    code: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Skip:
-    """Nothing to send (the record is already as wanted); completes the entry."""
-
-    entry: Entry
-    # The sync filter excludes the record: its local change is dropped, and its sync
-    # state (the exclusion with it) kept, unless the local row is gone.
-    excluded: bool = False
 
 
 Step = Send | Defer | Park | Skip
@@ -133,7 +111,7 @@ def plan_entry(
     if excluded:
         return Skip(entry, excluded=True)
     label = f"{spec.name} {entry.record_id}:"
-    if entry.operation == "delete":
+    if entry.operation == Operation.DELETE:
         if entry.crm_id is None:
             return Skip(entry)
         if not is_dynamics_id(entry.crm_id):
@@ -171,7 +149,7 @@ def plan_entry(
             " and is not queued to go there",
         )
     crm_id = row.get("crm_id") or entry.crm_id
-    if entry.operation == "insert" or crm_id is None:
+    if entry.operation == Operation.INSERT or crm_id is None:
         # An upsert under an id crmsync chose and saved before sending: a retry after a
         # lost response updates the same record instead of creating a second one.
         chosen = crm_id or new_id or str(uuid.uuid4())
@@ -204,7 +182,7 @@ def plan_batch(
             rows.get(key) if key is not None else None,
             parents,
             detect_duplicates=detect_duplicates,
-            etag=etags.get(key) if key is not None and e.operation == "update" else None,
+            etag=etags.get(key) if key is not None and e.operation == Operation.UPDATE else None,
             excluded=key in excluded,
         )
 

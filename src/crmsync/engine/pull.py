@@ -1,24 +1,17 @@
 """Pull: read Dynamics' changes per object and stage them as ``from_crm`` queue entries.
 
-Each object keeps a change-tracking delta link in ``sync_cursor``. With none (the first
-run) the pull is a full initial load: every row, read with ``Prefer:
-odata.track-changes`` and ``@odata.nextLink`` paging, ending with a delta link. A delta
-link Dynamics no longer honours (``DeltaTokenExpired``) triggers a full reconciliation:
-the same full read, staging only what differs, then staging deletions for local records
-that Dynamics no longer has.
+Each object keeps a change-tracking delta link. With none, the pull is a full read (every
+row, ``Prefer: odata.track-changes``, ``@odata.nextLink`` paging, ending with a delta
+link); a link Dynamics no longer honours (``DeltaTokenExpired``) starts a reconciliation:
+the same full read, staging only what differs, then deletions for the local records it did
+not return.
 
-Every page is staged in one transaction, and the delta link is saved in the transaction
-that stages the last page, so a change is either staged or still ahead of the saved
-link: nothing is lost between. Staging coalesces with a pending entry of the same record
-and never replaces a newer change by an older one (``versionnumber`` decides), so two
-workers pulling at once, or a pull that re-reads what it already staged, duplicate
-nothing. The next page is fetched while the previous one is being staged.
-
-A synced record the sync filter field excludes is remembered as excluded
-(``sync_record.excluded``, see ``exclude``) and its waiting Dynamics changes dropped; when
-the filter includes it again its change is staged with the ``rejoin`` mark: the apply
-settles what both sides changed meanwhile with the conflict rules (against the last
-synced values), queues a push of what changed only locally, and clears the exclusion.
+Every page is staged in ONE transaction, and the delta link is saved in the transaction of
+the last page: a change is either staged or still ahead of the saved link. Staging never
+replaces a newer change by an older one, so concurrent or repeated pulls duplicate nothing.
+A synced record the sync filter excludes is remembered as excluded and its waiting changes
+dropped; included again, its change is staged with ``rejoin`` for the apply to settle.
+Nothing is read while the object's ``from_crm`` direction is paused.
 """
 
 from __future__ import annotations
@@ -28,38 +21,25 @@ import logging
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, cast
-
-import sqlalchemy as sa
-from sqlalchemy import Connection, Engine
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from typing import TYPE_CHECKING, Any, cast
 
 from crmsync.config import Settings
-from crmsync.domain import ObjectSpec
+from crmsync.domain import Direction, EntryState, ObjectSpec, Operation
 from crmsync.dynamics.client import DataverseClient
 from crmsync.dynamics.faults import DeltaTokenExpired
 from crmsync.dynamics.pages import ChangePage
 from crmsync.engine import changes as ch
 from crmsync.engine import load
 from crmsync.errors import CrmsyncError, RecordRejected
-from crmsync.store import queue
+from crmsync.store import inbound, queue
 from crmsync.store.capture import LABEL_MAX
 from crmsync.store.db import write_transaction
-from crmsync.store.local_tables import local_table
-from crmsync.store.schema import (
-    sync_change,
-    sync_cursor,
-    sync_queue,
-    sync_record,
-    sync_tombstone,
-)
 from crmsync.store.types import utcnow
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:  # the engine passes the store's handles on; it runs no SQL
+    from sqlalchemy import Connection, Engine
 
-# A delete sorts after every version: nothing staged later may replace it.
-_AFTER_ALL = 1e18
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int], None]
 
@@ -72,110 +52,6 @@ class PullStats:
     reconciliations: int = 0
     deletions_detected: int = 0
     by_object: dict[str, int] = field(default_factory=dict)
-
-
-def read_cursor(conn: Connection, obj: str) -> str | None:
-    link = conn.execute(
-        sa.select(sync_cursor.c.delta_link).where(sync_cursor.c.object == obj)
-    ).scalar()
-    return str(link) if link else None
-
-
-def save_cursor(conn: Connection, obj: str, link: str | None, now: datetime) -> None:
-    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(sync_cursor)
-    conn.execute(
-        insert.values(object=obj, delta_link=link, updated_at=now).on_conflict_do_update(
-            index_elements=["object"],
-            set_={"delta_link": insert.excluded.delta_link, "updated_at": now},
-        )
-    )
-
-
-def load_known(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> dict[str, ch.Known]:
-    """What the store knows about these Dynamics ids: the local row holding the id, or a
-    push in flight that chose it (its local row has no ``crm_id`` yet), and the sync
-    state both sides last agreed on.
-
-    One statement, so one snapshot: a push finishing meanwhile moves the id from its
-    queue entry to its local row in one commit, and two reads (rows, then queue) on
-    PostgreSQL could fall between and see it in neither place, taking crmsync's own
-    record for a new one. The same holds the other way for a local delete (the row
-    goes, a delete entry comes).
-    """
-    if not crm_ids:
-        return {}
-    table, q, r = local_table(spec), sync_queue.c, sync_record.c
-    local = sa.select(
-        table.c.crm_id.label("crm_id"),
-        table.c.id.label("record_id"),
-        sa.literal(None, sa.String).label("operation"),
-        (table.c.crm_deleted_at.is_not(None)).label("marked"),
-    ).where(load.id_in(conn, table.c.crm_id, crm_ids))
-    pushes = sa.select(
-        q.crm_id.label("crm_id"),
-        q.record_id.label("record_id"),
-        q.operation.label("operation"),
-        sa.false().label("marked"),
-    ).where(q.object == spec.name, q.direction == "to_crm", load.id_in(conn, q.crm_id, crm_ids))
-    both = sa.union_all(local, pushes, _logged_deletes(conn, spec, crm_ids)).subquery()
-    found = conn.execute(
-        sa.select(both, r.synced_values, r.crm_version, r.etag, r.excluded).join_from(
-            both,
-            sync_record,
-            (r.object == spec.name) & (r.record_id == both.c.record_id),
-            isouter=True,
-        )
-    ).all()
-    rows = {f.crm_id.lower(): f for f in found if f.operation is None}
-    pushes_by_id: dict[str, Any] = {}
-    for f in found:
-        # A delete logged after an entry was queued is the later change.
-        if f.operation is not None and (
-            f.crm_id.lower() not in pushes_by_id or f.operation == "delete"
-        ):
-            pushes_by_id[f.crm_id.lower()] = f
-    known: dict[str, ch.Known] = {}
-    for crm_id in crm_ids:
-        push = pushes_by_id.get(crm_id)
-        row = rows.get(crm_id)
-        state = row if row is not None else push
-        if state is None or state.record_id is None:
-            continue
-        known[crm_id] = ch.Known(
-            record_id=state.record_id,
-            synced_values=state.synced_values,  # None without sync state (outer join)
-            synced_version=state.crm_version or ch.version_of(state.etag),
-            local_delete_pending=push is not None and push.operation == "delete",
-            marked_deleted=bool(row is not None and row.marked),
-            excluded=bool(state.excluded),  # None without sync state (outer join)
-        )
-    return known
-
-
-def load_buried(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> set[str]:
-    """The Dynamics ids among ``crm_ids`` of records crmsync deleted (``sync_tombstone``).
-
-    Read after ``load_known`` in the same transaction: a delete committed between the
-    two reads left a tombstone, so a record is known, buried, or truly new."""
-    if not crm_ids:
-        return set()
-    t = sync_tombstone.c
-    found = conn.execute(
-        sa.select(t.crm_id).where(t.object == spec.name, load.id_in(conn, t.crm_id, crm_ids))
-    ).scalars()
-    return {str(c).lower() for c in found}
-
-
-def _logged_deletes(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> sa.Select[Any]:
-    """Local deletes of these Dynamics ids still in the capture log: pushes on their
-    way, like the queue's delete entries (the log is folded into the queue later)."""
-    c = sync_change.c
-    return sa.select(
-        c.crm_id.label("crm_id"),
-        c.record_id.label("record_id"),
-        sa.literal("delete", sa.String).label("operation"),
-        sa.false().label("marked"),
-    ).where(c.object == spec.name, c.deleted.is_(True), load.id_in(conn, c.crm_id, crm_ids))
 
 
 def load_parents(
@@ -191,137 +67,31 @@ def load_parents(
         for column, crm_id in c.lookups.items():
             if crm_id is not None:
                 wanted.setdefault(targets[column], set()).add(crm_id)
-    return load.local_parents(conn, specs, wanted)
-
-
-def _crm_version(payload: Any) -> Any:
-    return sa.func.coalesce(payload["version"].as_float(), _AFTER_ALL)
-
-
-def stage(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert ``from_crm`` entries, coalescing with pending ones of the same records.
-
-    An entry already holding a newer change (higher ``versionnumber``) is left as it
-    is. A parked entry that receives a newer change is queued again, like a local edit
-    of a parked record.
-    """
-    if not rows:
-        return
-    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(sync_queue)
-    q, new = sync_queue.c, insert.excluded
-    parked = q.state == "parked"
-    conn.execute(
-        insert.on_conflict_do_update(
-            index_elements=["object", "direction", "record_key"],
-            set_={
-                "payload": new.payload,
-                "operation": sa.case(
-                    ((q.operation == "insert") & (new.operation == "update"), "insert"),
-                    else_=new.operation,
-                ),
-                "record_id": sa.func.coalesce(new.record_id, q.record_id),
-                "label": new.label,
-                "last_changed_at": new.last_changed_at,
-                "version": q.version + 1,
-                "state": "pending",
-                "attempts": sa.case((parked, 0), else_=q.attempts),
-                "next_attempt_at": sa.case((parked, new.next_attempt_at), else_=q.next_attempt_at),
-            },
-            where=_crm_version(q.payload) < _crm_version(new.payload),
-        ),
-        rows,
-    )
-
-
-def exclude(
-    conn: Connection, spec: ObjectSpec, known: Mapping[str, ch.Known], now: datetime
-) -> None:
-    """Remember that the sync filter excludes these synced records, and drop the
-    Dynamics changes of theirs still waiting to be applied (older than the exclusion),
-    resolving the errors of any that had failed: nothing is left to retry.
-
-    Their local rows stay; their local changes are skipped by the push plan until
-    Dynamics includes them again."""
-    synced = {c: k for c, k in known.items() if k.synced_values is not None and not k.excluded}
-    if not synced:
-        return
-    ids = [k.record_id for k in synced.values()]
-    r, q = sync_record.c, sync_queue.c
-    conn.execute(
-        sa.update(sync_record)
-        .where(r.object == spec.name, r.record_id.in_(ids))
-        .values(excluded=True)
-    )
-    dropped = conn.execute(
-        sa.delete(sync_queue)
-        .where(
-            q.object == spec.name,
-            q.direction == "from_crm",
-            q.state == "pending",
-            q.record_key.in_(list(synced)),
-            sa.or_(q.claimed_until.is_(None), q.claimed_until < now),
-        )
-        .returning(q.record_key)
-    ).scalars()
-    queue.resolve(conn, {(spec.name, "from_crm", key) for key in dropped}, now)
+    return inbound.local_parents(conn, specs, wanted)
 
 
 def entry_row(
-    spec: ObjectSpec, change: ch.Change, operation: str, known: ch.Known | None, now: datetime
+    spec: ObjectSpec, change: ch.Change, operation: Operation, known: ch.Known | None, now: datetime
 ) -> dict[str, Any]:
-    if known is not None and known.excluded and operation == "update":
+    if known is not None and known.excluded and operation == Operation.UPDATE:
         change = replace(change, rejoin=True)
     label = change.values.get(spec.label_column)
     return {
         "object": spec.name,
-        "direction": "from_crm",
+        "direction": Direction.FROM_CRM,
         "record_key": change.crm_id,
         "record_id": known.record_id if known else None,
         "crm_id": change.crm_id,
         "operation": operation,
         "label": str(label)[:LABEL_MAX] if label is not None else None,
         "payload": change.payload(),
-        "state": "pending",
+        "state": EntryState.PENDING,
         "first_queued_at": now,
         "last_changed_at": now,
         "version": 1,
         "attempts": 0,
         "next_attempt_at": now,
     }
-
-
-def vanished(
-    conn: Connection, spec: ObjectSpec, seen: set[str], started_at: datetime
-) -> list[tuple[int, str]]:
-    """Local records synced before a full read began that the read did not return.
-
-    Only records with sync state count (records crmsync never synced are not its to
-    delete), and not those with local changes on their way (their push decides).
-    """
-    table, r, q = local_table(spec), sync_record.c, sync_queue.c
-    c = sync_change.c
-    pending_push = (
-        sa.select(sa.literal(1))
-        .where(
-            q.object == spec.name,
-            q.direction == "to_crm",
-            q.record_key == sa.cast(table.c.id, sa.String),
-        )
-        .exists()
-    ) | (sa.select(sa.literal(1)).where(c.object == spec.name, c.record_id == table.c.id).exists())
-    rows = conn.execute(
-        sa.select(table.c.id, table.c.crm_id)
-        .join(sync_record, (r.object == spec.name) & (r.record_id == table.c.id))
-        .where(
-            table.c.crm_id.is_not(None),
-            table.c.crm_deleted_at.is_(None),
-            r.last_synced_at < started_at,
-            # Excluded records no longer follow Dynamics, deletions included.
-            r.excluded.is_(False),
-            ~pending_push,
-        )
-    ).all()
-    return [(i, c.lower()) for i, c in rows if c.lower() not in seen]
 
 
 class Puller:
@@ -378,12 +148,10 @@ class Puller:
             return await self._read(spec, None)
 
     def _paused(self, obj: str) -> bool:
-        with self.engine.connect() as conn:
-            return queue.is_paused(queue.paused_scopes(conn), obj, "from_crm")
+        return inbound.paused(self.engine, obj)
 
     def _cursor(self, obj: str) -> str | None:
-        with self.engine.connect() as conn:
-            return read_cursor(conn, obj)
+        return inbound.cursor(self.engine, obj)
 
     def _filter_for(self, spec: ObjectSpec) -> str | None:
         field_name = self.settings.sync_filter_field
@@ -492,8 +260,9 @@ class Puller:
                 seen.update(loaded.settled)
             found = ch.read_rows(spec, loaded.rest, filter_field)
             found += [ch.deleted(i) for i in page.deleted_ids]
-            known = load_known(conn, spec, [c.crm_id for c in found])
-            buried = load_buried(conn, spec, [c.crm_id for c in found if c.crm_id not in known])
+            known = inbound.load_known(conn, spec, [c.crm_id for c in found])
+            unknown = [c.crm_id for c in found if c.crm_id not in known]
+            buried = inbound.load_buried(conn, spec, unknown)
             parents = load_parents(conn, self.specs, spec, found)
             excluded: dict[str, ch.Known] = {}
             for change in found:
@@ -516,25 +285,25 @@ class Puller:
                 ):
                     # Newer in Dynamics than our last sync, whatever its values: applying
                     # it is what moves the record's ETag on for the waiting push.
-                    op = "update"
+                    op = Operation.UPDATE
                 if op is not None:
                     rows.append(entry_row(spec, change, op, k, now))
             if seen is not None:
                 seen.update(c.crm_id for c in found)
             if page.delta_link is not None and seen is not None:
                 # The full read is complete: what it did not return is gone.
-                gone = vanished(conn, spec, seen, started_at)
+                gone = inbound.vanished(conn, spec, seen, started_at)
                 rows += [
-                    entry_row(spec, ch.deleted(crm_id), "delete", ch.Known(record_id), now)
+                    entry_row(spec, ch.deleted(crm_id), Operation.DELETE, ch.Known(record_id), now)
                     for record_id, crm_id in gone
                 ]
                 self.stats.deletions_detected += len(gone)
-            exclude(conn, spec, excluded, now)
-            stage(conn, rows)
+            inbound.exclude(conn, spec, excluded, now)
+            inbound.stage(conn, rows)
             if page.delta_link is not None:
-                save_cursor(conn, spec.name, page.delta_link, now)
+                inbound.save_cursor(conn, spec.name, page.delta_link, now)
                 # Read to the end: a failure of the whole object's pull is over.
-                queue.resolve_object(conn, spec.name, "from_crm", now)
+                queue.resolve_object(conn, spec.name, Direction.FROM_CRM, now)
         read = len(found) + len(loaded.inserted) + len(loaded.settled)
         self.stats.read += read
         self.stats.by_object[spec.name] = self.stats.by_object.get(spec.name, 0) + read

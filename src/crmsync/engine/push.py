@@ -20,16 +20,16 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from crmsync.config import Settings
-from crmsync.domain import ObjectSpec
+from crmsync.domain import Direction, ObjectSpec, Operation
 from crmsync.dynamics.client import DataverseClient
 from crmsync.dynamics.writes import ItemResult
-from crmsync.engine.plan import Defer, Park, Send, Skip, Step, plan_batch
+from crmsync.engine.plan import Send, Step, plan_batch
 from crmsync.engine.verdict import Parked, Retry, RetryPolicy, Stale, Synced, judge
-from crmsync.errors import Fatal
+from crmsync.errors import Fatal, ObjectUnusable
 from crmsync.store import outbound, queue
 from crmsync.store.db import capture_suppressed, write_transaction
-from crmsync.store.status import AWAITING_PULL
 from crmsync.store.types import utcnow
+from crmsync.values import AWAITING_PULL, Defer, Done, Entry, Failed, Outcome, Park, Skip
 
 if TYPE_CHECKING:  # the engine passes the store's handles on; it runs no SQL
     from sqlalchemy import Connection, Engine
@@ -37,7 +37,10 @@ if TYPE_CHECKING:  # the engine passes the store's handles on; it runs no SQL
 
 log = logging.getLogger(__name__)
 
-DEFER_SECONDS = 1.0
+# A deferred push waits for Dynamics (a parent's push, or the pull of a record Dynamics
+# changed, before the push goes again): a round trip away, so it looks again later than
+# a deferred apply does.
+PUSH_DEFER_SECONDS = 1.0
 # While the backlog is thin (a claim comes back short of a full batch), the lanes of one
 # process claim at most this often. Without it four lanes sent a request per handful of
 # records, spent Dataverse's budget (6,000 requests / 5 min, i.e. 20 a second per user)
@@ -59,18 +62,20 @@ class PushStats:
     by_code: dict[str, int] = field(default_factory=dict)
 
 
-def _still_awaiting_pull(conn: Connection, entries: Sequence[queue.Entry]) -> set[int]:
+def _still_awaiting_pull(conn: Connection, entries: Sequence[Entry]) -> set[int]:
     """The ids of claimed updates held for a pull that is still paused (not to be sent:
     Dynamics would refuse them again, and only the pull can resolve why). A held entry
     that became a delete (the local row is gone) no longer waits for anything.
 
     The claim returned each entry's mark, so the pauses are read only when one of the
     batch was held (not on every batch)."""
-    marked = [e for e in entries if e.operation == "update" and e.last_error_code == AWAITING_PULL]
+    marked = [
+        e for e in entries if e.operation == Operation.UPDATE and e.last_error_code == AWAITING_PULL
+    ]
     if not marked:
         return set()
     scopes = queue.paused_scopes(conn)
-    return {e.id for e in marked if queue.is_paused(scopes, e.object, "from_crm")}
+    return {e.id for e in marked if queue.is_paused(scopes, e.object, Direction.FROM_CRM)}
 
 
 class Pusher:
@@ -101,7 +106,7 @@ class Pusher:
         entries = queue.claim(
             self.engine,
             self.worker_id,
-            "to_crm",
+            Direction.TO_CRM,
             self.objects,
             self.settings.batch_size,
             timedelta(seconds=self.settings.lease_seconds),
@@ -110,7 +115,7 @@ class Pusher:
             return []
         return self._plan(entries)
 
-    def _plan(self, entries: Sequence[queue.Entry]) -> list[Step]:
+    def _plan(self, entries: Sequence[Entry]) -> list[Step]:
         """Plan claimed entries and save the Dynamics ids chosen for inserts."""
         with write_transaction(self.engine) as conn:
             held = _still_awaiting_pull(conn, entries)
@@ -122,7 +127,7 @@ class Pusher:
             parents = outbound.load_parents(conn, self.specs, rows)
             etags, excluded = outbound.load_sync_state(conn, entries)
 
-            def plan(batch: Sequence[queue.Entry]) -> list[Step]:
+            def plan(batch: Sequence[Entry]) -> list[Step]:
                 return plan_batch(
                     batch,
                     self.specs,
@@ -178,6 +183,11 @@ class Pusher:
         except Fatal:
             await asyncio.to_thread(queue.release, self.engine, self.worker_id)
             raise
+        except ObjectUnusable as exc:
+            # One push lane serves every pushing object, and every write of this one
+            # fails the same way: a mapping mistake, fatal to the push like any other.
+            await asyncio.to_thread(queue.release, self.engine, self.worker_id)
+            raise Fatal(str(exc)) from exc
         stale = await asyncio.to_thread(self._record, steps, sends, results)
         if stale and self.on_stale is not None:
             await self.on_stale(stale)
@@ -189,7 +199,7 @@ class Pusher:
         """Record the outcomes; returns the (object, crm id) of updates refused because
         Dynamics' record changed since the last sync (to be pulled before resending)."""
         now = utcnow()
-        outcome = queue.Outcome()
+        outcome = Outcome()
         created: list[tuple[str, int, str]] = []
         refused: list[Send] = []
         policy = RetryPolicy(
@@ -205,31 +215,31 @@ class Pusher:
             match verdict:
                 case Synced(etag):
                     outcome.done.append(
-                        queue.Done(e, crm_id=send.crm_id, etag=etag, synced_values=send.values)
+                        Done(e, crm_id=send.crm_id, etag=etag, synced_values=send.values)
                     )
-                    if e.operation != "delete" and e.record_id is not None:
+                    if e.operation != Operation.DELETE and e.record_id is not None:
                         created.append((e.object, e.record_id, send.crm_id))
                     self.stats.synced += 1
                 case Stale():
                     refused.append(send)
                     self.stats.stale += 1
                 case Parked(code, message):
-                    outcome.failed.append(queue.Failed(e, code, message))
+                    outcome.failed.append(Failed(e, code, message))
                     self._count_park(code)
                 case Retry(code, message, at):
-                    outcome.failed.append(queue.Failed(e, code, message, retry_at=at))
+                    outcome.failed.append(Failed(e, code, message, retry_at=at))
                     self.stats.retried += 1
         for step in steps:
             if isinstance(step, Skip):
                 # An excluded record keeps its sync state (the exclusion); a local
                 # delete of one forgets it, as the local row is gone.
-                keep = step.excluded and step.entry.operation != "delete"
-                outcome.done.append(queue.Done(step.entry, counted=False, remember=not keep))
+                keep = step.excluded and step.entry.operation != Operation.DELETE
+                outcome.done.append(Done(step.entry, counted=False, remember=not keep))
             elif isinstance(step, Defer):
-                outcome.deferred.append((step.entry, now + timedelta(seconds=DEFER_SECONDS)))
+                outcome.deferred.append((step.entry, now + timedelta(seconds=PUSH_DEFER_SECONDS)))
                 self.stats.deferred += 1
             elif isinstance(step, Park):
-                outcome.failed.append(queue.Failed(step.entry, step.code, step.message))
+                outcome.failed.append(Failed(step.entry, step.code, step.message))
                 self._count_park(step.code)
         with write_transaction(self.engine) as conn:
             stale, held = self._refused(conn, refused, now, outcome)
@@ -241,7 +251,7 @@ class Pusher:
         return stale
 
     def _refused(
-        self, conn: Connection, refused: Sequence[Send], now: datetime, outcome: queue.Outcome
+        self, conn: Connection, refused: Sequence[Send], now: datetime, outcome: Outcome
     ) -> tuple[list[tuple[str, str]], list[int]]:
         """Updates Dynamics refused because its record changed since the last sync:
         ``(records to pull now, entries to hold)``.
@@ -257,11 +267,11 @@ class Pusher:
         stale: list[tuple[str, str]] = []
         held: list[int] = []
         for send in refused:
-            if queue.is_paused(scopes, send.entry.object, "from_crm"):
+            if queue.is_paused(scopes, send.entry.object, Direction.FROM_CRM):
                 held.append(send.entry.id)
                 self.stats.held += 1
             else:
-                outcome.deferred.append((send.entry, now + timedelta(seconds=DEFER_SECONDS)))
+                outcome.deferred.append((send.entry, now + timedelta(seconds=PUSH_DEFER_SECONDS)))
                 stale.append((send.entry.object, send.crm_id))
         return stale, held
 

@@ -1,19 +1,15 @@
 """The bridge that makes a 429 pause every worker process sharing the credential.
 
-The Dataverse client's ``Limiter`` gates the requests of one process. ``SharedThrottle``
-publishes each 429 it sees to the store (``store.throttle``) and polls the store for the
-429s other processes saw, closing the local gate until the shared instant.
-
-Why a poll and no read before each batch: a read per batch would put a store round trip
-on the path of every send to save at most ``POLL_SECONDS`` of blindness. Within that
-window another process's request is at worst answered 429 itself (Dataverse rejects it
-before executing it, so resending is safe) and that process then waits anyway. Two
-indexed reads a second per process cost the store nothing measurable.
+The client's ``Limiter`` gates the requests of one process. ``SharedThrottle`` publishes
+each 429 it sees to the store (``store.throttle``), one write per burst, and polls the
+store every ``POLL_SECONDS`` for the 429s other processes saw, closing the local gate
+until the shared instant. Within a poll's blindness another process's request is at worst
+answered 429 itself (Dataverse rejects before executing, so resending is safe).
 
 The store holds UTC wall time; each process converts the remaining seconds to its own
-monotonic clock, and caps them at ``MAX_WAIT`` so that one machine with a wrong clock
-cannot stop the others for long. A store outage never stops sending: it is logged once,
-and the local gate goes on working alone until the store answers again.
+clock and caps them at ``MAX_WAIT``, so one wrong clock cannot stop the others for long.
+A store outage never stops sending: it is logged once, and the local gate works alone
+until the store answers again.
 """
 
 from __future__ import annotations
@@ -23,14 +19,15 @@ import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING
 
 from crmsync.config import Settings
 from crmsync.dynamics.limiter import Limiter
 from crmsync.store import throttle as shared
-from crmsync.store.db import write_transaction
 from crmsync.store.types import utcnow
+
+if TYPE_CHECKING:  # the engine passes the store's handles on; it runs no SQL
+    from sqlalchemy import Engine
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +106,7 @@ class SharedThrottle:
             self._store_answered()
 
     def _record(self, until: datetime) -> None:
-        with write_transaction(self.engine) as conn:
-            shared.record(conn, self.credential, until, self._now())
+        shared.publish(self.engine, self.credential, until, self._now())
 
     # --- everyone's 429s, in from the store ----------------------------------------------
 
@@ -129,8 +125,7 @@ class SharedThrottle:
         return seconds
 
     def _read(self) -> datetime | None:
-        with self.engine.connect() as conn:
-            return shared.throttled_until(conn, self.credential)
+        return shared.read(self.engine, self.credential)
 
     async def run(self) -> None:
         """Poll until cancelled."""

@@ -19,11 +19,11 @@ import random
 from dataclasses import dataclass
 from datetime import datetime
 
-from crmsync.dynamics.faults import PreconditionFailed
+from crmsync.domain import Operation
 from crmsync.dynamics.writes import ItemResult
 from crmsync.engine import retry
 from crmsync.engine.plan import Send
-from crmsync.errors import RecordRejected
+from crmsync.errors import RecordRejected, StaleRecord
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,14 @@ def judge(
     entry = send.entry
     if err is None:
         return Synced(result.etag)
+    if isinstance(err, StaleRecord):
+        if send.write.if_match not in (None, "*"):
+            return Stale()  # changed in Dynamics since the ETag we last synced
+        # Against ``*`` (or no ETag): the record is not there to update.
+        return Parked(err.code or f"http_{err.status}", err.message)
     if isinstance(err, RecordRejected):
-        if entry.operation == "delete" and err.status == 404:
+        if entry.operation == Operation.DELETE and err.status == 404:
             return Synced(result.etag)  # nothing left to delete
-        if isinstance(err, PreconditionFailed) and send.write.if_match not in (None, "*"):
-            return Stale()
         return Parked(err.code or f"http_{err.status}", err.message)
     attempts = entry.attempts + 1
     status = getattr(err, "status", None)

@@ -1,24 +1,18 @@
 """The worker loop: pull Dynamics' changes, apply them, push local ones, until told to stop.
 
-Three kinds of lanes share one Dataverse client: a pull loop (every ``poll_seconds``, each
-pulling object's changes staged as ``from_crm`` entries, parents first), apply lanes
-(``from_crm`` entries into the local tables) and push lanes (``to_crm`` entries to
-Dynamics). Several batches are in flight at once so that the store's work on one batch
-overlaps Dynamics' work on another; the client's limiter keeps requests within Dynamics'
-limits, and ``SharedThrottle`` extends its throttle gate to every process using the same
-credential (a 429 seen by any of them pauses all). ``run(once=True)`` pulls each object
-once, then drains both directions.
-A paused ``from_crm`` direction stops an object's reads from Dynamics, not only its
-applies (``Puller.pull``); the saved delta link resumes them where they stopped. An
-object whose pull fails as a whole (Dynamics refuses to read its table) becomes that
-object's ``from_crm`` sync error, and the other objects go on.
-At start the worker refuses a store that is not upgraded and brings the capture
-triggers to the configured flows (``migrate.ensure_current``). A store that cannot be
-reached, at start or later, is waited for with backoff and logged once (``StoreOutage``):
-the worker rides out an outage of any length.
-On SIGINT/SIGTERM the loop stops claiming, lets in-flight batches finish and record
-their outcomes, and gives back any claim it still holds. A worker killed outright
-leaves claims that expire with their lease and are picked up by any other worker.
+One Dataverse client serves a pull loop (every ``poll_seconds``, parents first), apply
+lanes (``from_crm``) and push lanes (``to_crm``); several batches are in flight at once.
+The client's limiter keeps requests within Dynamics' limits, and ``SharedThrottle`` makes
+a 429 seen by any process on the credential pause all. ``run(once=True)`` pulls each
+object once, then drains both directions.
+
+An object whose pull fails as a whole (``ObjectUnusable``, a refusal, retries used up)
+becomes that object's ``from_crm`` sync error; the other objects go on. At start the
+worker refuses a store that is not upgraded and brings the capture triggers to the
+configured flows. A store that cannot be reached is waited for with backoff and logged
+once (``StoreOutage``). On SIGINT/SIGTERM the loop stops claiming, lets in-flight batches
+record their outcomes and gives back its claims; a worker killed outright leaves claims
+that expire with their lease.
 """
 
 from __future__ import annotations
@@ -32,29 +26,27 @@ import socket
 import time
 import uuid
 from collections.abc import Coroutine
-from datetime import datetime
-from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING, Any
 
 from crmsync.config import Settings
+from crmsync.domain import Direction
 from crmsync.dynamics.client import DataverseClient
-from crmsync.dynamics.faults import UnknownResource
 from crmsync.engine import retry
 from crmsync.engine.apply import Applier
 from crmsync.engine.pull import Progress, Puller
 from crmsync.engine.push import Pusher
 from crmsync.engine.throttle import SharedThrottle
-from crmsync.errors import Fatal, RecordRejected, Retriable
+from crmsync.errors import Fatal, ObjectUnusable, RecordRejected, Retriable, StaleRecord
 from crmsync.mapping import activate as activate_mapping
 from crmsync.memory import release_free_memory
-from crmsync.store import capture, migrate, queue
-from crmsync.store.db import write_transaction
+from crmsync.store import migrate, queue
+from crmsync.store.db import is_sqlite, store_unavailable, write_transaction
 from crmsync.store.maintenance import COMPACT_SECONDS, compact_counts, maintain
-from crmsync.store.schema import sync_queue
-from crmsync.store.status import AWAITING_PULL
+from crmsync.store.queue import next_due
 from crmsync.store.types import utcnow
+
+if TYPE_CHECKING:  # the engine passes the store's handles on; it runs no SQL
+    from sqlalchemy import Engine
 
 log = logging.getLogger(__name__)
 
@@ -64,55 +56,6 @@ MAX_WAIT_SECONDS = 5.0
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def next_due(engine: Engine, direction: str, objects: list[str], worker: str) -> datetime | None:
-    """When the earliest waiting entry that this worker could send falls due.
-
-    Entries this worker has in flight count as due now: their batch is about to finish
-    (or fail and be rescheduled), so the caller should look again shortly.
-    """
-    with engine.connect() as conn:
-        scopes = queue.paused_scopes(conn)
-        wanted = [o for o in objects if not queue.is_paused(scopes, o, direction)]
-        if not wanted:
-            return None
-        if direction == "to_crm" and capture.has_changes(conn):
-            return utcnow()  # local changes logged, to be folded by the next claim
-        q = sync_queue.c
-        # Pushes held for a paused pull wait for the resume, not for a time.
-        held = [o for o in wanted if queue.is_paused(scopes, o, "from_crm")]
-        waiting = (
-            q.object.in_(held)
-            & (q.operation == "update")
-            & (sa.func.coalesce(q.last_error_code, "") == AWAITING_PULL)
-        )
-        return conn.execute(
-            sa.select(
-                sa.func.min(
-                    sa.case(
-                        (q.claimed_by == worker, q.next_attempt_at),
-                        else_=sa.func.coalesce(q.claimed_until, q.next_attempt_at),
-                    )
-                )
-            ).where(
-                q.state == "pending",
-                q.direction == direction,
-                q.object.in_(wanted),
-                *([~waiting] if held and direction == "to_crm" else []),
-            )
-        ).scalar()
-
-
-def store_unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the store cannot be reached or used right now (a restart, a
-    refused or dropped connection, a lock timeout), rather than a fault of ours (a
-    refused statement, an integrity error: logged with their traceback every time)."""
-    if not isinstance(exc, sa.exc.DBAPIError):
-        return False
-    return exc.connection_invalidated or isinstance(
-        exc, sa.exc.OperationalError | sa.exc.InterfaceError
-    )
 
 
 class StoreOutage:
@@ -184,15 +127,15 @@ class Worker:
         self.throttle = SharedThrottle.for_settings(engine, client.limiter, settings)
         self.concurrency = concurrency
         # SQLite has one writer: more than one apply lane there only queues for the lock.
-        self.apply_lanes = 1 if engine.dialect.name == "sqlite" else max(1, concurrency // 2)
+        self.apply_lanes = 1 if is_sqlite(engine) else max(1, concurrency // 2)
         self.stopping = asyncio.Event()
         self.outage = StoreOutage()
 
     def stop(self) -> None:
         self.stopping.set()
 
-    async def _lane(self, direction: str, drain: bool) -> None:
-        if direction == "to_crm":
+    async def _lane(self, direction: Direction, drain: bool) -> None:
+        if direction == Direction.TO_CRM:
             step, objects = self.pusher.push_batch, self.pusher.objects
         else:
             step, objects = self.applier.apply_batch, self.applier.objects
@@ -228,15 +171,15 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
-    async def _may_get_more(self, direction: str) -> bool:
+    async def _may_get_more(self, direction: Direction) -> bool:
         """Whether a draining lane with nothing due must stay, because the other
         direction's pending work may still queue some: a push refused because Dynamics
         changed the record (412) stages that change as a ``from_crm`` entry, and applying
         a record the sync filter includes again queues the push of its local changes."""
         other, objects = (
-            ("to_crm", self.pusher.objects)
-            if direction == "from_crm"
-            else ("from_crm", self.applier.objects)
+            (Direction.TO_CRM, self.pusher.objects)
+            if direction == Direction.FROM_CRM
+            else (Direction.FROM_CRM, self.applier.objects)
         )
         if not objects:
             return False
@@ -271,8 +214,8 @@ class Worker:
         while True:
             try:
                 return await self.puller.pull(obj)
-            except UnknownResource as exc:
-                # An entity set Dynamics does not have: only this object is affected.
+            except ObjectUnusable as exc:
+                # E.g. an entity set Dynamics does not have: only this object is affected.
                 await self._pull_failed(obj, exc.code or f"http_{exc.status}", exc.message)
                 return 0
             except Fatal:
@@ -300,7 +243,7 @@ class Worker:
                     )
                 if self.stopping.is_set():
                     return 0
-            except RecordRejected as exc:
+            except (RecordRejected, StaleRecord) as exc:
                 # Dynamics refuses to let us read this table (privileges, a bad mapping):
                 # nothing per record to park; say so and keep the other objects going.
                 log.error(
@@ -317,7 +260,7 @@ class Worker:
 
         def write() -> None:
             with write_transaction(self.engine) as conn:
-                queue.fail_object(conn, obj, "from_crm", code, message, utcnow())
+                queue.fail_object(conn, obj, Direction.FROM_CRM, code, message, utcnow())
 
         await asyncio.to_thread(write)
 
@@ -359,8 +302,8 @@ class Worker:
         in either direction but parked errors."""
 
         def lanes() -> list[Coroutine[Any, Any, None]]:
-            out = [self._lane("to_crm", once) for _ in range(self.concurrency)]
-            return out + [self._lane("from_crm", once) for _ in range(self.apply_lanes)]
+            out = [self._lane(Direction.TO_CRM, once) for _ in range(self.concurrency)]
+            return out + [self._lane(Direction.FROM_CRM, once) for _ in range(self.apply_lanes)]
 
         if not await self._wait_for_store():
             return

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import URL, Connection, Engine, create_engine, event, inspect, make_url, text
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
 from crmsync.errors import ConfigError, CrmsyncError
 
@@ -241,3 +241,12 @@ def _writable_again(conn: Connection, *, quietly: bool) -> None:
         conn.invalidate()
         if not quietly:
             raise
+
+
+def store_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store cannot be reached or used right now (a restart, a
+    refused or dropped connection, a lock timeout), rather than a fault of ours (a
+    refused statement, an integrity error: logged with their traceback every time)."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)

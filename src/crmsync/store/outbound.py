@@ -10,19 +10,20 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from crmsync.domain import Direction, EntryState, ObjectSpec
+from crmsync.domain import Direction, EntryState, ObjectSpec, Operation
 from crmsync.store import backlog
 from crmsync.store.local_tables import local_table
-from crmsync.store.queue import Entry, entry_columns
+from crmsync.store.queue import entry_columns
 from crmsync.store.schema import sync_queue, sync_record
 from crmsync.store.status import AWAITING_PULL
+from crmsync.values import Entry, Parent
 
 # A push refused with 412 while its object's pull is paused waits this long before its
 # pause is looked at again (without sending); resuming the pull wakes it at once.
@@ -33,22 +34,13 @@ HOLD_MESSAGE = (
 )
 
 
-@dataclass(frozen=True)
-class Parent:
-    """What the plan needs to know about a record a lookup points at."""
-
-    crm_id: str | None
-    on_its_way: bool  # it has a pending queue entry that may give it a crm_id
-    entity_set: str  # where it lives in Dynamics, from the registry
-
-
 def load_rows(
     conn: Connection, specs: Mapping[str, ObjectSpec], entries: Sequence[Entry]
 ) -> dict[tuple[str, int], dict[str, Any]]:
     """The local rows of the entries' records (deletes need none), by (object, id)."""
     wanted: dict[str, list[int]] = defaultdict(list)
     for e in entries:
-        if e.record_id is not None and e.operation != "delete":
+        if e.record_id is not None and e.operation != Operation.DELETE:
             wanted[e.object].append(e.record_id)
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     for obj, ids in wanted.items():
@@ -112,8 +104,8 @@ def load_parents(
             for (k,) in conn.execute(
                 sa.select(q.record_key).where(
                     q.object == target,
-                    q.direction == "to_crm",
-                    q.state == "pending",
+                    q.direction == Direction.TO_CRM,
+                    q.state == EntryState.PENDING,
                     q.record_key.in_([str(i) for i in ids]),
                 )
             )
@@ -155,14 +147,14 @@ def waiting(conn: Connection, objects: Sequence[str], limit: int, now: datetime)
                 k = listed[t.record_id]
                 out[k] = replace(out[k], operation=t.after, crm_id=t.crm_id or out[k].crm_id)
                 continue
-            again = t.entry_state != EntryState.PENDING.value or t.after == "delete"
+            again = t.entry_state != EntryState.PENDING.value or t.after == Operation.DELETE
             if t.entry_id is not None and not again:
                 continue  # the fold keeps its entry's schedule: not due yet
             out.append(
                 Entry(
                     id=t.entry_id or 0,
                     object=obj,
-                    direction=Direction.TO_CRM.value,
+                    direction=Direction.TO_CRM,
                     record_key=str(t.record_id),
                     record_id=t.record_id,
                     crm_id=t.crm_id,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from crmsync.domain import Direction, EntryState, ErrorStatus, Operation
 from crmsync.store import capture
 from crmsync.store.db import write_transaction
 from crmsync.store.pgarrays import unnest as _unnest
@@ -42,6 +43,11 @@ from crmsync.store.schema import (
     sync_tombstone,
 )
 from crmsync.store.types import UTCDateTime, utcnow
+from crmsync.values import AWAITING_PULL
+from crmsync.values import Done as Done
+from crmsync.values import Entry as Entry
+from crmsync.values import Failed as Failed
+from crmsync.values import Outcome as Outcome
 
 BUCKET_MINUTES = 15
 # The record_key of an error about a whole object (Dynamics refused to read its table),
@@ -49,56 +55,9 @@ BUCKET_MINUTES = 15
 OBJECT_KEY = "*"
 
 
-@dataclass(frozen=True)
-class Entry:
-    """A claimed queue entry, as the engine sees it."""
-
-    id: int
-    object: str
-    direction: str
-    record_key: str
-    record_id: int | None
-    crm_id: str | None
-    operation: str
-    label: str | None
-    payload: dict[str, Any] | None
-    version: int
-    attempts: int
-    first_queued_at: datetime
-    last_error_code: str | None = None  # why it waits, when it has waited (e.g. held)
-
-
 def entry_columns() -> list[sa.Column[Any]]:
     """The queue's columns in ``Entry``'s field order: ``Entry(*row)`` of a row of them."""
     return [sync_queue.c[f.name] for f in fields(Entry)]
-
-
-@dataclass(frozen=True)
-class Done:
-    entry: Entry
-    crm_id: str | None = None
-    etag: str | None = None
-    record_id: int | None = None
-    synced_values: dict[str, Any] | None = None
-    crm_version: int | None = None
-    crm_modified_at: datetime | None = None
-    counted: bool = True  # False when nothing was sent (not throughput)
-    remember: bool = True  # False: leave the record's sync state as it is
-
-
-@dataclass(frozen=True)
-class Failed:
-    entry: Entry
-    code: str
-    message: str
-    retry_at: datetime | None = None  # None: park it
-
-
-@dataclass
-class Outcome:
-    done: list[Done] = field(default_factory=list)
-    failed: list[Failed] = field(default_factory=list)
-    deferred: list[tuple[Entry, datetime]] = field(default_factory=list)
 
 
 def bucket_start(at: datetime) -> datetime:
@@ -119,14 +78,14 @@ def paused_scopes(conn: Connection) -> set[tuple[str, str]]:
     return {(r.object, r.direction) for r in conn.execute(sa.select(sync_pause))}
 
 
-def is_paused(scopes: set[tuple[str, str]], obj: str, direction: str) -> bool:
+def is_paused(scopes: set[tuple[str, str]], obj: str, direction: Direction) -> bool:
     return any((o in ("*", obj)) and (d in ("*", direction)) for o, d in scopes)
 
 
 def claim(
     engine: Engine,
     worker: str,
-    direction: str,
+    direction: Direction,
     objects: Sequence[str],
     limit: int,
     lease: timedelta,
@@ -140,7 +99,7 @@ def claim(
     """
     if not objects or limit < 1:
         return []
-    if direction == "to_crm":
+    if direction == Direction.TO_CRM:
         capture.fold_pending(engine, wait=False, max_seconds=capture.BATCH_FOLD_SECONDS)
     now = now or utcnow()
     params = {
@@ -174,7 +133,7 @@ def _claim_statement(skip_locked: bool) -> sa.Update:
     pick = (
         sa.select(due.c.id)
         .where(
-            due.c.state == "pending",
+            due.c.state == EntryState.PENDING,
             due.c.direction == direction,
             due.c.next_attempt_at <= now,
             due.c.object.in_(sa.bindparam("c_objects", expanding=True)),
@@ -310,7 +269,9 @@ def _complete(conn: Connection, done: Sequence[Done], now: datetime) -> None:
             attempts=0,
             next_attempt_at=now,
             crm_id=sa.func.coalesce(q.crm_id, sa.bindparam("new_crm_id")),
-            operation=sa.case((q.operation == "insert", "update"), else_=q.operation),
+            operation=sa.case(
+                (q.operation == Operation.INSERT, Operation.UPDATE), else_=q.operation
+            ),
         ),
         [{"entry_id": d.entry.id, "new_crm_id": d.crm_id} for d in stayed],
     )
@@ -365,10 +326,13 @@ def _finish_statement() -> sa.Select[Any]:
     resolved = (
         sa.update(sync_error)
         .where(
-            err.status == "open",
+            err.status == ErrorStatus.OPEN,
             sa.tuple_(err.object, err.direction, err.record_key).in_(synced),
         )
-        .values(status="resolved", resolved_at=sa.bindparam("resolved_at", type_=UTCDateTime()))
+        .values(
+            status=ErrorStatus.RESOLVED,
+            resolved_at=sa.bindparam("resolved_at", type_=UTCDateTime()),
+        )
         .cte("resolved")
     )
     added = _unnest(
@@ -432,10 +396,10 @@ def resolve(conn: Connection, keys: set[tuple[str, str, str]], now: datetime) ->
     conn.execute(
         sa.update(sync_error)
         .where(
-            err.status == "open",
+            err.status == ErrorStatus.OPEN,
             sa.tuple_(err.object, err.direction, err.record_key).in_(sorted(keys)),
         )
-        .values(status="resolved", resolved_at=now)
+        .values(status=ErrorStatus.RESOLVED, resolved_at=now)
     )
 
 
@@ -449,7 +413,7 @@ def _remember_syncs(conn: Connection, done: Sequence[Done], now: datetime) -> No
     if not latest:
         return
     r = sync_record.c
-    gone = [key for key, d in latest.items() if d.entry.operation == "delete"]
+    gone = [key for key, d in latest.items() if d.entry.operation == Operation.DELETE]
     if gone:
         conn.execute(sa.delete(sync_record).where(sa.tuple_(r.object, r.record_id).in_(gone)))
         _bury(conn, [d for key, d in latest.items() if key in set(gone)], now)
@@ -465,7 +429,7 @@ def _remember_syncs(conn: Connection, done: Sequence[Done], now: datetime) -> No
             "synced_values": d.synced_values or {},
         }
         for (obj, record_id), d in latest.items()
-        if d.entry.operation != "delete"
+        if d.entry.operation != Operation.DELETE
     ]
     if rows:
         # An upsert: a push and an apply of the same record may finish at the same time
@@ -621,7 +585,7 @@ def _park(conn: Connection, f: Failed, now: datetime) -> None:
         sa.update(sync_queue)
         .where(q.id == e.id)
         .values(
-            state="parked",
+            state=EntryState.PARKED,
             attempts=q.attempts + 1,
             claimed_by=None,
             claimed_until=None,
@@ -656,7 +620,7 @@ def _open_error(
             err.object == obj,
             err.direction == direction,
             err.record_key == record_key,
-            err.status == "open",
+            err.status == ErrorStatus.OPEN,
         )
     ).scalar()
     if open_error is None:
@@ -667,7 +631,7 @@ def _open_error(
                 record_key=record_key,
                 first_failed_at=now,
                 attempts=attempts,
-                status="open",
+                status=ErrorStatus.OPEN,
                 **values,
             )
         )
@@ -680,7 +644,7 @@ def _open_error(
 
 
 def fail_object(
-    conn: Connection, obj: str, direction: str, code: str, message: str, now: datetime
+    conn: Connection, obj: str, direction: Direction, code: str, message: str, now: datetime
 ) -> None:
     """Record that a whole object failed to sync in ``direction`` (one open error per
     object and direction, its attempts counting the failed tries)."""
@@ -690,7 +654,7 @@ def fail_object(
         "record_label": None,
         # The contract's operations are per record; reading changes is an update of
         # what the store holds.
-        "operation": "update",
+        "operation": Operation.UPDATE,
         "error_code": code,
         "error_message": message,
         "last_failed_at": now,
@@ -698,16 +662,56 @@ def fail_object(
     _open_error(conn, (obj, direction, OBJECT_KEY), values, 1, now)
 
 
-def resolve_object(conn: Connection, obj: str, direction: str, now: datetime) -> None:
+def resolve_object(conn: Connection, obj: str, direction: Direction, now: datetime) -> None:
     """The object synced again: its whole-object error, if any, is resolved."""
     err = sync_error.c
     conn.execute(
         sa.update(sync_error)
         .where(
-            err.status == "open",
+            err.status == ErrorStatus.OPEN,
             err.object == obj,
             err.direction == direction,
             err.record_key == OBJECT_KEY,
         )
-        .values(status="resolved", resolved_at=now)
+        .values(status=ErrorStatus.RESOLVED, resolved_at=now)
     )
+
+
+def next_due(
+    engine: Engine, direction: Direction, objects: list[str], worker: str
+) -> datetime | None:
+    """When the earliest waiting entry that this worker could send falls due.
+
+    Entries this worker has in flight count as due now: their batch is about to finish
+    (or fail and be rescheduled), so the caller should look again shortly.
+    """
+    with engine.connect() as conn:
+        scopes = paused_scopes(conn)
+        wanted = [o for o in objects if not is_paused(scopes, o, direction)]
+        if not wanted:
+            return None
+        if direction == Direction.TO_CRM and capture.has_changes(conn):
+            return utcnow()  # local changes logged, to be folded by the next claim
+        q = sync_queue.c
+        # Pushes held for a paused pull wait for the resume, not for a time.
+        held = [o for o in wanted if is_paused(scopes, o, Direction.FROM_CRM)]
+        waiting = (
+            q.object.in_(held)
+            & (q.operation == Operation.UPDATE)
+            & (sa.func.coalesce(q.last_error_code, "") == AWAITING_PULL)
+        )
+        return conn.execute(
+            sa.select(
+                sa.func.min(
+                    sa.case(
+                        (q.claimed_by == worker, q.next_attempt_at),
+                        else_=sa.func.coalesce(q.claimed_until, q.next_attempt_at),
+                    )
+                )
+            ).where(
+                q.state == EntryState.PENDING,
+                q.direction == direction,
+                q.object.in_(wanted),
+                *([~waiting] if held and direction == Direction.TO_CRM else []),
+            )
+        ).scalar()

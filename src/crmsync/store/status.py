@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from crmsync.domain import Direction, Operation
+from crmsync.domain import Direction, EntryState, Operation
 from crmsync.errors import ValidationFailed
 from crmsync.store import backlog as backlog_module
 from crmsync.store import drain, queue
@@ -31,12 +31,9 @@ from crmsync.store.backlog import Group
 from crmsync.store.params import iso
 from crmsync.store.schema import sync_backlog_sample, sync_pause, sync_queue, sync_throughput
 from crmsync.store.types import utcnow
+from crmsync.values import AWAITING_PULL as AWAITING_PULL
 
 HOUR = timedelta(hours=1)
-# The ``last_error_code`` of a push Dynamics refused with 412 (the record changed there)
-# while its object's ``from_crm`` direction was paused: the conflict can only be resolved
-# by pulling the record, so the entry waits (pending, in the backlog) until the resume.
-AWAITING_PULL = "crmsync.awaiting_pull"
 MAX_HOURS = 720
 # The trend compares the backlog with its sample this long ago (see ``backlog``).
 TREND_HOURS = 3
@@ -116,9 +113,13 @@ def wake_awaiting_pull(conn: Connection, now: datetime) -> int:
     they go the ordinary way from now on (refused again, the record is pulled first)."""
     q = sync_queue.c
     scopes = queue.paused_scopes(conn)
-    held = q.state == "pending", q.direction == "to_crm", q.last_error_code == AWAITING_PULL
+    held = (
+        q.state == EntryState.PENDING,
+        q.direction == Direction.TO_CRM,
+        q.last_error_code == AWAITING_PULL,
+    )
     objects = [o for (o,) in conn.execute(sa.select(q.object).where(*held).distinct())]
-    free = [o for o in objects if not queue.is_paused(scopes, o, "from_crm")]
+    free = [o for o in objects if not queue.is_paused(scopes, o, Direction.FROM_CRM)]
     if not free:
         return 0
     return conn.execute(
@@ -263,7 +264,7 @@ def backlog(
         row["trend"] = trend(row["total"], row["backlog_earlier"])
         row["synced_last_hour"] = synced_hour.get(name, 0)
         rates = {d: drain.recent_rate(recent.get((name, d), []), as_of) for d in DIRECTIONS}
-        held = [d for d in DIRECTIONS if queue.is_paused(scopes, name, d)]
+        held = [d for d in DIRECTIONS if queue.is_paused(scopes, name, Direction(d))]
         estimate = drain.estimate(per_direction[name], rates, held)
         row["drain"] = estimate.state
         row["eta_seconds"] = estimate.seconds

@@ -13,10 +13,11 @@ import hashlib
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from crmsync.store.db import write_transaction
 from crmsync.store.schema import dynamics_throttle
 
 
@@ -58,3 +59,15 @@ def latest(conn: Connection) -> datetime | None:
         sa.select(sa.func.max(dynamics_throttle.c.throttled_until))
     ).scalar()
     return value
+
+
+def publish(engine: Engine, credential: str, until: datetime, now: datetime) -> bool:
+    """``record`` in a transaction of its own (a worker's 429, told to the others)."""
+    with write_transaction(engine) as conn:
+        return record(conn, credential, until, now)
+
+
+def read(engine: Engine, credential: str) -> datetime | None:
+    """``throttled_until`` on a connection of its own (a worker's poll)."""
+    with engine.connect() as conn:
+        return throttled_until(conn, credential)

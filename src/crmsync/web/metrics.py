@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
 from crmsync.alerts import AlertMonitor
+from crmsync.domain import ErrorStatus
 from crmsync.observability import CRM_REQUESTS
 from crmsync.store.backlog import Group
 from crmsync.store.db import read_transaction
@@ -71,7 +72,7 @@ class StoreCollector(Collector):
             e = sync_error.c
             errors = conn.execute(
                 sa.select(e.object, e.direction, e.error_code, sa.func.count())
-                .where(e.status == "open")
+                .where(e.status == ErrorStatus.OPEN)
                 .group_by(e.object, e.direction, e.error_code)
             ).all()
         throttled = shared_throttle(self.engine)

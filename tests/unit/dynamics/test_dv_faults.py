@@ -18,57 +18,74 @@ from crmsync.dynamics.faults import (
     from_transport_error,
     parse_retry_after,
 )
-from crmsync.errors import Fatal, RecordRejected, Retriable
+from crmsync.errors import Fatal, ObjectUnusable, RecordRejected, Retriable, StaleRecord
 
 
 def body(code: str, message: str = "msg") -> bytes:
     return json.dumps({"error": {"code": code, "message": message}}).encode()
 
 
+FAMILIES = (Retriable, RecordRejected, StaleRecord, ObjectUnusable, Fatal)
+
+
 @pytest.mark.parametrize(
-    ("status", "code", "family"),
+    ("status", "code", "kind", "family"),
     [
-        (429, "0x80072322", Throttled),
-        (429, "0x80072321", Throttled),
-        (429, "0x80072326", Throttled),
-        (429, "", Throttled),
-        (500, "", Retriable),
-        (502, "", Retriable),
-        (503, "", Retriable),
-        (504, "", Retriable),
-        (408, "", Retriable),
-        (500, "0x80040333", RecordRejected),  # duplicate detection comes back as 500
-        (400, "0x80044331", RecordRejected),
-        (403, "0x80040220", RecordRejected),
-        (403, "0x80048306", RecordRejected),
-        (404, "0x80040217", RecordRejected),
-        (404, "", RecordRejected),
-        (400, "0x80048d19", RecordRejected),
-        (400, "0x0", RecordRejected),
-        (400, "", RecordRejected),
-        (405, "", RecordRejected),
-        (412, "", PreconditionFailed),
-        (412, "0x80060892", RecordRejected),
-        (401, "", TokenRejected),
-        (403, "", Fatal),
-        (404, "0x8006088a", UnknownResource),
+        (429, "0x80072322", Throttled, Retriable),
+        (429, "0x80072321", Throttled, Retriable),
+        (429, "0x80072326", Throttled, Retriable),
+        (429, "", Throttled, Retriable),
+        (500, "", Retriable, Retriable),
+        (502, "", Retriable, Retriable),
+        (503, "", Retriable, Retriable),
+        (504, "", Retriable, Retriable),
+        (408, "", Retriable, Retriable),
+        (500, "0x80040333", RecordRejected, RecordRejected),  # duplicate detection: a 500
+        (400, "0x80044331", RecordRejected, RecordRejected),
+        (403, "0x80040220", RecordRejected, RecordRejected),
+        (403, "0x80048306", RecordRejected, RecordRejected),
+        (404, "0x80040217", RecordRejected, RecordRejected),
+        (404, "", RecordRejected, RecordRejected),
+        (400, "0x80048d19", RecordRejected, RecordRejected),
+        (400, "0x0", RecordRejected, RecordRejected),
+        (400, "", RecordRejected, RecordRejected),
+        (405, "", RecordRejected, RecordRejected),
+        (412, "", PreconditionFailed, StaleRecord),
+        (412, "0x80060882", PreconditionFailed, StaleRecord),
+        (412, "0x80060892", RecordRejected, RecordRejected),  # the code wins
+        (401, "", TokenRejected, Fatal),
+        (403, "", Fatal, Fatal),
+        (404, "0x8006088a", UnknownResource, ObjectUnusable),
+        (418, "", RecordRejected, RecordRejected),
     ],
 )
-def test_classify_table(status: int, code: str, family: type[Exception]) -> None:
+def test_classify_table(
+    status: int, code: str, kind: type[Exception], family: type[Exception]
+) -> None:
     err = classify(status, body(code), {})
-    assert isinstance(err, family)
-    if isinstance(err, RecordRejected):
+    assert isinstance(err, kind)
+    # Exactly one family: a handler catching one never also gets another's answers.
+    assert [f for f in FAMILIES if isinstance(err, f)] == [family]
+    if isinstance(err, RecordRejected | StaleRecord | ObjectUnusable):
         assert err.code == code
         assert err.message == "msg"
         assert err.status == status
 
 
-def test_throttle_families() -> None:
-    assert issubclass(Throttled, Retriable)
-    assert issubclass(TokenRejected, Fatal)
-    assert issubclass(PreconditionFailed, RecordRejected)
-    # Fatal to a push; the pull reports it per object with Dynamics' code and message.
-    assert issubclass(UnknownResource, Fatal)
+def test_transport_failures_are_transient_or_fatal() -> None:
+    cut = from_transport_error(httpx.ConnectError("refused"))
+    assert [f for f in FAMILIES if isinstance(cut, f)] == [Retriable]
+    odd = from_transport_error(httpx.UnsupportedProtocol("ftp"))
+    assert [f for f in FAMILIES if isinstance(odd, f)] == [Fatal]
+
+
+def test_the_families_are_disjoint() -> None:
+    for one in FAMILIES:
+        for other in FAMILIES:
+            assert one is other or not issubclass(one, other), (one, other)
+
+
+def test_an_unknown_resource_keeps_dynamics_code_and_message() -> None:
     err = classify(404, body("0x8006088a", "Resource not found for the segment 'x'."), {})
     assert isinstance(err, UnknownResource)
     assert (err.code, err.message, err.status) == (
