@@ -1,15 +1,10 @@
 """Map Dataverse responses and transport failures onto crmsync's error families.
 
 Decisions only, no I/O: ``classify`` takes a status, a body and headers and returns the
-exception the caller should act on. The families come from ``crmsync.errors``:
-
-- ``Retriable``: 429 service protection (with ``Retry-After``), 5xx, timeouts, cut
-  connections. The caller tries again later.
-- ``RecordRejected``: Dataverse refused this record (validation, duplicate, privilege,
-  not found). Dataverse's code and message are kept verbatim.
-- ``StaleRecord``: 412, the record's version (If-Match) or existence did not match.
-- ``ObjectUnusable``: 404 for an entity set Dataverse does not have.
-- ``Fatal``: credentials or configuration; nothing will work until a person acts.
+exception the caller should act on, in ``crmsync.errors``' families: ``Retriable``
+(429 with ``Retry-After``, 5xx, timeouts, cut connections), ``RecordRejected`` (this
+record: validation, duplicate, privilege, not found; code and message verbatim),
+``StaleRecord`` (412), ``ObjectUnusable`` (an entity set Dataverse lacks), ``Fatal``.
 
 Dataverse's error body is ``{"error": {"code": "<hex or empty>", "message": "..."}}``;
 the code "is not related to the http status code and is frequently empty"
