@@ -18,8 +18,9 @@ from pull_support import Sales, count
 
 from crmsync.config import Settings, load_settings
 from crmsync.emulator import mapped
+from crmsync.emulator import model as emulator_model
 from crmsync.mapping import activate, default_objects
-from crmsync.store import migrate
+from crmsync.store import migrate, status
 from crmsync.store.db import write_transaction
 from crmsync.store.schema import sync_error, sync_queue
 
@@ -234,3 +235,55 @@ def test_an_update_of_only_a_custom_column_is_captured(
     drain(mapped_settings, mapped_store)
     [lead] = crm_rows(url, "leads", "emailaddress1,new_leadscore")
     assert lead["new_leadscore"] == 55
+
+
+def test_a_column_gone_from_dynamics_pauses_that_object_alone_and_loses_nothing(
+    mapped_settings: Settings, mapped_store: sa.Engine, drain: Any, crm_rows: Any
+) -> None:
+    url = mapped_settings.dynamics_url or ""
+    with write_transaction(mapped_store) as conn:
+        conn.execute(sa.text("UPDATE lead SET lead_score = 1"))
+    drain(mapped_settings, mapped_store)
+    # Someone deletes the column in Dynamics.
+    lead_table = emulator_model.ENTITIES["leads"]
+    column = lead_table.attributes.pop("new_leadscore")
+    try:
+        with write_transaction(mapped_store) as conn:
+            conn.execute(sa.text("UPDATE lead SET lead_score = 9"))
+            conn.execute(sa.text("INSERT INTO contact (email, last_name) VALUES ('k@x.org', 'K')"))
+        drain(mapped_settings, mapped_store)
+        # The other objects kept syncing.
+        assert [r["emailaddress1"] for r in crm_rows(url, "contacts", "emailaddress1")] == [
+            "k@x.org"
+        ]
+        with mapped_store.connect() as conn:
+            paused = status.paused(conn)
+            errors = conn.execute(
+                sa.select(sync_error.c.object, sync_error.c.error_code, sync_error.c.status)
+            ).all()
+            waiting = (
+                conn.execute(sa.select(sync_queue.c.state).where(sync_queue.c.object == "lead"))
+                .scalars()
+                .all()
+            )
+        assert [(p["object"], p["direction"]) for p in paused] == [("lead", "*")]
+        assert "new_leadscore" in (paused[0]["reason"] or "")
+        assert [(e.object, e.error_code, e.status) for e in errors] == [
+            ("lead", "crmsync.mapping_mismatch", "open")
+        ]
+        assert waiting == ["pending"]  # still in the backlog, not parked
+    finally:
+        lead_table.attributes[column.name] = column
+    # Dynamics is fixed; the operator resumes: the change waiting goes, nothing lost.
+    with write_transaction(mapped_store) as conn:
+        status.resume(conn, "lead", "*")
+    drain(mapped_settings, mapped_store)
+    [lead] = crm_rows(url, "leads", "emailaddress1,new_leadscore")
+    assert lead["new_leadscore"] == 9
+    assert count(mapped_store, sync_queue) == 0
+    with mapped_store.connect() as conn:
+        assert status.paused(conn) == []
+        open_errors = conn.execute(
+            sa.select(sa.func.count()).select_from(sync_error).where(sync_error.c.status == "open")
+        ).scalar_one()
+    assert open_errors == 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -84,6 +85,26 @@ class UnknownResource(ObjectUnusable):
         return f"unknown Dataverse resource: {self.message}"
 
 
+class MissingAttribute(ObjectUnusable):
+    """400 naming an attribute the table does not have: Dynamics no longer matches the
+    mapping (a column deleted or renamed), so every write or read of the object fails
+    alike; ``attribute`` is the one it named."""
+
+    def __init__(self, code: str, message: str, attribute: str, *, status: int = 400):
+        super().__init__(code, message, status=status)
+        self.attribute = attribute
+
+
+# How Dataverse names an attribute a table does not have: in $select or $filter ("Could
+# not find a property named"), in a request body (the OData reader's "does not exist
+# on type", and the platform's "Invalid property ... was found in entity").
+_MISSING_ATTRIBUTE = re.compile(
+    r"Could not find a property named '([^']+)'"
+    r"|The property '([^']+)' does not exist on type"
+    r"|Invalid property '([^']+)' was found in entity"
+)
+
+
 class DeltaTokenExpired(CrmsyncError):
     """The change-tracking delta link is too old; the caller must run a full sync."""
 
@@ -141,6 +162,12 @@ def classify(
             retry_after=DEFAULT_RETRY_AFTER if wait is None else wait,
             status=status,
         )
+    # Before the codes: a payload error (0x80048d19) naming a missing attribute is about
+    # the mapping, not about this record.
+    missing = _MISSING_ATTRIBUTE.search(message) if status == 400 else None
+    if missing is not None:
+        attribute = next(g for g in missing.groups() if g)
+        return MissingAttribute(code, message, attribute, status=status)
     if code_key in REJECT_CODES:
         return RecordRejected(code, message, status=status)
     if status == 401:

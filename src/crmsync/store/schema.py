@@ -340,6 +340,9 @@ sync_pause = Table(
     Column("object", String(32), primary_key=True),
     Column("direction", String(8), primary_key=True),
     Column("paused_at", UTCDateTime(), nullable=False),
+    # Null for an operator's pause; why, when crmsync paused an object by itself (a
+    # mapping Dynamics no longer matches).
+    Column("reason", Text(), nullable=True),
 )
 
 # One row per Dynamics credential (application user): service protection limits are per
