@@ -9,12 +9,17 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from crmsync.config import Settings, load_settings
 from crmsync.emulator import mapped
 from crmsync.mapping import activate, default_objects
+from crmsync.store import migrate, status
+from crmsync.store.db import create_store_engine, write_transaction
+from crmsync.store.schema import sync_error, sync_queue
 
 SERVED = """
 [objects.lead.fields]
@@ -119,3 +124,49 @@ def test_each_kind_of_drift_is_listed_and_exits_1(
         ("event_registration", "contact_id", "lookup_target"),
         ("webinar", None, "missing_entity"),
     }
+
+
+WEBINAR = """
+[objects.webinar]
+entity_set = "new_webinars"
+logical_name = "new_webinar"
+primary_key = "new_webinarid"
+label = "title"
+
+[objects.webinar.fields]
+title = { attribute = "new_title", type = "string" }
+"""
+
+
+@pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_worker_starts_by_pausing_the_objects_dynamics_lacks(
+    sync_settings: Settings, tmp_path: Path, start_worker: Any, crm_rows: Any
+) -> None:
+    config = tmp_path / "webinar.toml"
+    config.write_text(WEBINAR)
+    os.environ["CRMSYNC_CONFIG"] = str(config)
+    try:
+        settings = load_settings(**sync_settings.model_dump(exclude={"objects"}))
+    finally:
+        del os.environ["CRMSYNC_CONFIG"]
+        activate(default_objects())
+    engine = create_store_engine(settings.database_url)
+    try:
+        migrate.upgrade(engine, settings.object_specs().values())
+        with write_transaction(engine) as conn:
+            conn.execute(sa.text("INSERT INTO lead (email, last_name) VALUES ('a@x.org', 'A')"))
+            conn.execute(sa.text("INSERT INTO webinar (title) VALUES ('Launch')"))
+        worker = start_worker("--once", config=str(config))
+        assert worker.wait(timeout=90) == 0, worker.stderr.read().decode()
+        with engine.connect() as conn:
+            paused = status.paused(conn)
+            waiting = conn.execute(sa.select(sync_queue.c.object, sync_queue.c.state)).all()
+            errors = conn.execute(sa.select(sync_error.c.object, sync_error.c.error_code)).all()
+    finally:
+        engine.dispose()
+    assert [(p["object"], p["direction"]) for p in paused] == [("webinar", "*")]
+    assert "no table 'new_webinar'" in (paused[0]["reason"] or "")
+    assert [tuple(w) for w in waiting] == [("webinar", "pending")]
+    assert [tuple(e) for e in errors] == [("webinar", "crmsync.mapping_mismatch")]
+    # The other objects synced.
+    assert [r["emailaddress1"] for r in crm_rows(sync_settings.dynamics_url or "")] == ["a@x.org"]

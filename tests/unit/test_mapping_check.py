@@ -117,3 +117,40 @@ def test_every_kind_of_drift_is_listed() -> None:
         "values will fail"
     )
     assert "lukewarm=4" in messages["choice"]
+
+
+def test_dataverse_naming_a_missing_attribute_is_about_the_mapping() -> None:
+    from crmsync.dynamics.faults import MissingAttribute, classify
+    from crmsync.errors import ObjectUnusable, RecordRejected
+
+    for message in (
+        "Could not find a property named 'new_x' on type 'Microsoft.Dynamics.CRM.lead'.",
+        "Error identified in Payload provided by the user for Entity :'leads'  ---->  "
+        "InnerException : Microsoft.OData.ODataException: The property 'new_x' does not "
+        "exist on type 'Microsoft.Dynamics.CRM.lead'. Make sure to only use property names "
+        "that are defined by the type or mark the type as open type.",
+        "An error occurred while validating input parameters: Microsoft.Crm.CrmException: "
+        "Invalid property 'new_x' was found in entity 'Microsoft.Dynamics.CRM.lead'.",
+    ):
+        found = classify(400, {"error": {"code": "0x80048d19", "message": message}})
+        assert isinstance(found, MissingAttribute) and isinstance(found, ObjectUnusable)
+        assert found.attribute == "new_x"
+    # Other payload errors stay about the record.
+    other = classify(400, {"error": {"code": "0x80048d19", "message": "Cannot convert 'x'"}})
+    assert isinstance(other, RecordRejected)
+
+
+def test_only_mismatches_every_request_hits_stop_an_object() -> None:
+    from crmsync.engine.drift import blocking
+    from crmsync.mapping.check import Mismatch
+
+    found = [
+        Mismatch("lead", "email", "max_length", "shorter"),
+        Mismatch("lead", "score", "missing_attribute", "gone"),
+        Mismatch("account", None, "change_tracking", "off"),
+        Mismatch("contact", "rating", "choice", "no option"),
+    ]
+    assert {o: m.kind for o, m in blocking(found, SPECS).items()} == {
+        "lead": "missing_attribute",
+        "account": "change_tracking",  # account pulls
+    }

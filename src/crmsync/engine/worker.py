@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from crmsync.config import Settings
 from crmsync.domain import Direction
 from crmsync.dynamics.client import DataverseClient
-from crmsync.engine import retry
+from crmsync.engine import drift, retry
 from crmsync.engine.apply import Applier
 from crmsync.engine.pull import Progress, Puller
 from crmsync.engine.push import Pusher
@@ -398,6 +398,8 @@ async def _run(
         worker = Worker(engine, client, settings, concurrency=concurrency, progress=progress)
         worker.install_signal_handlers()
         log.info("worker started", extra={"event": "worker.start", "worker": worker.id})
+        # The objects Dynamics no longer matches pause before anything is sent.
+        await drift.guard(engine, client, settings.object_specs())
         await worker.run(once=once)
 
 
