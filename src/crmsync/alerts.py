@@ -32,7 +32,7 @@ from crmsync.config import Settings
 from crmsync.domain import ErrorStatus
 from crmsync.store.db import read_transaction
 from crmsync.store.params import iso
-from crmsync.store.schema import sync_error
+from crmsync.store.schema import sync_error, sync_pause
 from crmsync.store.status import oldest_waiting
 from crmsync.store.types import utcnow
 
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 OLDEST_AGE = "oldest_waiting_age"
 ERRORS_PER_HOUR = "errors_per_hour"
+# An object crmsync paused because Dynamics no longer matches its mapping: always on.
+MAPPING_MISMATCH = "mapping_mismatch"
 ATTEMPTS = 3
 TIMEOUT_SECONDS = 5.0
 BACKOFF_SECONDS = 1.0
@@ -60,6 +62,16 @@ class Event:
 
     def payload(self) -> dict[str, Any]:
         verb = "is above" if self.kind == "alert" else "is back within"
+        message = (
+            f"crmsync: {self.object} {self.alert} {self.value:g} {verb} the threshold "
+            f"{self.threshold:g}"
+        )
+        if self.alert == MAPPING_MISMATCH:
+            message = (
+                f"crmsync: {self.object} is paused: Dynamics no longer matches its mapping"
+                if self.kind == "alert"
+                else f"crmsync: {self.object} is no longer paused for its mapping"
+            )
         return {
             "event": self.kind,
             "alert": self.alert,
@@ -67,14 +79,13 @@ class Event:
             "value": self.value,
             "threshold": self.threshold,
             "at": iso(self.at),
-            "message": f"crmsync: {self.object} {self.alert} {self.value:g} {verb} "
-            f"the threshold {self.threshold:g}",
+            "message": message,
         }
 
 
 def thresholds(settings: Settings) -> dict[str, float]:
     """The configured thresholds by alert name (unset ones left out)."""
-    out: dict[str, float] = {}
+    out: dict[str, float] = {MAPPING_MISMATCH: 0.0}
     if settings.alert_oldest_age_seconds is not None:
         out[OLDEST_AGE] = settings.alert_oldest_age_seconds
     if settings.alert_errors_per_hour is not None:
@@ -129,6 +140,11 @@ def observe(
         for obj, n in rows:
             if obj in names:
                 observed[(ERRORS_PER_HOUR, obj)] = float(n)
+    if MAPPING_MISMATCH in limits:
+        p = sync_pause.c
+        for (obj,) in conn.execute(sa.select(p.object).where(p.reason.is_not(None)).distinct()):
+            if obj in names:
+                observed[(MAPPING_MISMATCH, obj)] = 1.0
     return observed
 
 

@@ -130,3 +130,34 @@ async def test_openapi_status_errors_and_metrics_list_the_custom_object(
 
     metrics = (await client.get("/metrics")).text
     assert 'object="event_registration"' in metrics
+
+
+async def test_an_object_paused_for_its_mapping_is_an_alert_until_resumed(
+    mapped: Settings, engine: Engine, client: httpx.AsyncClient
+) -> None:
+    from crmsync.alerts import MAPPING_MISMATCH, AlertMonitor
+    from crmsync.domain import Direction
+    from crmsync.store import status
+    from crmsync.store.db import write_transaction
+    from crmsync.store.types import utcnow
+
+    monitor = AlertMonitor(engine, mapped, mapped.object_specs())
+    assert await monitor.check() == []
+    with write_transaction(engine) as conn:
+        status.pause_unusable(
+            conn, "event_registration", Direction.TO_CRM, "0x0", "Could not find ...", utcnow()
+        )
+    [event] = await monitor.check()
+    assert (event.kind, event.alert, event.object) == (
+        "alert",
+        MAPPING_MISMATCH,
+        "event_registration",
+    )
+    assert "no longer matches its mapping" in event.payload()["message"]
+    body = (await client.get("/api/v1/sync/status")).json()
+    [pause] = body["paused"]
+    assert pause["object"] == "event_registration" and "crmsync mapping check" in pause["reason"]
+    resumed = await client.post("/api/v1/sync/resume", json={"object": "event_registration"})
+    assert resumed.status_code == 200 and resumed.json()["paused"] == []
+    [event] = await monitor.check()
+    assert event.kind == "recovered"
