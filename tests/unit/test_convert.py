@@ -14,7 +14,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crmsync.domain import FieldSpec, FieldType
-from crmsync.mapping.convert import DoesNotFit, canonical, from_dataverse, to_dataverse
+from crmsync.mapping.convert import (
+    DoesNotFit,
+    canonical,
+    encoder,
+    from_dataverse,
+    to_dataverse,
+)
 
 INT32 = (-(2**31), 2**31 - 1)
 
@@ -139,3 +145,22 @@ def test_one_json_form_for_equal_values() -> None:
     # Text a local column holds as a number (SQLite is loosely typed) is sent as text.
     assert to_dataverse(spec(FieldType.STRING), 42) == "42"
     assert to_dataverse(spec(FieldType.BOOLEAN), 1) is True
+
+
+@pytest.mark.parametrize("kind", list(STRATEGIES), ids=str)
+def test_the_fast_encoder_answers_as_to_dataverse(kind: FieldType) -> None:
+    field, values = STRATEGIES[kind]
+    encode = encoder(field)
+
+    @given(st.one_of(values, st.none(), st.integers(), st.text(max_size=5), st.booleans()))
+    def check(value: Any) -> None:
+        try:
+            expected: Any = to_dataverse(field, value)
+        except DoesNotFit as exc:
+            with pytest.raises(DoesNotFit, match=re.escape(str(exc))):
+                encode(value)
+            return
+        got = encode(value)
+        assert got == expected and type(got) is type(expected)
+
+    check()

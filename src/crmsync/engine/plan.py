@@ -14,13 +14,13 @@ sync error, and nothing is sent.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
 from crmsync.domain import GUID_RE, ObjectSpec, Operation
 from crmsync.dynamics.writes import Write
-from crmsync.mapping.convert import DoesNotFit, to_dataverse
+from crmsync.mapping.convert import DoesNotFit, encoder
 from crmsync.values import INVALID_CRM_ID as INVALID_CRM_ID
 from crmsync.values import MISSING_REFERENCE as MISSING_REFERENCE
 from crmsync.values import RECORD_GONE as RECORD_GONE
@@ -41,6 +41,28 @@ class Send:
 Step = Send | Defer | Park | Skip
 
 
+_PUSHED: dict[int, tuple[ObjectSpec, list[tuple[str, str, Callable[[Any], Any]]]]] = {}
+
+
+def _pushed_fields(spec: ObjectSpec) -> list[tuple[str, str, Callable[[Any], Any]]]:
+    """(column, attribute, encoder) of the fields ``spec`` pushes, worked out once per
+    declaration (the cache keeps the spec, so its id is not reused)."""
+    cached = _PUSHED.get(id(spec))
+    if cached is not None and cached[0] is spec:
+        return cached[1]
+    fields = []
+    for column, attribute in spec.fields.items():
+        if spec.flow_for(column).pushes:
+            field = spec.field_specs.get(column)
+            fields.append((column, attribute, encoder(field) if field is not None else _same))
+    _PUSHED[id(spec)] = (spec, fields)
+    return fields
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
 def body_for(
     spec: ObjectSpec, row: Mapping[str, Any], parents: Mapping[tuple[str, int], Parent]
 ) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
@@ -52,15 +74,11 @@ def body_for(
     """
     body: dict[str, Any] = {}
     values: dict[str, Any] = {}
-    types = spec.field_specs
-    for column, attribute in spec.fields.items():
-        if spec.flow_for(column).pushes:
-            field = types.get(column)
-            value = row.get(column)
-            # Raises DoesNotFit, naming the field, for a value Dynamics cannot take.
-            value = to_dataverse(field, value) if field is not None else value
-            body[attribute] = value
-            values[column] = value
+    for column, attribute, encode in _pushed_fields(spec):
+        # Raises DoesNotFit, naming the field, for a value Dynamics cannot take.
+        value = encode(row.get(column))
+        body[attribute] = value
+        values[column] = value
     for lookup in spec.lookups:
         if not spec.flow_for(lookup.column).pushes:
             continue

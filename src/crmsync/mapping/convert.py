@@ -15,7 +15,8 @@ conflict detection); ``canonical`` gives it for a value Dataverse returned, so t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -69,6 +70,62 @@ def to_dataverse(field: FieldSpec, value: Any) -> Any:
         allowed = ", ".join(repr(c) for c, _ in field.choices)
         raise DoesNotFit(field, f"{_short(value)} is not one of the choices ({allowed})")
     return value  # a lookup is bound by the engine, not converted
+
+
+@functools.cache
+def encoder(field: FieldSpec) -> Callable[[Any], Any]:
+    """``to_dataverse`` for ``field`` as one function, with a fast path for the values a
+    local column usually holds (the same answers: anything else takes ``to_dataverse``)."""
+    slow = functools.partial(to_dataverse, field)
+    kind = field.type
+    low, high = field.minimum, field.maximum
+    if kind in (FieldType.STRING, FieldType.MEMO):
+        return lambda v: v if type(v) is str else slow(v)
+    if kind is FieldType.INTEGER:
+
+        def integer(v: Any) -> Any:
+            if type(v) is int and (low is None or v >= low) and (high is None or v <= high):
+                return v
+            return slow(v)
+
+        return integer
+    if kind in (FieldType.DECIMAL, FieldType.MONEY):
+        places = -(field.precision or 0)
+
+        def number(v: Any) -> Any:
+            if type(v) is Decimal:
+                _, digits, exponent = v.as_tuple()
+                # Up to 15 significant digits a float holds a decimal exactly.
+                if (
+                    isinstance(exponent, int)
+                    and exponent >= places
+                    and len(digits) <= 15
+                    and (low is None or v >= low)
+                    and (high is None or v <= high)
+                ):
+                    f = float(v)
+                    return int(f) if f.is_integer() else f
+            return slow(v)
+
+        return number
+    if kind is FieldType.BOOLEAN:
+        return lambda v: v if type(v) is bool else slow(v)
+    if kind is FieldType.DATETIME:
+        # isoformat's first 19 characters are the second; Dataverse keeps no fraction.
+        return lambda v: (
+            v.isoformat()[:19] + "Z" if type(v) is datetime and v.tzinfo is UTC else slow(v)
+        )
+    if kind is FieldType.DATE:
+        return lambda v: v.isoformat() if type(v) is date else slow(v)
+    if kind is FieldType.CHOICE and field.choices:
+        options = dict(field.choices)
+
+        def choice(v: Any) -> Any:
+            option = options.get(v) if type(v) is str else None
+            return option if option is not None else slow(v)
+
+        return choice
+    return slow
 
 
 def from_dataverse(field: FieldSpec, value: Any) -> Any:
@@ -173,14 +230,18 @@ def _decimal(field: FieldSpec, value: Any) -> Decimal:
         raise DoesNotFit(field, f"{_short(value)} is not a number") from None
     if not exact.is_finite():
         raise DoesNotFit(field, f"{_short(value)} is not a number")
+    _in_range(field, exact)
     places = field.precision or 0
     step = Decimal(1).scaleb(-places)
-    if exact != exact.quantize(step, rounding="ROUND_DOWN"):
+    try:
+        exact_places = exact.quantize(step)
+    except InvalidOperation:  # more digits than a decimal holds at all
+        raise DoesNotFit(field, f"{exact} has too many digits") from None
+    if exact != exact_places:
         raise DoesNotFit(
             field, f"{exact} has more than {places} decimal places (it would be rounded)"
         )
-    _in_range(field, exact)
-    return exact.quantize(step)
+    return exact_places
 
 
 def _number(field: FieldSpec, exact: Decimal) -> int | float:
