@@ -170,3 +170,72 @@ def test_a_worker_starts_by_pausing_the_objects_dynamics_lacks(
     assert [tuple(e) for e in errors] == [("webinar", "crmsync.mapping_mismatch")]
     # The other objects synced.
     assert [r["emailaddress1"] for r in crm_rows(sync_settings.dynamics_url or "")] == ["a@x.org"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_crmsync_emulator_serves_the_mapping_it_is_given(tmp_path: Path) -> None:
+    import time
+
+    import httpx
+
+    config = tmp_path / "served.toml"
+    config.write_text(SERVED)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMSYNC_")}
+    env["CRMSYNC_CONFIG"] = str(config)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("crmsync")), "emulator", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                token = httpx.post(
+                    f"{base}/t/oauth2/v2.0/token",
+                    data={
+                        "grant_type": "client_credentials",
+                        "client_id": "x",
+                        "client_secret": "s",
+                    },
+                    timeout=5,
+                ).json()["access_token"]
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        api = httpx.Client(
+            base_url=f"{base}/api/data/v9.2/", headers={"Authorization": f"Bearer {token}"}
+        )
+        table = api.get(
+            "EntityDefinitions(LogicalName='new_eventregistration')"
+            "?$select=LogicalName,EntitySetName&$expand=Attributes($select=LogicalName)"
+        ).json()
+        assert table["EntitySetName"] == "new_eventregistrations"
+        names = {a["LogicalName"] for a in table["Attributes"]}
+        assert {"new_eventregistrationid", "new_name", "new_contactid"} <= names
+        lengths = api.get(
+            "EntityDefinitions(LogicalName='new_eventregistration')/Attributes/"
+            "Microsoft.Dynamics.CRM.StringAttributeMetadata?$select=LogicalName,MaxLength"
+        ).json()["value"]
+        assert {a["LogicalName"]: a["MaxLength"] for a in lengths}["new_name"] == 100
+        created = api.post("new_eventregistrations", json={"new_name": "x" * 101})
+        assert created.status_code == 400 and created.json()["error"]["code"] == "0x80044331"
+        lead = api.post("leads", json={"lastname": "L", "new_leadscore": 2**31})
+        assert lead.status_code == 400
+        assert api.post("leads", json={"lastname": "L", "new_leadscore": 7}).status_code == 204
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        assert proc.stderr is not None
+        proc.stderr.close()
