@@ -120,7 +120,7 @@ def db_upgrade() -> None:
     engine = open_store(settings.database_url, existing=False)
     try:
         before = current_revision(engine)
-        captured = upgrade(engine, settings.object_specs().values())
+        captured = upgrade(engine, settings.object_specs().values(), announce=typer.echo)
         after = current_revision(engine)
     finally:
         engine.dispose()
@@ -182,9 +182,7 @@ def serve(
 
 @app.command("import")
 def import_(
-    object: Annotated[
-        str, typer.Argument(help="A mapped object (lead, contact, ...)")
-    ],
+    object: Annotated[str, typer.Argument(help="A mapped object (lead, contact, ...)")],
     file: Annotated[Path, typer.Argument(help="CSV file with a header row of column names")],
     batch_size: Annotated[
         int, typer.Option(min=1, max=10_000, help="Rows inserted per transaction")

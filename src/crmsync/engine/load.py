@@ -125,14 +125,16 @@ def _local_states(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) ->
     page's ids to the ``crm_id`` index (``CROSS JOIN`` fixes the order): left to its
     planner it scanned every sync state of the object per page, quadratic over a load."""
     table = spec.table
-    state = "LEFT JOIN sync_record AS r ON r.object = {0} AND r.record_id = t.id"
-    columns = "SELECT t.crm_id, r.crm_version, r.etag, r.excluded"
+    # An attached table's own names for id and crm_id (the mapping validated them).
+    rid, crm_id = f"t.{spec.id_column}", f"t.{spec.crm_id_column}"
+    state = "LEFT JOIN sync_record AS r ON r.object = {0} AND r.record_id = " + rid
+    columns = f"SELECT {crm_id}, r.crm_version, r.etag, r.excluded"
     if conn.dialect.name == "postgresql":
-        sql = f"{columns} FROM {table} AS t {state.format('%s')} WHERE t.crm_id = ANY(%s)"
+        sql = f"{columns} FROM {table} AS t {state.format('%s')} WHERE {crm_id} = ANY(%s)"
         return conn.exec_driver_sql(sql, (spec.name, list(crm_ids))).all()
     sql = (
         f"{columns} FROM json_each(?) AS v CROSS JOIN {table} AS t {state.format('?')}"
-        " WHERE t.crm_id = v.value"
+        f" WHERE {crm_id} = v.value"
     )
     return conn.exec_driver_sql(sql, (json.dumps(list(crm_ids)), spec.name)).all()
 
@@ -348,6 +350,7 @@ def _write(
     per-row step cost more than the inserts. Names come from the schema; every value
     is a bound parameter."""
     table = local_table(spec)
+    rid, crm_id = table.c.id.name, table.c.crm_id.name  # an attached table's own names
     pg = conn.dialect.name == "postgresql"
     mark = "%s" if pg else "?"
 
@@ -366,15 +369,15 @@ def _write(
     for start in range(0, len(local_rows), step):
         part = local_rows[start : start + step]
         conn.exec_driver_sql(
-            f"INSERT INTO {table.name} ({', '.join(columns)}, crm_id)"  # noqa: S608
+            f"INSERT INTO {table.name} ({', '.join(columns)}, {crm_id})"  # noqa: S608
             f" VALUES {marks(len(columns) + 1, len(part))}",
             tuple(chain.from_iterable(part)),
         )
     select = (
-        f"SELECT {mark}, t.id, t.crm_id, v.etag, {cast('v.version', 'BIGINT')},"  # noqa: S608
+        f"SELECT {mark}, t.{rid}, t.{crm_id}, v.etag, {cast('v.version', 'BIGINT')},"  # noqa: S608
         f" {cast('v.modified', 'TIMESTAMP WITH TIME ZONE')}, {mark}, {synced}"
         # CROSS JOIN: SQLite reads the page first and finds each row by its crm_id.
-        f" FROM v CROSS JOIN {table.name} AS t WHERE t.crm_id = v.crm_id"
+        f" FROM v CROSS JOIN {table.name} AS t WHERE t.{crm_id} = v.crm_id"
     )
     step = _max_rows(conn, 4)
     for start in range(0, len(states), step):

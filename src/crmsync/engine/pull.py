@@ -91,6 +91,13 @@ def save_cursor(conn: Connection, obj: str, link: str | None, now: datetime) -> 
     )
 
 
+def _marked(spec: ObjectSpec, table: sa.Table) -> sa.ColumnElement[bool]:
+    # An attached table has no crm_deleted_at: its records are never marked.
+    if not spec.timestamps:
+        return sa.false()
+    return table.c.crm_deleted_at.is_not(None)
+
+
 def load_known(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> dict[str, ch.Known]:
     """What the store knows about these Dynamics ids: the local row holding the id, or a
     push in flight that chose it (its local row has no ``crm_id`` yet), and the sync
@@ -109,7 +116,7 @@ def load_known(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> di
         table.c.crm_id.label("crm_id"),
         table.c.id.label("record_id"),
         sa.literal(None, sa.String).label("operation"),
-        (table.c.crm_deleted_at.is_not(None)).label("marked"),
+        _marked(spec, table).label("marked"),
     ).where(load.id_in(conn, table.c.crm_id, crm_ids))
     pushes = sa.select(
         q.crm_id.label("crm_id"),
@@ -314,7 +321,7 @@ def vanished(
         .join(sync_record, (r.object == spec.name) & (r.record_id == table.c.id))
         .where(
             table.c.crm_id.is_not(None),
-            table.c.crm_deleted_at.is_(None),
+            ~_marked(spec, table),
             r.last_synced_at < started_at,
             # Excluded records no longer follow Dynamics, deletions included.
             r.excluded.is_(False),
