@@ -424,8 +424,7 @@ def sync_state(conn: Connection, spec: ObjectSpec, record_id: int) -> SyncState:
 
 def _columns(spec: ObjectSpec) -> list[Any]:
     table = table_of(spec)
-    # Labelled by key: an attached table's id and crm_id show under those names.
-    return [table.c[name].label(name) for name in readable_columns(spec)]
+    return [table.c[name] for name in readable_columns(spec)]
 
 
 def _known_id(spec: ObjectSpec, record_id: int) -> None:
