@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from crmsync.config import Settings, load_settings
+from crmsync.config import load_settings
 from crmsync.domain import ObjectSpec
 from crmsync.engine import load
 from crmsync.mapping import activate, default_objects
