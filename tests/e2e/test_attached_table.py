@@ -141,7 +141,15 @@ def test_an_attached_table_syncs_both_ways(
     try:
         # In Dynamics before the first pull: the initial load's bulk path inserts it.
         grace_crm = sales.create("new_people", {"new_name": "Grace", "new_email": "g@x.org"})
+        # The application links a row to a record Dynamics has: one record, not two.
+        linda_crm = sales.create("new_people", {"new_name": "Linda", "new_age": 50})
         with write_transaction(store) as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO people (full_name, age, dynamics_id) VALUES ('Linda', 51, :c)"
+                ),
+                {"c": linda_crm},
+            )
             contact_id = conn.execute(
                 sa.text(
                     "INSERT INTO contact (email, last_name) VALUES ('c@x.org', 'Curie')"
@@ -160,7 +168,10 @@ def test_an_attached_table_syncs_both_ways(
 
         select = "new_personid,new_name,new_email,new_age,new_score,_new_contactid_value"
         crm = {r["new_name"]: r for r in crm_rows(url, "new_people", select)}
-        assert set(crm) == {"Ada", "Grace"}  # the application's old row has not changed
+        assert set(crm) == {"Ada", "Grace", "Linda"}  # the old row has not changed
+        assert len(crm_rows(url, "new_people", "new_name")) == 3
+        assert crm["Linda"]["new_personid"] == linda_crm
+        assert crm["Linda"]["new_age"] == 51  # the local change wins (local_wins)
         contact_crm = _all(store, "SELECT crm_id FROM contact")[0]["crm_id"]
         ada = crm["Ada"]
         assert ada["new_email"] == "ada@x.org" and ada["new_age"] == 36
@@ -174,6 +185,8 @@ def test_an_attached_table_syncs_both_ways(
         assert local["Grace"]["dynamics_id"] == grace_crm
         assert local["Grace"]["note"] == "theirs"  # the application's default
         assert local["Old Timer"]["dynamics_id"] is None
+        assert local["Linda"]["dynamics_id"] == linda_crm
+        assert len(_all(store, "SELECT person_id FROM people")) == 4
 
         # Dynamics changes one, creates one with a lookup (the ordinary path), and the
         # application changes its old row: each goes the right way.
@@ -204,7 +217,7 @@ def test_an_attached_table_syncs_both_ways(
         assert crm["Old Timer"]["new_age"] == 71
         assert rows["Old Timer"]["dynamics_id"] == crm["Old Timer"]["new_personid"]
         # What crmsync applied was not captured to go back: one record each in Dynamics.
-        assert sorted(crm) == ["Ada", "Edsger", "Grace", "Old Timer"]
+        assert sorted(crm) == ["Ada", "Edsger", "Grace", "Linda", "Old Timer"]
 
         # Deletes, both ways.
         with write_transaction(store) as conn:
@@ -216,10 +229,12 @@ def test_an_attached_table_syncs_both_ways(
     assert count(store, sync_error) == 0 and count(store, sync_queue) == 0
     assert sorted(r["new_name"] for r in crm_rows(url, "new_people", "new_name")) == [
         "Edsger",
+        "Linda",
         "Old Timer",
     ]
     assert sorted(r["full_name"] for r in _all(store, "SELECT full_name FROM people")) == [
         "Edsger",
+        "Linda",
         "Old Timer",
     ]
 
