@@ -10,6 +10,8 @@ the fold and the bulk initial load use the table's own column names.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -23,7 +25,7 @@ from crmsync.config import load_settings
 from crmsync.domain import ObjectSpec
 from crmsync.engine import load
 from crmsync.mapping import activate, default_objects
-from crmsync.store import capture, migrate, outbound
+from crmsync.store import backlog, capture, migrate, outbound
 from crmsync.store.db import create_store_engine, write_transaction
 from crmsync.store.local_tables import LocalSchemaMismatch
 from crmsync.store.queue import Entry
@@ -276,6 +278,13 @@ def test_capture_and_the_fold_use_the_tables_own_names(engine: sa.Engine, db_url
     with write_transaction(engine) as conn:
         conn.execute(sa.text("UPDATE people SET age = 51 WHERE full_name = 'Bob'"))
         conn.execute(sa.text("DELETE FROM people WHERE full_name = 'Bob'"))
+    with engine.connect() as conn:
+        # Readers (status, dry runs) see the unfolded log as the entries it will make.
+        tail = sorted(
+            (t.record_id, t.crm_id, t.after, t.label)
+            for t in backlog.tail_entries(conn, "person", 10)
+        )
+        groups = {(g.operation, g.count) for g in backlog.groups(conn, "to_crm", "person")}
     capture.fold_pending(engine)
     with engine.connect() as conn:
         entries = conn.execute(
@@ -290,6 +299,8 @@ def test_capture_and_the_fold_use_the_tables_own_names(engine: sa.Engine, db_url
         (1, None, "insert", "Ann"),
         (2, "00000000-0000-0000-0000-00000000000b", "delete", "Bob"),
     ]
+    assert tail == [tuple(e) for e in entries]
+    assert groups == {("insert", 1), ("delete", 1)}
 
 
 def test_the_initial_loads_bulk_path_inserts_into_an_attached_table(
@@ -345,3 +356,55 @@ def test_the_push_reads_an_attached_row_by_crmsyncs_names(engine: sa.Engine, db_
         ("person", 1): (1, None, "Ann"),
         ("person", 2): (2, linked, "Bob"),
     }
+
+
+PERSON_TOML = """
+[objects.person]
+table = "people"
+id_column = "person_id"
+crm_id_column = "dynamics_id"
+entity_set = "new_people"
+logical_name = "new_person"
+primary_key = "new_personid"
+label = "full_name"
+
+[objects.person.fields]
+full_name = { attribute = "new_name", type = "string", max_length = 200 }
+"""
+
+
+def test_the_command_says_what_it_adds_and_refuses_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "crmsync.toml").write_text(PERSON_TOML, encoding="utf-8")
+    store = tmp_path / "store.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMSYNC_")}
+    env |= {
+        "CRMSYNC_CONFIG": str(tmp_path / "crmsync.toml"),
+        "CRMSYNC_DATABASE_URL": f"sqlite:///{store}",
+    }
+
+    def upgrade() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "crmsync", "db", "upgrade"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    refused = upgrade()
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith("crmsync: ") and "objects.person.table: there is no table" in line
+    engine = create_store_engine(f"sqlite:///{store}")
+    try:
+        assert sa.inspect(engine).get_table_names() == []
+        create_people(engine)
+    finally:
+        engine.dispose()
+    done = upgrade()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "adding column dynamics_id to people (the Dynamics id of each record)",
+        "installing capture triggers on people",
+        "schema from None to 0008; capturing changes on: lead, contact, person",
+    ]
