@@ -308,7 +308,7 @@ def bring_to(
         )
     by_name = {s.name: s for s in specs}
     added: list[str] = []
-    if found and conn.dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql":
         # ADD COLUMN without a default is a catalogue change; waiting for its lock
         # behind a long transaction would stall every writer queued behind it.
         conn.execute(sa.text("SET LOCAL lock_timeout = '5s'"))
@@ -322,14 +322,7 @@ def bring_to(
         column = next(c for c in table.c if c.name == diff.column)
         is_crm_id = spec.attached and column.key == "crm_id"
         if spec.attached:
-            what = f"column {diff.column} to {diff.table}"
-            if is_crm_id:
-                what = (
-                    f"{'a unique index on ' if diff.index else ''}column {diff.column}"
-                    f"{' of' if diff.index else ' to'} {diff.table} (the Dynamics id of each"
-                    " record)"
-                )
-            _announce(announce, f"adding {what}", spec, diff)
+            _announce(announce, _adding(diff, is_crm_id), spec, diff)
         if not diff.index:
             ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
             conn.execute(sa.text(f"ALTER TABLE {diff.table} ADD COLUMN {ddl}"))
@@ -341,6 +334,15 @@ def bring_to(
     for item in added:
         log.info(f"added {item}", extra={"event": "store.local_schema", "added": item})
     return added
+
+
+def _adding(diff: Difference, is_crm_id: bool) -> str:
+    if not is_crm_id:
+        return f"adding column {diff.column} to {diff.table}"
+    what = (
+        f"a unique index on column {diff.column} of" if diff.index else f"column {diff.column} to"
+    )
+    return f"adding {what} {diff.table} (the Dynamics id of each record)"
 
 
 def _announce(
