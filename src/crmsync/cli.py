@@ -122,7 +122,7 @@ def db_upgrade() -> None:
     engine = open_store(settings.database_url, existing=False)
     try:
         before = current_revision(engine)
-        captured = upgrade(engine, settings.object_specs().values())
+        captured = upgrade(engine, settings.object_specs().values(), announce=typer.echo)
         after = current_revision(engine)
     finally:
         engine.dispose()

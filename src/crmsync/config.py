@@ -230,6 +230,20 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _mapping(self) -> Settings:
         self._specs = build_mapping(self.objects)
+        if self.delete_behaviour == "mark":
+            # Marking sets crm_deleted_at, a column crmsync keeps in its own tables
+            # only: it adds nothing but the Dynamics id to an application's table.
+            attached = [s.name for s in self._specs.values() if s.attached]
+            if attached:
+                raise ValueError(
+                    MAPPING_PROBLEMS
+                    + "\n".join(
+                        f"objects.{name}.table: an attached table has no crm_deleted_at"
+                        " column, so CRMSYNC_DELETE_BEHAVIOUR = mark cannot keep its"
+                        " deleted records; use delete, or leave table out"
+                        for name in attached
+                    )
+                )
         return self
 
     @classmethod

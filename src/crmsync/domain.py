@@ -141,11 +141,23 @@ class ObjectSpec:
     field_specs: dict[str, FieldSpec] = field(default_factory=dict)
     # True for the contract's four objects, whose tables the initial migration creates.
     standard: bool = False
+    # An application's existing table (``table`` given for an object that is not
+    # standard): crmsync adds only ``crm_id_column`` and its triggers, never the
+    # timestamps of the tables it creates. The local id is ``id_column``'s value.
+    attached: bool = False
+    id_column: str = "id"
+    crm_id_column: str = "crm_id"
 
     @property
     def columns(self) -> tuple[str, ...]:
         """Local data columns a client may write (fields, then lookups)."""
         return (*self.fields, *(lk.column for lk in self.lookups))
+
+    @property
+    def timestamps(self) -> bool:
+        """Whether the table has crmsync's ``created_at``, ``updated_at`` and
+        ``crm_deleted_at`` (every table crmsync creates; not an attached one)."""
+        return not self.attached
 
     def rule_for(self, column: str) -> ConflictRule:
         if not self.flow.pushes:

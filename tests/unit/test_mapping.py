@@ -196,3 +196,74 @@ def test_reserved_and_invalid_names() -> None:
     )
     assert "crmsync's own tables" in found["objects.sync_queue.table"]
     assert "not a Dataverse logical name" in found["objects.lead.fields.x.attribute"]
+
+
+def _person(**extra: Any) -> dict[str, Any]:
+    return {
+        "table": "people",
+        "entity_set": "new_people",
+        "logical_name": "new_person",
+        "primary_key": "new_personid",
+        "label": "full_name",
+        "fields": {"full_name": {"attribute": "new_name", "type": "string"}},
+        **extra,
+    }
+
+
+def test_an_attached_table_keeps_its_own_names() -> None:
+    person = build({"person": _person(id_column="person_id", crm_id_column="dynamics_id")})[
+        "person"
+    ]
+    assert (person.table, person.attached, person.timestamps) == ("people", True, False)
+    assert (person.id_column, person.crm_id_column) == ("person_id", "dynamics_id")
+    plain = build({"person": _person()})["person"]
+    assert (plain.id_column, plain.crm_id_column, plain.attached) == ("id", "crm_id", True)
+    # Without table, crmsync creates (and owns) the table: no attachment.
+    created = build({"person": {**_person(), "table": None}})["person"]
+    assert (created.table, created.attached, created.timestamps) == ("person", False, True)
+    assert not any(s.attached for s in default_objects().values())
+
+
+def test_what_an_attached_table_may_not_be_is_listed_by_its_path() -> None:
+    found = problems(
+        {
+            "person": _person(
+                id_column="Person ID",
+                crm_id_column="dynamics_id",
+                fields={
+                    "full_name": {"attribute": "new_name", "type": "string"},
+                    "dynamics_id": {"attribute": "new_dyn", "type": "string"},
+                },
+            ),
+            "same": {
+                **_person(table="same_ids", id_column="pk", crm_id_column="pk"),
+                "entity_set": "new_sames",
+            },
+            "loose": {
+                **_person(table=None, id_column="pk"),
+                "entity_set": "new_looses",
+            },
+            "lead": {"id_column": "lead_id", "crm_id_column": "dyn"},
+            "bad": {**_person(table="drop table people"), "entity_set": "new_bads"},
+        }
+    )
+    assert found["objects.person.id_column"] == "'Person ID' is not a lower-case SQL column name"
+    assert found["objects.person.fields.dynamics_id"] == (
+        "'dynamics_id' is the table's crm_id_column, kept by crmsync"
+    )
+    assert found["objects.same.crm_id_column"] == "must differ from id_column"
+    assert found["objects.loose.id_column"] == "a setting of an attached table: only with table"
+    assert found["objects.lead.id_column"].startswith("the standard object lead keeps its own")
+    assert "objects.lead.crm_id_column" in found
+    assert "is not a lower-case SQL name" in found["objects.bad.table"]
+
+
+def test_an_attached_table_may_not_be_another_objects() -> None:
+    found = problems(
+        {
+            "person": _person(table="contact"),
+            "queue": {**_person(table="sync_queue"), "entity_set": "new_queues"},
+        }
+    )
+    assert found["objects.person.table"] == "'contact' is also contact's"
+    assert "crmsync's own tables" in found["objects.queue.table"]

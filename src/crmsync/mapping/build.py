@@ -5,8 +5,10 @@ listing every problem at once by its TOML path (``objects.x.fields.y.type``). A 
 entry for a standard object changes only what it names: a field given as a table is
 merged over the default field of that column, or added; the v1 form (every field a
 plain attribute string naming a standard column) replaces the default map, as in v1.
-Nothing here touches a store: whether an existing table is there, and whether a
-column's type matches, is checked by ``crmsync db upgrade``.
+An object that is not standard may attach an application's existing table (``table``,
+with its ``id_column`` and ``crm_id_column``). Nothing here touches a store: whether an
+attached table is there, and whether a column's type matches, is checked by
+``crmsync db upgrade``.
 """
 
 from __future__ import annotations
@@ -152,6 +154,15 @@ def _merge(
             problems.append(
                 (f"objects.{name}.{key}", f"the standard object {name} keeps its {key}")
             )
+    for key in ("id_column", "crm_id_column"):
+        if getattr(given, key) is not None:
+            problems.append(
+                (
+                    f"objects.{name}.{key}",
+                    f"the standard object {name} keeps its own table; "
+                    f"{key} is a setting of an attached table",
+                )
+            )
     fields = dict(base.fields or {})
     if given.fields is not None:
         if all(isinstance(v, str) for v in given.fields.values()) and set(given.fields) <= set(
@@ -175,6 +186,8 @@ def _merge(
         flow=given.flow or base.flow,
         conflict_rule=given.conflict_rule or base.conflict_rule,
         table=base.table,
+        id_column=None,
+        crm_id_column=None,
         fields=fields,
         field_rules={**base.field_rules, **given.field_rules},
         field_flows={**base.field_flows, **given.field_flows},
@@ -216,14 +229,18 @@ def _spec(
                 "dynamics_ or alembic_ are crmsync's own tables",
             )
         )
-    if entry.table is not None and not standard:
-        problems.append(
-            (
-                f"{path}.table",
-                "attaching an existing table is not supported yet; "
-                "leave table out and crmsync creates a table named after the object",
-            )
-        )
+    attached = entry.table is not None and not standard
+    own = {"id": entry.id_column or "id", "crm_id": entry.crm_id_column or "crm_id"}
+    for key in ("id_column", "crm_id_column"):
+        value = getattr(entry, key)
+        if value is None:
+            continue
+        if not attached:
+            problems.append((f"{path}.{key}", "a setting of an attached table: only with table"))
+        elif not SQL_NAME.fullmatch(value):
+            problems.append((f"{path}.{key}", f"{value!r} is not a lower-case SQL column name"))
+    if own["id"] == own["crm_id"]:
+        problems.append((f"{path}.crm_id_column", "must differ from id_column"))
     if not entry.fields and not broken:
         problems.append((f"{path}.fields", "an object needs at least one field"))
     fields = [
@@ -232,6 +249,11 @@ def _spec(
         if (f := _field(f"{path}.fields.{column}", column, value, problems)) is not None
     ]
     by_column = {f.column: f for f in fields}
+    for key, column in (("id_column", own["id"]), ("crm_id_column", own["crm_id"])):
+        if attached and column in by_column:
+            problems.append(
+                (f"{path}.fields.{column}", f"{column!r} is the table's {key}, kept by crmsync")
+            )
     seen: dict[str, str] = {}
     for f in fields:
         if f.attribute in seen:
@@ -282,6 +304,9 @@ def _spec(
         field_flows=flows,
         field_specs={f.column: f for f in fields},
         standard=standard,
+        attached=attached,
+        id_column=own["id"],
+        crm_id_column=own["crm_id"],
     )
 
 

@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from crmsync.domain import Direction, EntryState, ObjectSpec, Operation
 from crmsync.store import capture, queue
 from crmsync.store.db import capture_suppressed
-from crmsync.store.local_tables import local_table
+from crmsync.store.local_tables import local_table, row_columns
 from crmsync.store.schema import sync_conflict, sync_queue, sync_record
 from crmsync.store.types import UTCDateTime
 from crmsync.values import ApplyContext, Done, Entry, LocalWrite, PendingPush, WriteKind, as_text
@@ -74,14 +74,15 @@ def load_context(
         spec = specs[obj]
         table = local_table(spec)
         keys = [e.record_key for e in group]
-        for m in conn.execute(sa.select(table).where(table.c.crm_id.in_(keys))).mappings():
+        picked = row_columns(table)  # keyed id and crm_id, whatever a table calls them
+        for m in conn.execute(sa.select(*picked).where(table.c.crm_id.in_(keys))).mappings():
             rows[(obj, m["crm_id"].lower())] = dict(m)
             record_ids[obj].add(m["id"])
         # A push in flight: its local row has no crm_id yet, the entry knows its id.
         loose = {e.record_id: e.record_key for e in group if e.record_id is not None}
         loose = {i: k for i, k in loose.items() if (obj, k) not in rows}
         if loose:
-            for m in conn.execute(sa.select(table).where(table.c.id.in_(list(loose)))).mappings():
+            for m in conn.execute(sa.select(*picked).where(table.c.id.in_(list(loose)))).mappings():
                 rows[(obj, loose[m["id"]])] = dict(m)
         record_ids[obj].update(e.record_id for e in group if e.record_id is not None)
         targets = {lk.column: lk.target for lk in spec.lookups}
@@ -192,7 +193,8 @@ def execute(
                         {
                             **{c: sa.bindparam(f"_v_{c}") for c in columns},
                             "crm_id": sa.func.coalesce(table.c.crm_id, sa.bindparam("_crm")),
-                            "updated_at": now,
+                            # An attached table has none of crmsync's timestamps.
+                            **({"updated_at": now} if spec.timestamps else {}),
                         }
                     )
                 )

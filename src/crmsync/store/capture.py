@@ -90,11 +90,13 @@ def _ident(name: str) -> str:
 
 def _log_row(spec: ObjectSpec, op: str, now: str, false: str, true: str) -> str:
     _ident(spec.name), _ident(spec.label_column)
+    # An attached table's own names for crmsync's id and crm_id.
+    rid, crm_id = _ident(spec.id_column), _ident(spec.crm_id_column)
     if op == "delete":
         label = f"substr(OLD.{spec.label_column}, 1, {LABEL_MAX})"
-        values = f"'{spec.name}', OLD.id, {true}, OLD.crm_id, {label}, {now}"
+        values = f"'{spec.name}', OLD.{rid}, {true}, OLD.{crm_id}, {label}, {now}"
     else:
-        values = f"'{spec.name}', NEW.id, {false}, NULL, NULL, {now}"
+        values = f"'{spec.name}', NEW.{rid}, {false}, NULL, NULL, {now}"
     return (
         "INSERT INTO sync_change (object, record_id, deleted, crm_id, label, changed_at)"
         f" VALUES ({values})"
@@ -252,27 +254,30 @@ def ensure_triggers(engine: Engine, specs: Iterable[ObjectSpec]) -> list[str] | 
 
 def _touch(obj: str) -> sa.TextClause:
     spec = spec_of(obj)
-    return _touch_statement(obj, spec.table, spec.label_column)
+    return _touch_statement(obj, spec.table, spec.label_column, spec.id_column, spec.crm_id_column)
 
 
 @functools.cache
-def _touch_statement(obj: str, table: str, label: str) -> sa.TextClause:
+def _touch_statement(
+    obj: str, table: str, label: str, id_column: str = "id", crm_id_column: str = "crm_id"
+) -> sa.TextClause:
     """Create or refresh ``obj``'s entry from the record as it is now.
 
     Its Dynamics id is the row's, else the one its last sync recorded: a push that
     finishes saves both in one transaction, so the second is only a safeguard.
     """
     table, label, name = _ident(table), _ident(label), _ident(obj)
-    crm_id = "COALESCE(t.crm_id, r.crm_id)"
+    rid = f"t.{_ident(id_column)}"
+    crm_id = f"COALESCE(t.{_ident(crm_id_column)}, r.crm_id)"
     return text(
         f"INSERT INTO sync_queue ({_QUEUE_COLUMNS})"
-        f" SELECT '{name}', 'to_crm', CAST(t.id AS VARCHAR(40)), t.id, {crm_id},"
+        f" SELECT '{name}', 'to_crm', CAST({rid} AS VARCHAR(40)), {rid}, {crm_id},"
         f" CASE WHEN {crm_id} IS NULL THEN 'insert' ELSE 'update' END,"
         f" substr(t.{label}, 1, {LABEL_MAX}),"
         " 'pending', :first_at, :last_at, 1, 0, :first_at"
         f" FROM {table} AS t LEFT JOIN sync_record AS r"
-        f" ON r.object = '{name}' AND r.record_id = t.id"
-        " WHERE t.id = :record_id" + _REFRESH
+        f" ON r.object = '{name}' AND r.record_id = {rid}"
+        f" WHERE {rid} = :record_id" + _REFRESH
     ).bindparams(*_TIMES)
 
 

@@ -165,14 +165,16 @@ def _local_states(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) ->
     page's ids to the ``crm_id`` index (``CROSS JOIN`` fixes the order): left to its
     planner it scanned every sync state of the object per page, quadratic over a load."""
     table = spec.table
-    state = "LEFT JOIN sync_record AS r ON r.object = {0} AND r.record_id = t.id"
-    columns = "SELECT t.crm_id, r.crm_version, r.etag, r.excluded"
+    # An attached table's own names for id and crm_id (the mapping validated them).
+    rid, crm_id = f"t.{spec.id_column}", f"t.{spec.crm_id_column}"
+    state = "LEFT JOIN sync_record AS r ON r.object = {0} AND r.record_id = " + rid
+    columns = f"SELECT {crm_id}, r.crm_version, r.etag, r.excluded"
     if conn.dialect.name == "postgresql":
-        sql = f"{columns} FROM {table} AS t {state.format('%s')} WHERE t.crm_id = ANY(%s)"
+        sql = f"{columns} FROM {table} AS t {state.format('%s')} WHERE {crm_id} = ANY(%s)"
         return conn.exec_driver_sql(sql, (spec.name, list(crm_ids))).all()
     sql = (
         f"{columns} FROM json_each(?) AS v CROSS JOIN {table} AS t {state.format('?')}"
-        " WHERE t.crm_id = v.value"
+        f" WHERE {crm_id} = v.value"
     )
     return conn.exec_driver_sql(sql, (json.dumps(list(crm_ids)), spec.name)).all()
 
@@ -248,6 +250,7 @@ def _write(
     per-row step cost more than the inserts. Names come from the schema; every value
     is a bound parameter."""
     table = local_table(spec)
+    rid, crm_id = table.c.id.name, table.c.crm_id.name  # an attached table's own names
     pg = conn.dialect.name == "postgresql"
     mark = "%s" if pg else "?"
 
@@ -266,15 +269,15 @@ def _write(
     for start in range(0, len(local_rows), step):
         part = local_rows[start : start + step]
         conn.exec_driver_sql(
-            f"INSERT INTO {table.name} ({', '.join(columns)}, crm_id)"  # noqa: S608
+            f"INSERT INTO {table.name} ({', '.join(columns)}, {crm_id})"  # noqa: S608
             f" VALUES {marks(len(columns) + 1, len(part))}",
             tuple(chain.from_iterable(part)),
         )
     select = (
-        f"SELECT {mark}, t.id, t.crm_id, v.etag, {cast('v.version', 'BIGINT')},"  # noqa: S608
+        f"SELECT {mark}, t.{rid}, t.{crm_id}, v.etag, {cast('v.version', 'BIGINT')},"  # noqa: S608
         f" {cast('v.modified', 'TIMESTAMP WITH TIME ZONE')}, {mark}, {synced}"
         # CROSS JOIN: SQLite reads the page first and finds each row by its crm_id.
-        f" FROM v CROSS JOIN {table.name} AS t WHERE t.crm_id = v.crm_id"
+        f" FROM v CROSS JOIN {table.name} AS t WHERE t.{crm_id} = v.crm_id"
     )
     step = _max_rows(conn, 4)
     for start in range(0, len(states), step):
@@ -304,6 +307,13 @@ def save_cursor(conn: Connection, obj: str, link: str | None, now: datetime) -> 
     )
 
 
+def _marked(spec: ObjectSpec, table: sa.Table) -> sa.ColumnElement[bool]:
+    # An attached table has no crm_deleted_at: its records are never marked.
+    if not spec.timestamps:
+        return sa.false()
+    return table.c.crm_deleted_at.is_not(None)
+
+
 def load_known(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> dict[str, Known]:
     """What the store knows about these Dynamics ids: the local row holding the id, or a
     push in flight that chose it (its local row has no ``crm_id`` yet), and the sync
@@ -322,7 +332,7 @@ def load_known(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> di
         table.c.crm_id.label("crm_id"),
         table.c.id.label("record_id"),
         sa.literal(None, sa.String).label("operation"),
-        (table.c.crm_deleted_at.is_not(None)).label("marked"),
+        _marked(spec, table).label("marked"),
     ).where(id_in(conn, table.c.crm_id, crm_ids))
     pushes = sa.select(
         q.crm_id.label("crm_id"),
@@ -488,7 +498,7 @@ def vanished(
         .join(sync_record, (r.object == spec.name) & (r.record_id == table.c.id))
         .where(
             table.c.crm_id.is_not(None),
-            table.c.crm_deleted_at.is_(None),
+            ~_marked(spec, table),
             r.last_synced_at < started_at,
             # Excluded records no longer follow Dynamics, deletions included.
             r.excluded.is_(False),

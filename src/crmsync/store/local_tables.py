@@ -3,16 +3,20 @@
 ``local_table(spec)`` is the SQLAlchemy table of one object: ``id``, ``crm_id``, its
 mapped columns typed from the mapping, and the timestamps crmsync keeps. The four
 standard tables keep the column types the initial migration gave them (wider than
-Dynamics' attributes). ``bring_to(conn, specs)`` creates the table of a new object and
-adds the column of a new field; it never drops or rewrites a column, and refuses a
-column whose type in the store is not the mapping's (``LocalSchemaMismatch``, naming
-what to do). ``differences`` is the same comparison without writing, for start-up.
+Dynamics' attributes). An attached table (an application's own) has no timestamps, and
+its id and Dynamics id columns keep their names with the keys ``id`` and ``crm_id``:
+code reads ``table.c.id``; raw SQL uses ``.name``; rows are read through ``row_columns``.
+``bring_to(conn, specs)`` creates the table of a new object and adds the column of a new
+field (and an attached table's Dynamics id); it never drops or rewrites a column, never
+creates an attached table, and refuses what does not match (``LocalSchemaMismatch``,
+naming what to do) before it writes anything. ``differences`` is the same comparison
+without writing, for start-up.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +89,9 @@ def local_table(spec: ObjectSpec) -> Table:
     fields = tuple(spec.field_specs.values())
     key = (
         spec.table,
+        spec.attached,
+        spec.id_column,
+        spec.crm_id_column,
         *((f.column, f.type, f.max_length, f.precision, bool(f.choices)) for f in fields),
     )
     table = _CACHE.get(key)
@@ -97,6 +104,12 @@ def local_table(spec: ObjectSpec) -> Table:
         table = _build(spec, standard)
     _CACHE[key] = table
     return table
+
+
+def row_columns(table: Table) -> list[sa.ColumnElement[Any]]:
+    """``table``'s columns labelled by their keys: rows read with them hold ``id`` and
+    ``crm_id`` whatever an attached table calls them (a result row is keyed by name)."""
+    return [c if c.key == c.name else c.label(c.key) for c in table.c]
 
 
 def _build(spec: ObjectSpec, standard: Table | None) -> Table:
@@ -113,15 +126,16 @@ def _build(spec: ObjectSpec, standard: Table | None) -> Table:
         if spec.table not in local_metadata.tables
         else MetaData(naming_convention=schema.NAMING)
     )
+    crm_id: Column[str] = Column(spec.crm_id_column, sa.String(36), key="crm_id", nullable=True)
+    ids = (
+        Column(spec.id_column, schema.Id, key="id", primary_key=True, autoincrement=True),
+        crm_id,
+    )
+    index = Index(f"uq_{spec.table}_crm_id", crm_id, unique=True)
+    if spec.attached:
+        return Table(spec.table, meta, *ids, *columns, index)
     return Table(
-        spec.table,
-        meta,
-        Column("id", schema.Id, primary_key=True, autoincrement=True),
-        Column("crm_id", sa.String(36), nullable=True),
-        *columns,
-        *schema.timestamps(),
-        Index(f"uq_{spec.table}_crm_id", "crm_id", unique=True),
-        sqlite_autoincrement=True,
+        spec.table, meta, *ids, *columns, *schema.timestamps(), index, sqlite_autoincrement=True
     )
 
 
@@ -133,6 +147,17 @@ class Difference:
     table: str
     column: str | None  # None: the whole table is missing
     problem: str | None = None  # None: missing, which ``bring_to`` adds; else a refusal
+    path: str | None = None  # the mapping's key a refusal is about (an attached table's)
+    index: bool = False  # the column is there but its unique index is not
+
+    def __str__(self) -> str:
+        if self.problem is not None and self.path is not None:
+            return f"{self.path}: {self.problem}"
+        if self.problem is not None:
+            return f"{self.table}.{self.column} {self.problem}"
+        if self.column is None:
+            return self.table
+        return f"{self.table}.{self.column}" + (" (its unique index)" if self.index else "")
 
 
 def differences(conn: Connection, specs: Iterable[ObjectSpec]) -> list[Difference]:
@@ -142,12 +167,29 @@ def differences(conn: Connection, specs: Iterable[ObjectSpec]) -> list[Differenc
     out: list[Difference] = []
     for spec in specs:
         if spec.table not in tables:
-            out.append(Difference(spec.name, spec.table, None))
+            if spec.attached:
+                out.append(
+                    Difference(
+                        spec.name,
+                        spec.table,
+                        None,
+                        f"there is no table {spec.table!r} in the store: crmsync attaches an"
+                        " application's existing table and never creates it (create it, or"
+                        " leave table out and crmsync creates one named after the object)",
+                        f"objects.{spec.name}.table",
+                    )
+                )
+            else:
+                out.append(Difference(spec.name, spec.table, None))
             continue
-        present = {c["name"]: c["type"] for c in inspector.get_columns(spec.table)}
-        for need in ("id", "crm_id"):
-            if need not in present:
-                out.append(Difference(spec.name, spec.table, need, f"has no {need} column"))
+        columns = {c["name"]: c for c in inspector.get_columns(spec.table)}
+        present = {name: c["type"] for name, c in columns.items()}
+        if spec.attached:
+            out += _attached_differences(conn, inspector, spec, columns)
+        else:
+            for need in ("id", "crm_id"):
+                if need not in present:
+                    out.append(Difference(spec.name, spec.table, need, f"has no {need} column"))
         for field in spec.field_specs.values():
             found = present.get(field.column)
             if found is None:
@@ -166,12 +208,97 @@ def differences(conn: Connection, specs: Iterable[ObjectSpec]) -> list[Differenc
     return out
 
 
+def _attached_differences(
+    conn: Connection, inspector: Any, spec: ObjectSpec, columns: dict[str, Any]
+) -> list[Difference]:
+    """An attached table's id column must be its integer primary key (generated by the
+    database when Dynamics' records are pulled in); its Dynamics id column is added, with
+    a unique index, if missing."""
+    out: list[Difference] = []
+    name, table, path = spec.name, spec.table, f"objects.{spec.name}"
+    id_col = columns.get(spec.id_column)
+    primary = inspector.get_pk_constraint(table).get("constrained_columns") or []
+    if id_col is None:
+        out.append(
+            Difference(
+                name,
+                table,
+                spec.id_column,
+                f"{table} has no column {spec.id_column!r}",
+                f"{path}.id_column",
+            )
+        )
+    elif not isinstance(id_col["type"], sa.Integer) or primary != [spec.id_column]:
+        out.append(
+            Difference(
+                name,
+                table,
+                spec.id_column,
+                f"{table}.{spec.id_column} must be the table's integer primary key (it is"
+                f" {id_col['type']}, and the primary key is {', '.join(primary) or 'none'})",
+                f"{path}.id_column",
+            )
+        )
+    elif spec.flow.pulls and not _generated(conn, id_col):
+        out.append(
+            Difference(
+                name,
+                table,
+                spec.id_column,
+                f"{table}.{spec.id_column} is not generated by the database: crmsync inserts"
+                " the records Dynamics creates and needs the table to give them their ids"
+                " (an identity or serial column; on SQLite, INTEGER PRIMARY KEY)",
+                f"{path}.id_column",
+            )
+        )
+    crm = columns.get(spec.crm_id_column)
+    if crm is None:
+        out.append(Difference(name, table, spec.crm_id_column))
+    elif not isinstance(crm["type"], _STRINGS):
+        out.append(
+            Difference(
+                name,
+                table,
+                spec.crm_id_column,
+                f"{table}.{spec.crm_id_column} is {crm['type']}: the Dynamics id is text"
+                " (36 characters); name another column with crm_id_column",
+                f"{path}.crm_id_column",
+            )
+        )
+    elif not _unique(inspector, table, spec.crm_id_column):
+        out.append(Difference(name, table, spec.crm_id_column, index=True))
+    return out
+
+
+def _generated(conn: Connection, column: dict[str, Any]) -> bool:
+    if conn.dialect.name == "sqlite":
+        # Only a column declared exactly INTEGER PRIMARY KEY is the rowid (SQLite's
+        # "ROWIDs and the INTEGER PRIMARY KEY"); reflection reports it as INTEGER.
+        return type(column["type"]) is sa.INTEGER
+    default = str(column.get("default") or "")
+    return bool(column.get("identity")) or default.startswith("nextval(")
+
+
+def _unique(inspector: Any, table: str, column: str) -> bool:
+    indexes = [ix for ix in inspector.get_indexes(table) if ix.get("unique")]
+    constraints = inspector.get_unique_constraints(table)
+    return any(list(ix["column_names"]) == [column] for ix in [*indexes, *constraints])
+
+
 def refusals(found: Iterable[Difference]) -> list[str]:
-    return [f"{d.table}.{d.column} {d.problem}" for d in found if d.problem is not None]
+    return [str(d) for d in found if d.problem is not None]
 
 
-def bring_to(conn: Connection, specs: Iterable[ObjectSpec]) -> list[str]:
-    """Create missing tables and columns (nothing else); returns what was added."""
+def bring_to(
+    conn: Connection,
+    specs: Iterable[ObjectSpec],
+    announce: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Create missing tables and columns (nothing else); returns what was added.
+
+    Everything is compared before anything is written: a refusal changes nothing. What
+    is added to an attached table (an application's) is announced before it is done.
+    """
     specs = list(specs)
     found = differences(conn, specs)
     refused = refusals(found)
@@ -192,10 +319,38 @@ def bring_to(conn: Connection, specs: Iterable[ObjectSpec]) -> list[str]:
             table.create(conn)
             added.append(diff.table)
             continue
-        column = table.c[diff.column]
-        ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
-        conn.execute(sa.text(f"ALTER TABLE {diff.table} ADD COLUMN {ddl}"))
-        added.append(f"{diff.table}.{diff.column}")
+        column = next(c for c in table.c if c.name == diff.column)
+        is_crm_id = spec.attached and column.key == "crm_id"
+        if spec.attached:
+            _announce(announce, _adding(diff, is_crm_id), spec, diff)
+        if not diff.index:
+            ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {diff.table} ADD COLUMN {ddl}"))
+            added.append(f"{diff.table}.{diff.column}")
+        if is_crm_id:
+            for index in table.indexes:  # the one on crm_id
+                index.create(conn)
+            added.append(f"{diff.table}.{diff.column} (unique index)")
     for item in added:
         log.info(f"added {item}", extra={"event": "store.local_schema", "added": item})
     return added
+
+
+def _adding(diff: Difference, is_crm_id: bool) -> str:
+    if not is_crm_id:
+        return f"adding column {diff.column} to {diff.table}"
+    what = (
+        f"a unique index on column {diff.column} of" if diff.index else f"column {diff.column} to"
+    )
+    return f"adding {what} {diff.table} (the Dynamics id of each record)"
+
+
+def _announce(
+    announce: Callable[[str], None] | None, message: str, spec: ObjectSpec, diff: Difference
+) -> None:
+    log.info(
+        message,
+        extra={"event": "store.attached_table", "object": spec.name, "table": diff.table},
+    )
+    if announce is not None:
+        announce(message)

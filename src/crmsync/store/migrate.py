@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from alembic import command
@@ -40,14 +40,28 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def upgrade(engine: Engine, specs: Iterable[ObjectSpec]) -> list[str]:
+def upgrade(
+    engine: Engine,
+    specs: Iterable[ObjectSpec],
+    announce: Callable[[str], None] | None = None,
+) -> list[str]:
     """Create or migrate crmsync's tables (Alembic), bring the local tables to the
     mapping (``local_tables.bring_to``: new tables and columns only) and install the
-    triggers, in one transaction; returns the captured objects."""
+    triggers, in one transaction; returns the captured objects. A mapping the store
+    cannot be brought to (an attached table that is not there) rolls it all back.
+
+    ``announce`` is told, before it is done, each thing added to an application's
+    (attached) table: its Dynamics id column, its capture triggers."""
     specs = list(specs)
     with write_transaction(engine) as conn:
         command.upgrade(alembic_config(conn), "head")
-        local_tables.bring_to(conn, specs)
+        local_tables.bring_to(conn, specs, announce)
+        for spec in specs:
+            if spec.attached and spec.flow.pushes:
+                message = f"installing capture triggers on {spec.table}"
+                log.info(message, extra={"event": "store.attached_table", "object": spec.name})
+                if announce is not None:
+                    announce(message)
         return install_triggers(conn, specs)
 
 
@@ -78,7 +92,7 @@ def ensure_current(engine: Engine, specs: Iterable[ObjectSpec]) -> list[str] | N
             "the store's tables do not match the mapping: " + "; ".join(refused)
         )
     if found:
-        missing = ", ".join(d.table if d.column is None else f"{d.table}.{d.column}" for d in found)
+        missing = ", ".join(str(d) for d in found)
         raise StoreNotUpgraded(
             f"the mapping has objects or fields the store lacks ({missing}):"
             " run `crmsync db upgrade`"

@@ -19,7 +19,7 @@ from sqlalchemy import Connection
 
 from crmsync.domain import Direction, EntryState, ObjectSpec, Operation
 from crmsync.store import backlog
-from crmsync.store.local_tables import local_table
+from crmsync.store.local_tables import local_table, row_columns
 from crmsync.store.queue import entry_columns
 from crmsync.store.schema import sync_queue, sync_record
 from crmsync.store.status import AWAITING_PULL
@@ -45,7 +45,8 @@ def load_rows(
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     for obj, ids in wanted.items():
         table = local_table(specs[obj])
-        for r in conn.execute(sa.select(table).where(table.c.id.in_(ids))).mappings():
+        rows_of = sa.select(*row_columns(table)).where(table.c.id.in_(ids))
+        for r in conn.execute(rows_of).mappings():
             rows[(obj, r["id"])] = dict(r)
     return rows
 

@@ -77,9 +77,18 @@ def table_of(spec: ObjectSpec) -> Table:
     return local_table(spec)
 
 
+TIMESTAMPS = ("created_at", "updated_at", "crm_deleted_at")
+
+
 def readable_columns(spec: ObjectSpec) -> tuple[str, ...]:
-    """What a record shows: its ids, its writable columns, then its timestamps."""
-    return ("id", "crm_id", *spec.columns, "created_at", "updated_at", "crm_deleted_at")
+    """What a record shows: its ids, its writable columns, then its timestamps (an
+    attached table has none: they show as null)."""
+    return ("id", "crm_id", *spec.columns, *(TIMESTAMPS if spec.timestamps else ()))
+
+
+def _stamped(spec: ObjectSpec, **stamps: datetime) -> dict[str, datetime]:
+    """The timestamps crmsync keeps, for a table that has them."""
+    return stamps if spec.timestamps else {}
 
 
 # -- validation (pure) ----------------------------------------------------------------
@@ -233,6 +242,8 @@ def to_json(spec: ObjectSpec, row: RowMapping) -> dict[str, Any]:
     for name in readable_columns(spec):
         value = row[name]
         out[name] = iso(value) if isinstance(value, datetime) else value
+    for name in TIMESTAMPS:
+        out.setdefault(name, None)
     return out
 
 
@@ -245,7 +256,7 @@ def create_record(conn: Connection, spec: ObjectSpec, payload: Mapping[str, Any]
     row = (
         conn.execute(
             table.insert()
-            .values(**values, created_at=now, updated_at=now)
+            .values(**values, **_stamped(spec, created_at=now, updated_at=now))
             .returning(*_columns(spec))
         )
         .mappings()
@@ -262,7 +273,8 @@ def insert_many(conn: Connection, spec: ObjectSpec, rows: Sequence[Mapping[str, 
     now = utcnow()
     # executemany needs every row to name the same columns.
     params = [
-        {c: r.get(c) for c in spec.columns} | {"created_at": now, "updated_at": now} for r in rows
+        {c: r.get(c) for c in spec.columns} | _stamped(spec, created_at=now, updated_at=now)
+        for r in rows
     ]
     conn.execute(table.insert(), params)
     return len(params)
@@ -291,7 +303,7 @@ def update_record(
         conn.execute(
             table.update()
             .where(table.c.id == record_id)
-            .values(**values, updated_at=utcnow())
+            .values(**values, **_stamped(spec, updated_at=utcnow()))
             .returning(*_columns(spec))
         )
         .mappings()

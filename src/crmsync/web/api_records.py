@@ -36,8 +36,8 @@ class Record(BaseModel):
 
     id: int
     crm_id: str | None
-    created_at: str
-    updated_at: str
+    created_at: str | None = Field(description="null for an object attached to an existing table")
+    updated_at: str | None = Field(description="null for an object attached to an existing table")
 
 
 class SyncInfo(BaseModel):
