@@ -3,22 +3,26 @@
 The demo runs as a subprocess (``python -m crmsync``, so the tree under test is the one
 on ``PYTHONPATH``) on free ports (``--port 0``) and a temporary data folder. Within a
 minute the backlog must move, sync errors must appear (through the API, with the
-printed token) and ``/metrics`` must count newly synced records; SIGINT must then stop
-it with exit code 0 and no traceback.
+printed token) and ``/metrics`` must count newly synced records; the demo mapping's
+custom table and custom field must have their status row and reach the emulator as the
+local rows hold them. SIGINT must then stop it with exit code 0 and no traceback.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -122,11 +126,64 @@ def backlog_total(body: dict[str, object]) -> int:
     return sum(int(o["total"]) for o in body["objects"])  # type: ignore[attr-defined, index]
 
 
-def test_demo_runs_syncs_fills_errors_and_stops_on_ctrl_c(start_demo: object) -> None:
+def synced_custom_rows(data_dir: Path) -> dict[str, list[dict[str, object]]]:
+    """Event registrations and scored leads the demo's store says are in Dynamics."""
+    store = sqlite3.connect(f"file:{data_dir / 'crmsync.db'}?mode=ro", uri=True)
+    store.row_factory = sqlite3.Row
+    try:
+        return {
+            "event_registration": [
+                dict(r)
+                for r in store.execute(
+                    "SELECT r.crm_id, r.name, r.fee, c.crm_id AS contact FROM event_registration r"
+                    " JOIN contact c ON c.id = r.contact_id WHERE r.crm_id IS NOT NULL"
+                    " AND c.crm_id IS NOT NULL ORDER BY r.id LIMIT 5"
+                )
+            ],
+            "lead": [
+                dict(r)
+                for r in store.execute(
+                    "SELECT crm_id, lead_score FROM lead WHERE crm_id IS NOT NULL"
+                    " AND lead_score IS NOT NULL ORDER BY id LIMIT 5"
+                )
+            ],
+        }
+    finally:
+        store.close()
+
+
+def crm_get(emulator: str, data_dir: Path, path: str) -> dict[str, object]:
+    """A record as the demo's "sales team" user of the emulator reads it."""
+    creds = json.loads((data_dir / "demo.json").read_text())
+    token = httpx.post(
+        f"{emulator}/demo/oauth2/v2.0/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": "demo-sales-team",
+            "client_secret": creds["crm_user_secret"],
+            "scope": f"{emulator}/.default",
+        },
+        timeout=10,
+    ).json()["access_token"]
+    resp = httpx.get(
+        f"{emulator}/api/data/v9.2/{path}",
+        headers={"Authorization": f"Bearer {token}", "OData-Version": "4.0"},
+        timeout=10,
+    )
+    assert resp.status_code == 200, resp.text
+    body: dict[str, object] = resp.json()
+    return body
+
+
+def test_demo_runs_syncs_fills_errors_and_stops_on_ctrl_c(
+    start_demo: object, tmp_path: Path
+) -> None:
     demo = start_demo("--reset", "--rate", "20")  # type: ignore[operator]
     url = demo.wait_for(r"Console\s+(http://\S+?)/admin/", START_TIMEOUT).group(1)
     password = demo.wait_for(r"Login\s+user admin, password (\S+)", 1).group(1)
     token = demo.wait_for(r"API token\s+(\S+)", 1).group(1)
+    emulator = demo.wait_for(r"Dynamics\s+(http://\S+?)/api/", 1).group(1)
+    assert "event_registration" in demo.wait_for(r"Mapping\s+(.*)", 1).group(1)
     assert len(password) >= 12 and len(token) >= 20
     headers = {"Authorization": f"Bearer {token}"}
 
@@ -145,6 +202,7 @@ def test_demo_runs_syncs_fills_errors_and_stops_on_ctrl_c(start_demo: object) ->
         backlogs: set[int] = set()
         errors = 0
         synced = first_synced
+        custom: dict[str, list[dict[str, object]]] = {}
         deadline = time.monotonic() + WATCH_SECONDS
         while time.monotonic() < deadline:
             status = http.get("/api/v1/sync/status?view=backlog", headers=headers)
@@ -153,10 +211,32 @@ def test_demo_runs_syncs_fills_errors_and_stops_on_ctrl_c(start_demo: object) ->
             page = http.get("/api/v1/sync/errors?limit=5", headers=headers).json()
             errors = page["total"]
             synced = synced_total(http.get("/metrics", headers=headers).text)
-            if len(backlogs) >= 3 and errors > 0 and synced > first_synced:
+            custom = synced_custom_rows(tmp_path / "demo-data")
+            if len(backlogs) >= 3 and errors > 0 and synced > first_synced and all(custom.values()):
                 break
             time.sleep(1)
         assert len(backlogs) >= 3, f"the backlog did not move: {sorted(backlogs)}"
+        # The demo mapping's custom table has its row on Sync Status (API and page)...
+        rows = {o["object"] for o in status.json()["objects"]}
+        assert {"lead", "event_registration"} <= rows, rows
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', http.get("/login").text)
+        assert csrf
+        login = {"username": "admin", "password": password, "csrf_token": csrf[1]}
+        assert http.post("/login", data=login).status_code == 303
+        assert "Event registration" in http.get("/admin/microsoft-dynamics/sync-status").text
+        # ...and its rows, like the custom field's values, are in Dynamics as held locally.
+        assert custom["event_registration"], "no event registration reached the emulator"
+        for reg in custom["event_registration"]:
+            crm = crm_get(
+                emulator, tmp_path / "demo-data", f"new_eventregistrations({reg['crm_id']})"
+            )
+            assert crm["new_name"] == reg["name"]
+            assert Decimal(str(crm["new_fee"])) == Decimal(str(reg["fee"]))
+            assert crm["_new_contactid_value"] == reg["contact"]
+        assert custom["lead"], "no lead with a lead_score reached the emulator"
+        for lead in custom["lead"]:
+            crm = crm_get(emulator, tmp_path / "demo-data", f"leads({lead['crm_id']})")
+            assert crm["new_leadscore"] == lead["lead_score"]
         assert errors > 0, "no sync errors appeared"
         assert synced > first_synced, "metrics report no newly synced records"
         # Dataverse's own codes (length 0x80044331, duplicate 0x80040333), not crmsync's.
