@@ -1,7 +1,6 @@
 """Realistic traffic on both sides of the sync, at a steady rate with occasional bursts.
 
 Three kinds of writer, as in a real deployment:
-
 - ``sql``: another program writing the local tables with plain SQL over its own
   connection (change capture must see it like any other write);
 - ``api``: an application using crmsync's records API with the bearer token;
@@ -9,14 +8,11 @@ Three kinds of writer, as in a real deployment:
   through its Web API, never touching records crmsync created (so that what crmsync
   sent can be checked afterwards).
 
-Besides the standard objects, the demo mapping's custom ones are written on every
-channel when the mapping in force has them (``Custom.of``): a lead's ``lead_score`` and
-event registrations linked to contacts.
-
-``plan`` (pure, seeded) draws what to do next; the writers carry it out. Now and then a
-"list import" inserts a few hundred leads in one transaction, so the backlog visibly
-rises and drains. A failed write (a 429, a record deleted meanwhile) is counted and
-skipped: the generator stands for people, who do not retry on the sync's behalf.
+Each also writes the demo mapping's custom parts when the mapping has them (``Custom``).
+``plan`` (pure, seeded) draws what to do next; the writers carry it out. A "list import"
+now and then inserts a few hundred leads at once, so the backlog rises and drains. A
+failed write (a 429, a record deleted meanwhile) is counted and skipped: the generator
+stands for people, who do not retry on the sync's behalf.
 """
 
 from __future__ import annotations
@@ -90,7 +86,9 @@ SETTLED_SECONDS = 30.0
 
 @dataclass(frozen=True)
 class Custom:
-    """Which of the demo mapping's custom parts the mapping in force has."""
+    """Which of the demo mapping's custom parts the mapping in force has: a lead's
+    ``lead_score``, and event registrations linked to contacts, written on every channel.
+    A user's mapping without them (or with another shape of them) gets neither."""
 
     event_registration: bool = False
     lead_score: bool = False

@@ -12,9 +12,6 @@ Dataverse does about it:
 - ``malformed_email``: ``jane.doe@example`` or a space inside: Dataverse does not check
   the format of ``emailaddress1`` on the Web API, so these sync (and show how little a
   sync can promise about data quality).
-- ``long_event_name`` (event registrations, the demo's custom table): every session of
-  an event pasted into the registration's name, longer than its 100 characters:
-  ``0x80044331`` as for the standard tables.
 """
 
 from __future__ import annotations
@@ -211,8 +208,9 @@ class Registration:
 def registration(
     rng: random.Random, person: Person, now: datetime, bad: bool = False
 ) -> Registration:
-    """``person``'s registration for an event, made some time in the last weeks; a bad one
-    has every session pasted into its name (``long_event_name``)."""
+    """``person``'s registration for an event, made some time in the last weeks. A bad one
+    (``long_event_name``) has every session of the event pasted into its name, longer than
+    the table's 100 characters: Dataverse refuses it with ``0x80044331``."""
     event = f"{rng.choice(EVENTS)} {now.year}"
     name = f"{event}: {person.first_name} {person.last_name}"
     if bad:  # always past 100 characters: the sessions alone take 65
