@@ -191,15 +191,23 @@ class CrmReader:
         raise AssertionError(f"the emulator kept refusing {path}")
 
 
-def same_in_dynamics(crm: CrmReader, obj: str, row: dict[str, object]) -> bool:
+def in_dynamics(crm: CrmReader, obj: str, row: dict[str, object]) -> dict[str, object]:
+    """``row``'s mapped values as Dynamics holds them, under the local names."""
     if obj == "lead":
-        return crm.get(f"leads({row['crm_id']})")["new_leadscore"] == row["lead_score"]
+        return {"lead_score": crm.get(f"leads({row['crm_id']})")["new_leadscore"]}
     got = crm.get(f"new_eventregistrations({row['crm_id']})")
-    return (
-        got["new_name"] == row["name"]
-        and Decimal(str(got["new_fee"])) == Decimal(str(row["fee"]))
-        and got["_new_contactid_value"] == row["contact"]
-    )
+    fee = got["new_fee"]
+    return {
+        "name": got["new_name"],
+        "fee": None if fee is None else Decimal(str(fee)),
+        "contact": got["_new_contactid_value"],
+    }
+
+
+def as_local(obj: str, row: dict[str, object]) -> dict[str, object]:
+    if obj == "lead":
+        return {"lead_score": row["lead_score"]}
+    return {"name": row["name"], "fee": Decimal(str(row["fee"])), "contact": row["contact"]}
 
 
 def check_custom_rows_in_dynamics(crm: CrmReader, data_dir: Path) -> None:
@@ -211,8 +219,8 @@ def check_custom_rows_in_dynamics(crm: CrmReader, data_dir: Path) -> None:
         assert rows, f"no {obj} with the demo mapping's custom fields reached the emulator"
         for row in rows:
             deadline = time.monotonic() + 20
-            while not same_in_dynamics(crm, obj, row):
-                assert time.monotonic() < deadline, f"{obj} {row} differs in Dynamics"
+            while (remote := in_dynamics(crm, obj, row)) != as_local(obj, row):
+                assert time.monotonic() < deadline, f"{obj} {row} is {remote} in Dynamics"
                 time.sleep(0.5)
                 again = {r["id"]: r for r in settled_custom_rows(data_dir)[obj]}
                 row = again.get(row["id"], row)
