@@ -34,7 +34,11 @@ PEAK = {
     ("contact", "from_crm"): 80,
     ("account", "from_crm"): 25,
     ("opportunity", "from_crm"): 15,
+    # The demo mapping's custom table; any other object gets ``OTHER_PEAK``.
+    ("event_registration", "to_crm"): 45,
+    ("event_registration", "from_crm"): 12,
 }
+OTHER_PEAK = 20
 OPERATION_SHARE = {"insert": 0.35, "update": 0.6, "delete": 0.05}
 
 
@@ -82,7 +86,7 @@ def history_rows(
         if at not in skip:
             level = activity(at.astimezone(zone))
             for obj, direction in wanted:
-                peak = PEAK.get((obj, direction), 20)
+                peak = PEAK.get((obj, direction), OTHER_PEAK)
                 for operation, share in OPERATION_SHARE.items():
                     n = round(peak * share * level * rng.uniform(0.7, 1.3))
                     if n > 0:
