@@ -178,8 +178,8 @@ def test_an_unknown_entity_set_is_that_objects_error_and_the_others_pull(
         "crmsync.mapping_mismatch",
     )
     # Dynamics' own code and message, and what to do.
-    assert "0x8006088a: Resource not found for the segment 'opportunitys'." in (
-        error["error_message"]
+    assert (
+        "0x8006088a: Resource not found for the segment 'opportunitys'." in (error["error_message"])
     )
     assert "then resume opportunity" in error["error_message"]
     # The object alone is paused: fixed mapping, still paused until resumed.
