@@ -207,6 +207,7 @@ def serve(
     import uvicorn
 
     from crmsync.store.db import open_store
+    from crmsync.store.migrate import refuse_unapplied_mapping
     from crmsync.web.app import create_app
     from crmsync.web.server import server_options
 
@@ -216,6 +217,8 @@ def serve(
     # A store that is down is /healthz's to report (503), not a reason not to start.
     engine = open_store(settings.database_url, reachable=False)
     try:
+        # A mapping changed without `crmsync db upgrade` is one line, as for a worker.
+        refuse_unapplied_mapping(engine, settings.object_specs().values())
         config = uvicorn.Config(
             create_app(settings, engine=engine),
             host=host,

@@ -239,3 +239,27 @@ def test_crmsync_emulator_serves_the_mapping_it_is_given(tmp_path: Path) -> None
         proc.wait(timeout=10)
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_serve_refuses_a_store_without_the_mapping_in_one_line(
+    sync_settings: Settings, tmp_path: Path
+) -> None:
+    config = tmp_path / "served.toml"
+    config.write_text(SERVED)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMSYNC_")}
+    env.update(
+        CRMSYNC_CONFIG=str(config),
+        CRMSYNC_DATABASE_URL=sync_settings.database_url,
+        CRMSYNC_API_TOKEN="t",
+    )
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("crmsync")), "serve", "--port", str(_free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "lead.lead_score" in line and "run `crmsync db upgrade`" in line

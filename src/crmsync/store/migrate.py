@@ -84,6 +84,17 @@ def ensure_current(engine: Engine, specs: Iterable[ObjectSpec]) -> list[str] | N
             f"the store is at schema revision {current or 'none'}, this crmsync needs {head}:"
             " run `crmsync db upgrade`"
         )
+    check_mapping_applied(engine, specs)
+    return ensure_triggers(engine, specs)
+
+
+class MappingNotApplied(StoreNotUpgraded):
+    """The mapping has objects or fields the store lacks: ``crmsync db upgrade``."""
+
+
+def check_mapping_applied(engine: Engine, specs: Iterable[ObjectSpec]) -> None:
+    """Refuse a store whose local tables are not the mapping's: a column of another type
+    (``LocalSchemaMismatch``), or a table or column it lacks (``MappingNotApplied``)."""
     with engine.connect() as conn:
         found = local_tables.differences(conn, specs)
     refused = local_tables.refusals(found)
@@ -93,11 +104,23 @@ def ensure_current(engine: Engine, specs: Iterable[ObjectSpec]) -> list[str] | N
         )
     if found:
         missing = ", ".join(str(d) for d in found)
-        raise StoreNotUpgraded(
+        raise MappingNotApplied(
             f"the mapping has objects or fields the store lacks ({missing}):"
             " run `crmsync db upgrade`"
         )
-    return ensure_triggers(engine, specs)
+
+
+def refuse_unapplied_mapping(engine: Engine, specs: Iterable[ObjectSpec]) -> None:
+    """At ``serve``'s start: a store at this release's revision whose local tables are
+    not the mapping's is refused, as a worker refuses it (a changed mapping without
+    ``crmsync db upgrade``). A store that is down, or not upgraded at all yet, is left to
+    the health checks to report (``ensure_current_if_reachable``)."""
+    try:
+        if current_revision(engine) != head_revision():
+            return
+    except SQLAlchemyError:
+        return
+    check_mapping_applied(engine, specs)
 
 
 def ensure_current_if_reachable(engine: Engine, specs: Iterable[ObjectSpec]) -> None:
