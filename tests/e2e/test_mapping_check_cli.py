@@ -3,6 +3,7 @@ several kinds made deliberately; exit 0 when the mapping matches, 1 otherwise.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -197,6 +198,7 @@ def test_crmsync_emulator_serves_the_mapping_it_is_given(tmp_path: Path) -> None
         stderr=subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}"
+    stack = contextlib.ExitStack()
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -217,6 +219,7 @@ def test_crmsync_emulator_serves_the_mapping_it_is_given(tmp_path: Path) -> None
         api = httpx.Client(
             base_url=f"{base}/api/data/v9.2/", headers={"Authorization": f"Bearer {token}"}
         )
+        stack.callback(api.close)
         table = api.get(
             "EntityDefinitions(LogicalName='new_eventregistration')"
             "?$select=LogicalName,EntitySetName&$expand=Attributes($select=LogicalName)"
@@ -235,6 +238,7 @@ def test_crmsync_emulator_serves_the_mapping_it_is_given(tmp_path: Path) -> None
         assert lead.status_code == 400
         assert api.post("leads", json={"lastname": "L", "new_leadscore": 7}).status_code == 204
     finally:
+        stack.close()
         proc.kill()
         proc.wait(timeout=10)
         assert proc.stderr is not None
@@ -252,6 +256,7 @@ def test_serve_refuses_a_store_without_the_mapping_in_one_line(
         CRMSYNC_CONFIG=str(config),
         CRMSYNC_DATABASE_URL=sync_settings.database_url,
         CRMSYNC_API_TOKEN="t",
+        CRMSYNC_ADMIN_PASSWORD="p4ssword-long-enough",
     )
     result = subprocess.run(
         [str(Path(sys.executable).with_name("crmsync")), "serve", "--port", str(_free_port())],
