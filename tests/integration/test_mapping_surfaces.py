@@ -91,7 +91,7 @@ async def test_records_api_writes_and_reads_typed_fields(client: httpx.AsyncClie
         ("attended", "maybe", "is not a yes/no value"),
         ("registered", "tomorrow", "is not a date and time"),
         ("kind", "keynote", "is not one of the choices"),
-        ("name", "x" * 21, "at most 20"),
+        ("name", "x" * 4001, "at most 4000"),
         ("contact_id", "one", "must be an integer"),
     ],
 )

@@ -136,6 +136,10 @@ def _validate(
         return adapter.validate_python(data)
     except ValidationError as exc:
         for err in exc.errors():
+            # A table given for ``str | FieldEntry`` failed as a FieldEntry; that it is
+            # not a string too is noise.
+            if isinstance(data, Mapping) and err["loc"][:1] == ("str",):
+                continue
             loc = ".".join(str(part) for part in err["loc"] if not _is_union_branch(part))
             problems.append((f"{path}{'.' + loc if loc else ''}", err["msg"]))
         return None

@@ -25,6 +25,7 @@ from sqlalchemy import Column, Connection, Index, MetaData, Table
 
 from crmsync.domain import FieldSpec, FieldType, ObjectSpec
 from crmsync.errors import Fatal
+from crmsync.mapping.model import MAX_STRING
 from crmsync.store import schema
 from crmsync.store.types import ExactDecimal, UTCDateTime
 
@@ -60,7 +61,10 @@ def column_type(field: FieldSpec) -> sa.types.TypeEngine[Any]:
     """The type crmsync gives a new column for ``field``."""
     kind = field.type
     if kind is FieldType.STRING:
-        return sa.String(field.max_length)
+        # As wide as Dataverse's longest text column, as the standard tables are wider
+        # than their attributes: a value longer than the field's max_length is kept and
+        # shows as a sync error, rather than being refused to the application.
+        return sa.String(MAX_STRING)
     if kind is FieldType.MEMO:
         return sa.Text()
     if kind is FieldType.INTEGER:
