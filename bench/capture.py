@@ -13,6 +13,11 @@ After each round with capture on, the bench folds what the round logged and prin
 fold's rate next to the capture rate: the fold must keep up with what it is given.
 
     .venv/bin/python bench/capture.py [--seconds 3] [--rounds 5] [--rows 10000]
+        [--object lead|wide]
+
+``--object wide`` updates a wide object instead (40 mapped fields of mixed types,
+``bench/wide.py``): its triggers compare every pushed column (issue 15's target: the
+same ratio >= 0.85).
 """
 
 from __future__ import annotations
@@ -30,24 +35,35 @@ from pathlib import Path
 import psycopg
 import sqlalchemy as sa
 
-from crmsync.config import Settings
+from crmsync.config import load_settings
+from crmsync.domain import ObjectSpec
 from crmsync.store import capture
 from crmsync.store.capture import drop_triggers, install_triggers
 from crmsync.store.db import create_store_engine, write_transaction
 from crmsync.store.migrate import upgrade
+from wide import wide_mapping  # bench/wide.py
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PG_DB = "crmsync_bench_capture"
+# What the rounds update: (table, column), and the mapping they run with.
+TARGET = ("lead", "last_name")
+SPECS: list[ObjectSpec] = []
+UPDATE_SQLITE = "UPDATE lead SET last_name = ? WHERE id = ?"
+UPDATE_PG = "UPDATE lead SET last_name = %s WHERE id = %s"
+
+
+def captured_tables() -> list[str]:
+    return [s.table for s in SPECS if s.flow.pushes]
 
 
 def prepare(engine: sa.Engine, rows: int) -> None:
-    specs = Settings().object_specs().values()
-    upgrade(engine, specs)
+    upgrade(engine, SPECS)
+    table, column = TARGET
     with write_transaction(engine) as conn:
-        drop_triggers(conn, ["lead", "contact"])
-        conn.execute(sa.text("DELETE FROM lead"))
+        drop_triggers(conn, captured_tables())
+        conn.execute(sa.text(f"DELETE FROM {table}"))
         conn.execute(
-            sa.text("INSERT INTO lead (id, email, crm_id) VALUES (:i, :e, :c)"),
+            sa.text(f"INSERT INTO {table} (id, {column}, crm_id) VALUES (:i, :e, :c)"),
             [{"i": i, "e": f"l{i}@example.com", "c": f"crm-{i}"} for i in range(1, rows + 1)],
         )
         conn.execute(sa.text("DELETE FROM sync_queue"))
@@ -55,9 +71,9 @@ def prepare(engine: sa.Engine, rows: int) -> None:
 
 def set_capture(engine: sa.Engine, on: bool) -> None:
     with write_transaction(engine) as conn:
-        drop_triggers(conn, ["lead", "contact"])
+        drop_triggers(conn, captured_tables())
         if on:
-            install_triggers(conn, Settings().object_specs().values())
+            install_triggers(conn, SPECS)
         conn.execute(sa.text("DELETE FROM sync_change"))
         conn.execute(sa.text("DELETE FROM sync_queue"))
 
@@ -78,7 +94,7 @@ def sqlite_tps(path: Path, rows: int, seconds: float, synchronous: str) -> float
     start = time.perf_counter()
     while time.perf_counter() < deadline:
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute("UPDATE lead SET last_name = ? WHERE id = ?", (f"n{n}", rnd.randint(1, rows)))
+        conn.execute(UPDATE_SQLITE, (f"n{n}", rnd.randint(1, rows)))
         conn.execute("COMMIT")
         n += 1
     conn.close()
@@ -93,10 +109,7 @@ def pg_tps(dsn: str, rows: int, seconds: float, clients: int = 8) -> float:
         rnd = random.Random(k)
         with psycopg.connect(dsn, autocommit=False) as conn:
             while not stop.is_set():
-                conn.execute(
-                    "UPDATE lead SET last_name = %s WHERE id = %s",
-                    (f"n{counts[k]}", rnd.randint(1, rows)),
-                )
+                conn.execute(UPDATE_PG, (f"n{counts[k]}", rnd.randint(1, rows)))
                 conn.commit()
                 counts[k] += 1
 
@@ -141,7 +154,15 @@ def main() -> None:
     ap.add_argument("--skip-postgres", action="store_true")
     ap.add_argument("--skip-sqlite", action="store_true")
     ap.add_argument("--pg-db", default=PG_DB, help="scratch database name (dropped at the end)")
+    ap.add_argument("--object", choices=["lead", "wide"], default="lead")
     args = ap.parse_args()
+    global TARGET, UPDATE_SQLITE, UPDATE_PG
+    objects = wide_mapping() if args.object == "wide" else {}
+    SPECS[:] = load_settings(objects=objects).object_specs().values()
+    TARGET = ("wide", "f0") if args.object == "wide" else ("lead", "last_name")
+    UPDATE_SQLITE = f"UPDATE {TARGET[0]} SET {TARGET[1]} = ? WHERE id = ?"
+    UPDATE_PG = UPDATE_SQLITE.replace("?", "%s")
+    print(f"updating {TARGET[0]}.{TARGET[1]}", flush=True)
 
     if not args.skip_sqlite:
         sqlite_rounds(args)

@@ -23,27 +23,7 @@ from typing import Any
 
 from crmsync.engine.plan import body_for
 from crmsync.mapping import build
-
-KINDS = ["string", "integer", "decimal", "money", "boolean", "datetime", "date", "choice"]
-
-
-def wide_mapping() -> dict[str, Any]:
-    fields: dict[str, Any] = {}
-    for i in range(40):
-        kind = KINDS[i % len(KINDS)]
-        entry: dict[str, Any] = {"attribute": f"new_f{i}", "type": kind}
-        if kind == "choice":
-            entry["choices"] = {"low": 1, "mid": 2, "high": 3}
-        fields[f"f{i}"] = entry
-    return {
-        "wide": {
-            "entity_set": "new_wides",
-            "logical_name": "new_wide",
-            "primary_key": "new_wideid",
-            "label": "f0",
-            "fields": fields,
-        }
-    }
+from wide import wide_mapping  # bench/wide.py
 
 
 def value(kind: str, n: int) -> Any:
