@@ -32,6 +32,22 @@ Lag: the age of the oldest waiting change, sampled every second (an upper bound 
 every change's lag at that moment), and for inserts, Dynamics' ``createdon`` minus the
 local ``created_at`` (both whole seconds). Memory: resident set size of the
 ``crmsync run`` process after the warm-up versus at the end.
+
+Chaos mode, ``--chaos [--minutes 2.5] [--rate 8] [--crm-rate 2] [--no-pg-restart]``:
+a fresh PostgreSQL database (on ``--pg-url``), three ``crmsync worker`` processes, the
+emulator with 20% 503s, 5% 429s and 5% of writes cut after they were applied. An
+application inserts, updates and deletes leads and contacts with plain SQL; a Dynamics
+user does the same through the Web API. Each side owns fields (the application
+``last_name`` and ``company``, Dynamics ``first_name``), so every field's final value is
+known; either side deletes any record. Meanwhile a worker is killed with SIGKILL every
+``--kill-every`` seconds on average and started again 0.5-3 s later, PostgreSQL is
+restarted once at 35% of the run (``pg_ctlcluster``, as root; it is started again at the
+end whatever happens), and the emulator is stopped at 55% for ``--emulator-down``
+seconds and started again on the same port and file. Then the writers stop, the workers
+drain, and both sides are compared record by record with the writers' ledger: lost (on
+one side only), duplicated, mismatched (a field or id not as last written), resurrected
+(deleted on either side, present on one). All must be 0, and no worker may exit by
+itself; exit status 1 otherwise, with the database and the logs kept.
 """
 
 from __future__ import annotations
@@ -1021,16 +1037,44 @@ def ensure_pg_up(cluster: tuple[str, str] | None, url: str) -> None:
 
 def drained(engine: sa.Engine, stopped_at: datetime) -> bool:
     """Nothing left to do: a pull of each object begun after the writers stopped (the
-    Dynamics user's last changes are known only after it), nothing pending or parked,
-    nothing captured and not yet folded."""
+    Dynamics user's last changes are known only after it), nothing pending,
+    nothing captured and not yet folded (parked entries are open errors, reported)."""
     with engine.connect() as conn:
         cursors = dict(conn.execute(sa.text("SELECT object, updated_at FROM sync_cursor")).all())
-        waiting = conn.execute(sa.text("SELECT count(*) FROM sync_queue")).scalar()
+        waiting = conn.execute(
+            sa.text("SELECT count(*) FROM sync_queue WHERE state = 'pending'")
+        ).scalar()
         logged = conn.execute(sa.text("SELECT count(*) FROM sync_change")).scalar()
     fresh = all(
         obj in cursors and _utc(cursors[obj]) > stopped_at + timedelta(seconds=1) for obj in PULLED
     )
     return fresh and not waiting and not logged
+
+
+def drain(engine: sa.Engine, workers: Workers, stopped_at: datetime, timeout: float) -> float:
+    """Seconds until ``drained`` holds at two looks a second apart."""
+    started = time.monotonic()
+    settled = 0
+    while settled < 2:
+        if time.monotonic() - started > timeout:
+            raise SystemExit(f"not drained after {timeout:.0f} s")
+        time.sleep(1)
+        workers.check()
+        with contextlib.suppress(sa.exc.DBAPIError):
+            settled = settled + 1 if drained(engine, stopped_at) else 0
+    return time.monotonic() - started - 1  # the second look
+
+
+def open_error_codes(engine: sa.Engine) -> dict[str, int]:
+    """Open sync errors by object, direction, operation and code."""
+    with engine.connect() as conn:
+        found = conn.execute(
+            sa.text(
+                "SELECT object, direction, operation, error_code, count(*) FROM sync_error "
+                "WHERE status = 'open' GROUP BY object, direction, operation, error_code"
+            )
+        ).all()
+    return {f"{o} {d} {op} {code}": int(n) for o, d, op, code, n in found}
 
 
 def chaos_compare(engine: sa.Engine, url: str, ledger: Ledger) -> dict[str, Any]:
@@ -1056,7 +1100,9 @@ def chaos_compare(engine: sa.Engine, url: str, ledger: Ledger) -> dict[str, Any]
                 )
             ).mappings()
         ]
-        queued = conn.execute(sa.text("SELECT count(*) FROM sync_queue")).scalar()
+        queued = conn.execute(
+            sa.text("SELECT count(*) FROM sync_queue WHERE state = 'pending'")
+        ).scalar()
     for obj, columns in CHAOS_FIELDS.items():
         local_by: dict[str, list[dict[str, Any]]] = {}
         for row in local[obj]:
@@ -1109,17 +1155,18 @@ def chaos_compare(engine: sa.Engine, url: str, ledger: Ledger) -> dict[str, Any]
                 differs["id"] = {"want": rec.local_id, "local": row["id"]}
             if differs:
                 problems["mismatched"].append({**where, "differs": differs})
-    with_error = {(e["object"], e["crm_id"]) for e in open_errors}
+    with_error = {(e["object"], e["crm_id"]) for e in open_errors} | {
+        (e["object"], e["record_key"]) for e in open_errors
+    }
     for kind in problems.values():
         for where in kind:
-            where["open_error"] = any(
-                (where["object"], c) in with_error for c in where.get("crm_ids", [])
-            )
+            keys = [*where.get("crm_ids", []), *(str(i) for i in where.get("local_ids", []))]
+            where["open_error"] = any((where["object"], k) in with_error for k in keys)
     return {
         "counts": {kind: len(found) for kind, found in problems.items()},
         "records_checked": checked,
         "records_deleted": deleted,
-        "left_in_queue": queued,
+        "left_pending": queued,
         "open_errors": len(open_errors),
         "open_error_samples": open_errors[:10],
         "samples": {kind: found[:5] for kind, found in problems.items() if found},
@@ -1236,16 +1283,20 @@ def chaos(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             thread.join(timeout=60)
         writing = time.monotonic() - started
         stopped_at = datetime.now(UTC)
-        drain_started = time.monotonic()
-        settled = 0
-        while settled < 2:
-            if time.monotonic() - drain_started > args.drain_timeout:
-                raise SystemExit(f"not drained after {args.drain_timeout:.0f} s")
-            time.sleep(1)
-            workers.check()
-            with contextlib.suppress(sa.exc.DBAPIError):
-                settled = settled + 1 if drained(engine, stopped_at) else 0
-        drain_seconds = time.monotonic() - drain_started - 1  # the second look
+        drain_seconds = drain(engine, workers, stopped_at, args.drain_timeout)
+        # What the retries gave up on is an open error, as an operator sees it: retried
+        # once, as they would, and drained again.
+        figures["errors_after_drain"] = open_error_codes(engine)
+        if figures["errors_after_drain"]:
+            subprocess.run(
+                [sys.executable, "-m", "crmsync", "errors", "retry", "--all"],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+            figures["drain_after_retry_s"] = round(
+                drain(engine, workers, stopped_at, args.drain_timeout), 1
+            )
         emulator.collect()
         configure(
             emulator.url, fail_rate=0, throttle_rate=0, cut_rate=0, latency_ms=0, per_record_ms=0
@@ -1347,6 +1398,8 @@ def main() -> None:
         args.fail = 0.20 if args.fail is None else args.fail
         if args.emulator_down and args.minutes * 60 * 0.55 + args.emulator_down > args.minutes * 60:
             ap.error("--minutes too short for --emulator-down (it starts at 55% of the run)")
+        # So that a SIGTERM runs chaos()'s clean-up too: workers, emulator, PostgreSQL up.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         result = chaos(args, work)
         print(json.dumps(result, indent=2, default=str))
         counts = result["accounting"]["counts"]
@@ -1366,7 +1419,9 @@ def main() -> None:
         print(
             "lost {lost}, duplicated {duplicated}, mismatched {mismatched}, "
             "resurrected {resurrected}".format(**counts)
-            + f"; worker crashes {len(result['worker_crashes'])}",
+            + f"; worker crashes {len(result['worker_crashes'])}; open errors after the drain "
+            f"{sum(result['errors_after_drain'].values())} (retried), at the end "
+            f"{result['accounting']['open_errors']}",
             flush=True,
         )
         if result["passed"]:
