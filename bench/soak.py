@@ -1002,10 +1002,9 @@ def pg_up(url: str) -> bool:
 
 
 def pg_ctl(cluster: tuple[str, str], action: str) -> None:
+    mode = ["--mode", "fast"] if action != "start" else []
     subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, action, "-m", "fast"]
-        if action != "start"
-        else ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, action],
+        ["pg_ctlcluster", "--skip-systemctl-redirect", *mode, *cluster, action],
         check=True,
         capture_output=True,
         timeout=120,
