@@ -3,11 +3,12 @@
 afterwards the server answers normally. Loopback only, bounded in count and time.
 
 The real command in its own process, with its default limits (1,000 connections kept,
-a 10 s header deadline). ``/healthz`` is probed on a fresh connection every 0.1 s; the
-machine may be small and busy (a probe that connects in the middle of 3,000 others can
-wait for the kernel's accept queue or lose its place to the cap), so the bound is held by
-the probes' median, with nine in ten answered and never two in a row unanswered; after
-the load every request must be answered at once. Bench figures: ``bench/serve_load.py``.
+a 10 s header deadline). ``/healthz`` is probed on a fresh connection, 0.1 s after each
+answer, from a process of its own; the machine may be small and busy (a probe that
+connects in the same instant as 3,000 others waits in the kernel's accept queue), so the
+bound is held by the probes' median, with nine in ten answered and never two in a row
+unanswered; after the load every request must be answered at once. Figures:
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
