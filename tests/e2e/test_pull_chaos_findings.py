@@ -82,10 +82,6 @@ def test_a_local_change_after_an_unrecorded_push_of_the_same_field_is_kept(
     assert sales.http.get(f"{entity_set}({crm_id})").json()["lastname"] == "Second"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 16 chaos finding: a delete of a record staged but not yet applied is dropped",
-)
 def test_a_dynamics_delete_pulled_before_the_insert_was_applied_still_deletes(
     sync_settings: Settings, store: sa.Engine, sales: Sales, drain: Any
 ) -> None:

@@ -263,6 +263,11 @@ class Puller:
             known = inbound.load_known(conn, spec, [c.crm_id for c in found])
             unknown = [c.crm_id for c in found if c.crm_id not in known]
             buried = inbound.load_buried(conn, spec, unknown)
+            # A deletion of a record whose insert is staged but not applied yet: staged
+            # too, it takes the insert's place (otherwise the insert would live on).
+            staged = inbound.load_staged(
+                conn, spec, [c.crm_id for c in found if c.deleted and c.crm_id not in known]
+            )
             parents = load_parents(conn, self.specs, spec, found)
             excluded: dict[str, ch.Known] = {}
             for change in found:
@@ -277,6 +282,8 @@ class Puller:
                     None if force else self.own_user,
                     buried=change.crm_id in buried,
                 )
+                if op is None and change.deleted and k is None and change.crm_id in staged:
+                    op = Operation.DELETE
                 if (
                     op is None
                     and force

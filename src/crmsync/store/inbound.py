@@ -389,6 +389,23 @@ def load_buried(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> s
     return {str(c).lower() for c in found}
 
 
+def load_staged(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> set[str]:
+    """The Dynamics ids among ``crm_ids`` with a pulled change queued and not applied
+    yet (``from_crm`` entries, waiting or being applied): a record the store does not
+    hold yet, but will."""
+    if not crm_ids:
+        return set()
+    q = sync_queue.c
+    found = conn.execute(
+        sa.select(q.record_key).where(
+            q.object == spec.name,
+            q.direction == Direction.FROM_CRM,
+            id_in(conn, q.record_key, crm_ids),
+        )
+    ).scalars()
+    return {str(c).lower() for c in found}
+
+
 def _logged_deletes(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> sa.Select[Any]:
     """Local deletes of these Dynamics ids still in the capture log: pushes on their
     way, like the queue's delete entries (the log is folded into the queue later)."""
