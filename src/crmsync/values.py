@@ -150,6 +150,10 @@ class Change:
     # Staged for a record the sync filter had excluded and now includes again: both
     # sides' changes since the last sync are settled by the rules (``apply.plan_apply``).
     rejoin: bool = False
+    # Refetched after a 412, last written by crmsync itself: a push it sent whose answer
+    # it never recorded (a worker killed, an answer cut). Dynamics' values are then the
+    # new base, not a change of Dynamics' to settle against the local one.
+    own_write: bool = False
 
     def payload(self) -> dict[str, Any]:
         """The queue entry's payload (JSON)."""
@@ -162,6 +166,7 @@ class Change:
             "etag": self.etag,
             "deleted": self.deleted,
             "rejoin": self.rejoin,
+            "own_write": self.own_write,
         }
 
     @classmethod
@@ -177,6 +182,7 @@ class Change:
             etag=p.get("etag"),
             deleted=bool(p.get("deleted")),
             rejoin=bool(p.get("rejoin")),
+            own_write=bool(p.get("own_write")),
         )
 
     @property

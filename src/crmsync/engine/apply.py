@@ -156,9 +156,14 @@ def plan_apply(
             push,
             rejoin=True,
         )
+    base = state.synced_values if state is not None else None
+    if change.own_write:
+        # crmsync's own write whose answer it never recorded: Dynamics holds what was
+        # sent, so it is the base; what changed locally since is pushed, not overwritten.
+        base = {**(base or {}), **remote}
     res = resolve(
         spec,
-        state.synced_values if state is not None else None,
+        base,
         json_row(spec, row),
         remote,
         local_pending=push is not None,

@@ -293,6 +293,9 @@ class Puller:
                     # Newer in Dynamics than our last sync, whatever its values: applying
                     # it is what moves the record's ETag on for the waiting push.
                     op = Operation.UPDATE
+                own = self.own_user is not None and change.modified_by == self.own_user
+                if force and op is Operation.UPDATE and own:
+                    change = replace(change, own_write=True)
                 if op is not None:
                     rows.append(entry_row(spec, change, op, k, now))
             if seen is not None:
