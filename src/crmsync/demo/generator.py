@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
 from crmsync.demo.people import People, Person
+from crmsync.domain import Operation
 from crmsync.store.db import write_transaction
 
 log = logging.getLogger(__name__)
@@ -45,26 +46,26 @@ CRM_API = "/api/data/v9.2"
 @dataclass(frozen=True)
 class Action:
     channel: str  # sql | api | crm
-    operation: str  # insert | update | delete
+    operation: Operation
     object: str
     bad: bool = False
 
 
 # (channel, operation, object) -> weight. Local writes dominate, as in a marketing DB.
-WEIGHTS: dict[tuple[str, str, str], float] = {
-    ("sql", "insert", "lead"): 22,
-    ("sql", "update", "lead"): 22,
-    ("sql", "insert", "contact"): 8,
-    ("sql", "update", "contact"): 10,
-    ("sql", "delete", "lead"): 1,
-    ("api", "insert", "lead"): 6,
-    ("api", "update", "lead"): 5,
-    ("api", "insert", "contact"): 4,
-    ("crm", "insert", "lead"): 8,
-    ("crm", "update", "lead"): 6,
-    ("crm", "insert", "contact"): 4,
-    ("crm", "insert", "account"): 2,
-    ("crm", "insert", "opportunity"): 2,
+WEIGHTS: dict[tuple[str, Operation, str], float] = {
+    ("sql", Operation.INSERT, "lead"): 22,
+    ("sql", Operation.UPDATE, "lead"): 22,
+    ("sql", Operation.INSERT, "contact"): 8,
+    ("sql", Operation.UPDATE, "contact"): 10,
+    ("sql", Operation.DELETE, "lead"): 1,
+    ("api", Operation.INSERT, "lead"): 6,
+    ("api", Operation.UPDATE, "lead"): 5,
+    ("api", Operation.INSERT, "contact"): 4,
+    ("crm", Operation.INSERT, "lead"): 8,
+    ("crm", Operation.UPDATE, "lead"): 6,
+    ("crm", Operation.INSERT, "contact"): 4,
+    ("crm", Operation.INSERT, "account"): 2,
+    ("crm", Operation.INSERT, "opportunity"): 2,
 }
 
 
@@ -79,7 +80,7 @@ class TrafficConfig:
     seed: int | None = None
 
 
-def weights(config: TrafficConfig) -> dict[tuple[str, str, str], float]:
+def weights(config: TrafficConfig) -> dict[tuple[str, Operation, str], float]:
     if config.crm_share is None:
         return dict(WEIGHTS)
     local = {k: w for k, w in WEIGHTS.items() if k[0] != "crm"}
@@ -94,11 +95,13 @@ def weights(config: TrafficConfig) -> dict[tuple[str, str, str], float]:
     }
 
 
-def plan(rng: random.Random, table: dict[tuple[str, str, str], float], bad_share: float) -> Action:
+def plan(
+    rng: random.Random, table: dict[tuple[str, Operation, str], float], bad_share: float
+) -> Action:
     """The next change to make (pure but for the seeded ``rng``)."""
     keys = list(table)
     channel, operation, obj = rng.choices(keys, weights=[table[k] for k in keys])[0]
-    bad = channel != "crm" and operation != "delete" and rng.random() < bad_share
+    bad = channel != "crm" and operation != Operation.DELETE and rng.random() < bad_share
     return Action(channel, operation, obj, bad)
 
 
@@ -251,7 +254,7 @@ class Traffic:
         if not action.bad:
             return self.people.person()
         emails = self.crm.emails if self.crm is not None else ()
-        if emails and action.operation == "insert" and self.rng.random() < 0.25:
+        if emails and action.operation == Operation.INSERT and self.rng.random() < 0.25:
             # The same person entered on both sides: Dynamics' duplicate detection
             # refuses the second create (0x80040333).
             p = self.people.person()
@@ -272,7 +275,7 @@ class Traffic:
 
     def _sql_one(self, conn: Connection, action: Action) -> bool:
         table = action.object
-        if action.operation == "insert":
+        if action.operation == Operation.INSERT:
             person = self._person(action)
             if table == "lead":
                 conn.execute(
@@ -295,7 +298,7 @@ class Traffic:
         if record_id is None:
             return False
         _check_table(table)
-        if action.operation == "delete":
+        if action.operation == Operation.DELETE:
             delete = sa.text(f"DELETE FROM {table} WHERE id = :id")  # noqa: S608
             return bool(conn.execute(delete, {"id": record_id}).rowcount)
         person = self._person(action)
@@ -356,7 +359,7 @@ class Traffic:
     async def _api(self, action: Action) -> bool:
         assert self.api is not None
         person = self._person(action)
-        if action.operation == "insert":
+        if action.operation == Operation.INSERT:
             body = person.lead() if action.object == "lead" else person.contact()
             resp = await self.api.post(f"/api/v1/records/{action.object}", json=body)
             return self._ok(resp, "api")
@@ -377,7 +380,7 @@ class Traffic:
         crm = self.crm
         assert crm is not None
         person = self.people.person()
-        if action.operation == "update":
+        if action.operation == Operation.UPDATE:
             ids = crm.created["leads"]
             if not ids:
                 return False

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from crmsync.domain import ObjectSpec
+from crmsync.domain import Direction, ObjectSpec, Operation
 from crmsync.store.queue import bucket_start
 from crmsync.store.schema import sync_throughput
 
@@ -28,14 +28,14 @@ BUCKET = timedelta(minutes=15)
 DAYS = 3
 # Records per 15 minutes at the busiest hour, per object and direction.
 PEAK = {
-    ("lead", "to_crm"): 220,
-    ("lead", "from_crm"): 60,
-    ("contact", "to_crm"): 90,
-    ("contact", "from_crm"): 80,
-    ("account", "from_crm"): 25,
-    ("opportunity", "from_crm"): 15,
+    ("lead", Direction.TO_CRM): 220,
+    ("lead", Direction.FROM_CRM): 60,
+    ("contact", Direction.TO_CRM): 90,
+    ("contact", Direction.FROM_CRM): 80,
+    ("account", Direction.FROM_CRM): 25,
+    ("opportunity", Direction.FROM_CRM): 15,
 }
-OPERATION_SHARE = {"insert": 0.35, "update": 0.6, "delete": 0.05}
+OPERATION_SHARE = {Operation.INSERT: 0.35, Operation.UPDATE: 0.6, Operation.DELETE: 0.05}
 
 
 def activity(local: datetime) -> float:
@@ -47,14 +47,14 @@ def activity(local: datetime) -> float:
     return level * (0.3 if local.weekday() >= 5 else 1.0)
 
 
-def pairs(specs: Iterable[ObjectSpec]) -> list[tuple[str, str]]:
+def pairs(specs: Iterable[ObjectSpec]) -> list[tuple[str, Direction]]:
     """(object, direction) pairs the configured flows allow."""
     out = []
     for spec in specs:
         if spec.flow.pushes:
-            out.append((spec.name, "to_crm"))
+            out.append((spec.name, Direction.TO_CRM))
         if spec.flow.pulls:
-            out.append((spec.name, "from_crm"))
+            out.append((spec.name, Direction.FROM_CRM))
     return out
 
 
