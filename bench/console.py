@@ -197,7 +197,7 @@ def timed(calls: int, fn: Callable[[], object]) -> tuple[float, float]:
 
 
 def measure(engine: Engine, calls: int, rare: str, common: str) -> dict[str, tuple[float, float]]:
-    from crmsync.domain import OBJECT_NAMES
+    from crmsync.domain import STANDARD_OBJECTS
     from crmsync.store import status, sync_errors
     from crmsync.store.maintenance import compact_counts
     from crmsync.store.sync_errors import make_filters
@@ -221,22 +221,22 @@ def measure(engine: Engine, calls: int, rare: str, common: str) -> dict[str, tup
         "baseline: pk read sync_error",
         lambda c: c.execute(sa.text("SELECT * FROM sync_error WHERE id = 4242")).all(),
     )
-    run("backlog", lambda c: status.backlog(c, OBJECT_NAMES))
+    run("backlog", lambda c: status.backlog(c, STANDARD_OBJECTS))
     run("details (lead)", lambda c: status.details(c, "lead"))
     unfold(engine, UNFOLDED)
-    run(f"backlog, {UNFOLDED:,} count rows unfolded", lambda c: status.backlog(c, OBJECT_NAMES))
+    run(f"backlog, {UNFOLDED:,} count rows unfolded", lambda c: status.backlog(c, STANDARD_OBJECTS))
     run(f"details, {UNFOLDED:,} count rows unfolded", lambda c: status.details(c, "lead"))
     compact_counts(engine)
-    run("last hour (+05:30)", lambda c: status.last_hour(c, OBJECT_NAMES, zone))
-    run("oldest waiting (healthz)", lambda c: status.oldest_waiting(c, OBJECT_NAMES))
-    open_errors = make_filters(OBJECT_NAMES)
+    run("last hour (+05:30)", lambda c: status.last_hour(c, STANDARD_OBJECTS, zone))
+    run("oldest waiting (healthz)", lambda c: status.oldest_waiting(c, STANDARD_OBJECTS))
+    open_errors = make_filters(STANDARD_OBJECTS)
     run("errors list (open, first page)", lambda c: sync_errors.list_errors(c, open_errors))
     run("errors summary (open)", lambda c: sync_errors.summary(c, open_errors))
-    rare_q = make_filters(OBJECT_NAMES, q=rare, status="all")
-    common_q = make_filters(OBJECT_NAMES, q=common, status="all")
+    rare_q = make_filters(STANDARD_OBJECTS, q=rare, status="all")
+    common_q = make_filters(STANDARD_OBJECTS, q=common, status="all")
     run(f"search q={rare!r} (all statuses)", lambda c: sync_errors.list_errors(c, rare_q))
     run(f"search q={common!r} (all statuses)", lambda c: sync_errors.list_errors(c, common_q))
-    every = make_filters(OBJECT_NAMES, status="all")
+    every = make_filters(STANDARD_OBJECTS, status="all")
 
     def first_bytes() -> None:
         chunks = sync_errors.export(engine, every, "csv")
@@ -251,11 +251,11 @@ def measure_export(engine: Engine, backend: str, out: Path) -> dict[str, Any]:
     """Rows/s of the CSV export (and, on PostgreSQL, of a plain ``COPY`` of the same rows),
     the best of ``EXPORT_ROUNDS`` runs of each, taken in turns so that both meet the same
     load on a shared machine; peak RSS growth over all the exports."""
-    from crmsync.domain import OBJECT_NAMES
+    from crmsync.domain import STANDARD_OBJECTS
     from crmsync.store import sync_errors
     from crmsync.store.sync_errors import ERROR_FIELDS, make_filters
 
-    every = make_filters(OBJECT_NAMES, status="all")
+    every = make_filters(STANDARD_OBJECTS, status="all")
     columns = ", ".join(ERROR_FIELDS)
     copy = (
         f"COPY (SELECT {columns} FROM sync_error ORDER BY last_failed_at DESC, id DESC)"
@@ -319,12 +319,12 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> None:
                         )
                     )
                 conn.execute(sa.text("ANALYZE sync_error"))
-            from crmsync.domain import OBJECT_NAMES
+            from crmsync.domain import STANDARD_OBJECTS
             from crmsync.store import sync_errors
             from crmsync.store.sync_errors import make_filters
 
             for q in (rare, common):
-                filters = make_filters(OBJECT_NAMES, q=q, status="all")
+                filters = make_filters(STANDARD_OBJECTS, q=q, status="all")
                 with engine.connect() as conn:
                     results[f"search q={q!r} with pg_trgm"] = timed(
                         args.calls, lambda c=conn, f=filters: sync_errors.list_errors(c, f)

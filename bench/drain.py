@@ -1,7 +1,12 @@
-"""Queue drain on PostgreSQL with no CRM work: crmsync's queue vs PgQueuer, same run.
+"""Queue drain with no CRM work: crmsync's queue vs PgQueuer, or vs another crmsync tree.
 
 Usage: ``.venv/bin/python bench/drain.py [--entries 200000] [--workers 4] [--rounds 1]``
-(needs ``pip install -e '.[bench]'`` for PgQueuer and asyncpg).
+(needs ``pip install -e '.[bench]'`` for PgQueuer and asyncpg), or
+``bench/drain.py --against OTHER/src [--store sqlite|postgresql] [...]``: this tree's
+crmsync against the one in ``OTHER/src`` (e.g. a worktree at an earlier commit), each
+round timing both in turn (the order alternating), each in a process importing its own
+tree, on a fresh database (``--store sqlite``: a file in a temporary directory) migrated
+by that tree. Prints the medians and the ratio this / other.
 
 Each round makes a fresh database on ``--pg-url``'s server, then:
 
@@ -25,16 +30,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing as mp
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import sqlalchemy as sa
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+HERE = Path(__file__).resolve().parent.parent / "src"
 
 
 def make_db(admin_url: str) -> str:
@@ -43,6 +56,12 @@ def make_db(admin_url: str) -> str:
     from crmsync.store.migrate import upgrade
 
     name = f"crmsync_bench_{uuid.uuid4().hex[:8]}"
+    if admin_url.startswith("sqlite"):
+        url = f"sqlite:///{Path(tempfile.mkdtemp(prefix='crmsync-bench-')) / name}.db"
+        engine = create_store_engine(url, poolclass=sa.NullPool)
+        upgrade(engine, Settings().object_specs().values())
+        engine.dispose()
+        return url
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
@@ -55,6 +74,10 @@ def make_db(admin_url: str) -> str:
 
 def drop_db(admin_url: str, url: str) -> None:
     name = sa.make_url(url).database
+    if admin_url.startswith("sqlite"):
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{name}{suffix}").unlink(missing_ok=True)
+        return
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -157,6 +180,50 @@ def timed(target: object, url: str, workers: int, batch: int) -> float:
     return time.monotonic() - started
 
 
+def one_side(admin_url: str, entries: int, workers: int, batch: int) -> None:
+    """One timed crmsync drain on a fresh database, as JSON (``--against``'s child)."""
+    import crmsync
+
+    url = make_db(admin_url)
+    try:
+        fill_crmsync(url, entries)
+        seconds = timed(crmsync_worker, url, workers, batch)
+    finally:
+        drop_db(admin_url, url)
+    print(json.dumps({"src": str(Path(crmsync.__file__).parent.parent), "rate": entries / seconds}))
+
+
+def against(args: argparse.Namespace) -> None:
+    other = Path(args.against).resolve()
+    admin = "sqlite://" if args.store == "sqlite" else args.pg_url
+    rates: dict[Path, list[float]] = {HERE: [], other: []}
+    for r in range(args.rounds):
+        order = [HERE, other] if r % 2 == 0 else [other, HERE]
+        for src in order:
+            env = {**os.environ, "PYTHONPATH": str(src)}
+            cmd = [sys.executable, __file__, "--one", "--pg-url", admin]
+            cmd += ["--entries", str(args.entries), "--workers", str(args.workers)]
+            cmd += ["--batch", str(args.batch)]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                raise SystemExit(out.stderr)
+            found = json.loads(out.stdout.strip().splitlines()[-1])
+            if Path(found["src"]).resolve() != src:
+                raise SystemExit(f"{src} imported crmsync from {found['src']}")
+            rates[src].append(found["rate"])
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(
+            f"round {r + 1}: this {rates[HERE][-1]:.0f}/s, other {rates[other][-1]:.0f}/s,"
+            f" ratio {rates[HERE][-1] / rates[other][-1]:.2f} (load average {load})",
+            flush=True,
+        )
+    a, b = statistics.median(rates[HERE]), statistics.median(rates[other])
+    print(f"\n{args.store}, {args.entries} entries, {args.workers} processes, batch {args.batch}:")
+    print(f"this  ({HERE}) {a:8.0f} entries/s\nother ({other}) {b:8.0f} entries/s")
+    ratios = [x / y for x, y in zip(rates[HERE], rates[other], strict=True)]
+    print(f"ratio {a / b:.2f}, median of the rounds' ratios {statistics.median(ratios):.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--pg-url", default=DEFAULT_PG, help="an admin URL of the server")
@@ -164,7 +231,16 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--against", metavar="SRC", help="another tree's src folder to compare with")
+    p.add_argument("--store", choices=["sqlite", "postgresql"], default="postgresql")
+    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.one:
+        one_side(args.pg_url, args.entries, args.workers, args.batch)
+        return
+    if args.against:
+        against(args)
+        return
 
     ours: list[float] = []
     theirs: list[float] = []

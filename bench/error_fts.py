@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from console import fill, make_store, timed
-from crmsync.domain import OBJECT_NAMES
+from crmsync.domain import STANDARD_OBJECTS
 from crmsync.store import error_search, queue, sync_errors
 from crmsync.store.db import create_store_engine
 from crmsync.store.schema import ERROR_FTS, sync_queue
@@ -56,7 +56,7 @@ def search(engine: Engine, rows: int, calls: int) -> None:
         f" {'index ms':>17} {'scan ms':>17} ratio"
     )
     for name, q in terms.items():
-        filters = make_filters(OBJECT_NAMES, q=q, status="all")
+        filters = make_filters(STANDARD_OBJECTS, q=q, status="all")
         with engine.connect() as conn:
             total = sync_errors.list_errors(conn, filters)["total"]
             chosen = "index" if error_search.plan(conn, q) else "scan"

@@ -31,7 +31,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from crmsync.config import Settings
-from crmsync.domain import OBJECT_NAMES
+from crmsync.domain import STANDARD_OBJECTS
 from crmsync.store import capture, status
 from crmsync.store.db import create_store_engine, read_transaction, write_transaction
 from crmsync.store.maintenance import COMPACT_SECONDS, compact_counts
@@ -86,7 +86,7 @@ def read(engine: sa.Engine) -> tuple[float, int]:
     """One status read: (seconds, lead inserts waiting)."""
     start = time.perf_counter()
     with read_transaction(engine) as conn:
-        body = status.backlog(conn, OBJECT_NAMES)
+        body = status.backlog(conn, STANDARD_OBJECTS)
     took = time.perf_counter() - start
     return took, {r["object"]: r for r in body["objects"]}["lead"]["inserts"]
 

@@ -1,20 +1,17 @@
 """Alerts: a JSON webhook when the sync falls behind, once per breach and once on recovery.
 
-Two thresholds, each per object, both optional (settings ``alert_oldest_age_seconds``
-and ``alert_errors_per_hour``):
-
-- ``oldest_waiting_age``: the age in seconds of the object's oldest waiting change
-  (the backlog's, both directions; parked errors excluded);
-- ``errors_per_hour``: sync errors of the object that first failed in the last hour.
+Two thresholds per object, both optional (``alert_oldest_age_seconds``,
+``alert_errors_per_hour``): ``oldest_waiting_age``, the age in seconds of the object's
+oldest waiting change (both directions; parked errors excluded), and
+``errors_per_hour``, the object's sync errors that first failed in the last hour.
 
 ``decide`` is the whole policy, without I/O: a value above its threshold opens an
 incident and sends ``alert``; while it stays above, nothing more is sent; once it is back
 at or below, ``recovered`` is sent and the incident closes. ``AlertMonitor.check``
-observes the store, decides and posts to ``alert_webhook_url`` with retries; an
-incident opens or closes only once its message was delivered, so a webhook that is
-down gets the message on a later check instead of never. Incidents are kept in memory
-of the process that runs the checks (``crmsync serve``): a restart during an incident
-sends its ``alert`` again.
+observes the store, decides and posts to ``alert_webhook_url`` with retries. An incident
+opens or closes only once its message was delivered, so a webhook that is down gets it
+on a later check. Incidents live in the memory of the process that runs the checks
+(``crmsync serve``): a restart during an incident sends its ``alert`` again.
 """
 
 from __future__ import annotations
@@ -35,7 +32,7 @@ from crmsync.config import Settings
 from crmsync.domain import ErrorStatus
 from crmsync.store.db import read_transaction
 from crmsync.store.params import iso
-from crmsync.store.schema import sync_error
+from crmsync.store.schema import sync_error, sync_pause
 from crmsync.store.status import oldest_waiting
 from crmsync.store.types import utcnow
 
@@ -43,6 +40,8 @@ log = logging.getLogger(__name__)
 
 OLDEST_AGE = "oldest_waiting_age"
 ERRORS_PER_HOUR = "errors_per_hour"
+# An object crmsync paused because Dynamics no longer matches its mapping: always on.
+MAPPING_MISMATCH = "mapping_mismatch"
 ATTEMPTS = 3
 TIMEOUT_SECONDS = 5.0
 BACKOFF_SECONDS = 1.0
@@ -63,6 +62,16 @@ class Event:
 
     def payload(self) -> dict[str, Any]:
         verb = "is above" if self.kind == "alert" else "is back within"
+        message = (
+            f"crmsync: {self.object} {self.alert} {self.value:g} {verb} the threshold "
+            f"{self.threshold:g}"
+        )
+        if self.alert == MAPPING_MISMATCH:
+            message = (
+                f"crmsync: {self.object} is paused: Dynamics no longer matches its mapping"
+                if self.kind == "alert"
+                else f"crmsync: {self.object} is no longer paused for its mapping"
+            )
         return {
             "event": self.kind,
             "alert": self.alert,
@@ -70,14 +79,13 @@ class Event:
             "value": self.value,
             "threshold": self.threshold,
             "at": iso(self.at),
-            "message": f"crmsync: {self.object} {self.alert} {self.value:g} {verb} "
-            f"the threshold {self.threshold:g}",
+            "message": message,
         }
 
 
 def thresholds(settings: Settings) -> dict[str, float]:
     """The configured thresholds by alert name (unset ones left out)."""
-    out: dict[str, float] = {}
+    out: dict[str, float] = {MAPPING_MISMATCH: 0.0}
     if settings.alert_oldest_age_seconds is not None:
         out[OLDEST_AGE] = settings.alert_oldest_age_seconds
     if settings.alert_errors_per_hour is not None:
@@ -132,6 +140,11 @@ def observe(
         for obj, n in rows:
             if obj in names:
                 observed[(ERRORS_PER_HOUR, obj)] = float(n)
+    if MAPPING_MISMATCH in limits:
+        p = sync_pause.c
+        for (obj,) in conn.execute(sa.select(p.object).where(p.reason.is_not(None)).distinct()):
+            if obj in names:
+                observed[(MAPPING_MISMATCH, obj)] = 1.0
     return observed
 
 

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 db_app = typer.Typer(no_args_is_help=True, help="Manage the store's schema.")
 app.add_typer(db_app, name="db")
+mapping_app = typer.Typer(no_args_is_help=True, help="Check the mapping of objects and fields.")
+app.add_typer(mapping_app, name="mapping")
 
 
 class LogFormat(enum.StrEnum):
@@ -105,7 +107,9 @@ def emulator(
         if path is not None and not path.is_file():
             typer.echo(f"crmsync: no such file: {path}", err=True)
             raise typer.Exit(2)
-    serve(host=host, port=port, db=db, certfile=certfile, keyfile=keyfile)
+    # Every object of the mapping (CRMSYNC_CONFIG), custom tables and columns included.
+    specs = _settings().object_specs().values()
+    serve(host=host, port=port, db=db, certfile=certfile, keyfile=keyfile, specs=specs)
 
 
 @db_app.command("upgrade")
@@ -118,12 +122,59 @@ def db_upgrade() -> None:
     engine = open_store(settings.database_url, existing=False)
     try:
         before = current_revision(engine)
-        captured = upgrade(engine, settings.object_specs().values())
+        captured = upgrade(engine, settings.object_specs().values(), announce=typer.echo)
         after = current_revision(engine)
     finally:
         engine.dispose()
     moved = f"from {before} to {after}" if before != after else f"at {after}, nothing to do"
     typer.echo(f"schema {moved}; capturing changes on: {', '.join(captured) or 'nothing'}")
+
+
+@mapping_app.command("check")
+def mapping_check(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the mismatches as JSON")] = False,
+    timeout: Annotated[
+        float, typer.Option(min=1, max=3600, help="Seconds to wait for Dynamics")
+    ] = 120,
+) -> None:
+    """Compare the mapping with the Dynamics environment's metadata; exit 1 on any mismatch."""
+    import asyncio
+    import json
+
+    from crmsync.dynamics.client import DataverseClient
+    from crmsync.dynamics.metadata import read_tables
+    from crmsync.mapping.check import mismatches
+
+    settings = _settings()
+    if not settings.dynamics_url:
+        raise ConfigError("CRMSYNC_DYNAMICS_URL: needed to read the environment's metadata")
+    specs = settings.object_specs()
+
+    async def read() -> list[Any]:
+        async with DataverseClient.from_settings(settings) as client:
+            tables = await read_tables(client, (s.logical_name for s in specs.values()))
+        return mismatches(specs, tables)
+
+    try:
+        found = asyncio.run(asyncio.wait_for(read(), timeout))
+    except TimeoutError:
+        raise ConfigError(
+            f"Dynamics did not answer within {timeout:g} s ({settings.dynamics_url})"
+        ) from None
+    if as_json:
+        typer.echo(json.dumps({"mismatches": [m.as_json() for m in found]}, indent=2))
+    else:
+        for m in found:
+            where = f"{m.object}.{m.field}" if m.field else m.object
+            typer.echo(f"{where}: {m.kind}: {m.message}")
+        checked = ", ".join(specs)
+        typer.echo(
+            f"{len(found)} mismatch(es) between the mapping and Dynamics"
+            if found
+            else f"the mapping matches Dynamics ({checked})"
+        )
+    if found:
+        raise typer.Exit(1)
 
 
 def _warn_about_access(settings: Settings) -> None:
@@ -180,7 +231,7 @@ def serve(
 
 @app.command("import")
 def import_(
-    object: Annotated[str, typer.Argument(help="lead, contact, account or opportunity")],
+    object: Annotated[str, typer.Argument(help="A mapped object (lead, contact, ...)")],
     file: Annotated[Path, typer.Argument(help="CSV file with a header row of column names")],
     batch_size: Annotated[
         int, typer.Option(min=1, max=10_000, help="Rows inserted per transaction")

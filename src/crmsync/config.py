@@ -13,38 +13,35 @@ import difflib
 import ipaddress
 import logging
 import os
-import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from crmsync.domain import ConflictRule, Flow, ObjectSpec, default_objects
+from crmsync.domain import ObjectSpec
 from crmsync.errors import ConfigError
+from crmsync.mapping import MappingError
+from crmsync.mapping import activate as activate_mapping
+from crmsync.mapping import build as build_mapping
 
 ENV_PREFIX = "CRMSYNC_"
-_ATTRIBUTE = re.compile(r"[a-z_][a-z0-9_]{0,99}")
+# Mapping problems are named by their TOML path, not by a variable.
+MAPPING_PROBLEMS = "the mapping:\n"
 # Variables with the prefix that are not settings: the test suite's own.
 _NOT_SETTINGS = ("CRMSYNC_TEST_", "CRMSYNC_SCREENSHOTS")
 
 log = logging.getLogger(__name__)
-
-
-class ObjectOverride(BaseModel):
-    """Per-object settings from the TOML file's ``[objects.<name>]`` tables."""
-
-    model_config = {"extra": "forbid"}
-
-    flow: Flow | None = None
-    conflict_rule: ConflictRule | None = None
-    fields: dict[str, str] | None = None
-    field_rules: dict[str, ConflictRule] = Field(default_factory=dict)
-    field_flows: dict[str, Flow] = Field(default_factory=dict)
 
 
 class Settings(BaseSettings):
@@ -156,9 +153,12 @@ class Settings(BaseSettings):
         description="Comma-separated addresses or networks of reverse proxies whose "
         "X-Forwarded-For and X-Forwarded-Proto are believed (default: none)",
     )
-    objects: dict[str, ObjectOverride] = Field(
-        default_factory=dict, description="Per-object overrides (TOML [objects.<name>] tables)"
+    objects: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The mapping: TOML [objects.<name>] tables laid over the default one "
+        "(docs/mapping.md)",
     )
+    _specs: dict[str, ObjectSpec] = PrivateAttr(default_factory=dict)
 
     @field_validator("timezone")
     @classmethod
@@ -219,25 +219,32 @@ class Settings(BaseSettings):
 
     @field_validator("objects")
     @classmethod
-    def _known_objects(cls, value: dict[str, ObjectOverride]) -> dict[str, ObjectOverride]:
-        defaults = default_objects()
-        unknown = set(value) - set(defaults)
-        if unknown:
-            raise ValueError(f"unknown object(s): {', '.join(sorted(unknown))}")
-        for name, override in value.items():
-            columns = set(defaults[name].fields)
-            for column, attribute in (override.fields or {}).items():
-                if column not in columns:
-                    raise ValueError(
-                        f"{name}.fields: {column!r} is not a column of table {name}"
-                        f" (one of {', '.join(sorted(columns))})"
-                    )
-                if not _ATTRIBUTE.fullmatch(attribute):
-                    raise ValueError(f"{name}.fields.{column}: {attribute!r} is not an attribute")
-            for column in (*override.field_rules, *override.field_flows):
-                if column not in defaults[name].columns:
-                    raise ValueError(f"{name}: {column!r} is not a column of table {name}")
+    def _mapping_problems(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Checked here too, so that its problems are listed with the other settings'.
+        try:
+            build_mapping(value)
+        except MappingError as exc:
+            raise ValueError(MAPPING_PROBLEMS + str(exc)) from None
         return value
+
+    @model_validator(mode="after")
+    def _mapping(self) -> Settings:
+        self._specs = build_mapping(self.objects)
+        if self.delete_behaviour == "mark":
+            # Marking sets crm_deleted_at, a column crmsync keeps in its own tables
+            # only: it adds nothing but the Dynamics id to an application's table.
+            attached = [s.name for s in self._specs.values() if s.attached]
+            if attached:
+                raise ValueError(
+                    MAPPING_PROBLEMS
+                    + "\n".join(
+                        f"objects.{name}.table: an attached table has no crm_deleted_at"
+                        " column, so CRMSYNC_DELETE_BEHAVIOUR = mark cannot keep its"
+                        " deleted records; use delete, or leave table out"
+                        for name in attached
+                    )
+                )
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -263,19 +270,8 @@ class Settings(BaseSettings):
         return bool(self.dynamics_url and self.tenant_id and self.client_id and self.client_secret)
 
     def object_specs(self) -> dict[str, ObjectSpec]:
-        """The object registry: the contract's defaults with this configuration applied."""
-        specs = default_objects()
-        for name, override in self.objects.items():
-            spec = specs[name]
-            specs[name] = replace(
-                spec,
-                flow=override.flow or spec.flow,
-                conflict_rule=override.conflict_rule or spec.conflict_rule,
-                fields=override.fields if override.fields is not None else spec.fields,
-                field_rules={**spec.field_rules, **override.field_rules},
-                field_flows={**spec.field_flows, **override.field_flows},
-            )
-        return specs
+        """The object registry: the default mapping with this configuration's laid over."""
+        return dict(self._specs)
 
 
 class _TomlSource(PydanticBaseSettingsSource):
@@ -336,21 +332,28 @@ def warn_unknown_variables(environ: Mapping[str, str]) -> None:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build the settings, or raise ConfigError naming every bad setting.
+    """Build the settings, or raise ConfigError naming every bad setting; the process
+    then runs with their mapping (``crmsync.mapping.activate``).
 
     Unknown ``CRMSYNC_*`` variables are logged as warnings (``warn_unknown_variables``).
     """
     warn_unknown_variables(os.environ)
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             loc = [str(part) for part in err["loc"]]
+            message = err["msg"].removeprefix("Value error, ")
+            if message.startswith(MAPPING_PROBLEMS):  # each line names its TOML path
+                problems.extend(message.removeprefix(MAPPING_PROBLEMS).splitlines())
+                continue
             if not loc:  # a check across settings: its message names them
-                problems.append(err["msg"].removeprefix("Value error, "))
+                problems.append(message)
                 continue
             name = ENV_PREFIX + loc[0].upper()
             where = ".".join(loc[1:])
             problems.append(f"{name}{'.' + where if where else ''}: {err['msg']}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+    activate_mapping(settings.object_specs())
+    return settings

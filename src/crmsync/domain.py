@@ -1,7 +1,10 @@
-"""The sync's vocabulary and the object registry. No I/O here.
+"""The sync's vocabulary and the shape of a mapping. No I/O here.
 
-An *object* is one kind of record (lead, contact, account, opportunity) kept in a local
-table and mapped to a Dataverse entity set. Its *direction* says which way changes flow.
+An *object* is one kind of record (lead, contact, account, opportunity, or any object
+an operator maps) kept in a local table and mapped to a Dataverse entity set. Its
+*fields* are typed (``FieldType``); its *direction* says which way changes flow. The
+mapping itself is data: ``crmsync.mapping`` reads it (the default one ships with the
+package) and builds the ``ObjectSpec``s defined here.
 """
 
 from __future__ import annotations
@@ -63,6 +66,46 @@ class EntryState(enum.StrEnum):
     PARKED = "parked"
 
 
+class FieldType(enum.StrEnum):
+    """A mapped field's type: how its local value becomes Dataverse JSON and back."""
+
+    STRING = "string"  # single line of text, with max_length
+    MEMO = "memo"  # multiple lines of text
+    INTEGER = "integer"  # whole number (Edm.Int32)
+    DECIMAL = "decimal"  # decimal number (Edm.Decimal), exact
+    MONEY = "money"  # currency (Edm.Decimal), exact
+    BOOLEAN = "boolean"  # two options (yes/no)
+    DATETIME = "datetime"  # a UTC instant
+    DATE = "date"  # a calendar date (date only): never shifted across zones
+    CHOICE = "choice"  # an option set: a local value and Dynamics' integer
+    LOOKUP = "lookup"  # a reference to another mapped object, by local id
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One mapped local column and the Dataverse attribute it syncs with.
+
+    ``precision`` is the number of decimal places of a ``decimal`` or ``money``;
+    ``choices`` pairs a ``choice``'s local values with Dynamics' option values (empty:
+    the local column holds the option value itself); ``minimum``/``maximum`` bound an
+    ``integer``, ``decimal`` or ``money``. ``flow`` and ``conflict_rule`` are None when
+    the field follows its object.
+    """
+
+    column: str
+    attribute: str
+    type: FieldType
+    max_length: int | None = None
+    precision: int | None = None
+    minimum: int | None = None
+    maximum: int | None = None
+    choices: tuple[tuple[str, int], ...] = ()
+    target: str | None = None  # a lookup's object
+    navigation: str | None = None  # a lookup's navigation property, if not the attribute
+    flow: Flow | None = None
+    conflict_rule: ConflictRule | None = None
+
+
 @dataclass(frozen=True)
 class Lookup:
     """A local foreign key that maps to a Dataverse lookup.
@@ -94,11 +137,27 @@ class ObjectSpec:
     conflict_rule: ConflictRule = ConflictRule.LOCAL_WINS
     field_rules: dict[str, ConflictRule] = field(default_factory=dict)
     field_flows: dict[str, Flow] = field(default_factory=dict)
+    # Every mapped column with its type, lookups included, in the mapping's order.
+    field_specs: dict[str, FieldSpec] = field(default_factory=dict)
+    # True for the contract's four objects, whose tables the initial migration creates.
+    standard: bool = False
+    # An application's existing table (``table`` given for an object that is not
+    # standard): crmsync adds only ``crm_id_column`` and its triggers, never the
+    # timestamps of the tables it creates. The local id is ``id_column``'s value.
+    attached: bool = False
+    id_column: str = "id"
+    crm_id_column: str = "crm_id"
 
     @property
     def columns(self) -> tuple[str, ...]:
         """Local data columns a client may write (fields, then lookups)."""
         return (*self.fields, *(lk.column for lk in self.lookups))
+
+    @property
+    def timestamps(self) -> bool:
+        """Whether the table has crmsync's ``created_at``, ``updated_at`` and
+        ``crm_deleted_at`` (every table crmsync creates; not an attached one)."""
+        return not self.attached
 
     def rule_for(self, column: str) -> ConflictRule:
         if not self.flow.pushes:
@@ -110,76 +169,5 @@ class ObjectSpec:
         return self.field_flows.get(column, self.flow)
 
 
-def default_objects() -> dict[str, ObjectSpec]:
-    """The contract's default mapping and directions."""
-    specs = [
-        ObjectSpec(
-            name="lead",
-            table="lead",
-            entity_set="leads",
-            logical_name="lead",
-            primary_key="leadid",
-            label_column="email",
-            fields={
-                "email": "emailaddress1",
-                "first_name": "firstname",
-                "last_name": "lastname",
-                "company": "companyname",
-            },
-            flow=Flow.BOTH,
-            conflict_rule=ConflictRule.LOCAL_WINS,
-        ),
-        ObjectSpec(
-            name="contact",
-            table="contact",
-            entity_set="contacts",
-            logical_name="contact",
-            primary_key="contactid",
-            label_column="email",
-            fields={"email": "emailaddress1", "first_name": "firstname", "last_name": "lastname"},
-            lookups=(
-                Lookup(
-                    column="account_id",
-                    target="account",
-                    navigation="parentcustomerid_account",
-                    value_attribute="_parentcustomerid_value",
-                ),
-            ),
-            flow=Flow.BOTH,
-            conflict_rule=ConflictRule.CRM_WINS,
-        ),
-        ObjectSpec(
-            name="account",
-            table="account",
-            entity_set="accounts",
-            logical_name="account",
-            primary_key="accountid",
-            label_column="name",
-            fields={"name": "name"},
-            flow=Flow.FROM_CRM,
-            conflict_rule=ConflictRule.CRM_WINS,
-        ),
-        ObjectSpec(
-            name="opportunity",
-            table="opportunity",
-            entity_set="opportunities",
-            logical_name="opportunity",
-            primary_key="opportunityid",
-            label_column="name",
-            fields={"name": "name"},
-            lookups=(
-                Lookup(
-                    column="account_id",
-                    target="account",
-                    navigation="parentaccountid",
-                    value_attribute="_parentaccountid_value",
-                ),
-            ),
-            flow=Flow.FROM_CRM,
-            conflict_rule=ConflictRule.CRM_WINS,
-        ),
-    ]
-    return {s.name: s for s in specs}
-
-
-OBJECT_NAMES: tuple[str, ...] = ("lead", "contact", "account", "opportunity")
+STANDARD_OBJECTS: tuple[str, ...] = ("lead", "contact", "account", "opportunity")
+"""The contract's objects, in its order; a mapping may add others."""

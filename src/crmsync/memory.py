@@ -3,10 +3,8 @@
 A crmsync process allocates and frees on many threads (the event loop's executor, the
 web server's thread pool, the store's connections). glibc gives threads their own
 malloc arenas, up to eight per core, and keeps what each arena freed for later reuse, so
-the resident size climbs while the memory in use stays flat. In a soak (bench/soak.py,
-measured with ``mallinfo2`` and tracemalloc): memory in use ~28 MiB throughout, Python's
-heap flat, free-but-kept memory 5 → 27 MiB in ten minutes, resident size +19%. With two
-arenas it was +5% and levelling off.
+the resident size climbs while the memory in use stays flat (measured in the soak:
+docs/benchmarks.md).
 
 - ``limit_arenas``: at most two arenas (what ``MALLOC_ARENA_MAX=2`` does), called by the
   ``crmsync`` command before any thread starts; an explicit ``MALLOC_ARENA_MAX`` in the

@@ -20,7 +20,8 @@ from alembic import command
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crmsync.domain import OBJECT_NAMES, default_objects
+from crmsync.domain import STANDARD_OBJECTS
+from crmsync.mapping import default_objects
 from crmsync.store import backlog_counts, capture, inbound, migrate, queue, status, sync_errors
 from crmsync.store.capture import fold_pending
 from crmsync.store.db import read_transaction, write_transaction
@@ -162,7 +163,7 @@ def test_worker_outcomes_move_the_counts(engine: sa.Engine) -> None:
     # a synced (gone), b parked (out), c an update, d and e waiting.
     assert counts(engine) == {LEAD_INSERT: 2, LEAD_UPDATE: 1}
     with write_transaction(engine) as conn:
-        assert sync_errors.retry_matching(conn, sync_errors.make_filters(OBJECT_NAMES)) == {
+        assert sync_errors.retry_matching(conn, sync_errors.make_filters(STANDARD_OBJECTS)) == {
             "errors": 1,
             "requeued": 1,
         }
@@ -199,7 +200,7 @@ def test_backlog_view_and_oldest_come_from_counts_and_seeks(engine: sa.Engine) -
     run(engine, "INSERT INTO lead (email) VALUES ('a')", "INSERT INTO lead (email) VALUES ('b')")
     run(engine, "INSERT INTO contact (email, crm_id) VALUES ('c', 'c-1')")
     with engine.connect() as conn:
-        view = status.backlog(conn, OBJECT_NAMES)
+        view = status.backlog(conn, STANDARD_OBJECTS)
         details = status.details(conn, "lead")
     rows = {r["object"]: r for r in view["objects"]}
     assert (rows["lead"]["inserts"], rows["lead"]["total"]) == (2, 2)
@@ -347,7 +348,7 @@ class Run:
             queue.record(self.engine, outcome)
         elif kind == "retry_errors":
             with write_transaction(self.engine) as conn:
-                sync_errors.retry_matching(conn, sync_errors.make_filters(OBJECT_NAMES))
+                sync_errors.retry_matching(conn, sync_errors.make_filters(STANDARD_OBJECTS))
         elif kind == "stage":
             self.version += 1
             with write_transaction(self.engine) as conn:
@@ -450,7 +451,7 @@ def test_concurrent_writers_and_compactions_keep_counts_exact(engine: sa.Engine)
         queue.record(engine, outcome)
         if rnd.random() < 0.2:
             with write_transaction(engine) as conn:
-                sync_errors.retry_matching(conn, sync_errors.make_filters(OBJECT_NAMES))
+                sync_errors.retry_matching(conn, sync_errors.make_filters(STANDARD_OBJECTS))
 
     def stage(rnd: random.Random) -> None:
         with write_transaction(engine) as conn:

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from crmsync.alerts import observe
 from crmsync.cli import app as cli
 from crmsync.config import load_settings
-from crmsync.domain import default_objects
+from crmsync.mapping import default_objects
 from crmsync.store import backlog, status
 from crmsync.store.capture import fold_pending
 from crmsync.store.db import read_transaction, write_transaction

@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crmsync.domain import Flow, default_objects
+from crmsync.domain import Flow
+from crmsync.mapping import default_objects
 from crmsync.store import capture
 from crmsync.store.capture import install_triggers
 from crmsync.store.db import capture_suppressed, write_transaction

@@ -130,11 +130,12 @@ async def test_status_page_shows_the_backlog_and_the_last_hour(
             [
                 throughput(start, "to_crm", "insert", 1200),
                 throughput(start, "from_crm", "update", 34),
-                # Now, after the window (its end is a 15-minute boundary): sets the drain rate.
-                throughput(queue.bucket_start(utcnow()), "to_crm", "update", 1080),
-                throughput(queue.bucket_start(utcnow()), "from_crm", "update", 50),
             ],
         )
+        # Lead synced lately, both ways, in batches as workers record them: the drain rate.
+        for ago in (20, 10, 5):
+            counts = {("lead", "to_crm", "update"): 100, ("lead", "from_crm", "update"): 5}
+            queue.count_synced(conn, counts, utcnow() - timedelta(seconds=ago))
     html = (await c.get(STATUS)).text
     assert [cell(html, "lead", k) for k in ("inserts", "updates", "deletes", "total")] == [
         "2",

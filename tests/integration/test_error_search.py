@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from crmsync.cli import app
 from crmsync.config import load_settings
-from crmsync.domain import OBJECT_NAMES
+from crmsync.domain import STANDARD_OBJECTS
 from crmsync.store import error_search, migrate, queue, sync_errors
 from crmsync.store.db import create_store_engine, write_transaction
 from crmsync.store.schema import ERROR_FTS, sync_error, sync_queue
@@ -65,7 +65,7 @@ def insert(engine: Engine, rows: list[dict[str, Any]]) -> list[int]:
 
 def found(conn: Connection, q: str, **given: Any) -> list[int]:
     """Ids the search returns (every page), newest first; checks ``total`` on the way."""
-    filters = make_filters(OBJECT_NAMES, q=q, **given)
+    filters = make_filters(STANDARD_OBJECTS, q=q, **given)
     ids: list[int] = []
     cursor = None
     while True:
@@ -79,7 +79,7 @@ def found(conn: Connection, q: str, **given: Any) -> list[int]:
 
 def scanned(conn: Connection, q: str, **given: Any) -> list[int]:
     """Ids a scan returns: the same filters, the search as a predicate on every row."""
-    others = conditions(make_filters(OBJECT_NAMES, **given), conn.dialect.name)
+    others = conditions(make_filters(STANDARD_OBJECTS, **given), conn.dialect.name)
     e = sync_error.c
     query = (
         sa.select(e.id)
@@ -376,7 +376,7 @@ def test_paging_a_search_while_rows_are_added_and_changed(engine: Engine):
     noise = [row(100 + i, f"unrelated {i}") for i in range(10)]
     original = set(insert(engine, base))
     insert(engine, noise)
-    filters = make_filters(OBJECT_NAMES, q="TIMEOUT #")
+    filters = make_filters(STANDARD_OBJECTS, q="TIMEOUT #")
     seen: list[int] = []
     cursor = None
     added = 0
@@ -439,7 +439,7 @@ def test_summary_export_retry_and_dismiss_take_the_same_rows(engine: Engine):
                 for obj, key in (("contact", "c1"), ("lead", "k2"), ("lead", "k3"))
             ],
         )
-    filters = make_filters(OBJECT_NAMES, q="DUPLICATE DETECTED")
+    filters = make_filters(STANDARD_OBJECTS, q="DUPLICATE DETECTED")
     assert same(engine, "DUPLICATE DETECTED") == [2, 1]
     with engine.connect() as conn:
         summary = sync_errors.summary(conn, filters)
@@ -495,7 +495,7 @@ def test_sqlite_reads_the_index_then_the_candidates_by_id(sqlite_engine: Engine,
     filters probing the candidates row by row, which grows with the table). A term in
     most errors scans."""
     insert(sqlite_engine, [row(n, f"timeout {n}" if n < 4 else f"other {n}") for n in range(40)])
-    filters = make_filters(OBJECT_NAMES, q="timeout", **given)
+    filters = make_filters(STANDARD_OBJECTS, q="timeout", **given)
     listed = plans(sqlite_engine, lambda conn: sync_errors.list_errors(conn, filters))
     summed = plans(sqlite_engine, lambda conn: sync_errors.summary(conn, filters))
     assert len(listed) == 2 and len(summed) == 1
@@ -503,7 +503,7 @@ def test_sqlite_reads_the_index_then_the_candidates_by_id(sqlite_engine: Engine,
         assert f"SCAN {ERROR_FTS} VIRTUAL TABLE" in plan, plan
         assert "SEARCH sync_error USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
     for q in ("ti", "ther "):  # too short for the index; in 36 of 40 errors
-        other = make_filters(OBJECT_NAMES, q=q, **given)
+        other = make_filters(STANDARD_OBJECTS, q=q, **given)
         for plan in plans(sqlite_engine, lambda conn: sync_errors.list_errors(conn, other)):
             assert ERROR_FTS not in plan, plan
 
@@ -533,7 +533,7 @@ def test_upgrade_from_0003_indexes_existing_errors(db_url: str, engine: Engine):
 
 def listed(conn: Connection, q: str, indexed: bool, **given: Any) -> tuple[list[int], int]:
     """Ids (one page of 1000) and ``total`` of the search with the plan forced."""
-    where = conditions(make_filters(OBJECT_NAMES, q=q, **given), conn.dialect.name, indexed)
+    where = conditions(make_filters(STANDARD_OBJECTS, q=q, **given), conn.dialect.name, indexed)
     e = sync_error.c
     ids = conn.execute(
         sa.select(e.id).where(*where).order_by(e.last_failed_at.desc(), e.id.desc())

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
-from crmsync.domain import OBJECT_NAMES
+from crmsync.domain import STANDARD_OBJECTS
 from crmsync.store import errors_copy, sync_errors
 from crmsync.store.db import create_store_engine
 from crmsync.store.schema import sync_error
@@ -88,7 +88,7 @@ def nasty_rows() -> list[dict[str, Any]]:
         failed = TIMES[i % len(TIMES)]
         rows.append(
             {
-                "object": OBJECT_NAMES[i % len(OBJECT_NAMES)],
+                "object": STANDARD_OBJECTS[i % len(STANDARD_OBJECTS)],
                 "direction": ("to_crm", "from_crm")[i % 2],
                 "record_key": str(i),
                 "record_id": (None, -i, i, 2**62)[i % 4],
@@ -118,7 +118,7 @@ def count(conn: sa.Connection) -> int:
 
 
 def both(engine: Engine, **chosen: Any) -> tuple[str, str]:
-    filters = make_filters(OBJECT_NAMES, **chosen)
+    filters = make_filters(STANDARD_OBJECTS, **chosen)
     copied = "".join(sync_errors.export(engine, filters, "csv"))
     portable = "".join(sync_errors.portable_csv(engine, filters))
     return copied, portable
@@ -128,7 +128,7 @@ FILTERS: list[dict[str, Any]] = [
     {},
     {"status": "all"},
     *({"status": s} for s in STATUSES),
-    {"status": "all", "object": OBJECT_NAMES[1]},
+    {"status": "all", "object": STANDARD_OBJECTS[1]},
     {"status": "all", "direction": "from_crm", "operation": "update"},
     {"status": "all", "code": "=1+1"},
     {"status": "all", "since": "2026-01-01T00:00:00Z", "until": "2026-11-25T09:00:01.5Z"},
@@ -148,7 +148,7 @@ def test_copy_export_is_byte_identical_to_the_python_export(engine):
         rows = list(csv.reader(io.StringIO(copied, newline="")))
         assert rows[0] == list(ERROR_FIELDS)
         with engine.connect() as conn:
-            total = sync_errors.list_errors(conn, make_filters(OBJECT_NAMES, **chosen))["total"]
+            total = sync_errors.list_errors(conn, make_filters(STANDARD_OBJECTS, **chosen))["total"]
         assert len(rows) - 1 == total, chosen
         assert total > 0 or chosen.get("q") == "nothing matches this", chosen
 
@@ -157,7 +157,7 @@ def test_copy_export_cells(engine):
     """Spot checks of the COPY output itself, so that the two paths cannot agree on a
     wrong answer."""
     insert(engine, nasty_rows())
-    filters = make_filters(OBJECT_NAMES, status="all")
+    filters = make_filters(STANDARD_OBJECTS, status="all")
     text = "".join(errors_copy.copy_csv(engine, sync_errors.copy_query(filters)))
     assert text.startswith(",".join(ERROR_FIELDS) + "\r\n") and text.endswith("\r\n")
     parsed = list(csv.reader(io.StringIO(text, newline="")))[1:]
@@ -195,7 +195,7 @@ def test_stopping_early_leaves_a_clean_connection(engine):
     with engine.connect() as conn:
         zone = conn.execute(sa.text("SHOW TIME ZONE")).scalar()
     assert zone == "Asia/Kathmandu"
-    chunks = sync_errors.export(engine, make_filters(OBJECT_NAMES, status="all"), "csv")
+    chunks = sync_errors.export(engine, make_filters(STANDARD_OBJECTS, status="all"), "csv")
     first = next(chunks)
     assert first.startswith("id,") and len(first.encode()) >= errors_copy.CHUNK_BYTES
     chunks.close()  # type: ignore[attr-defined]
@@ -211,7 +211,7 @@ def test_a_failing_copy_raises_the_store_error_family(engine, db_url):
     insert(engine, rows * 40)  # sorting 2,000+ wide rows takes well over a millisecond
     slow = create_store_engine(db_url, connect_args={"options": "-c statement_timeout=1"})
     with pytest.raises(sa.exc.OperationalError, match="statement timeout"):
-        "".join(sync_errors.export(slow, make_filters(OBJECT_NAMES, status="all"), "csv"))
+        "".join(sync_errors.export(slow, make_filters(STANDARD_OBJECTS, status="all"), "csv"))
     slow.dispose()
 
 

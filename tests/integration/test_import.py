@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from crmsync.cli import app
-from crmsync.domain import default_objects
+from crmsync.mapping import default_objects
 from crmsync.store import capture
 from crmsync.store.csv_import import import_csv
 

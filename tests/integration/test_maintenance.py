@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import test_status_api as status_fixture
 from sqlalchemy import Engine
 
-from crmsync.domain import OBJECT_NAMES
+from crmsync.domain import STANDARD_OBJECTS
 from crmsync.store import maintenance, status
 from crmsync.store.schema import sync_backlog_sample, sync_queue, sync_throughput
 
@@ -55,7 +55,7 @@ def test_samples_the_backlog_once_per_bucket(engine: Engine):
     done = maintenance.maintain(engine, NOW)
     assert done.sampled
     taken = samples(engine)
-    assert len(taken) == len(OBJECT_NAMES) * 2  # zeros included
+    assert len(taken) == len(STANDARD_OBJECTS) * 2  # zeros included
     assert rows(engine) == []  # samples are not throughput
     per = {(obj, direction): n for _, obj, direction, n in taken}
     assert per[("lead", "to_crm")] == 3 and per[("lead", "from_crm")] == 1
@@ -64,7 +64,7 @@ def test_samples_the_backlog_once_per_bucket(engine: Engine):
     # Same bucket: nothing more; the next bucket: a new sample.
     assert not maintenance.maintain(engine, NOW + timedelta(minutes=9)).sampled
     assert maintenance.maintain(engine, NOW + timedelta(minutes=10)).sampled
-    assert len(samples(engine)) == len(OBJECT_NAMES) * 4
+    assert len(samples(engine)) == len(STANDARD_OBJECTS) * 4
 
 
 def test_trend_from_samples_taken_by_maintain(engine: Engine):
@@ -80,7 +80,7 @@ def test_trend_from_samples_taken_by_maintain(engine: Engine):
     with engine.begin() as conn:  # 50 of them sync
         conn.execute(sa.delete(sync_queue).where(sync_queue.c.record_key.like("1__")))
     with engine.connect() as conn:
-        body = status.backlog(conn, OBJECT_NAMES, at=NOW)
+        body = status.backlog(conn, STANDARD_OBJECTS, at=NOW)
     lead = {r["object"]: r for r in body["objects"]}["lead"]
     assert body["trend_since"] == "2026-11-25T10:15:00+00:00"
     assert (lead["total"], lead["backlog_earlier"], lead["trend"]) == (4, 54, "shrinking")

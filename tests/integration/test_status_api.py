@@ -1,7 +1,7 @@
 """Sync Status over the API, on SQLite and PostgreSQL, against hand-computed numbers.
 
-The queue and the throughput buckets are seeded with SQL at known times; ``at=`` pins
-"now" to 2026-11-25T13:20:00Z.
+The queue, the throughput buckets and the rate minutes are seeded with SQL at known
+times; ``at=`` pins "now" to 2026-11-25T13:20:00Z.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from crmsync.config import load_settings
-from crmsync.store.schema import sync_backlog_sample, sync_queue, sync_throughput
+from crmsync.store.schema import sync_backlog_sample, sync_queue, sync_rate, sync_throughput
 from crmsync.web.app import create_app
 
 TOKEN = "status-token"
@@ -94,6 +94,23 @@ THROUGHPUT = [
     ("13:00", "account", "from_crm", "update", 6),
 ]
 
+
+def ts(hhmmss: str) -> datetime:
+    return datetime.fromisoformat(f"2026-11-25T{hhmmss}+00:00")
+
+
+# Per-minute rate rows (store.queue): minute, object, direction, synced, first and last
+# synced at, first batch.
+RATE = [
+    # Lead to Dynamics: a drain that began at 13:19:00 after minutes of nothing; 9 synced
+    # by 13:19:40, of which the first batch 1.
+    ("13:19", "lead", "to_crm", 9, "13:19:00", "13:19:40", 1),
+    ("13:21", "lead", "to_crm", 500, "13:21:00", "13:21:30", 100),  # after 13:20: unseen
+    # Account from Dynamics: 31 from 13:18:00 to 13:18:30, the first batch 1.
+    ("13:18", "account", "from_crm", 31, "13:18:00", "13:18:30", 1),
+    ("13:10", "account", "from_crm", 9000, "13:10:00", "13:10:59", 10),  # before the window
+]
+
 # Backlog samples (store.maintenance): what the backlog was at each bucket.
 SAMPLES = [
     ("09:00", "lead", "to_crm", 0),  # superseded by the later 10:15 sample
@@ -114,6 +131,21 @@ def seed(engine: Engine) -> None:
             [
                 {"bucket_start": t(b), "object": o, "direction": d, "operation": op, "synced": n}
                 for b, o, d, op, n in THROUGHPUT
+            ],
+        )
+        conn.execute(
+            sa.insert(sync_rate),
+            [
+                {
+                    "minute_start": t(m),
+                    "object": o,
+                    "direction": d,
+                    "synced": n,
+                    "first_synced_at": ts(first),
+                    "last_synced_at": ts(last),
+                    "first_batch": b,
+                }
+                for m, o, d, n, first, last, b in RATE
             ],
         )
         conn.execute(
@@ -197,18 +229,21 @@ async def test_backlog_trend_and_eta(client):
     # Synced 12:20-13:20 (buckets 12:30, 12:45, 13:00, 13:15): lead 7+1+4+100 = 112.
     assert rows["lead"]["synced_last_hour"] == 112
     assert rows["account"]["synced_last_hour"] == 6
-    # Time to drain, at the rate of the 30 minutes before 13:20 weighted with a 5-minute
-    # half-life (store.drain), each direction on its own. Lead's from_crm update waits
-    # and nothing synced from_crm since 12:30: no rate, no time.
+    # Time to drain, at the rate of the 5 minutes before 13:20 (sync_rate) weighted with a
+    # 1-minute half-life, measured from the first sync (store.drain), each direction on
+    # its own. Lead's from_crm update waits and nothing synced from_crm lately: no rate.
     assert (rows["lead"]["drain"], rows["lead"]["eta_seconds"]) == ("no_rate", None)
-    # Account: 6 in the 13:00 bucket, i.e. 6/900 a second at ages 5 to 20 minutes, whose
-    # weight is (1/2 - 1/16) of the window's (1 - 1/64): 4/9. 1 / (6/900 * 4/9) = 337.5.
-    assert (rows["account"]["drain"], rows["account"]["eta_seconds"]) == ("estimate", 338)
+    # Account: 30 (31 less the first batch) in 13:18:00-13:18:30, 1/s at ages 90 to 120 s,
+    # measured from 13:18:00 (120 s): (2^-1.5 - 2^-2) / (1 - 2^-2) = 0.1381/s; 1 waiting:
+    # 7.2 s. The 9,000 of 13:10 are before the window.
+    assert (rows["account"]["drain"], rows["account"]["eta_seconds"]) == ("estimate", 8)
     assert (rows["contact"]["drain"], rows["contact"]["eta_seconds"]) == ("empty", 0)
-    # To Dynamics only: lead's 3 waiting at 1 (12:45), 4 (13:00) and 100 (13:15, 5 of its
-    # minutes elapsed) weighted 3/64, 7/16 and 1/2 over 63/64: 0.1713/s, 17.5 s.
+    # To Dynamics only: lead's 3 waiting; 8 in 13:19:00-13:19:40 (0.2/s at ages 20 to
+    # 60 s) from 13:19:00 (60 s): 0.2 * (2^-1/3 - 2^-1) / (1 - 2^-1) = 0.1175/s, 25.5 s.
+    # Measured from the window's start (13:15) it would read 0.0606/s and 50 s; with the
+    # first batch in it, 23 s.
     to_crm = by_object(await get(client, "/api/v1/sync/status", at=AT, direction="to_crm"))
-    assert (to_crm["lead"]["drain"], to_crm["lead"]["eta_seconds"]) == ("estimate", 18)
+    assert (to_crm["lead"]["drain"], to_crm["lead"]["eta_seconds"]) == ("estimate", 26)
     # Paused: no time, whatever the rate.
     r = await client.post("/api/v1/sync/pause", json={"object": "lead", "direction": "to_crm"})
     assert r.status_code == 200, r.text

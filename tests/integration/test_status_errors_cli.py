@@ -14,7 +14,8 @@ from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from crmsync.cli import app
-from crmsync.store.schema import sync_error, sync_queue
+from crmsync.store.schema import sync_error, sync_pause, sync_queue
+from crmsync.store.types import utcnow
 
 AT = status_fixture.AT
 
@@ -58,6 +59,31 @@ def test_status_table_backlog_last_hour_and_details(run, engine: Engine):
     assert "shrinking" in backlog and "against the backlog at 2026-11-25 10:15:00 UTC" in backlog
     details = json.loads(run("status", "--object", "lead", "--json", "--at", AT).output)
     assert details["updates"]["oldest"]["record_id"] == 5
+
+
+def test_status_says_the_time_to_drain_paused_or_no_rate_at_80_columns(run, engine: Engine):
+    status_fixture.seed(engine)
+
+    def drain_cells() -> dict[str, str]:
+        result = run("status", "--at", AT, columns=80)
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert max(len(line) for line in lines) <= 80, result.output
+        header = next(line for line in lines if line.startswith("Object"))
+        assert header.rstrip().endswith("Drain")
+        rows = [line.split() for line in lines if line.split()[:1] in (["lead"], ["account"])]
+        return {cells[0]: cells[-1] for cells in rows}
+
+    # The numbers are those of test_status_api: lead has no from_crm rate, account drains.
+    assert drain_cells() == {"lead": "\u2014", "account": "8s"}
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(sync_pause).values(object="account", direction="*", paused_at=utcnow())
+        )
+    assert drain_cells() == {"lead": "\u2014", "account": "paused"}
+    body = json.loads(run("status", "--json", "--at", AT).output)
+    account = {r["object"]: r for r in body["objects"]}["account"]
+    assert (account["drain"], account["eta_seconds"]) == ("paused", None)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from crmsync.alerts import ERRORS_PER_HOUR, OLDEST_AGE, Event, decide, thresholds
+from crmsync.alerts import (
+    ERRORS_PER_HOUR,
+    MAPPING_MISMATCH,
+    OLDEST_AGE,
+    Event,
+    decide,
+    thresholds,
+)
 from crmsync.config import load_settings
 
 NOW = datetime(2026, 11, 25, 13, 0, tzinfo=UTC)
@@ -52,9 +59,10 @@ def test_thresholds_from_settings_and_the_webhook_url_stays_secret():
         alert_oldest_age_seconds=900,
         alert_webhook_url="https://hooks.example.com/T000/secret-token",
     )
-    assert thresholds(settings) == {OLDEST_AGE: 900.0}
+    assert thresholds(settings) == {OLDEST_AGE: 900.0, MAPPING_MISMATCH: 0.0}
     assert "secret-token" not in repr(settings)
-    assert thresholds(load_settings()) == {}
+    # An object paused for its mapping is always an alert.
+    assert thresholds(load_settings()) == {MAPPING_MISMATCH: 0.0}
 
 
 def test_bad_alert_settings_are_named_without_their_values():

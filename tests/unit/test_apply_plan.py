@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
-from crmsync.domain import ConflictRule, default_objects
+from crmsync.domain import ConflictRule
 from crmsync.engine import changes as ch
 from crmsync.engine.apply import plan_apply
+from crmsync.mapping import default_objects
 from crmsync.values import MISSING_PARENT, UNMAPPABLE, Defer, Entry, Park, Skip
 from crmsync.values import ApplyContext as Context
 from crmsync.values import LocalWrite as Write

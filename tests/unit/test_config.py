@@ -9,6 +9,7 @@ import pytest
 from crmsync.config import load_settings
 from crmsync.domain import ConflictRule, Flow
 from crmsync.errors import ConfigError
+from crmsync.mapping import activate, default_objects
 
 
 @pytest.fixture(autouse=True)
@@ -97,7 +98,8 @@ def test_object_overrides_must_name_real_columns(
     cfg = tmp_path / "c.toml"
     cfg.write_text(toml)
     monkeypatch.setenv("CRMSYNC_CONFIG", str(cfg))
-    with pytest.raises(ConfigError, match="CRMSYNC_OBJECTS"):
+    # Named by its TOML path, as the contract's mappings section says.
+    with pytest.raises(ConfigError, match=r"\n  objects\.lead\.(fields|field_rules)\."):
         load_settings()
 
 
@@ -177,3 +179,23 @@ def test_trusted_proxies_are_addresses_or_networks(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("CRMSYNC_TRUSTED_PROXIES", "10.0.0.0/8,proxy.local")
     with pytest.raises(ConfigError, match=r"CRMSYNC_TRUSTED_PROXIES.*proxy\.local"):
         load_settings()
+
+
+def test_marking_deletes_is_refused_for_an_attached_table() -> None:
+    person = {
+        "table": "people",
+        "entity_set": "new_people",
+        "logical_name": "new_person",
+        "primary_key": "new_personid",
+        "label": "full_name",
+        "fields": {"full_name": {"attribute": "new_name", "type": "string"}},
+    }
+    with pytest.raises(ConfigError, match=r"objects\.person\.table: an attached table has no"):
+        load_settings(delete_behaviour="mark", objects={"person": person})
+    try:
+        assert load_settings(delete_behaviour="delete", objects={"person": person})
+        # A table crmsync creates has crm_deleted_at: marking works there.
+        created = {k: v for k, v in person.items() if k != "table"}
+        assert load_settings(delete_behaviour="mark", objects={"person": created})
+    finally:
+        activate(default_objects())

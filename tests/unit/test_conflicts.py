@@ -15,8 +15,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crmsync.domain import ConflictRule, Flow, default_objects
+from crmsync.domain import ConflictRule, Flow
 from crmsync.engine.conflicts import as_text, resolve, winner
+from crmsync.mapping import default_objects
 
 LEAD = default_objects()["lead"]
 CONTACT = default_objects()["contact"]

@@ -14,7 +14,8 @@ from crmsync.demo import history
 from crmsync.demo.datadir import Choice, DataDir, decide
 from crmsync.demo.generator import WEIGHTS, TrafficConfig, due, plan, weights
 from crmsync.demo.people import BAD_KINDS, PLACEHOLDER_EMAILS, People
-from crmsync.domain import Flow, default_objects
+from crmsync.domain import Flow
+from crmsync.mapping import default_objects
 
 # -- reuse or reset -----------------------------------------------------------------------
 

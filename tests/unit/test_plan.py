@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from crmsync.domain import default_objects
 from crmsync.engine import retry
 from crmsync.engine.plan import (
     INVALID_CRM_ID,
@@ -16,6 +15,7 @@ from crmsync.engine.plan import (
     Skip,
     plan_entry,
 )
+from crmsync.mapping import default_objects
 from crmsync.store.outbound import Parent
 from crmsync.store.queue import Entry, bucket_start
 

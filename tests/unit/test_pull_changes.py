@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from crmsync.domain import default_objects
 from crmsync.engine import changes as ch
+from crmsync.mapping import default_objects
 
 SPECS = default_objects()
 LEAD, CONTACT = SPECS["lead"], SPECS["contact"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from crmsync.domain import default_objects
 from crmsync.errors import ValidationFailed
+from crmsync.mapping import default_objects
 from crmsync.store import records
 
 SPECS = default_objects()

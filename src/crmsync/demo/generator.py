@@ -5,15 +5,14 @@ Three kinds of writer, as in a real deployment:
 - ``sql``: another program writing the local tables with plain SQL over its own
   connection (change capture must see it like any other write);
 - ``api``: an application using crmsync's records API with the bearer token;
-- ``crm``: people working in Dynamics, here a separate application user of the
-  emulator writing through its Web API (never touching records crmsync created, so
-  that what crmsync sent can be checked afterwards).
+- ``crm``: people in Dynamics, a separate application user of the emulator writing
+  through its Web API, never touching records crmsync created (so that what crmsync
+  sent can be checked afterwards).
 
-What to do next is drawn by ``plan`` (pure, seeded); the writers carry it out. A
-"list import" now and then inserts a few hundred leads in one transaction, so the
-backlog visibly rises and drains. A write that fails (a 429 from the emulator, a
-record deleted meanwhile) is counted and skipped: the generator stands for people,
-who do not retry on the sync's behalf.
+``plan`` (pure, seeded) draws what to do next; the writers carry it out. Now and then a
+"list import" inserts a few hundred leads in one transaction, so the backlog visibly
+rises and drains. A failed write (a 429, a record deleted meanwhile) is counted and
+skipped: the generator stands for people, who do not retry on the sync's behalf.
 """
 
 from __future__ import annotations

@@ -1,27 +1,17 @@
 """Access tokens for Dynamics: client credentials, cached, refreshed in a single flight.
 
-``TokenProvider`` is the interface the client uses (``token()`` and ``invalidate()``);
-``CachingTokenProvider`` caches what a ``TokenSource`` issues and lets concurrent callers
-await one refresh, on expiry (with a margin) or after the client saw a 401.
+The client uses a ``TokenProvider`` (``token()``, ``invalidate()``): ``CachingTokenProvider``
+caches what a ``TokenSource`` issues; concurrent callers await one refresh, on expiry
+(with a margin) or after the client saw a 401. ``source_for`` picks the source:
 
-Two sources:
+- https: ``MsalTokenSource``, MSAL's ``acquire_token_for_client`` against
+  ``{authority_url}/{tenant_id}``, scope ``{dynamics_url}/.default`` (authenticate-oauth),
+  in a worker thread; its HTTP goes through httpx so tests can stand in for the network.
+- http (the emulator): ``ClientCredentialsSource``, a direct POST to
+  ``.../oauth2/v2.0/token``, because MSAL refuses http authorities.
 
-- ``MsalTokenSource``: ``msal.ConfidentialClientApplication.acquire_token_for_client``
-  against ``{authority_url}/{tenant_id}``, scope ``{dynamics_url}/.default``
-  (authenticate-oauth). MSAL is synchronous, so it runs in a worker thread; its HTTP goes
-  through httpx via a small adapter so a test transport can stand in for the network.
-- ``ClientCredentialsSource``: a direct OAuth2 client-credentials POST to
-  ``{authority_url}/{tenant_id}/oauth2/v2.0/token``. MSAL 1.39 refuses plain-http
-  authorities outright: ``msal.authority.canonicalize`` raises ``ValueError`` unless the
-  scheme is ``https`` (for ``authority`` and ``oidc_authority`` alike), so the emulator on
-  ``http://127.0.0.1`` needs this. ``source_for`` picks it automatically for http://.
-
-For an https authority that is not a Microsoft host, MSAL would first call Microsoft's
-instance-discovery endpoint at login.microsoftonline.com; ``instance_discovery=False``
-turns that off (then MSAL reads ``{authority}/v2.0/.well-known/openid-configuration``).
-
-Secrets never appear in reprs, logs or exception messages: errors name the OAuth2 error
-code and Entra's description, and ``_redact`` strips the secret from any text defensively.
+Secrets never appear in reprs, logs or exception messages: errors carry the OAuth2 code
+and Entra's description, and ``_redact`` strips the secret from any text defensively.
 """
 
 from __future__ import annotations
@@ -44,7 +34,10 @@ TOKEN_TIMEOUT = 30.0
 # RFC 6749 section 5.2 errors that only go away when the service recovers.
 _TRANSIENT_OAUTH_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
 
-# Entra hosts MSAL already knows; anything else skips instance discovery.
+# Entra hosts MSAL already knows; anything else skips instance discovery. For another
+# https host MSAL would first ask Microsoft's instance-discovery endpoint at
+# login.microsoftonline.com (needs the internet); with ``instance_discovery=False`` it
+# reads ``{authority}/v2.0/.well-known/openid-configuration`` instead.
 _MICROSOFT_HOSTS = frozenset(
     {
         "login.microsoftonline.com",
@@ -293,6 +286,9 @@ class MsalTokenSource:
 
 def source_for(creds: Credentials, transport: Any = None) -> TokenSource:
     """MSAL for https authorities; the direct client for http (MSAL requires https)."""
+    # MSAL 1.39 refuses plain-http authorities outright: ``msal.authority.canonicalize``
+    # raises ValueError unless the scheme is https (``authority`` and ``oidc_authority``
+    # alike), so the emulator on http://127.0.0.1 needs the direct client.
     if urlparse(creds.authority_url).scheme == "http":
         async_t = transport if isinstance(transport, httpx.AsyncBaseTransport) else None
         return ClientCredentialsSource(creds, transport=async_t)

@@ -30,7 +30,13 @@ from crmsync.dynamics.auth import (
     source_for,
 )
 from crmsync.dynamics.faults import Throttled, TokenRejected, classify, from_transport_error
-from crmsync.dynamics.limiter import AdaptiveLimit, Limiter, parse_dop_hint
+from crmsync.dynamics.limiter import (
+    AdaptiveLimit,
+    Limiter,
+    RateLimitRemaining,
+    parse_dop_hint,
+    parse_ratelimit,
+)
 from crmsync.dynamics.pages import (
     MAX_PAGE_SIZE,
     ChangePage,
@@ -99,6 +105,8 @@ class DataverseClient:
         self.base_url = dynamics_url.rstrip("/") + API_PATH
         self._tokens = tokens
         self.limiter = limiter or Limiter()
+        # The last x-ms-ratelimit-* values Dataverse sent, for /metrics (never for pacing).
+        self.ratelimit: RateLimitRemaining | None = None
         self._throttle_retries = throttle_retries
         self.conditions = Conditions(log)
         self._http = httpx.AsyncClient(
@@ -195,6 +203,9 @@ class DataverseClient:
                     )
                     raise error from exc
             count_crm_response(resp.status_code)
+            remaining = parse_ratelimit(resp.headers)
+            if remaining is not None:
+                self.ratelimit = remaining
             if resp.status_code < 400:
                 await self.limiter.succeeded(parse_dop_hint(resp.headers.get("x-ms-dop-hint")))
                 if self.conditions.active:
@@ -242,6 +253,15 @@ class DataverseClient:
         if not isinstance(user, str):
             raise Fatal("Dynamics answered WhoAmI without a UserId")
         return user.lower()
+
+    async def get_json(self, path: str) -> dict[str, Any]:
+        """The JSON object at ``path`` (relative to the Web API, query included); a 404
+        raises ``RecordRejected`` with ``status`` 404."""
+        resp = await self._send("GET", path)
+        data = resp.json()
+        if not isinstance(data, dict):
+            raise Fatal(f"Dynamics answered GET {path.split('?')[0]} with no JSON object")
+        return data
 
     async def get(
         self, entity_set: str, record_id: str, *, select: Sequence[str] = ()

@@ -1,15 +1,10 @@
 """Map Dataverse responses and transport failures onto crmsync's error families.
 
 Decisions only, no I/O: ``classify`` takes a status, a body and headers and returns the
-exception the caller should act on. The families come from ``crmsync.errors``:
-
-- ``Retriable``: 429 service protection (with ``Retry-After``), 5xx, timeouts, cut
-  connections. The caller tries again later.
-- ``RecordRejected``: Dataverse refused this record (validation, duplicate, privilege,
-  not found). Dataverse's code and message are kept verbatim.
-- ``StaleRecord``: 412, the record's version (If-Match) or existence did not match.
-- ``ObjectUnusable``: 404 for an entity set Dataverse does not have.
-- ``Fatal``: credentials or configuration; nothing will work until a person acts.
+exception the caller should act on, in ``crmsync.errors``' families: ``Retriable``
+(429 with ``Retry-After``, 5xx, timeouts, cut connections), ``RecordRejected`` (this
+record: validation, duplicate, privilege, not found; code and message verbatim),
+``StaleRecord`` (412), ``ObjectUnusable`` (an entity set Dataverse lacks), ``Fatal``.
 
 Dataverse's error body is ``{"error": {"code": "<hex or empty>", "message": "..."}}``;
 the code "is not related to the http status code and is frequently empty"
@@ -20,6 +15,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -89,6 +85,26 @@ class UnknownResource(ObjectUnusable):
         return f"unknown Dataverse resource: {self.message}"
 
 
+class MissingAttribute(ObjectUnusable):
+    """400 naming an attribute the table does not have: Dynamics no longer matches the
+    mapping (a column deleted or renamed), so every write or read of the object fails
+    alike; ``attribute`` is the one it named."""
+
+    def __init__(self, code: str, message: str, attribute: str, *, status: int = 400):
+        super().__init__(code, message, status=status)
+        self.attribute = attribute
+
+
+# How Dataverse names an attribute a table does not have: in $select or $filter ("Could
+# not find a property named"), in a request body (the OData reader's "does not exist
+# on type", and the platform's "Invalid property ... was found in entity").
+_MISSING_ATTRIBUTE = re.compile(
+    r"Could not find a property named '([^']+)'"
+    r"|The property '([^']+)' does not exist on type"
+    r"|Invalid property '([^']+)' was found in entity"
+)
+
+
 class DeltaTokenExpired(CrmsyncError):
     """The change-tracking delta link is too old; the caller must run a full sync."""
 
@@ -146,6 +162,12 @@ def classify(
             retry_after=DEFAULT_RETRY_AFTER if wait is None else wait,
             status=status,
         )
+    # Before the codes: a payload error (0x80048d19) naming a missing attribute is about
+    # the mapping, not about this record.
+    missing = _MISSING_ATTRIBUTE.search(message) if status == 400 else None
+    if missing is not None:
+        attribute = next(g for g in missing.groups() if g)
+        return MissingAttribute(code, message, attribute, status=status)
     if code_key in REJECT_CODES:
         return RecordRejected(code, message, status=status)
     if status == 401:

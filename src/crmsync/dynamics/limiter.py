@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -76,6 +76,37 @@ class ThrottleGate:
     def wait(self, now: float) -> float:
         """Seconds still to wait before a request may be sent (0 when open)."""
         return max(0.0, self.until - now)
+
+
+@dataclass(frozen=True)
+class RateLimitRemaining:
+    """What a response said is left of the user's service-protection window: requests
+    (``x-ms-ratelimit-burst-remaining-xrm-requests``) and execution time in seconds
+    (``x-ms-ratelimit-time-remaining-xrm-requests``, sent as ``1,199.46``). Microsoft:
+    "Don't depend on these values to control how many requests you send. They're intended
+    for debugging purposes." (api-limits.md): for operators, not for pacing."""
+
+    requests: int | None
+    execution_s: float | None
+
+
+def parse_ratelimit(headers: Mapping[str, str]) -> RateLimitRemaining | None:
+    """The ``x-ms-ratelimit-*`` headers of a response, or None if it carries neither."""
+    requests = _number(headers.get("x-ms-ratelimit-burst-remaining-xrm-requests"))
+    execution = _number(headers.get("x-ms-ratelimit-time-remaining-xrm-requests"))
+    if requests is None and execution is None:
+        return None
+    return RateLimitRemaining(None if requests is None else int(requests), execution)
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value.strip().replace(",", ""))  # "1,199.46": en-US grouping
+    except ValueError:
+        return None
+    return number if number >= 0 and number != float("inf") else None
 
 
 def parse_dop_hint(value: str | None) -> int | None:

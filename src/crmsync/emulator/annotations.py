@@ -15,7 +15,16 @@ from datetime import datetime
 from typing import Any
 
 from crmsync.emulator.conditions import logical_name
-from crmsync.emulator.model import BOOLEAN, DATETIME, ENTITIES, LOOKUP, PICKLIST, Entity
+from crmsync.emulator.model import (
+    BOOLEAN,
+    DATETIME,
+    ENTITIES,
+    LOOKUP,
+    MULTISELECT,
+    PICKLIST,
+    Entity,
+    choice_values,
+)
 from crmsync.emulator.odata import Prefer
 from crmsync.emulator.store import Store
 
@@ -59,6 +68,11 @@ def annotate(
 def formatted(kind: str, attr: Any, value: Any, store: Store) -> str | None:
     if kind == PICKLIST:
         return next((label for v, label in attr.options if v == value), None)
+    if kind == MULTISELECT and isinstance(value, str):
+        # "a semi-colon separated string containing the labels" ("Hiking; Fishing").
+        labels = dict(attr.options)
+        chosen = choice_values(value) or []
+        return "; ".join(labels[v] for v in chosen if v in labels) or None
     if kind == BOOLEAN:
         return "Yes" if value else "No"
     if kind == DATETIME and isinstance(value, str):

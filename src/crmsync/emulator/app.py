@@ -19,12 +19,14 @@ import asyncio
 import json
 import time
 from collections import Counter, deque
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from crmsync.emulator import faults
+from crmsync.domain import ObjectSpec
+from crmsync.emulator import costs, faults
 from crmsync.emulator.api import Api
 from crmsync.emulator.auth import (
     AuthError,
@@ -35,6 +37,7 @@ from crmsync.emulator.auth import (
 from crmsync.emulator.batch import BatchRunner
 from crmsync.emulator.http import API_PREFIX, Call, Reply, dumps, split_api_path
 from crmsync.emulator.limits import Limiter
+from crmsync.emulator.mapped import serve_mapping
 from crmsync.emulator.settings import Settings, SettingsError, validate
 from crmsync.emulator.store import Store
 
@@ -49,7 +52,9 @@ class ConnectionCut(Exception):
 
 
 class Emulator:
-    def __init__(self, db: Path | None = None) -> None:
+    def __init__(self, db: Path | None = None, specs: Iterable[ObjectSpec] = ()) -> None:
+        # Before the store: it keeps one table per emulated entity set.
+        self.mapped = serve_mapping(specs)
         self.settings = Settings()
         self.store = Store(db)
         self.api = Api(self.store, self.settings)
@@ -59,6 +64,7 @@ class Emulator:
         self.by_status: Counter[str] = Counter()
         self.total = 0
         self.cuts = 0
+        self.execution_ms: dict[str, float] = dict.fromkeys(costs.MESSAGES, 0.0)
         # (arrived at, wall clock seconds; method; path; status)
         self.log: deque[tuple[float, str, str, int]] = deque(maxlen=REQUEST_LOG_SIZE)
 
@@ -119,37 +125,37 @@ class Emulator:
         try:
             self.limiter.admit(user)
         except faults.DataverseFault as fault:
-            return Reply.fault(fault), False
-        started = time.monotonic()
+            return self._remaining(Reply.fault(fault), user), False
+        charged = 0.0
         try:
             injected = self.limiter.injected()
             if injected is not None:
-                return Reply.fault(injected), False
-            raw_query = scope.get("query_string", b"").decode("latin-1")
-            root, rest = split_api_path(scope["path"]) or (API_PREFIX, "")
-            call = Call(
-                method=scope["method"],
-                path=rest,
-                query=dict(parse_qsl(raw_query, keep_blank_values=True)),
-                headers=headers,
-                body=body,
-                user_id=user,
-                base=f"{_origin(scope, headers)}{root}",
-                raw_query=raw_query,
-            )
-            if call.path == "$batch" and call.method == "POST":
-                try:
-                    reply = self.batch.run(call)
-                except faults.DataverseFault as fault:
-                    reply = Reply.fault(fault)
+                reply, cut = Reply.fault(injected), False  # never ran: nothing charged
             else:
-                reply = self.api.handle(call)
-            delay = self.limiter.delay_s(reply.records)
-            if delay > 0:
-                await asyncio.sleep(delay)
-            return reply, self.limiter.cut()
+                call = _call(scope, headers, body, user)
+                reply = self._run(call)
+                delay = self.limiter.delay_s(reply.records)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                where, charged = costs.charge(call, reply, self.settings)
+                self.execution_ms[where] += charged
+                cut = self.limiter.cut()
         finally:
-            self.limiter.release(user, (time.monotonic() - started) * 1000)
+            self.limiter.release(user, charged)
+        # After the charge, so that the headers count this request too.
+        return self._remaining(reply, user), cut
+
+    def _run(self, call: Call) -> Reply:
+        if call.path == "$batch" and call.method == "POST":
+            try:
+                return self.batch.run(call)
+            except faults.DataverseFault as fault:
+                return Reply.fault(fault)
+        return self.api.handle(call)
+
+    def _remaining(self, reply: Reply, user: str) -> Reply:
+        reply.headers.update(self.limiter.remaining_headers(user))
+        return reply
 
     # -- identity provider -----------------------------------------------------------
 
@@ -204,6 +210,8 @@ class Emulator:
             if key == "expire_delta_tokens":
                 if value:
                     self.api.reader.expire_tokens()
+            elif key == "costs":  # the operations named change; the others keep theirs
+                self.settings.costs = {**self.settings.costs, **value}
             else:
                 setattr(self.settings, key, value)
         if "seed" in update:
@@ -219,6 +227,7 @@ class Emulator:
         self.api.jobs.clear()
         self.by_status.clear()
         self.total = self.cuts = 0
+        self.execution_ms = dict.fromkeys(costs.MESSAGES, 0.0)
         self.log.clear()
         self.tokens.restore_users()
 
@@ -226,6 +235,10 @@ class Emulator:
         return {
             "records": {name: self.store.count(name) for name in self.store.tables},
             "requests": {"total": self.total, "by_status": dict(self.by_status), "cut": self.cuts},
+            "execution_ms": {
+                "total": round(sum(self.execution_ms.values()), 3),
+                "by_message": {m: round(self.execution_ms[m], 3) for m in costs.MESSAGES},
+            },
         }
 
     def requests(self) -> list[dict[str, Any]]:
@@ -240,9 +253,25 @@ class Emulator:
         ]
 
 
-def create_app(db: Path | None = None) -> Emulator:
-    """A fresh emulator as an ASGI app; ``db`` persists records to a SQLite file."""
-    return Emulator(db)
+def create_app(db: Path | None = None, specs: Iterable[ObjectSpec] = ()) -> Emulator:
+    """A fresh emulator as an ASGI app; ``db`` persists records to a SQLite file;
+    ``specs`` are the mapping's objects, served besides the standard tables."""
+    return Emulator(db, specs)
+
+
+def _call(scope: Scope, headers: dict[str, str], body: bytes, user: str) -> Call:
+    raw_query = scope.get("query_string", b"").decode("latin-1")
+    root, rest = split_api_path(scope["path"]) or (API_PREFIX, "")
+    return Call(
+        method=scope["method"],
+        path=rest,
+        query=dict(parse_qsl(raw_query, keep_blank_values=True)),
+        headers=headers,
+        body=body,
+        user_id=user,
+        base=f"{_origin(scope, headers)}{root}",
+        raw_query=raw_query,
+    )
 
 
 def _origin(scope: Scope, headers: dict[str, str]) -> str:

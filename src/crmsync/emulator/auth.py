@@ -1,24 +1,14 @@
 """OAuth2 client credentials, as Microsoft Entra ID answers them, for the emulator.
 
-Endpoints (same paths as ``login.microsoftonline.com``, served by the emulator itself):
+Endpoints (the paths of ``login.microsoftonline.com``, served by the emulator itself):
 
 - ``POST /{tenant}/oauth2/v2.0/token`` with ``grant_type=client_credentials``,
   ``client_id``, ``client_secret``, ``scope`` -> ``{"token_type": "Bearer",
-  "expires_in", "access_token"}``.
-- ``POST /{tenant}/oauth2/token`` (v1): the same with ``resource=<org url>`` for
-  ``scope``; the answer has ``expires_in``/``expires_on`` as strings and ``resource``.
-- Either takes the client credentials in the body (``client_secret_post``) or in an
-  HTTP Basic header (``client_secret_basic``), both advertised by discovery.
+  "expires_in", "access_token"}``; ``POST /{tenant}/oauth2/token`` (v1) takes
+  ``resource=<org url>`` for ``scope`` and answers ``expires_in``/``expires_on`` as
+  strings, with ``resource``. Both take the credentials in the body
+  (``client_secret_post``) or an HTTP Basic header (``client_secret_basic``).
 - ``GET /{tenant}/v2.0/.well-known/openid-configuration`` (tenant discovery).
-
-What an MSAL client must pass: ``msal.ConfidentialClientApplication(client_id,
-client_credential=secret, authority="https://127.0.0.1:<port>/<tenant>")``. MSAL
-(1.39, ``authority.canonicalize``) refuses any authority that is not ``https``, so the
-emulator must run with ``--certfile/--keyfile`` and the client must trust the
-certificate (``REQUESTS_CA_BUNDLE``, or ``verify=<ca.pem>`` on the application). It must
-also pass ``instance_discovery=False`` (or ``validate_authority=False``): otherwise MSAL
-asks ``login.microsoftonline.com/common/discovery/instance`` (a fixed host, not the
-authority's) whether the authority is known, which needs the internet and fails.
 
 Each distinct ``client_id`` becomes an application user: a ``systemusers`` row whose
 ``systemuserid`` is stable for that client id, so ``_modifiedby_value`` tells a sync its
@@ -197,6 +187,14 @@ def _is_guid(text: str) -> bool:
     return True
 
 
+# What an MSAL client must pass: ``msal.ConfidentialClientApplication(client_id,
+# client_credential=secret, authority="https://127.0.0.1:<port>/<tenant>")``. MSAL (1.39,
+# ``authority.canonicalize``) refuses any authority that is not https, so the emulator
+# must run with ``--certfile/--keyfile`` and the client must trust the certificate
+# (``REQUESTS_CA_BUNDLE``, or ``verify=<ca.pem>``). It must also pass
+# ``instance_discovery=False`` (or ``validate_authority=False``): otherwise MSAL asks
+# ``login.microsoftonline.com/common/discovery/instance`` (a fixed host, not the
+# authority's) whether the authority is known, which needs the internet and fails.
 def openid_configuration(issuer_base: str, tenant: str) -> dict[str, Any]:
     root = f"{issuer_base}/{tenant}"
     return {

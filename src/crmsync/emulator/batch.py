@@ -155,9 +155,10 @@ class BatchRunner:
         out: list[str] = []
         status = 200
         records = 0
+        ran: list[tuple[Call, Reply]] = []
         for item in items:
             if isinstance(item, Changeset):
-                replies = self._changeset(item, call)
+                replies = self._changeset(item, call, ran)
                 inner = f"changesetresponse_{uuid.uuid4()}"
                 block = "".join(f"--{inner}{_CRLF}{_render(r, cid)}" for r, cid in replies)
                 out.append(
@@ -167,7 +168,7 @@ class BatchRunner:
                 )
                 failed = next((r for r, _ in replies if r.status >= 400), None)
             else:
-                reply = self._one(item, call, {})
+                reply = self._one(item, call, {}, ran)
                 out.append(f"--{boundary}{_CRLF}{_render(reply, None)}")
                 failed = reply if reply.status >= 400 else None
                 replies = [(reply, None)]
@@ -177,21 +178,27 @@ class BatchRunner:
                 break
         body = "".join(out) + f"--{boundary}--{_CRLF}"
         head = {"Content-Type": f"multipart/mixed; boundary={boundary}", "OData-Version": "4.0"}
-        return Reply(status, head, body.encode(), records)
+        return Reply(status, head, body.encode(), records, parts=ran)
 
-    def _changeset(self, changeset: Changeset, call: Call) -> list[tuple[Reply, str | None]]:
+    def _changeset(
+        self, changeset: Changeset, call: Call, ran: list[tuple[Call, Reply]]
+    ) -> list[tuple[Reply, str | None]]:
         store = self.api.store
         store.begin()
         refs: dict[str, str] = {}
         replies: list[tuple[Reply, str | None]] = []
         for part in changeset.parts:
+            inner: Call | None = None
             try:
-                reply = self.api.route(self._call(part, call, refs))
+                inner = self._call(part, call, refs)
+                reply = self.api.route(inner)
             except faults.DataverseFault as fault:
                 reply = Reply.fault(fault)
             except Exception:
                 store.rollback()
                 raise
+            if inner is not None:  # it ran (and is charged), even if rolled back below
+                ran.append((inner, reply))
             if reply.status >= 400:
                 store.rollback()
                 # An atomic changeset answers with the one failure (batch docs).
@@ -202,12 +209,16 @@ class BatchRunner:
         store.commit()
         return replies
 
-    def _one(self, part: Part, call: Call, refs: dict[str, str]) -> Reply:
+    def _one(
+        self, part: Part, call: Call, refs: dict[str, str], ran: list[tuple[Call, Reply]]
+    ) -> Reply:
         try:
             inner = self._call(part, call, refs)
         except faults.DataverseFault as fault:
             return Reply.fault(fault)
-        return self.api.handle(inner)
+        reply = self.api.handle(inner)
+        ran.append((inner, reply))
+        return reply
 
     def _call(self, part: Part, call: Call, refs: dict[str, str]) -> Call:
         url = part.url

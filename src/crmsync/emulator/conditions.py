@@ -17,13 +17,19 @@ from crmsync.emulator.model import (
     BIGINT,
     BOOLEAN,
     DATETIME,
+    DECIMAL,
     GUID,
+    INTEGER,
     LOOKUP,
+    MONEY,
+    MULTISELECT,
     PICKLIST,
     Attribute,
     Entity,
+    choice_values,
     is_guid,
     normalize_guid,
+    selected,
 )
 from crmsync.emulator.odata import parse_date
 
@@ -62,8 +68,15 @@ def coerce(entity: Entity, attr: Attribute, value: Any) -> Any:
             if text.lower() in ("0", "false"):
                 return False
             raise ValueError(text)
-        if kind in (PICKLIST, BIGINT):
+        if kind in (PICKLIST, BIGINT, INTEGER):
             return int(text)
+        if kind in (DECIMAL, MONEY):
+            return float(text)
+        if kind == MULTISELECT:  # compared as stored: ascending, no spaces ("1,9")
+            values = choice_values(text)
+            if values is None:
+                raise ValueError(text)
+            return ",".join(str(v) for v in sorted(set(values)))
         if kind in (GUID, LOOKUP):
             bare = text.strip("{}")
             if not is_guid(bare):
@@ -148,6 +161,11 @@ def operator_test(op: str, values: list[Any]) -> Check:
         return lambda v: any(compare("eq", v, x) for x in values)
     if op == "not-in":
         return lambda v: v is not None and not any(compare("eq", v, x) for x in values)
+    if op in ("contain-values", "not-contain-values"):
+        wanted = set().union(*(selected(x) for x in values))
+        negate = op == "not-contain-values"
+        # As the Web API's ContainValues / DoesNotContainValues (functions.contains_values).
+        return lambda v: v is not None and bool(selected(v) & wanted) != negate
     if op in ("like", "not-like", "begins-with", "not-begin-with", "ends-with", "not-end-with"):
         pattern = str(first)
         if "begin" in op:

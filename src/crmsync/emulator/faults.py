@@ -59,6 +59,19 @@ def invalid_choice(
     )
 
 
+def out_of_range(
+    logical: str, attribute: str, value: object, low: object, high: object
+) -> DataverseFault:
+    # (inferred) The shape of invalid_choice's message, with the range Dataverse
+    # quotes for numbers ("is outside the valid range(-100000000000 to 100000000000)").
+    return DataverseFault(
+        400,
+        "0x8004431a",
+        f"A validation error occurred. The value {value} of '{attribute}' on record of type "
+        f"'{logical}' is outside the valid range({low} to {high}).",
+    )
+
+
 def duplicate_detected() -> DataverseFault:
     # manage-duplicate-detection-create-update.md shows this as a 500.
     return DataverseFault(

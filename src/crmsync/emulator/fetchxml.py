@@ -24,7 +24,7 @@ from crmsync.emulator import faults
 from crmsync.emulator.annotations import annotate
 from crmsync.emulator.conditions import coerce, column, invalid, logical_name, operator_test
 from crmsync.emulator.http import Call, Reply, etag
-from crmsync.emulator.model import BY_LOGICAL, Attribute, Entity
+from crmsync.emulator.model import BY_LOGICAL, MULTISELECT, Attribute, Entity
 from crmsync.emulator.odata import Prefer, sort_key
 from crmsync.emulator.store import Store
 
@@ -39,7 +39,9 @@ _FETCH_ATTRS = {
 _OPERATORS = {
     "eq", "ne", "neq", "lt", "le", "gt", "ge", "like", "not-like", "null", "not-null",
     "in", "not-in", "begins-with", "not-begin-with", "ends-with", "not-end-with",
+    "contain-values", "not-contain-values",
 }  # fmt: skip
+_MANY = ("in", "not-in", "contain-values", "not-contain-values")  # take several values
 
 
 @dataclass
@@ -232,8 +234,11 @@ def _condition(
     if op in ("null", "not-null"):
         if raw:
             raise invalid(f"The condition operator '{op}' takes no value.")
-    elif not raw or (op not in ("in", "not-in") and len(raw) != 1):
+    elif not raw or (op not in _MANY and len(raw) != 1):
         raise invalid(f"The condition operator '{op}' on '{logical_name(attr)}' needs a value.")
+    if op.endswith("contain-values") and attr.type != MULTISELECT:
+        # (inferred) wording: multi-select-picklist.md documents them for choices only.
+        raise invalid(f"The condition operator '{op}' needs a choices column.")
     # Pattern operators take text as written; the others compare typed values.
     textual = op.endswith(("like", "-with"))
     values = raw if textual else [coerce(entity, attr, v) for v in raw]

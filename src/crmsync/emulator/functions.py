@@ -4,12 +4,13 @@ query functions"), and OData 4.01 ``x in ('a','b')``.
 
 Run: ``In``, ``NotIn``, ``Between``, ``NotBetween`` (inclusive), ``On``, ``OnOrAfter``,
 ``OnOrBefore``, ``Today``, ``Yesterday``, ``Tomorrow``, ``ThisMonth``, ``LastMonth``,
-``ThisYear``, ``LastXDays``, ``NextXDays``, ``LastXHours``, ``NextXHours``. Any other
-function is the OData error Dataverse gives for an unknown function. Dates are compared
-in UTC (inferred: Dataverse uses the caller's time zone, which an application user
-leaves at UTC unless set). ``LastXDays(n)`` is from midnight ``n`` days ago up to now;
-``NextXDays(n)`` from now up to the end of the ``n``-th day ahead (FetchXML
-``last-x-days``/``next-x-days`` semantics).
+``ThisYear``, ``LastXDays``, ``NextXDays``, ``LastXHours``, ``NextXHours``, and on choices
+(multi-select) columns ``ContainValues`` / ``DoesNotContainValues`` (multi-select-
+picklist.md). Any other function is the OData error Dataverse gives for an unknown one.
+Dates are compared in UTC (inferred: Dataverse uses the caller's time zone, which an
+application user leaves at UTC unless set). ``LastXDays(n)`` is from midnight ``n`` days
+ago up to now; ``NextXDays(n)`` from now up to the end of the ``n``-th day ahead
+(FetchXML ``last-x-days``/``next-x-days`` semantics).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from crmsync.emulator import faults
+from crmsync.emulator.model import MULTISELECT, choice_values, selected
 
 Row = dict[str, Any]
 Getter = Callable[[Row], Any]
@@ -62,8 +64,14 @@ def parse_args(parser: Any) -> dict[str, Any]:
         return args
 
 
-def build(name: str, args: dict[str, Any], resolve: Callable[[str], Getter]) -> Predicate:
-    """The predicate of one query function, given its parsed arguments."""
+def build(
+    name: str,
+    args: dict[str, Any],
+    resolve: Callable[[str], Getter],
+    column_type: Callable[[str], str | None] = lambda name: None,
+) -> Predicate:
+    """The predicate of one query function, given its parsed arguments; ``column_type``
+    names a record column's type (None where unknown, as for metadata rows)."""
     short = name.lower()[len(PREFIX) :] if name.lower().startswith(PREFIX) else ""
     prop = args.get("PropertyName")
     if not isinstance(prop, str):
@@ -92,9 +100,44 @@ def build(name: str, args: dict[str, Any], resolve: Callable[[str], Getter]) -> 
                 return False
 
         return between if short == "between" else (lambda r: get(r) is not None and not between(r))
+    if short in ("containvalues", "doesnotcontainvalues"):
+        if column_type(prop) != MULTISELECT:
+            # (inferred) wording: Dataverse documents these for choices columns only.
+            raise faults.bad_query(
+                f"The function '{name}' needs a choices column; '{prop}' is not one."
+            )
+        wanted = option_values(name, _list(name, args))
+        return contains_values(get, wanted, negate=short != "containvalues")
     if short in _DAY_FUNCS:
         return _dated(get, _DAY_FUNCS[short](args, name))
     raise unknown(name)
+
+
+def option_values(name: str, values: list[Any]) -> set[int]:
+    """``PropertyValues=['2','9']`` (the docs quote them; numbers are taken too)."""
+    out: set[int] = set()
+    for value in values:
+        parsed = None if isinstance(value, bool) else choice_values(str(value))
+        if parsed is None or len(parsed) != 1:
+            raise faults.bad_query(
+                f"The function '{name}' needs option values, got '{value}'."
+            )  # (inferred) wording
+        out.add(parsed[0])
+    return out
+
+
+def contains_values(get: Getter, wanted: set[int], *, negate: bool) -> Predicate:
+    """Rows whose choices hold any of ``wanted`` (or, negated, none of them). Inferred:
+    any, not all, as FetchXML ``contain-values`` with several ``value``s; a null column
+    matches neither, as ``NotIn`` leaves nulls out."""
+
+    def pred(row: Row) -> bool:
+        value = get(row)
+        if value is None:
+            return False
+        return bool(selected(value) & wanted) != negate
+
+    return pred
 
 
 def membership(get: Getter, values: list[Any], *, negate: bool) -> Predicate:
@@ -228,4 +271,6 @@ _DAY_FUNCS: dict[str, Window] = {
         _now() + timedelta(hours=_count_arg(a, n)),
     ),
 }
-_ALL = {"in", "notin", "between", "notbetween", *_DAY_FUNCS}
+_ALL = {
+    "in", "notin", "between", "notbetween", "containvalues", "doesnotcontainvalues", *_DAY_FUNCS,
+}  # fmt: skip

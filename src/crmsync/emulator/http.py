@@ -49,6 +49,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     records: int = 0  # rows read or written, for per-record latency
+    # A $batch reply: each part that ran, with its reply, for the execution time charged.
+    parts: list[tuple[Call, Reply]] = field(default_factory=list)
 
     @classmethod
     def json(cls, status: int, payload: Any, records: int = 0, **headers: str) -> Reply:

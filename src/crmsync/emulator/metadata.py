@@ -25,10 +25,14 @@ from crmsync.emulator.model import (
     BOOLEAN,
     BY_LOGICAL,
     DATETIME,
+    DECIMAL,
     ENTITIES,
     GUID,
+    INTEGER,
     LOOKUP,
     MEMO,
+    MONEY,
+    MULTISELECT,
     PICKLIST,
     STRING,
     Attribute,
@@ -43,6 +47,7 @@ _DISPLAY = {
     "systemuser": "User",
     "asyncoperation": "System Job",
     "new_synctomkto": "Sync to Marketo",
+    "sample_outdooractivities": "Outdoor activities",
 }
 _TYPE_NAMES = {
     STRING: ("StringAttributeMetadata", "StringType"),
@@ -53,15 +58,15 @@ _TYPE_NAMES = {
     DATETIME: ("DateTimeAttributeMetadata", "DateTimeType"),
     BIGINT: ("BigIntAttributeMetadata", "BigIntType"),
     LOOKUP: ("LookupAttributeMetadata", "LookupType"),
+    INTEGER: ("IntegerAttributeMetadata", "IntegerType"),
+    DECIMAL: ("DecimalAttributeMetadata", "DecimalType"),
+    MONEY: ("MoneyAttributeMetadata", "MoneyType"),
+    MULTISELECT: ("MultiSelectPicklistAttributeMetadata", "MultiSelectPicklistType"),
 }
 # Casts Dataverse accepts on Attributes; the emulated tables have no column of the
 # types not in _TYPE_NAMES, so those casts answer an empty collection.
 _OTHER_CASTS = {
-    "IntegerAttributeMetadata",
-    "MoneyAttributeMetadata",
-    "DecimalAttributeMetadata",
     "DoubleAttributeMetadata",
-    "MultiSelectPicklistAttributeMetadata",
     "StateAttributeMetadata",
     "StatusAttributeMetadata",
     "EntityNameAttributeMetadata",
@@ -162,7 +167,7 @@ _SCHEMA = {
     "modifiedon": "ModifiedOn", "createdby": "CreatedBy", "modifiedby": "ModifiedBy",
     "versionnumber": "VersionNumber", "operationtype": "OperationType",
     "statecode": "StateCode", "statuscode": "StatusCode", "message": "Message",
-    "completedon": "CompletedOn",
+    "completedon": "CompletedOn", "sample_outdooractivities": "sample_OutdoorActivities",
 }  # fmt: skip
 
 
@@ -180,6 +185,8 @@ def attribute_row(e: Entity, attr: Attribute) -> Row:
     targets = [ENTITIES[attr.target].logical] if attr.target else []
     if name == "parentcustomerid":
         kind, cast, type_name = "Customer", "LookupAttributeMetadata", "CustomerType"
+    if kind == MULTISELECT:
+        kind = "Virtual"  # AttributeTypeCode of choices columns; the type name says which
     required = "SystemRequired" if name == e.primary_id else "None"
     if name == "lastname" and e.logical in ("lead", "contact"):
         required = "ApplicationRequired"
@@ -194,7 +201,7 @@ def attribute_row(e: Entity, attr: Attribute) -> Row:
         "DisplayName": label(_DISPLAY.get(name, _schema_name(e, attr)), e.logical, name),
         "IsPrimaryId": name == e.primary_id,
         "IsPrimaryName": name == e.primary_name,
-        "IsCustomAttribute": name.startswith("new_"),
+        "IsCustomAttribute": name.startswith(("new_", "sample_")),
         "IsValidForCreate": attr.writable,
         "IsValidForUpdate": attr.writable and name != e.primary_id,
         "IsValidForRead": True,
@@ -210,9 +217,14 @@ def attribute_row(e: Entity, attr: Attribute) -> Row:
         row["MinValue"], row["MaxValue"] = -(2**63), 2**63 - 1
     if attr.type == LOOKUP:
         row["Targets"] = targets
+    if kind in (INTEGER, DECIMAL, MONEY):
+        row["MinValue"], row["MaxValue"] = attr.min_value, attr.max_value
+        row["Format"] = "None"
+    if kind in (DECIMAL, MONEY):
+        row["Precision"] = attr.precision
     if kind == DATETIME:
-        row["Format"] = "DateAndTime"
-        row["DateTimeBehavior"] = {"Value": "UserLocal"}
+        row["Format"] = "DateOnly" if attr.date_only else "DateAndTime"
+        row["DateTimeBehavior"] = {"Value": "DateOnly" if attr.date_only else "UserLocal"}
     return row
 
 
@@ -223,7 +235,7 @@ def option_set(e: Entity, attr: Attribute) -> Row | None:
         "Name": f"{e.logical}_{name}",
         "IsGlobal": False,
     }
-    if attr.type == PICKLIST:
+    if attr.type in (PICKLIST, MULTISELECT):
         options = [
             {"Value": v, "Label": label(text, e.logical, name, str(v))} for v, text in attr.options
         ]
@@ -237,8 +249,14 @@ def option_set(e: Entity, attr: Attribute) -> Row | None:
 
 # -- the query surface ------------------------------------------------------------------
 
+# Every property an attribute row may have: those of the emulated columns, and of one
+# column of each type a mapping may add (serve_mapping adds them after import).
 _ATTR_PROPS: set[str] = set().union(
-    *(attribute_row(e, a) for e in ENTITIES.values() for a in e.attributes.values())
+    *(attribute_row(e, a) for e in ENTITIES.values() for a in e.attributes.values()),
+    *(
+        attribute_row(next(iter(ENTITIES.values())), Attribute("x", kind))
+        for kind in (INTEGER, DECIMAL, MONEY)
+    ),
 )
 # name -> (type name, its plain properties, its navigations), for metaquery.parse.
 NavSpec = dict[str, tuple[str, set[str], dict[str, Any]]]

@@ -2,7 +2,10 @@
 
 Lengths are those of the standard tables (Lead, Contact, Account, Opportunity,
 SystemUser table reference pages). ``new_synctomkto`` is Marketo's sync-filter Two
-Options column (reference section 9). Lookups are stored the way the Web API returns
+Options column (reference section 9). ``sample_outdooractivities`` is the choices
+(multi-select) column of Microsoft's own example (multi-select-picklist.md), added to
+contacts as there: written and read as a string of comma-separated option values.
+Lookups are stored the way the Web API returns
 them, as ``_<attribute>_value``, and written through ``<navigation>@odata.bind``.
 """
 
@@ -10,6 +13,8 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from crmsync.domain import GUID_RE
@@ -23,6 +28,12 @@ PICKLIST = "Picklist"
 DATETIME = "DateTime"
 BIGINT = "BigInt"
 LOOKUP = "Lookup"
+INTEGER = "Integer"
+DECIMAL = "Decimal"
+MONEY = "Money"
+NUMBERS = (INTEGER, DECIMAL, MONEY, BIGINT, PICKLIST)
+MULTISELECT = "MultiSelectPicklist"
+MAX_SELECTED = 150  # "only 150 options can be selected for a single column"
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,12 @@ class Attribute:
     target: str | None = None  # entity set a lookup points to
     navigation: str | None = None  # name used with @odata.bind
     writable: bool = True
+    # Integer, Decimal, Money: the range and (decimal places) precision; DateTime: True
+    # for a date-only column (Format and DateTimeBehavior DateOnly).
+    min_value: int | None = None
+    max_value: int | None = None
+    precision: int | None = None
+    date_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,7 +68,8 @@ class Entity:
         return {a.navigation: a for a in self.attributes.values() if a.navigation}
 
 
-def _system() -> list[Attribute]:
+def system_attributes() -> list[Attribute]:
+    """Columns every table has, which the system writes."""
     return [
         Attribute("createdon", DATETIME, writable=False),
         Attribute("modifiedon", DATETIME, writable=False),
@@ -65,7 +83,7 @@ def _entity(
     logical: str, schema: str, entity_set: str, name: str, otc: int, attrs: list[Attribute]
 ) -> Entity:
     pk = Attribute(f"{logical}id", GUID)
-    every = [pk, *attrs, *_system()]
+    every = [pk, *attrs, *system_attributes()]
     return Entity(logical, schema, entity_set, pk.name, name, otc, {a.name: a for a in every})
 
 
@@ -78,6 +96,10 @@ _JOB_STATUSES = (
     (31, "Failed"), (32, "Canceled"),
 )  # fmt: skip
 _LEAD_QUALITY = ((1, "Hot"), (2, "Warm"), (3, "Cold"))
+_OUTDOOR = (
+    (1, "Swimming"), (2, "Hiking"), (3, "Mountain Climbing"), (4, "Fishing"), (5, "Hunting"),
+    (6, "Running"), (7, "Boating"), (8, "Skiing"), (9, "Camping"),
+)  # fmt: skip
 
 ENTITIES: dict[str, Entity] = {
     e.entity_set: e
@@ -116,6 +138,7 @@ ENTITIES: dict[str, Entity] = {
                     target="accounts",
                     navigation="parentcustomerid_account",
                 ),
+                Attribute("sample_outdooractivities", MULTISELECT, options=_OUTDOOR),
                 _SYNC,
             ],
         ),
@@ -216,9 +239,40 @@ def validate_value(entity: Entity, attr: Attribute, value: Any) -> Any:
                 f"Cannot convert the literal '{value}' to the expected type 'Edm.Int32'.",
             )
         accepted = [v for v, _ in attr.options]
-        if value not in accepted:
+        # A mapped choice declared without its options takes any option value.
+        if accepted and value not in accepted:
             raise faults.invalid_choice(entity.logical, attr.name, value, accepted)
         return value
+    if kind == INTEGER:
+        if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31:
+            raise faults.bad_payload(
+                entity.entity_set,
+                f"Cannot convert the literal '{value}' to the expected type 'Edm.Int32'.",
+            )
+        _in_range(entity, attr, value)
+        return value
+    if kind in (DECIMAL, MONEY):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise faults.bad_payload(
+                entity.entity_set,
+                f"Cannot convert the literal '{value}' to the expected type 'Edm.Decimal'.",
+            )
+        exact = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+        _in_range(entity, attr, exact)
+        # Dataverse rounds a value to the column's precision.
+        rounded = exact.quantize(Decimal(1).scaleb(-(attr.precision or 0)), ROUND_HALF_EVEN)
+        return int(rounded) if rounded == rounded.to_integral_value() else float(rounded)
+    if kind == DATETIME:
+        edm = "Edm.Date" if attr.date_only else "Edm.DateTimeOffset"
+        parsed = _moment(value, attr.date_only)
+        if parsed is None:
+            raise faults.bad_payload(
+                entity.entity_set,
+                f"Cannot convert the literal '{value}' to the expected type '{edm}'.",
+            )
+        return parsed
+    if kind == MULTISELECT:
+        return _choices(entity, attr, value)
     if kind == GUID:
         if not isinstance(value, str) or not is_guid(value):
             raise faults.bad_payload(
@@ -227,6 +281,75 @@ def validate_value(entity: Entity, attr: Attribute, value: Any) -> Any:
             )
         return normalize_guid(value)
     raise faults.invalid_body_property(entity.logical, attr.name)
+
+
+def _in_range(entity: Entity, attr: Attribute, value: int | Decimal) -> None:
+    low, high = attr.min_value, attr.max_value
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise faults.out_of_range(entity.logical, attr.name, value, low, high)
+
+
+def _moment(value: Any, date_only: bool) -> str | None:
+    """A date (``2026-01-02``) or a UTC instant (``2026-01-02T03:04:05Z``) as Dataverse
+    returns it, or None if ``value`` is neither."""
+    if not isinstance(value, str):
+        return None
+    try:
+        if date_only and len(value) == 10:
+            return date.fromisoformat(value).isoformat()
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if date_only:
+            return moment.date().isoformat()
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # Dataverse reads a time without offset as UTC
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def choice_values(text: str) -> list[int] | None:
+    """``"1, 9"`` -> [1, 9]; None unless every comma-separated item is a whole number."""
+    items = [item.strip() for item in text.split(",")]
+    if not all(item.lstrip("-").isdigit() for item in items):
+        return None
+    return [int(item) for item in items]
+
+
+def selected(value: Any) -> set[int]:
+    """The options a stored choices value holds ("2,4,9"); none for null."""
+    if not isinstance(value, str):
+        return set()
+    return set(choice_values(value) or [])
+
+
+def _choices(entity: Entity, attr: Attribute, value: Any) -> str | None:
+    # The Web API takes "a string containing comma separated number values" ("1, 9")
+    # and answers them comma-separated without spaces ("2,3,8,9") (multi-select-
+    # picklist.md). Inferred: ascending and without repeats; "" clears the column.
+    if not isinstance(value, str):
+        raise faults.bad_payload(
+            entity.entity_set,
+            f"Cannot convert the literal '{value}' to the expected type 'Edm.String'.",
+        )
+    if not value.strip():
+        return None
+    values = choice_values(value)
+    if values is None:
+        raise faults.bad_payload(
+            entity.entity_set,
+            f"Cannot convert the literal '{value}' to a collection of option values.",
+        )
+    accepted = [v for v, _ in attr.options]
+    for v in values:
+        if v not in accepted:
+            raise faults.invalid_choice(entity.logical, attr.name, v, accepted)
+    chosen = sorted(set(values))
+    if len(chosen) > MAX_SELECTED:
+        raise faults.bad_payload(
+            entity.entity_set,
+            f"At most {MAX_SELECTED} options can be selected for '{attr.name}'.",
+        )  # (inferred) wording
+    return ",".join(str(v) for v in chosen)
 
 
 def computed(entity: Entity, row: dict[str, Any]) -> None:

@@ -141,7 +141,8 @@ class _Parser:
             return self.function(tok.text.lower())
         if tok.kind == "name" and tok.text.lower().startswith(functions.PREFIX):
             self.i += 1
-            return functions.build(tok.text, functions.parse_args(self), self.getter)
+            args = functions.parse_args(self)
+            return functions.build(tok.text, args, self.getter, self.column_type)
         left = self.operand()
         op = self.word()
         if op == "in":  # OData 4.01: name in ('a','b')
@@ -168,6 +169,12 @@ class _Parser:
             raise faults.unknown_property(self.entity.logical, name)
         column = attr.name
         return lambda r: r.get(column)
+
+    def column_type(self, name: str) -> str | None:
+        if self.resolve is not None:
+            return None
+        attr = self.entity.attributes.get(name)
+        return attr.type if attr is not None else None
 
     def function(self, name: str) -> Predicate:
         self.i += 1

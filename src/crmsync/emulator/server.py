@@ -8,10 +8,12 @@ The h11 protocol is pinned because ``cut_rate`` closes its transport directly.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import uvicorn
 
+from crmsync.domain import ObjectSpec
 from crmsync.emulator.app import create_app
 
 log = logging.getLogger("crmsync.emulator")
@@ -23,9 +25,10 @@ def config(
     db: Path | None = None,
     certfile: Path | None = None,
     keyfile: Path | None = None,
+    specs: Iterable[ObjectSpec] = (),
 ) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(db),
+        create_app(db, specs),
         host=host,
         port=port,
         http="h11",
@@ -47,8 +50,9 @@ def serve(
     db: Path | None = None,
     certfile: Path | None = None,
     keyfile: Path | None = None,
+    specs: Iterable[ObjectSpec] = (),
 ) -> None:
     scheme = "https" if certfile else "http"
     url = f"{scheme}://{host}:{port}/api/data/v9.2/"
     log.warning("emulator listening on %s", url, extra={"event": "emulator.start", "url": url})
-    uvicorn.Server(config(host, port, db, certfile, keyfile)).run()
+    uvicorn.Server(config(host, port, db, certfile, keyfile, specs)).run()

@@ -24,10 +24,14 @@ from crmsync.emulator.model import (
     BOOLEAN,
     BY_LOGICAL,
     DATETIME,
+    DECIMAL,
     ENTITIES,
     GUID,
+    INTEGER,
     LOOKUP,
     MEMO,
+    MONEY,
+    MULTISELECT,
     PICKLIST,
     STRING,
     Attribute,
@@ -39,8 +43,13 @@ from crmsync.emulator.store import Store
 _EDM = {
     STRING: "Edm.String", MEMO: "Edm.String", GUID: "Edm.Guid", BOOLEAN: "Edm.Boolean",
     PICKLIST: "Edm.Int32", DATETIME: "Edm.DateTimeOffset", BIGINT: "Edm.Int64",
-    LOOKUP: "Edm.Guid",
+    LOOKUP: "Edm.Guid", INTEGER: "Edm.Int32", DECIMAL: "Edm.Decimal", MONEY: "Edm.Decimal",
+    MULTISELECT: "Edm.String",
 }  # fmt: skip
+
+
+def edm_type(attr: Attribute) -> str:
+    return "Edm.Date" if attr.date_only else _EDM[attr.type]
 
 
 def service_document(call: Call) -> Reply:
@@ -82,7 +91,7 @@ def csdl(call: Call) -> Reply:
         out.append(f"<Key><PropertyRef Name={a(e.primary_id)}/></Key>")
         for attr in e.attributes.values():
             extra = f' MaxLength="{attr.max_length}"' if attr.max_length else ""
-            out.append(f"<Property Name={a(attr.name)} Type={a(_EDM[attr.type])}{extra}/>")
+            out.append(f"<Property Name={a(attr.name)} Type={a(edm_type(attr))}{extra}/>")
         for attr, target, relation, nav in _lookups(e):
             out.append(
                 f'<NavigationProperty Name={a(nav)} Type="mscrm.{target.logical}" '

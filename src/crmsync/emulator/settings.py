@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from crmsync.emulator.costs import DEFAULT_COSTS, MODELS, valid_costs
 from crmsync.emulator.keys import valid_declaration
 from crmsync.emulator.model import ENTITIES
 
@@ -60,7 +61,15 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_requests": (_optional(_number(1, integer=True)), "null or an integer >= 1"),
     "window_s": (_number(0.001, 86_400), "a number of seconds > 0"),
     "max_concurrency": (_optional(_number(1, integer=True)), "null or an integer >= 1"),
-    "max_execution_ms": (_optional(_number(1, integer=True)), "null or an integer >= 1"),
+    "max_execution_ms": (
+        _optional(_number(1, integer=True)),
+        "null or an integer >= 1 (milliseconds of execution per user per window)",
+    ),
+    "cost_model": (lambda v: v in MODELS, f"one of {', '.join(repr(m) for m in MODELS)}"),
+    "costs": (
+        valid_costs,
+        f"an object of milliseconds 0..600000 by operation, any of {', '.join(DEFAULT_COSTS)}",
+    ),
     "fail_rate": (_RATE, "a share 0..1"),
     "throttle_rate": (_RATE, "a share 0..1"),
     "cut_rate": (_RATE, "a share 0..1"),
@@ -93,7 +102,9 @@ class Settings:
     max_requests: int | None = None
     window_s: float = 300
     max_concurrency: int | None = None
-    max_execution_ms: int | None = None
+    max_execution_ms: int | None = 1_200_000
+    cost_model: str = "flat"
+    costs: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_COSTS))
     fail_rate: float = 0.0
     throttle_rate: float = 0.0
     cut_rate: float = 0.0

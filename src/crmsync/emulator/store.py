@@ -76,9 +76,20 @@ class Table:
         return self.deleted[lo:hi]
 
 
+class _Tables(dict[str, Table]):
+    """One table per emulated entity set, made when first used: a mapping may add
+    entity sets after the store is created (``emulator/mapped.py``)."""
+
+    def __missing__(self, entity_set: str) -> Table:
+        if entity_set not in ENTITIES:
+            raise KeyError(entity_set)
+        table = self[entity_set] = Table()
+        return table
+
+
 class Store:
     def __init__(self, path: Path | None = None) -> None:
-        self.tables: dict[str, Table] = {name: Table() for name in ENTITIES}
+        self.tables: dict[str, Table] = _Tables({name: Table() for name in ENTITIES})
         self.version = _FIRST_VERSION
         self._undo: list[tuple[str, str, dict[str, Any] | None, bool]] | None = None
         self._journal: list[tuple[str, str, dict[str, Any] | None, int]] = []
@@ -197,7 +208,7 @@ class Store:
         for entity_set, _key, data in db.execute(
             "SELECT entity_set, id, data FROM records ORDER BY version"
         ):
-            if entity_set in self.tables:
+            if entity_set in ENTITIES:
                 row = json.loads(data)
                 self.tables[entity_set].rows[row[_pk(entity_set)]] = row
                 self.tables[entity_set]._pending.append(row[_pk(entity_set)])
@@ -205,7 +216,7 @@ class Store:
         for version, entity_set, key in db.execute(
             "SELECT version, entity_set, id FROM deletions ORDER BY version"
         ):
-            if entity_set in self.tables:
+            if entity_set in ENTITIES:
                 self.tables[entity_set].deleted.append((version, key))
                 self.version = max(self.version, version)
         self._db = db

@@ -27,6 +27,7 @@ from crmsync.config import Settings
 from crmsync.domain import Direction, ObjectSpec, Operation
 from crmsync.engine import changes as ch
 from crmsync.engine.conflicts import resolve
+from crmsync.mapping.convert import DoesNotFit, from_dataverse, json_row, local_values, to_dataverse
 from crmsync.store import apply as store_apply
 from crmsync.store import capture, inbound, queue
 from crmsync.store.db import write_transaction
@@ -92,8 +93,17 @@ def plan_apply(
         if synced_version is not None and change.version <= synced_version:
             return Skip(entry)  # older than what both sides already agreed on
     remote: dict[str, Any] = {}
+    types = spec.field_specs
     for column, value in change.values.items():
-        problem = inbound.why_unfit(spec, column, value)
+        field = types.get(column)
+        local = value
+        if field is not None:
+            try:
+                local = from_dataverse(field, value)
+                value = to_dataverse(field, local)  # one JSON form to compare and keep
+            except DoesNotFit as exc:
+                return Park(entry, UNMAPPABLE, str(exc))
+        problem = inbound.why_unfit(spec, column, local)
         if problem is not None:
             return Park(entry, UNMAPPABLE, problem)
         remote[column] = value
@@ -118,7 +128,8 @@ def plan_apply(
         remote[column] = parent
     if row is None and record_id is None:
         res = resolve(spec, None, None, remote, local_pending=False)
-        return LocalWrite(entry, change, WriteKind.INSERT, None, res.values, res)
+        values = local_values(spec, res.values)
+        return LocalWrite(entry, change, WriteKind.INSERT, None, values, res)
     if row is None:
         # Known only as a push in flight whose local row is gone: nothing to update.
         return Skip(entry)
@@ -129,25 +140,33 @@ def plan_apply(
         res = resolve(
             spec,
             state.synced_values if state is not None else None,
-            row,
+            json_row(spec, row),
             remote,
             local_pending=True,
             local_modified_at=_local_change_time(row, state, push),
             crm_modified_at=change.modified_datetime,
         )
         return LocalWrite(
-            entry, change, WriteKind.UPDATE, row["id"], res.values, res, push, rejoin=True
+            entry,
+            change,
+            WriteKind.UPDATE,
+            row["id"],
+            local_values(spec, res.values),
+            res,
+            push,
+            rejoin=True,
         )
     res = resolve(
         spec,
         state.synced_values if state is not None else None,
-        row,
+        json_row(spec, row),
         remote,
         local_pending=push is not None,
         local_modified_at=push.changed_at if push is not None else None,
         crm_modified_at=change.modified_datetime,
     )
-    return LocalWrite(entry, change, WriteKind.UPDATE, row["id"], res.values, res, push)
+    values = local_values(spec, res.values)
+    return LocalWrite(entry, change, WriteKind.UPDATE, row["id"], values, res, push)
 
 
 def _local_change_time(

@@ -14,12 +14,13 @@ sync error, and nothing is sent.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
 from crmsync.domain import GUID_RE, ObjectSpec, Operation
 from crmsync.dynamics.writes import Write
+from crmsync.mapping.convert import DoesNotFit, encoder
 from crmsync.values import INVALID_CRM_ID as INVALID_CRM_ID
 from crmsync.values import MISSING_REFERENCE as MISSING_REFERENCE
 from crmsync.values import RECORD_GONE as RECORD_GONE
@@ -34,10 +35,32 @@ class Send:
     entry: Entry
     write: Write
     crm_id: str
-    values: dict[str, Any]  # the local values sent, by local column
+    values: dict[str, Any]  # the values sent, by local column, in their JSON form
 
 
 Step = Send | Defer | Park | Skip
+
+
+_PUSHED: dict[int, tuple[ObjectSpec, list[tuple[str, str, Callable[[Any], Any]]]]] = {}
+
+
+def _pushed_fields(spec: ObjectSpec) -> list[tuple[str, str, Callable[[Any], Any]]]:
+    """(column, attribute, encoder) of the fields ``spec`` pushes, worked out once per
+    declaration (the cache keeps the spec, so its id is not reused)."""
+    cached = _PUSHED.get(id(spec))
+    if cached is not None and cached[0] is spec:
+        return cached[1]
+    fields = []
+    for column, attribute in spec.fields.items():
+        if spec.flow_for(column).pushes:
+            field = spec.field_specs.get(column)
+            fields.append((column, attribute, encoder(field) if field is not None else _same))
+    _PUSHED[id(spec)] = (spec, fields)
+    return fields
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def body_for(
@@ -46,14 +69,16 @@ def body_for(
     """The Dataverse body for ``row``, or the reason it cannot be built yet.
 
     Returns ``(body, blocked_by, values)``: ``blocked_by`` names a parent that is not in
-    Dynamics. Lookups are bound with ``@odata.bind`` (associate-disassociate-entities).
+    Dynamics; ``values`` are the fields' JSON values by local column. Lookups are bound
+    with ``@odata.bind`` (associate-disassociate-entities).
     """
     body: dict[str, Any] = {}
     values: dict[str, Any] = {}
-    for column, attribute in spec.fields.items():
-        if spec.flow_for(column).pushes:
-            body[attribute] = row.get(column)
-            values[column] = row.get(column)
+    for column, attribute, encode in _pushed_fields(spec):
+        # Raises DoesNotFit, naming the field, for a value Dynamics cannot take.
+        value = encode(row.get(column))
+        body[attribute] = value
+        values[column] = value
     for lookup in spec.lookups:
         if not spec.flow_for(lookup.column).pushes:
             continue
@@ -126,7 +151,10 @@ def plan_entry(
             and not is_dynamics_id(parent.crm_id)
         ):
             return _invalid_id(entry, f"{label} its {lookup.target} {target_id}'s", parent.crm_id)
-    body, blocked_by, values = body_for(spec, row, parents)
+    try:
+        body, blocked_by, values = body_for(spec, row, parents)
+    except DoesNotFit as exc:
+        return Park(entry, exc.code, f"{label} {exc}: nothing was sent; correct the value")
     if blocked_by is not None:
         target, target_id = blocked_by.split(" ", 1)
         parent = parents.get((target, int(target_id)))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -24,10 +24,11 @@ from crmsync.domain import Direction, ObjectSpec, Operation
 from crmsync.dynamics.client import DataverseClient
 from crmsync.dynamics.writes import ItemResult
 from crmsync.engine.plan import Send, Step, plan_batch
-from crmsync.engine.verdict import Parked, Retry, RetryPolicy, Stale, Synced, judge
-from crmsync.errors import Fatal, ObjectUnusable
+from crmsync.engine.verdict import Parked, Retry, RetryPolicy, Stale, Synced, Unusable, judge
+from crmsync.errors import Fatal, ObjectUnusable, Refusal
 from crmsync.store import outbound, queue
 from crmsync.store.db import capture_suppressed, write_transaction
+from crmsync.store.status import pause_unusable
 from crmsync.store.types import utcnow
 from crmsync.values import AWAITING_PULL, Defer, Done, Entry, Failed, Outcome, Park, Skip
 
@@ -184,10 +185,14 @@ class Pusher:
             await asyncio.to_thread(queue.release, self.engine, self.worker_id)
             raise
         except ObjectUnusable as exc:
-            # One push lane serves every pushing object, and every write of this one
-            # fails the same way: a mapping mistake, fatal to the push like any other.
+            objects = {s.entry.object for s in sends}
             await asyncio.to_thread(queue.release, self.engine, self.worker_id)
-            raise Fatal(str(exc)) from exc
+            if len(objects) != 1:
+                # About a request of several objects: which one is not known.
+                raise Fatal(str(exc)) from exc
+            # Every write of this object fails the same way: it alone pauses.
+            await asyncio.to_thread(self._pause_unusable, {objects.pop(): exc}, utcnow())
+            return len(steps)
         stale = await asyncio.to_thread(self._record, steps, sends, results)
         if stale and self.on_stale is not None:
             await self.on_stale(stale)
@@ -202,6 +207,7 @@ class Pusher:
         outcome = Outcome()
         created: list[tuple[str, int, str]] = []
         refused: list[Send] = []
+        unusable: dict[str, Unusable] = {}
         policy = RetryPolicy(
             self.settings.max_attempts,
             self.settings.retry_base_seconds,
@@ -226,6 +232,11 @@ class Pusher:
                 case Parked(code, message):
                     outcome.failed.append(Failed(e, code, message))
                     self._count_park(code)
+                case Unusable():
+                    # Back to the backlog as it was (no attempt counted); the object
+                    # pauses in the same transaction, so nothing claims it meanwhile.
+                    outcome.deferred.append((e, now))
+                    unusable.setdefault(e.object, verdict)
                 case Retry(code, message, at):
                     outcome.failed.append(Failed(e, code, message, retry_at=at))
                     self.stats.retried += 1
@@ -248,7 +259,15 @@ class Pusher:
                     outbound.set_crm_ids(conn, self.specs, created)
             queue.record_in(conn, outcome, now)
             outbound.hold_for_pull(conn, held, now)
+            for obj, why in unusable.items():
+                pause_unusable(conn, obj, Direction.TO_CRM, why.code, why.message, now)
         return stale
+
+    def _pause_unusable(self, found: Mapping[str, Refusal], now: datetime) -> None:
+        with write_transaction(self.engine) as conn:
+            for obj, exc in found.items():
+                code = exc.code or f"http_{exc.status}"
+                pause_unusable(conn, obj, Direction.TO_CRM, code, exc.message, now)
 
     def _refused(
         self, conn: Connection, refused: Sequence[Send], now: datetime, outcome: Outcome

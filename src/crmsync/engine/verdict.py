@@ -7,6 +7,8 @@
   Dynamics since the last sync; it is pulled and the conflict settled before resending;
 - ``Parked``: refused for this record (a data error, a privilege, a 412 against ``*``,
   i.e. the record is gone), or a transient fault that used up its attempts;
+- ``Unusable``: the object cannot be written at all (Dynamics no longer matches the
+  mapping): the entry waits, unchanged, while the object is paused;
 - ``Retry``: a transient fault (throttling, 5xx, a timeout, a cut connection), tried
   again at ``at``, never sooner than the server's ``Retry-After``.
 
@@ -23,7 +25,7 @@ from crmsync.domain import Operation
 from crmsync.dynamics.writes import ItemResult
 from crmsync.engine import retry
 from crmsync.engine.plan import Send
-from crmsync.errors import RecordRejected, StaleRecord
+from crmsync.errors import ObjectUnusable, RecordRejected, StaleRecord
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,13 @@ class Retry:
     at: datetime
 
 
-Verdict = Synced | Stale | Parked | Retry
+@dataclass(frozen=True)
+class Unusable:
+    code: str
+    message: str
+
+
+Verdict = Synced | Stale | Parked | Unusable | Retry
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,8 @@ def judge(
             return Stale()  # changed in Dynamics since the ETag we last synced
         # Against ``*`` (or no ETag): the record is not there to update.
         return Parked(err.code or f"http_{err.status}", err.message)
+    if isinstance(err, ObjectUnusable):
+        return Unusable(err.code or f"http_{err.status}", err.message)
     if isinstance(err, RecordRejected):
         if entry.operation == Operation.DELETE and err.status == 404:
             return Synced(result.etag)  # nothing left to delete

@@ -31,17 +31,26 @@ from typing import TYPE_CHECKING, Any
 from crmsync.config import Settings
 from crmsync.domain import Direction
 from crmsync.dynamics.client import DataverseClient
-from crmsync.engine import retry
+from crmsync.engine import drift, retry
 from crmsync.engine.apply import Applier
 from crmsync.engine.pull import Progress, Puller
 from crmsync.engine.push import Pusher
 from crmsync.engine.throttle import SharedThrottle
-from crmsync.errors import Fatal, ObjectUnusable, RecordRejected, Retriable, StaleRecord
+from crmsync.errors import (
+    Fatal,
+    ObjectUnusable,
+    RecordRejected,
+    Refusal,
+    Retriable,
+    StaleRecord,
+)
+from crmsync.mapping import activate as activate_mapping
 from crmsync.memory import release_free_memory
 from crmsync.store import migrate, queue
 from crmsync.store.db import is_sqlite, store_unavailable, write_transaction
 from crmsync.store.maintenance import COMPACT_SECONDS, compact_counts, maintain
 from crmsync.store.queue import next_due
+from crmsync.store.status import pause_unusable
 from crmsync.store.types import utcnow
 
 if TYPE_CHECKING:  # the engine passes the store's handles on; it runs no SQL
@@ -114,6 +123,7 @@ class Worker:
         concurrency: int = 4,
         progress: Progress | None = None,
     ) -> None:
+        activate_mapping(settings.object_specs())
         self.engine = engine
         self.client = client
         self.settings = settings
@@ -213,8 +223,13 @@ class Worker:
             try:
                 return await self.puller.pull(obj)
             except ObjectUnusable as exc:
-                # E.g. an entity set Dynamics does not have: only this object is affected.
-                await self._pull_failed(obj, exc.code or f"http_{exc.status}", exc.message)
+                # Dynamics no longer matches this object's mapping (its table or a column
+                # gone): it alone pauses, with the reason; the others go on.
+                log.error(
+                    "object paused: Dynamics no longer matches the mapping",
+                    extra={"event": "pull.object_unusable", "object": obj, "error": str(exc)},
+                )
+                await self._pause_unusable(obj, exc)
                 return 0
             except Fatal:
                 raise
@@ -250,6 +265,14 @@ class Worker:
                 )
                 await self._pull_failed(obj, exc.code or f"http_{exc.status}", exc.message)
                 return 0
+
+    async def _pause_unusable(self, obj: str, exc: Refusal) -> None:
+        def write() -> None:
+            with write_transaction(self.engine) as conn:
+                code = exc.code or f"http_{exc.status}"
+                pause_unusable(conn, obj, Direction.FROM_CRM, code, exc.message, utcnow())
+
+        await asyncio.to_thread(write)
 
     async def _pull_failed(self, obj: str, code: str, message: str) -> None:
         """Show the operator a pull that failed as a whole, as the object's ``from_crm``
@@ -375,6 +398,8 @@ async def _run(
         worker = Worker(engine, client, settings, concurrency=concurrency, progress=progress)
         worker.install_signal_handlers()
         log.info("worker started", extra={"event": "worker.start", "worker": worker.id})
+        # The objects Dynamics no longer matches pause before anything is sent.
+        await drift.guard(engine, client, settings.object_specs())
         await worker.run(once=once)
 
 

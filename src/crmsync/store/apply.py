@@ -28,7 +28,8 @@ from sqlalchemy.exc import DBAPIError
 from crmsync.domain import Direction, EntryState, ObjectSpec, Operation
 from crmsync.store import capture, queue
 from crmsync.store.db import capture_suppressed
-from crmsync.store.schema import LOCAL_TABLES, sync_conflict, sync_queue, sync_record
+from crmsync.store.local_tables import local_table, row_columns
+from crmsync.store.schema import sync_conflict, sync_queue, sync_record
 from crmsync.store.types import UTCDateTime
 from crmsync.values import ApplyContext, Done, Entry, LocalWrite, PendingPush, WriteKind, as_text
 
@@ -71,16 +72,17 @@ def load_context(
     wanted_parents: dict[str, set[str]] = defaultdict(set)
     for obj, group in by_object.items():
         spec = specs[obj]
-        table = LOCAL_TABLES[spec.table]
+        table = local_table(spec)
         keys = [e.record_key for e in group]
-        for m in conn.execute(sa.select(table).where(table.c.crm_id.in_(keys))).mappings():
+        picked = row_columns(table)  # keyed id and crm_id, whatever a table calls them
+        for m in conn.execute(sa.select(*picked).where(table.c.crm_id.in_(keys))).mappings():
             rows[(obj, m["crm_id"].lower())] = dict(m)
             record_ids[obj].add(m["id"])
         # A push in flight: its local row has no crm_id yet, the entry knows its id.
         loose = {e.record_id: e.record_key for e in group if e.record_id is not None}
         loose = {i: k for i, k in loose.items() if (obj, k) not in rows}
         if loose:
-            for m in conn.execute(sa.select(table).where(table.c.id.in_(list(loose)))).mappings():
+            for m in conn.execute(sa.select(*picked).where(table.c.id.in_(list(loose)))).mappings():
                 rows[(obj, loose[m["id"]])] = dict(m)
         record_ids[obj].update(e.record_id for e in group if e.record_id is not None)
         targets = {lk.column: lk.target for lk in spec.lookups}
@@ -117,7 +119,7 @@ def load_context(
     parents: dict[tuple[str, str], int] = {}
     on_way: set[tuple[str, str]] = set()
     for target, crm_ids in wanted_parents.items():
-        table = LOCAL_TABLES[specs[target].table]
+        table = local_table(specs[target])
         ids_sorted = sorted(crm_ids)
         for pr in conn.execute(
             sa.select(table.c.id, table.c.crm_id).where(table.c.crm_id.in_(ids_sorted))
@@ -170,7 +172,7 @@ def execute(
         by_kind[(w.entry.object, w.kind)].append(w)
     for (obj, kind), group in by_kind.items():
         spec = specs[obj]
-        table = LOCAL_TABLES[spec.table]
+        table = local_table(spec)
         if kind == WriteKind.INSERT:
             given = [{**w.values, "crm_id": w.change.crm_id} for w in group]
             names = sorted({c for row in given for c in row})
@@ -191,7 +193,8 @@ def execute(
                         {
                             **{c: sa.bindparam(f"_v_{c}") for c in columns},
                             "crm_id": sa.func.coalesce(table.c.crm_id, sa.bindparam("_crm")),
-                            "updated_at": now,
+                            # An attached table has none of crmsync's timestamps.
+                            **({"updated_at": now} if spec.timestamps else {}),
                         }
                     )
                 )
@@ -247,7 +250,7 @@ def _queue_updates(
 ) -> None:
     """Queue ``to_crm`` updates of these local rows, as the capture trigger would have
     (an entry already waiting is left as it is)."""
-    table = LOCAL_TABLES[spec.table]
+    table = local_table(spec)
     rows = sa.select(
         sa.literal(spec.name),
         sa.literal(Direction.TO_CRM, sa.String),

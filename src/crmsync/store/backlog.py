@@ -24,9 +24,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from crmsync.domain import Direction, EntryState, Operation, default_objects
+from crmsync.domain import Direction, EntryState, Operation
+from crmsync.mapping import active, spec_of
 from crmsync.store import backlog_counts
-from crmsync.store.schema import LOCAL_TABLES, sync_change, sync_queue, sync_record
+from crmsync.store.local_tables import local_table
+from crmsync.store.schema import sync_change, sync_queue, sync_record
 from crmsync.store.types import UTCDateTime
 
 _TO_CRM = Direction.TO_CRM.value
@@ -72,8 +74,8 @@ def _object_tail(obj: str) -> sa.Select[Any]:
         .subquery(f"per_{obj}")
     )
     q, r = sync_queue.alias(f"q_{obj}"), sync_record.alias(f"r_{obj}")
-    spec = default_objects()[obj]
-    row = LOCAL_TABLES[spec.table].alias(f"t_{obj}")
+    spec = spec_of(obj)
+    row = local_table(spec).alias(f"t_{obj}")
     pending = q.c.state == EntryState.PENDING.value
     before = sa.case((pending, q.c.operation), else_=None)
     gone = per.c.last_deleted
@@ -135,7 +137,7 @@ def _tail_sums(obj: str | None) -> sa.CompoundSelect[Any] | sa.Select[Any]:
     (grouping one object's integer record ids sorts several times faster on SQLite
     than grouping by object and id)."""
     parts = []
-    for name in [obj] if obj is not None else list(default_objects()):
+    for name in [obj] if obj is not None else list(active()):
         t = _object_tail(name).subquery(f"tail_{name}")
         parts.append(
             sa.select(

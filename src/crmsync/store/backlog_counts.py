@@ -1,21 +1,18 @@
 """Backlog counts kept exact by triggers on ``sync_queue``, so that reading them is instant.
 
-Counting a million pending entries off ``ix_sync_queue_backlog`` costs about a full scan
-(~0.5 s); the Sync Status views, ``/metrics`` and the backlog samples must not. So row
-triggers on ``sync_queue`` append a row ``(object, direction, operation, n = +1 or -1)``
-to ``sync_backlog_count`` whenever an entry enters the backlog, leaves it, or moves
-between groups (parked entries are not backlog). Appending never waits on another
-writer, unlike a counter row every writer would lock, and it covers every writer of the
-queue without touching its code: the capture triggers, the worker's outcomes, pull
-staging, error retries, plain SQL. A group's count is the sum of its rows, and
-``compact`` folds the rows into one per group so that the sum stays a read of a few
-dozen rows (``store.maintenance`` runs it every few seconds).
+Counting the pending entries off ``ix_sync_queue_backlog`` costs about a full scan; the
+Sync Status views, ``/metrics`` and the backlog samples must not. So row triggers on
+``sync_queue`` append a row ``(object, direction, operation, n = +1 or -1)`` to
+``sync_backlog_count`` whenever an entry enters the backlog, leaves it, or moves between
+groups (parked entries are not backlog). Appending never waits on another writer, unlike
+a counter row every writer would lock, and it covers every writer of the queue without
+touching its code (capture, the worker's outcomes, pull staging, retries, plain SQL).
 
-The triggers depend on no configuration: migration 0005 installs them once, and seeds
-the table from the queue as it stands, in the same transaction (on PostgreSQL creating
-a trigger locks the queue against writers until commit, so none is missed or counted
-twice). The table has no key and no index: each counted write adds one row at its end and
-nothing else (one page more per commit on SQLite).
+A group's count is the sum of its rows; ``compact`` folds them into one row per group so
+that the sum stays a read of a few dozen rows (``store.maintenance`` runs it every few
+seconds). The triggers depend on no configuration: migration 0005 installs them once
+and seeds the counts in the same transaction (``install``). The table has no key and no
+index: a counted write adds one row at its end and nothing else.
 """
 
 from __future__ import annotations
@@ -105,6 +102,8 @@ def postgres_ddl() -> list[str]:
 
 def install(conn: Connection) -> None:
     """Create the triggers, then count the queue as it stands (same transaction)."""
+    # One transaction for both: on PostgreSQL creating a trigger locks the queue against
+    # writers until commit, so no write between the two is missed or counted twice.
     for ddl in sqlite_ddl() if conn.dialect.name == "sqlite" else postgres_ddl():
         conn.execute(sa.text(ddl))
     seed(conn)

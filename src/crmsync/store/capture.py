@@ -7,14 +7,10 @@
   makes them match the registry; ``ensure_triggers`` (worker and ``serve`` start) does
   so only if the installed ones differ.
 - **The fold** moves logged changes into ``sync_queue``, oldest first, deleting them in
-  the transaction that queues them (a change is in the log or in the queue, never
-  neither): one entry per (object, direction, record), which keeps its first-queued
-  time; an insert or update queues the record as it is then (``insert`` while it has no
-  Dynamics id); a delete of a record never in Dynamics drops the entry, else becomes a
-  ``delete``; a parked entry changed again, or one that becomes a delete, is due again
-  with its attempts reset; every refresh bumps ``version``. On PostgreSQL one folder at
-  a time (an advisory lock). Writers fold (claims, applies, the upkeep); readers count
-  the unfolded tail as folded (``store.backlog``).
+  the transaction that queues them: a change is in the log or in the queue, never
+  neither. One entry per (object, direction, record); the rules are beside ``fold``.
+  On PostgreSQL one folder at a time (an advisory lock). Writers fold (claims, applies,
+  the upkeep); readers count the unfolded tail as folded (``store.backlog``).
 """
 
 from __future__ import annotations
@@ -30,7 +26,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine, text
 
-from crmsync.domain import Direction, ObjectSpec, Operation, default_objects
+from crmsync.domain import Direction, ObjectSpec, Operation
+from crmsync.mapping import spec_of
 from crmsync.store.db import write_transaction
 from crmsync.store.pgarrays import unnest
 from crmsync.store.schema import sync_change, sync_queue
@@ -93,11 +90,13 @@ def _ident(name: str) -> str:
 
 def _log_row(spec: ObjectSpec, op: str, now: str, false: str, true: str) -> str:
     _ident(spec.name), _ident(spec.label_column)
+    # An attached table's own names for crmsync's id and crm_id.
+    rid, crm_id = _ident(spec.id_column), _ident(spec.crm_id_column)
     if op == Operation.DELETE:
         label = f"substr(OLD.{spec.label_column}, 1, {LABEL_MAX})"
-        values = f"'{spec.name}', OLD.id, {true}, OLD.crm_id, {label}, {now}"
+        values = f"'{spec.name}', OLD.{rid}, {true}, OLD.{crm_id}, {label}, {now}"
     else:
-        values = f"'{spec.name}', NEW.id, {false}, NULL, NULL, {now}"
+        values = f"'{spec.name}', NEW.{rid}, {false}, NULL, NULL, {now}"
     return (
         "INSERT INTO sync_change (object, record_id, deleted, crm_id, label, changed_at)"
         f" VALUES ({values})"
@@ -253,25 +252,32 @@ def ensure_triggers(engine: Engine, specs: Iterable[ObjectSpec]) -> list[str] | 
 # --- the fold -----------------------------------------------------------------------------
 
 
-@functools.cache
 def _touch(obj: str) -> sa.TextClause:
+    spec = spec_of(obj)
+    return _touch_statement(obj, spec.table, spec.label_column, spec.id_column, spec.crm_id_column)
+
+
+@functools.cache
+def _touch_statement(
+    obj: str, table: str, label: str, id_column: str = "id", crm_id_column: str = "crm_id"
+) -> sa.TextClause:
     """Create or refresh ``obj``'s entry from the record as it is now.
 
     Its Dynamics id is the row's, else the one its last sync recorded: a push that
     finishes saves both in one transaction, so the second is only a safeguard.
     """
-    spec = default_objects()[obj]  # table and label column are not configurable
-    table, label, name = _ident(spec.table), _ident(spec.label_column), _ident(obj)
-    crm_id = "COALESCE(t.crm_id, r.crm_id)"
+    table, label, name = _ident(table), _ident(label), _ident(obj)
+    rid = f"t.{_ident(id_column)}"
+    crm_id = f"COALESCE(t.{_ident(crm_id_column)}, r.crm_id)"
     return text(
         f"INSERT INTO sync_queue ({_QUEUE_COLUMNS})"
-        f" SELECT '{name}', 'to_crm', CAST(t.id AS VARCHAR(40)), t.id, {crm_id},"
+        f" SELECT '{name}', 'to_crm', CAST({rid} AS VARCHAR(40)), {rid}, {crm_id},"
         f" CASE WHEN {crm_id} IS NULL THEN 'insert' ELSE 'update' END,"
         f" substr(t.{label}, 1, {LABEL_MAX}),"
         " 'pending', :first_at, :last_at, 1, 0, :first_at"
         f" FROM {table} AS t LEFT JOIN sync_record AS r"
-        f" ON r.object = '{name}' AND r.record_id = t.id"
-        " WHERE t.id = :record_id" + _REFRESH
+        f" ON r.object = '{name}' AND r.record_id = {rid}"
+        f" WHERE {rid} = :record_id" + _REFRESH
     ).bindparams(*_TIMES)
 
 
@@ -365,6 +371,11 @@ def _lock_statement() -> sa.Select[Any]:
     )
 
 
+# What a logged change does to its record's entry: the entry keeps its first-queued
+# time; an insert or update queues the record as it is then (``insert`` while it has no
+# Dynamics id); a delete of a record never in Dynamics drops the entry, else becomes a
+# ``delete``; a parked entry changed again, or one that becomes a delete, is due again
+# with its attempts reset; every refresh bumps ``version``.
 def fold(conn: Connection, limit: int = FOLD_BATCH) -> int:
     """Queue the oldest ``limit`` logged changes, in the caller's transaction; returns
     how many there were. The caller keeps other folders out (``fold_pending`` does)."""

@@ -1,18 +1,17 @@
 """Time to drain: how long the backlog waiting now takes at the recent sync rate.
 
-The rate is read from the throughput counters (``sync_throughput``, 15-minute buckets,
-the current one partly elapsed), weighted towards the last few minutes: a bucket's
-records are spread evenly over the part of it that has elapsed, and each moment counts
-``2 ** (-age / HALF_LIFE)``, over the last ``WINDOW``. So a drain that speeds up (a
-resume, workers added) shows within minutes, and one quiet minute does not erase an
-hour's rate. Each direction drains on its own (different workers, different limits):
-an object's time is that of its slower direction.
+The rate is read from the per-minute counters (``sync_rate``: records synced per object,
+direction and UTC minute, with the minute's first and last sync and the size of its
+first batch), over the last ``WINDOW`` and weighted ``2 ** (-age / HALF_LIFE)``. It is
+measured from the first sync in the window, not from the window's start: idle time
+before a drain started is not in it, and the first batch's records, sent before that
+first sync, are left out of it. Quiet minutes after the first sync count as zero, so a
+stalled drain's rate fades and, once nothing is left in the window, is gone.
 
-The estimate is ``None`` ("—") when a direction with a backlog synced nothing in the
-window, and says ``paused`` when a paused direction holds part of the backlog: no rate
-tells when a pause ends. New arrivals are not in it (the backlog trend shows them).
-
-Everything but ``recent_synced`` is a pure function of its arguments.
+Each direction drains on its own (different workers, different limits): an object's
+time is that of its slower direction. The estimate is ``no_rate`` ("—") when a direction
+with a backlog has no rate, and ``paused`` when a paused direction holds part of the
+backlog: no rate tells when a pause ends. All but ``recent_minutes`` (a read) are pure.
 """
 
 from __future__ import annotations
@@ -26,17 +25,29 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from crmsync.store.queue import BUCKET_MINUTES
-from crmsync.store.schema import sync_throughput
+from crmsync.store.queue import minute_start
+from crmsync.store.schema import sync_rate
 
-# The counters' granularity bounds how fast the estimate follows a change of pace: a
-# bucket's records are spread over its elapsed part. Finer buckets need no change here.
-BUCKET = timedelta(minutes=BUCKET_MINUTES)
-WINDOW = timedelta(minutes=30)
-HALF_LIFE = timedelta(minutes=5)
+MINUTE = timedelta(minutes=1)
+WINDOW = timedelta(minutes=5)
+HALF_LIFE = timedelta(minutes=1)
+# Less time than this since the first sync measures the workers' concurrency more than
+# their pace (batches finished together look like an instant drain): no rate yet.
+MIN_SPAN = timedelta(seconds=2)
 
 # Drain states, as the status rows' ``drain`` field says them.
 EMPTY, PAUSED, NO_RATE, ESTIMATE = "empty", "paused", "no_rate", "estimate"
+
+
+@dataclass(frozen=True)
+class Minute:
+    """One ``sync_rate`` row: what one (object, direction) synced in one UTC minute."""
+
+    start: datetime
+    synced: int
+    first_synced_at: datetime
+    last_synced_at: datetime
+    first_batch: int
 
 
 def decay_integral(start: float, end: float, half_life: float) -> float:
@@ -46,31 +57,48 @@ def decay_integral(start: float, end: float, half_life: float) -> float:
 
 
 def recent_rate(
-    buckets: Iterable[tuple[datetime, int]],
+    minutes: Iterable[Minute],
     now: datetime,
     *,
-    bucket: timedelta = BUCKET,
     window: timedelta = WINDOW,
     half_life: timedelta = HALF_LIFE,
+    min_span: timedelta = MIN_SPAN,
 ) -> float | None:
-    """Records per second over the last ``window``, weighted by recency; None when
-    nothing synced in it. ``buckets`` are ``(bucket start, records synced)``; a bucket
-    missing from them synced nothing (the window's quiet time counts as zero)."""
+    """Records per second over the last ``window`` before ``now``, weighted by recency
+    and measured from the first sync in it; None when it gives no rate (nothing synced
+    in the window, or one batch only, or less than ``min_span`` since the first sync).
+
+    A minute's records are spread evenly over it, the earliest minute's from its first
+    sync on (less its first batch), the latest one's up to its last sync; the time from
+    there to ``now`` counts as zero.
+    """
+    horizon = now - window
+    rows = sorted(
+        (m for m in minutes if m.start + MINUTE > horizon and m.first_synced_at <= now),
+        key=lambda m: m.start,
+    )
+    if not rows:
+        return None
+    since = max(rows[0].first_synced_at, horizon)
+    if now - since < min_span:
+        return None
     h = half_life.total_seconds()
-    horizon = window.total_seconds()
     weighted = 0.0
-    for start, synced in buckets:
-        end = min(start + bucket, now)
-        elapsed = (end - start).total_seconds()
-        if synced <= 0 or elapsed <= 0:
-            continue
-        young, old = (now - end).total_seconds(), min((now - start).total_seconds(), horizon)
-        if young >= old:
-            continue
-        weighted += synced / elapsed * decay_integral(young, old, h)
+    for i, m in enumerate(rows):
+        begin, synced = m.start, m.synced
+        if i == 0:
+            begin, synced = m.first_synced_at, m.synced - m.first_batch
+        end = min(m.start + MINUTE, now)
+        if i == len(rows) - 1:
+            end = min(m.last_synced_at, now)
+        spread = (end - begin).total_seconds()
+        young = (now - end).total_seconds()
+        old = (now - max(begin, horizon)).total_seconds()
+        if synced > 0 and spread > 0 and young < old:
+            weighted += synced / spread * decay_integral(young, old, h)
     if weighted <= 0:
         return None
-    return weighted / decay_integral(0.0, horizon, h)
+    return weighted / decay_integral(0.0, (now - since).total_seconds(), h)
 
 
 @dataclass(frozen=True)
@@ -103,18 +131,22 @@ def estimate(
     return Drain(ESTIMATE, math.ceil(max(times)))
 
 
-def recent_synced(
+def recent_minutes(
     conn: Connection, now: datetime, window: timedelta = WINDOW
-) -> dict[tuple[str, str], list[tuple[datetime, int]]]:
-    """Records synced per (object, direction) in each bucket that overlaps the window
-    before ``now``: the input of ``recent_rate``."""
-    t = sync_throughput.c
-    query = (
-        sa.select(t.object, t.direction, t.bucket_start, sa.func.sum(t.synced))
-        .where(t.bucket_start > now - window - BUCKET, t.bucket_start <= now)
-        .group_by(t.object, t.direction, t.bucket_start)
-    )
-    found: dict[tuple[str, str], list[tuple[datetime, int]]] = defaultdict(list)
-    for obj, direction, start, n in conn.execute(query):
-        found[(obj, direction)].append((start, int(n or 0)))
+) -> dict[tuple[str, str], list[Minute]]:
+    """The ``sync_rate`` rows per (object, direction) of the minutes that overlap the
+    window before ``now``: the input of ``recent_rate``."""
+    r = sync_rate.c
+    query = sa.select(
+        r.object,
+        r.direction,
+        r.minute_start,
+        r.synced,
+        r.first_synced_at,
+        r.last_synced_at,
+        r.first_batch,
+    ).where(r.minute_start >= minute_start(now - window), r.minute_start <= now)
+    found: dict[tuple[str, str], list[Minute]] = defaultdict(list)
+    for obj, direction, start, synced, first, last, first_batch in conn.execute(query):
+        found[(obj, direction)].append(Minute(start, int(synced), first, last, int(first_batch)))
     return dict(found)

@@ -2,24 +2,17 @@
 
 The match is a substring, case-insensitive as each backend's ``LIKE`` family folds case:
 ``ILIKE`` on PostgreSQL (served by the ``pg_trgm`` indexes of migration 0002), ``LIKE``
-on SQLite, which folds ASCII letters only. ``%``, ``_`` and ``\\`` are literal.
+on SQLite, which folds ASCII letters only. ``%``, ``_`` and the backslash are literal.
 
-On SQLite a scan costs 1.7 s at 1M errors, so a ``q`` of three characters or more
-first asks the FTS5 trigram index of migration 0004 (``sync_error_fts``) for candidate
-rows, then keeps those the ``LIKE`` predicate matches. The candidates are a superset of
-the ``LIKE`` matches (the tokenizer folds each character, ASCII letters included, and
-stops at a NUL as ``LIKE`` does), and the ``LIKE`` decides, so the rows are those of
-the scan, exactly. A trigram index cannot look up fewer than three characters: shorter
-searches keep the scan (the list's other filters still narrow it).
+On SQLite a ``q`` of three characters or more may first ask the FTS5 trigram index of
+migration 0004 (``sync_error_fts``) for candidate rows, then keep those the ``LIKE``
+predicate matches: the candidates are a superset of the matches and the ``LIKE``
+decides, so the rows are exactly those of the scan. Shorter searches scan (a trigram
+index cannot look them up; the list's other filters still narrow it).
 
-A term in most errors makes every row a candidate, each read by id and checked again:
-slower than the scan, which stops at the first column that matches (2.2 s against
-0.4 s at 1M). So ``plan`` first asks the index how many candidates ``q`` has among a
-few thousand ids sampled over the table (``share``); above ``SCAN_SHARE`` the scan
-serves. Either plan returns the same rows. FTS5's own counts (an ``fts5vocab`` table's
-document count of the rarest trigram) were measured and left: fts5vocab counts a term by
-reading its whole doclist, 60 ms for a rare label at 1M errors (``use`` is in every
-row) and 280 ms for ``already exists``, more than the indexed search itself.
+A term in most errors makes every row a candidate, slower than the scan, so ``plan``
+samples the index for the term's share of candidates (``share``); above ``SCAN_SHARE``
+the scan serves. Either plan returns the same rows.
 """
 
 from __future__ import annotations
@@ -166,4 +159,7 @@ def matches(q: str, dialect: str, indexed: bool | None = None) -> ColumnElement[
     index if ``indexed`` (as ``plan`` chose; by default whenever it can), else a scan."""
     if not (uses_index(q, dialect) if indexed is None else indexed and uses_index(q, dialect)):
         return scan(q, dialect)
+    # Exact, not approximate: the candidates are a superset of the ``LIKE`` matches (the
+    # tokenizer folds each character, ASCII letters included, and stops at a NUL as
+    # ``LIKE`` does), and the ``LIKE`` decides on each of them.
     return sa.and_(sync_error.c.id.in_(candidates(q)), scan(q, dialect))

@@ -2,21 +2,11 @@
 
 Formatting a million rows in Python runs at a fraction of the speed PostgreSQL copies
 them at, so on PostgreSQL the export asks the server for the finished CSV: the SELECT
-renders every cell exactly as ``sync_errors._csv`` does on SQLite and the COPY quotes it.
-What makes the two byte-identical:
-
-- times: ``datetime.isoformat()`` of a UTC value, i.e. ``YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00``
-  (the fraction only when non-zero);
-- formula escaping: a ``'`` before a cell that starts with a character in
-  ``FORMULA_STARTS``, numbers included (a negative id becomes ``'-5``). NUL is left out:
-  PostgreSQL text cannot hold it, so no stored cell starts with one;
-- NULL and the empty string both written as an empty, unquoted field (``COPY`` would
-  quote an empty string, Python's csv does not);
-- quoting: COPY's CSV quotes a field holding the delimiter, a quote, CR or LF and doubles
-  quotes, as Python's ``QUOTE_MINIMAL`` does with a CRLF terminator;
-- line ends: COPY ends rows with LF; RFC 4180 (and the Python path) wants CRLF. The
-  server sends one CopyData message per row (protocol guarantee), so each message's final
-  LF is the row's end and is replaced, while LFs inside quoted fields are left alone.
+renders every cell exactly as ``sync_errors._csv`` does on SQLite and the COPY quotes
+it, byte-identical to the Python path. Each rule sits beside the code that keeps it:
+times as ``datetime.isoformat()`` of a UTC value (``_time_cell``); formula escaping and
+NULL as an empty unquoted field (``_escaped_cell``); COPY's CSV quoting, the same as
+Python's ``QUOTE_MINIMAL`` (``copy_statement``); CRLF line ends (``_crlf_chunks``).
 
 User input (the filters) reaches the SQL only as parameters, bound by psycopg on the
 client for COPY, which the server cannot parameterise.
@@ -38,8 +28,8 @@ from crmsync.store.schema import sync_error
 # Rows gathered before a chunk is handed on: large enough that the per-chunk cost
 # (decode, one write) vanishes, small enough that memory stays flat.
 CHUNK_BYTES = 256 * 1024
-# ``datetime.isoformat()`` of an aware UTC value; ``.000000`` is dropped afterwards as
-# Python omits a zero fraction.
+# ``datetime.isoformat()`` of an aware UTC value, ``YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00``;
+# ``.000000`` is dropped afterwards as Python omits a zero fraction.
 _ISO_FORMAT = 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'
 _ZERO_FRACTION = ".000000+"
 CR, LF = ord("\r"), ord("\n")
@@ -53,6 +43,9 @@ def _time_cell(column: ColumnElement[Any]) -> ColumnElement[str]:
 
 
 def _escaped_cell(column: ColumnElement[Any], formula_starts: Sequence[str]) -> ColumnElement[str]:
+    # A ``'`` before a cell that starts with a character in ``formula_starts``, numbers
+    # included (a negative id becomes ``'-5``). NUL is left out: PostgreSQL text cannot
+    # hold it, so no stored cell starts with one.
     quote = sa.literal("'", sa.Text)
     if not isinstance(column.type, sa.String):  # a number: only a minus sign to escape
         text = sa.cast(column, sa.Text)
@@ -94,6 +87,9 @@ def copy_select(
 def copy_statement(query: sa.Select[Any], dialect: Dialect) -> tuple[str, dict[str, Any]]:
     """``COPY (query) TO STDOUT`` in psycopg's placeholder style, and its parameters
     (after each type's bind processing, as SQLAlchemy would do on execute)."""
+    # COPY's CSV quotes a field holding the delimiter, a quote, CR or LF and doubles
+    # quotes, as Python's ``QUOTE_MINIMAL`` does. The server cannot parameterise COPY, so
+    # psycopg binds the parameters on the client.
     compiled = query.compile(dialect=dialect)
     params: dict[str, Any] = {}
     for name, value in compiled.params.items():
@@ -124,6 +120,9 @@ def _crlf_chunks(
     """The rows of the COPY, each ending CRLF, in chunks of about ``CHUNK_BYTES``."""
     with cursor.copy(statement, params) as copy:
         buffer = bytearray()
+        # COPY ends rows with LF; RFC 4180 (and the Python path) wants CRLF. The server
+        # sends one CopyData message per row (a protocol guarantee), so each message's
+        # final LF is the row's end and is replaced; LFs inside quoted fields stay.
         for row in copy:  # one CopyData message, i.e. one row, at a time
             buffer += row
             # LF -> CRLF in place: twice as fast as a slice assignment, which counts

@@ -32,8 +32,8 @@ from sqlalchemy.exc import DBAPIError
 from crmsync.domain import Direction, EntryState, ObjectSpec, Operation
 from crmsync.store import queue
 from crmsync.store.db import capture_suppressed
+from crmsync.store.local_tables import local_table
 from crmsync.store.schema import (
-    LOCAL_TABLES,
     sync_change,
     sync_cursor,
     sync_queue,
@@ -64,14 +64,14 @@ def cursor(engine: Engine, obj: str) -> str | None:
 
 def text_room(spec: ObjectSpec, column: str) -> int | None:
     """How many characters ``column`` of ``spec``'s local table holds (None: any)."""
-    return getattr(LOCAL_TABLES[spec.table].c[column].type, "length", None)
+    return getattr(local_table(spec).c[column].type, "length", None)
 
 
 def why_unfit(spec: ObjectSpec, column: str, value: Any) -> str | None:
     """Why ``value`` cannot be stored in ``column`` of ``spec``'s local table, or None."""
     if value is None:
         return None
-    col_type = LOCAL_TABLES[spec.table].c[column].type
+    col_type = local_table(spec).c[column].type
     if isinstance(col_type, sa.String):
         if not isinstance(value, str):
             return f"{column}: expected text, Dynamics sent {type(value).__name__}"
@@ -164,15 +164,17 @@ def _local_states(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) ->
     (the state's columns null without one). Written out so that SQLite goes from the
     page's ids to the ``crm_id`` index (``CROSS JOIN`` fixes the order): left to its
     planner it scanned every sync state of the object per page, quadratic over a load."""
-    table = LOCAL_TABLES[spec.table].name
-    state = "LEFT JOIN sync_record AS r ON r.object = {0} AND r.record_id = t.id"
-    columns = "SELECT t.crm_id, r.crm_version, r.etag, r.excluded"
+    table = spec.table
+    # An attached table's own names for id and crm_id (the mapping validated them).
+    rid, crm_id = f"t.{spec.id_column}", f"t.{spec.crm_id_column}"
+    state = "LEFT JOIN sync_record AS r ON r.object = {0} AND r.record_id = " + rid
+    columns = f"SELECT {crm_id}, r.crm_version, r.etag, r.excluded"
     if conn.dialect.name == "postgresql":
-        sql = f"{columns} FROM {table} AS t {state.format('%s')} WHERE t.crm_id = ANY(%s)"
+        sql = f"{columns} FROM {table} AS t {state.format('%s')} WHERE {crm_id} = ANY(%s)"
         return conn.exec_driver_sql(sql, (spec.name, list(crm_ids))).all()
     sql = (
         f"{columns} FROM json_each(?) AS v CROSS JOIN {table} AS t {state.format('?')}"
-        " WHERE t.crm_id = v.value"
+        f" WHERE {crm_id} = v.value"
     )
     return conn.exec_driver_sql(sql, (json.dumps(list(crm_ids)), spec.name)).all()
 
@@ -185,7 +187,7 @@ def local_parents(
     for target, ids in wanted.items():
         if not ids:
             continue
-        table = LOCAL_TABLES[specs[target].table]
+        table = local_table(specs[target])
         for r in conn.execute(
             sa.select(table.c.id, table.c.crm_id).where(id_in(conn, table.c.crm_id, sorted(ids)))
         ):
@@ -247,7 +249,8 @@ def _write(
     through the driver: SQLAlchemy's per-parameter processing and ``executemany``'s
     per-row step cost more than the inserts. Names come from the schema; every value
     is a bound parameter."""
-    table = LOCAL_TABLES[spec.table]
+    table = local_table(spec)
+    rid, crm_id = table.c.id.name, table.c.crm_id.name  # an attached table's own names
     pg = conn.dialect.name == "postgresql"
     mark = "%s" if pg else "?"
 
@@ -266,15 +269,15 @@ def _write(
     for start in range(0, len(local_rows), step):
         part = local_rows[start : start + step]
         conn.exec_driver_sql(
-            f"INSERT INTO {table.name} ({', '.join(columns)}, crm_id)"  # noqa: S608
+            f"INSERT INTO {table.name} ({', '.join(columns)}, {crm_id})"  # noqa: S608
             f" VALUES {marks(len(columns) + 1, len(part))}",
             tuple(chain.from_iterable(part)),
         )
     select = (
-        f"SELECT {mark}, t.id, t.crm_id, v.etag, {cast('v.version', 'BIGINT')},"  # noqa: S608
+        f"SELECT {mark}, t.{rid}, t.{crm_id}, v.etag, {cast('v.version', 'BIGINT')},"  # noqa: S608
         f" {cast('v.modified', 'TIMESTAMP WITH TIME ZONE')}, {mark}, {synced}"
         # CROSS JOIN: SQLite reads the page first and finds each row by its crm_id.
-        f" FROM v CROSS JOIN {table.name} AS t WHERE t.crm_id = v.crm_id"
+        f" FROM v CROSS JOIN {table.name} AS t WHERE t.{crm_id} = v.crm_id"
     )
     step = _max_rows(conn, 4)
     for start in range(0, len(states), step):
@@ -304,6 +307,13 @@ def save_cursor(conn: Connection, obj: str, link: str | None, now: datetime) -> 
     )
 
 
+def _marked(spec: ObjectSpec, table: sa.Table) -> sa.ColumnElement[bool]:
+    # An attached table has no crm_deleted_at: its records are never marked.
+    if not spec.timestamps:
+        return sa.false()
+    return table.c.crm_deleted_at.is_not(None)
+
+
 def load_known(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> dict[str, Known]:
     """What the store knows about these Dynamics ids: the local row holding the id, or a
     push in flight that chose it (its local row has no ``crm_id`` yet), and the sync
@@ -317,12 +327,12 @@ def load_known(conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]) -> di
     """
     if not crm_ids:
         return {}
-    table, q, r = LOCAL_TABLES[spec.table], sync_queue.c, sync_record.c
+    table, q, r = local_table(spec), sync_queue.c, sync_record.c
     local = sa.select(
         table.c.crm_id.label("crm_id"),
         table.c.id.label("record_id"),
         sa.literal(None, sa.String).label("operation"),
-        (table.c.crm_deleted_at.is_not(None)).label("marked"),
+        _marked(spec, table).label("marked"),
     ).where(id_in(conn, table.c.crm_id, crm_ids))
     pushes = sa.select(
         q.crm_id.label("crm_id"),
@@ -472,7 +482,7 @@ def vanished(
     Only records with sync state count (records crmsync never synced are not its to
     delete), and not those with local changes on their way (their push decides).
     """
-    table, r, q = LOCAL_TABLES[spec.table], sync_record.c, sync_queue.c
+    table, r, q = local_table(spec), sync_record.c, sync_queue.c
     c = sync_change.c
     pending_push = (
         sa.select(sa.literal(1))
@@ -488,7 +498,7 @@ def vanished(
         .join(sync_record, (r.object == spec.name) & (r.record_id == table.c.id))
         .where(
             table.c.crm_id.is_not(None),
-            table.c.crm_deleted_at.is_(None),
+            ~_marked(spec, table),
             r.last_synced_at < started_at,
             # Excluded records no longer follow Dynamics, deletions included.
             r.excluded.is_(False),

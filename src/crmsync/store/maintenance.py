@@ -8,7 +8,8 @@ write anyway (workers, ``crmsync serve``); safe to run from several at once.
   backlog sample per (object, direction) for the trend (kept ``SAMPLE_DAYS`` days);
   ``sync_throughput`` retention: 15-minute buckets for ``FINE_DAYS`` days (every clock
   hour of every zone, +05:30 and +05:45 included, sums exactly), then one row per UTC
-  hour (sums unchanged), deleted after ``KEEP_DAYS`` days.
+  hour (sums unchanged), deleted after ``KEEP_DAYS`` days; ``sync_rate``'s minutes (the
+  time to drain reads the last few) deleted after ``RATE_KEEP``.
 """
 
 from __future__ import annotations
@@ -22,17 +23,20 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from crmsync.domain import OBJECT_NAMES
+from crmsync.mapping import active
 from crmsync.store import backlog_counts, capture, sessions
 from crmsync.store.db import read_transaction, write_transaction
 from crmsync.store.queue import bucket_start
-from crmsync.store.schema import sync_backlog_sample, sync_throughput, sync_tombstone
+from crmsync.store.schema import sync_backlog_sample, sync_rate, sync_throughput, sync_tombstone
 from crmsync.store.status import DIRECTIONS, backlog_groups
 from crmsync.store.types import utcnow
 
 FINE_DAYS = 8
 KEEP_DAYS = 90
 SAMPLE_DAYS = 2
+# Well beyond the time to drain's window (store.drain.WINDOW), so that ``at=`` a little
+# in the past still finds its minutes.
+RATE_KEEP = timedelta(hours=1)
 HOUR = timedelta(hours=1)
 # How often long-running processes fold the capture log and the backlog counts.
 COMPACT_SECONDS = 5.0
@@ -71,7 +75,7 @@ def _upsert_throughput(conn: Connection, rows: list[dict[str, object]]) -> None:
 def backlog_totals(engine: Engine) -> dict[tuple[str, str], int]:
     """The backlog per (object, direction), zeros included, from one read snapshot."""
     # Zeros included: a missing sample means "not sampled", not "empty".
-    totals = {(o, d): 0 for o in OBJECT_NAMES for d in DIRECTIONS}
+    totals = {(o, d): 0 for o in active() for d in DIRECTIONS}
     with read_transaction(engine) as conn:
         for g in backlog_groups(conn):
             totals[(g.object, g.direction)] = totals.get((g.object, g.direction), 0) + g.count
@@ -132,8 +136,9 @@ def compact(conn: Connection, now: datetime) -> int:
 
 
 def prune(conn: Connection, now: datetime) -> int:
-    """Delete counters and tombstones older than ``KEEP_DAYS``, backlog samples older than
-    ``SAMPLE_DAYS`` and logged-out sessions whose cookies have expired."""
+    """Delete counters and tombstones older than ``KEEP_DAYS``, rate minutes older than
+    ``RATE_KEEP``, backlog samples older than ``SAMPLE_DAYS`` and logged-out sessions
+    whose cookies have expired."""
     t = sync_throughput.c
     old_counts = conn.execute(
         sa.delete(sync_throughput).where(t.bucket_start < now - timedelta(days=KEEP_DAYS))
@@ -148,7 +153,11 @@ def prune(conn: Connection, now: datetime) -> int:
             sync_tombstone.c.deleted_at < now - timedelta(days=KEEP_DAYS)
         )
     ).rowcount
-    return int(old_counts) + int(old_samples) + int(old_tombstones) + sessions.prune(conn, now)
+    old_minutes = conn.execute(
+        sa.delete(sync_rate).where(sync_rate.c.minute_start < now - RATE_KEEP)
+    ).rowcount
+    pruned = int(old_counts) + int(old_samples) + int(old_tombstones) + int(old_minutes)
+    return pruned + sessions.prune(conn, now)
 
 
 def compact_counts(engine: Engine) -> int:

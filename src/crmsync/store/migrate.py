@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from alembic import command
@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from crmsync.domain import ObjectSpec
 from crmsync.errors import Fatal
+from crmsync.store import local_tables
 from crmsync.store.capture import ensure_triggers, install_triggers
 from crmsync.store.db import write_transaction
 
@@ -39,10 +40,28 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def upgrade(engine: Engine, specs: Iterable[ObjectSpec]) -> list[str]:
-    """Create or migrate the schema and install triggers; returns the captured objects."""
+def upgrade(
+    engine: Engine,
+    specs: Iterable[ObjectSpec],
+    announce: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Create or migrate crmsync's tables (Alembic), bring the local tables to the
+    mapping (``local_tables.bring_to``: new tables and columns only) and install the
+    triggers, in one transaction; returns the captured objects. A mapping the store
+    cannot be brought to (an attached table that is not there) rolls it all back.
+
+    ``announce`` is told, before it is done, each thing added to an application's
+    (attached) table: its Dynamics id column, its capture triggers."""
+    specs = list(specs)
     with write_transaction(engine) as conn:
         command.upgrade(alembic_config(conn), "head")
+        local_tables.bring_to(conn, specs, announce)
+        for spec in specs:
+            if spec.attached and spec.flow.pushes:
+                message = f"installing capture triggers on {spec.table}"
+                log.info(message, extra={"event": "store.attached_table", "object": spec.name})
+                if announce is not None:
+                    announce(message)
         return install_triggers(conn, specs)
 
 
@@ -58,10 +77,24 @@ def ensure_current(engine: Engine, specs: Iterable[ObjectSpec]) -> list[str] | N
 
     Configuration is read once per process: a changed mapping takes effect when the
     processes restart, and each runs this again then."""
+    specs = list(specs)
     current, head = current_revision(engine), head_revision()
     if current != head:
         raise StoreNotUpgraded(
             f"the store is at schema revision {current or 'none'}, this crmsync needs {head}:"
+            " run `crmsync db upgrade`"
+        )
+    with engine.connect() as conn:
+        found = local_tables.differences(conn, specs)
+    refused = local_tables.refusals(found)
+    if refused:
+        raise local_tables.LocalSchemaMismatch(
+            "the store's tables do not match the mapping: " + "; ".join(refused)
+        )
+    if found:
+        missing = ", ".join(str(d) for d in found)
+        raise StoreNotUpgraded(
+            f"the mapping has objects or fields the store lacks ({missing}):"
             " run `crmsync db upgrade`"
         )
     return ensure_triggers(engine, specs)
@@ -73,7 +106,7 @@ def ensure_current_if_reachable(engine: Engine, specs: Iterable[ObjectSpec]) -> 
     workers, which refuse or wait, bring the triggers to the configured flows."""
     try:
         ensure_current(engine, specs)
-    except (SQLAlchemyError, StoreNotUpgraded) as exc:
+    except (SQLAlchemyError, StoreNotUpgraded, local_tables.LocalSchemaMismatch) as exc:
         text = str(exc).strip()
         log.warning(
             "capture triggers not checked",

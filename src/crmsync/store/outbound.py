@@ -19,8 +19,9 @@ from sqlalchemy import Connection
 
 from crmsync.domain import Direction, EntryState, ObjectSpec, Operation
 from crmsync.store import backlog
+from crmsync.store.local_tables import local_table, row_columns
 from crmsync.store.queue import entry_columns
-from crmsync.store.schema import LOCAL_TABLES, sync_queue, sync_record
+from crmsync.store.schema import sync_queue, sync_record
 from crmsync.store.status import AWAITING_PULL
 from crmsync.values import Entry, Parent
 
@@ -43,8 +44,9 @@ def load_rows(
             wanted[e.object].append(e.record_id)
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     for obj, ids in wanted.items():
-        table = LOCAL_TABLES[specs[obj].table]
-        for r in conn.execute(sa.select(table).where(table.c.id.in_(ids))).mappings():
+        table = local_table(specs[obj])
+        rows_of = sa.select(*row_columns(table)).where(table.c.id.in_(ids))
+        for r in conn.execute(rows_of).mappings():
             rows[(obj, r["id"])] = dict(r)
     return rows
 
@@ -94,7 +96,7 @@ def load_parents(
     parents: dict[tuple[str, int], Parent] = {}
     q = sync_queue.c
     for target, ids in wanted.items():
-        table = LOCAL_TABLES[specs[target].table]
+        table = local_table(specs[target])
         found = dict(
             conn.execute(sa.select(table.c.id, table.c.crm_id).where(table.c.id.in_(ids))).all()
         )
@@ -197,7 +199,7 @@ def set_crm_ids(
     for obj, record_id, crm_id in created:
         by_object[obj].append({"record": record_id, "new_crm_id": crm_id})
     for obj, rows in by_object.items():
-        table = LOCAL_TABLES[specs[obj].table]
+        table = local_table(specs[obj])
         conn.execute(
             sa.update(table)
             .where(table.c.id == sa.bindparam("record"), table.c.crm_id.is_(None))

@@ -6,16 +6,13 @@ worker may claim again once the lease runs out. On PostgreSQL the claim takes ro
 with ``FOR UPDATE SKIP LOCKED`` so that many workers on many machines never claim the
 same entry; on SQLite a write transaction serialises claims.
 
-Every outcome is recorded in one transaction per batch:
-
-- ``complete``: the change reached its destination. The entry is removed unless a newer
-  change arrived while it was in flight (its ``version`` moved), in which case it stays
-  queued, now as an update. The throughput counters and the record's sync state are
-  updated and any open error for the record in that direction is resolved.
-- ``reschedule``: a transient fault; the entry waits with backoff and stays in the
-  backlog. ``defer`` does the same without counting an attempt (waiting for a parent).
-- ``park``: the record cannot sync as it is; the entry leaves the backlog and an open
-  sync error says why. A new change to the record, or a retry, queues it again.
+Every outcome is recorded in one transaction per batch: ``complete`` removes the entry
+(unless a newer change arrived in flight: its ``version`` moved, and it stays queued as
+an update), adds to the throughput counters and the minute's rate (``sync_rate``),
+updates the record's sync state and resolves its open error; ``reschedule`` waits with
+backoff, still in the backlog (``defer`` likewise without counting an attempt: waiting
+for a parent); ``park`` takes the entry out of the backlog with an open sync error
+saying why, until a new change to the record, or a retry, queues it again.
 """
 
 from __future__ import annotations
@@ -28,6 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
+from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -39,6 +37,7 @@ from crmsync.store.schema import (
     sync_error,
     sync_pause,
     sync_queue,
+    sync_rate,
     sync_record,
     sync_throughput,
     sync_tombstone,
@@ -68,6 +67,11 @@ def bucket_start(at: datetime) -> datetime:
     quarter hours: +05:30, +05:45, +12:45), so zone hours sum whole buckets exactly.
     """
     return at.replace(minute=at.minute - at.minute % BUCKET_MINUTES, second=0, microsecond=0)
+
+
+def minute_start(at: datetime) -> datetime:
+    """The start of the UTC minute holding ``at``: the key of ``sync_rate``."""
+    return at.replace(second=0, microsecond=0)
 
 
 def paused_scopes(conn: Connection) -> set[tuple[str, str]]:
@@ -279,6 +283,7 @@ def _finish_postgresql(
     """Remove the finished entries, resolve their records' errors and add to the
     counters, in one statement (one round trip); returns the removed ids."""
     keys = sorted(counts)  # one lock order on the counters for every worker
+    rates = _rates(counts)
     params = {
         "finished_id": [d.entry.id for d in done],
         "finished_version": [d.entry.version for d in done],
@@ -291,6 +296,10 @@ def _finish_postgresql(
         "added_direction": [k[1] for k in keys],
         "added_operation": [k[2] for k in keys],
         "added_synced": [counts[k] for k in keys],
+        "rate_minute_start": minute_start(now),
+        "rate_object": [k[0] for k in rates],
+        "rate_direction": [k[1] for k in rates],
+        "rate_synced": list(rates.values()),
     }
     return {r[0] for r in conn.execute(_finish_statement(), params)}
 
@@ -335,7 +344,30 @@ def _finish_statement() -> sa.Select[Any]:
             sa.select(sa.bindparam("added_bucket_start", type_=UTCDateTime()), *added.c),
         )
     ).cte("counted")
-    return sa.select(gone.c.id).add_cte(resolved, counted)
+    rate = _unnest("rate", object=sa.String, direction=sa.String, synced=sa.BigInteger)
+    paced = _add_to_rate(
+        pg_insert(sync_rate).from_select(
+            [
+                "minute_start",
+                "object",
+                "direction",
+                "synced",
+                "first_synced_at",
+                "last_synced_at",
+                "first_batch",
+            ],
+            sa.select(
+                sa.bindparam("rate_minute_start", type_=UTCDateTime()),
+                rate.c.object,
+                rate.c.direction,
+                rate.c.synced,
+                sa.bindparam("resolved_at", type_=UTCDateTime()),
+                sa.bindparam("resolved_at", type_=UTCDateTime()),
+                rate.c.synced,
+            ),
+        )
+    ).cte("paced")
+    return sa.select(gone.c.id).add_cte(resolved, counted, paced)
 
 
 def _finish_portable(
@@ -460,8 +492,67 @@ def _count(conn: Connection, counts: dict[tuple[str, str, str], int], now: datet
         {"bucket_start": start, "object": o, "direction": d, "operation": op, "synced": n}
         for (o, d, op), n in sorted(counts.items())
     ]
-    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(sync_throughput)
-    conn.execute(_add_to_counters(insert), rows)
+    conn.execute(_counter_upsert(conn.dialect.name), rows)
+    minute = minute_start(now)
+    rate_rows = [
+        {
+            "minute_start": minute,
+            "object": o,
+            "direction": d,
+            "synced": n,
+            "first_synced_at": now,
+            "last_synced_at": now,
+            "first_batch": n,
+        }
+        for (o, d), n in _rates(counts).items()
+    ]
+    if rate_rows:
+        conn.execute(_rate_upsert(conn.dialect.name), rate_rows)
+
+
+# Built once per dialect: these run for every finished batch.
+@functools.cache
+def _counter_upsert(dialect: str) -> Any:
+    return _add_to_counters(
+        (pg_insert if dialect == "postgresql" else sqlite_insert)(sync_throughput)
+    )
+
+
+@functools.cache
+def _rate_upsert(dialect: str) -> Any:
+    return _add_to_rate((pg_insert if dialect == "postgresql" else sqlite_insert)(sync_rate))
+
+
+def _rates(counts: dict[tuple[str, str, str], int]) -> dict[tuple[str, str], int]:
+    """The throughput counts summed per (object, direction), in key order (the lock order
+    on ``sync_rate`` of every worker), zeros left out."""
+    rates: dict[tuple[str, str], int] = {}
+    for (o, d, _), n in sorted(counts.items()):
+        if n > 0:
+            rates[(o, d)] = rates.get((o, d), 0) + n
+    return rates
+
+
+def _add_to_rate(insert: Any) -> Any:
+    # Several workers finish batches in the same minute: the counts add up, the first and
+    # last sync widen, and the first batch is the one that finished first (its records
+    # were sent before the minute's first sync, so the rate leaves them out).
+    r = sync_rate.c
+    postgresql = isinstance(insert, PgInsert)
+    earliest = sa.func.least if postgresql else sa.func.min
+    latest = sa.func.greatest if postgresql else sa.func.max
+    return insert.on_conflict_do_update(
+        index_elements=["minute_start", "object", "direction"],
+        set_={
+            "synced": r.synced + insert.excluded.synced,
+            "first_batch": sa.case(
+                (insert.excluded.first_synced_at < r.first_synced_at, insert.excluded.first_batch),
+                else_=r.first_batch,
+            ),
+            "first_synced_at": earliest(r.first_synced_at, insert.excluded.first_synced_at),
+            "last_synced_at": latest(r.last_synced_at, insert.excluded.last_synced_at),
+        },
+    )
 
 
 def _add_to_counters(insert: Any) -> Any:

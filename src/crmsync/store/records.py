@@ -21,10 +21,12 @@ from typing import Any
 from sqlalchemy import Connection, Integer, String, Table, and_, or_, select
 from sqlalchemy.engine import RowMapping
 
-from crmsync.domain import Direction, EntryState, ObjectSpec
+from crmsync.domain import Direction, EntryState, FieldType, ObjectSpec
 from crmsync.errors import CrmsyncError, ValidationFailed
+from crmsync.mapping import convert, spec_of
+from crmsync.store.local_tables import local_table
 from crmsync.store.params import DEFAULT_LIMIT, MAX_ID, MAX_LIMIT
-from crmsync.store.schema import LOCAL_TABLES, sync_change, sync_queue, sync_record
+from crmsync.store.schema import sync_change, sync_queue, sync_record
 from crmsync.store.types import utcnow
 
 READ_ONLY = ("id", "crm_id", "created_at", "updated_at", "crm_deleted_at")
@@ -56,6 +58,10 @@ class SyncState:
         return {"state": self.state, "last_synced_at": iso(self.last_synced_at)}
 
 
+# Fields written as text or as a local id; every other type goes through mapping.convert.
+_AS_TEXT_OR_ID = (FieldType.STRING, FieldType.MEMO, FieldType.LOOKUP)
+
+
 # -- the registry ---------------------------------------------------------------------
 
 
@@ -68,12 +74,21 @@ def resolve_object(specs: Mapping[str, ObjectSpec], name: str) -> ObjectSpec:
 
 
 def table_of(spec: ObjectSpec) -> Table:
-    return LOCAL_TABLES[spec.table]
+    return local_table(spec)
+
+
+TIMESTAMPS = ("created_at", "updated_at", "crm_deleted_at")
 
 
 def readable_columns(spec: ObjectSpec) -> tuple[str, ...]:
-    """What a record shows: its ids, its writable columns, then its timestamps."""
-    return ("id", "crm_id", *spec.columns, "created_at", "updated_at", "crm_deleted_at")
+    """What a record shows: its ids, its writable columns, then its timestamps (an
+    attached table has none: they show as null)."""
+    return ("id", "crm_id", *spec.columns, *(TIMESTAMPS if spec.timestamps else ()))
+
+
+def _stamped(spec: ObjectSpec, **stamps: datetime) -> dict[str, datetime]:
+    """The timestamps crmsync keeps, for a table that has them."""
+    return stamps if spec.timestamps else {}
 
 
 # -- validation (pure) ----------------------------------------------------------------
@@ -117,8 +132,9 @@ def validate(spec: ObjectSpec, payload: Mapping[str, Any]) -> dict[str, Any]:
 
     Every key must be a writable column of the object; text columns take a string or
     null no longer than the column (an email column, an address); id columns (lookups)
-    take a positive integer or null. Whether a lookup points at an existing record is
-    ``check_references``'s job.
+    take a positive integer or null; other typed fields take their JSON value (a decimal
+    also as text, a datetime or date in ISO 8601) that Dynamics would accept. Whether a
+    lookup points at an existing record is ``check_references``'s job.
     """
     table = table_of(spec)
     writable = spec.columns
@@ -132,6 +148,13 @@ def validate(spec: ObjectSpec, payload: Mapping[str, Any]) -> dict[str, Any]:
             )
         if value is None:
             values[field] = None
+            continue
+        typed = spec.field_specs.get(field)
+        if typed is not None and typed.type not in _AS_TEXT_OR_ID:
+            try:
+                values[field] = convert.from_input(typed, value)
+            except convert.DoesNotFit as exc:
+                raise ValidationFailed(field, str(exc).removeprefix(f"{field}: ")) from None
             continue
         column_type = table.c[field].type
         if isinstance(column_type, String):
@@ -158,6 +181,8 @@ def parse_text(spec: ObjectSpec, row: Mapping[str, str]) -> dict[str, Any]:
     for field, text in row.items():
         if text == "":
             values[field] = None
+        elif field in spec.field_specs and spec.field_specs[field].type not in _AS_TEXT_OR_ID:
+            values[field] = text  # validate() reads the text as the field's type
         elif field in table.c and isinstance(table.c[field].type, Integer):
             values[field] = _parse_int(field, text)
         else:
@@ -191,7 +216,7 @@ def missing_references(
         wanted = {r[lookup.column] for r in rows if r.get(lookup.column) is not None}
         if not wanted:
             continue
-        target = LOCAL_TABLES[lookup.target]
+        target = local_table(spec_of(lookup.target))
         found: set[int] = set()
         ordered = sorted(wanted)
         for start in range(0, len(ordered), 500):
@@ -217,6 +242,8 @@ def to_json(spec: ObjectSpec, row: RowMapping) -> dict[str, Any]:
     for name in readable_columns(spec):
         value = row[name]
         out[name] = iso(value) if isinstance(value, datetime) else value
+    for name in TIMESTAMPS:
+        out.setdefault(name, None)
     return out
 
 
@@ -229,7 +256,7 @@ def create_record(conn: Connection, spec: ObjectSpec, payload: Mapping[str, Any]
     row = (
         conn.execute(
             table.insert()
-            .values(**values, created_at=now, updated_at=now)
+            .values(**values, **_stamped(spec, created_at=now, updated_at=now))
             .returning(*_columns(spec))
         )
         .mappings()
@@ -246,7 +273,8 @@ def insert_many(conn: Connection, spec: ObjectSpec, rows: Sequence[Mapping[str, 
     now = utcnow()
     # executemany needs every row to name the same columns.
     params = [
-        {c: r.get(c) for c in spec.columns} | {"created_at": now, "updated_at": now} for r in rows
+        {c: r.get(c) for c in spec.columns} | _stamped(spec, created_at=now, updated_at=now)
+        for r in rows
     ]
     conn.execute(table.insert(), params)
     return len(params)
@@ -275,7 +303,7 @@ def update_record(
         conn.execute(
             table.update()
             .where(table.c.id == record_id)
-            .values(**values, updated_at=utcnow())
+            .values(**values, **_stamped(spec, updated_at=utcnow()))
             .returning(*_columns(spec))
         )
         .mappings()

@@ -1,26 +1,10 @@
 """The store's tables, declared once. Alembic migrations must produce exactly this.
 
 Local tables (``lead``, ``contact``, ``account``, ``opportunity``) belong to the
-applications; every other table is crmsync's own bookkeeping:
-
-- ``sync_change``: the capture log: one row per captured local write, appended by the
-  capture triggers and folded into ``sync_queue`` in batches (``store/capture.py``).
-- ``sync_queue``: one row per (object, direction, record) with changes not yet synced;
-  the backlog is its ``pending`` rows, parked errors are its ``parked`` rows.
-- ``sync_suppress``: on SQLite, a row here while crmsync applies Dynamics' changes tells
-  the capture triggers to stay quiet (PostgreSQL uses a transaction-local setting).
-- ``sync_record``: what was last synced per record (CRM id, ETag, values), the base for
-  conflict detection and the record's sync state.
-- ``sync_error``: failed records as operators see them in Sync Errors.
-- ``sync_throughput``: synced-record counters in 15-minute buckets, so that clock hours
-  of zones with 30- and 45-minute offsets can be summed exactly.
-- ``sync_cursor``: the change-tracking delta link per object.
-- ``sync_conflict``: the conflict journal.
-- ``sync_pause``: what is paused, by object and direction.
-- ``console_session_revoked``: console sessions logged out before their cookie expires.
-- ``dynamics_throttle``: until when Dynamics told a credential to wait (a 429's
-  ``Retry-After``), shared by every worker process using that credential.
-- ``sync_backlog_count``: the backlog's counts, kept by triggers on ``sync_queue``.
+applications; every other table is crmsync's own bookkeeping, each described beside its
+declaration. The capture triggers append to ``sync_change``, which is folded into
+``sync_queue`` (``store/capture.py``); the backlog is the queue's ``pending`` rows, parked
+errors its ``parked`` rows.
 """
 
 from __future__ import annotations
@@ -58,7 +42,7 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 NOW = text("CURRENT_TIMESTAMP")
 
 
-def _timestamps() -> list[Column[object]]:
+def timestamps() -> list[Column[object]]:
     return [
         Column("created_at", UTCDateTime(), nullable=False, server_default=NOW),
         Column("updated_at", UTCDateTime(), nullable=False, server_default=NOW),
@@ -74,7 +58,7 @@ def _local(name: str, *columns: Column[object]) -> Table:
         Column("id", Id, primary_key=True, autoincrement=True),
         Column("crm_id", String(36), nullable=True),
         *columns,
-        *_timestamps(),
+        *timestamps(),
         Index(f"uq_{name}_crm_id", "crm_id", unique=True),
         # AUTOINCREMENT on SQLite: ids are never reused, so a queue entry never
         # outlives its record and gets attached to a new one.
@@ -108,13 +92,12 @@ opportunity = _local(
     Column("account_id", Id, nullable=True),
 )
 
-LOCAL_TABLES: dict[str, Table] = {
-    "lead": lead,
-    "contact": contact,
-    "account": account,
-    "opportunity": opportunity,
-}
+# The contract's four tables, as the initial migration created them; the mapping's own
+# tables (and new columns of these) are built by ``store/local_tables.py``.
+STANDARD_TABLES: tuple[Table, ...] = (lead, contact, account, opportunity)
 
+# One row per (object, direction, record) with changes not yet synced: the backlog is
+# its ``pending`` rows, parked errors are its ``parked`` rows.
 sync_queue = Table(
     "sync_queue",
     metadata,
@@ -151,6 +134,8 @@ sync_queue = Table(
     # SQLite's sequence table would cost every captured write one more row update.
 )
 
+# The capture log: one row per captured local write, appended by the capture triggers
+# and folded into ``sync_queue`` in batches (store/capture.py).
 sync_change = Table(
     "sync_change",
     metadata,
@@ -166,12 +151,16 @@ sync_change = Table(
     # No AUTOINCREMENT on SQLite, for the same reason as sync_queue.
 )
 
+# On SQLite, a row here while crmsync applies Dynamics' changes tells the capture
+# triggers to stay quiet (PostgreSQL uses a transaction-local setting).
 sync_suppress = Table(
     "sync_suppress",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
 )
 
+# What was last synced per record (CRM id, ETag, values): the base for conflict
+# detection and the record's sync state.
 sync_record = Table(
     "sync_record",
     metadata,
@@ -200,6 +189,7 @@ sync_tombstone = Table(
     Column("deleted_at", UTCDateTime(), nullable=False),
 )
 
+# Failed records as operators see them in Sync Errors.
 sync_error = Table(
     "sync_error",
     metadata,
@@ -262,6 +252,8 @@ def declared(
     return not (type_ == "table" and reflected and name in ERROR_FTS_TABLES)
 
 
+# Synced-record counters in 15-minute buckets, so that clock hours of zones with 30- and
+# 45-minute offsets can be summed exactly.
 sync_throughput = Table(
     "sync_throughput",
     metadata,
@@ -270,6 +262,22 @@ sync_throughput = Table(
     Column("direction", String(8), primary_key=True),
     Column("operation", String(8), primary_key=True),
     Column("synced", BigInteger, nullable=False, server_default="0"),
+)
+
+# Records synced per (object, direction) and UTC minute, when the minute's first and last
+# batch finished and how many records its first batch held: the time to drain reads the
+# rate of the last minutes from here, measured from the first sync (idle time before a
+# drain started is not in it). One upsert per finished batch; pruned by upkeep.
+sync_rate = Table(
+    "sync_rate",
+    metadata,
+    Column("minute_start", UTCDateTime(), primary_key=True),
+    Column("object", String(32), primary_key=True),
+    Column("direction", String(8), primary_key=True),
+    Column("synced", BigInteger, nullable=False),
+    Column("first_synced_at", UTCDateTime(), nullable=False),
+    Column("last_synced_at", UTCDateTime(), nullable=False),
+    Column("first_batch", BigInteger, nullable=False),
 )
 
 # The backlog per (object, direction) once per 15-minute bucket: the queue cannot tell
@@ -297,6 +305,7 @@ sync_backlog_count = Table(
     Column("n", BigInteger, nullable=False),
 )
 
+# The change-tracking delta link per object.
 sync_cursor = Table(
     "sync_cursor",
     metadata,
@@ -305,6 +314,7 @@ sync_cursor = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
 )
 
+# The conflict journal.
 sync_conflict = Table(
     "sync_conflict",
     metadata,
@@ -322,6 +332,7 @@ sync_conflict = Table(
     sqlite_autoincrement=True,
 )
 
+# What is paused, by object and direction.
 sync_pause = Table(
     "sync_pause",
     metadata,
@@ -329,6 +340,9 @@ sync_pause = Table(
     Column("object", String(32), primary_key=True),
     Column("direction", String(8), primary_key=True),
     Column("paused_at", UTCDateTime(), nullable=False),
+    # Null for an operator's pause; why, when crmsync paused an object by itself (a
+    # mapping Dynamics no longer matches).
+    Column("reason", Text(), nullable=True),
 )
 
 # One row per Dynamics credential (application user): service protection limits are per
@@ -355,8 +369,8 @@ console_session_revoked = Table(
 __all__ = [
     "ERROR_FTS",
     "ERROR_FTS_TABLES",
-    "LOCAL_TABLES",
     "PG_SEARCH_INDEXES",
+    "STANDARD_TABLES",
     "console_session_revoked",
     "declared",
     "dynamics_throttle",
@@ -369,6 +383,7 @@ __all__ = [
     "sync_error",
     "sync_pause",
     "sync_queue",
+    "sync_rate",
     "sync_record",
     "sync_suppress",
     "sync_throughput",

@@ -3,8 +3,9 @@
 The backlog is every committed local or Dynamics change not yet synced: the queue's
 ``pending`` entries (parked errors excluded) plus what the capture log holds unfolded,
 counted as folded (``store.backlog``), so several changes to one record count once per
-direction. Synced records come from ``sync_throughput`` (15-minute buckets), and the
-trend from the backlog samples ``store.maintenance`` writes. Every function here only
+direction. Synced records come from ``sync_throughput`` (15-minute buckets), the time to
+drain from ``sync_rate`` (minutes, ``store.drain``), and the trend from the backlog
+samples ``store.maintenance`` writes. Every function here only
 reads, except ``pause``, ``resume`` and ``wake_awaiting_pull``.
 
 ``at`` moves the reference time: the last-hour window, the throughput history and the
@@ -22,13 +23,19 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from crmsync.domain import Direction, EntryState, Operation
+from crmsync.domain import Direction, EntryState, ErrorStatus, Operation
 from crmsync.errors import ValidationFailed
 from crmsync.store import backlog as backlog_module
 from crmsync.store import drain, queue
 from crmsync.store.backlog import Group
 from crmsync.store.params import iso
-from crmsync.store.schema import sync_backlog_sample, sync_pause, sync_queue, sync_throughput
+from crmsync.store.schema import (
+    sync_backlog_sample,
+    sync_error,
+    sync_pause,
+    sync_queue,
+    sync_throughput,
+)
 from crmsync.store.types import utcnow
 from crmsync.values import AWAITING_PULL as AWAITING_PULL
 
@@ -80,21 +87,61 @@ def hourly_windows(at: datetime, zone: ZoneInfo, hours: int) -> list[tuple[datet
 def paused(conn: Connection) -> list[dict[str, Any]]:
     rows = conn.execute(sa.select(sync_pause).order_by(sync_pause.c.object, sync_pause.c.direction))
     return [
-        {"object": r.object, "direction": r.direction, "paused_at": iso(r.paused_at)} for r in rows
+        {
+            "object": r.object,
+            "direction": r.direction,
+            "paused_at": iso(r.paused_at),
+            "reason": r.reason,
+        }
+        for r in rows
     ]
 
 
-def pause(conn: Connection, obj: str, direction: str, now: datetime | None = None) -> None:
-    """Pause ``obj`` (``*``: every object) in ``direction`` (``*``: both)."""
+def pause(
+    conn: Connection,
+    obj: str,
+    direction: str,
+    now: datetime | None = None,
+    *,
+    reason: str | None = None,
+) -> None:
+    """Pause ``obj`` (``*``: every object) in ``direction`` (``*``: both). ``reason`` is
+    crmsync's own when it pauses an object by itself; an operator's pause has none."""
     exists = conn.execute(
-        sa.select(sa.literal(1)).where(
+        sa.select(sync_pause.c.reason).where(
             sync_pause.c.object == obj, sync_pause.c.direction == direction
         )
     ).first()
     if exists is None:
         conn.execute(
-            sa.insert(sync_pause).values(object=obj, direction=direction, paused_at=now or utcnow())
+            sa.insert(sync_pause).values(
+                object=obj, direction=direction, paused_at=now or utcnow(), reason=reason
+            )
         )
+    elif reason is not None and exists.reason != reason:
+        conn.execute(
+            sa.update(sync_pause)
+            .where(sync_pause.c.object == obj, sync_pause.c.direction == direction)
+            .values(reason=reason)
+        )
+
+
+MAPPING_MISMATCH = "crmsync.mapping_mismatch"
+
+
+def pause_unusable(
+    conn: Connection, obj: str, direction: Direction, code: str, message: str, now: datetime
+) -> None:
+    """Dynamics no longer matches the mapping of ``obj`` (a table or column gone): pause
+    the object alone, both ways, with the reason, and open one sync error for it. Its
+    waiting changes stay in the backlog; resuming after the fix continues from there."""
+    found = f"{code}: {message}" if code and code != "0x0" else message
+    reason = (
+        f"Dynamics no longer matches the mapping ({found[:500]}); fix the mapping or "
+        f"Dynamics (crmsync mapping check lists the mismatches), then resume {obj}"
+    )
+    pause(conn, obj, "*", now, reason=reason)
+    queue.fail_object(conn, obj, direction, MAPPING_MISMATCH, reason, now)
 
 
 def resume(conn: Connection, obj: str, direction: str, now: datetime | None = None) -> int:
@@ -108,6 +155,19 @@ def resume(conn: Connection, obj: str, direction: str, now: datetime | None = No
     lifted = conn.execute(sa.delete(sync_pause).where(*where)).rowcount
     if lifted:
         wake_awaiting_pull(conn, now or utcnow())
+        # The operator says the mismatch is fixed: if it is not, the next request of
+        # the object pauses it again and opens a new error.
+        err = sync_error.c
+        conn.execute(
+            sa.update(sync_error)
+            .where(
+                err.status == ErrorStatus.OPEN,
+                err.error_code == MAPPING_MISMATCH,
+                err.record_key == queue.OBJECT_KEY,
+                *([err.object == obj] if obj != "*" else []),
+            )
+            .values(status=ErrorStatus.RESOLVED, resolved_at=now or utcnow())
+        )
     return lifted
 
 
@@ -259,7 +319,7 @@ def backlog(
             oldest[g.object] = g.oldest_queued_at
     sampled_at, earlier = backlog_sample(conn, as_of - TREND_HOURS * HOUR, direction)
     synced_hour = synced_since(conn, as_of - HOUR, as_of, direction)
-    recent = drain.recent_synced(conn, as_of)
+    recent = drain.recent_minutes(conn, as_of)
     scopes = queue.paused_scopes(conn)
     for name, row in rows.items():
         row["oldest_queued_at"] = iso(oldest.get(name))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy import DateTime, Dialect, Numeric, String
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 # SQLite keeps timestamps as text in this exact shape (UTC, microseconds), which the
 # capture triggers also produce: strftime('%Y-%m-%d %H:%M:%f') gives milliseconds, so
@@ -40,6 +41,33 @@ class UTCDateTime(TypeDecorator[datetime]):
         if parsed.tzinfo is None:
             return parsed.replace(tzinfo=UTC)
         return parsed.astimezone(UTC)
+
+
+class ExactDecimal(TypeDecorator[Decimal]):
+    """A decimal kept exactly: NUMERIC on PostgreSQL; text on SQLite, whose NUMERIC
+    affinity would turn ``12345678901.1234567891`` into a binary float."""
+
+    impl = Numeric
+    cache_ok = True
+
+    def __init__(self, places: int) -> None:
+        super().__init__()
+        self.places = places
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(40))
+        # 15 digits before the point cover Dataverse's money range; 10 after, decimals'.
+        return dialect.type_descriptor(Numeric(25, self.places))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        exact = value if isinstance(value, Decimal) else Decimal(str(value))
+        return str(exact) if dialect.name == "sqlite" else exact
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        return None if value is None else Decimal(str(value))
 
 
 def utcnow() -> datetime:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
-from crmsync.domain import OBJECT_NAMES
+from crmsync.domain import STANDARD_OBJECTS
 from crmsync.store import conflicts, params
 from crmsync.web.api_status import Objects, Store
 from crmsync.web.auth import require_api_auth
@@ -44,7 +44,7 @@ def list_conflicts(
     engine: Store,
     objects: Objects,
     object: Annotated[
-        str | None, Query(description="Object", json_schema_extra={"enum": list(OBJECT_NAMES)})
+        str | None, Query(description="Object", json_schema_extra={"enum": list(STANDARD_OBJECTS)})
     ] = None,
     record_id: Annotated[
         int | None, Query(ge=1, le=params.MAX_ID, description="Local record id")

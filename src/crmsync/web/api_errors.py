@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine
 
-from crmsync.domain import OBJECT_NAMES
+from crmsync.domain import STANDARD_OBJECTS
 from crmsync.store import params, sync_errors
 from crmsync.store.db import write_transaction
 from crmsync.store.params import check_choice
@@ -44,7 +44,7 @@ def error_filters(
         str | None,
         Query(description="Case-insensitive text in the message, code, label or ids"),
     ] = None,
-    object: Annotated[str | None, _enum("Object", OBJECT_NAMES)] = None,
+    object: Annotated[str | None, _enum("Object", STANDARD_OBJECTS)] = None,
     direction: Annotated[str | None, _enum("Direction", DIRECTIONS)] = None,
     operation: Annotated[str | None, _enum("Operation", OPERATIONS)] = None,
     code: Annotated[str | None, Query(description="Error code, exactly")] = None,

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine
 
-from crmsync.domain import OBJECT_NAMES, ObjectSpec
+from crmsync.domain import STANDARD_OBJECTS, ObjectSpec
 from crmsync.errors import ValidationFailed
 from crmsync.store import params, records
 from crmsync.store.db import read_transaction, write_transaction
@@ -36,8 +36,8 @@ class Record(BaseModel):
 
     id: int
     crm_id: str | None
-    created_at: str
-    updated_at: str
+    created_at: str | None = Field(description="null for an object attached to an existing table")
+    updated_at: str | None = Field(description="null for an object attached to an existing table")
 
 
 class SyncInfo(BaseModel):
@@ -64,8 +64,8 @@ def object_spec(
     object: Annotated[
         str,
         Path(
-            description="lead, contact, account or opportunity",
-            json_schema_extra={"enum": list(OBJECT_NAMES)},
+            description="A mapped object: lead, contact, account, opportunity or a custom one",
+            json_schema_extra={"enum": list(STANDARD_OBJECTS)},
         ),
     ],
 ) -> ObjectSpec:

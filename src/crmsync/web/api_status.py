@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine
 
 from crmsync.config import Settings
-from crmsync.domain import OBJECT_NAMES
+from crmsync.domain import STANDARD_OBJECTS
 from crmsync.store import status
 from crmsync.store.db import read_transaction, write_transaction
 from crmsync.store.params import check_choice, parse_timestamp
@@ -85,8 +85,8 @@ def sync_status_details(
     object: Annotated[
         str,
         Path(
-            description="lead, contact, account or opportunity",
-            json_schema_extra={"enum": list(OBJECT_NAMES)},
+            description="A mapped object: lead, contact, account, opportunity or a custom one",
+            json_schema_extra={"enum": list(STANDARD_OBJECTS)},
         ),
     ],
     config: Config,
@@ -119,7 +119,7 @@ def sync_throughput(
     hours: Annotated[int, Query(ge=1, le=status.MAX_HOURS, description="Clock hours")] = 24,
     object: Annotated[
         str | None,
-        Query(description="Only this object", json_schema_extra={"enum": list(OBJECT_NAMES)}),
+        Query(description="Only this object", json_schema_extra={"enum": list(STANDARD_OBJECTS)}),
     ] = None,
     at: At = None,
 ) -> dict[str, Any]:
@@ -137,7 +137,7 @@ class Scope(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    object: Annotated[str, Field(description="lead, contact, account, opportunity or *")] = "*"
+    object: Annotated[str, Field(description="A mapped object, or * for all")] = "*"
     direction: Annotated[str, Field(description="to_crm, from_crm or *")] = "*"
 
 

@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from sqlalchemy import Engine
 
 from crmsync.config import Settings
+from crmsync.domain import STANDARD_OBJECTS
+from crmsync.mapping import activate as activate_mapping
 from crmsync.store import migrate
 from crmsync.store.db import create_store_engine
 from crmsync.web import (
@@ -40,6 +43,7 @@ from crmsync.web.session import (
 def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     """Build the app. Without ``engine`` one is created from settings (and disposed of
     at shutdown); a given engine stays the caller's."""
+    activate_mapping(settings.object_specs())
     own_engine = engine is None
     store = engine if engine is not None else create_store_engine(settings.database_url)
 
@@ -106,4 +110,29 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.state.metrics = metrics.MetricsPage(store, app.state.specs, app.state.alerts)
     app.include_router(metrics.router)
     console.install(app)
+    _name_mapped_objects(app, list(app.state.specs))
     return app
+
+
+def _name_mapped_objects(app: FastAPI, names: list[str]) -> None:
+    """The OpenAPI document lists the mapping's objects wherever an object is chosen
+    (the routes declare the standard four, which every mapping has)."""
+    build = app.openapi
+    standard = list(STANDARD_OBJECTS)
+
+    def rename(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("enum") == standard:
+                node["enum"] = names
+            for value in node.values():
+                rename(value)
+        elif isinstance(node, list):
+            for value in node:
+                rename(value)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            rename(build())
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]

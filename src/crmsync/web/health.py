@@ -1,25 +1,17 @@
 """``GET /healthz`` and the background upkeep of ``crmsync serve``.
 
 ``/healthz`` needs no credentials (load balancers and uptime checks call it), so it
-says only what an outsider may know: whether the store and Dynamics answer, how old
-the oldest waiting change is, until when Dynamics told the workers to wait (a 429's
-``Retry-After``, shared through the store: ``dynamics_throttled_until``, null when no
-wait is in force), and which alerts are open. It answers 503 when the store
-is unreachable (nothing works then), and 200 otherwise: Dynamics being down is reported,
-not failed, because the API and the console still work and the backlog will drain once
-it is back.
-
-Dynamics is probed with one unauthenticated GET of the Web API root: any HTTP answer
-(a 401 included) proves the network path and the service are up, without spending a
-token request or exposing a credential; an unauthenticated request is no user's, so it
-does not count against the workers' service protection limits and needs no pause while
-they are throttled. The result is cached for ``PROBE_CACHE_SECONDS``
-so that frequent health checks do not become traffic to Dynamics.
+says only what an outsider may know: whether the store and Dynamics answer, how old the
+oldest waiting change is, until when Dynamics told the workers to wait
+(``dynamics_throttled_until``, null when no wait is in force), and which alerts are
+open. It answers 503 when the store is unreachable (nothing works then), and 200
+otherwise: Dynamics being down is reported, not failed, because the API and the console
+still work and the backlog will drain once it is back. Dynamics is probed without
+credentials (``DynamicsProbe``), at most once per ``PROBE_CACHE_SECONDS``.
 
 ``ops_loop`` runs while the app serves: every ``ops_interval_seconds`` it runs
 ``store.maintenance.maintain`` (backlog samples, throughput retention) and the alert
-checks, and in between it folds the backlog counts every ``COMPACT_SECONDS`` (the
-queue's writers append to them all the time; see ``store.backlog_counts``).
+checks, and in between it folds the backlog counts every ``COMPACT_SECONDS``.
 """
 
 from __future__ import annotations
@@ -78,6 +70,11 @@ class DynamicsProbe:
             return self._result
 
     async def _probe(self, url: str) -> str:
+        # One unauthenticated GET of the Web API root: any HTTP answer (a 401 included)
+        # proves the network path and the service are up, without spending a token
+        # request or exposing a credential. A request of no user does not count against
+        # the workers' service protection limits, so it needs no pause while they are
+        # throttled.
         try:
             async with httpx.AsyncClient(
                 transport=self.transport, timeout=PROBE_TIMEOUT_SECONDS

@@ -2,21 +2,17 @@
 
 ``BodyLimit`` is ASGI middleware around the whole application, so it runs before
 routing, authentication and the body parsing FastAPI does ahead of a route's
-dependencies:
-
-- a ``Content-Length`` above ``max_bytes`` is answered 413 at once, the body unread;
-- a body without one (chunked) is counted as it streams, and refused with 413 the
-  moment it passes ``max_bytes``: at most that much is ever held;
-- a body whose next part does not arrive within ``body_timeout`` seconds gets 408.
-
-Either way the application is told the client went away (``http.disconnect``), and
-whatever it still sends is dropped: the refusal is the one response. A malformed
-``Content-Length`` is a 400.
+dependencies: a ``Content-Length`` above ``max_bytes`` is answered 413 at once, the body
+unread; a body without one (chunked) is counted as it streams and refused with 413 the
+moment it passes ``max_bytes`` (at most that much is ever held); a body whose next part
+does not arrive within ``body_timeout`` seconds gets 408; a malformed ``Content-Length``
+is a 400. Either way the application is told the client went away (``http.disconnect``)
+and whatever it still sends is dropped: the refusal is the one response.
 
 ``Admission`` lets at most ``ADMITTED`` requests into the application at once; the
-others wait their turn, and ``/healthz`` never waits: under a burst of requests the
-health check still answers at once (a load balancer that saw it time out would take a
-busy but healthy server out of service).
+others wait their turn, and ``/healthz`` never waits: under a burst the health check
+still answers at once (a load balancer that saw it time out would take a busy but
+healthy server out of service).
 """
 
 from __future__ import annotations

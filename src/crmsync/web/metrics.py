@@ -4,23 +4,14 @@ The page is computed at most once per ``CACHE_SECONDS`` per app, so scrapers hit
 often cost the store nothing extra. It needs the API's credentials (a Prometheus job
 sends them with ``authorization: {credentials: <CRMSYNC_API_TOKEN>}``).
 
-Series:
-
-- ``crmsync_backlog_records{object,direction,operation}`` (gauge): pending entries.
-- ``crmsync_backlog_oldest_age_seconds{object,direction}`` (gauge): age of the oldest
-  pending entry, 0 when there is none.
-- ``crmsync_synced_records_total{object,direction,operation}`` (counter): the sum of the
-  kept throughput buckets; it would step down if old buckets are ever pruned, which
-  Prometheus treats as a counter reset.
-- ``crmsync_sync_errors_total{object,direction,code}``: open sync errors (a gauge: an
-  error resolved or dismissed leaves the count; the name is the contract's).
-- ``crmsync_crm_requests_total{status}`` (counter): HTTP responses from Dynamics by
-  status code, counted by the Dataverse client of this process (``observability``).
-- ``crmsync_dynamics_throttled_until_timestamp_seconds`` (gauge): Unix time until which
-  Dynamics told the workers to wait (the latest 429 ``Retry-After`` of any credential,
-  shared through the store); 0 when none was ever recorded.
-- ``crmsync_alert_active{alert,object}`` (gauge): 1 for each open alert incident
-  (``alerts``), none when nothing is breached.
+Series (the first five are the contract's; what each means is beside its family):
+``crmsync_backlog_records{object,direction,operation}``,
+``crmsync_backlog_oldest_age_seconds{object,direction}``,
+``crmsync_synced_records_total{object,direction,operation}``,
+``crmsync_sync_errors_total{object,direction,code}``, ``crmsync_crm_requests_total{status}``
+(HTTP responses from Dynamics to this process's client, ``observability``),
+``crmsync_dynamics_throttled_until_timestamp_seconds`` and
+``crmsync_alert_active{alert,object}``.
 """
 
 from __future__ import annotations
@@ -86,6 +77,8 @@ class StoreCollector(Collector):
             ).all()
         throttled = shared_throttle(self.engine)
         yield from self._backlog(groups, now)
+        # The sum of the kept throughput buckets: it would step down if old buckets are
+        # ever pruned, which Prometheus treats as a counter reset.
         total = CounterMetricFamily(
             "crmsync_synced_records",
             "Records synced, from the kept throughput buckets",
@@ -94,6 +87,8 @@ class StoreCollector(Collector):
         for obj, direction, operation, n in synced:
             total.add_metric([obj, direction, operation], float(n or 0))
         yield total
+        # A gauge despite ``_total`` (the name is the contract's): an error resolved or
+        # dismissed leaves the count.
         open_errors = GaugeMetricFamily(
             "crmsync_sync_errors_total",
             "Open sync errors",
@@ -102,11 +97,14 @@ class StoreCollector(Collector):
         for obj, direction, code, n in errors:
             open_errors.add_metric([obj, direction, code], float(n))
         yield open_errors
+        # The latest 429 ``Retry-After`` of any credential, shared through the store; 0
+        # when none was ever recorded.
         yield GaugeMetricFamily(
             "crmsync_dynamics_throttled_until_timestamp_seconds",
             "Unix time until which Dynamics told the workers to wait (429 Retry-After)",
             value=throttled.timestamp() if throttled is not None else 0.0,
         )
+        # 1 for each open incident (``alerts``); no sample when nothing is breached.
         active = GaugeMetricFamily(
             "crmsync_alert_active", "Open alert incidents", labels=["alert", "object"]
         )
@@ -132,6 +130,7 @@ class StoreCollector(Collector):
         for (obj, direction, operation), n in counts.items():
             records.add_metric([obj, direction, operation], float(n))
         yield records
+        # 0 when nothing is pending.
         age = GaugeMetricFamily(
             "crmsync_backlog_oldest_age_seconds",
             "Age of the oldest waiting change",

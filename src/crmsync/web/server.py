@@ -11,9 +11,8 @@ adds what is missing, at the protocol level, before any application code runs:
 - at most ``max_connections`` are kept: over that, the connection that has waited
   longest for its headers (the likeliest attacker) is closed to make room, or the new
   one when every connection is busy with a real request. So a flood of half-sent
-  requests cannot keep ``/healthz`` or the API from answering.
-
-Slow bodies and large bodies are the ASGI middleware's (``web/limits.py``).
+  requests cannot keep ``/healthz`` or the API from answering. Slow and large bodies
+  are the ASGI middleware's (``web/limits.py``).
 """
 
 from __future__ import annotations

@@ -4,19 +4,15 @@
   the hash is kept, and a login is checked against it (``Passwords``).
 - The session lives in a cookie signed with itsdangerous (Starlette's
   ``SessionMiddleware``): ``HttpOnly``, ``SameSite=Lax``, and ``Secure`` whenever the
-  request came over https (``SchemeAwareSessions`` picks per request, so one process
-  serves both a loopback http port and an https proxy correctly).
-- The signing key is derived from the password with argon2id (a fixed salt): every
-  console process given the same password accepts the same cookies (the console is
-  stateless across machines), changing the password signs everyone out, and a leaked
-  cookie cannot be used to guess the password at HMAC speed.
+  request came over https (``SchemeAwareSessions`` picks per request).
+- The signing key is derived from the password with argon2id (why: beside the code).
 - ``LoginThrottle`` makes each failed login past a few wait longer before the next, per
   client and account, so that someone else's guesses never lock the admin out.
 
 Each session has a random id. Logging out clears the cookie and records the id as
 revoked in the store (``RevokedSessions``), so a copy of the cookie taken earlier is
-refused: at once by the process that logged out, and by other console processes from
-their next refresh (every few seconds, in the upkeep loop, and at start-up).
+refused: at once by the process that logged out, by the others from their next refresh
+(at start-up, then every few seconds in the upkeep loop).
 """
 
 from __future__ import annotations
@@ -73,6 +69,10 @@ class Passwords:
         self.enabled = bool(plain)
         self._hash = self._hasher.hash(plain) if plain else None
         if plain:
+            # The signing key derives from the password (fixed salt): every console process
+            # given the same password accepts the same cookies (the console is stateless
+            # across machines), changing the password signs everyone out, and a leaked
+            # cookie cannot be used to guess the password at HMAC speed.
             key = hash_secret_raw(
                 plain.encode("utf-8"),
                 _KEY_SALT,
@@ -233,7 +233,8 @@ def end_session(conn: HTTPConnection) -> None:
 
 
 class SchemeAwareSessions:
-    """Signed-cookie sessions whose cookie is ``Secure`` when the request is https."""
+    """Signed-cookie sessions whose cookie is ``Secure`` when the request is https, chosen
+    per request so that one process serves a loopback http port and an https proxy alike."""
 
     def __init__(self, app: ASGIApp, secret_key: str) -> None:
         def make(https_only: bool) -> SessionMiddleware:

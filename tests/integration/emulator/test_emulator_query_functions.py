@@ -102,8 +102,12 @@ async def test_this_month_and_year(dv: Dv, dated: None) -> None:
     ("flt", "fragment"),
     [
         (
+            "Microsoft.Dynamics.CRM.Under(PropertyName='lastname',PropertyValue='1')",
+            "An unknown function with name 'Microsoft.Dynamics.CRM.Under' was found.",
+        ),
+        (
             "Microsoft.Dynamics.CRM.ContainValues(PropertyName='lastname',PropertyValues=['1'])",
-            "An unknown function with name 'Microsoft.Dynamics.CRM.ContainValues' was found.",
+            "needs a choices column; 'lastname' is not one",
         ),
         ("Microsoft.Dynamics.CRM.Nope(PropertyName='lastname')", "unknown function"),
         (

@@ -8,8 +8,10 @@ from crmsync.dynamics.limiter import (
     DATAVERSE_MAX_CONCURRENCY,
     AdaptiveLimit,
     Limiter,
+    RateLimitRemaining,
     ThrottleGate,
     parse_dop_hint,
+    parse_ratelimit,
 )
 
 
@@ -111,3 +113,16 @@ async def test_gate_holds_every_caller() -> None:
 
     await asyncio.gather(*(job() for _ in range(5)))
     assert entered and all(t >= 7.0 for t in entered)
+
+
+def test_ratelimit_headers_parse_as_dataverse_sends_them() -> None:
+    burst = "x-ms-ratelimit-burst-remaining-xrm-requests"
+    time_left = "x-ms-ratelimit-time-remaining-xrm-requests"
+    assert parse_ratelimit({burst: "5999", time_left: "1,199.46"}) == RateLimitRemaining(
+        5999, 1199.46
+    )
+    assert parse_ratelimit({time_left: "1,200.00"}) == RateLimitRemaining(None, 1200.0)
+    assert parse_ratelimit({burst: "0"}) == RateLimitRemaining(0, None)
+    assert parse_ratelimit({}) is None
+    assert parse_ratelimit({burst: "many", time_left: "-3"}) is None
+    assert parse_ratelimit({burst: " 12 ", time_left: "nan"}) == RateLimitRemaining(12, None)

@@ -15,12 +15,6 @@ from zoneinfo import ZoneInfo
 from crmsync.domain import Direction, Operation
 
 NA = "N/A"
-OBJECT_TITLES = {
-    "lead": "Lead",
-    "contact": "Contact",
-    "account": "Account",
-    "opportunity": "Opportunity",
-}
 DIRECTION_TITLES: dict[str, str] = {
     Direction.TO_CRM: "To Dynamics",
     Direction.FROM_CRM: "From Dynamics",
@@ -35,7 +29,9 @@ TREND_SYMBOLS = {"growing": "▲", "shrinking": "▼", "steady": "▬"}
 
 
 def title(obj: str) -> str:
-    return OBJECT_TITLES.get(obj, obj.replace("_", " ").title())
+    """An object's name as a title: ``lead`` -> ``Lead``, ``event_registration`` ->
+    ``Event registration``."""
+    return obj.replace("_", " ").capitalize()
 
 
 def count(value: int | None) -> str:

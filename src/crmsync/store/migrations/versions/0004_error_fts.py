@@ -7,19 +7,7 @@ Create Date: 2026-11-25 17:30:00
 SQLite only (PostgreSQL has the ``pg_trgm`` indexes of 0002): ``sync_error_fts``, an
 FTS5 table with the trigram tokenizer over the columns the Sync Errors search reads, so
 that a search of three characters or more reads its candidate rows instead of every
-error (1.7 s at 1M errors without it; ``store/error_search.py``).
-
-- External content (``content='sync_error'``): the text is stored once, in
-  ``sync_error``, and FTS5 ``rebuild`` seeds the index from the existing errors. A
-  contentless table would index the same but could neither be rebuilt nor checked
-  against the table (``integrity-check``), and would need the same delete triggers.
-- ``detail=none``: no token positions, a quarter of the size (16 MB against 65 MB for
-  200k bench errors; the table itself is 39 MB). The search asks for every trigram of
-  its text rather than the phrase; ``LIKE`` decides on the candidates either way.
-- ``columnsize=0``: no per-row token counts; they only serve ranking, which the search
-  does not use (it orders newest first).
-- Triggers keep the index: insert, delete, and an update of a searched column (resolving,
-  retrying or dismissing an error touches none of them and costs the index nothing).
+error (``store/error_search.py``). Triggers keep the index; why each option, beside it.
 
 A later migration that rebuilds ``sync_error`` on SQLite (``batch_alter_table`` copies
 it into a new table and drops the old one) drops these triggers with it and must create
@@ -49,6 +37,14 @@ def upgrade() -> None:
     if op.get_bind().dialect.name != "sqlite":
         return
     names = ", ".join(COLUMNS)
+    # External content (``content='sync_error'``): the text is stored once, in sync_error,
+    # and ``rebuild`` seeds the index from the existing errors. A contentless table would
+    # index the same but could neither be rebuilt nor checked against the table
+    # (``integrity-check``), and would need the same delete triggers.
+    # ``detail=none``: no token positions, a quarter of the size (docs/benchmarks.md); the
+    # search asks for every trigram of its text rather than the phrase, and ``LIKE``
+    # decides on the candidates either way. ``columnsize=0``: no per-row token counts,
+    # which only serve ranking (the search orders newest first).
     op.execute(
         f"CREATE VIRTUAL TABLE {TABLE} USING fts5({names}, content='sync_error',"
         " content_rowid='id', tokenize='trigram case_sensitive 0',"
@@ -60,6 +56,8 @@ def upgrade() -> None:
         f"INSERT INTO {TABLE} ({TABLE}, rowid, {names})"  # noqa: S608
         f" VALUES ('delete', {_values('old')});"
     )
+    # Insert, delete, and an update of a searched column only: resolving, retrying or
+    # dismissing an error touches none of them and costs the index nothing.
     changed = " OR ".join(f"old.{c} IS NOT new.{c}" for c in ("id", *COLUMNS))
     op.execute(f"CREATE TRIGGER {TRIGGERS[0]} AFTER INSERT ON sync_error BEGIN {insert} END")
     op.execute(

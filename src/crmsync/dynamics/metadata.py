@@ -1,0 +1,101 @@
+"""The environment's table definitions, read for ``crmsync mapping check``.
+
+One request for each table's own properties and its attributes, and one per attribute
+type whose properties are not on the base type (Dataverse refuses ``$select`` of a
+derived type's property on ``AttributeMetadata``: query-metadata-web-api, "Retrieving
+attributes"). A table the environment does not have is ``None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from crmsync.errors import RecordRejected
+
+if TYPE_CHECKING:  # the definitions below are plain data, usable without a client
+    from crmsync.dynamics.client import DataverseClient
+
+_CAST = "Microsoft.Dynamics.CRM."
+
+
+@dataclass
+class AttributeInfo:
+    name: str
+    type: str  # AttributeType: String, Memo, Integer, Decimal, Money, Boolean, DateTime, ...
+    valid_for_create: bool = True
+    valid_for_update: bool = True
+    max_length: int | None = None
+    options: tuple[int, ...] | None = None  # a choice's option values
+    targets: tuple[str, ...] = ()  # a lookup's tables
+    date_only: bool = False
+
+
+@dataclass
+class TableInfo:
+    logical_name: str
+    entity_set: str | None
+    primary_id: str | None
+    change_tracking: bool
+    attributes: dict[str, AttributeInfo] = field(default_factory=dict)
+
+
+async def read_tables(
+    client: DataverseClient, logical_names: Iterable[str]
+) -> dict[str, TableInfo | None]:
+    return {name: await read_table(client, name) for name in dict.fromkeys(logical_names)}
+
+
+async def read_table(client: DataverseClient, logical_name: str) -> TableInfo | None:
+    base = f"EntityDefinitions(LogicalName='{logical_name}')"
+    try:
+        data = await client.get_json(
+            f"{base}?$select=LogicalName,EntitySetName,PrimaryIdAttribute,ChangeTrackingEnabled"
+            "&$expand=Attributes($select=LogicalName,AttributeType,IsValidForCreate,"
+            "IsValidForUpdate)"
+        )
+    except RecordRejected as exc:
+        if exc.status == 404:
+            return None
+        raise
+    table = TableInfo(
+        logical_name=str(data.get("LogicalName") or logical_name),
+        entity_set=data.get("EntitySetName"),
+        primary_id=data.get("PrimaryIdAttribute"),
+        change_tracking=bool(data.get("ChangeTrackingEnabled")),
+    )
+    for row in data.get("Attributes") or []:
+        name = str(row.get("LogicalName"))
+        table.attributes[name] = AttributeInfo(
+            name=name,
+            type=str(row.get("AttributeType")),
+            valid_for_create=row.get("IsValidForCreate") is not False,
+            valid_for_update=row.get("IsValidForUpdate") is not False,
+        )
+    for cast, select, expand in (
+        ("StringAttributeMetadata", "LogicalName,MaxLength", ""),
+        ("MemoAttributeMetadata", "LogicalName,MaxLength", ""),
+        ("PicklistAttributeMetadata", "LogicalName", "&$expand=OptionSet($select=Options)"),
+        ("LookupAttributeMetadata", "LogicalName,Targets", ""),
+        ("DateTimeAttributeMetadata", "LogicalName,Format,DateTimeBehavior", ""),
+    ):
+        rows = await client.get_json(f"{base}/Attributes/{_CAST}{cast}?$select={select}{expand}")
+        for row in rows.get("value") or []:
+            attr = table.attributes.get(str(row.get("LogicalName")))
+            if attr is not None:
+                _typed(attr, row)
+    return table
+
+
+def _typed(attr: AttributeInfo, row: dict[str, Any]) -> None:
+    if "MaxLength" in row and row["MaxLength"] is not None:
+        attr.max_length = int(row["MaxLength"])
+    if "OptionSet" in row:
+        options = (row.get("OptionSet") or {}).get("Options") or []
+        attr.options = tuple(int(o["Value"]) for o in options if "Value" in o)
+    if "Targets" in row:
+        attr.targets = tuple(str(t) for t in row.get("Targets") or ())
+    if "Format" in row or "DateTimeBehavior" in row:
+        behaviour = (row.get("DateTimeBehavior") or {}).get("Value")
+        attr.date_only = row.get("Format") == "DateOnly" or behaviour == "DateOnly"

@@ -1,0 +1,166 @@
+"""Values between a local row and Dataverse JSON: the identity both ways, for every type;
+a value that does not fit raises DoesNotFit naming the field, never rounds or truncates."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crmsync.domain import FieldSpec, FieldType
+from crmsync.mapping.convert import (
+    DoesNotFit,
+    canonical,
+    encoder,
+    from_dataverse,
+    to_dataverse,
+)
+
+INT32 = (-(2**31), 2**31 - 1)
+
+
+def spec(kind: FieldType, **extra: Any) -> FieldSpec:
+    defaults: dict[str, Any] = {}
+    if kind is FieldType.INTEGER:
+        defaults = {"minimum": INT32[0], "maximum": INT32[1]}
+    if kind is FieldType.DECIMAL:
+        defaults = {"precision": 2, "minimum": -(10**11), "maximum": 10**11}
+    if kind is FieldType.MONEY:
+        defaults = {"precision": 4, "minimum": -922_337_203_685_477, "maximum": 922_337_203_685_477}
+    return FieldSpec("col", "new_col", kind, **{**defaults, **extra})
+
+
+def through_json(field: FieldSpec, value: Any) -> Any:
+    """Local value -> the JSON Dataverse receives and returns -> local value."""
+    wire = json.loads(json.dumps(to_dataverse(field, value)))
+    return from_dataverse(field, wire)
+
+
+CHOICE = spec(FieldType.CHOICE, choices=(("hot", 1), ("warm", 2), ("cold", 3)))
+STRATEGIES: dict[FieldType, tuple[FieldSpec, st.SearchStrategy[Any]]] = {
+    FieldType.STRING: (spec(FieldType.STRING, max_length=100), st.text()),
+    FieldType.MEMO: (spec(FieldType.MEMO), st.text()),
+    FieldType.INTEGER: (spec(FieldType.INTEGER), st.integers(*INT32)),
+    FieldType.DECIMAL: (
+        spec(FieldType.DECIMAL),
+        st.decimals(min_value=-(10**11), max_value=10**11, places=2).filter(
+            lambda d: len(d.as_tuple().digits) <= 15
+        ),
+    ),
+    FieldType.MONEY: (
+        spec(FieldType.MONEY),
+        st.decimals(min_value=-(10**10), max_value=10**10, places=4).filter(
+            lambda d: len(d.as_tuple().digits) <= 15
+        ),
+    ),
+    FieldType.BOOLEAN: (spec(FieldType.BOOLEAN), st.booleans()),
+    FieldType.DATETIME: (
+        spec(FieldType.DATETIME),
+        st.datetimes(
+            min_value=datetime(1753, 1, 1), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)
+        ).map(lambda d: d.replace(microsecond=0)),
+    ),
+    FieldType.DATE: (spec(FieldType.DATE), st.dates(min_value=date(1753, 1, 1))),
+    FieldType.CHOICE: (CHOICE, st.sampled_from(["hot", "warm", "cold"])),
+}
+
+
+@pytest.mark.parametrize("kind", list(STRATEGIES), ids=str)
+def test_local_to_dataverse_to_local_is_the_identity(kind: FieldType) -> None:
+    field, values = STRATEGIES[kind]
+
+    @given(values)
+    def check(value: Any) -> None:
+        back = through_json(field, value)
+        assert back == value
+        assert type(back) is type(value)
+        assert through_json(field, None) is None
+
+    check()
+
+
+def test_every_type_is_covered() -> None:
+    assert set(STRATEGIES) | {FieldType.LOOKUP} == set(FieldType)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (spec(FieldType.INTEGER), 2**31, "is outside"),
+        (spec(FieldType.INTEGER, maximum=100), 101, "101 is outside"),
+        (spec(FieldType.INTEGER), "12a", "is not a whole number"),
+        (spec(FieldType.INTEGER), Decimal("1.5"), "is not a whole number"),
+        (spec(FieldType.INTEGER), True, "is not a whole number"),
+        (spec(FieldType.DECIMAL), Decimal("1.005"), "more than 2 decimal places"),
+        (spec(FieldType.DECIMAL), Decimal("100000000000.01"), "is outside"),
+        (spec(FieldType.DECIMAL), "abc", "is not a number"),
+        (spec(FieldType.DECIMAL), Decimal("NaN"), "is not a number"),
+        (spec(FieldType.DECIMAL, precision=10), Decimal("12345678.1234567891"), "exactly"),
+        (spec(FieldType.BOOLEAN), "yes", "is not a yes/no value"),
+        (spec(FieldType.BOOLEAN), 2, "is not a yes/no value"),
+        (spec(FieldType.DATETIME), "tomorrow", "is not a date and time"),
+        (spec(FieldType.DATE), datetime(2026, 1, 1, 12, tzinfo=UTC), "has a time"),
+        (spec(FieldType.DATE), "01/02/2026", "is not a date"),
+        (CHOICE, "lukewarm", "is not one of the choices ('hot', 'warm', 'cold')"),
+        (spec(FieldType.CHOICE), "x", "is not a whole number"),
+    ],
+)
+def test_a_value_that_does_not_fit_is_named(field: FieldSpec, value: Any, message: str) -> None:
+    with pytest.raises(DoesNotFit, match=re.escape(message)) as info:
+        to_dataverse(field, value)
+    assert str(info.value).startswith("col: ")
+    assert info.value.code == "crmsync.invalid_value"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (CHOICE, 4, "option 4 has no local choice"),
+        (spec(FieldType.STRING), 5, "not text"),
+        (spec(FieldType.BOOLEAN), "true", "not a yes/no value"),
+        (spec(FieldType.DECIMAL), 0.001, "more than 2 decimal places"),
+    ],
+)
+def test_what_dynamics_returns_that_does_not_fit_is_named(
+    field: FieldSpec, value: Any, message: str
+) -> None:
+    with pytest.raises(DoesNotFit, match=re.escape(message)):
+        from_dataverse(field, value)
+
+
+def test_one_json_form_for_equal_values() -> None:
+    price = spec(FieldType.DECIMAL)
+    assert canonical(price, 1.5) == canonical(price, 1.50) == to_dataverse(price, Decimal("1.50"))
+    at = spec(FieldType.DATETIME)
+    assert canonical(at, "2026-01-02T03:04:05.000Z") == canonical(at, "2026-01-02T04:04:05+01:00")
+    assert to_dataverse(at, datetime(2026, 1, 2, 3, 4, 5, 999_999, tzinfo=UTC)) == (
+        "2026-01-02T03:04:05Z"
+    )
+    # Text a local column holds as a number (SQLite is loosely typed) is sent as text.
+    assert to_dataverse(spec(FieldType.STRING), 42) == "42"
+    assert to_dataverse(spec(FieldType.BOOLEAN), 1) is True
+
+
+@pytest.mark.parametrize("kind", list(STRATEGIES), ids=str)
+def test_the_fast_encoder_answers_as_to_dataverse(kind: FieldType) -> None:
+    field, values = STRATEGIES[kind]
+    encode = encoder(field)
+
+    @given(st.one_of(values, st.none(), st.integers(), st.text(max_size=5), st.booleans()))
+    def check(value: Any) -> None:
+        try:
+            expected: Any = to_dataverse(field, value)
+        except DoesNotFit as exc:
+            with pytest.raises(DoesNotFit, match=re.escape(str(exc))):
+                encode(value)
+            return
+        got = encode(value)
+        assert got == expected and type(got) is type(expected)
+
+    check()
