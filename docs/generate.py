@@ -2,13 +2,16 @@
 
 - ``docs/configuration.md``: the settings table, from ``crmsync.config.Settings``
   (between the ``BEGIN GENERATED``/``END GENERATED`` markers; the rest is hand-written);
+- ``docs/mapping.md``: the mapping reference, from the mapping's schema
+  (``crmsync.mapping.model``: its keys, their values and Dataverse's limits) and the
+  default mapping, between the same kind of markers;
 - ``docs/api.md``: the API reference, from the app's OpenAPI document.
 
-    PYTHONPATH=src python docs/generate.py           # rewrite both
-    PYTHONPATH=src python docs/generate.py --check   # exit 1 if either is stale
+    PYTHONPATH=src python docs/generate.py           # rewrite them
+    PYTHONPATH=src python docs/generate.py --check   # exit 1 if one is stale
 
-``make docs`` runs the first; ``tests/unit/test_docs.py`` runs the check, so a setting
-or a route added without regenerating fails the suite.
+``make docs`` runs the first; ``tests/unit/test_docs.py`` runs the check, so a setting,
+a mapping key or a route added without regenerating fails the suite.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any
 DOCS = Path(__file__).resolve().parent
 BEGIN = "<!-- BEGIN GENERATED: settings (docs/generate.py) -->"
 END = "<!-- END GENERATED: settings -->"
+MAPPING_BEGIN = "<!-- BEGIN GENERATED: mapping (docs/generate.py) -->"
+MAPPING_END = "<!-- END GENERATED: mapping -->"
 ENV_PREFIX = "CRMSYNC_"
 
 
@@ -101,13 +106,144 @@ def settings_table() -> str:
     return "\n".join(lines)
 
 
+def _between(name: str, current: str, begin: str, end: str, generated: str) -> str:
+    """``current`` with the text between the markers replaced by ``generated``."""
+    head, sep, rest = current.partition(begin)
+    if not sep or end not in rest:
+        raise SystemExit(f"docs/{name}: markers {begin!r} ... {end!r} not found")
+    _, _, tail = rest.partition(end)
+    return f"{head}{begin}\n{generated}\n{end}{tail}"
+
+
 def configuration_md(current: str) -> str:
     """``current`` with the text between the markers replaced by the generated table."""
-    head, sep, rest = current.partition(BEGIN)
-    if not sep or END not in rest:
-        raise SystemExit(f"docs/configuration.md: markers {BEGIN!r} ... {END!r} not found")
-    _, _, tail = rest.partition(END)
-    return f"{head}{BEGIN}\n{settings_table()}\n{END}{tail}"
+    return _between("configuration.md", current, BEGIN, END, settings_table())
+
+
+# -- mapping reference -----------------------------------------------------------------------
+
+
+def _values(enum: Any) -> str:
+    return ", ".join(f"`{m.value}`" for m in enum)
+
+
+def _mapping_type(name: str, field: Any) -> str:
+    """The kind of value a mapping key takes, in words."""
+    from crmsync.domain import ConflictRule, FieldType, Flow
+
+    text = str(field.annotation)
+    for enum, what in ((FieldType, "type"), (Flow, "flow"), (ConflictRule, "rule")):
+        if enum.__name__ in text and "dict" not in text:
+            return f"one of the {what}s below"
+    if name == "fields":
+        return "table: column → attribute name, or field table"
+    if name == "choices":
+        return "table: local value (text, ≤ 100 characters) → option value (integer)"
+    if "dict" in text:
+        return "table: column → " + ("rule" if "ConflictRule" in text else "flow")
+    limits = _range(field.metadata)
+    base = "integer" if "int" in text else "text"
+    return base + (f" ({limits})" if limits else "")
+
+
+def _keys_table(model: Any) -> list[str]:
+    lines = ["| key | value | meaning |", "|---|---|---|"]
+    for name, field in model.model_fields.items():
+        meaning = (field.description or "").replace("|", "\\|")
+        lines.append(f"| `{name}` | {_mapping_type(name, field)} | {meaning} |")
+    return lines
+
+
+def _default_mapping_table() -> list[str]:
+    from crmsync.domain import FieldType
+    from crmsync.mapping import default_objects
+
+    lines = [
+        "| object | entity set | flow | conflict rule | label "
+        "| fields (column → attribute, type) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for spec in default_objects().values():
+        fields = []
+        for f in spec.field_specs.values():
+            detail = f"{f.type}"
+            if f.type is FieldType.STRING:
+                detail += f" {f.max_length}"
+            if f.type is FieldType.LOOKUP:
+                detail += f" to {f.target}" + (f" via `{f.navigation}`" if f.navigation else "")
+            fields.append(f"`{f.column}` → `{f.attribute}` ({detail})")
+        lines.append(
+            f"| `{spec.name}` | `{spec.entity_set}` | `{spec.flow}` | `{spec.conflict_rule}` "
+            f"| `{spec.label_column}` | {'; '.join(fields)} |"
+        )
+    return lines
+
+
+def mapping_reference() -> str:
+    """The reference part of ``docs/mapping.md``, from ``crmsync.mapping.model``."""
+    from crmsync.domain import ConflictRule, FieldType, Flow
+    from crmsync.mapping import model
+    from crmsync.mapping.build import (
+        RESERVED_ATTRIBUTES,
+        RESERVED_COLUMNS,
+        RESERVED_TABLE_PREFIXES,
+    )
+
+    places = ", ".join(f"{kind} ≤ {n}" for kind, n in model.MAX_PLACES.items())
+    return "\n".join(
+        [
+            "### Object keys: `[objects.<name>]`",
+            "",
+            *_keys_table(model.ObjectEntry),
+            "",
+            "### Field keys: `[objects.<name>.fields]`, `column = { ... }`",
+            "",
+            *_keys_table(model.FieldEntry),
+            "",
+            "### Allowed values",
+            "",
+            f"- types (`type`): {_values(FieldType)}",
+            f"- flows (`flow`, `field_flows`): {_values(Flow)}",
+            f"- conflict rules (`conflict_rule`, `field_rules`): {_values(ConflictRule)}",
+            "",
+            "### Limits (Dataverse's)",
+            "",
+            "| what | limit |",
+            "|---|---|",
+            f"| `string` `max_length` | ≤ {model.MAX_STRING:,} |",
+            f"| `memo` `max_length` | ≤ {model.MAX_MEMO:,} |",
+            f"| `integer` range | {model.INT32[0]:,} .. {model.INT32[1]:,} |",
+            f"| `decimal` range | {model.DECIMAL_RANGE[0]:,} .. {model.DECIMAL_RANGE[1]:,} |",
+            f"| `money` range | {model.MONEY_RANGE[0]:,} .. {model.MONEY_RANGE[1]:,} |",
+            f"| `precision` (decimal places) | {places}; default {model.DEFAULT_PLACES} |",
+            "",
+            "### Names",
+            "",
+            "| what | must match |",
+            "|---|---|",
+            f"| an object's name, `table`, a column | `{model.SQL_NAME.pattern}` |",
+            f"| `entity_set`, `logical_name`, `primary_key`, `attribute` "
+            f"| `{model.LOGICAL_NAME.pattern}` |",
+            f"| `navigation` | `{model.NAVIGATION.pattern}` |",
+            "",
+            "crmsync keeps these itself, and a mapping may not use them: the columns "
+            + ", ".join(f"`{c}`" for c in sorted(RESERVED_COLUMNS))
+            + "; tables whose names start with "
+            + ", ".join(f"`{p}`" for p in RESERVED_TABLE_PREFIXES)
+            + "; the attributes "
+            + ", ".join(f"`{a}`" for a in sorted(RESERVED_ATTRIBUTES))
+            + ".",
+            "",
+            "### The default mapping",
+            "",
+            *_default_mapping_table(),
+        ]
+    )
+
+
+def mapping_md(current: str) -> str:
+    """``current`` with the text between the markers replaced by the generated reference."""
+    return _between("mapping.md", current, MAPPING_BEGIN, MAPPING_END, mapping_reference())
 
 
 # -- API reference ---------------------------------------------------------------------------
@@ -229,8 +365,10 @@ def api_md() -> str:
 
 def targets() -> dict[Path, str]:
     config = DOCS / "configuration.md"
+    mapping = DOCS / "mapping.md"
     return {
         config: configuration_md(config.read_text(encoding="utf-8")),
+        mapping: mapping_md(mapping.read_text(encoding="utf-8")),
         DOCS / "api.md": api_md() + "\n",
     }
 

@@ -158,7 +158,8 @@ class Settings(BaseSettings):
         description="The mapping: TOML [objects.<name>] tables laid over the default one "
         "(docs/mapping.md)",
     )
-    _specs: dict[str, ObjectSpec] = PrivateAttr(default_factory=dict)
+    # The registry built from ``objects``, and the ``objects`` it was built from.
+    _specs: tuple[object, dict[str, ObjectSpec]] | None = PrivateAttr(default=None)
 
     @field_validator("timezone")
     @classmethod
@@ -229,11 +230,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _mapping(self) -> Settings:
-        self._specs = build_mapping(self.objects)
         if self.delete_behaviour == "mark":
             # Marking sets crm_deleted_at, a column crmsync keeps in its own tables
             # only: it adds nothing but the Dynamics id to an application's table.
-            attached = [s.name for s in self._specs.values() if s.attached]
+            attached = [s.name for s in self.object_specs().values() if s.attached]
             if attached:
                 raise ValueError(
                     MAPPING_PROBLEMS
@@ -270,8 +270,11 @@ class Settings(BaseSettings):
         return bool(self.dynamics_url and self.tenant_id and self.client_id and self.client_secret)
 
     def object_specs(self) -> dict[str, ObjectSpec]:
-        """The object registry: the default mapping with this configuration's laid over."""
-        return dict(self._specs)
+        """The object registry: the default mapping with this configuration's laid over
+        (built once per ``objects``; its problems were listed at validation)."""
+        if self._specs is None or self._specs[0] is not self.objects:
+            self._specs = (self.objects, build_mapping(self.objects))
+        return dict(self._specs[1])
 
 
 class _TomlSource(PydanticBaseSettingsSource):

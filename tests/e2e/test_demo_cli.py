@@ -1,9 +1,11 @@
 """What a newcomer does next to the demo: paste the printed CRMSYNC_DATABASE_URL line and
-use the CLI (issue 19.4), then Ctrl-C, which stops quietly, with no ERROR and no
+use the CLI (issue 19.4), with the printed CRMSYNC_CONFIG line the demo mapping's custom
+table too, then Ctrl-C, which stops quietly, with no ERROR and no
 CancelledError from the emulator (issue 19.7)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -33,16 +35,26 @@ def test_the_printed_line_points_the_cli_at_the_demo_and_ctrl_c_is_quiet(
     try:
         line = demo.wait_for(r"export (CRMSYNC_DATABASE_URL=\S+)", START_TIMEOUT).group(1)
         name, value = line.split("=", 1)
-        status = subprocess.run(
-            [sys.executable, "-m", "crmsync", "status", "--json"],
-            cwd=tmp_path,
-            env={**demo_env(), name: value, "COLUMNS": "80"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert status.returncode == 0, status.stderr
-        assert '"objects"' in status.stdout
+        mapping = demo.wait_for(r"export (CRMSYNC_CONFIG=\S+)", 1).group(1).split("=", 1)[1]
+
+        def status_json(**env: str) -> dict[str, object]:
+            status = subprocess.run(
+                [sys.executable, "-m", "crmsync", "status", "--json"],
+                cwd=tmp_path,
+                env={**demo_env(), name: value, "COLUMNS": "80", **env},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert status.returncode == 0, status.stderr
+            body: dict[str, object] = json.loads(status.stdout)
+            return body
+
+        def objects(body: dict[str, object]) -> set[str]:
+            return {o["object"] for o in body["objects"]}  # type: ignore[attr-defined]
+
+        assert "lead" in objects(status_json())
+        assert "event_registration" in objects(status_json(CRMSYNC_CONFIG=mapping))
         assert not (tmp_path / "crmsync.db").exists()
         time.sleep(3)  # traffic and batches in flight when Ctrl-C comes
         os.kill(proc.pid, signal.SIGINT)

@@ -175,9 +175,22 @@ def test_an_unknown_entity_set_is_that_objects_error_and_the_others_pull(
     assert (error["object"], error["direction"], error["error_code"]) == (
         "opportunity",
         "from_crm",
-        "0x8006088a",
+        "crmsync.mapping_mismatch",
     )
-    assert error["error_message"] == "Resource not found for the segment 'opportunitys'."
+    # Dynamics' own code and message, and what to do.
+    assert (
+        "0x8006088a: Resource not found for the segment 'opportunitys'." in (error["error_message"])
+    )
+    assert "then resume opportunity" in error["error_message"]
+    # The object alone is paused: fixed mapping, still paused until resumed.
+    with store.connect() as conn:
+        assert [(p["object"], p["direction"]) for p in status.paused(conn)] == [
+            ("opportunity", "*")
+        ]
+    run_once(sync_settings, store)
+    assert len(rows(store, "opportunity")) == 0
+    with write_transaction(store) as conn:
+        status.resume(conn, "opportunity", "*")
     run_once(sync_settings, store)
     assert [e["status"] for e in errors(store)] == ["resolved"]
     assert len(rows(store, "opportunity")) == 1

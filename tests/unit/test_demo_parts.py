@@ -11,11 +11,22 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from crmsync.demo import history
-from crmsync.demo.datadir import Choice, DataDir, decide
-from crmsync.demo.generator import WEIGHTS, TrafficConfig, due, plan, weights
-from crmsync.demo.people import BAD_KINDS, PLACEHOLDER_EMAILS, People
-from crmsync.domain import Flow
-from crmsync.mapping import default_objects
+from crmsync.demo.datadir import Choice, Credentials, DataDir, decide
+from crmsync.demo.generator import WEIGHTS, Custom, Traffic, TrafficConfig, due, plan, weights
+from crmsync.demo.people import (
+    BAD_KINDS,
+    EVENT_NAME_LENGTH,
+    FEES,
+    PLACEHOLDER_EMAILS,
+    People,
+    registration,
+)
+from crmsync.demo.runner import demo_mapping, demo_settings, user_maps_objects
+from crmsync.domain import FieldType, Flow, ObjectSpec
+from crmsync.errors import ConfigError
+from crmsync.mapping import activate, build, default_objects
+
+URL = "http://127.0.0.1:1"
 
 # -- reuse or reset -----------------------------------------------------------------------
 
@@ -188,3 +199,94 @@ def test_one_way_objects_get_history_in_their_direction_only() -> None:
     specs = default_objects()
     assert specs["account"].flow is Flow.FROM_CRM
     assert history.pairs([specs["account"]]) == [("account", "from_crm")]
+
+
+# -- the demo mapping: a custom table and a custom field ---------------------------------
+
+
+def demo_specs() -> dict[str, ObjectSpec]:
+    return build(demo_mapping())
+
+
+def test_the_demo_mapping_adds_a_custom_table_and_a_custom_field() -> None:
+    specs = demo_specs()
+    events = specs["event_registration"]
+    assert not events.standard and events.table == "event_registration"
+    assert {f.type for f in events.field_specs.values()} >= {
+        FieldType.STRING,
+        FieldType.BOOLEAN,
+        FieldType.DATETIME,
+        FieldType.DECIMAL,
+        FieldType.LOOKUP,
+    }
+    [lookup] = events.lookups
+    assert (lookup.target, lookup.navigation) == ("contact", "new_ContactId")
+    assert specs["lead"].field_specs["lead_score"].type is FieldType.INTEGER
+    # Laid over the default: the standard fields stay.
+    assert set(default_objects()["lead"].field_specs) < set(specs["lead"].field_specs)
+
+
+def test_the_generator_writes_the_custom_parts_only_when_the_mapping_has_them() -> None:
+    assert Custom.of(demo_specs()) == Custom(event_registration=True, lead_score=True)
+    assert Custom.of(default_objects()) == Custom()
+    plain = Traffic(None, None, None, TrafficConfig(), specs=default_objects())  # type: ignore[arg-type]
+    assert not any(k[2] == "event_registration" for k in plain.table)
+    demo = Traffic(None, None, None, TrafficConfig(), specs=demo_specs())  # type: ignore[arg-type]
+    assert ("sql", "insert", "event_registration") in demo.table
+    assert not any(k[0] in ("api", "crm") for k in demo.table)  # no such writers given
+    # An event_registration of another shape is not the demo's: left alone.
+    other = {**demo_mapping(), "event_registration": {**demo_mapping()["event_registration"]}}
+    other["event_registration"]["fields"] = {"name": {"attribute": "new_name", "type": "string"}}
+    assert not Custom.of(build(other)).event_registration
+
+
+def test_registrations_fit_the_table_and_bad_ones_break_its_name_length() -> None:
+    rng = random.Random(5)
+    people = People(rng, "t")
+    now = datetime(2026, 11, 25, 14, 7, 31, 123456, tzinfo=UTC)
+    good = [registration(rng, people.person(), now) for _ in range(500)]
+    assert all(len(r.name) <= EVENT_NAME_LENGTH and r.bad is None for r in good)
+    assert all(r.registered < now and r.registered.microsecond == 0 for r in good)
+    assert {r.fee for r in good} == set(FEES)
+    assert 0.3 < sum(r.attended for r in good) / len(good) < 0.5
+    bad = [registration(rng, people.person(), now, bad=True) for _ in range(200)]
+    assert all(len(r.name) > EVENT_NAME_LENGTH and r.bad == "long_event_name" for r in bad)
+
+
+def test_history_covers_the_custom_table() -> None:
+    now = datetime(2026, 11, 25, 14, 7, tzinfo=UTC)
+    rows = history.history_rows(now, ZoneInfo("UTC"), demo_specs().values())
+    assert {("event_registration", "to_crm"), ("event_registration", "from_crm")} <= {
+        (r["object"], r["direction"]) for r in rows
+    }
+
+
+def test_the_demo_uses_its_mapping_unless_crmsync_config_maps_objects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = DataDir(tmp_path / "d")
+    creds = Credentials.generate()
+    mine = tmp_path / "mine.toml"
+    mine.write_text(
+        '[objects.lead.fields]\nrating = { attribute = "new_rating", type = "integer" }\n'
+    )
+    settings_only = tmp_path / "settings.toml"
+    settings_only.write_text("batch_size = 50\n")
+    monkeypatch.delenv("CRMSYNC_CONFIG", raising=False)
+    try:
+        assert not user_maps_objects()
+        assert "event_registration" in demo_settings(data, creds, URL).object_specs()
+        monkeypatch.setenv("CRMSYNC_CONFIG", str(settings_only))
+        assert not user_maps_objects()
+        settings = demo_settings(data, creds, URL)
+        assert settings.batch_size == 50 and "event_registration" in settings.object_specs()
+        monkeypatch.setenv("CRMSYNC_CONFIG", str(mine))
+        assert user_maps_objects()
+        specs = demo_settings(data, creds, URL).object_specs()
+        assert "event_registration" not in specs and "rating" in specs["lead"].field_specs
+        monkeypatch.setenv("CRMSYNC_CONFIG", str(tmp_path / "missing.toml"))
+        assert not user_maps_objects()  # load_settings is the one to say it is missing
+        with pytest.raises(ConfigError, match="cannot read"):
+            demo_settings(data, creds, URL)
+    finally:
+        activate(default_objects())

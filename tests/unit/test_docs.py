@@ -1,4 +1,4 @@
-"""The generated docs are current, and every setting is documented."""
+"""The generated docs are current, and every setting and mapping key is documented."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 from crmsync.config import Settings
+from crmsync.domain import ConflictRule, FieldType, Flow
+from crmsync.mapping import MappingError, build
+from crmsync.mapping.model import FieldEntry, ObjectEntry
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -45,11 +50,52 @@ def test_check_mode_reports_a_stale_file(tmp_path: Path, monkeypatch) -> None:  
     (tmp_path / "configuration.md").write_text(
         f"# Configuration\n\n{gen.BEGIN}\nold table\n{gen.END}\n", encoding="utf-8"
     )
+    (tmp_path / "mapping.md").write_text(
+        f"# Mapping\n\n{gen.MAPPING_BEGIN}\nold keys\n{gen.MAPPING_END}\nkept\n",
+        encoding="utf-8",
+    )
     monkeypatch.setattr(gen, "DOCS", tmp_path)
     assert gen.main(["--check"]) == 1
     assert gen.main([]) == 0
     assert gen.main(["--check"]) == 0
     assert "`CRMSYNC_BATCH_SIZE`" in (tmp_path / "configuration.md").read_text(encoding="utf-8")
+    mapping = (tmp_path / "mapping.md").read_text(encoding="utf-8")
+    assert "| `max_length` |" in mapping and "old keys" not in mapping
+    assert mapping.endswith(f"{gen.MAPPING_END}\nkept\n")  # the hand-written part stays
+
+
+def test_the_mapping_reference_documents_every_key_value_and_limit() -> None:
+    text = (DOCS / "mapping.md").read_text(encoding="utf-8")
+    for model in (ObjectEntry, FieldEntry):
+        for name in model.model_fields:
+            assert f"| `{name}` |" in text, f"mapping key {name} is undocumented"
+    for enum in (FieldType, Flow, ConflictRule):
+        for member in enum:
+            assert f"`{member.value}`" in text
+    assert "4,000" in text and "1,048,576" in text  # MAX_STRING, MAX_MEMO
+    # Every type has its row in the hand-written type table.
+    for kind in FieldType:
+        assert re.search(rf"^\| `{kind.value}` \| ", text, re.M), kind
+
+
+def _toml_blocks(page: Path) -> list[str]:
+    return re.findall(r"```toml\n(.*?)```", page.read_text("utf-8"), re.S)
+
+
+@pytest.mark.parametrize("page", ["mapping.md", "configuration.md", "../README.md"])
+def test_the_mapping_examples_in_the_docs_are_valid_mappings(page: str) -> None:
+    import textwrap
+    import tomllib
+
+    blocks = _toml_blocks(DOCS / page)
+    assert blocks
+    for block in blocks:
+        data = tomllib.loads(textwrap.dedent(block))
+        if "objects" in data:
+            try:
+                build(data["objects"])
+            except MappingError as exc:  # pragma: no cover - the message is the point
+                pytest.fail(f"{page}: an example is not a valid mapping:\n{exc}")
 
 
 def test_api_reference_lists_every_route_of_the_openapi_document() -> None:

@@ -1,7 +1,6 @@
 """Realistic traffic on both sides of the sync, at a steady rate with occasional bursts.
 
 Three kinds of writer, as in a real deployment:
-
 - ``sql``: another program writing the local tables with plain SQL over its own
   connection (change capture must see it like any other write);
 - ``api``: an application using crmsync's records API with the bearer token;
@@ -9,10 +8,11 @@ Three kinds of writer, as in a real deployment:
   through its Web API, never touching records crmsync created (so that what crmsync
   sent can be checked afterwards).
 
-``plan`` (pure, seeded) draws what to do next; the writers carry it out. Now and then a
-"list import" inserts a few hundred leads in one transaction, so the backlog visibly
-rises and drains. A failed write (a 429, a record deleted meanwhile) is counted and
-skipped: the generator stands for people, who do not retry on the sync's behalf.
+Each also writes the demo mapping's custom parts when the mapping has them (``Custom``).
+``plan`` (pure, seeded) draws what to do next; the writers carry it out. A "list import"
+now and then inserts a few hundred leads at once, so the backlog rises and drains. A
+failed write (a 429, a record deleted meanwhile) is counted and skipped: the generator
+stands for people, who do not retry on the sync's behalf.
 """
 
 from __future__ import annotations
@@ -21,18 +21,22 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
-from crmsync.demo.people import People, Person
-from crmsync.domain import Operation
+from crmsync.demo.people import People, Person, Registration, registration
+from crmsync.domain import ObjectSpec
+from crmsync.mapping.convert import to_dataverse
 from crmsync.store.db import write_transaction
+from crmsync.store.types import ExactDecimal, UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -45,27 +49,61 @@ CRM_API = "/api/data/v9.2"
 @dataclass(frozen=True)
 class Action:
     channel: str  # sql | api | crm
-    operation: Operation
+    operation: str  # insert | update | delete
     object: str
     bad: bool = False
 
 
 # (channel, operation, object) -> weight. Local writes dominate, as in a marketing DB.
-WEIGHTS: dict[tuple[str, Operation, str], float] = {
-    ("sql", Operation.INSERT, "lead"): 22,
-    ("sql", Operation.UPDATE, "lead"): 22,
-    ("sql", Operation.INSERT, "contact"): 8,
-    ("sql", Operation.UPDATE, "contact"): 10,
-    ("sql", Operation.DELETE, "lead"): 1,
-    ("api", Operation.INSERT, "lead"): 6,
-    ("api", Operation.UPDATE, "lead"): 5,
-    ("api", Operation.INSERT, "contact"): 4,
-    ("crm", Operation.INSERT, "lead"): 8,
-    ("crm", Operation.UPDATE, "lead"): 6,
-    ("crm", Operation.INSERT, "contact"): 4,
-    ("crm", Operation.INSERT, "account"): 2,
-    ("crm", Operation.INSERT, "opportunity"): 2,
+WEIGHTS: dict[tuple[str, str, str], float] = {
+    ("sql", "insert", "lead"): 22,
+    ("sql", "update", "lead"): 22,
+    ("sql", "insert", "contact"): 8,
+    ("sql", "update", "contact"): 10,
+    ("sql", "delete", "lead"): 1,
+    ("api", "insert", "lead"): 6,
+    ("api", "update", "lead"): 5,
+    ("api", "insert", "contact"): 4,
+    ("crm", "insert", "lead"): 8,
+    ("crm", "update", "lead"): 6,
+    ("crm", "insert", "contact"): 4,
+    ("crm", "insert", "account"): 2,
+    ("crm", "insert", "opportunity"): 2,
+    # The demo mapping's custom table.
+    ("sql", "insert", "event_registration"): 6,
+    ("sql", "update", "event_registration"): 4,
+    ("api", "insert", "event_registration"): 2,
+    ("crm", "insert", "event_registration"): 2,
+    ("crm", "update", "event_registration"): 1,
 }
+# The custom object and field the generator writes, and the columns it writes them with.
+EVENT_REGISTRATION = "event_registration"
+EVENT_COLUMNS = frozenset({"name", "attended", "registered", "fee", "contact_id"})
+LEAD_SCORE = "lead_score"
+# Longer than a few of the demo's polls (CRMSYNC_POLL_SECONDS, 5 s by default).
+SETTLED_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Custom:
+    """Which of the demo mapping's custom parts the mapping in force has: a lead's
+    ``lead_score``, and event registrations linked to contacts, written on every channel.
+    A user's mapping without them (or with another shape of them) gets neither."""
+
+    event_registration: bool = False
+    lead_score: bool = False
+
+    @classmethod
+    def of(cls, specs: Mapping[str, ObjectSpec]) -> Custom:
+        events = specs.get(EVENT_REGISTRATION)
+        lead = specs.get("lead")
+        return cls(
+            event_registration=events is not None
+            and events.table == EVENT_REGISTRATION
+            and set(events.field_specs) >= EVENT_COLUMNS
+            and {lk.target for lk in events.lookups} == {"contact"},
+            lead_score=lead is not None and LEAD_SCORE in lead.field_specs,
+        )
 
 
 @dataclass
@@ -79,7 +117,7 @@ class TrafficConfig:
     seed: int | None = None
 
 
-def weights(config: TrafficConfig) -> dict[tuple[str, Operation, str], float]:
+def weights(config: TrafficConfig) -> dict[tuple[str, str, str], float]:
     if config.crm_share is None:
         return dict(WEIGHTS)
     local = {k: w for k, w in WEIGHTS.items() if k[0] != "crm"}
@@ -94,13 +132,11 @@ def weights(config: TrafficConfig) -> dict[tuple[str, Operation, str], float]:
     }
 
 
-def plan(
-    rng: random.Random, table: dict[tuple[str, Operation, str], float], bad_share: float
-) -> Action:
+def plan(rng: random.Random, table: dict[tuple[str, str, str], float], bad_share: float) -> Action:
     """The next change to make (pure but for the seeded ``rng``)."""
     keys = list(table)
     channel, operation, obj = rng.choices(keys, weights=[table[k] for k in keys])[0]
-    bad = channel != "crm" and operation != Operation.DELETE and rng.random() < bad_share
+    bad = channel != "crm" and operation != "delete" and rng.random() < bad_share
     return Action(channel, operation, obj, bad)
 
 
@@ -123,8 +159,11 @@ class CrmUser:
     client_secret: str
     http: httpx.AsyncClient
     token: str | None = None
-    created: dict[str, deque[str]] = field(
-        default_factory=lambda: {s: deque(maxlen=2000) for s in ("leads", "contacts", "accounts")}
+    # (when, Dynamics id) of the records this user created, by object.
+    created: dict[str, deque[tuple[float, str]]] = field(
+        default_factory=lambda: {
+            o: deque(maxlen=2000) for o in ("lead", "contact", "account", EVENT_REGISTRATION)
+        }
     )
     emails: deque[str] = field(default_factory=lambda: deque(maxlen=2000))
 
@@ -162,8 +201,23 @@ class CrmUser:
             self.token = None
         return resp
 
+    def made(self, obj: str, key: str) -> None:
+        if obj in self.created:
+            self.created[obj].append((time.monotonic(), key))
 
-LOCAL_TABLES = ("lead", "contact", "account")
+    def pick(self, rng: random.Random, obj: str, older_than: float = 0.0) -> str | None:
+        """A record of ``obj`` this user created at least ``older_than`` seconds ago."""
+        cutoff = time.monotonic() - older_than
+        keys = [key for at, key in self.created[obj] if at <= cutoff]
+        return rng.choice(keys) if keys else None
+
+
+LOCAL_TABLES = ("lead", "contact", "account", EVENT_REGISTRATION)
+# Typed so that the same statement writes what the column holds on SQLite and PostgreSQL.
+_REGISTRATION_TYPES = (
+    sa.bindparam("registered", type_=UTCDateTime()),
+    sa.bindparam("fee", type_=ExactDecimal(2)),
+)
 
 
 def _check_table(table: str) -> None:
@@ -181,21 +235,25 @@ class Traffic:
         crm: CrmUser | None,
         config: TrafficConfig,
         *,
+        specs: Mapping[str, ObjectSpec],
         tag: str = "",
     ) -> None:
         self.engine = engine
         self.api = api
         self.crm = crm
         self.config = config
+        self.specs = dict(specs)
+        self.custom = Custom.of(specs)
         self.rng = random.Random(config.seed)
         self.people = People(self.rng, tag or f"{self.rng.randrange(36**4):x}")
-        self.table = weights(config)
-        if api is None or crm is None:
-            self.table = {
-                k: w
-                for k, w in self.table.items()
-                if (k[0] != "api" or api) and (k[0] != "crm" or crm)
-            }
+        self.table = {
+            k: w
+            for k, w in weights(config).items()
+            if (k[0] != "api" or api)
+            and (k[0] != "crm" or crm)
+            and k[2] in specs
+            and (k[2] != EVENT_REGISTRATION or self.custom.event_registration)
+        }
         self.stats: Counter[str] = Counter()
         self.last_failure: str | None = None
         self.stopping = asyncio.Event()
@@ -253,7 +311,7 @@ class Traffic:
         if not action.bad:
             return self.people.person()
         emails = self.crm.emails if self.crm is not None else ()
-        if emails and action.operation == Operation.INSERT and self.rng.random() < 0.25:
+        if emails and action.operation == "insert" and self.rng.random() < 0.25:
             # The same person entered on both sides: Dynamics' duplicate detection
             # refuses the second create (0x80040333).
             p = self.people.person()
@@ -274,16 +332,12 @@ class Traffic:
 
     def _sql_one(self, conn: Connection, action: Action) -> bool:
         table = action.object
-        if action.operation == Operation.INSERT:
+        if table == EVENT_REGISTRATION:
+            return self._sql_registration(conn, action)
+        if action.operation == "insert":
             person = self._person(action)
             if table == "lead":
-                conn.execute(
-                    sa.text(
-                        "INSERT INTO lead (email, first_name, last_name, company) "
-                        "VALUES (:email, :first_name, :last_name, :company)"
-                    ),
-                    person.lead(),
-                )
+                conn.execute(sa.text(self._lead_insert()), self._lead_row(person))
             else:
                 conn.execute(
                     sa.text(
@@ -297,7 +351,7 @@ class Traffic:
         if record_id is None:
             return False
         _check_table(table)
-        if action.operation == Operation.DELETE:
+        if action.operation == "delete":
             delete = sa.text(f"DELETE FROM {table} WHERE id = :id")  # noqa: S608
             return bool(conn.execute(delete, {"id": record_id}).rowcount)
         person = self._person(action)
@@ -308,7 +362,70 @@ class Traffic:
         )
         return bool(result.rowcount)
 
-    def _changed_field(self, table: str, person: Person) -> tuple[str, str | None]:
+    def _sql_registration(self, conn: Connection, action: Action) -> bool:
+        if action.operation == "insert":
+            contact_id, person = self._contact(conn)
+            reg = registration(self.rng, person, utcnow(), bad=action.bad)
+            conn.execute(
+                sa.text(
+                    "INSERT INTO event_registration (name, attended, registered, fee, contact_id)"
+                    " VALUES (:name, :attended, :registered, :fee, :contact_id)"
+                ).bindparams(*_REGISTRATION_TYPES),
+                {**reg.row(), "contact_id": contact_id},
+            )
+            return True
+        record_id = self._some_id(conn, EVENT_REGISTRATION)
+        if record_id is None:
+            return False
+        column, value = self._registration_change(action)
+        update = sa.text(
+            f"UPDATE event_registration SET {column} = :v WHERE id = :id"  # noqa: S608
+        )
+        if column == "fee":
+            update = update.bindparams(sa.bindparam("v", type_=ExactDecimal(2)))
+        return bool(conn.execute(update, {"v": value, "id": record_id}).rowcount)
+
+    def _registration_change(self, action: Action) -> tuple[str, Any]:
+        if action.bad:
+            return "name", registration(self.rng, self.people.person(), utcnow(), bad=True).name
+        if self.rng.random() < 0.6:
+            return "attended", True  # checked in at the door
+        return "fee", registration(self.rng, self.people.person(), utcnow()).fee
+
+    def _contact(self, conn: Connection) -> tuple[int | None, Person]:
+        """A random contact already in Dynamics (its id and name) to register: a
+        registration form offers the CRM's contacts. A new person when there is none."""
+        top = conn.execute(sa.text("SELECT max(id) FROM contact")).scalar()
+        pick = sa.text(
+            "SELECT id, email, first_name, last_name FROM contact "
+            "WHERE crm_id IS NOT NULL AND id >= :s ORDER BY id LIMIT 1"
+        )
+        row = None
+        if top:
+            row = conn.execute(pick, {"s": self.rng.randint(1, int(top))}).one_or_none()
+            row = row or conn.execute(pick, {"s": 0}).one_or_none()
+        if row is None or not (row.first_name and row.last_name):
+            return (None if row is None else int(row.id)), self.people.person()
+        return int(row.id), Person(row.email, row.first_name, row.last_name, "")
+
+    def _lead_insert(self) -> str:
+        if self.custom.lead_score:
+            return (
+                "INSERT INTO lead (email, first_name, last_name, company, lead_score) "
+                "VALUES (:email, :first_name, :last_name, :company, :lead_score)"
+            )
+        return (
+            "INSERT INTO lead (email, first_name, last_name, company) "
+            "VALUES (:email, :first_name, :last_name, :company)"
+        )
+
+    def _lead_row(self, person: Person) -> dict[str, Any]:
+        row: dict[str, Any] = dict(person.lead())
+        if self.custom.lead_score:
+            row[LEAD_SCORE] = self.rng.randint(0, 100)
+        return row
+
+    def _changed_field(self, table: str, person: Person) -> tuple[str, Any]:
         if person.bad in ("long_company",) and table == "lead":
             return "company", person.company
         if person.bad in ("long_last_name",):
@@ -316,7 +433,13 @@ class Traffic:
         if person.bad is not None:
             return "email", person.email
         if table == "lead":
-            return self.rng.choice((("company", person.company), ("last_name", person.last_name)))
+            changes: list[tuple[str, Any]] = [
+                ("company", person.company),
+                ("last_name", person.last_name),
+            ]
+            if self.custom.lead_score:
+                changes.append((LEAD_SCORE, self.rng.randint(0, 100)))
+            return self.rng.choice(changes)
         return "last_name", person.last_name
 
     def _some_id(self, conn: Connection, table: str) -> int | None:
@@ -334,13 +457,7 @@ class Traffic:
 
     def _insert_many(self, people: Sequence[Person]) -> None:
         with write_transaction(self.engine) as conn:
-            conn.execute(
-                sa.text(
-                    "INSERT INTO lead (email, first_name, last_name, company) "
-                    "VALUES (:email, :first_name, :last_name, :company)"
-                ),
-                [p.lead() for p in people],
-            )
+            conn.execute(sa.text(self._lead_insert()), [self._lead_row(p) for p in people])
 
     # -- HTTP writers -----------------------------------------------------------------
 
@@ -357,9 +474,11 @@ class Traffic:
 
     async def _api(self, action: Action) -> bool:
         assert self.api is not None
+        if action.object == EVENT_REGISTRATION:
+            return await self._api_registration(action)
         person = self._person(action)
-        if action.operation == Operation.INSERT:
-            body = person.lead() if action.object == "lead" else person.contact()
+        if action.operation == "insert":
+            body = self._lead_row(person) if action.object == "lead" else person.contact()
             resp = await self.api.post(f"/api/v1/records/{action.object}", json=body)
             return self._ok(resp, "api")
         record_id = await asyncio.to_thread(self._random_id, action.object)
@@ -371,59 +490,95 @@ class Traffic:
         )
         return resp.status_code != 404 and self._ok(resp, "api")
 
+    async def _api_registration(self, action: Action) -> bool:
+        assert self.api is not None
+        contact_id, person = await asyncio.to_thread(self._random_contact)
+        reg = registration(self.rng, person, utcnow(), bad=action.bad)
+        body = {**_json(reg), "contact_id": contact_id}
+        resp = await self.api.post(f"/api/v1/records/{EVENT_REGISTRATION}", json=body)
+        return self._ok(resp, "api")
+
     def _random_id(self, table: str) -> int | None:
         with self.engine.connect() as conn:
             return self._some_id(conn, table)
 
+    def _random_contact(self) -> tuple[int | None, Person]:
+        with self.engine.connect() as conn:
+            return self._contact(conn)
+
     async def _crm(self, action: Action) -> bool:
         crm = self.crm
         assert crm is not None
+        spec = self.specs[action.object]
+        if action.operation == "update":
+            return await self._crm_update(crm, action.object)
         person = self.people.person()
-        if action.operation == Operation.UPDATE:
-            ids = crm.created["leads"]
-            if not ids:
-                return False
-            key = self.rng.choice(ids)
-            resp = await crm.call("PATCH", f"leads({key})", {"companyname": self.people.company()})
-            return self._ok(resp, "crm")
-        if action.object == "account":
-            body: dict[str, Any] = {"name": self.people.company()}
-        elif action.object == "opportunity":
-            kind = self.rng.choice(("renewal", "upsell", "pilot"))
-            body = {"name": f"{self.people.company()}: {kind}"}
-            if crm.created["accounts"]:
-                body["parentaccountid@odata.bind"] = (
-                    f"/accounts({self.rng.choice(crm.created['accounts'])})"
-                )
-        elif action.object == "contact":
-            body = {
-                "emailaddress1": person.email,
-                "firstname": person.first_name,
-                "lastname": person.last_name,
-            }
-        else:
-            body = {
-                "emailaddress1": person.email,
-                "firstname": person.first_name,
-                "lastname": person.last_name,
-                "companyname": person.company,
-            }
-        entity_set = {
-            "lead": "leads",
-            "contact": "contacts",
-            "account": "accounts",
-            "opportunity": "opportunities",
-        }[action.object]
-        resp = await crm.call("POST", entity_set, body)
+        body = self._crm_body(crm, action.object, person)
+        resp = await crm.call("POST", spec.entity_set, body)
         if not self._ok(resp, "crm"):
             return False
-        row = resp.json()
-        key = row.get(f"{action.object}id")
-        if key and entity_set in crm.created:
-            crm.created[entity_set].append(str(key))
+        key = resp.json().get(spec.primary_key)
+        if key:
+            crm.made(action.object, str(key))
         if person.email and action.object in ("lead", "contact"):
             crm.emails.append(person.email)
         return True
+
+    def _crm_body(self, crm: CrmUser, obj: str, person: Person) -> dict[str, Any]:
+        if obj == "account":
+            return {"name": self.people.company()}
+        if obj == "opportunity":
+            kind = self.rng.choice(("renewal", "upsell", "pilot"))
+            body: dict[str, Any] = {"name": f"{self.people.company()}: {kind}"}
+            account = crm.pick(self.rng, "account")
+            if account is not None:
+                body["parentaccountid@odata.bind"] = f"/accounts({account})"
+            return body
+        if obj == EVENT_REGISTRATION:
+            return self._crm_registration(crm, person)
+        body = {
+            "emailaddress1": person.email,
+            "firstname": person.first_name,
+            "lastname": person.last_name,
+        }
+        if obj == "lead":
+            body["companyname"] = person.company
+            if self.custom.lead_score:
+                body[self._attribute("lead", LEAD_SCORE)] = self.rng.randint(0, 100)
+        return body
+
+    def _crm_registration(self, crm: CrmUser, person: Person) -> dict[str, Any]:
+        spec = self.specs[EVENT_REGISTRATION]
+        reg = registration(self.rng, person, utcnow())
+        body = {
+            spec.field_specs[column].attribute: to_dataverse(spec.field_specs[column], value)
+            for column, value in reg.row().items()
+        }
+        # Registered to a contact this user made, a while ago: crmsync pulls objects one
+        # after another, and a registration seen before its brand-new contact would be
+        # parked (crmsync.missing_parent) rather than wait for it.
+        lookup = next(lk for lk in spec.lookups if lk.target == "contact")
+        key = crm.pick(self.rng, "contact", older_than=SETTLED_SECONDS)
+        if key is not None:
+            contacts = self.specs["contact"].entity_set
+            body[f"{lookup.navigation}@odata.bind"] = f"/{contacts}({key})"
+        return body
+
+    async def _crm_update(self, crm: CrmUser, obj: str) -> bool:
+        key = crm.pick(self.rng, obj)
+        if key is None:
+            return False
+        if obj == EVENT_REGISTRATION:
+            body: dict[str, Any] = {self._attribute(obj, "attended"): True}
+        elif self.custom.lead_score and self.rng.random() < 0.3:
+            body = {self._attribute(obj, LEAD_SCORE): self.rng.randint(0, 100)}
+        else:
+            body = {"companyname": self.people.company()}
+        resp = await crm.call("PATCH", f"{self.specs[obj].entity_set}({key})", body)
+        return self._ok(resp, "crm")
+
+    def _attribute(self, obj: str, column: str) -> str:
+        return self.specs[obj].field_specs[column].attribute
 
     def _ok(self, resp: httpx.Response, channel: str) -> bool:
         if resp.is_success:
@@ -446,3 +601,14 @@ class Traffic:
             "generator write failed",
             extra={"event": "demo.write_failed", "channel": channel, "error": str(exc)},
         )
+
+
+def _json(reg: Registration) -> dict[str, Any]:
+    """A registration as the records API takes it (JSON: text for the exact decimal)."""
+    registered: datetime = reg.registered
+    return {
+        "name": reg.name,
+        "attended": reg.attended,
+        "registered": registered.isoformat(),
+        "fee": str(reg.fee),
+    }

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from crmsync.domain import Direction, ObjectSpec, Operation
+from crmsync.domain import ObjectSpec
 from crmsync.store.queue import bucket_start
 from crmsync.store.schema import sync_throughput
 
@@ -28,14 +28,18 @@ BUCKET = timedelta(minutes=15)
 DAYS = 3
 # Records per 15 minutes at the busiest hour, per object and direction.
 PEAK = {
-    ("lead", Direction.TO_CRM): 220,
-    ("lead", Direction.FROM_CRM): 60,
-    ("contact", Direction.TO_CRM): 90,
-    ("contact", Direction.FROM_CRM): 80,
-    ("account", Direction.FROM_CRM): 25,
-    ("opportunity", Direction.FROM_CRM): 15,
+    ("lead", "to_crm"): 220,
+    ("lead", "from_crm"): 60,
+    ("contact", "to_crm"): 90,
+    ("contact", "from_crm"): 80,
+    ("account", "from_crm"): 25,
+    ("opportunity", "from_crm"): 15,
+    # The demo mapping's custom table; any other object gets ``OTHER_PEAK``.
+    ("event_registration", "to_crm"): 45,
+    ("event_registration", "from_crm"): 12,
 }
-OPERATION_SHARE = {Operation.INSERT: 0.35, Operation.UPDATE: 0.6, Operation.DELETE: 0.05}
+OTHER_PEAK = 20
+OPERATION_SHARE = {"insert": 0.35, "update": 0.6, "delete": 0.05}
 
 
 def activity(local: datetime) -> float:
@@ -47,14 +51,14 @@ def activity(local: datetime) -> float:
     return level * (0.3 if local.weekday() >= 5 else 1.0)
 
 
-def pairs(specs: Iterable[ObjectSpec]) -> list[tuple[str, Direction]]:
+def pairs(specs: Iterable[ObjectSpec]) -> list[tuple[str, str]]:
     """(object, direction) pairs the configured flows allow."""
     out = []
     for spec in specs:
         if spec.flow.pushes:
-            out.append((spec.name, Direction.TO_CRM))
+            out.append((spec.name, "to_crm"))
         if spec.flow.pulls:
-            out.append((spec.name, Direction.FROM_CRM))
+            out.append((spec.name, "from_crm"))
     return out
 
 
@@ -82,7 +86,7 @@ def history_rows(
         if at not in skip:
             level = activity(at.astimezone(zone))
             for obj, direction in wanted:
-                peak = PEAK.get((obj, direction), 20)
+                peak = PEAK.get((obj, direction), OTHER_PEAK)
                 for operation, share in OPERATION_SHARE.items():
                     n = round(peak * share * level * rng.uniform(0.7, 1.3))
                     if n > 0:

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
 FIRST = [
     "Ada",
@@ -97,6 +100,17 @@ PLACEHOLDER_EMAILS = (
     "test@test.example",
     "na@na.example",
 )
+EVENTS = (
+    "Dynamics Summit",
+    "Marketing Automation Day",
+    "Partner Kickoff",
+    "Customer Advisory Board",
+    "Data Quality Webinar",
+    "Spring Roadshow",
+)
+SESSIONS = ("Keynote", "Workshop A", "Workshop B", "Partner lunch", "Evening reception")
+FEES = (Decimal("0.00"), Decimal("49.00"), Decimal("99.50"), Decimal("250.00"))
+EVENT_NAME_LENGTH = 100  # the demo mapping's new_name
 BAD_KINDS = ("long_last_name", "long_company", "long_email", "placeholder_email", "malformed_email")
 
 
@@ -170,3 +184,43 @@ class People:
             )
             return Person(email, p.first_name, p.last_name, p.company, kind)
         raise ValueError(f"unknown kind of bad data {kind!r}; one of {', '.join(BAD_KINDS)}")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A person registered for an event (the demo's custom table, ``event_registration``)."""
+
+    name: str
+    attended: bool
+    registered: datetime
+    fee: Decimal
+    bad: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "attended": self.attended,
+            "registered": self.registered,
+            "fee": self.fee,
+        }
+
+
+def registration(
+    rng: random.Random, person: Person, now: datetime, bad: bool = False
+) -> Registration:
+    """``person``'s registration for an event, made some time in the last weeks. A bad one
+    (``long_event_name``) has every session of the event pasted into its name, longer than
+    the table's 100 characters: Dataverse refuses it with ``0x80044331``."""
+    event = f"{rng.choice(EVENTS)} {now.year}"
+    name = f"{event}: {person.first_name} {person.last_name}"
+    if bad:  # always past 100 characters: the sessions alone take 65
+        name = f"{event} ({', '.join(SESSIONS)}, day 2 repeat): {person.email}"
+    # Dataverse keeps date and time columns to the second.
+    registered = (now - timedelta(minutes=rng.randint(5, 60 * 24 * 30))).replace(microsecond=0)
+    return Registration(
+        name,
+        rng.random() < 0.4,
+        registered,
+        rng.choice(FEES),
+        "long_event_name" if bad else None,
+    )

@@ -4,13 +4,20 @@ All in one process and one event loop: two uvicorn servers (the Dataverse emulat
 its own port, the console and API on the one asked for), the sync worker, the traffic
 generator and a one-line progress report. The store is a SQLite file in the data
 folder, the emulator keeps its records in another, so a second run can carry on.
+
+The mapping is the demo's own (``mapping.toml`` beside this module: a custom field on
+lead and a custom table), laid over the default like any user's, unless the file named
+by ``CRMSYNC_CONFIG`` has ``[objects]`` tables: then that mapping is used instead. The
+emulator serves the mapping in force, whichever it is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
+import tomllib
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -38,6 +45,7 @@ TENANT = "demo"
 SYNC_CLIENT = "crmsync-demo"
 CRM_USER = "demo-sales-team"
 REPORT_SECONDS = 30.0
+DEMO_MAPPING = Path(__file__).with_name("mapping.toml")
 
 # Dataverse-like behaviour: its real service-protection limits (6,000 requests per
 # 300 s and 52 concurrent per user, api-limits.md), latency of a cloud round trip plus
@@ -67,12 +75,32 @@ class DemoOptions:
     workers: int = 2
 
 
+def demo_mapping() -> dict[str, Any]:
+    """The ``objects`` tables of the demo's mapping file."""
+    objects: dict[str, Any] = tomllib.loads(DEMO_MAPPING.read_text("utf-8"))["objects"]
+    return objects
+
+
+def user_maps_objects() -> bool:
+    """Whether the file named by ``CRMSYNC_CONFIG`` has ``[objects]`` tables of its own
+    (a file that cannot be read is ``load_settings``'s to report)."""
+    path = os.environ.get("CRMSYNC_CONFIG")
+    if not path:
+        return False
+    try:
+        data = tomllib.loads(Path(path).read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(data.get("objects"))
+
+
 def demo_settings(data: DataDir, creds: Credentials, emulator_url: str) -> Settings:
     """The product's settings for the demo; the environment still sets the rest
-    (``CRMSYNC_TIMEZONE``, batch size...). Passwords from the environment win."""
-    import os
-
+    (``CRMSYNC_TIMEZONE``, batch size...). Passwords from the environment win; the
+    demo's mapping is used unless ``CRMSYNC_CONFIG`` maps objects itself."""
+    mapping = {} if user_maps_objects() else {"objects": demo_mapping()}
     return load_settings(
+        **mapping,
         database_url=data.database_url,
         dynamics_url=emulator_url,
         authority_url=emulator_url,
@@ -91,6 +119,13 @@ def banner(
     password = settings.admin_password.get_secret_value() if settings.admin_password else ""
     token = settings.api_token.get_secret_value() if settings.api_token else ""
     what = {Choice.NEW: "new", Choice.REUSE: "reused", Choice.RESET: "reset"}[choice]
+    mapped = settings.object_specs()
+    custom = [name for name, spec in mapped.items() if not spec.standard]
+    demo_mapped = bool(settings.objects) and settings.objects == demo_mapping()
+    mapping = f"{DEMO_MAPPING} (the demo's)" if demo_mapped else "CRMSYNC_CONFIG's"
+    cli = [f"  export CRMSYNC_DATABASE_URL={data.database_url}"]
+    if demo_mapped:
+        cli.append(f"  export CRMSYNC_CONFIG={DEMO_MAPPING}")
     return "\n".join(
         [
             f"crmsync demo is running (data in {data.path}, {what})",
@@ -102,9 +137,10 @@ def banner(
             f"  Metrics    {console}/metrics (same token)",
             f"  API docs   {console}/api/v1/docs",
             f"  Dynamics   {emulator}/api/data/v9.2/ (the emulator)",
+            f"  Mapping    {mapping}: custom objects {', '.join(custom) or 'none'}",
             "",
             "For the CLI (crmsync status, crmsync errors list) in another terminal:",
-            f"  export CRMSYNC_DATABASE_URL={data.database_url}",
+            *cli,
             "",
             f"Generating about {rate:g} changes a second, with a list import now and then;",
             "the emulator throttles about 1% of requests on purpose, as Dataverse may.",
@@ -169,7 +205,13 @@ async def _run(
 
     group = Group()
     emulator_url = f"http://127.0.0.1:{port_of(emulator_sock)}"
-    emu_config = emulator_config("127.0.0.1", port_of(emulator_sock), data.emulator)
+    settings = demo_settings(data, creds, emulator_url)
+    emu_config = emulator_config(
+        "127.0.0.1",
+        port_of(emulator_sock),
+        data.emulator,
+        specs=settings.object_specs().values(),
+    )
     emulator = emu_config.app
     assert isinstance(emulator, Emulator)
     emulator.configure(
@@ -180,7 +222,6 @@ async def _run(
     )
     group.add_server(emu_config, emulator_sock)
 
-    settings = demo_settings(data, creds, emulator_url)
     engine = create_store_engine(settings.database_url)
     traffic_engine = create_store_engine(settings.database_url)  # another program's connection
     try:
@@ -199,7 +240,13 @@ async def _run(
             )
             crm_http = await stack.enter_async_context(httpx.AsyncClient(timeout=30))
             crm = CrmUser(emulator_url, TENANT, CRM_USER, creds.crm_user_secret, crm_http)
-            traffic = Traffic(traffic_engine, api_http, crm, TrafficConfig(rate=options.rate))
+            traffic = Traffic(
+                traffic_engine,
+                api_http,
+                crm,
+                TrafficConfig(rate=options.rate),
+                specs=settings.object_specs(),
+            )
             add_worker(group, Worker(engine, client, settings, concurrency=options.workers))
             group.add_task(Task("generator", traffic.run, traffic.stop))
             reporting = asyncio.Event()

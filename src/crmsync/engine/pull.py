@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 from crmsync.config import Settings
 from crmsync.domain import Direction, EntryState, ObjectSpec, Operation
 from crmsync.dynamics.client import DataverseClient
-from crmsync.dynamics.faults import DeltaTokenExpired
+from crmsync.dynamics.faults import DeltaTokenExpired, MissingAttribute
 from crmsync.dynamics.pages import ChangePage
 from crmsync.engine import changes as ch
 from crmsync.engine import load
@@ -189,7 +189,7 @@ class Puller:
                         started_at,
                     )
                 )
-        except RecordRejected as exc:
+        except (RecordRejected, MissingAttribute) as exc:
             if task is not None:
                 await task
             if filter_field and filter_field in exc.message and spec.name not in self._unfiltered:
