@@ -33,6 +33,7 @@ from crmsync.demo.datadir import Choice, Credentials, DataDir, decide
 from crmsync.demo.generator import CrmUser, Traffic, TrafficConfig
 from crmsync.demo.product import add_console, add_worker
 from crmsync.demo.services import Group, Task, bind, port_of
+from crmsync.domain import ErrorStatus
 from crmsync.dynamics.client import DataverseClient
 from crmsync.engine.worker import Worker
 from crmsync.store.db import create_store_engine, write_transaction
@@ -157,7 +158,9 @@ def progress(engine: sa.Engine) -> dict[str, int]:
             sa.select(sa.func.coalesce(sa.func.sum(sync_backlog_count.c.n), 0))
         ).scalar()
         errors = conn.execute(
-            sa.select(sa.func.count()).select_from(sync_error).where(sync_error.c.status == "open")
+            sa.select(sa.func.count())
+            .select_from(sync_error)
+            .where(sync_error.c.status == ErrorStatus.OPEN)
         ).scalar()
         synced = conn.execute(
             sa.select(sa.func.coalesce(sa.func.sum(sync_throughput.c.synced), 0))

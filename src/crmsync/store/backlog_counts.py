@@ -20,6 +20,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
+from crmsync.domain import EntryState
 from crmsync.store.schema import sync_backlog_count, sync_queue
 
 TRIGGER = "crmsync_backlog_count"
@@ -127,7 +128,7 @@ def seed(conn: Connection) -> None:
         sa.insert(sync_backlog_count).from_select(
             ["object", "direction", "operation", "n"],
             sa.select(q.object, q.direction, q.operation, sa.func.count())
-            .where(q.state != "parked")
+            .where(q.state != EntryState.PARKED)
             .group_by(q.object, q.direction, q.operation),
         )
     )

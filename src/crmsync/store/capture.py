@@ -26,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine, text
 
-from crmsync.domain import ObjectSpec
+from crmsync.domain import Direction, ObjectSpec, Operation
 from crmsync.mapping import spec_of
 from crmsync.store.db import write_transaction
 from crmsync.store.pgarrays import unnest
@@ -34,7 +34,7 @@ from crmsync.store.schema import sync_change, sync_queue
 from crmsync.store.types import SQLITE_NOW, UTCDateTime
 
 PREFIX = "crmsync_capture_"
-OPS = ("insert", "update", "delete")
+OPS = tuple(Operation)
 IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # ``sync_queue.label`` and ``sync_change.label``: longer labels (an account's name may
 # have 400 characters) are cut, or PostgreSQL would refuse the write or the fold.
@@ -92,7 +92,7 @@ def _log_row(spec: ObjectSpec, op: str, now: str, false: str, true: str) -> str:
     _ident(spec.name), _ident(spec.label_column)
     # An attached table's own names for crmsync's id and crm_id.
     rid, crm_id = _ident(spec.id_column), _ident(spec.crm_id_column)
-    if op == "delete":
+    if op == Operation.DELETE:
         label = f"substr(OLD.{spec.label_column}, 1, {LABEL_MAX})"
         values = f"'{spec.name}', OLD.{rid}, {true}, OLD.{crm_id}, {label}, {now}"
     else:
@@ -118,7 +118,7 @@ def sqlite_ddl(spec: ObjectSpec) -> list[str]:
     out = []
     for op in OPS:
         when = "NOT EXISTS (SELECT 1 FROM sync_suppress)"
-        if op == "update":
+        if op == Operation.UPDATE:
             when += f" AND ({_changed(spec, 'IS NOT')})"
         out.append(
             f"CREATE TRIGGER {PREFIX}{_ident(spec.table)}_{op}"
@@ -140,7 +140,7 @@ def postgres_ddl(spec: ObjectSpec) -> list[str]:
     for op in OPS:
         fn = f"{PREFIX}{_ident(spec.table)}_{op}"
         skip = "current_setting('crmsync.suppress', true) IS NOT DISTINCT FROM 'on'"
-        if op == "update":
+        if op == Operation.UPDATE:
             skip += f" OR NOT ({_changed(spec, 'IS DISTINCT FROM')})"
         out.append(
             f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $fn$\n"
@@ -370,7 +370,7 @@ def _lock_statement() -> sa.Select[Any]:
         .join_from(
             sync_queue, keys, (q.object == keys.c.object) & (q.record_key == keys.c.record_key)
         )
-        .where(q.direction == "to_crm")
+        .where(q.direction == Direction.TO_CRM)
         .order_by(q.id)
         .with_for_update(of=sync_queue)
     )

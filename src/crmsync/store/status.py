@@ -50,7 +50,11 @@ TREND_TOLERANCE = 0.1
 TREND_MIN_CHANGE = 10
 OPERATIONS: tuple[str, ...] = tuple(o.value for o in Operation)
 DIRECTIONS: tuple[str, ...] = tuple(d.value for d in Direction)
-PLURAL = {"insert": "inserts", "update": "updates", "delete": "deletes"}
+PLURAL: dict[str, str] = {
+    Operation.INSERT: "inserts",
+    Operation.UPDATE: "updates",
+    Operation.DELETE: "deletes",
+}
 
 
 # -- the clock hour ---------------------------------------------------------------------

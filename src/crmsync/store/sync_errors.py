@@ -23,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import ColumnElement, Connection, Engine, RowMapping
 
+from crmsync.domain import EntryState, ErrorStatus
 from crmsync.errors import ValidationFailed
 from crmsync.store import error_search, errors_copy
 from crmsync.store.params import (
@@ -59,7 +60,7 @@ ERROR_FIELDS: tuple[str, ...] = (
     "attempts",
     "status",
 )
-STATUSES = ("open", "resolved", "dismissed", "all")
+STATUSES = (*(s.value for s in ErrorStatus), "all")
 EXPORT_BATCH = 1000
 # Spreadsheets run a cell starting with these as a formula (OWASP "CSV injection").
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\0")
@@ -73,7 +74,7 @@ class ErrorFilters:
     direction: str | None = None
     operation: str | None = None
     code: str | None = None
-    status: str = "open"
+    status: str = ErrorStatus.OPEN
     since: datetime | None = None
     until: datetime | None = None
 
@@ -108,7 +109,7 @@ def make_filters(
         direction=direction,
         operation=operation,
         code=check_text("code", code, 64),
-        status=status or "open",
+        status=status or ErrorStatus.OPEN,
         since=since_at,
         until=until_at,
     )
@@ -414,9 +415,9 @@ def _requeue(conn: Connection, matching: Sequence[ColumnElement[bool]], now: dat
     )
     result = conn.execute(
         sa.update(sync_queue)
-        .where(q.state == "parked", has_error)
+        .where(q.state == EntryState.PARKED, has_error)
         .values(
-            state="pending",
+            state=EntryState.PENDING,
             attempts=0,
             next_attempt_at=now,
             claimed_by=None,
@@ -457,7 +458,9 @@ def dismiss(conn: Connection, error_id: int) -> dict[str, Any]:
     if not 1 <= error_id <= MAX_ID:
         raise NotFound(f"no sync error with id {error_id}")
     conn.execute(
-        sa.update(sync_error).where(sync_error.c.id == error_id).values(status="dismissed")
+        sa.update(sync_error)
+        .where(sync_error.c.id == error_id)
+        .values(status=ErrorStatus.DISMISSED)
     )
     row = conn.execute(_select().where(sync_error.c.id == error_id)).mappings().first()
     if row is None:
@@ -476,12 +479,12 @@ def dismiss_ids(conn: Connection, ids: Sequence[int]) -> dict[str, Any]:
     missing = [i for i in wanted if i not in found]
     if missing:
         raise NotFound(f"no sync error with id {', '.join(map(str, missing))}")
-    conn.execute(sa.update(sync_error).where(e.id.in_(wanted)).values(status="dismissed"))
+    conn.execute(sa.update(sync_error).where(e.id.in_(wanted)).values(status=ErrorStatus.DISMISSED))
     return {"errors": len(wanted), "dismissed": len(wanted)}
 
 
 def dismiss_matching(conn: Connection, filters: ErrorFilters) -> dict[str, Any]:
     """Dismiss every *open* error matching ``filters`` (resolved ones stay resolved)."""
-    where = [*where_for(conn, filters), sync_error.c.status == "open"]
-    result = conn.execute(sa.update(sync_error).where(*where).values(status="dismissed"))
+    where = [*where_for(conn, filters), sync_error.c.status == ErrorStatus.OPEN]
+    result = conn.execute(sa.update(sync_error).where(*where).values(status=ErrorStatus.DISMISSED))
     return {"errors": result.rowcount, "dismissed": result.rowcount}

@@ -27,6 +27,7 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
+from crmsync.domain import ErrorStatus
 from crmsync.errors import ValidationFailed
 from crmsync.store import params, sync_errors
 from crmsync.store.db import write_transaction
@@ -128,7 +129,7 @@ def api_query(filters: ErrorFilters) -> dict[str, str]:
         value = getattr(filters, name)
         if isinstance(value, datetime):
             value = value.isoformat()
-        if value is not None and not (name == "status" and value == "open"):
+        if value is not None and not (name == "status" and value == ErrorStatus.OPEN):
             query[name] = str(value)
     return query
 
@@ -140,7 +141,7 @@ def form_values(filters: ErrorFilters, zone: ZoneInfo) -> dict[str, str]:
         at = getattr(filters, name)
         if at is not None:
             values[name] = at.astimezone(zone).strftime(FORM_TIME)
-    values.setdefault("status", "open")
+    values.setdefault("status", ErrorStatus.OPEN)
     return values
 
 
@@ -213,7 +214,7 @@ def sync_errors_page(request: Request) -> Response:
             if filters is not None
             else {k: str(params[k]) for k in FILTER_FIELDS if params.get(k)}
         ),
-        "filtered": filters is None or filters.given or filters.status != "open",
+        "filtered": filters is None or filters.given or filters.status != ErrorStatus.OPEN,
         "problems": problems,
         "stale": stale,
         "listing": listing,

@@ -12,9 +12,19 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from crmsync.domain import Direction, Operation
+
 NA = "N/A"
-DIRECTION_TITLES = {"to_crm": "To Dynamics", "from_crm": "From Dynamics", "*": "Both directions"}
-OPERATION_TITLES = {"insert": "Insert", "update": "Update", "delete": "Delete"}
+DIRECTION_TITLES: dict[str, str] = {
+    Direction.TO_CRM: "To Dynamics",
+    Direction.FROM_CRM: "From Dynamics",
+    "*": "Both directions",
+}
+OPERATION_TITLES: dict[str, str] = {
+    Operation.INSERT: "Insert",
+    Operation.UPDATE: "Update",
+    Operation.DELETE: "Delete",
+}
 TREND_SYMBOLS = {"growing": "▲", "shrinking": "▼", "steady": "▬"}
 
 
