@@ -1,6 +1,8 @@
 """Push throughput against the emulator under Dataverse's limits scaled down in time.
 
-Usage: ``.venv/bin/python bench/push.py [--seconds 20] [--rounds 3] [--batch-size 100]``
+Usage: ``.venv/bin/python bench/push.py [--seconds 20] [--rounds 3] [--batch-size 100]
+[--object lead|wide]`` (``wide``: 40 mapped fields of mixed types, ``bench/wide.py``, the
+bodies built and converted as the engine builds them)
 
 The emulator runs with uvicorn on 127.0.0.1 in a separate process, configured with
 Dataverse's service-protection limits scaled down in time (6,000 requests per 300 s
@@ -39,17 +41,28 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
 import httpx
 
 from crmsync.config import load_settings
 from crmsync.dynamics.client import DataverseClient
 from crmsync.dynamics.writes import ItemResult, Write
+from crmsync.engine.plan import body_for
+from crmsync.mapping import build
+from wide import wide_mapping  # bench/wide.py
 
 SERVE = (
     "import sys, uvicorn; from crmsync.emulator.server import config; "
-    "uvicorn.Server(config('127.0.0.1', int(sys.argv[1]))).run()"
+    "from crmsync.config import load_settings; "
+    "import ast; objects = ast.literal_eval(sys.argv[2]); "
+    "specs = load_settings(objects=objects).object_specs().values(); "
+    "uvicorn.Server(config('127.0.0.1', int(sys.argv[1]), specs=specs)).run()"
 )
+# What the writes are: the four-field lead, or the wide object (bench/wide.py).
+OBJECT = {"name": "lead"}
 
 
 def free_port() -> int:
@@ -60,9 +73,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_emulator() -> tuple[subprocess.Popen[bytes], str]:
+def start_emulator(objects: dict[str, Any]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(port)])
+    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(port), repr(objects)])
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -83,8 +96,33 @@ def ceiling(args: argparse.Namespace, per_request: int) -> float:
 
 
 def lead(i: int) -> Write:
+    if OBJECT["name"] == "wide":
+        return wide_write(i)
     body = {"emailaddress1": f"b{i}@example.com", "lastname": f"L{i}", "companyname": "Acme"}
     return Write("upsert", "leads", str(uuid.uuid4()), body)
+
+
+def wide_write(i: int) -> Write:
+    """A wide record's upsert, its body built as the engine builds it (``body_for``)."""
+    spec = WIDE[0]
+    row = {c: wide_value(f.type.value, i) for c, f in spec.field_specs.items()}
+    return Write("upsert", spec.entity_set, str(uuid.uuid4()), body_for(spec, row, {})[0])
+
+
+def wide_value(kind: str, n: int) -> Any:
+    return {
+        "string": f"text {n}",
+        "integer": n,
+        "decimal": Decimal(n % 10_000) / 100,
+        "money": Decimal(n % 10_000) / 10,
+        "boolean": n % 2 == 0,
+        "datetime": datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=n),
+        "date": date(2026, 1, 1) + timedelta(days=n % 365),
+        "choice": ("low", "mid", "high")[n % 3],
+    }[kind]
+
+
+WIDE: list[Any] = []
 
 
 Send = Callable[[DataverseClient, Sequence[Write]], Awaitable[list[ItemResult]]]
@@ -95,6 +133,11 @@ async def _batch(client: DataverseClient, writes: Sequence[Write]) -> list[ItemR
 
 
 async def _multiple(client: DataverseClient, writes: Sequence[Write]) -> list[ItemResult]:
+    if OBJECT["name"] == "wide":
+        spec = WIDE[0]
+        return await client.write_multiple(
+            "UpsertMultiple", spec.entity_set, spec.logical_name, spec.primary_key, writes
+        )
     return await client.write_multiple("UpsertMultiple", "leads", "lead", "leadid", writes)
 
 
@@ -167,10 +210,14 @@ def main() -> None:
     p.add_argument("--latency-ms", type=float, default=20)
     p.add_argument("--per-record-ms", type=float, default=1)
     p.add_argument("--modes", default="batch,multiple,naive")
+    p.add_argument("--object", choices=["lead", "wide"], default="lead")
     args = p.parse_args()
     logging.getLogger("crmsync").setLevel(logging.ERROR)
+    objects = wide_mapping() if args.object == "wide" else {}
+    OBJECT["name"] = args.object
+    WIDE[:] = [build(objects)["wide"]] if args.object == "wide" else []
 
-    proc, url = start_emulator()
+    proc, url = start_emulator(objects)
     modes: dict[str, tuple[Send, int]] = {
         "batch": (_batch, args.batch_size),
         "multiple": (_multiple, args.batch_size),
