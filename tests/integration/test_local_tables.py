@@ -130,3 +130,37 @@ def test_removing_a_field_keeps_its_column(engine: sa.Engine, db_url: str) -> No
     migrate.upgrade(engine, settings.object_specs().values())
     columns = {c["name"] for c in sa.inspect(engine).get_columns("lead")}
     assert "lead_score" in columns
+
+
+WIDGET = {
+    "widget": {
+        "entity_set": "new_widgets",
+        "logical_name": "new_widget",
+        "primary_key": "new_widgetid",
+        "label": "name",
+        "fields": {"name": {"attribute": "new_name", "type": "string"}},
+    }
+}
+
+
+def test_an_object_taken_out_of_the_mapping_stops_nothing_else(engine: sa.Engine) -> None:
+    from crmsync.store import capture
+    from crmsync.store.schema import sync_change, sync_queue
+
+    with_widget = build(WIDGET)
+    activate(with_widget)
+    migrate.upgrade(engine, with_widget.values())
+    with write_transaction(engine) as conn:
+        conn.execute(sa.text("INSERT INTO widget (name) VALUES ('before')"))
+    # The operator takes widget out of the mapping and upgrades: its triggers go.
+    activate(default_objects())
+    migrate.upgrade(engine, default_objects().values())
+    with write_transaction(engine) as conn:
+        conn.execute(sa.text("INSERT INTO widget (name) VALUES ('after')"))
+        conn.execute(sa.text("INSERT INTO lead (email) VALUES ('l@x.org')"))
+    # The change logged while widget was mapped does not stop the lead's.
+    capture.fold_pending(engine)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(sync_change)).scalar() == 0
+        queued = conn.execute(sa.select(sync_queue.c.object)).scalars().all()
+    assert queued == ["lead"]

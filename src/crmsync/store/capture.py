@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import time
 from collections import defaultdict
@@ -27,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine, text
 
 from crmsync.domain import Direction, ObjectSpec, Operation
-from crmsync.mapping import spec_of
+from crmsync.mapping import active, spec_of
 from crmsync.store.db import write_transaction
 from crmsync.store.pgarrays import unnest
 from crmsync.store.schema import sync_change, sync_queue
@@ -83,6 +84,9 @@ def _ident(name: str) -> str:
     if not IDENT.fullmatch(name):
         raise ValueError(f"not a plain SQL identifier: {name!r}")
     return name
+
+
+log = logging.getLogger(__name__)
 
 
 # --- the triggers ------------------------------------------------------------------------
@@ -174,6 +178,7 @@ def install_triggers(conn: Connection, specs: Iterable[ObjectSpec]) -> list[str]
     """
     specs = list(specs)
     drop_triggers(conn, [s.table for s in specs])
+    _drop_orphans(conn)
     captured = []
     sqlite = conn.dialect.name == "sqlite"
     # A suppression marker can only outlive its transaction through a crash mid-commit
@@ -186,6 +191,32 @@ def install_triggers(conn: Connection, specs: Iterable[ObjectSpec]) -> list[str]
             conn.execute(text(ddl))
         captured.append(spec.name)
     return captured
+
+
+def _drop_orphans(conn: Connection) -> None:
+    """Drop the capture triggers left on tables no mapped object has any more (an object
+    taken out of the mapping, an attached object given another table): they would log
+    changes nothing folds."""
+    like = PREFIX.replace("_", "\\_") + "%"
+    if conn.dialect.name == "sqlite":
+        names = conn.execute(
+            text(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+                f" AND name LIKE '{like}' ESCAPE '\\'"
+            )
+        ).scalars()
+        for name in list(names):
+            conn.execute(text(f"DROP TRIGGER IF EXISTS {_ident(name)}"))
+        return
+    found = conn.execute(
+        text(
+            "SELECT t.tgname, c.relname FROM pg_trigger AS t JOIN pg_class AS c"
+            f" ON c.oid = t.tgrelid WHERE t.tgname LIKE '{like}' AND NOT t.tgisinternal"
+        )
+    ).all()
+    for name, table in found:
+        conn.execute(text(f"DROP TRIGGER IF EXISTS {_ident(name)} ON {_ident(table)}"))
+        conn.execute(text(f"DROP FUNCTION IF EXISTS {_ident(name)}()"))
 
 
 # pg_advisory_xact_lock's key for bringing the triggers to the registry: "crmsync trig".
@@ -387,7 +418,21 @@ def fold(conn: Connection, limit: int = FOLD_BATCH) -> int:
     taken = conn.execute(_take(limit)).all()
     if not taken:
         return 0
+    consumed = len(taken)
+    mapped = active()
+    gone = {row.object for row in taken if row.object not in mapped}
+    if gone:
+        # Logged by a trigger of an object since taken out of the mapping (``db upgrade``
+        # drops such triggers): nothing is synced for it any more. Folding on would
+        # stop every other object's changes.
+        log.warning(
+            "changes of objects no longer mapped were dropped",
+            extra={"event": "capture.unmapped", "objects": sorted(gone)},
+        )
+        taken = [row for row in taken if row.object in mapped]
     records = _steps(taken)
+    if not records:
+        return consumed
     # Step k of every record, then step k + 1: records are independent of each other,
     # and one record's steps run in capture order.
     for k in range(max(len(steps) for steps in records)):
@@ -404,7 +449,7 @@ def fold(conn: Connection, limit: int = FOLD_BATCH) -> int:
         if deletes:
             conn.execute(_DROP, deletes)
             conn.execute(_DELETE, deletes)
-    return len(taken)
+    return consumed
 
 
 def fold_pending(
