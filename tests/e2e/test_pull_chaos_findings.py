@@ -101,3 +101,42 @@ def test_a_dynamics_delete_pulled_before_the_insert_was_applied_still_deletes(
 
     asyncio.run(asyncio.wait_for(run(), 60))
     assert crm_id not in rows(store, "lead")
+
+
+@pytest.mark.parametrize("when", ["load_staged", "load_known"])
+def test_the_delete_still_deletes_when_the_insert_is_applied_while_the_page_is_read(
+    sync_settings: Settings,
+    store: sa.Engine,
+    sales: Sales,
+    drain: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    when: str,
+) -> None:
+    """As above, with another lane applying the staged insert while the pull reads what
+    the store knows: before or between its reads (PostgreSQL reads each statement's own
+    snapshot; SQLite's pull holds the write lock, so there the race cannot happen)."""
+    from crmsync.store import inbound
+
+    drain(sync_settings, store)
+    crm_id = sales.create("leads", {"emailaddress1": "gone@example.com", "lastname": "Soon"})
+    real = getattr(inbound, when)
+
+    async def run() -> None:
+        async with DataverseClient.from_settings(sync_settings) as client:
+            worker = Worker(store, client, sync_settings, concurrency=1)
+            assert await worker.pull_once() >= 1
+            sales.delete("leads", crm_id)
+            applied: list[int] = []
+
+            def racing(conn: Any, spec: Any, ids: Any) -> Any:
+                if not applied and store.dialect.name == "postgresql":
+                    applied.append(worker.applier.apply_batch_sync())
+                return real(conn, spec, ids)
+
+            monkeypatch.setattr(inbound, when, racing)
+            await worker.pull_once()
+            monkeypatch.setattr(inbound, when, real)
+            await worker.run(once=True)
+
+    asyncio.run(asyncio.wait_for(run(), 60))
+    assert crm_id not in rows(store, "lead")

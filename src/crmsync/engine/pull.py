@@ -260,14 +260,13 @@ class Puller:
                 seen.update(loaded.settled)
             found = ch.read_rows(spec, loaded.rest, filter_field)
             found += [ch.deleted(i) for i in page.deleted_ids]
+            # A deletion of a record whose insert is staged but not applied yet is staged
+            # too, taking the insert's place. Read before ``load_known``: an apply that
+            # commits in between has then made the record a local row it sees.
+            staged = inbound.load_staged(conn, spec, [c.crm_id for c in found if c.deleted])
             known = inbound.load_known(conn, spec, [c.crm_id for c in found])
             unknown = [c.crm_id for c in found if c.crm_id not in known]
             buried = inbound.load_buried(conn, spec, unknown)
-            # A deletion of a record whose insert is staged but not applied yet: staged
-            # too, it takes the insert's place (otherwise the insert would live on).
-            staged = inbound.load_staged(
-                conn, spec, [c.crm_id for c in found if c.deleted and c.crm_id not in known]
-            )
             parents = load_parents(conn, self.specs, spec, found)
             excluded: dict[str, ch.Known] = {}
             for change in found:
