@@ -228,3 +228,55 @@ def test_newest_wins_on_a_rejoin_takes_the_local_time_from_the_row_if_written_si
     assert winner(NOW + MINUTE) == "local"  # edited after Dynamics' change
     assert winner(NOW - MINUTE) == "crm"  # edited before it
     assert winner(NOW - 2 * HOUR) == "crm"  # not maintained (older than the last sync)
+
+
+def test_own_write_rebases_only_the_fields_changed_locally() -> None:
+    """A refetch after a 412 of a record last written by crmsync's own user: the field
+    changed locally (the unrecorded push may have carried it) takes Dynamics' value as
+    its base and keeps the local value; a field unchanged locally was not in that push,
+    so Dynamics' value of it (a flow writing as crmsync's user) is applied."""
+    from types import SimpleNamespace
+
+    from crmsync.values import ApplyContext, Entry, PendingPush
+
+    crm_id = "aaaaaaaa-0000-0000-0000-000000000001"
+    base = {"email": "a@x", "first_name": None, "last_name": "Base", "account_id": None}
+    local = {
+        "id": 7,
+        "crm_id": crm_id,
+        "email": "a@x",
+        "first_name": None,
+        "last_name": "Second",
+        "account_id": None,
+        "crm_deleted_at": None,
+    }
+
+    def plan(own_write: bool, dynamics_last_name: str) -> Any:
+        change = ch.Change(
+            crm_id,
+            {"email": "a@x", "first_name": "Auto", "last_name": dynamics_last_name},
+            {"account_id": None},
+            version=30,
+            modified_at="2026-11-25T12:00:00Z",
+            own_write=own_write,
+        )
+        entry = Entry(
+            1, "contact", "from_crm", crm_id, 7, crm_id, "update", None, change.payload(), 1, 0, NOW
+        )
+        state = SimpleNamespace(crm_version=20, etag=None, synced_values=base, excluded=False)
+        ctx = ApplyContext(
+            rows={("contact", crm_id): local},
+            synced={("contact", 7): state},
+            pushes={("contact", 7): PendingPush(False, NOW)},
+            parents={},
+            parents_on_their_way=frozenset(),
+        )
+        return plan_apply(entry, SPECS["contact"], ctx, delete_behaviour="delete")
+
+    # crmsync's own unrecorded push of last_name = "First", then the local "Second".
+    own = plan(True, "First")
+    assert own.values == {"first_name": "Auto"}  # the flow's change applies
+    assert own.resolution.conflicts == [] and own.resolution.push_needed
+    # Without own_write the same answer is a conflict Dynamics wins (contact: crm_wins).
+    other = plan(False, "First")
+    assert other.values == {"first_name": "Auto", "last_name": "First"}

@@ -157,14 +157,21 @@ def plan_apply(
             rejoin=True,
         )
     base = state.synced_values if state is not None else None
-    if change.own_write:
-        # crmsync's own write whose answer it never recorded: Dynamics holds what was
-        # sent, so it is the base; what changed locally since is pushed, not overwritten.
-        base = {**(base or {}), **remote}
+    local = json_row(spec, row)
+    if change.own_write and base is not None:
+        # Last written by crmsync itself, an answer it never recorded: a field changed
+        # locally since the last sync is one that push may have carried, so Dynamics'
+        # value of it is taken as the base (the local value is pushed, not overwritten).
+        # A field unchanged locally was not in that push: Dynamics' value of it is a
+        # change of its own (a flow or plug-in writing as crmsync's user) and applies.
+        base = {
+            **base,
+            **{c: v for c, v in remote.items() if c in base and local.get(c) != base[c]},
+        }
     res = resolve(
         spec,
         base,
-        json_row(spec, row),
+        local,
         remote,
         local_pending=push is not None,
         local_modified_at=push.changed_at if push is not None else None,
