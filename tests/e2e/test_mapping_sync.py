@@ -287,3 +287,57 @@ def test_a_column_gone_from_dynamics_pauses_that_object_alone_and_loses_nothing(
             sa.select(sa.func.count()).select_from(sync_error).where(sync_error.c.status == "open")
         ).scalar_one()
     assert open_errors == 0
+
+
+CRM_WINS_EVENTS: dict[str, Any] = {
+    "event_registration": {
+        **{k: v for k, v in MAPPING["event_registration"].items() if k != "fields"},
+        "conflict_rule": "crm_wins",
+        "fields": {
+            "name": {"attribute": "new_name", "type": "string", "max_length": 200},
+            "registered": {"attribute": "new_registeredon", "type": "datetime"},
+        },
+    },
+}
+
+
+@pytest.fixture
+def crm_wins_settings(sync_settings: Settings) -> Iterator[Settings]:
+    settings = load_settings(**{**sync_settings.model_dump(), "objects": CRM_WINS_EVENTS})
+    added = mapped.serve_mapping(settings.object_specs().values())
+    yield settings
+    mapped.forget(added)
+    activate(default_objects())
+
+
+def test_a_typed_field_loaded_initially_keeps_one_base_and_no_false_conflict(
+    crm_wins_settings: Settings, store: sa.Engine, drain: Any
+) -> None:
+    """A datetime read by the initial load (where Dynamics sends it as text) has its base
+    in the same JSON form as everything else: a later local edit of it is not taken for
+    a conflict that Dynamics wins (found in review: PostgreSQL wrote the base as
+    ``+00:00``, the comparison had ``Z``)."""
+    migrate.upgrade(store, crm_wins_settings.object_specs().values())
+    url = crm_wins_settings.dynamics_url or ""
+    sales = Sales(url)
+    try:
+        crm_id = sales.create(
+            "new_eventregistrations", {"new_name": "R", "new_registeredon": "2026-01-01T10:00:00Z"}
+        )
+        drain(crm_wins_settings, store)  # the initial full read
+        with write_transaction(store) as conn:
+            conn.execute(
+                sa.text("UPDATE event_registration SET registered = :t"),
+                {"t": datetime(2026, 2, 2, 10, tzinfo=UTC).replace(tzinfo=None)},
+            )
+        sales.update("new_eventregistrations", crm_id, {"new_name": "R2"})
+        drain(crm_wins_settings, store)
+        got = sales.http.get(f"new_eventregistrations({crm_id})").json()
+    finally:
+        sales.close()
+    with store.connect() as conn:
+        row = conn.execute(sa.text("SELECT name, registered FROM event_registration")).one()
+        conflicts = conn.execute(sa.text("SELECT count(*) FROM sync_conflict")).scalar()
+    assert conflicts == 0
+    assert row.name == "R2" and "2026-02-02" in str(row.registered)
+    assert got["new_registeredon"] == "2026-02-02T10:00:00Z"

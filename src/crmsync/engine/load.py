@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from crmsync.domain import ObjectSpec
+from crmsync.domain import FieldType, ObjectSpec
 from crmsync.engine import changes as ch
 from crmsync.store import inbound
 from crmsync.store.db import is_sqlite
@@ -120,9 +120,18 @@ def insert_new(
         picked = [i for i in picked if rows[i].get(filter_field) is not False]
     new = [rows[i] for i in picked]
     unfit: set[int] = set()  # positions in ``new`` left for the ordinary path
+    typed = {
+        c
+        for c, f in spec.field_specs.items()
+        if f.type not in (FieldType.STRING, FieldType.MEMO, FieldType.LOOKUP)
+    }
     values: list[list[Any]] = []
-    for _, attr, length in fields:
+    for name, attr, length in fields:
         column = [r.get(attr) for r in new]
+        if name in typed:
+            # A typed field (a datetime arrives as text too) goes the ordinary way,
+            # which converts it and keeps its base in the one JSON form.
+            unfit.update(j for j, v in enumerate(column) if v is not None)
         # Text that fits, as apply's ``_fits`` checks it; the ordinary path parks
         # anything else with the reason.
         if not _all_text_within(column, length):
