@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -164,3 +165,37 @@ def test_an_object_taken_out_of_the_mapping_stops_nothing_else(engine: sa.Engine
         assert conn.execute(sa.select(sa.func.count()).select_from(sync_change)).scalar() == 0
         queued = conn.execute(sa.select(sync_queue.c.object)).scalars().all()
     assert queued == ["lead"]
+
+
+def _fee(places: int) -> dict[str, Any]:
+    fee = {"attribute": "new_fee", "type": "decimal", "precision": places}
+    return {"lead": {"fields": {"fee": fee}}}
+
+
+def test_a_decimal_column_with_fewer_places_than_the_mapping_is_refused(
+    engine: sa.Engine,
+) -> None:
+    """Raising a decimal's precision over a column made for fewer places would let
+    PostgreSQL round Dynamics' values without an error (found in review)."""
+    migrate.upgrade(engine, build(_fee(2)).values())
+    if engine.dialect.name == "postgresql":
+        with pytest.raises(local_tables.LocalSchemaMismatch, match="values would be rounded"):
+            migrate.upgrade(engine, build(_fee(4)).values())
+    else:  # crmsync keeps SQLite's decimals as exact text: any precision fits
+        migrate.upgrade(engine, build(_fee(4)).values())
+
+
+def test_a_binary_float_column_is_refused_for_a_decimal(engine: sa.Engine) -> None:
+    with write_transaction(engine) as conn:
+        conn.execute(sa.text("ALTER TABLE lead ADD COLUMN fee DOUBLE PRECISION"))
+    with pytest.raises(local_tables.LocalSchemaMismatch, match="binary float|says decimal"):
+        migrate.upgrade(engine, build(_fee(2)).values())
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_postgresql_sessions_are_in_utc(engine: sa.Engine) -> None:
+    """A timestamp without time zone (an attached table's) is written and read in UTC,
+    whatever the server's zone (found in review: Europe/Berlin shifted it an hour)."""
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SHOW TIME ZONE")).scalar() == "UTC"

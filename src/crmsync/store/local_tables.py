@@ -164,6 +164,27 @@ class Difference:
         return f"{self.table}.{self.column}" + (" (its unique index)" if self.index else "")
 
 
+def _inexact(field: FieldSpec, found: sa.types.TypeEngine[Any]) -> str | None:
+    """Why a numeric column cannot hold the field's values exactly, or None: a decimal in
+    a binary float, or in fewer decimal places than the field has (the database would
+    round Dynamics' values without an error)."""
+    if field.type not in (FieldType.DECIMAL, FieldType.MONEY):
+        return None
+    if isinstance(found, sa.Float):
+        return (
+            f"is {found} (a binary float) in the store but the mapping says {field.type}: "
+            "it cannot hold decimals exactly; map the field to a NUMERIC column"
+        )
+    places = field.precision or 0
+    scale = getattr(found, "scale", None)
+    if isinstance(found, sa.Numeric) and scale is not None and scale < places:
+        return (
+            f"is {found} in the store, {scale} decimal places, but the mapping says {places}:"
+            " values would be rounded; lower precision, or map the field to a wider column"
+        )
+    return None
+
+
 def differences(conn: Connection, specs: Iterable[ObjectSpec]) -> list[Difference]:
     """What the store lacks, or holds with another type, compared with the mapping."""
     inspector = sa.inspect(conn)
@@ -209,6 +230,8 @@ def differences(conn: Connection, specs: Iterable[ObjectSpec]) -> list[Differenc
                         "(and copy the values), or set the type back",
                     )
                 )
+            elif (inexact := _inexact(field, found)) is not None:
+                out.append(Difference(spec.name, spec.table, field.column, inexact))
     return out
 
 
