@@ -186,12 +186,16 @@ class Pusher:
             raise
         except ObjectUnusable as exc:
             objects = {s.entry.object for s in sends}
-            await asyncio.to_thread(queue.release, self.engine, self.worker_id)
             if len(objects) != 1:
                 # About a request of several objects: which one is not known.
+                await asyncio.to_thread(queue.release, self.engine, self.worker_id)
                 raise Fatal(str(exc)) from exc
-            # Every write of this object fails the same way: it alone pauses.
+            # Every write of this object fails the same way: it alone pauses (first, so
+            # that no other worker claims the entries given back), and only this
+            # batch's claims go back: the other lanes' batches are in flight.
             await asyncio.to_thread(self._pause_unusable, {objects.pop(): exc}, utcnow())
+            ids = [s.entry.id for s in steps]
+            await asyncio.to_thread(queue.release, self.engine, self.worker_id, ids)
             return len(steps)
         stale = await asyncio.to_thread(self._record, steps, sends, results)
         if stale and self.on_stale is not None:

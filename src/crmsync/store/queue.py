@@ -199,13 +199,14 @@ def assign_crm_id(conn: Connection, entry: Entry, crm_id: str) -> str | None:
     return None if stored is None else str(stored)
 
 
-def release(engine: Engine, worker: str) -> int:
-    """Give back every claim of ``worker`` (graceful shutdown)."""
+def release(engine: Engine, worker: str, ids: Sequence[int] | None = None) -> int:
+    """Give back every claim of ``worker`` (graceful shutdown), or only those of the
+    entries ``ids`` (one batch, while the worker's other lanes go on)."""
+    q = sync_queue.c
+    where = [q.claimed_by == worker, *([q.id.in_(list(ids))] if ids is not None else [])]
     with write_transaction(engine) as conn:
         res = conn.execute(
-            sa.update(sync_queue)
-            .where(sync_queue.c.claimed_by == worker)
-            .values(claimed_by=None, claimed_until=None)
+            sa.update(sync_queue).where(*where).values(claimed_by=None, claimed_until=None)
         )
     return res.rowcount
 
