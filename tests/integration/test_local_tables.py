@@ -188,7 +188,7 @@ def test_a_decimal_column_with_fewer_places_than_the_mapping_is_refused(
 def test_a_binary_float_column_is_refused_for_a_decimal(engine: sa.Engine) -> None:
     with write_transaction(engine) as conn:
         conn.execute(sa.text("ALTER TABLE lead ADD COLUMN fee DOUBLE PRECISION"))
-    with pytest.raises(local_tables.LocalSchemaMismatch, match="binary float|says decimal"):
+    with pytest.raises(local_tables.LocalSchemaMismatch, match=r"binary float|says decimal"):
         migrate.upgrade(engine, build(_fee(2)).values())
 
 

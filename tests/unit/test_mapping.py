@@ -267,3 +267,22 @@ def test_an_attached_table_may_not_be_another_objects() -> None:
     )
     assert found["objects.person.table"] == "'contact' is also contact's"
     assert "crmsync's own tables" in found["objects.queue.table"]
+
+
+def test_words_sql_reserves_are_refused_as_names() -> None:
+    found = problems(
+        {
+            "order": {
+                "entity_set": "new_orders",
+                "logical_name": "new_order",
+                "primary_key": "new_orderid",
+                "label": "title",
+                "fields": {
+                    "title": {"attribute": "new_title", "type": "string"},
+                    "group": {"attribute": "new_group", "type": "string"},
+                },
+            }
+        }
+    )
+    assert "SQL reserves" in found["objects.order.table"]
+    assert "SQL reserves" in found["objects.order.fields.group"]

@@ -18,7 +18,7 @@ SPECS = build(
                     "type": "choice",
                     "choices": {"hot": 1, "lukewarm": 4},
                 },
-                "full": {"attribute": "fullname", "type": "string"},
+                "full_name": {"attribute": "fullname", "type": "string"},
                 "gone": {"attribute": "new_gone", "type": "string"},
             }
         },
@@ -105,7 +105,7 @@ def test_every_kind_of_drift_is_listed() -> None:
         ("lead", "score", "type"),
         ("lead", "day", "type"),
         ("lead", "rating", "choice"),
-        ("lead", "full", "not_writable"),
+        ("lead", "full_name", "not_writable"),
         ("lead", "gone", "missing_attribute"),
         ("thing", "contact_id", "lookup_target"),
         ("account", None, "change_tracking"),

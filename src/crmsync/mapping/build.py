@@ -32,6 +32,7 @@ from crmsync.mapping.model import (
     MAX_STRING,
     MONEY_RANGE,
     NAVIGATION,
+    RESERVED_WORDS,
     SQL_NAME,
     FieldEntry,
     ObjectEntry,
@@ -225,6 +226,10 @@ def _spec(
     table = entry.table or name
     if not SQL_NAME.fullmatch(table):
         problems.append((f"{path}.table", f"{table!r} is not a lower-case SQL name"))
+    elif table in RESERVED_WORDS:
+        problems.append(
+            (f"{path}.table", f"{table!r} is a word SQL reserves; name the object otherwise")
+        )
     elif table.startswith(RESERVED_TABLE_PREFIXES):
         problems.append(
             (
@@ -323,6 +328,8 @@ def _field(
         problems.append((path, f"{column!r} is not a lower-case SQL column name"))
     elif column in RESERVED_COLUMNS:
         problems.append((path, f"{column!r} is a column crmsync keeps itself"))
+    elif column in RESERVED_WORDS:
+        problems.append((path, f"{column!r} is a word SQL reserves; name the column otherwise"))
     kind = entry.type
     if kind is None:
         problems.append((f"{path}.type", "required for a new field"))

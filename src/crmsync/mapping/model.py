@@ -19,6 +19,20 @@ from crmsync.domain import ConflictRule, FieldType, Flow
 # A local table or column: a plain SQL identifier, safe unquoted on SQLite and PostgreSQL
 # (PostgreSQL truncates identifiers at 63 bytes).
 SQL_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+# Words SQLite or PostgreSQL reserve: crmsync writes local names unquoted, so a table or
+# column may not be one of them (SQL:2016's and both databases' lists, the common core).
+RESERVED_WORDS = frozenset(
+    """abort action add all alter analyse analyze and any array as asc asymmetric between
+    both by case cast check collate column commit constraint create cross current_date
+    current_role current_time current_timestamp current_user default deferrable delete
+    desc distinct do drop else end except exists false fetch for foreign from full grant
+    group having if in index initially inner insert intersect into is isnull join key
+    lateral leading left like limit localtime localtimestamp natural not notnull null
+    offset on only or order outer overlaps placing primary references returning right
+    rollback row select session_user set similar some symmetric table then to trailing
+    transaction trigger true union unique update user using values variadic verbose view
+    when where window with""".split()  # noqa: SIM905 (a word list reads better as text)
+)
 # A Dataverse logical name (always lower case) or entity set name.
 LOGICAL_NAME = re.compile(r"[a-z_][a-z0-9_]{0,99}")
 # A navigation property keeps its schema name's case (new_ContactId).
