@@ -73,9 +73,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_emulator(objects: dict[str, Any]) -> tuple[subprocess.Popen[bytes], str]:
+def start_emulator(objects: dict[str, Any] | None = None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(port), repr(objects)])
+    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(port), repr(objects or {})])
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
