@@ -28,6 +28,7 @@ from sqlalchemy import Engine, make_url
 from crmsync import logs
 from crmsync.config import Settings, load_settings
 from crmsync.errors import ConfigError, CrmsyncError, ValidationFailed
+from crmsync.mapping import activate as activate_mapping
 from crmsync.memory import limit_arenas
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -72,6 +73,9 @@ def _settings() -> Settings:
     except ConfigError as exc:
         typer.echo(f"crmsync: {exc}", err=True)
         raise typer.Exit(2) from None
+    # The command runs with the configured mapping (objects known only by name, a queue
+    # entry's or a log row's, are looked up in it).
+    activate_mapping(settings.object_specs())
     secrets = [
         s.get_secret_value()
         for s in (

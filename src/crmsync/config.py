@@ -32,7 +32,6 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from crmsync.domain import ObjectSpec
 from crmsync.errors import ConfigError
 from crmsync.mapping import MappingError
-from crmsync.mapping import activate as activate_mapping
 from crmsync.mapping import build as build_mapping
 
 ENV_PREFIX = "CRMSYNC_"
@@ -335,8 +334,7 @@ def warn_unknown_variables(environ: Mapping[str, str]) -> None:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build the settings, or raise ConfigError naming every bad setting; the process
-    then runs with their mapping (``crmsync.mapping.activate``).
+    """Build the settings, or raise ConfigError naming every bad setting.
 
     Unknown ``CRMSYNC_*`` variables are logged as warnings (``warn_unknown_variables``).
     """
@@ -358,5 +356,4 @@ def load_settings(**overrides: Any) -> Settings:
             where = ".".join(loc[1:])
             problems.append(f"{name}{'.' + where if where else ''}: {err['msg']}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
-    activate_mapping(settings.object_specs())
     return settings

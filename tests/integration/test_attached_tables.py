@@ -34,6 +34,12 @@ from crmsync.store.schema import sync_change, sync_queue, sync_record
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
+@pytest.fixture(autouse=True)
+def default_mapping_after() -> Iterator[None]:
+    yield
+    activate(default_objects())
+
+
 def person(**extra: Any) -> dict[str, Any]:
     return {
         "table": "people",
@@ -264,6 +270,7 @@ def test_what_cannot_be_attached_is_refused_by_its_path(
 def test_capture_and_the_fold_use_the_tables_own_names(engine: sa.Engine, db_url: str) -> None:
     create_people(engine)
     settings = load_settings(database_url=db_url, objects={"person": person()})
+    activate(settings.object_specs())  # as a command does
     migrate.upgrade(engine, settings.object_specs().values())
     with write_transaction(engine) as conn:
         conn.execute(sa.text("UPDATE people SET age = 41 WHERE full_name = 'Ann'"))
@@ -308,6 +315,7 @@ def test_the_initial_loads_bulk_path_inserts_into_an_attached_table(
 ) -> None:
     create_people(engine)
     settings = load_settings(database_url=db_url, objects={"person": person()})
+    activate(settings.object_specs())  # as a command does
     migrate.upgrade(engine, settings.object_specs().values())
     specs = settings.object_specs()
     crm_id = "00000000-0000-0000-0000-000000000001"
@@ -340,6 +348,7 @@ def test_the_push_reads_an_attached_row_by_crmsyncs_names(engine: sa.Engine, db_
     kept: the upsert goes to that record), whatever the table calls the column."""
     create_people(engine)
     settings = load_settings(database_url=db_url, objects={"person": person()})
+    activate(settings.object_specs())  # as a command does
     migrate.upgrade(engine, settings.object_specs().values())
     linked = "00000000-0000-0000-0000-0000000000aa"
     with write_transaction(engine) as conn:

@@ -1,8 +1,8 @@
 """The mapping this process runs with: read once at start-up, like every setting.
 
-``load_settings`` activates the configured mapping; code that knows an object only by
-its name (a queue entry's, a log row's) looks its declaration up here. Until a process
-activates one, the default mapping is in force.
+The CLI's commands, ``create_app`` and ``Worker`` activate the configured mapping; code
+that knows an object only by its name (a queue entry's, a log row's) looks its
+declaration up here. Until a process activates one, the default mapping is in force.
 """
 
 from __future__ import annotations
