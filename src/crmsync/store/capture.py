@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 import re
 import time
 from collections import defaultdict
@@ -84,9 +83,6 @@ def _ident(name: str) -> str:
     if not IDENT.fullmatch(name):
         raise ValueError(f"not a plain SQL identifier: {name!r}")
     return name
-
-
-log = logging.getLogger(__name__)
 
 
 # --- the triggers ------------------------------------------------------------------------
@@ -335,9 +331,9 @@ _DELETE = text(
 ).bindparams(*_TIMES)
 
 
-def _take(limit: int) -> Any:
+def _take(limit: int, objects: Sequence[str]) -> Any:
     c = sync_change.c
-    oldest = sa.select(c.seq).order_by(c.seq).limit(limit)
+    oldest = sa.select(c.seq).where(c.object.in_(objects)).order_by(c.seq).limit(limit)
     return (
         sa.delete(sync_change)
         .where(c.seq.in_(oldest))
@@ -412,24 +408,15 @@ def _lock_statement() -> sa.Select[Any]:
 def fold(conn: Connection, limit: int = FOLD_BATCH) -> int:
     """Queue the oldest ``limit`` logged changes, in the caller's transaction; returns
     how many there were. The caller keeps other folders out (``fold_pending`` does)."""
-    taken = conn.execute(_take(limit)).all()
+    # Only the mapped objects' changes: a change logged for an object this process does
+    # not map (taken out of the mapping, or a worker still on an older mapping during a
+    # rollout) stays in the log for a process that maps it, rather than being lost or
+    # stopping every other object's fold.
+    taken = conn.execute(_take(limit, list(active()))).all()
     if not taken:
         return 0
     consumed = len(taken)
-    mapped = active()
-    gone = {row.object for row in taken if row.object not in mapped}
-    if gone:
-        # Logged by a trigger of an object since taken out of the mapping (``db upgrade``
-        # drops such triggers): nothing is synced for it any more. Folding on would
-        # stop every other object's changes.
-        log.warning(
-            "changes of objects no longer mapped were dropped",
-            extra={"event": "capture.unmapped", "objects": sorted(gone)},
-        )
-        taken = [row for row in taken if row.object in mapped]
     records = _steps(taken)
-    if not records:
-        return consumed
     # Step k of every record, then step k + 1: records are independent of each other,
     # and one record's steps run in capture order.
     for k in range(max(len(steps) for steps in records)):
@@ -485,10 +472,11 @@ def fold_pending(
 
 
 def has_changes(conn_or_engine: Connection | Engine) -> bool:
-    """Whether any captured change waits in the log."""
+    """Whether any captured change of a mapped object waits in the log."""
     # In key order: on PostgreSQL an index probe, which skips the rows folded since the
     # last vacuum faster than a scan of the table's pages would.
-    query = sa.select(sync_change.c.seq).order_by(sync_change.c.seq).limit(1)
+    c = sync_change.c
+    query = sa.select(c.seq).where(c.object.in_(list(active()))).order_by(c.seq).limit(1)
     if isinstance(conn_or_engine, Engine):
         with conn_or_engine.connect() as conn:
             return conn.execute(query).first() is not None
