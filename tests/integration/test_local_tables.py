@@ -203,8 +203,11 @@ def test_a_binary_float_column_is_refused_for_a_decimal(engine: sa.Engine) -> No
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-def test_postgresql_sessions_are_in_utc(engine: sa.Engine) -> None:
-    """A timestamp without time zone (an attached table's) is written and read in UTC,
-    whatever the server's zone (found in review: Europe/Berlin shifted it an hour)."""
-    with engine.connect() as conn:
-        assert conn.execute(sa.text("SHOW TIME ZONE")).scalar() == "UTC"
+def test_a_timestamp_without_time_zone_is_refused_for_a_datetime(engine: sa.Engine) -> None:
+    """PostgreSQL would write an instant in the session's zone and crmsync read it back as
+    UTC (found in review: Europe/Berlin shifted it an hour)."""
+    with write_transaction(engine) as conn:
+        conn.execute(sa.text("ALTER TABLE lead ADD COLUMN seen TIMESTAMP WITHOUT TIME ZONE"))
+    seen = {"attribute": "new_seen", "type": "datetime"}
+    with pytest.raises(local_tables.LocalSchemaMismatch, match="without time zone"):
+        migrate.upgrade(engine, build({"lead": {"fields": {"seen": seen}}}).values())

@@ -126,20 +126,8 @@ def create_store_engine(url: str, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        engine = create_engine(parsed, pool_pre_ping=True, **kwargs)
-        _configure_postgresql(engine)
-        return engine
+        return create_engine(parsed, pool_pre_ping=True, **kwargs)
     raise ConfigError("CRMSYNC_DATABASE_URL: only sqlite and postgresql are supported")
-
-
-def _configure_postgresql(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # Sessions in UTC: a local column of type timestamp without time zone (an
-        # attached table's) would otherwise be written and read in the server's zone.
-        with dbapi_conn.cursor() as cur:
-            cur.execute("SET TIME ZONE 'UTC'")
-        dbapi_conn.commit()
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -164,10 +164,18 @@ class Difference:
         return f"{self.table}.{self.column}" + (" (its unique index)" if self.index else "")
 
 
-def _inexact(field: FieldSpec, found: sa.types.TypeEngine[Any]) -> str | None:
+def _inexact(field: FieldSpec, found: sa.types.TypeEngine[Any], dialect: str) -> str | None:
     """Why a numeric column cannot hold the field's values exactly, or None: a decimal in
     a binary float, or in fewer decimal places than the field has (the database would
     round Dynamics' values without an error)."""
+    if field.type is FieldType.DATETIME and isinstance(found, sa.DateTime):
+        if found.timezone is False and dialect == "postgresql":
+            # Written in the session's zone and read back as if UTC: instants would move.
+            return (
+                f"is {found} (without time zone) in the store but the mapping says datetime,"
+                " a UTC instant: use timestamp with time zone, or map the field as a date"
+            )
+        return None
     if field.type not in (FieldType.DECIMAL, FieldType.MONEY):
         return None
     if isinstance(found, sa.Float):
@@ -230,7 +238,7 @@ def differences(conn: Connection, specs: Iterable[ObjectSpec]) -> list[Differenc
                         "(and copy the values), or set the type back",
                     )
                 )
-            elif (inexact := _inexact(field, found)) is not None:
+            elif (inexact := _inexact(field, found, conn.dialect.name)) is not None:
                 out.append(Difference(spec.name, spec.table, field.column, inexact))
     return out
 
