@@ -64,7 +64,13 @@ def _default_data() -> dict[str, Any]:
 
 
 def default_objects() -> dict[str, ObjectSpec]:
-    """The default mapping: the contract's four objects."""
+    """The default mapping: the contract's four objects (built once; the specs are
+    frozen, the dict is the caller's)."""
+    return dict(_default_specs())
+
+
+@functools.cache
+def _default_specs() -> dict[str, ObjectSpec]:
     return build({})
 
 

@@ -7,18 +7,12 @@ declaration up here. Until a process activates one, the default mapping is in fo
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 
 from crmsync.domain import ObjectSpec
-from crmsync.mapping.build import build
+from crmsync.mapping.build import default_objects
 
 _active: dict[str, ObjectSpec] | None = None
-
-
-@functools.cache
-def _defaults() -> dict[str, ObjectSpec]:
-    return build({})
 
 
 def activate(specs: Mapping[str, ObjectSpec]) -> None:
@@ -28,9 +22,9 @@ def activate(specs: Mapping[str, ObjectSpec]) -> None:
 
 def active() -> dict[str, ObjectSpec]:
     """Every mapped object, by name, in the mapping's order."""
-    return dict(_active if _active is not None else _defaults())
+    return dict(_active) if _active is not None else default_objects()
 
 
 def spec_of(name: str) -> ObjectSpec:
     """The declaration of the mapped object ``name`` (KeyError if it is not mapped)."""
-    return (_active if _active is not None else _defaults())[name]
+    return (_active if _active is not None else default_objects())[name]

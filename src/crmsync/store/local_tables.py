@@ -165,9 +165,10 @@ class Difference:
 
 
 def _inexact(field: FieldSpec, found: sa.types.TypeEngine[Any], dialect: str) -> str | None:
-    """Why a numeric column cannot hold the field's values exactly, or None: a decimal in
-    a binary float, or in fewer decimal places than the field has (the database would
-    round Dynamics' values without an error)."""
+    """Why a column of the right family still cannot hold the field's values exactly, or
+    None: a decimal in a binary float or in fewer decimal places than the field has (the
+    database would round without an error); on PostgreSQL, an instant in a timestamp
+    without time zone (it would move by the session's zone)."""
     if field.type is FieldType.DATETIME and isinstance(found, sa.DateTime):
         if found.timezone is False and dialect == "postgresql":
             # Written in the session's zone and read back as if UTC: instants would move.
