@@ -1244,9 +1244,9 @@ def chaos(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     workers.kill(slot)
                     restart_at[slot] = now + rng.uniform(0.5, 3.0)
                 next_kill = now + rng.expovariate(1 / args.kill_every)
-            if pg_at is not None and now >= pg_at:
+            if pg_at is not None and cluster is not None and now >= pg_at:
                 pg_at = None
-                outage = pg_restart(cluster, args.pg_url)  # type: ignore[arg-type]
+                outage = pg_restart(cluster, args.pg_url)
                 figures["pg_restarts"] += 1
                 figures["pg_outage_s"] = round(outage, 1)
                 events.append(f"{now:.0f} s: PostgreSQL restarted ({outage:.1f} s)")

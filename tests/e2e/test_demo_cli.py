@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_demo import START_TIMEOUT, Demo, demo_command, demo_env
@@ -47,11 +48,11 @@ def test_the_printed_line_points_the_cli_at_the_demo_and_ctrl_c_is_quiet(
                 timeout=60,
             )
             assert status.returncode == 0, status.stderr
-            body: dict[str, object] = json.loads(status.stdout)
+            body: dict[str, Any] = json.loads(status.stdout)
             return body
 
-        def objects(body: dict[str, object]) -> set[str]:
-            return {o["object"] for o in body["objects"]}  # type: ignore[attr-defined]
+        def objects(body: dict[str, Any]) -> set[str]:
+            return {o["object"] for o in body["objects"]}
 
         assert "lead" in objects(status_json())
         assert "event_registration" in objects(status_json(CRMSYNC_CONFIG=mapping))
