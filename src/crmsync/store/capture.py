@@ -473,14 +473,24 @@ def fold_pending(
 
 def has_changes(conn_or_engine: Connection | Engine) -> bool:
     """Whether any captured change of a mapped object waits in the log."""
-    # In key order: on PostgreSQL an index probe, which skips the rows folded since the
-    # last vacuum faster than a scan of the table's pages would.
-    c = sync_change.c
-    query = sa.select(c.seq).where(c.object.in_(list(active()))).order_by(c.seq).limit(1)
+    query = _first_waiting()
     if isinstance(conn_or_engine, Engine):
         with conn_or_engine.connect() as conn:
             return conn.execute(query).first() is not None
     return conn_or_engine.execute(query).first() is not None
+
+
+def _first_waiting() -> sa.Select[Any]:
+    # In key order: on PostgreSQL an index probe, which skips the rows folded since the
+    # last vacuum faster than a scan of the table's pages would.
+    c = sync_change.c
+    return sa.select(c.seq).where(c.object.in_(list(active()))).order_by(c.seq).limit(1)
+
+
+def changes_waiting() -> sa.Exists:
+    """``has_changes`` as a column expression, for a caller that asks it in a statement
+    of its own (a claim, in the round trip that starts its transaction)."""
+    return sa.exists(_first_waiting())
 
 
 def logged_changes(

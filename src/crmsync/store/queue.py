@@ -99,8 +99,11 @@ def claim(
     """
     if not objects or limit < 1:
         return []
-    if direction == Direction.TO_CRM:
+    postgresql = engine.dialect.name == "postgresql"
+    fold = direction == Direction.TO_CRM
+    if fold and not postgresql:
         capture.fold_pending(engine, wait=False, max_seconds=capture.BATCH_FOLD_SECONDS)
+        fold = False
     now = now or utcnow()
     params = {
         "c_worker": worker,
@@ -110,14 +113,29 @@ def claim(
         "c_now": now,
         "c_until": now + lease,
     }
-    with write_transaction(engine) as conn:
-        if conn.dialect.name == "postgresql":
-            # A claim lost in a server crash is as good as a lease run out (the entries
-            # are claimed again; a completion does not need the claim), so its commit
-            # need not wait for the disk: it becomes durable with the worker's next one.
-            conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-        rows = conn.execute(_claim_statement(conn.dialect.name == "postgresql"), params)
-        return sorted((Entry(*r) for r in rows), key=lambda e: e.id)
+    while True:
+        with write_transaction(engine) as conn:
+            if not postgresql or not _begin_claim(conn, check_log=fold):
+                rows = conn.execute(_claim_statement(postgresql), params)
+                return sorted((Entry(*r) for r in rows), key=lambda e: e.id)
+        # Changes wait in the capture log: fold them first, then claim (once).
+        capture.fold_pending(engine, wait=False, max_seconds=capture.BATCH_FOLD_SECONDS)
+        fold = False
+
+
+def _begin_claim(conn: Connection, *, check_log: bool) -> bool:
+    """Start a claim's transaction on PostgreSQL; returns whether captured changes wait
+    in the log (asked only when ``check_log``), in the same round trip.
+
+    A claim lost in a server crash is as good as a lease run out (the entries are
+    claimed again; a completion does not need the claim), so its commit need not wait
+    for the disk: it becomes durable with the worker's next one.
+    """
+    relaxed = sa.func.set_config("synchronous_commit", "off", True)
+    if not check_log:
+        conn.execute(sa.select(relaxed))
+        return False
+    return bool(conn.execute(sa.select(relaxed, capture.changes_waiting())).one()[1])
 
 
 @functools.cache
