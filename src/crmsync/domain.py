@@ -139,6 +139,9 @@ class ObjectSpec:
     field_flows: dict[str, Flow] = field(default_factory=dict)
     # Every mapped column with its type, lookups included, in the mapping's order.
     field_specs: dict[str, FieldSpec] = field(default_factory=dict)
+    # The object's own sync filter attribute: None takes the sync_filter_field setting,
+    # "" none (see ``filter_field``).
+    sync_filter_field: str | None = None
     # True for the contract's four objects, whose tables the initial migration creates.
     standard: bool = False
     # An application's existing table (``table`` given for an object that is not
@@ -167,6 +170,12 @@ class ObjectSpec:
 
     def flow_for(self, column: str) -> Flow:
         return self.field_flows.get(column, self.flow)
+
+    def filter_field(self, setting: str | None) -> str | None:
+        """The Yes/No attribute that keeps this object's records out of the sync: its
+        own, else the ``sync_filter_field`` setting; None when unfiltered."""
+        own = self.sync_filter_field
+        return (setting or None) if own is None else (own or None)
 
 
 STANDARD_OBJECTS: tuple[str, ...] = ("lead", "contact", "account", "opportunity")

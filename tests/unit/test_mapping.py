@@ -286,3 +286,43 @@ def test_words_sql_reserves_are_refused_as_names() -> None:
     )
     assert "SQL reserves" in found["objects.order.table"]
     assert "SQL reserves" in found["objects.order.fields.group"]
+
+
+def test_an_object_may_have_its_own_sync_filter_or_none() -> None:
+    specs = build(
+        {
+            "lead": {"sync_filter_field": "new_tomarketing"},
+            "contact": {"sync_filter_field": ""},
+        }
+    )
+    assert specs["lead"].filter_field("new_synctomkto") == "new_tomarketing"
+    assert specs["contact"].filter_field("new_synctomkto") is None
+    # Not given: the setting's, or none.
+    assert specs["account"].filter_field("new_synctomkto") == "new_synctomkto"
+    assert specs["account"].filter_field(None) is None
+
+
+def test_a_sync_filter_is_a_logical_name_and_if_mapped_a_boolean() -> None:
+    assert problems({"lead": {"sync_filter_field": "New Sync"}}) == {
+        "objects.lead.sync_filter_field": "'New Sync' is not a Dataverse logical name"
+    }
+    found = problems(
+        {
+            "lead": {
+                "sync_filter_field": "new_score",
+                "fields": {"score": {"attribute": "new_score", "type": "integer"}},
+            }
+        }
+    )
+    assert found == {
+        "objects.lead.sync_filter_field": "'new_score' is mapped as score (integer), not a Yes/No field"
+    }
+    ok = build(
+        {
+            "lead": {
+                "sync_filter_field": "new_tomkto",
+                "fields": {"to_marketing": {"attribute": "new_tomkto", "type": "boolean"}},
+            }
+        }
+    )
+    assert ok["lead"].filter_field(None) == "new_tomkto"

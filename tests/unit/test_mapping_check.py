@@ -154,3 +154,30 @@ def test_only_mismatches_every_request_hits_stop_an_object() -> None:
         "lead": "missing_attribute",
         "account": "change_tracking",  # account pulls
     }
+
+
+def test_an_objects_own_sync_filter_must_be_a_yes_no_attribute_of_its_table() -> None:
+    from crmsync.engine.drift import blocking
+
+    specs = build(
+        {
+            "lead": {"sync_filter_field": "new_tomarketing"},
+            "contact": {"sync_filter_field": ""},  # unfiltered: nothing to check
+            "opportunity": {"sync_filter_field": "new_sync", "flow": "to_crm"},  # never pulls
+        }
+    )
+    tables = matching()
+    found = [(m.object, m.field, m.kind) for m in mismatches(specs, tables)]
+    assert found == [("lead", None, "sync_filter")]
+    assert mismatches(specs, tables)[0].message == (
+        "Dynamics has no attribute lead.new_tomarketing, lead's sync filter"
+    )
+    lead = tables["lead"]
+    assert lead is not None
+    lead.attributes["new_tomarketing"] = AttributeInfo("new_tomarketing", "String")
+    assert [m.message for m in mismatches(specs, tables)] == [
+        "lead.new_tomarketing, lead's sync filter, is String in Dynamics, not Yes/No"
+    ]
+    assert set(blocking(mismatches(specs, tables), specs)) == {"lead"}
+    lead.attributes["new_tomarketing"] = AttributeInfo("new_tomarketing", "Boolean")
+    assert mismatches(specs, tables) == []

@@ -2,7 +2,8 @@
 
 ``serve_mapping(specs)`` adds to the emulated tables each mapped object that is not a
 standard table (a custom table, with its primary key and name) and each mapped field
-that a table lacks (a custom column, with its type, length, range and options). A
+that a table lacks (a custom column, with its type, length, range and options), and an
+object's own sync filter column (Yes/No). A
 column the emulated table already has keeps Dataverse's definition, so the emulator
 can show the drift between a mapping and the environment (``crmsync mapping check``).
 Adding is idempotent; a mapping that gives a standard table another key is refused.
@@ -81,6 +82,10 @@ def serve_mapping(specs: Iterable[ObjectSpec]) -> list[str]:
             if present is None:
                 entity.attributes[attr.name] = attr
                 added.append(f"{spec.entity_set}.{attr.name}")
+        own = spec.sync_filter_field
+        if own and own not in entity.attributes:
+            entity.attributes[own] = Attribute(own, model.BOOLEAN)
+            added.append(f"{spec.entity_set}.{own}")
     return added
 
 

@@ -2,10 +2,11 @@
 
 The same comparison as ``crmsync mapping check``. An object with a mismatch that every
 request of it would hit (its table or a column gone, another type, change tracking off
-for an object that pulls) is paused with the reason and one sync error, like a mismatch
-found while syncing; the other objects start. A mismatch that fails only some records
-(a shorter maximum length, a missing option) is logged. A metadata read that fails
-(Dynamics unreachable, no privilege to read metadata) is logged and checks nothing.
+or its own sync filter missing for an object that pulls) is paused with the reason and
+one sync error, like a mismatch found while syncing; the other objects start. A
+mismatch that fails only some records (a shorter maximum length, a missing option) is
+logged. A metadata read that fails (Dynamics unreachable, no privilege to read
+metadata) is logged and checks nothing.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def blocking(found: list[Mismatch], specs: Mapping[str, ObjectSpec]) -> dict[str
     out: dict[str, Mismatch] = {}
     for m in found:
         pulls = m.object in specs and specs[m.object].flow.pulls
-        if m.kind in BLOCKING or (m.kind == "change_tracking" and pulls):
+        if m.kind in BLOCKING or (m.kind in ("change_tracking", "sync_filter") and pulls):
             out.setdefault(m.object, m)
     return out
 

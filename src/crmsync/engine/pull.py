@@ -154,8 +154,9 @@ class Puller:
         return inbound.cursor(self.engine, obj)
 
     def _filter_for(self, spec: ObjectSpec) -> str | None:
-        field_name = self.settings.sync_filter_field
-        return None if spec.name in self._unfiltered else field_name
+        if spec.name in self._unfiltered:
+            return None
+        return spec.filter_field(self.settings.sync_filter_field)
 
     async def _read(self, spec: ObjectSpec, link: str | None) -> int:
         full = link is None
@@ -192,8 +193,14 @@ class Puller:
         except (RecordRejected, MissingAttribute) as exc:
             if task is not None:
                 await task
-            if filter_field and filter_field in exc.message and spec.name not in self._unfiltered:
-                # This table has no sync filter column: pull it unfiltered.
+            if (
+                filter_field
+                and filter_field in exc.message
+                and spec.sync_filter_field is None
+                and spec.name not in self._unfiltered
+            ):
+                # This table lacks the setting's sync filter column: pull it unfiltered
+                # (an object's own filter missing is a mismatch with its mapping).
                 self._unfiltered.add(spec.name)
                 return staged + await self._read(spec, link)
             raise

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -196,6 +196,11 @@ def _merge(
         label=given.label or base.label,
         flow=given.flow or base.flow,
         conflict_rule=given.conflict_rule or base.conflict_rule,
+        sync_filter_field=(
+            given.sync_filter_field
+            if given.sync_filter_field is not None
+            else base.sync_filter_field
+        ),
         table=base.table,
         id_column=None,
         crm_id_column=None,
@@ -285,6 +290,7 @@ def _spec(
             problems.append((f"{path}.label", f"{entry.label!r} is not a field of {name}"))
         elif label.type is FieldType.LOOKUP:
             problems.append((f"{path}.label", "a lookup cannot be the label"))
+    _check_filter(path, entry.sync_filter_field, fields, problems)
     for key, table_ in (("field_rules", entry.field_rules), ("field_flows", entry.field_flows)):
         for column in table_:
             if column not in by_column and column not in broken:
@@ -318,11 +324,30 @@ def _spec(
         field_rules=rules,
         field_flows=flows,
         field_specs={f.column: f for f in fields},
+        sync_filter_field=entry.sync_filter_field,
         standard=standard,
         attached=attached,
         id_column=own["id"],
         crm_id_column=own["crm_id"],
     )
+
+
+def _check_filter(
+    path: str, name: str | None, fields: Sequence[FieldSpec], problems: list[tuple[str, str]]
+) -> None:
+    """An object's own sync filter names a Dataverse attribute; if the mapping also syncs
+    that attribute as a field, the field must be a boolean (a Yes/No column)."""
+    if not name:
+        return
+    where = f"{path}.sync_filter_field"
+    if not LOGICAL_NAME.fullmatch(name):
+        problems.append((where, f"{name!r} is not a Dataverse logical name"))
+        return
+    for f in fields:
+        if f.attribute == name and f.type is not FieldType.BOOLEAN:
+            problems.append(
+                (where, f"{name!r} is mapped as {f.column} ({f.type}), not a Yes/No field")
+            )
 
 
 def _field(

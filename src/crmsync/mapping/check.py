@@ -4,7 +4,8 @@
 and lists each way they and the mapping disagree: a missing table or attribute, another
 type, a Dynamics maximum length shorter than the mapping's, a pushed field Dynamics does
 not let crmsync write, change tracking off for an object that pulls, a local choice
-with no option, a lookup that points elsewhere. ``crmsync mapping check`` prints them;
+with no option, a lookup that points elsewhere, an object's own sync filter that is not
+a Yes/No attribute. ``crmsync mapping check`` prints them;
 a worker at start pauses the objects that have any.
 """
 
@@ -37,7 +38,7 @@ class Mismatch:
     object: str
     field: str | None  # the local column, None for the table itself
     kind: str  # missing_entity | missing_attribute | type | max_length | not_writable
-    #            | change_tracking | choice | lookup_target | entity_set
+    #            | change_tracking | choice | lookup_target | entity_set | sync_filter
     message: str
 
     def as_json(self) -> dict[str, Any]:
@@ -82,7 +83,25 @@ def mismatches(
             )
         for field in spec.field_specs.values():
             out.extend(_field(spec, field, table, specs))
+        out.extend(_sync_filter(spec, table))
     return out
+
+
+def _sync_filter(spec: ObjectSpec, table: TableInfo) -> list[Mismatch]:
+    """An object's own sync filter (not the setting's, which tables may lack) must be a
+    Yes/No attribute of its table, if the object pulls."""
+    name = spec.sync_filter_field
+    if not name or not spec.flow.pulls:
+        return []
+    where = f"{spec.logical_name}.{name}"
+    attr = table.attributes.get(name)
+    if attr is None:
+        problem = f"Dynamics has no attribute {where}, {spec.name}'s sync filter"
+    elif attr.type != "Boolean":
+        problem = f"{where}, {spec.name}'s sync filter, is {attr.type} in Dynamics, not Yes/No"
+    else:
+        return []
+    return [Mismatch(spec.name, None, "sync_filter", problem)]
 
 
 def _field(

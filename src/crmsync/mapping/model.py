@@ -117,6 +117,12 @@ class ObjectEntry(BaseModel):
     conflict_rule: ConflictRule | None = Field(
         None, description="local_wins, crm_wins or newest_wins (default: local_wins)"
     )
+    sync_filter_field: str | None = Field(
+        None,
+        description="A Dynamics Yes/No attribute of this table: a record set to an explicit "
+        "No is left out of the sync (default: the sync_filter_field setting, for the tables "
+        'that have it); "" syncs this object unfiltered',
+    )
     table: str | None = Field(
         None,
         description="An application's existing table to attach (an object that is not "
