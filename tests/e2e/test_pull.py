@@ -169,6 +169,57 @@ def test_sync_filter_only_explicit_no_excludes_and_excluded_records_stay(
     assert rows(store, "lead")[no]["last_name"] == "No"
 
 
+def test_an_objects_own_sync_filter_takes_the_place_of_the_setting(
+    sync_settings: Settings, store: sa.Engine, sales: Sales, drain: Any
+) -> None:
+    """Lead names its own filter with no setting; contact opts out of the setting's."""
+    own = load_settings(
+        **{
+            **sync_settings.model_dump(),
+            "sync_filter_field": None,
+            "objects": {"lead": {"sync_filter_field": "new_synctomkto"}},
+        }
+    )
+    yes = sales.create("leads", {"lastname": "Yes", "new_synctomkto": True})
+    no = sales.create("leads", {"lastname": "No", "new_synctomkto": False})
+    drain(own, store)
+    assert set(rows(store, "lead")) == {yes}
+    opted_out = load_settings(
+        **{
+            **sync_settings.model_dump(),
+            "sync_filter_field": "new_synctomkto",
+            "objects": {"contact": {"sync_filter_field": ""}},
+        }
+    )
+    contact = sales.create("contacts", {"lastname": "Kept", "new_synctomkto": False})
+    lead = sales.create("leads", {"lastname": "Out", "new_synctomkto": False})
+    drain(opted_out, store)
+    assert set(rows(store, "contact")) == {contact}
+    assert set(rows(store, "lead")) == {yes}
+    assert no not in rows(store, "lead") and lead not in rows(store, "lead")
+
+
+def test_an_objects_own_sync_filter_missing_in_dynamics_pauses_it_and_is_not_dropped(
+    sync_settings: Settings, store: sa.Engine, sales: Sales, drain: Any
+) -> None:
+    """The setting's filter column is optional per table (pulled unfiltered where it is
+    missing); an object's own is part of its mapping: missing, the object pauses."""
+    settings = load_settings(
+        **{**sync_settings.model_dump(), "objects": {"lead": {"sync_filter_field": "new_gone"}}}
+    )
+    sales.create("leads", {"lastname": "Waits"})
+    account = sales.create("accounts", {"name": "Goes"})
+    drain(settings, store)
+    assert rows(store, "lead") == {}
+    assert set(rows(store, "account")) == {account}
+    with store.connect() as conn:
+        errors = conn.execute(
+            sa.select(sync_error.c.object, sync_error.c.error_code, sync_error.c.error_message)
+        ).all()
+    assert [(e.object, e.error_code) for e in errors] == [("lead", "crmsync.mapping_mismatch")]
+    assert "new_gone" in errors[0].error_message
+
+
 def _excluded(engine: sa.Engine, record_id: int) -> bool:
     with engine.connect() as conn:
         return bool(
