@@ -10,7 +10,8 @@ properties (``Attributes`` among them to include columns), ``Criteria`` is a
 strings, ...). The answer carries a ``ServerVersionStamp``; the emulator's metadata
 never changes, so a request with that stamp as ``ClientVersionStamp`` gets no entities
 (inferred from the "changes since" contract). ``RetrieveAllEntities(EntityFilters=...)``
-answers every table, with columns when the filters include ``Attributes`` or ``All``.
+answers every table, with columns when the filters include ``Attributes`` or ``All``
+(names or the flags' integer value, ``EntityFilters=3``).
 """
 
 from __future__ import annotations
@@ -115,11 +116,19 @@ def retrieve_metadata_changes(call: Call, key: str | None) -> Reply:
     return Reply.json(200, body)
 
 
+# The enum's members by value: OData's ABNF takes a member's integer value for its name
+# (``enumMemberValue``), and dynamics-client sends ``EntityFilters=1``.
+_BITS = {"Entity": 1, "Attributes": 2, "Privileges": 4, "Relationships": 8}
+_FLAGS = {"Default": "Entity"}
+
+
 def retrieve_all_entities(call: Call, key: str | None) -> Reply:
     filters = (_arg(call, key, "EntityFilters") or "").strip()
     if "'" in filters:
         filters = filters.split("'")[1]  # Microsoft.Dynamics.CRM.EntityFilters'Entity,Attributes'
-    parts = {p.strip() for p in filters.split(",") if p.strip()}
+    parts = {_FLAGS.get(p.strip(), p.strip()) for p in filters.split(",") if p.strip()}
+    if filters.isdigit() and 1 <= int(filters) <= 15:
+        parts = {name for name, bit in _BITS.items() if int(filters) & bit}
     known = {"Entity", "Attributes", "Privileges", "Relationships", "All", "Default"}
     if not parts or parts - known:
         raise _bad(f"EntityFilters '{filters}' is not a combination of {sorted(known)}.")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
+import pytest
 from dvclient import Dv, error
 
 
@@ -109,3 +110,31 @@ async def test_retrieve_all_entities(dv: Dv) -> None:
         )[0]
         == 400
     )
+
+
+@pytest.mark.parametrize(
+    ("filters", "with_attributes"),
+    [
+        ("1", False),
+        ("3", True),
+        ("15", True),
+        ("Microsoft.Dynamics.CRM.EntityFilters'2'", True),
+        ("Microsoft.Dynamics.CRM.EntityFilters'Default'", False),
+    ],
+)
+async def test_retrieve_all_entities_takes_the_flags_value(
+    dv: Dv, filters: str, with_attributes: bool
+) -> None:
+    """OData's ABNF allows an enum member's integer value (``enumMemberValue``);
+    dynamics-client sends ``EntityFilters=1``. Dataverse's flags: Entity 1, Attributes 2,
+    Privileges 4, Relationships 8, All 15 (EntityFilters EnumType)."""
+    r = await dv.get(f"RetrieveAllEntities(EntityFilters={filters},RetrieveAsIfPublished=false)")
+    assert r.status_code == 200, r.text
+    contact = next(x for x in r.json()["EntityMetadata"] if x["LogicalName"] == "contact")
+    assert ("Attributes" in contact) is with_attributes
+
+
+@pytest.mark.parametrize("filters", ["0", "16", "-1", "Microsoft.Dynamics.CRM.EntityFilters'32'"])
+async def test_retrieve_all_entities_refuses_what_is_no_combination(dv: Dv, filters: str) -> None:
+    r = await dv.get(f"RetrieveAllEntities(EntityFilters={filters},RetrieveAsIfPublished=false)")
+    assert error(r)[0] == 400
