@@ -3,10 +3,12 @@
 Microsoft documents the subset (``sdk-python/query.md``): one ``SELECT`` with an
 optional ``WHERE`` whose leaves compare a column with a constant, ``TOP`` with an
 integer literal, ``ORDER BY`` plain columns, a plain table alias after ``FROM``. The
-emulator runs exactly that (plus ``DISTINCT``, ``LIKE``, ``IS [NOT] NULL`` and ``IN``
-lists) on one table and refuses everything else (joins, functions, ``*``, grouping,
-subqueries) with a 400. Undocumented, so inferred: the error code (0x80040203), that
-rows carry every selected column including nulls, and that a result has no next page.
+emulator runs that (plus ``DISTINCT``, ``LIKE``, ``IS [NOT] NULL``, ``[NOT] IN`` lists,
+``[NOT] BETWEEN`` and ``OFFSET ... FETCH NEXT``, which the SDK's docstring lists) on one
+table and refuses the rest (joins, functions and aggregates, ``*``, grouping, subqueries)
+with a 400. Inferred, undocumented: the error code (0x80040203), that rows carry every
+selected column including nulls, that a result has no next page, and that a condition
+on a choices (multi-select) column other than ``IS [NOT] NULL`` is refused.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from crmsync.emulator.conditions import coerce, column, invalid, like, logical_name, operator_test
 from crmsync.emulator.http import Call, Reply
-from crmsync.emulator.model import Attribute, Entity
+from crmsync.emulator.model import MULTISELECT, Attribute, Entity
 from crmsync.emulator.odata import sort_key
 from crmsync.emulator.store import Store
 
@@ -48,6 +50,7 @@ class Select:
     orders: list[tuple[str, bool]] = field(default_factory=list)
     top: int | None = None
     distinct: bool = False
+    offset: int = 0
 
 
 class _Parser:
@@ -137,9 +140,34 @@ class _Parser:
                 out.orders.append((attr.name, desc))
                 if not self.take(","):
                     break
+            if self.take("offset"):
+                self.offset_fetch(out)
         if self.i < len(self.toks):
             raise refused(f"'{self.peek()}' is not part of the supported SELECT subset.")
         return out
+
+    def count(self, clause: str) -> int:
+        kind, text = self.toks[self.i] if self.i < len(self.toks) else ("", "")
+        if kind != "number" or not text.isdigit():
+            raise refused(f"{clause} takes an integer literal.")
+        self.i += 1
+        return int(text)
+
+    def offset_fetch(self, out: Select) -> None:
+        """``OFFSET n ROWS [FETCH NEXT|FIRST m ROWS ONLY]`` after ``ORDER BY`` (T-SQL;
+        listed by Microsoft's SDK); with ``TOP`` it is T-SQL's own error."""
+        if out.top is not None:
+            raise refused("A TOP can not be used in the same query or sub-query as a OFFSET.")
+        out.offset = self.count("OFFSET")
+        if not self.take("rows", "row"):
+            raise refused("expected 'ROWS' after OFFSET.")
+        if self.take("fetch"):
+            if not self.take("next", "first"):
+                raise refused("expected 'NEXT' after FETCH.")
+            out.top = min(self.count("FETCH"), MAX_ROWS)
+            if not self.take("rows", "row"):
+                raise refused("expected 'ROWS' after FETCH NEXT.")
+            self.need("only")
 
     def columns(self, end: int) -> list[tuple[Attribute, str]]:
         out = []
@@ -182,6 +210,13 @@ class _Parser:
     def leaf(self) -> Callable[[Row], bool]:
         attr = self.column()
         name = attr.name
+        if attr.type == MULTISELECT and self.peek() != "is":
+            # Inferred: Dataverse's SQL documents no operator for a choices column, so a
+            # guessed meaning could answer 200 with rows Dataverse would not give.
+            raise refused(
+                f"'{logical_name(attr)}' is a choices column: filter it with $filter "
+                "Microsoft.Dynamics.CRM.ContainValues or FetchXML contain-values."
+            )
         if self.take("is"):
             negate = self.take("not")
             self.need("null")
@@ -196,6 +231,17 @@ class _Parser:
             if negate:
                 return lambda r: isinstance(r.get(name), str) and not like(r.get(name), pattern)
             return lambda r: like(r.get(name), pattern)
+        if self.take("between"):
+            lo = coerce(self.entity, attr, self.constant())
+            self.need("and")
+            hi = coerce(self.entity, attr, self.constant())
+            inside = operator_test("ge", [lo]), operator_test("le", [hi])
+
+            def between(r: Row) -> bool:
+                v = r.get(name)
+                return v is not None and (inside[0](v) and inside[1](v)) != negate
+
+            return between
         if self.take("in"):
             self.need("(")
             values = [coerce(self.entity, attr, self.constant())]
@@ -237,6 +283,7 @@ def run(select: Select, entity: Entity, store: Store, call: Call) -> Reply:
     rows.sort(key=sort_key(select.orders, entity.primary_id))
     out: list[Row] = []
     seen: set[str] = set()
+    skip = select.offset
     for row in rows:
         shaped = {label or logical_name(a): row.get(a.name) for a, label in select.columns}
         if select.distinct:
@@ -244,6 +291,9 @@ def run(select: Select, entity: Entity, store: Store, call: Call) -> Reply:
             if marker in seen:
                 continue
             seen.add(marker)
+        if skip:
+            skip -= 1
+            continue
         out.append(shaped)
         if len(out) == (select.top if select.top is not None else MAX_ROWS):
             break

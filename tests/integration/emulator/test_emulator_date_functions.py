@@ -1,4 +1,3 @@
-# ruff: noqa: E501
 """The week, month, year and ``OlderThanX`` query functions (Web API query function
 reference; their windows are inferred where the docs give only names: see
 ``crmsync.emulator.datefuncs``), against a clock held at Wednesday 2026-12-02 12:00 UTC."""

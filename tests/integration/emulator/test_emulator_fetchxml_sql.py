@@ -319,6 +319,55 @@ async def test_sql_subset(dv: Dv, people: dict[str, str]) -> None:
     assert r.json()["value"] == []
 
 
+async def test_sql_between_not_in_and_offset_fetch(dv: Dv, people: dict[str, str]) -> None:
+    """The clauses Microsoft's SDK (1.1.0) lists for ``query.sql`` beside the docs' subset."""
+
+    async def names(text: str) -> list[str]:
+        r = await dv.req("GET", f"contacts?sql={quote(text, safe='')}")
+        assert r.status_code == 200, r.text
+        return [x["lastname"] for x in r.json()["value"]]
+
+    base = "SELECT lastname FROM contact"
+    assert await names(f"{base} WHERE lastname BETWEEN 'b' AND 'Cole' ORDER BY lastname") == [
+        "Baker",
+        "Cole",
+    ]
+    assert await names(f"{base} WHERE lastname NOT BETWEEN 'B' AND 'Czz' ORDER BY lastname") == [
+        "Ames",
+        "Ames-Smith",
+        "Dunn",
+    ]
+    assert await names(f"{base} WHERE lastname NOT IN ('Ames', 'dunn') ORDER BY lastname") == [
+        "Ames-Smith",
+        "Baker",
+        "Cole",
+    ]
+    page = f"{base} ORDER BY lastname OFFSET 1 ROWS FETCH NEXT 2 ROWS ONLY"
+    assert await names(page) == ["Ames-Smith", "Baker"]
+    assert await names(f"{base} ORDER BY lastname DESC OFFSET 3 ROWS") == ["Ames-Smith", "Ames"]
+    assert await names(f"{base} ORDER BY lastname OFFSET 9 ROWS") == []
+
+
+async def test_sql_refuses_conditions_on_a_choices_column(dv: Dv) -> None:
+    """Inferred: Dataverse's SQL names no operator for a choices column (FetchXML has
+    contain-values, $filter ContainValues), so none is guessed at; IS NULL is plain."""
+    await dv.create("contacts", {"lastname": "Out", "sample_outdooractivities": "1,9"})
+    await dv.create("contacts", {"lastname": "In"})
+    for condition in (
+        "sample_outdooractivities = '1,9'",
+        "sample_outdooractivities IN ('1')",
+        "sample_outdooractivities LIKE '%9%'",
+        "NOT sample_outdooractivities = '1'",
+    ):
+        text = f"SELECT lastname FROM contact WHERE {condition}"
+        status, code, message = error(await dv.req("GET", f"contacts?sql={quote(text, safe='')}"))
+        assert (status, code) == (400, "0x80040203"), condition
+        assert "ContainValues" in message and "sample_outdooractivities" in message
+    text = "SELECT lastname, sample_outdooractivities FROM contact WHERE sample_outdooractivities IS NOT NULL"
+    r = await dv.req("GET", f"contacts?sql={quote(text, safe='')}")
+    assert r.json()["value"] == [{"lastname": "Out", "sample_outdooractivities": "1,9"}]
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
@@ -335,6 +384,12 @@ async def test_sql_subset(dv: Dv, people: dict[str, str]) -> None:
         ("DELETE FROM contact", "'SELECT'"),
         ("SELECT TOP x lastname FROM contact", "TOP"),
         ("SELECT lastname FROM contact WHERE createdon > 'later'", "'later'"),
+        ("SELECT TOP 2 lastname FROM contact ORDER BY lastname OFFSET 1 ROWS", "TOP can not"),
+        ("SELECT lastname FROM contact ORDER BY lastname OFFSET 1", "'ROWS'"),
+        ("SELECT lastname FROM contact ORDER BY lastname OFFSET 1 ROWS FETCH 2", "'NEXT'"),
+        ("SELECT lastname FROM contact ORDER BY lastname OFFSET x ROWS", "OFFSET takes"),
+        ("SELECT lastname FROM contact OFFSET 1 ROWS", "'offset'"),
+        ("SELECT lastname FROM contact WHERE lastname BETWEEN 'a'", "'AND'"),
     ],
 )
 async def test_sql_refuses_the_rest(dv: Dv, text: str, fragment: str) -> None:
