@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from crmsync.emulator import sqlagg
 from crmsync.emulator.conditions import coerce, column, invalid, like, logical_name, operator_test
 from crmsync.emulator.http import Call, Reply
 from crmsync.emulator.model import MULTISELECT, Attribute, Entity
@@ -45,12 +46,17 @@ def refused(message: str) -> Exception:
 
 @dataclass
 class Select:
-    columns: list[tuple[Attribute, str]]
+    columns: list[sqlagg.Item]
     where: Callable[[Row], bool] | None = None
     orders: list[tuple[str, bool]] = field(default_factory=list)
+    group: list[Attribute] = field(default_factory=list)
     top: int | None = None
     distinct: bool = False
     offset: int = 0
+
+    @property
+    def grouped(self) -> bool:
+        return bool(self.group) or any(isinstance(a, sqlagg.Aggregate) for a, _ in self.columns)
 
 
 class _Parser:
@@ -130,14 +136,19 @@ class _Parser:
         out = Select(columns, top=top, distinct=distinct)
         if self.take("where"):
             out.where = self.or_expr()
+        if self.take("group"):
+            self.need("by")
+            out.group.append(self.column())
+            while self.take(","):
+                out.group.append(self.column())
         if self.take("order"):
             self.need("by")
             while True:
-                attr = self.column()
+                key = self.output_key(out) if out.grouped else self.column().name
                 desc = self.take("desc")
                 if not desc:
                     self.take("asc")
-                out.orders.append((attr.name, desc))
+                out.orders.append((key, desc))
                 if not self.take(","):
                     break
             if self.take("offset"):
@@ -169,11 +180,49 @@ class _Parser:
                 raise refused("expected 'ROWS' after FETCH NEXT.")
             self.need("only")
 
-    def columns(self, end: int) -> list[tuple[Attribute, str]]:
-        out = []
+    def output_key(self, out: Select) -> str:
+        """An ``ORDER BY`` name over grouped rows: an aggregate's alias or a grouped column."""
+        if self.i + 1 >= len(self.toks) or self.toks[self.i + 1][1] != ".":
+            labels = {label.lower(): label for _, label in out.columns if label}
+            if self.peek() in labels:
+                self.i += 1
+                return labels[self.toks[self.i - 1][1].lower()]
+        attr = self.column()
+        for item, label in out.columns:
+            if item is attr:
+                return label or logical_name(attr)
+        raise invalid(
+            f"Column '{logical_name(attr)}' is invalid in the ORDER BY clause because it is not "
+            "contained in either an aggregate function or the GROUP BY clause."
+        )
+
+    def aggregate(self) -> sqlagg.Aggregate:
+        function = self.peek()
+        self.i += 2  # the name and "("
+        if self.take("*"):
+            if function != "count":
+                raise refused(f"{function.upper()}(*) is not valid; name a column.")
+            agg = sqlagg.Aggregate(function, None)
+        else:
+            distinct = self.take("distinct")
+            agg = sqlagg.Aggregate(function, self.column(), distinct)
+        self.need(")")
+        return agg
+
+    def columns(self, end: int) -> list[sqlagg.Item]:
+        out: list[sqlagg.Item] = []
         while True:
             if self.peek() == "*":
                 raise refused("SELECT * is not run; name the columns.")
+            if self.peek() in sqlagg.FUNCTIONS and self.peek(1) == "(":
+                agg = self.aggregate()
+                if not (self.take("as") or (self.i < end and self.peek() != ",")):
+                    raise refused(f"{agg.function.upper()}(...) needs an alias (AS name).")
+                out.append((agg, self.name()))
+                if self.i >= end:
+                    return out
+                self.need(",")
+                continue
             attr = self.column()
             label = ""
             if self.take("as") or (self.i < end and self.peek() not in (",",)):
@@ -270,6 +319,19 @@ class _Parser:
         raise refused(f"'{text or 'the end'}' where a constant was expected.")
 
 
+def _plain(items: list[sqlagg.Item]) -> list[tuple[Attribute, str]]:
+    return [(a, label) for a, label in items if isinstance(a, Attribute)]
+
+
+def _by(name: str) -> Callable[[Row], tuple[bool, Any]]:
+    return lambda row: _order_value(row.get(name))
+
+
+def _order_value(value: Any) -> tuple[bool, Any]:
+    """SQL Server's order: nulls first ascending; text case-insensitively."""
+    return (value is not None, value.casefold() if isinstance(value, str) else value)
+
+
 def parse(text: str, entity: Entity) -> Select:
     return _Parser(text.strip(), entity).parse()
 
@@ -280,12 +342,20 @@ def run(select: Select, entity: Entity, store: Store, call: Call) -> Reply:
         for r in store.tables[entity.entity_set].rows.values()
         if select.where is None or select.where(r)
     ]
-    rows.sort(key=sort_key(select.orders, entity.primary_id))
+    if select.grouped:
+        shaped_rows = sqlagg.grouped(select.columns, select.group, rows, logical_name)
+        for name, desc in reversed(select.orders):
+            shaped_rows.sort(key=_by(name), reverse=desc)
+    else:
+        rows.sort(key=sort_key(select.orders, entity.primary_id))
+        shaped_rows = [
+            {label or logical_name(a): row.get(a.name) for a, label in _plain(select.columns)}
+            for row in rows
+        ]
     out: list[Row] = []
     seen: set[str] = set()
     skip = select.offset
-    for row in rows:
-        shaped = {label or logical_name(a): row.get(a.name) for a, label in select.columns}
+    for shaped in shaped_rows:
         if select.distinct:
             marker = repr(sorted(shaped.items()))
             if marker in seen:

@@ -101,3 +101,22 @@ def test_list_columns_filters_and_casts(fresh: Running, session: requests.Sessio
         assert "createdby" in names and "lastname" not in names
         picks = client.tables.list_columns("lead", typed=True, select=["LogicalName"])
         assert {"leadqualitycode", "subject"} <= {c["LogicalName"] for c in picks}
+
+
+def test_sql_aggregates_and_paging_clauses(fresh: Running, session: requests.Session) -> None:
+    with _client(fresh, session) as client:
+        client.records.create(
+            "lead",
+            [{"lastname": f"L{i}", "companyname": "Big" if i < 3 else "Small"} for i in range(5)],
+        )
+        counted = client.query.sql(
+            "SELECT companyname, COUNT(*) AS n FROM lead GROUP BY companyname ORDER BY n DESC"
+        )
+        assert [(r["companyname"], r["n"]) for r in counted] == [("Big", 3), ("Small", 2)]
+        page = client.query.sql(
+            "SELECT lastname FROM lead WHERE lastname BETWEEN 'L1' AND 'L4' "
+            "ORDER BY lastname OFFSET 1 ROWS FETCH NEXT 2 ROWS ONLY"
+        )
+        assert [r["lastname"] for r in page] == ["L2", "L3"]
+        frame = client.dataframe.sql("SELECT MAX(lastname) AS last FROM lead")
+        assert list(frame["last"]) == ["L4"]

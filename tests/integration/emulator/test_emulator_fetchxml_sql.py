@@ -348,6 +348,48 @@ async def test_sql_between_not_in_and_offset_fetch(dv: Dv, people: dict[str, str
     assert await names(f"{base} ORDER BY lastname OFFSET 9 ROWS") == []
 
 
+async def test_sql_group_by_and_aggregates(dv: Dv, people: dict[str, str]) -> None:
+    """GROUP BY and COUNT/SUM/AVG/MIN/MAX, which Microsoft's SDK lists for query.sql,
+    with T-SQL's rules (see ``crmsync.emulator.sqlagg``)."""
+
+    async def sql(text: str, entity_set: str = "contacts") -> list[dict[str, object]]:
+        r = await dv.req("GET", f"{entity_set}?sql={quote(text, safe='')}")
+        assert r.status_code == 200, r.text
+        return r.json()["value"]
+
+    assert await sql(
+        "SELECT parentcustomerid, COUNT(*) AS n, COUNT(firstname) AS named, MIN(lastname) AS first "
+        "FROM contact WHERE parentcustomerid IS NOT NULL GROUP BY parentcustomerid ORDER BY n DESC"
+    ) == [
+        {"parentcustomerid": people["acme"], "n": 2, "named": 1, "first": "Ames"},
+        {"parentcustomerid": people["globex"], "n": 1, "named": 1, "first": "Cole"},
+    ]
+    assert await sql("SELECT COUNT(*) AS n, MAX(lastname) AS last FROM contact") == [
+        {"n": 5, "last": "Dunn"}
+    ]
+    assert await sql(
+        "SELECT COUNT(*) AS n, MAX(lastname) AS last FROM contact WHERE lastname = 'x'"
+    ) == [{"n": 0, "last": None}]
+    for i, quality in enumerate((1, 2, 2, None)):
+        await dv.create(
+            "leads",
+            {
+                "lastname": f"Q{i}",
+                "companyname": "Co" if i % 2 else "co",
+                "leadqualitycode": quality,
+            },
+        )
+    assert await sql(
+        "SELECT companyname, SUM(leadqualitycode) AS total, AVG(leadqualitycode) AS mean, "
+        "COUNT(DISTINCT leadqualitycode) AS kinds FROM lead GROUP BY companyname",
+        "leads",
+    ) == [{"companyname": "co", "total": 5, "mean": 1, "kinds": 2}]  # one group: case-insensitive
+    assert await sql(
+        "SELECT TOP 1 leadqualitycode, COUNT(*) AS n FROM lead GROUP BY leadqualitycode ORDER BY leadqualitycode DESC",
+        "leads",
+    ) == [{"leadqualitycode": 2, "n": 2}]
+
+
 async def test_sql_refuses_conditions_on_a_choices_column(dv: Dv) -> None:
     """Inferred: Dataverse's SQL names no operator for a choices column (FetchXML has
     contain-values, $filter ContainValues), so none is guessed at; IS NULL is plain."""
@@ -378,8 +420,17 @@ async def test_sql_refuses_conditions_on_a_choices_column(dv: Dv) -> None:
             "SELECT c.lastname FROM contact c JOIN account a ON a.accountid = c.parentcustomerid",
             "'join'",
         ),
-        ("SELECT COUNT(lastname) FROM contact", "functions"),
-        ("SELECT lastname FROM contact GROUP BY lastname", "'group'"),
+        ("SELECT UPPER(lastname) FROM contact", "functions"),
+        ("SELECT COUNT(lastname) FROM contact", "needs an alias"),
+        ("SELECT SUM(*) AS n FROM contact", "SUM(*)"),
+        ("SELECT lastname, COUNT(*) AS n FROM contact", "not contained in either"),
+        ("SELECT lastname FROM contact GROUP BY firstname", "not contained in either"),
+        ("SELECT SUM(lastname) AS n FROM contact", "nvarchar is invalid for sum"),
+        (
+            "SELECT firstname FROM contact GROUP BY firstname ORDER BY lastname",
+            "ORDER BY clause",
+        ),
+        ("SELECT firstname FROM contact GROUP BY firstname HAVING COUNT(*) > 1", "'having'"),
         ("SELECT lastname FROM contact; DELETE FROM contact", "';'"),
         ("DELETE FROM contact", "'SELECT'"),
         ("SELECT TOP x lastname FROM contact", "TOP"),
