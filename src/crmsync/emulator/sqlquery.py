@@ -216,7 +216,8 @@ class _Parser:
                 raise refused("SELECT * is not run; name the columns.")
             if self.peek() in sqlagg.FUNCTIONS and self.peek(1) == "(":
                 agg = self.aggregate()
-                if not (self.take("as") or (self.i < end and self.peek() != ",")):
+                named = self.take("as") or (self.i < end and self.peek() != ",")
+                if not named or self.i >= end or self.peek() in _KEYWORDS:
                     raise refused(f"{agg.function.upper()}(...) needs an alias (AS name).")
                 out.append((agg, self.name()))
                 if self.i >= end:

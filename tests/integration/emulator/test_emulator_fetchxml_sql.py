@@ -422,6 +422,7 @@ async def test_sql_refuses_conditions_on_a_choices_column(dv: Dv) -> None:
         ),
         ("SELECT UPPER(lastname) FROM contact", "functions"),
         ("SELECT COUNT(lastname) FROM contact", "needs an alias"),
+        ("SELECT COUNT(*) AS FROM contact", "needs an alias"),
         ("SELECT SUM(*) AS n FROM contact", "SUM(*)"),
         ("SELECT lastname, COUNT(*) AS n FROM contact", "not contained in either"),
         ("SELECT lastname FROM contact GROUP BY firstname", "not contained in either"),
