@@ -21,6 +21,7 @@ from crmsync.emulator.model import (
     MONEY,
     PICKLIST,
     Attribute,
+    Entity,
 )
 
 Row = dict[str, Any]
@@ -29,11 +30,28 @@ _WHOLE = (INTEGER, BIGINT, PICKLIST)
 _NUMERIC = (*_WHOLE, DECIMAL, MONEY)
 
 
+@dataclass(frozen=True, eq=False)
+class Ref:
+    """A column of one of the query's tables, keyed ``alias.column`` in a joined row."""
+
+    alias: str
+    entity: Entity
+    attr: Attribute
+
+    @property
+    def key(self) -> str:
+        return f"{self.alias}.{self.attr.name}"
+
+
 @dataclass(frozen=True)
 class Aggregate:
     function: str
-    attr: Attribute | None  # None: COUNT(*)
+    ref: Ref | None  # None: COUNT(*)
     distinct: bool = False
+
+    @property
+    def attr(self) -> Attribute | None:
+        return self.ref.attr if self.ref is not None else None
 
     def check(self) -> None:
         if self.function in ("sum", "avg") and (
@@ -42,9 +60,9 @@ class Aggregate:
             raise invalid(f"Operand data type nvarchar is invalid for {self.function} operator.")
 
     def value(self, rows: list[Row]) -> Any:
-        if self.attr is None:
+        if self.ref is None or self.attr is None:
             return len(rows)
-        values = [r.get(self.attr.name) for r in rows]
+        values = [r.get(self.ref.key) for r in rows]
         present = [v for v in values if v is not None]
         if self.distinct:
             present = list({_fold(v): v for v in present}.values())
@@ -65,29 +83,29 @@ def _fold(value: Any) -> Any:
     return value.casefold() if isinstance(value, str) else value
 
 
-Item = tuple[Attribute | Aggregate, str]
+Item = tuple[Ref | Aggregate, str]
 
 
 def grouped(
     items: list[Item],
-    group: list[Attribute],
+    group: list[Ref],
     rows: Iterable[Row],
     name_of: Callable[[Attribute], str],
 ) -> list[Row]:
     """One output row per group (one in all when nothing is grouped), shaped by ``items``;
     refuses a plain selected column that is not grouped (T-SQL's message)."""
-    grouped_names = {a.name for a in group}
+    grouped_names = {a.key for a in group}
     for item, _label in items:
-        if isinstance(item, Attribute) and item.name not in grouped_names:
+        if isinstance(item, Ref) and item.key not in grouped_names:
             raise invalid(
-                f"Column '{name_of(item)}' is invalid in the select list because it is not "
+                f"Column '{name_of(item.attr)}' is invalid in the select list because it is not "
                 "contained in either an aggregate function or the GROUP BY clause."
             )
         if isinstance(item, Aggregate):
             item.check()
     groups: dict[tuple[Any, ...], list[Row]] = {}
     for row in rows:
-        groups.setdefault(tuple(_fold(row.get(a.name)) for a in group), []).append(row)
+        groups.setdefault(tuple(_fold(row.get(a.key)) for a in group), []).append(row)
     if not group and not groups:
         groups[()] = []
     out = []
@@ -97,6 +115,6 @@ def grouped(
             if isinstance(item, Aggregate):
                 shaped[label] = item.value(members)
             else:
-                shaped[label or name_of(item)] = members[0].get(item.name)
+                shaped[label or name_of(item.attr)] = members[0].get(item.key)
         out.append(shaped)
     return out

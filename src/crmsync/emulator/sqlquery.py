@@ -3,12 +3,13 @@
 Microsoft documents the subset (``sdk-python/query.md``): one ``SELECT`` with an
 optional ``WHERE`` whose leaves compare a column with a constant, ``TOP`` with an
 integer literal, ``ORDER BY`` plain columns, a plain table alias after ``FROM``. The
-emulator runs that (plus ``DISTINCT``, ``LIKE``, ``IS [NOT] NULL``, ``[NOT] IN`` lists,
-``[NOT] BETWEEN`` and ``OFFSET ... FETCH NEXT``, which the SDK's docstring lists) on one
-table and refuses the rest (joins, functions and aggregates, ``*``, grouping, subqueries)
-with a 400. Inferred, undocumented: the error code (0x80040203), that rows carry every
-selected column including nulls, that a result has no next page, and that a condition
-on a choices (multi-select) column other than ``IS [NOT] NULL`` is refused.
+emulator runs that, plus what the SDK's docstring lists: ``DISTINCT``, ``[NOT] LIKE``,
+``IS [NOT] NULL``, ``[NOT] IN`` lists, ``[NOT] BETWEEN``, ``OFFSET ... FETCH NEXT``,
+``INNER``/``LEFT JOIN`` (``sqljoin``), ``GROUP BY`` and aggregates (``sqlagg``). The
+rest (other functions, ``*``, ``HAVING``, subqueries, other joins) is a 400. Inferred,
+undocumented: the error code (0x80040203), that rows carry every selected column
+including nulls, that a result has no next page, and that a condition on a choices
+(multi-select) column other than ``IS [NOT] NULL`` is refused.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from crmsync.emulator import sqlagg
+from crmsync.emulator import sqlagg, sqljoin
 from crmsync.emulator.conditions import coerce, column, invalid, like, logical_name, operator_test
 from crmsync.emulator.http import Call, Reply
-from crmsync.emulator.model import MULTISELECT, Attribute, Entity
+from crmsync.emulator.model import ENTITIES, MULTISELECT, Entity
 from crmsync.emulator.odata import sort_key
 from crmsync.emulator.store import Store
 
@@ -49,7 +50,9 @@ class Select:
     columns: list[sqlagg.Item]
     where: Callable[[Row], bool] | None = None
     orders: list[tuple[str, bool]] = field(default_factory=list)
-    group: list[Attribute] = field(default_factory=list)
+    group: list[sqlagg.Ref] = field(default_factory=list)
+    alias: str = ""
+    joins: list[sqljoin.Join] = field(default_factory=list)
     top: int | None = None
     distinct: bool = False
     offset: int = 0
@@ -62,7 +65,8 @@ class Select:
 class _Parser:
     def __init__(self, text: str, entity: Entity) -> None:
         self.entity = entity
-        self.alias = ""
+        self.alias = entity.logical
+        self.tables: list[tuple[str, Entity]] = []
         self.toks: list[tuple[str, str]] = []
         pos = 0
         while text[pos:].strip():
@@ -94,18 +98,67 @@ class _Parser:
         self.i += 1
         return text[1:-1] if text.startswith("[") else text
 
-    def column(self) -> Attribute:
+    def column(self) -> sqlagg.Ref:
         first = self.name()
+        tables = self.tables
         if self.take("."):
-            if first.lower() != self.alias.lower() and first.lower() != self.entity.logical:
-                raise refused(f"'{first}' is not the table or its alias (joins are not run).")
+            tables = [(a, e) for a, e in self.tables if first.lower() in (a.lower(), e.logical)]
+            if not tables:
+                raise invalid(
+                    f'The multi-part identifier "{first}.{self.peek()}" could not be bound.'
+                )
             first = self.name()
         if first.lower() in _KEYWORDS or self.peek() == "(":
             raise refused(f"'{first}' where a column was expected (functions are not run).")
-        attr = column(self.entity, first.lower())
-        if attr is None:
+        found = [
+            sqlagg.Ref(a, e, attr)
+            for a, e in tables
+            if (attr := column(e, first.lower())) is not None
+        ]
+        if not found:
             raise invalid(f"Invalid column name '{first}'.")
-        return attr
+        if len(found) > 1:
+            raise invalid(f"Ambiguous column name '{first}'.")
+        return found[0]
+
+    def table(self) -> tuple[str, Entity]:
+        name = self.name()
+        entity = next((e for e in ENTITIES.values() if e.logical == name.lower()), None)
+        if entity is None:
+            raise invalid(f"Invalid object name '{name}'.")
+        alias = entity.logical
+        if self.take("as") or (self.peek() and self.peek() not in _KEYWORDS):
+            alias = self.name()
+        if any(alias.lower() == a.lower() for a, _ in self.tables):
+            raise invalid(f"The correlation name '{alias}' is specified multiple times.")
+        self.tables.append((alias, entity))
+        return alias, entity
+
+    def joins(self) -> list[sqljoin.Join]:
+        out: list[sqljoin.Join] = []
+        while True:
+            if self.peek() in ("right", "full", "cross"):
+                raise refused(f"{self.peek().upper()} JOIN: only INNER JOIN and LEFT JOIN are run.")
+            left = self.take("left")
+            if left:
+                self.take("outer")
+            else:
+                self.take("inner")
+            if not self.take("join"):
+                if left:
+                    raise refused("expected 'JOIN' after LEFT.")
+                return out
+            alias, entity = self.table()
+            self.need("on")
+            one = self.column()
+            self.need("=")
+            two = self.column()
+            inner, outer = (one, two) if one.alias == alias else (two, one)
+            if inner.alias != alias or outer.alias == alias:
+                raise refused("ON must compare a column of the joined table with an earlier one.")
+            if self.peek() in ("and", "or"):
+                raise refused("ON takes one equality of two columns.")
+            out.append(sqljoin.Join(alias, entity, outer, inner, left))
 
     def parse(self) -> Select:
         self.need("select")
@@ -124,16 +177,15 @@ class _Parser:
             self.i += 1
         select_end = self.i
         self.need("from")
-        table = self.name()
-        if table.lower() != self.entity.logical:
-            raise refused(f"the table '{table}' is not the entity set's table.")
-        if self.take("as") or (self.peek() and self.peek() not in _KEYWORDS):
-            self.alias = self.name()
+        if self.peek() != self.entity.logical:
+            raise refused(f"the table '{self.peek()}' is not the entity set's table.")
+        self.alias, _ = self.table()
+        joins = self.joins()
         after_from = self.i
         self.i = start
         columns = self.columns(select_end)
         self.i = after_from
-        out = Select(columns, top=top, distinct=distinct)
+        out = Select(columns, top=top, distinct=distinct, alias=self.alias, joins=joins)
         if self.take("where"):
             out.where = self.or_expr()
         if self.take("group"):
@@ -144,7 +196,7 @@ class _Parser:
         if self.take("order"):
             self.need("by")
             while True:
-                key = self.output_key(out) if out.grouped else self.column().name
+                key = self.output_key(out) if out.grouped else self.column().key
                 desc = self.take("desc")
                 if not desc:
                     self.take("asc")
@@ -187,13 +239,13 @@ class _Parser:
             if self.peek() in labels:
                 self.i += 1
                 return labels[self.toks[self.i - 1][1].lower()]
-        attr = self.column()
+        ref = self.column()
         for item, label in out.columns:
-            if item is attr:
-                return label or logical_name(attr)
+            if isinstance(item, sqlagg.Ref) and item.key == ref.key:
+                return label or logical_name(ref.attr)
         raise invalid(
-            f"Column '{logical_name(attr)}' is invalid in the ORDER BY clause because it is not "
-            "contained in either an aggregate function or the GROUP BY clause."
+            f"Column '{logical_name(ref.attr)}' is invalid in the ORDER BY clause because it is "
+            "not contained in either an aggregate function or the GROUP BY clause."
         )
 
     def aggregate(self) -> sqlagg.Aggregate:
@@ -221,16 +273,16 @@ class _Parser:
                     raise refused(f"{agg.function.upper()}(...) needs an alias (AS name).")
                 out.append((agg, self.name()))
                 if self.i >= end:
-                    return out
+                    return _unique(out)
                 self.need(",")
                 continue
-            attr = self.column()
+            ref = self.column()
             label = ""
             if self.take("as") or (self.i < end and self.peek() not in (",",)):
                 label = self.name()
-            out.append((attr, label))
+            out.append((ref, label))
             if self.i >= end:
-                return out
+                return _unique(out)
             self.need(",")
 
     def or_expr(self) -> Callable[[Row], bool]:
@@ -258,8 +310,8 @@ class _Parser:
         return self.leaf()
 
     def leaf(self) -> Callable[[Row], bool]:
-        attr = self.column()
-        name = attr.name
+        ref = self.column()
+        attr, name, entity = ref.attr, ref.key, ref.entity
         if attr.type == MULTISELECT and self.peek() != "is":
             # Inferred: Dataverse's SQL documents no operator for a choices column, so a
             # guessed meaning could answer 200 with rows Dataverse would not give.
@@ -282,9 +334,9 @@ class _Parser:
                 return lambda r: isinstance(r.get(name), str) and not like(r.get(name), pattern)
             return lambda r: like(r.get(name), pattern)
         if self.take("between"):
-            lo = coerce(self.entity, attr, self.constant())
+            lo = coerce(entity, attr, self.constant())
             self.need("and")
-            hi = coerce(self.entity, attr, self.constant())
+            hi = coerce(entity, attr, self.constant())
             inside = operator_test("ge", [lo]), operator_test("le", [hi])
 
             def between(r: Row) -> bool:
@@ -294,9 +346,9 @@ class _Parser:
             return between
         if self.take("in"):
             self.need("(")
-            values = [coerce(self.entity, attr, self.constant())]
+            values = [coerce(entity, attr, self.constant())]
             while self.take(","):
-                values.append(coerce(self.entity, attr, self.constant()))
+                values.append(coerce(entity, attr, self.constant()))
             self.need(")")
             check = operator_test("not-in" if negate else "in", values)
             return lambda r: check(r.get(name))
@@ -304,7 +356,7 @@ class _Parser:
             raise refused(f"'{self.peek() or 'the end'}' after column '{logical_name(attr)}'.")
         op = _OPS[self.peek()]
         self.i += 1
-        value = coerce(self.entity, attr, self.constant())
+        value = coerce(entity, attr, self.constant())
         check = operator_test(op, [value])
         return lambda r: check(r.get(name))
 
@@ -320,8 +372,19 @@ class _Parser:
         raise refused(f"'{text or 'the end'}' where a constant was expected.")
 
 
-def _plain(items: list[sqlagg.Item]) -> list[tuple[Attribute, str]]:
-    return [(a, label) for a, label in items if isinstance(a, Attribute)]
+def _plain(items: list[sqlagg.Item]) -> list[tuple[sqlagg.Ref, str]]:
+    return [(a, label) for a, label in items if isinstance(a, sqlagg.Ref)]
+
+
+def _unique(items: list[sqlagg.Item]) -> list[sqlagg.Item]:
+    """Inferred: two result columns of one name (``a.name, c.name``) are refused, since a
+    JSON row holds one; T-SQL allows them, Dataverse's answer is undocumented."""
+    names = [label or logical_name(i.attr) for i, label in items if isinstance(i, sqlagg.Ref)]
+    names += [label for i, label in items if isinstance(i, sqlagg.Aggregate)]
+    for name in names:
+        if [n.lower() for n in names].count(name.lower()) > 1:
+            raise refused(f"two result columns are named '{name}'; give one an alias (AS name).")
+    return items
 
 
 def _by(name: str) -> Callable[[Row], tuple[bool, Any]]:
@@ -338,9 +401,10 @@ def parse(text: str, entity: Entity) -> Select:
 
 
 def run(select: Select, entity: Entity, store: Store, call: Call) -> Reply:
+    base = sqljoin.keyed(select.alias, store.tables[entity.entity_set].rows.values())
     rows = [
         r
-        for r in store.tables[entity.entity_set].rows.values()
+        for r in sqljoin.combine(base, select.joins, store)
         if select.where is None or select.where(r)
     ]
     if select.grouped:
@@ -348,9 +412,9 @@ def run(select: Select, entity: Entity, store: Store, call: Call) -> Reply:
         for name, desc in reversed(select.orders):
             shaped_rows.sort(key=_by(name), reverse=desc)
     else:
-        rows.sort(key=sort_key(select.orders, entity.primary_id))
+        rows.sort(key=sort_key(select.orders, f"{select.alias}.{entity.primary_id}"))
         shaped_rows = [
-            {label or logical_name(a): row.get(a.name) for a, label in _plain(select.columns)}
+            {label or logical_name(r.attr): row.get(r.key) for r, label in _plain(select.columns)}
             for row in rows
         ]
     out: list[Row] = []

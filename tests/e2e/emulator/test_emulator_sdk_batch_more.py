@@ -120,3 +120,20 @@ def test_sql_aggregates_and_paging_clauses(fresh: Running, session: requests.Ses
         assert [r["lastname"] for r in page] == ["L2", "L3"]
         frame = client.dataframe.sql("SELECT MAX(lastname) AS last FROM lead")
         assert list(frame["last"]) == ["L4"]
+        # The SDK docstring's own example of a join with aggregation.
+        acme = client.records.create("account", {"name": "Acme"})
+        client.records.create("account", {"name": "Empty"})
+        client.records.create(
+            "contact",
+            [
+                {"lastname": f"C{i}", "parentcustomerid_account@odata.bind": f"/accounts({acme})"}
+                for i in range(2)
+            ],
+        )
+        counts = client.query.sql(
+            "SELECT a.name, COUNT(c.contactid) as cnt "
+            "FROM account a "
+            "JOIN contact c ON a.accountid = c.parentcustomerid "
+            "GROUP BY a.name"
+        )
+        assert [(r["name"], r["cnt"]) for r in counts] == [("Acme", 2)]

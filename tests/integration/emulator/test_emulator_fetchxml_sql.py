@@ -390,6 +390,37 @@ async def test_sql_group_by_and_aggregates(dv: Dv, people: dict[str, str]) -> No
     ) == [{"leadqualitycode": 2, "n": 2}]
 
 
+async def test_sql_joins(dv: Dv, people: dict[str, str]) -> None:
+    """INNER and LEFT JOIN on one equality, with GROUP BY across the joined rows."""
+
+    async def sql(text: str) -> list[dict[str, object]]:
+        r = await dv.req("GET", f"contacts?sql={quote(text, safe='')}")
+        assert r.status_code == 200, r.text
+        return r.json()["value"]
+
+    joined = "FROM contact c JOIN account a ON a.accountid = c.parentcustomerid"
+    assert await sql(f"SELECT c.lastname, a.name {joined} ORDER BY c.lastname") == [
+        {"lastname": "Ames", "name": "Acme"},
+        {"lastname": "Baker", "name": "Acme"},
+        {"lastname": "Cole", "name": "Globex"},
+    ]
+    assert await sql(
+        "SELECT c.lastname, a.name AS account FROM contact c LEFT OUTER JOIN account a "
+        "ON c.parentcustomerid = a.accountid WHERE a.name IS NULL OR a.name = 'globex' "
+        "ORDER BY lastname"
+    ) == [
+        {"lastname": "Ames-Smith", "account": None},
+        {"lastname": "Cole", "account": "Globex"},
+        {"lastname": "Dunn", "account": None},
+    ]
+    assert await sql(
+        f"SELECT a.name, COUNT(c.contactid) AS n {joined} GROUP BY a.name ORDER BY n DESC"
+    ) == [{"name": "Acme", "n": 2}, {"name": "Globex", "n": 1}]
+    assert await sql(
+        f"SELECT c.lastname {joined} WHERE a.accountnumber = 'A-1' AND c.firstname IS NULL"
+    ) == [{"lastname": "Baker"}]
+
+
 async def test_sql_refuses_conditions_on_a_choices_column(dv: Dv) -> None:
     """Inferred: Dataverse's SQL names no operator for a choices column (FetchXML has
     contain-values, $filter ContainValues), so none is guessed at; IS NULL is plain."""
@@ -417,8 +448,29 @@ async def test_sql_refuses_conditions_on_a_choices_column(dv: Dv) -> None:
         ("SELECT nope FROM contact", "Invalid column name 'nope'"),
         ("SELECT lastname FROM account", "'account'"),
         (
-            "SELECT c.lastname FROM contact c JOIN account a ON a.accountid = c.parentcustomerid",
-            "'join'",
+            "SELECT c.lastname FROM contact c RIGHT JOIN account a ON a.accountid = c.parentcustomerid",
+            "only INNER JOIN and LEFT JOIN",
+        ),
+        (
+            "SELECT name FROM contact c JOIN account a ON a.accountid = c.parentcustomerid AND a.name = 'x'",
+            "one equality",
+        ),
+        (
+            "SELECT createdon FROM contact c JOIN account a ON a.accountid = c.parentcustomerid",
+            "Ambiguous column name 'createdon'",
+        ),
+        (
+            "SELECT c.lastname, a.createdon, c.createdon FROM contact c JOIN account a ON a.accountid = c.parentcustomerid",
+            "two result columns are named 'createdon'",
+        ),
+        ("SELECT x.lastname FROM contact c", 'multi-part identifier "x.lastname"'),
+        (
+            "SELECT lastname FROM contact c JOIN widget w ON w.id = c.id",
+            "Invalid object name 'widget'",
+        ),
+        (
+            "SELECT lastname FROM contact c JOIN account c ON c.accountid = c.parentcustomerid",
+            "correlation name 'c'",
         ),
         ("SELECT UPPER(lastname) FROM contact", "functions"),
         ("SELECT COUNT(lastname) FROM contact", "needs an alias"),
