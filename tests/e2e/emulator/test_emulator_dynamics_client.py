@@ -3,8 +3,8 @@ unpatched: ``dynamics-client`` (M. Lamppu; pinned in the ``test`` extra), sync a
 Only where it connects (the emulator's API and token URLs) and which certificate it
 trusts (``SSL_CERT_FILE``, read by httpx) are ours.
 
-Its documented surface, run through: metadata (``functions.retrieve_all_entities`` with
-the integer ``EntityFilters`` it sends, ``functions.whoami``), queries (``select``,
+Its documented surface: metadata (``functions.retrieve_all_entities``/``retrieve_entity``
+with the integer ``EntityFilters`` it sends, ``functions.whoami``), queries (``select``,
 ``filter`` with its ``ftr`` operators and query functions, ``orderby``, ``top``,
 ``count``, paging by ``pagesize`` and ``pagination_rules``, ``expand`` single- and
 collection-valued with nested options, ``pre_expand``, ``apply`` with ``apl``,
@@ -12,9 +12,9 @@ collection-valued with nested options, ``pre_expand``, ``apply`` with ``apl``,
 writes (``post``, ``patch`` with its ``If-Match: *``, ``delete``, ``add_ref_to_property``)
 and its error classes. It has no batches (a TODO in its source) and keeps no
 ``@odata.deltaLink``, so there is no change tracking to run; its ``actions`` and most
-``functions`` are for quotes, orders, e-mail and calendars, tables the emulator does
-not have. Query functions it offers that the emulator does not run (fiscal periods,
-hierarchies) get Dataverse's unknown-function error, checked below.
+other ``functions`` are for quotes, orders, e-mail and calendars, tables the emulator
+does not have. Query functions it offers that the emulator does not run (fiscal
+periods, hierarchies) get Dataverse's unknown-function error, checked below.
 """
 
 from __future__ import annotations
@@ -84,6 +84,13 @@ def test_metadata_and_whoami(fresh: Running, dc: DynamicsClient) -> None:
     # its flags, so the emulator refuses it (Dataverse's wording undocumented).
     with pytest.raises(ParseError, match="EntityFilters '16'"):
         dc.functions.retrieve_all_entities(EntityFilter.ALL)
+    (one,) = dc.functions.retrieve_entity(
+        contact["MetadataId"], "contact", EntityFilter.ATTRIBUTES
+    ).data
+    assert one["EntityMetadata"]["LogicalName"] == "contact"
+    assert "lastname" in {a["LogicalName"] for a in one["EntityMetadata"]["Attributes"]}
+    with pytest.raises(NotFound):
+        dc.functions.retrieve_entity(contact["MetadataId"], "widget", EntityFilter.ENTITY)
 
 
 def test_queries(fresh: Running, dc: DynamicsClient) -> None:
