@@ -5,7 +5,7 @@ Routes: the service document and ``$metadata`` (``service``); ``{set}`` (reads i
 primary key or alternate key (``keys``), ``{set}({key})/{property|navigation}[/$value|
 /$ref]`` (``properties``, ``refs``), ``{set}/$count``, the bulk messages, ``$batch``,
 ``WhoAmI``, ``BulkDelete``, ``EntityDefinitions`` (``metadata``), ``RetrieveMetadataChanges``
-/ ``RetrieveAllEntities`` (``metachanges``), ``sdkmessagefilters`` /
+/ ``RetrieveAllEntities`` / ``RetrieveEntity`` (``metachanges``), ``sdkmessagefilters`` /
 ``RetrieveAvailableLanguages`` (``messages``) and ``RetrieveTotalRecordCount``. Errors are
 ``DataverseFault`` and become Dataverse's JSON error body.
 """
@@ -102,6 +102,8 @@ class Api:
             return metachanges.retrieve_metadata_changes(call, key)
         if name == "RetrieveAllEntities" and call.method == "GET" and not rest:
             return metachanges.retrieve_all_entities(call, key)
+        if name == "RetrieveEntity" and call.method == "GET" and not rest:
+            return metachanges.retrieve_entity(call, key)
         if name == "RetrieveAvailableLanguages" and call.method == "GET" and not rest:
             return messages.available_languages(call)
         if name == "RetrieveTotalRecordCount" and call.method == "GET" and not rest:

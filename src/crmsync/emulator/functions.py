@@ -4,7 +4,8 @@ query functions"), and OData 4.01 ``x in ('a','b')``.
 
 Run: ``In``, ``NotIn``, ``Between``, ``NotBetween`` (inclusive), ``On``, ``OnOrAfter``,
 ``OnOrBefore``, ``Today``, ``Yesterday``, ``Tomorrow``, ``ThisMonth``, ``LastMonth``,
-``ThisYear``, ``LastXDays``, ``NextXDays``, ``LastXHours``, ``NextXHours``, and on choices
+``ThisYear``, ``LastXDays``, ``NextXDays``, ``LastXHours``, ``NextXHours``, the weeks,
+months, years and ``OlderThanX...`` of ``datefuncs``, and on choices
 (multi-select) columns ``ContainValues`` / ``DoesNotContainValues`` (multi-select-
 picklist.md). Any other function is the OData error Dataverse gives for an unknown one.
 Dates are compared in UTC (inferred: Dataverse uses the caller's time zone, which an
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from crmsync.emulator import faults
+from crmsync.emulator import datefuncs, faults
 from crmsync.emulator.model import MULTISELECT, choice_values, selected
 
 Row = dict[str, Any]
@@ -110,6 +111,8 @@ def build(
         return contains_values(get, wanted, negate=short != "containvalues")
     if short in _DAY_FUNCS:
         return _dated(get, _DAY_FUNCS[short](args, name))
+    if short in datefuncs.NAMES:
+        return _dated(get, datefuncs.window(short, lambda: _count_arg(args, name)))
     raise unknown(name)
 
 
@@ -273,4 +276,5 @@ _DAY_FUNCS: dict[str, Window] = {
 }
 _ALL = {
     "in", "notin", "between", "notbetween", "containvalues", "doesnotcontainvalues", *_DAY_FUNCS,
+    *datefuncs.NAMES,
 }  # fmt: skip

@@ -10,7 +10,8 @@ properties (``Attributes`` among them to include columns), ``Criteria`` is a
 strings, ...). The answer carries a ``ServerVersionStamp``; the emulator's metadata
 never changes, so a request with that stamp as ``ClientVersionStamp`` gets no entities
 (inferred from the "changes since" contract). ``RetrieveAllEntities(EntityFilters=...)``
-answers every table, with columns when the filters include ``Attributes`` or ``All``.
+answers every table, with columns when the filters include ``Attributes`` or ``All``
+(names or the flags' integer value, ``EntityFilters=3``); ``RetrieveEntity`` one of them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from crmsync.emulator import faults
 from crmsync.emulator.http import Call, Reply
 from crmsync.emulator.metadata import attribute_row, entity_row
-from crmsync.emulator.model import ENTITIES
+from crmsync.emulator.model import ENTITIES, Entity
 
 Row = dict[str, Any]
 VERSION_STAMP = "1000000!01/01/2026 00:00:00"  # static: the emulator's tables never change
@@ -115,20 +116,54 @@ def retrieve_metadata_changes(call: Call, key: str | None) -> Reply:
     return Reply.json(200, body)
 
 
-def retrieve_all_entities(call: Call, key: str | None) -> Reply:
+# The enum's members by value: OData's ABNF takes a member's integer value for its name
+# (``enumMemberValue``), and dynamics-client sends ``EntityFilters=1``.
+_BITS = {"Entity": 1, "Attributes": 2, "Privileges": 4, "Relationships": 8}
+_FLAGS = {"Default": "Entity"}
+
+
+def _with_attributes(call: Call, key: str | None) -> bool:
+    """Whether ``EntityFilters`` asks for columns (``Attributes`` or ``All``)."""
     filters = (_arg(call, key, "EntityFilters") or "").strip()
     if "'" in filters:
         filters = filters.split("'")[1]  # Microsoft.Dynamics.CRM.EntityFilters'Entity,Attributes'
-    parts = {p.strip() for p in filters.split(",") if p.strip()}
+    parts = {_FLAGS.get(p.strip(), p.strip()) for p in filters.split(",") if p.strip()}
+    if filters.isdigit() and 1 <= int(filters) <= 15:
+        parts = {name for name, bit in _BITS.items() if int(filters) & bit}
     known = {"Entity", "Attributes", "Privileges", "Relationships", "All", "Default"}
     if not parts or parts - known:
         raise _bad(f"EntityFilters '{filters}' is not a combination of {sorted(known)}.")
-    with_attrs = bool(parts & {"Attributes", "All"})
-    out = []
-    for e in ENTITIES.values():
-        row = entity_row(e)
-        if with_attrs:
-            row["Attributes"] = [attribute_row(e, a) for a in e.attributes.values()]
-        out.append(row)
+    return bool(parts & {"Attributes", "All"})
+
+
+def _definition(e: Entity, with_attrs: bool) -> Row:
+    row = entity_row(e)
+    if with_attrs:
+        row["Attributes"] = [attribute_row(e, a) for a in e.attributes.values()]
+    return row
+
+
+def retrieve_all_entities(call: Call, key: str | None) -> Reply:
+    with_attrs = _with_attributes(call, key)
+    out = [_definition(e, with_attrs) for e in ENTITIES.values()]
     ctx = f"{call.base}$metadata#Microsoft.Dynamics.CRM.RetrieveAllEntitiesResponse"
     return Reply.json(200, {"@odata.context": ctx, "EntityMetadata": out})
+
+
+def retrieve_entity(call: Call, key: str | None) -> Reply:
+    """``RetrieveEntity(EntityFilters=...,LogicalName='x',MetadataId=<guid>,...)``: one
+    table's definition, by ``LogicalName`` or, when that is empty, ``MetadataId`` (the
+    message's documented parameters). Inferred: a table not found is the 404 that
+    ``EntityDefinitions(LogicalName='x')`` answers."""
+    with_attrs = _with_attributes(call, key)
+    name = (_arg(call, key, "LogicalName") or "").strip().strip("'").lower()
+    metadata_id = (_arg(call, key, "MetadataId") or "").strip().strip("{}").lower()
+    for e in ENTITIES.values():
+        row = entity_row(e)
+        if (name and e.logical == name) or (not name and row["MetadataId"] == metadata_id):
+            ctx = f"{call.base}$metadata#Microsoft.Dynamics.CRM.RetrieveEntityResponse"
+            return Reply.json(
+                200, {"@odata.context": ctx, "EntityMetadata": _definition(e, with_attrs)}
+            )
+    wanted = f"LogicalName='{name}'" if name else metadata_id
+    raise faults.DataverseFault(404, "0x80040217", f"Could not find entity with key {wanted}.")

@@ -319,6 +319,128 @@ async def test_sql_subset(dv: Dv, people: dict[str, str]) -> None:
     assert r.json()["value"] == []
 
 
+async def test_sql_between_not_in_and_offset_fetch(dv: Dv, people: dict[str, str]) -> None:
+    """The clauses Microsoft's SDK (1.1.0) lists for ``query.sql`` beside the docs' subset."""
+
+    async def names(text: str) -> list[str]:
+        r = await dv.req("GET", f"contacts?sql={quote(text, safe='')}")
+        assert r.status_code == 200, r.text
+        return [x["lastname"] for x in r.json()["value"]]
+
+    base = "SELECT lastname FROM contact"
+    assert await names(f"{base} WHERE lastname BETWEEN 'b' AND 'Cole' ORDER BY lastname") == [
+        "Baker",
+        "Cole",
+    ]
+    assert await names(f"{base} WHERE lastname NOT BETWEEN 'B' AND 'Czz' ORDER BY lastname") == [
+        "Ames",
+        "Ames-Smith",
+        "Dunn",
+    ]
+    assert await names(f"{base} WHERE lastname NOT IN ('Ames', 'dunn') ORDER BY lastname") == [
+        "Ames-Smith",
+        "Baker",
+        "Cole",
+    ]
+    page = f"{base} ORDER BY lastname OFFSET 1 ROWS FETCH NEXT 2 ROWS ONLY"
+    assert await names(page) == ["Ames-Smith", "Baker"]
+    assert await names(f"{base} ORDER BY lastname DESC OFFSET 3 ROWS") == ["Ames-Smith", "Ames"]
+    assert await names(f"{base} ORDER BY lastname OFFSET 9 ROWS") == []
+
+
+async def test_sql_group_by_and_aggregates(dv: Dv, people: dict[str, str]) -> None:
+    """GROUP BY and COUNT/SUM/AVG/MIN/MAX, which Microsoft's SDK lists for query.sql,
+    with T-SQL's rules (see ``crmsync.emulator.sqlagg``)."""
+
+    async def sql(text: str, entity_set: str = "contacts") -> list[dict[str, object]]:
+        r = await dv.req("GET", f"{entity_set}?sql={quote(text, safe='')}")
+        assert r.status_code == 200, r.text
+        return r.json()["value"]
+
+    assert await sql(
+        "SELECT parentcustomerid, COUNT(*) AS n, COUNT(firstname) AS named, MIN(lastname) AS first "
+        "FROM contact WHERE parentcustomerid IS NOT NULL GROUP BY parentcustomerid ORDER BY n DESC"
+    ) == [
+        {"parentcustomerid": people["acme"], "n": 2, "named": 1, "first": "Ames"},
+        {"parentcustomerid": people["globex"], "n": 1, "named": 1, "first": "Cole"},
+    ]
+    assert await sql("SELECT COUNT(*) AS n, MAX(lastname) AS last FROM contact") == [
+        {"n": 5, "last": "Dunn"}
+    ]
+    assert await sql(
+        "SELECT COUNT(*) AS n, MAX(lastname) AS last FROM contact WHERE lastname = 'x'"
+    ) == [{"n": 0, "last": None}]
+    for i, quality in enumerate((1, 2, 2, None)):
+        await dv.create(
+            "leads",
+            {
+                "lastname": f"Q{i}",
+                "companyname": "Co" if i % 2 else "co",
+                "leadqualitycode": quality,
+            },
+        )
+    assert await sql(
+        "SELECT companyname, SUM(leadqualitycode) AS total, AVG(leadqualitycode) AS mean, "
+        "COUNT(DISTINCT leadqualitycode) AS kinds FROM lead GROUP BY companyname",
+        "leads",
+    ) == [{"companyname": "co", "total": 5, "mean": 1, "kinds": 2}]  # one group: case-insensitive
+    assert await sql(
+        "SELECT TOP 1 leadqualitycode, COUNT(*) AS n FROM lead GROUP BY leadqualitycode ORDER BY leadqualitycode DESC",
+        "leads",
+    ) == [{"leadqualitycode": 2, "n": 2}]
+
+
+async def test_sql_joins(dv: Dv, people: dict[str, str]) -> None:
+    """INNER and LEFT JOIN on one equality, with GROUP BY across the joined rows."""
+
+    async def sql(text: str) -> list[dict[str, object]]:
+        r = await dv.req("GET", f"contacts?sql={quote(text, safe='')}")
+        assert r.status_code == 200, r.text
+        return r.json()["value"]
+
+    joined = "FROM contact c JOIN account a ON a.accountid = c.parentcustomerid"
+    assert await sql(f"SELECT c.lastname, a.name {joined} ORDER BY c.lastname") == [
+        {"lastname": "Ames", "name": "Acme"},
+        {"lastname": "Baker", "name": "Acme"},
+        {"lastname": "Cole", "name": "Globex"},
+    ]
+    assert await sql(
+        "SELECT c.lastname, a.name AS account FROM contact c LEFT OUTER JOIN account a "
+        "ON c.parentcustomerid = a.accountid WHERE a.name IS NULL OR a.name = 'globex' "
+        "ORDER BY lastname"
+    ) == [
+        {"lastname": "Ames-Smith", "account": None},
+        {"lastname": "Cole", "account": "Globex"},
+        {"lastname": "Dunn", "account": None},
+    ]
+    assert await sql(
+        f"SELECT a.name, COUNT(c.contactid) AS n {joined} GROUP BY a.name ORDER BY n DESC"
+    ) == [{"name": "Acme", "n": 2}, {"name": "Globex", "n": 1}]
+    assert await sql(
+        f"SELECT c.lastname {joined} WHERE a.accountnumber = 'A-1' AND c.firstname IS NULL"
+    ) == [{"lastname": "Baker"}]
+
+
+async def test_sql_refuses_conditions_on_a_choices_column(dv: Dv) -> None:
+    """Inferred: Dataverse's SQL names no operator for a choices column (FetchXML has
+    contain-values, $filter ContainValues), so none is guessed at; IS NULL is plain."""
+    await dv.create("contacts", {"lastname": "Out", "sample_outdooractivities": "1,9"})
+    await dv.create("contacts", {"lastname": "In"})
+    for condition in (
+        "sample_outdooractivities = '1,9'",
+        "sample_outdooractivities IN ('1')",
+        "sample_outdooractivities LIKE '%9%'",
+        "NOT sample_outdooractivities = '1'",
+    ):
+        text = f"SELECT lastname FROM contact WHERE {condition}"
+        status, code, message = error(await dv.req("GET", f"contacts?sql={quote(text, safe='')}"))
+        assert (status, code) == (400, "0x80040203"), condition
+        assert "ContainValues" in message and "sample_outdooractivities" in message
+    text = "SELECT lastname, sample_outdooractivities FROM contact WHERE sample_outdooractivities IS NOT NULL"
+    r = await dv.req("GET", f"contacts?sql={quote(text, safe='')}")
+    assert r.json()["value"] == [{"lastname": "Out", "sample_outdooractivities": "1,9"}]
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
@@ -326,15 +448,52 @@ async def test_sql_subset(dv: Dv, people: dict[str, str]) -> None:
         ("SELECT nope FROM contact", "Invalid column name 'nope'"),
         ("SELECT lastname FROM account", "'account'"),
         (
-            "SELECT c.lastname FROM contact c JOIN account a ON a.accountid = c.parentcustomerid",
-            "'join'",
+            "SELECT c.lastname FROM contact c RIGHT JOIN account a ON a.accountid = c.parentcustomerid",
+            "only INNER JOIN and LEFT JOIN",
         ),
-        ("SELECT COUNT(lastname) FROM contact", "functions"),
-        ("SELECT lastname FROM contact GROUP BY lastname", "'group'"),
+        (
+            "SELECT name FROM contact c JOIN account a ON a.accountid = c.parentcustomerid AND a.name = 'x'",
+            "one equality",
+        ),
+        (
+            "SELECT createdon FROM contact c JOIN account a ON a.accountid = c.parentcustomerid",
+            "Ambiguous column name 'createdon'",
+        ),
+        (
+            "SELECT c.lastname, a.createdon, c.createdon FROM contact c JOIN account a ON a.accountid = c.parentcustomerid",
+            "two result columns are named 'createdon'",
+        ),
+        ("SELECT x.lastname FROM contact c", 'multi-part identifier "x.lastname"'),
+        (
+            "SELECT lastname FROM contact c JOIN widget w ON w.id = c.id",
+            "Invalid object name 'widget'",
+        ),
+        (
+            "SELECT lastname FROM contact c JOIN account c ON c.accountid = c.parentcustomerid",
+            "correlation name 'c'",
+        ),
+        ("SELECT UPPER(lastname) FROM contact", "functions"),
+        ("SELECT COUNT(lastname) FROM contact", "needs an alias"),
+        ("SELECT COUNT(*) AS FROM contact", "needs an alias"),
+        ("SELECT SUM(*) AS n FROM contact", "SUM(*)"),
+        ("SELECT lastname, COUNT(*) AS n FROM contact", "not contained in either"),
+        ("SELECT lastname FROM contact GROUP BY firstname", "not contained in either"),
+        ("SELECT SUM(lastname) AS n FROM contact", "nvarchar is invalid for sum"),
+        (
+            "SELECT firstname FROM contact GROUP BY firstname ORDER BY lastname",
+            "ORDER BY clause",
+        ),
+        ("SELECT firstname FROM contact GROUP BY firstname HAVING COUNT(*) > 1", "'having'"),
         ("SELECT lastname FROM contact; DELETE FROM contact", "';'"),
         ("DELETE FROM contact", "'SELECT'"),
         ("SELECT TOP x lastname FROM contact", "TOP"),
         ("SELECT lastname FROM contact WHERE createdon > 'later'", "'later'"),
+        ("SELECT TOP 2 lastname FROM contact ORDER BY lastname OFFSET 1 ROWS", "TOP can not"),
+        ("SELECT lastname FROM contact ORDER BY lastname OFFSET 1", "'ROWS'"),
+        ("SELECT lastname FROM contact ORDER BY lastname OFFSET 1 ROWS FETCH 2", "'NEXT'"),
+        ("SELECT lastname FROM contact ORDER BY lastname OFFSET x ROWS", "OFFSET takes"),
+        ("SELECT lastname FROM contact OFFSET 1 ROWS", "'offset'"),
+        ("SELECT lastname FROM contact WHERE lastname BETWEEN 'a'", "'AND'"),
     ],
 )
 async def test_sql_refuses_the_rest(dv: Dv, text: str, fragment: str) -> None:

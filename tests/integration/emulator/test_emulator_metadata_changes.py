@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
+import pytest
 from dvclient import Dv, error
 
 
@@ -109,3 +110,52 @@ async def test_retrieve_all_entities(dv: Dv) -> None:
         )[0]
         == 400
     )
+
+
+@pytest.mark.parametrize(
+    ("filters", "with_attributes"),
+    [
+        ("1", False),
+        ("3", True),
+        ("15", True),
+        ("Microsoft.Dynamics.CRM.EntityFilters'2'", True),
+        ("Microsoft.Dynamics.CRM.EntityFilters'Default'", False),
+    ],
+)
+async def test_retrieve_all_entities_takes_the_flags_value(
+    dv: Dv, filters: str, with_attributes: bool
+) -> None:
+    """OData's ABNF allows an enum member's integer value (``enumMemberValue``);
+    dynamics-client sends ``EntityFilters=1``. Dataverse's flags: Entity 1, Attributes 2,
+    Privileges 4, Relationships 8, All 15 (EntityFilters EnumType)."""
+    r = await dv.get(f"RetrieveAllEntities(EntityFilters={filters},RetrieveAsIfPublished=false)")
+    assert r.status_code == 200, r.text
+    contact = next(x for x in r.json()["EntityMetadata"] if x["LogicalName"] == "contact")
+    assert ("Attributes" in contact) is with_attributes
+
+
+@pytest.mark.parametrize("filters", ["0", "16", "-1", "Microsoft.Dynamics.CRM.EntityFilters'32'"])
+async def test_retrieve_all_entities_refuses_what_is_no_combination(dv: Dv, filters: str) -> None:
+    r = await dv.get(f"RetrieveAllEntities(EntityFilters={filters},RetrieveAsIfPublished=false)")
+    assert error(r)[0] == 400
+
+
+async def test_retrieve_entity_by_name_or_metadata_id(dv: Dv) -> None:
+    """RetrieveEntity's documented parameters: EntityFilters, LogicalName, MetadataId,
+    RetrieveAsIfPublished; the name wins, an empty name looks the MetadataId up."""
+    url = "RetrieveEntity(EntityFilters={f},LogicalName='{n}',MetadataId={m},RetrieveAsIfPublished=false)"
+    nothing = "00000000-0000-0000-0000-000000000000"
+    r = await dv.get(url.format(f=1, n="contact", m=nothing))
+    assert r.status_code == 200, r.text
+    only = r.json()["EntityMetadata"]
+    assert only["LogicalName"] == "contact" and "Attributes" not in only
+    r = await dv.get(
+        url.format(f="Microsoft.Dynamics.CRM.EntityFilters'Attributes'", n="", m=only["MetadataId"])
+    )
+    assert r.status_code == 200, r.text
+    found = r.json()["EntityMetadata"]
+    assert found["LogicalName"] == "contact"
+    assert "lastname" in {a["LogicalName"] for a in found["Attributes"]}
+    assert error(await dv.get(url.format(f=1, n="widget", m=nothing)))[0] == 404
+    assert error(await dv.get(url.format(f=1, n="", m=nothing)))[0] == 404
+    assert error(await dv.get(url.format(f=16, n="contact", m=nothing)))[0] == 400
