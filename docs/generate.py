@@ -265,10 +265,16 @@ def _schema_text(schema: dict[str, Any]) -> str:
         return " or ".join(kinds) or "null"
     if "$ref" in schema:
         return schema["$ref"].rsplit("/", 1)[-1]
+    if "allOf" in schema:
+        return " and ".join(_schema_text(s) for s in schema["allOf"])
+    if "enum" in schema:
+        return "one of " + ", ".join(f"`{v}`" for v in schema["enum"])
     kind = str(schema.get("type", "any"))
     if kind == "array":
         return f"array of {_schema_text(schema.get('items', {}))}"
-    return kind
+    if "maxLength" in schema:
+        kind = f"{kind} (at most {schema['maxLength']})"
+    return f"{kind} ({schema['format']})" if "format" in schema else kind
 
 
 def _param_row(p: dict[str, Any]) -> str:
@@ -286,7 +292,8 @@ def _param_row(p: dict[str, Any]) -> str:
         description = ""
     text = "; ".join(x for x in (description, *notes) if x)
     required = "yes" if p.get("required") else "no"
-    return f"| `{p['name']}` | {p['in']} | {_schema_text(schema)} | {required} | {text} |"
+    kind = _schema_text({k: v for k, v in schema.items() if k != "enum"})  # enum: in notes
+    return f"| `{p['name']}` | {p['in']} | {kind} | {required} | {text} |"
 
 
 def api_md() -> str:
@@ -305,11 +312,21 @@ def api_md() -> str:
     ]
     by_tag: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
     for path, methods in doc["paths"].items():
+        if path.startswith("/api/v1/records/") and "{object}" not in path:
+            continue  # an object's own paths: the {object} routes with its schemas
         for method, op in methods.items():
             tag = (op.get("tags") or ["other"])[0]
             by_tag.setdefault(tag, []).append((path, method, op))
     for tag, ops in by_tag.items():
         out += [f"## {tag.capitalize()}", ""]
+        if tag == "records":
+            out += [
+                "The live document also lists each mapped object's own paths "
+                "(`/api/v1/records/lead`, `/api/v1/records/lead/{id}`, ...): these routes "
+                "for that object, with its typed schemas (`LeadFields` for what may be "
+                "written, `LeadRecord` for what is read; below).",
+                "",
+            ]
         for path, method, op in ops:
             out += [f"### `{method.upper()} {path}`", ""]
             if op.get("description") or op.get("summary"):

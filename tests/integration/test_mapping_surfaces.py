@@ -161,3 +161,37 @@ async def test_an_object_paused_for_its_mapping_is_an_alert_until_resumed(
     assert resumed.status_code == 200 and resumed.json()["paused"] == []
     [event] = await monitor.check()
     assert event.kind == "recovered"
+
+
+async def test_openapi_describes_each_objects_fields_and_paths(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/api/v1/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    fields = schemas["EventRegistrationFields"]
+    assert fields["additionalProperties"] is False
+    props = fields["properties"]
+
+    def first(name: str) -> dict[str, Any]:
+        return dict(props[name]["anyOf"][0])
+
+    assert first("name") == {"type": "string", "pattern": "^[^\\u0000]*$", "maxLength": 20}
+    assert first("attended") == {"type": "boolean"}
+    assert first("registered")["format"] == "date-time"
+    assert props["fee"]["anyOf"][1]["pattern"] == "^-?[0-9]{1,12}(\\.[0-9]{1,2})?$"
+    assert first("kind") == {"enum": ["talk", "workshop"]}
+    assert first("contact_id")["type"] == "integer" and first("contact_id")["minimum"] == 1
+    assert {"type": "null"} in props["kind"]["anyOf"]
+    lead = schemas["LeadFields"]["properties"]
+    assert lead["lead_score"]["anyOf"][0]["maximum"] == 2**31 - 1
+    assert lead["email"]["anyOf"][0]["format"] == "email"
+    # Each object's routes, with its own body and answer.
+    post = doc["paths"]["/api/v1/records/event_registration"]["post"]
+    body = post["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/EventRegistrationFields"}
+    answer = post["responses"]["201"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/EventRegistrationRecord"}
+    assert not [p for p in post.get("parameters", []) if p["name"] == "object"]
+    page = doc["paths"]["/api/v1/records/lead"]["get"]["responses"]["200"]
+    assert page["content"]["application/json"]["schema"]["$ref"].endswith("/LeadPage")
+    # The record as read back matches its schema's form: a decimal as exact text.
+    created = await client.post("/api/v1/records/event_registration", json={"fee": 12.5})
+    assert created.json()["fee"] == "12.50"

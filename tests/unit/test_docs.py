@@ -102,6 +102,10 @@ def test_api_reference_lists_every_route_of_the_openapi_document() -> None:
     gen = generator()
     text = (DOCS / "api.md").read_text(encoding="utf-8")
     for path, methods in gen.openapi()["paths"].items():
+        if path.startswith("/api/v1/records/") and "{object}" not in path:
+            # An object's own path: the {object} route, its schemas listed by name.
+            assert f"### {path.split('/')[4].capitalize()}Fields" in text
+            continue
         for method in methods:
             assert f"### `{method.upper()} {path}`" in text
 

@@ -315,7 +315,9 @@ def test_a_sync_filter_is_a_logical_name_and_if_mapped_a_boolean() -> None:
         }
     )
     assert found == {
-        "objects.lead.sync_filter_field": "'new_score' is mapped as score (integer), not a Yes/No field"
+        "objects.lead.sync_filter_field": (
+            "'new_score' is mapped as score (integer), not a Yes/No field"
+        )
     }
     ok = build(
         {

@@ -36,7 +36,7 @@ _CURSOR_PREFIX = "v1:"
 _INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
 # An address as Dataverse's Email format takes it: one @, no spaces, a dot in the domain.
 # Deliverability is not ours to judge; a typo such as a missing @ is.
-_EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
+EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
 
 
 class NotFound(CrmsyncError):
@@ -113,7 +113,7 @@ def is_email_column(column: str) -> bool:
 
 
 def check_email(field: str, value: str) -> None:
-    if not _EMAIL.fullmatch(value):
+    if not EMAIL.fullmatch(value):
         shown = value if len(value) <= 40 else value[:40] + "..."
         raise ValidationFailed(field, f"{shown!r} is not an email address (name@example.com)")
 

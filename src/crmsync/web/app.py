@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI
 from sqlalchemy import Engine
 
 from crmsync.config import Settings
-from crmsync.domain import STANDARD_OBJECTS
+from crmsync.domain import ObjectSpec
 from crmsync.mapping import activate as activate_mapping
 from crmsync.store import migrate
 from crmsync.store.db import create_store_engine
@@ -27,6 +27,7 @@ from crmsync.web import (
     csrf,
     health,
     metrics,
+    openapi_mapping,
 )
 from crmsync.web.auth import API_PREFIX, CredentialCheck, bearer_token_check
 from crmsync.web.errors import install_error_handlers
@@ -110,29 +111,17 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.state.metrics = metrics.MetricsPage(store, app.state.specs, app.state.alerts)
     app.include_router(metrics.router)
     console.install(app)
-    _name_mapped_objects(app, list(app.state.specs))
+    _describe_mapping(app, app.state.specs)
     return app
 
 
-def _name_mapped_objects(app: FastAPI, names: list[str]) -> None:
-    """The OpenAPI document lists the mapping's objects wherever an object is chosen
-    (the routes declare the standard four, which every mapping has)."""
+def _describe_mapping(app: FastAPI, specs: Mapping[str, ObjectSpec]) -> None:
+    """The OpenAPI document lists the mapping's objects and their typed fields."""
     build = app.openapi
-    standard = list(STANDARD_OBJECTS)
-
-    def rename(node: Any) -> None:
-        if isinstance(node, dict):
-            if node.get("enum") == standard:
-                node["enum"] = names
-            for value in node.values():
-                rename(value)
-        elif isinstance(node, list):
-            for value in node:
-                rename(value)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            rename(build())
-        return app.openapi_schema or {}
+            app.openapi_schema = openapi_mapping.describe(build(), specs)
+        return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
