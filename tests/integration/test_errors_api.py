@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
+from crmsync import diagnosis
 from crmsync.config import load_settings
 from crmsync.store import queue
 from crmsync.store.schema import sync_error, sync_queue
@@ -42,8 +43,11 @@ def error(
     status: str = "open",
     record_id: int | None = None,
     crm_id: str | None = None,
+    field: str | None = None,
 ) -> dict[str, Any]:
     return {
+        "field": field,
+        "category": diagnosis.category_of(code, message),
         "object": obj,
         "direction": direction,
         "record_key": key,
@@ -203,6 +207,9 @@ async def test_list_is_newest_first_with_total_and_contract_fields(client):
         "last_failed_at": "2026-11-25T10:00:00+00:00",
         "attempts": 2,
         "status": "open",
+        "field": None,
+        "category": "duplicate",
+        "fix": diagnosis.fix_for("duplicate", "0x80040333"),
     }
 
 

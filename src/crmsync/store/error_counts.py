@@ -12,6 +12,8 @@ Migration 0012 installs the triggers and seeds the counts in one transaction.
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
@@ -23,8 +25,7 @@ GROUP = ("object", "direction", "error_code", "category", "field")
 COLUMNS = ", ".join((*GROUP, "n"))
 # An update moves an error between groups only if one of these changes.
 MOVES = ("status", *GROUP)
-OPEN = "{row}.status = 'open'"
-assert ErrorStatus.OPEN == "open"  # the DDL's constant
+OPEN = "{row}.status = '" + ErrorStatus.OPEN.value + "'"
 
 
 def _row(row: str, n: int) -> str:
@@ -107,7 +108,7 @@ def uninstall(conn: Connection) -> None:
             conn.execute(sa.text(f"DROP FUNCTION IF EXISTS {name}()"))
 
 
-def _group(table: sa.Table | sa.Subquery) -> list[sa.ColumnElement[object]]:
+def _group(table: sa.Table | sa.Subquery | sa.CTE) -> list[sa.ColumnElement[Any]]:
     return [table.c[c] for c in GROUP]
 
 
