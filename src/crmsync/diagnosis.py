@@ -106,6 +106,12 @@ _BY_CODE.update(
         "0x80072326": C.THROTTLED,  # concurrent requests over the limit
     }
 )
+# Codes that cover several causes: (code, words in the message, category), first match.
+_BY_MESSAGE: tuple[tuple[str, str, ErrorCategory], ...] = (
+    ("0x80048d19", "Cannot convert", C.INVALID_VALUE),  # else a malformed request
+    ("0x80040217", "Could not find", C.MAPPING),  # an entity or attribute, not a record
+    ("0x80060891", "does not exist", C.MISSING_REFERENCE),  # no record with the key values
+)
 # Transport failures (no HTTP answer) are named by their exception class.
 _TRANSPORT = re.compile(r"(Timeout|Connect|Network|Transport|Protocol|ReadError|OSError)")
 _UNKNOWN_PROPERTY = re.compile(
@@ -114,6 +120,7 @@ _UNKNOWN_PROPERTY = re.compile(
 )
 _NAMED_ATTRIBUTE = re.compile(
     r"[Tt]he length of the '([^']+)' attribute|of '([^']+)' on record of type"
+    r"|Could not find attribute with key (\w+)|The key attribute '([^']+)' is not defined"
 )
 _NOT_FOUND = re.compile(r"^(\w+) With Id = \S+ Does Not Exist")
 # crmsync's own messages: "lead 7: email: ...", "parent_id refers to ...", "email: ...".
@@ -123,26 +130,30 @@ _OWN_COLUMN = re.compile(r"^(?:\w+ \d+: )?([a-z_][a-z0-9_]*)(?:: | refers to )")
 def category_of(code: str, message: str = "") -> ErrorCategory:
     """The category of an error with ``code`` and ``message`` (``other`` if unknown)."""
     key = code.lower()
-    if key in _BY_CODE:
-        if key == "0x80048d19" and "Cannot convert" not in message:
-            return C.OTHER  # a malformed request rather than a value
-        return _BY_CODE[key]
     if key == "crmsync.local_constraint":
         return _local_constraint(message)
-    if key.startswith("http_"):
-        return _by_status(key.removeprefix("http_"), message)
-    if key in ("", "0x0"):
+    for known, words, category in _BY_MESSAGE:
+        if key == known and words in message:
+            return category
+    if key == "0x80048d19":
+        return C.OTHER  # a malformed request rather than a value
+    if key in _BY_CODE:
+        return _BY_CODE[key]
+    if key in ("", "0x0") or key.startswith("http_"):
+        # Dataverse's code "is frequently empty": crmsync stores ``http_<status>`` then.
         if _UNKNOWN_PROPERTY.search(message) or "No HTTP resource" in message:
             return C.MAPPING
         if "matching key values already exists" in message:
             return C.DUPLICATE
-        return C.OTHER
+        return _by_status(key.removeprefix("http_"), message) if key else C.OTHER
     if _TRANSPORT.search(code):
         return C.UNAVAILABLE
     return C.OTHER
 
 
 def _by_status(status: str, message: str) -> ErrorCategory:
+    if "Cannot convert the literal" in message:
+        return C.INVALID_VALUE
     if status == "429":
         return C.THROTTLED
     if status in ("401", "403"):
@@ -209,17 +220,18 @@ def column_of(spec: ObjectSpec, attribute: str) -> str | None:
 
 
 def fix_for(category: str, code: str) -> str:
-    """The one sentence for the operator: the code's own row, else its category's."""
+    """The one sentence for the operator: the row of the code in that category, else the
+    category's general row."""
     key = code.lower()
     for f in FIXES:
-        if f.code is not None and f.code.lower() == key:
+        if f.code is not None and f.code.lower() == key and f.category == category:
             return f.fix
     return _CATEGORY_FIX.get(category, _CATEGORY_FIX[C.OTHER])
 
 
-def code_fixes() -> dict[str, str]:
-    """code -> fix for every code with its own row (the SQL export's CASE)."""
-    return {f.code: f.fix for f in FIXES if f.code is not None}
+def code_fixes() -> dict[tuple[str, str], str]:
+    """(code, category) -> fix for every code with its own row (the SQL's CASE)."""
+    return {(f.code, f.category.value): f.fix for f in FIXES if f.code is not None}
 
 
 def category_fixes() -> dict[str, str]:

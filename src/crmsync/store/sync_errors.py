@@ -232,7 +232,10 @@ def fix_expression() -> ColumnElement[str]:
     """The ERROR ``fix`` in SQL, from ``diagnosis.FIXES`` (the code's row, else the
     category's): so the lists, the exports and PostgreSQL's COPY agree."""
     e = sync_error.c
-    by_code = [(e.error_code == code, fix) for code, fix in diagnosis.code_fixes().items()]
+    by_code = [
+        ((e.error_code == code) & (e.category == category), fix)
+        for (code, category), fix in diagnosis.code_fixes().items()
+    ]
     by_category = [(e.category == cat, fix) for cat, fix in diagnosis.category_fixes().items()]
     return sa.case(
         *by_code, *by_category, else_=diagnosis.category_fixes()[ErrorCategory.OTHER]
