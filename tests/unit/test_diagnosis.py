@@ -160,4 +160,4 @@ def test_every_category_has_a_fix_and_every_fix_is_one_sentence() -> None:
 
 
 def test_passing_kinds() -> None:
-    assert diagnosis.PASSING == {C.THROTTLED, C.UNAVAILABLE, C.PERMISSION, C.MISSING_REFERENCE}
+    assert {C.THROTTLED, C.UNAVAILABLE, C.PERMISSION, C.MISSING_REFERENCE} == diagnosis.PASSING

@@ -4,17 +4,11 @@ Revision ID: 0012
 Revises: 0010
 Create Date: 2026-11-27 04:40:00
 
-- ``sync_error.field`` (the local column the failure concerns, or null), ``category``
-  (``crmsync.diagnosis``: existing rows get theirs from their code and message here) and
-  ``retry_at`` (when a passing failure is retried by itself; ``ix_sync_error_retry_at``
-  finds the due ones).
+- ``sync_error.field``, ``category`` (existing rows get theirs from code and message,
+  ``crmsync.diagnosis``) and ``retry_at`` (indexed: the due automatic retries).
 - ``sync_error_count``: +1/-1 rows per (object, direction, error_code, category, field)
-  of the open errors, kept by triggers on ``sync_error`` and seeded in this transaction
-  (``store/error_counts.py``), so that the errors summary reads a few rows instead of
-  counting every open error.
-
-Columns are added with ``ALTER TABLE ... ADD COLUMN`` (no table rebuild on SQLite), so
-the search index triggers of 0004 stay.
+  of the open errors, kept by triggers and seeded here (``store/error_counts.py``).
+- ``ADD COLUMN`` (no table rebuild on SQLite), so the search triggers of 0004 stay.
 """
 
 from __future__ import annotations
