@@ -166,6 +166,17 @@ def test_due_automatic_retries_requeue_keeping_attempts(engine: sa.Engine) -> No
         assert retry_at == [None, None]
 
 
+def test_a_resolved_or_dismissed_error_plans_no_retry(engine: sa.Engine) -> None:
+    a, b = insert_leads(engine, 2)
+    later = utcnow() + timedelta(minutes=1)
+    park(engine, [a, b], 3, auto_retry_at=later)
+    with write_transaction(engine) as conn:
+        queue.resolve(conn, {("lead", "to_crm", a.record_key)}, utcnow())
+        sync_errors.dismiss_ids(conn, [2])
+        assert conn.execute(sa.select(sync_error.c.retry_at)).scalars().all() == [None, None]
+        assert sync_errors.retry_due(conn, later + timedelta(days=1)) == 0
+
+
 def test_upgrade_of_an_existing_store_categorises_and_counts(engine: sa.Engine) -> None:
     now = utcnow()
     with write_transaction(engine) as conn:

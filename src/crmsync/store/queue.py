@@ -334,6 +334,7 @@ def _finish_statement() -> sa.Select[Any]:
         .values(
             status=ErrorStatus.RESOLVED,
             resolved_at=sa.bindparam("resolved_at", type_=UTCDateTime()),
+            retry_at=None,
         )
         .cte("resolved")
     )
@@ -401,7 +402,7 @@ def resolve(conn: Connection, keys: set[tuple[str, str, str]], now: datetime) ->
             err.status == ErrorStatus.OPEN,
             sa.tuple_(err.object, err.direction, err.record_key).in_(sorted(keys)),
         )
-        .values(status=ErrorStatus.RESOLVED, resolved_at=now)
+        .values(status=ErrorStatus.RESOLVED, resolved_at=now, retry_at=None)
     )
 
 
@@ -681,7 +682,7 @@ def resolve_object(conn: Connection, obj: str, direction: Direction, now: dateti
             err.direction == direction,
             err.record_key == OBJECT_KEY,
         )
-        .values(status=ErrorStatus.RESOLVED, resolved_at=now)
+        .values(status=ErrorStatus.RESOLVED, resolved_at=now, retry_at=None)
     )
 
 

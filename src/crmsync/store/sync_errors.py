@@ -545,7 +545,7 @@ def dismiss(conn: Connection, error_id: int) -> dict[str, Any]:
     conn.execute(
         sa.update(sync_error)
         .where(sync_error.c.id == error_id)
-        .values(status=ErrorStatus.DISMISSED)
+        .values(status=ErrorStatus.DISMISSED, retry_at=None)
     )
     row = conn.execute(_select().where(sync_error.c.id == error_id)).mappings().first()
     if row is None:
@@ -564,14 +564,20 @@ def dismiss_ids(conn: Connection, ids: Sequence[int]) -> dict[str, Any]:
     missing = [i for i in wanted if i not in found]
     if missing:
         raise NotFound(f"no sync error with id {', '.join(map(str, missing))}")
-    conn.execute(sa.update(sync_error).where(e.id.in_(wanted)).values(status=ErrorStatus.DISMISSED))
+    conn.execute(
+        sa.update(sync_error)
+        .where(e.id.in_(wanted))
+        .values(status=ErrorStatus.DISMISSED, retry_at=None)
+    )
     return {"errors": len(wanted), "dismissed": len(wanted)}
 
 
 def dismiss_matching(conn: Connection, filters: ErrorFilters) -> dict[str, Any]:
     """Dismiss every *open* error matching ``filters`` (resolved ones stay resolved)."""
     where = [*where_for(conn, filters), sync_error.c.status == ErrorStatus.OPEN]
-    result = conn.execute(sa.update(sync_error).where(*where).values(status=ErrorStatus.DISMISSED))
+    result = conn.execute(
+        sa.update(sync_error).where(*where).values(status=ErrorStatus.DISMISSED, retry_at=None)
+    )
     return {"errors": result.rowcount, "dismissed": result.rowcount}
 
 
