@@ -1,7 +1,9 @@
 """Parked errors of a passing kind come back by themselves, over real HTTP, on SQLite and
 PostgreSQL: an outage (every request answered 503) parks the pushes; once Dynamics
 answers again the running worker's upkeep queues them again and they sync, their errors
-resolved, while a data error (a value too long) stays open, waiting for a person."""
+resolved, while a data error (a value too long) stays open, waiting for a person; and a
+contact pulled before its brand-new account comes back by itself once the account is
+pulled."""
 
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ import time
 from typing import Any
 
 import sqlalchemy as sa
+from pull_support import Sales, rows, sales_fixture  # noqa: F401 (fixture)
 
-from crmsync.config import Settings
+from crmsync.config import Settings, load_settings
 from crmsync.dynamics.client import DataverseClient
 from crmsync.engine.worker import Worker
 from crmsync.store.schema import sync_error
@@ -103,3 +106,30 @@ def test_an_outage_park_comes_back_by_itself_and_a_data_error_waits(
     assert still["category"] == "data_too_long"
     result = check_exactly_once(store, url, expect_errors=True)
     assert result["synced"] == N and result["errors"] == 1
+
+
+def test_a_child_pulled_before_its_parent_comes_back_once_the_parent_arrives(
+    sync_settings: Settings, store: sa.Engine, sales: Sales, drain: Any
+) -> None:
+    # The account is not pulled at first (as if created after its object's poll).
+    one_way = load_settings(
+        **{**sync_settings.model_dump(), "objects": {"account": {"flow": "to_crm"}}}
+    )
+    account = sales.create("accounts", {"name": "Brand new"})
+    contact = sales.create(
+        "contacts",
+        {"lastname": "Early", "parentcustomerid_account@odata.bind": f"/accounts({account})"},
+    )
+    drain(fast(one_way), store)
+    (error,) = errors(store)
+    assert error["error_code"] == "crmsync.missing_parent"
+    assert error["category"] == "missing_reference" and error["field"] == "account_id"
+    assert error["retry_at"] is not None and contact not in rows(store, "contact")
+
+    # The account's object pulls (the next poll): nobody retries anything by hand.
+    def applied() -> bool:
+        return errors(store)[0]["status"] == "resolved"
+
+    asyncio.run(run_until(fast(sync_settings), store, applied, timeout=60))
+    assert errors(store)[0]["status"] == "resolved"
+    assert rows(store, "contact")[contact]["account_id"] is not None
