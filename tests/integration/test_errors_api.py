@@ -282,6 +282,8 @@ async def test_search(client, engine, q, expected):
         ({"since": "1899-12-31T23:59Z"}, "since"),
         ({"q": "a\x00b"}, "q"),
         ({"q": "x" * 1001}, "q"),
+        ({"category": "too_long"}, "category"),
+        ({"field": "x" * 65}, "field"),
     ],
 )
 async def test_bad_parameters_are_422(client, params, field):
@@ -361,8 +363,29 @@ async def test_summary(client):
     assert body["by_object"] == {"lead": 3, "contact": 1}
     assert body["by_direction"] == {"to_crm": 2, "from_crm": 2}
     assert body["by_code"] == {"0x80040333": 2, "0x80040237": 1, "local_constraint": 1}
+    assert body["by_category"] == {"duplicate": 3, "other": 1}
+    assert body["by_field"] == {}
     body = (await client.get("/api/v1/sync/errors/summary", params={"status": "all"})).json()
     assert body["total"] == 6 and body["by_code"]["0x80040333"] == 3
+
+
+async def test_category_filter_on_list_summary_and_export(client):
+    assert await ids(client, category="duplicate") == [4, 2, 1]
+    assert await ids(client, category="permission") == []
+    body = await client.get("/api/v1/sync/errors/summary", params={"category": "duplicate"})
+    assert body.json()["total"] == 3 and body.json()["by_category"] == {"duplicate": 3}
+    response = await client.get("/api/v1/sync/errors/export", params={"category": "duplicate"})
+    header = response.text.split("\r\n", 1)[0].split(",")
+    v1 = ["id", "object", "record_id", "crm_id", "record_label", "operation", "direction",
+          "error_code", "error_message", "first_failed_at", "last_failed_at", "attempts",
+          "status"]  # fmt: skip
+    assert header == [*v1, "field", "category", "fix"]
+    rows = list(csv.DictReader(io.StringIO(response.text, newline="")))
+    assert {r["category"] for r in rows} == {"duplicate"} and all(r["fix"] for r in rows)
+    exported = await client.get(
+        "/api/v1/sync/errors/export", params={"category": "duplicate", "format": "json"}
+    )
+    assert [list(item)[-3:] for item in exported.json()] == [["field", "category", "fix"]] * 3
 
 
 # -- export -------------------------------------------------------------------------------
