@@ -177,6 +177,15 @@ def test_a_resolved_or_dismissed_error_plans_no_retry(engine: sa.Engine) -> None
         assert sync_errors.retry_due(conn, later + timedelta(days=1)) == 0
 
 
+def test_truncate_of_the_errors_empties_the_counts(engine: sa.Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no TRUNCATE")
+    park(engine, insert_leads(engine, 2), 0)
+    with write_transaction(engine) as conn:
+        conn.execute(sa.text("TRUNCATE sync_error"))
+    assert counted(engine) == truth(engine) == {}
+
+
 def test_upgrade_of_an_existing_store_categorises_and_counts(engine: sa.Engine) -> None:
     now = utcnow()
     with write_transaction(engine) as conn:
