@@ -5,7 +5,9 @@
 - ``docs/mapping.md``: the mapping reference, from the mapping's schema
   (``crmsync.mapping.model``: its keys, their values and Dataverse's limits) and the
   default mapping, between the same kind of markers;
-- ``docs/api.md``: the API reference, from the app's OpenAPI document.
+- ``docs/api.md``: the API reference, from the app's OpenAPI document;
+- ``docs/troubleshooting.md``: the error categories and their fixes, from
+  ``crmsync.diagnosis.FIXES`` (the same texts as the ERROR ``fix``).
 
     PYTHONPATH=src python docs/generate.py           # rewrite them
     PYTHONPATH=src python docs/generate.py --check   # exit 1 if one is stale
@@ -26,6 +28,8 @@ BEGIN = "<!-- BEGIN GENERATED: settings (docs/generate.py) -->"
 END = "<!-- END GENERATED: settings -->"
 MAPPING_BEGIN = "<!-- BEGIN GENERATED: mapping (docs/generate.py) -->"
 MAPPING_END = "<!-- END GENERATED: mapping -->"
+FIXES_BEGIN = "<!-- BEGIN GENERATED: fixes (docs/generate.py) -->"
+FIXES_END = "<!-- END GENERATED: fixes -->"
 ENV_PREFIX = "CRMSYNC_"
 
 
@@ -377,13 +381,37 @@ def api_md() -> str:
     return "\n".join(line.replace("\n", " ") if line.startswith("|") else line for line in out)
 
 
+# -- error categories and fixes --------------------------------------------------------------
+
+
+def fixes_table() -> str:
+    """The table of ``crmsync.diagnosis.FIXES``: the ERROR ``fix`` texts, verbatim."""
+    from crmsync import diagnosis
+
+    lines = [
+        "| category | code | what it means | fix (the ERROR `fix`) | retried by itself |",
+        "|---|---|---|---|---|",
+    ]
+    for f in diagnosis.FIXES:
+        code = f"`{f.code}`" if f.code else "any other"
+        auto = "yes" if f.category in diagnosis.PASSING else "no"
+        lines.append(f"| `{f.category}` | {code} | {f.meaning} | {f.fix} | {auto} |")
+    return "\n".join(lines)
+
+
+def troubleshooting_md(current: str) -> str:
+    return _between("troubleshooting.md", current, FIXES_BEGIN, FIXES_END, fixes_table())
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
 def targets() -> dict[Path, str]:
     config = DOCS / "configuration.md"
     mapping = DOCS / "mapping.md"
+    trouble = DOCS / "troubleshooting.md"
     return {
+        trouble: troubleshooting_md(trouble.read_text(encoding="utf-8")),
         config: configuration_md(config.read_text(encoding="utf-8")),
         mapping: mapping_md(mapping.read_text(encoding="utf-8")),
         DOCS / "api.md": api_md() + "\n",

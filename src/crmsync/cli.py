@@ -445,6 +445,19 @@ UntilOpt = Annotated[
 ]
 
 
+CategoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--category",
+        help="Kind of failure: data_too_long, invalid_value, duplicate, missing_reference,"
+        " permission, mapping, throttled, unavailable or other",
+    ),
+]
+FieldOpt = Annotated[
+    str | None, typer.Option("--field", help="The local column the failure concerns, exactly")
+]
+
+
 def _raw_filters(
     search: str | None,
     object: str | None,
@@ -454,6 +467,8 @@ def _raw_filters(
     status: str | None,
     since: str | None,
     until: str | None,
+    category: str | None = None,
+    field: str | None = None,
 ) -> dict[str, str | None]:
     """The filter options by the names ``sync_errors.make_filters`` takes (as the API's)."""
     return {
@@ -465,6 +480,8 @@ def _raw_filters(
         "status": status,
         "since": since,
         "until": until,
+        "category": category,
+        "field": field,
     }
 
 
@@ -556,6 +573,8 @@ def errors_list(
     status: StatusOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
+    category: CategoryOpt = None,
+    field: FieldOpt = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="How many errors to show")] = 50,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON (as the API answers) instead of a table")
@@ -567,7 +586,9 @@ def errors_list(
 
     settings = _settings()
     with _store(settings) as engine, engine.connect() as conn:
-        given = _raw_filters(search, object, direction, operation, code, status, since, until)
+        given = _raw_filters(
+            search, object, direction, operation, code, status, since, until, category, field
+        )
         page = sync_errors.list_errors(conn, _filters(settings, given), limit=limit)
     if as_json:
         _print_json(page)
@@ -587,6 +608,8 @@ def errors_export(
     status: StatusOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
+    category: CategoryOpt = None,
+    field: FieldOpt = None,
 ) -> None:
     """Save the matching errors to FILE, as CSV (for a spreadsheet) or JSON."""
     from crmsync.store import sync_errors
@@ -595,7 +618,9 @@ def errors_export(
     settings = _settings()
     with _store(settings) as engine:
         check_choice("format", format, ("csv", "json"))
-        given = _raw_filters(search, object, direction, operation, code, status, since, until)
+        given = _raw_filters(
+            search, object, direction, operation, code, status, since, until, category, field
+        )
         filters = _filters(settings, given)
         try:
             with file.open("w", encoding="utf-8", newline="") as out:
@@ -639,6 +664,8 @@ def errors_retry(
     status: StatusOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
+    category: CategoryOpt = None,
+    field: FieldOpt = None,
 ) -> None:
     """Send failed records again, once their cause is fixed.
 
@@ -647,7 +674,9 @@ def errors_retry(
     from crmsync.store import sync_errors
     from crmsync.store.db import write_transaction
 
-    given = _raw_filters(search, object, direction, operation, code, status, since, until)
+    given = _raw_filters(
+        search, object, direction, operation, code, status, since, until, category, field
+    )
     _selection(id, all_, given)
     settings = _settings()
     with _store(settings) as engine, write_transaction(engine) as conn:
@@ -676,12 +705,16 @@ def errors_dismiss(
     status: StatusOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
+    category: CategoryOpt = None,
+    field: FieldOpt = None,
 ) -> None:
     """Mark the matching errors dismissed (the help text is the decorator's)."""
     from crmsync.store import sync_errors
     from crmsync.store.db import write_transaction
 
-    given = _raw_filters(search, object, direction, operation, code, status, since, until)
+    given = _raw_filters(
+        search, object, direction, operation, code, status, since, until, category, field
+    )
     _selection(id, all_, given)
     settings = _settings()
     with _store(settings) as engine, write_transaction(engine) as conn:

@@ -89,6 +89,19 @@ class Settings(BaseSettings):
         1.0, gt=0, le=600, description="First retry delay; doubles each attempt, jittered"
     )
     retry_max_seconds: float = Field(300.0, gt=0, le=86400, description="Cap on the retry delay")
+    auto_retry_horizon_days: float = Field(
+        7.0,
+        ge=0,
+        le=365,
+        description="How long a parked error of a passing kind (throttled, unavailable,"
+        " permission, missing reference) is retried by itself; 0: never",
+    )
+    auto_retry_first_seconds: float = Field(
+        60.0, gt=0, le=86400, description="First automatic retry of a parked error; doubles"
+    )
+    auto_retry_max_seconds: float = Field(
+        21600.0, gt=0, le=7 * 86400, description="Cap on the automatic retry delay"
+    )
     max_concurrency: int = Field(
         52, ge=1, le=52, description="Requests in flight to Dynamics (52 is Dataverse's limit)"
     )

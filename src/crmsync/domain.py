@@ -59,6 +59,21 @@ class ErrorStatus(enum.StrEnum):
     DISMISSED = "dismissed"
 
 
+class ErrorCategory(enum.StrEnum):
+    """What kind of failure a sync error is (``crmsync.diagnosis`` decides; the contract's
+    ERROR ``category``). The passing kinds are retried automatically."""
+
+    DATA_TOO_LONG = "data_too_long"
+    INVALID_VALUE = "invalid_value"
+    DUPLICATE = "duplicate"
+    MISSING_REFERENCE = "missing_reference"
+    PERMISSION = "permission"
+    MAPPING = "mapping"
+    THROTTLED = "throttled"
+    UNAVAILABLE = "unavailable"
+    OTHER = "other"
+
+
 class EntryState(enum.StrEnum):
     """A queue entry is either waiting (part of the backlog) or parked as an error."""
 

@@ -75,6 +75,9 @@ class Failed:
     code: str
     message: str
     retry_at: datetime | None = None  # None: park it
+    field: str | None = None  # the local column the failure concerns, if known
+    # Parked, a passing failure is retried by itself then (``engine.auto_retry``).
+    auto_retry_at: datetime | None = None
 
 
 @dataclass
@@ -102,6 +105,7 @@ class Park:
     entry: Entry
     code: str
     message: str
+    field: str | None = None  # the local column concerned, when the engine knows it
 
 
 @dataclass(frozen=True)

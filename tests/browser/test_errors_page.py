@@ -167,3 +167,105 @@ def test_rows_are_compact_at_1440_by_900(
     expect(more).to_contain_text("First failed")
     page.keyboard.press("Enter")
     expect(more).to_be_hidden()
+
+
+def seed_kinds(console: Any) -> None:
+    """Three kinds of error on two fields, as the worker writes them."""
+    now = utcnow()
+    kinds = [
+        ("0x80044331", "data_too_long", "last_name", 3),
+        ("0x80044331", "data_too_long", "email", 2),
+        ("http_503", "unavailable", None, 4),
+    ]
+    rows = []
+    for code, category, field, n in kinds:
+        for _ in range(n):
+            i = len(rows) + 1
+            rows.append(
+                {
+                    "object": "lead",
+                    "direction": "to_crm",
+                    "record_key": str(i),
+                    "record_id": i,
+                    "crm_id": None,
+                    "record_label": f"kind{i}@example.com",
+                    "operation": "update",
+                    "error_code": code,
+                    "error_message": f"failure {i}",
+                    "first_failed_at": now - timedelta(minutes=i + 5),
+                    "last_failed_at": now - timedelta(minutes=i),
+                    "attempts": 1,
+                    "status": "open",
+                    "category": category,
+                    "field": field,
+                }
+            )
+    with write_transaction(console.engine) as conn:
+        conn.execute(sa.insert(sync_error), rows)
+
+
+def test_kind_field_and_fix_are_columns_filters_and_in_the_summary(
+    page: Any, console: Any, login: Any, screenshots: Path
+) -> None:
+    from crmsync import diagnosis
+
+    seed_kinds(console)
+    login(page)
+    page.goto(ERRORS)
+    rows = page.locator("#errors-table tbody tr")
+    expect(rows).to_have_count(9)
+    by_kind = page.locator("#summary-category tbody tr")
+    expect(by_kind).to_have_count(2)
+    expect(by_kind.first).to_contain_text("Data too long")  # 5, then Unavailable's 4
+    expect(by_kind.first.locator("td.num")).to_have_text("5")
+    expect(by_kind.nth(1).locator("td.num")).to_have_text("4")
+    expect(page.locator("#summary-field")).to_contain_text("last_name")
+    expect(page.locator("#summary-field tbody tr").first.locator("td.num")).to_have_text("3")
+    # One row's columns: its kind, its field and what to do.
+    row = page.locator("#errors-table tbody tr", has_text="kind1@example.com")
+    expect(row.locator("td.category")).to_have_text("Data too long")
+    expect(row.locator("td.field")).to_have_text("last_name")
+    expect(row.locator("td.fix")).to_have_text(diagnosis.fix_for("data_too_long", "0x80044331"))
+    page.screenshot(path=str(screenshots / "sync-errors-kinds.png"))
+
+    # Filter by field from the form, then by kind from the summary.
+    page.get_by_label("Field").fill("email")
+    page.get_by_role("button", name="Search").click()
+    expect(rows).to_have_count(2)
+    expect(page).to_have_url(re.compile(r"field=email"))
+    page.goto(ERRORS)
+    page.locator("#summary-category").get_by_role("link", name="Data too long").click()
+    expect(rows).to_have_count(5)
+    expect(page.get_by_label("Kind")).to_have_value("data_too_long")
+    page.get_by_label("Kind").select_option("unavailable")
+    page.get_by_role("button", name="Search").click()
+    expect(rows).to_have_count(4)
+    # A kind that is not one of the list is refused, naming the field.
+    page.goto(ERRORS + "?category=bogus")
+    expect(page.locator("#filter-problem")).to_contain_text("Kind")
+    expect(rows).to_have_count(0)
+
+
+def test_retry_all_of_a_kind_from_the_summary(page: Any, console: Any, login: Any) -> None:
+    seed_kinds(console)
+    with write_transaction(console.engine) as conn:
+        # Parked entries for the unavailable ones (ids 6..9), so a retry has work to do.
+        for key in ("6", "7", "8", "9", "1"):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO sync_queue (object, direction, record_key, record_id,"
+                    " operation, version, attempts, state, first_queued_at, last_changed_at,"
+                    " next_attempt_at)"
+                    " VALUES ('lead', 'to_crm', :k, :k, 'update', 1, 8, 'parked', :t, :t, :t)"
+                ),
+                {"k": key, "t": utcnow()},
+            )
+    login(page)
+    page.goto(ERRORS)
+    page.on("dialog", lambda d: d.accept())
+    kind = page.locator("#summary-category tbody tr", has_text="Unavailable")
+    kind.get_by_role("button", name="Retry all").click()
+    expect(page.locator(".flash, [role=status]").first).to_contain_text("Retried 4 errors")
+    with console.engine.connect() as conn:
+        states = dict(conn.execute(sa.text("SELECT record_key, state FROM sync_queue")).all())
+    assert states == {"6": "pending", "7": "pending", "8": "pending", "9": "pending", "1": "parked"}

@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
+from crmsync import diagnosis
 from crmsync.config import load_settings
 from crmsync.store import queue
 from crmsync.store.schema import sync_error, sync_queue
@@ -42,8 +43,11 @@ def error(
     status: str = "open",
     record_id: int | None = None,
     crm_id: str | None = None,
+    field: str | None = None,
 ) -> dict[str, Any]:
     return {
+        "field": field,
+        "category": diagnosis.category_of(code, message),
         "object": obj,
         "direction": direction,
         "record_key": key,
@@ -203,6 +207,9 @@ async def test_list_is_newest_first_with_total_and_contract_fields(client):
         "last_failed_at": "2026-11-25T10:00:00+00:00",
         "attempts": 2,
         "status": "open",
+        "field": None,
+        "category": "duplicate",
+        "fix": diagnosis.fix_for("duplicate", "0x80040333"),
     }
 
 
@@ -275,6 +282,8 @@ async def test_search(client, engine, q, expected):
         ({"since": "1899-12-31T23:59Z"}, "since"),
         ({"q": "a\x00b"}, "q"),
         ({"q": "x" * 1001}, "q"),
+        ({"category": "too_long"}, "category"),
+        ({"field": "x" * 65}, "field"),
     ],
 )
 async def test_bad_parameters_are_422(client, params, field):
@@ -354,8 +363,29 @@ async def test_summary(client):
     assert body["by_object"] == {"lead": 3, "contact": 1}
     assert body["by_direction"] == {"to_crm": 2, "from_crm": 2}
     assert body["by_code"] == {"0x80040333": 2, "0x80040237": 1, "local_constraint": 1}
+    assert body["by_category"] == {"duplicate": 3, "other": 1}
+    assert body["by_field"] == {}
     body = (await client.get("/api/v1/sync/errors/summary", params={"status": "all"})).json()
     assert body["total"] == 6 and body["by_code"]["0x80040333"] == 3
+
+
+async def test_category_filter_on_list_summary_and_export(client):
+    assert await ids(client, category="duplicate") == [4, 2, 1]
+    assert await ids(client, category="permission") == []
+    body = await client.get("/api/v1/sync/errors/summary", params={"category": "duplicate"})
+    assert body.json()["total"] == 3 and body.json()["by_category"] == {"duplicate": 3}
+    response = await client.get("/api/v1/sync/errors/export", params={"category": "duplicate"})
+    header = response.text.split("\r\n", 1)[0].split(",")
+    v1 = ["id", "object", "record_id", "crm_id", "record_label", "operation", "direction",
+          "error_code", "error_message", "first_failed_at", "last_failed_at", "attempts",
+          "status"]  # fmt: skip
+    assert header == [*v1, "field", "category", "fix"]
+    rows = list(csv.DictReader(io.StringIO(response.text, newline="")))
+    assert {r["category"] for r in rows} == {"duplicate"} and all(r["fix"] for r in rows)
+    exported = await client.get(
+        "/api/v1/sync/errors/export", params={"category": "duplicate", "format": "json"}
+    )
+    assert [list(item)[-3:] for item in exported.json()] == [["field", "category", "fix"]] * 3
 
 
 # -- export -------------------------------------------------------------------------------

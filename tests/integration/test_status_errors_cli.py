@@ -97,6 +97,9 @@ def test_status_says_the_time_to_drain_paused_or_no_rate_at_80_columns(run, engi
         (("errors", "list", "--since", "today"), "--since"),
         (("errors", "export", "x.csv", "--until", "2026-11-25T10:00:00"), "--until"),
         (("errors", "retry", "--all", "--search", "a\x00b"), "--search"),
+        (("errors", "retry", "--all", "--category", "typo"), "--category"),
+        (("errors", "list", "--category", "late"), "--category"),
+        (("errors", "dismiss", "--all", "--field", "x" * 65), "--field"),
     ],
 )
 def test_bad_options_exit_2_naming_them(run, args, flag):
@@ -172,6 +175,43 @@ def test_errors_dismiss_by_id_and_by_filter(run, engine: Engine):
     assert [st for i, st in after.items() if before[i] == "resolved"] == ["resolved"]
     listed = json.loads(run("errors", "list", "--status", "dismissed", "--json").output)
     assert {i["id"] for i in listed["items"]} == {1, *still_open, *earlier}
+
+
+def test_errors_by_category_and_field_list_retry_and_dismiss(run, engine: Engine):
+    now = utcnow()
+    kinds = [
+        ("1", "0x80044331", "data_too_long", "last_name"),
+        ("2", "http_503", "unavailable", None),
+        ("3", "http_503", "unavailable", None),
+    ]
+    with engine.begin() as conn:
+        for key, code, category, field in kinds:
+            conn.execute(
+                sa.insert(sync_error).values(
+                    object="lead", direction="to_crm", record_key=key, record_id=int(key),
+                    operation="update", error_code=code, error_message="m",
+                    first_failed_at=now, last_failed_at=now, status="open",
+                    category=category, field=field,
+                )
+            )  # fmt: skip
+            conn.execute(
+                sa.insert(sync_queue).values(
+                    object="lead", direction="to_crm", record_key=key, record_id=int(key),
+                    operation="update", state="parked", first_queued_at=now,
+                    last_changed_at=now, next_attempt_at=now, attempts=8,
+                )
+            )  # fmt: skip
+    listed = json.loads(run("errors", "list", "--field", "last_name", "--json").output)
+    assert [i["record_id"] for i in listed["items"]] == [1]
+    assert listed["items"][0]["category"] == "data_too_long" and listed["items"][0]["fix"]
+    result = run("errors", "retry", "--all", "--category", "unavailable")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Retried 2 errors: 2 records queued")
+    with engine.connect() as conn:
+        states = dict(conn.execute(sa.select(sync_queue.c.record_key, sync_queue.c.state)).all())
+    assert states == {"1": "parked", "2": "pending", "3": "pending"}
+    result = run("errors", "dismiss", "--all", "--category", "data_too_long")
+    assert result.exit_code == 0 and result.output == "Dismissed 1 error.\n"
 
 
 LONG = "0x80060891"

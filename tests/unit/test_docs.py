@@ -54,6 +54,9 @@ def test_check_mode_reports_a_stale_file(tmp_path: Path, monkeypatch) -> None:  
         f"# Mapping\n\n{gen.MAPPING_BEGIN}\nold keys\n{gen.MAPPING_END}\nkept\n",
         encoding="utf-8",
     )
+    (tmp_path / "troubleshooting.md").write_text(
+        f"# Troubleshooting\n\n{gen.FIXES_BEGIN}\nold fixes\n{gen.FIXES_END}\n", encoding="utf-8"
+    )
     monkeypatch.setattr(gen, "DOCS", tmp_path)
     assert gen.main(["--check"]) == 1
     assert gen.main([]) == 0
@@ -62,6 +65,16 @@ def test_check_mode_reports_a_stale_file(tmp_path: Path, monkeypatch) -> None:  
     mapping = (tmp_path / "mapping.md").read_text(encoding="utf-8")
     assert "| `max_length` |" in mapping and "old keys" not in mapping
     assert mapping.endswith(f"{gen.MAPPING_END}\nkept\n")  # the hand-written part stays
+
+
+def test_troubleshooting_lists_every_fix_verbatim() -> None:
+    from crmsync import diagnosis
+
+    text = (DOCS / "troubleshooting.md").read_text(encoding="utf-8")
+    for f in diagnosis.FIXES:
+        assert f"| {f.fix} |" in text, f.fix
+    for category in diagnosis.category_fixes():
+        assert f"| `{category}` |" in text
 
 
 def test_the_mapping_reference_documents_every_key_value_and_limit() -> None:

@@ -86,7 +86,7 @@ def test_a_retry_never_comes_before_retry_after() -> None:
 def test_a_transient_fault_that_used_up_its_attempts_is_parked() -> None:
     fault = Retriable("busy", status=503)
     verdict = judge(send(attempts=4), ItemResult(error=fault), NOW, POLICY)
-    assert verdict == Parked("http_503", "gave up after 5 attempts: busy")
+    assert verdict == Parked("http_503", "gave up after 5 attempts: busy", transient=True)
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from crmsync.config import Settings
 from crmsync.domain import Direction, ObjectSpec, Operation
+from crmsync.engine import auto_retry
 from crmsync.engine import changes as ch
 from crmsync.engine.conflicts import resolve
 from crmsync.mapping.convert import DoesNotFit, from_dataverse, json_row, local_values, to_dataverse
@@ -40,7 +41,6 @@ from crmsync.values import (
     Defer,
     Done,
     Entry,
-    Failed,
     LocalWrite,
     Outcome,
     Park,
@@ -102,10 +102,10 @@ def plan_apply(
                 local = from_dataverse(field, value)
                 value = to_dataverse(field, local)  # one JSON form to compare and keep
             except DoesNotFit as exc:
-                return Park(entry, UNMAPPABLE, str(exc))
+                return Park(entry, UNMAPPABLE, str(exc), field=exc.field.column)
         problem = inbound.why_unfit(spec, column, local)
         if problem is not None:
-            return Park(entry, UNMAPPABLE, problem)
+            return Park(entry, UNMAPPABLE, problem, field=column)
         remote[column] = value
     targets = {lk.column: lk.target for lk in spec.lookups}
     for column, parent_crm_id in change.lookups.items():
@@ -114,7 +114,12 @@ def plan_apply(
             continue
         target = targets[column]
         if not ch.is_guid(parent_crm_id):
-            return Park(entry, UNMAPPABLE, f"{column}: {parent_crm_id!r} is not a Dynamics id")
+            return Park(
+                entry,
+                UNMAPPABLE,
+                f"{column}: {parent_crm_id!r} is not a Dynamics id",
+                field=column,
+            )
         parent = ctx.parents.get((target, parent_crm_id))
         if parent is None:
             if (target, parent_crm_id) in ctx.parents_on_their_way:
@@ -124,6 +129,7 @@ def plan_apply(
                 MISSING_PARENT,
                 f"{column} refers to {target} {parent_crm_id}, which is not in the local"
                 f" {target} table and is not queued to arrive",
+                field=column,
             )
         remote[column] = parent
     if row is None and record_id is None:
@@ -275,10 +281,10 @@ class Applier:
                 outcome.deferred.append((step.entry, now + timedelta(seconds=APPLY_DEFER_SECONDS)))
                 self.stats.deferred += 1
             elif isinstance(step, Park):
-                self._park(outcome, step.entry, step.code, step.message)
+                self._park(outcome, step.entry, step.code, step.message, now, step.field)
         done, refused = store_apply.write_all(conn, self.specs, writes, now)
         for w, message in refused:
-            self._park(outcome, w.entry, LOCAL_CONSTRAINT, message)
+            self._park(outcome, w.entry, LOCAL_CONSTRAINT, message, now)
         outcome.done.extend(done)
         self.stats.applied += len(done)
         self.stats.conflicts += sum(
@@ -286,7 +292,18 @@ class Applier:
         )
         return outcome
 
-    def _park(self, outcome: Outcome, entry: Entry, code: str, message: str) -> None:
-        outcome.failed.append(Failed(entry, code, message))
+    def _park(
+        self,
+        outcome: Outcome,
+        entry: Entry,
+        code: str,
+        message: str,
+        now: datetime,
+        field: str | None = None,
+    ) -> None:
+        policy = auto_retry.policy_of(self.settings)
+        outcome.failed.append(
+            auto_retry.parked(entry, code, message, self.specs, now, policy, field=field)
+        )
         self.stats.parked += 1
         self.stats.by_code[code] = self.stats.by_code.get(code, 0) + 1

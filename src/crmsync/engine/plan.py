@@ -154,7 +154,12 @@ def plan_entry(
     try:
         body, blocked_by, values = body_for(spec, row, parents)
     except DoesNotFit as exc:
-        return Park(entry, exc.code, f"{label} {exc}: nothing was sent; correct the value")
+        return Park(
+            entry,
+            exc.code,
+            f"{label} {exc}: nothing was sent; correct the value",
+            field=exc.field.column,
+        )
     if blocked_by is not None:
         target, target_id = blocked_by.split(" ", 1)
         parent = parents.get((target, int(target_id)))
@@ -163,8 +168,9 @@ def plan_entry(
         return Park(
             entry,
             MISSING_REFERENCE,
-            f"{spec.name} {entry.record_id} refers to {blocked_by}, which is not in Dynamics"
-            " and is not queued to go there",
+            field=next((lk.column for lk in spec.lookups if lk.target == target), None),
+            message=f"{spec.name} {entry.record_id} refers to {blocked_by}, which is not in"
+            " Dynamics and is not queued to go there",
         )
     crm_id = row.get("crm_id") or entry.crm_id
     if entry.operation == Operation.INSERT or crm_id is None:

@@ -23,6 +23,7 @@ from crmsync.config import Settings
 from crmsync.domain import Direction, ObjectSpec, Operation
 from crmsync.dynamics.client import DataverseClient
 from crmsync.dynamics.writes import ItemResult
+from crmsync.engine import auto_retry
 from crmsync.engine.plan import Send, Step, plan_batch
 from crmsync.engine.verdict import Parked, Retry, RetryPolicy, Stale, Synced, Unusable, judge
 from crmsync.errors import Fatal, ObjectUnusable, Refusal
@@ -233,8 +234,9 @@ class Pusher:
                 case Stale():
                     refused.append(send)
                     self.stats.stale += 1
-                case Parked(code, message):
-                    outcome.failed.append(Failed(e, code, message))
+                case Parked(code, message, transient):
+                    free = self.settings.max_attempts - 1 if transient else 0
+                    outcome.failed.append(self._parked(e, code, message, now, free_tries=free))
                     self._count_park(code)
                 case Unusable():
                     # Back to the backlog as it was (no attempt counted); the object
@@ -254,7 +256,9 @@ class Pusher:
                 outcome.deferred.append((step.entry, now + timedelta(seconds=PUSH_DEFER_SECONDS)))
                 self.stats.deferred += 1
             elif isinstance(step, Park):
-                outcome.failed.append(Failed(step.entry, step.code, step.message))
+                outcome.failed.append(
+                    self._parked(step.entry, step.code, step.message, now, field=step.field)
+                )
                 self._count_park(step.code)
         with write_transaction(self.engine) as conn:
             stale, held = self._refused(conn, refused, now, outcome)
@@ -297,6 +301,21 @@ class Pusher:
                 outcome.deferred.append((send.entry, now + timedelta(seconds=PUSH_DEFER_SECONDS)))
                 stale.append((send.entry.object, send.crm_id))
         return stale, held
+
+    def _parked(
+        self,
+        entry: Entry,
+        code: str,
+        message: str,
+        now: datetime,
+        *,
+        field: str | None = None,
+        free_tries: int = 0,
+    ) -> Failed:
+        policy = auto_retry.policy_of(self.settings)
+        return auto_retry.parked(
+            entry, code, message, self.specs, now, policy, field=field, free_tries=free_tries
+        )
 
     def _count_park(self, code: str) -> None:
         self.stats.parked += 1

@@ -42,6 +42,7 @@ class Stale:
 class Parked:
     code: str
     message: str
+    transient: bool = False  # a transient fault that used up its attempts in the backlog
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def judge(
     status = getattr(err, "status", None)
     code = f"http_{status}" if status else type(err).__name__
     if retry.exhausted(attempts, policy.max_attempts):
-        return Parked(code, f"gave up after {attempts} attempts: {err}")
+        return Parked(code, f"gave up after {attempts} attempts: {err}", transient=True)
     at = retry.next_attempt(
         now,
         attempts,

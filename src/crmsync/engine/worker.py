@@ -48,7 +48,7 @@ from crmsync.mapping import activate as activate_mapping
 from crmsync.memory import release_free_memory
 from crmsync.store import migrate, queue
 from crmsync.store.db import is_sqlite, store_unavailable, write_transaction
-from crmsync.store.maintenance import COMPACT_SECONDS, compact_counts, maintain
+from crmsync.store.maintenance import COMPACT_SECONDS, compact_counts, maintain, retry_due
 from crmsync.store.queue import next_due
 from crmsync.store.status import pause_unusable
 from crmsync.store.types import utcnow
@@ -299,6 +299,7 @@ class Worker:
                 # bucket whoever calls it: a deployment with workers but no console
                 # still keeps its trend and prunes old counters.
                 await asyncio.to_thread(maintain, self.engine)
+                await asyncio.to_thread(retry_due, self.engine)
                 await asyncio.to_thread(release_free_memory)
             except Exception as exc:
                 self.outage.failed(exc, "worker.upkeep_failed")
@@ -315,6 +316,7 @@ class Worker:
                 return
             try:
                 await asyncio.to_thread(compact_counts, self.engine)
+                await asyncio.to_thread(retry_due, self.engine)
             except Exception as exc:
                 self.outage.failed(exc, "worker.upkeep_failed")
 

@@ -14,7 +14,7 @@ client for COPY, which the server cannot parameterise.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -71,13 +71,16 @@ def copy_select(
     order_by: Sequence[ColumnElement[Any]],
     formula_starts: Sequence[str],
     time_columns: frozenset[str],
+    computed: Mapping[str, ColumnElement[Any]] | None = None,
 ) -> sa.Select[Any]:
-    """The SELECT whose COPY is the CSV: one text cell per field, labelled for the header."""
+    """The SELECT whose COPY is the CSV: one text cell per field, labelled for the header
+    (``computed``: fields that are expressions rather than columns, e.g. ``fix``)."""
+    columns = {**{c.name: c for c in sync_error.c}, **(computed or {})}
     cells: list[ColumnElement[Any]] = [
         (
-            _time_cell(sync_error.c[name])
+            _time_cell(columns[name])
             if name in time_columns
-            else _escaped_cell(sync_error.c[name], formula_starts)
+            else _escaped_cell(columns[name], formula_starts)
         ).label(name)
         for name in field_names
     ]

@@ -3,7 +3,9 @@ write anyway (workers, ``crmsync serve``); safe to run from several at once.
 
 - ``compact_counts``, every ``COMPACT_SECONDS``: folds the capture log (up to
   ``FOLD_SECONDS``, unless another process is folding) and the backlog's +1/-1 count
-  rows into one per group (``store.backlog_counts``), so reads stay a few dozen rows.
+  rows into one per group (``store.backlog_counts``), so reads stay a few dozen rows;
+  the open errors' counts likewise (``store.error_counts``).
+- ``retry_due``: the workers' automatic retries of parked passing failures.
 - ``maintain``, every poll or ops round, does the rest once per 15-minute bucket: one
   backlog sample per (object, direction) for the trend (kept ``SAMPLE_DAYS`` days);
   ``sync_throughput`` retention: 15-minute buckets for ``FINE_DAYS`` days (every clock
@@ -24,7 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crmsync.mapping import active
-from crmsync.store import backlog_counts, capture, sessions
+from crmsync.store import backlog_counts, capture, error_counts, sessions, sync_errors
 from crmsync.store.db import read_transaction, write_transaction
 from crmsync.store.queue import bucket_start
 from crmsync.store.schema import sync_backlog_sample, sync_rate, sync_throughput, sync_tombstone
@@ -173,10 +175,20 @@ def compact_counts(engine: Engine) -> int:
     capture.fold_pending(engine, wait=False, max_seconds=FOLD_SECONDS, pause=pause)
     with write_transaction(engine) as conn:
         folded = backlog_counts.compact(conn)
+        errors_folded = error_counts.compact(conn)
     if folded >= SHRINK_ROWS and engine.dialect.name == "postgresql":
         backlog_counts.shrink(engine)
+    if errors_folded >= SHRINK_ROWS and engine.dialect.name == "postgresql":
+        error_counts.shrink(engine)
     capture.shrink(engine)
     return folded
+
+
+def retry_due(engine: Engine, now: datetime | None = None) -> int:
+    """Queue again the parked records whose automatic retry is due (``sync_errors.
+    retry_due``), a batch per call; the workers call it with their upkeep."""
+    with write_transaction(engine) as conn:
+        return sync_errors.retry_due(conn, now or utcnow())
 
 
 def maintain(engine: Engine, now: datetime | None = None) -> Maintained:

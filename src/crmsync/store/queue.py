@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from crmsync import diagnosis
 from crmsync.domain import Direction, EntryState, ErrorStatus, Operation
 from crmsync.store import capture
 from crmsync.store.db import write_transaction
@@ -351,6 +352,7 @@ def _finish_statement() -> sa.Select[Any]:
         .values(
             status=ErrorStatus.RESOLVED,
             resolved_at=sa.bindparam("resolved_at", type_=UTCDateTime()),
+            retry_at=None,
         )
         .cte("resolved")
     )
@@ -418,7 +420,7 @@ def resolve(conn: Connection, keys: set[tuple[str, str, str]], now: datetime) ->
             err.status == ErrorStatus.OPEN,
             sa.tuple_(err.object, err.direction, err.record_key).in_(sorted(keys)),
         )
-        .values(status=ErrorStatus.RESOLVED, resolved_at=now)
+        .values(status=ErrorStatus.RESOLVED, resolved_at=now, retry_at=None)
     )
 
 
@@ -620,6 +622,9 @@ def _park(conn: Connection, f: Failed, now: datetime) -> None:
         "error_code": f.code,
         "error_message": f.message,
         "last_failed_at": now,
+        "field": f.field,
+        "category": diagnosis.category_of(f.code, f.message),
+        "retry_at": f.auto_retry_at,
     }
     _open_error(conn, (e.object, e.direction, e.record_key), values, e.attempts + 1, now)
 
@@ -677,6 +682,9 @@ def fail_object(
         "error_code": code,
         "error_message": message,
         "last_failed_at": now,
+        "field": None,
+        "category": diagnosis.category_of(code, message),
+        "retry_at": None,  # the object's next read tries again
     }
     _open_error(conn, (obj, direction, OBJECT_KEY), values, 1, now)
 
@@ -692,7 +700,7 @@ def resolve_object(conn: Connection, obj: str, direction: Direction, now: dateti
             err.direction == direction,
             err.record_key == OBJECT_KEY,
         )
-        .values(status=ErrorStatus.RESOLVED, resolved_at=now)
+        .values(status=ErrorStatus.RESOLVED, resolved_at=now, retry_at=None)
     )
 
 

@@ -208,7 +208,13 @@ sync_error = Table(
     Column("attempts", Integer, nullable=False, server_default="1"),
     Column("status", String(10), nullable=False, server_default="open"),
     Column("resolved_at", UTCDateTime(), nullable=True),
+    # The local column the failure concerns (or none), its kind (``crmsync.diagnosis``)
+    # and, for a passing kind, when it is retried by itself (``engine.auto_retry``).
+    Column("field", String(64), nullable=True),
+    Column("category", String(20), nullable=False, server_default="other"),
+    Column("retry_at", UTCDateTime(), nullable=True),
     Index("ix_sync_error_status_last_failed", "status", "last_failed_at", "id"),
+    Index("ix_sync_error_retry_at", "retry_at"),
     Index("ix_sync_error_record", "object", "direction", "record_key", "status"),
     # Listing or exporting every status, newest first, without sorting the table.
     Index("ix_sync_error_last_failed", "last_failed_at", "id"),
@@ -305,6 +311,19 @@ sync_backlog_count = Table(
     Column("n", BigInteger, nullable=False),
 )
 
+# +1/-1 rows per (object, direction, error_code, category, field) of the open errors,
+# appended by triggers on sync_error and folded by upkeep: see store/error_counts.py.
+sync_error_count = Table(
+    "sync_error_count",
+    metadata,
+    Column("object", String(32), nullable=False),
+    Column("direction", String(8), nullable=False),
+    Column("error_code", String(64), nullable=False),
+    Column("category", String(20), nullable=False),
+    Column("field", String(64), nullable=True),
+    Column("n", BigInteger, nullable=False),
+)
+
 # The change-tracking delta link per object.
 sync_cursor = Table(
     "sync_cursor",
@@ -381,6 +400,7 @@ __all__ = [
     "sync_conflict",
     "sync_cursor",
     "sync_error",
+    "sync_error_count",
     "sync_pause",
     "sync_queue",
     "sync_rate",

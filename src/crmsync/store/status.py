@@ -166,7 +166,7 @@ def resume(conn: Connection, obj: str, direction: str, now: datetime | None = No
                 err.record_key == queue.OBJECT_KEY,
                 *([err.object == obj] if obj != "*" else []),
             )
-            .values(status=ErrorStatus.RESOLVED, resolved_at=now or utcnow())
+            .values(status=ErrorStatus.RESOLVED, resolved_at=now or utcnow(), retry_at=None)
         )
     return lifted
 

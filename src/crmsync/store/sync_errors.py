@@ -23,9 +23,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import ColumnElement, Connection, Engine, RowMapping
 
-from crmsync.domain import EntryState, ErrorStatus
+from crmsync import diagnosis
+from crmsync.domain import EntryState, ErrorCategory, ErrorStatus
 from crmsync.errors import ValidationFailed
-from crmsync.store import error_search, errors_copy
+from crmsync.store import error_counts, error_search, errors_copy
 from crmsync.store.params import (
     DEFAULT_LIMIT,
     MAX_ID,
@@ -59,7 +60,12 @@ ERROR_FIELDS: tuple[str, ...] = (
     "last_failed_at",
     "attempts",
     "status",
+    # v2, after the v1 fields: what the failure concerns and what to do.
+    "field",
+    "category",
+    "fix",
 )
+CATEGORIES = tuple(c.value for c in ErrorCategory)
 STATUSES = (*(s.value for s in ErrorStatus), "all")
 EXPORT_BATCH = 1000
 # Spreadsheets run a cell starting with these as a formula (OWASP "CSV injection").
@@ -77,11 +83,21 @@ class ErrorFilters:
     status: str = ErrorStatus.OPEN
     since: datetime | None = None
     until: datetime | None = None
+    category: str | None = None
+    field: str | None = None
 
     @property
     def given(self) -> bool:
         """Whether anything narrows the selection beyond the default status."""
         return any(getattr(self, f.name) is not None for f in fields(self) if f.name != "status")
+
+    @property
+    def counted(self) -> bool:
+        """Whether the open errors' counts answer the summary (``error_counts``): open
+        errors, narrowed only by what the counts are grouped by."""
+        return self.status == ErrorStatus.OPEN and not any(
+            (self.q, self.operation, self.since, self.until)
+        )
 
 
 def make_filters(
@@ -95,12 +111,15 @@ def make_filters(
     status: str | None = None,
     since: str | datetime | None = None,
     until: str | datetime | None = None,
+    category: str | None = None,
+    field: str | None = None,
 ) -> ErrorFilters:
     """Validated filters from user input; each bad value raises naming its parameter."""
     check_choice("object", object, objects)
     check_choice("direction", direction, DIRECTIONS)
     check_choice("operation", operation, OPERATIONS)
     check_choice("status", status, STATUSES)
+    check_choice("category", category, CATEGORIES)
     since_at, until_at = timestamp("since", since), timestamp("until", until)
     check_window(since_at, until_at)
     return ErrorFilters(
@@ -112,6 +131,8 @@ def make_filters(
         status=status or ErrorStatus.OPEN,
         since=since_at,
         until=until_at,
+        category=category,
+        field=check_text("field", field, 64) or None,
     )
 
 
@@ -181,6 +202,8 @@ def conditions(
         ("direction", filters.direction),
         ("operation", filters.operation),
         ("error_code", filters.code),
+        ("category", filters.category),
+        ("field", filters.field),
     ):
         if value is not None:
             where.append(column(name) == value)
@@ -205,8 +228,26 @@ def to_item(row: RowMapping) -> dict[str, Any]:
     return item
 
 
+def fix_expression() -> ColumnElement[str]:
+    """The ERROR ``fix`` in SQL, from ``diagnosis.FIXES`` (the code's row, else the
+    category's): so the lists, the exports and PostgreSQL's COPY agree."""
+    e = sync_error.c
+    by_code = [
+        ((e.error_code == code) & (e.category == category), fix)
+        for (code, category), fix in diagnosis.code_fixes().items()
+    ]
+    by_category = [(e.category == cat, fix) for cat, fix in diagnosis.category_fixes().items()]
+    return sa.case(
+        *by_code, *by_category, else_=diagnosis.category_fixes()[ErrorCategory.OTHER]
+    ).label("fix")
+
+
+def _column(name: str) -> ColumnElement[Any]:
+    return fix_expression() if name == "fix" else sync_error.c[name]
+
+
 def _select() -> sa.Select[Any]:
-    return sa.select(*(sync_error.c[name] for name in ERROR_FIELDS))
+    return sa.select(*(_column(name) for name in ERROR_FIELDS))
 
 
 _NEWEST_FIRST = (sync_error.c.last_failed_at.desc(), sync_error.c.id.desc())
@@ -278,22 +319,61 @@ def previous_cursor(conn: Connection, filters: ErrorFilters, cursor: str, limit:
 
 
 def summary(conn: Connection, filters: ErrorFilters) -> dict[str, Any]:
-    """Counts by object, direction and error code, and by the three together."""
-    e = sync_error.c
-    rows = conn.execute(
-        sa.select(e.object, e.direction, e.error_code, sa.func.count())
-        .where(*where_for(conn, filters))
-        .group_by(e.object, e.direction, e.error_code)
-        .order_by(sa.func.count().desc(), e.object, e.direction, e.error_code)
-    ).all()
-    body: dict[str, Any] = {"total": 0, "by_object": {}, "by_direction": {}, "by_code": {}}
-    groups = []
-    for obj, direction, code, n in rows:
+    """Counts by object, direction, error code, category and field (errors without a
+    field are not in ``by_field``), and by object, direction and code together.
+
+    The default view (open errors, narrowed at most by object, direction, code, category
+    or field) reads the counts the triggers keep (``error_counts``): a few rows whatever
+    the number of errors. Any other filter counts the matching errors.
+    """
+    if filters.counted:
+        s = error_counts.sums()
+        where = [
+            s.c[name] == value
+            for name, value in (
+                ("object", filters.object),
+                ("direction", filters.direction),
+                ("error_code", filters.code),
+                ("category", filters.category),
+                ("field", filters.field),
+            )
+            if value is not None
+        ]
+        query = sa.select(
+            s.c.object, s.c.direction, s.c.error_code, s.c.category, s.c.field, s.c.n
+        ).where(*where)
+    else:
+        e = sync_error.c
+        group = (e.object, e.direction, e.error_code, e.category, e.field)
+        query = sa.select(*group, sa.func.count()).where(*where_for(conn, filters)).group_by(*group)
+    body: dict[str, Any] = {
+        "total": 0,
+        "by_object": {},
+        "by_direction": {},
+        "by_code": {},
+        "by_category": {},
+        "by_field": {},
+    }
+    groups: dict[tuple[str, str, str], int] = {}
+    for obj, direction, code, category, field, n in conn.execute(query).all():
+        n = int(n)
         body["total"] += n
-        for key, value in (("by_object", obj), ("by_direction", direction), ("by_code", code)):
-            body[key][value] = body[key].get(value, 0) + n
-        groups.append({"object": obj, "direction": direction, "error_code": code, "count": n})
-    body["groups"] = groups
+        for key, value in (
+            ("by_object", obj),
+            ("by_direction", direction),
+            ("by_code", code),
+            ("by_category", category),
+            ("by_field", field),
+        ):
+            if value is not None:
+                body[key][value] = body[key].get(value, 0) + n
+        groups[(obj, direction, code)] = groups.get((obj, direction, code), 0) + n
+    for key in ("by_object", "by_direction", "by_code", "by_category", "by_field"):
+        body[key] = dict(sorted(body[key].items(), key=lambda kv: (-kv[1], kv[0])))
+    ordered = sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))
+    body["groups"] = [
+        {"object": o, "direction": d, "error_code": c, "count": n} for (o, d, c), n in ordered
+    ]
     return body
 
 
@@ -377,7 +457,12 @@ def copy_query(filters: ErrorFilters) -> sa.Select[Any]:
     """The PostgreSQL SELECT the ``COPY`` export runs: same filters, order and columns."""
     where = conditions(filters, "postgresql")
     return errors_copy.copy_select(
-        ERROR_FIELDS, where, _NEWEST_FIRST, FORMULA_STARTS, _TIME_COLUMNS
+        ERROR_FIELDS,
+        where,
+        _NEWEST_FIRST,
+        FORMULA_STARTS,
+        _TIME_COLUMNS,
+        {"fix": fix_expression()},
     )
 
 
@@ -460,7 +545,7 @@ def dismiss(conn: Connection, error_id: int) -> dict[str, Any]:
     conn.execute(
         sa.update(sync_error)
         .where(sync_error.c.id == error_id)
-        .values(status=ErrorStatus.DISMISSED)
+        .values(status=ErrorStatus.DISMISSED, retry_at=None)
     )
     row = conn.execute(_select().where(sync_error.c.id == error_id)).mappings().first()
     if row is None:
@@ -479,12 +564,64 @@ def dismiss_ids(conn: Connection, ids: Sequence[int]) -> dict[str, Any]:
     missing = [i for i in wanted if i not in found]
     if missing:
         raise NotFound(f"no sync error with id {', '.join(map(str, missing))}")
-    conn.execute(sa.update(sync_error).where(e.id.in_(wanted)).values(status=ErrorStatus.DISMISSED))
+    conn.execute(
+        sa.update(sync_error)
+        .where(e.id.in_(wanted))
+        .values(status=ErrorStatus.DISMISSED, retry_at=None)
+    )
     return {"errors": len(wanted), "dismissed": len(wanted)}
 
 
 def dismiss_matching(conn: Connection, filters: ErrorFilters) -> dict[str, Any]:
     """Dismiss every *open* error matching ``filters`` (resolved ones stay resolved)."""
     where = [*where_for(conn, filters), sync_error.c.status == ErrorStatus.OPEN]
-    result = conn.execute(sa.update(sync_error).where(*where).values(status=ErrorStatus.DISMISSED))
+    result = conn.execute(
+        sa.update(sync_error).where(*where).values(status=ErrorStatus.DISMISSED, retry_at=None)
+    )
     return {"errors": result.rowcount, "dismissed": result.rowcount}
+
+
+# -- automatic retries --------------------------------------------------------------------
+
+AUTO_RETRY_BATCH = 1000
+
+
+def retry_due(conn: Connection, now: datetime, limit: int = AUTO_RETRY_BATCH) -> int:
+    """Put back in the backlog the parked entries whose open error's automatic retry is
+    due (``retry_at``, planned by ``engine.auto_retry`` when it was parked), at most
+    ``limit`` errors, oldest due first; returns how many entries were queued.
+
+    The entry keeps its attempts, so that its next failure, parked again, waits longer
+    (a person's retry starts them over). The error stays open, its ``retry_at`` cleared,
+    until the record syncs or fails again.
+    """
+    e, q = sync_error.c, sync_queue.c
+    due = (
+        conn.execute(
+            sa.select(e.id)
+            .where(e.retry_at <= now, e.status == ErrorStatus.OPEN)
+            .order_by(e.retry_at, e.id)
+            .limit(limit)
+        )
+        .scalars()
+        .all()
+    )
+    if not due:
+        return 0
+    conn.execute(sa.update(sync_error).where(e.id.in_(due)).values(retry_at=None))
+    has_error = (
+        sa.select(sa.literal(1))
+        .where(
+            e.object == q.object,
+            e.direction == q.direction,
+            e.record_key == q.record_key,
+            e.id.in_(due),
+        )
+        .exists()
+    )
+    result = conn.execute(
+        sa.update(sync_queue)
+        .where(q.state == EntryState.PARKED, has_error)
+        .values(state=EntryState.PENDING, next_attempt_at=now, claimed_by=None, claimed_until=None)
+    )
+    return int(result.rowcount)

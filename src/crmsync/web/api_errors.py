@@ -51,6 +51,8 @@ def error_filters(
     status: Annotated[str | None, _enum("Default open", sync_errors.STATUSES)] = None,
     since: Annotated[str | None, Query(description="Last failed at or after (ISO 8601)")] = None,
     until: Annotated[str | None, Query(description="Last failed before (ISO 8601)")] = None,
+    category: Annotated[str | None, _enum("Kind of failure", sync_errors.CATEGORIES)] = None,
+    field: Annotated[str | None, Query(description="Local column concerned, exactly")] = None,
 ) -> ErrorFilters:
     return sync_errors.make_filters(
         request.app.state.specs,
@@ -62,6 +64,8 @@ def error_filters(
         status=status,
         since=since,
         until=until,
+        category=category,
+        field=field,
     )
 
 
@@ -84,6 +88,11 @@ class ErrorItem(BaseModel):
     last_failed_at: str
     attempts: int
     status: str
+    field: str | None = Field(description="The local column the failure concerns, or null")
+    category: str = Field(
+        description="Kind of failure", json_schema_extra={"enum": list(sync_errors.CATEGORIES)}
+    )
+    fix: str = Field(description="What to do, in one sentence")
 
 
 class ErrorPage(BaseModel):
@@ -111,6 +120,8 @@ class RetryRequest(BaseModel):
     status: str | None = None
     since: str | None = None
     until: str | None = None
+    category: str | None = None
+    field: str | None = None
 
 
 @router.get("", response_model=ErrorPage)
@@ -127,7 +138,7 @@ def list_errors(
 
 @router.get("/summary")
 def errors_summary(engine: Store, filters: Filters) -> dict[str, Any]:
-    """Counts of the matching errors by object, direction and error code."""
+    """Counts of the matching errors by object, direction, error code, category and field."""
     with engine.connect() as conn:
         return sync_errors.summary(conn, filters)
 

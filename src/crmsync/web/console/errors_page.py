@@ -39,7 +39,18 @@ from crmsync.web.console.login import require_login
 from crmsync.web.console.render import notify, redirect, render, settings_of
 
 PATH = "/admin/microsoft-dynamics/sync-errors"
-FILTER_FIELDS = ("q", "object", "direction", "operation", "code", "status", "since", "until")
+FILTER_FIELDS = (
+    "q",
+    "object",
+    "direction",
+    "operation",
+    "code",
+    "category",
+    "field",
+    "status",
+    "since",
+    "until",
+)
 PAGE_SIZES = (25, 50, 100, 200)
 PAGE_SIZE = 50
 # How the form shows a time, and what it reads besides any ISO 8601 form.
@@ -51,6 +62,8 @@ FIELD_TITLES = {
     "direction": "Direction",
     "operation": "Operation",
     "code": "Error code",
+    "category": "Kind",
+    "field": "Field",
     "status": "Status",
     "since": "Failed since",
     "until": "Failed before",
@@ -87,6 +100,8 @@ def filters_from(values: Mapping[str, Any], specs: Any, zone: ZoneInfo) -> Error
         direction=given.get("direction"),
         operation=given.get("operation"),
         code=given.get("code"),
+        category=given.get("category"),
+        field=given.get("field"),
         status=given.get("status"),
         since=form_timestamp("since", given.get("since"), zone),
         until=form_timestamp("until", given.get("until"), zone),
@@ -143,6 +158,11 @@ def form_values(filters: ErrorFilters, zone: ZoneInfo) -> dict[str, str]:
             values[name] = at.astimezone(zone).strftime(FORM_TIME)
     values.setdefault("status", ErrorStatus.OPEN)
     return values
+
+
+def category_title(category: str) -> str:
+    """``data_too_long`` as the console words it: ``Data too long``."""
+    return category.replace("_", " ").capitalize()
 
 
 def page_label(first: int, shown: int, total: int) -> str:
@@ -223,6 +243,8 @@ def sync_errors_page(request: Request) -> Response:
         "directions": DIRECTIONS,
         "operations": OPERATIONS,
         "statuses": sync_errors.STATUSES,
+        "categories": sync_errors.CATEGORIES,
+        "category_of": category_title,
         "hidden": query,
         "export_csv": "/api/v1/sync/errors/export?" + urlencode({**query, "format": "csv"}),
         "export_json": "/api/v1/sync/errors/export?" + urlencode({**query, "format": "json"}),

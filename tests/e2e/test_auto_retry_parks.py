@@ -1,0 +1,135 @@
+"""Parked errors of a passing kind come back by themselves, over real HTTP, on SQLite and
+PostgreSQL: an outage (every request answered 503) parks the pushes; once Dynamics
+answers again the running worker's upkeep queues them again and they sync, their errors
+resolved, while a data error (a value too long) stays open, waiting for a person; and a
+contact pulled before its brand-new account comes back by itself once the account is
+pulled."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import sqlalchemy as sa
+from pull_support import Sales, rows, sales_fixture  # noqa: F401 (fixture)
+
+from crmsync.config import Settings, load_settings
+from crmsync.dynamics.client import DataverseClient
+from crmsync.engine.worker import Worker
+from crmsync.store.schema import sync_error
+
+N = 6
+
+
+def errors(engine: sa.Engine) -> list[dict[str, Any]]:
+    e = sync_error.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(e.record_key, e.category, e.field, e.status, e.retry_at, e.error_code)
+        )
+        return [dict(r._mapping) for r in rows]
+
+
+def fast(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={
+            "max_attempts": 2,
+            "retry_base_seconds": 0.05,
+            "retry_max_seconds": 0.1,
+            "auto_retry_first_seconds": 1.0,
+            "auto_retry_max_seconds": 2.0,
+            "poll_seconds": 0.5,
+        }
+    )
+
+
+async def run_until(settings: Settings, engine: sa.Engine, done: Any, timeout: float) -> None:
+    """The long-running worker (its upkeep included), stopped once ``done()`` holds."""
+    async with DataverseClient.from_settings(settings) as client:
+        worker = Worker(engine, client, settings, concurrency=2)
+        task = asyncio.create_task(worker.run())
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline and not task.done():
+                if await asyncio.to_thread(done):
+                    return
+                await asyncio.sleep(0.3)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, timeout=30)
+
+
+def test_an_outage_park_comes_back_by_itself_and_a_data_error_waits(
+    sync_settings: Settings,
+    store: sa.Engine,
+    sql: Any,
+    configure: Any,
+    drain: Any,
+    insert_leads: Any,
+    check_exactly_once: Any,
+) -> None:
+    url = sync_settings.dynamics_url or ""
+    settings = fast(sync_settings)
+    insert_leads(store, N)
+    sql(
+        store,
+        "INSERT INTO lead (email, last_name) VALUES ('long@example.com', :l)",
+        {"l": "L" * 80},
+    )
+    # The long name is refused whatever happens; first everything meets an outage.
+    configure(url, fail_rate=1.0, seed=1)
+    drain(settings, store)
+    parked = [e for e in errors(store) if e["record_key"] != "*"]
+    assert len(parked) == N + 1
+    assert {e["category"] for e in parked} == {"unavailable"}
+    assert all(e["retry_at"] is not None and e["status"] == "open" for e in parked)
+
+    configure(url, fail_rate=0.0)
+
+    def settled() -> bool:
+        rows = [e for e in errors(store) if e["record_key"] != "*"]
+        return sum(e["status"] == "resolved" for e in rows) == N and any(
+            e["category"] == "data_too_long" for e in rows
+        )
+
+    asyncio.run(run_until(settings, store, settled, timeout=60))
+    rows = {e["record_key"]: e for e in errors(store) if e["record_key"] != "*"}
+    data = [e for e in rows.values() if e["status"] == "open"]
+    assert len(data) == 1, rows
+    assert data[0]["category"] == "data_too_long" and data[0]["field"] == "last_name"
+    assert data[0]["error_code"] == "0x80044331" and data[0]["retry_at"] is None
+    assert sum(e["status"] == "resolved" for e in rows.values()) == N
+    # Still open and not retried by itself: a later run leaves it as it is.
+    asyncio.run(run_until(settings, store, lambda: False, timeout=3))
+    (still,) = [e for e in errors(store) if e["status"] == "open" and e["record_key"] != "*"]
+    assert still["category"] == "data_too_long"
+    result = check_exactly_once(store, url, expect_errors=True)
+    assert result["synced"] == N and result["errors"] == 1
+
+
+def test_a_child_pulled_before_its_parent_comes_back_once_the_parent_arrives(
+    sync_settings: Settings, store: sa.Engine, sales: Sales, drain: Any
+) -> None:
+    # The account is not pulled at first (as if created after its object's poll).
+    one_way = load_settings(
+        **{**sync_settings.model_dump(), "objects": {"account": {"flow": "to_crm"}}}
+    )
+    account = sales.create("accounts", {"name": "Brand new"})
+    contact = sales.create(
+        "contacts",
+        {"lastname": "Early", "parentcustomerid_account@odata.bind": f"/accounts({account})"},
+    )
+    drain(fast(one_way), store)
+    (error,) = errors(store)
+    assert error["error_code"] == "crmsync.missing_parent"
+    assert error["category"] == "missing_reference" and error["field"] == "account_id"
+    assert error["retry_at"] is not None and contact not in rows(store, "contact")
+
+    # The account's object pulls (the next poll): nobody retries anything by hand.
+    def applied() -> bool:
+        return errors(store)[0]["status"] == "resolved"
+
+    asyncio.run(run_until(fast(sync_settings), store, applied, timeout=60))
+    assert errors(store)[0]["status"] == "resolved"
+    assert rows(store, "contact")[contact]["account_id"] is not None
