@@ -1,0 +1,393 @@
+"""The drift audit: do both sides agree, record by record? (and, asked to, repair them)
+
+Per mapped object, cheap on Dynamics: a first pass reads only ids and versions
+(``$select`` of the key, ``versionnumber`` and ``modifiedon``, pages of 5,000) and saves
+them in the store page by page, with the job's position (a crash resumes at the saved
+``@odata.nextLink``). The comparison then pages through the store (``store/audit.py``):
+ids on one side only, and the records on both whose Dynamics version moved since the
+last sync or whose local values differ from the last synced ones; only those are read
+in full (50 ids a request) and compared field by field (``engine/compare.py``). A
+version that moved with every mapped value equal is not drift.
+
+``repair`` queues the fixes through ``requeue.queue_again``, by the object's flow and
+conflict rules: a local change is pushed (a Dynamics change beside it then meets the
+If-Match and is settled by the rules); a Dynamics change is staged to be applied; a
+record deleted on one side is deleted on the other (a synced record) or created there
+(one never synced). Every request goes through the client, so the shared throttle and
+service protection limits hold as for the sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, cast
+
+from crmsync.domain import DriftKind, ObjectSpec, Operation
+from crmsync.dynamics.pages import Page
+from crmsync.engine import changes as ch
+from crmsync.engine.compare import compare_record, differs_from_base
+from crmsync.engine.pull import Puller, Requeue, entry_row
+from crmsync.store import audit as store_audit
+from crmsync.store import capture, jobs, requeue
+from crmsync.store.db import write_transaction
+from crmsync.store.types import utcnow
+from crmsync.values import Job, Known, LocalRef, parse_time
+
+if TYPE_CHECKING:  # the engine passes the store's handle on; it runs no SQL
+    from sqlalchemy import Connection, Engine
+
+log = logging.getLogger(__name__)
+
+PAGE = 5_000
+SAMPLES = 10
+
+
+class Cancelled(Exception):
+    """The job was cancelled between two pages."""
+
+
+class Lost(Exception):
+    """Another process holds the job now (this one's lease ran out): stop, undo the page."""
+
+
+@dataclass
+class Findings:
+    """One object's audit figures as they add up."""
+
+    object: str
+    checked: int = 0
+    only_local: int = 0
+    only_dynamics: int = 0
+    different: int = 0
+    repaired: int = 0
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    def sample(self, kind: DriftKind, **what: Any) -> None:
+        if len(self.samples) < SAMPLES:
+            self.samples.append({"kind": kind, **what})
+
+
+def version_moved(row: dict[str, Any]) -> bool:
+    """Whether Dynamics' version of a record differs from the one last synced."""
+    synced = row.get("_synced_version") or ch.version_of(row.get("_etag"))
+    return synced is None or row.get("_seen") is None or int(row["_seen"]) != int(synced)
+
+
+class Auditor:
+    """Runs audit jobs with one worker's client and puller."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        puller: Puller,
+        worker: str,
+        lease: timedelta,
+        progress: Callable[[Job], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.puller = puller
+        self.client = puller.client
+        self.specs = puller.specs
+        self.worker = worker
+        self.lease = lease
+        self.progress = progress
+
+    def _advance(self, conn: Connection, job: Job, position: dict[str, Any], done: int) -> None:
+        if not jobs.advance(conn, job, self.worker, position, done=done, lease=self.lease):
+            raise Lost("the job is no longer this process's")
+
+    def _check_cancel(self, job: Job) -> None:
+        if jobs.cancel_requested(self.engine, job.id):
+            raise Cancelled("cancelled")
+
+    async def run(self, job: Job) -> dict[str, Any]:
+        """Audit ``job.object`` (or every mapped object); returns the findings by object."""
+        repair = bool(job.params.get("repair"))
+        names = [job.object] if job.object else list(self.specs)
+        position = dict(job.position or {})
+        finished: list[str] = list(position.get("finished", []))
+        out: dict[str, Any] = dict(position.get("results", {}))
+        for name in names:
+            if name in finished:
+                continue
+            spec = self.specs[name]
+            if position.get("object") != name:
+                position = {
+                    "object": name,
+                    "phase": "scan",
+                    "next_link": None,
+                    "started_at": utcnow().isoformat(),
+                    "finished": finished,
+                    "results": out,
+                }
+            if position["phase"] == "scan":
+                await self._scan(job, spec, position)
+            findings = await self._compare(job, spec, repair)
+            started = parse_time(position["started_at"]) or utcnow()
+            result = {
+                "object": name,
+                "job_id": job.id,
+                "checked": findings.checked,
+                "only_local": findings.only_local,
+                "only_dynamics": findings.only_dynamics,
+                "different": findings.different,
+                "repaired": findings.repaired,
+                "samples": findings.samples,
+                "started_at": started,
+                "finished_at": utcnow(),
+            }
+            finished.append(name)
+            out[name] = {
+                k: (v.isoformat().replace("+00:00", "Z") if hasattr(v, "isoformat") else v)
+                for k, v in result.items()
+            }
+            position = {"object": None, "finished": finished, "results": out}
+
+            def save(result: dict[str, Any] = result, position: dict[str, Any] = position) -> None:
+                with write_transaction(self.engine) as conn:
+                    store_audit.save_result(conn, result)
+                    self._advance(conn, job, position, 0)
+
+            await asyncio.to_thread(save)
+            log.info(
+                "audit finished",
+                extra={
+                    "event": "audit.object",
+                    "object": name,
+                    "checked": findings.checked,
+                    "only_local": findings.only_local,
+                    "only_dynamics": findings.only_dynamics,
+                    "different": findings.different,
+                    "repaired": findings.repaired,
+                },
+            )
+        await asyncio.to_thread(self._forget, job)
+        return out
+
+    def _forget(self, job: Job) -> None:
+        with write_transaction(self.engine) as conn:
+            store_audit.forget_seen(conn, job.id)
+
+    # --- the first pass: ids and versions -------------------------------------------------
+
+    async def _scan(self, job: Job, spec: ObjectSpec, position: dict[str, Any]) -> None:
+        filter_field = self.puller._filter_for(spec)
+        select = [spec.primary_key, ch.VERSION, ch.MODIFIED_ON]
+        if filter_field:
+            select.append(filter_field)
+        pages = cast(
+            AsyncGenerator[Page],
+            self.client.query(
+                spec.entity_set, select=select, page_size=PAGE, next_link=position["next_link"]
+            ),
+        )
+        task: asyncio.Task[None] | None = None
+        try:
+            async for page in pages:
+                if task is not None:
+                    await task
+                    self._report(job)
+                seen = [
+                    {
+                        "crm_id": str(row[spec.primary_key]).lower(),
+                        "version": ch.row_version(row),
+                        "modified_at": parse_time(row.get(ch.MODIFIED_ON)),
+                        "excluded": filter_field is not None and row.get(filter_field) is False,
+                    }
+                    for row in page.rows
+                ]
+                step = {**position, "next_link": page.next_link}
+                if page.next_link is None:
+                    step["phase"] = "compare"
+                position.update(step)
+                task = asyncio.create_task(
+                    asyncio.to_thread(self._save_seen, job, spec, seen, step)
+                )
+        finally:
+            await pages.aclose()
+        if task is not None:
+            await task
+        position["phase"] = "compare"
+
+    def _save_seen(
+        self, job: Job, spec: ObjectSpec, seen: list[dict[str, Any]], position: dict[str, Any]
+    ) -> None:
+        self._check_cancel(job)
+        with write_transaction(self.engine) as conn:
+            store_audit.save_seen(conn, job.id, spec.name, seen)
+            self._advance(conn, job, position, len(seen))
+
+    def _report(self, job: Job) -> None:
+        if self.progress is not None:
+            self.progress(job)
+
+    # --- the comparison -----------------------------------------------------------------
+
+    async def _compare(self, job: Job, spec: ObjectSpec, repair: bool) -> Findings:
+        # What capture logged is the sync's to send, not drift: folded first, so that the
+        # comparison sees it as the queue entries it makes.
+        await asyncio.to_thread(capture.fold_pending, self.engine)
+        found = Findings(spec.name)
+        await self._only_dynamics(job, spec, repair, found)
+        await self._only_local(job, spec, repair, found)
+        await self._on_both(job, spec, repair, found)
+        seen = await asyncio.to_thread(self._read, store_audit.count_seen, job.id, spec.name)
+        found.checked = int(seen) + found.only_local
+        return found
+
+    def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with self.engine.connect() as conn:
+            return fn(conn, *args)
+
+    def _queue(self, spec: ObjectSpec, refs: Sequence[LocalRef]) -> int:
+        if not refs:
+            return 0
+        with write_transaction(self.engine) as conn:
+            return requeue.queue_again(conn, spec.name, to_crm=refs, now=utcnow())
+
+    async def _stage(self, spec: ObjectSpec, crm_ids: Sequence[str], resync: bool = False) -> int:
+        if not crm_ids:
+            return 0
+        return await self.puller.restage(
+            spec, crm_ids, Requeue(also=lambda conn, n: None, resync=resync)
+        )
+
+    async def _only_dynamics(
+        self, job: Job, spec: ObjectSpec, repair: bool, found: Findings
+    ) -> None:
+        after = ""
+        while True:
+            self._check_cancel(job)
+            page = await asyncio.to_thread(
+                self._read, store_audit.only_dynamics, job.id, spec, after, PAGE
+            )
+            if not page:
+                return
+            after = page[-1]["crm_id"]
+            found.only_dynamics += len(page)
+            for row in page:
+                found.sample(
+                    DriftKind.ONLY_DYNAMICS, crm_id=row["crm_id"], record_id=row["record_id"]
+                )
+            if repair:
+                deletes = [
+                    LocalRef(r["record_id"], r["crm_id"], deleted=True)
+                    for r in page
+                    if r["record_id"] is not None and spec.flow.pushes
+                ]
+                inserts = [r["crm_id"] for r in page if r["record_id"] is None and spec.flow.pulls]
+                found.repaired += await asyncio.to_thread(self._queue, spec, deletes)
+                found.repaired += await self._stage(spec, inserts)
+            if len(page) < PAGE:
+                return
+
+    async def _only_local(self, job: Job, spec: ObjectSpec, repair: bool, found: Findings) -> None:
+        after = 0
+        while True:
+            self._check_cancel(job)
+            page = await asyncio.to_thread(
+                self._read, store_audit.only_local, job.id, spec, after, PAGE
+            )
+            if not page:
+                return
+            after = page[-1]["id"]
+            found.only_local += len(page)
+            for row in page:
+                found.sample(DriftKind.ONLY_LOCAL, crm_id=row["crm_id"], record_id=row["id"])
+            if repair:
+                gone = [r for r in page if r["synced"] and r["crm_id"] and spec.flow.pulls]
+                pushes = [
+                    LocalRef(r["id"], r["crm_id"])
+                    for r in page
+                    if spec.flow.pushes and r not in gone
+                ]
+                found.repaired += await asyncio.to_thread(self._queue, spec, pushes)
+                found.repaired += await asyncio.to_thread(self._stage_deletes, spec, gone)
+            if len(page) < PAGE:
+                return
+
+    def _stage_deletes(self, spec: ObjectSpec, rows: Sequence[dict[str, Any]]) -> int:
+        """Deletions Dynamics made that the sync never saw, staged to be applied."""
+        if not rows:
+            return 0
+        now = utcnow()
+        entries = [
+            entry_row(spec, ch.deleted(r["crm_id"]), Operation.DELETE, Known(r["id"]), now)
+            for r in rows
+        ]
+        with write_transaction(self.engine) as conn:
+            return requeue.queue_again(conn, spec.name, from_crm=entries, now=now)
+
+    async def _on_both(self, job: Job, spec: ObjectSpec, repair: bool, found: Findings) -> None:
+        after = 0
+        select = ch.select_for(spec, None)
+        select += [a for a in spec.fields.values() if a not in select]
+        select += [lk.value_attribute for lk in spec.lookups if lk.value_attribute not in select]
+        while True:
+            self._check_cancel(job)
+            page = await asyncio.to_thread(
+                self._read, store_audit.on_both, job.id, spec, after, PAGE
+            )
+            if not page:
+                return
+            after = page[-1]["id"]
+            moved_locally: set[int] = set()
+            candidates = []
+            for row in page:
+                local_moved = bool(differs_from_base(spec, row, row["_synced"]))
+                if local_moved:
+                    moved_locally.add(row["id"])
+                if local_moved or version_moved(row):
+                    candidates.append(row)
+            if candidates:
+                await self._compare_in_full(spec, candidates, select, moved_locally, repair, found)
+            if len(page) < PAGE:
+                return
+
+    async def _compare_in_full(
+        self,
+        spec: ObjectSpec,
+        rows: list[dict[str, Any]],
+        select: list[str],
+        moved_locally: set[int],
+        repair: bool,
+        found: Findings,
+    ) -> None:
+        parents = await asyncio.to_thread(self._read, requeue.parent_ids, self.specs, spec, rows)
+        pushes: list[LocalRef] = []
+        pulls: list[str] = []
+        overwrite: list[str] = []  # a local change of a record only Dynamics writes
+        for i in range(0, len(rows), 50):
+            chunk = rows[i : i + 50]
+            full = await self.puller.read_by_ids(
+                spec, [str(r["crm_id"]).lower() for r in chunk], select
+            )
+            for row in chunk:
+                theirs = full.get(str(row["crm_id"]).lower())
+                if theirs is None:
+                    continue  # deleted since the first pass: the next audit sees it
+                diffs = compare_record(spec, row, theirs, parents)
+                if not diffs:
+                    continue
+                found.different += 1
+                found.sample(
+                    DriftKind.DIFFERENT,
+                    crm_id=str(row["crm_id"]).lower(),
+                    record_id=row["id"],
+                    fields=[d.as_json() for d in diffs],
+                )
+                local = row["id"] in moved_locally
+                if (local and spec.flow.pushes) or not spec.flow.pulls:
+                    pushes.append(LocalRef(row["id"], row["crm_id"]))
+                elif local:
+                    overwrite.append(str(row["crm_id"]).lower())
+                else:
+                    pulls.append(str(row["crm_id"]).lower())
+        if repair:
+            found.repaired += await asyncio.to_thread(self._queue, spec, pushes)
+            found.repaired += await self._stage(spec, pulls)
+            found.repaired += await self._stage(spec, overwrite, resync=True)

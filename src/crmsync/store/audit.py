@@ -1,0 +1,215 @@
+"""The drift audit's side of the store: what Dynamics holds, compared with what synced.
+
+The audit's first pass saves the ids and versions Dynamics returned (``save_seen``, one
+page a transaction, beside the job's position). The comparison then runs here, in pages
+in key order, so that neither side is ever held in memory:
+
+- ``only_dynamics``: ids Dynamics holds that no local row holds;
+- ``only_local``: local rows whose Dynamics id Dynamics did not return (or that have
+  none and were never synced);
+- ``on_both``: the rows on both sides, with the last synced values and versions, for
+  the engine to pick the ones whose version or local values moved.
+
+Records with a change on its way (a queue entry in either direction, pending or parked)
+are not drift: the sync knows of them. Records the sync filter excludes are left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from crmsync.domain import Direction, ObjectSpec
+from crmsync.store.local_tables import local_table, row_columns
+from crmsync.store.schema import sync_audit, sync_audit_seen, sync_queue, sync_record
+
+PAGE = 5_000
+
+
+def save_seen(conn: Connection, job_id: int, obj: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Remember a page of Dynamics' ids (``crm_id``, ``version``, ``modified_at``,
+    ``excluded``) for the audit ``job_id``; a page saved twice adds nothing."""
+    if not rows:
+        return
+    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(sync_audit_seen)
+    conn.execute(
+        insert.on_conflict_do_nothing(index_elements=["job_id", "object", "crm_id"]),
+        [{"job_id": job_id, "object": obj, **r} for r in rows],
+    )
+
+
+def forget_seen(conn: Connection, job_id: int) -> None:
+    conn.execute(sa.delete(sync_audit_seen).where(sync_audit_seen.c.job_id == job_id))
+
+
+def count_seen(conn: Connection, job_id: int, obj: str) -> int:
+    s = sync_audit_seen.c
+    return int(
+        conn.execute(
+            sa.select(sa.func.count()).where(s.job_id == job_id, s.object == obj)
+        ).scalar_one()
+    )
+
+
+def _queued(obj: str, direction: Direction, key: Any) -> Any:
+    q = sync_queue.c
+    return (
+        sa.select(sa.literal(1))
+        .where(q.object == obj, q.direction == direction, q.record_key == key)
+        .exists()
+    )
+
+
+def _marked(spec: ObjectSpec, table: sa.Table) -> Any:
+    if not spec.timestamps:
+        return sa.false()
+    return table.c.crm_deleted_at.is_not(None)
+
+
+def only_dynamics(
+    conn: Connection, job_id: int, spec: ObjectSpec, after: str, limit: int = PAGE
+) -> list[dict[str, Any]]:
+    """Dynamics ids after ``after`` that no local row holds: ``crm_id``, ``version`` and
+    ``record_id``, the local id its last sync recorded (None: never synced here)."""
+    s, r, table = sync_audit_seen.c, sync_record.c, local_table(spec)
+    q = sync_queue.c
+    delete_queued = (
+        sa.select(sa.literal(1))
+        .where(q.object == spec.name, q.direction == Direction.TO_CRM, q.crm_id == s.crm_id)
+        .exists()
+    )
+    rows = conn.execute(
+        sa.select(s.crm_id, s.version, r.record_id)
+        .outerjoin(table, table.c.crm_id == s.crm_id)
+        .outerjoin(sync_record, (r.object == spec.name) & (r.crm_id == s.crm_id))
+        .where(
+            s.job_id == job_id,
+            s.object == spec.name,
+            s.crm_id > after,
+            s.excluded.is_(False),
+            table.c.id.is_(None),
+            ~_queued(spec.name, Direction.FROM_CRM, s.crm_id),
+            ~delete_queued,
+            sa.func.coalesce(r.excluded, sa.false()).is_(False),
+        )
+        .order_by(s.crm_id)
+        .limit(limit)
+    ).mappings()
+    return [dict(x) for x in rows]
+
+
+def only_local(
+    conn: Connection, job_id: int, spec: ObjectSpec, after: int, limit: int = PAGE
+) -> list[dict[str, Any]]:
+    """Local rows after the id ``after`` that Dynamics does not hold: the row, with
+    ``synced`` (it has sync state: it was in Dynamics once)."""
+    s, r, table = sync_audit_seen.c, sync_record.c, local_table(spec)
+    crm_id = sa.func.coalesce(table.c.crm_id, r.crm_id)
+    seen = (
+        sa.select(sa.literal(1))
+        .where(s.job_id == job_id, s.object == spec.name, s.crm_id == crm_id)
+        .exists()
+    )
+    rows = conn.execute(
+        sa.select(
+            *row_columns(table), r.record_id.label("synced_id"), r.crm_id.label("synced_crm_id")
+        )
+        .outerjoin(sync_record, (r.object == spec.name) & (r.record_id == table.c.id))
+        .where(
+            table.c.id > after,
+            ~_marked(spec, table),
+            sa.func.coalesce(r.excluded, sa.false()).is_(False),
+            ~seen,
+            ~_queued(spec.name, Direction.TO_CRM, sa.cast(table.c.id, sa.String)),
+            sa.or_(crm_id.is_(None), ~_queued(spec.name, Direction.FROM_CRM, crm_id)),
+        )
+        .order_by(table.c.id)
+        .limit(limit)
+    ).mappings()
+    out = []
+    for x in rows:
+        row = dict(x)
+        row["synced"] = row.pop("synced_id") is not None
+        row["crm_id"] = row["crm_id"] or row.pop("synced_crm_id")
+        row.pop("synced_crm_id", None)
+        out.append(row)
+    return out
+
+
+def on_both(
+    conn: Connection, job_id: int, spec: ObjectSpec, after: int, limit: int = PAGE
+) -> list[dict[str, Any]]:
+    """Local rows after the id ``after`` that Dynamics holds too, each with ``_seen``
+    (Dynamics' version now), ``_synced`` (the last synced values, None if never synced)
+    and ``_synced_version`` (its version then)."""
+    s, r, table = sync_audit_seen.c, sync_record.c, local_table(spec)
+    rows = conn.execute(
+        sa.select(
+            *row_columns(table),
+            s.version.label("_seen"),
+            r.synced_values.label("_synced"),
+            r.crm_version.label("_synced_version"),
+            r.etag.label("_etag"),
+        )
+        .join(
+            sync_audit_seen,
+            (s.job_id == job_id) & (s.object == spec.name) & (s.crm_id == table.c.crm_id),
+        )
+        .outerjoin(sync_record, (r.object == spec.name) & (r.record_id == table.c.id))
+        .where(
+            table.c.id > after,
+            ~_marked(spec, table),
+            s.excluded.is_(False),
+            sa.func.coalesce(r.excluded, sa.false()).is_(False),
+            ~_queued(spec.name, Direction.TO_CRM, sa.cast(table.c.id, sa.String)),
+            ~_queued(spec.name, Direction.FROM_CRM, table.c.crm_id),
+        )
+        .order_by(table.c.id)
+        .limit(limit)
+    ).mappings()
+    return [dict(x) for x in rows]
+
+
+def save_result(conn: Connection, result: Mapping[str, Any]) -> None:
+    """Replace an object's last audit findings (``sync_audit``'s columns)."""
+    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(sync_audit)
+    conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=["object"],
+            set_={c: insert.excluded[c] for c in result if c != "object"},
+        ),
+        [dict(result)],
+    )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def last_results(conn: Connection, objects: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The last audit's findings per object, in the contract's shape."""
+    a = sync_audit.c
+    query = sa.select(sync_audit).order_by(a.object)
+    if objects is not None:
+        query = query.where(a.object.in_(list(objects)))
+    return [
+        {
+            "object": row.object,
+            "job_id": row.job_id,
+            "checked": row.checked,
+            "only_local": row.only_local,
+            "only_dynamics": row.only_dynamics,
+            "different": row.different,
+            "repaired": row.repaired,
+            "samples": list(row.samples or []),
+            "started_at": _iso(row.started_at),
+            "finished_at": _iso(row.finished_at),
+        }
+        for row in conn.execute(query)
+    ]
