@@ -13,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from crmsync.config import Settings
 from crmsync.domain import JobKind, JobState
+from crmsync.dynamics.client import DataverseClient
 from crmsync.engine.audit import Auditor, Cancelled, Lost
 from crmsync.engine.pull import Puller
-from crmsync.engine.resync import Resyncer
+from crmsync.engine.resync import Resyncer, ResyncRequest
+from crmsync.engine.throttle import SharedThrottle
 from crmsync.errors import CrmsyncError, Retriable
 from crmsync.store import jobs
 from crmsync.values import Job
@@ -113,3 +116,38 @@ class JobRunner:
             if not job.state.finished:
                 break  # left to resume later (Dynamics unreachable)
         return ran
+
+
+@contextlib.asynccontextmanager
+async def _connected(settings: Settings, engine: Engine) -> AsyncIterator[Puller]:
+    """A client honouring the shared throttle (as a worker's does), and a puller on it."""
+    async with DataverseClient.from_settings(settings) as client:
+        throttle = SharedThrottle.for_settings(engine, client.limiter, settings)
+        await throttle.refresh()
+        poll = asyncio.create_task(throttle.run())
+        try:
+            yield Puller(engine, client, settings)
+        finally:
+            poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll
+            await throttle.aclose()
+
+
+async def run_here(
+    settings: Settings,
+    engine: Engine,
+    job_id: int,
+    worker: str,
+    progress: Callable[[Job], None] | None = None,
+) -> Job | None:
+    """Run the job ``job_id`` in this process (the CLI that asked for it); None if
+    another process holds it."""
+    async with _connected(settings, engine) as puller:
+        return await JobRunner(engine, puller, worker, progress=progress).run_one(job_id)
+
+
+async def dry_run_here(settings: Settings, engine: Engine, req: ResyncRequest) -> dict[str, Any]:
+    """A resync's dry run in this process: reads both sides, changes nothing."""
+    async with _connected(settings, engine) as puller:
+        return await Resyncer(engine, puller, "dry-run", timedelta(seconds=60)).dry_run(req)

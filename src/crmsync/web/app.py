@@ -17,6 +17,7 @@ from crmsync.mapping import activate as activate_mapping
 from crmsync.store import migrate
 from crmsync.store.db import create_store_engine
 from crmsync.web import (
+    api_jobs,
     api_conflicts,
     api_control,
     api_docs,
@@ -105,6 +106,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.include_router(api_errors.router)
     app.include_router(api_conflicts.router)
     app.include_router(api_control.router)
+    app.include_router(api_jobs.router)
     api_docs.install(app)
     health.install(app, settings)
     app.state.metrics = metrics.MetricsPage(store, app.state.specs, app.state.alerts)
