@@ -302,6 +302,10 @@ class Resyncer:
             queued = await self._pull_again(job, spec, req)
         return {"queued": queued}
 
+    def _set_total(self, job: Job, position: dict[str, Any], total: int) -> None:
+        with write_transaction(self.engine) as conn:
+            jobs.advance(conn, job, self.worker, position, total=total, lease=self.lease)
+
     def _push_again(self, job: Job, spec: ObjectSpec, req: ResyncRequest) -> int:
         position = dict(job.position or {"after": 0, "queued": 0})
         local_ids, _ = self._split(req)
@@ -309,8 +313,7 @@ class Resyncer:
             total = self._read(
                 requeue.count_local, spec, since=req.since, until=req.until, ids=local_ids
             )
-            with write_transaction(self.engine) as conn:
-                jobs.advance(conn, job, self.worker, position, total=total, lease=self.lease)
+            self._set_total(job, position, total)
         while True:
             self._check_cancel(job)
             with write_transaction(self.engine) as conn:
@@ -347,6 +350,8 @@ class Resyncer:
         if req.ids:
             local_ids, crm_ids = self._split(req)
             wanted = crm_ids + await asyncio.to_thread(self._crm_ids_of, spec, local_ids)
+            if job.total is None:
+                await asyncio.to_thread(self._set_total, job, position, len(wanted))
             for i in range(int(position["index"]), len(wanted), BY_ID):
                 self._check_cancel(job)
                 chunk = wanted[i : i + BY_ID]

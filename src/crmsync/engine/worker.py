@@ -135,7 +135,8 @@ class Worker:
         self.puller = Puller(engine, client, settings, progress=progress)
         self.applier = Applier(engine, settings, self.id)
         self.pusher.on_stale = self.puller.refetch
-        self.jobs = JobRunner(engine, self.puller, self.id)
+        # A job's lease is renewed while it runs: the queue's lease is long enough.
+        self.jobs = JobRunner(engine, self.puller, self.id, lease_seconds=settings.lease_seconds)
         self.throttle = SharedThrottle.for_settings(engine, client.limiter, settings)
         self.concurrency = concurrency
         # SQLite has one writer: more than one apply lane there only queues for the lock.
