@@ -105,6 +105,23 @@ def compare_record(
     return out
 
 
+_BASE: dict[int, tuple[ObjectSpec, list[tuple[str, FieldSpec | None, bool]]]] = {}
+
+
+def _base_fields(spec: ObjectSpec) -> list[tuple[str, FieldSpec | None, bool]]:
+    """(column, field, is_lookup) of every mapped column, worked out once per spec."""
+    cached = _BASE.get(id(spec))
+    if cached is not None and cached[0] is spec:
+        return cached[1]
+    fields = []
+    for column in spec.columns:
+        field = spec.field_specs.get(column)
+        lookup = column not in spec.fields or (field is not None and field.type is FieldType.LOOKUP)
+        fields.append((column, field, lookup))
+    _BASE[id(spec)] = (spec, fields)
+    return fields
+
+
 def differs_from_base(
     spec: ObjectSpec, local: Mapping[str, Any], base: Mapping[str, Any] | None
 ) -> list[str]:
@@ -113,16 +130,18 @@ def differs_from_base(
     out (it was mapped after the last sync)."""
     if base is None:
         return list(spec.columns)
-    types = spec.field_specs
     changed = []
-    for column in spec.columns:
+    for column, field, lookup in _base_fields(spec):
         if column not in base:
             continue
-        field = types.get(column)
-        if column not in spec.fields:  # a lookup: both hold the parent's local id
-            if _text(local.get(column)) != _text(base[column]):
+        kept, value = base[column], local.get(column)
+        if lookup:  # both hold the parent's local id
+            if _text(value) != _text(kept):
                 changed.append(column)
             continue
-        if local_json(field, local.get(column)) != dynamics_json(field, base[column]):
+        mine = local_json(field, value)
+        # The base is kept in the canonical form already: only a mismatch is looked at
+        # again in it (a base written by an older version may spell a value otherwise).
+        if mine != kept and mine != dynamics_json(field, kept):
             changed.append(column)
     return changed

@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crmsync.domain import Direction, ObjectSpec
-from crmsync.store.local_tables import local_table, row_columns
+from crmsync.store.local_tables import local_table
 from crmsync.store.schema import sync_audit, sync_audit_seen, sync_queue, sync_record
 
 PAGE = 5_000
@@ -64,6 +64,11 @@ def _queued(obj: str, direction: Direction, key: Any) -> Any:
         .where(q.object == obj, q.direction == direction, q.record_key == key)
         .exists()
     )
+
+
+def _compared(spec: ObjectSpec, table: sa.Table) -> list[Any]:
+    """The columns an audit compares: the ids and the mapped columns (not timestamps)."""
+    return [table.c.id, table.c.crm_id, *(table.c[c] for c in spec.columns)]
 
 
 def _marked(spec: ObjectSpec, table: sa.Table) -> Any:
@@ -118,7 +123,10 @@ def only_local(
     )
     rows = conn.execute(
         sa.select(
-            *row_columns(table), r.record_id.label("synced_id"), r.crm_id.label("synced_crm_id")
+            table.c.id,
+            table.c.crm_id,
+            r.record_id.label("synced_id"),
+            r.crm_id.label("synced_crm_id"),
         )
         .outerjoin(sync_record, (r.object == spec.name) & (r.record_id == table.c.id))
         .where(
@@ -147,25 +155,27 @@ def on_both(
 ) -> list[dict[str, Any]]:
     """Local rows after the id ``after`` that Dynamics holds too, each with ``_seen``
     (Dynamics' version now), ``_synced`` (the last synced values, None if never synced)
-    and ``_synced_version`` (its version then)."""
+    and ``_synced_version`` and ``_etag`` (its version then)."""
     s, r, table = sync_audit_seen.c, sync_record.c, local_table(spec)
+    # Correlated, so that both databases walk the local table in id order and probe
+    # the first pass's key (a join let SQLite sort every seen row for each page).
+    mine = (s.job_id == job_id) & (s.object == spec.name) & (s.crm_id == table.c.crm_id)
+    version = sa.select(s.version).where(mine).scalar_subquery()
+    held = sa.select(sa.literal(1)).where(mine, s.excluded.is_(False)).exists()
     rows = conn.execute(
         sa.select(
-            *row_columns(table),
-            s.version.label("_seen"),
+            *_compared(spec, table),
+            version.label("_seen"),
             r.synced_values.label("_synced"),
             r.crm_version.label("_synced_version"),
             r.etag.label("_etag"),
         )
-        .join(
-            sync_audit_seen,
-            (s.job_id == job_id) & (s.object == spec.name) & (s.crm_id == table.c.crm_id),
-        )
         .outerjoin(sync_record, (r.object == spec.name) & (r.record_id == table.c.id))
         .where(
             table.c.id > after,
+            table.c.crm_id.is_not(None),
             ~_marked(spec, table),
-            s.excluded.is_(False),
+            held,
             sa.func.coalesce(r.excluded, sa.false()).is_(False),
             ~_queued(spec.name, Direction.TO_CRM, sa.cast(table.c.id, sa.String)),
             ~_queued(spec.name, Direction.FROM_CRM, table.c.crm_id),
