@@ -68,7 +68,22 @@ class Findings:
 
     def sample(self, kind: DriftKind, **what: Any) -> None:
         if len(self.samples) < SAMPLES:
-            self.samples.append({"kind": kind, **what})
+            self.samples.append({"kind": str(kind), **what})
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "checked": self.checked,
+            "only_local": self.only_local,
+            "only_dynamics": self.only_dynamics,
+            "different": self.different,
+            "repaired": self.repaired,
+            "samples": list(self.samples),
+        }
+
+    @classmethod
+    def resumed(cls, obj: str, saved: dict[str, Any] | None) -> Findings:
+        """The figures saved with a job's position (a resumed audit goes on from them)."""
+        return cls(obj, **(saved or {}))
 
 
 def version_moved(row: dict[str, Any]) -> bool:
@@ -124,9 +139,10 @@ class Auditor:
                     "finished": finished,
                     "results": out,
                 }
+            findings = Findings.resumed(name, position.get("findings"))
             if position["phase"] == "scan":
-                await self._scan(job, spec, position)
-            findings = await self._compare(job, spec, repair)
+                await self._scan(job, spec, position, repair, findings)
+            await self._compare(job, spec, repair, findings)
             started = parse_time(position["started_at"]) or utcnow()
             result = {
                 "object": name,
@@ -174,11 +190,18 @@ class Auditor:
 
     # --- the first pass: ids and versions -------------------------------------------------
 
-    async def _scan(self, job: Job, spec: ObjectSpec, position: dict[str, Any]) -> None:
+    async def _scan(
+        self, job: Job, spec: ObjectSpec, position: dict[str, Any], repair: bool, found: Findings
+    ) -> None:
+        """Page Dynamics' ids and versions; each page is compared with the store (and its
+        repairs queued) while the next one is read, and its end saved as the position."""
         filter_field = self.puller._filter_for(spec)
         select = [spec.primary_key, ch.VERSION, ch.MODIFIED_ON]
         if filter_field:
             select.append(filter_field)
+        # What capture logged is the sync's to send, not drift: folded first, so that the
+        # comparison sees it as the queue entries it makes.
+        await asyncio.to_thread(capture.fold_pending, self.engine)
         pages = cast(
             AsyncGenerator[Page],
             self.client.query(
@@ -195,31 +218,83 @@ class Auditor:
                     {
                         "crm_id": str(row[spec.primary_key]).lower(),
                         "version": ch.row_version(row),
-                        "modified_at": parse_time(row.get(ch.MODIFIED_ON)),
                         "excluded": filter_field is not None and row.get(filter_field) is False,
                     }
                     for row in page.rows
                 ]
-                step = {**position, "next_link": page.next_link}
+                position["next_link"] = page.next_link
                 if page.next_link is None:
-                    step["phase"] = "compare"
-                position.update(step)
-                task = asyncio.create_task(
-                    asyncio.to_thread(self._save_seen, job, spec, seen, step)
-                )
+                    position["phase"] = "compare"
+                step = dict(position)
+                task = asyncio.create_task(self._page(job, spec, seen, step, repair, found))
         finally:
             await pages.aclose()
         if task is not None:
             await task
         position["phase"] = "compare"
 
-    def _save_seen(
-        self, job: Job, spec: ObjectSpec, seen: list[dict[str, Any]], position: dict[str, Any]
-    ) -> None:
+    def _save_and_match(
+        self, job: Job, spec: ObjectSpec, seen: list[dict[str, Any]]
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, int | None]]:
         self._check_cancel(job)
         with write_transaction(self.engine) as conn:
             store_audit.save_seen(conn, job.id, spec.name, seen)
-            self._advance(conn, job, position, len(seen))
+            return store_audit.page_local(
+                conn, spec, [r["crm_id"] for r in seen if not r["excluded"]]
+            )
+
+    async def _page(
+        self,
+        job: Job,
+        spec: ObjectSpec,
+        seen: list[dict[str, Any]],
+        position: dict[str, Any],
+        repair: bool,
+        found: Findings,
+    ) -> None:
+        matches, missing = await asyncio.to_thread(self._save_and_match, job, spec, seen)
+        found.only_dynamics += len(missing)
+        for crm_id, record_id in missing.items():
+            found.sample(DriftKind.ONLY_DYNAMICS, crm_id=crm_id, record_id=record_id)
+        if repair and missing:
+            deletes = [
+                LocalRef(record_id, crm_id, deleted=True)
+                for crm_id, record_id in missing.items()
+                if record_id is not None and spec.flow.pushes
+            ]
+            inserts = [
+                c for c, record_id in missing.items() if record_id is None and spec.flow.pulls
+            ]
+            found.repaired += await asyncio.to_thread(self._queue, spec, deletes)
+            found.repaired += await self._stage(spec, inserts)
+        versions = {r["crm_id"]: r["version"] for r in seen}
+        moved_locally: set[int] = set()
+        candidates = []
+        for crm_id, row in matches.items():
+            row["_seen"] = versions.get(crm_id)
+            local_moved = bool(differs_from_base(spec, row, row["_synced"]))
+            if local_moved:
+                moved_locally.add(row["id"])
+            if local_moved or version_moved(row):
+                candidates.append(row)
+        if candidates:
+            await self._compare_in_full(
+                spec, candidates, self._full_select(spec), moved_locally, repair, found
+            )
+        position["findings"] = found.as_json()
+
+        def save() -> None:
+            with write_transaction(self.engine) as conn:
+                self._advance(conn, job, position, len(seen))
+
+        await asyncio.to_thread(save)
+
+    def _full_select(self, spec: ObjectSpec) -> list[str]:
+        select = ch.select_for(spec, None)
+        select += [a for a in spec.fields.values() if a not in select]
+        return select + [
+            lk.value_attribute for lk in spec.lookups if lk.value_attribute not in select
+        ]
 
     def _report(self, job: Job) -> None:
         if self.progress is not None:
@@ -227,17 +302,11 @@ class Auditor:
 
     # --- the comparison -----------------------------------------------------------------
 
-    async def _compare(self, job: Job, spec: ObjectSpec, repair: bool) -> Findings:
-        # What capture logged is the sync's to send, not drift: folded first, so that the
-        # comparison sees it as the queue entries it makes.
-        await asyncio.to_thread(capture.fold_pending, self.engine)
-        found = Findings(spec.name)
-        await self._only_dynamics(job, spec, repair, found)
+    async def _compare(self, job: Job, spec: ObjectSpec, repair: bool, found: Findings) -> None:
+        """After the first pass: the local records Dynamics did not return."""
         await self._only_local(job, spec, repair, found)
-        await self._on_both(job, spec, repair, found)
         seen = await asyncio.to_thread(self._read, store_audit.count_seen, job.id, spec.name)
         found.checked = int(seen) + found.only_local
-        return found
 
     def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
         with self.engine.connect() as conn:
@@ -255,35 +324,6 @@ class Auditor:
         return await self.puller.restage(
             spec, crm_ids, Requeue(also=lambda conn, n: None, resync=resync)
         )
-
-    async def _only_dynamics(
-        self, job: Job, spec: ObjectSpec, repair: bool, found: Findings
-    ) -> None:
-        after = ""
-        while True:
-            self._check_cancel(job)
-            page = await asyncio.to_thread(
-                self._read, store_audit.only_dynamics, job.id, spec, after, PAGE
-            )
-            if not page:
-                return
-            after = page[-1]["crm_id"]
-            found.only_dynamics += len(page)
-            for row in page:
-                found.sample(
-                    DriftKind.ONLY_DYNAMICS, crm_id=row["crm_id"], record_id=row["record_id"]
-                )
-            if repair:
-                deletes = [
-                    LocalRef(r["record_id"], r["crm_id"], deleted=True)
-                    for r in page
-                    if r["record_id"] is not None and spec.flow.pushes
-                ]
-                inserts = [r["crm_id"] for r in page if r["record_id"] is None and spec.flow.pulls]
-                found.repaired += await asyncio.to_thread(self._queue, spec, deletes)
-                found.repaired += await self._stage(spec, inserts)
-            if len(page) < PAGE:
-                return
 
     async def _only_local(self, job: Job, spec: ObjectSpec, repair: bool, found: Findings) -> None:
         after = 0
@@ -321,32 +361,6 @@ class Auditor:
         ]
         with write_transaction(self.engine) as conn:
             return requeue.queue_again(conn, spec.name, from_crm=entries, now=now)
-
-    async def _on_both(self, job: Job, spec: ObjectSpec, repair: bool, found: Findings) -> None:
-        after = 0
-        select = ch.select_for(spec, None)
-        select += [a for a in spec.fields.values() if a not in select]
-        select += [lk.value_attribute for lk in spec.lookups if lk.value_attribute not in select]
-        while True:
-            self._check_cancel(job)
-            page = await asyncio.to_thread(
-                self._read, store_audit.on_both, job.id, spec, after, PAGE
-            )
-            if not page:
-                return
-            after = page[-1]["id"]
-            moved_locally: set[int] = set()
-            candidates = []
-            for row in page:
-                local_moved = bool(differs_from_base(spec, row, row["_synced"]))
-                if local_moved:
-                    moved_locally.add(row["id"])
-                if local_moved or version_moved(row):
-                    candidates.append(row)
-            if candidates:
-                await self._compare_in_full(spec, candidates, select, moved_locally, repair, found)
-            if len(page) < PAGE:
-                return
 
     async def _compare_in_full(
         self,

@@ -1,14 +1,14 @@
 """The drift audit's side of the store: what Dynamics holds, compared with what synced.
 
 The audit's first pass saves the ids and versions Dynamics returned (``save_seen``, one
-page a transaction, beside the job's position). The comparison then runs here, in pages
-in key order, so that neither side is ever held in memory:
+page a transaction). The comparison runs here, a page at a time, so that neither side
+is ever held in memory:
 
-- ``only_dynamics``: ids Dynamics holds that no local row holds;
-- ``only_local``: local rows whose Dynamics id Dynamics did not return (or that have
-  none and were never synced);
-- ``on_both``: the rows on both sides, with the last synced values and versions, for
-  the engine to pick the ones whose version or local values moved.
+- ``page_local``: for one page of Dynamics' ids, the local rows holding them with the
+  last synced values and versions (for the engine to pick the ones whose version or
+  local values moved), and the ids no local row holds (only in Dynamics);
+- ``only_local``: after the first pass, local rows whose Dynamics id Dynamics did not
+  return (or that have none and were never synced).
 
 Records with a change on its way (a queue entry in either direction, pending or parked)
 are not drift: the sync knows of them. Records the sync filter excludes are left out.
@@ -77,38 +77,6 @@ def _marked(spec: ObjectSpec, table: sa.Table) -> Any:
     return table.c.crm_deleted_at.is_not(None)
 
 
-def only_dynamics(
-    conn: Connection, job_id: int, spec: ObjectSpec, after: str, limit: int = PAGE
-) -> list[dict[str, Any]]:
-    """Dynamics ids after ``after`` that no local row holds: ``crm_id``, ``version`` and
-    ``record_id``, the local id its last sync recorded (None: never synced here)."""
-    s, r, table = sync_audit_seen.c, sync_record.c, local_table(spec)
-    q = sync_queue.c
-    delete_queued = (
-        sa.select(sa.literal(1))
-        .where(q.object == spec.name, q.direction == Direction.TO_CRM, q.crm_id == s.crm_id)
-        .exists()
-    )
-    rows = conn.execute(
-        sa.select(s.crm_id, s.version, r.record_id)
-        .outerjoin(table, table.c.crm_id == s.crm_id)
-        .outerjoin(sync_record, (r.object == spec.name) & (r.crm_id == s.crm_id))
-        .where(
-            s.job_id == job_id,
-            s.object == spec.name,
-            s.crm_id > after,
-            s.excluded.is_(False),
-            table.c.id.is_(None),
-            ~_queued(spec.name, Direction.FROM_CRM, s.crm_id),
-            ~delete_queued,
-            sa.func.coalesce(r.excluded, sa.false()).is_(False),
-        )
-        .order_by(s.crm_id)
-        .limit(limit)
-    ).mappings()
-    return [dict(x) for x in rows]
-
-
 def only_local(
     conn: Connection, job_id: int, spec: ObjectSpec, after: int, limit: int = PAGE
 ) -> list[dict[str, Any]]:
@@ -150,40 +118,68 @@ def only_local(
     return out
 
 
-def on_both(
-    conn: Connection, job_id: int, spec: ObjectSpec, after: int, limit: int = PAGE
-) -> list[dict[str, Any]]:
-    """Local rows after the id ``after`` that Dynamics holds too, each with ``_seen``
-    (Dynamics' version now), ``_synced`` (the last synced values, None if never synced)
-    and ``_synced_version`` and ``_etag`` (its version then)."""
-    s, r, table = sync_audit_seen.c, sync_record.c, local_table(spec)
-    # Correlated, so that both databases walk the local table in id order and probe
-    # the first pass's key (a join let SQLite sort every seen row for each page).
-    mine = (s.job_id == job_id) & (s.object == spec.name) & (s.crm_id == table.c.crm_id)
-    version = sa.select(s.version).where(mine).scalar_subquery()
-    held = sa.select(sa.literal(1)).where(mine, s.excluded.is_(False)).exists()
+def page_local(
+    conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]
+) -> tuple[dict[str, dict[str, Any]], dict[str, int | None]]:
+    """For a page of Dynamics ids: the local rows holding them (the compared columns,
+    ``_synced``, ``_synced_version``, ``_etag``), and for the ids no local row holds,
+    the local id their last sync recorded (None: never synced here). Records the sync
+    knows to be on their way (queued either way) or excluded are in neither."""
+    if not crm_ids:
+        return {}, {}
+    r, table, q = sync_record.c, local_table(spec), sync_queue.c
+    wanted = sorted(set(crm_ids))
+    busy = _queued(spec.name, Direction.TO_CRM, sa.cast(table.c.id, sa.String)) | _queued(
+        spec.name, Direction.FROM_CRM, table.c.crm_id
+    )
     rows = conn.execute(
         sa.select(
             *_compared(spec, table),
-            version.label("_seen"),
             r.synced_values.label("_synced"),
             r.crm_version.label("_synced_version"),
             r.etag.label("_etag"),
+            sa.or_(
+                _marked(spec, table), sa.func.coalesce(r.excluded, sa.false()).is_(True), busy
+            ).label("_skip"),
         )
         .outerjoin(sync_record, (r.object == spec.name) & (r.record_id == table.c.id))
-        .where(
-            table.c.id > after,
-            table.c.crm_id.is_not(None),
-            ~_marked(spec, table),
-            held,
-            sa.func.coalesce(r.excluded, sa.false()).is_(False),
-            ~_queued(spec.name, Direction.TO_CRM, sa.cast(table.c.id, sa.String)),
-            ~_queued(spec.name, Direction.FROM_CRM, table.c.crm_id),
-        )
-        .order_by(table.c.id)
-        .limit(limit)
+        .where(table.c.crm_id.in_(wanted))
     ).mappings()
-    return [dict(x) for x in rows]
+    present: set[str] = set()
+    found: dict[str, dict[str, Any]] = {}
+    for x in rows:
+        present.add(x["crm_id"])
+        if not x["_skip"]:
+            found[x["crm_id"]] = dict(x)
+    missing = [c for c in wanted if c not in present]
+    if not missing:
+        return found, {}
+    queued = set(
+        conn.execute(
+            sa.select(q.record_key).where(
+                q.object == spec.name, q.direction == Direction.FROM_CRM, q.record_key.in_(missing)
+            )
+        ).scalars()
+    ) | set(
+        conn.execute(
+            sa.select(q.crm_id).where(
+                q.object == spec.name, q.direction == Direction.TO_CRM, q.crm_id.in_(missing)
+            )
+        ).scalars()
+    )
+    synced = {
+        c: (i, bool(x))
+        for c, i, x in conn.execute(
+            sa.select(r.crm_id, r.record_id, r.excluded).where(
+                r.object == spec.name, r.crm_id.in_(missing)
+            )
+        )
+    }
+    return found, {
+        c: synced[c][0] if c in synced else None
+        for c in missing
+        if c not in queued and not (c in synced and synced[c][1])
+    }
 
 
 def save_result(conn: Connection, result: Mapping[str, Any]) -> None:
