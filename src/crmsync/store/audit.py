@@ -129,18 +129,15 @@ def page_local(
         return {}, {}
     r, table, q = sync_record.c, local_table(spec), sync_queue.c
     wanted = sorted(set(crm_ids))
-    busy = _queued(spec.name, Direction.TO_CRM, sa.cast(table.c.id, sa.String)) | _queued(
-        spec.name, Direction.FROM_CRM, table.c.crm_id
-    )
     rows = conn.execute(
         sa.select(
             *_compared(spec, table),
             r.synced_values.label("_synced"),
             r.crm_version.label("_synced_version"),
             r.etag.label("_etag"),
-            sa.or_(
-                _marked(spec, table), sa.func.coalesce(r.excluded, sa.false()).is_(True), busy
-            ).label("_skip"),
+            sa.or_(_marked(spec, table), sa.func.coalesce(r.excluded, sa.false()).is_(True)).label(
+                "_skip"
+            ),
         )
         .outerjoin(sync_record, (r.object == spec.name) & (r.record_id == table.c.id))
         .where(table.c.crm_id.in_(wanted))
@@ -151,6 +148,27 @@ def page_local(
         present.add(x["crm_id"])
         if not x["_skip"]:
             found[x["crm_id"]] = dict(x)
+    # The queue is small beside a page: its entries of these records in two probes.
+    if found:
+        pushing = set(
+            conn.execute(
+                sa.select(q.record_key).where(
+                    q.object == spec.name,
+                    q.direction == Direction.TO_CRM,
+                    q.record_key.in_(sorted({str(x["id"]) for x in found.values()})),
+                )
+            ).scalars()
+        )
+        pulling = set(
+            conn.execute(
+                sa.select(q.record_key).where(
+                    q.object == spec.name,
+                    q.direction == Direction.FROM_CRM,
+                    q.record_key.in_(sorted(found)),
+                )
+            ).scalars()
+        )
+        found = {c: x for c, x in found.items() if c not in pulling and str(x["id"]) not in pushing}
     missing = [c for c in wanted if c not in present]
     if not missing:
         return found, {}
