@@ -112,6 +112,14 @@ class Settings(BaseSettings):
     alert_errors_per_hour: int | None = Field(
         None, ge=0, description="Alert when more sync errors than this first fail in an hour"
     )
+    alert_drift_records: int | None = Field(
+        None,
+        ge=0,
+        description="Alert when the last audit found more drifted records than this in an object",
+    )
+    audit_daily: bool = Field(
+        False, description="Run a drift audit of every object once a day (worker upkeep)"
+    )
     alert_webhook_url: SecretStr | None = Field(
         None,
         description="URL the alerts are POSTed to as JSON (may carry a token: kept secret)",

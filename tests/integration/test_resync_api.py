@@ -169,3 +169,18 @@ def test_a_job_claimed_by_a_dead_process_is_claimed_again_after_its_lease(engine
         assert jobs.advance(conn, again, "other", {"after": 5}, done=1, lease=lease)
     with engine.connect() as conn:
         assert jobs.get(conn, job.id).position == {"after": 5}
+
+
+def test_the_daily_audit_is_asked_for_once_a_day(engine: Engine) -> None:
+    day = timedelta(days=1)
+    now = datetime(2026, 12, 2, 4, 0, tzinfo=UTC)
+    first = jobs.schedule_audit(engine, day, now=now)
+    assert first is not None and first.kind is JobKind.AUDIT and first.object is None
+    assert jobs.schedule_audit(engine, day, now=now + timedelta(hours=1)) is None
+    # Still waiting a day later: not asked for twice.
+    assert jobs.schedule_audit(engine, day, now=now + timedelta(days=2)) is None
+    with write_transaction(engine) as conn:
+        jobs.cancel(conn, first.id)
+    assert jobs.schedule_audit(engine, day, now=now + timedelta(hours=23)) is None
+    later = jobs.schedule_audit(engine, day, now=now + timedelta(hours=25))
+    assert later is not None and later.id != first.id

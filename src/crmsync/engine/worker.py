@@ -25,6 +25,7 @@ import signal
 import socket
 import time
 import uuid
+from datetime import timedelta
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,8 @@ log = logging.getLogger(__name__)
 IDLE_SECONDS = 0.5
 # How often a worker looks for resync and audit jobs to run.
 JOB_POLL_SECONDS = 2.0
+# ``audit_daily``: how often the drift audit is asked for.
+AUDIT_EVERY = timedelta(days=1)
 MAX_WAIT_SECONDS = 5.0
 
 
@@ -305,6 +308,9 @@ class Worker:
                 # still keeps its trend and prunes old counters.
                 await asyncio.to_thread(maintain, self.engine)
                 await asyncio.to_thread(release_free_memory)
+                if self.settings.audit_daily:
+                    # The daily drift audit (a job the jobs lane of some worker runs).
+                    await asyncio.to_thread(jobs.schedule_audit, self.engine, AUDIT_EVERY)
             except Exception as exc:
                 self.outage.failed(exc, "worker.upkeep_failed")
             await self._until_next_poll()

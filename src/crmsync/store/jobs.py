@@ -24,6 +24,8 @@ from crmsync.store.types import utcnow
 from crmsync.values import Job
 
 ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+# pg_advisory_xact_lock's key for asking for the scheduled audit ("crmsync audit").
+AUDIT_LOCK = 0x63726D73_61756474
 
 
 def _job(row: Any) -> Job:
@@ -69,6 +71,28 @@ def create(
         .returning(sync_job.c.id)
     ).scalar_one()
     return get(conn, new_id)
+
+
+def schedule_audit(engine: Engine, every: timedelta, now: datetime | None = None) -> Job | None:
+    """Ask for an audit of every object unless one was asked for within ``every`` (or
+    one is waiting or running); returns the job asked for, if any. Many workers may call
+    it: on PostgreSQL an advisory lock makes them ask once."""
+    now = now or utcnow()
+    j = sync_job.c
+    with write_transaction(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK})
+        recent = conn.execute(
+            sa.select(j.id)
+            .where(
+                j.kind == JobKind.AUDIT,
+                sa.or_(j.state.in_(ACTIVE), j.created_at > now - every),
+            )
+            .limit(1)
+        ).scalar()
+        if recent is not None:
+            return None
+        return create(conn, JobKind.AUDIT, None, None, {"repair": False, "scheduled": True}, now)
 
 
 def get(conn: Connection, job_id: int) -> Job:
