@@ -133,7 +133,12 @@ def seed(args: argparse.Namespace, db: Path, database_url: str) -> dict[str, int
             crm_id = str(uuid.UUID(int=rnd.getrandbits(128), version=4))
             version += 1
             modified = (at + timedelta(seconds=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
-            values = {"email": f"a{i}@x.org", "first_name": None, "last_name": f"L{i}", "company": "Acme"}
+            values = {
+                "email": f"a{i}@x.org",
+                "first_name": None,
+                "last_name": f"L{i}",
+                "company": "Acme",
+            }
             if i not in gone_there:
                 there = {
                     **row0,
@@ -149,7 +154,15 @@ def seed(args: argparse.Namespace, db: Path, database_url: str) -> dict[str, int
                 remote.append(("leads", crm_id, there["versionnumber"], json.dumps(there)))
             if i not in gone_here:
                 last = f"Here{i}" if i in changed_here else values["last_name"]
-                local.append({"id": i + 1, "crm_id": crm_id, "email": values["email"], "last_name": last, "company": "Acme"})
+                local.append(
+                    {
+                        "id": i + 1,
+                        "crm_id": crm_id,
+                        "email": values["email"],
+                        "last_name": last,
+                        "company": "Acme",
+                    }
+                )
             synced.append(
                 {
                     "object": "lead",
@@ -243,7 +256,10 @@ def main() -> None:
     database_url = args.database_url or f"sqlite:///{tmp / 'store.db'}"
     started = time.monotonic()
     planted = seed(args, tmp / "emulator.db", database_url)
-    print(f"seeded {args.records:,} records a side in {time.monotonic() - started:.0f} s; planted {planted}")
+    print(
+        f"seeded {args.records:,} records a side in {time.monotonic() - started:.0f} s;"
+        f" planted {planted}"
+    )
     proc, url = start_emulator(tmp / "emulator.db")
     try:
         httpx.put(
@@ -274,8 +290,9 @@ def main() -> None:
             audit_rates.append(found["checked"] / result["seconds"])
             peaks.append(result["peak_mb"])
             print(
-                f"round {r + 1}: bare {rows / seconds:,.0f} ids/s; audit {found['checked']:,} checked"
-                f" in {result['seconds']:.1f} s ({audit_rates[-1]:,.0f}/s), peak {result['peak_mb']:.0f} MB,"
+                f"round {r + 1}: bare {rows / seconds:,.0f} ids/s;"
+                f" audit {found['checked']:,} checked in {result['seconds']:.1f} s"
+                f" ({audit_rates[-1]:,.0f}/s), peak {result['peak_mb']:.0f} MB,"
                 f" found {got} {'exactly as planted' if exact else 'NOT AS PLANTED'}"
             )
             if not exact:

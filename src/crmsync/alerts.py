@@ -1,11 +1,8 @@
 """Alerts: a JSON webhook when the sync falls behind, once per breach and once on recovery.
 
-Three thresholds per object, all optional (``alert_oldest_age_seconds``,
-``alert_errors_per_hour``): ``oldest_waiting_age``, the age in seconds of the object's
-oldest waiting change (both directions; parked errors excluded), and
-``errors_per_hour``, the object's sync errors that first failed in the last hour; and
-``drift_records`` (``alert_drift_records``), the records the object's last drift audit
-found on one side only or different.
+Thresholds per object, all optional: ``oldest_waiting_age`` (the age in seconds of the
+oldest waiting change, parked errors excluded), ``errors_per_hour`` (sync errors that
+first failed in the last hour), ``drift_records`` (what the last audit found).
 
 ``decide`` is the whole policy, without I/O: a value above its threshold opens an
 incident and sends ``alert``; while it stays above, nothing more is sent; once it is back

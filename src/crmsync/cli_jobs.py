@@ -28,8 +28,7 @@ def _progress(title: str, enabled: bool) -> Iterator[Callable[[Any], None]]:
         yield lambda job: None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-    from rich.progress import TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bars = Progress(
         TextColumn(title),

@@ -88,7 +88,7 @@ def test_resync_requests_are_checked(specs: Any) -> None:
     )
     assert req.direction is Direction.FROM_CRM
     assert req.ids == (3, 4, "8e5ded7d-62fa-4f3f-9191-ee067ee0527e")
-    with pytest.raises(ValidationFailed, match="ids: .* is not a local id$"):
+    with pytest.raises(ValidationFailed, match=r"ids: .* is not a local id$"):
         check_request(specs, "lead", "to_crm", None, None, ["8e5ded7d-62fa-4f3f-9191-ee067ee0527e"])
     with pytest.raises(ValidationFailed, match="direction: account does not sync to Dynamics"):
         check_request(specs, "account", "to_crm", None, None, [])

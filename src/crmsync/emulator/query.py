@@ -11,7 +11,6 @@ changed since the token, oldest first, then ``$deletedEntity`` entries.
 from __future__ import annotations
 
 import re
-
 import time
 from datetime import UTC, datetime
 from typing import Any

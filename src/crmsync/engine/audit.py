@@ -1,20 +1,15 @@
 """The drift audit: do both sides agree, record by record? (and, asked to, repair them)
 
-Per mapped object, cheap on Dynamics: a first pass reads only ids and versions
-(``$select`` of the key, ``versionnumber`` and ``modifiedon``, pages of 5,000) and saves
-them in the store page by page, with the job's position (a crash resumes at the saved
-``@odata.nextLink``). The comparison then pages through the store (``store/audit.py``):
-ids on one side only, and the records on both whose Dynamics version moved since the
-last sync or whose local values differ from the last synced ones; only those are read
-in full (50 ids a request) and compared field by field (``engine/compare.py``). A
-version that moved with every mapped value equal is not drift.
-
-``repair`` queues the fixes through ``requeue.queue_again``, by the object's flow and
-conflict rules: a local change is pushed (a Dynamics change beside it then meets the
-If-Match and is settled by the rules); a Dynamics change is staged to be applied; a
-record deleted on one side is deleted on the other (a synced record) or created there
-(one never synced). Every request goes through the client, so the shared throttle and
-service protection limits hold as for the sync.
+Cheap on Dynamics: it pages only ids and versions (``$select`` of the key,
+``versionnumber``, ``modifiedon``; 5,000 a page). Each page is saved and compared with
+the store (``store/audit.page_local``) while the next is read; only records whose version
+or local values moved since the last sync are read in full (50 ids a request) and
+compared field by field (``engine/compare.py``); the position saved after each page
+carries the figures, so a crash resumes there. Local records Dynamics did not return are
+found last (``store/audit.only_local``). ``repair`` queues fixes through
+``requeue.queue_again`` by flow and rules: a local change is pushed (a Dynamics change
+beside it meets If-Match and the rules), a Dynamics change is applied, a record deleted
+on one side is deleted on the other (synced before) or created there (never synced).
 """
 
 from __future__ import annotations

@@ -249,7 +249,10 @@ class Puller:
         if not crm_ids:
             return {}
         values = ",".join(f"'{c}'" for c in crm_ids if ch.is_guid(c))
-        where = f"Microsoft.Dynamics.CRM.In(PropertyName='{spec.primary_key}',PropertyValues=[{values}])"
+        where = (
+            f"Microsoft.Dynamics.CRM.In(PropertyName='{spec.primary_key}',"
+            f"PropertyValues=[{values}])"
+        )
         out: dict[str, dict[str, Any]] = {}
         async for page in self.client.query(
             spec.entity_set, select=select, filter=where, page_size=self.page_size

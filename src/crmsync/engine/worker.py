@@ -25,8 +25,8 @@ import signal
 import socket
 import time
 import uuid
-from datetime import timedelta
 from collections.abc import Coroutine
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from crmsync.config import Settings

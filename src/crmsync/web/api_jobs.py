@@ -93,7 +93,7 @@ def start_audit(
     request: Request, store: Store, body: Annotated[AuditBody | None, Body()] = None
 ) -> JSONResponse:
     """Ask for an audit (a worker runs it); ``repair`` queues the fixes."""
-    body = body or AuditBody()
+    body = body or AuditBody(object=None, repair=False)
     check_choice("object", body.object, request.app.state.specs)
     with write_transaction(store) as conn:
         job = jobs.create(conn, JobKind.AUDIT, body.object, None, {"repair": body.repair})

@@ -17,11 +17,11 @@ from crmsync.mapping import activate as activate_mapping
 from crmsync.store import migrate
 from crmsync.store.db import create_store_engine
 from crmsync.web import (
-    api_jobs,
     api_conflicts,
     api_control,
     api_docs,
     api_errors,
+    api_jobs,
     api_records,
     api_status,
     console,

@@ -14,9 +14,9 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import Engine
 
-from crmsync.errors import ValidationFailed
 from crmsync.domain import JobKind
 from crmsync.engine.resync import check_request
+from crmsync.errors import ValidationFailed
 from crmsync.store import audit, jobs, params, status
 from crmsync.store.db import read_transaction, write_transaction
 from crmsync.store.records import NotFound, resolve_object
