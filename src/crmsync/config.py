@@ -117,6 +117,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Alert when the last audit found more drifted records than this in an object",
     )
+    job_request_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of Dynamics' request budget a resync or an audit may use (0..1)",
+    )
     audit_daily: bool = Field(
         False, description="Run a drift audit of every object once a day (worker upkeep)"
     )

@@ -206,6 +206,7 @@ class Auditor:
         task: asyncio.Task[None] | None = None
         try:
             async for page in pages:
+                await self.puller.job_pace()  # before the next page is asked for
                 if task is not None:
                     await task
                     self._report(job)

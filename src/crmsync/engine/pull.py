@@ -30,6 +30,7 @@ from crmsync.dynamics.faults import DeltaTokenExpired, MissingAttribute
 from crmsync.dynamics.pages import ChangePage
 from crmsync.engine import changes as ch
 from crmsync.engine import load
+from crmsync.engine.throttle import Pacer
 from crmsync.errors import CrmsyncError, RecordRejected
 from crmsync.store import inbound, queue
 from crmsync.store import requeue as requeued
@@ -127,6 +128,8 @@ class Puller:
         self.progress = progress
         self.stats = PullStats()
         self.own_user: str | None = None
+        # Spaces the requests of resyncs and audits (``read_by_ids`` and their pages).
+        self.job_pace = Pacer(settings.job_request_share)
         # Objects whose Dynamics table has no sync filter column (the filter is one
         # setting; Dataverse refuses to select a column a table lacks).
         self._unfiltered: set[str] = set()
@@ -254,6 +257,7 @@ class Puller:
             f"PropertyValues=[{values}])"
         )
         out: dict[str, dict[str, Any]] = {}
+        await self.job_pace()
         async for page in self.client.query(
             spec.entity_set, select=select, filter=where, page_size=self.page_size
         ):

@@ -263,6 +263,7 @@ class Resyncer:
         )
         try:
             async for page in pages:
+                await self.puller.job_pace()  # before the next page is asked for
                 found = {str(r[spec.primary_key]).lower(): r for r in page.rows}
                 mine = await asyncio.to_thread(
                     self._read, requeue.rows_by_crm_id, spec, list(found)
@@ -371,6 +372,7 @@ class Resyncer:
         )
         try:
             async for page in pages:
+                await self.puller.job_pace()  # before the next page is asked for
                 self._check_cancel(job)
                 step = {**position, "next_link": page.next_link, "complete": page.next_link is None}
                 n = await asyncio.to_thread(
