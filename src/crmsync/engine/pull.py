@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from crmsync.config import Settings
@@ -32,7 +32,7 @@ from crmsync.engine import changes as ch
 from crmsync.engine import load
 from crmsync.engine.throttle import Pacer
 from crmsync.errors import CrmsyncError, RecordRejected
-from crmsync.store import inbound, queue
+from crmsync.store import inbound, jobs, queue
 from crmsync.store import requeue as requeued
 from crmsync.store.capture import LABEL_MAX
 from crmsync.store.db import write_transaction
@@ -44,6 +44,8 @@ if TYPE_CHECKING:  # the engine passes the store's handles on; it runs no SQL
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int], None]
+# After a reconciliation, an audit with repair of the object, at most this often.
+RECONCILE_AUDIT_EVERY = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,13 @@ class Puller:
                 extra={"event": "pull.reconcile", "object": obj},
             )
             self.stats.reconciliations += 1
-            return await self._read(spec, None)
+            staged = await self._read(spec, None)
+            # What the full read cannot see (local changes made meanwhile with capture
+            # off) the audit finds: it shows on Sync Status as an audit with repair.
+            await asyncio.to_thread(
+                jobs.audit_after_reconciling, self.engine, obj, RECONCILE_AUDIT_EVERY
+            )
+            return staged
 
     def _paused(self, obj: str) -> bool:
         return inbound.paused(self.engine, obj)

@@ -95,6 +95,30 @@ def schedule_audit(engine: Engine, every: timedelta, now: datetime | None = None
         return create(conn, JobKind.AUDIT, None, None, {"repair": False, "scheduled": True}, now)
 
 
+def audit_after_reconciling(
+    engine: Engine, obj: str, within: timedelta, now: datetime | None = None
+) -> Job | None:
+    """Ask for an audit with repair of ``obj`` after its expired delta token was
+    reconciled (the reconciliation sees only Dynamics' side), unless one for it was
+    asked for within ``within``; returns the job asked for, if any."""
+    now = now or utcnow()
+    j = sync_job.c
+    with write_transaction(engine) as conn:
+        recent = conn.execute(
+            sa.select(j.id)
+            .where(
+                j.kind == JobKind.AUDIT,
+                j.object == obj,
+                sa.or_(j.state.in_(ACTIVE), j.created_at > now - within),
+            )
+            .limit(1)
+        ).scalar()
+        if recent is not None:
+            return None
+        params = {"repair": True, "reason": "delta_token_expired"}
+        return create(conn, JobKind.AUDIT, obj, None, params, now)
+
+
 def get(conn: Connection, job_id: int) -> Job:
     from crmsync.store.records import NotFound
 
