@@ -33,7 +33,7 @@ PAGE = 5_000
 
 
 def save_seen(conn: Connection, job_id: int, obj: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Remember a page of Dynamics' ids (``crm_id``, ``version``, ``modified_at``,
+    """Remember a page of Dynamics' ids (``crm_id``, ``version``,
     ``excluded``) for the audit ``job_id``; a page saved twice adds nothing."""
     if not rows:
         return

@@ -406,7 +406,6 @@ sync_audit_seen = Table(
     Column("object", String(32), primary_key=True),
     Column("crm_id", String(36), primary_key=True),
     Column("version", BigInteger, nullable=True),
-    Column("modified_at", UTCDateTime(), nullable=True),
     # The sync filter field says No: not expected locally.
     Column("excluded", Boolean, nullable=False, server_default=false()),
 )

@@ -53,7 +53,6 @@ def upgrade() -> None:
         sa.Column("object", sa.String(length=32), nullable=False),
         sa.Column("crm_id", sa.String(length=36), nullable=False),
         sa.Column("version", sa.BigInteger(), nullable=True),
-        sa.Column("modified_at", UTCDateTime(), nullable=True),
         sa.Column("excluded", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.PrimaryKeyConstraint("job_id", "object", "crm_id", name=op.f("pk_sync_audit_seen")),
     )
