@@ -83,10 +83,11 @@ def only_local(
     """Local rows after the id ``after`` that Dynamics does not hold: the row, with
     ``synced`` (it has sync state: it was in Dynamics once)."""
     s, r, table = sync_audit_seen.c, sync_record.c, local_table(spec)
-    crm_id = sa.func.coalesce(table.c.crm_id, r.crm_id)
+    # By the row's own Dynamics id (a push saves it on the row and in the sync state
+    # together): a plain key probe of the first pass on both databases.
     seen = (
         sa.select(sa.literal(1))
-        .where(s.job_id == job_id, s.object == spec.name, s.crm_id == crm_id)
+        .where(s.job_id == job_id, s.object == spec.name, s.crm_id == table.c.crm_id)
         .exists()
     )
     rows = conn.execute(
@@ -101,9 +102,14 @@ def only_local(
             table.c.id > after,
             ~_marked(spec, table),
             sa.func.coalesce(r.excluded, sa.false()).is_(False),
-            ~seen,
+            sa.or_(
+                # Never in Dynamics: no id, no sync state.
+                table.c.crm_id.is_(None) & r.record_id.is_(None),
+                table.c.crm_id.is_not(None)
+                & ~seen
+                & ~_queued(spec.name, Direction.FROM_CRM, table.c.crm_id),
+            ),
             ~_queued(spec.name, Direction.TO_CRM, sa.cast(table.c.id, sa.String)),
-            sa.or_(crm_id.is_(None), ~_queued(spec.name, Direction.FROM_CRM, crm_id)),
         )
         .order_by(table.c.id)
         .limit(limit)
