@@ -1,9 +1,8 @@
 """Alerts: a JSON webhook when the sync falls behind, once per breach and once on recovery.
 
-Two thresholds per object, both optional (``alert_oldest_age_seconds``,
-``alert_errors_per_hour``): ``oldest_waiting_age``, the age in seconds of the object's
-oldest waiting change (both directions; parked errors excluded), and
-``errors_per_hour``, the object's sync errors that first failed in the last hour.
+Thresholds per object, all optional: ``oldest_waiting_age`` (the age in seconds of the
+oldest waiting change, parked errors excluded), ``errors_per_hour`` (sync errors that
+first failed in the last hour), ``drift_records`` (what the last audit found).
 
 ``decide`` is the whole policy, without I/O: a value above its threshold opens an
 incident and sends ``alert``; while it stays above, nothing more is sent; once it is back
@@ -30,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 
 from crmsync.config import Settings
 from crmsync.domain import ErrorStatus
+from crmsync.store.audit import last_results
 from crmsync.store.db import read_transaction
 from crmsync.store.params import iso
 from crmsync.store.schema import sync_error, sync_pause
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 OLDEST_AGE = "oldest_waiting_age"
 ERRORS_PER_HOUR = "errors_per_hour"
+# The records the last drift audit found on one side only or different (store/audit.py).
+DRIFT = "drift_records"
 # An object crmsync paused because Dynamics no longer matches its mapping: always on.
 MAPPING_MISMATCH = "mapping_mismatch"
 ATTEMPTS = 3
@@ -90,6 +92,8 @@ def thresholds(settings: Settings) -> dict[str, float]:
         out[OLDEST_AGE] = settings.alert_oldest_age_seconds
     if settings.alert_errors_per_hour is not None:
         out[ERRORS_PER_HOUR] = float(settings.alert_errors_per_hour)
+    if settings.alert_drift_records is not None:
+        out[DRIFT] = float(settings.alert_drift_records)
     return out
 
 
@@ -140,6 +144,10 @@ def observe(
         for obj, n in rows:
             if obj in names:
                 observed[(ERRORS_PER_HOUR, obj)] = float(n)
+    if DRIFT in limits:
+        for found in last_results(conn, names):
+            drifted = found["only_local"] + found["only_dynamics"] + found["different"]
+            observed[(DRIFT, found["object"])] = float(drifted)
     if MAPPING_MISMATCH in limits:
         p = sync_pause.c
         for (obj,) in conn.execute(sa.select(p.object).where(p.reason.is_not(None)).distinct()):

@@ -494,7 +494,7 @@ def _store(settings: Settings) -> Iterator[Engine]:
     try:
         yield engine
     except ValidationFailed as exc:
-        option = {"q": "search"}.get(exc.field, exc.field).replace("_", "-")
+        option = {"q": "search", "ids": "id"}.get(exc.field, exc.field).replace("_", "-")
         typer.echo(f"crmsync: --{option}: {exc.message}", err=True)
         raise typer.Exit(2) from None
     except NotFound as exc:
@@ -799,3 +799,7 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("crmsync: interrupted", err=True)
         sys.exit(130)
+
+
+# The resync, audit and jobs commands live beside this module; importing it registers them.
+from crmsync import cli_jobs as cli_jobs  # noqa: E402

@@ -125,6 +125,20 @@ class Settings(BaseSettings):
     alert_errors_per_hour: int | None = Field(
         None, ge=0, description="Alert when more sync errors than this first fail in an hour"
     )
+    alert_drift_records: int | None = Field(
+        None,
+        ge=0,
+        description="Alert when the last audit found more drifted records than this in an object",
+    )
+    job_request_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of Dynamics' request budget a resync or an audit may use (0..1)",
+    )
+    audit_daily: bool = Field(
+        False, description="Run a drift audit of every object once a day (worker upkeep)"
+    )
     alert_webhook_url: SecretStr | None = Field(
         None,
         description="URL the alerts are POSTed to as JSON (may carry a token: kept secret)",

@@ -81,6 +81,33 @@ class EntryState(enum.StrEnum):
     PARKED = "parked"
 
 
+class JobKind(enum.StrEnum):
+    """What a job in ``sync_job`` does."""
+
+    RESYNC = "resync"  # queue records again in one direction
+    AUDIT = "audit"  # compare both sides (and, asked to, queue the repairs)
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+class DriftKind(enum.StrEnum):
+    """How the two sides of a record disagree (an audit's finding)."""
+
+    ONLY_LOCAL = "only_local"
+    ONLY_DYNAMICS = "only_dynamics"
+    DIFFERENT = "different"
+
+
 class FieldType(enum.StrEnum):
     """A mapped field's type: how its local value becomes Dataverse JSON and back."""
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from crmsync.domain import ConflictRule, Direction, Operation
+from crmsync.domain import ConflictRule, Direction, JobKind, JobState, Operation
 
 # --- crmsync's own error codes (a sync error's ``code`` beside Dynamics' own) ----------
 
@@ -158,6 +158,9 @@ class Change:
     # it never recorded (a worker killed, an answer cut). Dynamics' values are then the
     # new base, not a change of Dynamics' to settle against the local one.
     own_write: bool = False
+    # Staged again by a resync or an audit's repair (``engine/resync.py``): applied even
+    # at the version both sides agreed on, Dynamics' values taken over the local ones.
+    resync: bool = False
 
     def payload(self) -> dict[str, Any]:
         """The queue entry's payload (JSON)."""
@@ -171,6 +174,7 @@ class Change:
             "deleted": self.deleted,
             "rejoin": self.rejoin,
             "own_write": self.own_write,
+            "resync": self.resync,
         }
 
     @classmethod
@@ -187,6 +191,7 @@ class Change:
             deleted=bool(p.get("deleted")),
             rejoin=bool(p.get("rejoin")),
             own_write=bool(p.get("own_write")),
+            resync=bool(p.get("resync")),
         )
 
     @property
@@ -293,3 +298,38 @@ class LocalWrite:
     resolution: Resolution | None = None
     push: PendingPush | None = None
     rejoin: bool = False  # the sync filter includes the record again
+
+
+# --- resync and audit jobs ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """A resync or an audit (``sync_job``); ``position`` is where it got to."""
+
+    id: int
+    kind: JobKind
+    object: str | None
+    direction: Direction | None
+    params: dict[str, Any]
+    state: JobState
+    done: int
+    total: int | None
+    position: dict[str, Any] | None
+    result: dict[str, Any] | None
+    error: str | None
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class LocalRef:
+    """A local record queued again for a push (a resync, or a repair): its id, its
+    Dynamics id if it has one, and whether what is due is its deletion."""
+
+    record_id: int
+    crm_id: str | None = None
+    label: str | None = None
+    deleted: bool = False

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from pull_support import Sales, count, rows, sales_fixture  # noqa: F401 (fixture)
 
 from crmsync.config import Settings, load_settings
+from crmsync.store import audit, jobs
 from crmsync.store.schema import sync_conflict, sync_cursor, sync_error, sync_queue, sync_record
 
 
@@ -137,6 +138,14 @@ def test_expired_delta_token_reconciles_fully_without_duplicates(
     assert count(store, sync_queue) == 0 and count(store, sync_error) == 0
     assert remote[leads[5]]["lastname"] == "Local"
     assert remote[leads[6]]["firstname"] == local[leads[6]]["first_name"] == "OnlyLocal"
+    # The reconciliation shows as an audit with repair, which found nothing left.
+    with store.connect() as conn:
+        done = [j for j in jobs.recent(conn) if j.object == "lead"]
+        (found,) = audit.last_results(conn, ["lead"])
+    assert [(j.params["reason"], j.params["repair"], j.state) for j in done] == [
+        ("delta_token_expired", True, "done")
+    ]
+    assert (found["only_local"], found["only_dynamics"], found["different"]) == (0, 0, 0)
     with store.connect() as conn:
         journal = conn.execute(sa.select(sync_conflict)).all()
     assert [(j.crm_id, j.field, j.winner) for j in journal] == [(leads[5], "last_name", "local")]

@@ -76,3 +76,16 @@ def test_bad_alert_settings_are_named_without_their_values():
     assert "secret-token" not in str(caught.value)
     with pytest.raises(ConfigError, match="CRMSYNC_ALERT_OLDEST_AGE_SECONDS"):
         load_settings(alert_oldest_age_seconds=0)
+
+
+def test_drift_threshold_is_configured_and_decided() -> None:
+    from crmsync.alerts import DRIFT, decide, thresholds
+    from crmsync.config import load_settings
+
+    limits = thresholds(load_settings(database_url="sqlite://", alert_drift_records=5))
+    assert limits[DRIFT] == 5.0
+    now = datetime(2026, 12, 2, tzinfo=UTC)
+    (event,) = decide(frozenset(), {(DRIFT, "lead"): 6.0}, limits, now)
+    assert (event.kind, event.alert, event.object, event.value) == ("alert", DRIFT, "lead", 6.0)
+    (back,) = decide(frozenset({(DRIFT, "lead")}), {(DRIFT, "lead"): 5.0}, limits, now)
+    assert back.kind == "recovered"

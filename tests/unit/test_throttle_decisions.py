@@ -67,3 +67,20 @@ def test_hold_closes_the_gate_without_cutting_concurrency() -> None:
     assert limiter.gate.wait(clock.now) == 0.0
     assert limiter.limit.slots == 40
     assert heard == []  # a hold is not re-published as our own throttle
+
+
+def test_a_job_pacer_spaces_requests_by_its_share_of_the_budget() -> None:
+    import asyncio
+
+    from crmsync.engine.throttle import Pacer
+
+    async def three() -> float:
+        pace = Pacer(0.25)  # 5 requests a second: 0.2 s apart
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for _ in range(3):
+            await pace()
+        return loop.time() - start
+
+    assert 0.38 <= asyncio.run(three()) < 1.0
+    assert Pacer(1.0).interval == 0.0

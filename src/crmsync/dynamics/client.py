@@ -284,14 +284,16 @@ class DataverseClient:
         select: Sequence[str] = (),
         filter: str | None = None,
         page_size: int = MAX_PAGE_SIZE,
+        next_link: str | None = None,
     ) -> AsyncIterator[Page]:
-        """Pages of a query, following ``@odata.nextLink`` until there is none."""
+        """Pages of a query, following ``@odata.nextLink`` until there is none;
+        ``next_link`` resumes a query where a saved link points (the rest is ignored)."""
         params: dict[str, str] = {}
         if select:
             params["$select"] = ",".join(select)
         if filter:
             params["$filter"] = filter
-        url: str | None = _with_query(entity_set, params)
+        url: str | None = next_link or _with_query(entity_set, params)
         headers = {"Prefer": max_page_size(page_size)}
         while url is not None:
             resp = await self._send("GET", url, headers=headers)

@@ -88,7 +88,7 @@ def plan_apply(
         return LocalWrite(entry, change, WriteKind.DELETE, row["id"], {}, push=push)
     if push is not None and push.claimed:
         return Defer(entry, "a local change of this record is being sent")
-    if state is not None and change.version is not None and not excluded:
+    if state is not None and change.version is not None and not excluded and not change.resync:
         synced_version = state.crm_version or ch.version_of(state.etag)
         if synced_version is not None and change.version <= synced_version:
             return Skip(entry)  # older than what both sides already agreed on
@@ -164,6 +164,11 @@ def plan_apply(
         )
     base = state.synced_values if state is not None else None
     local = json_row(spec, row)
+    if change.resync:
+        # Queued again from Dynamics (a resync, a repair): its values are taken over the
+        # local ones, as if nothing had been agreed on; a local change still waiting to
+        # be sent is settled by the rules as usual.
+        base = None if push is None else base
     if change.own_write and base is not None:
         # Last written by crmsync itself, an answer it never recorded: a field changed
         # locally since the last sync is one that push may have carried, so Dynamics'

@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from crmsync.config import Settings
@@ -30,8 +30,10 @@ from crmsync.dynamics.faults import DeltaTokenExpired, MissingAttribute
 from crmsync.dynamics.pages import ChangePage
 from crmsync.engine import changes as ch
 from crmsync.engine import load
+from crmsync.engine.throttle import Pacer
 from crmsync.errors import CrmsyncError, RecordRejected
-from crmsync.store import inbound, queue
+from crmsync.store import inbound, jobs, queue
+from crmsync.store import requeue as requeued
 from crmsync.store.capture import LABEL_MAX
 from crmsync.store.db import write_transaction
 from crmsync.store.types import utcnow
@@ -42,6 +44,18 @@ if TYPE_CHECKING:  # the engine passes the store's handles on; it runs no SQL
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int], None]
+# After a reconciliation, an audit with repair of the object, at most this often.
+RECONCILE_AUDIT_EVERY = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Requeue:
+    """A page staged again by a resync or a repair: ``also(conn, records)`` runs in its
+    transaction (the job's ``advance``); ``resync`` marks the changes to be applied over
+    the local values."""
+
+    also: Callable[[Connection, int], None]
+    resync: bool = False
 
 
 @dataclass
@@ -116,6 +130,8 @@ class Puller:
         self.progress = progress
         self.stats = PullStats()
         self.own_user: str | None = None
+        # Spaces the requests of resyncs and audits (``read_by_ids`` and their pages).
+        self.job_pace = Pacer(settings.job_request_share)
         # Objects whose Dynamics table has no sync filter column (the filter is one
         # setting; Dataverse refuses to select a column a table lacks).
         self._unfiltered: set[str] = set()
@@ -145,7 +161,13 @@ class Puller:
                 extra={"event": "pull.reconcile", "object": obj},
             )
             self.stats.reconciliations += 1
-            return await self._read(spec, None)
+            staged = await self._read(spec, None)
+            # What the full read cannot see (local changes made meanwhile with capture
+            # off) the audit finds: it shows on Sync Status as an audit with repair.
+            await asyncio.to_thread(
+                jobs.audit_after_reconciling, self.engine, obj, RECONCILE_AUDIT_EVERY
+            )
+            return staged
 
     def _paused(self, obj: str) -> bool:
         return inbound.paused(self.engine, obj)
@@ -211,6 +233,53 @@ class Puller:
         self.stats.staged += staged
         return staged
 
+    async def restage(
+        self, spec: ObjectSpec, crm_ids: Sequence[str], requeue: Requeue, chunk: int = 50
+    ) -> int:
+        """Read these records of ``spec`` in full (``chunk`` ids a request) and stage them
+        again through ``requeue``: the ones Dynamics no longer holds as deletions. Returns
+        how many entries were staged."""
+        filter_field = self._filter_for(spec)
+        select = ch.select_for(spec, filter_field)
+        staged = 0
+        for i in range(0, len(crm_ids), chunk):
+            wanted = [c.lower() for c in crm_ids[i : i + chunk]]
+            found = await self.read_by_ids(spec, wanted, select)
+            gone = [c for c in wanted if c not in found]
+            page = ChangePage(rows=list(found.values()), deleted_ids=gone)
+            staged += await asyncio.to_thread(
+                self._stage_page,
+                spec,
+                page,
+                filter_field,
+                None,
+                utcnow(),
+                force=True,
+                requeue=requeue,
+            )
+        return staged
+
+    async def read_by_ids(
+        self, spec: ObjectSpec, crm_ids: Sequence[str], select: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        """The records of these ids Dynamics holds, by lower-case id (one request: the
+        ``In`` query function, filter-rows.md)."""
+        if not crm_ids:
+            return {}
+        values = ",".join(f"'{c}'" for c in crm_ids if ch.is_guid(c))
+        where = (
+            f"Microsoft.Dynamics.CRM.In(PropertyName='{spec.primary_key}',"
+            f"PropertyValues=[{values}])"
+        )
+        out: dict[str, dict[str, Any]] = {}
+        await self.job_pace()
+        async for page in self.client.query(
+            spec.entity_set, select=select, filter=where, page_size=self.page_size
+        ):
+            for row in page.rows:
+                out[str(row[spec.primary_key]).lower()] = row
+        return out
+
     async def refetch(self, stale: Sequence[tuple[str, str]]) -> None:
         """Read and stage records that Dynamics refused to update because they changed
         there since their last sync (a 412 on If-Match): applying them resolves the
@@ -254,7 +323,11 @@ class Puller:
         started_at: datetime,
         *,
         force: bool = False,
+        requeue: Requeue | None = None,
     ) -> int:
+        """Stage one page in one transaction. ``requeue``: a resync's or a repair's page,
+        staged through ``requeue.queue_again`` (``resync``: to be applied over the local
+        values) with its job's ``advance`` in the same transaction."""
         now = utcnow()
         rows: list[dict[str, Any]] = []
         with write_transaction(self.engine) as conn:
@@ -302,6 +375,8 @@ class Puller:
                 own = self.own_user is not None and change.modified_by == self.own_user
                 if force and op is Operation.UPDATE and own:
                     change = replace(change, own_write=True)
+                if requeue is not None and requeue.resync and not change.deleted:
+                    change = replace(change, resync=True)
                 if op is not None:
                     rows.append(entry_row(spec, change, op, k, now))
             if seen is not None:
@@ -315,7 +390,11 @@ class Puller:
                 ]
                 self.stats.deletions_detected += len(gone)
             inbound.exclude(conn, spec, excluded, now)
-            inbound.stage(conn, rows)
+            if requeue is None:
+                inbound.stage(conn, rows)
+            else:
+                requeued.queue_again(conn, spec.name, from_crm=rows, now=now)
+                requeue.also(conn, len(page.rows) + len(page.deleted_ids))
             if page.delta_link is not None:
                 inbound.save_cursor(conn, spec.name, page.delta_link, now)
                 # Read to the end: a failure of the whole object's pull is over.

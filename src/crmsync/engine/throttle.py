@@ -154,3 +154,25 @@ class SharedThrottle:
         if not self._store_ok:
             self._store_ok = True
             log.info("shared throttle available again", extra={"event": "throttle.store_back"})
+
+
+# Dataverse's service protection budget per user: 6,000 requests per 300 s (api-limits.md).
+DATAVERSE_REQUESTS_PER_SECOND = 6000 / 300
+
+
+class Pacer:
+    """Spaces a resync's or an audit's requests so that they use at most ``share`` of
+    Dataverse's request budget, leaving the rest to the sync (``job_request_share``)."""
+
+    def __init__(self, share: float) -> None:
+        self.interval = 1.0 / (DATAVERSE_REQUESTS_PER_SECOND * share) if share < 1 else 0.0
+        self._next = 0.0
+
+    async def __call__(self) -> None:
+        if not self.interval:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now < self._next:
+            await asyncio.sleep(self._next - now)
+        self._next = max(now, self._next) + self.interval

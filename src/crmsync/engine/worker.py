@@ -26,6 +26,7 @@ import socket
 import time
 import uuid
 from collections.abc import Coroutine
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from crmsync.config import Settings
@@ -33,6 +34,7 @@ from crmsync.domain import Direction
 from crmsync.dynamics.client import DataverseClient
 from crmsync.engine import drift, retry
 from crmsync.engine.apply import Applier
+from crmsync.engine.jobs import JobRunner
 from crmsync.engine.pull import Progress, Puller
 from crmsync.engine.push import Pusher
 from crmsync.engine.throttle import SharedThrottle
@@ -46,7 +48,7 @@ from crmsync.errors import (
 )
 from crmsync.mapping import activate as activate_mapping
 from crmsync.memory import release_free_memory
-from crmsync.store import migrate, queue
+from crmsync.store import jobs, migrate, queue
 from crmsync.store.db import is_sqlite, store_unavailable, write_transaction
 from crmsync.store.maintenance import COMPACT_SECONDS, compact_counts, maintain, retry_due
 from crmsync.store.queue import next_due
@@ -59,6 +61,10 @@ if TYPE_CHECKING:  # the engine passes the store's handles on; it runs no SQL
 log = logging.getLogger(__name__)
 
 IDLE_SECONDS = 0.5
+# How often a worker looks for resync and audit jobs to run.
+JOB_POLL_SECONDS = 2.0
+# ``audit_daily``: how often the drift audit is asked for.
+AUDIT_EVERY = timedelta(days=1)
 MAX_WAIT_SECONDS = 5.0
 
 
@@ -132,6 +138,8 @@ class Worker:
         self.puller = Puller(engine, client, settings, progress=progress)
         self.applier = Applier(engine, settings, self.id)
         self.pusher.on_stale = self.puller.refetch
+        # A job's lease is renewed while it runs: the queue's lease is long enough.
+        self.jobs = JobRunner(engine, self.puller, self.id, lease_seconds=settings.lease_seconds)
         self.throttle = SharedThrottle.for_settings(engine, client.limiter, settings)
         self.concurrency = concurrency
         # SQLite has one writer: more than one apply lane there only queues for the lock.
@@ -301,9 +309,24 @@ class Worker:
                 await asyncio.to_thread(maintain, self.engine)
                 await asyncio.to_thread(retry_due, self.engine)
                 await asyncio.to_thread(release_free_memory)
+                if self.settings.audit_daily:
+                    # The daily drift audit (a job the jobs lane of some worker runs).
+                    await asyncio.to_thread(jobs.schedule_audit, self.engine, AUDIT_EVERY)
             except Exception as exc:
                 self.outage.failed(exc, "worker.upkeep_failed")
             await self._until_next_poll()
+
+    async def _jobs_loop(self) -> None:
+        """Run resync and audit jobs as they are asked for (one at a time per worker;
+        a job another worker holds is left to it)."""
+        while not self.stopping.is_set():
+            try:
+                await self.jobs.run_pending()
+            except Fatal:
+                raise
+            except Exception as exc:
+                self.outage.failed(exc, "worker.job_failed")
+            await self._wait(JOB_POLL_SECONDS)
 
     async def _until_next_poll(self) -> None:
         """Wait ``poll_seconds``, folding the backlog counts every ``COMPACT_SECONDS``
@@ -336,9 +359,10 @@ class Worker:
         try:
             if once:
                 await self._pull_once_through_outages()
+                await self.jobs.run_pending()
                 await asyncio.gather(*lanes())
             else:
-                await asyncio.gather(self._pull_loop(), *lanes())
+                await asyncio.gather(self._pull_loop(), self._jobs_loop(), *lanes())
         finally:
             poll.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -346,6 +370,7 @@ class Worker:
             await self.throttle.aclose()
             try:
                 released = await asyncio.to_thread(queue.release, self.engine, self.id)
+                await asyncio.to_thread(jobs.release, self.engine, self.id)
             except Exception as exc:
                 if not store_unavailable(exc):
                     raise

@@ -176,6 +176,9 @@ sync_record = Table(
     # The sync filter field said No: the record syncs in neither direction until
     # Dynamics includes it again (engine/changes.py, plan.py, apply.py).
     Column("excluded", Boolean, nullable=False, server_default=false()),
+    # The audit finds the local record of a Dynamics id missing locally (a delete the
+    # sync never saw) by this (engine/audit.py).
+    Index("ix_sync_record_object_crm_id", "object", "crm_id"),
 )
 
 # Records crmsync deleted (either side), by Dynamics id: a change read from Dynamics
@@ -385,6 +388,63 @@ console_session_revoked = Table(
     Column("expires_at", UTCDateTime(), nullable=False),
 )
 
+# Resyncs and audits as jobs (store/jobs.py): one row per job, run by whichever process
+# holds its lease (a worker's upkeep, or the CLI that asked for it); ``position`` is where
+# it got to, saved in the transaction of the work it did, so a restart resumes there.
+sync_job = Table(
+    "sync_job",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("kind", String(8), nullable=False),
+    Column("object", String(32), nullable=True),
+    Column("direction", String(8), nullable=True),
+    Column("params", JSON, nullable=False),
+    Column("state", String(10), nullable=False),
+    Column("done", BigInteger, nullable=False, server_default="0"),
+    Column("total", BigInteger, nullable=True),
+    Column("position", JSON, nullable=True),
+    Column("result", JSON, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("cancel_requested", Boolean, nullable=False, server_default=false()),
+    Column("claimed_by", String(64), nullable=True),
+    Column("claimed_until", UTCDateTime(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=True),
+    Column("finished_at", UTCDateTime(), nullable=True),
+    Index("ix_sync_job_state", "state", "id"),
+    sqlite_autoincrement=True,
+)
+
+# An audit's first pass: the ids and versions Dynamics holds, page by page, so that the
+# comparison with the store runs in SQL and neither side is held in memory. Deleted with
+# its job's comparison.
+sync_audit_seen = Table(
+    "sync_audit_seen",
+    metadata,
+    Column("job_id", Id, primary_key=True, autoincrement=False),
+    Column("object", String(32), primary_key=True),
+    Column("crm_id", String(36), primary_key=True),
+    Column("version", BigInteger, nullable=True),
+    # The sync filter field says No: not expected locally.
+    Column("excluded", Boolean, nullable=False, server_default=false()),
+)
+
+# The last audit's findings per object (GET /api/v1/sync/audit, /metrics, Sync Status).
+sync_audit = Table(
+    "sync_audit",
+    metadata,
+    Column("object", String(32), primary_key=True),
+    Column("job_id", Id, nullable=False),
+    Column("checked", BigInteger, nullable=False),
+    Column("only_local", BigInteger, nullable=False),
+    Column("only_dynamics", BigInteger, nullable=False),
+    Column("different", BigInteger, nullable=False),
+    Column("repaired", BigInteger, nullable=False, server_default="0"),
+    Column("samples", JSON, nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime(), nullable=False),
+)
+
 __all__ = [
     "ERROR_FTS",
     "ERROR_FTS_TABLES",
@@ -394,6 +454,8 @@ __all__ = [
     "declared",
     "dynamics_throttle",
     "metadata",
+    "sync_audit",
+    "sync_audit_seen",
     "sync_backlog_count",
     "sync_backlog_sample",
     "sync_change",
@@ -401,6 +463,7 @@ __all__ = [
     "sync_cursor",
     "sync_error",
     "sync_error_count",
+    "sync_job",
     "sync_pause",
     "sync_queue",
     "sync_rate",

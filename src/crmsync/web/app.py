@@ -21,6 +21,7 @@ from crmsync.web import (
     api_control,
     api_docs,
     api_errors,
+    api_jobs,
     api_records,
     api_status,
     console,
@@ -106,6 +107,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.include_router(api_errors.router)
     app.include_router(api_conflicts.router)
     app.include_router(api_control.router)
+    app.include_router(api_jobs.router)
     api_docs.install(app)
     health.install(app, settings)
     app.state.metrics = metrics.MetricsPage(store, app.state.specs, app.state.alerts)

@@ -10,8 +10,8 @@ Series (the first five are the contract's; what each means is beside its family)
 ``crmsync_synced_records_total{object,direction,operation}``,
 ``crmsync_sync_errors_total{object,direction,code}``, ``crmsync_crm_requests_total{status}``
 (HTTP responses from Dynamics to this process's client, ``observability``),
-``crmsync_dynamics_throttled_until_timestamp_seconds`` and
-``crmsync_alert_active{alert,object}``.
+``crmsync_dynamics_throttled_until_timestamp_seconds``,
+``crmsync_alert_active{alert,object}`` and ``crmsync_drift_records{object,kind}``.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
 from crmsync.alerts import AlertMonitor
-from crmsync.domain import ErrorStatus
+from crmsync.domain import DriftKind, ErrorStatus
 from crmsync.observability import CRM_REQUESTS
+from crmsync.store.audit import last_results
 from crmsync.store.backlog import Group
 from crmsync.store.db import read_transaction
 from crmsync.store.schema import sync_error, sync_throughput
@@ -75,6 +76,7 @@ class StoreCollector(Collector):
                 .where(e.status == ErrorStatus.OPEN)
                 .group_by(e.object, e.direction, e.error_code)
             ).all()
+            drift = last_results(conn, self.objects)
         throttled = shared_throttle(self.engine)
         yield from self._backlog(groups, now)
         # The sum of the kept throughput buckets: it would step down if old buckets are
@@ -111,6 +113,17 @@ class StoreCollector(Collector):
         for incident in self.alerts.incidents() if self.alerts is not None else []:
             active.add_metric([incident["alert"], incident["object"]], 1.0)
         yield active
+        # The last audit's findings per object (engine/audit.py); no sample for an object
+        # never audited.
+        found = GaugeMetricFamily(
+            "crmsync_drift_records",
+            "Records the last audit found on one side only or different",
+            labels=["object", "kind"],
+        )
+        for result in drift:
+            for kind in DriftKind:
+                found.add_metric([result["object"], kind], float(result[kind]))
+        yield found
 
     def _backlog(self, groups: list[Group], now: datetime) -> Iterator[Metric]:
         counts = {(o, d, op): 0 for o in self.objects for d in DIRECTIONS for op in OPERATIONS}

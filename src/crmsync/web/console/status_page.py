@@ -14,8 +14,10 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import Engine
 
+from crmsync.domain import JobKind
+from crmsync.engine.resync import check_request
 from crmsync.errors import ValidationFailed
-from crmsync.store import params, status
+from crmsync.store import audit, jobs, params, status
 from crmsync.store.db import read_transaction, write_transaction
 from crmsync.store.records import NotFound, resolve_object
 from crmsync.store.types import utcnow
@@ -28,6 +30,7 @@ VIEWS = {"backlog": "Backlog", "last_hour": "Last hour"}
 CHART_HOURS = 24
 HOUR = timedelta(hours=1)
 REFRESH_SECONDS = 10
+JOBS_SHOWN = 8
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(require_login)])
 
@@ -55,6 +58,8 @@ def status_data(request: Request, view: str) -> dict[str, Any]:
         now = utcnow()
         _, this_hour = status.hour_window(now, zone)
         history = status.throughput(conn, objects, zone, hours=CHART_HOURS + 1, at=this_hour + HOUR)
+        recent_jobs = [jobs.as_json(j) for j in jobs.recent(conn, limit=JOBS_SHOWN)]
+        last_audit = audit.last_results(conn, objects)
     rows = []
     for row in body["objects"]:
         age = views.age_seconds(row.get("oldest_queued_at"), body.get("as_of"))
@@ -71,6 +76,8 @@ def status_data(request: Request, view: str) -> dict[str, Any]:
         "objects": objects,
         "path": PATH,
         "refresh_seconds": REFRESH_SECONDS,
+        "jobs": recent_jobs,
+        "audit": last_audit,
     }
 
 
@@ -153,3 +160,53 @@ def resume_form(
     scope = views.paused_label({"object": obj, "direction": d})
     notify(request, f"Resumed: {scope}." if lifted else f"Nothing was paused for {scope}.")
     return _back(view)
+
+
+Text = Annotated[str, Form(max_length=64)]
+
+
+@router.post(PATH + "/resync")
+def resync_form(
+    request: Request,
+    object: Scope = "",
+    direction: Scope = "to_crm",
+    since: Text = "",
+    until: Text = "",
+) -> Response:
+    """Queue a resync job (the console's twin of ``POST /api/v1/sync/resync``)."""
+    try:
+        req = check_request(
+            request.app.state.specs,
+            object,
+            direction,
+            params.parse_timestamp("since", since or None),
+            params.parse_timestamp("until", until or None),
+            [],
+        )
+    except ValidationFailed as exc:
+        notify(request, f"Nothing queued: {exc.field} {exc.message}", "error")
+        return _back("")
+    with write_transaction(store_of(request)) as conn:
+        job = jobs.create(conn, JobKind.RESYNC, req.object, req.direction, req.params())
+    notify(request, f"Resync of {req.object} ({req.direction}) queued as job {job.id}.")
+    return _back("")
+
+
+@router.post(PATH + "/audit")
+def audit_form(request: Request, repair: Text = "") -> Response:
+    with write_transaction(store_of(request)) as conn:
+        job = jobs.create(conn, JobKind.AUDIT, None, None, {"repair": bool(repair)})
+    notify(request, f"Audit queued as job {job.id}.")
+    return _back("")
+
+
+@router.post(PATH + "/jobs/{job_id}/cancel")
+def cancel_form(request: Request, job_id: int) -> Response:
+    try:
+        with write_transaction(store_of(request)) as conn:
+            job = jobs.cancel(conn, job_id)
+    except NotFound as exc:
+        notify(request, str(exc), "error")
+        return _back("")
+    notify(request, f"Job {job.id}: {job.state}.")
+    return _back("")

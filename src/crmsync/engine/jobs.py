@@ -1,0 +1,153 @@
+"""Running resync and audit jobs: claim one, run it under a renewed lease, end it.
+
+A worker runs the jobs its upkeep finds (``JobRunner.run_pending``); the CLI runs the
+one it asked for (``run_one(job_id)``) and shows its progress. Whoever runs a job holds
+its lease, renewed every third of it while the job runs; a process that dies leaves the
+job to the next one that looks, which resumes it at its saved position. A job whose
+Dynamics is unreachable (a ``Retriable`` failure) is left to be resumed later; any other
+failure ends it as ``failed`` with the reason, shown on Sync Status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from crmsync.config import Settings
+from crmsync.domain import JobKind, JobState
+from crmsync.dynamics.client import DataverseClient
+from crmsync.engine.audit import Auditor, Cancelled, Lost
+from crmsync.engine.pull import Puller
+from crmsync.engine.resync import Resyncer, ResyncRequest
+from crmsync.engine.throttle import SharedThrottle
+from crmsync.errors import CrmsyncError, Retriable
+from crmsync.store import jobs
+from crmsync.values import Job
+
+if TYPE_CHECKING:  # the engine passes the store's handle on; it runs no SQL
+    from sqlalchemy import Engine
+
+log = logging.getLogger(__name__)
+
+# A job's lease: long enough for a page of work (a full read of 5,000 ids and its save).
+JOB_LEASE_SECONDS = 60.0
+
+
+class JobRunner:
+    def __init__(
+        self,
+        engine: Engine,
+        puller: Puller,
+        worker: str,
+        *,
+        lease_seconds: float = JOB_LEASE_SECONDS,
+        progress: Callable[[Job], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.worker = worker
+        self.lease = timedelta(seconds=lease_seconds)
+        self.auditor = Auditor(engine, puller, worker, self.lease, progress)
+        self.resyncer = Resyncer(engine, puller, worker, self.lease)
+
+    async def _keep_lease(self, job: Job) -> None:
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            if not await asyncio.to_thread(
+                jobs.renew, self.engine, job.id, self.worker, self.lease
+            ):
+                return
+
+    async def run_one(self, job_id: int | None = None) -> Job | None:
+        """Claim and run one job (``job_id``, or the oldest waiting); None if none was
+        free. Returns the job as it ended (or as it stands, if left to resume)."""
+        job = await asyncio.to_thread(
+            jobs.claim, self.engine, self.worker, self.lease, job_id=job_id
+        )
+        if job is None:
+            return None
+        log.info(
+            "job started",
+            extra={"event": "job.start", "job": job.id, "kind": job.kind, "object": job.object},
+        )
+        keeper = asyncio.create_task(self._keep_lease(job))
+        state, result, error = JobState.DONE, None, None
+        try:
+            result = await self._run(job)
+        except Cancelled:
+            state = JobState.CANCELLED
+        except Lost:
+            return await asyncio.to_thread(self._get, job.id)
+        except Retriable as exc:
+            log.warning(
+                "job interrupted; it resumes later",
+                extra={"event": "job.interrupted", "job": job.id, "error": str(exc)[:300]},
+            )
+            return await asyncio.to_thread(self._get, job.id)
+        except CrmsyncError as exc:
+            state, error = JobState.FAILED, str(exc)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        await asyncio.to_thread(
+            jobs.finish, self.engine, job, self.worker, state, result=result, error=error
+        )
+        log.info("job ended", extra={"event": "job.end", "job": job.id, "state": state})
+        return await asyncio.to_thread(self._get, job.id)
+
+    async def _run(self, job: Job) -> dict[str, Any]:
+        if job.kind is JobKind.AUDIT:
+            return {"objects": await self.auditor.run(job)}
+        return await self.resyncer.run(job)
+
+    def _get(self, job_id: int) -> Job:
+        with self.engine.connect() as conn:
+            return jobs.get(conn, job_id)
+
+    async def run_pending(self) -> int:
+        """Run the waiting jobs one after the other; returns how many ran."""
+        ran = 0
+        while (job := await self.run_one()) is not None:
+            ran += 1
+            if not job.state.finished:
+                break  # left to resume later (Dynamics unreachable)
+        return ran
+
+
+@contextlib.asynccontextmanager
+async def _connected(settings: Settings, engine: Engine) -> AsyncIterator[Puller]:
+    """A client honouring the shared throttle (as a worker's does), and a puller on it."""
+    async with DataverseClient.from_settings(settings) as client:
+        throttle = SharedThrottle.for_settings(engine, client.limiter, settings)
+        await throttle.refresh()
+        poll = asyncio.create_task(throttle.run())
+        try:
+            yield Puller(engine, client, settings)
+        finally:
+            poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll
+            await throttle.aclose()
+
+
+async def run_here(
+    settings: Settings,
+    engine: Engine,
+    job_id: int,
+    worker: str,
+    progress: Callable[[Job], None] | None = None,
+) -> Job | None:
+    """Run the job ``job_id`` in this process (the CLI that asked for it); None if
+    another process holds it."""
+    async with _connected(settings, engine) as puller:
+        return await JobRunner(engine, puller, worker, progress=progress).run_one(job_id)
+
+
+async def dry_run_here(settings: Settings, engine: Engine, req: ResyncRequest) -> dict[str, Any]:
+    """A resync's dry run in this process: reads both sides, changes nothing."""
+    async with _connected(settings, engine) as puller:
+        return await Resyncer(engine, puller, "dry-run", timedelta(seconds=60)).dry_run(req)

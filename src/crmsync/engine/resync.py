@@ -1,0 +1,391 @@
+"""Targeted resync: queue an object's records again in one direction, or say what would.
+
+A request names an object, a direction, and which records: changed in a window (a
+``to_crm`` resync reads the local rows' ``updated_at``, a ``from_crm`` one Dynamics'
+``modifiedon``), listed by id (local ids; a ``from_crm`` resync also takes Dynamics ids),
+or, with neither, all of them. ``check_request`` validates it (pure).
+
+``dry_run`` reads both sides and changes nothing: how many records match and how many
+would change (their two sides differ, per ``engine/compare.py``, or one side lacks them),
+with a sample of the differences. ``Resyncer.run`` carries out a resync job page by page,
+each page queued (``requeue.queue_again``) in the transaction that saves the job's
+position: a crash resumes after the last page queued, and a page queued twice is one
+queue entry per record still (the queue coalesces), so nothing is sent twice in effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, cast
+
+from crmsync.domain import Direction, ObjectSpec
+from crmsync.dynamics.pages import ChangePage, Page
+from crmsync.engine import changes as ch
+from crmsync.engine.audit import Cancelled, Lost
+from crmsync.engine.compare import compare_record
+from crmsync.engine.pull import Puller, Requeue
+from crmsync.errors import ValidationFailed
+from crmsync.store import jobs, requeue
+from crmsync.store.db import write_transaction
+from crmsync.store.types import utcnow
+from crmsync.values import Job, LocalRef
+
+if TYPE_CHECKING:  # the engine passes the store's handle on; it runs no SQL
+    from sqlalchemy import Connection, Engine
+
+LOCAL_PAGE = 1_000
+DYNAMICS_PAGE = 5_000
+BY_ID = 50
+SAMPLES = 10
+
+
+@dataclass(frozen=True)
+class ResyncRequest:
+    """What to queue again: ``ids`` are local ids (ints) or, from Dynamics, its ids."""
+
+    object: str
+    direction: Direction
+    since: datetime | None = None
+    until: datetime | None = None
+    ids: tuple[int | str, ...] = ()
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "ids": list(self.ids),
+        }
+
+    @classmethod
+    def from_job(cls, job: Job) -> ResyncRequest:
+        p = job.params
+        return cls(
+            object=str(job.object),
+            direction=job.direction or Direction.TO_CRM,
+            since=datetime.fromisoformat(p["since"]) if p.get("since") else None,
+            until=datetime.fromisoformat(p["until"]) if p.get("until") else None,
+            ids=tuple(p.get("ids") or ()),
+        )
+
+
+def check_request(
+    specs: Mapping[str, ObjectSpec],
+    obj: str,
+    direction: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    ids: Sequence[Any],
+) -> ResyncRequest:
+    """A valid request, or ``ValidationFailed`` naming the field that is wrong."""
+    if obj not in specs:
+        raise ValidationFailed("object", f"unknown object {obj!r}; one of {', '.join(specs)}")
+    spec = specs[obj]
+    try:
+        way = Direction(direction or Direction.TO_CRM)
+    except ValueError:
+        raise ValidationFailed("direction", "must be to_crm or from_crm") from None
+    if way is Direction.TO_CRM and not spec.flow.pushes:
+        raise ValidationFailed("direction", f"{obj} does not sync to Dynamics (flow {spec.flow})")
+    if way is Direction.FROM_CRM and not spec.flow.pulls:
+        raise ValidationFailed("direction", f"{obj} does not sync from Dynamics (flow {spec.flow})")
+    if since is not None and until is not None and since >= until:
+        raise ValidationFailed("until", "must be later than since")
+    if ids and (since is not None or until is not None):
+        raise ValidationFailed("ids", "give ids or a window (since/until), not both")
+    if way is Direction.TO_CRM and (since or until) and not spec.timestamps:
+        raise ValidationFailed(
+            "since", f"{obj}'s table has no updated_at to window by; give ids instead"
+        )
+    if len(ids) > requeue.MAX_IDS:
+        raise ValidationFailed("ids", f"at most {requeue.MAX_IDS} ids at once")
+    clean: list[int | str] = []
+    for value in ids:
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            clean.append(value)
+        elif isinstance(value, str) and value.strip().isdigit() and int(value) > 0:
+            clean.append(int(value))
+        elif way is Direction.FROM_CRM and ch.is_guid(value):
+            clean.append(str(value).lower())
+        else:
+            wanted = "a local id" + (" or a Dynamics id" if way is Direction.FROM_CRM else "")
+            raise ValidationFailed("ids", f"{value!r} is not {wanted}")
+    return ResyncRequest(obj, way, since, until, tuple(dict.fromkeys(clean)))
+
+
+def modified_filter(since: datetime | None, until: datetime | None) -> str | None:
+    """Dynamics' ``$filter`` on ``modifiedon`` for a window (None: no window)."""
+
+    def odata(at: datetime) -> str:
+        return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    parts = []
+    if since is not None:
+        parts.append(f"{ch.MODIFIED_ON} ge {odata(since)}")
+    if until is not None:
+        parts.append(f"{ch.MODIFIED_ON} lt {odata(until)}")
+    return " and ".join(parts) or None
+
+
+class Resyncer:
+    """Dry runs and resync jobs with one process's client and puller."""
+
+    def __init__(self, engine: Engine, puller: Puller, worker: str, lease: timedelta) -> None:
+        self.engine = engine
+        self.puller = puller
+        self.client = puller.client
+        self.specs = puller.specs
+        self.worker = worker
+        self.lease = lease
+
+    def _read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        with self.engine.connect() as conn:
+            return fn(conn, *args, **kwargs)
+
+    def _full_select(self, spec: ObjectSpec) -> list[str]:
+        select = ch.select_for(spec, self.puller._filter_for(spec))
+        select += [a for a in spec.fields.values() if a not in select]
+        return select + [
+            lk.value_attribute for lk in spec.lookups if lk.value_attribute not in select
+        ]
+
+    def _split(self, req: ResyncRequest) -> tuple[list[int], list[str]]:
+        local = [i for i in req.ids if isinstance(i, int)]
+        return local, [i for i in req.ids if isinstance(i, str)]
+
+    # --- dry run ------------------------------------------------------------------------
+
+    async def dry_run(self, req: ResyncRequest) -> dict[str, Any]:
+        """``{"matched", "would_change", "samples"}``; reads only, on both sides."""
+        spec = self.specs[req.object]
+        report: dict[str, Any] = {"matched": 0, "would_change": 0, "samples": []}
+        async for local_rows, theirs in self._pairs(req):
+            parents = await asyncio.to_thread(
+                self._read, requeue.parent_ids, self.specs, spec, local_rows
+            )
+            by_crm = {str(r["crm_id"]).lower(): r for r in local_rows if r.get("crm_id")}
+            pairs: list[tuple[dict[str, Any] | None, dict[str, Any] | None]] = []
+            if req.direction is Direction.TO_CRM:
+                pairs = [
+                    (r, theirs.get(str(r["crm_id"]).lower()) if r.get("crm_id") else None)
+                    for r in local_rows
+                ]
+            else:
+                pairs = [(by_crm.get(k), v) for k, v in theirs.items()]
+            for mine, dyn in pairs:
+                report["matched"] += 1
+                if mine is None or dyn is None:
+                    report["would_change"] += 1
+                    self._sample(report, mine, dyn, [])
+                    continue
+                diffs = compare_record(spec, mine, dyn, parents)
+                if diffs:
+                    report["would_change"] += 1
+                    self._sample(report, mine, dyn, [d.as_json() for d in diffs])
+        return report
+
+    def _sample(
+        self,
+        report: dict[str, Any],
+        mine: Mapping[str, Any] | None,
+        dyn: Mapping[str, Any] | None,
+        fields: list[dict[str, Any]],
+    ) -> None:
+        if len(report["samples"]) >= SAMPLES:
+            return
+        report["samples"].append(
+            {
+                "record_id": mine["id"] if mine else None,
+                "crm_id": (str(mine["crm_id"]).lower() if mine and mine.get("crm_id") else None)
+                or (self._crm_id_of(dyn) if dyn else None),
+                "missing": "dynamics" if dyn is None else ("local" if mine is None else None),
+                "fields": fields,
+            }
+        )
+
+    def _crm_id_of(self, row: Mapping[str, Any]) -> str | None:
+        for spec in self.specs.values():
+            if spec.primary_key in row:
+                return str(row[spec.primary_key]).lower()
+        return None
+
+    async def _pairs(
+        self, req: ResyncRequest
+    ) -> AsyncGenerator[tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]]:
+        """Pages of (local rows, Dynamics' rows by id) for a dry run."""
+        spec = self.specs[req.object]
+        select = self._full_select(spec)
+        local_ids, crm_ids = self._split(req)
+        if req.direction is Direction.TO_CRM:
+            after = 0
+            while True:
+                rows = await asyncio.to_thread(
+                    self._read,
+                    requeue.local_page,
+                    spec,
+                    after=after,
+                    limit=LOCAL_PAGE,
+                    since=req.since,
+                    until=req.until,
+                    ids=local_ids,
+                )
+                if not rows:
+                    return
+                after = rows[-1]["id"]
+                wanted = [str(r["crm_id"]).lower() for r in rows if r.get("crm_id")]
+                theirs: dict[str, dict[str, Any]] = {}
+                for i in range(0, len(wanted), BY_ID):
+                    theirs.update(
+                        await self.puller.read_by_ids(spec, wanted[i : i + BY_ID], select)
+                    )
+                yield rows, theirs
+                if len(rows) < LOCAL_PAGE:
+                    return
+        if req.ids:
+            wanted = crm_ids + await asyncio.to_thread(self._crm_ids_of, spec, local_ids)
+            for i in range(0, len(wanted), BY_ID):
+                found = await self.puller.read_by_ids(spec, wanted[i : i + BY_ID], select)
+                mine = await asyncio.to_thread(
+                    self._read, requeue.rows_by_crm_id, spec, list(found)
+                )
+                yield list(mine.values()), found
+            return
+        pages = cast(
+            AsyncGenerator[Page],
+            self.client.query(
+                spec.entity_set,
+                select=select,
+                filter=modified_filter(req.since, req.until),
+                page_size=DYNAMICS_PAGE,
+            ),
+        )
+        try:
+            async for page in pages:
+                await self.puller.job_pace()  # before the next page is asked for
+                found = {str(r[spec.primary_key]).lower(): r for r in page.rows}
+                mine = await asyncio.to_thread(
+                    self._read, requeue.rows_by_crm_id, spec, list(found)
+                )
+                yield list(mine.values()), found
+        finally:
+            await pages.aclose()
+
+    def _crm_ids_of(self, spec: ObjectSpec, ids: Sequence[int]) -> list[str]:
+        out: list[str] = []
+        after = 0
+        while ids:
+            rows = self._read(requeue.local_page, spec, after=after, limit=LOCAL_PAGE, ids=ids)
+            out += [str(r["crm_id"]).lower() for r in rows if r.get("crm_id")]
+            if len(rows) < LOCAL_PAGE:
+                break
+            after = rows[-1]["id"]
+        return out
+
+    # --- the job --------------------------------------------------------------------------
+
+    def _advance(self, conn: Connection, job: Job, position: dict[str, Any], done: int) -> None:
+        if not jobs.advance(conn, job, self.worker, position, done=done, lease=self.lease):
+            raise Lost("the job is no longer this process's")
+
+    def _check_cancel(self, job: Job) -> None:
+        if jobs.cancel_requested(self.engine, job.id):
+            raise Cancelled("cancelled")
+
+    async def run(self, job: Job) -> dict[str, Any]:
+        """Carry out a resync job from its saved position; returns ``{"queued"}``."""
+        req = ResyncRequest.from_job(job)
+        spec = self.specs[req.object]
+        if req.direction is Direction.TO_CRM:
+            queued = await asyncio.to_thread(self._push_again, job, spec, req)
+        else:
+            queued = await self._pull_again(job, spec, req)
+        return {"queued": queued}
+
+    def _set_total(self, job: Job, position: dict[str, Any], total: int) -> None:
+        with write_transaction(self.engine) as conn:
+            jobs.advance(conn, job, self.worker, position, total=total, lease=self.lease)
+
+    def _push_again(self, job: Job, spec: ObjectSpec, req: ResyncRequest) -> int:
+        position = dict(job.position or {"after": 0, "queued": 0})
+        local_ids, _ = self._split(req)
+        if job.total is None:
+            total = self._read(
+                requeue.count_local, spec, since=req.since, until=req.until, ids=local_ids
+            )
+            self._set_total(job, position, total)
+        while True:
+            self._check_cancel(job)
+            with write_transaction(self.engine) as conn:
+                rows = requeue.local_page(
+                    conn,
+                    spec,
+                    after=position["after"],
+                    limit=LOCAL_PAGE,
+                    since=req.since,
+                    until=req.until,
+                    ids=local_ids,
+                )
+                if not rows:
+                    return int(position["queued"])
+                refs = [LocalRef(r["id"], r.get("crm_id")) for r in rows]
+                n = requeue.queue_again(conn, spec.name, to_crm=refs, now=utcnow())
+                position = {"after": rows[-1]["id"], "queued": position["queued"] + n}
+                self._advance(conn, job, position, len(rows))
+            if len(rows) < LOCAL_PAGE:
+                return int(position["queued"])
+
+    async def _pull_again(self, job: Job, spec: ObjectSpec, req: ResyncRequest) -> int:
+        position = dict(job.position or {"next_link": None, "index": 0, "queued": 0})
+        filter_field = self.puller._filter_for(spec)
+
+        def advance_with(step: dict[str, Any]) -> Callable[[Connection, int], None]:
+            def also(conn: Connection, records: int) -> None:
+                self._advance(conn, job, step, records)
+
+            return also
+
+        if position.get("complete"):
+            return int(position["queued"])
+        if req.ids:
+            local_ids, crm_ids = self._split(req)
+            wanted = crm_ids + await asyncio.to_thread(self._crm_ids_of, spec, local_ids)
+            if job.total is None:
+                await asyncio.to_thread(self._set_total, job, position, len(wanted))
+            for i in range(int(position["index"]), len(wanted), BY_ID):
+                self._check_cancel(job)
+                chunk = wanted[i : i + BY_ID]
+                step = {**position, "index": i + len(chunk)}
+                n = await self.puller.restage(spec, chunk, Requeue(advance_with(step), resync=True))
+                position = {**step, "queued": position["queued"] + n}
+            return int(position["queued"])
+        pages = cast(
+            AsyncGenerator[Page],
+            self.client.query(
+                spec.entity_set,
+                select=ch.select_for(spec, filter_field),
+                filter=modified_filter(req.since, req.until),
+                page_size=DYNAMICS_PAGE,
+                next_link=position.get("next_link"),
+            ),
+        )
+        try:
+            async for page in pages:
+                await self.puller.job_pace()  # before the next page is asked for
+                self._check_cancel(job)
+                step = {**position, "next_link": page.next_link, "complete": page.next_link is None}
+                n = await asyncio.to_thread(
+                    self.puller._stage_page,
+                    spec,
+                    ChangePage(rows=page.rows),
+                    filter_field,
+                    None,
+                    utcnow(),
+                    force=True,
+                    requeue=Requeue(advance_with(step), resync=True),
+                )
+                position = {**step, "queued": position["queued"] + n}
+        finally:
+            await pages.aclose()
+        return int(position["queued"])

@@ -1,0 +1,213 @@
+"""The drift audit and its repair end to end, against drift planted on both sides.
+
+The emulator here is this module's own, so that the test can write into its store
+behind change tracking's back (a row changed in place with a new version, as a write
+change tracking never reported; a row removed without a deletion entry). Locally,
+capture is suppressed for the planted writes. The audit must find exactly the planted
+drift (not a value differing only in representation), the repair must fix it by the
+rules, and a second audit must find nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from pull_support import count
+
+from crmsync.config import Settings, load_settings
+from crmsync.domain import Direction, JobKind, JobState
+from crmsync.dynamics.client import DataverseClient
+from crmsync.emulator import mapped
+from crmsync.emulator.app import Emulator, create_app
+from crmsync.engine.jobs import JobRunner
+from crmsync.engine.pull import Puller
+from crmsync.engine.resync import Resyncer, check_request
+from crmsync.mapping import activate, default_objects
+from crmsync.store import audit, jobs, migrate
+from crmsync.store.db import capture_suppressed, write_transaction
+from crmsync.store.schema import sync_change, sync_queue
+
+MAPPING: dict[str, Any] = {
+    "lead": {"fields": {"budget": {"attribute": "new_budget", "type": "money"}}},
+}
+
+
+@pytest.fixture
+def emulator(serve_app: Any) -> Iterator[tuple[Emulator, str]]:
+    emu = create_app()
+    server: AbstractContextManager[str] = serve_app(emu)
+    with server as url:
+        yield emu, url
+
+
+@pytest.fixture
+def settings_here(sync_settings: Settings, emulator: tuple[Emulator, str]) -> Iterator[Settings]:
+    _, url = emulator
+    settings = load_settings(
+        **{
+            **sync_settings.model_dump(),
+            "dynamics_url": url,
+            "authority_url": url,
+            "objects": MAPPING,
+        }
+    )
+    added = mapped.serve_mapping(settings.object_specs().values())
+    yield settings
+    mapped.forget(added)
+    activate(default_objects())
+
+
+@pytest.fixture
+def synced(settings_here: Settings, store: sa.Engine, drain: Any) -> dict[int, str]:
+    """Six leads synced to Dynamics: local id -> Dynamics id."""
+    migrate.upgrade(store, settings_here.object_specs().values())
+    with write_transaction(store) as conn:
+        for i in range(1, 7):
+            conn.execute(
+                sa.text("INSERT INTO lead (email, last_name, budget) VALUES (:e, :n, :b)"),
+                {"e": f"l{i}@x.org", "n": f"Lead{i}", "b": f"{100 * i}.00"},
+            )
+    drain(settings_here, store)
+    with store.connect() as conn:
+        ids = dict(conn.execute(sa.text("SELECT id, crm_id FROM lead")).all())
+    assert len(ids) == 6 and all(ids.values())
+    return {int(k): str(v) for k, v in ids.items()}
+
+
+def _behind_tracking(emu: Emulator, crm_id: str, **values: Any) -> None:
+    """Change a Dynamics row in place with a new version: change tracking walks rows in
+    write order from the newest, so a row left at its old place is never reported."""
+    row = emu.store.get("leads", crm_id)
+    assert row is not None
+    row.update(values)
+    row["versionnumber"] = emu.store.next_version()
+
+
+def _vanish(emu: Emulator, crm_id: str) -> None:
+    """Delete a Dynamics row with no deletion entry for change tracking."""
+    table = emu.store.tables["leads"]
+    table.rows.pop(crm_id)
+    table._dirty_removed = True
+
+
+def _plant(emu: Emulator, store: sa.Engine, ids: dict[int, str]) -> None:
+    _behind_tracking(emu, ids[1], lastname="ChangedThere")
+    with write_transaction(store) as conn, capture_suppressed(conn):
+        conn.execute(sa.text("UPDATE lead SET last_name = 'ChangedHere' WHERE id = 2"))
+        conn.execute(sa.text("DELETE FROM lead WHERE id = 4"))
+    _vanish(emu, ids[3])
+    # 500.00 locally, 500 in Dynamics (another spelling of one value), at a new version.
+    _behind_tracking(emu, ids[5], new_budget=500)
+
+
+def _audit(settings: Settings, store: sa.Engine, *, repair: bool = False) -> dict[str, Any]:
+    with write_transaction(store) as conn:
+        job = jobs.create(conn, JobKind.AUDIT, "lead", None, {"repair": repair})
+
+    async def go() -> Any:
+        async with DataverseClient.from_settings(settings) as client:
+            runner = JobRunner(store, Puller(store, client, settings), "test-audit")
+            return await runner.run_one(job.id)
+
+    ended = asyncio.run(go())
+    assert ended is not None and ended.state is JobState.DONE, ended
+    with store.connect() as conn:
+        (found,) = audit.last_results(conn, ["lead"])
+    return found
+
+
+def _kinds(found: dict[str, Any]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for s in found["samples"]:
+        out.setdefault(s["kind"], set()).add(s["crm_id"])
+    return out
+
+
+def test_audit_finds_exactly_the_planted_drift_and_repair_fixes_it(
+    settings_here: Settings,
+    store: sa.Engine,
+    synced: dict[int, str],
+    emulator: tuple[Emulator, str],
+    drain: Any,
+) -> None:
+    emu, _ = emulator
+    _plant(emu, store, synced)
+    found = _audit(settings_here, store)
+    assert (found["only_local"], found["only_dynamics"], found["different"]) == (1, 1, 2)
+    assert found["checked"] == 6
+    assert _kinds(found) == {
+        "only_local": {synced[3]},
+        "only_dynamics": {synced[4]},
+        "different": {synced[1], synced[2]},
+    }
+    fields = {s["crm_id"]: s.get("fields") for s in found["samples"] if s["kind"] == "different"}
+    assert fields[synced[1]] == [
+        {"field": "last_name", "local": "Lead1", "dynamics": "ChangedThere"}
+    ]
+    # An audit without repair queues nothing.
+    assert count(store, sync_queue) == 0 and count(store, sync_change) == 0
+
+    repaired = _audit(settings_here, store, repair=True)
+    assert repaired["repaired"] == 4
+    drain(settings_here, store)
+    with store.connect() as conn:
+        local = {r.id: r for r in conn.execute(sa.text("SELECT * FROM lead"))}
+    assert local[1].last_name == "ChangedThere"  # Dynamics' change applied
+    assert emu.store.get("leads", synced[2])["lastname"] == "ChangedHere"  # local one pushed
+    assert 3 not in local  # deleted in Dynamics: deleted here
+    assert emu.store.get("leads", synced[4]) is None  # deleted here: deleted there
+    assert Decimal(str(local[5].budget)) == Decimal("500.00")
+    again = _audit(settings_here, store)
+    assert (again["only_local"], again["only_dynamics"], again["different"]) == (0, 0, 0)
+    assert again["checked"] == 4 and again["samples"] == []
+
+
+def test_dry_run_resync_reads_only_and_reports_the_differences(
+    settings_here: Settings,
+    store: sa.Engine,
+    synced: dict[int, str],
+    emulator: tuple[Emulator, str],
+) -> None:
+    emu, _ = emulator
+    _plant(emu, store, synced)
+    with store.connect() as conn:
+        before = [
+            dict(r) for r in conn.execute(sa.text("SELECT * FROM lead ORDER BY id")).mappings()
+        ]
+    emu.log.clear()
+    specs = settings_here.object_specs()
+
+    async def dry(direction: Direction) -> dict[str, Any]:
+        async with DataverseClient.from_settings(settings_here) as client:
+            puller = Puller(store, client, settings_here)
+            resyncer = Resyncer(store, puller, "test-dry", jobs_lease())
+            req = check_request(specs, "lead", direction, None, None, [])
+            return await resyncer.dry_run(req)
+
+    to_crm = asyncio.run(dry(Direction.TO_CRM))
+    # Five local leads: lead 1 and 2 differ, lead 3 is gone from Dynamics.
+    assert (to_crm["matched"], to_crm["would_change"]) == (5, 3)
+    from_crm = asyncio.run(dry(Direction.FROM_CRM))
+    # Five Dynamics leads: lead 1 and 2 differ, lead 4 is gone locally.
+    assert (from_crm["matched"], from_crm["would_change"]) == (5, 3)
+    with store.connect() as conn:
+        after = [
+            dict(r) for r in conn.execute(sa.text("SELECT * FROM lead ORDER BY id")).mappings()
+        ]
+    assert after == before
+    assert count(store, sync_queue) == 0 and count(store, sync_change) == 0
+    # Dynamics was only read (the token endpoint aside).
+    sent = [(m, p) for _, m, p, _ in emu.log if "/oauth2/" not in p]
+    assert sent and {m for m, _ in sent} == {"GET"}, sent
+
+
+def jobs_lease() -> Any:
+    from datetime import timedelta
+
+    return timedelta(seconds=60)
