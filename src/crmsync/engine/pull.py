@@ -269,6 +269,7 @@ class Puller:
             buried = inbound.load_buried(conn, spec, unknown)
             parents = load_parents(conn, self.specs, spec, found)
             excluded: dict[str, ch.Known] = {}
+            changed: dict[str, dict[str, list[str]]] = {}
             for change in found:
                 k = known.get(change.crm_id)
                 if change.excluded and k is not None:
@@ -297,6 +298,7 @@ class Puller:
                     change = replace(change, own_write=True)
                 if op is not None:
                     rows.append(entry_row(spec, change, op, k, now))
+                    changed[change.crm_id] = ch.changed_fields(spec, change, k, parents)
             if seen is not None:
                 seen.update(c.crm_id for c in found)
             if page.delta_link is not None and seen is not None:
@@ -308,7 +310,7 @@ class Puller:
                 ]
                 self.stats.deletions_detected += len(gone)
             inbound.exclude(conn, spec, excluded, now)
-            inbound.stage(conn, rows)
+            inbound.stage(conn, rows, changed, now)
             if page.delta_link is not None:
                 inbound.save_cursor(conn, spec.name, page.delta_link, now)
                 # Read to the end: a failure of the whole object's pull is over.

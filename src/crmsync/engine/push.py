@@ -12,6 +12,7 @@ error.
 from __future__ import annotations
 
 import asyncio
+import uuid
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -208,7 +209,10 @@ class Pusher:
         """Record the outcomes; returns the (object, crm id) of updates refused because
         Dynamics' record changed since the last sync (to be pulled before resending)."""
         now = utcnow()
-        outcome = Outcome()
+        outcome = Outcome(
+            sent=[(s.entry, tuple(s.values or ())) for s in sends],
+            batch=uuid.uuid4().hex[:12] if sends else None,
+        )
         created: list[tuple[str, int, str]] = []
         refused: list[Send] = []
         unusable: dict[str, Unusable] = {}

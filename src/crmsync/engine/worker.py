@@ -45,6 +45,7 @@ from crmsync.errors import (
     StaleRecord,
 )
 from crmsync.mapping import activate as activate_mapping
+from crmsync.store.history import configure as configure_history
 from crmsync.memory import release_free_memory
 from crmsync.store import migrate, queue
 from crmsync.store.db import is_sqlite, store_unavailable, write_transaction
@@ -124,6 +125,7 @@ class Worker:
         progress: Progress | None = None,
     ) -> None:
         activate_mapping(settings.object_specs())
+        configure_history(enabled=settings.history, retention_days=settings.history_retention_days)
         self.engine = engine
         self.client = client
         self.settings = settings

@@ -29,8 +29,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
-from crmsync.domain import Direction, EntryState, ObjectSpec, Operation
-from crmsync.store import queue
+from crmsync.domain import Direction, EntryState, EventKind, ObjectSpec, Operation
+from crmsync.store import history, queue
 from crmsync.store.db import capture_suppressed
 from crmsync.store.local_tables import local_table
 from crmsync.store.schema import (
@@ -422,12 +422,18 @@ def _crm_version(payload: Any) -> Any:
     return sa.func.coalesce(payload["version"].as_float(), _AFTER_ALL)
 
 
-def stage(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+def stage(
+    conn: Connection,
+    rows: Sequence[dict[str, Any]],
+    changed: Mapping[str, Mapping[str, Any]] | None = None,
+    now: datetime | None = None,
+) -> None:
     """Insert ``from_crm`` entries, coalescing with pending ones of the same records.
 
     An entry already holding a newer change (higher ``versionnumber``) is left as it
     is. A parked entry that receives a newer change is queued again, like a local edit
-    of a parked record.
+    of a parked record. Each row staged gets a ``pulled`` event: ``changed`` gives, by
+    record key, the local ``fields`` and Dynamics ``attributes`` that changed.
     """
     if not rows:
         return
@@ -458,6 +464,52 @@ def stage(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         ),
         rows,
     )
+    if history.enabled():
+        _pulled(conn, rows, changed or {}, now)
+
+
+def _pulled(
+    conn: Connection,
+    rows: Sequence[dict[str, Any]],
+    changed: Mapping[str, Mapping[str, Any]],
+    now: datetime | None,
+) -> None:
+    """The ``pulled`` events of the rows ``stage`` took (not those a newer change already
+    waiting kept out: their entry's payload is not theirs)."""
+    q = sync_queue.c
+    by_object: dict[str, list[str]] = {}
+    for r in rows:
+        by_object.setdefault(r["object"], []).append(r["record_key"])
+    taken: dict[tuple[str, str], Any] = {}
+    for obj, keys in by_object.items():
+        found = conn.execute(
+            sa.select(q.record_key, q.payload).where(
+                q.object == obj, q.direction == Direction.FROM_CRM, id_in(conn, q.record_key, keys)
+            )
+        )
+        taken.update({(obj, k): p for k, p in found})
+    events = []
+    for r in rows:
+        payload = taken.get((r["object"], r["record_key"]))
+        if payload is None or payload.get("version") != r["payload"].get("version"):
+            continue
+        what = changed.get(r["record_key"], {})
+        detail = {"modifiedby": payload.get("modified_by"), "version": payload.get("version")}
+        if what.get("attributes"):
+            detail["attributes"] = list(what["attributes"])
+        events.append(
+            history.event(
+                r["object"],
+                history.key_of(r["record_id"], r["record_key"]),
+                EventKind.PULLED,
+                now or r["last_changed_at"],
+                direction=Direction.FROM_CRM,
+                operation=r["operation"],
+                fields=what.get("fields"),
+                detail=detail,
+            )
+        )
+    history.write(conn, events)
 
 
 def exclude(conn: Connection, spec: ObjectSpec, known: Mapping[str, Known], now: datetime) -> None:
@@ -476,6 +528,20 @@ def exclude(conn: Connection, spec: ObjectSpec, known: Mapping[str, Known], now:
         sa.update(sync_record)
         .where(r.object == spec.name, r.record_id.in_(ids))
         .values(excluded=True)
+    )
+    history.write(
+        conn,
+        (
+            history.event(
+                spec.name,
+                str(k.record_id),
+                EventKind.EXCLUDED,
+                now,
+                direction=Direction.FROM_CRM,
+                detail={"crm_id": crm_id},
+            )
+            for crm_id, k in sorted(synced.items())
+        ),
     )
     dropped = conn.execute(
         sa.delete(sync_queue)

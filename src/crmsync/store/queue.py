@@ -18,7 +18,7 @@ saying why, until a new change to the record, or a retry, queues it again.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import fields
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,8 +29,8 @@ from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from crmsync.domain import Direction, EntryState, ErrorStatus, Operation
-from crmsync.store import capture
+from crmsync.domain import Direction, EntryState, ErrorStatus, EventKind, Operation
+from crmsync.store import capture, history
 from crmsync.store.db import write_transaction
 from crmsync.store.pgarrays import unnest as _unnest
 from crmsync.store.schema import (
@@ -219,11 +219,26 @@ def record(engine: Engine, outcome: Outcome, now: datetime | None = None) -> Non
 
 
 def record_in(conn: Connection, outcome: Outcome, now: datetime) -> None:
+    """``record`` in the caller's transaction, with the batch's events (``history``)."""
+    events: list[dict[str, Any]] = [
+        history.event(
+            e.object,
+            history.key_of(e.record_id, e.crm_id if e.direction == Direction.FROM_CRM else None),
+            EventKind.SENT,
+            now,
+            direction=e.direction,
+            operation=e.operation,
+            fields=sorted(columns) or None,
+            detail={"batch": outcome.batch, "size": len(outcome.sent)},
+        )
+        for e, columns in outcome.sent
+    ]
     for failure in outcome.failed:
         if failure.retry_at is None:
             _park(conn, failure, now)
         else:
             _reschedule(conn, failure, now)
+        events += _failure_events(failure, now)
     for entry, until in outcome.deferred:
         conn.execute(
             sa.update(sync_queue)
@@ -232,19 +247,69 @@ def record_in(conn: Connection, outcome: Outcome, now: datetime) -> None:
         )
     # Last: it adds to the throughput counters, rows every worker writes, so their
     # locks are held for as short a time as the transaction allows.
-    _complete(conn, outcome.done, now)
+    events += _complete(conn, outcome.done, now)
+    history.write(conn, events)
 
 
-def _complete(conn: Connection, done: Sequence[Done], now: datetime) -> None:
+def _entry_key(e: Entry, record_id: int | None = None) -> str:
+    """The history key of an entry's record (a pulled insert: its Dynamics id)."""
+    rid = record_id if record_id is not None else e.record_id
+    return history.key_of(rid, e.record_key if e.direction == Direction.FROM_CRM else None)
+
+
+def _failure_events(f: Failed, now: datetime) -> list[dict[str, Any]]:
+    """``failed``, then ``retry_scheduled`` (when) or ``parked``."""
+    e, key = f.entry, _entry_key(f.entry)
+    common: dict[str, Any] = {"direction": e.direction, "operation": e.operation}
+    failed = history.event(
+        e.object,
+        key,
+        EventKind.FAILED,
+        now,
+        error_code=f.code,
+        error_message=f.message,
+        detail={"attempt": e.attempts + 1},
+        **common,
+    )
+    if f.retry_at is None:
+        then = history.event(e.object, key, EventKind.PARKED, now, error_code=f.code, **common)
+    else:
+        when = {"when": f.retry_at.isoformat()}
+        then = history.event(
+            e.object, key, EventKind.RETRY_SCHEDULED, now, detail=when, **common
+        )
+    return [failed, then]
+
+
+def _resolved_events(
+    rows: Iterable[tuple[str, str, str, int | None]], now: datetime
+) -> list[dict[str, Any]]:
+    """``resolved`` for each (object, direction, record_key, record_id) of an error."""
+    return [
+        history.event(
+            obj,
+            history.key_of(rid, key if direction == Direction.FROM_CRM else None)
+            if key != OBJECT_KEY
+            else OBJECT_KEY,
+            EventKind.RESOLVED,
+            now,
+            direction=direction,
+        )
+        for obj, direction, key, rid in rows
+    ]
+
+
+def _complete(conn: Connection, done: Sequence[Done], now: datetime) -> list[dict[str, Any]]:
     """Finish a batch in a handful of statements, whatever its size (on PostgreSQL one,
     unless records' sync state is kept or a change came in while in flight).
 
     Every entry's record has its open error looked up, even an entry that never failed:
     its record may have an error left by an earlier entry that was dropped without
-    syncing (a push made moot by a pull, a record excluded by the sync filter).
+    syncing (a push made moot by a pull, a record excluded by the sync filter). Returns
+    the ``synced`` and ``resolved`` events.
     """
     if not done:
-        return
+        return []
     _remember_syncs(conn, done, now)
     counts: dict[tuple[str, str, str], int] = {}
     for d in done:
@@ -252,12 +317,25 @@ def _complete(conn: Connection, done: Sequence[Done], now: datetime) -> None:
             key = (d.entry.object, d.entry.direction, d.entry.operation)
             counts[key] = counts.get(key, 0) + 1
     if conn.dialect.name == "postgresql":
-        gone = _finish_postgresql(conn, done, counts, now)
+        gone, resolved = _finish_postgresql(conn, done, counts, now)
     else:
-        gone = _finish_portable(conn, done, counts, now)
+        gone, resolved = _finish_portable(conn, done, counts, now)
+    events = [
+        history.event(
+            d.entry.object,
+            _entry_key(d.entry, d.record_id),
+            EventKind.SYNCED,
+            now,
+            direction=d.entry.direction,
+            operation=d.entry.operation,
+            detail=None if d.counted else {"skipped": True},
+        )
+        for d in done
+    ]
+    events += _resolved_events(resolved, now)
     stayed = [d for d in done if d.entry.id not in gone]
     if not stayed:
-        return
+        return events
     # A newer change came in while this one was in flight: it stays queued, now as an
     # update.
     q = sync_queue.c
@@ -276,13 +354,15 @@ def _complete(conn: Connection, done: Sequence[Done], now: datetime) -> None:
         ),
         [{"entry_id": d.entry.id, "new_crm_id": d.crm_id} for d in stayed],
     )
+    return events
 
 
 def _finish_postgresql(
     conn: Connection, done: Sequence[Done], counts: dict[tuple[str, str, str], int], now: datetime
-) -> set[int]:
+) -> tuple[set[int], list[tuple[str, str, str, int | None]]]:
     """Remove the finished entries, resolve their records' errors and add to the
-    counters, in one statement (one round trip); returns the removed ids."""
+    counters, in one statement (one round trip); returns the removed ids and the
+    resolved errors' (object, direction, record_key, record_id)."""
     keys = sorted(counts)  # one lock order on the counters for every worker
     rates = _rates(counts)
     params = {
@@ -302,7 +382,14 @@ def _finish_postgresql(
         "rate_direction": [k[1] for k in rates],
         "rate_synced": list(rates.values()),
     }
-    return {r[0] for r in conn.execute(_finish_statement(), params)}
+    gone: set[int] = set()
+    resolved: list[tuple[str, str, str, int | None]] = []
+    for row in conn.execute(_finish_statement(), params):
+        if row.id is not None:
+            gone.add(row.id)
+        else:
+            resolved.append((row.object, row.direction, row.record_key, row.record_id))
+    return gone, resolved
 
 
 @functools.cache
@@ -334,6 +421,7 @@ def _finish_statement() -> sa.Select[Any]:
             status=ErrorStatus.RESOLVED,
             resolved_at=sa.bindparam("resolved_at", type_=UTCDateTime()),
         )
+        .returning(err.object, err.direction, err.record_key, err.record_id)
         .cte("resolved")
     )
     added = _unnest(
@@ -368,12 +456,27 @@ def _finish_statement() -> sa.Select[Any]:
             ),
         )
     ).cte("paced")
-    return sa.select(gone.c.id).add_cte(resolved, counted, paced)
+    none = sa.null()
+    removed = sa.select(
+        gone.c.id,
+        sa.cast(none, sa.String).label("object"),
+        sa.cast(none, sa.String).label("direction"),
+        sa.cast(none, sa.String).label("record_key"),
+        sa.cast(none, sa.BigInteger).label("record_id"),
+    )
+    settled = sa.select(
+        sa.cast(none, sa.BigInteger).label("id"),
+        resolved.c.object,
+        resolved.c.direction,
+        resolved.c.record_key,
+        resolved.c.record_id,
+    )
+    return sa.select(sa.union_all(removed, settled).subquery()).add_cte(counted, paced)
 
 
 def _finish_portable(
     conn: Connection, done: Sequence[Done], counts: dict[tuple[str, str, str], int], now: datetime
-) -> set[int]:
+) -> tuple[set[int], list[tuple[str, str, str, int | None]]]:
     """``_finish_postgresql`` in three statements, for SQLite (no writes in a ``WITH``)."""
     q = sync_queue.c
     gone = set(
@@ -383,25 +486,36 @@ def _finish_portable(
             .returning(q.id)
         ).scalars()
     )
-    resolve(conn, {(d.entry.object, d.entry.direction, d.entry.record_key) for d in done}, now)
+    resolved = _resolve(
+        conn, {(d.entry.object, d.entry.direction, d.entry.record_key) for d in done}, now
+    )
     _count(conn, counts, now)
-    return gone
+    return gone, resolved
 
 
 def resolve(conn: Connection, keys: set[tuple[str, str, str]], now: datetime) -> None:
     """Resolve the open errors of ``(object, direction, record_key)``s that synced, or
-    whose waiting change was dropped as having nothing left to do."""
+    whose waiting change was dropped as having nothing left to do, with their
+    ``resolved`` events."""
+    history.write(conn, _resolved_events(_resolve(conn, keys, now), now))
+
+
+def _resolve(
+    conn: Connection, keys: set[tuple[str, str, str]], now: datetime
+) -> list[tuple[str, str, str, int | None]]:
     if not keys:
-        return
+        return []
     err = sync_error.c
-    conn.execute(
+    rows = conn.execute(
         sa.update(sync_error)
         .where(
             err.status == ErrorStatus.OPEN,
             sa.tuple_(err.object, err.direction, err.record_key).in_(sorted(keys)),
         )
         .values(status=ErrorStatus.RESOLVED, resolved_at=now)
+        .returning(err.object, err.direction, err.record_key, err.record_id)
     )
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
 
 
 def _remember_syncs(conn: Connection, done: Sequence[Done], now: datetime) -> None:
@@ -661,12 +775,22 @@ def fail_object(
         "last_failed_at": now,
     }
     _open_error(conn, (obj, direction, OBJECT_KEY), values, 1, now)
+    failed = history.event(
+        obj,
+        OBJECT_KEY,
+        EventKind.FAILED,
+        now,
+        direction=direction,
+        error_code=code,
+        error_message=message,
+    )
+    history.write(conn, [failed])
 
 
 def resolve_object(conn: Connection, obj: str, direction: Direction, now: datetime) -> None:
     """The object synced again: its whole-object error, if any, is resolved."""
     err = sync_error.c
-    conn.execute(
+    resolved = conn.execute(
         sa.update(sync_error)
         .where(
             err.status == ErrorStatus.OPEN,
@@ -675,7 +799,9 @@ def resolve_object(conn: Connection, obj: str, direction: Direction, now: dateti
             err.record_key == OBJECT_KEY,
         )
         .values(status=ErrorStatus.RESOLVED, resolved_at=now)
-    )
+    ).rowcount
+    if resolved:
+        history.write(conn, _resolved_events([(obj, direction, OBJECT_KEY, None)], now))
 
 
 def next_due(

@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from crmsync.config import Settings
 from crmsync.domain import STANDARD_OBJECTS
 from crmsync.mapping import activate as activate_mapping
+from crmsync.store.history import configure as configure_history
 from crmsync.store import migrate
 from crmsync.store.db import create_store_engine
 from crmsync.web import (
@@ -44,6 +45,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     """Build the app. Without ``engine`` one is created from settings (and disposed of
     at shutdown); a given engine stays the caller's."""
     activate_mapping(settings.object_specs())
+    configure_history(enabled=settings.history, retention_days=settings.history_retention_days)
     own_engine = engine is None
     store = engine if engine is not None else create_store_engine(settings.database_url)
 
