@@ -29,8 +29,8 @@ from crmsync import logs
 from crmsync.config import Settings, load_settings
 from crmsync.errors import ConfigError, CrmsyncError, ValidationFailed
 from crmsync.mapping import activate as activate_mapping
-from crmsync.store.history import configure as configure_history
 from crmsync.memory import limit_arenas
+from crmsync.store.history import configure as configure_history
 
 # Who retried or dismissed, as the records' history says (``store.history``).
 CLI_ACTOR = "cli"

@@ -185,7 +185,9 @@ def changed_fields(
         return {"fields": [], "attributes": []}
     synced = None if known is None else known.synced_values
     fields = [
-        c for c, v in change.values.items() if (v is not None if synced is None else synced.get(c) != v)
+        c
+        for c, v in change.values.items()
+        if (v is not None if synced is None else synced.get(c) != v)
     ]
     targets = {lk.column: lk for lk in spec.lookups}
     attributes = [spec.fields[c] for c in fields]

@@ -12,9 +12,9 @@ error.
 from __future__ import annotations
 
 import asyncio
-import uuid
 import logging
 import random
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta

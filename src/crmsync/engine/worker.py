@@ -45,10 +45,10 @@ from crmsync.errors import (
     StaleRecord,
 )
 from crmsync.mapping import activate as activate_mapping
-from crmsync.store.history import configure as configure_history
 from crmsync.memory import release_free_memory
 from crmsync.store import migrate, queue
 from crmsync.store.db import is_sqlite, store_unavailable, write_transaction
+from crmsync.store.history import configure as configure_history
 from crmsync.store.maintenance import COMPACT_SECONDS, compact_counts, maintain
 from crmsync.store.queue import next_due
 from crmsync.store.status import pause_unusable

@@ -214,9 +214,7 @@ def prune(engine: Engine, now: datetime | None = None) -> int:
             if not chunk:
                 break
             after = chunk[-1]
-            gone = conn.execute(
-                sa.delete(sync_event).where(e.id.in_(chunk), superseded)
-            ).rowcount
+            gone = conn.execute(sa.delete(sync_event).where(e.id.in_(chunk), superseded)).rowcount
         total += int(gone)
         if len(chunk) < PRUNE_CHUNK:
             break

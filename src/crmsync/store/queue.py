@@ -275,9 +275,7 @@ def _failure_events(f: Failed, now: datetime) -> list[dict[str, Any]]:
         then = history.event(e.object, key, EventKind.PARKED, now, error_code=f.code, **common)
     else:
         when = {"when": f.retry_at.isoformat()}
-        then = history.event(
-            e.object, key, EventKind.RETRY_SCHEDULED, now, detail=when, **common
-        )
+        then = history.event(e.object, key, EventKind.RETRY_SCHEDULED, now, detail=when, **common)
     return [failed, then]
 
 

@@ -14,14 +14,15 @@ from sqlalchemy import Engine
 from crmsync.config import Settings
 from crmsync.domain import STANDARD_OBJECTS
 from crmsync.mapping import activate as activate_mapping
-from crmsync.store.history import configure as configure_history
 from crmsync.store import migrate
 from crmsync.store.db import create_store_engine
+from crmsync.store.history import configure as configure_history
 from crmsync.web import (
     api_conflicts,
     api_control,
     api_docs,
     api_errors,
+    api_history,
     api_records,
     api_status,
     console,
@@ -62,6 +63,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         upkeep.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await upkeep
+        dynamics = getattr(app.state, "dynamics", None)
+        if dynamics is not None:  # built by the first live read (web/api_history.py)
+            await dynamics.aclose()
         if own_engine:
             store.dispose()
 
@@ -103,6 +107,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
 
     install_error_handlers(app)
     app.include_router(api_records.router)
+    app.include_router(api_history.router)
     app.include_router(api_status.router)
     app.include_router(api_errors.router)
     app.include_router(api_conflicts.router)
