@@ -10,6 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from pull_support import Sales, sales_fixture  # noqa: F401 (fixture)
+from pydantic import SecretStr
 
 from crmsync.config import Settings
 from crmsync.store import history, status
@@ -157,3 +158,64 @@ def test_a_conflict(
         "winner": "local",
         "rule": "local_wins",
     }
+
+
+async def _get(settings: Settings, store: sa.Engine, path: str, **kw: Any) -> Any:
+    import httpx
+
+    from crmsync.web.app import create_app
+
+    app = create_app(settings, engine=store)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://test",
+        headers={"Authorization": "Bearer t"},
+    ) as c:
+        if kw:
+            r = await c.post(path, json=kw)
+        else:
+            r = await c.get(path)
+        # ASGITransport runs no lifespan: close the app's Dynamics client here.
+        dynamics = getattr(app.state, "dynamics", None)
+        if dynamics is not None:
+            await dynamics.aclose()
+        return r
+
+
+def test_compare_reads_dynamics_live_and_marks_the_difference(
+    sync_settings: Settings, store: sa.Engine, sales: Sales, sql: Any, drain: Any
+) -> None:
+    import asyncio
+
+    settings = sync_settings.model_copy(update={"api_token": SecretStr("t")})
+    lead = insert_lead(sql, store, "Lovelace")
+    drain(settings, store)
+    r = asyncio.run(_get(settings, store, f"/api/v1/records/lead/{lead}/compare"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["in_sync"] is True and body["record_id"] == lead and body["crm_id"]
+    sales.update("leads", body["crm_id"], {"lastname": "Byron"})
+    body = asyncio.run(_get(settings, store, f"/api/v1/records/lead/{lead}/compare")).json()
+    fields = {f["field"]: f for f in body["fields"]}
+    assert body["in_sync"] is False
+    assert [f for f, v in fields.items() if not v["same"]] == ["last_name"]
+    assert fields["last_name"] == {
+        "field": "last_name",
+        "local": "Lovelace",
+        "dynamics": "Byron",
+        "last_synced": "Lovelace",
+        "same": False,
+    }
+    # Resync from Dynamics: its row is staged and applied like a pulled change.
+    r = asyncio.run(
+        _get(settings, store, f"/api/v1/records/lead/{lead}/resync", direction="from_crm")
+    )
+    assert r.status_code == 200, r.text
+    assert kinds(timeline(store, "lead", lead))[-2:] == [
+        ("pulled", "from_crm", "update"),
+        ("resynced", "from_crm", None),
+    ]
+    drain(settings, store)
+    with store.connect() as conn:
+        name = conn.execute(sa.text("SELECT last_name FROM lead WHERE id = :i"), {"i": lead})
+        assert name.scalar_one() == "Byron"
