@@ -35,8 +35,8 @@ from crmsync.store.db import capture_suppressed
 from crmsync.store.local_tables import local_table
 from crmsync.store.schema import (
     sync_change,
-    sync_event,
     sync_cursor,
+    sync_event,
     sync_queue,
     sync_record,
     sync_tombstone,
