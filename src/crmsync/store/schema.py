@@ -233,10 +233,9 @@ sync_event = Table(
     Column("error_code", String(64), nullable=True),
     Column("error_message", Text, nullable=True),
     Column("detail", JSON(none_as_null=True), nullable=True),
-    # A record's timeline, newest first, paged by id.
+    # A record's timeline, newest first, paged by id. No index on ``at``: every write
+    # pays for each index, and pruning walks the key (the oldest events come first).
     Index("ix_sync_event_record", "object", "record_key", "id"),
-    # Pruning by age.
-    Index("ix_sync_event_at", "at"),
 )
 
 # PostgreSQL only, created by migration 0002 and not declared above (they are not

@@ -6,8 +6,7 @@ Create Date: 2026-12-03 04:30:00
 
 - ``sync_event``: one row per state change of a record's sync (captured, sent, synced,
   failed, ..., resynced), written by the store function that makes the change in the
-  same transaction (issue 18, "History"). Indexed for a record's timeline, newest first,
-  and for pruning by age.
+  same transaction (issue 18, "History"). Indexed for a record's timeline, newest first.
 """
 
 from __future__ import annotations
@@ -42,10 +41,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sync_event")),
     )
     op.create_index("ix_sync_event_record", "sync_event", ["object", "record_key", "id"])
-    op.create_index("ix_sync_event_at", "sync_event", ["at"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_sync_event_at", table_name="sync_event")
     op.drop_index("ix_sync_event_record", table_name="sync_event")
     op.drop_table("sync_event")
