@@ -253,9 +253,13 @@ async def test_resync_to_dynamics_queues_the_record_with_an_event(
 
 
 async def test_compare_says_why_when_dynamics_is_unreachable(db_url: str, engine: Engine) -> None:
-    from conftest import free_port
+    import socket
 
-    dead = f"http://127.0.0.1:{free_port()}"
+    # Bound, never listening: connections are refused, and no other process can take
+    # the port meanwhile (as one could a port found free and let go).
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    dead = f"http://127.0.0.1:{held.getsockname()[1]}"
     settings = load_settings(
         database_url=db_url,
         api_token=TOKEN,
@@ -291,6 +295,7 @@ async def test_compare_says_why_when_dynamics_is_unreachable(db_url: str, engine
     ) as c:
         r = await c.get(f"/api/v1/records/lead/{lead}/compare")
         assert r.status_code == 503 and "not configured" in r.json()["error"]["message"]
+    held.close()
 
 
 async def test_search_finds_records_by_email_name_and_ids(

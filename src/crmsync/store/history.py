@@ -30,9 +30,8 @@ from crmsync.domain import Direction, EventKind, Operation
 from crmsync.errors import ValidationFailed
 from crmsync.store.db import write_transaction
 from crmsync.store.params import DEFAULT_LIMIT, MAX_LIMIT, check_limit, iso
-from crmsync.store.pgarrays import unnest
 from crmsync.store.schema import sync_event
-from crmsync.store.types import UTCDateTime, utcnow
+from crmsync.store.types import utcnow
 
 # The events every record keeps, however old: its current state is always explained.
 KEEP_PER_RECORD = 10
@@ -109,45 +108,26 @@ def write(conn: Connection, rows: Iterable[dict[str, Any]]) -> int:
     if not rows:
         return 0
     if conn.dialect.name == "postgresql":
-        # One statement whatever the batch (one parameter per column): a fraction of
-        # the driver's row-by-row executemany.
-        values = {f"ev_{c}": [r[c] for r in rows] for c in _TEXT}
-        values["ev_at"] = [r["at"] for r in rows]
-        values.update({f"ev_{c}": [_json(r[c]) for r in rows] for c in _JSON})
-        conn.execute(_pg_insert(), values)
+        # One statement and one parameter whatever the batch: the rows as one JSON
+        # array (psycopg's text arrays cost ~0.1 ms a value to escape in Python).
+        batch = json.dumps([{**r, "at": r["at"].isoformat()} for r in rows], separators=(",", ":"))
+        conn.execute(_PG_INSERT, {"rows": batch})
     else:
         conn.execute(_insert(), rows)
     return len(rows)
 
 
-_TEXT = ("object", "record_key", "event", "direction", "operation", "error_code", "error_message")
-_JSON = ("fields", "detail")
-
-
-def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
+_PG_INSERT = sa.text(
+    "INSERT INTO sync_event (object, record_key, at, event, direction, operation, fields,"
+    " error_code, error_message, detail) SELECT object, record_key, at, event, direction,"
+    " operation, fields, error_code, error_message, detail"
+    " FROM json_populate_recordset(NULL::sync_event, CAST(:rows AS json))"
+)
 
 
 @functools.cache
 def _insert() -> sa.Insert:
     return sa.insert(sync_event)
-
-
-@functools.cache
-def _pg_insert() -> sa.Insert:
-    rows = unnest(
-        "ev",
-        **{c: sa.Text() for c in _TEXT},
-        at=UTCDateTime(),
-        **{c: sa.Text() for c in _JSON},
-    )
-    columns = [*_TEXT, "at", *_JSON]
-    values = [
-        *(rows.c[c] for c in _TEXT),
-        rows.c.at,
-        *(sa.cast(rows.c[c], sa.JSON) for c in _JSON),
-    ]
-    return sa.insert(sync_event).from_select(columns, sa.select(*values))
 
 
 # -- reading ------------------------------------------------------------------------------
