@@ -110,19 +110,47 @@ def write(conn: Connection, rows: Iterable[dict[str, Any]]) -> int:
     if conn.dialect.name == "postgresql":
         # One statement and one parameter whatever the batch: the rows as one JSON
         # array (psycopg's text arrays cost ~0.1 ms a value to escape in Python).
-        batch = json.dumps([{**r, "at": r["at"].isoformat()} for r in rows], separators=(",", ":"))
-        conn.execute(_PG_INSERT, {"rows": batch})
+        conn.execute(_pg_insert(), {"rows": as_json(rows)})
     else:
         conn.execute(_insert(), rows)
     return len(rows)
 
 
-_PG_INSERT = sa.text(
-    "INSERT INTO sync_event (object, record_key, at, event, direction, operation, fields,"
-    " error_code, error_message, detail) SELECT object, record_key, at, event, direction,"
-    " operation, fields, error_code, error_message, detail"
-    " FROM json_populate_recordset(NULL::sync_event, CAST(:rows AS json))"
+def as_json(rows: Sequence[dict[str, Any]]) -> str:
+    """Event rows as the one JSON parameter of ``insert_json`` (PostgreSQL)."""
+    return json.dumps([{**r, "at": r["at"].isoformat()} for r in rows], separators=(",", ":"))
+
+
+_COLUMNS = (
+    "object",
+    "record_key",
+    "at",
+    "event",
+    "direction",
+    "operation",
+    "fields",
+    "error_code",
+    "error_message",
+    "detail",
 )
+
+
+def insert_json(param: sa.BindParameter[str]) -> sa.Insert:
+    """PostgreSQL: insert the events of ``param`` (``as_json``'s text), unpacked by
+    ``json_populate_recordset`` into ``sync_event``'s own column types."""
+    rows = (
+        sa.func.json_populate_recordset(
+            sa.literal_column("NULL::sync_event"), sa.cast(param, sa.JSON)
+        )
+        .table_valued(*(sa.column(c, sync_event.c[c].type) for c in _COLUMNS))
+        .alias("ev")
+    )
+    return sa.insert(sync_event).from_select(list(_COLUMNS), sa.select(*rows.c))
+
+
+@functools.cache
+def _pg_insert() -> sa.Insert:
+    return insert_json(sa.bindparam("rows", type_=sa.String))
 
 
 @functools.cache

@@ -35,6 +35,7 @@ from crmsync.store.db import write_transaction
 from crmsync.store.pgarrays import unnest as _unnest
 from crmsync.store.schema import (
     sync_error,
+    sync_event,
     sync_pause,
     sync_queue,
     sync_rate,
@@ -247,8 +248,7 @@ def record_in(conn: Connection, outcome: Outcome, now: datetime) -> None:
         )
     # Last: it adds to the throughput counters, rows every worker writes, so their
     # locks are held for as short a time as the transaction allows.
-    events += _complete(conn, outcome.done, now)
-    history.write(conn, events)
+    history.write(conn, _complete(conn, outcome.done, now, events))
 
 
 def _entry_key(e: Entry, record_id: int | None = None) -> str:
@@ -297,40 +297,48 @@ def _resolved_events(
     ]
 
 
-def _complete(conn: Connection, done: Sequence[Done], now: datetime) -> list[dict[str, Any]]:
+def _complete(
+    conn: Connection, done: Sequence[Done], now: datetime, events: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Finish a batch in a handful of statements, whatever its size (on PostgreSQL one,
     unless records' sync state is kept or a change came in while in flight).
 
     Every entry's record has its open error looked up, even an entry that never failed:
     its record may have an error left by an earlier entry that was dropped without
-    syncing (a push made moot by a pull, a record excluded by the sync filter). Returns
-    the ``synced`` and ``resolved`` events.
+    syncing (a push made moot by a pull, a record excluded by the sync filter). Takes
+    the batch's other ``events``; returns those left for the caller to write (on
+    PostgreSQL none: the finishing statement writes them, ``synced`` and ``resolved``
+    included, saving the batch a round trip).
     """
     if not done:
-        return []
+        return events
     _remember_syncs(conn, done, now)
     counts: dict[tuple[str, str, str], int] = {}
     for d in done:
         if d.counted:
             key = (d.entry.object, d.entry.direction, d.entry.operation)
             counts[key] = counts.get(key, 0) + 1
+    events = [
+        *events,
+        *(
+            history.event(
+                d.entry.object,
+                _entry_key(d.entry, d.record_id),
+                EventKind.SYNCED,
+                now,
+                direction=d.entry.direction,
+                operation=d.entry.operation,
+                detail=None if d.counted else {"skipped": True},
+            )
+            for d in done
+        ),
+    ]
     if conn.dialect.name == "postgresql":
-        gone, resolved = _finish_postgresql(conn, done, counts, now)
+        gone = _finish_postgresql(conn, done, counts, now, events)
+        events = []
     else:
         gone, resolved = _finish_portable(conn, done, counts, now)
-    events = [
-        history.event(
-            d.entry.object,
-            _entry_key(d.entry, d.record_id),
-            EventKind.SYNCED,
-            now,
-            direction=d.entry.direction,
-            operation=d.entry.operation,
-            detail=None if d.counted else {"skipped": True},
-        )
-        for d in done
-    ]
-    events += _resolved_events(resolved, now)
+        events += _resolved_events(resolved, now)
     stayed = [d for d in done if d.entry.id not in gone]
     if not stayed:
         return events
@@ -356,11 +364,15 @@ def _complete(conn: Connection, done: Sequence[Done], now: datetime) -> list[dic
 
 
 def _finish_postgresql(
-    conn: Connection, done: Sequence[Done], counts: dict[tuple[str, str, str], int], now: datetime
-) -> tuple[set[int], list[tuple[str, str, str, int | None]]]:
-    """Remove the finished entries, resolve their records' errors and add to the
-    counters, in one statement (one round trip); returns the removed ids and the
-    resolved errors' (object, direction, record_key, record_id)."""
+    conn: Connection,
+    done: Sequence[Done],
+    counts: dict[tuple[str, str, str], int],
+    now: datetime,
+    events: Sequence[dict[str, Any]],
+) -> set[int]:
+    """Remove the finished entries, resolve their records' errors, add to the counters
+    and write the batch's ``events`` and the resolutions' (with history on), in one
+    statement (one round trip); returns the removed ids."""
     keys = sorted(counts)  # one lock order on the counters for every worker
     rates = _rates(counts)
     params = {
@@ -379,15 +391,10 @@ def _finish_postgresql(
         "rate_object": [k[0] for k in rates],
         "rate_direction": [k[1] for k in rates],
         "rate_synced": list(rates.values()),
+        "history_on": history.enabled(),
+        "history_events": history.as_json(events) if history.enabled() else "[]",
     }
-    gone: set[int] = set()
-    resolved: list[tuple[str, str, str, int | None]] = []
-    for row in conn.execute(_finish_statement(), params):
-        if row.id is not None:
-            gone.add(row.id)
-        else:
-            resolved.append((row.object, row.direction, row.record_key, row.record_id))
-    return gone, resolved
+    return {r[0] for r in conn.execute(_finish_statement(), params)}
 
 
 @functools.cache
@@ -454,22 +461,35 @@ def _finish_statement() -> sa.Select[Any]:
             ),
         )
     ).cte("paced")
-    none = sa.null()
-    removed = sa.select(
-        gone.c.id,
-        sa.cast(none, sa.String).label("object"),
-        sa.cast(none, sa.String).label("direction"),
-        sa.cast(none, sa.String).label("record_key"),
-        sa.cast(none, sa.BigInteger).label("record_id"),
+    logged = (
+        history.insert_json(sa.bindparam("history_events", type_=sa.String))
+        .returning(sync_event.c.id)
+        .cte("logged")
     )
-    settled = sa.select(
-        sa.cast(none, sa.BigInteger).label("id"),
-        resolved.c.object,
-        resolved.c.direction,
-        resolved.c.record_key,
-        resolved.c.record_id,
+    # Read by ``settled``, so that the batch's events get their ids first: the data-
+    # changing parts of one statement otherwise run in no set order.
+    after_logged = sa.select(sa.func.count()).select_from(logged).scalar_subquery() >= 0
+    # The resolutions' events, keyed as ``_resolved_events`` keys them.
+    key = sa.case(
+        (resolved.c.record_id.is_not(None), sa.cast(resolved.c.record_id, sa.String)),
+        (resolved.c.direction == Direction.FROM_CRM, sa.func.lower(resolved.c.record_key)),
+        else_=sa.literal(OBJECT_KEY),
     )
-    return sa.select(sa.union_all(removed, settled).subquery()).add_cte(counted, paced)
+    settled = (
+        sa.insert(sync_event)
+        .from_select(
+            ["object", "record_key", "at", "event", "direction"],
+            sa.select(
+                resolved.c.object,
+                key,
+                sa.bindparam("resolved_at", type_=UTCDateTime()),
+                sa.literal(str(EventKind.RESOLVED)),
+                resolved.c.direction,
+            ).where(sa.bindparam("history_on", type_=sa.Boolean), after_logged),
+        )
+        .cte("settled")
+    )
+    return sa.select(gone.c.id).add_cte(resolved, counted, paced, logged, settled)
 
 
 def _finish_portable(
