@@ -198,15 +198,20 @@ def timeline(
     check_limit(limit)
     e = sync_event.c
     keys = [str(record_id), *([crm_id.lower()] if crm_id else [])]
-    where = [e.object == obj, e.record_key.in_(keys)]
-    if cursor is not None:
-        where.append(e.id < _decode(cursor))
-    rows = conn.execute(
+    before = [e.id < _decode(cursor)] if cursor is not None else []
+    size = min(limit, MAX_LIMIT) + 1
+    # One index range per key, newest first, merged: with ``record_key IN (...)`` the
+    # planner may walk the whole table backwards by id instead.
+    parts = [
         sa.select(e.id, *(e[name] for name in EVENT_FIELDS))
-        .where(*where)
+        .where(e.object == obj, e.record_key == key, *before)
         .order_by(e.id.desc())
-        .limit(min(limit, MAX_LIMIT) + 1)
-    ).mappings()
+        .limit(size)
+        .subquery()
+        for key in keys
+    ]
+    merged = sa.union_all(*(sa.select(p) for p in parts)).subquery() if len(parts) > 1 else parts[0]
+    rows = conn.execute(sa.select(merged).order_by(merged.c.id.desc()).limit(size)).mappings()
     found = list(rows)
     items = [to_item(r) for r in found[:limit]]
     more = len(found) > limit
