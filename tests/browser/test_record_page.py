@@ -113,3 +113,15 @@ def test_the_retry_button(page: Any, console: Any, login: Any) -> None:
         "console:admin"
     )
     assert console.scalar(f"SELECT crm_id FROM lead WHERE id = {lead}")
+
+
+def test_the_search_box_finds_a_record(page: Any, console: Any, login: Any) -> None:
+    lead = add_lead(console, "Findable.Person@example.com", "Person")
+    login(page)
+    page.goto(ERRORS)
+    page.get_by_role("searchbox", name="Find a record").fill("findable.person")
+    page.get_by_role("button", name="Find").click()
+    page.locator("#search-results a").first.click()
+    expect(page).to_have_url(f"{console.url}/admin/microsoft-dynamics/records/lead/{lead}")
+    page.goto("/admin/microsoft-dynamics/records?find=nobody-like-this")
+    expect(page.locator("#no-results")).to_be_visible()

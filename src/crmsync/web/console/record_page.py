@@ -66,7 +66,8 @@ def _spec(request: Request, obj: str) -> ObjectSpec:
 
 
 @router.get(PATH, response_class=HTMLResponse)
-def search_page(request: Request, q: str = "") -> Response:
+def search_page(request: Request, find: str = "") -> Response:
+    q = find
     found: list[dict[str, Any]] = []
     problem = None
     if q.strip():
@@ -75,7 +76,7 @@ def search_page(request: Request, q: str = "") -> Response:
                 found = record_view.search(conn, request.app.state.specs, q, 50)
         except ValidationFailed as exc:
             problem = str(exc.message)
-    context = {"q": q, "found": found, "problem": problem, "path": PATH, "tab": "records"}
+    context = {"find": q, "found": found, "problem": problem, "path": PATH, "tab": "records"}
     return render(request, "record_search.html", context)
 
 
