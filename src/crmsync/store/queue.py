@@ -18,7 +18,7 @@ saying why, until a new change to the record, or a retry, queues it again.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import fields
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,7 +30,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crmsync.domain import Direction, EntryState, ErrorStatus, EventKind, Operation
-from crmsync.store import capture, history
+from crmsync.store import capture, history, outcome_events
 from crmsync.store.db import write_transaction
 from crmsync.store.pgarrays import unnest as _unnest
 from crmsync.store.schema import (
@@ -221,25 +221,13 @@ def record(engine: Engine, outcome: Outcome, now: datetime | None = None) -> Non
 
 def record_in(conn: Connection, outcome: Outcome, now: datetime) -> None:
     """``record`` in the caller's transaction, with the batch's events (``history``)."""
-    events: list[dict[str, Any]] = [
-        history.event(
-            e.object,
-            history.key_of(e.record_id, e.crm_id if e.direction == Direction.FROM_CRM else None),
-            EventKind.SENT,
-            now,
-            direction=e.direction,
-            operation=e.operation,
-            fields=sorted(columns) or None,
-            detail={"batch": outcome.batch, "size": len(outcome.sent)},
-        )
-        for e, columns in outcome.sent
-    ]
+    events = outcome_events.sent(outcome, now)
     for failure in outcome.failed:
         if failure.retry_at is None:
             _park(conn, failure, now)
         else:
             _reschedule(conn, failure, now)
-        events += _failure_events(failure, now)
+        events += outcome_events.failure(failure, now)
     for entry, until in outcome.deferred:
         conn.execute(
             sa.update(sync_queue)
@@ -249,52 +237,6 @@ def record_in(conn: Connection, outcome: Outcome, now: datetime) -> None:
     # Last: it adds to the throughput counters, rows every worker writes, so their
     # locks are held for as short a time as the transaction allows.
     history.write(conn, _complete(conn, outcome.done, now, events))
-
-
-def _entry_key(e: Entry, record_id: int | None = None) -> str:
-    """The history key of an entry's record (a pulled insert: its Dynamics id)."""
-    rid = record_id if record_id is not None else e.record_id
-    return history.key_of(rid, e.record_key if e.direction == Direction.FROM_CRM else None)
-
-
-def _failure_events(f: Failed, now: datetime) -> list[dict[str, Any]]:
-    """``failed``, then ``retry_scheduled`` (when) or ``parked``."""
-    e, key = f.entry, _entry_key(f.entry)
-    common: dict[str, Any] = {"direction": e.direction, "operation": e.operation}
-    failed = history.event(
-        e.object,
-        key,
-        EventKind.FAILED,
-        now,
-        error_code=f.code,
-        error_message=f.message,
-        detail={"attempt": e.attempts + 1},
-        **common,
-    )
-    if f.retry_at is None:
-        then = history.event(e.object, key, EventKind.PARKED, now, error_code=f.code, **common)
-    else:
-        when = {"when": f.retry_at.isoformat()}
-        then = history.event(e.object, key, EventKind.RETRY_SCHEDULED, now, detail=when, **common)
-    return [failed, then]
-
-
-def _resolved_events(
-    rows: Iterable[tuple[str, str, str, int | None]], now: datetime
-) -> list[dict[str, Any]]:
-    """``resolved`` for each (object, direction, record_key, record_id) of an error."""
-    return [
-        history.event(
-            obj,
-            history.key_of(rid, key if direction == Direction.FROM_CRM else None)
-            if key != OBJECT_KEY
-            else OBJECT_KEY,
-            EventKind.RESOLVED,
-            now,
-            direction=direction,
-        )
-        for obj, direction, key, rid in rows
-    ]
 
 
 def _complete(
@@ -323,7 +265,7 @@ def _complete(
         *(
             history.event(
                 d.entry.object,
-                _entry_key(d.entry, d.record_id),
+                outcome_events.entry_key(d.entry, d.record_id),
                 EventKind.SYNCED,
                 now,
                 direction=d.entry.direction,
@@ -338,7 +280,7 @@ def _complete(
         events = []
     else:
         gone, resolved = _finish_portable(conn, done, counts, now)
-        events += _resolved_events(resolved, now)
+        events += outcome_events.resolved(resolved, now)
     stayed = [d for d in done if d.entry.id not in gone]
     if not stayed:
         return events
@@ -515,7 +457,7 @@ def resolve(conn: Connection, keys: set[tuple[str, str, str]], now: datetime) ->
     """Resolve the open errors of ``(object, direction, record_key)``s that synced, or
     whose waiting change was dropped as having nothing left to do, with their
     ``resolved`` events."""
-    history.write(conn, _resolved_events(_resolve(conn, keys, now), now))
+    history.write(conn, outcome_events.resolved(_resolve(conn, keys, now), now))
 
 
 def _resolve(
@@ -819,7 +761,7 @@ def resolve_object(conn: Connection, obj: str, direction: Direction, now: dateti
         .values(status=ErrorStatus.RESOLVED, resolved_at=now)
     ).rowcount
     if resolved:
-        history.write(conn, _resolved_events([(obj, direction, OBJECT_KEY, None)], now))
+        history.write(conn, outcome_events.resolved([(obj, direction, OBJECT_KEY, None)], now))
 
 
 def next_due(
