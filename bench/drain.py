@@ -2,8 +2,9 @@
 
 Usage: ``.venv/bin/python bench/drain.py [--entries 200000] [--workers 4] [--rounds 1]``
 (needs ``pip install -e '.[bench]'`` for PgQueuer and asyncpg), or
-``bench/drain.py --against OTHER/src [--store sqlite|postgresql] [...]``: this tree's
-crmsync against the one in ``OTHER/src`` (e.g. a worktree at an earlier commit), each
+``--history both`` (crmsync with and without its sync history, and PgQueuer,
+each round), or ``bench/drain.py --against OTHER/src [--store sqlite|postgresql] [...]``:
+this tree's crmsync against the one in ``OTHER/src`` (e.g. a worktree at an earlier commit), each
 round timing both in turn (the order alternating), each in a process importing its own
 tree, on a fresh database (``--store sqlite``: a file in a temporary directory) migrated
 by that tree. Prints the medians and the ratio this / other.
@@ -111,18 +112,32 @@ def fill_crmsync(url: str, n: int) -> None:
     engine.dispose()
 
 
-def crmsync_worker(url: str, batch: int) -> None:
+def crmsync_worker(url: str, batch: int, history: bool = True) -> None:
+    """Claim and record until empty; each outcome carries its sends, as a push's does
+    (with ``history``, the ``sent`` and ``synced`` events are written: store/history.py)."""
+    from crmsync.store import history as store_history
     from crmsync.store import queue
     from crmsync.store.db import create_store_engine
 
+    store_history.configure(enabled=history)
     engine = create_store_engine(url)
     wid = f"bench-{uuid.uuid4().hex[:6]}"
+    columns = ("email", "first_name", "last_name", "company")
     while True:
         entries = queue.claim(engine, wid, "to_crm", ["lead"], batch, timedelta(seconds=60))
         if not entries:
             break
-        queue.record(engine, queue.Outcome(done=[queue.Done(e) for e in entries]))
+        outcome = queue.Outcome(
+            done=[queue.Done(e) for e in entries],
+            sent=[(e, columns) for e in entries],
+            batch=uuid.uuid4().hex[:12],
+        )
+        queue.record(engine, outcome)
     engine.dispose()
+
+
+def crmsync_worker_off(url: str, batch: int) -> None:
+    crmsync_worker(url, batch, history=False)
 
 
 def asyncpg_dsn(url: str) -> str:
@@ -224,6 +239,39 @@ def against(args: argparse.Namespace) -> None:
     print(f"ratio {a / b:.2f}, median of the rounds' ratios {statistics.median(ratios):.2f}")
 
 
+def history_both(args: argparse.Namespace) -> None:
+    """Each round, on one fresh database each: crmsync with history, crmsync without,
+    PgQueuer, in an order that rotates. Prints the ratios history on / off and on /
+    PgQueuer."""
+    sides = {"on": crmsync_worker, "off": crmsync_worker_off, "pgqueuer": pgqueuer_worker}
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(args.rounds):
+        names = list(sides)
+        names = names[r % 3 :] + names[: r % 3]
+        for name in names:
+            url = make_db(args.pg_url)
+            try:
+                if name == "pgqueuer":
+                    asyncio.run(fill_pgqueuer(url, args.entries))
+                else:
+                    fill_crmsync(url, args.entries)
+                rates[name].append(args.entries / timed(sides[name], url, args.workers, args.batch))
+            finally:
+                drop_db(args.pg_url, url)
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        on, off, pg = (rates[n][-1] for n in ("on", "off", "pgqueuer"))
+        print(
+            f"round {r + 1}: history on {on:.0f}/s, off {off:.0f}/s, PgQueuer {pg:.0f}/s;"
+            f" on/off {on / off:.2f}, on/PgQueuer {on / pg:.2f} (load average {load})",
+            flush=True,
+        )
+    on, off, pg = (statistics.median(rates[n]) for n in ("on", "off", "pgqueuer"))
+    print(f"\n{args.entries} entries, {args.workers} processes, batch {args.batch}:")
+    print(f"history on  {on:8.0f} entries/s\nhistory off {off:8.0f} entries/s")
+    print(f"PgQueuer    {pg:8.0f} jobs/s")
+    print(f"ratio on/off {on / off:.2f}, on/PgQueuer {on / pg:.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--pg-url", default=DEFAULT_PG, help="an admin URL of the server")
@@ -233,6 +281,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--against", metavar="SRC", help="another tree's src folder to compare with")
     p.add_argument("--store", choices=["sqlite", "postgresql"], default="postgresql")
+    p.add_argument(
+        "--history",
+        choices=["on", "off", "both"],
+        default="on",
+        help="crmsync with its sync history written (on), not (off), or both in each round",
+    )
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
@@ -240,6 +294,9 @@ def main() -> None:
         return
     if args.against:
         against(args)
+        return
+    if args.history == "both":
+        history_both(args)
         return
 
     ours: list[float] = []
@@ -249,12 +306,13 @@ def main() -> None:
         try:
             fill_crmsync(url, args.entries)
             asyncio.run(fill_pgqueuer(url, args.entries))
+            ours_worker = crmsync_worker if args.history == "on" else crmsync_worker_off
             if r % 2 == 0:
-                t_ours = timed(crmsync_worker, url, args.workers, args.batch)
+                t_ours = timed(ours_worker, url, args.workers, args.batch)
                 t_theirs = timed(pgqueuer_worker, url, args.workers, args.batch)
             else:
                 t_theirs = timed(pgqueuer_worker, url, args.workers, args.batch)
-                t_ours = timed(crmsync_worker, url, args.workers, args.batch)
+                t_ours = timed(ours_worker, url, args.workers, args.batch)
         finally:
             drop_db(args.pg_url, url)
         ours.append(args.entries / t_ours)

@@ -30,6 +30,10 @@ from crmsync.config import Settings, load_settings
 from crmsync.errors import ConfigError, CrmsyncError, ValidationFailed
 from crmsync.mapping import activate as activate_mapping
 from crmsync.memory import limit_arenas
+from crmsync.store.history import configure as configure_history
+
+# Who retried or dismissed, as the records' history says (``store.history``).
+CLI_ACTOR = "cli"
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 MAX_SHOWN_ERRORS = 200
@@ -76,6 +80,7 @@ def _settings() -> Settings:
     # The command runs with the configured mapping (objects known only by name, a queue
     # entry's or a log row's, are looked up in it).
     activate_mapping(settings.object_specs())
+    configure_history(enabled=settings.history, retention_days=settings.history_retention_days)
     secrets = [
         s.get_secret_value()
         for s in (
@@ -680,7 +685,9 @@ def errors_retry(
     _selection(id, all_, given)
     settings = _settings()
     with _store(settings) as engine, write_transaction(engine) as conn:
-        result = sync_errors.retry(conn, settings.object_specs(), ids=id or None, given=given)
+        result = sync_errors.retry(
+            conn, settings.object_specs(), ids=id or None, given=given, actor=CLI_ACTOR
+        )
     typer.echo(
         f"Retried {_plural(result['errors'], 'error')}:"
         f" {_plural(result['requeued'], 'record')} queued to sync again."
@@ -719,7 +726,7 @@ def errors_dismiss(
     settings = _settings()
     with _store(settings) as engine, write_transaction(engine) as conn:
         result = sync_errors.dismiss_selected(
-            conn, settings.object_specs(), ids=id or None, given=given
+            conn, settings.object_specs(), ids=id or None, given=given, actor=CLI_ACTOR
         )
     typer.echo(f"Dismissed {_plural(result['dismissed'], 'error')}.")
 

@@ -149,6 +149,15 @@ class Settings(BaseSettings):
         le=3600,
         description="How often crmsync serve checks the alerts and runs status upkeep",
     )
+    history: bool = Field(
+        True, description="Keep every record's sync history (sync_event; off only to measure)"
+    )
+    history_retention_days: int = Field(
+        30,
+        ge=1,
+        le=3650,
+        description="Days of sync history kept; each record's latest events are always kept",
+    )
     max_request_bytes: int = Field(
         4 * 1024 * 1024,
         ge=1024,

@@ -108,6 +108,25 @@ class DriftKind(enum.StrEnum):
     DIFFERENT = "different"
 
 
+class EventKind(enum.StrEnum):
+    """What happened to a record's sync: one ``sync_event`` row (``store/history.py``)."""
+
+    CAPTURED = "captured"
+    SENT = "sent"
+    SYNCED = "synced"
+    FAILED = "failed"
+    RETRY_SCHEDULED = "retry_scheduled"
+    PARKED = "parked"
+    RESOLVED = "resolved"
+    DISMISSED = "dismissed"
+    RETRIED = "retried"
+    PULLED = "pulled"
+    APPLIED = "applied"
+    CONFLICT = "conflict"
+    EXCLUDED = "excluded"
+    RESYNCED = "resynced"
+
+
 class FieldType(enum.StrEnum):
     """A mapped field's type: how its local value becomes Dataverse JSON and back."""
 

@@ -85,6 +85,10 @@ class Outcome:
     done: list[Done] = field(default_factory=list)
     failed: list[Failed] = field(default_factory=list)
     deferred: list[tuple[Entry, datetime]] = field(default_factory=list)
+    # What was sent to Dynamics in this batch, with the local columns each send carried
+    # (its ``sent`` events, written with the outcomes: a rolled-back outcome leaves none).
+    sent: list[tuple[Entry, tuple[str, ...]]] = field(default_factory=list)
+    batch: str | None = None  # the batch's id in the history, when something was sent
 
 
 # --- plan steps shared by push and apply -------------------------------------------------

@@ -188,8 +188,10 @@ def test_an_error_left_by_a_dropped_entry_resolves_when_a_new_entry_syncs(
         sa.event.remove(engine, "before_cursor_execute", seen)
     assert open_errors(engine) == 0 and count(engine, sync_queue) == 0
     if engine.dialect.name == "postgresql":
-        # Besides the record's sync state, one statement finishes the batch.
+        # Besides the record's sync state, one statement finishes the batch, its
+        # events (store/history.py) included.
         assert [s.split()[0] for s in statements] == ["INSERT", "WITH"]
+        assert "INSERT INTO sync_event" in statements[-1]
 
 
 def test_a_retried_error_resolves_when_its_entry_syncs(engine: sa.Engine) -> None:

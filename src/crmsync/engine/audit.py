@@ -312,13 +312,13 @@ class Auditor:
         if not refs:
             return 0
         with write_transaction(self.engine) as conn:
-            return requeue.queue_again(conn, spec.name, to_crm=refs, now=utcnow())
+            return requeue.queue_again(conn, spec.name, to_crm=refs, now=utcnow(), actor="audit")
 
     async def _stage(self, spec: ObjectSpec, crm_ids: Sequence[str], resync: bool = False) -> int:
         if not crm_ids:
             return 0
         return await self.puller.restage(
-            spec, crm_ids, Requeue(also=lambda conn, n: None, resync=resync)
+            spec, crm_ids, Requeue(also=lambda conn, n: None, resync=resync, actor="audit")
         )
 
     async def _only_local(self, job: Job, spec: ObjectSpec, repair: bool, found: Findings) -> None:
@@ -356,7 +356,7 @@ class Auditor:
             for r in rows
         ]
         with write_transaction(self.engine) as conn:
-            return requeue.queue_again(conn, spec.name, from_crm=entries, now=now)
+            return requeue.queue_again(conn, spec.name, from_crm=entries, now=now, actor="audit")
 
     async def _compare_in_full(
         self,

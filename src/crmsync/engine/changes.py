@@ -170,3 +170,30 @@ def stage_operation(
     if same_as_synced(change, known, parents, spec):
         return None
     return Operation.UPDATE
+
+
+def changed_fields(
+    spec: ObjectSpec,
+    change: Change,
+    known: Known | None,
+    parents: Mapping[tuple[str, str], int],
+) -> dict[str, list[str]]:
+    """What a pulled change changed since the last sync, for its ``pulled`` event: the
+    local ``fields`` and their Dynamics ``attributes`` (a new record: every field with a
+    value; a deletion: none)."""
+    if change.deleted:
+        return {"fields": [], "attributes": []}
+    synced = None if known is None else known.synced_values
+    fields = [
+        c
+        for c, v in change.values.items()
+        if (v is not None if synced is None else synced.get(c) != v)
+    ]
+    targets = {lk.column: lk for lk in spec.lookups}
+    attributes = [spec.fields[c] for c in fields]
+    for column, crm_id in change.lookups.items():
+        local = None if crm_id is None else parents.get((targets[column].target, crm_id))
+        if (crm_id is not None) if synced is None else synced.get(column) != local:
+            fields.append(column)
+            attributes.append(targets[column].value_attribute)
+    return {"fields": fields, "attributes": attributes}

@@ -56,6 +56,8 @@ class Requeue:
 
     also: Callable[[Connection, int], None]
     resync: bool = False
+    actor: str | None = None  # who asked, for the records' history
+    job: int | None = None
 
 
 @dataclass
@@ -349,6 +351,7 @@ class Puller:
             buried = inbound.load_buried(conn, spec, unknown)
             parents = load_parents(conn, self.specs, spec, found)
             excluded: dict[str, ch.Known] = {}
+            changed: dict[str, dict[str, list[str]]] = {}
             for change in found:
                 k = known.get(change.crm_id)
                 if change.excluded and k is not None:
@@ -379,6 +382,7 @@ class Puller:
                     change = replace(change, resync=True)
                 if op is not None:
                     rows.append(entry_row(spec, change, op, k, now))
+                    changed[change.crm_id] = ch.changed_fields(spec, change, k, parents)
             if seen is not None:
                 seen.update(c.crm_id for c in found)
             if page.delta_link is not None and seen is not None:
@@ -391,9 +395,16 @@ class Puller:
                 self.stats.deletions_detected += len(gone)
             inbound.exclude(conn, spec, excluded, now)
             if requeue is None:
-                inbound.stage(conn, rows)
+                inbound.stage(conn, rows, changed, now)
             else:
-                requeued.queue_again(conn, spec.name, from_crm=rows, now=now)
+                requeued.queue_again(
+                    conn,
+                    spec.name,
+                    from_crm=rows,
+                    now=now,
+                    actor=requeue.actor,
+                    job=requeue.job,
+                )
                 requeue.also(conn, len(page.rows) + len(page.deleted_ids))
             if page.delta_link is not None:
                 inbound.save_cursor(conn, spec.name, page.delta_link, now)

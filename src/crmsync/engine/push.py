@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -209,7 +210,10 @@ class Pusher:
         """Record the outcomes; returns the (object, crm id) of updates refused because
         Dynamics' record changed since the last sync (to be pulled before resending)."""
         now = utcnow()
-        outcome = Outcome()
+        outcome = Outcome(
+            sent=[(s.entry, tuple(s.values or ())) for s in sends],
+            batch=uuid.uuid4().hex[:12] if sends else None,
+        )
         created: list[tuple[str, int, str]] = []
         refused: list[Send] = []
         unusable: dict[str, Unusable] = {}

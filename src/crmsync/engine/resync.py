@@ -330,7 +330,7 @@ class Resyncer:
                 if not rows:
                     return int(position["queued"])
                 refs = [LocalRef(r["id"], r.get("crm_id")) for r in rows]
-                n = requeue.queue_again(conn, spec.name, to_crm=refs, now=utcnow())
+                n = requeue.queue_again(conn, spec.name, to_crm=refs, now=utcnow(), job=job.id)
                 position = {"after": rows[-1]["id"], "queued": position["queued"] + n}
                 self._advance(conn, job, position, len(rows))
             if len(rows) < LOCAL_PAGE:
@@ -357,7 +357,9 @@ class Resyncer:
                 self._check_cancel(job)
                 chunk = wanted[i : i + BY_ID]
                 step = {**position, "index": i + len(chunk)}
-                n = await self.puller.restage(spec, chunk, Requeue(advance_with(step), resync=True))
+                n = await self.puller.restage(
+                    spec, chunk, Requeue(advance_with(step), resync=True, job=job.id)
+                )
                 position = {**step, "queued": position["queued"] + n}
             return int(position["queued"])
         pages = cast(
@@ -383,7 +385,7 @@ class Resyncer:
                     None,
                     utcnow(),
                     force=True,
-                    requeue=Requeue(advance_with(step), resync=True),
+                    requeue=Requeue(advance_with(step), resync=True, job=job.id),
                 )
                 position = {**step, "queued": position["queued"] + n}
         finally:

@@ -50,6 +50,7 @@ from crmsync.mapping import activate as activate_mapping
 from crmsync.memory import release_free_memory
 from crmsync.store import jobs, migrate, queue
 from crmsync.store.db import is_sqlite, store_unavailable, write_transaction
+from crmsync.store.history import configure as configure_history
 from crmsync.store.maintenance import COMPACT_SECONDS, compact_counts, maintain, retry_due
 from crmsync.store.queue import next_due
 from crmsync.store.status import pause_unusable
@@ -130,6 +131,7 @@ class Worker:
         progress: Progress | None = None,
     ) -> None:
         activate_mapping(settings.object_specs())
+        configure_history(enabled=settings.history, retention_days=settings.history_retention_days)
         self.engine = engine
         self.client = client
         self.settings = settings

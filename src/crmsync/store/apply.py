@@ -25,8 +25,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
-from crmsync.domain import Direction, EntryState, ObjectSpec, Operation
-from crmsync.store import capture, queue
+from crmsync.domain import Direction, EntryState, EventKind, ObjectSpec, Operation
+from crmsync.store import capture, history, queue
 from crmsync.store.db import capture_suppressed
 from crmsync.store.local_tables import local_table, row_columns
 from crmsync.store.schema import sync_conflict, sync_queue, sync_record
@@ -168,6 +168,7 @@ def execute(
     """Carry out ``writes`` (capture must be suppressed); returns their outcomes."""
     done: list[Done] = []
     by_kind: dict[tuple[str, WriteKind], list[LocalWrite]] = defaultdict(list)
+    writes_of = {w.entry.id: w for w in writes}
     for w in writes:
         by_kind[(w.entry.object, w.kind)].append(w)
     for (obj, kind), group in by_kind.items():
@@ -220,7 +221,56 @@ def execute(
         _journal(conn, group, now)
         _settle_pushes(conn, obj, group, now)
         _rejoin(conn, spec, group, now)
+    if history.enabled():
+        history.write(conn, (ev for d in done for ev in _applied(d, writes_of[d.entry.id], now)))
     return done
+
+
+_APPLIED_AS = {
+    WriteKind.INSERT: Operation.INSERT,
+    WriteKind.UPDATE: Operation.UPDATE,
+    WriteKind.DELETE: Operation.DELETE,
+    WriteKind.MARK: Operation.DELETE,
+}
+
+
+def _applied(d: Done, w: LocalWrite, now: datetime) -> list[dict[str, Any]]:
+    """A write's ``conflict`` events (field, both values, winner, rule), then its
+    ``applied`` event (the columns written), unless it had nothing to write."""
+    key = history.key_of(d.record_id, w.change.crm_id)
+    common: dict[str, Any] = {"direction": Direction.FROM_CRM, "operation": w.entry.operation}
+    events = [
+        history.event(
+            w.entry.object,
+            key,
+            EventKind.CONFLICT,
+            now,
+            fields=[c.field],
+            detail={
+                "field": c.field,
+                "local": as_text(c.local_value),
+                "dynamics": as_text(c.crm_value),
+                "winner": c.winner,
+                "rule": c.rule.value,
+            },
+            **common,
+        )
+        for c in (w.resolution.conflicts if w.resolution is not None else [])
+    ]
+    if w.kind == WriteKind.UPDATE and not w.values:
+        return events
+    mark = {"marked": True} if w.kind == WriteKind.MARK else None
+    applied = history.event(
+        w.entry.object,
+        key,
+        EventKind.APPLIED,
+        now,
+        direction=Direction.FROM_CRM,
+        operation=_APPLIED_AS[w.kind],
+        fields=sorted(w.values) or None,
+        detail=mark,
+    )
+    return [*events, applied]
 
 
 def _rejoin(conn: Connection, spec: ObjectSpec, group: Sequence[LocalWrite], now: datetime) -> None:

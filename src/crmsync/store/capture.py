@@ -26,8 +26,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine, text
 
-from crmsync.domain import Direction, ObjectSpec, Operation
+from crmsync.domain import Direction, EventKind, ObjectSpec, Operation
 from crmsync.mapping import active, spec_of
+from crmsync.store import history
 from crmsync.store.db import write_transaction
 from crmsync.store.pgarrays import unnest
 from crmsync.store.schema import sync_change, sync_queue
@@ -281,6 +282,12 @@ def ensure_triggers(engine: Engine, specs: Iterable[ObjectSpec]) -> list[str] | 
 # --- the fold -----------------------------------------------------------------------------
 
 
+def touch_statement(obj: str) -> sa.TextClause:
+    """The statement that queues ``obj``'s record ``:record_id`` as it is now (a fold's
+    insert or update; params ``record_id``, ``first_at``, ``last_at``): also resync's."""
+    return _touch(obj)
+
+
 def _touch(obj: str) -> sa.TextClause:
     spec = spec_of(obj)
     return _touch_statement(obj, spec.table, spec.label_column, spec.id_column, spec.crm_id_column)
@@ -349,6 +356,7 @@ def _steps(rows: Sequence[Any]) -> list[list[dict[str, Any]]]:
         steps = per_record[(r.object, r.record_id)]
         if steps and not r.deleted and not steps[-1]["deleted"]:
             steps[-1]["last_at"] = r.changed_at
+            steps[-1]["writes"] += 1
             continue
         steps.append(
             {
@@ -360,6 +368,7 @@ def _steps(rows: Sequence[Any]) -> list[list[dict[str, Any]]]:
                 "label": r.label,
                 "first_at": r.changed_at,
                 "last_at": r.changed_at,
+                "writes": 1,
             }
         )
     return list(per_record.values())
@@ -433,7 +442,45 @@ def fold(conn: Connection, limit: int = FOLD_BATCH) -> int:
         if deletes:
             conn.execute(_DROP, deletes)
             conn.execute(_DELETE, deletes)
+        if history.enabled():
+            history.write(conn, _captured(conn, touches, deletes))
     return consumed
+
+
+def _captured(
+    conn: Connection, touches: Mapping[str, Sequence[dict[str, Any]]], deletes: Sequence[Any]
+) -> list[dict[str, Any]]:
+    """The ``captured`` events of one fold step: a run of writes folded into one entry
+    is one event (``detail.writes`` counts them), as the entry queued (insert or update);
+    the capture log does not know which columns changed (the triggers stay lean)."""
+    q = sync_queue.c
+    events = []
+    for obj, params in touches.items():
+        ops = dict(
+            conn.execute(
+                sa.select(q.record_key, q.operation).where(
+                    q.object == obj,
+                    q.direction == Direction.TO_CRM,
+                    q.record_key.in_([p["record_key"] for p in params]),
+                )
+            ).all()
+        )
+        events += [_captured_event(p, ops.get(p["record_key"])) for p in params]
+    events += [_captured_event(d, Operation.DELETE) for d in deletes]
+    return events
+
+
+def _captured_event(step: Mapping[str, Any], operation: str | None) -> dict[str, Any]:
+    writes = {"writes": step["writes"]} if step["writes"] > 1 else None
+    return history.event(
+        step["object"],
+        step["record_key"],
+        EventKind.CAPTURED,
+        step["first_at"],
+        direction=Direction.TO_CRM,
+        operation=operation,
+        detail=writes,
+    )
 
 
 def fold_pending(

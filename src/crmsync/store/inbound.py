@@ -29,17 +29,19 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
-from crmsync.domain import Direction, EntryState, ObjectSpec, Operation
-from crmsync.store import queue
+from crmsync.domain import Direction, EntryState, EventKind, ObjectSpec, Operation
+from crmsync.store import history, queue
 from crmsync.store.db import capture_suppressed
 from crmsync.store.local_tables import local_table
 from crmsync.store.schema import (
     sync_change,
     sync_cursor,
+    sync_event,
     sync_queue,
     sync_record,
     sync_tombstone,
 )
+from crmsync.store.types import UTCDateTime
 from crmsync.values import Known, parse_time, version_of
 
 # Rows per INSERT statement: enough that a statement's own cost vanishes, few enough
@@ -96,12 +98,54 @@ def insert_loaded(
     try:
         with capture_suppressed(conn), conn.begin_nested():
             _write(conn, spec, columns, local_rows, states, now)
+            _loaded_events(conn, spec, columns, [r[-1] for r in local_rows], now)
             queue.count_synced(
                 conn, {(spec.name, Direction.FROM_CRM, Operation.INSERT): len(local_rows)}, now
             )
     except DBAPIError:
         return False
     return True
+
+
+def _loaded_events(
+    conn: Connection,
+    spec: ObjectSpec,
+    columns: Sequence[str],
+    crm_ids: Sequence[str],
+    now: datetime,
+) -> None:
+    """A full read's new records' ``pulled`` and ``applied`` events, by two INSERT ...
+    SELECTs over the rows just written (a load of millions stays a few statements)."""
+    if not history.enabled() or not crm_ids:
+        return
+    table = local_table(spec)
+    fields = [c for c in columns if c in spec.columns]
+    e = sync_event.c
+    for kind in (EventKind.PULLED, EventKind.APPLIED):
+        conn.execute(
+            sa.insert(sync_event).from_select(
+                [
+                    e.object,
+                    e.record_key,
+                    e.at,
+                    e.event,
+                    e.direction,
+                    e.operation,
+                    e.fields,
+                    e.detail,
+                ],
+                sa.select(
+                    sa.literal(spec.name, sa.String),
+                    sa.cast(table.c.id, sa.String),
+                    sa.literal(now, UTCDateTime()),
+                    sa.literal(str(kind), sa.String),
+                    sa.literal(str(Direction.FROM_CRM), sa.String),
+                    sa.literal(str(Operation.INSERT), sa.String),
+                    sa.literal(fields, sa.JSON),
+                    sa.literal({"full_read": True}, sa.JSON),
+                ).where(id_in(conn, table.c.crm_id, crm_ids)),
+            )
+        )
 
 
 def id_in(conn: Connection, column: sa.ColumnElement[Any], ids: Iterable[str | int]) -> Any:
@@ -422,42 +466,82 @@ def _crm_version(payload: Any) -> Any:
     return sa.func.coalesce(payload["version"].as_float(), _AFTER_ALL)
 
 
-def stage(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+def stage(
+    conn: Connection,
+    rows: Sequence[dict[str, Any]],
+    changed: Mapping[str, Mapping[str, Any]] | None = None,
+    now: datetime | None = None,
+) -> None:
     """Insert ``from_crm`` entries, coalescing with pending ones of the same records.
 
     An entry already holding a newer change (higher ``versionnumber``) is left as it
     is. A parked entry that receives a newer change is queued again, like a local edit
-    of a parked record.
+    of a parked record. Each row staged gets a ``pulled`` event: ``changed`` gives, by
+    record key, the local ``fields`` and Dynamics ``attributes`` that changed.
     """
     if not rows:
         return
     insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(sync_queue)
     q, new = sync_queue.c, insert.excluded
     parked = q.state == EntryState.PARKED
-    conn.execute(
-        insert.on_conflict_do_update(
-            index_elements=["object", "direction", "record_key"],
-            set_={
-                "payload": new.payload,
-                "operation": sa.case(
-                    (
-                        (q.operation == Operation.INSERT) & (new.operation == Operation.UPDATE),
-                        Operation.INSERT,
-                    ),
-                    else_=new.operation,
+    upsert = insert.on_conflict_do_update(
+        index_elements=["object", "direction", "record_key"],
+        set_={
+            "payload": new.payload,
+            "operation": sa.case(
+                (
+                    (q.operation == Operation.INSERT) & (new.operation == Operation.UPDATE),
+                    Operation.INSERT,
                 ),
-                "record_id": sa.func.coalesce(new.record_id, q.record_id),
-                "label": new.label,
-                "last_changed_at": new.last_changed_at,
-                "version": q.version + 1,
-                "state": EntryState.PENDING,
-                "attempts": sa.case((parked, 0), else_=q.attempts),
-                "next_attempt_at": sa.case((parked, new.next_attempt_at), else_=q.next_attempt_at),
-            },
-            where=_crm_version(q.payload) < _crm_version(new.payload),
-        ),
-        rows,
+                else_=new.operation,
+            ),
+            "record_id": sa.func.coalesce(new.record_id, q.record_id),
+            "label": new.label,
+            "last_changed_at": new.last_changed_at,
+            "version": q.version + 1,
+            "state": EntryState.PENDING,
+            "attempts": sa.case((parked, 0), else_=q.attempts),
+            "next_attempt_at": sa.case((parked, new.next_attempt_at), else_=q.next_attempt_at),
+        },
+        where=_crm_version(q.payload) < _crm_version(new.payload),
     )
+    if not history.enabled():
+        conn.execute(upsert, rows)
+        return
+    # The rows taken (a newer change already waiting keeps one out): their events.
+    taken = conn.execute(upsert.returning(q.object, q.record_key), rows).all()
+    history.write(conn, _pulled(rows, {(o, k) for o, k in taken}, changed or {}, now))
+
+
+def _pulled(
+    rows: Sequence[dict[str, Any]],
+    taken: set[tuple[str, str]],
+    changed: Mapping[str, Mapping[str, Any]],
+    now: datetime | None,
+) -> list[dict[str, Any]]:
+    """The ``pulled`` events of the rows ``stage`` took."""
+    events = []
+    for r in rows:
+        if (r["object"], r["record_key"]) not in taken:
+            continue
+        payload = r["payload"] or {}
+        what = changed.get(r["record_key"], {})
+        detail = {"modifiedby": payload.get("modified_by"), "version": payload.get("version")}
+        if what.get("attributes"):
+            detail["attributes"] = list(what["attributes"])
+        events.append(
+            history.event(
+                r["object"],
+                history.key_of(r["record_id"], r["record_key"]),
+                EventKind.PULLED,
+                now or r["last_changed_at"],
+                direction=Direction.FROM_CRM,
+                operation=r["operation"],
+                fields=what.get("fields"),
+                detail=detail,
+            )
+        )
+    return events
 
 
 def exclude(conn: Connection, spec: ObjectSpec, known: Mapping[str, Known], now: datetime) -> None:
@@ -476,6 +560,20 @@ def exclude(conn: Connection, spec: ObjectSpec, known: Mapping[str, Known], now:
         sa.update(sync_record)
         .where(r.object == spec.name, r.record_id.in_(ids))
         .values(excluded=True)
+    )
+    history.write(
+        conn,
+        (
+            history.event(
+                spec.name,
+                str(k.record_id),
+                EventKind.EXCLUDED,
+                now,
+                direction=Direction.FROM_CRM,
+                detail={"crm_id": crm_id},
+            )
+            for crm_id, k in sorted(synced.items())
+        ),
     )
     dropped = conn.execute(
         sa.delete(sync_queue)

@@ -11,7 +11,8 @@ write anyway (workers, ``crmsync serve``); safe to run from several at once.
   ``sync_throughput`` retention: 15-minute buckets for ``FINE_DAYS`` days (every clock
   hour of every zone, +05:30 and +05:45 included, sums exactly), then one row per UTC
   hour (sums unchanged), deleted after ``KEEP_DAYS`` days; ``sync_rate``'s minutes (the
-  time to drain reads the last few) deleted after ``RATE_KEEP``.
+  time to drain reads the last few) deleted after ``RATE_KEEP``; sync history older than
+  ``CRMSYNC_HISTORY_RETENTION_DAYS`` (``store.history.prune``, in bounded chunks).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crmsync.mapping import active
-from crmsync.store import backlog_counts, capture, error_counts, sessions, sync_errors
+from crmsync.store import backlog_counts, capture, error_counts, history, sessions, sync_errors
 from crmsync.store.db import read_transaction, write_transaction
 from crmsync.store.queue import bucket_start
 from crmsync.store.schema import sync_backlog_sample, sync_rate, sync_throughput, sync_tombstone
@@ -207,9 +208,9 @@ def maintain(engine: Engine, now: datetime | None = None) -> Maintained:
     with write_transaction(engine) as conn:
         if not sample_backlog(conn, now, totals):
             return Maintained(sampled=False, folded_counts=folded)
-        return Maintained(
-            sampled=True,
-            compacted_hours=compact(conn, now),
-            pruned_rows=prune(conn, now),
-            folded_counts=folded,
-        )
+        compacted, pruned = compact(conn, now), prune(conn, now)
+    # In chunks of their own: a long history must not hold the write lock for long.
+    pruned += history.prune(engine, now)
+    return Maintained(
+        sampled=True, compacted_hours=compacted, pruned_rows=pruned, folded_counts=folded
+    )

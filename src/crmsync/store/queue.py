@@ -30,12 +30,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crmsync import diagnosis
-from crmsync.domain import Direction, EntryState, ErrorStatus, Operation
-from crmsync.store import capture
+from crmsync.domain import Direction, EntryState, ErrorStatus, EventKind, Operation
+from crmsync.store import capture, history, outcome_events
 from crmsync.store.db import write_transaction
 from crmsync.store.pgarrays import unnest as _unnest
 from crmsync.store.schema import (
     sync_error,
+    sync_event,
     sync_pause,
     sync_queue,
     sync_rate,
@@ -238,11 +239,14 @@ def record(engine: Engine, outcome: Outcome, now: datetime | None = None) -> Non
 
 
 def record_in(conn: Connection, outcome: Outcome, now: datetime) -> None:
+    """``record`` in the caller's transaction, with the batch's events (``history``)."""
+    events = outcome_events.sent(outcome, now)
     for failure in outcome.failed:
         if failure.retry_at is None:
             _park(conn, failure, now)
         else:
             _reschedule(conn, failure, now)
+        events += outcome_events.failure(failure, now)
     for entry, until in outcome.deferred:
         conn.execute(
             sa.update(sync_queue)
@@ -251,32 +255,54 @@ def record_in(conn: Connection, outcome: Outcome, now: datetime) -> None:
         )
     # Last: it adds to the throughput counters, rows every worker writes, so their
     # locks are held for as short a time as the transaction allows.
-    _complete(conn, outcome.done, now)
+    history.write(conn, _complete(conn, outcome.done, now, events))
 
 
-def _complete(conn: Connection, done: Sequence[Done], now: datetime) -> None:
+def _complete(
+    conn: Connection, done: Sequence[Done], now: datetime, events: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Finish a batch in a handful of statements, whatever its size (on PostgreSQL one,
     unless records' sync state is kept or a change came in while in flight).
 
     Every entry's record has its open error looked up, even an entry that never failed:
     its record may have an error left by an earlier entry that was dropped without
-    syncing (a push made moot by a pull, a record excluded by the sync filter).
+    syncing (a push made moot by a pull, a record excluded by the sync filter). Takes
+    the batch's other ``events``; returns those left for the caller to write (on
+    PostgreSQL none: the finishing statement writes them, ``synced`` and ``resolved``
+    included, saving the batch a round trip).
     """
     if not done:
-        return
+        return events
     _remember_syncs(conn, done, now)
     counts: dict[tuple[str, str, str], int] = {}
     for d in done:
         if d.counted:
             key = (d.entry.object, d.entry.direction, d.entry.operation)
             counts[key] = counts.get(key, 0) + 1
+    events = [
+        *events,
+        *(
+            history.event(
+                d.entry.object,
+                outcome_events.entry_key(d.entry, d.record_id),
+                EventKind.SYNCED,
+                now,
+                direction=d.entry.direction,
+                operation=d.entry.operation,
+                detail=None if d.counted else {"skipped": True},
+            )
+            for d in done
+        ),
+    ]
     if conn.dialect.name == "postgresql":
-        gone = _finish_postgresql(conn, done, counts, now)
+        gone = _finish_postgresql(conn, done, counts, now, events)
+        events = []
     else:
-        gone = _finish_portable(conn, done, counts, now)
+        gone, resolved = _finish_portable(conn, done, counts, now)
+        events += outcome_events.resolved(resolved, now)
     stayed = [d for d in done if d.entry.id not in gone]
     if not stayed:
-        return
+        return events
     # A newer change came in while this one was in flight: it stays queued, now as an
     # update.
     q = sync_queue.c
@@ -295,13 +321,19 @@ def _complete(conn: Connection, done: Sequence[Done], now: datetime) -> None:
         ),
         [{"entry_id": d.entry.id, "new_crm_id": d.crm_id} for d in stayed],
     )
+    return events
 
 
 def _finish_postgresql(
-    conn: Connection, done: Sequence[Done], counts: dict[tuple[str, str, str], int], now: datetime
+    conn: Connection,
+    done: Sequence[Done],
+    counts: dict[tuple[str, str, str], int],
+    now: datetime,
+    events: Sequence[dict[str, Any]],
 ) -> set[int]:
-    """Remove the finished entries, resolve their records' errors and add to the
-    counters, in one statement (one round trip); returns the removed ids."""
+    """Remove the finished entries, resolve their records' errors, add to the counters
+    and write the batch's ``events`` and the resolutions' (with history on), in one
+    statement (one round trip); returns the removed ids."""
     keys = sorted(counts)  # one lock order on the counters for every worker
     rates = _rates(counts)
     params = {
@@ -320,6 +352,8 @@ def _finish_postgresql(
         "rate_object": [k[0] for k in rates],
         "rate_direction": [k[1] for k in rates],
         "rate_synced": list(rates.values()),
+        "history_on": history.enabled(),
+        "history_events": history.as_json(events) if history.enabled() else "[]",
     }
     return {r[0] for r in conn.execute(_finish_statement(), params)}
 
@@ -354,6 +388,7 @@ def _finish_statement() -> sa.Select[Any]:
             resolved_at=sa.bindparam("resolved_at", type_=UTCDateTime()),
             retry_at=None,
         )
+        .returning(err.object, err.direction, err.record_key, err.record_id)
         .cte("resolved")
     )
     added = _unnest(
@@ -388,12 +423,40 @@ def _finish_statement() -> sa.Select[Any]:
             ),
         )
     ).cte("paced")
-    return sa.select(gone.c.id).add_cte(resolved, counted, paced)
+    logged = (
+        history.insert_json(sa.bindparam("history_events", type_=sa.String))
+        .returning(sync_event.c.id)
+        .cte("logged")
+    )
+    # Read by ``settled``, so that the batch's events get their ids first: the data-
+    # changing parts of one statement otherwise run in no set order.
+    after_logged = sa.select(sa.func.count()).select_from(logged).scalar_subquery() >= 0
+    # The resolutions' events, keyed as ``_resolved_events`` keys them.
+    key = sa.case(
+        (resolved.c.record_id.is_not(None), sa.cast(resolved.c.record_id, sa.String)),
+        (resolved.c.direction == Direction.FROM_CRM, sa.func.lower(resolved.c.record_key)),
+        else_=sa.literal(OBJECT_KEY),
+    )
+    settled = (
+        sa.insert(sync_event)
+        .from_select(
+            ["object", "record_key", "at", "event", "direction"],
+            sa.select(
+                resolved.c.object,
+                key,
+                sa.bindparam("resolved_at", type_=UTCDateTime()),
+                sa.literal(str(EventKind.RESOLVED)),
+                resolved.c.direction,
+            ).where(sa.bindparam("history_on", type_=sa.Boolean), after_logged),
+        )
+        .cte("settled")
+    )
+    return sa.select(gone.c.id).add_cte(resolved, counted, paced, logged, settled)
 
 
 def _finish_portable(
     conn: Connection, done: Sequence[Done], counts: dict[tuple[str, str, str], int], now: datetime
-) -> set[int]:
+) -> tuple[set[int], list[tuple[str, str, str, int | None]]]:
     """``_finish_postgresql`` in three statements, for SQLite (no writes in a ``WITH``)."""
     q = sync_queue.c
     gone = set(
@@ -403,25 +466,36 @@ def _finish_portable(
             .returning(q.id)
         ).scalars()
     )
-    resolve(conn, {(d.entry.object, d.entry.direction, d.entry.record_key) for d in done}, now)
+    resolved = _resolve(
+        conn, {(d.entry.object, d.entry.direction, d.entry.record_key) for d in done}, now
+    )
     _count(conn, counts, now)
-    return gone
+    return gone, resolved
 
 
 def resolve(conn: Connection, keys: set[tuple[str, str, str]], now: datetime) -> None:
     """Resolve the open errors of ``(object, direction, record_key)``s that synced, or
-    whose waiting change was dropped as having nothing left to do."""
+    whose waiting change was dropped as having nothing left to do, with their
+    ``resolved`` events."""
+    history.write(conn, outcome_events.resolved(_resolve(conn, keys, now), now))
+
+
+def _resolve(
+    conn: Connection, keys: set[tuple[str, str, str]], now: datetime
+) -> list[tuple[str, str, str, int | None]]:
     if not keys:
-        return
+        return []
     err = sync_error.c
-    conn.execute(
+    rows = conn.execute(
         sa.update(sync_error)
         .where(
             err.status == ErrorStatus.OPEN,
             sa.tuple_(err.object, err.direction, err.record_key).in_(sorted(keys)),
         )
         .values(status=ErrorStatus.RESOLVED, resolved_at=now, retry_at=None)
+        .returning(err.object, err.direction, err.record_key, err.record_id)
     )
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
 
 
 def _remember_syncs(conn: Connection, done: Sequence[Done], now: datetime) -> None:
@@ -687,12 +761,22 @@ def fail_object(
         "retry_at": None,  # the object's next read tries again
     }
     _open_error(conn, (obj, direction, OBJECT_KEY), values, 1, now)
+    failed = history.event(
+        obj,
+        OBJECT_KEY,
+        EventKind.FAILED,
+        now,
+        direction=direction,
+        error_code=code,
+        error_message=message,
+    )
+    history.write(conn, [failed])
 
 
 def resolve_object(conn: Connection, obj: str, direction: Direction, now: datetime) -> None:
     """The object synced again: its whole-object error, if any, is resolved."""
     err = sync_error.c
-    conn.execute(
+    resolved = conn.execute(
         sa.update(sync_error)
         .where(
             err.status == ErrorStatus.OPEN,
@@ -701,7 +785,9 @@ def resolve_object(conn: Connection, obj: str, direction: Direction, now: dateti
             err.record_key == OBJECT_KEY,
         )
         .values(status=ErrorStatus.RESOLVED, resolved_at=now, retry_at=None)
-    )
+    ).rowcount
+    if resolved:
+        history.write(conn, outcome_events.resolved([(obj, direction, OBJECT_KEY, None)], now))
 
 
 def next_due(

@@ -17,8 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from crmsync.domain import ObjectSpec
-from crmsync.store import inbound
+from crmsync.domain import Direction, EventKind, ObjectSpec
+from crmsync.store import history, inbound
 from crmsync.store.capture import LABEL_MAX
 from crmsync.store.local_tables import local_table, row_columns
 from crmsync.store.schema import sync_change, sync_record
@@ -35,9 +35,42 @@ def queue_again(
     to_crm: Sequence[LocalRef] = (),
     from_crm: Sequence[dict[str, Any]] = (),
     now: datetime,
+    actor: str | None = None,
+    job: int | None = None,
 ) -> int:
     """Queue ``obj``'s records again: local records to be pushed, Dynamics' rows (queue
-    entry rows, as a pull stages them) to be applied. Returns how many were queued."""
+    entry rows, as a pull stages them) to be applied, each with a ``resynced`` event (by
+    ``actor``, or as part of ``job``). Returns how many were queued."""
+    detail: dict[str, Any] = {"by": actor or ("job" if job is not None else "unknown")}
+    if job is not None:
+        detail["job"] = job
+    history.write(
+        conn,
+        [
+            *(
+                history.event(
+                    obj,
+                    str(ref.record_id),
+                    EventKind.RESYNCED,
+                    now,
+                    direction=Direction.TO_CRM,
+                    detail=detail,
+                )
+                for ref in to_crm
+            ),
+            *(
+                history.event(
+                    obj,
+                    history.key_of(row.get("record_id"), row.get("crm_id")),
+                    EventKind.RESYNCED,
+                    now,
+                    direction=Direction.FROM_CRM,
+                    detail=detail,
+                )
+                for row in from_crm
+            ),
+        ],
+    )
     if to_crm:
         conn.execute(
             sa.insert(sync_change),
@@ -54,7 +87,7 @@ def queue_again(
             ],
         )
     if from_crm:
-        inbound.stage(conn, from_crm)
+        inbound.stage(conn, from_crm, now=now)
     return len(to_crm) + len(from_crm)
 
 

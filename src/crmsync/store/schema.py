@@ -224,6 +224,29 @@ sync_error = Table(
     sqlite_autoincrement=True,
 )
 
+# Every state change of a record's sync, both directions, written by the store function
+# that makes the change in the same transaction (``store/history.py``). ``record_key`` is
+# the local id as text, or the Dynamics id while no local row holds the record. Pruned by
+# upkeep after ``history_retention_days``, a record's newest events kept.
+sync_event = Table(
+    "sync_event",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("object", String(32), nullable=False),
+    Column("record_key", String(40), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("event", String(16), nullable=False),
+    Column("direction", String(8), nullable=True),
+    Column("operation", String(8), nullable=True),
+    Column("fields", JSON(none_as_null=True), nullable=True),
+    Column("error_code", String(64), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("detail", JSON(none_as_null=True), nullable=True),
+    # A record's timeline, newest first, paged by id. No index on ``at``: every write
+    # pays for each index, and pruning walks the key (the oldest events come first).
+    Index("ix_sync_event_record", "object", "record_key", "id"),
+)
+
 # PostgreSQL only, created by migration 0002 and not declared above (they are not
 # portable): trigram GIN indexes (pg_trgm) so that the case-insensitive substring search
 # of the Sync Errors list (``q``) is an index scan on every searched column.
@@ -463,6 +486,7 @@ __all__ = [
     "sync_cursor",
     "sync_error",
     "sync_error_count",
+    "sync_event",
     "sync_job",
     "sync_pause",
     "sync_queue",

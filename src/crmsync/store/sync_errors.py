@@ -24,9 +24,9 @@ import sqlalchemy as sa
 from sqlalchemy import ColumnElement, Connection, Engine, RowMapping
 
 from crmsync import diagnosis
-from crmsync.domain import EntryState, ErrorCategory, ErrorStatus
+from crmsync.domain import Direction, EntryState, ErrorCategory, ErrorStatus, EventKind
 from crmsync.errors import ValidationFailed
-from crmsync.store import error_counts, error_search, errors_copy
+from crmsync.store import error_counts, error_search, errors_copy, history
 from crmsync.store.params import (
     DEFAULT_LIMIT,
     MAX_ID,
@@ -143,17 +143,20 @@ def retry(
     ids: Sequence[int] | None = None,
     given: Mapping[str, Any] | None = None,
     now: datetime | None = None,
+    actor: str | None = None,
 ) -> dict[str, Any]:
     """Retry the errors ``ids``, or those matching the raw filters ``given`` (not both).
 
-    The one entry point for the API's ``POST .../retry`` and ``crmsync errors retry``.
+    The one entry point for the API's ``POST .../retry`` and ``crmsync errors retry``;
+    ``actor`` (who asked: ``console:<user>``, ``api:<token>``, ``cli``) goes in the
+    records' ``retried`` events.
     """
     raw = {name: value for name, value in (given or {}).items() if value is not None}
     if ids is not None:
         if raw:
             raise ValidationFailed("ids", "give ids or filters, not both")
-        return retry_ids(conn, ids, now)
-    return retry_matching(conn, make_filters(objects, **raw), now)
+        return retry_ids(conn, ids, now, actor=actor)
+    return retry_matching(conn, make_filters(objects, **raw), now, actor=actor)
 
 
 def dismiss_selected(
@@ -162,6 +165,7 @@ def dismiss_selected(
     *,
     ids: Sequence[int] | None = None,
     given: Mapping[str, Any] | None = None,
+    actor: str | None = None,
 ) -> dict[str, Any]:
     """Dismiss the errors ``ids``, or the open errors matching the raw filters ``given``
     (not both): the one entry point for ``POST .../dismiss``, the console's bulk
@@ -170,8 +174,8 @@ def dismiss_selected(
     if ids is not None:
         if raw:
             raise ValidationFailed("ids", "give ids or filters, not both")
-        return dismiss_ids(conn, ids)
-    return dismiss_matching(conn, make_filters(objects, **raw))
+        return dismiss_ids(conn, ids, actor=actor)
+    return dismiss_matching(conn, make_filters(objects, **raw), actor=actor)
 
 
 def conditions(
@@ -485,8 +489,18 @@ def export(engine: Engine, filters: ErrorFilters, fmt: str) -> Iterator[str]:
 # -- retry and dismiss -------------------------------------------------------------------
 
 
-def _requeue(conn: Connection, matching: Sequence[ColumnElement[bool]], now: datetime) -> int:
-    """Put the parked entries of the errors matching ``matching`` back in the backlog."""
+def _by(actor: str | None) -> dict[str, Any]:
+    return {"by": actor or "unknown"}
+
+
+def _requeue(
+    conn: Connection,
+    matching: Sequence[ColumnElement[bool]],
+    now: datetime,
+    actor: str | None = None,
+) -> int:
+    """Put the parked entries of the errors matching ``matching`` back in the backlog,
+    each with a ``retried`` event saying by whom."""
     q, e = sync_queue.c, sync_error.c
     has_error = (
         sa.select(sa.literal(1))
@@ -508,11 +522,61 @@ def _requeue(conn: Connection, matching: Sequence[ColumnElement[bool]], now: dat
             claimed_by=None,
             claimed_until=None,
         )
+        .returning(q.object, q.direction, q.record_key, q.record_id, q.operation)
+    ).all()
+    history.write(
+        conn,
+        (
+            history.event(
+                obj,
+                history.key_of(rid, key if direction == Direction.FROM_CRM else None),
+                EventKind.RETRIED,
+                now,
+                direction=direction,
+                operation=operation,
+                detail=_by(actor),
+            )
+            for obj, direction, key, rid, operation in result
+        ),
     )
-    return result.rowcount
+    return len(result)
 
 
-def retry_ids(conn: Connection, ids: Sequence[int], now: datetime | None = None) -> dict[str, Any]:
+def _dismissed(conn: Connection, where: Sequence[ColumnElement[bool]], actor: str | None) -> int:
+    """Dismiss the errors matching ``where`` that are not dismissed yet, each with a
+    ``dismissed`` event; returns how many changed."""
+    e = sync_error.c
+    now = utcnow()
+    rows = conn.execute(
+        sa.update(sync_error)
+        .where(*where, e.status != ErrorStatus.DISMISSED)
+        .values(status=ErrorStatus.DISMISSED, retry_at=None)
+        .returning(e.object, e.direction, e.record_key, e.record_id, e.operation, e.error_code)
+    ).all()
+    history.write(
+        conn,
+        (
+            history.event(
+                obj,
+                history.key_of(rid, key if direction == Direction.FROM_CRM else None)
+                if key != history.OBJECT_KEY
+                else key,
+                EventKind.DISMISSED,
+                now,
+                direction=direction,
+                operation=operation,
+                error_code=code,
+                detail=_by(actor),
+            )
+            for obj, direction, key, rid, operation, code in rows
+        ),
+    )
+    return len(rows)
+
+
+def retry_ids(
+    conn: Connection, ids: Sequence[int], now: datetime | None = None, *, actor: str | None = None
+) -> dict[str, Any]:
     """Retry the errors ``ids`` (every one must exist)."""
     wanted = sorted(set(ids))
     for error_id in wanted:
@@ -524,36 +588,38 @@ def retry_ids(conn: Connection, ids: Sequence[int], now: datetime | None = None)
     missing = [i for i in wanted if i not in found]
     if missing:
         raise NotFound(f"no sync error with id {', '.join(map(str, missing))}")
-    requeued = _requeue(conn, [sync_error.c.id.in_(wanted)], now or utcnow())
+    requeued = _requeue(conn, [sync_error.c.id.in_(wanted)], now or utcnow(), actor)
     return {"errors": len(wanted), "requeued": requeued}
 
 
 def retry_matching(
-    conn: Connection, filters: ErrorFilters, now: datetime | None = None
+    conn: Connection,
+    filters: ErrorFilters,
+    now: datetime | None = None,
+    *,
+    actor: str | None = None,
 ) -> dict[str, Any]:
     """Retry every error matching ``filters`` (by default: every open error)."""
     where = where_for(conn, filters)
     count = conn.execute(sa.select(sa.func.count()).select_from(sync_error).where(*where))
     errors = int(count.scalar_one())
-    return {"errors": errors, "requeued": _requeue(conn, where, now or utcnow())}
+    return {"errors": errors, "requeued": _requeue(conn, where, now or utcnow(), actor)}
 
 
-def dismiss(conn: Connection, error_id: int) -> dict[str, Any]:
+def dismiss(conn: Connection, error_id: int, *, actor: str | None = None) -> dict[str, Any]:
     """Hide an error from the open list; it stays listed under ``dismissed`` and ``all``."""
     if not 1 <= error_id <= MAX_ID:
         raise NotFound(f"no sync error with id {error_id}")
-    conn.execute(
-        sa.update(sync_error)
-        .where(sync_error.c.id == error_id)
-        .values(status=ErrorStatus.DISMISSED, retry_at=None)
-    )
+    _dismissed(conn, [sync_error.c.id == error_id], actor)
     row = conn.execute(_select().where(sync_error.c.id == error_id)).mappings().first()
     if row is None:
         raise NotFound(f"no sync error with id {error_id}")
     return to_item(row)
 
 
-def dismiss_ids(conn: Connection, ids: Sequence[int]) -> dict[str, Any]:
+def dismiss_ids(
+    conn: Connection, ids: Sequence[int], *, actor: str | None = None
+) -> dict[str, Any]:
     """Dismiss the errors ``ids`` (every one must exist), as ``dismiss`` does one."""
     wanted = sorted(set(ids))
     for error_id in wanted:
@@ -564,21 +630,17 @@ def dismiss_ids(conn: Connection, ids: Sequence[int]) -> dict[str, Any]:
     missing = [i for i in wanted if i not in found]
     if missing:
         raise NotFound(f"no sync error with id {', '.join(map(str, missing))}")
-    conn.execute(
-        sa.update(sync_error)
-        .where(e.id.in_(wanted))
-        .values(status=ErrorStatus.DISMISSED, retry_at=None)
-    )
+    _dismissed(conn, [e.id.in_(wanted)], actor)
     return {"errors": len(wanted), "dismissed": len(wanted)}
 
 
-def dismiss_matching(conn: Connection, filters: ErrorFilters) -> dict[str, Any]:
+def dismiss_matching(
+    conn: Connection, filters: ErrorFilters, *, actor: str | None = None
+) -> dict[str, Any]:
     """Dismiss every *open* error matching ``filters`` (resolved ones stay resolved)."""
     where = [*where_for(conn, filters), sync_error.c.status == ErrorStatus.OPEN]
-    result = conn.execute(
-        sa.update(sync_error).where(*where).values(status=ErrorStatus.DISMISSED, retry_at=None)
-    )
-    return {"errors": result.rowcount, "dismissed": result.rowcount}
+    n = _dismissed(conn, where, actor)
+    return {"errors": n, "dismissed": n}
 
 
 # -- automatic retries --------------------------------------------------------------------
@@ -619,9 +681,25 @@ def retry_due(conn: Connection, now: datetime, limit: int = AUTO_RETRY_BATCH) ->
         )
         .exists()
     )
-    result = conn.execute(
+    requeued = conn.execute(
         sa.update(sync_queue)
         .where(q.state == EntryState.PARKED, has_error)
         .values(state=EntryState.PENDING, next_attempt_at=now, claimed_by=None, claimed_until=None)
+        .returning(q.object, q.direction, q.record_key, q.record_id, q.operation)
+    ).all()
+    history.write(
+        conn,
+        (
+            history.event(
+                obj,
+                history.key_of(rid, key if direction == Direction.FROM_CRM else None),
+                EventKind.RETRIED,
+                now,
+                direction=direction,
+                operation=operation,
+                detail={"by": "auto_retry"},
+            )
+            for obj, direction, key, rid, operation in requeued
+        ),
     )
-    return int(result.rowcount)
+    return len(requeued)

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from crmsync.store import sync_errors
 from crmsync.store.db import write_transaction
 from crmsync.web.api_errors import RetryRequest
-from crmsync.web.auth import require_api_auth
+from crmsync.web.auth import actor_of, require_api_auth
 from crmsync.web.errors import error_responses
 
 router = APIRouter(
@@ -40,5 +40,5 @@ def dismiss_errors(
     given = body.model_dump(exclude={"ids"})
     with write_transaction(engine) as conn:
         return sync_errors.dismiss_selected(
-            conn, request.app.state.specs, ids=body.ids, given=given
+            conn, request.app.state.specs, ids=body.ids, given=given, actor=actor_of(request)
         )

@@ -16,7 +16,7 @@ from crmsync.store.db import write_transaction
 from crmsync.store.params import check_choice
 from crmsync.store.status import DIRECTIONS, OPERATIONS
 from crmsync.store.sync_errors import ErrorFilters
-from crmsync.web.auth import require_api_auth
+from crmsync.web.auth import actor_of, require_api_auth
 from crmsync.web.errors import error_responses
 
 router = APIRouter(
@@ -170,18 +170,20 @@ def retry_errors(
     body = body or RetryRequest()
     given = body.model_dump(exclude={"ids"})
     with write_transaction(engine) as conn:
-        return sync_errors.retry(conn, request.app.state.specs, ids=body.ids, given=given)
+        return sync_errors.retry(
+            conn, request.app.state.specs, ids=body.ids, given=given, actor=actor_of(request)
+        )
 
 
 @router.post("/{id}/retry", response_model=RetryResult, responses=error_responses(404))
-def retry_error(engine: Store, id: ErrorId) -> dict[str, Any]:
+def retry_error(request: Request, engine: Store, id: ErrorId) -> dict[str, Any]:
     """Queue this error's record again; the error resolves when it syncs."""
     with write_transaction(engine) as conn:
-        return sync_errors.retry_ids(conn, [id])
+        return sync_errors.retry_ids(conn, [id], actor=actor_of(request))
 
 
 @router.post("/{id}/dismiss", response_model=ErrorItem, responses=error_responses(404))
-def dismiss_error(engine: Store, id: ErrorId) -> dict[str, Any]:
+def dismiss_error(request: Request, engine: Store, id: ErrorId) -> dict[str, Any]:
     """Hide this error from the open list (it stays under status=dismissed and all)."""
     with write_transaction(engine) as conn:
-        return sync_errors.dismiss(conn, id)
+        return sync_errors.dismiss(conn, id, actor=actor_of(request))

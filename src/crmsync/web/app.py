@@ -16,11 +16,13 @@ from crmsync.domain import ObjectSpec
 from crmsync.mapping import activate as activate_mapping
 from crmsync.store import migrate
 from crmsync.store.db import create_store_engine
+from crmsync.store.history import configure as configure_history
 from crmsync.web import (
     api_conflicts,
     api_control,
     api_docs,
     api_errors,
+    api_history,
     api_jobs,
     api_records,
     api_status,
@@ -46,6 +48,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     """Build the app. Without ``engine`` one is created from settings (and disposed of
     at shutdown); a given engine stays the caller's."""
     activate_mapping(settings.object_specs())
+    configure_history(enabled=settings.history, retention_days=settings.history_retention_days)
     own_engine = engine is None
     store = engine if engine is not None else create_store_engine(settings.database_url)
 
@@ -62,6 +65,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         upkeep.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await upkeep
+        dynamics = getattr(app.state, "dynamics", None)
+        if dynamics is not None:  # built by the first live read (web/api_history.py)
+            await dynamics.aclose()
         if own_engine:
             store.dispose()
 
@@ -103,6 +109,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
 
     install_error_handlers(app)
     app.include_router(api_records.router)
+    app.include_router(api_history.router)
     app.include_router(api_status.router)
     app.include_router(api_errors.router)
     app.include_router(api_conflicts.router)

@@ -16,6 +16,8 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
+from crmsync.web.session import SESSION_USER, session_check
+
 CredentialCheck = Callable[[Request], bool]
 
 API_PREFIX = "/api/v1"
@@ -64,3 +66,13 @@ def require_api_auth(
             401, "missing credentials: send Authorization: Bearer <token>", headers=CHALLENGE
         )
     raise HTTPException(401, "invalid credentials", headers=CHALLENGE)
+
+
+def actor_of(request: Request) -> str:
+    """Who makes this request, as the history records it: ``api:CRMSYNC_API_TOKEN``
+    for the bearer token, ``console:<user>`` for the console's session."""
+    checks: list[CredentialCheck] = request.app.state.credential_checks
+    if any(check(request) for check in checks if check is not session_check):
+        return "api:CRMSYNC_API_TOKEN"
+    user = request.session.get(SESSION_USER) if "session" in request.scope else None
+    return f"console:{user}" if isinstance(user, str) else "api"

@@ -33,6 +33,7 @@ _CODES = {
     406: "not_acceptable",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    502: "dynamics_unavailable",
     503: "unavailable",
 }
 # Where FastAPI's validation errors say the bad value was; the rest of loc is the field.

@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from crmsync.web import errors
-from crmsync.web.console import errors_page, login, status_page
+from crmsync.web.console import errors_page, login, record_page, status_page
 from crmsync.web.console.render import STATIC_DIR, redirect, render
 from crmsync.web.csrf import CsrfRejected
 from crmsync.web.errors import error_response
@@ -65,6 +65,7 @@ def install(app: FastAPI) -> None:
     app.include_router(login.router)
     app.include_router(status_page.router)
     app.include_router(errors_page.router)
+    app.include_router(record_page.router)
     for path in ("/", "/admin", "/admin/microsoft-dynamics"):
         app.add_api_route(
             path,

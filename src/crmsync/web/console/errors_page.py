@@ -34,6 +34,7 @@ from crmsync.store.db import write_transaction
 from crmsync.store.records import NotFound
 from crmsync.store.status import DIRECTIONS, OPERATIONS
 from crmsync.store.sync_errors import ErrorFilters
+from crmsync.web.auth import actor_of
 from crmsync.web.console import views
 from crmsync.web.console.login import require_login
 from crmsync.web.console.render import notify, redirect, render, settings_of
@@ -294,7 +295,13 @@ async def _action(request: Request, action: str) -> Response:
             notify(request, "Select one or more errors first.", "error")
             return redirect(PATH, back)
         result = await run_in_threadpool(
-            _apply, store_of(request), request.app.state.specs, action, filters, ids
+            _apply,
+            store_of(request),
+            request.app.state.specs,
+            action,
+            filters,
+            ids,
+            actor_of(request),
         )
     except (ValidationFailed, NotFound) as exc:
         notify(request, f"Nothing done: {exc}", "error")
@@ -319,14 +326,19 @@ def action_message(action: str, result: Mapping[str, int]) -> str:
 
 
 def _apply(
-    engine: Engine, specs: Any, action: str, filters: ErrorFilters, ids: list[int] | None
+    engine: Engine,
+    specs: Any,
+    action: str,
+    filters: ErrorFilters,
+    ids: list[int] | None,
+    actor: str | None = None,
 ) -> dict[str, Any]:
     # The same entry points as the API's and the CLI's: ids, or the filters as raw values.
     given = None if ids is not None else api_query(filters)
     with write_transaction(engine) as conn:
         if action == "retry":
-            return sync_errors.retry(conn, specs, ids=ids, given=given)
-        return sync_errors.dismiss_selected(conn, specs, ids=ids, given=given)
+            return sync_errors.retry(conn, specs, ids=ids, given=given, actor=actor)
+        return sync_errors.dismiss_selected(conn, specs, ids=ids, given=given, actor=actor)
 
 
 @router.post(PATH + "/retry")

@@ -1,0 +1,84 @@
+"""One record's two sides, field by field. Pure: data in, comparison out.
+
+Values are compared in the one form crmsync keeps and sends (``convert.to_dataverse``
+of the local value, ``convert.canonical`` of Dynamics'), so ``1.5`` and ``1.50``, or
+two spellings of one instant, are the same. A lookup is compared as the local id of its
+target (Dynamics' GUID resolved through ``parents``; unresolved, the GUID stays and
+differs). A value that does not fit its field is kept as it is, and so differs. Used by
+``GET /api/v1/records/{object}/{id}/compare`` and meant for an audit of many records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from crmsync.domain import FieldType, ObjectSpec
+from crmsync.mapping.convert import DoesNotFit, canonical, to_dataverse
+
+
+@dataclass(frozen=True)
+class FieldComparison:
+    field: str
+    local: Any
+    dynamics: Any
+    last_synced: Any
+    same: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _local_form(spec: ObjectSpec, column: str, value: Any) -> Any:
+    field = spec.field_specs.get(column)
+    if field is None or field.type is FieldType.LOOKUP or value is None:
+        return value
+    with contextlib.suppress(DoesNotFit):
+        return to_dataverse(field, value)
+    return value
+
+
+def _dynamics_form(
+    spec: ObjectSpec,
+    column: str,
+    row: Mapping[str, Any],
+    parents: Mapping[tuple[str, str], int],
+) -> Any:
+    for lk in spec.lookups:
+        if lk.column == column:
+            crm_id = row.get(lk.value_attribute)
+            if not crm_id:
+                return None
+            return parents.get((lk.target, str(crm_id).lower()), str(crm_id).lower())
+    value = row.get(spec.fields[column])
+    field = spec.field_specs.get(column)
+    if field is None or value is None:
+        return value
+    with contextlib.suppress(DoesNotFit):
+        return canonical(field, value)
+    return value
+
+
+def compare_fields(
+    spec: ObjectSpec,
+    local: Mapping[str, Any] | None,
+    dynamics: Mapping[str, Any] | None,
+    synced: Mapping[str, Any] | None,
+    parents: Mapping[tuple[str, str], int] | None = None,
+) -> list[FieldComparison]:
+    """Every mapped column of ``spec``: the local row's value, Dynamics' row's (its
+    Web API JSON; None when the record is missing there), the last synced value."""
+    out = []
+    for column in spec.columns:
+        mine = _local_form(spec, column, (local or {}).get(column))
+        theirs = _dynamics_form(spec, column, dynamics, parents or {}) if dynamics else None
+        base = (synced or {}).get(column)
+        same = local is not None and dynamics is not None and mine == theirs
+        out.append(FieldComparison(column, mine, theirs, base, same))
+    return out
+
+
+def in_sync(fields: list[FieldComparison]) -> bool:
+    return all(f.same for f in fields)
