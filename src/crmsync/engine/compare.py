@@ -15,13 +15,12 @@ agreed on at the last sync (``sync_record.synced_values``, kept in the same JSON
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from crmsync.domain import FieldSpec, FieldType, ObjectSpec
-from crmsync.mapping.convert import DoesNotFit, canonical, encoder
+from crmsync.mapping.compare import dynamics_json, local_json
 
 # The parents' Dynamics ids: (target object, local id) -> crm_id (None: not in Dynamics).
 Parents = Mapping[tuple[str, int], str | None]
@@ -42,24 +41,6 @@ class FieldDifference:
 
 def _plain(value: Any) -> Any:
     return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
-
-
-def local_json(field: FieldSpec | None, value: Any) -> Any:
-    """A local value in the JSON form crmsync compares (as it is if it does not fit)."""
-    if field is None or field.type is FieldType.LOOKUP:
-        return value
-    with contextlib.suppress(DoesNotFit):
-        return encoder(field)(value)
-    return value
-
-
-def dynamics_json(field: FieldSpec | None, value: Any) -> Any:
-    """Dynamics' JSON value in its canonical form (as it is if it does not fit)."""
-    if field is None or field.type is FieldType.LOOKUP:
-        return value
-    with contextlib.suppress(DoesNotFit):
-        return canonical(field, value)
-    return value
 
 
 def _text(value: Any) -> str | None:

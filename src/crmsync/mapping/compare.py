@@ -5,7 +5,8 @@ of the local value, ``convert.canonical`` of Dynamics'), so ``1.5`` and ``1.50``
 two spellings of one instant, are the same. A lookup is compared as the local id of its
 target (Dynamics' GUID resolved through ``parents``; unresolved, the GUID stays and
 differs). A value that does not fit its field is kept as it is, and so differs. Used by
-``GET /api/v1/records/{object}/{id}/compare`` and meant for an audit of many records.
+``GET /api/v1/records/{object}/{id}/compare``; its two value forms (``local_json``,
+``dynamics_json``) by the drift audit's ``engine/compare.py``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from crmsync.domain import FieldType, ObjectSpec
-from crmsync.mapping.convert import DoesNotFit, canonical, to_dataverse
+from crmsync.domain import FieldSpec, FieldType, ObjectSpec
+from crmsync.mapping.convert import DoesNotFit, canonical, encoder
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,21 @@ class FieldComparison:
         return asdict(self)
 
 
-def _local_form(spec: ObjectSpec, column: str, value: Any) -> Any:
-    field = spec.field_specs.get(column)
+def local_json(field: FieldSpec | None, value: Any) -> Any:
+    """A local value in the JSON form crmsync compares (as it is if it does not fit)."""
     if field is None or field.type is FieldType.LOOKUP or value is None:
         return value
     with contextlib.suppress(DoesNotFit):
-        return to_dataverse(field, value)
+        return encoder(field)(value)
+    return value
+
+
+def dynamics_json(field: FieldSpec | None, value: Any) -> Any:
+    """Dynamics' JSON value in its canonical form (as it is if it does not fit)."""
+    if field is None or field.type is FieldType.LOOKUP or value is None:
+        return value
+    with contextlib.suppress(DoesNotFit):
+        return canonical(field, value)
     return value
 
 
@@ -52,13 +62,7 @@ def _dynamics_form(
             if not crm_id:
                 return None
             return parents.get((lk.target, str(crm_id).lower()), str(crm_id).lower())
-    value = row.get(spec.fields[column])
-    field = spec.field_specs.get(column)
-    if field is None or value is None:
-        return value
-    with contextlib.suppress(DoesNotFit):
-        return canonical(field, value)
-    return value
+    return dynamics_json(spec.field_specs.get(column), row.get(spec.fields[column]))
 
 
 def compare_fields(
@@ -72,7 +76,7 @@ def compare_fields(
     Web API JSON; None when the record is missing there), the last synced value."""
     out = []
     for column in spec.columns:
-        mine = _local_form(spec, column, (local or {}).get(column))
+        mine = local_json(spec.field_specs.get(column), (local or {}).get(column))
         theirs = _dynamics_form(spec, column, dynamics, parents or {}) if dynamics else None
         base = (synced or {}).get(column)
         same = local is not None and dynamics is not None and mine == theirs
