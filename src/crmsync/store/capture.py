@@ -282,12 +282,6 @@ def ensure_triggers(engine: Engine, specs: Iterable[ObjectSpec]) -> list[str] | 
 # --- the fold -----------------------------------------------------------------------------
 
 
-def touch_statement(obj: str) -> sa.TextClause:
-    """The statement that queues ``obj``'s record ``:record_id`` as it is now (a fold's
-    insert or update; params ``record_id``, ``first_at``, ``last_at``): also resync's."""
-    return _touch(obj)
-
-
 def _touch(obj: str) -> sa.TextClause:
     spec = spec_of(obj)
     return _touch_statement(obj, spec.table, spec.label_column, spec.id_column, spec.crm_id_column)

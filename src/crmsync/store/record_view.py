@@ -24,7 +24,7 @@ from crmsync.store.local_tables import local_table
 from crmsync.store.params import MAX_ID, check_text, iso
 from crmsync.store.records import NotFound
 from crmsync.store.schema import sync_error, sync_record
-from crmsync.store.sync_errors import to_item
+from crmsync.store.sync_errors import error_columns, to_item
 from crmsync.store.types import utcnow
 from crmsync.values import LocalRef
 
@@ -61,7 +61,7 @@ def load(conn: Connection, spec: ObjectSpec, record_id: int) -> RecordView:
     e = sync_error.c
     keys = [str(record_id), *([str(crm_id).lower()] if crm_id else [])]
     errors = conn.execute(
-        sa.select(sync_error)
+        error_columns()
         .where(
             e.object == spec.name,
             e.status == ErrorStatus.OPEN,
@@ -80,12 +80,7 @@ def load(conn: Connection, spec: ObjectSpec, record_id: int) -> RecordView:
 
 
 def _error(row: Any) -> dict[str, Any]:
-    item = to_item(row)
-    # Columns a later schema adds (field, category, fix) come along when present.
-    for extra in ("field", "category", "fix"):
-        if extra in row:
-            item[extra] = row[extra]
-    return item
+    return to_item(row)
 
 
 def parents(

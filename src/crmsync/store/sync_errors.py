@@ -250,7 +250,8 @@ def _column(name: str) -> ColumnElement[Any]:
     return fix_expression() if name == "fix" else sync_error.c[name]
 
 
-def _select() -> sa.Select[Any]:
+def error_columns() -> sa.Select[Any]:
+    """A select of the ERROR fields (``fix`` worked out), for ``to_item``."""
     return sa.select(*(_column(name) for name in ERROR_FIELDS))
 
 
@@ -275,7 +276,7 @@ def list_errors(
         at, last_id = decode_cursor(_CURSOR_PREFIX, cursor)
         page_where.append(before_cursor(sync_error.c.last_failed_at, sync_error.c.id, at, last_id))
     rows = (
-        conn.execute(_select().where(*page_where).order_by(*_NEWEST_FIRST).limit(limit + 1))
+        conn.execute(error_columns().where(*page_where).order_by(*_NEWEST_FIRST).limit(limit + 1))
         .mappings()
         .all()
     )
@@ -443,7 +444,7 @@ def _stream_rows(engine: Engine, filters: ErrorFilters) -> Iterator[tuple[object
     times = [i for i, name in enumerate(ERROR_FIELDS) if name in _TIME_COLUMNS]
     with engine.connect() as conn:
         streaming = conn.execution_options(stream_results=True, yield_per=EXPORT_BATCH)
-        query = _select().where(*where_for(conn, filters)).order_by(*_NEWEST_FIRST)
+        query = error_columns().where(*where_for(conn, filters)).order_by(*_NEWEST_FIRST)
         for row in streaming.execute(query):
             values = list(row)
             for i in times:
@@ -611,7 +612,7 @@ def dismiss(conn: Connection, error_id: int, *, actor: str | None = None) -> dic
     if not 1 <= error_id <= MAX_ID:
         raise NotFound(f"no sync error with id {error_id}")
     _dismissed(conn, [sync_error.c.id == error_id], actor)
-    row = conn.execute(_select().where(sync_error.c.id == error_id)).mappings().first()
+    row = conn.execute(error_columns().where(sync_error.c.id == error_id)).mappings().first()
     if row is None:
         raise NotFound(f"no sync error with id {error_id}")
     return to_item(row)
