@@ -80,15 +80,16 @@ class ThrottleGate:
 
 
 # What Dataverse charges, in ms (docs/emulator.md "Execution time": published 1,000-record
-# runs; overheads inferred). The client's own estimate of a request's execution time,
-# raised to the time it measured when that is longer.
+# runs; overheads inferred): the client's own estimate of a request's execution time.
+# Wall time is no measure of it (it includes queueing at a busy server); an execution-time
+# 429 tells the estimate was low (``ExecutionBudget.on_throttle``).
 COST_MS = {"single": 149.0, "batch": 100.0, "multiple": 100.0, "read_page": 100.0}
 PER_RECORD_MS = {"UpsertMultiple": 19.27, "UpdateMultiple": 19.27, "CreateMultiple": 10.9}
 READ_ROW_MS = 0.31
 # Requests this cheap or cheaper may use the last ``SMALL_RESERVE`` of the budget, which
 # bulk requests leave free: an interactive edit never waits behind a bulk backlog.
 SMALL_MS = 1_000.0
-SMALL_RESERVE = 0.1
+SMALL_RESERVE = 0.03
 
 
 def estimate_ms(kind: str, records: int = 1) -> float:
@@ -113,8 +114,8 @@ class ExecutionBudget:
 
     budget_ms: float = 1_200_000.0
     window_s: float = 300.0
-    share: float = 0.95
-    top: float = 0.95
+    share: float = 0.98
+    top: float = 0.98
     floor: float = 0.3
 
     def __post_init__(self) -> None:
@@ -124,6 +125,8 @@ class ExecutionBudget:
     def spent(self, now: float) -> float:
         while self._spent and self._spent[0][0] <= now - self.window_s:
             self._total -= self._spent.popleft()[1]
+        if not self._spent:
+            self._total = 0.0  # no float drift left over from the sums
         return max(0.0, self._total)
 
     def charge(self, now: float, ms: float) -> None:
@@ -270,11 +273,6 @@ class Limiter:
         """Call ``listener(retry_after)`` on every 429 this process sees; it runs in the
         sending task, so it must not block."""
         self._listeners.append(listener)
-
-    def measured(self, estimate_ms: float, elapsed_ms: float) -> None:
-        """A request took ``elapsed_ms``: whatever it took beyond the estimate charged
-        when it was sent is charged too (server time is at most the time we waited)."""
-        self.budget.charge(self._clock(), elapsed_ms - estimate_ms)
 
     def throttled(self, retry_after: float, *, execution: bool = False) -> None:
         now = self._clock()

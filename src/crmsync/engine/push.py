@@ -27,7 +27,14 @@ from crmsync.engine import bulk
 from crmsync.engine.changes import MODIFIED_BY
 from crmsync.engine.plan import Send, Step, plan_batch
 from crmsync.engine.verdict import Parked, Retry, RetryPolicy, Stale, Synced, Unusable, judge
-from crmsync.errors import Fatal, ObjectUnusable, RecordRejected, Refusal, StaleRecord
+from crmsync.errors import (
+    CrmsyncError,
+    Fatal,
+    ObjectUnusable,
+    RecordRejected,
+    Refusal,
+    StaleRecord,
+)
 from crmsync.store import outbound, queue
 from crmsync.store.db import capture_suppressed, write_transaction
 from crmsync.store.status import pause_unusable
@@ -53,7 +60,7 @@ PUSH_DEFER_SECONDS = 1.0
 THIN_CLAIM_INTERVAL = 1 / 15
 # A bulk request costs at most this share of the execution budget per window: a large
 # one is charged whole and overshoots (every lane then waits out a 429).
-BULK_SHARE = 0.05
+BULK_SHARE = 0.1
 
 
 @dataclass
@@ -229,6 +236,8 @@ class Pusher:
         return [by_entry[s.entry.id] for s in sends]
 
     async def _send_group(self, group: bulk.Group) -> list[ItemResult]:
+        if group.message is None and len(group.sends) == 1:
+            return [await self._single(group.sends[0])]
         if group.message is None:
             return await self.client.write_batch([s.write for s in group.sends])
         spec = self.specs[group.object]
@@ -260,6 +269,15 @@ class Pusher:
                 r = replace(r, etag=bulk.etag_after(s, after, self._own_user))
             results[s.entry.id] = r
         return [results[s.entry.id] for s in group.sends]
+
+    async def _single(self, send: Send) -> ItemResult:
+        """A lone write as one request (~149 ms of execution, a $batch of one ~249)."""
+        try:
+            return await self.client.write(send.write)
+        except (Fatal, ObjectUnusable):
+            raise
+        except CrmsyncError as exc:
+            return ItemResult(crm_id=send.write.record_id, error=exc)
 
     async def _read_back(
         self, entity_set: str, primary_key: str, sends: Sequence[Send]
