@@ -295,8 +295,10 @@ class DataverseClient:
         select: Sequence[str] = (),
         filter: str | None = None,
         page_size: int = MAX_PAGE_SIZE,
+        rows: int = 1,
     ) -> AsyncIterator[Page]:
-        """Pages of a query, following ``@odata.nextLink`` until there is none."""
+        """Pages of a query, following ``@odata.nextLink`` until there is none; ``rows``:
+        how many a page is expected to hold (its execution time estimate)."""
         params: dict[str, str] = {}
         if select:
             params["$select"] = ",".join(select)
@@ -305,7 +307,8 @@ class DataverseClient:
         url: str | None = _with_query(entity_set, params)
         headers = {"Prefer": max_page_size(page_size)}
         while url is not None:
-            resp = await self._send("GET", url, headers=headers)
+            cost = estimate_ms("read", min(rows, page_size))
+            resp = await self._send("GET", url, headers=headers, cost_ms=cost)
             page = parse_page(resp.json())
             yield page
             url = page.next_link
@@ -347,7 +350,7 @@ class DataverseClient:
                 f"Microsoft.Dynamics.CRM.In(PropertyName='{primary_key}',PropertyValues=[{values}])"
             )
             names = list(dict.fromkeys([primary_key, *select]))
-            async for page in self.query(entity_set, select=names, filter=flt):
+            async for page in self.query(entity_set, select=names, filter=flt, rows=len(chunk)):
                 for row in page.rows:
                     key = row.get(primary_key)
                     if isinstance(key, str):

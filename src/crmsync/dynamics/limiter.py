@@ -118,9 +118,12 @@ class ExecutionBudget:
     top: float = 0.98
     floor: float = 0.3
 
+    cooldown: float = 1.0  # 429s of one burst arrive together: one cut for them all
+
     def __post_init__(self) -> None:
-        self._spent: deque[tuple[float, float]] = deque()
+        self._spent: deque[list[float]] = deque()  # [charged at, ms], oldest first
         self._total = 0.0
+        self._last_cut = float("-inf")
 
     def spent(self, now: float) -> float:
         while self._spent and self._spent[0][0] <= now - self.window_s:
@@ -129,10 +132,26 @@ class ExecutionBudget:
             self._total = 0.0  # no float drift left over from the sums
         return max(0.0, self._total)
 
-    def charge(self, now: float, ms: float) -> None:
-        if ms > 0:
-            self._spent.append((now, ms))
-            self._total += ms
+    def charge(self, now: float, ms: float) -> list[float] | None:
+        """Reserve ``ms`` at ``now``; the handle lets ``finished`` move it later."""
+        if ms <= 0:
+            return None
+        entry = [now, ms]
+        self._spent.append(entry)
+        self._total += ms
+        return entry
+
+    def finished(self, entry: list[float] | None, now: float) -> None:
+        """The request answered: Dataverse counts its time from the end of it, so the
+        reservation slides to ``now`` (else the window frees it too early)."""
+        if entry is None or entry[0] >= now:
+            return
+        try:
+            self._spent.remove(entry)
+        except ValueError:
+            return  # already out of the window
+        entry[0] = now
+        self._spent.append(entry)
 
     def wait(self, now: float, ms: float) -> float:
         """Seconds until a request of ``ms`` fits (0 now). Bulk-sized requests keep the
@@ -149,11 +168,14 @@ class ExecutionBudget:
                 return max(0.0, at + self.window_s - now)
         return max(0.0, self._spent[-1][0] + self.window_s - now)
 
-    def on_throttle(self) -> None:
-        self.share = max(self.floor, self.share * 0.8)
+    def on_throttle(self, now: float) -> None:
+        if now - self._last_cut < self.cooldown:
+            return
+        self._last_cut = now
+        self.share = max(self.floor, self.share * 0.9)
 
     def on_success(self) -> None:
-        self.share = min(self.top, self.share + 0.002)
+        self.share = min(self.top, self.share + 0.01)
 
 
 @dataclass(frozen=True)
@@ -249,12 +271,13 @@ class Limiter:
                     continue  # throttled while we queued: wait again, holding nothing
                 if self.budget.wait(self._clock(), cost_ms) > 0:
                     continue  # another lane took the budget meanwhile
-                self.budget.charge(self._clock(), cost_ms)
+                reserved = self.budget.charge(self._clock(), cost_ms)
                 self._in_flight += 1
                 break
         try:
             yield
         finally:
+            self.budget.finished(reserved, self._clock())
             async with cond:
                 self._in_flight -= 1
                 cond.notify_all()
@@ -277,7 +300,7 @@ class Limiter:
     def throttled(self, retry_after: float, *, execution: bool = False) -> None:
         now = self._clock()
         if execution:
-            self.budget.on_throttle()
+            self.budget.on_throttle(now)
         self.gate.close_for(now, retry_after)
         self.limit.on_throttle(now)
         for listener in self._listeners:

@@ -124,11 +124,17 @@ async def test_bulk_messages_are_charged_per_request_and_per_target(dv: Dv, mete
         "POST", "leads/Microsoft.Dynamics.CRM.UpsertMultiple", json={"Targets": upsert}
     )
     assert r.status_code == 200 and await meter.delta() == {"UpsertMultiple": 7 + 2 * 3}
-    # A standard table fails the whole request on one bad target; all 5 were worked on.
+    # A standard table fails the whole request on one bad target; all 5 were worked on
+    # (the bad one last).
     bad = [*targets(4), {"@odata.type": LEAD, "lastname": "x" * 51}]
     r = await dv.req("POST", "leads/Microsoft.Dynamics.CRM.CreateMultiple", json={"Targets": bad})
     assert error(r)[:2] == (400, "0x80044331")
     assert await meter.delta() == {"CreateMultiple": 7 + 5 * 1}
+    # It stops at the bad target: one refused first is charged as one target.
+    bad = [{"@odata.type": LEAD, "lastname": "x" * 51}, *targets(4)]
+    r = await dv.req("POST", "leads/Microsoft.Dynamics.CRM.CreateMultiple", json={"Targets": bad})
+    assert error(r)[:2] == (400, "0x80044331")
+    assert await meter.delta() == {"CreateMultiple": 7 + 1 * 1}
 
 
 async def test_reads_are_charged_per_page_and_per_row(dv: Dv, meter: Meter) -> None:
