@@ -69,7 +69,7 @@ from crmsync.errors import (
     StaleRecord,
 )
 from crmsync.logs import Conditions
-from crmsync.observability import count_crm_response
+from crmsync.observability import count_crm_response, record_ratelimit
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +217,7 @@ class DataverseClient:
             remaining = parse_ratelimit(resp.headers)
             if remaining is not None:
                 self.ratelimit = remaining
+                record_ratelimit(remaining.requests, remaining.execution_s)
             if resp.status_code < 400:
                 await self.limiter.succeeded(parse_dop_hint(resp.headers.get("x-ms-dop-hint")))
                 if self.conditions.active:

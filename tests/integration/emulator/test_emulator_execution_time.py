@@ -10,7 +10,9 @@ from typing import Any
 import httpx
 import pytest
 from dvclient import Dv, batch_body, error, http_part, send_batch, token
+from prometheus_client import CollectorRegistry
 
+from crmsync import observability
 from crmsync.dynamics.auth import StaticTokenProvider
 from crmsync.dynamics.client import DataverseClient
 from crmsync.dynamics.faults import Throttled
@@ -382,3 +384,10 @@ async def test_the_client_reads_what_is_left(client: httpx.AsyncClient, emulator
             await dv.create("leads", {"lastname": "B"})
     # The 429 carries them too: nothing left of the budget, the request not counted.
     assert dv.ratelimit == RateLimitRemaining(requests=9, execution_s=0.0)
+    # For operators on /metrics (web.metrics registers the same gauges).
+    registry = CollectorRegistry()
+    registry.register(observability.RATELIMIT_REQUESTS)
+    registry.register(observability.RATELIMIT_EXECUTION)
+    assert registry.get_sample_value("crmsync_dynamics_ratelimit_remaining_requests") == 9
+    left = registry.get_sample_value("crmsync_dynamics_ratelimit_remaining_execution_seconds")
+    assert left == 0.0
