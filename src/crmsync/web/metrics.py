@@ -10,10 +10,8 @@ Series (the first five are the contract's; what each means is beside its family)
 ``crmsync_synced_records_total{object,direction,operation}``,
 ``crmsync_sync_errors_total{object,direction,code}``, ``crmsync_crm_requests_total{status}``
 (HTTP responses from Dynamics to this process's client, ``observability``),
-``crmsync_dynamics_throttled_until_timestamp_seconds``,
-``crmsync_dynamics_ratelimit_remaining_requests`` and ``..._execution_seconds`` (the last
-x-ms-ratelimit-* headers this process's client saw, ``observability``) and
-``crmsync_alert_active{alert,object}``.
+``crmsync_dynamics_throttled_until_timestamp_seconds``, ``crmsync_alert_active{alert,
+object}`` and the ``observability`` gauges ``crmsync_dynamics_ratelimit_remaining_*``.
 """
 
 from __future__ import annotations
