@@ -60,7 +60,7 @@ PUSH_DEFER_SECONDS = 1.0
 THIN_CLAIM_INTERVAL = 1 / 15
 # The fresh lane (``push_fresh``): changes due in the last FRESH_SECONDS, newest first,
 # at most FRESH_LIMIT a claim.
-FRESH_SECONDS = 10.0
+FRESH_SECONDS = 5.0
 FRESH_LIMIT = 50
 # A bulk request costs at most this share of the execution budget per window: a large
 # one is charged whole and overshoots (every lane then waits out a 429).
