@@ -2,7 +2,9 @@
 
 Usage: ``.venv/bin/python bench/push.py [--seconds 20] [--rounds 3] [--batch-size 100]
 [--object lead|wide]`` (``wide``: 40 mapped fields of mixed types, ``bench/wide.py``, the
-bodies built and converted as the engine builds them)
+bodies built and converted as the engine builds them). ``--cost-model dataverse
+[--records N] [--bad 0.01] [--edits]`` runs the engine's drain instead
+(``bench/bulk_drain.py``), ending with the contract's ``drain:`` line.
 
 The emulator runs with uvicorn on 127.0.0.1 in a separate process, configured with
 Dataverse's service-protection limits scaled down in time (6,000 requests per 300 s
@@ -47,6 +49,7 @@ from typing import Any
 
 import httpx
 
+import bulk_drain  # bench/bulk_drain.py
 from crmsync.config import load_settings
 from crmsync.dynamics.client import DataverseClient
 from crmsync.dynamics.writes import ItemResult, Write
@@ -211,7 +214,40 @@ def main() -> None:
     p.add_argument("--per-record-ms", type=float, default=1)
     p.add_argument("--modes", default="batch,multiple,naive")
     p.add_argument("--object", choices=["lead", "wide"], default="lead")
+    p.add_argument(
+        "--cost-model",
+        choices=["flat", "dataverse"],
+        default="flat",
+        help="dataverse: the drain of bench/bulk_drain.py (bulk vs $batch-only engine)",
+    )
+    p.add_argument("--records", type=int, default=25_000, help="dataverse: backlog (1000000 ok)")
+    p.add_argument("--baseline-records", type=int, default=10_000)
+    p.add_argument(
+        "--baseline-batch-size", type=int, default=100, help="the $batch-only engine's claim"
+    )
+    p.add_argument("--baseline-seconds", type=float, default=None, help="default 3 windows")
+    p.add_argument("--bad", type=float, default=0.0, help="dataverse: share of refused records")
+    p.add_argument("--edits", action="store_true", help="dataverse: an edit a second meanwhile")
+    p.add_argument("--timeout", type=float, default=7200)
     args = p.parse_args()
+    if args.cost_model == "dataverse":
+        if "--window" not in sys.argv:
+            args.window = 60.0
+        if "--lanes" not in sys.argv:
+            args.lanes = 4
+        if "--batch-size" not in sys.argv:
+            args.batch_size = 1000
+        if "--latency-ms" not in sys.argv:
+            args.latency_ms = 50
+        args.baseline_seconds = args.baseline_seconds or 3 * args.window
+        logging.getLogger("crmsync").setLevel(logging.ERROR)
+        proc, url = start_emulator({})
+        try:
+            bulk_drain.main(args, url)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+        return
     logging.getLogger("crmsync").setLevel(logging.ERROR)
     objects = wide_mapping() if args.object == "wide" else {}
     OBJECT["name"] = args.object

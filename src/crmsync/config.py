@@ -105,6 +105,18 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(
         52, ge=1, le=52, description="Requests in flight to Dynamics (52 is Dataverse's limit)"
     )
+    push_bulk: bool = Field(
+        True,
+        description="Inserts and updates as UpsertMultiple/UpdateMultiple (false: $batch only)",
+    )
+    execution_budget_ms: int = Field(
+        1_200_000,
+        ge=1,
+        description="Dataverse execution time allowed per application user per window (ms)",
+    )
+    execution_window_seconds: float = Field(
+        300.0, gt=0, le=86400, description="Dataverse's execution-time window (seconds)"
+    )
     duplicate_detection: bool = Field(
         True, description="Ask Dynamics to apply its duplicate detection rules on creates"
     )

@@ -89,6 +89,8 @@ async def test_metrics_series(app, engine: Engine):
     assert key(errors, object="account", direction="from_crm", code="0x80040216") not in got
     names = {f.name for f in text_string_to_metric_families(response.text)}
     assert "crmsync_crm_requests" in names  # declared; no samples until counted
+    assert "crmsync_dynamics_ratelimit_remaining_requests" in names
+    assert "crmsync_dynamics_ratelimit_remaining_execution_seconds" in names
 
 
 async def test_metrics_are_cached(app, engine: Engine, monkeypatch):

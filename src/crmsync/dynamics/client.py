@@ -32,8 +32,10 @@ from crmsync.dynamics.auth import (
 from crmsync.dynamics.faults import Throttled, TokenRejected, classify, from_transport_error
 from crmsync.dynamics.limiter import (
     AdaptiveLimit,
+    ExecutionBudget,
     Limiter,
     RateLimitRemaining,
+    estimate_ms,
     parse_dop_hint,
     parse_ratelimit,
 )
@@ -67,7 +69,7 @@ from crmsync.errors import (
     StaleRecord,
 )
 from crmsync.logs import Conditions
-from crmsync.observability import count_crm_response
+from crmsync.observability import count_crm_response, record_ratelimit
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,10 @@ ODATA_HEADERS = {
     "OData-Version": "4.0",
 }
 DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
+# Ids per read-back query: 36-character GUIDs, quoted, keep the URL near 21 KB (Dataverse
+# refuses URLs over 32 KB outside $batch; inferred from IIS defaults, kept well under).
+VERSION_CHUNK = 500
+EXECUTION_TIME_CODE = "0x80072321"  # 429: combined execution time over the limit
 
 
 def _now() -> float:
@@ -142,7 +148,9 @@ class DataverseClient:
             )
             tokens = CachingTokenProvider(source_for(creds, transport))
         limit = AdaptiveLimit(ceiling=settings.max_concurrency, current=settings.max_concurrency)
-        return cls(settings.dynamics_url, tokens, transport=transport, limiter=Limiter(limit))
+        budget = ExecutionBudget(settings.execution_budget_ms, settings.execution_window_seconds)
+        limiter = Limiter(limit, budget=budget)
+        return cls(settings.dynamics_url, tokens, transport=transport, limiter=limiter)
 
     @classmethod
     def with_static_token(cls, dynamics_url: str, token: str, **kwargs: Any) -> DataverseClient:
@@ -170,12 +178,15 @@ class DataverseClient:
         headers: Mapping[str, str] | None = None,
         json_body: Any = None,
         content: bytes | None = None,
+        cost_ms: float | None = None,
     ) -> httpx.Response:
-        """Send and return a 2xx/3xx response, or raise the classified error."""
+        """Send and return a 2xx/3xx response, or raise the classified error. ``cost_ms``:
+        the execution time the request is expected to cost (``limiter.estimate_ms``)."""
         refreshed = False
         throttles = 0
+        cost = estimate_ms("read" if method == "GET" else "single") if cost_ms is None else cost_ms
         while True:
-            async with self.limiter.slot():
+            async with self.limiter.slot(cost):
                 try:
                     token = await self._tokens.token()
                 except Retriable as exc:
@@ -206,6 +217,7 @@ class DataverseClient:
             remaining = parse_ratelimit(resp.headers)
             if remaining is not None:
                 self.ratelimit = remaining
+                record_ratelimit(remaining.requests, remaining.execution_s)
             if resp.status_code < 400:
                 await self.limiter.succeeded(parse_dop_hint(resp.headers.get("x-ms-dop-hint")))
                 if self.conditions.active:
@@ -227,7 +239,7 @@ class DataverseClient:
                 continue
             if isinstance(error, Throttled):
                 wait = error.retry_after or 0.0
-                self.limiter.throttled(wait)
+                self.limiter.throttled(wait, execution=EXECUTION_TIME_CODE in str(error))
                 self.conditions.begin(
                     "dataverse.throttled",
                     f"Dynamics is throttling requests (429, Retry-After {wait:g} s); "
@@ -285,9 +297,11 @@ class DataverseClient:
         filter: str | None = None,
         page_size: int = MAX_PAGE_SIZE,
         next_link: str | None = None,
+        rows: int = 1,
     ) -> AsyncIterator[Page]:
         """Pages of a query, following ``@odata.nextLink`` until there is none;
-        ``next_link`` resumes a query where a saved link points (the rest is ignored)."""
+        ``next_link`` resumes a query where a saved link points (the rest is ignored);
+        ``rows``: how many a page is expected to hold (its execution time estimate)."""
         params: dict[str, str] = {}
         if select:
             params["$select"] = ",".join(select)
@@ -296,7 +310,8 @@ class DataverseClient:
         url: str | None = next_link or _with_query(entity_set, params)
         headers = {"Prefer": max_page_size(page_size)}
         while url is not None:
-            resp = await self._send("GET", url, headers=headers)
+            cost = estimate_ms("read", min(rows, page_size))
+            resp = await self._send("GET", url, headers=headers, cost_ms=cost)
             page = parse_page(resp.json())
             yield page
             url = page.next_link
@@ -324,6 +339,26 @@ class DataverseClient:
             page = parse_change_page(resp.json() if resp.content.strip() else {})
             yield page
             url = page.next_link
+
+    async def versions(
+        self, entity_set: str, primary_key: str, ids: Sequence[str], select: Sequence[str] = ()
+    ) -> dict[str, dict[str, Any]]:
+        """The current rows of ``ids`` (ETag, ``select``), by lower-case id, in one query
+        per ``VERSION_CHUNK`` ids (the URL stays short); an absent record is left out."""
+        out: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), VERSION_CHUNK):
+            chunk = ids[start : start + VERSION_CHUNK]
+            values = ",".join(f"'{i}'" for i in chunk)
+            flt = (
+                f"Microsoft.Dynamics.CRM.In(PropertyName='{primary_key}',PropertyValues=[{values}])"
+            )
+            names = list(dict.fromkeys([primary_key, *select]))
+            async for page in self.query(entity_set, select=names, filter=flt, rows=len(chunk)):
+                for row in page.rows:
+                    key = row.get(primary_key)
+                    if isinstance(key, str):
+                        out[key.lower()] = row
+        return out
 
     # --- writes, one record at a time --------------------------------------------------
 
@@ -391,8 +426,9 @@ class DataverseClient:
         requests = [request_for(w) for w in writes]
         content_type, body = wire.encode_requests(requests, changesets=changesets)
         headers = {"Content-Type": content_type, "Prefer": "odata.continue-on-error"}
+        cost = estimate_ms("batch", len(writes))
         try:
-            resp = await self._send("POST", "$batch", headers=headers, content=body)
+            resp = await self._send("POST", "$batch", headers=headers, content=body, cost_ms=cost)
             responses = wire.decode_responses(resp.headers.get("content-type", ""), resp.content)
         except (Fatal, ObjectUnusable):
             raise  # about more than these items
@@ -417,11 +453,14 @@ class DataverseClient:
         logical_name: str,
         primary_key: str,
         writes: Sequence[Write],
+        *,
+        fallback: bool = True,
     ) -> list[ItemResult]:
         """``CreateMultiple``/``UpdateMultiple``/``UpsertMultiple`` on one table.
 
         On standard tables one bad record rolls the whole request back (bulk-operations),
-        so a rejection falls back to ``write_batch`` for precise per-item results.
+        so a rejection falls back to ``write_batch`` for precise per-item results; with
+        ``fallback=False`` it is raised instead (the engine bisects, ``engine/bulk.py``).
         """
         if not writes:
             return []
@@ -431,10 +470,13 @@ class DataverseClient:
             extra["MSCRM.SuppressDuplicateDetection"] = "false"
         url = f"{entity_set}/Microsoft.Dynamics.CRM.{message}"
         try:
-            resp = await self._send("POST", url, headers=extra, json_body=payload)
+            cost = estimate_ms(message, len(writes))
+            resp = await self._send("POST", url, headers=extra, json_body=payload, cost_ms=cost)
         except (Fatal, ObjectUnusable):
             raise  # about more than these items
         except (RecordRejected, StaleRecord):
+            if not fallback:
+                raise
             log.info(
                 "bulk message rejected; resending per item",
                 extra={

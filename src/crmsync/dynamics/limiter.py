@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -78,6 +79,105 @@ class ThrottleGate:
         return max(0.0, self.until - now)
 
 
+# What Dataverse charges, in ms (docs/emulator.md "Execution time": published 1,000-record
+# runs; overheads inferred): the client's own estimate of a request's execution time.
+# Wall time is no measure of it (it includes queueing at a busy server); an execution-time
+# 429 tells the estimate was low (``ExecutionBudget.on_throttle``).
+COST_MS = {"single": 149.0, "batch": 100.0, "multiple": 100.0, "read_page": 100.0}
+PER_RECORD_MS = {"UpsertMultiple": 19.27, "UpdateMultiple": 19.27, "CreateMultiple": 10.9}
+READ_ROW_MS = 0.31
+# Requests this cheap or cheaper may use the last ``SMALL_RESERVE`` of the budget, which
+# bulk requests leave free: an interactive edit never waits behind a bulk backlog.
+SMALL_MS = 1_500.0  # a fresh lane's claim of 50 as UpdateMultiple: ~1,060 ms
+SMALL_RESERVE = 0.03
+
+
+def estimate_ms(kind: str, records: int = 1) -> float:
+    """Execution time Dataverse is expected to charge: ``kind`` a bulk message name,
+    "batch" (records = parts, each a single write), "read" (records = rows) or "single"."""
+    if kind in PER_RECORD_MS:
+        return COST_MS["multiple"] + PER_RECORD_MS[kind] * records
+    if kind == "batch":
+        return COST_MS["batch"] + COST_MS["single"] * records
+    if kind == "read":
+        return COST_MS["read_page"] + READ_ROW_MS * records
+    return COST_MS["single"]
+
+
+@dataclass
+class ExecutionBudget:
+    """The execution time this user's requests spent over the sliding window, as the
+    client estimates it, and how long a request must wait to stay under ``share`` of the
+    budget. An execution-time 429 lowers ``share`` (the estimate was too low); successes
+    raise it back slowly. Never fed by the x-ms-ratelimit-* headers (Microsoft: debug only).
+    """
+
+    budget_ms: float = 1_200_000.0
+    window_s: float = 300.0
+    share: float = 0.98
+    top: float = 0.98
+    floor: float = 0.3
+
+    cooldown: float = 1.0  # 429s of one burst arrive together: one cut for them all
+
+    def __post_init__(self) -> None:
+        self._spent: deque[list[float]] = deque()  # [charged at, ms], oldest first
+        self._total = 0.0
+        self._last_cut = float("-inf")
+
+    def spent(self, now: float) -> float:
+        while self._spent and self._spent[0][0] <= now - self.window_s:
+            self._total -= self._spent.popleft()[1]
+        if not self._spent:
+            self._total = 0.0  # no float drift left over from the sums
+        return max(0.0, self._total)
+
+    def charge(self, now: float, ms: float) -> list[float] | None:
+        """Reserve ``ms`` at ``now``; the handle lets ``finished`` move it later."""
+        if ms <= 0:
+            return None
+        entry = [now, ms]
+        self._spent.append(entry)
+        self._total += ms
+        return entry
+
+    def finished(self, entry: list[float] | None, now: float) -> None:
+        """The request answered: Dataverse counts its time from the end of it, so the
+        reservation slides to ``now`` (else the window frees it too early)."""
+        if entry is None or entry[0] >= now:
+            return
+        try:
+            self._spent.remove(entry)
+        except ValueError:
+            return  # already out of the window
+        entry[0] = now
+        self._spent.append(entry)
+
+    def wait(self, now: float, ms: float) -> float:
+        """Seconds until a request of ``ms`` fits (0 now). Bulk-sized requests keep the
+        last ``SMALL_RESERVE`` free; one larger than the limit goes alone into an empty
+        window."""
+        limit = self.budget_ms * self.share * (1.0 if ms <= SMALL_MS else 1 - SMALL_RESERVE)
+        spent = self.spent(now)
+        if spent + ms <= limit or spent == 0:
+            return 0.0
+        released = 0.0
+        for at, cost in self._spent:
+            released += cost
+            if spent - released + ms <= limit:
+                return max(0.0, at + self.window_s - now)
+        return max(0.0, self._spent[-1][0] + self.window_s - now)
+
+    def on_throttle(self, now: float) -> None:
+        if now - self._last_cut < self.cooldown:
+            return
+        self._last_cut = now
+        self.share = max(self.floor, self.share * 0.9)
+
+    def on_success(self) -> None:
+        self.share = min(self.top, self.share + 0.01)
+
+
 @dataclass(frozen=True)
 class RateLimitRemaining:
     """What a response said is left of the user's service-protection window: requests
@@ -126,11 +226,13 @@ class Limiter:
         self,
         limit: AdaptiveLimit | None = None,
         *,
+        budget: ExecutionBudget | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.limit = limit or AdaptiveLimit()
         self.gate = ThrottleGate()
+        self.budget = budget or ExecutionBudget()
         self._clock = clock
         self._sleep = sleep
         self._in_flight = 0
@@ -151,21 +253,31 @@ class Limiter:
         while (delay := self.gate.wait(self._clock())) > 0:
             await self._sleep(delay)
 
+    async def wait_budget(self, cost_ms: float) -> None:
+        while (delay := self.budget.wait(self._clock(), cost_ms)) > 0:
+            await self._sleep(min(delay, 1.0))
+
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one in-flight slot; waits for the gate to open and for a free slot."""
+    async def slot(self, cost_ms: float = 0.0) -> AsyncIterator[None]:
+        """Hold one in-flight slot; waits for the gate to open, for ``cost_ms`` of the
+        execution budget (charged when the slot is taken) and for a free slot."""
         cond = self._condition()
         while True:
             await self.wait_gate()
+            await self.wait_budget(cost_ms)
             async with cond:
                 await cond.wait_for(lambda: self._in_flight < self.limit.slots)
                 if self.gate.wait(self._clock()) > 0:
                     continue  # throttled while we queued: wait again, holding nothing
+                if self.budget.wait(self._clock(), cost_ms) > 0:
+                    continue  # another lane took the budget meanwhile
+                reserved = self.budget.charge(self._clock(), cost_ms)
                 self._in_flight += 1
                 break
         try:
             yield
         finally:
+            self.budget.finished(reserved, self._clock())
             async with cond:
                 self._in_flight -= 1
                 cond.notify_all()
@@ -177,6 +289,7 @@ class Limiter:
 
     async def succeeded(self, dop_hint: int | None = None) -> None:
         self.limit.on_success(dop_hint)
+        self.budget.on_success()
         await self._notify()
 
     def on_throttle(self, listener: Callable[[float], None]) -> None:
@@ -184,8 +297,10 @@ class Limiter:
         sending task, so it must not block."""
         self._listeners.append(listener)
 
-    def throttled(self, retry_after: float) -> None:
+    def throttled(self, retry_after: float, *, execution: bool = False) -> None:
         now = self._clock()
+        if execution:
+            self.budget.on_throttle(now)
         self.gate.close_for(now, retry_after)
         self.limit.on_throttle(now)
         for listener in self._listeners:

@@ -127,10 +127,11 @@ def _dataverse(call: Call, reply: Reply, costs: dict[str, float]) -> float:
 
 
 def _targets(call: Call, reply: Reply) -> int:
-    if reply.status < 400:
+    if reply.status < 400 or reply.records:
+        # Refused: the targets executed up to the failing one, which Dataverse then
+        # rolled back (a standard table fails the whole request, bulk-operations.md;
+        # that it stops at the first failure is inferred).
         return reply.records
-    # A refused bulk request still worked through its targets before rolling back
-    # (standard tables fail the whole request, bulk-operations.md): count them.
     try:
         body = json.loads(call.body)
     except ValueError:

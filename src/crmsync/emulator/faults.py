@@ -26,6 +26,7 @@ class DataverseFault(Exception):
         self.code = code
         self.message = message
         self.headers = headers or {}
+        self.processed = 0  # bulk targets executed before this one failed (costs)
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message}}

@@ -144,10 +144,16 @@ def contains_values(get: Getter, wanted: set[int], *, negate: bool) -> Predicate
 
 
 def membership(get: Getter, values: list[Any], *, negate: bool) -> Predicate:
+    # A text value matches a literal case-blind (``_like``): one set lookup, not a scan of
+    # the list (a read-back of 500 ids by ``In`` over a large table).
+    strings = {str(x).casefold() for x in values}
+
     def pred(row: Row) -> bool:
         v = get(row)
         if v is None:
             return False
+        if isinstance(v, str):
+            return (v.casefold() in strings) != negate
         found = any(_like(v, x) == _norm(v) for x in values)
         return found != negate
 

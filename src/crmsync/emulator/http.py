@@ -68,7 +68,7 @@ class Reply:
     def fault(cls, fault: DataverseFault) -> Reply:
         head = {"Content-Type": "application/json; odata.metadata=minimal", "OData-Version": "4.0"}
         head.update(fault.headers)
-        return cls(fault.status, head, dumps(fault.body()))
+        return cls(fault.status, head, dumps(fault.body()), fault.processed)
 
 
 def dumps(payload: Any) -> bytes:

@@ -165,26 +165,13 @@ class Writer:
                 )
         ids: list[str] = []
         results: list[dict[str, Any]] = []
-        for target in targets:
-            if message == "CreateMultiple":
-                ids.append(self.create(entity, target, call)[entity.primary_id])
-                continue
-            key, by_key = self._target_key(entity, target)
-            if key is None and by_key is None:
-                raise faults.bad_payload(
-                    entity.entity_set,
-                    f"Microsoft.OData.ODataException: target lacks '{entity.primary_id}'.",
-                )
-            old = self.store.get(entity.entity_set, key) if key else None
-            if old is not None:
-                kept = {k: v for k, v in target.items() if k not in (by_key or {})}
-                self.update(entity, old, kept, call)
-                results.append({"RecordCreated": False, "Id": key})
-            elif message == "UpdateMultiple":
-                raise faults.not_found(entity.logical, key) if key else keys.not_found(entity)
-            else:
-                row = self.create(entity, {**(by_key or {}), **target}, call, key=key)
-                results.append({"RecordCreated": True, "Id": row[entity.primary_id]})
+        for done, target in enumerate(targets):
+            try:
+                self._bulk_target(entity, message, target, call, ids, results)
+            except faults.DataverseFault as fault:
+                # Executed up to this target, then rolled back (charged that far).
+                fault.processed = done + 1
+                raise
         context = f"{call.base}$metadata#Microsoft.Dynamics.CRM.{message}Response"
         if message == "CreateMultiple":
             return Reply.json(200, {"@odata.context": context, "Ids": ids}, len(ids))
@@ -193,6 +180,35 @@ class Writer:
         return Reply.empty(204, len(targets))
 
     # -- helpers -------------------------------------------------------------------
+
+    def _bulk_target(
+        self,
+        entity: Entity,
+        message: str,
+        target: dict[str, Any],
+        call: Call,
+        ids: list[str],
+        results: list[dict[str, Any]],
+    ) -> None:
+        if message == "CreateMultiple":
+            ids.append(self.create(entity, target, call)[entity.primary_id])
+            return
+        key, by_key = self._target_key(entity, target)
+        if key is None and by_key is None:
+            raise faults.bad_payload(
+                entity.entity_set,
+                f"Microsoft.OData.ODataException: target lacks '{entity.primary_id}'.",
+            )
+        old = self.store.get(entity.entity_set, key) if key else None
+        if old is not None:
+            kept = {k: v for k, v in target.items() if k not in (by_key or {})}
+            self.update(entity, old, kept, call)
+            results.append({"RecordCreated": False, "Id": key})
+        elif message == "UpdateMultiple":
+            raise faults.not_found(entity.logical, key) if key else keys.not_found(entity)
+        else:
+            row = self.create(entity, {**(by_key or {}), **target}, call, key=key)
+            results.append({"RecordCreated": True, "Id": row[entity.primary_id]})
 
     def _target_key(
         self, entity: Entity, target: dict[str, Any]

@@ -67,6 +67,8 @@ JOB_POLL_SECONDS = 2.0
 # ``audit_daily``: how often the drift audit is asked for.
 AUDIT_EVERY = timedelta(days=1)
 MAX_WAIT_SECONDS = 5.0
+# How often the fresh lane looks for changes made in the last seconds (Pusher.push_fresh).
+FRESH_POLL_SECONDS = 0.25
 
 
 def worker_id() -> str:
@@ -183,6 +185,23 @@ class Worker:
             if due is not None:
                 wait = min(MAX_WAIT_SECONDS, max(0.05, (due - utcnow()).total_seconds()))
             await self._wait(wait)
+
+    async def _fresh_lane(self) -> None:
+        """The push's lane for fresh changes (``Pusher.push_fresh``): it looks every
+        ``FRESH_POLL_SECONDS`` while the other lanes work through the backlog in order."""
+        if not self.pusher.objects:
+            return
+        while not self.stopping.is_set():
+            try:
+                handled = await self.pusher.push_fresh()
+                self.outage.answered()
+            except Fatal:
+                raise
+            except Exception as exc:
+                await self._wait(self.outage.failed(exc, "worker.batch_failed", fresh=True))
+                continue
+            if not handled:
+                await self._wait(FRESH_POLL_SECONDS)
 
     async def _wait(self, seconds: float) -> None:
         """Sleep ``seconds``, or less if the worker is told to stop."""
@@ -351,6 +370,8 @@ class Worker:
 
         def lanes() -> list[Coroutine[Any, Any, None]]:
             out = [self._lane(Direction.TO_CRM, once) for _ in range(self.concurrency)]
+            if not once:  # a drain (--once) ends when the ordered lanes find nothing
+                out.append(self._fresh_lane())
             return out + [self._lane(Direction.FROM_CRM, once) for _ in range(self.apply_lanes)]
 
         if not await self._wait_for_store():

@@ -92,8 +92,12 @@ def claim(
     limit: int,
     lease: timedelta,
     now: datetime | None = None,
+    *,
+    fresh_since: datetime | None = None,
 ) -> list[Entry]:
-    """Claim up to ``limit`` due, unclaimed (or lease-expired) entries of ``objects``.
+    """Claim up to ``limit`` due, unclaimed (or lease-expired) entries of ``objects``;
+    with ``fresh_since``, only those due since then, newest first (the push's lane for
+    fresh changes, which a bulk backlog must not hold back: docs/dynamics.md).
 
     One statement (the pause check, the pick and the lease), so one round trip: under
     a deep backlog a worker spends most of its time here and in ``record``. A ``to_crm``
@@ -115,10 +119,13 @@ def claim(
         "c_now": now,
         "c_until": now + lease,
     }
+    if fresh_since is not None:
+        params["c_fresh"] = fresh_since
+    statement = _claim_statement(postgresql, fresh_since is not None)
     while True:
         with write_transaction(engine) as conn:
             if not postgresql or not _begin_claim(conn, check_log=fold):
-                rows = conn.execute(_claim_statement(postgresql), params)
+                rows = conn.execute(statement, params)
                 return sorted((Entry(*r) for r in rows), key=lambda e: e.id)
         # Changes wait in the capture log: fold them first, then claim (once).
         capture.fold_pending(engine, wait=False, max_seconds=capture.BATCH_FOLD_SECONDS)
@@ -141,7 +148,7 @@ def _begin_claim(conn: Connection, *, check_log: bool) -> bool:
 
 
 @functools.cache
-def _claim_statement(skip_locked: bool) -> sa.Update:
+def _claim_statement(skip_locked: bool, fresh: bool = False) -> sa.Update:
     """Built once: building it costs about as much as running it."""
     due, p = sync_queue.alias("due"), sync_pause.c
     direction = sa.bindparam("c_direction", type_=sa.String)
@@ -160,9 +167,11 @@ def _claim_statement(skip_locked: bool) -> sa.Update:
             sa.or_(due.c.claimed_until.is_(None), due.c.claimed_until < now),
             ~paused,
         )
-        .order_by(due.c.next_attempt_at)
+        .order_by(due.c.next_attempt_at.desc() if fresh else due.c.next_attempt_at)
         .limit(sa.bindparam("c_limit", type_=sa.Integer))
     )
+    if fresh:
+        pick = pick.where(due.c.next_attempt_at >= sa.bindparam("c_fresh", type_=UTCDateTime()))
     if skip_locked:
         # Rows another worker is claiming right now are passed by, not waited for.
         pick = pick.with_for_update(skip_locked=True)

@@ -10,8 +10,9 @@ Series (the first five are the contract's; what each means is beside its family)
 ``crmsync_synced_records_total{object,direction,operation}``,
 ``crmsync_sync_errors_total{object,direction,code}``, ``crmsync_crm_requests_total{status}``
 (HTTP responses from Dynamics to this process's client, ``observability``),
-``crmsync_dynamics_throttled_until_timestamp_seconds``,
-``crmsync_alert_active{alert,object}`` and ``crmsync_drift_records{object,kind}``.
+``crmsync_dynamics_throttled_until_timestamp_seconds``, ``crmsync_alert_active{alert,
+object}``, ``crmsync_drift_records{object,kind}`` and the ``observability`` gauges
+``crmsync_dynamics_ratelimit_remaining_*``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from sqlalchemy import Engine
 
 from crmsync.alerts import AlertMonitor
 from crmsync.domain import DriftKind, ErrorStatus
-from crmsync.observability import CRM_REQUESTS
+from crmsync.observability import CRM_REQUESTS, RATELIMIT_EXECUTION, RATELIMIT_REQUESTS
 from crmsync.store.audit import last_results
 from crmsync.store.backlog import Group
 from crmsync.store.db import read_transaction
@@ -166,6 +167,8 @@ class MetricsPage:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StoreCollector(engine, objects, alerts))
         self.registry.register(CRM_REQUESTS)
+        self.registry.register(RATELIMIT_REQUESTS)
+        self.registry.register(RATELIMIT_EXECUTION)
         self._lock = threading.Lock()
         self._page = b""
         self._at = float("-inf")

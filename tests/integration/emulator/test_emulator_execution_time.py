@@ -10,7 +10,9 @@ from typing import Any
 import httpx
 import pytest
 from dvclient import Dv, batch_body, error, http_part, send_batch, token
+from prometheus_client import CollectorRegistry
 
+from crmsync import observability
 from crmsync.dynamics.auth import StaticTokenProvider
 from crmsync.dynamics.client import DataverseClient
 from crmsync.dynamics.faults import Throttled
@@ -124,11 +126,17 @@ async def test_bulk_messages_are_charged_per_request_and_per_target(dv: Dv, mete
         "POST", "leads/Microsoft.Dynamics.CRM.UpsertMultiple", json={"Targets": upsert}
     )
     assert r.status_code == 200 and await meter.delta() == {"UpsertMultiple": 7 + 2 * 3}
-    # A standard table fails the whole request on one bad target; all 5 were worked on.
+    # A standard table fails the whole request on one bad target; all 5 were worked on
+    # (the bad one last).
     bad = [*targets(4), {"@odata.type": LEAD, "lastname": "x" * 51}]
     r = await dv.req("POST", "leads/Microsoft.Dynamics.CRM.CreateMultiple", json={"Targets": bad})
     assert error(r)[:2] == (400, "0x80044331")
     assert await meter.delta() == {"CreateMultiple": 7 + 5 * 1}
+    # It stops at the bad target: one refused first is charged as one target.
+    bad = [{"@odata.type": LEAD, "lastname": "x" * 51}, *targets(4)]
+    r = await dv.req("POST", "leads/Microsoft.Dynamics.CRM.CreateMultiple", json={"Targets": bad})
+    assert error(r)[:2] == (400, "0x80044331")
+    assert await meter.delta() == {"CreateMultiple": 7 + 1 * 1}
 
 
 async def test_reads_are_charged_per_page_and_per_row(dv: Dv, meter: Meter) -> None:
@@ -376,3 +384,10 @@ async def test_the_client_reads_what_is_left(client: httpx.AsyncClient, emulator
             await dv.create("leads", {"lastname": "B"})
     # The 429 carries them too: nothing left of the budget, the request not counted.
     assert dv.ratelimit == RateLimitRemaining(requests=9, execution_s=0.0)
+    # For operators on /metrics (web.metrics registers the same gauges).
+    registry = CollectorRegistry()
+    registry.register(observability.RATELIMIT_REQUESTS)
+    registry.register(observability.RATELIMIT_EXECUTION)
+    assert registry.get_sample_value("crmsync_dynamics_ratelimit_remaining_requests") == 9
+    left = registry.get_sample_value("crmsync_dynamics_ratelimit_remaining_execution_seconds")
+    assert left == 0.0

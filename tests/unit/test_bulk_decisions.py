@@ -1,0 +1,160 @@
+"""The push's bulk decisions without I/O: grouping, bisecting, sizing to the execution
+budget, the read-back of versions, and the execution-time pacing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from crmsync.domain import Direction, Operation
+from crmsync.dynamics.limiter import SMALL_RESERVE, ExecutionBudget, estimate_ms
+from crmsync.dynamics.writes import Op, Write
+from crmsync.engine import bulk
+from crmsync.engine.plan import Send
+from crmsync.values import Entry
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+ME = "11111111-1111-1111-1111-111111111111"
+OTHER = "22222222-2222-2222-2222-222222222222"
+
+
+def crm_id(n: int) -> str:
+    return f"00000000-0000-0000-0000-{n:012d}"
+
+
+def send(n: int, op: Op = "update", obj: str = "lead", if_match: str | None = 'W/"7"') -> Send:
+    operation = {"update": Operation.UPDATE, "upsert": Operation.INSERT}.get(op, Operation.DELETE)
+    entry = Entry(n, obj, Direction.TO_CRM, str(n), n, crm_id(n), operation, None, None, 1, 0, NOW)
+    body = None if op == "delete" else {"lastname": f"L{n}"}
+    write = Write(op, f"{obj}s", crm_id(n), body, if_match=if_match if op == "update" else None)
+    return Send(entry, write, crm_id(n), {})
+
+
+def test_inserts_and_updates_group_by_object_and_message_deletes_go_as_batch() -> None:
+    sends = [send(1), send(2, "upsert"), send(3, "delete"), send(4, obj="contact")]
+    sends += [send(5), send(6, "upsert"), send(7), send(8, "upsert")]
+    groups = bulk.group_sends(sends, bulk=True, max_records=100)
+    shape = [(g.message, g.object, [s.entry.id for s in g.sends]) for g in groups]
+    # The lone contact update is cheaper as a $batch part than as a bulk request.
+    assert shape == [
+        (None, "", [3, 4]),
+        ("UpdateMultiple", "lead", [1, 5, 7]),
+        ("UpsertMultiple", "lead", [2, 6, 8]),
+    ]
+    assert bulk.BULK_MIN == 3
+
+
+def test_batch_only_sends_everything_as_one_batch() -> None:
+    sends = [send(1), send(2, "upsert"), send(3, "delete")]
+    (group,) = bulk.group_sends(sends, bulk=False, max_records=100)
+    assert group.message is None and [s.entry.id for s in group.sends] == [1, 2, 3]
+
+
+def test_groups_are_chunked_to_the_bulk_size() -> None:
+    groups = bulk.group_sends([send(i) for i in range(1, 8)], bulk=True, max_records=3)
+    assert [len(g.sends) for g in groups] == [3, 3, 1]
+
+
+def test_a_send_with_an_option_a_bulk_message_cannot_carry_goes_as_batch() -> None:
+    s = send(1, "upsert")
+    odd = Send(s.entry, Write("upsert", "leads", crm_id(1), {}, if_none_match="*"), crm_id(1), {})
+    (group,) = bulk.group_sends([odd], bulk=True, max_records=10)
+    assert group.message is None
+
+
+def test_halves_split_in_order_and_a_single_send_cannot_split() -> None:
+    group = bulk.Group("UpdateMultiple", "lead", tuple(send(i) for i in range(1, 6)))
+    left, right = bulk.halves(group)
+    assert [s.entry.id for s in left.sends] == [1, 2] and [s.entry.id for s in right.sends] == [
+        3,
+        4,
+        5,
+    ]
+    with pytest.raises(ValueError):
+        bulk.halves(bulk.Group("UpdateMultiple", "lead", (send(1),)))
+
+
+def test_bulk_size_keeps_one_request_within_its_share_of_the_budget() -> None:
+    # 1,200,000 ms x 5% = 60,000 ms: room for 3,108 records, capped at the claim size.
+    assert bulk.bulk_size(1_200_000, 100, 19.27, share=0.05, maximum=1000) == 1000
+    # A small budget: (40,000 x 5% - 100) / 19.27 = 98 records.
+    assert bulk.bulk_size(40_000, 100, 19.27, share=0.05, maximum=1000) == 98
+    assert bulk.bulk_size(100, 100, 19.27, share=0.05, maximum=1000) == 1
+
+
+def test_stale_before_finds_updates_changed_in_dynamics_since_their_base() -> None:
+    sends = [send(1), send(2), send(3, if_match="*"), send(4), send(5, "upsert")]
+    current = {
+        crm_id(1): {"@odata.etag": 'W/"7"'},
+        crm_id(2): {"@odata.etag": 'W/"9"'},  # changed since
+        crm_id(3): {"@odata.etag": 'W/"9"'},  # no base: nothing to compare
+        crm_id(5): {"@odata.etag": 'W/"9"'},  # an insert
+    }  # 4 is absent: left to the bulk message, which fails for it alone
+    assert bulk.stale_before(sends, current) == {2}
+
+
+def test_etag_after_takes_the_read_back_only_when_crmsync_wrote_last() -> None:
+    mine = {crm_id(1): {"@odata.etag": 'W/"8"', "_modifiedby_value": ME.upper()}}
+    theirs = {crm_id(1): {"@odata.etag": 'W/"9"', "_modifiedby_value": OTHER}}
+    assert bulk.etag_after(send(1), mine, ME) == 'W/"8"'
+    # Someone changed it after the write: keep the old base, so the next update is
+    # refused (412) and the change pulled, never taken for an echo.
+    assert bulk.etag_after(send(1), theirs, ME) == 'W/"7"'
+    assert bulk.etag_after(send(1, "upsert"), theirs, ME) is None
+    assert bulk.etag_after(send(1), {}, ME) == 'W/"7"'
+    assert bulk.etag_after(send(1), mine, None) == 'W/"7"'
+
+
+def test_estimates_follow_dataverse_charges() -> None:
+    assert estimate_ms("UpdateMultiple", 1000) == pytest.approx(100 + 19_270)
+    assert estimate_ms("batch", 100) == pytest.approx(100 + 149 * 100)
+    assert estimate_ms("read", 400) == pytest.approx(100 + 124)
+    assert estimate_ms("single") == 149
+
+
+def test_budget_waits_until_the_window_slides_past_enough_spending() -> None:
+    b = ExecutionBudget(budget_ms=10_000, window_s=10, share=1.0)
+    b.charge(0.0, 4_000)
+    b.charge(2.0, 4_000)
+    assert b.wait(3.0, 1_000) == 0.0  # 9,000 of 10,000 with the reserve: fits (small)
+    # A bulk-sized request keeps the reserve: 8,000 + 2,000 > 9,000 until t=10.
+    assert b.wait(3.0, 2_000) == pytest.approx(7.0)
+    assert b.wait(10.0, 2_000) == 0.0
+    assert b.spent(12.5) == 0.0
+
+
+def test_a_request_larger_than_the_budget_goes_alone_into_an_empty_window() -> None:
+    b = ExecutionBudget(budget_ms=1_000, window_s=10, share=1.0)
+    assert b.wait(0.0, 5_000) == 0.0
+    b.charge(0.0, 5_000)
+    assert b.wait(1.0, 5_000) == pytest.approx(9.0)
+
+
+def test_small_requests_use_the_reserve_bulk_requests_leave() -> None:
+    b = ExecutionBudget(budget_ms=100_000, window_s=10, share=1.0)
+    b.charge(0.0, 100_000 * (1 - SMALL_RESERVE))
+    assert b.wait(1.0, estimate_ms("UpdateMultiple", 100)) > 0
+    assert b.wait(1.0, estimate_ms("UpdateMultiple", 1)) == 0.0
+
+
+def test_an_execution_time_429_lowers_the_share_and_successes_restore_it() -> None:
+    b = ExecutionBudget(budget_ms=1_000, window_s=10)
+    b.on_throttle(0.0)
+    b.on_throttle(0.5)  # the same burst: one cut
+    assert b.share == pytest.approx(0.98 * 0.9)
+    for _ in range(100):
+        b.on_success()
+    assert b.share == pytest.approx(0.98)
+    for t in range(40):
+        b.on_throttle(float(t))
+    assert b.share == pytest.approx(0.3)
+
+
+def test_a_reservation_slides_to_when_the_answer_came() -> None:
+    b = ExecutionBudget(budget_ms=10_000, window_s=10, share=1.0)
+    handle = b.charge(0.0, 9_000)
+    b.finished(handle, 4.0)  # Dataverse counts it from the end of the request
+    assert b.spent(11.0) == 9_000
+    assert b.wait(11.0, 2_000) == pytest.approx(3.0)
+    assert b.spent(14.0) == 0.0
