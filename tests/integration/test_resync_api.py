@@ -184,3 +184,16 @@ def test_the_daily_audit_is_asked_for_once_a_day(engine: Engine) -> None:
     assert jobs.schedule_audit(engine, day, now=now + timedelta(hours=23)) is None
     later = jobs.schedule_audit(engine, day, now=now + timedelta(hours=25))
     assert later is not None and later.id != first.id
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+@pytest.mark.parametrize("big", [2**63, str(2**70)])
+async def test_an_id_beyond_the_store_s_range_is_refused(
+    app: Any, dry_run: bool, big: int | str
+) -> None:
+    """A local id no table can hold is a 422 naming ``ids``, not a 500 (dry run) nor a
+    job that fails in the store every time a worker claims it."""
+    body = {"object": "lead", "ids": [big], "dry_run": dry_run}
+    resp = await call(app, "POST", "/api/v1/sync/resync", json=body)
+    assert resp.status_code == 422, resp.text
+    assert "ids" in resp.text
