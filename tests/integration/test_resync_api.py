@@ -197,3 +197,29 @@ async def test_an_id_beyond_the_store_s_range_is_refused(
     resp = await call(app, "POST", "/api/v1/sync/resync", json=body)
     assert resp.status_code == 422, resp.text
     assert "ids" in resp.text
+
+
+@pytest.mark.parametrize("state", [JobState.CANCELLED, JobState.FAILED, JobState.DONE])
+def test_an_audit_ended_any_way_leaves_no_first_pass_behind(
+    engine: Engine, state: JobState
+) -> None:
+    """The ids an audit read from Dynamics are its own: an audit cancelled or failed
+    mid-way must not leave them in ``sync_audit_seen`` for ever (a full table's worth
+    per object, each time)."""
+    from crmsync.store.schema import sync_audit_seen
+
+    with write_transaction(engine) as conn:
+        job = jobs.create(conn, JobKind.AUDIT, "lead", None, {"repair": False})
+    held = jobs.claim(engine, "auditor", timedelta(seconds=30))
+    assert held is not None and held.id == job.id
+    with write_transaction(engine) as conn:
+        seen = [
+            {"crm_id": f"8e5ded7d-62fa-4f3f-9191-ee067ee0527{i}", "version": i, "excluded": False}
+            for i in range(3)
+        ]
+        audit.save_seen(conn, job.id, "lead", seen)
+    jobs.finish(engine, held, "auditor", state)
+    with engine.connect() as conn:
+        left = conn.execute(sa.select(sa.func.count()).select_from(sync_audit_seen)).scalar()
+        assert jobs.get(conn, job.id).state is state
+    assert left == 0
