@@ -120,8 +120,11 @@ def audit_after_reconciling(
 
 
 def get(conn: Connection, job_id: int) -> Job:
+    from crmsync.store.params import MAX_ID
     from crmsync.store.records import NotFound
 
+    if not 1 <= job_id <= MAX_ID:  # no such id in the store (nor one it could bind)
+        raise NotFound(f"no job {job_id}")
     row = conn.execute(sa.select(sync_job).where(sync_job.c.id == job_id)).first()
     if row is None:
         raise NotFound(f"no job {job_id}")
