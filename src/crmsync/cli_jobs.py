@@ -211,7 +211,9 @@ def jobs_list(
 
 
 @jobs_app.command("cancel")
-def jobs_cancel(job_id: Annotated[int, typer.Argument(help="The job's id")]) -> None:
+def jobs_cancel(
+    job_id: Annotated[int, typer.Argument(min=1, max=2**63 - 1, help="The job's id")],
+) -> None:
     """Cancel a job: a waiting one at once, a running one at its next page."""
     from crmsync.store import jobs
     from crmsync.store.db import write_transaction

@@ -25,6 +25,7 @@ from crmsync.domain import Direction, JobKind, JobState
 from crmsync.dynamics.client import DataverseClient
 from crmsync.emulator import mapped
 from crmsync.emulator.app import Emulator, create_app
+from crmsync.engine.audit import Auditor
 from crmsync.engine.jobs import JobRunner
 from crmsync.engine.pull import Puller
 from crmsync.engine.resync import Resyncer, check_request
@@ -211,3 +212,34 @@ def jobs_lease() -> Any:
     from datetime import timedelta
 
     return timedelta(seconds=60)
+
+
+def test_a_record_pushed_during_the_scan_is_not_deleted_by_the_repair(
+    settings_here: Settings,
+    store: sa.Engine,
+    synced: dict[int, str],
+    emulator: tuple[Emulator, str],
+    drain: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lead created locally and pushed after Dynamics' pages were read is not in the
+    first pass: it is no drift (it synced meanwhile), and the repair must not stage
+    its deletion as if Dynamics had deleted it."""
+    emu, _ = emulator
+    scan = Auditor._scan
+
+    async def scan_then_push(self: Auditor, *args: Any, **kwargs: Any) -> None:
+        await scan(self, *args, **kwargs)
+        with write_transaction(store) as conn:
+            conn.execute(sa.text("INSERT INTO lead (email, last_name) VALUES ('new@x.org', 'New')"))
+        await asyncio.to_thread(drain, settings_here, store)
+
+    monkeypatch.setattr(Auditor, "_scan", scan_then_push)
+    found = _audit(settings_here, store, repair=True)
+    monkeypatch.setattr(Auditor, "_scan", scan)
+    assert found["only_local"] == 0, found["samples"]
+    drain(settings_here, store)
+    with store.connect() as conn:
+        crm_id = conn.execute(sa.text("SELECT crm_id FROM lead WHERE email = 'new@x.org'")).scalar()
+    assert crm_id is not None  # still here
+    assert emu.store.get("leads", str(crm_id)) is not None

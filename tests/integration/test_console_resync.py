@@ -78,3 +78,13 @@ async def test_resync_and_audit_forms_and_the_live_section(
     live = (await c.get(f"{STATUS}?partial=1")).text
     assert 'id="audit-table"' in live and "1,200" in live
     assert "last_name: A here, B in Dynamics" in live
+
+
+async def test_cancelling_a_job_id_no_store_holds_is_a_notice_not_a_500(
+    admin: tuple[httpx.AsyncClient, str],  # noqa: F811
+) -> None:
+    c, token = admin
+    r = await c.post(f"{STATUS}/jobs/{2**70}/cancel", data={"csrf_token": token})
+    assert r.status_code == 303, r.text
+    html = (await c.get(r.headers["location"])).text
+    assert f"no job {2**70}" in html

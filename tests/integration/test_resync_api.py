@@ -184,3 +184,42 @@ def test_the_daily_audit_is_asked_for_once_a_day(engine: Engine) -> None:
     assert jobs.schedule_audit(engine, day, now=now + timedelta(hours=23)) is None
     later = jobs.schedule_audit(engine, day, now=now + timedelta(hours=25))
     assert later is not None and later.id != first.id
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+@pytest.mark.parametrize("big", [2**63, str(2**70)])
+async def test_an_id_beyond_the_store_s_range_is_refused(
+    app: Any, dry_run: bool, big: int | str
+) -> None:
+    """A local id no table can hold is a 422 naming ``ids``, not a 500 (dry run) nor a
+    job that fails in the store every time a worker claims it."""
+    body = {"object": "lead", "ids": [big], "dry_run": dry_run}
+    resp = await call(app, "POST", "/api/v1/sync/resync", json=body)
+    assert resp.status_code == 422, resp.text
+    assert "ids" in resp.text
+
+
+@pytest.mark.parametrize("state", [JobState.CANCELLED, JobState.FAILED, JobState.DONE])
+def test_an_audit_ended_any_way_leaves_no_first_pass_behind(
+    engine: Engine, state: JobState
+) -> None:
+    """The ids an audit read from Dynamics are its own: an audit cancelled or failed
+    mid-way must not leave them in ``sync_audit_seen`` for ever (a full table's worth
+    per object, each time)."""
+    from crmsync.store.schema import sync_audit_seen
+
+    with write_transaction(engine) as conn:
+        job = jobs.create(conn, JobKind.AUDIT, "lead", None, {"repair": False})
+    held = jobs.claim(engine, "auditor", timedelta(seconds=30))
+    assert held is not None and held.id == job.id
+    with write_transaction(engine) as conn:
+        seen = [
+            {"crm_id": f"8e5ded7d-62fa-4f3f-9191-ee067ee0527{i}", "version": i, "excluded": False}
+            for i in range(3)
+        ]
+        audit.save_seen(conn, job.id, "lead", seen)
+    jobs.finish(engine, held, "auditor", state)
+    with engine.connect() as conn:
+        left = conn.execute(sa.select(sa.func.count()).select_from(sync_audit_seen)).scalar()
+        assert jobs.get(conn, job.id).state is state
+    assert left == 0

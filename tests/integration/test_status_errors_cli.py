@@ -383,3 +383,13 @@ def test_narrow_blocks_never_cut_ids_codes_times_or_names(run, engine: Engine, c
         assert any(s in text for s in stamps), (args, text)
         for line in text.splitlines():  # no line ends in a date whose time went to the next
             assert not line.rstrip().endswith("2026-11-25"), (args, text)
+
+
+def test_jobs_cancel_of_an_id_no_store_holds_is_a_usage_error(run, engine: Engine):
+    """A job id beyond the store's 64-bit ids exits 2 naming the argument, not with an
+    OverflowError's traceback (SQLite); an id in range that no job has exits 1."""
+    result = run("jobs", "cancel", str(2**70))
+    assert result.exit_code == 2, result.output
+    assert "job_id" in result.output.lower() and "Traceback" not in result.output
+    missing = run("jobs", "cancel", "5")
+    assert missing.exit_code == 1 and "no job 5" in missing.output

@@ -280,3 +280,20 @@ def test_own_write_rebases_only_the_fields_changed_locally() -> None:
     # Without own_write the same answer is a conflict Dynamics wins (contact: crm_wins).
     other = plan(False, "First")
     assert other.values == {"first_name": "Auto", "last_name": "First"}
+
+
+def test_a_resync_overwrites_at_the_synced_version_but_not_with_an_older_one() -> None:
+    """A resync (or repair) re-applies Dynamics' values over local drift at the version
+    already synced; one read before a newer change was applied must not bring the older
+    values back (the newer change, already applied, would be lost locally)."""
+    c = ctx(rows={("lead", LEAD_ID): LOCAL}, synced={("lead", 7): synced(30, last_name="X")})
+
+    def plan(version: int) -> Any:
+        change = replace(lead(version), resync=True)
+        return plan_apply(
+            entry("lead", change, record_id=7), SPECS["lead"], c, delete_behaviour="delete"
+        )
+
+    same = plan(30)
+    assert isinstance(same, Write) and same.values == {"last_name": "R"}
+    assert isinstance(plan(20), Skip)

@@ -88,9 +88,14 @@ def plan_apply(
         return LocalWrite(entry, change, WriteKind.DELETE, row["id"], {}, push=push)
     if push is not None and push.claimed:
         return Defer(entry, "a local change of this record is being sent")
-    if state is not None and change.version is not None and not excluded and not change.resync:
+    if state is not None and change.version is not None and not excluded:
         synced_version = state.crm_version or ch.version_of(state.etag)
-        if synced_version is not None and change.version <= synced_version:
+        # A resync re-applies the version already synced (over local drift), never an
+        # older one: a newer change applied since it was read would be undone.
+        if synced_version is not None and (
+            change.version < synced_version
+            or (change.version == synced_version and not change.resync)
+        ):
             return Skip(entry)  # older than what both sides already agreed on
     remote: dict[str, Any] = {}
     types = spec.field_specs

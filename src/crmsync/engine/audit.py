@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from crmsync.domain import DriftKind, ObjectSpec, Operation
@@ -137,8 +137,8 @@ class Auditor:
             findings = Findings.resumed(name, position.get("findings"))
             if position["phase"] == "scan":
                 await self._scan(job, spec, position, repair, findings)
-            await self._compare(job, spec, repair, findings)
             started = parse_time(position["started_at"]) or utcnow()
+            await self._compare(job, spec, repair, findings, started)
             result = {
                 "object": name,
                 "job_id": job.id,
@@ -298,9 +298,12 @@ class Auditor:
 
     # --- the comparison -----------------------------------------------------------------
 
-    async def _compare(self, job: Job, spec: ObjectSpec, repair: bool, found: Findings) -> None:
-        """After the first pass: the local records Dynamics did not return."""
-        await self._only_local(job, spec, repair, found)
+    async def _compare(
+        self, job: Job, spec: ObjectSpec, repair: bool, found: Findings, started: datetime
+    ) -> None:
+        """After the first pass: the local records Dynamics did not return (but for those
+        synced since the pass started)."""
+        await self._only_local(job, spec, repair, found, started)
         seen = await asyncio.to_thread(self._read, store_audit.count_seen, job.id, spec.name)
         found.checked = int(seen) + found.only_local
 
@@ -321,12 +324,14 @@ class Auditor:
             spec, crm_ids, Requeue(also=lambda conn, n: None, resync=resync, actor="audit")
         )
 
-    async def _only_local(self, job: Job, spec: ObjectSpec, repair: bool, found: Findings) -> None:
+    async def _only_local(
+        self, job: Job, spec: ObjectSpec, repair: bool, found: Findings, started: datetime
+    ) -> None:
         after = 0
         while True:
             self._check_cancel(job)
             page = await asyncio.to_thread(
-                self._read, store_audit.only_local, job.id, spec, after, PAGE
+                self._read, store_audit.only_local, job.id, spec, after, PAGE, started
             )
             if not page:
                 return

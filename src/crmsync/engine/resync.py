@@ -30,6 +30,7 @@ from crmsync.engine.pull import Puller, Requeue
 from crmsync.errors import ValidationFailed
 from crmsync.store import jobs, requeue
 from crmsync.store.db import write_transaction
+from crmsync.store.params import MAX_ID
 from crmsync.store.types import utcnow
 from crmsync.values import Job, LocalRef
 
@@ -103,9 +104,9 @@ def check_request(
         raise ValidationFailed("ids", f"at most {requeue.MAX_IDS} ids at once")
     clean: list[int | str] = []
     for value in ids:
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID:
             clean.append(value)
-        elif isinstance(value, str) and value.strip().isdigit() and int(value) > 0:
+        elif isinstance(value, str) and value.strip().isdigit() and 0 < int(value) <= MAX_ID:
             clean.append(int(value))
         elif way is Direction.FROM_CRM and ch.is_guid(value):
             clean.append(str(value).lower())

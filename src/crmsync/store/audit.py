@@ -78,10 +78,17 @@ def _marked(spec: ObjectSpec, table: sa.Table) -> Any:
 
 
 def only_local(
-    conn: Connection, job_id: int, spec: ObjectSpec, after: int, limit: int = PAGE
+    conn: Connection,
+    job_id: int,
+    spec: ObjectSpec,
+    after: int,
+    limit: int = PAGE,
+    scan_started: datetime | None = None,
 ) -> list[dict[str, Any]]:
     """Local rows after the id ``after`` that Dynamics does not hold: the row, with
-    ``synced`` (it has sync state: it was in Dynamics once)."""
+    ``synced`` (it has sync state: it was in Dynamics once). Rows synced since
+    ``scan_started`` are left out: the first pass may have read past them before the
+    sync put them in Dynamics (no drift; the next audit sees them)."""
     s, r, table = sync_audit_seen.c, sync_record.c, local_table(spec)
     # By the row's own Dynamics id (a push saves it on the row and in the sync state
     # together): a plain key probe of the first pass on both databases.
@@ -110,6 +117,11 @@ def only_local(
                 & ~_queued(spec.name, Direction.FROM_CRM, table.c.crm_id),
             ),
             ~_queued(spec.name, Direction.TO_CRM, sa.cast(table.c.id, sa.String)),
+            *(
+                [sa.or_(r.last_synced_at.is_(None), r.last_synced_at < scan_started)]
+                if scan_started is not None
+                else []
+            ),
         )
         .order_by(table.c.id)
         .limit(limit)

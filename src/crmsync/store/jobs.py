@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine
 
 from crmsync.domain import Direction, JobKind, JobState
 from crmsync.store.db import write_transaction
-from crmsync.store.schema import sync_job
+from crmsync.store.schema import sync_audit_seen, sync_job
 from crmsync.store.types import utcnow
 from crmsync.values import Job
 
@@ -120,8 +120,11 @@ def audit_after_reconciling(
 
 
 def get(conn: Connection, job_id: int) -> Job:
+    from crmsync.store.params import MAX_ID
     from crmsync.store.records import NotFound
 
+    if not 1 <= job_id <= MAX_ID:  # no such id in the store (nor one it could bind)
+        raise NotFound(f"no job {job_id}")
     row = conn.execute(sa.select(sync_job).where(sync_job.c.id == job_id)).first()
     if row is None:
         raise NotFound(f"no job {job_id}")
@@ -259,11 +262,12 @@ def finish(
     error: str | None = None,
     now: datetime | None = None,
 ) -> None:
-    """End a job this process holds (done, failed or cancelled)."""
+    """End a job this process holds (done, failed or cancelled), and drop what an audit
+    read from Dynamics (``sync_audit_seen``): only the job itself used it."""
     now = now or utcnow()
     j = sync_job.c
     with write_transaction(engine) as conn:
-        conn.execute(
+        ended = conn.execute(
             sa.update(sync_job)
             .where(j.id == job.id, j.claimed_by == worker)
             .values(
@@ -275,6 +279,8 @@ def finish(
                 claimed_until=None,
             )
         )
+        if ended.rowcount == 1:
+            conn.execute(sa.delete(sync_audit_seen).where(sync_audit_seen.c.job_id == job.id))
 
 
 def release(engine: Engine, worker: str) -> None:
