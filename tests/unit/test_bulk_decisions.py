@@ -158,3 +158,30 @@ def test_a_reservation_slides_to_when_the_answer_came() -> None:
     assert b.spent(11.0) == 9_000
     assert b.wait(11.0, 2_000) == pytest.approx(3.0)
     assert b.spent(14.0) == 0.0
+
+
+def test_a_request_dataverse_did_not_run_gives_its_budget_back() -> None:
+    """A 429, a gateway's 502/503/504 or no answer costs no execution time: an outage
+    must not use the budget up and hold the sending back for a whole window."""
+    b = ExecutionBudget(budget_ms=1_000, window_s=10, share=1.0)
+    held = b.charge(0.0, 900)
+    assert b.wait(1.0, 200) > 0
+    b.refund(held)
+    assert b.spent(1.0) == 0 and b.wait(1.0, 200) == 0
+    b.refund(held)  # twice is once
+    assert b.spent(1.0) == 0
+
+
+async def test_the_limiter_refunds_a_slot_marked_not_executed() -> None:
+    from crmsync.dynamics.limiter import Limiter
+
+    now = [0.0]
+    limiter = Limiter(
+        budget=ExecutionBudget(budget_ms=1_000, window_s=10, share=1.0), clock=lambda: now[0]
+    )
+    async with limiter.slot(900) as reservation:
+        reservation.refund()
+    assert limiter.budget.spent(now[0]) == 0
+    async with limiter.slot(900):
+        pass
+    assert limiter.budget.spent(now[0]) == 900

@@ -84,6 +84,9 @@ DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 # Ids per read-back query: 36-character GUIDs, quoted, keep the URL near 21 KB (Dataverse
 # refuses URLs over 32 KB outside $batch; inferred from IIS defaults, kept well under).
 VERSION_CHUNK = 500
+# Answers of a request Dataverse did not run, so charged no execution time for: throttled,
+# or refused by the gateway before it reached the organisation.
+NOT_EXECUTED = frozenset({429, 502, 503, 504})
 EXECUTION_TIME_CODE = "0x80072321"  # 429: combined execution time over the limit
 
 
@@ -186,10 +189,11 @@ class DataverseClient:
         throttles = 0
         cost = estimate_ms("read" if method == "GET" else "single") if cost_ms is None else cost_ms
         while True:
-            async with self.limiter.slot(cost):
+            async with self.limiter.slot(cost) as reservation:
                 try:
                     token = await self._tokens.token()
                 except Retriable as exc:
+                    reservation.refund()
                     self.conditions.begin(
                         "dataverse.unreachable",
                         f"no token from the authority ({exc}); retrying with backoff",
@@ -204,6 +208,7 @@ class DataverseClient:
                 try:
                     resp = await self._http.request(method, url, headers=h, content=content)
                 except httpx.HTTPError as exc:
+                    reservation.refund()  # no answer: nothing known to be executed
                     error = from_transport_error(exc)
                     self.conditions.begin(
                         "dataverse.unreachable",
@@ -213,6 +218,8 @@ class DataverseClient:
                         url=self.base_url,
                     )
                     raise error from exc
+                if resp.status_code in NOT_EXECUTED:
+                    reservation.refund()
             count_crm_response(resp.status_code)
             remaining = parse_ratelimit(resp.headers)
             if remaining is not None:

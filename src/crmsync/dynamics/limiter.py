@@ -105,6 +105,16 @@ def estimate_ms(kind: str, records: int = 1) -> float:
 
 
 @dataclass
+class Reservation:
+    """A slot's share of the execution budget; ``refund()`` gives it back."""
+
+    refunded: bool = False
+
+    def refund(self) -> None:
+        self.refunded = True
+
+
+@dataclass
 class ExecutionBudget:
     """The execution time this user's requests spent over the sliding window, as the
     client estimates it, and how long a request must wait to stay under ``share`` of the
@@ -152,6 +162,17 @@ class ExecutionBudget:
             return  # already out of the window
         entry[0] = now
         self._spent.append(entry)
+
+    def refund(self, entry: list[float] | None) -> None:
+        """The request was not executed (throttled, the service unavailable, no answer):
+        Dataverse charged nothing for it, so neither does the estimate."""
+        if entry is None:
+            return
+        try:
+            self._spent.remove(entry)
+        except ValueError:
+            return  # already out of the window
+        self._total -= entry[1]
 
     def wait(self, now: float, ms: float) -> float:
         """Seconds until a request of ``ms`` fits (0 now). Bulk-sized requests keep the
@@ -258,9 +279,10 @@ class Limiter:
             await self._sleep(min(delay, 1.0))
 
     @asynccontextmanager
-    async def slot(self, cost_ms: float = 0.0) -> AsyncIterator[None]:
+    async def slot(self, cost_ms: float = 0.0) -> AsyncIterator[Reservation]:
         """Hold one in-flight slot; waits for the gate to open, for ``cost_ms`` of the
-        execution budget (charged when the slot is taken) and for a free slot."""
+        execution budget (charged when the slot is taken) and for a free slot. The
+        caller calls ``refund()`` on what it yields if the request was not executed."""
         cond = self._condition()
         while True:
             await self.wait_gate()
@@ -274,10 +296,14 @@ class Limiter:
                 reserved = self.budget.charge(self._clock(), cost_ms)
                 self._in_flight += 1
                 break
+        held = Reservation()
         try:
-            yield
+            yield held
         finally:
-            self.budget.finished(reserved, self._clock())
+            if held.refunded:
+                self.budget.refund(reserved)
+            else:
+                self.budget.finished(reserved, self._clock())
             async with cond:
                 self._in_flight -= 1
                 cond.notify_all()

@@ -258,6 +258,16 @@ class Pusher:
             return [await self._single(group.sends[0])]
         if group.message is None:
             return await self.client.write_batch([s.write for s in group.sends])
+        try:
+            return await self._send_bulk(group)
+        except (Fatal, ObjectUnusable):
+            raise
+        except CrmsyncError as exc:
+            # The whole request failed (an outage, a throttle outlasting the retries):
+            # each record gets the error, and its retry or park, as a $batch's would.
+            return [ItemResult(crm_id=s.write.record_id, error=exc) for s in group.sends]
+
+    async def _send_bulk(self, group: bulk.Group) -> list[ItemResult]:
         spec = self.specs[group.object]
         if self._own_user is None:
             self._own_user = await self.client.whoami()

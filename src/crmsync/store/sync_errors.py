@@ -671,7 +671,20 @@ def retry_due(conn: Connection, now: datetime, limit: int = AUTO_RETRY_BATCH) ->
     )
     if not due:
         return 0
-    conn.execute(sa.update(sync_error).where(e.id.in_(due)).values(retry_at=None))
+    # Taken again under the row locks: of two workers at once, the second finds them
+    # taken (retry_at gone, or planned anew by a later park) and leaves them be.
+    due = (
+        conn.execute(
+            sa.update(sync_error)
+            .where(e.id.in_(due), e.retry_at <= now, e.status == ErrorStatus.OPEN)
+            .values(retry_at=None)
+            .returning(e.id)
+        )
+        .scalars()
+        .all()
+    )
+    if not due:
+        return 0
     has_error = (
         sa.select(sa.literal(1))
         .where(
