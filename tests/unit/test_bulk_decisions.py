@@ -34,15 +34,15 @@ def send(n: int, op: Op = "update", obj: str = "lead", if_match: str | None = 'W
 def test_inserts_and_updates_group_by_object_and_message_deletes_go_as_batch() -> None:
     sends = [send(1), send(2, "upsert"), send(3, "delete"), send(4, obj="contact")]
     sends += [send(5), send(6, "upsert"), send(7), send(8, "upsert")]
+    sends += [send(9), send(10, "upsert"), send(11), send(13)]
     groups = bulk.group_sends(sends, bulk=True, max_records=100)
     shape = [(g.message, g.object, [s.entry.id for s in g.sends]) for g in groups]
-    # The lone contact update is cheaper as a $batch part than as a bulk request.
+    # The lone contact update, and the four lead inserts, are cheaper as $batch parts.
     assert shape == [
-        (None, "", [3, 4]),
-        ("UpdateMultiple", "lead", [1, 5, 7]),
-        ("UpsertMultiple", "lead", [2, 6, 8]),
+        (None, "", [3, 2, 6, 8, 10, 4]),
+        ("UpdateMultiple", "lead", [1, 5, 7, 9, 11, 13]),
     ]
-    assert bulk.BULK_MIN == 3
+    assert bulk.BULK_MIN == 5
 
 
 def test_batch_only_sends_everything_as_one_batch() -> None:

@@ -199,7 +199,12 @@ class Pusher:
         """Claim the newest changes (due in the last ``FRESH_SECONDS``, at most
         ``FRESH_LIMIT``) and send them at once: an interactive edit does not wait behind
         a bulk backlog, and its small request uses the share of the execution budget
-        that bulk requests leave free (``limiter.SMALL_RESERVE``)."""
+        that bulk requests leave free (``limiter.SMALL_RESERVE``). Only behind a backlog
+        (the last claim was full): while the lanes keep up, they send fresh changes
+        themselves, batched by the thin-claim pacing, and the lane would only add
+        requests."""
+        if self._thin:
+            return 0
         steps = await asyncio.to_thread(self._claim_and_plan, True)
         return await self._push(steps)
 
