@@ -143,9 +143,10 @@ def test_pause_lets_the_backlog_grow_and_resume_drains_it(
 ) -> None:
     page.clock.install()  # the page's timers run when the test says so
     login(page)
-    page.get_by_label("Object").select_option("lead")
-    page.get_by_label("Direction").select_option("to_crm")
-    page.get_by_role("button", name="Pause").click()
+    control = page.get_by_role("region", name="Pause or resume")
+    control.get_by_label("Object").select_option("lead")
+    control.get_by_label("Direction").select_option("to_crm")
+    control.get_by_role("button", name="Pause").click()
     expect(page.locator(".paused-banner")).to_contain_text("Lead, to Dynamics")
     expect(page.locator('#status-table tr[data-object="lead"] .badge')).to_have_text("Paused")
 
