@@ -490,6 +490,9 @@ def export(engine: Engine, filters: ErrorFilters, fmt: str) -> Iterator[str]:
 # -- retry and dismiss -------------------------------------------------------------------
 
 
+AUTO_RETRY_ACTOR = "auto_retry"
+
+
 def _by(actor: str | None) -> dict[str, Any]:
     return {"by": actor or "unknown"}
 
@@ -499,9 +502,12 @@ def _requeue(
     matching: Sequence[ColumnElement[bool]],
     now: datetime,
     actor: str | None = None,
+    *,
+    keep_attempts: bool = False,
 ) -> int:
     """Put the parked entries of the errors matching ``matching`` back in the backlog,
-    each with a ``retried`` event saying by whom."""
+    each with a ``retried`` event saying by whom; their attempts start over, unless
+    ``keep_attempts`` (an automatic retry: the next park waits longer)."""
     q, e = sync_queue.c, sync_error.c
     has_error = (
         sa.select(sa.literal(1))
@@ -518,7 +524,7 @@ def _requeue(
         .where(q.state == EntryState.PARKED, has_error)
         .values(
             state=EntryState.PENDING,
-            attempts=0,
+            attempts=q.attempts if keep_attempts else 0,
             next_attempt_at=now,
             claimed_by=None,
             claimed_until=None,
@@ -658,7 +664,7 @@ def retry_due(conn: Connection, now: datetime, limit: int = AUTO_RETRY_BATCH) ->
     (a person's retry starts them over). The error stays open, its ``retry_at`` cleared,
     until the record syncs or fails again.
     """
-    e, q = sync_error.c, sync_queue.c
+    e = sync_error.c
     due = (
         conn.execute(
             sa.select(e.id)
@@ -685,35 +691,4 @@ def retry_due(conn: Connection, now: datetime, limit: int = AUTO_RETRY_BATCH) ->
     )
     if not due:
         return 0
-    has_error = (
-        sa.select(sa.literal(1))
-        .where(
-            e.object == q.object,
-            e.direction == q.direction,
-            e.record_key == q.record_key,
-            e.id.in_(due),
-        )
-        .exists()
-    )
-    requeued = conn.execute(
-        sa.update(sync_queue)
-        .where(q.state == EntryState.PARKED, has_error)
-        .values(state=EntryState.PENDING, next_attempt_at=now, claimed_by=None, claimed_until=None)
-        .returning(q.object, q.direction, q.record_key, q.record_id, q.operation)
-    ).all()
-    history.write(
-        conn,
-        (
-            history.event(
-                obj,
-                history.key_of(rid, key if direction == Direction.FROM_CRM else None),
-                EventKind.RETRIED,
-                now,
-                direction=direction,
-                operation=operation,
-                detail={"by": "auto_retry"},
-            )
-            for obj, direction, key, rid, operation in requeued
-        ),
-    )
-    return len(requeued)
+    return _requeue(conn, [e.id.in_(due)], now, AUTO_RETRY_ACTOR, keep_attempts=True)
