@@ -199,14 +199,16 @@ class Pusher:
         """Claim the newest changes (due in the last ``FRESH_SECONDS``, at most
         ``FRESH_LIMIT``) and send them at once: an interactive edit does not wait behind
         a bulk backlog, and its small request uses the share of the execution budget
-        that bulk requests leave free (``limiter.SMALL_RESERVE``). Only behind a backlog
-        (the last claim was full): while the lanes keep up, they send fresh changes
-        themselves, batched by the thin-claim pacing, and the lane would only add
-        requests."""
-        if self._thin:
-            return 0
+        that bulk requests leave free (``limiter.SMALL_RESERVE``). Only ``behind`` a
+        backlog: while the lanes keep up, they send fresh changes themselves, batched by
+        the thin-claim pacing, and this lane would only add requests."""
         steps = await asyncio.to_thread(self._claim_and_plan, True)
         return await self._push(steps)
+
+    @property
+    def behind(self) -> bool:
+        """Whether the lanes work through a backlog (the last claim came back full)."""
+        return not self._thin
 
     async def push_batch(self) -> int:
         """Claim, send and record one batch; returns how many entries it handled."""

@@ -192,6 +192,9 @@ class Worker:
         if not self.pusher.objects:
             return
         while not self.stopping.is_set():
+            if not self.pusher.behind:
+                await self._wait(FRESH_POLL_SECONDS)  # nothing asked of the store
+                continue
             try:
                 handled = await self.pusher.push_fresh()
                 self.outage.answered()
