@@ -114,12 +114,17 @@ def fill_crmsync(url: str, n: int) -> None:
 
 def crmsync_worker(url: str, batch: int, history: bool = True) -> None:
     """Claim and record until empty; each outcome carries its sends, as a push's does
-    (with ``history``, the ``sent`` and ``synced`` events are written: store/history.py)."""
-    from crmsync.store import history as store_history
+    (with ``history``, the ``sent`` and ``synced`` events are written: store/history.py).
+    Against a tree from before the history (``--against``), plain outcomes."""
     from crmsync.store import queue
     from crmsync.store.db import create_store_engine
 
-    store_history.configure(enabled=history)
+    try:
+        from crmsync.store import history as store_history
+    except ImportError:
+        store_history = None
+    else:
+        store_history.configure(enabled=history)
     engine = create_store_engine(url)
     wid = f"bench-{uuid.uuid4().hex[:6]}"
     columns = ("email", "first_name", "last_name", "company")
@@ -127,10 +132,13 @@ def crmsync_worker(url: str, batch: int, history: bool = True) -> None:
         entries = queue.claim(engine, wid, "to_crm", ["lead"], batch, timedelta(seconds=60))
         if not entries:
             break
-        outcome = queue.Outcome(
-            done=[queue.Done(e) for e in entries],
-            sent=[(e, columns) for e in entries],
-            batch=uuid.uuid4().hex[:12],
+        done = [queue.Done(e) for e in entries]
+        outcome = (
+            queue.Outcome(done=done)
+            if store_history is None
+            else queue.Outcome(
+                done=done, sent=[(e, columns) for e in entries], batch=uuid.uuid4().hex[:12]
+            )
         )
         queue.record(engine, outcome)
     engine.dispose()
