@@ -113,6 +113,7 @@ class Pusher:
         self._rnd = random.Random()
         self._pace: asyncio.Lock | None = None
         self._thin = True  # until a claim comes back full
+        self._reached: datetime | None = None  # the newest change the last claim took
         self._next_claim = 0.0
         self._own_user: str | None = None  # crmsync's Dynamics user (WhoAmI), for read-backs
 
@@ -136,6 +137,8 @@ class Pusher:
         )
         if not entries:
             return []
+        if not fresh:
+            self._reached = max(e.first_queued_at for e in entries)
         return self._plan(entries)
 
     def _plan(self, entries: Sequence[Entry]) -> list[Step]:
@@ -207,8 +210,14 @@ class Pusher:
 
     @property
     def behind(self) -> bool:
-        """Whether the lanes work through a backlog (the last claim came back full)."""
-        return not self._thin
+        """Whether the lanes work through a backlog older than the fresh changes: the last
+        claim came back full and its newest change was queued more than FRESH_SECONDS
+        ago. A backlog that is itself fresh (a bulk load just written) is the lanes'
+        own: the fresh lane would only drain it faster for a few seconds, and throw the
+        drain's estimate off."""
+        if self._thin or self._reached is None:
+            return False
+        return utcnow() - self._reached > timedelta(seconds=FRESH_SECONDS)
 
     async def push_batch(self) -> int:
         """Claim, send and record one batch; returns how many entries it handled."""
