@@ -203,14 +203,15 @@ def timed(target: object, url: str, workers: int, batch: int) -> float:
     return time.monotonic() - started
 
 
-def one_side(admin_url: str, entries: int, workers: int, batch: int) -> None:
+def one_side(admin_url: str, entries: int, workers: int, batch: int, history: bool) -> None:
     """One timed crmsync drain on a fresh database, as JSON (``--against``'s child)."""
     import crmsync
 
     url = make_db(admin_url)
     try:
         fill_crmsync(url, entries)
-        seconds = timed(crmsync_worker, url, workers, batch)
+        worker = crmsync_worker if history else crmsync_worker_off
+        seconds = timed(worker, url, workers, batch)
     finally:
         drop_db(admin_url, url)
     print(json.dumps({"src": str(Path(crmsync.__file__).parent.parent), "rate": entries / seconds}))
@@ -218,6 +219,10 @@ def one_side(admin_url: str, entries: int, workers: int, batch: int) -> None:
 
 def against(args: argparse.Namespace) -> None:
     other = Path(args.against).resolve()
+    if other == HERE:
+        raise SystemExit(f"--against {other} is this tree: give another tree's src folder")
+    if args.history == "both":
+        raise SystemExit("--against takes --history on or off (the same for both trees)")
     admin = "sqlite://" if args.store == "sqlite" else args.pg_url
     rates: dict[Path, list[float]] = {HERE: [], other: []}
     for r in range(args.rounds):
@@ -226,7 +231,7 @@ def against(args: argparse.Namespace) -> None:
             env = {**os.environ, "PYTHONPATH": str(src)}
             cmd = [sys.executable, __file__, "--one", "--pg-url", admin]
             cmd += ["--entries", str(args.entries), "--workers", str(args.workers)]
-            cmd += ["--batch", str(args.batch)]
+            cmd += ["--batch", str(args.batch), "--history", args.history]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if out.returncode != 0:
                 raise SystemExit(out.stderr)
@@ -298,7 +303,7 @@ def main() -> None:
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
-        one_side(args.pg_url, args.entries, args.workers, args.batch)
+        one_side(args.pg_url, args.entries, args.workers, args.batch, args.history == "on")
         return
     if args.against:
         against(args)

@@ -249,13 +249,15 @@ def record(engine: Engine, outcome: Outcome, now: datetime | None = None) -> Non
 
 def record_in(conn: Connection, outcome: Outcome, now: datetime) -> None:
     """``record`` in the caller's transaction, with the batch's events (``history``)."""
-    events = outcome_events.sent(outcome, now)
+    on = history.enabled()
+    events = outcome_events.sent(outcome, now) if on else []
     for failure in outcome.failed:
         if failure.retry_at is None:
             _park(conn, failure, now)
         else:
             _reschedule(conn, failure, now)
-        events += outcome_events.failure(failure, now)
+        if on:
+            events += outcome_events.failure(failure, now)
     for entry, until in outcome.deferred:
         conn.execute(
             sa.update(sync_queue)
@@ -288,21 +290,8 @@ def _complete(
         if d.counted:
             key = (d.entry.object, d.entry.direction, d.entry.operation)
             counts[key] = counts.get(key, 0) + 1
-    events = [
-        *events,
-        *(
-            history.event(
-                d.entry.object,
-                outcome_events.entry_key(d.entry, d.record_id),
-                EventKind.SYNCED,
-                now,
-                direction=d.entry.direction,
-                operation=d.entry.operation,
-                detail=None if d.counted else {"skipped": True},
-            )
-            for d in done
-        ),
-    ]
+    if history.enabled():
+        events = [*events, *(_synced_event(d, now) for d in done)]
     if conn.dialect.name == "postgresql":
         gone = _finish_postgresql(conn, done, counts, now, events)
         events = []
@@ -333,6 +322,18 @@ def _complete(
     return events
 
 
+def _synced_event(d: Done, now: datetime) -> dict[str, Any]:
+    return history.event(
+        d.entry.object,
+        outcome_events.entry_key(d.entry, d.record_id),
+        EventKind.SYNCED,
+        now,
+        direction=d.entry.direction,
+        operation=d.entry.operation,
+        detail=None if d.counted else {"skipped": True},
+    )
+
+
 def _finish_postgresql(
     conn: Connection,
     done: Sequence[Done],
@@ -361,14 +362,15 @@ def _finish_postgresql(
         "rate_object": [k[0] for k in rates],
         "rate_direction": [k[1] for k in rates],
         "rate_synced": list(rates.values()),
-        "history_on": history.enabled(),
-        "history_events": history.as_json(events) if history.enabled() else "[]",
     }
-    return {r[0] for r in conn.execute(_finish_statement(), params)}
+    on = history.enabled()
+    if on:
+        params["history_events"] = history.as_json(events)
+    return {r[0] for r in conn.execute(_finish_statement(on), params)}
 
 
 @functools.cache
-def _finish_statement() -> sa.Select[Any]:
+def _finish_statement(with_history: bool) -> sa.Select[Any]:
     q, err = sync_queue.c, sync_error.c
     finished = _unnest(
         "finished",
@@ -386,7 +388,7 @@ def _finish_statement() -> sa.Select[Any]:
         .cte("gone")
     )
     synced = sa.select(finished.c.object, finished.c.direction, finished.c.record_key)
-    resolved = (
+    resolving = (
         sa.update(sync_error)
         .where(
             err.status == ErrorStatus.OPEN,
@@ -397,9 +399,10 @@ def _finish_statement() -> sa.Select[Any]:
             resolved_at=sa.bindparam("resolved_at", type_=UTCDateTime()),
             retry_at=None,
         )
-        .returning(err.object, err.direction, err.record_key, err.record_id)
-        .cte("resolved")
     )
+    if with_history:  # the resolutions are read back for their events
+        resolving = resolving.returning(err.object, err.direction, err.record_key, err.record_id)
+    resolved = resolving.cte("resolved")
     added = _unnest(
         "added", object=sa.String, direction=sa.String, operation=sa.String, synced=sa.BigInteger
     )
@@ -432,6 +435,8 @@ def _finish_statement() -> sa.Select[Any]:
             ),
         )
     ).cte("paced")
+    if not with_history:
+        return sa.select(gone.c.id).add_cte(resolved, counted, paced)
     logged = (
         history.insert_json(sa.bindparam("history_events", type_=sa.String))
         .returning(sync_event.c.id)
@@ -456,7 +461,7 @@ def _finish_statement() -> sa.Select[Any]:
                 sa.bindparam("resolved_at", type_=UTCDateTime()),
                 sa.literal(str(EventKind.RESOLVED)),
                 resolved.c.direction,
-            ).where(sa.bindparam("history_on", type_=sa.Boolean), after_logged),
+            ).where(after_logged),
         )
         .cte("settled")
     )
