@@ -27,7 +27,7 @@ from crmsync.store import throttle as shared
 from crmsync.store.db import write_transaction
 from crmsync.store.throttle import credential_key
 
-LEADS = 1200
+LEADS = 240
 RETRY_AFTER = 5
 # The 429's response reaching its worker, one store write, one poll interval, slack for
 # a loaded machine.

@@ -1,4 +1,4 @@
-"""Load: 52 concurrent clients (Dataverse's default concurrency limit) for 20 s against
+"""Load: 52 concurrent clients (Dataverse's default concurrency limit) for 8 s against
 ``serve()`` in its own process on 127.0.0.1, with injected faults switched on. Every
 failure seen must be one of the configured ones."""
 
@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 CLIENTS = 52
-DURATION_S = 20.0
+DURATION_S = 8.0
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ async def _client(url: str, n: int, until: float, seen: Counter[str]) -> None:
 async def test_52_concurrent_clients_see_only_configured_faults(served: str) -> None:
     async with httpx.AsyncClient(base_url=served) as c:
         r = await c.put(
-            "/_emulator/config", json={"fail_rate": 0.01, "throttle_rate": 0.01, "cut_rate": 0.002}
+            "/_emulator/config", json={"fail_rate": 0.04, "throttle_rate": 0.04, "cut_rate": 0.004}
         )
         assert r.status_code == 200
     seen: Counter[str] = Counter()
@@ -97,8 +97,9 @@ async def test_52_concurrent_clients_see_only_configured_faults(served: str) -> 
     total = sum(seen.values())
     print(f"load: {total} requests in {DURATION_S:.0f} s by {CLIENTS} clients: {dict(seen)}")
     # Sustained load, not a speed test (those are benchmarks): a loaded 2-core machine
-    # still serves ~1,300 here, a quiet one ~3,500.
-    assert total > 500, seen
+    # still serves ~500 here, a quiet one several thousand; with 4% of each fault, 200
+    # requests without a 429 or a 503 has a chance of 1 in 3,500.
+    assert total > 200, seen
     assert set(seen) <= {"200", "201", "204", "404", "429", "503", "cut"}, seen
     assert seen["429"] > 0 and seen["503"] > 0
     async with httpx.AsyncClient(base_url=served) as c:
