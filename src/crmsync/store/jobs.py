@@ -5,7 +5,10 @@ claims it (``claim``): a worker's upkeep, or the CLI that asked and waits. The c
 a lease like a queue entry's: a process that dies (``kill -9``) leaves a job any other
 may claim once the lease runs out, and it resumes at its ``position``, which the runner
 saves with ``advance`` in the transaction of the work it did (so no page of work is done
-twice, nor skipped). Cancelling sets a flag the runner reads between pages.
+twice, nor skipped). A run that cannot go on (Dynamics unreachable, or a failure
+crmsync did not expect) gives the job back with ``retry_later``: held by no one, not to
+be claimed before a time, with the reason in ``error``. Cancelling sets a flag the runner
+reads between pages.
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ from crmsync.store.types import utcnow
 from crmsync.values import Job
 
 ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+# Counts kept in a job's position beside where it got to: runs in a row that failed
+# unexpectedly (the runner fails the job at its limit) and runs in a row that found
+# Dynamics unreachable (its backoff's exponent). ``advance`` drops them and the reason
+# (``error``): progress ends a run of failures.
+FAILED_RUNS = "failed_runs"
+OUTAGES = "outages"
+COUNTS = (FAILED_RUNS, OUTAGES)
 # pg_advisory_xact_lock's key for asking for the scheduled audit ("crmsync audit").
 AUDIT_LOCK = 0x63726D73_61756474
 
@@ -45,6 +55,8 @@ def _job(row: Any) -> Job:
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
+        claimed_by=row.claimed_by,
+        claimed_until=row.claimed_until,
     )
 
 
@@ -201,9 +213,12 @@ def advance(
     now = now or utcnow()
     j = sync_job.c
     values: dict[str, Any] = {
-        "position": dict(position) if position is not None else None,
+        "position": (
+            {k: v for k, v in position.items() if k not in COUNTS} if position is not None else None
+        ),
         "done": j.done + done,
         "claimed_until": now + lease,
+        "error": None,
     }
     if total is not None:
         values["total"] = total
@@ -212,6 +227,34 @@ def advance(
         .where(j.id == job.id, j.claimed_by == worker, j.state == JobState.RUNNING)
         .values(**values)
     )
+    return res.rowcount == 1
+
+
+def retry_later(
+    engine: Engine,
+    job_id: int,
+    worker: str,
+    *,
+    position: Mapping[str, Any] | None,
+    error: str,
+    at: datetime,
+) -> bool:
+    """Give back a running job this process holds, for any process to resume at its
+    position from ``at`` on (``claim`` passes by a job held by no one whose
+    ``claimed_until`` is still ahead), with the reason in ``error``; False if this
+    process no longer holds it."""
+    j = sync_job.c
+    with write_transaction(engine) as conn:
+        res = conn.execute(
+            sa.update(sync_job)
+            .where(j.id == job_id, j.claimed_by == worker, j.state == JobState.RUNNING)
+            .values(
+                position=dict(position) if position is not None else None,
+                error=error[:2000],
+                claimed_by=None,
+                claimed_until=at,
+            )
+        )
     return res.rowcount == 1
 
 
@@ -311,6 +354,7 @@ def as_json(job: Job) -> dict[str, Any]:
         "total": job.total,
         "result": job.result,
         "error": job.error,
+        "retry_at": iso(job.retry_at),
         "cancel_requested": job.cancel_requested,
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),

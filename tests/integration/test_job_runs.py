@@ -1,0 +1,147 @@
+"""Job runs that fail, and cancels that race them, on both backends.
+
+A job whose run raises what crmsync did not expect (here a genuine one: a job row whose
+``since`` no version of crmsync can read) is given back with the reason and a backoff,
+and after ``MAX_FAILED_RUNS`` runs in a row ends as ``failed``, its error in the job row,
+the API and ``crmsync jobs list``; the runner goes on with the other jobs. No Dynamics
+is needed: the jobs here are ``to_crm`` resyncs, which only queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Engine
+from typer.testing import CliRunner
+
+from crmsync.cli import app as cli_app
+from crmsync.config import load_settings
+from crmsync.domain import Direction, JobKind, JobState
+from crmsync.dynamics.client import DataverseClient
+from crmsync.engine.jobs import MAX_FAILED_RUNS, JobRunner
+from crmsync.engine.pull import Puller
+from crmsync.store import capture, jobs
+from crmsync.store.db import write_transaction
+from crmsync.store.types import utcnow
+from crmsync.values import Job
+from crmsync.web.app import create_app
+
+TOKEN = "jobs-token"
+LEASE = timedelta(seconds=60)
+
+
+@pytest.fixture
+def runner(engine: Engine, db_url: str) -> Iterator[JobRunner]:
+    # Slow backoff: a job given back is plainly not claimable until the test says so.
+    settings = load_settings(database_url=db_url, retry_base_seconds=60, retry_max_seconds=600)
+    client = DataverseClient.with_static_token("http://127.0.0.1:9", "never-used")
+    yield JobRunner(engine, Puller(engine, client, settings), "w1")
+    asyncio.run(client.aclose())
+
+
+def _get(engine: Engine, job_id: int) -> Job:
+    with engine.connect() as conn:
+        return jobs.get(conn, job_id)
+
+
+def _create(engine: Engine, params: dict[str, Any]) -> Job:
+    with write_transaction(engine) as conn:
+        return jobs.create(conn, JobKind.RESYNC, "lead", Direction.TO_CRM, params)
+
+
+def _time_passes(engine: Engine, job_id: int) -> None:
+    """The job's backoff is over (its not-before time moved to the past)."""
+    with write_transaction(engine) as conn:
+        conn.execute(
+            sa.text("UPDATE sync_job SET claimed_until = :t WHERE id = :i"),
+            {"t": utcnow() - timedelta(seconds=1), "i": job_id},
+        )
+
+
+def test_a_job_failing_unexpectedly_ends_failed_and_the_others_run(
+    engine: Engine, runner: JobRunner, db_url: str
+) -> None:
+    with write_transaction(engine) as conn:
+        conn.execute(sa.text("INSERT INTO lead (email, last_name) VALUES ('a@x.org', 'A')"))
+    capture.fold_pending(engine)
+    poison = _create(engine, {"since": "not a time", "until": None, "ids": []})
+    good = _create(engine, {"since": None, "until": None, "ids": []})
+
+    first = asyncio.run(runner.run_one())
+    assert first is not None and first.id == poison.id
+    assert first.state is JobState.RUNNING and first.claimed_by is None
+    assert first.retry_at is not None and first.retry_at > utcnow() + timedelta(seconds=20)
+    assert first.error is not None and first.error.startswith(f"run 1 of {MAX_FAILED_RUNS}")
+    assert "ValueError" in first.error
+    # Backing off, the poison job is passed by: the other job runs.
+    ran = asyncio.run(runner.run_one())
+    assert ran is not None and ran.id == good.id and ran.state is JobState.DONE
+    assert ran.result == {"queued": 1}
+    assert asyncio.run(runner.run_one()) is None
+
+    for _ in range(2, MAX_FAILED_RUNS + 1):
+        _time_passes(engine, poison.id)
+        again = asyncio.run(runner.run_one())
+        assert again is not None and again.id == poison.id
+    ended = _get(engine, poison.id)
+    assert ended.state is JobState.FAILED and ended.finished_at is not None
+    assert ended.error is not None
+    assert ended.error.startswith(f"failed {MAX_FAILED_RUNS} runs in a row")
+    assert "not a time" in ended.error
+    _time_passes(engine, poison.id)
+    assert asyncio.run(runner.run_one()) is None  # never claimed again
+
+    api = create_app(load_settings(database_url=db_url, api_token=TOKEN), engine=engine)
+
+    async def shown() -> dict[str, Any]:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=api),
+            base_url="http://test",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as c:
+            return (await c.get(f"/api/v1/sync/jobs/{poison.id}")).json()
+
+    body = asyncio.run(shown())
+    assert body["state"] == "failed" and body["error"] == ended.error
+    listed = CliRunner().invoke(
+        cli_app, ["jobs", "list"], env={"CRMSYNC_DATABASE_URL": db_url, "COLUMNS": "300"}
+    )
+    assert listed.exit_code == 0, listed.output
+    assert "failed" in listed.output and "not a time" in listed.output
+
+
+def test_progress_ends_a_run_of_failures(engine: Engine, runner: JobRunner) -> None:
+    """The counts kept beside the position, and the reason, go with the next page done."""
+    job = _create(engine, {"since": None, "until": None, "ids": []})
+    claimed = jobs.claim(engine, "w1", LEASE)
+    assert claimed is not None
+    kept = {"after": 0, "queued": 0, jobs.FAILED_RUNS: 2, jobs.OUTAGES: 1}
+    assert jobs.retry_later(
+        engine, job.id, "w1", position=kept, error="run 2 failed", at=utcnow() - LEASE
+    )
+    assert jobs.claim(engine, "w2", LEASE) is not None
+    with write_transaction(engine) as conn:
+        assert jobs.advance(conn, job, "w2", {**kept, "after": 5}, done=5, lease=LEASE)
+    now = _get(engine, job.id)
+    assert now.position == {"after": 5, "queued": 0} and now.error is None
+
+
+def test_a_job_given_back_is_not_claimed_before_its_time(engine: Engine) -> None:
+    job = _create(engine, {"since": None, "until": None, "ids": []})
+    assert jobs.claim(engine, "w1", LEASE) is not None
+    at = utcnow() + timedelta(seconds=30)
+    assert jobs.retry_later(engine, job.id, "w1", position=None, error="down", at=at)
+    assert not jobs.retry_later(engine, job.id, "w1", position=None, error="again", at=at)
+    assert jobs.claim(engine, "w1", LEASE, now=at - timedelta(seconds=1)) is None
+    assert jobs.claim(engine, "w2", LEASE, now=at - timedelta(seconds=1)) is None
+    shown = jobs.as_json(_get(engine, job.id))
+    assert shown["retry_at"] == at.isoformat().replace("+00:00", "Z")
+    assert shown["state"] == "running" and shown["error"] == "down"
+    again = jobs.claim(engine, "w2", LEASE, now=at + timedelta(seconds=1))
+    assert again is not None and again.id == job.id and again.retry_at is None
