@@ -321,7 +321,7 @@ class Auditor:
         if not crm_ids:
             return 0
         return await self.puller.restage(
-            spec, crm_ids, Requeue(also=lambda conn, n: None, resync=resync, actor="audit")
+            spec, crm_ids, Requeue(also=lambda conn, n, staged: None, resync=resync, actor="audit")
         )
 
     async def _only_local(

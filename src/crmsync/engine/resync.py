@@ -341,9 +341,11 @@ class Resyncer:
         position = dict(job.position or {"next_link": None, "index": 0, "queued": 0})
         filter_field = self.puller._filter_for(spec)
 
-        def advance_with(step: dict[str, Any]) -> Callable[[Connection, int], None]:
-            def also(conn: Connection, records: int) -> None:
-                self._advance(conn, job, step, records)
+        def advance_with(step: dict[str, Any]) -> Callable[[Connection, int, int], None]:
+            # The position saved with a chunk counts the chunk's entries: a job resumed
+            # after it reports every record it queued.
+            def also(conn: Connection, records: int, staged: int) -> None:
+                self._advance(conn, job, {**step, "queued": step["queued"] + staged}, records)
 
             return also
 
