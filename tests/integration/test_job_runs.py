@@ -145,3 +145,80 @@ def test_a_job_given_back_is_not_claimed_before_its_time(engine: Engine) -> None
     assert shown["state"] == "running" and shown["error"] == "down"
     again = jobs.claim(engine, "w2", LEASE, now=at + timedelta(seconds=1))
     assert again is not None and again.id == job.id and again.retry_at is None
+
+
+# --- cancels racing the runner ---------------------------------------------------------
+
+
+def test_a_cancel_racing_a_claim_is_not_lost(engine: Engine) -> None:
+    """A worker claims the job between the cancel's reading it (queued) and its write.
+    The cancel used to write only "where still queued": it wrote nothing, answered
+    ``running`` and the job ran to its end. On SQLite the cancel's write lock keeps the
+    claim out, so there the claim comes first; the outcome must be the same."""
+    job = _create(engine, {"since": None, "until": None, "ids": []})
+    claimed: list[Job | None] = []
+
+    def claim_first(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE SYNC_JOB") and not claimed:
+            claimed.append(jobs.claim(engine, "w1", LEASE))
+
+    if engine.dialect.name == "sqlite":
+        claimed.append(jobs.claim(engine, "w1", LEASE))
+    with write_transaction(engine) as conn:
+        sa.event.listen(conn, "before_cursor_execute", claim_first)
+        answered = jobs.cancel(conn, job.id)
+    assert claimed and claimed[0] is not None and claimed[0].id == job.id
+    assert answered.state is JobState.RUNNING and answered.cancel_requested
+    assert jobs.cancel_requested(engine, job.id)  # the runner stops at its next page
+
+
+def test_a_job_cancelled_while_given_back_stays_cancelled(engine: Engine) -> None:
+    """Given back (Dynamics unreachable), a job no process holds is cancelled at once;
+    the process that held it can neither set it back to running nor end it as done."""
+    job = _create(engine, {"since": None, "until": None, "ids": []})
+    held = jobs.claim(engine, "w1", LEASE)
+    assert held is not None
+    later = utcnow() + timedelta(minutes=5)
+    assert jobs.retry_later(engine, job.id, "w1", position=None, error="down", at=later)
+    with write_transaction(engine) as conn:
+        assert jobs.cancel(conn, job.id).state is JobState.CANCELLED
+    jobs.finish(engine, held, "w1", JobState.DONE, result={"queued": 1})
+    with write_transaction(engine) as conn:
+        assert not jobs.advance(conn, held, "w1", {"after": 1}, done=1, lease=LEASE)
+    assert not jobs.renew(engine, job.id, "w1", LEASE)
+    assert jobs.claim(engine, "w1", LEASE, now=later + LEASE) is None
+    ended = _get(engine, job.id)
+    assert ended.state is JobState.CANCELLED and ended.result is None
+    with write_transaction(engine) as conn:  # cancelling again leaves it as it ended
+        assert jobs.cancel(conn, job.id).finished_at == ended.finished_at
+
+
+def test_a_running_job_cancelled_ends_cancelled_not_done(engine: Engine, runner: JobRunner) -> None:
+    """The cancel lands while the runner works on a page (here: between its check of
+    the flag and its page's write); the runner stops at the next check."""
+    with write_transaction(engine) as conn:
+        for i in range(3):
+            conn.execute(
+                sa.text("INSERT INTO lead (email, last_name) VALUES (:e, 'L')"), {"e": f"{i}@x"}
+            )
+    capture.fold_pending(engine)
+    job = _create(engine, {"since": None, "until": None, "ids": []})
+    pages: list[int] = []
+    resync = runner.resyncer
+
+    original = resync._check_cancel
+
+    def check_then_cancel(j: Job) -> None:
+        pages.append(1)
+        original(j)
+        if len(pages) == 1:
+            with write_transaction(engine) as conn:
+                jobs.cancel(conn, j.id)
+
+    resync._check_cancel = check_then_cancel  # type: ignore[method-assign]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("crmsync.engine.resync.LOCAL_PAGE", 2)
+        ended = asyncio.run(runner.run_one())
+    assert ended is not None and ended.id == job.id
+    assert ended.state is JobState.CANCELLED and ended.cancel_requested
+    assert ended.done == 2 and len(pages) == 2  # the page under way, then it stopped

@@ -163,7 +163,8 @@ def claim(
     kinds: tuple[JobKind, ...] = tuple(JobKind),
     now: datetime | None = None,
 ) -> Job | None:
-    """Claim the oldest active job (or ``job_id``) that no live lease holds."""
+    """Claim the oldest active job (or ``job_id``) that no live lease holds, nor is
+    given back to resume later than ``now``."""
     now = now or utcnow()
     j = sync_job.c
     with write_transaction(engine) as conn:
@@ -280,19 +281,28 @@ def cancel_requested(engine: Engine, job_id: int) -> bool:
 
 
 def cancel(conn: Connection, job_id: int, now: datetime | None = None) -> Job:
-    """Cancel a job: a queued one at once, a running one at its next page."""
+    """Cancel a job: one no process holds (waiting, or given back to resume later) at
+    once, a running one at its next page (the runner reads the flag). One statement, so
+    that a claim between reading the job and writing it cannot make it lose the cancel;
+    a finished job is left as it ended."""
     now = now or utcnow()
-    job = get(conn, job_id)
+    get(conn, job_id)  # NotFound
     j = sync_job.c
-    if job.state is JobState.QUEUED:
-        conn.execute(
-            sa.update(sync_job)
-            .where(j.id == job_id, j.state == JobState.QUEUED)
-            .values(state=JobState.CANCELLED, cancel_requested=True, finished_at=now)
+    at_once = sa.or_(j.state == JobState.QUEUED, j.claimed_by.is_(None))
+    conn.execute(
+        sa.update(sync_job)
+        .where(j.id == job_id, j.state.in_(ACTIVE))
+        .values(
+            cancel_requested=True,
+            state=sa.case((at_once, JobState.CANCELLED), else_=j.state),
+            finished_at=sa.case((at_once, now), else_=j.finished_at),
+            claimed_until=sa.case((at_once, None), else_=j.claimed_until),
         )
-    elif job.state is JobState.RUNNING:
-        conn.execute(sa.update(sync_job).where(j.id == job_id).values(cancel_requested=True))
-    return get(conn, job_id)
+    )
+    job = get(conn, job_id)
+    if job.state is JobState.CANCELLED:
+        conn.execute(sa.delete(sync_audit_seen).where(sync_audit_seen.c.job_id == job_id))
+    return job
 
 
 def finish(
@@ -306,13 +316,14 @@ def finish(
     now: datetime | None = None,
 ) -> None:
     """End a job this process holds (done, failed or cancelled), and drop what an audit
-    read from Dynamics (``sync_audit_seen``): only the job itself used it."""
+    read from Dynamics (``sync_audit_seen``): only the job itself used it. A job ended
+    meanwhile (cancelled while given back) stays as it ended."""
     now = now or utcnow()
     j = sync_job.c
     with write_transaction(engine) as conn:
         ended = conn.execute(
             sa.update(sync_job)
-            .where(j.id == job.id, j.claimed_by == worker)
+            .where(j.id == job.id, j.claimed_by == worker, j.state == JobState.RUNNING)
             .values(
                 state=state,
                 result=dict(result) if result is not None else None,
