@@ -30,7 +30,7 @@ from crmsync.engine.jobs import JobRunner
 from crmsync.engine.pull import Puller
 from crmsync.engine.resync import Resyncer, check_request
 from crmsync.mapping import activate, default_objects
-from crmsync.store import audit, jobs, migrate
+from crmsync.store import audit, capture, jobs, migrate
 from crmsync.store.db import capture_suppressed, write_transaction
 from crmsync.store.schema import sync_change, sync_queue
 
@@ -243,3 +243,38 @@ def test_a_record_pushed_during_the_scan_is_not_deleted_by_the_repair(
         crm_id = conn.execute(sa.text("SELECT crm_id FROM lead WHERE email = 'new@x.org'")).scalar()
     assert crm_id is not None  # still here
     assert emu.store.get("leads", str(crm_id)) is not None
+
+
+def test_local_changes_made_during_the_audit_are_not_drift(
+    settings_here: Settings,
+    store: sa.Engine,
+    synced: dict[int, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Changes made here while the audit runs (no worker runs: they wait in the capture
+    log or the queue) are the sync's to send: a changed lead is not 'different', a
+    deleted one not 'only in Dynamics', a new one not 'only here'. They used to be
+    counted (and, with repair, queued again), as the audit folded the log only once,
+    before its first page. Here each change lands just after a fold of the audit's, so
+    that the comparison meets it still in the log."""
+    fold = capture.fold_pending
+    folds: list[int] = []
+
+    def fold_then_write(*args: Any, **kwargs: Any) -> int:
+        n = fold(*args, **kwargs)
+        folds.append(n)
+        with write_transaction(store) as conn:
+            if len(folds) == 1:  # before the first page's comparison
+                conn.execute(sa.text("UPDATE lead SET last_name = 'Moved' WHERE id = 2"))
+                conn.execute(sa.text("DELETE FROM lead WHERE id = 6"))
+            elif len(folds) == 2:  # before the search for records only here
+                conn.execute(sa.text("INSERT INTO lead (email, last_name) VALUES ('n@x', 'N')"))
+        return n
+
+    monkeypatch.setattr(capture, "fold_pending", fold_then_write)
+    found = _audit(settings_here, store)
+    monkeypatch.setattr(capture, "fold_pending", fold)
+    assert len(folds) == 2
+    assert (found["only_local"], found["only_dynamics"], found["different"]) == (0, 0, 0), found
+    assert found["checked"] == 6  # the six in Dynamics; the new lead is not counted
+    assert count(store, sync_change) == 1 and count(store, sync_queue) == 2
