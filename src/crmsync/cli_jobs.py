@@ -215,6 +215,7 @@ def jobs_list(
     for j in found:
         total = f"/{j['total']}" if j["total"] is not None else ""
         what = f"{j['kind']} {j['object'] or 'all'} {j['direction'] or ''}".strip()
+        what += " (dry run)" if j["params"].get("dry_run") else ""
         line = f"{j['id']:>6}  {j['state']:<9}  {what:<30}  {j['done']}{total}"
         if j["retry_at"]:
             line += f"  resumes at {j['retry_at']}"

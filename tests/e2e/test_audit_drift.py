@@ -278,3 +278,61 @@ def test_local_changes_made_during_the_audit_are_not_drift(
     assert (found["only_local"], found["only_dynamics"], found["different"]) == (0, 0, 0), found
     assert found["checked"] == 6  # the six in Dynamics; the new lead is not counted
     assert count(store, sync_change) == 1 and count(store, sync_queue) == 2
+
+
+def test_a_large_dry_run_over_the_api_is_a_job_with_the_same_report(
+    settings_here: Settings,
+    store: sa.Engine,
+    synced: dict[int, str],
+    emulator: tuple[Emulator, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A dry run compares a page at a time; the API's stops after ``AT_ONCE`` records
+    (here 3, in pages of 2) and answers 202 with a dry-run job, whose result is the
+    report a dry run to the end makes. A small one still answers at once. Nothing is
+    written either way but the job's row."""
+    import httpx
+
+    from crmsync.web.app import create_app as create_web_app
+
+    emu, _ = emulator
+    _plant(emu, store, synced)
+    monkeypatch.setattr("crmsync.engine.resync.LOCAL_PAGE", 2)
+    monkeypatch.setattr("crmsync.engine.resync.DYNAMICS_PAGE", 2)
+    web = create_web_app(
+        load_settings(**{**settings_here.model_dump(), "api_token": "t"}), engine=store
+    )
+
+    async def post(body: dict[str, Any]) -> httpx.Response:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=web),
+            base_url="http://test",
+            headers={"Authorization": "Bearer t"},
+        ) as c:
+            return await c.post("/api/v1/sync/resync", json=body)
+
+    small = asyncio.run(post({"object": "lead", "dry_run": True}))
+    assert small.status_code == 200, small.text
+    assert (small.json()["matched"], small.json()["would_change"]) == (5, 3)
+    assert small.json()["complete"] is True
+    monkeypatch.setattr("crmsync.web.api_jobs.AT_ONCE", 3)
+    for direction, expected in (("to_crm", (5, 3)), ("from_crm", (5, 3))):
+        emu.log.clear()
+        resp = asyncio.run(post({"object": "lead", "direction": direction, "dry_run": True}))
+        assert resp.status_code == 202, resp.text
+        assert resp.json()["params"]["dry_run"] is True
+        reads = [p for _, m, p, _ in emu.log if "/oauth2/" not in p]
+        assert len(reads) <= 3, reads  # two pages' worth, not the whole window
+        with store.connect() as conn:
+            assert jobs.get(conn, resp.json()["id"]).state is JobState.QUEUED
+
+        async def run(job_id: int) -> Any:
+            async with DataverseClient.from_settings(settings_here) as client:
+                runner = JobRunner(store, Puller(store, client, settings_here), "w")
+                return await runner.run_one(job_id)
+
+        ended = asyncio.run(run(resp.json()["id"]))
+        assert ended.state is JobState.DONE, ended
+        assert (ended.result["matched"], ended.result["would_change"]) == expected
+        assert len(ended.result["samples"]) == 3 and ended.done == 5
+    assert count(store, sync_queue) == 0 and count(store, sync_change) == 0

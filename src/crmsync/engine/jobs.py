@@ -1,21 +1,16 @@
 """Running resync and audit jobs: claim one, run it under a renewed lease, end it.
 
 A worker runs the jobs its upkeep finds (``JobRunner.run_pending``); the CLI runs the
-one it asked for (``run_one(job_id)``) and shows its progress. Whoever runs a job holds
-its lease, renewed every third of it while the job runs; a process that dies leaves the
-job to the next one that looks, which resumes it at its saved position.
+one it asked for (``run_one(job_id)``). The holder renews its lease every third of it; a
+process that dies leaves the job to the next, which resumes it at its saved position.
 
-A run that fails gives the job back with the reason (``error``, shown on Sync Status and
-in the API) and a time before which no process claims it again (``retry_at``):
-
-- Dynamics unreachable (a ``Retriable`` failure: 503, 429, no connection): after a
-  capped backoff (the retry settings), at least its ``Retry-After``; never a failure;
-- a failure crmsync did not expect (a bug, a driver error): after the same backoff, up
-  to ``MAX_FAILED_RUNS`` runs in a row, after which the job ends as ``failed``, so that
-  no job is claimed again for ever. Progress (a page done) ends a run of either.
-
-Any other ``CrmsyncError`` ends the job as ``failed`` at once. A store that cannot be
-reached is the worker's to wait for (``StoreOutage``): the job's lease runs out meanwhile.
+A run that fails gives the job back with the reason (``error``) and a time before which
+no process claims it (``retry_at``), after the retry settings' capped backoff: Dynamics
+unreachable (``Retriable``) never fails the job and waits at least its ``Retry-After``;
+a failure crmsync did not expect (a bug, a driver error) fails it after
+``MAX_FAILED_RUNS`` runs in a row, so that no job is claimed for ever. Progress ends a
+run of either. Any other ``CrmsyncError`` fails the job at once; a store that cannot be
+reached is the worker's to wait for (``StoreOutage``).
 """
 
 from __future__ import annotations
@@ -206,7 +201,11 @@ async def run_here(
         return await JobRunner(engine, puller, worker, progress=progress).run_one(job_id)
 
 
-async def dry_run_here(settings: Settings, engine: Engine, req: ResyncRequest) -> dict[str, Any]:
-    """A resync's dry run in this process: reads both sides, changes nothing."""
+async def dry_run_here(
+    settings: Settings, engine: Engine, req: ResyncRequest, *, at_most: int | None = None
+) -> dict[str, Any]:
+    """A resync's dry run in this process: reads both sides, changes nothing (stopping
+    after ``at_most`` records matched, if given: ``Resyncer.dry_run``)."""
     async with _connected(settings, engine) as puller:
-        return await Resyncer(engine, puller, "dry-run", timedelta(seconds=60)).dry_run(req)
+        resyncer = Resyncer(engine, puller, "dry-run", timedelta(seconds=60))
+        return await resyncer.dry_run(req, at_most=at_most)
