@@ -336,3 +336,43 @@ def test_a_large_dry_run_over_the_api_is_a_job_with_the_same_report(
         assert (ended.result["matched"], ended.result["would_change"]) == expected
         assert len(ended.result["samples"]) == 3 and ended.done == 5
     assert count(store, sync_queue) == 0 and count(store, sync_change) == 0
+
+
+def test_a_from_crm_resync_at_the_synced_version_is_no_conflict(
+    settings_here: Settings,
+    store: sa.Engine,
+    synced: dict[int, str],
+    emulator: tuple[Emulator, str],
+    drain: Any,
+) -> None:
+    """Dynamics' version of every lead is the one last synced. Resynced from Dynamics:
+    a lead that drifted here unseen gets Dynamics' values back; one with a local change
+    waiting to be sent keeps it (and sends it), with no conflict; one that agrees stays
+    as it is. Nothing older than the synced version is applied, no error is parked."""
+    from crmsync.store.schema import sync_conflict, sync_error
+
+    emu, _ = emulator
+    with write_transaction(store) as conn, capture_suppressed(conn):
+        conn.execute(sa.text("UPDATE lead SET last_name = 'Drifted' WHERE id = 1"))
+    with write_transaction(store) as conn:
+        conn.execute(sa.text("UPDATE lead SET last_name = 'Waiting' WHERE id = 2"))
+    capture.fold_pending(store)
+    versions = {i: emu.store.get("leads", c)["versionnumber"] for i, c in synced.items()}
+    with write_transaction(store) as conn:
+        job = jobs.create(conn, JobKind.RESYNC, "lead", Direction.FROM_CRM, {"ids": [1, 2, 3]})
+
+    async def run() -> Any:
+        async with DataverseClient.from_settings(settings_here) as client:
+            return await JobRunner(store, Puller(store, client, settings_here), "w").run_one(job.id)
+
+    ended = asyncio.run(run())
+    assert ended.state is JobState.DONE and ended.result == {"queued": 3}, ended
+    drain(settings_here, store)
+    with store.connect() as conn:
+        names = dict(conn.execute(sa.text("SELECT id, last_name FROM lead")).all())
+    assert (names[1], names[2], names[3]) == ("Lead1", "Waiting", "Lead3")
+    assert emu.store.get("leads", synced[2])["lastname"] == "Waiting"
+    assert emu.store.get("leads", synced[1])["versionnumber"] == versions[1]  # not sent back
+    assert emu.store.get("leads", synced[3])["versionnumber"] == versions[3]
+    assert count(store, sync_conflict) == 0 and count(store, sync_error) == 0
+    assert count(store, sync_queue) == 0

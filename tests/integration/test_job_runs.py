@@ -222,3 +222,26 @@ def test_a_running_job_cancelled_ends_cancelled_not_done(engine: Engine, runner:
     assert ended is not None and ended.id == job.id
     assert ended.state is JobState.CANCELLED and ended.cancel_requested
     assert ended.done == 2 and len(pages) == 2  # the page under way, then it stopped
+
+
+# --- the audit's lock --------------------------------------------------------------------
+
+
+def test_one_audit_at_a_time_and_no_scheduled_one_beside_a_manual_one(engine: Engine) -> None:
+    """A job is held by one process (its lease): a second worker claims nothing, by id
+    or not. The daily audit is not asked for while any audit waits or runs (a manual one
+    of one object included), nor within a day of the last."""
+    with write_transaction(engine) as conn:
+        manual = jobs.create(conn, JobKind.AUDIT, "lead", None, {"repair": False})
+    assert jobs.schedule_audit(engine, timedelta(days=1)) is None  # waiting
+    held = jobs.claim(engine, "w1", LEASE)
+    assert held is not None and held.id == manual.id
+    assert jobs.claim(engine, "w2", LEASE) is None
+    assert jobs.claim(engine, "w2", LEASE, job_id=manual.id) is None
+    later = utcnow() + timedelta(days=2)
+    assert jobs.schedule_audit(engine, timedelta(days=1), now=later) is None  # running
+    jobs.finish(engine, held, "w1", JobState.DONE, result={"objects": {}})
+    assert jobs.schedule_audit(engine, timedelta(days=1)) is None  # asked for today
+    scheduled = jobs.schedule_audit(engine, timedelta(days=1), now=later)
+    assert scheduled is not None and scheduled.params["scheduled"] is True
+    assert jobs.schedule_audit(engine, timedelta(days=1), now=later) is None
