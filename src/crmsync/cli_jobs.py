@@ -31,7 +31,7 @@ def _progress(title: str, enabled: bool) -> Iterator[Callable[[Any], None]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bars = Progress(
-        TextColumn(title),
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -40,34 +40,42 @@ def _progress(title: str, enabled: bool) -> Iterator[Callable[[Any], None]]:
     task = bars.add_task(title, total=None)
 
     def show(job: Any) -> None:
-        bars.update(task, completed=job.done, total=job.total)
+        # A job given back says why (Dynamics unreachable, a failed run) until it resumes.
+        waiting = f" (waiting: {job.error[:80]})" if job.retry_at and job.error else ""
+        bars.update(task, completed=job.done, total=job.total, description=title + waiting)
 
     with bars:
         yield show
 
 
 def _run_job(settings: Any, engine: Any, job: Any, title: str, show: bool) -> Any:
-    """Run ``job`` here (or follow it, if a worker got it first) until it ends."""
+    """Run ``job`` here until it ends; while a worker holds it, or while it waits out a
+    backoff (Dynamics unreachable), follow it, and run it here again once it is free."""
     from crmsync.engine.jobs import run_here
     from crmsync.engine.worker import worker_id
     from crmsync.store import jobs
+    from crmsync.store.types import utcnow
 
     async def follow(progress: Callable[[Any], None]) -> Any:
         me = worker_id()
-        runner = asyncio.create_task(run_here(settings, engine, job.id, me, progress))
+        runner: asyncio.Task[Any] | None = None
         while True:
-            done, _ = await asyncio.wait({runner}, timeout=0.5)
             with engine.connect() as conn:
                 now = jobs.get(conn, job.id)
             progress(now)
-            if runner in done:
-                ended = runner.result()
-                if ended is not None and ended.state.finished:
-                    return ended
-                if now.state.finished:
-                    return now
-                # Held by a worker (or interrupted here): follow it there.
-                runner = asyncio.create_task(asyncio.sleep(0.5, result=None))
+            if runner is None and now.claimable(me, utcnow()):
+                runner = asyncio.create_task(run_here(settings, engine, job.id, me, progress))
+            if runner is not None:
+                done, _ = await asyncio.wait({runner}, timeout=0.5)
+                if runner in done:
+                    ended, runner = runner.result(), None
+                    if ended is not None and ended.state.finished:
+                        return ended
+                    continue
+            elif now.state.finished:
+                return now
+            else:
+                await asyncio.sleep(0.5)
 
     with _progress(title, show) as progress:
         try:
@@ -207,7 +215,11 @@ def jobs_list(
     for j in found:
         total = f"/{j['total']}" if j["total"] is not None else ""
         what = f"{j['kind']} {j['object'] or 'all'} {j['direction'] or ''}".strip()
-        typer.echo(f"{j['id']:>6}  {j['state']:<9}  {what:<30}  {j['done']}{total}")
+        what += " (dry run)" if j["params"].get("dry_run") else ""
+        line = f"{j['id']:>6}  {j['state']:<9}  {what:<30}  {j['done']}{total}"
+        if j["retry_at"]:
+            line += f"  resumes at {j['retry_at']}"
+        typer.echo(line + (f"  {j['error']}" if j["error"] else ""))
 
 
 @jobs_app.command("cancel")

@@ -309,7 +309,8 @@ class LocalWrite:
 
 @dataclass(frozen=True)
 class Job:
-    """A resync or an audit (``sync_job``); ``position`` is where it got to."""
+    """A resync or an audit (``sync_job``); ``position`` is where it got to.
+    ``claimed_until`` with no ``claimed_by``: given back to resume then, not before."""
 
     id: int
     kind: JobKind
@@ -326,6 +327,21 @@ class Job:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    claimed_by: str | None = None
+    claimed_until: datetime | None = None
+
+    def claimable(self, worker: str, now: datetime) -> bool:
+        """Whether ``worker`` may claim it at ``now`` (as ``store.jobs.claim`` decides)."""
+        return not self.state.finished and (
+            self.claimed_by == worker or self.claimed_until is None or self.claimed_until < now
+        )
+
+    @property
+    def retry_at(self) -> datetime | None:
+        """When a job given back (Dynamics unreachable, or a run that failed) resumes."""
+        if self.claimed_by is None and not self.state.finished:
+            return self.claimed_until
+        return None
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from crmsync.engine.jobs import JobRunner
 from crmsync.engine.pull import Puller
 from crmsync.engine.resync import Resyncer, check_request
 from crmsync.mapping import activate, default_objects
-from crmsync.store import audit, jobs, migrate
+from crmsync.store import audit, capture, jobs, migrate
 from crmsync.store.db import capture_suppressed, write_transaction
 from crmsync.store.schema import sync_change, sync_queue
 
@@ -243,3 +243,136 @@ def test_a_record_pushed_during_the_scan_is_not_deleted_by_the_repair(
         crm_id = conn.execute(sa.text("SELECT crm_id FROM lead WHERE email = 'new@x.org'")).scalar()
     assert crm_id is not None  # still here
     assert emu.store.get("leads", str(crm_id)) is not None
+
+
+def test_local_changes_made_during_the_audit_are_not_drift(
+    settings_here: Settings,
+    store: sa.Engine,
+    synced: dict[int, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Changes made here while the audit runs (no worker runs: they wait in the capture
+    log or the queue) are the sync's to send: a changed lead is not 'different', a
+    deleted one not 'only in Dynamics', a new one not 'only here'. They used to be
+    counted (and, with repair, queued again), as the audit folded the log only once,
+    before its first page. Here each change lands just after a fold of the audit's, so
+    that the comparison meets it still in the log."""
+    fold = capture.fold_pending
+    folds: list[int] = []
+
+    def fold_then_write(*args: Any, **kwargs: Any) -> int:
+        n = fold(*args, **kwargs)
+        folds.append(n)
+        with write_transaction(store) as conn:
+            if len(folds) == 1:  # before the first page's comparison
+                conn.execute(sa.text("UPDATE lead SET last_name = 'Moved' WHERE id = 2"))
+                conn.execute(sa.text("DELETE FROM lead WHERE id = 6"))
+            elif len(folds) == 2:  # before the search for records only here
+                conn.execute(sa.text("INSERT INTO lead (email, last_name) VALUES ('n@x', 'N')"))
+        return n
+
+    monkeypatch.setattr(capture, "fold_pending", fold_then_write)
+    found = _audit(settings_here, store)
+    monkeypatch.setattr(capture, "fold_pending", fold)
+    assert len(folds) == 2
+    assert (found["only_local"], found["only_dynamics"], found["different"]) == (0, 0, 0), found
+    assert found["checked"] == 6  # the six in Dynamics; the new lead is not counted
+    assert count(store, sync_change) == 1 and count(store, sync_queue) == 2
+
+
+def test_a_large_dry_run_over_the_api_is_a_job_with_the_same_report(
+    settings_here: Settings,
+    store: sa.Engine,
+    synced: dict[int, str],
+    emulator: tuple[Emulator, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A dry run compares a page at a time; the API's stops after ``AT_ONCE`` records
+    (here 3, in pages of 2) and answers 202 with a dry-run job, whose result is the
+    report a dry run to the end makes. A small one still answers at once. Nothing is
+    written either way but the job's row."""
+    import httpx
+
+    from crmsync.web.app import create_app as create_web_app
+
+    emu, _ = emulator
+    _plant(emu, store, synced)
+    monkeypatch.setattr("crmsync.engine.resync.LOCAL_PAGE", 2)
+    monkeypatch.setattr("crmsync.engine.resync.DYNAMICS_PAGE", 2)
+    web = create_web_app(
+        load_settings(**{**settings_here.model_dump(), "api_token": "t"}), engine=store
+    )
+
+    async def post(body: dict[str, Any]) -> httpx.Response:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=web),
+            base_url="http://test",
+            headers={"Authorization": "Bearer t"},
+        ) as c:
+            return await c.post("/api/v1/sync/resync", json=body)
+
+    small = asyncio.run(post({"object": "lead", "dry_run": True}))
+    assert small.status_code == 200, small.text
+    assert (small.json()["matched"], small.json()["would_change"]) == (5, 3)
+    assert small.json()["complete"] is True
+    monkeypatch.setattr("crmsync.web.api_jobs.AT_ONCE", 3)
+    for direction, expected in (("to_crm", (5, 3)), ("from_crm", (5, 3))):
+        emu.log.clear()
+        resp = asyncio.run(post({"object": "lead", "direction": direction, "dry_run": True}))
+        assert resp.status_code == 202, resp.text
+        assert resp.json()["params"]["dry_run"] is True
+        reads = [p for _, m, p, _ in emu.log if "/oauth2/" not in p]
+        assert len(reads) <= 3, reads  # two pages' worth, not the whole window
+        with store.connect() as conn:
+            assert jobs.get(conn, resp.json()["id"]).state is JobState.QUEUED
+
+        async def run(job_id: int) -> Any:
+            async with DataverseClient.from_settings(settings_here) as client:
+                runner = JobRunner(store, Puller(store, client, settings_here), "w")
+                return await runner.run_one(job_id)
+
+        ended = asyncio.run(run(resp.json()["id"]))
+        assert ended.state is JobState.DONE, ended
+        assert (ended.result["matched"], ended.result["would_change"]) == expected
+        assert len(ended.result["samples"]) == 3 and ended.done == 5
+    assert count(store, sync_queue) == 0 and count(store, sync_change) == 0
+
+
+def test_a_from_crm_resync_at_the_synced_version_is_no_conflict(
+    settings_here: Settings,
+    store: sa.Engine,
+    synced: dict[int, str],
+    emulator: tuple[Emulator, str],
+    drain: Any,
+) -> None:
+    """Dynamics' version of every lead is the one last synced. Resynced from Dynamics:
+    a lead that drifted here unseen gets Dynamics' values back; one with a local change
+    waiting to be sent keeps it (and sends it), with no conflict; one that agrees stays
+    as it is. Nothing older than the synced version is applied, no error is parked."""
+    from crmsync.store.schema import sync_conflict, sync_error
+
+    emu, _ = emulator
+    with write_transaction(store) as conn, capture_suppressed(conn):
+        conn.execute(sa.text("UPDATE lead SET last_name = 'Drifted' WHERE id = 1"))
+    with write_transaction(store) as conn:
+        conn.execute(sa.text("UPDATE lead SET last_name = 'Waiting' WHERE id = 2"))
+    capture.fold_pending(store)
+    versions = {i: emu.store.get("leads", c)["versionnumber"] for i, c in synced.items()}
+    with write_transaction(store) as conn:
+        job = jobs.create(conn, JobKind.RESYNC, "lead", Direction.FROM_CRM, {"ids": [1, 2, 3]})
+
+    async def run() -> Any:
+        async with DataverseClient.from_settings(settings_here) as client:
+            return await JobRunner(store, Puller(store, client, settings_here), "w").run_one(job.id)
+
+    ended = asyncio.run(run())
+    assert ended.state is JobState.DONE and ended.result == {"queued": 3}, ended
+    drain(settings_here, store)
+    with store.connect() as conn:
+        names = dict(conn.execute(sa.text("SELECT id, last_name FROM lead")).all())
+    assert (names[1], names[2], names[3]) == ("Lead1", "Waiting", "Lead3")
+    assert emu.store.get("leads", synced[2])["lastname"] == "Waiting"
+    assert emu.store.get("leads", synced[1])["versionnumber"] == versions[1]  # not sent back
+    assert emu.store.get("leads", synced[3])["versionnumber"] == versions[3]
+    assert count(store, sync_conflict) == 0 and count(store, sync_error) == 0
+    assert count(store, sync_queue) == 0

@@ -75,6 +75,7 @@ def test_a_resync_killed_mid_way_finishes_after_restart(
     _wait(lambda: count(store, sync_queue) == 0, 60, "the resync's entries were not applied")
     ended = _job(store, job.id)
     assert ended.state is JobState.DONE and ended.done == ended.total == LEADS, ended
+    assert ended.result == {"queued": LEADS}  # the chunks before the kill counted too
     with store.connect() as conn:
         rows = conn.execute(sa.text("SELECT crm_id, email, last_name FROM lead")).all()
     assert len(rows) == LEADS and {r.crm_id for r in rows} == made

@@ -1,11 +1,16 @@
 """Running resync and audit jobs: claim one, run it under a renewed lease, end it.
 
 A worker runs the jobs its upkeep finds (``JobRunner.run_pending``); the CLI runs the
-one it asked for (``run_one(job_id)``) and shows its progress. Whoever runs a job holds
-its lease, renewed every third of it while the job runs; a process that dies leaves the
-job to the next one that looks, which resumes it at its saved position. A job whose
-Dynamics is unreachable (a ``Retriable`` failure) is left to be resumed later; any other
-failure ends it as ``failed`` with the reason, shown on Sync Status.
+one it asked for (``run_one(job_id)``). The holder renews its lease every third of it; a
+process that dies leaves the job to the next, which resumes it at its saved position.
+
+A run that fails gives the job back with the reason (``error``) and a time before which
+no process claims it (``retry_at``), after the retry settings' capped backoff: Dynamics
+unreachable (``Retriable``) never fails the job and waits at least its ``Retry-After``;
+a failure crmsync did not expect (a bug, a driver error) fails it after
+``MAX_FAILED_RUNS`` runs in a row, so that no job is claimed for ever. Progress ends a
+run of either. Any other ``CrmsyncError`` fails the job at once; a store that cannot be
+reached is the worker's to wait for (``StoreOutage``).
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ from typing import TYPE_CHECKING, Any
 from crmsync.config import Settings
 from crmsync.domain import JobKind, JobState
 from crmsync.dynamics.client import DataverseClient
+from crmsync.engine import retry
 from crmsync.engine.audit import Auditor, Cancelled, Lost
 from crmsync.engine.pull import Puller
 from crmsync.engine.resync import Resyncer, ResyncRequest
 from crmsync.engine.throttle import SharedThrottle
 from crmsync.errors import CrmsyncError, Retriable
 from crmsync.store import jobs
+from crmsync.store.db import store_unavailable
+from crmsync.store.types import utcnow
 from crmsync.values import Job
 
 if TYPE_CHECKING:  # the engine passes the store's handle on; it runs no SQL
@@ -35,6 +43,10 @@ log = logging.getLogger(__name__)
 
 # A job's lease: long enough for a page of work (a full read of 5,000 ids and its save).
 JOB_LEASE_SECONDS = 60.0
+# Runs in a row (at one position) that may fail unexpectedly before the job ends as
+# failed: more than one, as a driver's passing fault is not the job's, but few, as a bug
+# fails the same way each time.
+MAX_FAILED_RUNS = 3
 
 
 class JobRunner:
@@ -48,6 +60,7 @@ class JobRunner:
         progress: Callable[[Job], None] | None = None,
     ) -> None:
         self.engine = engine
+        self.settings = puller.settings
         self.worker = worker
         self.lease = timedelta(seconds=lease_seconds)
         self.auditor = Auditor(engine, puller, worker, self.lease, progress)
@@ -82,13 +95,13 @@ class JobRunner:
         except Lost:
             return await asyncio.to_thread(self._get, job.id)
         except Retriable as exc:
-            log.warning(
-                "job interrupted; it resumes later",
-                extra={"event": "job.interrupted", "job": job.id, "error": str(exc)[:300]},
-            )
-            return await asyncio.to_thread(self._get, job.id)
+            return await asyncio.to_thread(self._give_back, job, exc, jobs.OUTAGES)
         except CrmsyncError as exc:
             state, error = JobState.FAILED, str(exc)
+        except Exception as exc:
+            if store_unavailable(exc):
+                raise
+            return await asyncio.to_thread(self._give_back, job, exc, jobs.FAILED_RUNS)
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -98,6 +111,47 @@ class JobRunner:
         )
         log.info("job ended", extra={"event": "job.end", "job": job.id, "state": state})
         return await asyncio.to_thread(self._get, job.id)
+
+    def _give_back(self, job: Job, exc: Exception, counter: str) -> Job:
+        """Give the job back to resume after a backoff (``counter`` counts the runs in a
+        row that ended so), or, after ``MAX_FAILED_RUNS`` unexpected failures, fail it."""
+        now = self._get(job.id)
+        position = dict(now.position or {})
+        runs = int(position.get(counter) or 0) + 1
+        position[counter] = runs
+        reason = str(exc) if isinstance(exc, Retriable) else f"{type(exc).__name__}: {exc}"
+        extra = {"job": job.id, "runs": runs, "error": reason[:300]}
+        if counter == jobs.FAILED_RUNS and runs >= MAX_FAILED_RUNS:
+            log.error(
+                "job failed",
+                extra={"event": "job.failed", **extra},
+                exc_info=exc,
+            )
+            error = f"failed {runs} runs in a row; the last: {reason}"
+            jobs.finish(self.engine, job, self.worker, JobState.FAILED, error=error)
+            return self._get(job.id)
+        at = retry.next_attempt(
+            utcnow(),
+            runs,
+            self.settings.retry_base_seconds,
+            self.settings.retry_max_seconds,
+            exc.retry_after if isinstance(exc, Retriable) else None,
+        )
+        if counter == jobs.OUTAGES:
+            log.warning(
+                "job interrupted: Dynamics unreachable; it resumes later",
+                extra={"event": "job.interrupted", "retry_at": at.isoformat(), **extra},
+            )
+            error = f"Dynamics unreachable ({runs} runs in a row): {reason}"
+        else:
+            log.error(
+                "job run failed; it runs again later",
+                extra={"event": "job.run_failed", "retry_at": at.isoformat(), **extra},
+                exc_info=exc,
+            )
+            error = f"run {runs} of {MAX_FAILED_RUNS} failed: {reason}"
+        jobs.retry_later(self.engine, job.id, self.worker, position=position, error=error, at=at)
+        return self._get(job.id)
 
     async def _run(self, job: Job) -> dict[str, Any]:
         if job.kind is JobKind.AUDIT:
@@ -114,7 +168,7 @@ class JobRunner:
         while (job := await self.run_one()) is not None:
             ran += 1
             if not job.state.finished:
-                break  # left to resume later (Dynamics unreachable)
+                break  # given back (or held elsewhere): the next round looks again
         return ran
 
 
@@ -147,7 +201,11 @@ async def run_here(
         return await JobRunner(engine, puller, worker, progress=progress).run_one(job_id)
 
 
-async def dry_run_here(settings: Settings, engine: Engine, req: ResyncRequest) -> dict[str, Any]:
-    """A resync's dry run in this process: reads both sides, changes nothing."""
+async def dry_run_here(
+    settings: Settings, engine: Engine, req: ResyncRequest, *, at_most: int | None = None
+) -> dict[str, Any]:
+    """A resync's dry run in this process: reads both sides, changes nothing (stopping
+    after ``at_most`` records matched, if given: ``Resyncer.dry_run``)."""
     async with _connected(settings, engine) as puller:
-        return await Resyncer(engine, puller, "dry-run", timedelta(seconds=60)).dry_run(req)
+        resyncer = Resyncer(engine, puller, "dry-run", timedelta(seconds=60))
+        return await resyncer.dry_run(req, at_most=at_most)

@@ -50,11 +50,11 @@ RECONCILE_AUDIT_EVERY = timedelta(hours=1)
 
 @dataclass(frozen=True)
 class Requeue:
-    """A page staged again by a resync or a repair: ``also(conn, records)`` runs in its
-    transaction (the job's ``advance``); ``resync`` marks the changes to be applied over
-    the local values."""
+    """A page staged again by a resync or a repair: ``also(conn, records, staged)`` runs
+    in its transaction (the job's ``advance``: the records read, the entries staged);
+    ``resync`` marks the changes to be applied over the local values."""
 
-    also: Callable[[Connection, int], None]
+    also: Callable[[Connection, int, int], None]
     resync: bool = False
     actor: str | None = None  # who asked, for the records' history
     job: int | None = None
@@ -405,7 +405,7 @@ class Puller:
                     actor=requeue.actor,
                     job=requeue.job,
                 )
-                requeue.also(conn, len(page.rows) + len(page.deleted_ids))
+                requeue.also(conn, len(page.rows) + len(page.deleted_ids), len(rows))
             if page.delta_link is not None:
                 inbound.save_cursor(conn, spec.name, page.delta_link, now)
                 # Read to the end: a failure of the whole object's pull is over.

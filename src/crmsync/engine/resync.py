@@ -1,16 +1,16 @@
 """Targeted resync: queue an object's records again in one direction, or say what would.
 
-A request names an object, a direction, and which records: changed in a window (a
-``to_crm`` resync reads the local rows' ``updated_at``, a ``from_crm`` one Dynamics'
-``modifiedon``), listed by id (local ids; a ``from_crm`` resync also takes Dynamics ids),
-or, with neither, all of them. ``check_request`` validates it (pure).
+A request names an object, a direction, and which records: changed in a window (local
+``updated_at`` for ``to_crm``, Dynamics' ``modifiedon`` for ``from_crm``), listed by id
+(``from_crm`` also takes Dynamics ids), or all. ``check_request`` validates it (pure).
 
-``dry_run`` reads both sides and changes nothing: how many records match and how many
-would change (their two sides differ, per ``engine/compare.py``, or one side lacks them),
-with a sample of the differences. ``Resyncer.run`` carries out a resync job page by page,
-each page queued (``requeue.queue_again``) in the transaction that saves the job's
-position: a crash resumes after the last page queued, and a page queued twice is one
-queue entry per record still (the queue coalesces), so nothing is sent twice in effect.
+``dry_run`` reads both sides a page at a time and changes nothing: how many records match
+and would change (per ``engine/compare.py``, or missing on one side), with samples; told
+``at_most`` (the API's request), it stops there (``complete`` false) and the API makes a
+dry-run job of it (``params["dry_run"]``), whose result is the report. ``Resyncer.run``
+carries out a job page by page, each queued (``requeue.queue_again``) in the transaction
+that saves its position: a crash resumes after the last page queued, and a page queued
+twice is still one queue entry per record, so nothing is sent twice in effect.
 """
 
 from __future__ import annotations
@@ -41,6 +41,13 @@ LOCAL_PAGE = 1_000
 DYNAMICS_PAGE = 5_000
 BY_ID = 50
 SAMPLES = 10
+# Records a dry run compares within one API request (a page of local rows and 20 reads
+# of Dynamics, or one page of Dynamics': seconds); a larger one is a dry-run job.
+AT_ONCE = 1_000
+
+
+class _Enough(Exception):
+    """A dry run asked to stop has compared enough; more may match."""
 
 
 @dataclass(frozen=True)
@@ -52,12 +59,14 @@ class ResyncRequest:
     since: datetime | None = None
     until: datetime | None = None
     ids: tuple[int | str, ...] = ()
+    dry_run: bool = False
 
     def params(self) -> dict[str, Any]:
         return {
             "since": self.since.isoformat() if self.since else None,
             "until": self.until.isoformat() if self.until else None,
             "ids": list(self.ids),
+            **({"dry_run": True} if self.dry_run else {}),
         }
 
     @classmethod
@@ -69,6 +78,7 @@ class ResyncRequest:
             since=datetime.fromisoformat(p["since"]) if p.get("since") else None,
             until=datetime.fromisoformat(p["until"]) if p.get("until") else None,
             ids=tuple(p.get("ids") or ()),
+            dry_run=bool(p.get("dry_run")),
         )
 
 
@@ -158,11 +168,40 @@ class Resyncer:
 
     # --- dry run ------------------------------------------------------------------------
 
-    async def dry_run(self, req: ResyncRequest) -> dict[str, Any]:
-        """``{"matched", "would_change", "samples"}``; reads only, on both sides."""
+    async def dry_run(
+        self, req: ResyncRequest, *, at_most: int | None = None, job: Job | None = None
+    ) -> dict[str, Any]:
+        """``{"matched", "would_change", "samples", "complete"}``; reads only, on both
+        sides. ``at_most``: stop after the page that reaches that many records matched
+        (``complete`` false if more may match). ``job``: a dry-run job's progress."""
+        report: dict[str, Any] = {
+            "matched": 0,
+            "would_change": 0,
+            "samples": [],
+            "complete": True,
+        }
+
+        def enough() -> bool:
+            return at_most is not None and report["matched"] >= at_most
+
+        try:
+            await self._compare_pages(req, report, enough, job)
+        except _Enough:
+            report["complete"] = False
+        return report
+
+    async def _compare_pages(
+        self,
+        req: ResyncRequest,
+        report: dict[str, Any],
+        enough: Callable[[], bool],
+        job: Job | None,
+    ) -> None:
         spec = self.specs[req.object]
-        report: dict[str, Any] = {"matched": 0, "would_change": 0, "samples": []}
-        async for local_rows, theirs in self._pairs(req):
+        async for local_rows, theirs in self._pairs(req, enough):
+            if job is not None:
+                self._check_cancel(job)
+            before = report["matched"]
             parents = await asyncio.to_thread(
                 self._read, requeue.parent_ids, self.specs, spec, local_rows
             )
@@ -185,6 +224,37 @@ class Resyncer:
                 if diffs:
                     report["would_change"] += 1
                     self._sample(report, mine, dyn, [d.as_json() for d in diffs])
+            if job is not None:
+                await asyncio.to_thread(self._dry_progress, job, report["matched"] - before)
+
+    def _dry_progress(self, job: Job, records: int) -> None:
+        with write_transaction(self.engine) as conn:
+            self._advance(conn, job, {}, records)
+
+    async def _dry_run_job(self, job: Job, req: ResyncRequest) -> dict[str, Any]:
+        """A dry run as a job. It changes nothing, so it keeps no position: resumed after
+        a crash, it starts again (and counts its progress again)."""
+        spec = self.specs[req.object]
+        local_ids, _ = self._split(req)
+
+        def start() -> None:
+            total: int | None = None
+            if req.direction is Direction.TO_CRM:
+                total = self._read(
+                    requeue.count_local, spec, since=req.since, until=req.until, ids=local_ids
+                )
+            elif req.ids:
+                total = len(req.ids)
+            with write_transaction(self.engine) as conn:
+                done = jobs.advance(
+                    conn, job, self.worker, {}, done=-job.done, total=total, lease=self.lease
+                )
+            if not done:
+                raise Lost("the job is no longer this process's")
+
+        await asyncio.to_thread(start)
+        report = await self.dry_run(req, job=job)
+        report.pop("complete")
         return report
 
     def _sample(
@@ -213,15 +283,18 @@ class Resyncer:
         return None
 
     async def _pairs(
-        self, req: ResyncRequest
+        self, req: ResyncRequest, enough: Callable[[], bool]
     ) -> AsyncGenerator[tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]]:
-        """Pages of (local rows, Dynamics' rows by id) for a dry run."""
+        """Pages of (local rows, Dynamics' rows by id) for a dry run; ``_Enough`` instead
+        of reading a next page once ``enough()``."""
         spec = self.specs[req.object]
         select = self._full_select(spec)
         local_ids, crm_ids = self._split(req)
         if req.direction is Direction.TO_CRM:
             after = 0
             while True:
+                if after and enough():
+                    raise _Enough
                 rows = await asyncio.to_thread(
                     self._read,
                     requeue.local_page,
@@ -247,6 +320,8 @@ class Resyncer:
         if req.ids:
             wanted = crm_ids + await asyncio.to_thread(self._crm_ids_of, spec, local_ids)
             for i in range(0, len(wanted), BY_ID):
+                if i and enough():
+                    raise _Enough
                 found = await self.puller.read_by_ids(spec, wanted[i : i + BY_ID], select)
                 mine = await asyncio.to_thread(
                     self._read, requeue.rows_by_crm_id, spec, list(found)
@@ -270,6 +345,8 @@ class Resyncer:
                     self._read, requeue.rows_by_crm_id, spec, list(found)
                 )
                 yield list(mine.values()), found
+                if page.next_link is not None and enough():
+                    raise _Enough
         finally:
             await pages.aclose()
 
@@ -295,9 +372,12 @@ class Resyncer:
             raise Cancelled("cancelled")
 
     async def run(self, job: Job) -> dict[str, Any]:
-        """Carry out a resync job from its saved position; returns ``{"queued"}``."""
+        """Carry out a resync job from its saved position; returns ``{"queued"}`` (a
+        dry-run job: the dry run's report)."""
         req = ResyncRequest.from_job(job)
         spec = self.specs[req.object]
+        if req.dry_run:
+            return await self._dry_run_job(job, req)
         if req.direction is Direction.TO_CRM:
             queued = await asyncio.to_thread(self._push_again, job, spec, req)
         else:
@@ -341,9 +421,11 @@ class Resyncer:
         position = dict(job.position or {"next_link": None, "index": 0, "queued": 0})
         filter_field = self.puller._filter_for(spec)
 
-        def advance_with(step: dict[str, Any]) -> Callable[[Connection, int], None]:
-            def also(conn: Connection, records: int) -> None:
-                self._advance(conn, job, step, records)
+        def advance_with(step: dict[str, Any]) -> Callable[[Connection, int, int], None]:
+            # The position saved with a chunk counts the chunk's entries: a job resumed
+            # after it reports every record it queued.
+            def also(conn: Connection, records: int, staged: int) -> None:
+                self._advance(conn, job, {**step, "queued": step["queued"] + staged}, records)
 
             return also
 

@@ -10,8 +10,9 @@ is ever held in memory:
 - ``only_local``: after the first pass, local rows whose Dynamics id Dynamics did not
   return (or that have none and were never synced).
 
-Records with a change on its way (a queue entry in either direction, pending or parked)
-are not drift: the sync knows of them. Records the sync filter excludes are left out.
+Records with a change on its way (a queue entry in either direction, pending or parked,
+or a local change capture logged and the sync has not folded into the queue yet) are not
+drift: the sync knows of them. Records the sync filter excludes are left out.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crmsync.domain import Direction, ObjectSpec
 from crmsync.store.local_tables import local_table
-from crmsync.store.schema import sync_audit, sync_audit_seen, sync_queue, sync_record
+from crmsync.store.schema import (
+    sync_audit,
+    sync_audit_seen,
+    sync_change,
+    sync_queue,
+    sync_record,
+)
 
 PAGE = 5_000
 
@@ -63,6 +70,23 @@ def _queued(obj: str, direction: Direction, key: Any) -> Any:
         sa.select(sa.literal(1))
         .where(q.object == obj, q.direction == direction, q.record_key == key)
         .exists()
+    )
+
+
+def _captured(obj: str, record_id: Any) -> Any:
+    """A local change of the record in the capture log, not folded into the queue yet."""
+    c = sync_change.c
+    return sa.select(sa.literal(1)).where(c.object == obj, c.record_id == record_id).exists()
+
+
+def _captured_ids(conn: Connection, obj: str, record_ids: Sequence[int]) -> set[int]:
+    if not record_ids:
+        return set()
+    c = sync_change.c
+    return set(
+        conn.execute(
+            sa.select(c.record_id).where(c.object == obj, c.record_id.in_(sorted(record_ids)))
+        ).scalars()
     )
 
 
@@ -117,6 +141,7 @@ def only_local(
                 & ~_queued(spec.name, Direction.FROM_CRM, table.c.crm_id),
             ),
             ~_queued(spec.name, Direction.TO_CRM, sa.cast(table.c.id, sa.String)),
+            ~_captured(spec.name, table.c.id),
             *(
                 [sa.or_(r.last_synced_at.is_(None), r.last_synced_at < scan_started)]
                 if scan_started is not None
@@ -166,7 +191,10 @@ def page_local(
         present.add(x["crm_id"])
         if not x["_skip"]:
             found[x["crm_id"]] = dict(x)
-    # The queue is small beside a page: its entries of these records in two probes.
+    # The capture log first, then the queue (small beside a page; two probes): a fold
+    # between the probes moves an entry from the first to the second, so it is seen.
+    captured = _captured_ids(conn, spec.name, [x["id"] for x in found.values()])
+    found = {c: x for c, x in found.items() if x["id"] not in captured}
     if found:
         pushing = set(
             conn.execute(
@@ -190,6 +218,16 @@ def page_local(
     missing = [c for c in wanted if c not in present]
     if not missing:
         return found, {}
+    # A local deletion capture logged: its record id, by the sync state's crm_id.
+    synced = {
+        c: (i, bool(x))
+        for c, i, x in conn.execute(
+            sa.select(r.crm_id, r.record_id, r.excluded).where(
+                r.object == spec.name, r.crm_id.in_(missing)
+            )
+        )
+    }
+    deleting = _captured_ids(conn, spec.name, [i for i, _ in synced.values() if i is not None])
     queued = set(
         conn.execute(
             sa.select(q.record_key).where(
@@ -203,18 +241,10 @@ def page_local(
             )
         ).scalars()
     )
-    synced = {
-        c: (i, bool(x))
-        for c, i, x in conn.execute(
-            sa.select(r.crm_id, r.record_id, r.excluded).where(
-                r.object == spec.name, r.crm_id.in_(missing)
-            )
-        )
-    }
     return found, {
         c: synced[c][0] if c in synced else None
         for c in missing
-        if c not in queued and not (c in synced and synced[c][1])
+        if c not in queued and not (c in synced and (synced[c][1] or synced[c][0] in deleting))
     }
 
 

@@ -5,7 +5,10 @@ claims it (``claim``): a worker's upkeep, or the CLI that asked and waits. The c
 a lease like a queue entry's: a process that dies (``kill -9``) leaves a job any other
 may claim once the lease runs out, and it resumes at its ``position``, which the runner
 saves with ``advance`` in the transaction of the work it did (so no page of work is done
-twice, nor skipped). Cancelling sets a flag the runner reads between pages.
+twice, nor skipped). A run that cannot go on (Dynamics unreachable, or a failure
+crmsync did not expect) gives the job back with ``retry_later``: held by no one, not to
+be claimed before a time, with the reason in ``error``. Cancelling sets a flag the runner
+reads between pages.
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ from crmsync.store.types import utcnow
 from crmsync.values import Job
 
 ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+# Counts kept in a job's position beside where it got to: runs in a row that failed
+# unexpectedly (the runner fails the job at its limit) and runs in a row that found
+# Dynamics unreachable (its backoff's exponent). ``advance`` drops them and the reason
+# (``error``): progress ends a run of failures.
+FAILED_RUNS = "failed_runs"
+OUTAGES = "outages"
+COUNTS = (FAILED_RUNS, OUTAGES)
 # pg_advisory_xact_lock's key for asking for the scheduled audit ("crmsync audit").
 AUDIT_LOCK = 0x63726D73_61756474
 
@@ -45,6 +55,8 @@ def _job(row: Any) -> Job:
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
+        claimed_by=row.claimed_by,
+        claimed_until=row.claimed_until,
     )
 
 
@@ -151,7 +163,8 @@ def claim(
     kinds: tuple[JobKind, ...] = tuple(JobKind),
     now: datetime | None = None,
 ) -> Job | None:
-    """Claim the oldest active job (or ``job_id``) that no live lease holds."""
+    """Claim the oldest active job (or ``job_id``) that no live lease holds, nor is
+    given back to resume later than ``now``."""
     now = now or utcnow()
     j = sync_job.c
     with write_transaction(engine) as conn:
@@ -201,9 +214,12 @@ def advance(
     now = now or utcnow()
     j = sync_job.c
     values: dict[str, Any] = {
-        "position": dict(position) if position is not None else None,
+        "position": (
+            {k: v for k, v in position.items() if k not in COUNTS} if position is not None else None
+        ),
         "done": j.done + done,
         "claimed_until": now + lease,
+        "error": None,
     }
     if total is not None:
         values["total"] = total
@@ -212,6 +228,34 @@ def advance(
         .where(j.id == job.id, j.claimed_by == worker, j.state == JobState.RUNNING)
         .values(**values)
     )
+    return res.rowcount == 1
+
+
+def retry_later(
+    engine: Engine,
+    job_id: int,
+    worker: str,
+    *,
+    position: Mapping[str, Any] | None,
+    error: str,
+    at: datetime,
+) -> bool:
+    """Give back a running job this process holds, for any process to resume at its
+    position from ``at`` on (``claim`` passes by a job held by no one whose
+    ``claimed_until`` is still ahead), with the reason in ``error``; False if this
+    process no longer holds it."""
+    j = sync_job.c
+    with write_transaction(engine) as conn:
+        res = conn.execute(
+            sa.update(sync_job)
+            .where(j.id == job_id, j.claimed_by == worker, j.state == JobState.RUNNING)
+            .values(
+                position=dict(position) if position is not None else None,
+                error=error[:2000],
+                claimed_by=None,
+                claimed_until=at,
+            )
+        )
     return res.rowcount == 1
 
 
@@ -237,19 +281,28 @@ def cancel_requested(engine: Engine, job_id: int) -> bool:
 
 
 def cancel(conn: Connection, job_id: int, now: datetime | None = None) -> Job:
-    """Cancel a job: a queued one at once, a running one at its next page."""
+    """Cancel a job: one no process holds (waiting, or given back to resume later) at
+    once, a running one at its next page (the runner reads the flag). One statement, so
+    that a claim between reading the job and writing it cannot make it lose the cancel;
+    a finished job is left as it ended."""
     now = now or utcnow()
-    job = get(conn, job_id)
+    get(conn, job_id)  # NotFound
     j = sync_job.c
-    if job.state is JobState.QUEUED:
-        conn.execute(
-            sa.update(sync_job)
-            .where(j.id == job_id, j.state == JobState.QUEUED)
-            .values(state=JobState.CANCELLED, cancel_requested=True, finished_at=now)
+    at_once = sa.or_(j.state == JobState.QUEUED, j.claimed_by.is_(None))
+    conn.execute(
+        sa.update(sync_job)
+        .where(j.id == job_id, j.state.in_(ACTIVE))
+        .values(
+            cancel_requested=True,
+            state=sa.case((at_once, JobState.CANCELLED), else_=j.state),
+            finished_at=sa.case((at_once, now), else_=j.finished_at),
+            claimed_until=sa.case((at_once, None), else_=j.claimed_until),
         )
-    elif job.state is JobState.RUNNING:
-        conn.execute(sa.update(sync_job).where(j.id == job_id).values(cancel_requested=True))
-    return get(conn, job_id)
+    )
+    job = get(conn, job_id)
+    if job.state is JobState.CANCELLED:
+        conn.execute(sa.delete(sync_audit_seen).where(sync_audit_seen.c.job_id == job_id))
+    return job
 
 
 def finish(
@@ -263,13 +316,14 @@ def finish(
     now: datetime | None = None,
 ) -> None:
     """End a job this process holds (done, failed or cancelled), and drop what an audit
-    read from Dynamics (``sync_audit_seen``): only the job itself used it."""
+    read from Dynamics (``sync_audit_seen``): only the job itself used it. A job ended
+    meanwhile (cancelled while given back) stays as it ended."""
     now = now or utcnow()
     j = sync_job.c
     with write_transaction(engine) as conn:
         ended = conn.execute(
             sa.update(sync_job)
-            .where(j.id == job.id, j.claimed_by == worker)
+            .where(j.id == job.id, j.claimed_by == worker, j.state == JobState.RUNNING)
             .values(
                 state=state,
                 result=dict(result) if result is not None else None,
@@ -311,6 +365,7 @@ def as_json(job: Job) -> dict[str, Any]:
         "total": job.total,
         "result": job.result,
         "error": job.error,
+        "retry_at": iso(job.retry_at),
         "cancel_requested": job.cancel_requested,
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),

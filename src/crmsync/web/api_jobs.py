@@ -1,7 +1,9 @@
 """``/api/v1/sync/resync``, ``/audit`` and ``/jobs``: resyncs and audits as jobs.
 
-``POST /resync`` takes the CLI's options as JSON: a dry run answers at once with what
-would change (it reads both sides); otherwise a job is queued (202) for a worker to run.
+``POST /resync`` takes the CLI's options as JSON: a dry run of up to ``AT_ONCE``
+records answers at once with what would change (it reads both sides); a larger one, so
+that no request runs for minutes nor past a proxy's time limit, and any resync, is a job
+queued (202) for a worker to run (a dry-run job's result is the dry run's report).
 ``GET /audit`` is the last audit's findings per object (``store/audit.py``); ``POST
 /audit`` asks for one. State changes need the bearer token or the session's CSRF token
 (``web/csrf.py``), like every state-changing endpoint.
@@ -9,6 +11,7 @@ would change (it reads both sides); otherwise a job is queued (202) for a worker
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Request
@@ -17,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from crmsync.domain import JobKind
 from crmsync.engine.jobs import dry_run_here
-from crmsync.engine.resync import check_request
+from crmsync.engine.resync import AT_ONCE, check_request
 from crmsync.errors import CrmsyncError, Retriable
 from crmsync.store import audit, jobs
 from crmsync.store.db import read_transaction, write_transaction
@@ -59,7 +62,9 @@ class AuditBody(BaseModel):
 @router.post("/resync", responses={202: {"description": "The resync job, queued"}})
 async def resync(request: Request, store: Store, settings: Config, body: ResyncBody) -> Any:
     """Queue an object's records again in one direction, or (``dry_run``) report
-    ``{"matched", "would_change", "samples"}`` without changing anything."""
+    ``{"matched", "would_change", "samples", "complete"}`` without changing anything.
+    A dry run matching more than 1,000 records is a job (202) whose result is that
+    report."""
     req = check_request(
         request.app.state.specs,
         body.object,
@@ -70,11 +75,14 @@ async def resync(request: Request, store: Store, settings: Config, body: ResyncB
     )
     if body.dry_run:
         try:
-            return await dry_run_here(settings, store, req)
+            report = await dry_run_here(settings, store, req, at_most=AT_ONCE)
         except Retriable as exc:
             return error_response(503, "dynamics_unavailable", f"Dynamics did not answer: {exc}")
         except CrmsyncError as exc:
             return error_response(502, "dynamics_refused", str(exc))
+        if report["complete"]:
+            return report
+        req = replace(req, dry_run=True)
     with write_transaction(store) as conn:
         job = jobs.create(conn, JobKind.RESYNC, req.object, req.direction, req.params())
     return JSONResponse(jobs.as_json(job), status_code=202)
