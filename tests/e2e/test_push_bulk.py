@@ -2,8 +2,9 @@
 time as Dataverse does (``cost_model: dataverse``).
 
 Inserts go as UpsertMultiple and updates as UpdateMultiple; a record Dynamics refuses
-fails its whole request (a standard table), the engine halves it until the bad record
-stands alone and parks with its own code; nothing is lost or duplicated under a 429 in
+fails its whole request (a standard table): text over a limit Dynamics names takes every
+record over it out at once, any other refusal halves the request until the bad record
+stands alone; each parks with its own code; nothing is lost or duplicated under a 429 in
 the middle of a drain; the ETag read back after a bulk update still lets a conflict
 check see a concurrent Dynamics change; pacing keeps execution-time 429s few.
 """
@@ -17,6 +18,7 @@ import httpx
 import sqlalchemy as sa
 
 from crmsync.config import Settings
+from crmsync.store.db import capture_suppressed, write_transaction
 from crmsync.store.schema import sync_error, sync_record
 
 Check = Callable[..., dict[str, Any]]
@@ -110,8 +112,8 @@ def test_a_refused_record_parks_alone_with_its_code_and_the_rest_sync(
     }
     assert all("lastname" in e.error_message for e in errors)
     refused = stats(url)["requests"]["by_status"].get("400", 0) - before
-    # Halving: a handful of refused requests, far fewer than one per record.
-    assert 2 <= refused <= 16
+    # Dynamics named lastname's limit: both records over it out at once, one refusal.
+    assert refused == 1
     crm = {r["leadid"]: r for r in crm_rows(url)}
     assert len(crm) == 64  # nothing duplicated
     with store.connect() as conn:
@@ -119,6 +121,44 @@ def test_a_refused_record_parks_alone_with_its_code_and_the_rest_sync(
     for lead_id, row in rows.items():
         expected = f"L{lead_id - 1}" if lead_id in (5, 40) else f"U{lead_id}"
         assert crm[row.crm_id]["lastname"] == expected
+
+
+def test_a_refusal_naming_no_limit_halves_the_request_until_the_bad_records_stand_alone(
+    sync_settings: Settings,
+    store: sa.Engine,
+    sql: Any,
+    drain: Any,
+    configure: Any,
+    crm_rows: Any,
+) -> None:
+    url = sync_settings.dynamics_url or ""
+    dataverse(configure, url)
+    ghost = "6a1f7d6e-0000-4000-8000-00000000beef"  # an account Dynamics does not have
+    with write_transaction(store) as conn, capture_suppressed(conn):
+        conn.execute(
+            sa.text("INSERT INTO account (id, name, crm_id) VALUES (1, 'Gone', :c)"), {"c": ghost}
+        )
+    for i in range(1, 25):
+        account = 1 if i in (7, 19) else None
+        sql(
+            store,
+            "INSERT INTO contact (id, email, last_name, account_id) VALUES (:i, :e, :l, :a)",
+            {"i": i, "e": f"c{i}@x.org", "l": f"C{i}", "a": account},
+        )
+    before = stats(url)["requests"]["by_status"]
+    drain(sync_settings, store)
+    after = stats(url)["requests"]["by_status"]
+    with store.connect() as conn:
+        errors = conn.execute(sa.select(sync_error).where(sync_error.c.status == "open")).all()
+    assert sorted(int(e.record_key) for e in errors) == [7, 19]
+    assert {e.error_code for e in errors} == {"0x80040217"}
+    refused = sum(after.get(k, 0) - before.get(k, 0) for k in ("400", "404"))
+    # Halving: a handful of refused requests, far fewer than one per record.
+    assert 2 <= refused <= 16
+    contacts = crm_rows(url, "contacts", "contactid,lastname")
+    assert sorted(r["lastname"] for r in contacts) == sorted(
+        f"C{i}" for i in range(1, 25) if i not in (7, 19)
+    )
 
 
 def test_nothing_lost_or_duplicated_under_429s_mid_drain(

@@ -12,6 +12,7 @@ from crmsync.dynamics.limiter import SMALL_RESERVE, ExecutionBudget, estimate_ms
 from crmsync.dynamics.writes import Op, Write
 from crmsync.engine import bulk
 from crmsync.engine.plan import Send
+from crmsync.errors import RecordRejected
 from crmsync.values import Entry
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -73,6 +74,60 @@ def test_halves_split_in_order_and_a_single_send_cannot_split() -> None:
     ]
     with pytest.raises(ValueError):
         bulk.halves(bulk.Group("UpdateMultiple", "lead", (send(1),)))
+
+
+TOO_LONG = (
+    "A validation error occurred.  The length of the 'lastname' attribute of the 'lead' "
+    "entity exceeded the maximum allowed length of '50'."
+)
+
+
+def long_send(n: int, length: int) -> Send:
+    s = send(n)
+    write = Write("update", "leads", crm_id(n), {"lastname": "x" * length}, if_match='W/"7"')
+    return Send(s.entry, write, s.crm_id, {})
+
+
+def test_a_refusal_naming_a_text_limit_takes_every_record_over_it_out() -> None:
+    limits = bulk.TextLimits()
+    group = bulk.Group(
+        "UpdateMultiple", "lead", (send(1), long_send(2, 51), send(3), long_send(4, 80))
+    )
+    refused = RecordRejected("0x80044331", TOO_LONG, status=400)
+    assert limits.learn(group, "lead", refused, now=0.0)
+    over, rest = limits.split(group, "lead", now=1.0)
+    assert [(s.entry.id, exc) for s, exc in over] == [(2, refused), (4, refused)]
+    assert [s.entry.id for s in rest.sends] == [1, 3]
+    assert rest.message == "UpdateMultiple" and rest.object == "lead"
+    # Another table, or a record at the limit exactly, is not over it.
+    assert limits.split(group, "contact", now=1.0)[0] == []
+    at_limit = bulk.Group("UpdateMultiple", "lead", (long_send(5, 50),))
+    assert limits.split(at_limit, "lead", now=1.0)[0] == []
+
+
+def test_a_limit_is_trusted_for_a_while_then_learnt_again() -> None:
+    limits = bulk.TextLimits()
+    group = bulk.Group("UpdateMultiple", "lead", (send(1), long_send(2, 51)))
+    assert limits.learn(group, "lead", RecordRejected("0x80044331", TOO_LONG), now=0.0)
+    assert len(limits.split(group, "lead", now=bulk.LIMIT_SECONDS - 1)[0]) == 1
+    assert limits.split(group, "lead", now=bulk.LIMIT_SECONDS + 1) == ([], group)
+
+
+def test_a_refusal_that_names_no_limit_or_splits_nothing_is_left_to_halving() -> None:
+    limits = bulk.TextLimits()
+    clean = bulk.Group("UpdateMultiple", "lead", (send(1), send(2)))
+    other = RecordRejected("0x80040217", "account With Id = 1 Does Not Exist", status=404)
+    assert not limits.learn(clean, "lead", other, now=0.0)
+    # Names a limit no record of the request is over (counted in characters): halving.
+    assert not limits.learn(clean, "lead", RecordRejected("0x80044331", TOO_LONG), now=0.0)
+    # Names another table's limit.
+    assert not limits.learn(
+        bulk.Group("UpdateMultiple", "lead", (long_send(2, 51),)),
+        "contact",
+        RecordRejected("0x80044331", TOO_LONG),
+        now=0.0,
+    )
+    assert limits.known == {}
 
 
 def test_bulk_size_keeps_one_request_within_its_share_of_the_budget() -> None:

@@ -5,20 +5,23 @@ Dataverse charges a ``$batch`` part as the operation on its own (~149 ms an upda
 record inside ``UpdateMultiple`` ~19 ms (docs/emulator.md), so inserts (upserts under an
 id chosen before sending) go as ``UpsertMultiple`` and updates as ``UpdateMultiple``, one
 request per object and message. Deletes have no standard-table bulk message: ``$batch``.
-On a standard table one bad record fails the whole request; ``halves`` splits it until
-the bad one stands alone with its own error (``Push._bulk``). Bulk messages answer no
-ETag and take no ``If-Match``: ``stale_before`` and ``etag_after`` stand in for both
-(see docs/dynamics.md, "Bulk messages").
+On a standard table one bad record fails the whole request: a text too long for its
+column names the limit, so ``TextLimits`` takes every record over it out at once;
+otherwise ``halves`` splits it until the bad one stands alone with its own error. Bulk
+messages answer no ETag and take no ``If-Match``: ``stale_before`` and ``etag_after``
+stand in for both (see docs/dynamics.md, "Bulk messages").
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from crmsync.dynamics.writes import BulkMessage
 from crmsync.engine.plan import Send
+from crmsync.errors import Refusal
 
 MESSAGE_FOR: dict[str, BulkMessage] = {"upsert": "UpsertMultiple", "update": "UpdateMultiple"}
 # Fewer records than this go as $batch parts (a lone one as a single request). A bulk
@@ -130,3 +133,66 @@ def etag_after(
     if isinstance(by, str) and by.lower() == own_user and isinstance(etag, str):
         return etag
     return before
+
+
+# Dataverse's refusal of a text longer than its column (0x80044331), as it words it.
+_TOO_LONG = re.compile(
+    r"The length of the '(?P<attribute>[^']+)' attribute of the '(?P<entity>[^']+)' entity "
+    r"exceeded the maximum allowed length of '(?P<limit>\d+)'"
+)
+# How long a limit Dynamics named is trusted to split requests before sending (an admin
+# may lengthen the column; the next refusal teaches it again).
+LIMIT_SECONDS = 600.0
+
+
+@dataclass
+class TextLimits:
+    """Text lengths Dynamics refused lately, per (table, attribute): a refused bulk
+    request names one, and every record of the request over it would be refused the
+    same way, so those records get that refusal and the others go again (one request,
+    not a bisect of dozens); while the limit is fresh, records over it get it before
+    sending. A length is counted in characters, which never exceed Dataverse's UTF-16
+    units, so a record counted over is over for Dynamics too."""
+
+    known: dict[tuple[str, str], tuple[int, Refusal, float]] = field(default_factory=dict)
+
+    def learn(self, group: Group, logical_name: str, exc: Refusal, now: float) -> bool:
+        """Keep the limit ``exc`` names if it splits ``group``; True if it does."""
+        found = _TOO_LONG.search(exc.message or "")
+        if found is None or found["entity"].lower() != logical_name.lower():
+            return False
+        key = (logical_name.lower(), found["attribute"].lower())
+        limit = int(found["limit"])
+        if not any(_over(s, key[1], limit) for s in group.sends):
+            return False
+        self.known[key] = (limit, exc, now)
+        return True
+
+    def split(
+        self, group: Group, logical_name: str, now: float
+    ) -> tuple[list[tuple[Send, Refusal]], Group]:
+        """The sends over a fresh limit, each with the refusal that named it, and the
+        group of the others."""
+        table = logical_name.lower()
+        fresh = [
+            (attribute, limit, exc)
+            for (t, attribute), (limit, exc, at) in self.known.items()
+            if t == table and now - at < LIMIT_SECONDS
+        ]
+        if not fresh:
+            return [], group
+        over: list[tuple[Send, Refusal]] = []
+        rest: list[Send] = []
+        for s in group.sends:
+            hit = next((exc for a, limit, exc in fresh if _over(s, a, limit)), None)
+            if hit is None:
+                rest.append(s)
+            else:
+                over.append((s, hit))
+        return over, Group(group.message, group.object, tuple(rest))
+
+
+def _over(send: Send, attribute: str, limit: int) -> bool:
+    body = send.write.body or {}
+    value = next((v for k, v in body.items() if k.lower() == attribute), None)
+    return isinstance(value, str) and len(value) > limit

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -78,6 +79,7 @@ class PushStats:
     stale: int = 0
     held: int = 0  # refused as stale while the pull was paused: waiting for the resume
     bisected: int = 0  # bulk requests refused for a bad record and split in two
+    split_by_limit: int = 0  # refused for text over a limit Dynamics named: split by it
     by_code: dict[str, int] = field(default_factory=dict)
 
 
@@ -116,6 +118,7 @@ class Pusher:
         self._reached: datetime | None = None  # the newest change the last claim took
         self._next_claim = 0.0
         self._own_user: str | None = None  # crmsync's Dynamics user (WhoAmI), for read-backs
+        self._limits = bulk.TextLimits()  # text lengths Dynamics refused lately
 
     def _push_order(self) -> list[ObjectSpec]:
         # Objects without lookups (parents) come first in the claim order; a child whose
@@ -330,10 +333,22 @@ class Pusher:
         return await self.client.versions(entity_set, primary_key, ids, [MODIFIED_BY])
 
     async def _bulk(self, group: bulk.Group) -> list[ItemResult]:
-        """One bulk request; refused (a standard table fails it whole for one bad
-        record), it is halved until the bad record stands alone with its own error."""
+        """One bulk request, in the order of ``group.sends``. Refused (a standard table
+        fails it whole for one bad record): when Dynamics named a text limit, every
+        record over it gets that refusal and the others go again (``bulk.TextLimits``);
+        otherwise it is halved until the bad record stands alone with its own error."""
         if not group.sends:
             return []
+        assert group.message is not None
+        spec = self.specs[group.object]
+        over, rest = self._limits.split(group, spec.logical_name, time.monotonic())
+        results = {id(s): ItemResult(crm_id=s.write.record_id, error=exc) for s, exc in over}
+        if rest.sends:
+            for s, r in zip(rest.sends, await self._bulk_request(rest), strict=True):
+                results[id(s)] = r
+        return [results[id(s)] for s in group.sends]
+
+    async def _bulk_request(self, group: bulk.Group) -> list[ItemResult]:
         assert group.message is not None
         spec = self.specs[group.object]
         writes = [s.write for s in group.sends]
@@ -349,6 +364,11 @@ class Pusher:
         except (RecordRejected, StaleRecord) as exc:
             if len(group.sends) == 1:
                 return [ItemResult(crm_id=writes[0].record_id, error=exc)]
+            if isinstance(exc, RecordRejected) and self._limits.learn(
+                group, spec.logical_name, exc, time.monotonic()
+            ):
+                self.stats.split_by_limit += 1
+                return await self._bulk(group)  # the limit now takes the bad ones out
             self.stats.bisected += 1
             left, right = bulk.halves(group)
             first, second = await asyncio.gather(self._bulk(left), self._bulk(right))
