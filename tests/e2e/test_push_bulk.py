@@ -11,6 +11,7 @@ check see a concurrent Dynamics change; pacing keeps execution-time 429s few.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -18,8 +19,10 @@ import httpx
 import sqlalchemy as sa
 
 from crmsync.config import Settings
+from crmsync.dynamics.client import DataverseClient
+from crmsync.engine.worker import Worker
 from crmsync.store.db import capture_suppressed, write_transaction
-from crmsync.store.schema import sync_error, sync_record
+from crmsync.store.schema import sync_error, sync_event, sync_record
 
 Check = Callable[..., dict[str, Any]]
 
@@ -121,6 +124,49 @@ def test_a_refused_record_parks_alone_with_its_code_and_the_rest_sync(
     for lead_id, row in rows.items():
         expected = f"L{lead_id - 1}" if lead_id in (5, 40) else f"U{lead_id}"
         assert crm[row.crm_id]["lastname"] == expected
+
+
+def test_a_limit_dynamics_named_takes_later_records_out_before_sending(
+    sync_settings: Settings,
+    store: sa.Engine,
+    sql: Any,
+    drain: Any,
+    configure: Any,
+    insert_leads: Any,
+) -> None:
+    """One lane, batches of 32: lead 5 (first batch) is refused and names lastname's
+    limit; lead 40 (second batch) gets the same refusal without being sent, and its
+    history says so (failed, parked: no "sent" event)."""
+    url = sync_settings.dynamics_url or ""
+    dataverse(configure, url)
+    insert_leads(store, 64)
+    drain(sync_settings, store)
+    sql(store, "UPDATE lead SET last_name = 'U' || id")
+    sql(store, "UPDATE lead SET last_name = :l WHERE id IN (5, 40)", {"l": "x" * 51})
+    before = stats(url)["requests"]["by_status"].get("400", 0)
+    settings = sync_settings.model_copy(update={"batch_size": 32})
+
+    async def one_lane() -> None:
+        async with DataverseClient.from_settings(settings) as client:
+            await Worker(store, client, settings, concurrency=1).run(once=True)
+
+    asyncio.run(asyncio.wait_for(one_lane(), timeout=60))
+    assert stats(url)["requests"]["by_status"].get("400", 0) - before == 1
+    with store.connect() as conn:
+        errors = conn.execute(sa.select(sync_error).where(sync_error.c.status == "open")).all()
+        events = conn.execute(
+            sa.select(sync_event.c.record_key, sync_event.c.event)
+            .where(sync_event.c.record_key.in_(["5", "40"]), sync_event.c.event != "captured")
+            .order_by(sync_event.c.id)
+        ).all()
+    assert {(e.record_key, e.error_code) for e in errors} == {
+        ("5", "0x80044331"),
+        ("40", "0x80044331"),
+    }
+    assert all("lastname" in e.error_message for e in errors)
+    last = {key: [ev for k, ev in events if k == key][-3:] for key in ("5", "40")}
+    assert last["5"] == ["sent", "failed", "parked"]
+    assert last["40"][-2:] == ["failed", "parked"] and last["40"][0] != "sent"
 
 
 def test_a_refusal_naming_no_limit_halves_the_request_until_the_bad_records_stand_alone(

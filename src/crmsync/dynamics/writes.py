@@ -60,6 +60,8 @@ class ItemResult:
     created: bool | None = None  # known only with return=representation on upsert
     error: CrmsyncError | None = None
     record: Mapping[str, Any] | None = field(default=None, repr=False)
+    # False: refused before sending, as Dynamics refused the same value lately.
+    sent: bool = True
 
     @property
     def ok(self) -> bool:

@@ -342,7 +342,22 @@ class Pusher:
         assert group.message is not None
         spec = self.specs[group.object]
         over, rest = self._limits.split(group, spec.logical_name, time.monotonic())
-        results = {id(s): ItemResult(crm_id=s.write.record_id, error=exc) for s, exc in over}
+        return await self._without(group, over, rest, sent=False)
+
+    async def _without(
+        self,
+        group: bulk.Group,
+        over: list[tuple[Send, Refusal]],
+        rest: bulk.Group,
+        *,
+        sent: bool,
+    ) -> list[ItemResult]:
+        """``group``'s results: the refusals of the sends ``over`` a text limit (``sent``:
+        in the request Dynamics refused; else taken out before sending), then the rest
+        in one request."""
+        results = {
+            id(s): ItemResult(crm_id=s.write.record_id, error=exc, sent=sent) for s, exc in over
+        }
         if rest.sends:
             for s, r in zip(rest.sends, await self._bulk_request(rest), strict=True):
                 results[id(s)] = r
@@ -364,11 +379,13 @@ class Pusher:
         except (RecordRejected, StaleRecord) as exc:
             if len(group.sends) == 1:
                 return [ItemResult(crm_id=writes[0].record_id, error=exc)]
+            now = time.monotonic()
             if isinstance(exc, RecordRejected) and self._limits.learn(
-                group, spec.logical_name, exc, time.monotonic()
+                group, spec.logical_name, exc, now
             ):
                 self.stats.split_by_limit += 1
-                return await self._bulk(group)  # the limit now takes the bad ones out
+                over, rest = self._limits.split(group, spec.logical_name, now)
+                return await self._without(group, over, rest, sent=True)
             self.stats.bisected += 1
             left, right = bulk.halves(group)
             first, second = await asyncio.gather(self._bulk(left), self._bulk(right))
@@ -381,7 +398,11 @@ class Pusher:
         Dynamics' record changed since the last sync (to be pulled before resending)."""
         now = utcnow()
         outcome = Outcome(
-            sent=[(s.entry, tuple(s.values or ())) for s in sends],
+            sent=[
+                (s.entry, tuple(s.values or ()))
+                for s, r in zip(sends, results, strict=True)
+                if r.sent
+            ],
             batch=uuid.uuid4().hex[:12] if sends else None,
         )
         created: list[tuple[str, int, str]] = []
@@ -396,7 +417,7 @@ class Pusher:
             e = send.entry
             verdict = judge(send, result, now, policy, self._rnd)
             # A refusal as stale is sent again once pulled: not counted as sent yet.
-            self.stats.sent += not isinstance(verdict, Stale)
+            self.stats.sent += result.sent and not isinstance(verdict, Stale)
             match verdict:
                 case Synced(etag):
                     outcome.done.append(
