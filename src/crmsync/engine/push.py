@@ -310,7 +310,15 @@ class Pusher:
             sends = [s for s in sends if s.entry.id not in results]
         sent = await self._bulk(bulk.Group(group.message, group.object, tuple(sends)))
         ok = [s for s, r in zip(sends, sent, strict=True) if r.ok]
-        after = await self._read_back(spec.entity_set, spec.primary_key, ok) if ok else {}
+        try:
+            after = await self._read_back(spec.entity_set, spec.primary_key, ok) if ok else {}
+        except Fatal:
+            raise
+        except CrmsyncError:
+            # Written whatever the read-back: synced, with no version known after it (an
+            # update keeps its base, an insert none, as after a lost answer), never
+            # failed and sent again (an insert re-created if deleted meanwhile).
+            after = {}
         for s, r in zip(sends, sent, strict=True):
             if r.ok:
                 r = replace(r, etag=bulk.etag_after(s, after, self._own_user))
