@@ -1,5 +1,6 @@
 """What a push records when part of its bulk work fails, on real stores, against the
-in-process emulator with faults injected by hand (one named request answered 503).
+in-process emulator with faults injected by hand (one named request answered 503, or
+one object's bulk request refused for a column Dynamics no longer has).
 
 A record Dynamics took is recorded as synced, whatever failed after it or beside it:
 
@@ -8,7 +9,11 @@ A record Dynamics took is recorded as synced, whatever failed after it or beside
   meanwhile would have been re-created by the retry);
 - one half of a bisected request fails whole (an outage): the other half's records,
   written, are synced, the failing half retried (confirmed, not a defect: the client
-  answers an outage per record).
+  answers an outage per record);
+- one object's bulk request is refused for a column gone from Dynamics, in a batch
+  with another object: that object alone pauses, its entries wait unclaimed, the other
+  object's write is recorded (the worker used to stop with a Fatal, giving back every
+  claim, the other object's written records to be sent again).
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from crmsync.config import Settings
 from crmsync.dynamics.client import DataverseClient
 from crmsync.emulator import create_app
 from crmsync.engine.push import Pusher
+from crmsync.store import status
 from crmsync.store.db import capture_suppressed, write_transaction
-from crmsync.store.schema import sync_event, sync_queue, sync_record
+from crmsync.store.schema import sync_error, sync_event, sync_queue, sync_record
 
 BASE = "https://org.test"
 Fault = Callable[[httpx.Request], httpx.Response | None]
@@ -182,3 +188,46 @@ def test_a_half_of_a_bisected_request_failing_whole_keeps_the_other_halfs_syncs(
             ).scalars()
         )
     assert synced == {1, 3}
+
+
+def test_one_objects_unusable_bulk_request_pauses_it_alone_and_records_the_others(
+    engine: sa.Engine, settings: Settings
+) -> None:
+    insert_leads(engine, 6)
+    with write_transaction(engine) as conn:
+        conn.execute(sa.text("INSERT INTO contact (id, email, last_name) VALUES (1, 'k@x', 'K')"))
+
+    def fault(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "POST" and request.url.path.endswith(
+            "leads/Microsoft.Dynamics.CRM.UpsertMultiple"
+        ):
+            message = (
+                "Invalid property 'lastname' was found in entity 'Microsoft.Dynamics.CRM.lead'."
+            )
+            return httpx.Response(400, json={"error": {"code": "0x80048d19", "message": message}})
+        return None
+
+    run_push(engine, settings, fault)
+    rows = queue_rows(engine)
+    # The contact went (a $batch or a single request beside the leads' bulk request).
+    assert "contact 1" not in rows
+    with engine.connect() as conn:
+        contact_synced = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(sync_record)
+            .where(sync_record.c.object == "contact")
+        ).scalar_one()
+        paused = status.paused(conn)
+        errors = conn.execute(sa.select(sync_error.c.object, sync_error.c.status)).all()
+    assert contact_synced == 1
+    # The leads wait in the backlog, unclaimed, while lead is paused.
+    assert rows == {f"lead {i}": ("pending", None) for i in range(1, 7)}
+    assert [(p["object"], p["direction"]) for p in paused] == [("lead", "*")]
+    assert [(e.object, e.status) for e in errors] == [("lead", "open")]
+    with engine.connect() as conn:
+        claimed = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(sync_queue)
+            .where(sync_queue.c.claimed_by.is_not(None))
+        ).scalar_one()
+    assert claimed == 0
