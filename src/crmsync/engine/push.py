@@ -279,11 +279,14 @@ class Pusher:
             return await self.client.write_batch([s.write for s in group.sends])
         try:
             return await self._send_bulk(group)
-        except (Fatal, ObjectUnusable):
+        except Fatal:
             raise
         except CrmsyncError as exc:
             # The whole request failed (an outage, a throttle outlasting the retries):
             # each record gets the error, and its retry or park, as a $batch's would.
+            # The object of an unusable one is known (one per bulk request): each of
+            # its records waits while it alone pauses (``_record``), and the other
+            # requests' answers are recorded.
             return [ItemResult(crm_id=s.write.record_id, error=exc) for s in group.sends]
 
     async def _send_bulk(self, group: bulk.Group) -> list[ItemResult]:
@@ -310,7 +313,15 @@ class Pusher:
             sends = [s for s in sends if s.entry.id not in results]
         sent = await self._bulk(bulk.Group(group.message, group.object, tuple(sends)))
         ok = [s for s, r in zip(sends, sent, strict=True) if r.ok]
-        after = await self._read_back(spec.entity_set, spec.primary_key, ok) if ok else {}
+        try:
+            after = await self._read_back(spec.entity_set, spec.primary_key, ok) if ok else {}
+        except Fatal:
+            raise
+        except CrmsyncError:
+            # Written whatever the read-back: synced, with no version known after it (an
+            # update keeps its base, an insert none, as after a lost answer), never
+            # failed and sent again (an insert re-created if deleted meanwhile).
+            after = {}
         for s, r in zip(sends, sent, strict=True):
             if r.ok:
                 r = replace(r, etag=bulk.etag_after(s, after, self._own_user))
@@ -321,9 +332,9 @@ class Pusher:
         """A lone write as one request (~149 ms of execution, a $batch of one ~249)."""
         try:
             return await self.client.write(send.write)
-        except (Fatal, ObjectUnusable):
+        except Fatal:
             raise
-        except CrmsyncError as exc:
+        except CrmsyncError as exc:  # an unusable object included: its one record waits
             return ItemResult(crm_id=send.write.record_id, error=exc)
 
     async def _read_back(
@@ -376,6 +387,8 @@ class Pusher:
                 writes,
                 fallback=False,
             )
+        except ObjectUnusable as exc:  # of this object, whichever half: all of it waits
+            return [ItemResult(crm_id=w.record_id, error=exc) for w in writes]
         except (RecordRejected, StaleRecord) as exc:
             if len(group.sends) == 1:
                 return [ItemResult(crm_id=writes[0].record_id, error=exc)]
