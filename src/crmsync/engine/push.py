@@ -309,6 +309,7 @@ class Pusher:
                         " property provided (read back before UpdateMultiple).",
                         status=412,
                     ),
+                    sent=False,
                 )
             sends = [s for s in sends if s.entry.id not in results]
         sent = await self._bulk(bulk.Group(group.message, group.object, tuple(sends)))
