@@ -53,6 +53,8 @@ def _synced(engine: sa.Engine) -> int:
         )
 
 
+# The token's life is the client's business, not the store's: one store is enough.
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_token_revoked_mid_push_is_refreshed_once_and_the_push_goes_on(
     db_url: str,
     own_emulator: tuple[Emulator, str],
