@@ -88,7 +88,12 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
-def worker_env(url: str, db: str, window: float, bulk: bool, batch: int) -> dict[str, str]:
+def worker_env(
+    url: str, db: str, window: float, bulk: bool, batch: int, user: str
+) -> dict[str, str]:
+    """A worker's settings as Dynamics' application ``user``: the budget is per user,
+    so each phase (set-up, bulk drain, $batch-only drain) has its own, and none starts
+    with another's spending still in its window."""
     budget, _ = scaled(window)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRMSYNC_")}
     env.update(
@@ -96,7 +101,7 @@ def worker_env(url: str, db: str, window: float, bulk: bool, batch: int) -> dict
         CRMSYNC_DYNAMICS_URL=url,
         CRMSYNC_AUTHORITY_URL=url,
         CRMSYNC_TENANT_ID="bench",
-        CRMSYNC_CLIENT_ID="bench-worker",
+        CRMSYNC_CLIENT_ID=f"bench-{user}",
         CRMSYNC_CLIENT_SECRET="bench-secret",
         CRMSYNC_BATCH_SIZE=str(batch),
         CRMSYNC_PUSH_BULK="true" if bulk else "false",
@@ -153,7 +158,7 @@ def set_up(url: str, db: str, records: int, window: float, lanes: int) -> sa.Eng
                     for i in range(start, min(total, start + 10_000))
                 ],
             )
-    proc = start_worker(worker_env(url, db, window, True, 1000), lanes)
+    proc = start_worker(worker_env(url, db, window, True, 1000, "setup"), lanes)
     try:
         while pending(engine):
             time.sleep(0.5)
@@ -212,7 +217,8 @@ def drain(
     edited: dict[int, datetime] = {}
     editor = threading.Thread(target=edits, args=(engine, records + 1, stop, edited), daemon=True)
     batch = args.batch_size if bulk else args.baseline_batch_size
-    proc = start_worker(worker_env(url, db, args.window, bulk, batch), args.lanes)
+    user = "bulk" if bulk else "batch"
+    proc = start_worker(worker_env(url, db, args.window, bulk, batch, user), args.lanes)
     started = time.monotonic()
     if args.edits and bulk:
         editor.start()
