@@ -10,8 +10,10 @@ Dataverse's own (the emulator's defaults). Per engine:
 1. set-up, not measured: ``--records`` leads inserted locally and pushed by a
    ``crmsync worker`` with the emulator's flat cost model and no limits;
 2. every lead updated in one local transaction (``--bad``: that share gets a last name
-   Dynamics refuses, 51 characters), the emulator switched to ``cost_model:
-   dataverse``, a worker started with the budget as settings;
+   Dynamics refuses, 51 characters; ``--resync``: with capture suppressed, as a change
+   the sync never saw, then a resync job of every lead, which the worker runs, queues
+   them again), the emulator switched to ``cost_model: dataverse``, a worker started
+   with the budget as settings;
 3. with ``--edits``, another lead edited once a second meanwhile (its lag: commit to
    ``sync_record.last_synced_at``);
 4. the rate is what was done over the whole windows begun (from the worker's start):
@@ -35,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,7 +47,10 @@ import httpx
 import sqlalchemy as sa
 
 from crmsync.config import Settings
-from crmsync.store.db import create_store_engine, write_transaction
+from crmsync.domain import Direction, JobKind
+from crmsync.engine.resync import ResyncRequest
+from crmsync.store import jobs
+from crmsync.store.db import capture_suppressed, create_store_engine, write_transaction
 from crmsync.store.migrate import upgrade
 from crmsync.store.schema import sync_change, sync_error, sync_queue, sync_record
 
@@ -116,6 +122,11 @@ def start_worker(env: dict[str, str], lanes: int) -> subprocess.Popen[bytes]:
     crmsync = str(Path(sys.executable).with_name("crmsync"))
     cmd = [crmsync, "worker", "--concurrency", str(lanes)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+
+
+def job_over(engine: sa.Engine, job_id: int) -> bool:
+    with engine.connect() as conn:
+        return jobs.get(conn, job_id).state.finished
 
 
 def pending(engine: sa.Engine) -> int:
@@ -192,7 +203,9 @@ def drain(
 ) -> Run:
     budget, requests = scaled(args.window)
     run = Run()
-    with write_transaction(engine) as conn:
+    resync = getattr(args, "resync", False)
+    with write_transaction(engine) as conn, capture_suppressed(conn) if resync else nullcontext():
+        # With --resync the change is unseen (capture suppressed): the resync sends it.
         conn.execute(
             sa.text("UPDATE lead SET last_name = 'U' || id WHERE id <= :n"), {"n": records}
         )
@@ -202,7 +215,12 @@ def drain(
                 sa.text("UPDATE lead SET last_name = :l WHERE id % :k = 0 AND id <= :n"),
                 {"l": "x" * 51, "k": every, "n": records},
             )
-    backlog = pending(engine)
+    job = None
+    if resync:  # every lead (the edit pool too) queued again by a job the worker runs
+        request = ResyncRequest("lead", Direction.TO_CRM)
+        with write_transaction(engine) as conn:
+            job = jobs.create(conn, JobKind.RESYNC, "lead", Direction.TO_CRM, request.params())
+    backlog = records + EDIT_POOL if resync else pending(engine)
     configure(
         url,
         cost_model="dataverse",
@@ -226,7 +244,7 @@ def drain(
         while True:
             time.sleep(0.5)
             now = time.monotonic() - started
-            left = pending(engine)
+            left = pending(engine) + (job is not None and not job_over(engine, job.id))
             if left == 0 or (seconds is not None and now >= seconds):
                 break
             if now > args.timeout:

@@ -228,6 +228,11 @@ def main() -> None:
     p.add_argument("--baseline-seconds", type=float, default=None, help="default 3 windows")
     p.add_argument("--bad", type=float, default=0.0, help="dataverse: share of refused records")
     p.add_argument("--edits", action="store_true", help="dataverse: an edit a second meanwhile")
+    p.add_argument(
+        "--resync",
+        action="store_true",
+        help="dataverse: the backlog is a resync job of every lead (changed unseen)",
+    )
     p.add_argument("--timeout", type=float, default=7200)
     args = p.parse_args()
     if args.cost_model == "dataverse":
