@@ -193,6 +193,26 @@ def test_small_requests_use_the_reserve_bulk_requests_leave() -> None:
     assert b.wait(1.0, estimate_ms("UpdateMultiple", 1)) == 0.0
 
 
+def test_the_reserve_grows_with_what_small_requests_spent_over_the_window() -> None:
+    b = ExecutionBudget(budget_ms=100_000, window_s=10, share=1.0)
+    assert b.reserve(0.0) == SMALL_RESERVE * 100_000
+    for i in range(40):  # edits: 40 small requests of 250 ms = 10% of the budget
+        b.charge(i * 0.1, 250.0)
+    assert b.reserve(4.0) == 1.5 * 10_000
+    b.charge(4.0, 70_000.0)  # a bulk backlog took 70%: 80% spent, 85% is the bulk limit
+    assert b.wait(4.0, estimate_ms("UpdateMultiple", 100)) == 0.0  # 2,027 ms: 82%
+    # 7,808 ms: 88%, which the fixed 3% reserve (97% for bulk) would have let through.
+    assert b.wait(4.0, estimate_ms("UpdateMultiple", 400)) > 0
+    assert b.wait(4.0, estimate_ms("UpdateMultiple", 1)) == 0.0  # small: up to the share
+    # The small spending slides out of the window, and the reserve with it.
+    assert b.reserve(14.5) == SMALL_RESERVE * 100_000
+    # Capped: small requests cannot starve the bulk of its budget.
+    c = ExecutionBudget(budget_ms=100_000, window_s=10, share=1.0)
+    for i in range(200):
+        c.charge(0.0, 1_000.0)
+    assert c.reserve(1.0) == 0.2 * 100_000
+
+
 def test_an_execution_time_429_lowers_the_share_and_successes_restore_it() -> None:
     b = ExecutionBudget(budget_ms=1_000, window_s=10)
     b.on_throttle(0.0)

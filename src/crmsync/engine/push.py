@@ -205,7 +205,7 @@ class Pusher:
         """Claim the newest changes (due in the last ``FRESH_SECONDS``, at most
         ``FRESH_LIMIT``) and send them at once: an interactive edit does not wait behind
         a bulk backlog, and its small request uses the share of the execution budget
-        that bulk requests leave free (``limiter.SMALL_RESERVE``). Only ``behind`` a
+        that bulk requests leave free (``ExecutionBudget.reserve``). Only ``behind`` a
         backlog: while the lanes keep up, they send fresh changes themselves, batched by
         the thin-claim pacing, and this lane would only add requests."""
         steps = await asyncio.to_thread(self._claim_and_plan, True)
