@@ -213,6 +213,16 @@ def test_the_reserve_grows_with_what_small_requests_spent_over_the_window() -> N
     assert c.reserve(1.0) == 0.2 * 100_000
 
 
+def test_a_bulk_requests_read_backs_are_paced_with_it_and_leave_the_reserve_alone() -> None:
+    b = ExecutionBudget(budget_ms=100_000, window_s=10, share=1.0)
+    for i in range(40):  # a backlog's read-backs: cheap, but part of the bulk work
+        b.charge(i * 0.1, 250.0, bulk=True)
+    assert b.reserve(4.0) == SMALL_RESERVE * 100_000
+    b.charge(4.0, 87_000.0)  # 97%: the bulk limit
+    assert b.wait(4.0, 250.0, bulk=True) > 0  # a read-back waits with its request
+    assert b.wait(4.0, 250.0) == 0.0  # an edit's request uses the reserve
+
+
 def test_an_execution_time_429_lowers_the_share_and_successes_restore_it() -> None:
     b = ExecutionBudget(budget_ms=1_000, window_s=10)
     b.on_throttle(0.0)

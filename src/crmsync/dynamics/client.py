@@ -182,14 +182,16 @@ class DataverseClient:
         json_body: Any = None,
         content: bytes | None = None,
         cost_ms: float | None = None,
+        bulk: bool = False,
     ) -> httpx.Response:
         """Send and return a 2xx/3xx response, or raise the classified error. ``cost_ms``:
-        the execution time the request is expected to cost (``limiter.estimate_ms``)."""
+        the execution time the request is expected to cost (``limiter.estimate_ms``);
+        ``bulk``: part of a bulk request's work (``ExecutionBudget.charge``)."""
         refreshed = False
         throttles = 0
         cost = estimate_ms("read" if method == "GET" else "single") if cost_ms is None else cost_ms
         while True:
-            async with self.limiter.slot(cost) as reservation:
+            async with self.limiter.slot(cost, bulk=bulk) as reservation:
                 try:
                     token = await self._tokens.token()
                 except Retriable as exc:
@@ -305,6 +307,7 @@ class DataverseClient:
         page_size: int = MAX_PAGE_SIZE,
         next_link: str | None = None,
         rows: int = 1,
+        bulk: bool = False,
     ) -> AsyncIterator[Page]:
         """Pages of a query, following ``@odata.nextLink`` until there is none;
         ``next_link`` resumes a query where a saved link points (the rest is ignored);
@@ -318,7 +321,7 @@ class DataverseClient:
         headers = {"Prefer": max_page_size(page_size)}
         while url is not None:
             cost = estimate_ms("read", min(rows, page_size))
-            resp = await self._send("GET", url, headers=headers, cost_ms=cost)
+            resp = await self._send("GET", url, headers=headers, cost_ms=cost, bulk=bulk)
             page = parse_page(resp.json())
             yield page
             url = page.next_link
@@ -348,10 +351,17 @@ class DataverseClient:
             url = page.next_link
 
     async def versions(
-        self, entity_set: str, primary_key: str, ids: Sequence[str], select: Sequence[str] = ()
+        self,
+        entity_set: str,
+        primary_key: str,
+        ids: Sequence[str],
+        select: Sequence[str] = (),
+        *,
+        bulk: bool = False,
     ) -> dict[str, dict[str, Any]]:
         """The current rows of ``ids`` (ETag, ``select``), by lower-case id, in one query
-        per ``VERSION_CHUNK`` ids (the URL stays short); an absent record is left out."""
+        per ``VERSION_CHUNK`` ids (the URL stays short); an absent record is left out.
+        ``bulk``: read for a bulk request, paced as part of it."""
         out: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), VERSION_CHUNK):
             chunk = ids[start : start + VERSION_CHUNK]
@@ -360,7 +370,8 @@ class DataverseClient:
                 f"Microsoft.Dynamics.CRM.In(PropertyName='{primary_key}',PropertyValues=[{values}])"
             )
             names = list(dict.fromkeys([primary_key, *select]))
-            async for page in self.query(entity_set, select=names, filter=flt, rows=len(chunk)):
+            pages = self.query(entity_set, select=names, filter=flt, rows=len(chunk), bulk=bulk)
+            async for page in pages:
                 for row in page.rows:
                     key = row.get(primary_key)
                     if isinstance(key, str):

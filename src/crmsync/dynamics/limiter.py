@@ -136,22 +136,21 @@ class ExecutionBudget:
     cooldown: float = 1.0  # 429s of one burst arrive together: one cut for them all
 
     def __post_init__(self) -> None:
-        self._spent: deque[list[float]] = deque()  # [charged at, ms], oldest first
+        self._spent: deque[list[float]] = deque()  # [charged at, ms, small], oldest first
         self._total = 0.0
         self._small = 0.0  # of which small requests' (ms <= SMALL_MS)
         self._last_cut = float("-inf")
 
     def spent(self, now: float) -> float:
         while self._spent and self._spent[0][0] <= now - self.window_s:
-            self._drop(self._spent.popleft()[1])
+            self._drop(self._spent.popleft())
         if not self._spent:
             self._total = self._small = 0.0  # no float drift left over from the sums
         return max(0.0, self._total)
 
-    def _drop(self, ms: float) -> None:
-        self._total -= ms
-        if ms <= SMALL_MS:
-            self._small -= ms
+    def _drop(self, entry: list[float]) -> None:
+        self._total -= entry[1]
+        self._small -= entry[1] * entry[2]
 
     def reserve(self, now: float) -> float:
         """The budget bulk requests leave to small ones: ``SMALL_RESERVE`` of it, or
@@ -160,15 +159,16 @@ class ExecutionBudget:
         wanted = max(SMALL_RESERVE * self.budget_ms, SMALL_HEADROOM * max(0.0, self._small))
         return min(wanted, SMALL_RESERVE_MAX * self.budget_ms)
 
-    def charge(self, now: float, ms: float) -> list[float] | None:
-        """Reserve ``ms`` at ``now``; the handle lets ``finished`` move it later."""
+    def charge(self, now: float, ms: float, *, bulk: bool = False) -> list[float] | None:
+        """Reserve ``ms`` at ``now``; the handle lets ``finished`` move it later.
+        ``bulk``: part of a bulk request's work (its read-backs), however cheap."""
         if ms <= 0:
             return None
-        entry = [now, ms]
+        small = 1.0 if ms <= SMALL_MS and not bulk else 0.0
+        entry = [now, ms, small]
         self._spent.append(entry)
         self._total += ms
-        if ms <= SMALL_MS:
-            self._small += ms
+        self._small += ms * small
         return entry
 
     def finished(self, entry: list[float] | None, now: float) -> None:
@@ -192,17 +192,18 @@ class ExecutionBudget:
             self._spent.remove(entry)
         except ValueError:
             return  # already out of the window
-        self._drop(entry[1])
+        self._drop(entry)
 
-    def wait(self, now: float, ms: float) -> float:
+    def wait(self, now: float, ms: float, *, bulk: bool = False) -> float:
         """Seconds until a request of ``ms`` fits (0 now). Bulk-sized requests leave the
         ``reserve`` free; one larger than the limit goes alone into an empty window."""
         spent = self.spent(now)
-        limit = self.budget_ms * self.share - (0.0 if ms <= SMALL_MS else self.reserve(now))
+        small = ms <= SMALL_MS and not bulk
+        limit = self.budget_ms * self.share - (0.0 if small else self.reserve(now))
         if spent + ms <= limit or spent == 0:
             return 0.0
         released = 0.0
-        for at, cost in self._spent:
+        for at, cost, _small in self._spent:
             released += cost
             if spent - released + ms <= limit:
                 return max(0.0, at + self.window_s - now)
@@ -293,26 +294,26 @@ class Limiter:
         while (delay := self.gate.wait(self._clock())) > 0:
             await self._sleep(delay)
 
-    async def wait_budget(self, cost_ms: float) -> None:
-        while (delay := self.budget.wait(self._clock(), cost_ms)) > 0:
+    async def wait_budget(self, cost_ms: float, bulk: bool = False) -> None:
+        while (delay := self.budget.wait(self._clock(), cost_ms, bulk=bulk)) > 0:
             await self._sleep(min(delay, 1.0))
 
     @asynccontextmanager
-    async def slot(self, cost_ms: float = 0.0) -> AsyncIterator[Reservation]:
+    async def slot(self, cost_ms: float = 0.0, *, bulk: bool = False) -> AsyncIterator[Reservation]:
         """Hold one in-flight slot; waits for the gate to open, for ``cost_ms`` of the
         execution budget (charged when the slot is taken) and for a free slot. The
         caller calls ``refund()`` on what it yields if the request was not executed."""
         cond = self._condition()
         while True:
             await self.wait_gate()
-            await self.wait_budget(cost_ms)
+            await self.wait_budget(cost_ms, bulk)
             async with cond:
                 await cond.wait_for(lambda: self._in_flight < self.limit.slots)
                 if self.gate.wait(self._clock()) > 0:
                     continue  # throttled while we queued: wait again, holding nothing
-                if self.budget.wait(self._clock(), cost_ms) > 0:
+                if self.budget.wait(self._clock(), cost_ms, bulk=bulk) > 0:
                     continue  # another lane took the budget meanwhile
-                reserved = self.budget.charge(self._clock(), cost_ms)
+                reserved = self.budget.charge(self._clock(), cost_ms, bulk=bulk)
                 self._in_flight += 1
                 break
         held = Reservation()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from crmsync.config import Settings
 from crmsync.domain import Direction, ObjectSpec, Operation
 from crmsync.dynamics.client import DataverseClient
+from crmsync.dynamics.limiter import SMALL_MS, estimate_ms
 from crmsync.dynamics.writes import ItemResult
 from crmsync.engine import auto_retry, bulk
 from crmsync.engine.changes import MODIFIED_BY
@@ -290,6 +291,7 @@ class Pusher:
             return [ItemResult(crm_id=s.write.record_id, error=exc) for s in group.sends]
 
     async def _send_bulk(self, group: bulk.Group) -> list[ItemResult]:
+        assert group.message is not None
         spec = self.specs[group.object]
         if self._own_user is None:
             self._own_user = await self.client.whoami()
@@ -299,7 +301,7 @@ class Pusher:
             s.write.if_match not in (None, "*") for s in sends
         ):
             # What If-Match would refuse (412): changed in Dynamics since the last sync.
-            current = await self._read_back(spec.entity_set, spec.primary_key, sends)
+            current = await self._read_back(spec.entity_set, spec.primary_key, sends, group.message)
             for entry_id in bulk.stale_before(sends, current):
                 results[entry_id] = ItemResult(
                     crm_id=None,
@@ -315,7 +317,11 @@ class Pusher:
         sent = await self._bulk(bulk.Group(group.message, group.object, tuple(sends)))
         ok = [s for s, r in zip(sends, sent, strict=True) if r.ok]
         try:
-            after = await self._read_back(spec.entity_set, spec.primary_key, ok) if ok else {}
+            after = (
+                await self._read_back(spec.entity_set, spec.primary_key, ok, group.message)
+                if ok
+                else {}
+            )
         except Fatal:
             raise
         except CrmsyncError:
@@ -339,10 +345,13 @@ class Pusher:
             return ItemResult(crm_id=send.write.record_id, error=exc)
 
     async def _read_back(
-        self, entity_set: str, primary_key: str, sends: Sequence[Send]
+        self, entity_set: str, primary_key: str, sends: Sequence[Send], message: str
     ) -> dict[str, dict[str, Any]]:
+        """The records' current versions; paced as part of a bulk-sized request (the
+        reserve left to small requests is not for a backlog's read-backs)."""
         ids = [s.crm_id.lower() for s in sends]
-        return await self.client.versions(entity_set, primary_key, ids, [MODIFIED_BY])
+        big = estimate_ms(message, len(sends)) > SMALL_MS
+        return await self.client.versions(entity_set, primary_key, ids, [MODIFIED_BY], bulk=big)
 
     async def _bulk(self, group: bulk.Group) -> list[ItemResult]:
         """One bulk request, in the order of ``group.sends``. Refused (a standard table
