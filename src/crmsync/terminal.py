@@ -326,6 +326,7 @@ def lines_errors(page: dict[str, Any], limit: int) -> list[str]:
         "Category",
         "Field",
         "Last failed",
+        "Next retry",
         "Record",
         "Message",
     ]
@@ -339,6 +340,7 @@ def lines_errors(page: dict[str, Any], limit: int) -> list[str]:
             e["category"],
             e["field"] or "-",
             stamp(e["last_failed_at"]),
+            stamp(e.get("retry_at")),
             _record(e),
             e["error_message"],
         ]
@@ -365,9 +367,11 @@ def lines_errors(page: dict[str, Any], limit: int) -> list[str]:
         )
         # The record's label, local id and CRM id as tokens: none is ever cut.
         local = e["record_id"] if e["record_id"] is not None else "-"
-        record = [*cells[8].split(), f"(local id {local},", "CRM id", f"{e['crm_id'] or '-'})"]
+        record = [*cells[9].split(), f"(local id {local},", "CRM id", f"{e['crm_id'] or '-'})"]
         out += [INDENT + text for text in wrap_tokens(record, limit - len(INDENT), sep=" ")]
         kind = ["category", f"{e['category']},", "field", cells[6]]
+        if e.get("retry_at"):  # the date and time one token: never split
+            kind = [*kind[:-1], f"{kind[-1]},", "next", "retry", cells[8]]
         out += [INDENT + text for text in wrap_tokens(kind, limit - len(INDENT), sep=" ")]
         out += [
             INDENT + text for text in fold(e["error_message"], limit - len(INDENT), MESSAGE_LINES)
