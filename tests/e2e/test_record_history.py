@@ -64,6 +64,9 @@ def test_an_insert_that_syncs(
         ("sent", "to_crm", "insert"),
         ("synced", "to_crm", "insert"),
     ]
+    # Never synced: the captured insert names the columns holding a value.
+    assert events[0]["fields"] == ["company", "email", "first_name", "last_name"]
+    assert events[0]["detail"] is None  # one write
     sent = events[1]
     assert sent["fields"] == ["company", "email", "first_name", "last_name"]
     assert sent["detail"]["batch"] and sent["detail"]["size"] == 1
@@ -92,6 +95,8 @@ def test_an_insert_refused_then_fixed(
     ]
     failed = events[2]
     assert failed["error_code"] == "0x80044331" and "lastname" in failed["error_message"]
+    # Still never synced: the fix's capture names every column holding a value again.
+    assert events[4]["fields"] == ["company", "email", "first_name", "last_name"]
     assert events[3]["error_code"] == "0x80044331"
 
 
@@ -150,6 +155,7 @@ def test_a_conflict(
         ("sent", "to_crm", "update"),
         ("synced", "to_crm", "update"),
     ]
+    assert events[3]["fields"] == ["last_name"]  # the captured change, against the base
     assert events[4]["fields"] == ["last_name"]
     assert events[4]["detail"] == {
         "field": "last_name",
@@ -257,6 +263,7 @@ def test_a_send_refused_as_stale(
         ("sent", "to_crm", "update"),
         ("synced", "to_crm", "update"),
     ]
+    assert events[2]["fields"] == ["last_name"]
     refused, held = events[4], events[5]
     assert (refused["error_code"], refused["error_message"]) == (
         "http_412",

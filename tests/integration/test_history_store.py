@@ -75,6 +75,40 @@ def test_a_transient_failure_retried(engine: Engine) -> None:
     assert found[3]["detail"] == {"when": retry_at.isoformat()}
 
 
+def test_captured_names_the_columns_that_differ_from_the_last_sync(engine: Engine) -> None:
+    """The fold compares the record with its synced values: a run of writes names its net
+    change, a write that restores the synced values names none; a delete, none."""
+    lead = add_lead(engine)  # email and last_name
+    (entry,) = queue.claim(engine, "w", "to_crm", ["lead"], 10, LEASE)
+    synced = {"email": "h@example.com", "first_name": None, "last_name": "L", "company": None}
+    queue.record(engine, sent(entry, done=[queue.Done(entry, crm_id="g-1", synced_values=synced)]))
+
+    def write(statement: str) -> None:
+        with write_transaction(engine) as conn:
+            conn.execute(sa.text(statement), {"i": lead})
+
+    def fold() -> None:
+        with write_transaction(engine) as conn:
+            capture.fold(conn)
+
+    write("UPDATE lead SET company = 'Acme' WHERE id = :i")
+    write("UPDATE lead SET first_name = 'Ada', company = 'Acme2' WHERE id = :i")
+    fold()
+    write("UPDATE lead SET first_name = NULL, company = NULL WHERE id = :i")
+    fold()
+    write("DELETE FROM lead WHERE id = :i")
+    fold()
+    found = events(engine, lead)
+    assert [(e["event"], e["operation"], e["fields"], e["detail"]) for e in found] == [
+        ("captured", "insert", ["email", "last_name"], None),
+        ("sent", "insert", ["email", "last_name"], {"batch": "b1", "size": 1}),
+        ("synced", "insert", None, None),
+        ("captured", "update", ["company", "first_name"], {"writes": 2}),
+        ("captured", "update", None, None),  # back to the synced values
+        ("captured", "delete", None, None),
+    ]
+
+
 def test_a_send_refused_as_stale_is_in_the_outcomes_transaction(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
