@@ -317,7 +317,19 @@ def lines_errors(page: dict[str, Any], limit: int) -> list[str]:
     out = wrap_tokens(title.split(" "), limit, INDENT, " ")
     if not items:
         return [*out, "No errors match."]
-    headers = ["Id", "Object", "Op", "Direction", "Code", "Last failed", "Record", "Message"]
+    headers = [
+        "Id",
+        "Object",
+        "Op",
+        "Direction",
+        "Code",
+        "Category",
+        "Field",
+        "Last failed",
+        "Next retry",
+        "Record",
+        "Message",
+    ]
     rows = [
         [
             str(e["id"]),
@@ -325,19 +337,23 @@ def lines_errors(page: dict[str, Any], limit: int) -> list[str]:
             e["operation"],
             e["direction"],
             e["error_code"],
+            e["category"],
+            e["field"] or "-",
             stamp(e["last_failed_at"]),
+            stamp(e.get("retry_at")),
             _record(e),
             e["error_message"],
         ]
         for e in items
     ]
+    message = len(headers) - 1
     # Record is free text as well, but an email is what people search by: whole, or blocks.
     laid = table(
         headers,
         rows,
-        right=[True, *([False] * 7)],
+        right=[True, *([False] * message)],
         limit=limit,
-        free=7,
+        free=message,
         max_lines=MESSAGE_LINES,
     )
     if laid is not None:
@@ -345,14 +361,18 @@ def lines_errors(page: dict[str, Any], limit: int) -> list[str]:
     for e, cells in zip(items, rows, strict=True):
         out.append("")
         out += wrap_tokens(
-            [f"#{e['id']}", e["object"], e["operation"], e["direction"], e["error_code"], cells[5]],
+            [f"#{e['id']}", e["object"], e["operation"], e["direction"], e["error_code"], cells[7]],
             limit,
             INDENT,
         )
         # The record's label, local id and CRM id as tokens: none is ever cut.
         local = e["record_id"] if e["record_id"] is not None else "-"
-        record = [*cells[6].split(), f"(local id {local},", "CRM id", f"{e['crm_id'] or '-'})"]
+        record = [*cells[9].split(), f"(local id {local},", "CRM id", f"{e['crm_id'] or '-'})"]
         out += [INDENT + text for text in wrap_tokens(record, limit - len(INDENT), sep=" ")]
+        kind = ["category", f"{e['category']},", "field", cells[6]]
+        if e.get("retry_at"):  # the date and time one token: never split
+            kind = [*kind[:-1], f"{kind[-1]},", "next", "retry", cells[8]]
+        out += [INDENT + text for text in wrap_tokens(kind, limit - len(INDENT), sep=" ")]
         out += [
             INDENT + text for text in fold(e["error_message"], limit - len(INDENT), MESSAGE_LINES)
         ]

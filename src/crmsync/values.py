@@ -32,6 +32,8 @@ LOCAL_CONSTRAINT = "crmsync.local_constraint"  # the local database refused the 
 # A push Dynamics refused with 412 (the record changed there) while its object's pull
 # was paused: it waits, pending, until the pull resumes and settles the conflict.
 AWAITING_PULL = "crmsync.awaiting_pull"
+# The history's code of a send refused as stale (412 against the ETag it carried).
+STALE = "http_412"
 
 
 # --- queue entries and outcomes ----------------------------------------------------------
@@ -89,6 +91,9 @@ class Outcome:
     # (its ``sent`` events, written with the outcomes: a rolled-back outcome leaves none).
     sent: list[tuple[Entry, tuple[str, ...]]] = field(default_factory=list)
     batch: str | None = None  # the batch's id in the history, when something was sent
+    # Sends Dynamics refused with 412 (changed there since the last sync), with when each
+    # goes again after its pull (None: held until the object's paused pull resumes).
+    stale: list[tuple[Entry, datetime | None]] = field(default_factory=list)
 
 
 # --- plan steps shared by push and apply -------------------------------------------------

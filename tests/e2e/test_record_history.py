@@ -64,6 +64,9 @@ def test_an_insert_that_syncs(
         ("sent", "to_crm", "insert"),
         ("synced", "to_crm", "insert"),
     ]
+    # Never synced: the captured insert names the columns holding a value.
+    assert events[0]["fields"] == ["company", "email", "first_name", "last_name"]
+    assert events[0]["detail"] is None  # one write
     sent = events[1]
     assert sent["fields"] == ["company", "email", "first_name", "last_name"]
     assert sent["detail"]["batch"] and sent["detail"]["size"] == 1
@@ -92,6 +95,8 @@ def test_an_insert_refused_then_fixed(
     ]
     failed = events[2]
     assert failed["error_code"] == "0x80044331" and "lastname" in failed["error_message"]
+    # Still never synced: the fix's capture names every column holding a value again.
+    assert events[4]["fields"] == ["company", "email", "first_name", "last_name"]
     assert events[3]["error_code"] == "0x80044331"
 
 
@@ -150,6 +155,7 @@ def test_a_conflict(
         ("sent", "to_crm", "update"),
         ("synced", "to_crm", "update"),
     ]
+    assert events[3]["fields"] == ["last_name"]  # the captured change, against the base
     assert events[4]["fields"] == ["last_name"]
     assert events[4]["detail"] == {
         "field": "last_name",
@@ -220,3 +226,49 @@ def test_compare_reads_dynamics_live_and_marks_the_difference(
     with store.connect() as conn:
         name = conn.execute(sa.text("SELECT last_name FROM lead WHERE id = :i"), {"i": lead})
         assert name.scalar_one() == "Byron"
+
+
+def test_a_send_refused_as_stale(
+    sync_settings: Settings, store: sa.Engine, sales: Sales, sql: Any, drain: Any
+) -> None:
+    """412 (Dynamics changed the record since the last sync): the refusal is in the
+    history with the outcome that holds the push, before the pull that settles it."""
+    crm_id = sales.create("leads", {"emailaddress1": "s@example.com", "lastname": "Base"})
+    drain(sync_settings, store)
+    lead = local_id(store, "lead", crm_id)
+    with write_transaction(store) as conn:
+        status.pause(conn, "lead", "from_crm")  # the push meets Dynamics' change first
+    sql(store, "UPDATE lead SET last_name = 'Local' WHERE id = :i", {"i": lead})
+    sales.update("leads", crm_id, {"lastname": "Remote"})
+    drain(sync_settings, store)
+    # The pull settles the conflict before the push goes again (one order).
+    with write_transaction(store) as conn:
+        status.pause(conn, "lead", "to_crm")
+        status.resume(conn, "lead", "from_crm")
+    drain(sync_settings, store)
+    with write_transaction(store) as conn:
+        status.resume(conn, "lead", "to_crm")
+    drain(sync_settings, store)
+    events = timeline(store, "lead", lead, crm_id)
+    assert kinds(events) == [
+        ("pulled", "from_crm", "insert"),
+        ("applied", "from_crm", "insert"),
+        ("captured", "to_crm", "update"),
+        ("sent", "to_crm", "update"),
+        ("failed", "to_crm", "update"),
+        ("retry_scheduled", "to_crm", "update"),
+        ("pulled", "from_crm", "update"),
+        ("conflict", "from_crm", "update"),
+        ("synced", "from_crm", "update"),
+        ("sent", "to_crm", "update"),
+        ("synced", "to_crm", "update"),
+    ]
+    assert events[2]["fields"] == ["last_name"]
+    refused, held = events[4], events[5]
+    assert (refused["error_code"], refused["error_message"]) == (
+        "http_412",
+        "changed in Dynamics since the last sync",
+    )
+    assert refused["detail"] == {"status": 412, "stale": True}
+    assert held["detail"] == {"after": "pull", "held": "until the pull resumes"}
+    assert events[3]["detail"]["batch"] != events[9]["detail"]["batch"]

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -17,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from crmsync.config import load_settings
-from crmsync.store import queue
+from crmsync.store import queue, sync_errors
 from crmsync.store.schema import sync_error, sync_pause, sync_queue, sync_throughput
 from crmsync.store.status import hour_window
 from crmsync.store.types import utcnow
@@ -561,3 +562,38 @@ async def test_page_label_when_rows_leave_the_list_between_loads(
     label = re.search(r'id="page-of">([^<]+)<', html)
     assert label and label[1] == "Page 2 of 3", label
     assert 'rel="prev"' in html and 'rel="next"' in html
+
+
+async def test_the_next_automatic_retry_is_shown_on_errors_the_record_page_and_the_api(
+    admin: tuple[httpx.AsyncClient, str], engine: Engine
+) -> None:
+    c, _ = admin
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO lead (id, email) VALUES (7, 'lead7@example.com')"))
+        conn.execute(sa.delete(sync_error))
+    when = utcnow().replace(microsecond=0) + timedelta(hours=2)
+    with engine.begin() as conn:
+        conn.execute(sa.delete(sync_queue))  # the insert's capture: not this test's
+        conn.execute(
+            sa.insert(sync_error),
+            [
+                error_row(7, category="unavailable", retry_at=when),
+                error_row(8, category="duplicate", retry_at=None),
+            ],
+        )
+    shown = when.astimezone(ZoneInfo(ZONE)).strftime("%Y-%m-%d %H:%M:%S")
+    html = (await c.get(ERRORS)).text
+    rows = dict(re.findall(r'<tr data-error-id="(\d+)">(.*?)</tr>', html, re.S))
+    ids = sorted(rows, key=int)
+    retried, waiting = rows[ids[0]], rows[ids[1]]
+    assert f'<span class="ids retry-at">retried automatically {shown}</span>' in retried
+    assert f"<dt>Next retry</dt><dd>{shown} ({ZONE}), automatically</dd>" in retried
+    assert "retry-at" not in waiting and "Next retry" not in waiting
+    page = (await c.get("/admin/microsoft-dynamics/records/lead/7")).text
+    assert f'<span class="retry-at">retried automatically {shown}</span>' in page
+    with engine.connect() as conn:
+        listed = sync_errors.list_errors(conn, sync_errors.make_filters(["lead"]))["items"]
+    assert [(i["record_id"], i["retry_at"]) for i in listed] == [
+        (7, when.isoformat()),
+        (8, None),
+    ]

@@ -210,6 +210,7 @@ async def test_list_is_newest_first_with_total_and_contract_fields(client):
         "field": None,
         "category": "duplicate",
         "fix": diagnosis.fix_for("duplicate", "0x80040333"),
+        "retry_at": None,
     }
 
 
@@ -379,13 +380,15 @@ async def test_category_filter_on_list_summary_and_export(client):
     v1 = ["id", "object", "record_id", "crm_id", "record_label", "operation", "direction",
           "error_code", "error_message", "first_failed_at", "last_failed_at", "attempts",
           "status"]  # fmt: skip
-    assert header == [*v1, "field", "category", "fix"]
+    assert header == [*v1, "field", "category", "fix", "retry_at"]
     rows = list(csv.DictReader(io.StringIO(response.text, newline="")))
     assert {r["category"] for r in rows} == {"duplicate"} and all(r["fix"] for r in rows)
     exported = await client.get(
         "/api/v1/sync/errors/export", params={"category": "duplicate", "format": "json"}
     )
-    assert [list(item)[-3:] for item in exported.json()] == [["field", "category", "fix"]] * 3
+    assert [list(item)[-4:] for item in exported.json()] == [
+        ["field", "category", "fix", "retry_at"]
+    ] * 3
 
 
 # -- export -------------------------------------------------------------------------------

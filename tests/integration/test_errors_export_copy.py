@@ -101,6 +101,8 @@ def nasty_rows() -> list[dict[str, Any]]:
                 "last_failed_at": failed,
                 "attempts": (1, 0, -2, 2**31 - 1)[i % 4],
                 "status": STATUSES[i % 3],
+                # The automatic retry's time, a third column of times (or none).
+                "retry_at": None if i % 2 else TIMES[(i + 1) % len(TIMES)],
             }
         )
     return rows
@@ -174,6 +176,7 @@ def test_copy_export_cells(engine):
         "2026-03-28T20:45:00.999999+00:00",
         "0005-01-01T00:00:00+00:00",
     }
+    assert {r["retry_at"] for r in rows} == times | {""}  # no automatic retry: empty
     assert {r["attempts"] for r in rows} == {"1", "0", "'-2", str(2**31 - 1)}
     assert "'-1" in {r["record_id"] for r in rows}
     assert '\r\n"",' not in text  # an empty string is an empty field, not ""

@@ -75,6 +75,75 @@ def test_a_transient_failure_retried(engine: Engine) -> None:
     assert found[3]["detail"] == {"when": retry_at.isoformat()}
 
 
+def test_captured_names_the_columns_that_differ_from_the_last_sync(engine: Engine) -> None:
+    """The fold compares the record with its synced values: a run of writes names its net
+    change, a write that restores the synced values names none; a delete, none."""
+    lead = add_lead(engine)  # email and last_name
+    (entry,) = queue.claim(engine, "w", "to_crm", ["lead"], 10, LEASE)
+    synced = {"email": "h@example.com", "first_name": None, "last_name": "L", "company": None}
+    queue.record(engine, sent(entry, done=[queue.Done(entry, crm_id="g-1", synced_values=synced)]))
+
+    def write(statement: str) -> None:
+        with write_transaction(engine) as conn:
+            conn.execute(sa.text(statement), {"i": lead})
+
+    def fold() -> None:
+        with write_transaction(engine) as conn:
+            capture.fold(conn)
+
+    write("UPDATE lead SET company = 'Acme' WHERE id = :i")
+    write("UPDATE lead SET first_name = 'Ada', company = 'Acme2' WHERE id = :i")
+    fold()
+    write("UPDATE lead SET first_name = NULL, company = NULL WHERE id = :i")
+    fold()
+    write("DELETE FROM lead WHERE id = :i")
+    fold()
+    found = events(engine, lead)
+    assert [(e["event"], e["operation"], e["fields"], e["detail"]) for e in found] == [
+        ("captured", "insert", ["email", "last_name"], None),
+        ("sent", "insert", ["email", "last_name"], {"batch": "b1", "size": 1}),
+        ("synced", "insert", None, None),
+        ("captured", "update", ["company", "first_name"], {"writes": 2}),
+        ("captured", "update", None, None),  # back to the synced values
+        ("captured", "delete", None, None),
+    ]
+
+
+def test_a_send_refused_as_stale_is_in_the_outcomes_transaction(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """412 while the pull runs: ``failed`` then ``retry_scheduled`` (when, after the
+    pull), written with the outcome that defers the entry; rolled back with it too."""
+    lead = add_lead(engine)
+    (entry,) = queue.claim(engine, "w", "to_crm", ["lead"], 10, LEASE)
+    again = utcnow() + timedelta(seconds=2)
+    refused = sent(entry, deferred=[(entry, again)], stale=[(entry, again)])
+
+    def killed(*args: Any) -> None:
+        raise KeyboardInterrupt("worker killed")
+
+    monkeypatch.setattr(history, "write", killed)
+    with pytest.raises(KeyboardInterrupt):
+        queue.record(engine, refused)
+    monkeypatch.undo()
+    with engine.connect() as conn:
+        due = conn.execute(sa.select(sync_queue.c.next_attempt_at)).scalar_one()
+    assert due != again  # the deferral rolled back with its events
+    queue.record(engine, refused)
+    assert kinds(engine, lead) == [
+        ("captured", "to_crm", "insert"),
+        ("sent", "to_crm", "insert"),
+        ("failed", "to_crm", "insert"),
+        ("retry_scheduled", "to_crm", "insert"),
+    ]
+    failed, scheduled = events(engine, lead)[2:]
+    assert (failed["error_code"], failed["detail"]) == ("http_412", {"status": 412, "stale": True})
+    assert scheduled["detail"] == {"after": "pull", "when": again.isoformat()}
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(sync_error)).scalar() == 0
+        assert conn.execute(sa.select(sync_queue.c.next_attempt_at)).scalar_one() == again
+
+
 def test_a_send_rolled_back_leaves_no_event(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

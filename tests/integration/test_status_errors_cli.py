@@ -214,6 +214,45 @@ def test_errors_by_category_and_field_list_retry_and_dismiss(run, engine: Engine
     assert result.exit_code == 0 and result.output == "Dismissed 1 error.\n"
 
 
+def test_errors_list_shows_category_and_field_in_the_table_blocks_and_json(run, engine: Engine):
+    at = status_fixture.t("12:00")
+    with engine.begin() as conn:
+        for key, code, category, field, retry_at in (
+            ("1", "0x80044331", "data_too_long", "last_name", None),
+            ("2", "http_503", "unavailable", None, status_fixture.t("13:30")),
+        ):
+            conn.execute(
+                sa.insert(sync_error).values(
+                    object="lead", direction="to_crm", record_key=key, record_id=int(key),
+                    record_label=f"r{key}@example.com", operation="update", error_code=code,
+                    error_message="m", first_failed_at=at, last_failed_at=at, status="open",
+                    category=category, field=field, retry_at=retry_at,
+                )
+            )  # fmt: skip
+    lines = run("errors", "list", columns=200).output.splitlines()
+    assert lines[2].split() == [
+        "Id", "Object", "Op", "Direction", "Code", "Category", "Field", "Last", "failed",
+        "Next", "retry", "Record", "Message",
+    ]  # fmt: skip
+    assert lines[4].split() == [
+        "2", "lead", "update", "to_crm", "http_503", "unavailable", "-",
+        "2026-11-25", "12:00:00", "2026-11-25", "13:30:00", "r2@example.com", "m",
+    ]  # fmt: skip
+    assert lines[5].split() == [
+        "1", "lead", "update", "to_crm", "0x80044331", "data_too_long", "last_name",
+        "2026-11-25", "12:00:00", "-", "r1@example.com", "m",
+    ]  # fmt: skip
+    narrow = run("errors", "list", columns=60).output.splitlines()
+    assert "    category unavailable, field -, next retry" in narrow
+    assert "    2026-11-25 13:30:00" in narrow  # the time whole, on the next line
+    assert "    category data_too_long, field last_name" in narrow
+    listed = json.loads(run("errors", "list", "--json").output)["items"]
+    assert [(i["id"], i["category"], i["field"], i["retry_at"]) for i in listed] == [
+        (2, "unavailable", None, "2026-11-25T13:30:00+00:00"),
+        (1, "data_too_long", "last_name", None),
+    ]
+
+
 LONG = "0x80060891"
 
 

@@ -9,8 +9,9 @@ spellings, are equal. A value that does not convert is compared as it is (and so
 differs). Lookups compare the parent's Dynamics id, when the caller gives the parents'
 ids; without them lookups are left out.
 
-``differs_from_base`` says which fields a local row changed since the values both sides
-agreed on at the last sync (``sync_record.synced_values``, kept in the same JSON form).
+``differs_from_base`` (``mapping/compare.py``, where the store's fold uses it too) says
+which fields a local row changed since the values both sides agreed on at the last sync
+(``sync_record.synced_values``, kept in the same JSON form).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from crmsync.domain import FieldSpec, FieldType, ObjectSpec
-from crmsync.mapping.compare import dynamics_json, local_json
+from crmsync.domain import ObjectSpec
+from crmsync.mapping.compare import differs_from_base, dynamics_json, local_json
+
+__all__ = ["FieldDifference", "Parents", "compare_record", "differs_from_base"]
 
 # The parents' Dynamics ids: (target object, local id) -> crm_id (None: not in Dynamics).
 Parents = Mapping[tuple[str, int], str | None]
@@ -41,10 +44,6 @@ class FieldDifference:
 
 def _plain(value: Any) -> Any:
     return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
 
 
 def _same_id(a: Any, b: Any) -> bool:
@@ -84,45 +83,3 @@ def compare_record(
         if not _same_id(mine, theirs):
             out.append(FieldDifference(lk.column, lk.value_attribute, mine, theirs))
     return out
-
-
-_BASE: dict[int, tuple[ObjectSpec, list[tuple[str, FieldSpec | None, bool]]]] = {}
-
-
-def _base_fields(spec: ObjectSpec) -> list[tuple[str, FieldSpec | None, bool]]:
-    """(column, field, is_lookup) of every mapped column, worked out once per spec."""
-    cached = _BASE.get(id(spec))
-    if cached is not None and cached[0] is spec:
-        return cached[1]
-    fields = []
-    for column in spec.columns:
-        field = spec.field_specs.get(column)
-        lookup = column not in spec.fields or (field is not None and field.type is FieldType.LOOKUP)
-        fields.append((column, field, lookup))
-    _BASE[id(spec)] = (spec, fields)
-    return fields
-
-
-def differs_from_base(
-    spec: ObjectSpec, local: Mapping[str, Any], base: Mapping[str, Any] | None
-) -> list[str]:
-    """The mapped columns (lookups included) whose local value differs from the last
-    synced one; every column when nothing was synced. A column the base lacks is left
-    out (it was mapped after the last sync)."""
-    if base is None:
-        return list(spec.columns)
-    changed = []
-    for column, field, lookup in _base_fields(spec):
-        if column not in base:
-            continue
-        kept, value = base[column], local.get(column)
-        if lookup:  # both hold the parent's local id
-            if _text(value) != _text(kept):
-                changed.append(column)
-            continue
-        mine = local_json(field, value)
-        # The base is kept in the canonical form already: only a mismatch is looked at
-        # again in it (a base written by an older version may spell a value otherwise).
-        if mine != kept and mine != dynamics_json(field, kept):
-            changed.append(column)
-    return changed

@@ -514,9 +514,12 @@ class Pusher:
         for send in refused:
             if queue.is_paused(scopes, send.entry.object, Direction.FROM_CRM):
                 held.append(send.entry.id)
+                outcome.stale.append((send.entry, None))
                 self.stats.held += 1
             else:
-                outcome.deferred.append((send.entry, now + timedelta(seconds=PUSH_DEFER_SECONDS)))
+                again = now + timedelta(seconds=PUSH_DEFER_SECONDS)
+                outcome.deferred.append((send.entry, again))
+                outcome.stale.append((send.entry, again))
                 stale.append((send.entry.object, send.crm_id))
         return stale, held
 

@@ -86,3 +86,51 @@ def compare_fields(
 
 def in_sync(fields: list[FieldComparison]) -> bool:
     return all(f.same for f in fields)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+_BASE: dict[int, tuple[ObjectSpec, list[tuple[str, FieldSpec | None, bool]]]] = {}
+
+
+def _base_fields(spec: ObjectSpec) -> list[tuple[str, FieldSpec | None, bool]]:
+    """(column, field, is_lookup) of every mapped column, worked out once per spec."""
+    cached = _BASE.get(id(spec))
+    if cached is not None and cached[0] is spec:
+        return cached[1]
+    fields = []
+    for column in spec.columns:
+        field = spec.field_specs.get(column)
+        lookup = column not in spec.fields or (field is not None and field.type is FieldType.LOOKUP)
+        fields.append((column, field, lookup))
+    _BASE[id(spec)] = (spec, fields)
+    return fields
+
+
+def differs_from_base(
+    spec: ObjectSpec, local: Mapping[str, Any], base: Mapping[str, Any] | None
+) -> list[str]:
+    """The mapped columns (lookups included) whose local value differs from the last
+    synced one; every column when nothing was synced. A column the base lacks is left
+    out (it was mapped after the last sync)."""
+    if base is None:
+        return list(spec.columns)
+    changed = []
+    for column, field, lookup in _base_fields(spec):
+        if column not in base:
+            continue
+        kept, value = base[column], local.get(column)
+        if lookup:  # both hold the parent's local id
+            if _text(value) != _text(kept):
+                changed.append(column)
+            continue
+        if value == kept:  # the common case (text as kept): no conversion needed
+            continue
+        mine = local_json(field, value)
+        # The base is kept in the canonical form already: only a mismatch is looked at
+        # again in it (a base written by an older version may spell a value otherwise).
+        if mine != kept and mine != dynamics_json(field, kept):
+            changed.append(column)
+    return changed

@@ -28,10 +28,12 @@ from sqlalchemy import Connection, Engine, text
 
 from crmsync.domain import Direction, EventKind, ObjectSpec, Operation
 from crmsync.mapping import active, spec_of
+from crmsync.mapping.compare import differs_from_base
 from crmsync.store import history
 from crmsync.store.db import write_transaction
+from crmsync.store.local_tables import local_table
 from crmsync.store.pgarrays import unnest
-from crmsync.store.schema import sync_change, sync_queue
+from crmsync.store.schema import sync_change, sync_queue, sync_record
 from crmsync.store.types import SQLITE_NOW, UTCDateTime
 
 PREFIX = "crmsync_capture_"
@@ -445,26 +447,60 @@ def _captured(
     conn: Connection, touches: Mapping[str, Sequence[dict[str, Any]]], deletes: Sequence[Any]
 ) -> list[dict[str, Any]]:
     """The ``captured`` events of one fold step: a run of writes folded into one entry
-    is one event (``detail.writes`` counts them), as the entry queued (insert or update);
-    the capture log does not know which columns changed (the triggers stay lean)."""
-    q = sync_queue.c
+    is one event (``detail.writes`` counts them), as the entry queued (insert or update).
+
+    Its ``fields`` are worked out here, not by the triggers (they stay one short row a
+    write, ``bench/capture.py``): the pushed columns whose value now differs from the
+    last synced one (``sync_record.synced_values``), or for a record never synced those
+    holding a value. Read with the entry, in the query that reads its operation: the
+    record as the fold queues it, so a run of writes names its net change, and an
+    update that restores the synced values names none (null).
+    """
+    q, r = sync_queue.c, sync_record.c
     events = []
     for obj, params in touches.items():
-        ops = dict(
-            conn.execute(
-                sa.select(q.record_key, q.operation).where(
-                    q.object == obj,
-                    q.direction == Direction.TO_CRM,
-                    q.record_key.in_([p["record_key"] for p in params]),
-                )
-            ).all()
-        )
-        events += [_captured_event(p, ops.get(p["record_key"])) for p in params]
-    events += [_captured_event(d, Operation.DELETE) for d in deletes]
+        spec = spec_of(obj)
+        table = local_table(spec)
+        pushed = [c for c in spec.columns if spec.flow_for(c).pushes]
+        rows = conn.execute(
+            sa.select(q.record_key, q.operation, table.c.id, r.synced_values)
+            .add_columns(*(table.c[c] for c in pushed))
+            .select_from(sync_queue)
+            .outerjoin(table, table.c.id == q.record_id)
+            .outerjoin(sync_record, (r.object == obj) & (r.record_id == q.record_id))
+            .where(
+                q.object == obj,
+                q.direction == Direction.TO_CRM,
+                q.record_key.in_([p["record_key"] for p in params]),
+            )
+        ).all()
+        found = {row[0]: row for row in rows}
+        for p in params:
+            row = found.get(p["record_key"])
+            if row is None:
+                events.append(_captured_event(p, None, None))
+                continue
+            fields = None if row[2] is None else _changed_fields(spec, pushed, row[3], row[4:])
+            events.append(_captured_event(p, row[1], fields))
+    events += [_captured_event(d, Operation.DELETE, None) for d in deletes]
     return events
 
 
-def _captured_event(step: Mapping[str, Any], operation: str | None) -> dict[str, Any]:
+def _changed_fields(
+    spec: ObjectSpec, pushed: Sequence[str], synced: Mapping[str, Any] | None, values: Any
+) -> list[str] | None:
+    local = dict(zip(pushed, values, strict=True))
+    if synced is None:
+        changed = [c for c in pushed if local[c] is not None]
+    else:
+        wanted = set(pushed)
+        changed = [c for c in differs_from_base(spec, local, synced) if c in wanted]
+    return sorted(changed) or None
+
+
+def _captured_event(
+    step: Mapping[str, Any], operation: str | None, fields: list[str] | None
+) -> dict[str, Any]:
     writes = {"writes": step["writes"]} if step["writes"] > 1 else None
     return history.event(
         step["object"],
@@ -473,6 +509,7 @@ def _captured_event(step: Mapping[str, Any], operation: str | None) -> dict[str,
         step["first_at"],
         direction=Direction.TO_CRM,
         operation=operation,
+        fields=fields,
         detail=writes,
     )
 

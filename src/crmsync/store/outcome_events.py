@@ -1,7 +1,8 @@
 """The history events of a batch's outcomes, built for ``store.queue``'s ``record_in``
 (which writes them in the outcome's own transaction): ``sent`` for each send, ``failed``
-then ``retry_scheduled`` or ``parked`` for each failure, ``resolved`` for each error a
-sync resolved. Pure: data in, event rows out (``store.history.event``)."""
+then ``retry_scheduled`` or ``parked`` for each failure and each send refused as stale,
+``resolved`` for each error a sync resolved. Pure: data in, event rows out
+(``store.history.event``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from crmsync.domain import Direction, EventKind
 from crmsync.store import history
-from crmsync.values import Entry, Failed, Outcome
+from crmsync.values import STALE, Entry, Failed, Outcome
 
 OBJECT_KEY = history.OBJECT_KEY
 
@@ -64,6 +65,39 @@ def failure(f: Failed, now: datetime) -> list[dict[str, Any]]:
         when = {"when": f.retry_at.isoformat()}
         then = history.event(e.object, key, EventKind.RETRY_SCHEDULED, now, detail=when, **common)
     return [failed, then]
+
+
+STALE_MESSAGE = "changed in Dynamics since the last sync"
+
+
+def stale(refused: Iterable[tuple[Entry, datetime | None]], now: datetime) -> list[dict[str, Any]]:
+    """A send Dynamics refused with 412 (no sync error: the record is pulled, the conflict
+    rules settle both sides, and it goes again): ``failed`` (status 412), then
+    ``retry_scheduled`` after the pull (when), or held until the paused pull resumes."""
+    out = []
+    for e, again in refused:
+        key, common = entry_key(e), {"direction": e.direction, "operation": e.operation}
+        out.append(
+            history.event(
+                e.object,
+                key,
+                EventKind.FAILED,
+                now,
+                error_code=STALE,
+                error_message=STALE_MESSAGE,
+                detail={"status": 412, "stale": True},
+                **common,
+            )
+        )
+        then: dict[str, Any] = {"after": "pull"}
+        if again is None:
+            then["held"] = "until the pull resumes"
+        else:
+            then["when"] = again.isoformat()
+        out.append(
+            history.event(e.object, key, EventKind.RETRY_SCHEDULED, now, detail=then, **common)
+        )
+    return out
 
 
 def resolved(

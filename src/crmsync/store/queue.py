@@ -258,6 +258,8 @@ def record_in(conn: Connection, outcome: Outcome, now: datetime) -> None:
             _reschedule(conn, failure, now)
         if on:
             events += outcome_events.failure(failure, now)
+    if on:
+        events += outcome_events.stale(outcome.stale, now)
     for entry, until in outcome.deferred:
         conn.execute(
             sa.update(sync_queue)

@@ -64,6 +64,8 @@ ERROR_FIELDS: tuple[str, ...] = (
     "field",
     "category",
     "fix",
+    # When the error is retried automatically (a passing kind), or null.
+    "retry_at",
 )
 CATEGORIES = tuple(c.value for c in ErrorCategory)
 STATUSES = (*(s.value for s in ErrorStatus), "all")
@@ -229,6 +231,7 @@ def to_item(row: RowMapping) -> dict[str, Any]:
     item = {name: row[name] for name in ERROR_FIELDS}
     item["first_failed_at"] = iso(row["first_failed_at"])
     item["last_failed_at"] = iso(row["last_failed_at"])
+    item["retry_at"] = iso(row["retry_at"])
     return item
 
 
@@ -385,7 +388,7 @@ def summary(conn: Connection, filters: ErrorFilters) -> dict[str, Any]:
 # -- export -----------------------------------------------------------------------------
 
 _FORMULA_FIRST = frozenset(FORMULA_STARTS)
-_TIME_COLUMNS = frozenset({"first_failed_at", "last_failed_at"})
+_TIME_COLUMNS = frozenset({"first_failed_at", "last_failed_at", "retry_at"})
 
 
 def escape_cell(value: object) -> str:

@@ -93,6 +93,9 @@ class ErrorItem(BaseModel):
         description="Kind of failure", json_schema_extra={"enum": list(sync_errors.CATEGORIES)}
     )
     fix: str = Field(description="What to do, in one sentence")
+    retry_at: str | None = Field(
+        description="When the error is retried automatically (a passing kind), or null"
+    )
 
 
 class ErrorPage(BaseModel):
