@@ -293,7 +293,7 @@ def _complete(
             key = (d.entry.object, d.entry.direction, d.entry.operation)
             counts[key] = counts.get(key, 0) + 1
     if history.enabled():
-        events = [*events, *(_synced_event(d, now) for d in done)]
+        events = [*events, *(outcome_events.synced(d, now) for d in done)]
     if conn.dialect.name == "postgresql":
         gone = _finish_postgresql(conn, done, counts, now, events)
         events = []
@@ -322,18 +322,6 @@ def _complete(
         [{"entry_id": d.entry.id, "new_crm_id": d.crm_id} for d in stayed],
     )
     return events
-
-
-def _synced_event(d: Done, now: datetime) -> dict[str, Any]:
-    return history.event(
-        d.entry.object,
-        outcome_events.entry_key(d.entry, d.record_id),
-        EventKind.SYNCED,
-        now,
-        direction=d.entry.direction,
-        operation=d.entry.operation,
-        detail=None if d.counted else {"skipped": True},
-    )
 
 
 def _finish_postgresql(
