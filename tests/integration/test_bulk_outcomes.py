@@ -14,6 +14,10 @@ A record Dynamics took is recorded as synced, whatever failed after it or beside
   with another object: that object alone pauses, its entries wait unclaimed, the other
   object's write is recorded (the worker used to stop with a Fatal, giving back every
   claim, the other object's written records to be sent again).
+
+A record Dynamics was never sent has no ``sent`` event: the read-back of versions
+before ``UpdateMultiple`` fails (an outage), so the request never goes; each update is
+retried (it used to be logged as sent, and counted so).
 """
 
 from __future__ import annotations
@@ -59,8 +63,10 @@ def unavailable() -> httpx.Response:
     return httpx.Response(503, json={"error": {"code": "", "message": "Service Unavailable"}})
 
 
-def run_push(engine: sa.Engine, settings: Settings, fault: Fault) -> tuple[Pusher, Faulty]:
-    app = create_app()
+def run_push(
+    engine: sa.Engine, settings: Settings, fault: Fault, app: Any = None
+) -> tuple[Pusher, Faulty]:
+    app = app if app is not None else create_app()
 
     async def go() -> tuple[Pusher, Faulty]:
         async with httpx.AsyncClient(
@@ -143,6 +149,39 @@ def test_a_failed_read_back_after_a_bulk_write_leaves_the_records_synced(
     assert all(crm_ids)
     assert kept == [None] * 6  # no version known: the pull compares values
     assert failed == 0
+
+
+def test_updates_whose_read_back_before_update_multiple_fails_were_not_sent(
+    engine: sa.Engine, settings: Settings
+) -> None:
+    app = create_app()
+    insert_leads(engine, 6)
+    run_push(engine, settings, lambda request: None, app)  # synced, with their ETags
+    assert synced_leads(engine) == set(range(1, 7))
+    with write_transaction(engine) as conn:
+        conn.execute(sa.text("UPDATE lead SET last_name = last_name || '2'"))
+    bulk: list[str] = []
+
+    def fault(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "POST" and "Multiple" in request.url.path:
+            bulk.append(request.url.path)
+        elif request.method == "GET" and "Microsoft.Dynamics.CRM.In" in str(request.url):
+            return unavailable()  # the read-back before UpdateMultiple
+        return None
+
+    pusher, _ = run_push(engine, settings, fault, app)
+    assert bulk == []  # nothing was sent
+    assert queue_rows(engine) == {f"lead {i}": ("pending", "http_503") for i in range(1, 7)}
+    with engine.connect() as conn:
+        events = conn.execute(
+            sa.select(sync_event.c.event, sa.func.count())
+            .where(sync_event.c.event.in_(["sent", "retry_scheduled"]))
+            .group_by(sync_event.c.event)
+        ).all()
+    # The first push's six sends, none of the second's (it sent nothing): each of its
+    # records only failed and waits for its retry.
+    assert dict(events) == {"sent": 6, "retry_scheduled": 6}
+    assert pusher.stats.sent == 0 and pusher.stats.retried == 6
 
 
 def test_a_half_of_a_bisected_request_failing_whole_keeps_the_other_halfs_syncs(

@@ -12,6 +12,7 @@ from crmsync.store import capture, queue, sync_errors
 from crmsync.store.db import write_transaction
 from crmsync.store.schema import (
     sync_error,
+    sync_event,
     sync_pause,
     sync_queue,
     sync_record,
@@ -275,3 +276,34 @@ def test_a_batch_with_nothing_to_count_leaves_the_counters_alone(engine: sa.Engi
     entries = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
     queue.record(engine, queue.Outcome(done=[queue.Done(e, counted=False) for e in entries]))
     assert count(engine, sync_queue) == 0 and count(engine, sync_throughput) == 0
+
+
+def test_a_change_made_in_flight_is_not_parked_with_the_failure_of_the_one_sent(
+    engine: sa.Engine,
+) -> None:
+    add_leads(engine, 1)
+    (entry,) = queue.claim(engine, "a", "to_crm", ["lead"], 10, LEASE)
+    # While it is being sent, the record is fixed locally (and the fix folded).
+    with write_transaction(engine) as conn:
+        conn.execute(
+            sa.text("UPDATE lead SET last_name = 'fixed' WHERE id = :i"), {"i": entry.record_id}
+        )
+    capture.fold_pending(engine)
+    queue.record(engine, queue.Outcome(failed=[queue.Failed(entry, "0x80044331", "too long")]))
+    with engine.connect() as conn:
+        left = conn.execute(sa.select(sync_queue)).mappings().one()
+    # The failure is visible, and the fix is still on its way (not parked behind it).
+    assert count(engine, sync_error, sync_error.c.status == "open") == 1
+    assert (left["state"], left["claimed_by"], left["version"]) == ("pending", None, 2)
+    with engine.connect() as conn:
+        said = conn.execute(
+            sa.select(sync_event.c.event)
+            .where(sync_event.c.event != "captured")
+            .order_by(sync_event.c.id)
+        ).scalars()
+        assert list(said) == ["failed", "retry_scheduled"]  # not parked
+    (again,) = queue.claim(engine, "b", "to_crm", ["lead"], 10, LEASE)
+    assert again.id == entry.id
+    queue.record(engine, queue.Outcome(done=[queue.Done(again, crm_id="g-1")]))
+    assert count(engine, sync_queue) == 0
+    assert count(engine, sync_error, sync_error.c.status == "resolved") == 1

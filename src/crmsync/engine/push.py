@@ -293,15 +293,26 @@ class Pusher:
     async def _send_bulk(self, group: bulk.Group) -> list[ItemResult]:
         assert group.message is not None
         spec = self.specs[group.object]
-        if self._own_user is None:
-            self._own_user = await self.client.whoami()
         results: dict[int, ItemResult] = {}
         sends = list(group.sends)
-        if group.message == "UpdateMultiple" and any(
-            s.write.if_match not in (None, "*") for s in sends
-        ):
-            # What If-Match would refuse (412): changed in Dynamics since the last sync.
-            current = await self._read_back(spec.entity_set, spec.primary_key, sends, group.message)
+        try:
+            if self._own_user is None:
+                self._own_user = await self.client.whoami()
+            current: dict[str, dict[str, Any]] | None = None
+            if group.message == "UpdateMultiple" and any(
+                s.write.if_match not in (None, "*") for s in sends
+            ):
+                # What If-Match would refuse (412): changed in Dynamics since the last sync.
+                current = await self._read_back(
+                    spec.entity_set, spec.primary_key, sends, group.message
+                )
+        except Fatal:
+            raise
+        except CrmsyncError as exc:
+            # Failed before the bulk request went: each record gets the error, and its
+            # retry, but no 'sent' event (nothing was sent).
+            return [ItemResult(crm_id=s.write.record_id, error=exc, sent=False) for s in sends]
+        if current is not None:
             for entry_id in bulk.stale_before(sends, current):
                 results[entry_id] = ItemResult(
                     crm_id=None,

@@ -12,7 +12,7 @@ from typing import Any
 
 from crmsync.domain import Direction, EventKind
 from crmsync.store import history
-from crmsync.values import STALE, Entry, Failed, Outcome
+from crmsync.values import STALE, Done, Entry, Failed, Outcome
 
 OBJECT_KEY = history.OBJECT_KEY
 
@@ -32,6 +32,19 @@ def sent(outcome: Outcome, now: datetime) -> list[dict[str, Any]]:
         )
         for e, columns in outcome.sent
     ]
+
+
+def synced(d: Done, now: datetime) -> dict[str, Any]:
+    """``synced`` for a finished entry (``skipped``: nothing was left to send)."""
+    return history.event(
+        d.entry.object,
+        entry_key(d.entry, d.record_id),
+        EventKind.SYNCED,
+        now,
+        direction=d.entry.direction,
+        operation=d.entry.operation,
+        detail=None if d.counted else {"skipped": True},
+    )
 
 
 def entry_key(e: Entry, record_id: int | None = None) -> str:

@@ -12,14 +12,15 @@ an update), adds to the throughput counters and the minute's rate (``sync_rate``
 updates the record's sync state and resolves its open error; ``reschedule`` waits with
 backoff, still in the backlog (``defer`` likewise without counting an attempt: waiting
 for a parent); ``park`` takes the entry out of the backlog with an open sync error
-saying why, until a new change to the record, or a retry, queues it again.
+saying why, until a new change to the record, or a retry, queues it again (a change
+that came in while the failed one was in flight is not parked: it goes now).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -252,9 +253,10 @@ def record_in(conn: Connection, outcome: Outcome, now: datetime) -> None:
     on = history.enabled()
     events = outcome_events.sent(outcome, now) if on else []
     for failure in outcome.failed:
-        if failure.retry_at is None:
-            _park(conn, failure, now)
-        else:
+        if failure.retry_at is None and not _park(conn, failure, now):
+            # A newer change came in while this one was in flight: it goes now.
+            failure = replace(failure, retry_at=now)
+        elif failure.retry_at is not None:
             _reschedule(conn, failure, now)
         if on:
             events += outcome_events.failure(failure, now)
@@ -293,7 +295,7 @@ def _complete(
             key = (d.entry.object, d.entry.direction, d.entry.operation)
             counts[key] = counts.get(key, 0) + 1
     if history.enabled():
-        events = [*events, *(_synced_event(d, now) for d in done)]
+        events = [*events, *(outcome_events.synced(d, now) for d in done)]
     if conn.dialect.name == "postgresql":
         gone = _finish_postgresql(conn, done, counts, now, events)
         events = []
@@ -322,18 +324,6 @@ def _complete(
         [{"entry_id": d.entry.id, "new_crm_id": d.crm_id} for d in stayed],
     )
     return events
-
-
-def _synced_event(d: Done, now: datetime) -> dict[str, Any]:
-    return history.event(
-        d.entry.object,
-        outcome_events.entry_key(d.entry, d.record_id),
-        EventKind.SYNCED,
-        now,
-        direction=d.entry.direction,
-        operation=d.entry.operation,
-        detail=None if d.counted else {"skipped": True},
-    )
 
 
 def _finish_postgresql(
@@ -690,20 +680,28 @@ def _reschedule(conn: Connection, f: Failed, now: datetime) -> None:
     )
 
 
-def _park(conn: Connection, f: Failed, now: datetime) -> None:
+def _park(conn: Connection, f: Failed, now: datetime) -> bool:
+    """Park the entry with an open error; returns whether it was parked. A newer change
+    that came in while the failed one was in flight (its ``version`` moved) is not
+    parked behind the older one's failure (it may be the fix): it stays due now, its
+    attempts starting over, and the error stays open until it syncs or fails."""
     e, q = f.entry, sync_queue.c
-    conn.execute(
+    same = q.version == e.version
+    state = conn.execute(
         sa.update(sync_queue)
         .where(q.id == e.id)
         .values(
-            state=EntryState.PARKED,
-            attempts=q.attempts + 1,
+            state=sa.case((same, EntryState.PARKED), else_=EntryState.PENDING),
+            attempts=sa.case((same, q.attempts + 1), else_=0),
+            next_attempt_at=sa.case((same, q.next_attempt_at), else_=now),
             claimed_by=None,
             claimed_until=None,
             last_error_code=f.code,
             last_error_message=f.message,
         )
-    )
+        .returning(q.state)
+    ).scalar()
+    parked = state != EntryState.PENDING
     values = {
         "record_id": e.record_id,
         "crm_id": e.crm_id,
@@ -714,9 +712,10 @@ def _park(conn: Connection, f: Failed, now: datetime) -> None:
         "last_failed_at": now,
         "field": f.field,
         "category": diagnosis.category_of(f.code, f.message),
-        "retry_at": f.auto_retry_at,
+        "retry_at": f.auto_retry_at if parked else None,
     }
     _open_error(conn, (e.object, e.direction, e.record_key), values, e.attempts + 1, now)
+    return parked
 
 
 def _open_error(
