@@ -7,13 +7,11 @@ with ``FOR UPDATE SKIP LOCKED`` so that many workers on many machines never clai
 same entry; on SQLite a write transaction serialises claims.
 
 Every outcome is recorded in one transaction per batch: ``complete`` removes the entry
-(unless a newer change arrived in flight: its ``version`` moved, and it stays queued as
-an update), adds to the throughput counters and the minute's rate (``sync_rate``),
-updates the record's sync state and resolves its open error; ``reschedule`` waits with
-backoff, still in the backlog (``defer`` likewise without counting an attempt: waiting
-for a parent); ``park`` takes the entry out of the backlog with an open sync error
-saying why, until a new change to the record, or a retry, queues it again (a change
-that came in while the failed one was in flight is not parked: it goes now).
+(unless its ``version`` moved in flight: it stays queued as an update), adds to the
+counters and the minute's rate, updates the record's sync state and resolves its open
+error; ``reschedule`` waits with backoff (``defer`` without counting an attempt);
+``park`` takes the entry out of the backlog with an open sync error until a new change
+or a retry queues it again (a change made in flight is not parked: it goes now).
 """
 
 from __future__ import annotations
