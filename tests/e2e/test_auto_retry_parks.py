@@ -17,6 +17,7 @@ from pull_support import Sales, rows, sales_fixture  # noqa: F401 (fixture)
 from crmsync.config import Settings, load_settings
 from crmsync.dynamics.client import DataverseClient
 from crmsync.engine.worker import Worker
+from crmsync.store import history
 from crmsync.store.schema import sync_error
 
 N = 6
@@ -111,16 +112,19 @@ def test_an_outage_park_comes_back_by_itself_and_a_data_error_waits(
 def test_a_child_pulled_before_its_parent_comes_back_once_the_parent_arrives(
     sync_settings: Settings, store: sa.Engine, sales: Sales, drain: Any
 ) -> None:
+    """Not by the automatic retry (its first one is an hour away here): the account's
+    apply queues the contact again in its own transaction."""
     # The account is not pulled at first (as if created after its object's poll).
     one_way = load_settings(
         **{**sync_settings.model_dump(), "objects": {"account": {"flow": "to_crm"}}}
     )
+    hour = {"auto_retry_first_seconds": 3600.0, "auto_retry_max_seconds": 3600.0}
     account = sales.create("accounts", {"name": "Brand new"})
     contact = sales.create(
         "contacts",
         {"lastname": "Early", "parentcustomerid_account@odata.bind": f"/accounts({account})"},
     )
-    drain(fast(one_way), store)
+    drain(fast(one_way).model_copy(update=hour), store)
     (error,) = errors(store)
     assert error["error_code"] == "crmsync.missing_parent"
     assert error["category"] == "missing_reference" and error["field"] == "account_id"
@@ -130,6 +134,15 @@ def test_a_child_pulled_before_its_parent_comes_back_once_the_parent_arrives(
     def applied() -> bool:
         return errors(store)[0]["status"] == "resolved"
 
-    asyncio.run(run_until(fast(sync_settings), store, applied, timeout=60))
+    asyncio.run(run_until(fast(sync_settings).model_copy(update=hour), store, applied, timeout=60))
     assert errors(store)[0]["status"] == "resolved"
-    assert rows(store, "contact")[contact]["account_id"] is not None
+    local = rows(store, "contact")[contact]
+    assert local["account_id"] is not None
+    with store.connect() as conn:
+        found = history.timeline(conn, "contact", local["id"], contact, limit=100)["items"]
+    timeline = [(e["event"], e["direction"], e["operation"], e["detail"]) for e in found[::-1]]
+    assert [t[0] for t in timeline] == [
+        "pulled", "failed", "parked", "retried", "applied", "synced", "resolved",
+    ]  # fmt: skip
+    assert timeline[3] == ("retried", "from_crm", "insert", {"by": "parent_arrived"})
+    assert timeline[4][:3] == ("applied", "from_crm", "insert")

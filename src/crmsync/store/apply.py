@@ -26,7 +26,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
 from crmsync.domain import Direction, EntryState, EventKind, ObjectSpec, Operation
-from crmsync.store import capture, history, queue
+from crmsync.store import capture, history, parents, queue
 from crmsync.store.db import capture_suppressed
 from crmsync.store.local_tables import local_table, row_columns
 from crmsync.store.schema import sync_conflict, sync_queue, sync_record
@@ -180,6 +180,7 @@ def execute(
             rows = [{c: row.get(c) for c in names} for row in given]
             new_ids = _insert_rows(conn, table, rows)
             done += [_done(w, i) for w, i in zip(group, new_ids, strict=True)]
+            parents.arrived(conn, specs, obj, [w.change.crm_id for w in group], now)
         elif kind == WriteKind.UPDATE:
             by_columns: dict[tuple[str, ...], list[LocalWrite]] = defaultdict(list)
             for w in group:

@@ -30,7 +30,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
 from crmsync.domain import Direction, EntryState, EventKind, ObjectSpec, Operation
-from crmsync.store import history, queue
+from crmsync.mapping import active
+from crmsync.store import history, parents, queue
 from crmsync.store.db import capture_suppressed
 from crmsync.store.local_tables import local_table
 from crmsync.store.schema import (
@@ -102,6 +103,7 @@ def insert_loaded(
             queue.count_synced(
                 conn, {(spec.name, Direction.FROM_CRM, Operation.INSERT): len(local_rows)}, now
             )
+            parents.arrived(conn, active(), spec.name, [r[-1] for r in local_rows], now)
     except DBAPIError:
         return False
     return True

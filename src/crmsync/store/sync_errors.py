@@ -494,6 +494,8 @@ def export(engine: Engine, filters: ErrorFilters, fmt: str) -> Iterator[str]:
 
 
 AUTO_RETRY_ACTOR = "auto_retry"
+# Who queued again a record that waited for its parent, once the parent arrived.
+PARENT_ACTOR = "parent_arrived"
 
 
 def _by(actor: str | None) -> dict[str, Any]:
@@ -695,3 +697,26 @@ def retry_due(conn: Connection, now: datetime, limit: int = AUTO_RETRY_BATCH) ->
     if not due:
         return 0
     return _requeue(conn, [e.id.in_(due)], now, AUTO_RETRY_ACTOR, keep_attempts=True)
+
+
+def requeue_records(
+    conn: Connection,
+    obj: str,
+    direction: str,
+    record_keys: Sequence[str],
+    now: datetime,
+    actor: str,
+) -> int:
+    """Queue again, now, the parked entries of these records whose error is open (the
+    cause is gone: a parent arrived), each with a ``retried`` event by ``actor``; their
+    attempts start over. Returns how many were queued."""
+    if not record_keys:
+        return 0
+    e = sync_error.c
+    matching = [
+        e.object == obj,
+        e.direction == direction,
+        e.record_key.in_(sorted(set(record_keys))),
+        e.status == ErrorStatus.OPEN,
+    ]
+    return _requeue(conn, matching, now, actor)
