@@ -267,3 +267,47 @@ def test_counts_always_equal_a_count_of_the_open_errors(engine: sa.Engine, steps
         assert counted(engine) == truth(engine), action
         fast, scan = summaries(engine)
         assert fast == scan, action
+
+
+def test_upgrade_gives_errors_journaled_without_a_field_the_one_their_message_names(
+    engine: sa.Engine,
+) -> None:
+    """Migration 0015: the parser's field for rows that have none; none overwritten, an
+    unnamed one left null, the open errors' counts following."""
+    now = utcnow()
+    long = (
+        "A validation error occurred.  The length of the 'lastname' attribute of the 'lead'"
+        " entity exceeded the maximum allowed length of '50'."
+    )
+    rows = [
+        ("lead", "0x80044331", long, None, "open"),
+        ("lead", "0x80060888", "Could not find a property named 'companyname' on type"
+         " 'Microsoft.Dynamics.CRM.lead'.", None, "resolved"),
+        ("contact", "0x80040217", "account With Id = 1b2c Does Not Exist", None, "open"),
+        ("contact", "crmsync.missing_parent", "account_id refers to account 1b2c, which is"
+         " not in the local account table", None, "open"),
+        ("lead", "0x80044331", long, "email", "open"),  # set when it failed: kept
+        ("lead", "0x80040333", "A record with matching email already exists", None, "open"),
+        ("lead", "0x80044331", "The length of the 'nope' attribute", None, "open"),
+    ]  # fmt: skip
+    with write_transaction(engine) as conn:
+        command.downgrade(migrate.alembic_config(conn), "0014")
+        for key, (obj, code, message, field, status) in enumerate(rows):
+            conn.execute(
+                sa.insert(sync_error).values(
+                    object=obj, direction="to_crm", record_key=str(key), operation="insert",
+                    error_code=code, error_message=message, first_failed_at=now,
+                    last_failed_at=now, status=status, field=field,
+                )
+            )  # fmt: skip
+    migrate.upgrade(engine, default_objects().values())
+    with engine.connect() as conn:
+        fields = conn.execute(sa.select(sync_error.c.field).order_by(sync_error.c.id)).scalars()
+        assert list(fields) == [
+            "last_name", "company", "account_id", "account_id", "email", None, None,
+        ]  # fmt: skip
+        assert migrate.current_revision(engine) == "0015"
+    assert counted(engine) == truth(engine)
+    with engine.connect() as conn:  # the summary's "by field" reads the counts
+        body = sync_errors.summary(conn, make_filters(STANDARD_OBJECTS))
+    assert body["by_field"] == {"last_name": 1, "account_id": 2, "email": 1}
