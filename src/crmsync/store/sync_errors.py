@@ -511,8 +511,9 @@ def _requeue(
     keep_attempts: bool = False,
 ) -> int:
     """Put the parked entries of the errors matching ``matching`` back in the backlog,
-    each with a ``retried`` event saying by whom; their attempts start over, unless
-    ``keep_attempts`` (an automatic retry: the next park waits longer)."""
+    each with a ``retried`` event saying by whom; their attempts start over and their
+    errors' ``retry_at`` is cleared, unless ``keep_attempts`` (an automatic retry: the
+    next park waits longer)."""
     q, e = sync_queue.c, sync_error.c
     has_error = (
         sa.select(sa.literal(1))
@@ -536,6 +537,14 @@ def _requeue(
         )
         .returning(q.object, q.direction, q.record_key, q.record_id, q.operation)
     ).all()
+    if not keep_attempts:
+        # Queued now by a person (or a parent's arrival): no automatic retry is planned
+        # any more (a failure parks them again with a new one).
+        conn.execute(
+            sa.update(sync_error)
+            .where(*matching, e.status == ErrorStatus.OPEN, e.retry_at.is_not(None))
+            .values(retry_at=None)
+        )
     history.write(
         conn,
         (
