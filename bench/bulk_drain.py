@@ -253,7 +253,10 @@ def drain(
         stop.set()
         stop_worker(proc)
     end = time.monotonic() - started
-    done = backlog - pending(engine)
+    left = pending(engine)
+    # With --bad the refused share is updated twice (two captured changes a record): a
+    # drain that finished did exactly ``records`` (a resync: every lead, the pool too).
+    done = (backlog if resync else records) if left == 0 else backlog - left
     run.seconds, run.done = end, done
     windows = max(1, math.ceil(end / args.window - 0.02))  # 2%: the poll's overshoot
     after = stats(url)
