@@ -25,13 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
+from convert import value  # bench/convert.py: the same values per type
 from crmsync.config import load_settings
 from crmsync.engine.plan import body_for
 from crmsync.store.db import create_store_engine, write_transaction
@@ -55,19 +54,6 @@ def toml_of(objects: dict[str, Any]) -> str:
                 pairs = ", ".join(f"{k} = {v}" for k, v in spec["choices"].items())
                 lines.append(f"choices = {{ {pairs} }}")
     return "\n".join(lines) + "\n"
-
-
-def value(kind: str, n: int) -> Any:
-    return {
-        "string": f"text {n}",
-        "integer": n,
-        "decimal": Decimal(n) / 100,
-        "money": Decimal(n) / 10,
-        "boolean": n % 2 == 0,
-        "datetime": datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=n),
-        "date": date(2026, 1, 1) + timedelta(days=n % 365),
-        "choice": ("low", "mid", "high")[n % 3],
-    }[kind]
 
 
 def worker_cpu(env: dict[str, str]) -> float:
