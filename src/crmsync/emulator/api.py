@@ -151,7 +151,7 @@ class Api:
 
     def _collection(self, entity: Entity, call: Call, rest: str | None) -> Reply:
         if rest == "$count" and call.method == "GET":
-            return self.reader.count(entity)
+            return self.reader.count(entity, call)
         if rest in _BULK and call.method == "POST":
             return self.writer.bulk(entity, _BULK[rest], call)
         if rest:

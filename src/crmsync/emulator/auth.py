@@ -195,6 +195,9 @@ def _is_guid(text: str) -> bool:
 # ``instance_discovery=False`` (or ``validate_authority=False``): otherwise MSAL asks
 # ``login.microsoftonline.com/common/discovery/instance`` (a fixed host, not the
 # authority's) whether the authority is known, which needs the internet and fails.
+# A client that passes neither can be given the tenant ``adfs``
+# (``https://127.0.0.1:<port>/adfs``): MSAL takes that for AD FS, skips the check and
+# reads ``/adfs/.well-known/openid-configuration``, served below like any tenant's.
 def openid_configuration(issuer_base: str, tenant: str) -> dict[str, Any]:
     root = f"{issuer_base}/{tenant}"
     return {

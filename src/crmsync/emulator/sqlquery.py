@@ -9,7 +9,10 @@ emulator runs that, plus what the SDK's docstring lists: ``DISTINCT``, ``[NOT] L
 rest (other functions, ``*``, ``HAVING``, subqueries, other joins) is a 400. Inferred,
 undocumented: the error code (0x80040203), that rows carry every selected column
 including nulls, that a result has no next page, and that a condition on a choices
-(multi-select) column other than ``IS [NOT] NULL`` is refused.
+(multi-select) column other than ``IS [NOT] NULL`` is refused, as is a containment
+test (``ContainValues``, ``DoesNotContainValues``, ``CONTAINS``, ``FREETEXT``): the SQL
+subset has none, so the answer points to ``$filter``'s ``ContainValues`` and FetchXML's
+``contain-values``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ _KEYWORDS = {
     "asc", "desc", "like", "is", "null", "in", "join", "inner", "left", "right", "on",
     "group", "having", "union", "with", "exists", "between", "case", "offset",
 }  # fmt: skip
+# Containment tests a client may try on a choices column (FetchXML and $filter have them).
+_CONTAINMENT = {"containvalues", "doesnotcontainvalues", "contains", "freetext"}
 _OPS = {"=": "eq", "<>": "ne", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
 
 
@@ -120,6 +125,20 @@ class _Parser:
         if len(found) > 1:
             raise invalid(f"Ambiguous column name '{first}'.")
         return found[0]
+
+    def called(self) -> str | None:
+        """The (dotted) name of a function called at this point, or None."""
+        j, names = self.i, []
+        while j < len(self.toks) and self.toks[j][0] == "name":
+            names.append(self.toks[j][1])
+            if j + 1 < len(self.toks) and self.toks[j + 1][1] == ".":
+                j += 2
+                continue
+            j += 1
+            break
+        if names and j < len(self.toks) and self.toks[j][1] == "(":
+            return ".".join(names)
+        return None
 
     def table(self) -> tuple[str, Entity]:
         name = self.name()
@@ -310,6 +329,16 @@ class _Parser:
         return self.leaf()
 
     def leaf(self) -> Callable[[Row], bool]:
+        called = self.called()
+        if called is not None and called.rsplit(".", 1)[-1].lower() in _CONTAINMENT:
+            # Dataverse's SQL has no containment test: its documented subset lists none,
+            # T-SQL's CONTAINS/FREETEXT need a full-text index the endpoint does not
+            # expose, and ContainValues exists only in $filter. The wording is inferred.
+            raise refused(
+                f"{called}() is not part of Dataverse's SQL. Filter a choices column with "
+                "$filter=Microsoft.Dynamics.CRM.ContainValues(PropertyName=...,"
+                "PropertyValues=[...]) or FetchXML's contain-values."
+            )
         ref = self.column()
         attr, name, entity = ref.attr, ref.key, ref.entity
         if attr.type == MULTISELECT and self.peek() != "is":

@@ -70,6 +70,29 @@ def test_msal_confidential_client_gets_a_token(fresh: Running, session: requests
     assert "access_token" in quiet.acquire_token_for_client(scopes=[f"{fresh.url}/.default"])
 
 
+def test_msal_adfs_style_authority_needs_no_discovery_flag(
+    fresh: Running, session: requests.Session
+) -> None:
+    """For clients that pass MSAL an authority but neither ``instance_discovery`` nor
+    ``validate_authority``: MSAL takes a tenant named ``adfs`` for AD FS, which it never
+    checks with login.microsoftonline.com, and reads ``/adfs/.well-known/
+    openid-configuration`` from the authority itself, which the emulator serves."""
+    seen: list[str] = []
+    session.hooks["response"].append(lambda r, *args, **kwargs: seen.append(r.url))
+    app = msal.ConfidentialClientApplication(
+        "adfs-app", client_credential="secret", authority=f"{fresh.url}/adfs", http_client=session
+    )
+    result = app.acquire_token_for_client(scopes=[f"{fresh.url}/.default"])
+    assert result["token_type"] == "Bearer", result
+    assert seen and all(url.startswith(f"{fresh.url}/adfs/") for url in seen), seen
+    r = httpx.get(
+        f"{fresh.url}/api/data/v9.2/WhoAmI",
+        headers={"Authorization": f"Bearer {result['access_token']}"},
+        verify=ssl.create_default_context(cafile=str(fresh.ca_file)),
+    )
+    assert r.status_code == 200
+
+
 def test_msal_refuses_plain_http_authority() -> None:
     with pytest.raises(ValueError, match="https"):
         msal.ConfidentialClientApplication(

@@ -442,6 +442,43 @@ async def test_sql_refuses_conditions_on_a_choices_column(dv: Dv) -> None:
 
 
 @pytest.mark.parametrize(
+    "condition",
+    [
+        "ContainValues(sample_outdooractivities, '1')",
+        "Microsoft.Dynamics.CRM.ContainValues(PropertyName='sample_outdooractivities', PropertyValues='1')",
+        "NOT DoesNotContainValues(sample_outdooractivities, 9)",
+        "CONTAINS(sample_outdooractivities, '1')",
+        "lastname = 'Out' AND FREETEXT(lastname, 'Out')",
+    ],
+)
+async def test_sql_has_no_containvalues(dv: Dv, condition: str) -> None:
+    """Dataverse's SQL has no containment test for choices columns (its documented subset
+    lists none; ContainValues is a $filter function, contain-values a FetchXML operator),
+    so each spelling is refused, never run as a guess, and the answer names the two
+    queries that do it. The wording is inferred; both alternatives answer the row."""
+    await dv.create("contacts", {"lastname": "Out", "sample_outdooractivities": "1,9"})
+    await dv.create("contacts", {"lastname": "In", "sample_outdooractivities": "2"})
+    text = f"SELECT lastname FROM contact WHERE {condition}"
+    status, code, message = error(await dv.req("GET", f"contacts?sql={quote(text, safe='')}"))
+    assert (status, code) == (400, "0x80040203")
+    assert "not part of Dataverse's SQL" in message
+    assert "Microsoft.Dynamics.CRM.ContainValues" in message and "contain-values" in message
+    by_filter = await dv.get(
+        "contacts?$select=lastname&$filter=Microsoft.Dynamics.CRM.ContainValues("
+        "PropertyName='sample_outdooractivities',PropertyValues=['1'])"
+    )
+    assert [r["lastname"] for r in by_filter.json()["value"]] == ["Out"]
+    by_fetch = await fetch(
+        dv,
+        "contacts",
+        "<fetch><entity name='contact'><attribute name='lastname'/><filter>"
+        "<condition attribute='sample_outdooractivities' operator='contain-values'>"
+        "<value>1</value></condition></filter></entity></fetch>",
+    )
+    assert [r["lastname"] for r in by_fetch.json()["value"]] == ["Out"]
+
+
+@pytest.mark.parametrize(
     ("text", "fragment"),
     [
         ("SELECT * FROM contact", "SELECT *"),

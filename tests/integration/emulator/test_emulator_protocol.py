@@ -445,6 +445,22 @@ async def test_page_cap_is_5000_and_skip_is_rejected(dv: Dv, emulator: Emulator)
     assert error(r) == (400, "0x80060888", "The query parameter $skip is not supported")
 
 
+async def test_count_segment_counts_what_filter_keeps(dv: Dv) -> None:
+    """/$count counts after $filter (OData URL conventions 11.2.10; inferred for
+    Dataverse, whose page shows the bare form): it answered the whole table before."""
+    for last, first in [("Ames", "Ann"), ("Baker", "Ann"), ("Cole", None)]:
+        await dv.create("leads", {"lastname": last, "firstname": first})
+    assert (await dv.req("GET", "leads/$count")).text == "3"
+    r = await dv.req("GET", "leads/$count?$filter=firstname eq 'Ann'")
+    assert (r.status_code, r.text) == (200, "2")
+    r = await dv.req("GET", "leads/$count?$filter=firstname eq null and lastname ne 'x'")
+    assert r.text == "1"
+    r = await dv.req("GET", "leads/$count?$filter=nosuch eq 1")
+    assert r.status_code == 400 and "nosuch" in error(r)[2]
+    r = await dv.req("GET", "leads/$count?$top=1")
+    assert error(r) == (400, "0x80060888", "The query parameter $top is not supported")
+
+
 # -- change tracking --------------------------------------------------------------------
 
 
