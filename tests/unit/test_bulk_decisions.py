@@ -270,3 +270,33 @@ async def test_the_limiter_refunds_a_slot_marked_not_executed() -> None:
     async with limiter.slot(900):
         pass
     assert limiter.budget.spent(now[0]) == 900
+
+
+async def test_a_read_is_amended_to_the_rows_its_answer_held() -> None:
+    """A page of changes is charged per row: the estimate made before sending (one row)
+    is set to what came back, in place, also after the slot is left; once out of the
+    window, or refunded, an amendment changes nothing."""
+    from crmsync.dynamics.limiter import Limiter
+
+    now = [0.0]
+    limiter = Limiter(
+        budget=ExecutionBudget(budget_ms=10_000, window_s=10, share=1.0), clock=lambda: now[0]
+    )
+    async with limiter.slot(estimate_ms("read", 1)) as first:
+        now[0] = 1.0  # answered at 1 s: counted from then
+    now[0] = 2.0
+    async with limiter.slot(500, bulk=True) as second:
+        pass
+    first.amend(estimate_ms("read", 5_000))
+    assert limiter.budget.spent(2.0) == pytest.approx(estimate_ms("read", 5_000) + 500)
+    second.amend(200)  # lower too: the answer is the measure
+    assert limiter.budget.spent(2.0) == pytest.approx(estimate_ms("read", 5_000) + 200)
+    assert limiter.budget.spent(11.5) == pytest.approx(200)  # the first slid out at 11 s
+    first.amend(9_999)
+    assert limiter.budget.spent(11.5) == pytest.approx(200)
+    now[0] = 11.5
+    async with limiter.slot(300) as refused:
+        refused.refund()
+    refused.amend(5_000)
+    assert limiter.budget.spent(11.5) == pytest.approx(200)
+    assert limiter.budget.spent(12.5) == 0.0  # nothing left over from the amendments

@@ -111,12 +111,20 @@ def estimate_ms(kind: str, records: int = 1) -> float:
 
 @dataclass
 class Reservation:
-    """A slot's share of the execution budget; ``refund()`` gives it back."""
+    """A slot's share of the execution budget: ``refund()`` gives it back (the request was
+    not executed); ``amend(ms)``, also after the slot is left, sets what the answer showed
+    it cost (a read is charged per row, and only the page tells how many came)."""
 
     refunded: bool = False
+    budget: ExecutionBudget | None = None
+    entry: list[float] | None = None
 
     def refund(self) -> None:
         self.refunded = True
+
+    def amend(self, ms: float) -> None:
+        if self.budget is not None and not self.refunded:
+            self.budget.amend(self.entry, ms)
 
 
 @dataclass
@@ -182,6 +190,19 @@ class ExecutionBudget:
             return  # already out of the window
         entry[0] = now
         self._spent.append(entry)
+
+    def amend(self, entry: list[float] | None, ms: float) -> None:
+        """The request cost ``ms`` after all (known from its answer); it keeps its place
+        in the window. Nothing happens once it has slid out."""
+        if entry is None:
+            return
+        for held in reversed(self._spent):  # a recent entry: found near the end
+            if held is entry:
+                delta = max(0.0, ms) - entry[1]
+                entry[1] += delta
+                self._total += delta
+                self._small += delta * entry[2]
+                return
 
     def refund(self, entry: list[float] | None) -> None:
         """The request was not executed (throttled, the service unavailable, no answer):
@@ -299,10 +320,13 @@ class Limiter:
             await self._sleep(min(delay, 1.0))
 
     @asynccontextmanager
-    async def slot(self, cost_ms: float = 0.0, *, bulk: bool = False) -> AsyncIterator[Reservation]:
+    async def slot(
+        self, cost_ms: float = 0.0, *, bulk: bool = False, held: Reservation | None = None
+    ) -> AsyncIterator[Reservation]:
         """Hold one in-flight slot; waits for the gate to open, for ``cost_ms`` of the
         execution budget (charged when the slot is taken) and for a free slot. The
-        caller calls ``refund()`` on what it yields if the request was not executed."""
+        caller calls ``refund()`` on what it yields if the request was not executed;
+        ``held``: the reservation to yield (so the caller can ``amend`` it afterwards)."""
         cond = self._condition()
         while True:
             await self.wait_gate()
@@ -316,7 +340,8 @@ class Limiter:
                 reserved = self.budget.charge(self._clock(), cost_ms, bulk=bulk)
                 self._in_flight += 1
                 break
-        held = Reservation()
+        held = held or Reservation()
+        held.refunded, held.budget, held.entry = False, self.budget, reserved
         try:
             yield held
         finally:

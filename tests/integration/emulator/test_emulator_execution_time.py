@@ -4,6 +4,7 @@ the ``x-ms-ratelimit-*`` headers, the stats and the config's validation."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -16,7 +17,7 @@ from crmsync import observability
 from crmsync.dynamics.auth import StaticTokenProvider
 from crmsync.dynamics.client import DataverseClient
 from crmsync.dynamics.faults import Throttled
-from crmsync.dynamics.limiter import RateLimitRemaining
+from crmsync.dynamics.limiter import READ_ROW_MS, RateLimitRemaining, estimate_ms
 from crmsync.emulator.app import Emulator
 from crmsync.emulator.costs import DEFAULT_COSTS
 
@@ -391,3 +392,30 @@ async def test_the_client_reads_what_is_left(client: httpx.AsyncClient, emulator
     assert registry.get_sample_value("crmsync_dynamics_ratelimit_remaining_requests") == 9
     left = registry.get_sample_value("crmsync_dynamics_ratelimit_remaining_execution_seconds")
     assert left == 0.0
+
+
+async def test_the_clients_estimate_of_reads_is_what_the_emulator_charged(
+    client: httpx.AsyncClient, emulator: Emulator, dv: Dv
+) -> None:
+    """Reads are charged per row: the client's budget, estimated before each page and set
+    to the rows it held after, equals the charge (it was 0.1 s a page of changes, which
+    left up to 5,000 rows' worth out and let the pacing overshoot the budget)."""
+    for i in range(250):
+        await dv.create("leads", {"lastname": f"R{i}"})
+    await configure(client, cost_model="dataverse", costs=COSTS)
+    tokens = StaticTokenProvider(await token(client))
+    transport = httpx.ASGITransport(app=emulator)
+    async with DataverseClient("https://org.test", tokens, transport=transport) as crm:
+        before = (await spent(client))["total"]
+        pages = [p async for p in crm.changes("leads", select=["lastname"], page_size=100)]
+        assert sum(len(p.rows) for p in pages) == 250 and len(pages) == 3
+        rows = [
+            r async for p in crm.query("leads", select=["lastname"], page_size=200) for r in p.rows
+        ]
+        assert len(rows) == 250
+        charged = (await spent(client))["total"] - before
+        assert charged == pytest.approx(5 * COSTS["read_page"] + 500 * COSTS["read_row"])
+        estimated = crm.limiter.budget.spent(time.monotonic())
+    # The client's figures are Dataverse's defaults (it cannot read the emulator's):
+    # each page at its rows.
+    assert estimated == pytest.approx(5 * estimate_ms("read", 0) + 500 * READ_ROW_MS)
