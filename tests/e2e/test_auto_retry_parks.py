@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,7 +18,7 @@ from pull_support import Sales, rows, sales_fixture  # noqa: F401 (fixture)
 from crmsync.config import Settings, load_settings
 from crmsync.dynamics.client import DataverseClient
 from crmsync.engine.worker import Worker
-from crmsync.store import history
+from crmsync.store import capture, history
 from crmsync.store.schema import sync_error
 
 N = 6
@@ -146,3 +147,57 @@ def test_a_child_pulled_before_its_parent_comes_back_once_the_parent_arrives(
     ]  # fmt: skip
     assert timeline[3] == ("retried", "from_crm", "insert", {"by": "parent_arrived"})
     assert timeline[4][:3] == ("applied", "from_crm", "insert")
+
+
+def test_a_child_pushed_before_its_parent_goes_right_after_the_parent(
+    sync_settings: Settings, store: sa.Engine, sql: Any, drain: Any, crm_rows: Any
+) -> None:
+    """A local contact whose account is parked (a name Dynamics refuses) parks as a
+    missing reference, its automatic retry an hour away; the push that syncs the fixed
+    account queues it again in its own transaction, so it syncs in the same drain."""
+    both = load_settings(**{**sync_settings.model_dump(), "objects": {"account": {"flow": "both"}}})
+    hour = {"auto_retry_first_seconds": 3600.0, "auto_retry_max_seconds": 3600.0}
+    settings = fast(both).model_copy(update=hour)
+    capture.ensure_triggers(store, both.object_specs().values())  # accounts pushed too
+    sql(store, "INSERT INTO account (name) VALUES (:n)", {"n": "A" * 200})  # over 160
+    sql(
+        store,
+        "INSERT INTO contact (email, last_name, account_id)"
+        " VALUES ('early@example.com', 'Early', (SELECT max(id) FROM account))",
+    )
+    drain(settings, store)
+    account_error, contact_error = sorted(errors(store), key=lambda e: e["category"])
+    assert account_error["category"] == "data_too_long" and account_error["retry_at"] is None
+    assert contact_error["error_code"] == "crmsync.missing_reference"
+    assert contact_error["category"] == "missing_reference"
+    assert contact_error["field"] == "account_id" and contact_error["status"] == "open"
+    planned = contact_error["retry_at"]
+    assert planned is not None  # an hour away: the old way, the contact waited for it
+
+    sql(store, "UPDATE account SET name = 'Fixed'")
+    started = time.monotonic()
+    drain(settings, store)  # one worker --once: nobody retries anything by hand
+    took = time.monotonic() - started
+    assert {e["status"] for e in errors(store)} == {"resolved"}
+    with store.connect() as conn:
+        aid, account_crm = conn.execute(sa.text("SELECT id, crm_id FROM account")).one()
+        cid, contact_crm = conn.execute(sa.text("SELECT id, crm_id FROM contact")).one()
+        found = history.timeline(conn, "contact", cid, None, limit=100)["items"][::-1]
+        (synced_account,) = [
+            e
+            for e in history.timeline(conn, "account", aid, None, limit=100)["items"]
+            if e["event"] == "synced"
+        ]
+    (crm,) = crm_rows(sync_settings.dynamics_url, "contacts", "contactid,_parentcustomerid_value")
+    assert crm["contactid"] == contact_crm and crm["_parentcustomerid_value"] == account_crm
+    timeline = [(e["event"], e["direction"], e["operation"], e["detail"]) for e in found]
+    assert [t[0] for t in timeline] == [
+        "captured", "failed", "parked", "retried", "sent", "synced", "resolved",
+    ]  # fmt: skip
+    assert timeline[1][3] == {"attempt": 1} and found[1]["error_code"] == (
+        "crmsync.missing_reference"
+    )
+    assert timeline[3] == ("retried", "to_crm", "insert", {"by": "parent_arrived"})
+    assert found[3]["at"] == synced_account["at"]  # in the account's own transaction
+    assert timeline[5][:3] == ("synced", "to_crm", "insert")
+    assert took < 30 and datetime.fromisoformat(found[5]["at"]) < planned
