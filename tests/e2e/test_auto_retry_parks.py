@@ -1,9 +1,10 @@
 """Parked errors of a passing kind come back by themselves, over real HTTP, on SQLite and
 PostgreSQL: an outage (every request answered 503) parks the pushes; once Dynamics
 answers again the running worker's upkeep queues them again and they sync, their errors
-resolved, while a data error (a value too long) stays open, waiting for a person; and a
-contact pulled before its brand-new account comes back by itself once the account is
-pulled."""
+resolved, while a data error (a value too long) stays open, waiting for a person; a
+throttled park's exact history, the automatic retry's own event included; a contact
+pulled before its brand-new account comes back by itself once the account is pulled; and
+a contact pushed before its parked account goes right after the account's push."""
 
 from __future__ import annotations
 
@@ -108,6 +109,77 @@ def test_an_outage_park_comes_back_by_itself_and_a_data_error_waits(
     assert still["category"] == "data_too_long"
     result = check_exactly_once(store, url, expect_errors=True)
     assert result["synced"] == N and result["errors"] == 1
+    # Every lead's story, the automatic retry's own event included. The outage's refusals
+    # may come with or without a 'sent' (a bulk request whose WhoAmI read failed never
+    # went; a lone record's request did): how the batches fell, which the test leaves
+    # be; the single-record test below checks those too.
+    tried = [("captured", None), ("failed", "http_503"), ("retry_scheduled", None)]
+    tried += [("failed", "http_503"), ("parked", "http_503"), ("retried", None)]
+    for key, error in rows.items():
+        found = [e for e in lead_history(store, int(key)) if e["event"] != "sent"]
+        story = [(e["event"], e["error_code"]) for e in found]
+        ending = [("synced", None), ("resolved", None)]
+        if error is data[0]:
+            ending = [("failed", "0x80044331"), ("parked", "0x80044331")]
+        assert story == [*tried, *ending], (key, story)
+        assert found[5]["detail"] == {"by": "auto_retry"}
+        planned = found[4]["detail"]["auto_retry_at"]  # the park planned it ...
+        assert found[5]["at"] >= planned  # ... and it came by itself at its time
+    assert found[-1]["detail"] is None  # the data error: no automatic retry planned
+
+
+def lead_history(engine: sa.Engine, lead: int) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return list(history.timeline(conn, "lead", lead, None, limit=100)["items"][::-1])
+
+
+def test_a_throttled_park_comes_back_by_itself_with_its_exact_history(
+    sync_settings: Settings, store: sa.Engine, sql: Any, configure: Any, drain: Any
+) -> None:
+    """One lead (a request of its own each time: every try is sent), refused with 429
+    until it parks; once Dynamics answers again nobody retries it but the automatic
+    retry, whose event says so."""
+    url = sync_settings.dynamics_url or ""
+    settings = fast(sync_settings)
+    sql(store, "INSERT INTO lead (email, last_name) VALUES ('t@example.com', 'Throttled')")
+    configure(url, throttle_rate=1.0, retry_after_s=0)
+    drain(settings, store)
+
+    def lead_error() -> dict[str, Any]:
+        (found,) = [e for e in errors(store) if e["record_key"] != "*"]  # not the pulls'
+        return found
+
+    error = lead_error()
+    assert (error["category"], error["error_code"], error["status"]) == (
+        "throttled",
+        "http_429",
+        "open",
+    )
+    assert error["retry_at"] is not None
+    configure(url, throttle_rate=0.0)
+    asyncio.run(
+        run_until(settings, store, lambda: lead_error()["status"] == "resolved", timeout=30)
+    )
+    assert lead_error()["retry_at"] is None
+    events = lead_history(store, 1)
+    assert [(e["event"], e["direction"], e["operation"], e["error_code"]) for e in events] == [
+        ("captured", "to_crm", "insert", None),
+        ("sent", "to_crm", "insert", None),
+        ("failed", "to_crm", "insert", "http_429"),
+        ("retry_scheduled", "to_crm", "insert", None),
+        ("sent", "to_crm", "insert", None),
+        ("failed", "to_crm", "insert", "http_429"),
+        ("parked", "to_crm", "insert", "http_429"),
+        ("retried", "to_crm", "insert", None),
+        ("sent", "to_crm", "insert", None),
+        ("synced", "to_crm", "insert", None),
+        ("resolved", "to_crm", None, None),
+    ]
+    assert [e["detail"]["attempt"] for e in events if e["event"] == "failed"] == [1, 2]
+    assert events[7]["detail"] == {"by": "auto_retry"}
+    planned = events[6]["detail"]["auto_retry_at"]
+    assert planned == error["retry_at"].isoformat() and events[7]["at"] >= planned
+    assert {e["detail"]["size"] for e in events if e["event"] == "sent"} == {1}
 
 
 def test_a_child_pulled_before_its_parent_comes_back_once_the_parent_arrives(
