@@ -14,17 +14,22 @@ account queues it again, in the transaction that records the account as synced.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
+from crmsync import diagnosis
 from crmsync.domain import Direction, EntryState, ErrorCategory, ErrorStatus, ObjectSpec
 from crmsync.store import sync_errors
 from crmsync.store.local_tables import local_table
 from crmsync.store.schema import sync_error, sync_queue
 from crmsync.values import MISSING_PARENT
+
+# The codes of a missing reference; the error's category decides among them.
+_REFERENCE_CODES = sorted(diagnosis.codes_of(ErrorCategory.MISSING_REFERENCE))
 
 
 def arrived(
@@ -81,7 +86,6 @@ def pushed(
     synced = sorted(set(record_ids))
     if not synced:
         return 0
-    q, e = sync_queue.c, sync_error.c
     queued = 0
     for child in specs.values():
         columns = [
@@ -91,28 +95,8 @@ def pushed(
         ]
         if not columns:
             continue
-        missing = (
-            sa.select(sa.literal(1))
-            .where(
-                e.object == q.object,
-                e.direction == q.direction,
-                e.record_key == q.record_key,
-                e.status == ErrorStatus.OPEN,
-                e.category == ErrorCategory.MISSING_REFERENCE,
-                sa.or_(e.field.is_(None), e.field.in_(columns)),
-            )
-            .exists()
-        )
         parked = (
-            conn.execute(
-                sa.select(q.record_id).where(
-                    q.state == EntryState.PARKED,
-                    q.object == child.name,
-                    q.direction == Direction.TO_CRM,
-                    q.record_id.is_not(None),
-                    missing,
-                )
-            )
+            conn.execute(_waiting_pushes(), {"child": child.name, "columns": columns})
             .scalars()
             .all()
         )
@@ -133,6 +117,34 @@ def pushed(
             conn, child.name, Direction.TO_CRM, keys, now, sync_errors.PARENT_ACTOR
         )
     return queued
+
+
+@functools.cache
+def _waiting_pushes() -> sa.Select[tuple[int]]:
+    """The local ids of the ``child`` object's pushes parked with an open error of the
+    missing reference kind, naming no field or one of ``columns``. Built once: it runs
+    for every batch of a parent object that syncs."""
+    q, e = sync_queue.c, sync_error.c
+    missing = (
+        sa.select(sa.literal(1))
+        .where(
+            *sync_errors.of_entry(probed=True),
+            e.status == ErrorStatus.OPEN,
+            e.category == ErrorCategory.MISSING_REFERENCE,
+            sa.or_(e.field.is_(None), e.field.in_(sa.bindparam("columns", expanding=True))),
+        )
+        .exists()
+    )
+    return sa.select(q.record_id).where(
+        q.state == EntryState.PARKED,
+        q.object == sa.bindparam("child", type_=sa.String()),
+        q.direction == Direction.TO_CRM,
+        q.record_id.is_not(None),
+        # The entry's own code first: the errors of the others (data errors, usually)
+        # are not looked up.
+        sa.func.lower(q.last_error_code).in_(_REFERENCE_CODES),
+        missing,
+    )
 
 
 def _unlocked(conn: Connection, obj: str, record_keys: Sequence[str]) -> list[str]:
