@@ -151,6 +151,23 @@ def category_of(code: str, message: str = "") -> ErrorCategory:
     return C.OTHER
 
 
+def codes_of(category: ErrorCategory) -> frozenset[str]:
+    """The codes (lower case) an error of a passing kind (``PASSING``) may have: those
+    of the tables, ``http_<status>`` for the statuses of the kind and the local
+    constraint's; not the transport failures (named by their exception's class). Not
+    for the kinds some words of a message give whatever the status (mapping, duplicate,
+    invalid value). ``category_of`` decides: this only narrows a search (a code listed
+    may be of another category by its message)."""
+    codes = {f.code.lower() for f in FIXES if f.code and f.category == category}
+    codes |= {code for code, found in _BY_CODE.items() if found == category}
+    codes |= {code for code, _, found in _BY_MESSAGE if found == category}
+    codes |= {f"http_{s}" for s in range(400, 600) if _by_status(str(s), "") == category}
+    constraints = ("unique", "foreign key", "too long", "")
+    if category in {_local_constraint(m) for m in constraints}:
+        codes.add("crmsync.local_constraint")
+    return frozenset(codes)
+
+
 def _by_status(status: str, message: str) -> ErrorCategory:
     if "Cannot convert the literal" in message:
         return C.INVALID_VALUE

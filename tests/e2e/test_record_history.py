@@ -6,8 +6,11 @@ operation), with the details that say what happened (columns, codes, who, values
 
 from __future__ import annotations
 
+import signal
+import time
 from typing import Any
 
+import httpx
 import sqlalchemy as sa
 from pull_support import Sales, sales_fixture  # noqa: F401 (fixture)
 from pydantic import SecretStr
@@ -15,6 +18,7 @@ from pydantic import SecretStr
 from crmsync.config import Settings
 from crmsync.store import history, status
 from crmsync.store.db import read_transaction, write_transaction
+from crmsync.store.schema import sync_queue
 
 
 def timeline(engine: sa.Engine, obj: str, record_id: int, crm_id: str | None = None) -> list[Any]:
@@ -272,3 +276,61 @@ def test_a_send_refused_as_stale(
     assert refused["detail"] == {"status": 412, "stale": True}
     assert held["detail"] == {"after": "pull", "held": "until the pull resumes"}
     assert events[3]["detail"]["batch"] != events[9]["detail"]["batch"]
+
+
+def test_a_worker_killed_mid_batch_leaves_no_event_of_the_send(
+    sync_settings: Settings,
+    store: sa.Engine,
+    insert_leads: Any,
+    configure: Any,
+    start_worker: Any,
+    check_exactly_once: Any,
+) -> None:
+    """``kill -9`` of a ``crmsync worker`` while Dynamics has applied its batch but not
+    answered yet: the outcome's transaction never ran, so no event claims the send
+    (only the capture is in each record's history); the next worker sends again under
+    the saved ids and each record's story is one send, once."""
+    url = sync_settings.dynamics_url or ""
+    insert_leads(store, 3)
+    # The emulator applies a write, then holds its answer 1 s a record.
+    configure(url, per_record_ms=1000)
+    worker = start_worker("--concurrency", "1", lease_seconds=1)
+    deadline = time.monotonic() + 20
+    while crm_count(url) < 3 and time.monotonic() < deadline and worker.poll() is None:
+        time.sleep(0.05)
+    assert crm_count(url) == 3, "the batch never reached Dynamics"
+    worker.send_signal(signal.SIGKILL)
+    assert worker.wait(timeout=10) == -signal.SIGKILL
+    ids = lead_ids(store)
+    with store.connect() as conn:
+        claimed = conn.execute(
+            sa.select(sa.func.count()).where(sync_queue.c.claimed_by.is_not(None))
+        ).scalar_one()
+    assert claimed == 3  # the killed worker's claims wait for their lease
+    for lead in ids:
+        assert kinds(timeline(store, "lead", lead)) == [("captured", "to_crm", "insert")]
+
+    configure(url, per_record_ms=0)
+    again = start_worker("--once", lease_seconds=1)
+    assert again.wait(timeout=30) == 0, again.stderr.read().decode() if again.stderr else ""
+    for lead in ids:
+        events = timeline(store, "lead", lead)
+        assert kinds(events) == [
+            ("captured", "to_crm", "insert"),
+            ("sent", "to_crm", "insert"),
+            ("synced", "to_crm", "insert"),
+        ]
+        assert events[1]["detail"]["size"] == 3  # the second worker's batch
+    result = check_exactly_once(store, url)
+    assert result["synced"] == 3 and len(result["crm"]) == 3  # no record created twice
+
+
+def crm_count(url: str) -> int:
+    resp = httpx.get(f"{url}/_emulator/stats", timeout=10)
+    resp.raise_for_status()
+    return int(resp.json()["records"].get("leads", 0))
+
+
+def lead_ids(engine: sa.Engine) -> list[int]:
+    with engine.connect() as conn:
+        return [int(i) for i in conn.execute(sa.text("SELECT id FROM lead ORDER BY id")).scalars()]

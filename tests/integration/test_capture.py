@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -23,7 +24,7 @@ from crmsync.mapping import default_objects
 from crmsync.store import capture
 from crmsync.store.capture import install_triggers
 from crmsync.store.db import capture_suppressed, write_transaction
-from crmsync.store.schema import sync_change, sync_queue
+from crmsync.store.schema import sync_change, sync_error, sync_queue
 
 
 def queue(engine: sa.Engine, *, fold: bool = True) -> dict[tuple[str, str], dict[str, Any]]:
@@ -149,6 +150,66 @@ def test_a_parked_entry_changed_again_is_due_again(engine: sa.Engine) -> None:
     entry = queue(engine)[("lead", "1")]
     assert (entry["state"], entry["attempts"]) == ("pending", 0)
     assert entry["next_attempt_at"].year < 2999
+
+
+def retry_ats(engine: sa.Engine) -> dict[tuple[str, str, str], Any]:
+    e = sync_error.c
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(e.object, e.direction, e.record_key, e.retry_at, e.status))
+        return {(r[0], r[1], r[2]): (r[3] is not None, r[4]) for r in rows}
+
+
+def test_a_parked_record_changed_locally_loses_its_planned_automatic_retry(
+    engine: sa.Engine,
+) -> None:
+    """The change goes now, so the retry time shown (Sync Errors, record page, CLI, API)
+    would never come: cleared in the fold's transaction; the error stays open until the
+    record syncs or fails. Other records', objects' and directions' retries stay."""
+    run(
+        engine,
+        "INSERT INTO lead (id, email, crm_id) VALUES (1, 'a@example.com', 'g1'),"
+        " (2, 'b@example.com', 'g2'), (3, 'c@example.com', 'g3')",
+        suppress=True,
+    )
+    later = datetime.now(UTC) + timedelta(hours=1)
+    with write_transaction(engine) as conn:
+        for key in ("1", "2", "3"):
+            conn.execute(
+                sa.insert(sync_queue).values(
+                    object="lead", direction="to_crm", record_key=key, record_id=int(key),
+                    crm_id=f"g{key}", operation="update", state="parked", attempts=2,
+                    first_queued_at=later, last_changed_at=later, next_attempt_at=later,
+                    version=1,
+                )
+            )  # fmt: skip
+        errors = [("lead", "to_crm", k) for k in ("1", "2", "3")]
+        errors += [("lead", "from_crm", "1"), ("contact", "to_crm", "1")]
+        common = {
+            "operation": "update", "error_code": "http_503", "error_message": "unavailable",
+            "status": "open", "first_failed_at": later, "last_failed_at": later,
+            "category": "unavailable", "retry_at": later,
+        }  # fmt: skip
+        conn.execute(
+            sa.insert(sync_error),
+            [{"object": o, "direction": d, "record_key": k, **common} for o, d, k in errors],
+        )
+    planned = retry_ats(engine)
+    assert all(planned_at for planned_at, _ in planned.values())
+    # A fold that rolls back clears nothing.
+    run(engine, "UPDATE lead SET first_name = 'A' WHERE id = 1")
+    with pytest.raises(RuntimeError), write_transaction(engine) as conn:
+        assert capture.fold(conn) == 1
+        raise RuntimeError("the claim's transaction failed")
+    assert retry_ats(engine) == planned
+    run(engine, "DELETE FROM lead WHERE id = 2")
+    entries = queue(engine)
+    assert entries[("lead", "1")]["state"] == entries[("lead", "2")]["state"] == "pending"
+    assert entries[("lead", "2")]["operation"] == "delete"
+    assert retry_ats(engine) == {
+        **planned,
+        ("lead", "to_crm", "1"): (False, "open"),
+        ("lead", "to_crm", "2"): (False, "open"),
+    }
 
 
 def test_an_update_waiting_to_be_sent_that_becomes_a_delete_is_due_at_once(

@@ -90,6 +90,26 @@ def test_every_emulator_fault_has_its_category_and_field(obj, fault, category, f
     assert diagnosis.fix_for(category, code).endswith(".")
 
 
+@pytest.mark.parametrize(
+    ("obj", "fault", "category", "field"), [c for c in CASES if c[2] in diagnosis.PASSING]
+)
+def test_the_codes_of_a_passing_kind_hold_every_emulator_fault_of_it(
+    obj, fault, category, field
+) -> None:
+    """``codes_of`` narrows a search to the codes a kind may have (the push's wake of
+    children waiting for a missing reference): it misses none."""
+    assert stored_code(fault).lower() in diagnosis.codes_of(category)
+
+
+def test_the_codes_of_a_missing_reference() -> None:
+    assert diagnosis.codes_of(C.MISSING_REFERENCE) == {
+        "0x80040217", "0x80060891", "crmsync.local_constraint", "crmsync.missing_parent",
+        "crmsync.missing_reference", "http_404",
+    }  # fmt: skip
+    assert "http_429" in diagnosis.codes_of(C.THROTTLED)
+    assert "http_503" in diagnosis.codes_of(C.UNAVAILABLE)
+
+
 def test_every_code_the_emulator_answers_with_is_among_the_cases() -> None:
     written = set()
     for path in EMULATOR.glob("*.py"):

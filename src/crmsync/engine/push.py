@@ -38,7 +38,7 @@ from crmsync.errors import (
     Refusal,
     StaleRecord,
 )
-from crmsync.store import outbound, queue
+from crmsync.store import outbound, parents, queue
 from crmsync.store.db import capture_suppressed, write_transaction
 from crmsync.store.status import pause_unusable
 from crmsync.store.types import utcnow
@@ -495,10 +495,22 @@ class Pusher:
                 with capture_suppressed(conn):
                     outbound.set_crm_ids(conn, self.specs, created)
             queue.record_in(conn, outcome, now)
+            self._wake_children(conn, created, now)
             outbound.hold_for_pull(conn, held, now)
             for obj, why in unusable.items():
                 pause_unusable(conn, obj, Direction.TO_CRM, why.code, why.message, now)
         return stale
+
+    def _wake_children(
+        self, conn: Connection, synced: Sequence[tuple[str, int, str]], now: datetime
+    ) -> None:
+        """The records parked because ``synced`` (object, local id, Dynamics id) were not
+        in Dynamics go again now, rather than on their automatic retry's schedule."""
+        by_object: dict[str, list[int]] = {}
+        for obj, record_id, _ in synced:
+            by_object.setdefault(obj, []).append(record_id)
+        for obj, ids in by_object.items():
+            parents.pushed(conn, self.specs, obj, ids, now)
 
     def _pause_unusable(self, found: Mapping[str, Refusal], now: datetime) -> None:
         with write_transaction(self.engine) as conn:

@@ -25,15 +25,16 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.dialects.postgresql import ARRAY
 
-from crmsync.domain import Direction, EventKind, ObjectSpec, Operation
+from crmsync.domain import Direction, EntryState, EventKind, ObjectSpec, Operation
 from crmsync.mapping import active, spec_of
 from crmsync.mapping.compare import differs_from_base
 from crmsync.store import history
 from crmsync.store.db import write_transaction
 from crmsync.store.local_tables import local_table
 from crmsync.store.pgarrays import unnest
-from crmsync.store.schema import sync_change, sync_queue, sync_record
+from crmsync.store.schema import sync_change, sync_error, sync_queue, sync_record
 from crmsync.store.types import SQLITE_NOW, UTCDateTime
 
 PREFIX = "crmsync_capture_"
@@ -370,9 +371,10 @@ def _steps(rows: Sequence[Any]) -> list[list[dict[str, Any]]]:
     return list(per_record.values())
 
 
-def _lock_entries(conn: Connection, steps: Sequence[dict[str, Any]]) -> None:
+def _lock_entries(conn: Connection, steps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """PostgreSQL: wait for a worker finishing any of these records' entries, and keep
-    the next one out until this fold commits.
+    the next one out until this fold commits; returns the steps whose entry is parked
+    (the fold queues it again).
 
     The fold's statements read the record's row and its sync state from a snapshot
     taken when they start. A push finishing meanwhile (it saves the Dynamics id in the
@@ -384,18 +386,23 @@ def _lock_entries(conn: Connection, steps: Sequence[dict[str, Any]]) -> None:
     the entry's version moved and keeps it.
     """
     keys = sorted({(s["object"], s["record_key"]) for s in steps})
-    conn.execute(
+    rows = conn.execute(
         _lock_statement(),
         {"locked_object": [k[0] for k in keys], "locked_record_key": [k[1] for k in keys]},
     ).all()
+    parked = {(r[0], r[1]) for r in rows if r[0] is not None}
+    return [s for s in steps if (s["object"], s["record_key"]) in parked]
 
 
 @functools.cache
 def _lock_statement() -> sa.Select[Any]:
     q = sync_queue.c
     keys = unnest("locked", object=sa.String(), record_key=sa.String())
+    # Only a parked entry's key comes back (nulls for the others, most of them): reading
+    # every key made the statement 20% slower.
+    parked = q.state == EntryState.PARKED
     return (
-        sa.select(q.id)
+        sa.select(sa.case((parked, q.object)), sa.case((parked, q.record_key)))
         .join_from(
             sync_queue, keys, (q.object == keys.c.object) & (q.record_key == keys.c.record_key)
         )
@@ -409,7 +416,8 @@ def _lock_statement() -> sa.Select[Any]:
 # time; an insert or update queues the record as it is then (``insert`` while it has no
 # Dynamics id); a delete of a record never in Dynamics drops the entry, else becomes a
 # ``delete``; a parked entry changed again, or one that becomes a delete, is due again
-# with its attempts reset; every refresh bumps ``version``.
+# with its attempts reset, its error's automatic retry moot (``retry_at`` cleared); every
+# refresh bumps ``version``.
 def fold(conn: Connection, limit: int = FOLD_BATCH) -> int:
     """Queue the oldest ``limit`` logged changes, in the caller's transaction; returns
     how many there were. The caller keeps other folders out (``fold_pending`` does)."""
@@ -431,16 +439,66 @@ def fold(conn: Connection, limit: int = FOLD_BATCH) -> int:
             if k < len(steps):
                 step = steps[k]
                 (deletes if step["deleted"] else touches[step["object"]]).append(step)
-        if conn.dialect.name == "postgresql":
-            _lock_entries(conn, [*deletes, *(p for ps in touches.values() for p in ps)])
+        folding = [*deletes, *(p for ps in touches.values() for p in ps)]
+        # The records whose entry may be parked: on PostgreSQL those the lock found
+        # parked (usually none: no statement), on SQLite every one of the step.
+        parked = _lock_entries(conn, folding) if conn.dialect.name == "postgresql" else folding
         for obj, params in touches.items():
             conn.execute(_touch(obj), params)
         if deletes:
             conn.execute(_DROP, deletes)
             conn.execute(_DELETE, deletes)
+        # After the entries' locks, as a push's outcome takes them (entries, then errors).
+        _retries_moot(conn, parked)
         if history.enabled():
             history.write(conn, _captured(conn, touches, deletes))
     return consumed
+
+
+def _retries_moot(conn: Connection, steps: Sequence[dict[str, Any]]) -> None:
+    """The records' open ``to_crm`` errors lose their planned automatic retry
+    (``retry_at``): the change just folded queues a parked entry now, so the time shown
+    on Sync Errors, the record page, the CLI and the API would never come. The error
+    itself stays open until the record syncs or fails again.
+
+    One statement per object, probing each record's errors by their index: bounded by
+    the step's size whatever the number of errors (a row-value ``IN`` scans them all on
+    SQLite); none without records (on PostgreSQL the records the lock found parked), or
+    on SQLite while no retry is planned at all. Only open errors keep a ``retry_at``
+    (resolving or dismissing one clears it), so the status is not asked."""
+    if not steps:
+        return
+    postgresql = conn.dialect.name == "postgresql"
+    if not postgresql and conn.execute(_ANY_PLANNED).first() is None:
+        return  # no retry planned at all: one probe of its index, not one per record
+    by_object: dict[str, set[str]] = defaultdict(set)
+    for s in steps:
+        by_object[s["object"]].add(s["record_key"])
+    for obj, keys in sorted(by_object.items()):
+        conn.execute(_moot_statement(postgresql), {"moot_object": obj, "moot_keys": sorted(keys)})
+
+
+_ANY_PLANNED = sa.select(sa.literal(1)).where(sync_error.c.retry_at.is_not(None)).limit(1)
+
+
+@functools.cache
+def _moot_statement(postgresql: bool) -> sa.Update:
+    err = sync_error.c
+    keys = (
+        err.record_key == sa.func.any(sa.bindparam("moot_keys", type_=ARRAY(sa.String())))
+        if postgresql  # one array: the statement stays the same whatever the step's size
+        else err.record_key.in_(sa.bindparam("moot_keys", expanding=True))
+    )
+    return (
+        sa.update(sync_error)
+        .where(
+            err.object == sa.bindparam("moot_object", type_=sa.String()),
+            err.direction == Direction.TO_CRM,
+            keys,
+            err.retry_at.is_not(None),
+        )
+        .values(retry_at=None)
+    )
 
 
 def _captured(
