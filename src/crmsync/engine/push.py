@@ -65,9 +65,36 @@ THIN_CLAIM_INTERVAL = 1 / 15
 # at most FRESH_LIMIT a claim.
 FRESH_SECONDS = 5.0
 FRESH_LIMIT = 50
+# How far back the fresh lane catches up after its claims were held up (FreshWindow).
+FRESH_CATCHUP_SECONDS = 60.0
 # A bulk request costs at most this share of the execution budget per window: a large
 # one is charged whole and overshoots (every lane then waits out a 429).
 BULK_SHARE = 0.1
+
+
+@dataclass
+class FreshWindow:
+    """Where the fresh lane's next claim begins. Changes due in the last FRESH_SECONDS,
+    and, when the lane was held up (a 429's Retry-After, a wait for the execution
+    budget), everything due since its last claim that took all it found: a change that
+    aged past the window while the lane waited would otherwise wait for the whole
+    backlog (577 s in a 100,000-record drain). A full claim keeps the start (what it
+    left is older than what it took); the catch-up reaches FRESH_CATCHUP_SECONDS back
+    at most, and ``reset`` forgets it while the lanes keep up on their own."""
+
+    start: datetime | None = None
+
+    def since(self, now: datetime) -> datetime:
+        floor = now - timedelta(seconds=FRESH_SECONDS)
+        if self.start is None:
+            return floor
+        return max(min(self.start, floor), now - timedelta(seconds=FRESH_CATCHUP_SECONDS))
+
+    def claimed(self, since: datetime, now: datetime, *, full: bool) -> None:
+        self.start = since if full else now - timedelta(seconds=FRESH_SECONDS)
+
+    def reset(self) -> None:
+        self.start = None
 
 
 @dataclass
@@ -117,6 +144,7 @@ class Pusher:
         self._pace: asyncio.Lock | None = None
         self._thin = True  # until a claim comes back full
         self._reached: datetime | None = None  # the newest change the last claim took
+        self.fresh = FreshWindow()
         self._next_claim = 0.0
         self._own_user: str | None = None  # crmsync's Dynamics user (WhoAmI), for read-backs
         self._limits = bulk.TextLimits()  # text lengths Dynamics refused lately
@@ -129,6 +157,7 @@ class Pusher:
 
     def _claim_and_plan(self, fresh: bool = False) -> list[Step]:
         now = utcnow()
+        since = self.fresh.since(now) if fresh else None
         entries = queue.claim(
             self.engine,
             self.worker_id,
@@ -137,8 +166,10 @@ class Pusher:
             FRESH_LIMIT if fresh else self.settings.batch_size,
             timedelta(seconds=self.settings.lease_seconds),
             now,
-            fresh_since=now - timedelta(seconds=FRESH_SECONDS) if fresh else None,
+            fresh_since=since,
         )
+        if since is not None:
+            self.fresh.claimed(since, now, full=len(entries) >= FRESH_LIMIT)
         if not entries:
             return []
         if not fresh:
