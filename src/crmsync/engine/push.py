@@ -143,8 +143,9 @@ class Pusher:
         self._rnd = random.Random()
         self._pace: asyncio.Lock | None = None
         self._thin = True  # until a claim comes back full
+        self._claimed = False  # whether any claim came back yet (``keeping_up``)
         self._reached: datetime | None = None  # the newest change the last claim took
-        self.fresh = FreshWindow()
+        self.fresh = FreshWindow(utcnow())  # edits made while the worker starts are fresh
         self._next_claim = 0.0
         self._own_user: str | None = None  # crmsync's Dynamics user (WhoAmI), for read-backs
         self._limits = bulk.TextLimits()  # text lengths Dynamics refused lately
@@ -228,6 +229,7 @@ class Pusher:
             return self._paced(await asyncio.to_thread(self._claim_and_plan))
 
     def _paced(self, steps: list[Step]) -> list[Step]:
+        self._claimed = True
         self._thin = len(steps) < self.settings.batch_size
         if self._thin:
             self._next_claim = asyncio.get_running_loop().time() + THIN_CLAIM_INTERVAL
@@ -242,6 +244,13 @@ class Pusher:
         the thin-claim pacing, and this lane would only add requests."""
         steps = await asyncio.to_thread(self._claim_and_plan, True)
         return await self._push(steps)
+
+    @property
+    def keeping_up(self) -> bool:
+        """The last claim came back thin: the lanes send fresh changes themselves. Not
+        before the first claim (a worker starting on a backlog is not keeping up; edits
+        made while it starts must stay in the fresh lane's window)."""
+        return self._claimed and self._thin
 
     @property
     def behind(self) -> bool:

@@ -193,7 +193,8 @@ class Worker:
             return
         while not self.stopping.is_set():
             if not self.pusher.behind:
-                self.pusher.fresh.reset()  # the lanes take fresh changes themselves
+                if self.pusher.keeping_up:
+                    self.pusher.fresh.reset()  # the lanes take fresh changes themselves
                 await self._wait(FRESH_POLL_SECONDS)  # nothing asked of the store
                 continue
             try:
