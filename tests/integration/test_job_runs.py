@@ -26,6 +26,7 @@ from crmsync.domain import Direction, JobKind, JobState
 from crmsync.dynamics.client import DataverseClient
 from crmsync.engine.jobs import MAX_FAILED_RUNS, JobRunner
 from crmsync.engine.pull import Puller
+from crmsync.errors import Busy
 from crmsync.store import capture, jobs
 from crmsync.store.db import write_transaction
 from crmsync.store.types import utcnow
@@ -245,3 +246,67 @@ def test_one_audit_at_a_time_and_no_scheduled_one_beside_a_manual_one(engine: En
     scheduled = jobs.schedule_audit(engine, timedelta(days=1), now=later)
     assert scheduled is not None and scheduled.params["scheduled"] is True
     assert jobs.schedule_audit(engine, timedelta(days=1), now=later) is None
+
+
+def _api(engine: Engine, db_url: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    api = create_app(load_settings(database_url=db_url, api_token=TOKEN), engine=engine)
+
+    async def go() -> httpx.Response:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=api),
+            base_url="http://test",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as c:
+            return await c.request(method, path, **kwargs)
+
+    return asyncio.run(go())
+
+
+def _cli(db_url: str, *args: str) -> Any:
+    return CliRunner().invoke(cli_app, list(args), env={"CRMSYNC_DATABASE_URL": db_url})
+
+
+def test_an_audit_asked_for_beside_one_covering_it_is_refused(engine: Engine, db_url: str) -> None:
+    """The scheduled audit (every object) runs: a person's audit of one object, or of
+    all, is refused with the running job's id (CLI exit status 3, API 409), and no job
+    is added; an audit of one object covers only that object."""
+    scheduled = jobs.schedule_audit(engine, timedelta(days=1))
+    assert scheduled is not None
+    assert jobs.claim(engine, "w1", LEASE) is not None  # it runs
+
+    out = _cli(db_url, "audit", "--object", "lead")
+    assert out.exit_code == 3, out.output
+    assert f"scheduled audit job {scheduled.id} of every object is running" in out.output
+    assert f"crmsync jobs cancel {scheduled.id}" in out.output
+    assert "Traceback" not in out.output
+    out = _cli(db_url, "audit", "--repair", "--json")
+    assert out.exit_code == 3, out.output
+    assert '"code": "audit_running"' in out.output
+
+    resp = _api(engine, db_url, "POST", "/api/v1/sync/audit", json={"object": "contact"})
+    assert resp.status_code == 409, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "audit_running" and f"job {scheduled.id}" in error["message"]
+    with engine.connect() as conn:
+        assert [j.id for j in jobs.recent(conn)] == [scheduled.id]
+
+    with write_transaction(engine) as conn:  # it stops at its next page: it covers nothing
+        assert jobs.cancel(conn, scheduled.id).state is JobState.RUNNING
+    resp = _api(engine, db_url, "POST", "/api/v1/sync/audit", json={"object": "lead"})
+    assert resp.status_code == 202, resp.text
+    lead = resp.json()["id"]
+    # Waiting, the lead audit covers lead (and so an audit of every object), not contact.
+    with write_transaction(engine) as conn:
+        with pytest.raises(Busy) as refused:
+            jobs.ask_for_audit(conn, "lead", True)
+        assert refused.value.job_id == lead and "audit job" in str(refused.value)
+    with write_transaction(engine) as conn, pytest.raises(Busy):
+        jobs.ask_for_audit(conn, None, False)
+    with write_transaction(engine) as conn:
+        contact = jobs.ask_for_audit(conn, "contact", False)
+    assert contact.object == "contact" and contact.state is JobState.QUEUED
+
+
+def _create_audit(engine: Engine, obj: str) -> Job:
+    with write_transaction(engine) as conn:
+        return jobs.create(conn, JobKind.AUDIT, obj, None, {"repair": False})
