@@ -239,7 +239,8 @@ def jobs_list(
 def jobs_cancel(
     job_id: Annotated[int, typer.Argument(min=1, max=2**63 - 1, help="The job's id")],
 ) -> None:
-    """Cancel a job: a waiting one at once, a running one at its next page."""
+    """Cancel a job: a waiting one, or one whose worker is dead (its lease ran out), at
+    once; a running one at its next page."""
     from crmsync.store import jobs
     from crmsync.store.db import write_transaction
 

@@ -27,6 +27,7 @@ from crmsync.dynamics.client import DataverseClient
 from crmsync.engine.jobs import MAX_FAILED_RUNS, JobRunner
 from crmsync.engine.pull import Puller
 from crmsync.errors import Busy
+from crmsync.store import audit as store_audit
 from crmsync.store import capture, jobs
 from crmsync.store.db import write_transaction
 from crmsync.store.types import utcnow
@@ -305,6 +306,56 @@ def test_an_audit_asked_for_beside_one_covering_it_is_refused(engine: Engine, db
     with write_transaction(engine) as conn:
         contact = jobs.ask_for_audit(conn, "contact", False)
     assert contact.object == "contact" and contact.state is JobState.QUEUED
+
+
+def _held_by_a_dead_worker(engine: Engine, job: Job) -> Job:
+    held = jobs.claim(engine, "dead", LEASE)
+    assert held is not None and held.id == job.id
+    with write_transaction(engine) as conn:  # its lease ran out: the worker is gone
+        conn.execute(
+            sa.text("UPDATE sync_job SET claimed_until = :t WHERE id = :i"),
+            {"t": utcnow() - timedelta(seconds=1), "i": job.id},
+        )
+    return held
+
+
+def test_a_job_held_by_a_dead_worker_is_cancelled_at_once(engine: Engine, db_url: str) -> None:
+    """``crmsync jobs cancel`` and the API's cancel of a running job whose worker died
+    (its lease ran out) end it cancelled then, not once another worker claims it; the
+    dead worker, were it only late, can neither go on nor end it otherwise. A live
+    worker's job is only asked to stop."""
+    audit_job = _create_audit(engine, "lead")
+    dead = _held_by_a_dead_worker(engine, audit_job)
+    with write_transaction(engine) as conn:
+        store_audit.save_seen(
+            conn, audit_job.id, "lead", [{"crm_id": "a", "version": 1, "excluded": False}]
+        )
+    out = _cli(db_url, "jobs", "cancel", str(audit_job.id))
+    assert out.exit_code == 0, out.output
+    assert out.output.strip() == f"job {audit_job.id}: cancelled"
+    ended = _get(engine, audit_job.id)
+    assert ended.state is JobState.CANCELLED and ended.finished_at is not None
+    assert ended.claimed_by is None and ended.retry_at is None
+    with engine.connect() as conn:  # what it read from Dynamics is dropped with it
+        assert store_audit.count_seen(conn, audit_job.id, "lead") == 0
+    with write_transaction(engine) as conn:
+        assert not jobs.advance(conn, dead, "dead", {"after": 1}, done=1, lease=LEASE)
+    jobs.finish(engine, dead, "dead", JobState.DONE, result={"objects": {}})
+    assert _get(engine, audit_job.id).state is JobState.CANCELLED
+
+    resync = _create(engine, {"since": None, "until": None, "ids": []})
+    _held_by_a_dead_worker(engine, resync)
+    resp = _api(engine, db_url, "POST", f"/api/v1/sync/jobs/{resync.id}/cancel")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["state"] == "cancelled" and resp.json()["finished_at"] is not None
+
+    alive = _create(engine, {"since": None, "until": None, "ids": []})
+    assert jobs.claim(engine, "w1", LEASE) is not None
+    out = _cli(db_url, "jobs", "cancel", str(alive.id))
+    assert out.exit_code == 0 and "running (stopping)" in out.output, out.output
+    still = _get(engine, alive.id)
+    assert still.state is JobState.RUNNING and still.cancel_requested
+    assert still.claimed_by == "w1"
 
 
 def _create_audit(engine: Engine, obj: str) -> Job:

@@ -8,7 +8,8 @@ saves with ``advance`` in the transaction of the work it did (so no page of work
 twice, nor skipped). A run that cannot go on (Dynamics unreachable, or a failure
 crmsync did not expect) gives the job back with ``retry_later``: held by no one, not to
 be claimed before a time, with the reason in ``error``. Cancelling sets a flag the runner
-reads between pages.
+reads between pages; a job no live process holds (waiting, given back, or its holder's
+lease run out) is cancelled at once.
 """
 
 from __future__ import annotations
@@ -323,14 +324,21 @@ def cancel_requested(engine: Engine, job_id: int) -> bool:
 
 
 def cancel(conn: Connection, job_id: int, now: datetime | None = None) -> Job:
-    """Cancel a job: one no process holds (waiting, or given back to resume later) at
-    once, a running one at its next page (the runner reads the flag). One statement, so
-    that a claim between reading the job and writing it cannot make it lose the cancel;
-    a finished job is left as it ended."""
+    """Cancel a job: one no live process holds at once (waiting, given back to resume
+    later, or held by a process whose lease ran out: dead, as ``claim`` takes it), a
+    running one at its next page (the runner reads the flag). One statement, so that a
+    claim between reading the job and writing it cannot make it lose the cancel; a
+    finished job is left as it ended. A holder that was only late (not dead) finds the
+    job no longer running at its next write and stops (``advance`` is False)."""
     now = now or utcnow()
     get(conn, job_id)  # NotFound
     j = sync_job.c
-    at_once = sa.or_(j.state == JobState.QUEUED, j.claimed_by.is_(None))
+    at_once = sa.or_(
+        j.state == JobState.QUEUED,
+        j.claimed_by.is_(None),
+        j.claimed_until.is_(None),
+        j.claimed_until < now,
+    )
     conn.execute(
         sa.update(sync_job)
         .where(j.id == job_id, j.state.in_(ACTIVE))
@@ -338,6 +346,7 @@ def cancel(conn: Connection, job_id: int, now: datetime | None = None) -> Job:
             cancel_requested=True,
             state=sa.case((at_once, JobState.CANCELLED), else_=j.state),
             finished_at=sa.case((at_once, now), else_=j.finished_at),
+            claimed_by=sa.case((at_once, None), else_=j.claimed_by),
             claimed_until=sa.case((at_once, None), else_=j.claimed_until),
         )
     )

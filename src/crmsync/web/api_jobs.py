@@ -134,6 +134,7 @@ def get_job(store: Store, job_id: JobId) -> dict[str, Any]:
 
 @router.post("/jobs/{job_id}/cancel", responses=error_responses(404))
 def cancel_job(store: Store, job_id: JobId) -> dict[str, Any]:
-    """Cancel a job: a waiting one at once, a running one at its next page."""
+    """Cancel a job: a waiting one, or one whose worker is dead (its lease ran out), at
+    once; a running one at its next page."""
     with write_transaction(store) as conn:
         return jobs.as_json(jobs.cancel(conn, job_id))
