@@ -1,16 +1,17 @@
 """The drift audit: do both sides agree, record by record? (and, asked to, repair them)
 
 Cheap on Dynamics: it pages only ids and versions (``$select`` of the key,
-``versionnumber``, ``modifiedon``; 5,000 a page). Each page is saved and compared with
-the store (``store/audit.page_local``, which clears the unmoved rows in SQL) while the
-next is read; only records whose version or local values moved since the last sync are
-read in full, 50 ids a request gathered over up to 10 pages, and compared field by field
-(``engine/compare.py``); the position saved once they are carries the figures, so a
-crash resumes there. Local records Dynamics did not return are
-found last (``store/audit.only_local``). ``repair`` queues fixes through
-``requeue.queue_again`` by flow and rules: a local change is pushed (a Dynamics change
-beside it meets If-Match and the rules), a Dynamics change is applied, a record deleted
-on one side is deleted on the other (synced before) or created there (never synced).
+``versionnumber``, ``modifiedon``; 5,000 a page). Each page is compared with the store
+(``store/audit.page_local``, which clears the unmoved rows in SQL) while the next is
+read; only records whose version or local values moved since the last sync are read in
+full, 50 ids a request gathered over up to 10 pages, and compared field by field
+(``engine/compare.py``). Then the pages' ids are saved (``store/audit.save_seen``) with
+the position, which carries the figures, so a crash resumes there. Local records
+Dynamics did not return are found last (``store/audit.only_local``). ``repair`` queues
+fixes through ``requeue.queue_again`` by flow and rules: a local change is pushed (a
+Dynamics change beside it meets If-Match and the rules), a Dynamics change is applied, a
+record deleted on one side is deleted on the other (synced before) or created there
+(never synced).
 """
 
 from __future__ import annotations
@@ -131,30 +132,37 @@ def moved(
 
 @dataclass
 class Unread:
-    """The pages scanned since the position was last saved: their records to read in
+    """The pages scanned since the position was last saved: their ids and versions (to
+    be saved with the position: a page's random ids dirty most of the index they go
+    into, and ten pages at a time rewrite it less often), their records to read in
     full, and the position saved (renewed with the lease meanwhile)."""
 
     saved: dict[str, Any]
+    seen: list[dict[str, Any]] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
     moved_locally: set[int] = field(default_factory=set)
     pages: int = 0
     done: int = 0
 
-    def add(self, rows: list[dict[str, Any]], moved_locally: set[int], seen: int) -> None:
+    def add(
+        self, seen: list[dict[str, Any]], rows: list[dict[str, Any]], moved_locally: set[int]
+    ) -> None:
+        self.seen += seen
         self.rows += rows
         self.moved_locally |= moved_locally
         self.pages += 1
-        self.done += seen
+        self.done += len(seen)
 
     def due(self, last: bool) -> bool:
         return last or len(self.rows) >= FULL_READ or self.pages >= UNSAVED_PAGES
 
-    def saving(self, position: dict[str, Any]) -> int:
-        """Start over from ``position`` (being saved); returns the ids done since the last."""
-        done = self.done
+    def saving(self, position: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+        """Start over from ``position`` (being saved); returns the ids and versions to
+        save with it, and how many."""
+        seen, done = self.seen, self.done
         self.saved, self.pages, self.done = position, 0, 0
-        self.rows, self.moved_locally = [], set()
-        return done
+        self.seen, self.rows, self.moved_locally = [], [], set()
+        return seen, done
 
 
 class Auditor:
@@ -293,15 +301,13 @@ class Auditor:
     def _save_and_match(
         self, job: Job, spec: ObjectSpec, seen: list[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]], set[int], dict[str, int | None]]:
-        """Save a page of ids and versions, and match it with the store: the local rows
-        to read in full (and which of them moved locally), the ids only Dynamics holds."""
+        """Match a page of ids and versions with the store: the local rows to read in
+        full (and which of them moved locally), the ids only Dynamics holds."""
         self._check_cancel(job)
         # What capture logged meanwhile is the sync's to send, not drift: folded into the
         # queue entries the comparison leaves out (and what a fold still misses, the store
         # leaves out too), so that the log the comparison probes stays short.
         capture.fold_pending(self.engine, wait=False)
-        with write_transaction(self.engine) as conn:
-            store_audit.save_seen(conn, job.id, spec.name, seen)
         versions = {r["crm_id"]: r["version"] for r in seen if not r["excluded"]}
         # One snapshot: a row, its sync state and its queue entries as of one moment.
         with read_transaction(self.engine) as conn:
@@ -337,7 +343,7 @@ class Auditor:
             ]
             found.repaired += await asyncio.to_thread(self._queue, spec, deletes)
             found.repaired += await self._stage(spec, inserts)
-        unread.add(candidates, moved_locally, len(seen))
+        unread.add(seen, candidates, moved_locally)
         if not unread.due(last=position["phase"] == "compare"):
             saved = unread.saved
 
@@ -352,10 +358,11 @@ class Auditor:
                 spec, unread.rows, self._full_select(spec), unread.moved_locally, repair, found
             )
         position["findings"] = found.as_json()
-        done = unread.saving(position)
+        ids, done = unread.saving(position)
 
         def save() -> None:
             with write_transaction(self.engine) as conn:
+                store_audit.save_seen(conn, job.id, spec.name, ids)
                 self._advance(conn, job, position, done)
 
         await asyncio.to_thread(save)
