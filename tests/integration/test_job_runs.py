@@ -1,4 +1,5 @@
-"""Job runs that fail, and cancels that race them, on both backends.
+"""Job runs that fail, cancels that race them or find their worker dead, and one audit
+of the same records at a time, on both backends.
 
 A job whose run raises what crmsync did not expect (here a genuine one: a job row whose
 ``since`` no version of crmsync can read) is given back with the reason and a backoff,

@@ -1,12 +1,13 @@
 """The drift audit's side of the store: what Dynamics holds, compared with what synced.
 
-The audit's first pass saves the ids and versions Dynamics returned (``save_seen``, one
-page a transaction). The comparison runs here, a page at a time, so that neither side
-is ever held in memory:
+The audit's first pass saves the ids and versions Dynamics returned (``save_seen``, a
+few pages a transaction). The comparison runs here, a page at a time, so that neither
+side is ever held in memory:
 
-- ``page_local``: for one page of Dynamics' ids, the local rows holding them with the
-  last synced values and versions (for the engine to pick the ones whose version or
-  local values moved), and the ids no local row holds (only in Dynamics);
+- ``page_local``: for one page of Dynamics' ids and versions, the local rows holding
+  them whose version or values may have moved (the unmoved are cleared in SQL,
+  ``store/unmoved.py``; the engine decides on the rest), and the ids no local row holds
+  (only in Dynamics); ``on_their_way``: which of the moved ones the sync knows of;
 - ``only_local``: after the first pass, local rows whose Dynamics id Dynamics did not
   return (or that have none and were never synced).
 
@@ -43,8 +44,8 @@ PAGE = 5_000
 
 
 def save_seen(conn: Connection, job_id: int, obj: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Remember a page of Dynamics' ids (``crm_id``, ``version``,
-    ``excluded``) for the audit ``job_id``; a page saved twice adds nothing."""
+    """Remember pages of Dynamics' ids (``crm_id``, ``version``, ``excluded``) for the
+    audit ``job_id``, in one statement; a page saved twice adds nothing."""
     if not rows:
         return
     s = sync_audit_seen.c
