@@ -302,6 +302,10 @@ def main() -> None:
             if not exact:
                 raise SystemExit(f"the audit found {got}, planted {planted}")
         ratio = statistics.median(audit_rates) / statistics.median(bare_rates)
+        # The audit's requests are paced to this share of Dataverse's 20 a second
+        # (engine/throttle.Pacer): 0.5 caps it at 10 pages, 50,000 ids, a second.
+        share = settings_for(url, database_url).job_request_share
+        print(f"job_request_share {share} (CRMSYNC_JOB_REQUEST_SHARE)")
         print(
             f"median: bare {statistics.median(bare_rates):,.0f} ids/s, audit"
             f" {statistics.median(audit_rates):,.0f} records/s, ratio {ratio:.2f} (target >= 0.5);"

@@ -161,10 +161,16 @@ def resync(
         raise typer.Exit(1)
 
 
+# ``crmsync audit``'s exit status when an audit covering the same records is waiting or
+# running already (it is not started twice).
+AUDIT_BUSY = 3
+
+
 @app.command(
     help="Compare both sides of every mapped object (or one): records only here, only in"
     " Dynamics, or with different values. --repair queues the fixes under each object's"
-    " conflict rules."
+    " conflict rules.\n\nRefused (exit status 3) while an audit of the same records is"
+    " waiting or running, the scheduled one included: `crmsync jobs list` shows it."
 )
 def audit(
     object: Annotated[str | None, typer.Option(help="Only this object")] = None,
@@ -172,7 +178,8 @@ def audit(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON, as the API answers")] = False,
 ) -> None:
     """Audit (the help text is the decorator's)."""
-    from crmsync.domain import JobKind, JobState
+    from crmsync.domain import JobState
+    from crmsync.errors import Busy
     from crmsync.store import jobs
     from crmsync.store.db import write_transaction
     from crmsync.store.params import check_choice
@@ -180,8 +187,14 @@ def audit(
     settings = _settings()
     with _store(settings) as engine:
         check_choice("object", object, settings.object_specs())
-        with write_transaction(engine) as conn:
-            job = jobs.create(conn, JobKind.AUDIT, object, None, {"repair": repair})
+        try:
+            with write_transaction(engine) as conn:
+                job = jobs.ask_for_audit(conn, object, repair)
+        except Busy as exc:
+            if as_json:
+                _print_json({"error": {"code": "audit_running", "message": str(exc)}})
+            typer.echo(f"crmsync: {exc} (`crmsync jobs cancel {exc.job_id}` cancels it)", err=True)
+            raise typer.Exit(AUDIT_BUSY) from None
         ended = _run_job(settings, engine, job, "audit", not as_json)
     found = list(((ended.result or {}).get("objects") or {}).values())
     if as_json:
@@ -226,7 +239,8 @@ def jobs_list(
 def jobs_cancel(
     job_id: Annotated[int, typer.Argument(min=1, max=2**63 - 1, help="The job's id")],
 ) -> None:
-    """Cancel a job: a waiting one at once, a running one at its next page."""
+    """Cancel a job: a waiting one, or one whose worker is dead (its lease ran out), at
+    once; a running one at its next page."""
     from crmsync.store import jobs
     from crmsync.store.db import write_transaction
 

@@ -7,6 +7,8 @@
 - ``ObjectUnusable``: every record of one object fails (Dynamics has no such table); that
   object's error for the operator, the other objects go on.
 - ``Fatal``: nothing will work until a person fixes configuration or credentials.
+- ``Busy``: what was asked for is being done already (a job names it); wait for it, or
+  cancel it and ask again.
 
 The families are disjoint (none is a subclass of another), so a handler reads the family
 of what it caught, whatever the order of its ``except`` clauses.
@@ -61,6 +63,15 @@ class ObjectUnusable(Refusal):
 
 class Fatal(CrmsyncError):
     """Configuration or authentication that cannot be fixed by retrying."""
+
+
+class Busy(CrmsyncError):
+    """What was asked for is being done already: ``job_id`` is the job doing it (an
+    audit of the same records, waiting or running). Asking again would do it twice."""
+
+    def __init__(self, message: str, *, job_id: int):
+        super().__init__(message)
+        self.job_id = job_id
 
 
 class ValidationFailed(CrmsyncError):

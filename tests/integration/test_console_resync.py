@@ -44,6 +44,9 @@ async def test_resync_and_audit_forms_and_the_live_section(
     r = await c.post(f"{STATUS}/audit", data={"repair": "1", "csrf_token": token})
     html = (await c.get(r.headers["location"])).text
     assert "Audit queued as job 2." in html and "(repair)" in html
+    r = await c.post(f"{STATUS}/audit", data={"csrf_token": token})  # beside it: refused
+    html = (await c.get(r.headers["location"])).text
+    assert "No audit queued: audit job 2 of every object is queued" in html
 
     r = await c.post(f"{STATUS}/jobs/1/cancel", data={"csrf_token": token})
     html = (await c.get(r.headers["location"])).text

@@ -1,4 +1,5 @@
-"""Job runs that fail, and cancels that race them, on both backends.
+"""Job runs that fail, cancels that race them or find their worker dead, and one audit
+of the same records at a time, on both backends.
 
 A job whose run raises what crmsync did not expect (here a genuine one: a job row whose
 ``since`` no version of crmsync can read) is given back with the reason and a backoff,
@@ -26,6 +27,8 @@ from crmsync.domain import Direction, JobKind, JobState
 from crmsync.dynamics.client import DataverseClient
 from crmsync.engine.jobs import MAX_FAILED_RUNS, JobRunner
 from crmsync.engine.pull import Puller
+from crmsync.errors import Busy
+from crmsync.store import audit as store_audit
 from crmsync.store import capture, jobs
 from crmsync.store.db import write_transaction
 from crmsync.store.types import utcnow
@@ -245,3 +248,117 @@ def test_one_audit_at_a_time_and_no_scheduled_one_beside_a_manual_one(engine: En
     scheduled = jobs.schedule_audit(engine, timedelta(days=1), now=later)
     assert scheduled is not None and scheduled.params["scheduled"] is True
     assert jobs.schedule_audit(engine, timedelta(days=1), now=later) is None
+
+
+def _api(engine: Engine, db_url: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    api = create_app(load_settings(database_url=db_url, api_token=TOKEN), engine=engine)
+
+    async def go() -> httpx.Response:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=api),
+            base_url="http://test",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as c:
+            return await c.request(method, path, **kwargs)
+
+    return asyncio.run(go())
+
+
+def _cli(db_url: str, *args: str) -> Any:
+    return CliRunner().invoke(cli_app, list(args), env={"CRMSYNC_DATABASE_URL": db_url})
+
+
+def test_an_audit_asked_for_beside_one_covering_it_is_refused(engine: Engine, db_url: str) -> None:
+    """The scheduled audit (every object) runs: a person's audit of one object, or of
+    all, is refused with the running job's id (CLI exit status 3, API 409), and no job
+    is added; an audit of one object covers only that object."""
+    scheduled = jobs.schedule_audit(engine, timedelta(days=1))
+    assert scheduled is not None
+    assert jobs.claim(engine, "w1", LEASE) is not None  # it runs
+
+    out = _cli(db_url, "audit", "--object", "lead")
+    assert out.exit_code == 3, out.output
+    assert f"scheduled audit job {scheduled.id} of every object is running" in out.output
+    assert f"crmsync jobs cancel {scheduled.id}" in out.output
+    assert "Traceback" not in out.output
+    out = _cli(db_url, "audit", "--repair", "--json")
+    assert out.exit_code == 3, out.output
+    assert '"code": "audit_running"' in out.output
+
+    resp = _api(engine, db_url, "POST", "/api/v1/sync/audit", json={"object": "contact"})
+    assert resp.status_code == 409, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "audit_running" and f"job {scheduled.id}" in error["message"]
+    with engine.connect() as conn:
+        assert [j.id for j in jobs.recent(conn)] == [scheduled.id]
+
+    with write_transaction(engine) as conn:  # it stops at its next page: it covers nothing
+        assert jobs.cancel(conn, scheduled.id).state is JobState.RUNNING
+    resp = _api(engine, db_url, "POST", "/api/v1/sync/audit", json={"object": "lead"})
+    assert resp.status_code == 202, resp.text
+    lead = resp.json()["id"]
+    # Waiting, the lead audit covers lead (and so an audit of every object), not contact.
+    with write_transaction(engine) as conn:
+        with pytest.raises(Busy) as refused:
+            jobs.ask_for_audit(conn, "lead", True)
+        assert refused.value.job_id == lead and "audit job" in str(refused.value)
+    with write_transaction(engine) as conn, pytest.raises(Busy):
+        jobs.ask_for_audit(conn, None, False)
+    with write_transaction(engine) as conn:
+        contact = jobs.ask_for_audit(conn, "contact", False)
+    assert contact.object == "contact" and contact.state is JobState.QUEUED
+
+
+def _held_by_a_dead_worker(engine: Engine, job: Job) -> Job:
+    held = jobs.claim(engine, "dead", LEASE)
+    assert held is not None and held.id == job.id
+    with write_transaction(engine) as conn:  # its lease ran out: the worker is gone
+        conn.execute(
+            sa.text("UPDATE sync_job SET claimed_until = :t WHERE id = :i"),
+            {"t": utcnow() - timedelta(seconds=1), "i": job.id},
+        )
+    return held
+
+
+def test_a_job_held_by_a_dead_worker_is_cancelled_at_once(engine: Engine, db_url: str) -> None:
+    """``crmsync jobs cancel`` and the API's cancel of a running job whose worker died
+    (its lease ran out) end it cancelled then, not once another worker claims it; the
+    dead worker, were it only late, can neither go on nor end it otherwise. A live
+    worker's job is only asked to stop."""
+    audit_job = _create_audit(engine, "lead")
+    dead = _held_by_a_dead_worker(engine, audit_job)
+    with write_transaction(engine) as conn:
+        store_audit.save_seen(
+            conn, audit_job.id, "lead", [{"crm_id": "a", "version": 1, "excluded": False}]
+        )
+    out = _cli(db_url, "jobs", "cancel", str(audit_job.id))
+    assert out.exit_code == 0, out.output
+    assert out.output.strip() == f"job {audit_job.id}: cancelled"
+    ended = _get(engine, audit_job.id)
+    assert ended.state is JobState.CANCELLED and ended.finished_at is not None
+    assert ended.claimed_by is None and ended.retry_at is None
+    with engine.connect() as conn:  # what it read from Dynamics is dropped with it
+        assert store_audit.count_seen(conn, audit_job.id, "lead") == 0
+    with write_transaction(engine) as conn:
+        assert not jobs.advance(conn, dead, "dead", {"after": 1}, done=1, lease=LEASE)
+    jobs.finish(engine, dead, "dead", JobState.DONE, result={"objects": {}})
+    assert _get(engine, audit_job.id).state is JobState.CANCELLED
+
+    resync = _create(engine, {"since": None, "until": None, "ids": []})
+    _held_by_a_dead_worker(engine, resync)
+    resp = _api(engine, db_url, "POST", f"/api/v1/sync/jobs/{resync.id}/cancel")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["state"] == "cancelled" and resp.json()["finished_at"] is not None
+
+    alive = _create(engine, {"since": None, "until": None, "ids": []})
+    assert jobs.claim(engine, "w1", LEASE) is not None
+    out = _cli(db_url, "jobs", "cancel", str(alive.id))
+    assert out.exit_code == 0 and "running (stopping)" in out.output, out.output
+    still = _get(engine, alive.id)
+    assert still.state is JobState.RUNNING and still.cancel_requested
+    assert still.claimed_by == "w1"
+
+
+def _create_audit(engine: Engine, obj: str) -> Job:
+    with write_transaction(engine) as conn:
+        return jobs.create(conn, JobKind.AUDIT, obj, None, {"repair": False})

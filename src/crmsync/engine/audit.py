@@ -1,15 +1,17 @@
 """The drift audit: do both sides agree, record by record? (and, asked to, repair them)
 
 Cheap on Dynamics: it pages only ids and versions (``$select`` of the key,
-``versionnumber``, ``modifiedon``; 5,000 a page). Each page is saved and compared with
-the store (``store/audit.page_local``) while the next is read; only records whose version
-or local values moved since the last sync are read in full (50 ids a request) and
-compared field by field (``engine/compare.py``); the position saved after each page
-carries the figures, so a crash resumes there. Local records Dynamics did not return are
-found last (``store/audit.only_local``). ``repair`` queues fixes through
-``requeue.queue_again`` by flow and rules: a local change is pushed (a Dynamics change
-beside it meets If-Match and the rules), a Dynamics change is applied, a record deleted
-on one side is deleted on the other (synced before) or created there (never synced).
+``versionnumber``, ``modifiedon``; 5,000 a page). Each page is compared with the store
+(``store/audit.page_local``, which clears the unmoved rows in SQL) while the next is
+read; only records whose version or local values moved since the last sync are read in
+full, 50 ids a request gathered over up to 10 pages, and compared field by field
+(``engine/compare.py``). Then the pages' ids are saved (``store/audit.save_seen``) with
+the position, which carries the figures, so a crash resumes there. Local records
+Dynamics did not return are found last (``store/audit.only_local``). ``repair`` queues
+fixes through ``requeue.queue_again`` by flow and rules: a local change is pushed (a
+Dynamics change beside it meets If-Match and the rules), a Dynamics change is applied, a
+record deleted on one side is deleted on the other (synced before) or created there
+(never synced).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from crmsync.engine.compare import compare_record, differs_from_base
 from crmsync.engine.pull import Puller, Requeue, entry_row
 from crmsync.store import audit as store_audit
 from crmsync.store import capture, jobs, requeue
-from crmsync.store.db import write_transaction
+from crmsync.store.db import read_transaction, write_transaction
 from crmsync.store.types import utcnow
 from crmsync.values import Job, Known, LocalRef, parse_time
 
@@ -39,6 +41,11 @@ log = logging.getLogger(__name__)
 
 PAGE = 5_000
 SAMPLES = 10
+FULL_READ = 50  # ids a request when records are read in full
+# Pages whose moved records wait to be read in full together (FULL_READ a request
+# rather than a request a page): the position is saved when they are, so a crash
+# reads at most these pages' ids again.
+UNSAVED_PAGES = 10
 
 
 class Cancelled(Exception):
@@ -85,6 +92,77 @@ def version_moved(row: dict[str, Any]) -> bool:
     """Whether Dynamics' version of a record differs from the one last synced."""
     synced = row.get("_synced_version") or ch.version_of(row.get("_etag"))
     return synced is None or row.get("_seen") is None or int(row["_seen"]) != int(synced)
+
+
+def ids_and_versions(
+    key: str, filter_field: str | None, rows: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """A page of the first pass as ``save_seen`` keeps it: ``crm_id`` (lower case),
+    ``version``, ``excluded`` (by the sync filter)."""
+    out = []
+    for row in rows:
+        version = row.get(ch.VERSION)
+        out.append(
+            {
+                "crm_id": str(row[key]).lower(),
+                # Dataverse sends versionnumber as a number: the parse only for the rest.
+                "version": version if type(version) is int else ch.row_version(row),
+                "excluded": filter_field is not None and row.get(filter_field) is False,
+            }
+        )
+    return out
+
+
+def moved(
+    spec: ObjectSpec, rows: Sequence[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], set[int]]:
+    """Of a page's local rows (as ``page_local`` returns them, with the version
+    Dynamics returned as ``_seen``), those whose local values or Dynamics version moved
+    since the last sync, and the local ids of those whose local values moved."""
+    moved_locally: set[int] = set()
+    candidates = []
+    for row in rows:
+        local_moved = bool(differs_from_base(spec, row, row["_synced"]))
+        if local_moved:
+            moved_locally.add(row["id"])
+        if local_moved or version_moved(row):
+            candidates.append(row)
+    return candidates, moved_locally
+
+
+@dataclass
+class Unread:
+    """The pages scanned since the position was last saved: their ids and versions (to
+    be saved with the position: a page's random ids dirty most of the index they go
+    into, and ten pages at a time rewrite it less often), their records to read in
+    full, and the position saved (renewed with the lease meanwhile)."""
+
+    saved: dict[str, Any]
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    moved_locally: set[int] = field(default_factory=set)
+    pages: int = 0
+    done: int = 0
+
+    def add(
+        self, seen: list[dict[str, Any]], rows: list[dict[str, Any]], moved_locally: set[int]
+    ) -> None:
+        self.seen += seen
+        self.rows += rows
+        self.moved_locally |= moved_locally
+        self.pages += 1
+        self.done += len(seen)
+
+    def due(self, last: bool) -> bool:
+        return last or len(self.rows) >= FULL_READ or self.pages >= UNSAVED_PAGES
+
+    def saving(self, position: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+        """Start over from ``position`` (being saved); returns the ids and versions to
+        save with it, and how many."""
+        seen, done = self.seen, self.done
+        self.saved, self.pages, self.done = position, 0, 0
+        self.seen, self.rows, self.moved_locally = [], [], set()
+        return seen, done
 
 
 class Auditor:
@@ -201,25 +279,19 @@ class Auditor:
             ),
         )
         task: asyncio.Task[None] | None = None
+        unread = Unread(dict(position))
         try:
             async for page in pages:
                 await self.puller.job_pace()  # before the next page is asked for
                 if task is not None:
                     await task
                     self._report(job)
-                seen = [
-                    {
-                        "crm_id": str(row[spec.primary_key]).lower(),
-                        "version": ch.row_version(row),
-                        "excluded": filter_field is not None and row.get(filter_field) is False,
-                    }
-                    for row in page.rows
-                ]
+                seen = ids_and_versions(spec.primary_key, filter_field, page.rows)
                 position["next_link"] = page.next_link
                 if page.next_link is None:
                     position["phase"] = "compare"
                 step = dict(position)
-                task = asyncio.create_task(self._page(job, spec, seen, step, repair, found))
+                task = asyncio.create_task(self._page(job, spec, seen, step, repair, found, unread))
         finally:
             await pages.aclose()
         if task is not None:
@@ -228,17 +300,21 @@ class Auditor:
 
     def _save_and_match(
         self, job: Job, spec: ObjectSpec, seen: list[dict[str, Any]]
-    ) -> tuple[dict[str, dict[str, Any]], dict[str, int | None]]:
+    ) -> tuple[list[dict[str, Any]], set[int], dict[str, int | None]]:
+        """Match a page of ids and versions with the store: the local rows to read in
+        full (and which of them moved locally), the ids only Dynamics holds."""
         self._check_cancel(job)
         # What capture logged meanwhile is the sync's to send, not drift: folded into the
         # queue entries the comparison leaves out (and what a fold still misses, the store
         # leaves out too), so that the log the comparison probes stays short.
         capture.fold_pending(self.engine, wait=False)
-        with write_transaction(self.engine) as conn:
-            store_audit.save_seen(conn, job.id, spec.name, seen)
-            return store_audit.page_local(
-                conn, spec, [r["crm_id"] for r in seen if not r["excluded"]]
-            )
+        versions = {r["crm_id"]: r["version"] for r in seen if not r["excluded"]}
+        # One snapshot: a row, its sync state and its queue entries as of one moment.
+        with read_transaction(self.engine) as conn:
+            rows, missing = store_audit.page_local(conn, spec, versions)
+            candidates, moved_locally = moved(spec, rows)
+            known = store_audit.on_their_way(conn, spec, candidates)
+        return [r for r in candidates if r["crm_id"] not in known], moved_locally, missing
 
     async def _page(
         self,
@@ -248,8 +324,11 @@ class Auditor:
         position: dict[str, Any],
         repair: bool,
         found: Findings,
+        unread: Unread,
     ) -> None:
-        matches, missing = await asyncio.to_thread(self._save_and_match, job, spec, seen)
+        candidates, moved_locally, missing = await asyncio.to_thread(
+            self._save_and_match, job, spec, seen
+        )
         found.only_dynamics += len(missing)
         for crm_id, record_id in missing.items():
             found.sample(DriftKind.ONLY_DYNAMICS, crm_id=crm_id, record_id=record_id)
@@ -264,25 +343,27 @@ class Auditor:
             ]
             found.repaired += await asyncio.to_thread(self._queue, spec, deletes)
             found.repaired += await self._stage(spec, inserts)
-        versions = {r["crm_id"]: r["version"] for r in seen}
-        moved_locally: set[int] = set()
-        candidates = []
-        for crm_id, row in matches.items():
-            row["_seen"] = versions.get(crm_id)
-            local_moved = bool(differs_from_base(spec, row, row["_synced"]))
-            if local_moved:
-                moved_locally.add(row["id"])
-            if local_moved or version_moved(row):
-                candidates.append(row)
-        if candidates:
+        unread.add(seen, candidates, moved_locally)
+        if not unread.due(last=position["phase"] == "compare"):
+            saved = unread.saved
+
+            def renew() -> None:  # the lease; the position stays where it was saved
+                with write_transaction(self.engine) as conn:
+                    self._advance(conn, job, saved, 0)
+
+            await asyncio.to_thread(renew)
+            return
+        if unread.rows:
             await self._compare_in_full(
-                spec, candidates, self._full_select(spec), moved_locally, repair, found
+                spec, unread.rows, self._full_select(spec), unread.moved_locally, repair, found
             )
         position["findings"] = found.as_json()
+        ids, done = unread.saving(position)
 
         def save() -> None:
             with write_transaction(self.engine) as conn:
-                self._advance(conn, job, position, len(seen))
+                store_audit.save_seen(conn, job.id, spec.name, ids)
+                self._advance(conn, job, position, done)
 
         await asyncio.to_thread(save)
 
@@ -378,8 +459,8 @@ class Auditor:
         pushes: list[LocalRef] = []
         pulls: list[str] = []
         overwrite: list[str] = []  # a local change of a record only Dynamics writes
-        for i in range(0, len(rows), 50):
-            chunk = rows[i : i + 50]
+        for i in range(0, len(rows), FULL_READ):
+            chunk = rows[i : i + FULL_READ]
             full = await self.puller.read_by_ids(
                 spec, [str(r["crm_id"]).lower() for r in chunk], select
             )

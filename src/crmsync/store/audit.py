@@ -1,12 +1,13 @@
 """The drift audit's side of the store: what Dynamics holds, compared with what synced.
 
-The audit's first pass saves the ids and versions Dynamics returned (``save_seen``, one
-page a transaction). The comparison runs here, a page at a time, so that neither side
-is ever held in memory:
+The audit's first pass saves the ids and versions Dynamics returned (``save_seen``, a
+few pages a transaction). The comparison runs here, a page at a time, so that neither
+side is ever held in memory:
 
-- ``page_local``: for one page of Dynamics' ids, the local rows holding them with the
-  last synced values and versions (for the engine to pick the ones whose version or
-  local values moved), and the ids no local row holds (only in Dynamics);
+- ``page_local``: for one page of Dynamics' ids and versions, the local rows holding
+  them whose version or values may have moved (the unmoved are cleared in SQL,
+  ``store/unmoved.py``; the engine decides on the rest), and the ids no local row holds
+  (only in Dynamics); ``on_their_way``: which of the moved ones the sync knows of;
 - ``only_local``: after the first pass, local rows whose Dynamics id Dynamics did not
   return (or that have none and were never synced).
 
@@ -17,6 +18,7 @@ drift: the sync knows of them. Records the sync filter excludes are left out.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -28,6 +30,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crmsync.domain import Direction, ObjectSpec
 from crmsync.store.local_tables import local_table
+from crmsync.store.pgarrays import id_in, unnest
 from crmsync.store.schema import (
     sync_audit,
     sync_audit_seen,
@@ -35,19 +38,43 @@ from crmsync.store.schema import (
     sync_queue,
     sync_record,
 )
+from crmsync.store.unmoved import same_as_synced
 
 PAGE = 5_000
 
 
 def save_seen(conn: Connection, job_id: int, obj: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Remember a page of Dynamics' ids (``crm_id``, ``version``,
-    ``excluded``) for the audit ``job_id``; a page saved twice adds nothing."""
+    """Remember pages of Dynamics' ids (``crm_id``, ``version``, ``excluded``) for the
+    audit ``job_id``, in one statement; a page saved twice adds nothing."""
     if not rows:
         return
-    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(sync_audit_seen)
+    s = sync_audit_seen.c
+    job, name = sa.literal(job_id, sa.BigInteger), sa.literal(obj, sa.String)
+    if conn.dialect.name == "postgresql":
+        page = unnest("seen", crm_id=sa.String, version=sa.BigInteger, excluded=sa.Boolean)
+        values = sa.select(job, name, page.c.crm_id, page.c.version, page.c.excluded)
+        insert: Any = pg_insert(sync_audit_seen)
+        params: dict[str, Any] = {
+            "seen_crm_id": [r["crm_id"] for r in rows],
+            "seen_version": [r["version"] for r in rows],
+            "seen_excluded": [bool(r["excluded"]) for r in rows],
+        }
+    else:
+        # One JSON parameter, the page's rows as [crm_id, version, excluded] arrays.
+        each = sa.func.json_each(sa.bindparam("seen", type_=sa.String)).table_valued("value")
+        values = sa.select(
+            job, name, *(sa.func.json_extract(each.c.value, f"$[{i}]") for i in range(3))
+        ).where(sa.true())  # SQLite: an upsert's SELECT needs a WHERE (lang_upsert.html)
+        insert = sqlite_insert(sync_audit_seen)
+        params = {
+            "seen": json.dumps([[r["crm_id"], r["version"], bool(r["excluded"])] for r in rows])
+        }
+    columns = [s.job_id, s.object, s.crm_id, s.version, s.excluded]
     conn.execute(
-        insert.on_conflict_do_nothing(index_elements=["job_id", "object", "crm_id"]),
-        [{"job_id": job_id, "object": obj, **r} for r in rows],
+        insert.from_select(columns, values).on_conflict_do_nothing(
+            index_elements=["job_id", "object", "crm_id"]
+        ),
+        params,
     )
 
 
@@ -85,7 +112,7 @@ def _captured_ids(conn: Connection, obj: str, record_ids: Sequence[int]) -> set[
     c = sync_change.c
     return set(
         conn.execute(
-            sa.select(c.record_id).where(c.object == obj, c.record_id.in_(sorted(record_ids)))
+            sa.select(c.record_id).where(c.object == obj, id_in(conn, c.record_id, record_ids))
         ).scalars()
     )
 
@@ -162,68 +189,115 @@ def only_local(
 
 
 def page_local(
-    conn: Connection, spec: ObjectSpec, crm_ids: Sequence[str]
-) -> tuple[dict[str, dict[str, Any]], dict[str, int | None]]:
-    """For a page of Dynamics ids: the local rows holding them (the compared columns,
-    ``_synced``, ``_synced_version``, ``_etag``), and for the ids no local row holds,
-    the local id their last sync recorded (None: never synced here). Records the sync
-    knows to be on their way (queued either way) or excluded are in neither."""
-    if not crm_ids:
-        return {}, {}
-    r, table, q = sync_record.c, local_table(spec), sync_queue.c
-    wanted = sorted(set(crm_ids))
+    conn: Connection, spec: ObjectSpec, versions: Mapping[str, int | None]
+) -> tuple[list[dict[str, Any]], dict[str, int | None]]:
+    """For a page of Dynamics ids and the versions Dynamics returned: the local rows
+    holding them that may have moved since their last sync (the compared columns,
+    ``_synced``, ``_synced_version``, ``_etag``, and ``_seen``, Dynamics' version), and
+    for the ids no local row holds, the local id their last sync recorded (None: never
+    synced here).
+
+    A row whose Dynamics version and mapped values are still the last synced ones
+    (``unmoved.same_as_synced``) is left out in SQL; the rows returned are compared in
+    Python, which decides. Rows excluded or marked deleted in Dynamics are in neither,
+    nor are missing ids the sync knows to be on their way. Whether a returned row's
+    change is on its way is asked of the few that moved (``on_their_way``)."""
+    if not versions:
+        return [], {}
+    r, table = sync_record.c, local_table(spec)
+    # The page in one parameter: ids and versions side by side.
+    if conn.dialect.name == "postgresql":
+        page = unnest("page", crm_id=sa.String, version=sa.BigInteger)
+        page_id, seen = page.c.crm_id, page.c.version
+        params: dict[str, Any] = {
+            "page_crm_id": list(versions),
+            "page_version": list(versions.values()),
+        }
+    else:
+        page = sa.func.json_each(sa.bindparam("page", type_=sa.String)).table_valued("key", "value")
+        page_id, seen = page.c.key, page.c.value
+        params = {"page": json.dumps(versions)}
+    skip = sa.or_(_marked(spec, table), sa.func.coalesce(r.excluded, sa.false()).is_(True))
+    cleared = sa.func.coalesce(
+        sa.and_(
+            r.crm_version == seen,
+            r.crm_version != 0,  # no version: ``version_moved`` falls back on the ETag
+            same_as_synced(conn.dialect.name, spec, table, r.synced_values),
+        ),
+        sa.false(),
+    )
     rows = conn.execute(
         sa.select(
+            page_id.label("_page_id"),
+            seen.label("_seen"),
             *_compared(spec, table),
             r.synced_values.label("_synced"),
             r.crm_version.label("_synced_version"),
             r.etag.label("_etag"),
-            sa.or_(_marked(spec, table), sa.func.coalesce(r.excluded, sa.false()).is_(True)).label(
-                "_skip"
-            ),
         )
-        .outerjoin(sync_record, (r.object == spec.name) & (r.record_id == table.c.id))
-        .where(table.c.crm_id.in_(wanted))
-    ).mappings()
-    present: set[str] = set()
-    found: dict[str, dict[str, Any]] = {}
-    for x in rows:
-        present.add(x["crm_id"])
-        if not x["_skip"]:
-            found[x["crm_id"]] = dict(x)
-    # The capture log first, then the queue (small beside a page; two probes): a fold
-    # between the probes moves an entry from the first to the second, so it is seen.
-    captured = _captured_ids(conn, spec.name, [x["id"] for x in found.values()])
-    found = {c: x for c, x in found.items() if x["id"] not in captured}
-    if found:
-        pushing = set(
-            conn.execute(
-                sa.select(q.record_key).where(
-                    q.object == spec.name,
-                    q.direction == Direction.TO_CRM,
-                    q.record_key.in_(sorted({str(x["id"]) for x in found.values()})),
-                )
-            ).scalars()
+        .select_from(
+            page.outerjoin(table, table.c.crm_id == page_id).outerjoin(
+                sync_record, (r.object == spec.name) & (r.record_id == table.c.id)
+            )
         )
-        pulling = set(
-            conn.execute(
-                sa.select(q.record_key).where(
-                    q.object == spec.name,
-                    q.direction == Direction.FROM_CRM,
-                    q.record_key.in_(sorted(found)),
-                )
-            ).scalars()
+        .where(sa.or_(table.c.id.is_(None), ~skip & ~cleared)),
+        params,
+    )
+    keys = list(rows.keys())
+    found: list[dict[str, Any]] = []
+    missing: list[str] = []
+    for values in rows:
+        row = dict(zip(keys, values, strict=True))
+        page_id = row.pop("_page_id")
+        if row["id"] is None:
+            missing.append(page_id)
+        else:
+            found.append(row)
+    return found, _only_dynamics(conn, spec, sorted(missing)) if missing else {}
+
+
+def on_their_way(conn: Connection, spec: ObjectSpec, rows: Sequence[Mapping[str, Any]]) -> set[str]:
+    """The Dynamics ids of those local ``rows`` (``id``, ``crm_id``) with a change the
+    sync knows of: in the capture log, or queued either way (pending or parked)."""
+    if not rows:
+        return set()
+    q = sync_queue.c
+    by_id = {int(x["id"]): str(x["crm_id"]) for x in rows}
+    # The capture log first, then the queue: a fold between the reads (PostgreSQL's
+    # read committed) moves an entry from the first to the second, so it is seen.
+    known = {by_id[i] for i in _captured_ids(conn, spec.name, list(by_id))}
+    pushing = conn.execute(
+        sa.select(q.record_key).where(
+            q.object == spec.name,
+            q.direction == Direction.TO_CRM,
+            id_in(conn, q.record_key, [str(i) for i in by_id]),
         )
-        found = {c: x for c, x in found.items() if c not in pulling and str(x["id"]) not in pushing}
-    missing = [c for c in wanted if c not in present]
-    if not missing:
-        return found, {}
+    ).scalars()
+    known.update(by_id[int(k)] for k in pushing)
+    known.update(
+        conn.execute(
+            sa.select(q.record_key).where(
+                q.object == spec.name,
+                q.direction == Direction.FROM_CRM,
+                id_in(conn, q.record_key, list(by_id.values())),
+            )
+        ).scalars()
+    )
+    return known
+
+
+def _only_dynamics(
+    conn: Connection, spec: ObjectSpec, missing: Sequence[str]
+) -> dict[str, int | None]:
+    """Of a page's ids no local row holds, those the sync does not know to be on their
+    way, with the local id their last sync recorded (None: never synced here)."""
+    r, q = sync_record.c, sync_queue.c
     # A local deletion capture logged: its record id, by the sync state's crm_id.
     synced = {
         c: (i, bool(x))
         for c, i, x in conn.execute(
             sa.select(r.crm_id, r.record_id, r.excluded).where(
-                r.object == spec.name, r.crm_id.in_(missing)
+                r.object == spec.name, id_in(conn, r.crm_id, missing)
             )
         )
     }
@@ -231,17 +305,21 @@ def page_local(
     queued = set(
         conn.execute(
             sa.select(q.record_key).where(
-                q.object == spec.name, q.direction == Direction.FROM_CRM, q.record_key.in_(missing)
+                q.object == spec.name,
+                q.direction == Direction.FROM_CRM,
+                id_in(conn, q.record_key, missing),
             )
         ).scalars()
     ) | set(
         conn.execute(
             sa.select(q.crm_id).where(
-                q.object == spec.name, q.direction == Direction.TO_CRM, q.crm_id.in_(missing)
+                q.object == spec.name,
+                q.direction == Direction.TO_CRM,
+                id_in(conn, q.crm_id, missing),
             )
         ).scalars()
     )
-    return found, {
+    return {
         c: synced[c][0] if c in synced else None
         for c in missing
         if c not in queued and not (c in synced and (synced[c][1] or synced[c][0] in deleting))

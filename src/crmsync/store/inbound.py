@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from itertools import chain
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
@@ -34,6 +33,7 @@ from crmsync.mapping import active
 from crmsync.store import history, parents, queue
 from crmsync.store.db import capture_suppressed
 from crmsync.store.local_tables import local_table
+from crmsync.store.pgarrays import id_in
 from crmsync.store.schema import (
     sync_change,
     sync_cursor,
@@ -148,16 +148,6 @@ def _loaded_events(
                 ).where(id_in(conn, table.c.crm_id, crm_ids)),
             )
         )
-
-
-def id_in(conn: Connection, column: sa.ColumnElement[Any], ids: Iterable[str | int]) -> Any:
-    """``column IN ids`` with the ids as ONE parameter: ``in_()`` with thousands of
-    values costs more in SQLAlchemy's parameter expansion than the lookup in the
-    database."""
-    if conn.dialect.name == "postgresql":
-        return column == sa.any_(sa.bindparam(None, list(ids), type_=ARRAY(column.type)))
-    each = sa.func.json_each(sa.bindparam(None, json.dumps(list(ids)), type_=sa.String))
-    return column.in_(sa.select(each.table_valued("value").c.value))
 
 
 def known_ids(

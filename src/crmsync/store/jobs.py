@@ -8,7 +8,8 @@ saves with ``advance`` in the transaction of the work it did (so no page of work
 twice, nor skipped). A run that cannot go on (Dynamics unreachable, or a failure
 crmsync did not expect) gives the job back with ``retry_later``: held by no one, not to
 be claimed before a time, with the reason in ``error``. Cancelling sets a flag the runner
-reads between pages.
+reads between pages; a job no live process holds (waiting, given back, or its holder's
+lease run out) is cancelled at once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
 from crmsync.domain import Direction, JobKind, JobState
+from crmsync.errors import Busy
 from crmsync.store.db import write_transaction
 from crmsync.store.schema import sync_audit_seen, sync_job
 from crmsync.store.types import utcnow
@@ -105,6 +107,47 @@ def schedule_audit(engine: Engine, every: timedelta, now: datetime | None = None
         if recent is not None:
             return None
         return create(conn, JobKind.AUDIT, None, None, {"repair": False, "scheduled": True}, now)
+
+
+def ask_for_audit(
+    conn: Connection, obj: str | None, repair: bool, now: datetime | None = None
+) -> Job:
+    """Ask for an audit of ``obj`` (None: every object) as a person does (the CLI, the
+    API, the console), or raise ``Busy`` naming the audit asked for already that
+    covers it, waiting or running and not cancelled (one of every object covers all):
+    a second would read the same records again beside it. On PostgreSQL the scheduled
+    audit's advisory lock makes the check and the ask one step; SQLite's write
+    transaction is one already."""
+    now = now or utcnow()
+    j = sync_job.c
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK})
+    covering = conn.execute(
+        sa.select(sync_job)
+        .where(
+            j.kind == JobKind.AUDIT,
+            j.state.in_(ACTIVE),
+            j.cancel_requested.is_(False),  # stopping at its next page
+            *([] if obj is None else [sa.or_(j.object.is_(None), j.object == obj)]),
+        )
+        .order_by(j.id)
+        .limit(1)
+    ).first()
+    if covering is not None:
+        raise Busy(busy_message(_job(covering)), job_id=covering.id)
+    return create(conn, JobKind.AUDIT, obj, None, {"repair": repair}, now)
+
+
+def busy_message(job: Job) -> str:
+    """Why an audit was not asked for: the one that covers it (one line)."""
+    scope = f"of {job.object}" if job.object else "of every object"
+    how = "scheduled " if job.params.get("scheduled") else ""
+    since = f" since {job.started_at:%Y-%m-%d %H:%M:%S}Z" if job.started_at else ""
+    return (
+        f"{how}audit job {job.id} {scope} is {job.state}{since} ({job.done} records checked);"
+        " a second audit would read the same records again: wait for it to end, or"
+        f" cancel job {job.id} and ask again"
+    )
 
 
 def audit_after_reconciling(
@@ -281,14 +324,21 @@ def cancel_requested(engine: Engine, job_id: int) -> bool:
 
 
 def cancel(conn: Connection, job_id: int, now: datetime | None = None) -> Job:
-    """Cancel a job: one no process holds (waiting, or given back to resume later) at
-    once, a running one at its next page (the runner reads the flag). One statement, so
-    that a claim between reading the job and writing it cannot make it lose the cancel;
-    a finished job is left as it ended."""
+    """Cancel a job: one no live process holds at once (waiting, given back to resume
+    later, or held by a process whose lease ran out: dead, as ``claim`` takes it), a
+    running one at its next page (the runner reads the flag). One statement, so that a
+    claim between reading the job and writing it cannot make it lose the cancel; a
+    finished job is left as it ended. A holder that was only late (not dead) finds the
+    job no longer running at its next write and stops (``advance`` is False)."""
     now = now or utcnow()
     get(conn, job_id)  # NotFound
     j = sync_job.c
-    at_once = sa.or_(j.state == JobState.QUEUED, j.claimed_by.is_(None))
+    at_once = sa.or_(
+        j.state == JobState.QUEUED,
+        j.claimed_by.is_(None),
+        j.claimed_until.is_(None),
+        j.claimed_until < now,
+    )
     conn.execute(
         sa.update(sync_job)
         .where(j.id == job_id, j.state.in_(ACTIVE))
@@ -296,6 +346,7 @@ def cancel(conn: Connection, job_id: int, now: datetime | None = None) -> Job:
             cancel_requested=True,
             state=sa.case((at_once, JobState.CANCELLED), else_=j.state),
             finished_at=sa.case((at_once, now), else_=j.finished_at),
+            claimed_by=sa.case((at_once, None), else_=j.claimed_by),
             claimed_until=sa.case((at_once, None), else_=j.claimed_until),
         )
     )

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from crmsync.domain import JobKind
 from crmsync.engine.jobs import dry_run_here
 from crmsync.engine.resync import AT_ONCE, check_request
-from crmsync.errors import CrmsyncError, Retriable
+from crmsync.errors import Busy, CrmsyncError, Retriable
 from crmsync.store import audit, jobs
 from crmsync.store.db import read_transaction, write_transaction
 from crmsync.store.params import check_choice, parse_timestamp
@@ -96,15 +96,23 @@ def last_audit(request: Request, store: Store) -> dict[str, Any]:
         return {"objects": audit.last_results(conn, list(request.app.state.specs))}
 
 
-@router.post("/audit", responses={202: {"description": "The audit job, queued"}})
+@router.post(
+    "/audit",
+    responses={202: {"description": "The audit job, queued"}, **error_responses(409)},
+)
 def start_audit(
     request: Request, store: Store, body: Annotated[AuditBody | None, Body()] = None
 ) -> JSONResponse:
-    """Ask for an audit (a worker runs it); ``repair`` queues the fixes."""
+    """Ask for an audit (a worker runs it); ``repair`` queues the fixes. Refused (409,
+    ``audit_running``) while an audit of the same records, the scheduled one included,
+    waits or runs: the message names its job."""
     body = body or AuditBody(object=None, repair=False)
     check_choice("object", body.object, request.app.state.specs)
-    with write_transaction(store) as conn:
-        job = jobs.create(conn, JobKind.AUDIT, body.object, None, {"repair": body.repair})
+    try:
+        with write_transaction(store) as conn:
+            job = jobs.ask_for_audit(conn, body.object, body.repair)
+    except Busy as exc:
+        return error_response(409, "audit_running", str(exc))
     return JSONResponse(jobs.as_json(job), status_code=202)
 
 
@@ -126,6 +134,7 @@ def get_job(store: Store, job_id: JobId) -> dict[str, Any]:
 
 @router.post("/jobs/{job_id}/cancel", responses=error_responses(404))
 def cancel_job(store: Store, job_id: JobId) -> dict[str, Any]:
-    """Cancel a job: a waiting one at once, a running one at its next page."""
+    """Cancel a job: a waiting one, or one whose worker is dead (its lease ran out), at
+    once; a running one at its next page."""
     with write_transaction(store) as conn:
         return jobs.as_json(jobs.cancel(conn, job_id))

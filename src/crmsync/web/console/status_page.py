@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 
 from crmsync.domain import JobKind
 from crmsync.engine.resync import check_request
-from crmsync.errors import ValidationFailed
+from crmsync.errors import Busy, ValidationFailed
 from crmsync.store import audit, jobs, params, status
 from crmsync.store.db import read_transaction, write_transaction
 from crmsync.store.records import NotFound, resolve_object
@@ -194,8 +194,12 @@ def resync_form(
 
 @router.post(PATH + "/audit")
 def audit_form(request: Request, repair: Text = "") -> Response:
-    with write_transaction(store_of(request)) as conn:
-        job = jobs.create(conn, JobKind.AUDIT, None, None, {"repair": bool(repair)})
+    try:
+        with write_transaction(store_of(request)) as conn:
+            job = jobs.ask_for_audit(conn, None, bool(repair))
+    except Busy as exc:
+        notify(request, f"No audit queued: {exc}.", "error")
+        return _back("")
     notify(request, f"Audit queued as job {job.id}.")
     return _back("")
 

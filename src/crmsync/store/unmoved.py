@@ -1,0 +1,105 @@
+"""Whether a local row's mapped values are still the ones last synced, asked in SQL.
+
+The drift audit compares every local row with its last synced values
+(``mapping/compare.differs_from_base``). Nearly every row is unchanged, and reading each
+one into Python to be told so was most of an audit's time. ``same_as_synced`` says so
+in the database, for the columns whose equality it can decide as the Python comparison
+would; the rows it does not clear are read and compared in Python, which decides. It
+may leave a row it could have cleared (a decimal, a date, a choice with options: their
+canonical forms are Python's; a value kept in another JSON type), never clear one
+Python would not:
+
+- a null local value and a null last synced one (or, on SQLite, a missing one) are the
+  same; a column of a type SQL does not decide is the same only so;
+- text (string, memo) is the same as a JSON string of the same characters (SQLite
+  compares under the binary collation: an attached table's case-insensitive one must
+  not hide a change of case; PostgreSQL compares jsonb strings byte for byte);
+- a whole number (integer, choice without options), a yes/no and a lookup (the
+  parent's local id) as a JSON number or boolean of the same value (SQLite also takes
+  a lookup kept as a string of the same text, as ``differs_from_base`` compares them).
+
+PostgreSQL decides all columns in one jsonb containment (``synced_values`` is parsed
+once a row); SQLite column by column with ``json_type`` and ``json_extract``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+from crmsync.domain import FieldType, ObjectSpec
+
+# PostgreSQL functions take at most 100 arguments: a jsonb_build_object of 40 pairs.
+_PAIRS = 40
+
+
+def same_as_synced(
+    dialect: str, spec: ObjectSpec, table: sa.Table, synced: sa.ColumnElement[Any]
+) -> sa.ColumnElement[bool]:
+    """True where every mapped column of ``table``'s row holds the value ``synced`` (the
+    sync state's ``synced_values``) last synced, false elsewhere (never null: a
+    comparison with a null inside would be, and ``NOT`` of it would drop the row)."""
+    kinds = {c: _kind(spec, c) for c in spec.columns}
+    # A column whose equality SQL cannot decide is the same only when null on both sides.
+    undecided = [table.c[c].is_(None) for c, kind in kinds.items() if kind is None]
+    if dialect == "postgresql":
+        same = [_contains(table, synced, list(kinds)), *undecided]
+    else:
+        same = [_sqlite_same(table.c[c], synced, c, kind) for c, kind in kinds.items()]
+    return sa.func.coalesce(sa.and_(synced.is_not(None), *same), sa.false())
+
+
+def _kind(spec: ObjectSpec, column: str) -> str | None:
+    """How SQL compares the column: as text, a whole number, a yes/no, a lookup's
+    text, or not at all (None)."""
+    field = spec.field_specs.get(column)
+    if column not in spec.fields or (field is not None and field.type is FieldType.LOOKUP):
+        return "lookup"
+    if field is None:
+        return None
+    if field.type in (FieldType.STRING, FieldType.MEMO):
+        return "text"
+    if field.type is FieldType.INTEGER or (field.type is FieldType.CHOICE and not field.choices):
+        return "integer"
+    if field.type is FieldType.BOOLEAN:
+        return "boolean"
+    return None
+
+
+def _contains(table: sa.Table, synced: Any, columns: list[str]) -> sa.ColumnElement[bool]:
+    """PostgreSQL: the last synced values hold the row's, key for key (jsonb equality
+    of scalars: a string to the same characters, a number to the same value, a boolean
+    to itself, a null to a null). One parse of the synced values a row."""
+    parts = [
+        sa.func.jsonb_build_object(
+            *(x for c in columns[i : i + _PAIRS] for x in (sa.literal(c, sa.Text), table.c[c]))
+        )
+        for i in range(0, len(columns), _PAIRS)
+    ]
+    wanted: sa.ColumnElement[Any] = parts[0]
+    for part in parts[1:]:
+        wanted = wanted.op("||")(part)
+    return sa.cast(synced, JSONB).op("@>")(wanted)
+
+
+def _sqlite_same(
+    local: sa.ColumnElement[Any], synced: Any, name: str, kind: str | None
+) -> sa.ColumnElement[bool]:
+    path = sa.literal('$."' + name.replace('"', '""') + '"', sa.Text)
+    json_kind, value = sa.func.json_type(synced, path), sa.func.json_extract(synced, path)
+    both_null = local.is_(None) & sa.or_(json_kind.is_(None), json_kind == "null")
+    if kind == "lookup":
+        equal = json_kind.in_(("integer", "text")) & (
+            sa.cast(local, sa.Text) == sa.cast(value, sa.Text)
+        )
+    elif kind == "text":
+        equal = (json_kind == "text") & (local.collate("BINARY") == value.collate("BINARY"))
+    elif kind == "integer":
+        equal = (json_kind == "integer") & (local == value)
+    elif kind == "boolean":
+        equal = json_kind.in_(("true", "false")) & (local == value)
+    else:
+        return both_null
+    return sa.or_(both_null, equal)

@@ -1,0 +1,135 @@
+"""The audit's SQL clearing of unmoved rows (``store/unmoved.py``) against the Python
+comparison it stands in for (``differs_from_base``), on both stores.
+
+One local row per case, each of every field type, with a last synced value beside it:
+a row SQL clears as the same must be one Python finds unchanged (else a local change
+would go unseen by the audit), and the common cases (text, whole numbers, yes/no,
+lookups, nulls, all as the sync keeps them) must be cleared in SQL (else every row is
+read into Python, the slowness this replaced). What SQL leaves, Python decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from crmsync.domain import ObjectSpec
+from crmsync.mapping import activate, build, default_objects
+from crmsync.mapping.compare import differs_from_base
+from crmsync.store import local_tables
+from crmsync.store.db import write_transaction
+from crmsync.store.schema import sync_record
+from crmsync.store.unmoved import same_as_synced
+
+GADGET = {
+    "gadget": {
+        "entity_set": "new_gadgets",
+        "logical_name": "new_gadget",
+        "primary_key": "new_gadgetid",
+        "label": "name",
+        "fields": {
+            "name": {"attribute": "new_name", "type": "string", "max_length": 100},
+            "notes": {"attribute": "new_notes", "type": "memo"},
+            "size": {"attribute": "new_size", "type": "integer"},
+            "fee": {"attribute": "new_fee", "type": "decimal", "precision": 2},
+            "vip": {"attribute": "new_vip", "type": "boolean"},
+            "seen_at": {"attribute": "new_seenat", "type": "datetime"},
+            "met_on": {"attribute": "new_meton", "type": "date"},
+            "rating": {"attribute": "new_rating", "type": "choice", "choices": {"hot": 1}},
+            "tier": {"attribute": "new_tier", "type": "choice"},
+            "account_id": {"type": "lookup", "target": "account", "attribute": "new_accountid"},
+        },
+    }
+}
+NOON = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+# (column, local value, last synced JSON value or MISSING, cleared in SQL?) where the
+# third may differ by store: {"sqlite": ..., "postgresql": ...}.
+MISSING = object()
+CASES: list[tuple[str, Any, Any, Any]] = [
+    ("name", "Ab", "Ab", True),
+    ("name", "Ab", "ab", False),  # a change of case
+    ("name", "a ", "a", False),
+    ("name", "5", 5, False),  # kept as a number: Python decides
+    ("name", None, None, True),
+    ("name", None, MISSING, {"sqlite": True, "postgresql": False}),
+    ("name", "x", MISSING, False),  # mapped after the last sync: Python skips it
+    ("name", "é ünïcode", "é ünïcode", True),
+    ("notes", "line\nline", "line\nline", True),
+    ("size", 5, 5, True),
+    ("size", 5, 6, False),
+    ("size", 5, "5", False),
+    ("size", 5, 5.0, {"sqlite": False, "postgresql": True}),
+    ("size", None, 0, False),
+    ("fee", Decimal("1.50"), 1.5, False),  # a decimal: Python's canonical form
+    ("fee", None, None, True),
+    ("vip", True, True, True),
+    ("vip", False, False, True),
+    ("vip", True, False, False),
+    ("vip", False, None, False),
+    ("seen_at", NOON, "2026-12-01T12:00:00Z", False),
+    ("met_on", date(2026, 12, 1), "2026-12-01", False),
+    ("rating", "hot", 1, False),
+    ("tier", 3, 3, True),
+    ("account_id", 7, 7, True),
+    ("account_id", 7, "7", {"sqlite": True, "postgresql": False}),
+    ("account_id", 7, 8, False),
+    ("account_id", None, 7, False),
+]
+
+
+@pytest.fixture
+def gadget(engine: sa.Engine) -> Iterator[ObjectSpec]:
+    specs = build(GADGET)
+    activate(specs)
+    with write_transaction(engine) as conn:
+        local_tables.bring_to(conn, specs.values())
+    yield specs["gadget"]
+    activate(default_objects())
+
+
+def _synced(spec: ObjectSpec, column: str, value: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {c: None for c in spec.columns}
+    if value is MISSING:
+        del base[column]
+    else:
+        base[column] = value
+    return base
+
+
+def test_sql_clears_only_rows_python_finds_unchanged(engine: sa.Engine, gadget: ObjectSpec) -> None:
+    table = local_tables.local_table(gadget)
+    with write_transaction(engine) as conn:
+        for i, (column, local, kept, _) in enumerate(CASES, start=1):
+            conn.execute(sa.insert(table).values(id=i, **{column: local}))
+            conn.execute(
+                sa.insert(sync_record).values(
+                    object="gadget",
+                    record_id=i,
+                    last_synced_at=NOON,
+                    synced_values=_synced(gadget, column, kept),
+                )
+            )
+    dialect = engine.dialect.name
+    r = sync_record.c
+    same = same_as_synced(dialect, gadget, table, r.synced_values)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(table, r.synced_values, same.label("same"))
+            .join(sync_record, (r.object == "gadget") & (r.record_id == table.c.id))
+            .order_by(table.c.id)
+        ).mappings()
+        found = {row["id"]: row for row in rows}
+    assert len(found) == len(CASES)
+    for i, (column, local, kept, cleared) in enumerate(CASES, start=1):
+        row = found[i]
+        expected = cleared[dialect] if isinstance(cleared, dict) else cleared
+        changed = differs_from_base(gadget, row, row["synced_values"])
+        case = f"{column}: local {local!r}, synced {'missing' if kept is MISSING else repr(kept)}"
+        if row["same"]:
+            assert not changed, f"SQL cleared a row Python finds changed ({case}): {changed}"
+        assert bool(row["same"]) is expected, case
