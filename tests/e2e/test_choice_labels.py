@@ -295,3 +295,40 @@ def test_a_choice_column_dynamics_lacks_pauses_that_object_alone(
         assert count(store, sync_queue, sync_queue.c.object == "lead") == 1
     finally:
         activate(default_objects())
+
+
+async def _compare(settings: Settings, store: sa.Engine, record_id: int) -> Any:
+    import httpx
+
+    from crmsync.web.app import create_app
+
+    app = create_app(settings, engine=store)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://test",
+        headers={"Authorization": "Bearer t"},
+    ) as c:
+        r = await c.get(f"/api/v1/records/lead/{record_id}/compare")
+        dynamics = getattr(app.state, "dynamics", None)
+        if dynamics is not None:  # ASGITransport runs no lifespan
+            await dynamics.aclose()
+    assert r.status_code == 200, r.text
+    return {f["field"]: f for f in r.json()["fields"]}
+
+
+def test_compare_reads_the_options_and_sees_a_label_and_its_option_as_one(
+    labels_settings: Settings, labels_store: sa.Engine, drain: Any, quality: Any
+) -> None:
+    from pydantic import SecretStr
+
+    settings = labels_settings.model_copy(update={"api_token": SecretStr("t")})
+    _sql(labels_store, "INSERT INTO lead (email, last_name, rating) VALUES ('a@x.org', 'A', 'Hot')")
+    drain(settings, labels_store)
+    with labels_store.connect() as conn:
+        lead = conn.execute(sa.text("SELECT id FROM lead")).scalar_one()
+    rating = asyncio.run(_compare(settings, labels_store, lead))["rating"]
+    assert (rating["local"], rating["dynamics"], rating["same"]) == (1, 1, True)
+    # Renamed in Dynamics (read again by a new app): the stale label differs.
+    quality(((1, "Very hot"), (2, "Warm"), (3, "Cold")))
+    rating = asyncio.run(_compare(settings, labels_store, lead))["rating"]
+    assert (rating["local"], rating["dynamics"], rating["same"]) == ("Hot", 1, False)
