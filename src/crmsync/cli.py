@@ -368,9 +368,14 @@ def worker(
 
     settings = _settings()
     if dry_run:
+        import asyncio
+
+        from crmsync.engine.choices import settings_with_options
         from crmsync.engine.dry_run import plan_waiting
         from crmsync.engine.plan import describe
 
+        # A choice whose labels Dynamics gives is planned with the options it has now.
+        settings = asyncio.run(settings_with_options(settings))
         with _store(settings) as engine:
             steps = plan_waiting(engine, settings, limit)
         for step in steps:

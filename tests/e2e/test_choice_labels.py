@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,13 +26,11 @@ import sqlalchemy as sa
 from pull_support import Sales, count
 
 from crmsync.config import Settings, load_settings
-from crmsync.domain import JobKind
 from crmsync.dynamics.client import DataverseClient
 from crmsync.emulator import model as emulator_model
-from crmsync.engine.resync import check_request
 from crmsync.engine.worker import Worker
 from crmsync.mapping import activate, default_objects
-from crmsync.store import jobs, migrate, status, sync_errors
+from crmsync.store import migrate, status, sync_errors
 from crmsync.store.db import write_transaction
 from crmsync.store.schema import sync_error, sync_queue
 
@@ -70,7 +73,7 @@ def _sql(engine: sa.Engine, statement: str, **params: Any) -> None:
 
 def _ratings(engine: sa.Engine) -> dict[str, Any]:
     with engine.connect() as conn:
-        return dict((tuple(r) for r in conn.execute(sa.text("SELECT email, rating FROM lead"))))
+        return dict(tuple(r) for r in conn.execute(sa.text("SELECT email, rating FROM lead")))
 
 
 def _errors(engine: sa.Engine) -> list[Any]:
@@ -104,6 +107,7 @@ def test_labels_go_as_their_options_and_options_come_back_as_labels(
     labels_store: sa.Engine,
     drain: Any,
     caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
 ) -> None:
     columns = {c["name"]: c["type"] for c in sa.inspect(labels_store).get_columns("lead")}
     assert "VARCHAR" in str(columns["rating"]).upper() or "CHAR" in str(columns["rating"])
@@ -130,10 +134,15 @@ def test_labels_go_as_their_options_and_options_come_back_as_labels(
     assert _ratings(labels_store) == {"w@x.org": "Cold", "n@x.org": "Hot"}
     # What was applied was not captured to go back.
     assert count(labels_store, sync_queue) == 0 and _errors(labels_store) == []
+    # An audit run by the command reads the options too: a label is its option.
+    audit = _cli(labels_settings, tmp_path, "audit", "--object", "lead", "--json")
+    assert audit.returncode == 0, audit.stderr
+    [lead] = json.loads(audit.stdout)["objects"]
+    assert (lead["checked"], lead["different"], lead["only_local"]) == (2, 0, 0), lead
 
 
 def test_a_local_value_that_is_no_option_is_a_sync_error_naming_the_field(
-    labels_settings: Settings, labels_store: sa.Engine, drain: Any
+    labels_settings: Settings, labels_store: sa.Engine, drain: Any, tmp_path: Path
 ) -> None:
     for email, rating in (("a@x.org", "Lukewarm"), ("b@x.org", "hot"), ("c@x.org", "Hot")):
         _sql(
@@ -142,6 +151,11 @@ def test_a_local_value_that_is_no_option_is_a_sync_error_naming_the_field(
             e=email,
             r=rating,
         )
+    # A dry run plans with the options Dynamics has, as the push will.
+    plan = _cli(labels_settings, tmp_path, "worker", "--once", "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stdout.count("is not one of leadqualitycode's options") == 2, plan.stdout
+    assert "3 waiting change(s) planned" in plan.stdout
     drain(labels_settings, labels_store)
     errors = _errors(labels_store)
     assert [(e.error_code, e.field, e.status) for e in errors] == [
@@ -214,12 +228,34 @@ def test_an_option_added_after_the_worker_started_is_a_sync_error_until_a_restar
     assert [e.status for e in _errors(labels_store)] == ["resolved"]
 
 
+def _cli(settings: Settings, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "crmsync.toml"
+    config.write_text(
+        '[objects.lead.fields]\nrating = { attribute = "leadqualitycode", type = "choice" }\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMSYNC_")}
+    env.update(
+        CRMSYNC_CONFIG=str(config),
+        CRMSYNC_DATABASE_URL=settings.database_url,
+        CRMSYNC_DYNAMICS_URL=settings.dynamics_url or "",
+        CRMSYNC_AUTHORITY_URL=settings.authority_url or "",
+        CRMSYNC_TENANT_ID=settings.tenant_id or "",
+        CRMSYNC_CLIENT_ID=settings.client_id or "",
+        CRMSYNC_CLIENT_SECRET="test-secret",
+    )
+    command = str(Path(sys.executable).with_name("crmsync"))
+    return subprocess.run(
+        [command, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def test_a_label_renamed_in_dynamics_is_reported_refused_when_sent_and_resynced(
     labels_settings: Settings,
     labels_store: sa.Engine,
     drain: Any,
     quality: Any,
     caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
 ) -> None:
     for email in ("a@x.org", "b@x.org"):
         _sql(
@@ -246,12 +282,15 @@ def test_a_label_renamed_in_dynamics_is_reported_refused_when_sent_and_resynced(
     assert "'Hot' is not one of leadqualitycode's options in Dynamics (1 'Very hot'" in (
         error.error_message
     )
-    # The other lead takes Dynamics' label by a resync from Dynamics.
+    # The other lead takes Dynamics' label by a resync from Dynamics, as the docs say:
+    # the command runs the job itself, reading the options as a worker does.
     with labels_store.connect() as conn:
         b_id = conn.execute(sa.text("SELECT id FROM lead WHERE email = 'b@x.org'")).scalar_one()
-    req = check_request(labels_settings.object_specs(), "lead", "from_crm", None, None, [b_id])
-    with write_transaction(labels_store) as conn:
-        jobs.create(conn, JobKind.RESYNC, req.object, req.direction, req.params())
+    done = _cli(
+        labels_settings, tmp_path, "resync", "lead", "--direction", "from_crm", "--id", str(b_id)
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1 lead records queued again" in done.stdout
     drain(labels_settings, labels_store)
     assert _ratings(labels_store)["b@x.org"] == "Very hot"
     # The operator corrects the edited one; it goes, with its edit.

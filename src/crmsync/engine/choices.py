@@ -18,11 +18,13 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from crmsync.config import Settings
 from crmsync.domain import Direction, ObjectSpec
 from crmsync.dynamics.client import DataverseClient
 from crmsync.dynamics.metadata import Options, read_choice_options
 from crmsync.engine.retry import backoff_seconds
 from crmsync.errors import Refusal, Retriable
+from crmsync.mapping import activate as activate_mapping
 from crmsync.mapping import options
 from crmsync.store.choices import unknown_values
 from crmsync.store.db import store_unavailable, write_transaction
@@ -51,10 +53,38 @@ async def prepare(
     stopping: asyncio.Event,
 ) -> dict[str, ObjectSpec]:
     """``specs`` with the options Dynamics gives laid in (``specs`` as they are when there
-    is none to read, or when the worker is stopped while it waits for Dynamics)."""
+    is none to read, or when the worker is stopped while it waits for Dynamics); the
+    objects that cannot have them are paused."""
+    resolved, problems = await resolve(client, specs, stopping)
+    if stopping.is_set():
+        return dict(specs)
+    if problems:
+        await asyncio.to_thread(_pause, engine, specs, problems)
+    try:
+        for name in options.wanted(specs):
+            if name not in problems:
+                await asyncio.to_thread(_report, engine, resolved[name])
+    except Exception as exc:
+        if not store_unavailable(exc):
+            raise
+        log.warning(  # a report only: the worker waits for the store in its lanes
+            "local choice values not checked: the store is unavailable",
+            extra={"event": "mapping.choices_unchecked", "error": str(exc).splitlines()[0][:300]},
+        )
+    return resolved
+
+
+async def resolve(
+    client: DataverseClient,
+    specs: Mapping[str, ObjectSpec],
+    stopping: asyncio.Event | None = None,
+) -> tuple[dict[str, ObjectSpec], dict[str, str]]:
+    """``specs`` with the options read, and why an object could not have them. Without
+    ``stopping`` (a command, not a worker) Dynamics is asked once: ``Retriable`` is
+    raised; with it, asked again until it answers or ``stopping`` is set."""
     wanted = options.wanted(specs)
     if not wanted:
-        return dict(specs)
+        return dict(specs), {}
     found = await asyncio.gather(
         *(_read(client, logical, stopping) for logical in wanted.values()),
         return_exceptions=True,
@@ -68,34 +98,39 @@ async def prepare(
             raise result
         else:
             read[name] = result
-    if stopping.is_set():
-        return dict(specs)
     resolved, problems = options.with_options(specs, read)
-    problems.update(refused)
-    if problems:
-        await asyncio.to_thread(_pause, engine, specs, problems)
-    try:
-        for name in read:
-            if name not in problems:
-                await asyncio.to_thread(_report, engine, resolved[name])
-    except Exception as exc:
-        if not store_unavailable(exc):
-            raise
-        log.warning(  # a report only: the worker waits for the store in its lanes
-            "local choice values not checked: the store is unavailable",
-            extra={"event": "mapping.choices_unchecked", "error": str(exc).splitlines()[0][:300]},
-        )
-    return resolved
+    return resolved, {**problems, **refused}
+
+
+async def with_options(settings: Settings, client: DataverseClient) -> Settings:
+    """``settings`` whose mapping has the options Dynamics gives, in force in this process
+    (a command that converts values: a resync or an audit run here, a dry run)."""
+    specs = settings.object_specs()
+    if not options.wanted(specs):
+        return settings
+    resolved, _ = await resolve(client, specs)
+    activate_mapping(resolved)
+    return settings.with_specs(resolved)
+
+
+async def settings_with_options(settings: Settings) -> Settings:
+    """``with_options`` on a client of its own (a command that has none)."""
+    if not options.wanted(settings.object_specs()):
+        return settings
+    async with DataverseClient.from_settings(settings) as client:
+        return await with_options(settings, client)
 
 
 async def _read(
-    client: DataverseClient, logical_name: str, stopping: asyncio.Event
+    client: DataverseClient, logical_name: str, stopping: asyncio.Event | None
 ) -> dict[str, Options] | None:
     attempts = 0
     while True:
         try:
             return await read_choice_options(client, logical_name)
         except Retriable as exc:
+            if stopping is None:
+                raise
             attempts += 1
             if attempts == 1:
                 log.warning(
