@@ -503,7 +503,7 @@ def _store(settings: Settings, object: str | None = None) -> Iterator[Engine]:
     try:
         check_object(object, settings.object_specs())
     except ValidationFailed as exc:
-        typer.echo(f"crmsync: {exc.message}", err=True)
+        typer.echo(f"crmsync: --object: {exc.message}", err=True)
         raise typer.Exit(2) from None
     engine = open_store(settings.database_url)
     try:

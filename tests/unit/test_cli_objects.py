@@ -86,5 +86,8 @@ def test_an_unknown_object_is_refused_with_the_mapped_ones(
         given.append("--all")
     result = CliRunner().invoke(app, given)
     assert result.exit_code == 2, result.output
-    assert f"crmsync: unknown object 'registrations'; one of {MAPPED}" in result.output
+    assert f"unknown object 'registrations'; one of {MAPPED}" in result.output
+    assert result.output.startswith(
+        "crmsync: " if args[0] in ("resync", "import") else "crmsync: --object: "
+    )
     assert not demo_mapping.parent.exists()  # refused before the store was opened
