@@ -18,6 +18,7 @@ from crmsync.domain import FieldSpec, FieldType
 from crmsync.mapping.convert import (
     DoesNotFit,
     canonical,
+    decoder,
     encoder,
     from_dataverse,
     from_input,
@@ -283,5 +284,81 @@ def test_the_fast_encoder_answers_as_to_dataverse_for_choices_read(field: FieldS
                 encode(value)
             return
         assert encode(value) == expected
+
+    check()
+
+
+def _json_shapes(field: FieldSpec, locals_: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """What Dataverse returns for ``field``: the JSON of local values, through a JSON
+    parser (a decimal arrives as a float or an int), and values near those shapes."""
+    wire = locals_.map(lambda v: json.loads(json.dumps(to_dataverse(field, v))))
+    near = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=22),
+        st.sampled_from(
+            [
+                "2026-W10-1T08:30:15Z",  # an ISO week date: parsed, but not Dataverse's
+                "0999-01-01T00:00:00Z",
+                "2026-02-30T00:00:00Z",
+                "2026-03-04T08:30:15+01:00",
+                "2026-03-04",
+                "2026-W10-1",
+                "0999-12-31",
+                "\uff12\uff10\uff12\uff16-03-04",  # full-width digits
+                "2026-03-04T08:30:1\uff15Z",
+                1,
+                3,
+                7,
+                9,
+                100_000_000,
+                1e-05,
+                12.345,
+                0.30000000000000004,
+                2**31,
+            ]
+        ),
+    )
+    return st.one_of(wire, near)
+
+
+DECODED = {
+    **{kind: STRATEGIES[kind] for kind in STRATEGIES if kind not in (FieldType.STRING,)},
+    "choice-read": (READ, LABELS),
+    "choice-shared": (
+        spec(FieldType.CHOICE, choices=(("Hot", 1), ("Hot", 7), ("x" * 101, 9)), options_read=True),
+        st.nothing(),  # its options come as the values below
+    ),
+    "choice-values": (spec(FieldType.CHOICE, labels=False), st.integers(*INT32)),
+    "integer-range": (spec(FieldType.INTEGER, minimum=0, maximum=100), st.integers(0, 100)),
+    "money-0": (spec(FieldType.MONEY, precision=0), st.integers(-(10**14), 10**14).map(Decimal)),
+}
+
+
+@pytest.mark.parametrize("kind", list(DECODED), ids=str)
+def test_the_fast_decoder_answers_as_from_and_to_dataverse(kind: Any) -> None:
+    """The initial load's decoder: for what Dataverse sends, the local value and the
+    JSON form applying it gives (the same type too), or the same error."""
+    field, values = DECODED[kind]
+    decode = decoder(field)
+
+    @given(_json_shapes(field, values))
+    def check(value: Any) -> None:
+        try:
+            local = from_dataverse(field, value)
+            kept = to_dataverse(field, local)
+        except DoesNotFit as exc:
+            with pytest.raises(DoesNotFit, match=re.escape(str(exc))):
+                decode(value)
+            return
+        got_local, got_kept = decode(value)
+        assert (got_local, got_kept) == (local, kept)
+        assert type(got_local) is type(local) and type(got_kept) is type(kept)
+        if isinstance(local, Decimal):
+            assert got_local.as_tuple() == local.as_tuple()  # 12.50 stays 12.50
+        if isinstance(local, datetime):
+            assert got_local.tzinfo is local.tzinfo
 
     check()

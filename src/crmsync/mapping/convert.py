@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
@@ -125,6 +126,90 @@ def encoder(field: FieldSpec) -> Callable[[Any], Any]:
 
         return choice
     return slow
+
+
+def decoded(field: FieldSpec, value: Any) -> tuple[Any, Any]:
+    """The local value of Dataverse's ``value`` and the JSON form crmsync keeps of it
+    (``to_dataverse`` of the local value): what applying a pulled value does."""
+    local = from_dataverse(field, value)
+    return local, to_dataverse(field, local)
+
+
+@functools.cache
+def decoder(field: FieldSpec) -> Callable[[Any], tuple[Any, Any]]:
+    """``decoded`` for ``field`` as one function, with a fast path for the shapes
+    Dataverse returns (the same answers: anything else takes ``decoded``)."""
+    slow = functools.partial(decoded, field)
+    kind = field.type
+    low, high = field.minimum, field.maximum
+    if kind is FieldType.INTEGER or (kind is FieldType.CHOICE and not field.labels):
+
+        def integer(v: Any) -> tuple[Any, Any]:
+            if type(v) is int and (low is None or v >= low) and (high is None or v <= high):
+                return v, v
+            return slow(v)
+
+        return integer
+    if kind in (FieldType.DECIMAL, FieldType.MONEY):
+        places = field.precision or 0
+        step = Decimal(1).scaleb(-places)
+
+        def number(v: Any) -> tuple[Any, Any]:
+            # A float's repr is its shortest exact spelling (as ``_decimal`` reads it);
+            # with no more places than the field's, quantizing it rounds nothing.
+            exact = Decimal(repr(v)) if type(v) is float else Decimal(v) if type(v) is int else None
+            if exact is not None:
+                exponent = exact.as_tuple().exponent
+                if (
+                    isinstance(exponent, int)
+                    and exponent >= -places
+                    and (low is None or exact >= low)
+                    and (high is None or exact <= high)
+                ):
+                    return exact.quantize(step), int(v) if v == int(v) else v
+            return slow(v)
+
+        return number
+    if kind is FieldType.BOOLEAN:
+        return lambda v: (v, v) if type(v) is bool else slow(v)
+    if kind is FieldType.DATETIME:
+
+        def instant(v: Any) -> tuple[Any, Any]:
+            # Dataverse's own shape, "2026-03-04T08:30:15Z": the JSON form already.
+            if type(v) is str and len(v) == 20 and _INSTANT.fullmatch(v):
+                with contextlib.suppress(ValueError):  # a 30 February
+                    return datetime.fromisoformat(v[:19]).replace(tzinfo=UTC), v
+            return slow(v)
+
+        return instant
+    if kind is FieldType.DATE:
+
+        def day(v: Any) -> tuple[Any, Any]:
+            if type(v) is str and len(v) == 10 and _DAY.fullmatch(v):
+                with contextlib.suppress(ValueError):
+                    return date.fromisoformat(v), v
+            return slow(v)
+
+        return day
+    if kind is FieldType.CHOICE and field.choices:
+        named = Counter(local for local, _ in field.choices)
+        labels: dict[int, str] = {}
+        for local, option in field.choices:
+            labels.setdefault(option, local)
+        # Only an option whose label is its alone and fits the column comes back fast.
+        fast = {o: c for o, c in labels.items() if named[c] == 1 and len(c) <= MAX_LABEL}
+
+        def choice(v: Any) -> tuple[Any, Any]:
+            local = fast.get(v) if type(v) is int else None
+            return (local, v) if local is not None else slow(v)
+
+        return choice
+    return slow
+
+
+# Dataverse's spellings, years from 1000 (those ``strftime`` spells back the same).
+_INSTANT = re.compile(r"[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+_DAY = re.compile(r"[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}")
 
 
 def from_dataverse(field: FieldSpec, value: Any) -> Any:
