@@ -16,6 +16,7 @@ the caller's decision (the delta link is saved with the last page's entries).
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -310,9 +311,9 @@ def _write(
 ) -> None:
     """Insert the local rows, then their sync state joined to them by ``crm_id`` (ids
     from the database, nothing looked up in Python), many rows per statement straight
-    through the driver: SQLAlchemy's per-parameter processing and ``executemany``'s
-    per-row step cost more than the inserts. Names come from the schema; every value
-    is a bound parameter."""
+    through the driver (VALUES lists on SQLite, one array per column on PostgreSQL):
+    SQLAlchemy's per-parameter processing and ``executemany``'s per-row step cost more
+    than the inserts. Names come from the schema; every value is a bound parameter."""
     table = local_table(spec)
     rid, crm_id = table.c.id.name, table.c.crm_id.name  # an attached table's own names
     pg = conn.dialect.name == "postgresql"
@@ -339,22 +340,50 @@ def _write(
         )
     width = 5 if typed else 4
     stamp = now if pg else now.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    step = _max_rows(conn, len(columns) + 1)
-    for start in range(0, len(local_rows), step):
-        part = local_rows[start : start + step]
-        conn.exec_driver_sql(
+    names = "crm_id, etag, version, modified" + (", typed" if typed else "")
+    if pg:
+        # One array per column (unnest): psycopg parses a statement's placeholders in
+        # Python and caches none past 50, so a VALUES list of a wide page costs more
+        # there than the insert does. The arrays take the columns' base types: a
+        # cast to VARCHAR(n) or NUMERIC(p, s) would truncate or round where the
+        # insert itself refuses.
+        kinds = [_base_type(conn, table.c[c]) for c in columns] + ["TEXT"]
+        arrays = ", ".join(f"%b::{k}[]" for k in kinds)
+        _insert_arrays(
+            conn,
             f"INSERT INTO {table.name} ({', '.join(columns)}, {crm_id})"  # noqa: S608
-            f" VALUES {marks(len(columns) + 1, len(part))}",
-            tuple(chain.from_iterable(part)),
+            f" SELECT * FROM unnest({arrays})",
+            local_rows,
+            (),
         )
+    else:
+        step = _max_rows(conn, len(columns) + 1)
+        for start in range(0, len(local_rows), step):
+            part = local_rows[start : start + step]
+            conn.exec_driver_sql(
+                f"INSERT INTO {table.name} ({', '.join(columns)}, {crm_id})"  # noqa: S608
+                f" VALUES {marks(len(columns) + 1, len(part))}",
+                tuple(chain.from_iterable(part)),
+            )
     select = (
         f"SELECT {mark}, t.{rid}, t.{crm_id}, v.etag, {cast('v.version', 'BIGINT')},"  # noqa: S608
         f" {cast('v.modified', 'TIMESTAMP WITH TIME ZONE')}, {mark}, {synced}"
         # CROSS JOIN: SQLite reads the page first and finds each row by its crm_id.
         f" FROM v CROSS JOIN {table.name} AS t WHERE t.{crm_id} = v.crm_id"
     )
+    if pg:
+        kinds = ["TEXT", "TEXT", "BIGINT", "TEXT", "TEXT"][:width]
+        arrays = ", ".join(f"%b::{k}[]" for k in kinds)
+        _insert_arrays(
+            conn,
+            f"WITH v ({names}) AS (SELECT * FROM unnest({arrays}))"  # noqa: S608
+            " INSERT INTO sync_record (object, record_id, crm_id, etag, crm_version,"
+            f" crm_modified_at, last_synced_at, synced_values) {select}",
+            states,
+            (spec.name, stamp),
+        )
+        return
     step = _max_rows(conn, width)
-    names = "crm_id, etag, version, modified" + (", typed" if typed else "")
     for start in range(0, len(states), step):
         part = states[start : start + step]
         conn.exec_driver_sql(
@@ -363,6 +392,25 @@ def _write(
             f" crm_modified_at, last_synced_at, synced_values) {select}",
             (*chain.from_iterable(part), spec.name, stamp),
         )
+
+
+# Rows per statement of ``_insert_arrays``: a page's worth.
+ARRAY_ROWS = 5000
+
+
+def _insert_arrays(
+    conn: Connection, statement: str, rows: Sequence[tuple[Any, ...]], after: tuple[Any, ...]
+) -> None:
+    """``statement`` with one array parameter per column of ``rows`` (then ``after``)."""
+    for start in range(0, len(rows), ARRAY_ROWS):
+        part = rows[start : start + ARRAY_ROWS]
+        conn.exec_driver_sql(statement, (*map(list, zip(*part, strict=True)), *after))
+
+
+def _base_type(conn: Connection, column: sa.Column[Any]) -> str:
+    """``column``'s PostgreSQL type without its length, precision or scale."""
+    compiled = column.type.compile(dialect=conn.dialect)
+    return re.sub(r"\(.*?\)", "", compiled).strip()
 
 
 def read_cursor(conn: Connection, obj: str) -> str | None:
