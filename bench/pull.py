@@ -1,6 +1,8 @@
 """Initial-load throughput: crmsync's pull versus a bare httpx loop over the same pages.
 
-Usage: ``.venv/bin/python bench/pull.py [--records 200000] [--rounds 3] [--database-url URL]``
+Usage: ``.venv/bin/python bench/pull.py [--records 200000] [--rounds 3] [--database-url URL]
+[--object lead|wide]`` (``wide``: 40 mapped fields of mixed types, ``bench/wide.py``,
+seeded with the values ``bench/push.py`` sends)
 
 The emulator runs with uvicorn in a separate process and is seeded with ``--records``
 leads (``UpsertMultiple``, by another application user). Each round then measures, in
@@ -46,12 +48,17 @@ from crmsync.config import Settings, load_settings
 from crmsync.dynamics.client import DataverseClient
 from crmsync.dynamics.writes import Write
 from crmsync.engine import changes
+from crmsync.engine.plan import body_for
 from crmsync.engine.worker import Worker
+from crmsync.mapping import build
 from crmsync.store.db import create_store_engine
 from crmsync.store.migrate import upgrade
-from push import start_emulator
+from push import start_emulator, wide_value
+from wide import wide_mapping  # bench/wide.py
 
 SEED_CHUNK = 1000
+# What is loaded: the four-field lead, or the wide object (bench/wide.py).
+OBJECT = {"name": "lead"}
 
 
 def settings_for(url: str, database_url: str, client_id: str, batch_size: int) -> Settings:
@@ -63,6 +70,7 @@ def settings_for(url: str, database_url: str, client_id: str, batch_size: int) -
         client_id=client_id,
         client_secret="bench-secret",
         batch_size=batch_size,
+        objects=wide_mapping() if OBJECT["name"] == "wide" else {},
     )
 
 
@@ -74,6 +82,9 @@ async def seed(url: str, records: int) -> list[str]:
         ids = [str(uuid.uuid4()) for _ in range(records)]
 
         async def chunk(start: int) -> None:
+            if OBJECT["name"] == "wide":
+                await wide_chunk(client, sem, ids, start, records)
+                return
             writes = [
                 Write(
                     "upsert",
@@ -98,6 +109,23 @@ async def seed(url: str, records: int) -> list[str]:
 
         await asyncio.gather(*(chunk(s) for s in range(0, records, SEED_CHUNK)))
     return ids
+
+
+async def wide_chunk(
+    client: DataverseClient, sem: asyncio.Semaphore, ids: list[str], start: int, records: int
+) -> None:
+    spec = build(wide_mapping())["wide"]
+    writes = []
+    for i in range(start, min(records, start + SEED_CHUNK)):
+        row = {c: wide_value(f.type.value, i) for c, f in spec.field_specs.items()}
+        writes.append(Write("upsert", spec.entity_set, ids[i], body_for(spec, row, {})[0]))
+    async with sem:
+        results = await client.write_multiple(
+            "UpsertMultiple", spec.entity_set, spec.logical_name, spec.primary_key, writes
+        )
+    failed = [r.error for r in results if r.error is not None]
+    if failed:
+        raise SystemExit(f"seeding failed: {failed[0]}")
 
 
 async def disturb(url: str, changed: Sequence[str], deleted: Sequence[str]) -> None:
@@ -135,7 +163,8 @@ def bare(url: str, select: str) -> tuple[int, float]:
     rows = 0
     started = time.perf_counter()
     with httpx.Client(headers=headers, timeout=120) as http:
-        link: str | None = f"{url}/api/data/v9.2/leads?$select={select}"
+        entity_set = "new_wides" if OBJECT["name"] == "wide" else "leads"
+        link: str | None = f"{url}/api/data/v9.2/{entity_set}?$select={select}"
         while link:
             body = http.get(link).json()
             rows += len(body["value"])
@@ -157,7 +186,8 @@ def crmsync_load(url: str, database_url: str, batch_size: int) -> tuple[int, flo
     asyncio.run(run())
     elapsed = time.perf_counter() - started
     with engine.connect() as conn:
-        loaded = int(conn.execute(sa.text("SELECT count(*) FROM lead")).scalar_one())
+        table = OBJECT["name"]
+        loaded = int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
         left = int(conn.execute(sa.text("SELECT count(*) FROM sync_queue")).scalar_one())
     engine.dispose()
     if left:
@@ -214,6 +244,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=1000, help="entries applied per batch")
     p.add_argument("--mode", choices=["load", "reconcile"], default="load")
+    p.add_argument("--object", choices=["lead", "wide"], default="lead")
     p.add_argument("--changed", type=float, default=0.01, help="reconcile: share updated")
     p.add_argument("--deleted", type=float, default=0.01, help="reconcile: share deleted")
     p.add_argument(
@@ -223,11 +254,15 @@ def main() -> None:
         " database is emptied of local rows and sync state before each round",
     )
     args = p.parse_args()
+    if args.object == "wide" and args.mode == "reconcile":
+        p.error("--object wide measures the initial load only")
+    OBJECT["name"] = args.object
     logging.getLogger("crmsync").setLevel(logging.ERROR)
-    spec = load_settings(database_url="sqlite://").object_specs()["lead"]
+    objects = wide_mapping() if args.object == "wide" else {}
+    spec = load_settings(database_url="sqlite://", objects=objects).object_specs()[args.object]
     select = ",".join(changes.select_for(spec, None))
 
-    proc, url = start_emulator()
+    proc, url = start_emulator(objects)
     bare_rates: list[float] = []
     ours: list[float] = []
     try:
@@ -268,7 +303,10 @@ def main() -> None:
     b, c = statistics.median(bare_rates), statistics.median(ours)
     # Both sides and the emulator share the machine's cores: say how busy it was.
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\n{args.records:,} leads, {args.rounds} rounds (medians); load average {load}")
+    print(
+        f"\n{args.records:,} {args.object} records, {args.rounds} rounds (medians);"
+        f" load average {load}"
+    )
     print(f"bare httpx loop  {b:10,.0f} records/s")
     print(f"crmsync {args.mode:9}{c:10,.0f} records/s")
     print(f"ratio            {c / b:10.2f}   (target >= 0.5)")
@@ -276,9 +314,17 @@ def main() -> None:
 
 def reset(database_url: str) -> None:
     engine = create_store_engine(database_url)
+    present = set(sa.inspect(engine).get_table_names())
     with engine.begin() as conn:
-        for table in ("lead", "sync_queue", "sync_record", "sync_cursor", "sync_throughput"):
-            conn.execute(sa.text(f"DELETE FROM {table}"))
+        for table in (
+            OBJECT["name"],
+            "sync_queue",
+            "sync_record",
+            "sync_cursor",
+            "sync_throughput",
+        ):
+            if table in present:
+                conn.execute(sa.text(f"DELETE FROM {table}"))
     engine.dispose()
 
 

@@ -146,6 +146,8 @@ def _mapping_type(name: str, field: Any) -> str:
     if "dict" in text:
         return "table: column → " + ("rule" if "ConflictRule" in text else "flow")
     limits = _range(field.metadata)
+    if "bool" in text:
+        return "true or false"
     base = "integer" if "int" in text else "text"
     return base + (f" ({limits})" if limits else "")
 

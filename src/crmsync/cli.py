@@ -26,6 +26,7 @@ import typer
 from sqlalchemy import Engine, make_url
 
 from crmsync import logs
+from crmsync.cli_objects import NAMED, check_object, command
 from crmsync.config import Settings, load_settings
 from crmsync.errors import ConfigError, CrmsyncError, ValidationFailed
 from crmsync.mapping import activate as activate_mapping
@@ -243,7 +244,7 @@ def serve(
 
 @app.command("import")
 def import_(
-    object: Annotated[str, typer.Argument(help="A mapped object (lead, contact, ...)")],
+    object: Annotated[str, typer.Argument(help=f"A mapped object: {NAMED}")],
     file: Annotated[Path, typer.Argument(help="CSV file with a header row of column names")],
     batch_size: Annotated[
         int, typer.Option(min=1, max=10_000, help="Rows inserted per transaction")
@@ -368,9 +369,14 @@ def worker(
 
     settings = _settings()
     if dry_run:
+        import asyncio
+
+        from crmsync.engine.choices import settings_with_options
         from crmsync.engine.dry_run import plan_waiting
         from crmsync.engine.plan import describe
 
+        # A choice whose labels Dynamics gives is planned with the options it has now.
+        settings = asyncio.run(settings_with_options(settings))
         with _store(settings) as engine:
             steps = plan_waiting(engine, settings, limit)
         for step in steps:
@@ -424,9 +430,7 @@ SearchOpt = Annotated[
         "--search", help="Only errors whose message, code, email, name or id contains this"
     ),
 ]
-ObjectOpt = Annotated[
-    str | None, typer.Option("--object", help="Only this object: lead, contact, account, ...")
-]
+ObjectOpt = Annotated[str | None, typer.Option("--object", help=f"Only this object: {NAMED}")]
 DirectionOpt = Annotated[
     str | None,
     typer.Option("--direction", help="to_crm (sending to Dynamics) or from_crm (receiving)"),
@@ -491,10 +495,16 @@ def _raw_filters(
 
 
 @contextmanager
-def _store(settings: Settings) -> Iterator[Engine]:
+def _store(settings: Settings, object: str | None = None) -> Iterator[Engine]:
+    """The store, opened once ``object`` (if given) is known to be mapped."""
     from crmsync.store.db import open_store
     from crmsync.store.records import NotFound
 
+    try:
+        check_object(object, settings.object_specs())
+    except ValidationFailed as exc:
+        typer.echo(f"crmsync: --object: {exc.message}", err=True)
+        raise typer.Exit(2) from None
     engine = open_store(settings.database_url)
     try:
         yield engine
@@ -526,7 +536,8 @@ def status(
         typer.Option(help="backlog: what waits to sync; last-hour: what synced in the last hour"),
     ] = "backlog",
     object: Annotated[
-        str | None, typer.Option(help="One object's waiting changes, with the oldest of each")
+        str | None,
+        typer.Option(help=f"One object's waiting changes, with the oldest of each: {NAMED}"),
     ] = None,
     at: Annotated[
         str | None, typer.Option(help="Look from this time instead of now, e.g. 2026-11-25T14:00Z")
@@ -542,11 +553,9 @@ def status(
     from crmsync.store.params import check_choice, parse_timestamp
 
     settings = _settings()
-    with _store(settings) as engine:
+    with _store(settings, object) as engine:
         when = parse_timestamp("at", at)
         check_choice("view", view, ("backlog", "last-hour", "last_hour"))
-        if object is not None:
-            check_choice("object", object, settings.object_specs())
         with read_transaction(engine) as conn:
             if object is not None and view == "backlog":
                 body = queries.details(conn, object, at=when)
@@ -590,7 +599,7 @@ def errors_list(
     from crmsync.store import sync_errors
 
     settings = _settings()
-    with _store(settings) as engine, engine.connect() as conn:
+    with _store(settings, object) as engine, engine.connect() as conn:
         given = _raw_filters(
             search, object, direction, operation, code, status, since, until, category, field
         )
@@ -621,7 +630,7 @@ def errors_export(
     from crmsync.store.params import check_choice
 
     settings = _settings()
-    with _store(settings) as engine:
+    with _store(settings, object) as engine:
         check_choice("format", format, ("csv", "json"))
         given = _raw_filters(
             search, object, direction, operation, code, status, since, until, category, field
@@ -684,7 +693,7 @@ def errors_retry(
     )
     _selection(id, all_, given)
     settings = _settings()
-    with _store(settings) as engine, write_transaction(engine) as conn:
+    with _store(settings, object) as engine, write_transaction(engine) as conn:
         result = sync_errors.retry(
             conn, settings.object_specs(), ids=id or None, given=given, actor=CLI_ACTOR
         )
@@ -724,7 +733,7 @@ def errors_dismiss(
     )
     _selection(id, all_, given)
     settings = _settings()
-    with _store(settings) as engine, write_transaction(engine) as conn:
+    with _store(settings, object) as engine, write_transaction(engine) as conn:
         result = sync_errors.dismiss_selected(
             conn, settings.object_specs(), ids=id or None, given=given, actor=CLI_ACTOR
         )
@@ -795,7 +804,8 @@ def main() -> None:
 
     limit_arenas()
     try:
-        app(obj=STANDALONE)
+        # The help names the objects of the mapping in force.
+        command(app)(obj=STANDALONE)
     except CrmsyncError as exc:
         typer.echo(f"crmsync: {exc}", err=True)
         sys.exit(2)

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from crmsync.cli import _print_json, _settings, _store, app
+from crmsync.cli_objects import NAMED
 
 jobs_app = typer.Typer(no_args_is_help=True, help="Resync and audit jobs: list or cancel them.")
 app.add_typer(jobs_app, name="jobs")
@@ -96,7 +97,7 @@ def _run_job(settings: Any, engine: Any, job: Any, title: str, show: bool) -> An
     " --id, or all. The records go through the ordinary queue."
 )
 def resync(
-    object: Annotated[str, typer.Argument(help="The object: lead, contact, account, ...")],
+    object: Annotated[str, typer.Argument(help=f"The object: {NAMED}")],
     direction: Annotated[
         str, typer.Option(help="to_crm (send local records) or from_crm (receive Dynamics')")
     ] = "to_crm",
@@ -122,7 +123,7 @@ def resync(
     from crmsync.store.params import parse_timestamp
 
     settings = _settings()
-    with _store(settings) as engine:
+    with _store(settings, object) as engine:
         req = check_request(
             settings.object_specs(),
             object,
@@ -173,7 +174,7 @@ AUDIT_BUSY = 3
     " waiting or running, the scheduled one included: `crmsync jobs list` shows it."
 )
 def audit(
-    object: Annotated[str | None, typer.Option(help="Only this object")] = None,
+    object: Annotated[str | None, typer.Option(help=f"Only this object: {NAMED}")] = None,
     repair: Annotated[bool, typer.Option("--repair", help="Queue the fixes")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON, as the API answers")] = False,
 ) -> None:
@@ -182,11 +183,9 @@ def audit(
     from crmsync.errors import Busy
     from crmsync.store import jobs
     from crmsync.store.db import write_transaction
-    from crmsync.store.params import check_choice
 
     settings = _settings()
-    with _store(settings) as engine:
-        check_choice("object", object, settings.object_specs())
+    with _store(settings, object) as engine:
         try:
             with write_transaction(engine) as conn:
                 job = jobs.ask_for_audit(conn, object, repair)

@@ -323,6 +323,13 @@ class Settings(BaseSettings):
             self._specs = (self.objects, build_mapping(self.objects))
         return dict(self._specs[1])
 
+    def with_specs(self, specs: Mapping[str, ObjectSpec]) -> Settings:
+        """A copy whose ``object_specs()`` are ``specs``: the mapping with what a worker
+        learned from Dynamics at start (a choice's options, ``engine/choices.py``)."""
+        copy = self.model_copy()
+        copy._specs = (copy.objects, dict(specs))
+        return copy
+
 
 class _TomlSource(PydanticBaseSettingsSource):
     """Reads the TOML file named by CRMSYNC_CONFIG (keys are setting names, lower case)."""

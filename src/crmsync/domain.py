@@ -147,10 +147,12 @@ class FieldSpec:
     """One mapped local column and the Dataverse attribute it syncs with.
 
     ``precision`` is the number of decimal places of a ``decimal`` or ``money``;
-    ``choices`` pairs a ``choice``'s local values with Dynamics' option values (empty:
-    the local column holds the option value itself); ``minimum``/``maximum`` bound an
-    ``integer``, ``decimal`` or ``money``. ``flow`` and ``conflict_rule`` are None when
-    the field follows its object.
+    ``choices`` pairs a ``choice``'s local values with Dynamics' option values: declared
+    by the mapping, or (``options_read``) the options' labels as a worker read them from
+    Dynamics' metadata. ``labels`` False: the local column holds the option value itself
+    (no choices); a choice with ``labels`` and no choices yet waits for its options
+    (``needs_options``). ``minimum``/``maximum`` bound an ``integer``, ``decimal`` or
+    ``money``. ``flow`` and ``conflict_rule`` are None when the field follows its object.
     """
 
     column: str
@@ -161,10 +163,22 @@ class FieldSpec:
     minimum: int | None = None
     maximum: int | None = None
     choices: tuple[tuple[str, int], ...] = ()
+    labels: bool = True
+    options_read: bool = False
     target: str | None = None  # a lookup's object
     navigation: str | None = None  # a lookup's navigation property, if not the attribute
     flow: Flow | None = None
     conflict_rule: ConflictRule | None = None
+
+    @property
+    def needs_options(self) -> bool:
+        """A choice whose local values are labels that Dynamics' metadata must give."""
+        return (
+            self.type is FieldType.CHOICE
+            and self.labels
+            and not self.choices
+            and not self.options_read
+        )
 
 
 @dataclass(frozen=True)

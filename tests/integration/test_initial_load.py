@@ -150,7 +150,8 @@ def test_a_refused_page_is_left_whole_to_the_queue(engine: sa.Engine, settings: 
 def test_pages_larger_than_one_statement(
     engine: sa.Engine, settings: Settings, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(inbound, "ROWS_PER_STATEMENT", 3)
+    monkeypatch.setattr(inbound, "ROWS_PER_STATEMENT", 3)  # SQLite's VALUES lists
+    monkeypatch.setattr(inbound, "ARRAY_ROWS", 3)  # PostgreSQL's arrays
     rows = [lead_row(n) for n in range(1, 11)]
     assert len(insert(engine, settings, "lead", rows).inserted) == 10
     with engine.connect() as conn:

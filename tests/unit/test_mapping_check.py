@@ -181,3 +181,37 @@ def test_an_objects_own_sync_filter_must_be_a_yes_no_attribute_of_its_table() ->
     assert set(blocking(mismatches(specs, tables), specs)) == {"lead"}
     lead.attributes["new_tomarketing"] = AttributeInfo("new_tomarketing", "Boolean")
     assert mismatches(specs, tables) == []
+
+
+def test_a_choice_whose_options_are_read_must_be_a_choice_column() -> None:
+    """crmsync reads the options of Picklist columns; a Status column's must be declared."""
+    specs = build(
+        {
+            "lead": {
+                "fields": {
+                    "state": {"attribute": "statuscode", "type": "choice"},
+                    "quality": {"attribute": "leadqualitycode", "type": "choice"},
+                    "declared": {
+                        "attribute": "new_stage",
+                        "type": "choice",
+                        "choices": {"new": 1},
+                    },
+                }
+            }
+        }
+    )
+    tables = matching()
+    lead = tables["lead"]
+    assert lead is not None
+    lead.attributes["statuscode"] = AttributeInfo("statuscode", "Status", options=(1, 2))
+    lead.attributes["leadqualitycode"] = AttributeInfo("leadqualitycode", "Picklist", options=(1,))
+    lead.attributes["new_stage"] = AttributeInfo("new_stage", "Status", options=(1,))
+    found = [(m.field, m.kind, m.message) for m in mismatches(specs, tables) if m.object == "lead"]
+    assert found == [
+        (
+            "state",
+            "choice",
+            "lead.statuscode is a Status column: crmsync reads the options of Choice columns "
+            "only; declare this one's choices in the mapping",
+        )
+    ]

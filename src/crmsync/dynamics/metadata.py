@@ -1,4 +1,5 @@
-"""The environment's table definitions, read for ``crmsync mapping check``.
+"""The environment's table definitions, read for ``crmsync mapping check``, and the
+options of a table's Choice columns, read by a worker at start (``read_choice_options``).
 
 One request for each table's own properties and its attributes, and one per attribute
 type whose properties are not on the base type (Dataverse refuses ``$select`` of a
@@ -39,6 +40,7 @@ class AttributeInfo:
     valid_for_update: bool = True
     max_length: int | None = None
     options: tuple[int, ...] | None = None  # a choice's option values
+    labels: tuple[str, ...] = ()  # their labels, in the same order
     targets: tuple[str, ...] = ()  # a lookup's tables
     date_only: bool = False
 
@@ -100,12 +102,49 @@ async def read_table(client: DataverseClient, logical_name: str) -> TableInfo | 
     return table
 
 
+Options = tuple[tuple[int, str], ...]  # a choice's (option value, label) pairs
+
+
+async def read_choice_options(client: DataverseClient, logical_name: str) -> dict[str, Options]:
+    """Every Choice column of the table ``logical_name`` with its options, in Dynamics'
+    order; ``RecordRejected`` (404) for a table the environment does not have. A choice
+    bound to a global choice carries its options in ``GlobalOptionSet`` (query-metadata-
+    web-api, "Retrieving attributes")."""
+    data = await client.get_json(
+        f"EntityDefinitions(LogicalName='{logical_name}')/Attributes/{_CAST}"
+        "PicklistAttributeMetadata?$select=LogicalName"
+        "&$expand=OptionSet($select=Options),GlobalOptionSet($select=Options)"
+    )
+    return {str(row.get("LogicalName")): _options(row) for row in data.get("value") or []}
+
+
+def _options(row: dict[str, Any]) -> Options:
+    found = (row.get("OptionSet") or {}).get("Options") or (row.get("GlobalOptionSet") or {}).get(
+        "Options"
+    )
+    return tuple(
+        (int(o["Value"]), _label(o.get("Label"))) for o in found or [] if o.get("Value") is not None
+    )
+
+
+def _label(label: Any) -> str:
+    """The text of a Label: the caller's language (``UserLocalizedLabel``; an application
+    user's is the organisation's base language), else the first localized one."""
+    if not isinstance(label, dict):
+        return ""
+    mine: Any = label.get("UserLocalizedLabel") or next(
+        iter(label.get("LocalizedLabels") or []), None
+    )
+    return str(mine.get("Label") or "") if isinstance(mine, dict) else ""
+
+
 def _typed(attr: AttributeInfo, row: dict[str, Any]) -> None:
     if "MaxLength" in row and row["MaxLength"] is not None:
         attr.max_length = int(row["MaxLength"])
     if "OptionSet" in row:
-        options = (row.get("OptionSet") or {}).get("Options") or []
-        attr.options = tuple(int(o["Value"]) for o in options if "Value" in o)
+        options = _options(row)
+        attr.options = tuple(v for v, _ in options)
+        attr.labels = tuple(text for _, text in options)
     if "Targets" in row:
         attr.targets = tuple(str(t) for t in row.get("Targets") or ())
     if "Format" in row or "DateTimeBehavior" in row:

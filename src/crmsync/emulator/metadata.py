@@ -260,7 +260,11 @@ _ATTR_PROPS: set[str] = set().union(
 )
 # name -> (type name, its plain properties, its navigations), for metaquery.parse.
 NavSpec = dict[str, tuple[str, set[str], dict[str, Any]]]
-_ATTR_NAVS: NavSpec = {"OptionSet": ("OptionSetMetadata", _OPTIONSET_PROPS, {})}
+_ATTR_NAVS: NavSpec = {
+    "OptionSet": ("OptionSetMetadata", _OPTIONSET_PROPS, {}),
+    # The emulated choices are all local to their column: no global choice (null).
+    "GlobalOptionSet": ("OptionSetMetadata", _OPTIONSET_PROPS, {}),
+}
 _ENTITY_NAVS: NavSpec = {
     "Attributes": ("AttributeMetadata", _ATTR_PROPS, _ATTR_NAVS),
     "Keys": ("EntityKeyMetadata", _KEY_PROPS, {}),
@@ -293,6 +297,7 @@ def _expanders(declared: dict[str, list[list[str]]]) -> dict[str, metaquery.Navi
         ),
         "ManyToManyRelationships": lambda row: [],
         "OptionSet": optionset,
+        "GlobalOptionSet": lambda row: None,
     }
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from crmsync.config import Settings
 from crmsync.domain import JobKind, JobState
 from crmsync.dynamics.client import DataverseClient
-from crmsync.engine import retry
+from crmsync.engine import choices, retry
 from crmsync.engine.audit import Auditor, Cancelled, Lost
 from crmsync.engine.pull import Puller
 from crmsync.engine.resync import Resyncer, ResyncRequest
@@ -180,7 +180,8 @@ async def _connected(settings: Settings, engine: Engine) -> AsyncIterator[Puller
         await throttle.refresh()
         poll = asyncio.create_task(throttle.run())
         try:
-            yield Puller(engine, client, settings)
+            # A choice whose labels Dynamics gives converts with the options it has now.
+            yield Puller(engine, client, await choices.with_options(settings, client))
         finally:
             poll.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -7,23 +7,26 @@ in the transaction that stages the rest of the page (and, on the last page, save
 delta link), with capture suppressed so nothing goes back.
 
 What the store knows in any way (a local row, a push in flight holding the id, a logged
-delete, a tombstone), what the sync filter excludes, what does not fit a local column and
-what waits for a parent that is not local go the ordinary way, through the queue. Records
-held at the version read need nothing (``held_at_version``). If the database refuses the
-bulk insert, the whole page goes the ordinary way. The checks run column by column over
-the page: this is the part of the load that runs per record.
+delete, a tombstone), what the sync filter excludes, what does not fit (a local column,
+or a typed field's conversion: ``convert.decoder``, as applying converts, the JSON form
+kept as the synced value) and what waits for a parent that is not local go the ordinary
+way, through the queue. Records held at the version read need nothing. If the database
+refuses the bulk insert, the whole page goes the ordinary way. The checks run column by
+column over the page: this is the part of the load that runs per record.
 """
 
 from __future__ import annotations
 
+import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from crmsync.domain import FieldType, ObjectSpec
 from crmsync.engine import changes as ch
+from crmsync.mapping.convert import DoesNotFit, decoder
 from crmsync.store import inbound
 from crmsync.store.db import is_sqlite
 
@@ -94,8 +97,7 @@ def insert_new(
     if same:
         rows = [r for i, r in enumerate(rows) if i not in same]
         ids = [i for j, i in enumerate(ids) if j not in same]
-    # Text columns without a length take any text; every pulled field is a text
-    # column today, and a value of another kind goes the ordinary way.
+    # Text columns without a length take any text (a typed field's length is not used).
     fields = [
         (c, a, inbound.text_room(spec, c) or sys.maxsize) for c, a in ch.pulled_fields(spec).items()
     ]
@@ -125,13 +127,20 @@ def insert_new(
         for c, f in spec.field_specs.items()
         if f.type not in (FieldType.STRING, FieldType.MEMO, FieldType.LOOKUP)
     }
+    # The typed fields' values in their JSON form, by position: the synced values.
+    forms: list[dict[str, Any]] | None = (
+        [{} for _ in new] if any(c in typed for c, _, _ in fields) else None
+    )
     values: list[list[Any]] = []
     for name, attr, length in fields:
         column = [r.get(attr) for r in new]
         if name in typed:
-            # A typed field (a datetime arrives as text too) goes the ordinary way,
-            # which converts it and keeps its base in the one JSON form.
-            unfit.update(j for j, v in enumerate(column) if v is not None)
+            # Converted as applying it would (``convert.decoded``); a value that does
+            # not fit goes the ordinary way, which parks it naming the field.
+            assert forms is not None
+            local = _decode(decoder(spec.field_specs[name]), column, name, forms, unfit)
+            values.append(inbound.bound_values(conn, spec, name, local))
+            continue
         # Text that fits, as apply's ``_fits`` checks it; the ordinary path parks
         # anything else with the reason.
         if not _all_text_within(column, length):
@@ -154,18 +163,15 @@ def insert_new(
     etags = [r.get("@odata.etag") for r in new]
     new_ids = [ids[i] for i in picked]
     local_rows = list(zip(*values, new_ids, strict=True))
-    states = list(
-        zip(
-            new_ids,
-            [e if type(e) is str else None for e in etags],
-            [
-                v if type(v) is int else ch.row_version(r)
-                for v, r in zip(versions, new, strict=True)
-            ],
-            inbound.stored_times([r.get(ch.MODIFIED_ON) for r in new], sqlite),
-            strict=True,
-        )
-    )
+    state_columns: list[list[Any]] = [
+        new_ids,
+        [e if type(e) is str else None for e in etags],
+        [v if type(v) is int else ch.row_version(r) for v, r in zip(versions, new, strict=True)],
+        inbound.stored_times([r.get(ch.MODIFIED_ON) for r in new], sqlite),
+    ]
+    if forms is not None:
+        state_columns.append([json.dumps(f, separators=(",", ":")) for f in forms])
+    states = list(zip(*state_columns, strict=True))
     if unfit:
         local_rows = [x for j, x in enumerate(local_rows) if j not in unfit]
         states = [x for j, x in enumerate(states) if j not in unfit]
@@ -173,11 +179,33 @@ def insert_new(
     if not picked:
         return Loaded([], list(rows), settled)
     columns = [c for c, _, _ in fields] + [c for c, _, _ in lookups]
-    if not inbound.insert_loaded(conn, spec, columns, local_rows, states, now):
+    if not inbound.insert_loaded(
+        conn, spec, columns, local_rows, states, now, typed=forms is not None
+    ):
         return Loaded([], list(rows), settled)
     taken = set(picked)
     rest = [r for i, r in enumerate(rows) if i not in taken]
     return Loaded([ids[i] for i in picked], rest, settled)
+
+
+def _decode(
+    decode: Callable[[Any], tuple[Any, Any]],
+    column: Sequence[Any],
+    name: str,
+    forms: list[dict[str, Any]],
+    unfit: set[int],
+) -> list[Any]:
+    """The local values of a typed ``column``; each value's JSON form goes into its
+    row's ``forms``, and a value that does not fit marks its position ``unfit``."""
+    local: list[Any] = [None] * len(column)
+    for j, v in enumerate(column):
+        if v is None:
+            continue
+        try:
+            local[j], forms[j][name] = decode(v)
+        except DoesNotFit:
+            unfit.add(j)
+    return local
 
 
 def _all_text_within(column: Sequence[Any], length: int) -> bool:

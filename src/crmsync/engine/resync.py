@@ -116,7 +116,7 @@ def check_request(
     for value in ids:
         if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID:
             clean.append(value)
-        elif isinstance(value, str) and value.strip().isdigit() and 0 < int(value) <= MAX_ID:
+        elif isinstance(value, str) and value.strip().isdecimal() and 0 < int(value) <= MAX_ID:
             clean.append(int(value))
         elif way is Direction.FROM_CRM and ch.is_guid(value):
             clean.append(str(value).lower())

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from crmsync.config import Settings
 from crmsync.domain import Direction
 from crmsync.dynamics.client import DataverseClient
-from crmsync.engine import drift, retry
+from crmsync.engine import choices, drift, retry
 from crmsync.engine.apply import Applier
 from crmsync.engine.jobs import JobRunner
 from crmsync.engine.pull import Progress, Puller
@@ -47,6 +47,7 @@ from crmsync.errors import (
     StaleRecord,
 )
 from crmsync.mapping import activate as activate_mapping
+from crmsync.mapping import options
 from crmsync.memory import release_free_memory
 from crmsync.store import jobs, migrate, queue
 from crmsync.store.db import is_sqlite, store_unavailable, write_transaction
@@ -132,24 +133,32 @@ class Worker:
         concurrency: int = 4,
         progress: Progress | None = None,
     ) -> None:
-        activate_mapping(settings.object_specs())
         configure_history(enabled=settings.history, retention_days=settings.history_retention_days)
         self.engine = engine
         self.client = client
-        self.settings = settings
         self.id = worker_id()
-        self.pusher = Pusher(engine, client, settings, self.id)
-        self.puller = Puller(engine, client, settings, progress=progress)
-        self.applier = Applier(engine, settings, self.id)
-        self.pusher.on_stale = self.puller.refetch
-        # A job's lease is renewed while it runs: the queue's lease is long enough.
-        self.jobs = JobRunner(engine, self.puller, self.id, lease_seconds=settings.lease_seconds)
+        self.progress = progress
+        self._assemble(settings)
         self.throttle = SharedThrottle.for_settings(engine, client.limiter, settings)
         self.concurrency = concurrency
         # SQLite has one writer: more than one apply lane there only queues for the lock.
         self.apply_lanes = 1 if is_sqlite(engine) else max(1, concurrency // 2)
         self.stopping = asyncio.Event()
         self.outage = StoreOutage()
+
+    def _assemble(self, settings: Settings) -> None:
+        """The lanes' parts, for ``settings``' mapping (again once a choice's options are
+        read from Dynamics: ``engine/choices.py``)."""
+        activate_mapping(settings.object_specs())
+        self.settings = settings
+        self.pusher = Pusher(self.engine, self.client, settings, self.id)
+        self.puller = Puller(self.engine, self.client, settings, progress=self.progress)
+        self.applier = Applier(self.engine, settings, self.id)
+        self.pusher.on_stale = self.puller.refetch
+        # A job's lease is renewed while it runs: the queue's lease is long enough.
+        self.jobs = JobRunner(
+            self.engine, self.puller, self.id, lease_seconds=settings.lease_seconds
+        )
 
     def stop(self) -> None:
         self.stopping.set()
@@ -381,6 +390,12 @@ class Worker:
 
         if not await self._wait_for_store():
             return
+        specs = self.settings.object_specs()
+        if options.wanted(specs):
+            resolved = await choices.prepare(self.engine, self.client, specs, self.stopping)
+            if self.stopping.is_set():
+                return
+            self._assemble(self.settings.with_specs(resolved))
         # A throttle already in force when we start is honoured before the first send.
         await self.throttle.refresh()
         poll = asyncio.create_task(self.throttle.run())

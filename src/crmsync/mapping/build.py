@@ -383,6 +383,7 @@ def _field(
     only_for("minimum", FieldType.INTEGER, FieldType.DECIMAL, FieldType.MONEY)
     only_for("maximum", FieldType.INTEGER, FieldType.DECIMAL, FieldType.MONEY)
     only_for("choices", FieldType.CHOICE)
+    only_for("labels", FieldType.CHOICE)
     only_for("target", FieldType.LOOKUP)
     only_for("navigation", FieldType.LOOKUP)
     max_length = entry.max_length
@@ -418,6 +419,14 @@ def _field(
     choices = tuple((entry.choices or {}).items())
     if kind is FieldType.CHOICE and len({v for _, v in choices}) < len(choices):
         problems.append((f"{path}.choices", "two local values map to one option value"))
+    if kind is FieldType.CHOICE and choices and entry.labels is False:
+        problems.append(
+            (
+                f"{path}.labels",
+                "choices give the local values; labels = false keeps option values, "
+                "for a choice without choices",
+            )
+        )
     if kind is FieldType.LOOKUP:
         if entry.target is None:
             problems.append((f"{path}.target", "required for a lookup: the object it points to"))
@@ -434,6 +443,7 @@ def _field(
         minimum=minimum,
         maximum=maximum,
         choices=choices,
+        labels=entry.labels is not False,
         flow=entry.flow,
         conflict_rule=entry.conflict_rule,
         target=entry.target,

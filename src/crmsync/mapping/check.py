@@ -148,6 +148,17 @@ def _field(
 
 
 def _choices(spec: ObjectSpec, field: FieldSpec, attr: AttributeInfo, where: str) -> list[Mismatch]:
+    if field.needs_options and attr.type != "Picklist":
+        # engine/choices.py reads PicklistAttributeMetadata: the worker would pause.
+        return [
+            Mismatch(
+                spec.name,
+                field.column,
+                "choice",
+                f"{where} is a {attr.type} column: crmsync reads the options of Choice "
+                "columns only; declare this one's choices in the mapping",
+            )
+        ]
     if field.type is not FieldType.CHOICE or attr.options is None or not field.choices:
         return []
     missing = [f"{local}={value}" for local, value in field.choices if value not in attr.options]

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
+from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
@@ -24,6 +26,8 @@ from typing import Any
 from crmsync.domain import FieldSpec, FieldType, ObjectSpec
 
 INVALID_VALUE = "crmsync.invalid_value"
+# A choice's local column holds up to 100 characters (``store/local_tables.py``).
+MAX_LABEL = 100
 
 
 class DoesNotFit(ValueError):
@@ -62,13 +66,7 @@ def to_dataverse(field: FieldSpec, value: Any) -> Any:
     if kind is FieldType.DATE:
         return _date(field, value).isoformat()
     if kind is FieldType.CHOICE:
-        if not field.choices:
-            return _integer(field, value)
-        for local, option in field.choices:
-            if value == local:
-                return option
-        allowed = ", ".join(repr(c) for c, _ in field.choices)
-        raise DoesNotFit(field, f"{_short(value)} is not one of the choices ({allowed})")
+        return _option(field, value)
     return value  # a lookup is bound by the engine, not converted
 
 
@@ -117,8 +115,10 @@ def encoder(field: FieldSpec) -> Callable[[Any], Any]:
         )
     if kind is FieldType.DATE:
         return lambda v: v.isoformat() if type(v) is date else slow(v)
-    if kind is FieldType.CHOICE and field.choices:
-        options = dict(field.choices)
+    if kind is FieldType.CHOICE and field.labels and field.choices:
+        # A label two options share is left to ``to_dataverse``, which refuses it.
+        named = Counter(local for local, _ in field.choices)
+        options = {local: option for local, option in field.choices if named[local] == 1}
 
         def choice(v: Any) -> Any:
             option = options.get(v) if type(v) is str else None
@@ -126,6 +126,90 @@ def encoder(field: FieldSpec) -> Callable[[Any], Any]:
 
         return choice
     return slow
+
+
+def decoded(field: FieldSpec, value: Any) -> tuple[Any, Any]:
+    """The local value of Dataverse's ``value`` and the JSON form crmsync keeps of it
+    (``to_dataverse`` of the local value): what applying a pulled value does."""
+    local = from_dataverse(field, value)
+    return local, to_dataverse(field, local)
+
+
+@functools.cache
+def decoder(field: FieldSpec) -> Callable[[Any], tuple[Any, Any]]:
+    """``decoded`` for ``field`` as one function, with a fast path for the shapes
+    Dataverse returns (the same answers: anything else takes ``decoded``)."""
+    slow = functools.partial(decoded, field)
+    kind = field.type
+    low, high = field.minimum, field.maximum
+    if kind is FieldType.INTEGER or (kind is FieldType.CHOICE and not field.labels):
+
+        def integer(v: Any) -> tuple[Any, Any]:
+            if type(v) is int and (low is None or v >= low) and (high is None or v <= high):
+                return v, v
+            return slow(v)
+
+        return integer
+    if kind in (FieldType.DECIMAL, FieldType.MONEY):
+        places = field.precision or 0
+        step = Decimal(1).scaleb(-places)
+
+        def number(v: Any) -> tuple[Any, Any]:
+            # A float's repr is its shortest exact spelling (as ``_decimal`` reads it);
+            # with no more places than the field's, quantizing it rounds nothing.
+            exact = Decimal(repr(v)) if type(v) is float else Decimal(v) if type(v) is int else None
+            if exact is not None:
+                exponent = exact.as_tuple().exponent
+                if (
+                    isinstance(exponent, int)
+                    and exponent >= -places
+                    and (low is None or exact >= low)
+                    and (high is None or exact <= high)
+                ):
+                    return exact.quantize(step), int(v) if v == int(v) else v
+            return slow(v)
+
+        return number
+    if kind is FieldType.BOOLEAN:
+        return lambda v: (v, v) if type(v) is bool else slow(v)
+    if kind is FieldType.DATETIME:
+
+        def instant(v: Any) -> tuple[Any, Any]:
+            # Dataverse's own shape, "2026-03-04T08:30:15Z": the JSON form already.
+            if type(v) is str and len(v) == 20 and _INSTANT.fullmatch(v):
+                with contextlib.suppress(ValueError):  # a 30 February
+                    return datetime.fromisoformat(v[:19]).replace(tzinfo=UTC), v
+            return slow(v)
+
+        return instant
+    if kind is FieldType.DATE:
+
+        def day(v: Any) -> tuple[Any, Any]:
+            if type(v) is str and len(v) == 10 and _DAY.fullmatch(v):
+                with contextlib.suppress(ValueError):
+                    return date.fromisoformat(v), v
+            return slow(v)
+
+        return day
+    if kind is FieldType.CHOICE and field.choices:
+        named = Counter(local for local, _ in field.choices)
+        labels: dict[int, str] = {}
+        for local, option in field.choices:
+            labels.setdefault(option, local)
+        # Only an option whose label is its alone and fits the column comes back fast.
+        fast = {o: c for o, c in labels.items() if named[c] == 1 and len(c) <= MAX_LABEL}
+
+        def choice(v: Any) -> tuple[Any, Any]:
+            local = fast.get(v) if type(v) is int else None
+            return (local, v) if local is not None else slow(v)
+
+        return choice
+    return slow
+
+
+# Dataverse's spellings, years from 1000 (those ``strftime`` spells back the same).
+_INSTANT = re.compile(r"[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+_DAY = re.compile(r"[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}")
 
 
 def from_dataverse(field: FieldSpec, value: Any) -> Any:
@@ -150,13 +234,7 @@ def from_dataverse(field: FieldSpec, value: Any) -> Any:
     if kind is FieldType.DATE:
         return _date(field, value)
     if kind is FieldType.CHOICE:
-        option = _integer(field, value)
-        if not field.choices:
-            return option
-        for local, known in field.choices:
-            if known == option:
-                return local
-        raise DoesNotFit(field, f"Dynamics' option {option} has no local choice in the mapping")
+        return _local_choice(field, _integer(field, value))
     return value
 
 
@@ -166,8 +244,15 @@ def from_input(field: FieldSpec, value: Any) -> Any:
     if value is None:
         return None
     if field.type is FieldType.CHOICE:
+        if field.needs_options:
+            # Dynamics' options are read by the workers: one they lack is their sync error.
+            if not isinstance(value, str) or not 1 <= len(value) <= MAX_LABEL:
+                raise DoesNotFit(
+                    field, f"{_short(value)} is not an option's label (1 to {MAX_LABEL} characters)"
+                )
+            return value
         option = to_dataverse(field, value)  # one of the choices, or an option value
-        return value if field.choices else option
+        return value if field.labels else option
     if field.type is FieldType.BOOLEAN and isinstance(value, str):
         text = value.strip().lower()
         if text not in ("true", "false", "1", "0", "yes", "no"):
@@ -203,6 +288,65 @@ def local_values(spec: ObjectSpec, values: Mapping[str, Any]) -> dict[str, Any]:
         else v
         for c, v in values.items()
     }
+
+
+def _options_unread(field: FieldSpec) -> DoesNotFit:
+    return DoesNotFit(
+        field,
+        f"the options of {field.attribute} were not read from Dynamics' metadata (a worker "
+        "reads them when it starts): nothing was converted",
+    )
+
+
+def _listing(field: FieldSpec) -> str:
+    if not field.options_read:
+        return "the choices (" + ", ".join(repr(c) for c, _ in field.choices) + ")"
+    listed = ", ".join(f"{o} {c!r}" for c, o in field.choices) or "none"
+    return f"{field.attribute}'s options in Dynamics ({listed})"
+
+
+def _option(field: FieldSpec, value: Any) -> int:
+    """The option value of a choice's local value: a declared choice, an option's label
+    (exactly, and the label of one option only), or the option value itself."""
+    if not field.labels:
+        return _integer(field, value)
+    if field.needs_options:
+        raise _options_unread(field)
+    found = [option for local, option in field.choices if value == local]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise DoesNotFit(
+            field,
+            f"{_short(value)} is the label of {len(found)} options of {field.attribute} "
+            f"({', '.join(map(str, found))}): crmsync cannot tell which; declare the "
+            "choices in the mapping",
+        )
+    raise DoesNotFit(field, f"{_short(value)} is not one of {_listing(field)}")
+
+
+def _local_choice(field: FieldSpec, option: int) -> Any:
+    """The local value of Dynamics' option ``option``."""
+    if not field.labels:
+        return option
+    if field.needs_options:
+        raise _options_unread(field)
+    for local, known in field.choices:
+        if known == option:
+            if len(local) > MAX_LABEL:
+                raise DoesNotFit(
+                    field,
+                    f"option {option}'s label {_short(local)} is longer than the {MAX_LABEL} "
+                    "characters the local column holds: declare the choices in the mapping",
+                )
+            return local
+    if field.options_read:
+        raise DoesNotFit(
+            field,
+            f"Dynamics' option {option} is not among {_listing(field)}, read when the "
+            "worker started: restart the workers to read the options again, then retry",
+        )
+    raise DoesNotFit(field, f"Dynamics' option {option} has no local choice in the mapping")
 
 
 def _integer(field: FieldSpec, value: Any) -> int:

@@ -82,7 +82,12 @@ class FieldEntry(BaseModel):
     choices: dict[Choice, int] | None = Field(
         None,
         description="choice: local value → Dynamics option value; without it the local "
-        "column holds the option value",
+        "column holds the option's label, read from Dynamics' metadata",
+    )
+    labels: bool | None = Field(
+        None,
+        description="choice without choices: true (default) keeps the option's label "
+        "locally (text); false keeps the option value (an integer)",
     )
     target: str | None = Field(None, description="lookup: the mapped object it points to")
     navigation: str | None = Field(

@@ -177,7 +177,7 @@ def _encode(row_id: int) -> str:
 
 
 def _decode(cursor: str) -> int:
-    if not cursor.startswith(_CURSOR_PREFIX) or not cursor[len(_CURSOR_PREFIX) :].isdigit():
+    if not cursor.startswith(_CURSOR_PREFIX) or not cursor[len(_CURSOR_PREFIX) :].isdecimal():
         raise ValidationFailed("cursor", "is not a cursor of this list")
     value = int(cursor[len(_CURSOR_PREFIX) :])
     if value > 2**63 - 1:

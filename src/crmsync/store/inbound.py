@@ -16,6 +16,7 @@ the caller's decision (the delta link is saved with the last page's entries).
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -83,6 +84,19 @@ def why_unfit(spec: ObjectSpec, column: str, value: Any) -> str | None:
     return None
 
 
+def bound_values(conn: Connection, spec: ObjectSpec, column: str, values: list[Any]) -> list[Any]:
+    """``values`` of ``column`` as its type hands them to the driver (a decimal as exact
+    text on SQLite, a date as its ISO text, ...), for ``insert_loaded``."""
+    # The dialect's own form of the type: a decorated type's processor alone would
+    # hand its generic implementation's (a Numeric's float) instead.
+    process = (
+        local_table(spec).c[column].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    )
+    if process is None:
+        return values
+    return [None if v is None else process(v) for v in values]
+
+
 def insert_loaded(
     conn: Connection,
     spec: ObjectSpec,
@@ -90,15 +104,19 @@ def insert_loaded(
     local_rows: Sequence[tuple[Any, ...]],
     states: Sequence[tuple[Any, ...]],
     now: datetime,
+    *,
+    typed: bool = False,
 ) -> bool:
-    """Insert a full read's new records (``local_rows``: ``columns`` then ``crm_id``) and
-    their sync state (``states``: crm_id, etag, version, modified time as
-    ``stored_times`` gives it), counted as synced inserts, with capture suppressed, in a
+    """Insert a full read's new records (``local_rows``: ``columns`` then ``crm_id``, as
+    the driver takes them: ``bound_values``) and their sync state (``states``: crm_id,
+    etag, version, modified time as ``stored_times`` gives it and, with ``typed``, a JSON
+    object of the typed fields' values in their JSON form, which the synced values take
+    over the local columns'), counted as synced inserts, with capture suppressed, in a
     savepoint of the caller's transaction. False if the database refused them (another
     worker inserted one first, a local constraint): then nothing of them is written."""
     try:
         with capture_suppressed(conn), conn.begin_nested():
-            _write(conn, spec, columns, local_rows, states, now)
+            _write(conn, spec, columns, local_rows, states, now, typed)
             _loaded_events(conn, spec, columns, [r[-1] for r in local_rows], now)
             queue.count_synced(
                 conn, {(spec.name, Direction.FROM_CRM, Operation.INSERT): len(local_rows)}, now
@@ -279,12 +297,13 @@ def _write(
     local_rows: Sequence[tuple[Any, ...]],
     states: Sequence[tuple[Any, ...]],
     now: datetime,
+    typed: bool = False,
 ) -> None:
     """Insert the local rows, then their sync state joined to them by ``crm_id`` (ids
     from the database, nothing looked up in Python), many rows per statement straight
-    through the driver: SQLAlchemy's per-parameter processing and ``executemany``'s
-    per-row step cost more than the inserts. Names come from the schema; every value
-    is a bound parameter."""
+    through the driver (VALUES lists on SQLite, one array per column on PostgreSQL):
+    SQLAlchemy's per-parameter processing and ``executemany``'s per-row step cost more
+    than the inserts. Names come from the schema; every value is a bound parameter."""
     table = local_table(spec)
     rid, crm_id = table.c.id.name, table.c.crm_id.name  # an attached table's own names
     pg = conn.dialect.name == "postgresql"
@@ -300,30 +319,88 @@ def _write(
 
     synced = ", ".join(f"'{c}', t.{c}" for c in columns)
     synced = f"json_build_object({synced})" if pg else f"json_object({synced})"
-    stamp = now if pg else now.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    step = _max_rows(conn, len(columns) + 1)
-    for start in range(0, len(local_rows), step):
-        part = local_rows[start : start + step]
-        conn.exec_driver_sql(
-            f"INSERT INTO {table.name} ({', '.join(columns)}, {crm_id})"  # noqa: S608
-            f" VALUES {marks(len(columns) + 1, len(part))}",
-            tuple(chain.from_iterable(part)),
+    if typed:
+        # A typed column's value as the database holds it is not its JSON form (a
+        # timestamp's text, a decimal's scale): the forms given replace them. Only
+        # values are given, never nulls (json_patch would drop the key).
+        synced = (
+            f"({synced}::jsonb || CAST(v.typed AS jsonb))::json"
+            if pg
+            else f"json_patch({synced}, v.typed)"
         )
+    width = 5 if typed else 4
+    stamp = now if pg else now.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    names = "crm_id, etag, version, modified" + (", typed" if typed else "")
+    if pg:
+        # One array per column (unnest): psycopg parses a statement's placeholders in
+        # Python and caches none past 50, so a VALUES list of a wide page costs more
+        # there than the insert does. The arrays take the columns' base types: a
+        # cast to VARCHAR(n) or NUMERIC(p, s) would truncate or round where the
+        # insert itself refuses.
+        kinds = [_base_type(conn, table.c[c]) for c in columns] + ["TEXT"]
+        arrays = ", ".join(f"%b::{k}[]" for k in kinds)
+        _insert_arrays(
+            conn,
+            f"INSERT INTO {table.name} ({', '.join(columns)}, {crm_id})"  # noqa: S608
+            f" SELECT * FROM unnest({arrays})",
+            local_rows,
+            (),
+        )
+    else:
+        step = _max_rows(conn, len(columns) + 1)
+        for start in range(0, len(local_rows), step):
+            part = local_rows[start : start + step]
+            conn.exec_driver_sql(
+                f"INSERT INTO {table.name} ({', '.join(columns)}, {crm_id})"  # noqa: S608
+                f" VALUES {marks(len(columns) + 1, len(part))}",
+                tuple(chain.from_iterable(part)),
+            )
     select = (
         f"SELECT {mark}, t.{rid}, t.{crm_id}, v.etag, {cast('v.version', 'BIGINT')},"  # noqa: S608
         f" {cast('v.modified', 'TIMESTAMP WITH TIME ZONE')}, {mark}, {synced}"
         # CROSS JOIN: SQLite reads the page first and finds each row by its crm_id.
         f" FROM v CROSS JOIN {table.name} AS t WHERE t.{crm_id} = v.crm_id"
     )
-    step = _max_rows(conn, 4)
+    if pg:
+        kinds = ["TEXT", "TEXT", "BIGINT", "TEXT", "TEXT"][:width]
+        arrays = ", ".join(f"%b::{k}[]" for k in kinds)
+        _insert_arrays(
+            conn,
+            f"WITH v ({names}) AS (SELECT * FROM unnest({arrays}))"  # noqa: S608
+            " INSERT INTO sync_record (object, record_id, crm_id, etag, crm_version,"
+            f" crm_modified_at, last_synced_at, synced_values) {select}",
+            states,
+            (spec.name, stamp),
+        )
+        return
+    step = _max_rows(conn, width)
     for start in range(0, len(states), step):
         part = states[start : start + step]
         conn.exec_driver_sql(
-            f"WITH v (crm_id, etag, version, modified) AS (VALUES {marks(4, len(part))})"
+            f"WITH v ({names}) AS (VALUES {marks(width, len(part))})"
             " INSERT INTO sync_record (object, record_id, crm_id, etag, crm_version,"
             f" crm_modified_at, last_synced_at, synced_values) {select}",
             (*chain.from_iterable(part), spec.name, stamp),
         )
+
+
+# Rows per statement of ``_insert_arrays``: a page's worth.
+ARRAY_ROWS = 5000
+
+
+def _insert_arrays(
+    conn: Connection, statement: str, rows: Sequence[tuple[Any, ...]], after: tuple[Any, ...]
+) -> None:
+    """``statement`` with one array parameter per column of ``rows`` (then ``after``)."""
+    for start in range(0, len(rows), ARRAY_ROWS):
+        part = rows[start : start + ARRAY_ROWS]
+        conn.exec_driver_sql(statement, (*map(list, zip(*part, strict=True)), *after))
+
+
+def _base_type(conn: Connection, column: sa.Column[Any]) -> str:
+    """``column``'s PostgreSQL type without its length, precision or scale."""
+    compiled = column.type.compile(dialect=conn.dialect)
+    return re.sub(r"\(.*?\)", "", compiled).strip()
 
 
 def read_cursor(conn: Connection, obj: str) -> str | None:

@@ -78,13 +78,14 @@ def column_type(field: FieldSpec) -> sa.types.TypeEngine[Any]:
     if kind is FieldType.DATE:
         return sa.Date()
     if kind is FieldType.CHOICE:
-        return sa.String(100) if field.choices else sa.Integer()
+        # A local value (declared, or an option's label) or the option value itself.
+        return sa.String(100) if field.labels else sa.Integer()
     return schema.Id  # a lookup holds the target's local id
 
 
 def _families(field: FieldSpec) -> tuple[type[sa.types.TypeEngine[Any]], ...]:
     if field.type is FieldType.CHOICE:
-        return _STRINGS if field.choices else (sa.Integer,)
+        return _STRINGS if field.labels else (sa.Integer,)
     return _FAMILIES[field.type]
 
 
@@ -96,7 +97,7 @@ def local_table(spec: ObjectSpec) -> Table:
         spec.attached,
         spec.id_column,
         spec.crm_id_column,
-        *((f.column, f.type, f.max_length, f.precision, bool(f.choices)) for f in fields),
+        *((f.column, f.type, f.max_length, f.precision, f.labels) for f in fields),
     )
     table = _CACHE.get(key)
     if table is not None:
@@ -229,14 +230,28 @@ def differences(conn: Connection, specs: Iterable[ObjectSpec]) -> list[Differenc
             if found is None:
                 out.append(Difference(spec.name, spec.table, field.column))
             elif not isinstance(found, _families(field)):
+                said = (
+                    field.type
+                    if field.type is not FieldType.CHOICE
+                    else (
+                        "choice (text: local values or Dynamics' labels)"
+                        if field.labels
+                        else "choice (the option values)"
+                    )
+                )
+                hint = (
+                    "; labels = false keeps option values in an integer column"
+                    if field.type is FieldType.CHOICE and field.labels and not field.choices
+                    else ""
+                )
                 out.append(
                     Difference(
                         spec.name,
                         spec.table,
                         field.column,
-                        f"is {found} in the store but the mapping says {field.type}: crmsync "
+                        f"is {found} in the store but the mapping says {said}: crmsync "
                         "never rewrites a column holding data; map the field to a new column "
-                        "(and copy the values), or set the type back",
+                        f"(and copy the values), or set the type back{hint}",
                     )
                 )
             elif (inexact := _inexact(field, found, conn.dialect.name)) is not None:

@@ -129,7 +129,7 @@ def decode_cursor(prefix: str, cursor: str) -> tuple[datetime, int]:
         at = datetime.fromisoformat(stamp)
     except (binascii.Error, UnicodeError, ValueError):
         raise bad from None
-    if not raw.startswith(prefix) or not digits.isdigit() or int(digits) > MAX_ID:
+    if not raw.startswith(prefix) or not digits.isdecimal() or int(digits) > MAX_ID:
         raise bad
     if at.tzinfo is None:
         raise bad

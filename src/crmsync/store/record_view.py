@@ -117,7 +117,7 @@ def search(
         table = local_table(spec)
         label = table.c[spec.label_column]
         match: list[sa.ColumnElement[bool]] = [sa.func.lower(table.c.crm_id) == text.lower()]
-        if text.isdigit() and int(text) <= MAX_ID:
+        if text.isdecimal() and int(text) <= MAX_ID:
             match.append(table.c.id == int(text))
         texts = {spec.label_column, *(c for c in spec.fields if "email" in c or c == "name")}
         for column in sorted(texts):

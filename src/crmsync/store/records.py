@@ -375,7 +375,7 @@ def decode_cursor(cursor: str) -> int:
     except (binascii.Error, UnicodeError, ValueError):
         raise ValidationFailed("cursor", "is not a cursor this API returned") from None
     digits = raw.removeprefix(_CURSOR_PREFIX)
-    if raw == digits or not digits.isdigit() or int(digits) > MAX_ID:
+    if raw == digits or not digits.isdecimal() or int(digits) > MAX_ID:
         raise ValidationFailed("cursor", "is not a cursor this API returned")
     return int(digits)
 

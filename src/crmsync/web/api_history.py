@@ -9,6 +9,7 @@ cause, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request
@@ -17,9 +18,11 @@ from starlette.concurrency import run_in_threadpool
 
 from crmsync.domain import Direction, ObjectSpec, Operation
 from crmsync.dynamics.client import DataverseClient
+from crmsync.dynamics.metadata import read_choice_options
 from crmsync.engine import changes as ch
 from crmsync.engine.pull import entry_row
 from crmsync.errors import ConfigError, CrmsyncError, ValidationFailed
+from crmsync.mapping import options
 from crmsync.mapping.compare import compare_fields, in_sync
 from crmsync.store import history, params, record_view
 from crmsync.store.db import read_transaction, write_transaction
@@ -36,6 +39,8 @@ router = APIRouter(
 )
 # How long a live read of Dynamics may take before the API gives up on it.
 READ_SECONDS = 15.0
+# How long the options of a choice read from Dynamics serve comparisons.
+OPTIONS_SECONDS = 300.0
 
 
 class Event(BaseModel):
@@ -133,6 +138,32 @@ async def read_dynamics(request: Request, spec: ObjectSpec, crm_id: str) -> dict
         raise HTTPException(502, f"Dynamics could not be read: {str(exc)[:300]}") from None
 
 
+async def with_choice_options(request: Request, spec: ObjectSpec) -> ObjectSpec:
+    """``spec`` with the options of its choices whose labels Dynamics gives, as a worker
+    reads them (``engine/choices.py``), kept for ``OPTIONS_SECONDS``; a 502 if Dynamics
+    cannot say. Unchanged when it has none, or Dynamics lacks the column."""
+    if not options.wanted({spec.name: spec}):
+        return spec
+    cache: dict[str, tuple[float, ObjectSpec]] = request.app.state.__dict__.setdefault(
+        "choice_options", {}
+    )
+    kept = cache.get(spec.name)
+    if kept is not None and time.monotonic() - kept[0] < OPTIONS_SECONDS:
+        return kept[1]
+    client = dynamics_client(request.app)
+    try:
+        read = await asyncio.wait_for(read_choice_options(client, spec.logical_name), READ_SECONDS)
+    except TimeoutError:
+        raise HTTPException(502, f"Dynamics did not answer within {READ_SECONDS:g} s") from None
+    except CrmsyncError as exc:
+        raise HTTPException(
+            502, f"Dynamics' options of {spec.logical_name} could not be read: {str(exc)[:300]}"
+        ) from None
+    resolved = options.with_options({spec.name: spec}, {spec.name: read})[0][spec.name]
+    cache[spec.name] = (time.monotonic(), resolved)
+    return resolved
+
+
 @router.get(
     "/records/{object}/{id}/compare", response_model=Comparison, responses=error_responses(502, 503)
 )
@@ -145,6 +176,8 @@ async def compare_record(request: Request, spec: Spec, engine: Store, id: Record
 
     view = await run_in_threadpool(local)
     remote = await read_dynamics(request, spec, view.crm_id) if view.crm_id else None
+    if remote is not None:
+        spec = await with_choice_options(request, spec)
 
     def lookups() -> dict[tuple[str, str], int]:
         with read_transaction(engine) as conn:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from crmsync.domain import STANDARD_OBJECTS, FieldSpec, FieldType, ObjectSpec
+from crmsync.mapping.convert import MAX_LABEL
 from crmsync.store import records
 from crmsync.store.params import MAX_ID
 
@@ -83,11 +84,18 @@ def field_schema(field: FieldSpec) -> dict[str, Any]:
     elif kind is FieldType.DATE:
         schema = {"type": "string", "format": "date"}
     elif kind is FieldType.CHOICE:
-        schema = (
-            {"enum": [local for local, _ in field.choices]}
-            if field.choices
-            else {"type": "integer", "description": "the Dynamics option value"}
-        )
+        if field.choices:
+            schema = {"enum": [local for local, _ in field.choices]}
+        elif field.labels:
+            schema = {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_LABEL,
+                "description": f"the label of one of {field.attribute}'s options in Dynamics "
+                "(the workers check it: one that is none is the record's sync error)",
+            }
+        else:
+            schema = {"type": "integer", "description": "the Dynamics option value"}
     else:  # a lookup: the target's local id
         schema = {
             "type": "integer",

@@ -169,7 +169,7 @@ async def record_action(request: Request, obj: str, record_id: int, action: str)
             notify(request, f"Queued to sync again from {side}.")
             return _back_to(spec.name, record_id, here)
         text = values.get("error_id", "")
-        if not text.isdigit() or not 1 <= int(text) <= params.MAX_ID:
+        if not text.isdecimal() or not 1 <= int(text) <= params.MAX_ID:
             raise ValidationFailed("error_id", f"{text[:40]!r} is not an error id")
 
         def run() -> dict[str, Any]:

@@ -1,0 +1,204 @@
+"""At a worker's start: the options of the choices whose labels the store keeps.
+
+A ``choice`` without ``choices`` keeps its option's label locally; the worker reads
+each such table's Choice columns from Dynamics' metadata before it syncs anything
+(``mapping/options.py`` lays them into the specs). A read Dynamics cannot answer now (an
+outage, throttling) is tried again until it can: nothing of such an object would convert
+meanwhile. A table or Choice column Dynamics lacks, or a read it refuses, pauses that
+object alone with the reason and one sync error; the others start. Local values that are
+none of the options read (an option renamed or removed in Dynamics) are logged
+(``mapping.choice_unknown``); a record holding one is refused, naming the field, when
+it is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from crmsync.config import Settings
+from crmsync.domain import Direction, ObjectSpec
+from crmsync.dynamics.client import DataverseClient
+from crmsync.dynamics.metadata import Options, read_choice_options
+from crmsync.engine.retry import backoff_seconds
+from crmsync.errors import Refusal, Retriable
+from crmsync.mapping import activate as activate_mapping
+from crmsync.mapping import options
+from crmsync.store.choices import unknown_values
+from crmsync.store.db import store_unavailable, write_transaction
+from crmsync.store.status import pause_unusable
+from crmsync.store.types import utcnow
+
+if TYPE_CHECKING:  # the engine passes the store's handle on; it runs no SQL
+    from sqlalchemy import Engine
+
+log = logging.getLogger(__name__)
+
+RETRY_BASE_SECONDS = 1.0
+RETRY_MAX_SECONDS = 60.0
+
+
+class _Refused(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+async def prepare(
+    engine: Engine,
+    client: DataverseClient,
+    specs: Mapping[str, ObjectSpec],
+    stopping: asyncio.Event,
+) -> dict[str, ObjectSpec]:
+    """``specs`` with the options Dynamics gives laid in (``specs`` as they are when there
+    is none to read, or when the worker is stopped while it waits for Dynamics); the
+    objects that cannot have them are paused."""
+    resolved, problems = await resolve(client, specs, stopping)
+    if stopping.is_set():
+        return dict(specs)
+    if problems:
+        await asyncio.to_thread(_pause, engine, specs, problems)
+    try:
+        for name in options.wanted(specs):
+            if name not in problems:
+                await asyncio.to_thread(_report, engine, resolved[name])
+    except Exception as exc:
+        if not store_unavailable(exc):
+            raise
+        log.warning(  # a report only: the worker waits for the store in its lanes
+            "local choice values not checked: the store is unavailable",
+            extra={"event": "mapping.choices_unchecked", "error": str(exc).splitlines()[0][:300]},
+        )
+    return resolved
+
+
+async def resolve(
+    client: DataverseClient,
+    specs: Mapping[str, ObjectSpec],
+    stopping: asyncio.Event | None = None,
+) -> tuple[dict[str, ObjectSpec], dict[str, str]]:
+    """``specs`` with the options read, and why an object could not have them. Without
+    ``stopping`` (a command, not a worker) Dynamics is asked once: ``Retriable`` is
+    raised; with it, asked again until it answers or ``stopping`` is set."""
+    wanted = options.wanted(specs)
+    if not wanted:
+        return dict(specs), {}
+    found = await asyncio.gather(
+        *(_read(client, logical, stopping) for logical in wanted.values()),
+        return_exceptions=True,
+    )
+    read: dict[str, Mapping[str, Options] | None] = {}
+    refused: dict[str, str] = {}
+    for name, result in zip(wanted, found, strict=True):
+        if isinstance(result, _Refused):
+            refused[name] = result.message
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            read[name] = result
+    resolved, problems = options.with_options(specs, read)
+    return resolved, {**problems, **refused}
+
+
+async def with_options(settings: Settings, client: DataverseClient) -> Settings:
+    """``settings`` whose mapping has the options Dynamics gives, in force in this process
+    (a command that converts values: a resync or an audit run here, a dry run)."""
+    specs = settings.object_specs()
+    if not options.wanted(specs):
+        return settings
+    resolved, _ = await resolve(client, specs)
+    activate_mapping(resolved)
+    return settings.with_specs(resolved)
+
+
+async def settings_with_options(settings: Settings) -> Settings:
+    """``with_options`` on a client of its own (a command that has none)."""
+    if not options.wanted(settings.object_specs()):
+        return settings
+    async with DataverseClient.from_settings(settings) as client:
+        return await with_options(settings, client)
+
+
+async def _read(
+    client: DataverseClient, logical_name: str, stopping: asyncio.Event | None
+) -> dict[str, Options] | None:
+    attempts = 0
+    while True:
+        try:
+            return await read_choice_options(client, logical_name)
+        except Retriable as exc:
+            if stopping is None:
+                raise
+            attempts += 1
+            if attempts == 1:
+                log.warning(
+                    "choice options not read from Dynamics; trying again",
+                    extra={
+                        "event": "mapping.options_unread",
+                        "table": logical_name,
+                        "error": str(exc)[:300],
+                    },
+                )
+            delay = backoff_seconds(attempts, RETRY_BASE_SECONDS, RETRY_MAX_SECONDS)
+            delay = max(delay, exc.retry_after or 0.0)
+            try:
+                await asyncio.wait_for(stopping.wait(), timeout=delay)
+            except TimeoutError:
+                continue
+            return {}
+        except Refusal as exc:
+            if exc.status == 404:
+                return None
+            raise _Refused(
+                f"the options of {logical_name}'s choices could not be read from Dynamics' "
+                f"metadata ({exc}); give crmsync's user read access to metadata, or declare "
+                "the choices in the mapping"
+            ) from exc
+
+
+def _pause(engine: Engine, specs: Mapping[str, ObjectSpec], problems: Mapping[str, str]) -> None:
+    now = utcnow()
+    with write_transaction(engine) as conn:
+        for name, message in problems.items():
+            log.warning(
+                f"choice options unavailable: {message}",
+                extra={"event": "mapping.options_unavailable", "object": name},
+            )
+            way = Direction.TO_CRM if specs[name].flow.pushes else Direction.FROM_CRM
+            pause_unusable(conn, name, way, "", message, now)
+
+
+def _report(engine: Engine, spec: ObjectSpec) -> None:
+    with engine.connect() as conn:
+        for field in spec.field_specs.values():
+            if not field.options_read:
+                continue
+            labels = [label for label, _ in field.choices]
+            log.info(
+                f"{spec.name}.{field.column}: {len(labels)} options read from Dynamics",
+                extra={
+                    "event": "mapping.choice_options",
+                    "object": spec.name,
+                    "field": field.column,
+                    "options": len(labels),
+                },
+            )
+            shown, rows = unknown_values(conn, spec, field, labels)
+            if not rows:
+                continue
+            values = ", ".join(f"{value!r} ({n})" for value, n in shown)
+            log.warning(
+                f"{spec.name}.{field.column}: {rows} local rows hold values that are none of "
+                f"{field.attribute}'s options in Dynamics: {values}. Dynamics may have "
+                "renamed or removed an option: a record holding one is refused, naming the "
+                f"field, when it is sent; `crmsync resync {spec.name} --direction from_crm` "
+                "brings Dynamics' labels",
+                extra={
+                    "event": "mapping.choice_unknown",
+                    "object": spec.name,
+                    "field": field.column,
+                    "rows": rows,
+                },
+            )

@@ -1,0 +1,82 @@
+"""A choice's options read from Dynamics' metadata: declared in the mapping by leaving
+``choices`` out, laid into the specs by ``mapping/options.py``, refused when Dynamics
+has no Choice column to read them from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from crmsync.domain import FieldType
+from crmsync.mapping import MappingError, build
+from crmsync.mapping.options import wanted, with_options
+from crmsync.store.local_tables import column_type
+
+RATING = {"attribute": "leadqualitycode", "type": "choice"}
+
+
+def lead_with(**field: Any) -> dict[str, Any]:
+    return {"lead": {"fields": {"rating": {**RATING, **field}}}}
+
+
+def test_a_choice_without_choices_keeps_labels_the_worker_reads() -> None:
+    specs = build(lead_with())
+    rating = specs["lead"].field_specs["rating"]
+    assert rating.labels and rating.needs_options and rating.choices == ()
+    assert str(column_type(rating)) == "VARCHAR(100)"
+    assert wanted(specs) == {"lead": "lead"}
+
+
+def test_labels_false_keeps_option_values_as_before() -> None:
+    specs = build(lead_with(labels=False))
+    rating = specs["lead"].field_specs["rating"]
+    assert not rating.labels and not rating.needs_options
+    assert str(column_type(rating)) == "INTEGER"
+    assert wanted(specs) == {}
+    declared = build(lead_with(choices={"hot": 1}))["lead"].field_specs["rating"]
+    assert (
+        not declared.needs_options
+        and wanted({"lead": build(lead_with(choices={"hot": 1}))["lead"]}) == {}
+    )
+
+
+def test_labels_is_a_setting_of_a_choice_without_choices() -> None:
+    with pytest.raises(MappingError) as info:
+        build(
+            {
+                "lead": {
+                    "fields": {
+                        "rating": {**RATING, "choices": {"hot": 1}, "labels": False},
+                        "score": {"attribute": "new_score", "type": "integer", "labels": True},
+                    }
+                }
+            }
+        )
+    found = dict(info.value.problems)
+    assert "labels = false keeps option values" in found["objects.lead.fields.rating.labels"]
+    assert found["objects.lead.fields.score.labels"] == "not a setting of a integer field"
+
+
+def test_options_read_are_laid_into_the_specs_in_dynamics_order() -> None:
+    specs = build(lead_with())
+    read = {"lead": {"leadqualitycode": ((1, "Hot"), (2, "Warm"), (3, "Cold")), "other": ()}}
+    resolved, problems = with_options(specs, read)
+    assert problems == {}
+    rating = resolved["lead"].field_specs["rating"]
+    assert rating.type is FieldType.CHOICE and rating.options_read
+    assert rating.choices == (("Hot", 1), ("Warm", 2), ("Cold", 3))
+    assert not rating.needs_options and wanted(resolved) == {}
+    # Everything else is the mapping's, untouched.
+    assert resolved["contact"] is specs["contact"]
+    assert resolved["lead"].fields == specs["lead"].fields
+    assert specs["lead"].field_specs["rating"].needs_options  # the input is not changed
+
+
+def test_a_column_or_table_dynamics_lacks_is_the_objects_problem() -> None:
+    specs = build(lead_with())
+    _, no_column = with_options(specs, {"lead": {"statuscode": ((1, "New"),)}})
+    assert "lead.rating: Dynamics has no Choice column lead.leadqualitycode" in no_column["lead"]
+    resolved, no_table = with_options(specs, {"lead": None})
+    assert "Dynamics has no table 'lead'" in no_table["lead"]
+    assert resolved["lead"].field_specs["rating"].needs_options  # left unresolved
