@@ -11,6 +11,8 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +25,7 @@ from hypothesis import strategies as st
 from crmsync.domain import STANDARD_OBJECTS
 from crmsync.mapping import default_objects
 from crmsync.store import (
+    backlog,
     backlog_counts,
     capture,
     history,
@@ -330,7 +333,7 @@ class Run:
             if kind == "update":
                 run(
                     self.engine,
-                    "UPDATE lead SET last_name = last_name || 'x' WHERE id = :i",
+                    "UPDATE lead SET last_name = COALESCE(last_name, '') || 'x' WHERE id = :i",
                     fold=self.fold,
                     i=rid,
                 )
@@ -397,11 +400,29 @@ def test_reads_count_the_unfolded_log_as_folded(engine: sa.Engine, steps: Any) -
     example = Run(engine, fold=False)
     for action in steps:
         example.step(action)
-    read = counts(engine)
-    oldest = {(g.object, g.direction, g.operation): g.oldest_queued_at for g in _groups(engine)}
+    reads = []
+    for large in (10**9, 0):  # the tail read as a short one, and as a long one
+        with tail_plan(large):
+            reads.append((counts(engine), _oldest(engine)))
     fold_pending(engine)
-    assert read == truth(engine), steps
-    assert oldest == oldest_truth(engine), steps
+    for read, oldest in reads:
+        assert read == truth(engine), steps
+        assert oldest == oldest_truth(engine), steps
+
+
+@contextmanager
+def tail_plan(large: int) -> Iterator[None]:
+    """Reads take a tail longer than ``large`` for a long one (``backlog.LARGE_TAIL``)."""
+    before = backlog.LARGE_TAIL
+    backlog.LARGE_TAIL = large
+    try:
+        yield
+    finally:
+        backlog.LARGE_TAIL = before
+
+
+def _oldest(engine: sa.Engine) -> dict[Key, Any]:
+    return {(g.object, g.direction, g.operation): g.oldest_queued_at for g in _groups(engine)}
 
 
 # --- PostgreSQL: concurrent writers while compactions run ------------------------------

@@ -22,7 +22,7 @@ from crmsync.config import load_settings
 from crmsync.mapping import default_objects
 from crmsync.store import backlog, status
 from crmsync.store.capture import fold_pending
-from crmsync.store.db import read_transaction, write_transaction
+from crmsync.store.db import capture_suppressed, read_transaction, write_transaction
 from crmsync.store.records import sync_state
 from crmsync.store.schema import (
     sync_backlog_count,
@@ -243,3 +243,84 @@ def test_queued_records_changed_again_read_exactly_on_either_plan(
         assert details["inserts"]["oldest"]["record_id"] == 1
     fold_pending(engine)
     assert queue_counts(engine)["lead"] == (300, 0, 0)
+
+
+@pytest.fixture(params=["short", "long"])
+def tail_plan(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The log read as a short tail (one statement) or as a long one (``LARGE_TAIL``
+    exceeded: on SQLite split into plain and other records, on PostgreSQL streamed in
+    record order), whatever its size."""
+    if request.param == "long":
+        monkeypatch.setattr(backlog, "LARGE_TAIL", 0)
+    return str(request.param)
+
+
+def oldest_of(engine: Engine) -> dict[tuple[str, str], Any]:
+    with read_transaction(engine) as conn:
+        return {(g.object, g.operation): g.oldest_queued_at for g in status.backlog_groups(conn)}
+
+
+def test_every_kind_of_record_in_the_tail_counts_as_folded(engine: Engine, tail_plan: str) -> None:
+    """One tail holding each case the fold tells apart, read on either plan, against
+    hand-computed numbers and against the queue once folded (counts and oldest)."""
+    synced_leads(engine, 8)
+    # Queued before the tail: 200 and 201 pending inserts, 202 parked, 203 pending.
+    sql(
+        engine, "INSERT INTO lead (id, email) VALUES (200, 'a'), (201, 'b'), (202, 'c'), (203, 'd')"
+    )
+    fold_pending(engine)
+    sql(engine, "UPDATE sync_queue SET state = 'parked' WHERE record_key = '202'")
+    # 200's entry, changed again in the tail, is the oldest insert; 203's the next.
+    old = datetime(2026, 11, 20, tzinfo=UTC)
+    with write_transaction(engine) as conn:
+        for key, at in (("200", old), ("203", old + timedelta(days=1))):
+            conn.execute(
+                sa.update(sync_queue)
+                .where(sync_queue.c.record_key == key)
+                .values(first_queued_at=at)
+            )
+    sql(engine, "INSERT INTO lead (id, email) VALUES (100, 'p'), (101, 'q'), (102, 'r')")
+    sql(engine, "INSERT INTO lead (id, email) VALUES (103, 's'), (104, 't'), (105, 'u')")
+    sql(engine, "UPDATE lead SET last_name = 'x1' WHERE id IN (103, 1, 2, 200, 202)")
+    sql(engine, "UPDATE lead SET last_name = 'y' WHERE id IN (103, 2)")
+    sql(engine, "DELETE FROM lead WHERE id IN (104, 3, 201)")  # unsynced: nothing; synced: delete
+    sql(engine, "UPDATE lead SET last_name = 'z' WHERE id = 4")
+    sql(engine, "DELETE FROM lead WHERE id = 4")
+    # Changed in plain SQL without a pushed column (not logged): a Dynamics id given to
+    # 105, 203's row gone; and 102's row gone under suppressed capture, as an apply would.
+    sql(engine, "UPDATE lead SET crm_id = '00000000-0000-0000-0000-0000000000aa' WHERE id = 105")
+    with write_transaction(engine) as conn, capture_suppressed(conn):
+        conn.execute(sa.text("DELETE FROM lead WHERE id IN (102, 203)"))
+    sql(engine, "UPDATE lead SET last_name = 'w' WHERE id = 5")
+    sql(engine, "UPDATE lead SET email = 'changed' WHERE id = 6")
+    # 7 and 8 lose the Dynamics id on the row (not logged), kept by their sync state.
+    sql(engine, "UPDATE lead SET crm_id = NULL WHERE id IN (7, 8)")
+    sql(engine, "UPDATE lead SET last_name = 'v' WHERE id = 7")
+    sql(engine, "DELETE FROM lead WHERE id = 8")
+    # Inserts: 100, 101, 103 (changed three times), 200 (queued, changed), 202 (parked,
+    # changed); 203 stays queued though its row is gone. Updates: 1, 2 (twice), 5, 6,
+    # 7, 105 (its Dynamics id). Deletes: 3, 4 (updated first), 8.
+    read_counts = shape(read(engine))["lead"]
+    read_oldest = oldest_of(engine)
+    assert read_counts == (6, 6, 3)
+    assert read_oldest[("lead", "insert")] == old
+    fold_pending(engine)
+    assert queue_counts(engine)["lead"] == read_counts
+    assert oldest_of(engine) == read_oldest
+
+
+def test_a_long_tail_of_plain_inserts_counts_once_and_oldest_first(
+    engine: Engine, tail_plan: str
+) -> None:
+    sql(
+        engine,
+        "INSERT INTO lead (id, email) VALUES (:i, :e)",
+        [{"i": i, "e": f"b{i}@x"} for i in range(1, 1201)],
+    )
+    sql(engine, "UPDATE lead SET last_name = 'again' WHERE id > 1100")
+    rows = read(engine)
+    assert shape(rows)["lead"] == (1200, 0, 0)
+    read_oldest = oldest_of(engine)
+    fold_pending(engine)
+    assert queue_counts(engine)["lead"] == (1200, 0, 0)
+    assert oldest_of(engine) == read_oldest

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from crmsync.cli import app as cli
 from crmsync.config import load_settings
-from crmsync.store import capture, history, queue
+from crmsync.store import capture, finish, history, queue
 from crmsync.store.db import read_transaction, write_transaction
 from crmsync.store.schema import sync_error, sync_event, sync_queue
 from crmsync.store.types import utcnow
@@ -155,8 +155,8 @@ def test_a_send_rolled_back_leaves_no_event(
     def killed(*args: Any) -> None:
         raise KeyboardInterrupt("worker killed")
 
-    monkeypatch.setattr(queue, "_count", killed)
-    monkeypatch.setattr(queue, "_finish_postgresql", killed)
+    monkeypatch.setattr(finish, "count_synced", killed)
+    monkeypatch.setattr(finish, "finish_postgresql", killed)
     with pytest.raises(KeyboardInterrupt):
         queue.record(engine, sent(entry, done=[queue.Done(entry, crm_id="g-1")]))
     monkeypatch.undo()

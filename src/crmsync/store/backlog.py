@@ -10,7 +10,8 @@ Dynamics with capture suppressed), its entry unchanged. The after entry keeps th
 entry's first-queued time, else takes its first change's (its delete's, if deleted).
 The backlog is the folded counts less every *before* plus every *after*, so several
 changes to one record count once, as once folded. Every statement is a ``SELECT``
-(``db.read_transaction``); the cost is a scan of the tail, which writers keep short.
+(``db.read_transaction``); the cost is a scan of the tail, which writers keep short,
+and which a long one (``LARGE_TAIL``) takes off ``ix_sync_change_record``.
 """
 
 from __future__ import annotations
@@ -45,9 +46,12 @@ class Group:
     oldest_queued_at: datetime | None
 
 
-def _object_tail(obj: str) -> sa.Select[Any]:
+def _object_tail(
+    obj: str, only: sa.Select[Any] | sa.CompoundSelect[Any] | None = None, by_id: bool = False
+) -> sa.Select[Any]:
     """The tail of one object: one row per record with logged changes, ``object,
-    record_id, before, after, first_at, crm_id, label``.
+    record_id, before, after, first_at, crm_id, label`` (with ``only``, of the records
+    whose ids it selects).
 
     One aggregate over the object's log rows gives each record's first change, whether
     its last one is a delete, and that delete's Dynamics id, label and time (no join
@@ -69,7 +73,7 @@ def _object_tail(obj: str) -> sa.Select[Any]:
                 "deleted_at"
             ),
         )
-        .where(c.object == obj)
+        .where(c.object == obj, *([c.record_id.in_(only)] if only is not None else []))
         .group_by(c.record_id)
         .subquery(f"per_{obj}")
     )
@@ -96,7 +100,14 @@ def _object_tail(obj: str) -> sa.Select[Any]:
             q,
             (q.c.object == obj)
             & (q.c.direction == _TO_CRM)
-            & (q.c.record_key == sa.cast(per.c.record_id, sa.String(40))),
+            & (
+                # Every ``to_crm`` entry holds its record's id beside its key (the id as
+                # text): PostgreSQL merges on the number in the log's record order;
+                # SQLite seeks the queue's key.
+                q.c.record_id == per.c.record_id
+                if by_id
+                else q.c.record_key == sa.cast(per.c.record_id, sa.String(40))
+            ),
         )
         .outerjoin(r, (r.c.object == obj) & (r.c.record_id == per.c.record_id))
         .outerjoin(row, row.c.id == per.c.record_id)
@@ -131,38 +142,141 @@ def _object_tail(obj: str) -> sa.Select[Any]:
 _OPS = tuple(o.value for o in Operation)
 
 
-def _tail_sums(obj: str | None) -> sa.CompoundSelect[Any] | sa.Select[Any]:
+def _tail_sums(obj: str | None, by_id: bool = False) -> sa.CompoundSelect[Any] | sa.Select[Any]:
     """The tail summed: per object and (before, after) pair, how many records, and the
     oldest first-queued time among them. Each object's rows are summed on their own
     (grouping one object's integer record ids sorts several times faster on SQLite
     than grouping by object and id)."""
-    parts = []
-    for name in [obj] if obj is not None else list(active()):
-        t = _object_tail(name).subquery(f"tail_{name}")
-        parts.append(
-            sa.select(
-                sa.literal(name).label("object"),
-                t.c.before,
-                t.c.after,
-                sa.func.count().label("n"),
-                sa.type_coerce(sa.func.min(t.c.first_at), UTCDateTime()).label("first_at"),
-            ).group_by(t.c.before, t.c.after)
-        )
+    parts = [_summed(name, _object_tail(name, by_id=by_id)) for name in _names(obj)]
     return parts[0] if len(parts) == 1 else sa.union_all(*parts)
+
+
+def _names(obj: str | None) -> list[str]:
+    return [obj] if obj is not None else list(active())
+
+
+def _summed(obj: str, tail: sa.Select[Any]) -> sa.Select[Any]:
+    t = tail.subquery(f"tail_{obj}")
+    return sa.select(
+        sa.literal(obj).label("object"),
+        t.c.before,
+        t.c.after,
+        sa.func.count().label("n"),
+        sa.type_coerce(sa.func.min(t.c.first_at), UTCDateTime()).label("first_at"),
+    ).group_by(t.c.before, t.c.after)
+
+
+@dataclass(frozen=True)
+class _Sum:
+    """One row of a tail's sums, as ``_tail_sums`` gives them."""
+
+    object: str
+    before: str | None
+    after: str | None
+    n: int
+    first_at: datetime | None
+
+
+def _large_tail_sums(conn: Connection, obj: str | None) -> list[Any]:
+    """``_tail_sums`` of a long tail (``LARGE_TAIL``), as the rows it gives.
+
+    PostgreSQL reads the log in record order off ``ix_sync_change_record`` and merges
+    it with the queue (on the record's id) and the rows. SQLite, where an aggregate
+    costs several times a lookup, aggregates only the records that need it: the
+    *plain* ones (logged once, no delete, no ``to_crm`` entry: what a bulk load logs)
+    are summed row by row (``_plain_sums``), the others, found off the index
+    (``_special_records``), through ``_object_tail`` as a short tail is."""
+    out: list[Any] = []
+    for name in _names(obj):
+        if not _logged_any(conn, name):
+            continue
+        if conn.dialect.name == "postgresql":
+            out += conn.execute(_summed(name, _object_tail(name, by_id=True)))
+            continue
+        special = _special_records(conn, name)
+        out.append(_Sum(name, None, None, 0, None))  # the object has changes in the log
+        out += conn.execute(_summed(name, _object_tail(name, only=special)))
+        out += _plain_sums(conn, name, special)
+    return out
+
+
+def _special_records(conn: Connection, obj: str) -> sa.CompoundSelect[Any]:
+    """SQLite: the ids of ``obj``'s records in the log that are not plain (see
+    ``_large_tail_sums``), as a statement, each part read off the index: the records
+    with a ``to_crm`` entry, those with a delete logged, and (only if the log holds
+    more rows of ``obj`` than records) those logged more than once."""
+    c, q = sync_change.c, sync_queue.c
+    queued = sa.select(q.record_id).where(
+        q.object == obj,
+        q.direction == _TO_CRM,
+        q.record_id.is_not(None),
+        sa.exists().where(c.object == obj, c.record_id == q.record_id),
+    )
+    deletes = sa.select(c.record_id).where(c.object == obj, c.deleted.is_(True))
+    parts: list[sa.Select[Any]] = [queued, deletes]
+    rows = sa.select(sa.func.count()).where(c.object == obj)
+    records = sa.select(sa.func.count(c.record_id.distinct())).where(c.object == obj)
+    if conn.execute(rows).scalar_one() != conn.execute(records).scalar_one():
+        repeated = (
+            sa.select(c.record_id)
+            .where(c.object == obj)
+            .group_by(c.record_id)
+            .having(sa.func.count() > 1)
+        )
+        parts.append(repeated)
+    return sa.union_all(*parts)
+
+
+def _plain_sums(conn: Connection, obj: str, special: sa.CompoundSelect[Any]) -> list[_Sum]:
+    """SQLite: the plain records of ``obj``'s tail summed, one log row each. With no
+    entry, the fold queues each as its row is (an ``insert`` while neither the row nor
+    its last sync has a Dynamics id, else an ``update``; nothing once the row is gone),
+    first queued at its change."""
+    c, r = sync_change.c, sync_record.alias("r_plain")
+    row = local_table(spec_of(obj)).alias("t_plain")
+    known = sa.func.coalesce(row.c.crm_id, r.c.crm_id)
+    # ``|| ''`` keeps SQLite off ix_sync_change_record here: the whole of the object's
+    # log is read, and its table in order is cheaper than the index and a lookup a row.
+    in_object = (c.object + "") == obj
+    source = sync_change.outerjoin(row, row.c.id == c.record_id).outerjoin(
+        r, (r.c.object == obj) & (r.c.record_id == c.record_id)
+    )
+    found, updates, first_insert, first_update = conn.execute(
+        sa.select(
+            sa.func.count(),
+            sa.func.count(known),
+            sa.type_coerce(
+                sa.func.min(sa.case((known.is_(None), c.changed_at), else_=None)), UTCDateTime()
+            ),
+            sa.type_coerce(
+                sa.func.min(sa.case((known.is_not(None), c.changed_at), else_=None)),
+                UTCDateTime(),
+            ),
+        )
+        .select_from(source)
+        .where(in_object, row.c.id.is_not(None), c.record_id.not_in(special))
+    ).one()
+    sums = [
+        _Sum(obj, None, Operation.INSERT.value, found - updates, first_insert),
+        _Sum(obj, None, Operation.UPDATE.value, updates, first_update),
+    ]
+    return [s for s in sums if s.n]
 
 
 # A log longer than this is read with hash joins on PostgreSQL (see ``_plans_for_tail``).
 LARGE_TAIL = 1_000
 _PLANS = {
-    # small tail: look each record up by index; large: hash the tail and the tables once
+    # small tail: look each record up by index; large: hash or merge the tail and the
+    # tables once, and run the plan as it is (compiling it took longer than it saved)
     False: ("enable_hashjoin", "enable_mergejoin"),
-    True: ("enable_nestloop",),
+    True: ("enable_nestloop", "jit"),
 }
 
 
 @contextmanager
-def _plans_for_tail(conn: Connection) -> Iterator[bool]:
-    """Whether the log holds anything; on PostgreSQL, the join plans for its size.
+def _plans_for_tail(conn: Connection) -> Iterator[int]:
+    """The log's size, counted up to ``LARGE_TAIL + 1``; on PostgreSQL, the join plans
+    for it.
 
     The log churns every second (appended by every write, emptied by every fold), so
     its statistics are always stale: right after a bulk load the planner believes it
@@ -175,13 +289,13 @@ def _plans_for_tail(conn: Connection) -> Iterator[bool]:
     )
     size = int(conn.execute(probe).scalar_one())
     if conn.dialect.name != "postgresql" or size == 0:
-        yield size > 0
+        yield size
         return
     off = _PLANS[size > LARGE_TAIL]
     for name in off:
         conn.exec_driver_sql(f"SET LOCAL {name} = off")
     try:
-        yield True
+        yield size
     finally:
         for name in off:
             conn.exec_driver_sql(f"RESET {name}")
@@ -203,9 +317,9 @@ def _oldest_entries(
     """The oldest pending entry of one group (a seek on ``ix_sync_queue_backlog``);
     with ``skip_logged``, the oldest whose record has no change in the log (those are
     the tail's to count: the fold may move them to another group or drop them). One
-    statement either way: the log has no index on the record, so the test is an
-    anti-join against the object's logged ids, read once (not a probe of the log per
-    entry, which is quadratic once many queued records change again). Ordered by the
+    statement either way: the test is an anti-join against the object's logged ids,
+    read once off ``ix_sync_change_record`` (a probe of the log per entry was
+    quadratic while the log had no index on the record). Ordered by the
     index's own column alone: entries queued by one bulk load share their time, and a
     tie-break on ``id`` had PostgreSQL sort them all (0.5 s at a million)."""
     q, c = sync_queue.c, sync_change.c
@@ -238,7 +352,7 @@ def groups(conn: Connection, direction: str | None = None, obj: str | None = Non
         return _groups(conn, direction, obj, logged)
 
 
-def _groups(conn: Connection, direction: str | None, obj: str | None, logged: bool) -> list[Group]:
+def _groups(conn: Connection, direction: str | None, obj: str | None, logged: int) -> list[Group]:
     """``groups`` under the chosen plans."""
     counts: dict[tuple[str, str, str], int] = {}
     oldest: dict[tuple[str, str, str], datetime] = {}
@@ -250,7 +364,12 @@ def _groups(conn: Connection, direction: str | None, obj: str | None, logged: bo
 
     in_tail: set[str] = set()
     if logged and direction in (None, _TO_CRM):
-        for row in conn.execute(_tail_sums(obj)):
+        tail = (
+            _large_tail_sums(conn, obj)
+            if logged > LARGE_TAIL
+            else list(conn.execute(_tail_sums(obj)))
+        )
+        for row in tail:
             in_tail.add(row.object)
             # A record the fold leaves in its group changes no count; its entry's
             # first-queued time still counts for the group's oldest (the queue's own
@@ -317,10 +436,11 @@ def oldest_records(conn: Connection, obj: str) -> list[Oldest]:
         return _oldest_records(conn, obj, logged)
 
 
-def _oldest_records(conn: Connection, obj: str, logged: bool) -> list[Oldest]:
+def _oldest_records(conn: Connection, obj: str, size: int) -> list[Oldest]:
     """``oldest_records`` under the chosen plans."""
     best: dict[tuple[str, str], Oldest] = {}
-    if logged:
+    logged = False
+    if size:
         _oldest_in_tail(conn, obj, best)
         logged = bool(best) or _logged_any(conn, obj)
     for d in Direction:

@@ -148,6 +148,9 @@ sync_change = Table(
     Column("crm_id", String(36), nullable=True),
     Column("label", String(300), nullable=True),
     Column("changed_at", UTCDateTime(), nullable=False),
+    # A record's rows, the log's records in id order and its deletes, off the index
+    # alone (the backlog read of a long unfolded tail: store/backlog.py).
+    Index("ix_sync_change_record", "object", "record_id", "deleted"),
     # No AUTOINCREMENT on SQLite, for the same reason as sync_queue.
 )
 

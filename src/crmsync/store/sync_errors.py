@@ -1,7 +1,7 @@
 """Sync Errors: search, paging, summary, export, retry and dismiss over ``sync_error``.
 
 A failed record has one error per direction; the engine resolves it when the record
-later syncs (``queue._resolve_errors``). Retrying an error puts its parked queue entry
+later syncs (``finish.resolve_errors``). Retrying an error puts its parked queue entry
 back in the backlog; the error stays ``open`` until that sync succeeds. Dismissing hides
 an error from the default (``open``) list without deleting it.
 
