@@ -364,11 +364,11 @@ def _groups(conn: Connection, direction: str | None, obj: str | None, logged: in
 
     in_tail: set[str] = set()
     if logged and direction in (None, _TO_CRM):
-        tail = (
-            _large_tail_sums(conn, obj)
-            if logged > LARGE_TAIL
-            else list(conn.execute(_tail_sums(obj)))
-        )
+        tail: list[Any]
+        if logged > LARGE_TAIL:
+            tail = _large_tail_sums(conn, obj)
+        else:
+            tail = list(conn.execute(_tail_sums(obj)))
         for row in tail:
             in_tail.add(row.object)
             # A record the fold leaves in its group changes no count; its entry's
