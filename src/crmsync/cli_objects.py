@@ -23,10 +23,10 @@ NAMED = ", ".join(STANDARD_OBJECTS)
 def mapped_names() -> list[str]:
     """The objects of the configured mapping, in its order (the default's if the
     configuration cannot be read)."""
-    from crmsync.config import load_settings
+    from crmsync.config import settings_from
 
     try:
-        return list(load_settings().object_specs())
+        return list(settings_from({}).object_specs())
     except ConfigError:
         return list(STANDARD_OBJECTS)
 

@@ -394,6 +394,12 @@ def load_settings(**overrides: Any) -> Settings:
     Unknown ``CRMSYNC_*`` variables are logged as warnings (``warn_unknown_variables``).
     """
     warn_unknown_variables(os.environ)
+    return settings_from(overrides)
+
+
+def settings_from(overrides: Mapping[str, Any]) -> Settings:
+    """``load_settings`` without the warnings (a look at the mapping before logging is
+    set up: the command warns once it runs)."""
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:

@@ -41,7 +41,8 @@ GADGET = {
             "seen_at": {"attribute": "new_seenat", "type": "datetime"},
             "met_on": {"attribute": "new_meton", "type": "date"},
             "rating": {"attribute": "new_rating", "type": "choice", "choices": {"hot": 1}},
-            "tier": {"attribute": "new_tier", "type": "choice"},
+            "tier": {"attribute": "new_tier", "type": "choice", "labels": False},
+            "grade": {"attribute": "new_grade", "type": "choice"},  # labels from Dynamics
             "account_id": {"type": "lookup", "target": "account", "attribute": "new_accountid"},
         },
     }
@@ -75,6 +76,7 @@ CASES: list[tuple[str, Any, Any, Any]] = [
     ("met_on", date(2026, 12, 1), "2026-12-01", False),
     ("rating", "hot", 1, False),
     ("tier", 3, 3, True),
+    ("grade", "Gold", "Gold", False),  # a label is compared through its options: Python
     ("account_id", 7, 7, True),
     ("account_id", 7, "7", {"sqlite": True, "postgresql": False}),
     ("account_id", 7, 8, False),

@@ -306,7 +306,7 @@ def test_upgrade_gives_errors_journaled_without_a_field_the_one_their_message_na
         assert list(fields) == [
             "last_name", "company", "account_id", "account_id", "email", None, None,
         ]  # fmt: skip
-        assert migrate.current_revision(engine) == "0015"
+        assert migrate.current_revision(engine) == migrate.head_revision()
     assert counted(engine) == truth(engine)
     with engine.connect() as conn:  # the summary's "by field" reads the counts
         body = sync_errors.summary(conn, make_filters(STANDARD_OBJECTS))

@@ -11,9 +11,8 @@ side is ever held in memory:
 - ``only_local``: after the first pass, local rows whose Dynamics id Dynamics did not
   return (or that have none and were never synced).
 
-Records with a change on its way (a queue entry in either direction, pending or parked,
-or a local change capture logged and the sync has not folded into the queue yet) are not
-drift: the sync knows of them. Records the sync filter excludes are left out.
+Records with a change on its way (queued either way, pending or parked, or logged and
+not folded yet) are not drift; records the sync filter excludes are left out.
 """
 
 from __future__ import annotations

@@ -5,22 +5,21 @@ The drift audit compares every local row with its last synced values
 one into Python to be told so was most of an audit's time. ``same_as_synced`` says so
 in the database, for the columns whose equality it can decide as the Python comparison
 would; the rows it does not clear are read and compared in Python, which decides. It
-may leave a row it could have cleared (a decimal, a date, a choice with options: their
-canonical forms are Python's; a value kept in another JSON type), never clear one
-Python would not:
-
-- a null local value and a null last synced one (or, on SQLite, a missing one) are the
-  same; a column of a type SQL does not decide is the same only so;
-- text (string, memo) is the same as a JSON string of the same characters (SQLite
-  compares under the binary collation: an attached table's case-insensitive one must
-  not hide a change of case; PostgreSQL compares jsonb strings byte for byte);
-- a whole number (integer, choice without options), a yes/no and a lookup (the
-  parent's local id) as a JSON number or boolean of the same value (SQLite also takes
-  a lookup kept as a string of the same text, as ``differs_from_base`` compares them).
-
-PostgreSQL decides all columns in one jsonb containment (``synced_values`` is parsed
-once a row); SQLite column by column with ``json_type`` and ``json_extract``.
+may leave a row it could have cleared (a decimal, a date, a choice with options or
+labels: their canonical forms are Python's; a value kept in another JSON type), never
+clear one Python would not. PostgreSQL decides all columns in one jsonb containment
+(``synced_values`` parsed once a row); SQLite column by column.
 """
+
+# What SQL decides as the same:
+# - a null local value and a null last synced one (or, on SQLite, a missing one) are the
+#   same; a column of a type SQL does not decide is the same only so;
+# - text (string, memo) is the same as a JSON string of the same characters (SQLite
+#   compares under the binary collation: an attached table's case-insensitive one must
+#   not hide a change of case; PostgreSQL compares jsonb strings byte for byte);
+# - a whole number (integer, choice kept as option values), a yes/no and a lookup (the
+#   parent's local id) as a JSON number or boolean of the same value (SQLite also takes
+#   a lookup kept as a string of the same text, as ``differs_from_base`` compares them).
 
 from __future__ import annotations
 
@@ -61,7 +60,9 @@ def _kind(spec: ObjectSpec, column: str) -> str | None:
         return None
     if field.type in (FieldType.STRING, FieldType.MEMO):
         return "text"
-    if field.type is FieldType.INTEGER or (field.type is FieldType.CHOICE and not field.choices):
+    if field.type is FieldType.INTEGER or (
+        field.type is FieldType.CHOICE and not field.choices and not field.labels
+    ):  # a choice kept as labels is compared through its options: Python's
         return "integer"
     if field.type is FieldType.BOOLEAN:
         return "boolean"
