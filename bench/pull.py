@@ -51,7 +51,7 @@ from crmsync.engine import changes
 from crmsync.engine.plan import body_for
 from crmsync.engine.worker import Worker
 from crmsync.mapping import build
-from crmsync.store.db import create_store_engine
+from crmsync.store.db import capture_suppressed, create_store_engine
 from crmsync.store.migrate import upgrade
 from push import start_emulator, wide_value
 from wide import wide_mapping  # bench/wide.py
@@ -315,7 +315,8 @@ def main() -> None:
 def reset(database_url: str) -> None:
     engine = create_store_engine(database_url)
     present = set(sa.inspect(engine).get_table_names())
-    with engine.begin() as conn:
+    # Without capture: a logged delete would be pushed to Dynamics by the next round.
+    with engine.begin() as conn, capture_suppressed(conn):
         for table in (
             OBJECT["name"],
             "sync_queue",
