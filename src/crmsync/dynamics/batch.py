@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from crmsync.numerals import whole
+
 CRLF = "\r\n"
 MAX_BATCH_REQUESTS = 1000  # execute-batch: at most 1,000 requests per batch
 
@@ -233,11 +235,12 @@ def decode_responses(content_type: str, body: bytes) -> list[BatchResponse]:
         if not head:
             raise BatchFormatError("empty response part")
         fields = head[0].split(" ", 2)
-        if len(fields) < 2 or not fields[1].isdigit():
+        code = whole(fields[1]) if len(fields) >= 2 else None
+        if code is None:
             raise BatchFormatError(f"bad status line {head[0]!r}")
         responses.append(
             BatchResponse(
-                status=int(fields[1]),
+                status=code,
                 headers=_headers(head[1:]),
                 body=payload.strip(b"\r\n"),
                 content_id=part_headers.get("content-id"),

@@ -24,7 +24,7 @@ from crmsync.emulator.odata import parse_prefer
 MAX_REQUESTS = 1000
 _CRLF = "\r\n"
 _BOUNDARY_RE = re.compile(r'boundary="?([^";,\s]+)"?', re.IGNORECASE)
-_REF_RE = re.compile(r"^\$(\d+)(.*)$")
+_REF_RE = re.compile(r"^\$([0-9]+)(.*)$")
 
 
 @dataclass

@@ -32,6 +32,7 @@ from crmsync.emulator.model import (
     selected,
 )
 from crmsync.emulator.odata import parse_date
+from crmsync.numerals import decimal, whole
 
 
 def logical_name(attr: Attribute) -> str:
@@ -69,9 +70,16 @@ def coerce(entity: Entity, attr: Attribute, value: Any) -> Any:
                 return False
             raise ValueError(text)
         if kind in (PICKLIST, BIGINT, INTEGER):
-            return int(text)
+            # (inferred) .NET's parse of a condition's value: a sign, ASCII digits
+            number = whole(text.removeprefix("+"), signed=True)
+            if number is None:
+                raise ValueError(text)
+            return number
         if kind in (DECIMAL, MONEY):
-            return float(text)
+            amount = decimal(text.removeprefix("+"))
+            if amount is None:
+                raise ValueError(text)
+            return amount
         if kind == MULTISELECT:  # compared as stored: ascending, no spaces ("1,9")
             values = choice_values(text)
             if values is None:

@@ -31,6 +31,7 @@ from crmsync.emulator.odata import (
 from crmsync.emulator.records import represent
 from crmsync.emulator.relationships import relationship_name
 from crmsync.emulator.store import Store
+from crmsync.numerals import whole
 
 Row = dict[str, Any]
 MAX_RELATED = 5000
@@ -105,9 +106,10 @@ def options_for(nav: Nav, options: dict[str, str]) -> Expansion:
     exp.orderby = parse_orderby(options.get("$orderby"), nav.target)
     if "$top" in options:
         text = options["$top"]
-        if not text.isdigit():
+        top = whole(text)
+        if top is None:
             raise faults.bad_query(f"Invalid value '{text}' for $top query option found.")
-        exp.top = min(int(text), MAX_RELATED)
+        exp.top = min(top, MAX_RELATED)
     return exp
 
 

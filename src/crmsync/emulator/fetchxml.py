@@ -27,6 +27,7 @@ from crmsync.emulator.http import Call, Reply, etag
 from crmsync.emulator.model import BY_LOGICAL, MULTISELECT, Attribute, Entity
 from crmsync.emulator.odata import Prefer, sort_key
 from crmsync.emulator.store import Store
+from crmsync.numerals import whole
 
 MAX_PAGE = 5000
 _DTD_RE = re.compile(r"<!\s*(?:DOCTYPE|ENTITY)", re.IGNORECASE)
@@ -263,10 +264,9 @@ def _int(node: ET.Element, name: str, minimum: int) -> int | None:
     text = node.get(name)
     if text is None:
         return None
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise invalid(f"The fetch attribute '{name}' must be an integer, not '{text}'.") from exc
+    value = whole(text, signed=True)
+    if value is None:
+        raise invalid(f"The fetch attribute '{name}' must be an integer, not '{text}'.")
     if value < minimum:
         raise invalid(f"The fetch attribute '{name}' must be at least {minimum}.")
     return min(value, MAX_PAGE) if name in ("top", "count") else value

@@ -19,6 +19,7 @@ from typing import Any
 from crmsync.emulator import faults, metaquery
 from crmsync.emulator.http import Call, Reply
 from crmsync.emulator.model import ENTITIES
+from crmsync.numerals import whole
 
 Row = dict[str, Any]
 _MESSAGES = (
@@ -73,9 +74,10 @@ def sdk_message_filters(call: Call) -> Reply:
         opts.select.append("sdkmessagefilterid")  # the key always comes back
     rows = metaquery.apply(_rows(), opts, {"sdkmessageid": lambda r: r["sdkmessageid"]})
     if top is not None:
-        if not top.isdigit():
+        count = whole(top)
+        if count is None:
             raise faults.bad_query(f"Invalid value '{top}' for $top query option found.")
-        rows = rows[: int(top)]
+        rows = rows[:count]
     for row in rows:
         row.pop("@odata.type", None)
         if "sdkmessageid" not in opts.expand:

@@ -24,6 +24,7 @@ from crmsync.emulator import faults
 from crmsync.emulator.http import Call, Reply
 from crmsync.emulator.metadata import attribute_row, entity_row
 from crmsync.emulator.model import ENTITIES, Entity
+from crmsync.numerals import whole
 
 Row = dict[str, Any]
 VERSION_STAMP = "1000000!01/01/2026 00:00:00"  # static: the emulator's tables never change
@@ -128,8 +129,9 @@ def _with_attributes(call: Call, key: str | None) -> bool:
     if "'" in filters:
         filters = filters.split("'")[1]  # Microsoft.Dynamics.CRM.EntityFilters'Entity,Attributes'
     parts = {_FLAGS.get(p.strip(), p.strip()) for p in filters.split(",") if p.strip()}
-    if filters.isdigit() and 1 <= int(filters) <= 15:
-        parts = {name for name, bit in _BITS.items() if int(filters) & bit}
+    bits = whole(filters)
+    if bits is not None and 1 <= bits <= 15:
+        parts = {name for name, bit in _BITS.items() if bits & bit}
     known = {"Entity", "Attributes", "Privileges", "Relationships", "All", "Default"}
     if not parts or parts - known:
         raise _bad(f"EntityFilters '{filters}' is not a combination of {sorted(known)}.")

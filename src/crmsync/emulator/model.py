@@ -19,6 +19,7 @@ from typing import Any
 
 from crmsync.domain import GUID_RE
 from crmsync.emulator import faults
+from crmsync.numerals import whole
 
 STRING = "String"
 MEMO = "Memo"
@@ -309,10 +310,8 @@ def _moment(value: Any, date_only: bool) -> str | None:
 
 def choice_values(text: str) -> list[int] | None:
     """``"1, 9"`` -> [1, 9]; None unless every comma-separated item is a whole number."""
-    items = [item.strip() for item in text.split(",")]
-    if not all(item.lstrip("-").isdigit() for item in items):
-        return None
-    return [int(item) for item in items]
+    values = [whole(item.strip(), signed=True) for item in text.split(",")]
+    return None if None in values else [v for v in values if v is not None]
 
 
 def selected(value: Any) -> set[int]:

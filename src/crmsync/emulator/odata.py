@@ -18,6 +18,7 @@ from typing import Any
 
 from crmsync.emulator import faults, functions
 from crmsync.emulator.model import Entity
+from crmsync.numerals import whole
 
 Row = dict[str, Any]
 Predicate = Callable[[Row], bool]
@@ -32,7 +33,7 @@ _TOKEN_RE = re.compile(
     | (?P<name>[A-Za-z_][A-Za-z0-9_./@]*)
     | (?P<punct>[(),=\[\]])
     )""",
-    re.VERBOSE,
+    re.VERBOSE | re.ASCII,
 )
 _COMPARE = {"eq", "ne", "gt", "ge", "lt", "le"}
 _FUNCS = {"contains", "startswith", "endswith"}
@@ -333,9 +334,8 @@ def parse_prefer(header: str | None) -> Prefer:
         elif item == "odata.continue-on-error":
             prefer.continue_on_error = True
         elif item.startswith("odata.maxpagesize="):
-            try:
-                size = int(item.split("=", 1)[1].strip('"'))
-            except ValueError:
+            size = whole(item.split("=", 1)[1].strip('"'))
+            if size is None:
                 continue
             if size > 0:
                 prefer.maxpagesize = size
@@ -382,7 +382,7 @@ def encode_skiptoken(state: dict[str, Any], page: int, tracking: bool) -> str:
 
 
 def decode_skiptoken(token: str) -> tuple[dict[str, Any], int]:
-    m = re.search(r'pagenumber="(\d+)" pagingcookie="([A-Za-z0-9_\-=]+)"', token)
+    m = re.search(r'pagenumber="([0-9]+)" pagingcookie="([A-Za-z0-9_\-=]+)"', token)
     if m is None:
         raise faults.bad_query("The $skiptoken value is invalid.")
     try:

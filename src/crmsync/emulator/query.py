@@ -33,6 +33,7 @@ from crmsync.emulator.odata import (
 from crmsync.emulator.records import represent
 from crmsync.emulator.settings import Settings
 from crmsync.emulator.store import Store
+from crmsync.numerals import whole
 
 MAX_PAGE = 5000
 _KNOWN = {
@@ -110,7 +111,7 @@ class Reader:
         page = 1
         if "$skiptoken" in q:
             state, page = decode_skiptoken(q["$skiptoken"])
-        upto = int(state.get("upto", self.store.version))
+        upto = _cookie(state, "upto", int, self.store.version)
         limit = min(top, page_size) if top is not None else page_size
         rows, more, state_next = self._page(entity, predicate, orderby, state, limit, keys)
         if top is not None:
@@ -199,7 +200,7 @@ class Reader:
     ) -> tuple[list[dict[str, Any]], bool, dict[str, Any]]:
         if not orderby and keys is not None:
             # The primary key's index: only the listed rows are looked at.
-            after = state.get("after")
+            after = _cookie(state, "after", str, None)
             found = [
                 row
                 for key in keys
@@ -213,7 +214,7 @@ class Reader:
         if not orderby:
             # Keyset paging on the primary key: each page costs O(page), not O(table).
             rows: list[dict[str, Any]] = []
-            for row in self.store.scan_from(entity.entity_set, state.get("after")):
+            for row in self.store.scan_from(entity.entity_set, _cookie(state, "after", str, None)):
                 if predicate is None or predicate(row):
                     if len(rows) == limit:
                         return rows, True, {"after": rows[-1][entity.primary_id]}
@@ -225,7 +226,7 @@ class Reader:
             if predicate is None or predicate(r)
         ]
         matched.sort(key=sort_key(orderby, entity.primary_id))
-        offset = int(state.get("offset", 0))
+        offset = _cookie(state, "offset", int, 0)
         chunk = matched[offset : offset + limit]
         more = offset + limit < len(matched)
         return chunk, more, {"offset": offset + limit}
@@ -237,11 +238,13 @@ class Reader:
         page = 1
         if "$skiptoken" in call.query:
             state, page = decode_skiptoken(call.query["$skiptoken"])
-        upto = int(state.get("upto", self.store.version))
+        upto = _cookie(state, "upto", int, self.store.version)
         table = self.store.tables[entity.entity_set]
         entries: list[dict[str, Any]] = []
-        phase = state.get("phase", "rows")
-        after = int(state.get("after", since))
+        phase = _cookie(state, "phase", str, "rows")
+        after = _cookie(state, "after", int, since)
+        if phase not in ("rows", "deleted"):
+            raise faults.bad_query("The $skiptoken value is invalid.")
         deleted_context = f"{call.base}$metadata#{entity.entity_set}/$deletedEntity"
         more = False
         if phase == "rows":
@@ -315,14 +318,20 @@ def _key_lookup(text: str | None, entity: Entity) -> list[str] | None:
     return sorted({k.lower() for k in re.findall(r"'([0-9a-fA-F-]{36})'", m.group(2))})
 
 
+def _cookie(state: dict[str, Any], key: str, kind: type[Any], default: Any) -> Any:
+    """One value of a ``$skiptoken``'s cookie, of the type the emulator wrote there: a
+    cookie a client changed is Dataverse's invalid token, not a server error."""
+    value = state.get(key, default)
+    if value is not default and (not isinstance(value, kind) or isinstance(value, bool)):
+        raise faults.bad_query("The $skiptoken value is invalid.")
+    return value
+
+
 def _top(text: str | None) -> int | None:
     if text is None:
         return None
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise faults.bad_query(f"Invalid value '{text}' for $top query option found.") from exc
-    if value < 0:
+    value = whole(text)
+    if value is None:
         raise faults.bad_query(f"Invalid value '{text}' for $top query option found.")
     return min(value, MAX_PAGE)
 

@@ -28,13 +28,14 @@ from crmsync.emulator.http import Call, Reply
 from crmsync.emulator.model import ENTITIES, MULTISELECT, Entity
 from crmsync.emulator.odata import sort_key
 from crmsync.emulator.store import Store
+from crmsync.numerals import whole
 
 MAX_ROWS = 5000
 Row = dict[str, Any]
 _TOKEN_RE = re.compile(
     r"""\s*(?:(?P<string>N?'(?:[^']|'')*')|(?P<number>-?\d+(?:\.\d+)?)
     |(?P<name>\[[^\]]+\]|[A-Za-z_][A-Za-z0-9_]*)|(?P<op><=|>=|<>|!=|=|<|>)|(?P<punct>[(),.*;]))""",
-    re.VERBOSE,
+    re.VERBOSE | re.ASCII,
 )
 _KEYWORDS = {
     "select", "distinct", "top", "from", "as", "where", "and", "or", "not", "order", "by",
@@ -185,10 +186,11 @@ class _Parser:
         top = None
         if self.take("top"):
             kind, text = self.toks[self.i] if self.i < len(self.toks) else ("", "")
-            if kind != "number" or not text.isdigit():
+            value = whole(text) if kind == "number" else None
+            if value is None:
                 raise refused("TOP takes an integer literal.")
             self.i += 1
-            top = min(int(text), MAX_ROWS)
+            top = min(value, MAX_ROWS)
         start = self.i
         depth = 0
         while self.i < len(self.toks) and not (depth == 0 and self.peek() == "from"):
@@ -230,10 +232,11 @@ class _Parser:
 
     def count(self, clause: str) -> int:
         kind, text = self.toks[self.i] if self.i < len(self.toks) else ("", "")
-        if kind != "number" or not text.isdigit():
+        value = whole(text) if kind == "number" else None
+        if value is None:
             raise refused(f"{clause} takes an integer literal.")
         self.i += 1
-        return int(text)
+        return value
 
     def offset_fetch(self, out: Select) -> None:
         """``OFFSET n ROWS [FETCH NEXT|FIRST m ROWS ONLY]`` after ``ORDER BY`` (T-SQL;

@@ -4,9 +4,12 @@ and path form the emulator parses (hypothesis, in-process)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from urllib.parse import quote
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -92,3 +95,37 @@ def test_batch_bodies_never_500(parts: list[str]) -> None:
             return r.status_code
 
     assert asyncio.run(send()) < 500, parts
+
+
+def _cookie(state: object) -> str:
+    body = base64.urlsafe_b64encode(json.dumps(state).encode()).decode()
+    return f'<cookie pagenumber="2" pagingcookie="{body}" istracking="False" />'
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # Digits Python's int() or str.isdigit() take and Dataverse's parsers do not.
+        "leads?$top=\u00b2",
+        "leads?$top=\u0663",
+        "leads?$top=1_0",
+        "leads?$top=%207",
+        "leads?$filter=" + quote("revenue gt \u0665"),
+        "leads?$expand=" + quote("lead_parent_contact($top=\u00b2)"),
+        "sdkmessagefilters?$top=\u00b2",
+        # A $skiptoken whose cookie a client changed.
+        "leads?$skiptoken=" + quote(_cookie({"after": 7})),
+        "leads?$orderby=lastname&$skiptoken=" + quote(_cookie({"offset": "x"})),
+        "leads?$skiptoken=" + quote(_cookie({"upto": [1]})),
+    ],
+)
+def test_numbers_only_in_ascii_digits_and_tampered_cookies_are_refused(url: str) -> None:
+    assert asyncio.run(_status("GET", url)) == 400, url
+
+
+def test_fetchxml_takes_no_nan_for_a_number() -> None:
+    fetch = (
+        "<fetch><entity name='lead'><attribute name='lastname'/><filter>"
+        "<condition attribute='revenue' operator='gt' value='nan'/></filter></entity></fetch>"
+    )
+    assert asyncio.run(_status("GET", f"leads?fetchXml={quote(fetch)}")) == 400

@@ -127,3 +127,11 @@ def test_format_errors() -> None:
         decode_responses("multipart/mixed; boundary=b", b"--b\r\nx: y\r\n\r\nnot http\r\n--b--")
     with pytest.raises(ValueError):
         encode_requests([REQS[2]] * 1001)
+
+
+@pytest.mark.parametrize("code", ["\u00b2\u00b9\u2070", "\u0662\u0660\u0664", "2_04", "+204"])
+def test_a_status_code_not_in_ascii_digits_is_a_format_error(code: str) -> None:
+    """``str.isdigit()`` took "²¹⁰", which ``int()`` then refused with a ValueError."""
+    part = f"--b\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 {code} No Content\r\n\r\n--b--"
+    with pytest.raises(BatchFormatError, match="bad status line"):
+        decode_responses("multipart/mixed; boundary=b", part.encode())
