@@ -34,7 +34,7 @@ from crmsync.store import migrate, status, sync_errors
 from crmsync.store.db import write_transaction
 from crmsync.store.schema import sync_error, sync_queue
 
-RATING = {"attribute": "leadqualitycode", "type": "choice"}
+RATING = {"attribute": "leadqualitycode", "type": "choice", "labels": True}
 
 
 @pytest.fixture
@@ -231,7 +231,8 @@ def test_an_option_added_after_the_worker_started_is_a_sync_error_until_a_restar
 def _cli(settings: Settings, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "crmsync.toml"
     config.write_text(
-        '[objects.lead.fields]\nrating = { attribute = "leadqualitycode", type = "choice" }\n'
+        "[objects.lead.fields]\n"
+        'rating = { attribute = "leadqualitycode", type = "choice", labels = true }\n'
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRMSYNC_")}
     env.update(
@@ -311,7 +312,7 @@ def test_a_label_renamed_in_dynamics_is_reported_refused_when_sent_and_resynced(
 def test_a_choice_column_dynamics_lacks_pauses_that_object_alone(
     sync_settings: Settings, store: sa.Engine, drain: Any, crm_rows: Any
 ) -> None:
-    field = {"attribute": "new_tier", "type": "choice"}
+    field = {"attribute": "new_tier", "type": "choice", "labels": True}
     settings = load_settings(
         **{**sync_settings.model_dump(), "objects": {"lead": {"fields": {"tier": field}}}}
     )

@@ -42,7 +42,7 @@ GADGET = {
             "met_on": {"attribute": "new_meton", "type": "date"},
             "rating": {"attribute": "new_rating", "type": "choice", "choices": {"hot": 1}},
             "tier": {"attribute": "new_tier", "type": "choice", "labels": False},
-            "grade": {"attribute": "new_grade", "type": "choice"},  # labels from Dynamics
+            "grade": {"attribute": "new_grade", "type": "choice", "labels": True},
             "account_id": {"type": "lookup", "target": "account", "attribute": "new_accountid"},
         },
     }

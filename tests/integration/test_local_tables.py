@@ -211,3 +211,37 @@ def test_a_timestamp_without_time_zone_is_refused_for_a_datetime(engine: sa.Engi
     seen = {"attribute": "new_seen", "type": "datetime"}
     with pytest.raises(local_tables.LocalSchemaMismatch, match="without time zone"):
         migrate.upgrade(engine, build({"lead": {"fields": {"seen": seen}}}).values())
+
+
+def test_a_choice_without_choices_upgrades_an_existing_integer_column_unchanged(
+    engine: sa.Engine,
+) -> None:
+    """A choice with no ``choices`` keeps option values (INTEGER) unless ``labels =
+    true``: a mapping written before ``labels`` existed upgrades its column as it is,
+    and the two ways of keeping a choice are told apart with what to set."""
+    rating: dict[str, Any] = {"attribute": "leadqualitycode", "type": "choice"}
+    plain = build({"lead": {"fields": {"rating": rating}}})
+    migrate.upgrade(engine, plain.values())
+    types = {c["name"]: c["type"] for c in sa.inspect(engine).get_columns("lead")}
+    assert isinstance(types["rating"], sa.Integer)
+    with write_transaction(engine) as conn:
+        conn.execute(sa.text("INSERT INTO lead (email, last_name, rating) VALUES ('a@x', 'A', 2)"))
+    migrate.upgrade(engine, plain.values())  # again, as after a release: nothing to change
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT rating FROM lead")).scalar_one() == 2
+    labels = build({"lead": {"fields": {"rating": {**rating, "labels": True}}}})
+    with pytest.raises(local_tables.LocalSchemaMismatch) as refused:
+        migrate.upgrade(engine, labels.values())
+    assert "lead.rating is" in str(refused.value)
+    assert "without labels = true the choice keeps option values" in str(refused.value)
+    text = build(
+        {
+            "lead": {
+                "fields": {"grade": {"attribute": "new_grade", "type": "choice", "labels": True}}
+            }
+        }
+    )
+    migrate.upgrade(engine, text.values())
+    grade = build({"lead": {"fields": {"grade": {"attribute": "new_grade", "type": "choice"}}}})
+    with pytest.raises(local_tables.LocalSchemaMismatch, match="labels = true keeps Dynamics"):
+        migrate.upgrade(engine, grade.values())

@@ -189,8 +189,12 @@ def test_a_choice_whose_options_are_read_must_be_a_choice_column() -> None:
         {
             "lead": {
                 "fields": {
-                    "state": {"attribute": "statuscode", "type": "choice"},
-                    "quality": {"attribute": "leadqualitycode", "type": "choice"},
+                    "state": {"attribute": "statuscode", "type": "choice", "labels": True},
+                    "quality": {
+                        "attribute": "leadqualitycode",
+                        "type": "choice",
+                        "labels": True,
+                    },
                     "declared": {
                         "attribute": "new_stage",
                         "type": "choice",

@@ -13,32 +13,39 @@ from crmsync.mapping import MappingError, build
 from crmsync.mapping.options import wanted, with_options
 from crmsync.store.local_tables import column_type
 
-RATING = {"attribute": "leadqualitycode", "type": "choice"}
+# A choice that keeps labels (``labels = true``), and the same without the key.
+RATING = {"attribute": "leadqualitycode", "type": "choice", "labels": True}
+PLAIN = {"attribute": "leadqualitycode", "type": "choice"}
 
 
-def lead_with(**field: Any) -> dict[str, Any]:
-    return {"lead": {"fields": {"rating": {**RATING, **field}}}}
+def lead_with(base: dict[str, Any] = RATING, **field: Any) -> dict[str, Any]:
+    return {"lead": {"fields": {"rating": {**base, **field}}}}
 
 
-def test_a_choice_without_choices_keeps_labels_the_worker_reads() -> None:
-    specs = build(lead_with())
+def test_labels_true_keeps_the_labels_the_worker_reads() -> None:
+    specs = build(lead_with(labels=True))
     rating = specs["lead"].field_specs["rating"]
     assert rating.labels and rating.needs_options and rating.choices == ()
     assert str(column_type(rating)) == "VARCHAR(100)"
     assert wanted(specs) == {"lead": "lead"}
 
 
-def test_labels_false_keeps_option_values_as_before() -> None:
-    specs = build(lead_with(labels=False))
+@pytest.mark.parametrize("labels", [None, False])
+def test_a_choice_without_choices_keeps_option_values_unless_labels_is_true(
+    labels: bool | None,
+) -> None:
+    """The default is the option value in an INTEGER column, as before ``labels``
+    existed: an existing mapping's column upgrades unchanged."""
+    specs = build(lead_with(PLAIN) if labels is None else lead_with(PLAIN, labels=labels))
     rating = specs["lead"].field_specs["rating"]
     assert not rating.labels and not rating.needs_options
     assert str(column_type(rating)) == "INTEGER"
     assert wanted(specs) == {}
-    declared = build(lead_with(choices={"hot": 1}))["lead"].field_specs["rating"]
-    assert (
-        not declared.needs_options
-        and wanted({"lead": build(lead_with(choices={"hot": 1}))["lead"]}) == {}
-    )
+    declared = build(lead_with(PLAIN, choices={"hot": 1}))
+    rating = declared["lead"].field_specs["rating"]
+    assert rating.labels and not rating.needs_options
+    assert str(column_type(rating)) == "VARCHAR(100)"
+    assert wanted(declared) == {}
 
 
 def test_labels_is_a_setting_of_a_choice_without_choices() -> None:
@@ -47,7 +54,7 @@ def test_labels_is_a_setting_of_a_choice_without_choices() -> None:
             {
                 "lead": {
                     "fields": {
-                        "rating": {**RATING, "choices": {"hot": 1}, "labels": False},
+                        "rating": {**PLAIN, "choices": {"hot": 1}, "labels": False},
                         "score": {"attribute": "new_score", "type": "integer", "labels": True},
                     }
                 }

@@ -443,7 +443,9 @@ def _field(
         minimum=minimum,
         maximum=maximum,
         choices=choices,
-        labels=entry.labels is not False,
+        # Text for declared choices and for labels read from Dynamics; otherwise the
+        # option value itself, as before ``labels`` existed (an INTEGER column).
+        labels=bool(choices) or entry.labels is True,
         flow=entry.flow,
         conflict_rule=entry.conflict_rule,
         target=entry.target,

@@ -86,8 +86,8 @@ class FieldEntry(BaseModel):
     )
     labels: bool | None = Field(
         None,
-        description="choice without choices: true (default) keeps the option's label "
-        "locally (text); false keeps the option value (an integer)",
+        description="choice without choices: true keeps the option's label locally (text), "
+        "read from Dynamics' metadata; false (default) keeps the option value (an integer)",
     )
     target: str | None = Field(None, description="lookup: the mapped object it points to")
     navigation: str | None = Field(

@@ -239,11 +239,14 @@ def differences(conn: Connection, specs: Iterable[ObjectSpec]) -> list[Differenc
                         else "choice (the option values)"
                     )
                 )
-                hint = (
-                    "; labels = false keeps option values in an integer column"
-                    if field.type is FieldType.CHOICE and field.labels and not field.choices
-                    else ""
-                )
+                hint = ""
+                if field.type is FieldType.CHOICE and not field.choices:
+                    hint = (
+                        "; without labels = true the choice keeps option values in an "
+                        "integer column"
+                        if field.labels
+                        else "; labels = true keeps Dynamics' labels in a text column"
+                    )
                 out.append(
                     Difference(
                         spec.name,
