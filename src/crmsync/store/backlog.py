@@ -10,8 +10,9 @@ Dynamics with capture suppressed), its entry unchanged. The after entry keeps th
 entry's first-queued time, else takes its first change's (its delete's, if deleted).
 The backlog is the folded counts less every *before* plus every *after*, so several
 changes to one record count once, as once folded. Every statement is a ``SELECT``
-(``db.read_transaction``); the cost is a scan of the tail, which writers keep short,
-and which a long one (``LARGE_TAIL``) takes off ``ix_sync_change_record``.
+(``db.read_transaction``); the cost is a scan of the tail, which writers keep short
+(a long one, ``LARGE_TAIL``: on PostgreSQL off ``ix_sync_change_record``, on SQLite,
+which has no index on the log, in the log's order).
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ def _large_tail_sums(conn: Connection, obj: str | None) -> list[Any]:
     it with the queue (on the record's id) and the rows. SQLite, where an aggregate
     costs several times a lookup, aggregates only the records that need it: the
     *plain* ones (logged once, no delete, no ``to_crm`` entry: what a bulk load logs)
-    are summed row by row (``_plain_sums``), the others, found off the index
+    are summed row by row (``_plain_sums``), the others, found in a scan of the log
     (``_special_records``), through ``_object_tail`` as a short tail is."""
     out: list[Any] = []
     for name in _names(obj):
@@ -193,38 +194,35 @@ def _large_tail_sums(conn: Connection, obj: str | None) -> list[Any]:
         if conn.dialect.name == "postgresql":
             out += conn.execute(_summed(name, _object_tail(name, by_id=True)))
             continue
-        special = _special_records(conn, name)
+        special = _special_records(name)
         out.append(_Sum(name, None, None, 0, None))  # the object has changes in the log
         out += conn.execute(_summed(name, _object_tail(name, only=special)))
         out += _plain_sums(conn, name, special)
     return out
 
 
-def _special_records(conn: Connection, obj: str) -> sa.CompoundSelect[Any]:
+def _special_records(obj: str) -> sa.CompoundSelect[Any]:
     """SQLite: the ids of ``obj``'s records in the log that are not plain (see
-    ``_large_tail_sums``), as a statement, each part read off the index: the records
-    with a ``to_crm`` entry, those with a delete logged, and (only if the log holds
-    more rows of ``obj`` than records) those logged more than once."""
+    ``_large_tail_sums``), as a statement: the records with a ``to_crm`` entry, those
+    with a delete logged, and those logged more than once. The log has no index on
+    SQLite (migration 0017): each part reads it once (the queue's part as one list of
+    the log's ids, not a probe of the log per entry)."""
     c, q = sync_change.c, sync_queue.c
+    logged = sa.select(c.record_id).where(c.object == obj)
     queued = sa.select(q.record_id).where(
         q.object == obj,
         q.direction == _TO_CRM,
         q.record_id.is_not(None),
-        sa.exists().where(c.object == obj, c.record_id == q.record_id),
+        q.record_id.in_(logged),
     )
     deletes = sa.select(c.record_id).where(c.object == obj, c.deleted.is_(True))
-    parts: list[sa.Select[Any]] = [queued, deletes]
-    rows = sa.select(sa.func.count()).where(c.object == obj)
-    records = sa.select(sa.func.count(c.record_id.distinct())).where(c.object == obj)
-    if conn.execute(rows).scalar_one() != conn.execute(records).scalar_one():
-        repeated = (
-            sa.select(c.record_id)
-            .where(c.object == obj)
-            .group_by(c.record_id)
-            .having(sa.func.count() > 1)
-        )
-        parts.append(repeated)
-    return sa.union_all(*parts)
+    repeated = (
+        sa.select(c.record_id)
+        .where(c.object == obj)
+        .group_by(c.record_id)
+        .having(sa.func.count() > 1)
+    )
+    return sa.union_all(queued, deletes, repeated)
 
 
 def _plain_sums(conn: Connection, obj: str, special: sa.CompoundSelect[Any]) -> list[_Sum]:
@@ -235,9 +233,7 @@ def _plain_sums(conn: Connection, obj: str, special: sa.CompoundSelect[Any]) -> 
     c, r = sync_change.c, sync_record.alias("r_plain")
     row = local_table(spec_of(obj)).alias("t_plain")
     known = sa.func.coalesce(row.c.crm_id, r.c.crm_id)
-    # ``|| ''`` keeps SQLite off ix_sync_change_record here: the whole of the object's
-    # log is read, and its table in order is cheaper than the index and a lookup a row.
-    in_object = (c.object + "") == obj
+    in_object = c.object == obj
     source = sync_change.outerjoin(row, row.c.id == c.record_id).outerjoin(
         r, (r.c.object == obj) & (r.c.record_id == c.record_id)
     )
@@ -318,8 +314,8 @@ def _oldest_entries(
     with ``skip_logged``, the oldest whose record has no change in the log (those are
     the tail's to count: the fold may move them to another group or drop them). One
     statement either way: the test is an anti-join against the object's logged ids,
-    read once off ``ix_sync_change_record`` (a probe of the log per entry was
-    quadratic while the log had no index on the record). Ordered by the
+    read once (a probe of the log per entry is quadratic where the log has no index
+    on the record, as on SQLite). Ordered by the
     index's own column alone: entries queued by one bulk load share their time, and a
     tie-break on ``id`` had PostgreSQL sort them all (0.5 s at a million)."""
     q, c = sync_queue.c, sync_change.c

@@ -9,6 +9,8 @@ errors its ``parked`` rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -148,9 +150,10 @@ sync_change = Table(
     Column("crm_id", String(36), nullable=True),
     Column("label", String(300), nullable=True),
     Column("changed_at", UTCDateTime(), nullable=False),
-    # A record's rows, the log's records in id order and its deletes, off the index
-    # alone (the backlog read of a long unfolded tail: store/backlog.py).
-    Index("ix_sync_change_record", "object", "record_id", "deleted"),
+    # PostgreSQL: a record's rows, the log's records in id order and its deletes, off
+    # the index alone (the backlog read of a long unfolded tail: store/backlog.py).
+    # Not on SQLite, where it cost every captured write a page (migration 0017).
+    Index("ix_sync_change_record", "object", "record_id", "deleted").ddl_if(dialect="postgresql"),
     # No AUTOINCREMENT on SQLite, for the same reason as sync_queue.
 )
 
@@ -276,15 +279,27 @@ ERROR_FTS_TABLES = frozenset(
 )
 
 
-def declared(
-    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
-) -> bool:
-    """Alembic ``include_object``: compare only what the metadata declares, leaving out
-    the search structures that migrations 0002 (PostgreSQL) and 0004 (SQLite) create by
-    hand."""
-    if type_ == "index" and reflected and name in PG_SEARCH_INDEXES:
-        return False
-    return not (type_ == "table" and reflected and name in ERROR_FTS_TABLES)
+# Declared above for PostgreSQL alone (``Index.ddl_if``), which Alembic's comparison
+# does not read: ``declared_on`` leaves them out of another database's.
+POSTGRESQL_ONLY_INDEXES = frozenset({"ix_sync_change_record"})
+IncludeObject = Callable[[object, "str | None", str, bool, object], bool]
+
+
+def declared_on(dialect: str) -> IncludeObject:
+    """Alembic ``include_object`` for a database of ``dialect``: compare only what the
+    metadata declares for it, leaving out the search structures that migrations 0002
+    (PostgreSQL) and 0004 (SQLite) create by hand."""
+
+    def include(
+        obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+    ) -> bool:
+        if type_ == "index" and reflected and name in PG_SEARCH_INDEXES:
+            return False
+        if type_ == "index" and dialect != "postgresql" and name in POSTGRESQL_ONLY_INDEXES:
+            return False
+        return not (type_ == "table" and reflected and name in ERROR_FTS_TABLES)
+
+    return include
 
 
 # Synced-record counters in 15-minute buckets, so that clock hours of zones with 30- and
@@ -475,9 +490,10 @@ __all__ = [
     "ERROR_FTS",
     "ERROR_FTS_TABLES",
     "PG_SEARCH_INDEXES",
+    "POSTGRESQL_ONLY_INDEXES",
     "STANDARD_TABLES",
     "console_session_revoked",
-    "declared",
+    "declared_on",
     "dynamics_throttle",
     "metadata",
     "sync_audit",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from crmsync.store.schema import declared, metadata
+from crmsync.store.schema import declared_on, metadata
 
 connection = context.config.attributes["connection"]
 context.configure(
@@ -12,7 +12,7 @@ context.configure(
     target_metadata=metadata,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
-    include_object=declared,
+    include_object=declared_on(connection.dialect.name),
 )
 with context.begin_transaction():
     context.run_migrations()
