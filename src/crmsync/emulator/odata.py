@@ -18,7 +18,7 @@ from typing import Any
 
 from crmsync.emulator import faults, functions
 from crmsync.emulator.model import Entity
-from crmsync.numerals import whole
+from crmsync.numerals import decimal, whole
 
 Row = dict[str, Any]
 Predicate = Callable[[Row], bool]
@@ -214,7 +214,9 @@ class _Parser:
                 raise self.fail() from exc
             return lambda r: stamp
         if tok.kind == "number":
-            num = float(tok.text) if "." in tok.text else int(tok.text)
+            num = decimal(tok.text) if "." in tok.text else whole(tok.text, signed=True)
+            if num is None:  # more digits than a number has
+                raise self.fail()
             return lambda r: num
         if tok.kind == "name":
             lowered = tok.text.lower()

@@ -1,14 +1,14 @@
 """At a worker's start: the options of the choices whose labels the store keeps.
 
-A ``choice`` without ``choices`` keeps its option's label locally; the worker reads
-each such table's Choice columns from Dynamics' metadata before it syncs anything
-(``mapping/options.py`` lays them into the specs). A read Dynamics cannot answer now (an
-outage, throttling) is tried again until it can: nothing of such an object would convert
-meanwhile. A table or Choice column Dynamics lacks, or a read it refuses, pauses that
-object alone with the reason and one sync error; the others start. Local values that are
-none of the options read (an option renamed or removed in Dynamics) are logged
-(``mapping.choice_unknown``); a record holding one is refused, naming the field, when
-it is sent.
+A ``choice`` without ``choices`` and with ``labels = true`` keeps its option's label
+locally; the worker reads each such table's Choice columns from Dynamics' metadata
+before it syncs anything (``mapping/options.py`` lays them into the specs). A read
+Dynamics cannot answer now (an outage, throttling) is tried again until it can: nothing
+of such an object would convert meanwhile. A table or Choice column Dynamics lacks, or a
+read it refuses, pauses that object alone with the reason and one sync error; the others
+start. Local values that are none of the options read (an option renamed or removed in
+Dynamics) are logged (``mapping.choice_unknown``); a record holding one is refused,
+naming the field, when it is sent.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ class FieldEntry(BaseModel):
     choices: dict[Choice, int] | None = Field(
         None,
         description="choice: local value → Dynamics option value; without it the local "
-        "column holds the option's label, read from Dynamics' metadata",
+        "column holds the option value, or with labels = true the option's label",
     )
     labels: bool | None = Field(
         None,

@@ -1,13 +1,13 @@
 """A choice's options read from Dynamics' metadata, laid into the mapping. No I/O.
 
-A ``choice`` field without ``choices`` keeps its options' labels locally; which label
-is which option value is Dynamics' to say. ``wanted(specs)`` names the tables whose
-Choice columns a worker reads when it starts; ``with_options(specs, read)`` gives the
-specs with each such field's ``choices`` the (label, value) pairs of its column in
-Dynamics' order (``options_read``), so that the conversion (``convert.py``) is the one
-of declared choices; and, per object, why it could not (a table or a Choice column
-Dynamics does not have). An object with such a problem keeps fields that convert
-nothing: the worker pauses it.
+A ``choice`` field without ``choices`` and with ``labels = true`` keeps its options'
+labels locally; which label is which option value is Dynamics' to say. ``wanted(specs)``
+names the tables whose Choice columns a worker reads when it starts;
+``with_options(specs, read)`` gives the specs with each such field's ``choices`` the
+(label, value) pairs of its column in Dynamics' order (``options_read``), so that the
+conversion (``convert.py``) is the one of declared choices; and, per object, why it
+could not (a table or a Choice column Dynamics does not have). An object with such a
+problem keeps fields that convert nothing: the worker pauses it.
 """
 
 from __future__ import annotations

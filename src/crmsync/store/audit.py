@@ -99,10 +99,12 @@ def _queued(obj: str, direction: Direction, key: Any) -> Any:
     )
 
 
-def _captured(obj: str, record_id: Any) -> Any:
-    """A local change of the record in the capture log, not folded into the queue yet."""
+def _uncaptured(obj: str, record_id: Any) -> Any:
+    """No local change of the record in the capture log, not folded into the queue yet.
+    The log's ids are read once (SQLite has no index on the log's records: a probe per
+    row would scan it per row)."""
     c = sync_change.c
-    return sa.select(sa.literal(1)).where(c.object == obj, c.record_id == record_id).exists()
+    return record_id.not_in(sa.select(c.record_id).where(c.object == obj))
 
 
 def _captured_ids(conn: Connection, obj: str, record_ids: Sequence[int]) -> set[int]:
@@ -167,7 +169,7 @@ def only_local(
                 & ~_queued(spec.name, Direction.FROM_CRM, table.c.crm_id),
             ),
             ~_queued(spec.name, Direction.TO_CRM, sa.cast(table.c.id, sa.String)),
-            ~_captured(spec.name, table.c.id),
+            _uncaptured(spec.name, table.c.id),
             *(
                 [sa.or_(r.last_synced_at.is_(None), r.last_synced_at < scan_started)]
                 if scan_started is not None
