@@ -22,6 +22,7 @@ from typing import Any
 
 from crmsync.emulator import datefuncs, faults
 from crmsync.emulator.model import MULTISELECT, choice_values, selected
+from crmsync.numerals import decimal
 
 Row = dict[str, Any]
 Getter = Callable[[Row], Any]
@@ -170,10 +171,8 @@ def _like(stored: Any, literal: Any) -> Any:
     if isinstance(stored, bool):
         return str(literal).lower() in ("true", "1") if isinstance(literal, str) else literal
     if isinstance(stored, int | float) and isinstance(literal, str):
-        try:
-            return float(literal)
-        except ValueError:
-            return _NOTHING
+        number = decimal(literal)
+        return _NOTHING if number is None else number
     if isinstance(stored, str):
         return str(literal).casefold()
     return literal

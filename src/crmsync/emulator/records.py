@@ -25,9 +25,14 @@ from crmsync.emulator.store import Store
 _BIND_RE = re.compile(r"(?:^|/)([A-Za-z_]+)\(([0-9a-fA-F-]{36})\)$")
 
 
+def _no_constant(name: str) -> Any:
+    """JSON has no NaN or Infinity (Python's parser takes them): invalid JSON."""
+    raise ValueError(f"'{name}' is not a JSON value")
+
+
 def parse_body(call: Call, entity_set: str) -> dict[str, Any]:
     try:
-        body = json.loads(call.body or b"{}")
+        body = json.loads(call.body or b"{}", parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise faults.bad_payload(
             entity_set, f"Microsoft.OData.ODataException: Invalid JSON. {exc}"

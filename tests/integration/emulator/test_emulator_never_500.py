@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crmsync.emulator import create_app
+from crmsync.mapping import activate, build, default_objects
 
 APP = create_app()
 PIECES = st.sampled_from(
@@ -129,3 +130,32 @@ def test_fetchxml_takes_no_nan_for_a_number() -> None:
         "<condition attribute='revenue' operator='gt' value='nan'/></filter></entity></fetch>"
     )
     assert asyncio.run(_status("GET", f"leads?fetchXml={quote(fetch)}")) == 400
+
+
+def test_json_has_no_nan_for_a_number() -> None:
+    """Python's JSON parser takes NaN and Infinity; a mapped decimal column's range check
+    then raised decimal.InvalidOperation, a 500. Dataverse refuses them as invalid JSON."""
+    try:
+        specs = build(
+            {"lead": {"fields": {"score": {"attribute": "new_score", "type": "decimal"}}}}
+        )
+        app = create_app(specs=specs.values())
+    finally:
+        activate(default_objects())
+
+    async def post(body: bytes) -> int:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="https://org.test"
+        ) as c:
+            form = {"grant_type": "client_credentials", "client_id": "f", "client_secret": "s"}
+            token = (await c.post("/t/oauth2/v2.0/token", data=form)).json()["access_token"]
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            r = await c.post("/api/data/v9.2/leads", headers=headers, content=body)
+            return r.status_code
+
+    assert asyncio.run(post(b'{"lastname": "x", "new_score": 1.5}')) == 204
+    for body in (
+        b'{"lastname": "x", "new_score": NaN}',
+        b'{"lastname": "x", "new_score": -Infinity}',
+    ):
+        assert asyncio.run(post(body)) == 400, body
