@@ -675,3 +675,34 @@ def test_a_label_longer_than_the_queue_keeps_is_cut_not_refused(engine: sa.Engin
         name[: capture.LABEL_MAX],
     )
     assert q[("lead", "1")]["operation"] == "insert"  # the fold went on past it
+
+
+def test_forget_changes_drops_each_records_changes_up_to_its_own_place(engine: sa.Engine) -> None:
+    """Moot pushes: per record, its logged changes (not deletes) up to the place given;
+    later changes, deletes, other records and other objects stay."""
+    run(
+        engine,
+        "INSERT INTO lead (id, email, last_name) VALUES (1, 'a@x', 'A'), (2, 'b@x', 'B'),"
+        " (3, 'c@x', 'C')",
+        "INSERT INTO contact (id, email, last_name) VALUES (1, 'k@x', 'K')",
+        "UPDATE lead SET last_name = 'A2' WHERE id = 1",
+        "UPDATE lead SET last_name = 'B2' WHERE id = 2",
+        "DELETE FROM lead WHERE id = 2",
+        "UPDATE lead SET last_name = 'A3' WHERE id = 1",
+    )
+    c = sync_change.c
+    with engine.connect() as conn:
+        seqs = conn.execute(sa.select(c.seq, c.object, c.record_id).order_by(c.seq)).all()
+    lead_1 = [s for s, o, r in seqs if (o, r) == ("lead", 1)]
+    assert len(lead_1) == 3
+    with write_transaction(engine) as conn:
+        # Record 1 up to its second change; record 2 up to everything; 3 not named.
+        capture.forget_changes(conn, "lead", {1: lead_1[1], 2: seqs[-1][0]})
+    with engine.connect() as conn:
+        left = conn.execute(sa.select(c.object, c.record_id, c.deleted).order_by(c.seq)).all()
+    assert [tuple(r) for r in left] == [
+        ("lead", 3, False),
+        ("contact", 1, False),
+        ("lead", 2, True),  # a delete is never moot
+        ("lead", 1, False),  # logged after the place given
+    ]

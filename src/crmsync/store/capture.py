@@ -33,7 +33,7 @@ from crmsync.mapping.compare import differs_from_base
 from crmsync.store import history
 from crmsync.store.db import write_transaction
 from crmsync.store.local_tables import local_table
-from crmsync.store.pgarrays import unnest
+from crmsync.store.pgarrays import id_in, unnest
 from crmsync.store.schema import sync_change, sync_error, sync_queue, sync_record
 from crmsync.store.types import SQLITE_NOW, UTCDateTime
 
@@ -646,10 +646,6 @@ def logged_changes(
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
-# Log rows deleted by key in one statement (bound parameters per statement).
-_FORGET_CHUNK = 5_000
-
-
 def forget_changes(conn: Connection, obj: str, upto: Mapping[int, int]) -> None:
     """Drop logged changes (not deletes) of ``obj``'s records up to the given place in
     the log, per record: a push they would have queued was made moot. A change logged
@@ -663,14 +659,13 @@ def forget_changes(conn: Connection, obj: str, upto: Mapping[int, int]) -> None:
         sa.select(c.seq, c.record_id).where(
             c.object == obj,
             c.deleted.is_(False),
-            c.record_id.in_(sorted(upto)),
+            id_in(conn, c.record_id, sorted(upto)),
             c.seq <= max(upto.values()),
         )
     )
     moot = sorted(seq for seq, record_id in found if seq <= upto[record_id])
-    for start in range(0, len(moot), _FORGET_CHUNK):
-        chunk = moot[start : start + _FORGET_CHUNK]
-        conn.execute(sa.delete(sync_change).where(c.seq.in_(chunk)))
+    if moot:
+        conn.execute(sa.delete(sync_change).where(id_in(conn, c.seq, moot)))
 
 
 def shrink(engine: Engine) -> bool:

@@ -6,9 +6,9 @@ Create Date: 2026-12-03 08:00:00
 
 - SQLite drops ``ix_sync_change_record`` (migration 0016). Every captured write pays
   for it: the log's row lands at the end of the table, but its index entry lands at
-  the record's place, one more page a transaction. With it, capture cost SQLite a
-  third of a plain update's rate (``bench/capture.py``, synchronous=FULL ratio 0.77
-  against 0.92 without). SQLite's backlog read of a long tail reads the log in order
+  the record's place, one more page a transaction. With it, a captured update ran at
+  0.77 of a plain one's rate at synchronous=FULL (0.92 without) and 0.40 at NORMAL
+  (0.61; ``bench/capture.py``). SQLite's backlog read of a long tail reads the log in order
   (``store.backlog``), and its lookups by record scan the log once per statement.
 - PostgreSQL keeps it: its heap takes the row wherever there is room, its read of a
   long tail merges the log in record order off the index, and capture's ratio was the
