@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crmsync.emulator import create_app
+from crmsync.emulator.app import Emulator
 from crmsync.mapping import activate, build, default_objects
 
 APP = create_app()
@@ -42,9 +43,9 @@ PATHS = st.sampled_from(
 )  # fmt: skip
 
 
-async def _status(method: str, url: str, body: bytes | None = None) -> int:
+async def _status(method: str, url: str, body: bytes | None = None, app: Emulator = APP) -> int:
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=APP), base_url="https://org.test"
+        transport=httpx.ASGITransport(app=app), base_url="https://org.test"
     ) as c:
         form = {"grant_type": "client_credentials", "client_id": "fuzz", "client_secret": "s"}
         token = (await c.post("/t/oauth2/v2.0/token", data=form)).json()["access_token"]
@@ -143,19 +144,12 @@ def test_json_has_no_nan_for_a_number() -> None:
     finally:
         activate(default_objects())
 
-    async def post(body: bytes) -> int:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="https://org.test"
-        ) as c:
-            form = {"grant_type": "client_credentials", "client_id": "f", "client_secret": "s"}
-            token = (await c.post("/t/oauth2/v2.0/token", data=form)).json()["access_token"]
-            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-            r = await c.post("/api/data/v9.2/leads", headers=headers, content=body)
-            return r.status_code
+    def post(body: bytes) -> int:
+        return asyncio.run(_status("POST", "leads", body, app))
 
-    assert asyncio.run(post(b'{"lastname": "x", "new_score": 1.5}')) == 204
+    assert post(b'{"lastname": "x", "new_score": 1.5}') == 204
     for body in (
         b'{"lastname": "x", "new_score": NaN}',
         b'{"lastname": "x", "new_score": -Infinity}',
     ):
-        assert asyncio.run(post(body)) == 400, body
+        assert post(body) == 400, body
