@@ -30,7 +30,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from crmsync.domain import Direction, EntryState, EventKind, ObjectSpec, Operation
 from crmsync.mapping import active, spec_of
 from crmsync.mapping.compare import differs_from_base
-from crmsync.store import history
+from crmsync.store import history, planner_stats
 from crmsync.store.db import write_transaction
 from crmsync.store.local_tables import local_table
 from crmsync.store.pgarrays import id_in, unnest
@@ -51,6 +51,8 @@ FOLD_LOCK = 0x63726D73_666F6C64
 # How long a worker folds before it claims or applies a batch (the rest of a long log is
 # folded by its next batches).
 BATCH_FOLD_SECONDS = 0.5
+# A long fold looks at the planner's statistics every this many batches (PostgreSQL).
+STATS_BATCHES = 5
 # Dead rows left in the log by folding that make ``shrink`` vacuum it (PostgreSQL).
 SHRINK_ROWS = 20_000
 
@@ -589,8 +591,11 @@ def fold_pending(
     if not has_changes(engine):
         return 0
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
-    total = 0
+    total = batches = 0
     while True:
+        if batches and batches % STATS_BATCHES == 0:
+            planner_stats.refresh(engine)  # the queue this fold grows, the log it drains
+        batches += 1
         with write_transaction(engine) as conn:
             if conn.dialect.name == "postgresql":
                 if wait:

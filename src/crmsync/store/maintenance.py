@@ -27,7 +27,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crmsync.mapping import active
-from crmsync.store import backlog_counts, capture, error_counts, history, sessions, sync_errors
+from crmsync.store import (
+    backlog_counts,
+    capture,
+    error_counts,
+    history,
+    planner_stats,
+    sessions,
+    sync_errors,
+)
 from crmsync.store.db import read_transaction, write_transaction
 from crmsync.store.queue import bucket_start
 from crmsync.store.schema import sync_backlog_sample, sync_rate, sync_throughput, sync_tombstone
@@ -168,8 +176,10 @@ def compact_counts(engine: Engine) -> int:
     folding) and the backlog counts (a short write transaction of its own); after a fold
     of many rows (a bulk load or drain), shrink PostgreSQL's table, which reads scan
     whole. On PostgreSQL, also vacuum the capture log once folding has left it many
-    dead rows. Readers never fold: this is where a process without a worker (``crmsync
-    serve``) keeps the log's unfolded tail short, and so the backlog's reads cheap."""
+    dead rows, and analyse those of crmsync's tables whose statistics a bulk change
+    has outgrown (``planner_stats``). Readers never fold: this is where a process
+    without a worker (``crmsync serve``) keeps the log's unfolded tail short, and so
+    the backlog's reads cheap."""
     # SQLite has one writer: a pause between batches lets the application's writers,
     # waiting in their busy handler, in (it retries every 100 ms at most).
     pause = FOLD_PAUSE_SECONDS if engine.dialect.name == "sqlite" else 0.0
@@ -182,6 +192,7 @@ def compact_counts(engine: Engine) -> int:
     if errors_folded >= SHRINK_ROWS and engine.dialect.name == "postgresql":
         error_counts.shrink(engine)
     capture.shrink(engine)
+    planner_stats.refresh(engine)
     return folded
 
 
