@@ -146,7 +146,10 @@ class Settings(BaseSettings):
         0.5,
         gt=0,
         le=1,
-        description="Share of Dynamics' request budget a resync or an audit may use (0..1)",
+        description=(
+            "Share of Dynamics' request budget (6,000 per 300 s) a resync or an audit may"
+            " use in any window (0..1); a job that needs less runs at full speed"
+        ),
     )
     audit_daily: bool = Field(
         False, description="Run a drift audit of every object once a day (worker upkeep)"

@@ -69,18 +69,27 @@ def test_hold_closes_the_gate_without_cutting_concurrency() -> None:
     assert heard == []  # a hold is not re-published as our own throttle
 
 
-def test_a_job_pacer_spaces_requests_by_its_share_of_the_budget() -> None:
+def test_a_job_pacer_keeps_its_share_of_every_window() -> None:
     import asyncio
 
     from crmsync.engine.throttle import Pacer
 
-    async def three() -> float:
-        pace = Pacer(0.25)  # 5 requests a second: 0.2 s apart
+    async def times(pace: Pacer, n: int) -> list[float]:
         loop = asyncio.get_running_loop()
-        start = loop.time()
-        for _ in range(3):
+        start, out = loop.time(), []
+        for _ in range(n):
             await pace()
-        return loop.time() - start
+            out.append(loop.time() - start)
+        return out
 
-    assert 0.38 <= asyncio.run(three()) < 1.0
-    assert Pacer(1.0).interval == 0.0
+    # 8 requests a 0.5 s window, a quarter of them for the job: 2 in any 0.5 s.
+    sent = asyncio.run(times(Pacer(0.25, budget=8, window=0.5), 5))
+    assert sent[1] < 0.1  # within its part: at once, not spaced by a rate
+    assert 0.45 <= sent[2] < 0.7  # the third waits for the first to leave the window
+    assert sent[3] < sent[2] + 0.1
+    assert 0.95 <= sent[4] < 1.3
+    for i in range(len(sent) - 2):
+        assert sent[i + 2] - sent[i] >= 0.45  # never 3 in one window
+    # The whole budget: nothing held; the default is Dataverse's 6,000 per 300 s.
+    assert Pacer(1.0).allowed is None
+    assert Pacer(0.5).allowed == 3000 and Pacer(0.5).window == 300.0

@@ -15,6 +15,7 @@ until the store answers again.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Callable
@@ -157,22 +158,41 @@ class SharedThrottle:
 
 
 # Dataverse's service protection budget per user: 6,000 requests per 300 s (api-limits.md).
-DATAVERSE_REQUESTS_PER_SECOND = 6000 / 300
+DATAVERSE_REQUESTS = 6000
+DATAVERSE_WINDOW_SECONDS = 300.0
 
 
 class Pacer:
-    """Spaces a resync's or an audit's requests so that they use at most ``share`` of
-    Dataverse's request budget, leaving the rest to the sync (``job_request_share``)."""
+    """Keeps a resync's or an audit's requests within ``share`` of Dataverse's request
+    budget (``job_request_share``): no more than ``share`` of 6,000 in any 300 s,
+    so the sync keeps the rest of every window.
 
-    def __init__(self, share: float) -> None:
-        self.interval = 1.0 / (DATAVERSE_REQUESTS_PER_SECOND * share) if share < 1 else 0.0
-        self._next = 0.0
+    The share is of the window, not of the rate: a job that needs fewer requests than
+    its part (an audit of 1,000,000 records reads 200 pages) goes as fast as Dynamics
+    answers, as it would with the sync idle; one that needs more waits, once its part
+    of the window is spent, for its oldest request to leave the window. Dataverse
+    counts the same sliding window (api-limits.md), so the sync's part is there
+    whatever the job did before."""
+
+    def __init__(
+        self,
+        share: float,
+        *,
+        budget: int = DATAVERSE_REQUESTS,
+        window: float = DATAVERSE_WINDOW_SECONDS,
+    ) -> None:
+        self.allowed = None if share >= 1 else max(1, int(budget * share))
+        self.window = window
+        self._sent: collections.deque[float] = collections.deque()
 
     async def __call__(self) -> None:
-        if not self.interval:
+        if self.allowed is None:
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if now < self._next:
-            await asyncio.sleep(self._next - now)
-        self._next = max(now, self._next) + self.interval
+        while self._sent and self._sent[0] <= now - self.window:
+            self._sent.popleft()
+        if len(self._sent) >= self.allowed:
+            await asyncio.sleep(self._sent.popleft() + self.window - now)
+            now = loop.time()
+        self._sent.append(now)
