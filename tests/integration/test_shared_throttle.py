@@ -1,5 +1,6 @@
 """The shared throttle on SQLite and PostgreSQL: the store's "moves later only" upsert
-under concurrent writers, two processes' bridges meeting in one store, a store outage
+under concurrent writers, two processes' bridges meeting in one store (their 429s and
+their execution time spent), a store outage
 falling back to the local gate, and the instant shown by ``/healthz`` and ``/metrics``."""
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
 from crmsync.config import load_settings
-from crmsync.dynamics.limiter import Limiter
+from crmsync.dynamics.limiter import ExecutionBudget, Limiter
 from crmsync.engine.throttle import SharedThrottle
 from crmsync.store import throttle as shared
 from crmsync.store.db import create_store_engine, write_transaction
+from crmsync.store.schema import dynamics_spend
 from crmsync.web.app import create_app
 
 KEY = shared.credential_key("https://org.crm.dynamics.com", "tenant", "client")
@@ -105,6 +107,70 @@ async def test_a_429_in_one_process_closes_the_gate_of_another(engine: Engine) -
     a.throttled(5.0)  # a shorter wait later never shortens the shared one
     await bridge_a.aclose()
     assert 18.0 < await bridge_b.refresh() <= 20.0
+
+
+async def test_two_processes_share_one_execution_budget(engine: Engine) -> None:
+    """Dataverse's 1,200 s per window is the user's: what A's requests spent is left by
+    B, and only while A is heard from."""
+    clock_a, clock_b = Clock(), Clock()
+    clock_b.now = 500.0
+    a = Limiter(clock=clock_a, budget=ExecutionBudget(budget_ms=10_000, window_s=10, share=1.0))
+    b = Limiter(clock=clock_b, budget=ExecutionBudget(budget_ms=10_000, window_s=10, share=1.0))
+    wall = [T0]
+    bridge_a = SharedThrottle(engine, a, KEY, now=lambda: wall[0])
+    bridge_b = SharedThrottle(engine, b, KEY, now=lambda: wall[0])
+    assert b.budget.wait(clock_b.now, 5_000) == 0.0
+    a.budget.charge(clock_a.now, 6_000)
+    await bridge_a.refresh()  # A tells its 6,000
+    await bridge_b.refresh()
+    assert b.budget.others(clock_b.now) == 6_000
+    assert b.budget.wait(clock_b.now, 5_000) > 0  # 6,000 + 5,000 > 10,000
+    assert b.budget.wait(clock_b.now, 3_000) == 0.0
+    b.budget.charge(clock_b.now, 3_000)
+    await bridge_b.refresh()
+    await bridge_a.refresh()
+    assert a.budget.others(clock_a.now) == 3_000  # and A hears B's
+    # A's spending leaves its window: the next poll writes it down to nothing.
+    clock_a.now += 11
+    await bridge_a.refresh()
+    await bridge_b.refresh()
+    assert b.budget.others(clock_b.now) == 0.0
+    # A process that stops telling (killed) is forgotten after SPEND_STALE.
+    a.budget.charge(clock_a.now, 6_000)
+    await bridge_a.refresh()
+    wall[0] = T0 + shared.SPEND_STALE + timedelta(seconds=1)
+    await bridge_b.refresh()
+    assert b.budget.others(clock_b.now) == 0.0
+    # Its row is deleted once it is SPEND_KEEP old.
+    wall[0] = T0 + shared.SPEND_KEEP + timedelta(seconds=1)
+    clock_b.now += shared.SPEND_KEEP.total_seconds()  # B's own 3,000 has left: it writes
+    await bridge_b.refresh()
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(dynamics_spend.c.process)).scalars().all()
+    assert rows == [bridge_b.process]
+
+
+async def test_an_unchanged_spending_is_written_only_as_a_heartbeat(engine: Engine) -> None:
+    clock = Clock()
+    limiter = Limiter(clock=clock, budget=ExecutionBudget(budget_ms=10_000, window_s=60))
+    wall = [T0]
+    bridge = SharedThrottle(engine, limiter, KEY, now=lambda: wall[0])
+
+    def written() -> datetime | None:
+        with engine.connect() as conn:
+            return conn.execute(sa.select(dynamics_spend.c.updated_at)).scalar()
+
+    await bridge.refresh()
+    assert written() is None  # nothing spent, nothing to tell
+    limiter.budget.charge(clock.now, 1_000)
+    await bridge.refresh()
+    assert written() == T0
+    wall[0], clock.now = T0 + timedelta(seconds=1), 1.0
+    await bridge.refresh()
+    assert written() == T0  # the same 1,000: no write
+    wall[0], clock.now = T0 + timedelta(seconds=6), 6.0
+    await bridge.refresh()
+    assert written() == wall[0]  # the heartbeat, well within SPEND_STALE
 
 
 @pytest.fixture

@@ -8,7 +8,13 @@ from datetime import UTC, datetime
 import pytest
 
 from crmsync.domain import Direction, Operation
-from crmsync.dynamics.limiter import SMALL_RESERVE, ExecutionBudget, estimate_ms
+from crmsync.dynamics.limiter import (
+    OTHERS_LOOK,
+    OTHERS_TTL,
+    SMALL_RESERVE,
+    ExecutionBudget,
+    estimate_ms,
+)
 from crmsync.dynamics.writes import Op, Write
 from crmsync.engine import bulk
 from crmsync.engine.plan import Send
@@ -184,6 +190,25 @@ def test_a_request_larger_than_the_budget_goes_alone_into_an_empty_window() -> N
     assert b.wait(0.0, 5_000) == 0.0
     b.charge(0.0, 5_000)
     assert b.wait(1.0, 5_000) == pytest.approx(9.0)
+
+
+def test_what_the_other_processes_spent_is_left_to_them() -> None:
+    b = ExecutionBudget(budget_ms=10_000, window_s=10, share=1.0)
+    b.charge(0.0, 3_000)
+    assert b.wait(1.0, 2_000) == 0.0  # alone: 3,000 + 2,000 of 10,000
+    b.hear(6_000, 1.0)  # the others spent 6,000 of the user's budget meanwhile
+    # 3,000 + 6,000 + 2,000 > 9,700 (the reserve kept): ours leaves the window at 10.
+    assert b.wait(1.0, 2_000) == pytest.approx(9.0)
+    assert b.wait(1.0, 500) == 0.0  # a small one still fits (it may use the reserve)
+    # Even with all of ours gone the others' would be in the way: look again soon.
+    b.hear(9_000, 1.0)
+    assert b.wait(1.0, 2_000) == OTHERS_LOOK
+    fresh = ExecutionBudget(budget_ms=10_000, window_s=10, share=1.0)
+    fresh.hear(9_500, 0.0)  # nothing of ours in the window, the others' fill it
+    assert fresh.wait(0.0, 2_000) == OTHERS_LOOK
+    # Not heard again for OTHERS_TTL (a store that stopped answering): forgotten.
+    assert fresh.wait(OTHERS_TTL + 0.1, 2_000) == 0.0
+    assert fresh.others(OTHERS_TTL + 0.1) == 0.0
 
 
 def test_small_requests_use_the_reserve_bulk_requests_leave() -> None:

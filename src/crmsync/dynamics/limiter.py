@@ -95,6 +95,10 @@ SMALL_MS = 1_500.0  # a fresh lane's claim of 50 as UpdateMultiple: ~1,060 ms
 SMALL_RESERVE = 0.03
 SMALL_HEADROOM = 1.5
 SMALL_RESERVE_MAX = 0.2
+# How long what the other processes of the same user spent (``ExecutionBudget.hear``)
+# is believed without being heard again: several of the store polls that carry it.
+OTHERS_TTL = 5.0
+OTHERS_LOOK = 0.5
 
 
 def estimate_ms(kind: str, records: int = 1) -> float:
@@ -148,6 +152,18 @@ class ExecutionBudget:
         self._total = 0.0
         self._small = 0.0  # of which small requests' (ms <= SMALL_MS)
         self._last_cut = float("-inf")
+        self._others = 0.0  # what the other processes of this user spent, last heard
+        self._heard_at = float("-inf")
+
+    def hear(self, others_ms: float, now: float) -> None:
+        """What the other processes sharing this user spent over the window, as the
+        store last told it (``engine.throttle.SharedThrottle``): Dataverse's budget is
+        the user's, not the process's. Forgotten ``OTHERS_TTL`` seconds after it was
+        heard, so a store that stops answering never holds this process for long."""
+        self._others, self._heard_at = max(0.0, others_ms), now
+
+    def others(self, now: float) -> float:
+        return self._others if now - self._heard_at <= OTHERS_TTL else 0.0
 
     def spent(self, now: float) -> float:
         while self._spent and self._spent[0][0] <= now - self.window_s:
@@ -217,17 +233,22 @@ class ExecutionBudget:
 
     def wait(self, now: float, ms: float, *, bulk: bool = False) -> float:
         """Seconds until a request of ``ms`` fits (0 now). Bulk-sized requests leave the
-        ``reserve`` free; one larger than the limit goes alone into an empty window."""
-        spent = self.spent(now)
+        ``reserve`` free; one larger than the limit goes alone into an empty window.
+        What the other processes spent counts against the limit too; as this process
+        cannot see when theirs leaves the window, it looks again after ``OTHERS_LOOK``
+        when freeing all of its own would not be enough."""
+        spent, others = self.spent(now), self.others(now)
         small = ms <= SMALL_MS and not bulk
-        limit = self.budget_ms * self.share - (0.0 if small else self.reserve(now))
-        if spent + ms <= limit or spent == 0:
+        limit = self.budget_ms * self.share - (0.0 if small else self.reserve(now)) - others
+        if spent + ms <= limit or spent + others == 0:
             return 0.0
         released = 0.0
         for at, cost, _small in self._spent:
             released += cost
             if spent - released + ms <= limit:
                 return max(0.0, at + self.window_s - now)
+        if others:  # the others' spending is in the way: it leaves the window too
+            return OTHERS_LOOK
         return max(0.0, self._spent[-1][0] + self.window_s - now)
 
     def on_throttle(self, now: float) -> None:
@@ -304,6 +325,10 @@ class Limiter:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    def now(self) -> float:
+        """The limiter's clock (monotonic seconds), the one its budget is kept in."""
+        return self._clock()
 
     def _condition(self) -> asyncio.Condition:
         # Created lazily so the limiter can be built outside a running loop.

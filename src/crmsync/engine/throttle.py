@@ -1,15 +1,16 @@
-"""The bridge that makes a 429 pause every worker process sharing the credential.
+"""What makes a 429 pause every worker process sharing the credential, and makes them
+share its execution time budget.
 
-The client's ``Limiter`` gates the requests of one process. ``SharedThrottle`` publishes
-each 429 it sees to the store (``store.throttle``), one write per burst, and polls the
-store every ``POLL_SECONDS`` for the 429s other processes saw, closing the local gate
-until the shared instant. Within a poll's blindness another process's request is at worst
-answered 429 itself (Dataverse rejects before executing, so resending is safe).
-
-The store holds UTC wall time; each process converts the remaining seconds to its own
-clock and caps them at ``MAX_WAIT``, so one wrong clock cannot stop the others for long.
-A store outage never stops sending: it is logged once, and the local gate works alone
-until the store answers again.
+The client's ``Limiter`` gates one process's requests. ``SharedThrottle`` publishes each
+429 it sees to the store (``store.throttle``), one write per burst, and polls the store
+every ``POLL_SECONDS`` for the others' 429s, closing the local gate until the shared
+instant (UTC wall time, converted to each process's clock and capped at ``MAX_WAIT``).
+The same poll writes what this process's requests spent over Dataverse's window (when
+it moved) and hears what the others spent, which its ``ExecutionBudget`` leaves to them.
+Within a poll's blindness a process may be answered 429 itself (Dataverse rejects before
+executing, so resending is safe) or overspend by half a second's sending, which the
+shared 429 then pays for. A store outage never stops sending: it is logged once, and
+the local gate and budget work alone until the store answers again.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -33,6 +35,11 @@ if TYPE_CHECKING:  # the engine passes the store's handles on; it runs no SQL
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
+# This process's execution time spent is written when it moved by this share of the
+# budget (12 s of Dataverse's 1,200), and while there is any at least this often: well
+# within ``store.throttle.SPEND_STALE``, after which the others forget it.
+SPEND_STEP = 0.01
+SPEND_HEARTBEAT = 5.0
 # Dataverse's windows are 300 s (api-limits.md); a longer wait is a wrong clock somewhere.
 MAX_WAIT = timedelta(seconds=300)
 
@@ -68,6 +75,10 @@ class SharedThrottle:
         self._published: datetime | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._store_ok = True
+        # This process's row of the shared spending (``store.throttle.exchange``), and
+        # what it last wrote there: (ms, limiter clock).
+        self.process = uuid.uuid4().hex
+        self._told = (0.0, float("-inf"))
         limiter.on_throttle(self._throttled)
 
     @classmethod
@@ -112,21 +123,43 @@ class SharedThrottle:
     # --- everyone's 429s, in from the store ----------------------------------------------
 
     async def refresh(self) -> float:
-        """Read the shared instant once and close the local gate until it; the seconds
-        held (0 when the store says nothing or cannot be read)."""
+        """Read the shared instant once and close the local gate until it, and tell the
+        execution budget what the other processes spent (writing this process's own
+        figure when it moved); the seconds held (0 when the store says nothing or cannot
+        be read)."""
+        budget, clock = self.limiter.budget, self.limiter.now()
+        spent = budget.spent(clock)
+        write = self._spend_due(spent, clock)
         try:
-            until = await asyncio.to_thread(self._read)
+            until, others = await asyncio.to_thread(
+                shared.exchange,
+                self.engine,
+                self.credential,
+                self.process,
+                spent if write else None,
+                self._now(),
+            )
         except Exception as exc:
             self._store_failed(exc)
             return 0.0
         self._store_answered()
+        if write:
+            self._told = (spent, clock)
+        budget.hear(others, self.limiter.now())
         seconds = remaining(until, self._now())
         if seconds > 0:
             self.limiter.hold(seconds)
         return seconds
 
-    def _read(self) -> datetime | None:
-        return shared.read(self.engine, self.credential)
+    def _spend_due(self, spent: float, clock: float) -> bool:
+        """Whether this poll writes the process's spending: when it moved by
+        ``SPEND_STEP`` of the budget since last told, fell to nothing, or, while there
+        is any, every ``SPEND_HEARTBEAT`` (so the others know this process lives)."""
+        told, at = self._told
+        if spent == told:
+            return spent > 0 and clock - at >= SPEND_HEARTBEAT
+        moved = abs(spent - told) >= SPEND_STEP * self.limiter.budget.budget_ms
+        return moved or spent == 0 or clock - at >= SPEND_HEARTBEAT
 
     async def run(self) -> None:
         """Poll until cancelled."""

@@ -1,20 +1,16 @@
 """PostgreSQL: keep the planner's statistics of crmsync's own tables near their size.
 
-A bulk load makes the capture log and then the queue grow by hundreds of thousands of
-rows in seconds. Until the table is analysed again the planner still believes it holds
-what it held at the last ``ANALYZE`` (often nothing), and a plan cached for a statement
-run many times (psycopg prepares a statement from its fifth run) reads a range of the
-queue row by row where it should probe the index: measured at 1,000,000 changes
-folded, the fold's read of the entries it had just queued went from 60 ms to 12 s per
-batch of 2,000 as the queue passed 200,000 rows, a fold of hours. Autovacuum would
-analyse the table, but only once a minute, and not at all where it is turned off.
+A bulk load grows the capture log, then the queue, by hundreds of thousands of rows in
+seconds. Until a table is analysed again the planner believes what the last ``ANALYZE``
+saw (often nothing), and a plan psycopg has cached for a statement run many times can
+read a whole range of the queue row by row where it should probe the index (at
+1,000,000 changes, a fold's batch went from 60 ms to 12 s: docs/benchmarks.md).
+Autovacuum analyses only once a minute, and not at all where it is turned off.
 
-So the processes that write anyway (the fold, the upkeep) analyse a table of crmsync's
-once it has outgrown what the planner believes it holds: a handful of ``ANALYZE`` runs
-while a table grows from nothing to a million rows, each of a sample of fixed size (a
-fraction of a second), and none while it stays the same size. A table another process
-is analysing at that moment is left to it. The application's own tables are its
-business and are not touched.
+So the processes that write anyway (the fold, the upkeep) analyse crmsync's ``sync_*``
+tables once one has outgrown its statistics: a handful of runs while a table grows to
+a million rows, each of a fixed-size sample, none while its size holds. A table another
+process is analysing is left to it; the application's tables are not touched.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -417,6 +418,19 @@ dynamics_throttle = Table(
     metadata,
     Column("credential", String(64), primary_key=True),
     Column("throttled_until", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# Per Dynamics credential and worker process, the execution time (ms, the client's
+# estimate) its requests spent over Dataverse's sliding window: the budget is the user's,
+# so each process leaves what the others spent (``store.throttle.exchange``). A row not
+# updated for ``throttle.SPEND_STALE`` is a process that is gone; pruned later.
+dynamics_spend = Table(
+    "dynamics_spend",
+    metadata,
+    Column("credential", String(64), primary_key=True),
+    Column("process", String(32), primary_key=True),
+    Column("spent_ms", Float(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
 )
 

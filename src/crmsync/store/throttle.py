@@ -1,16 +1,22 @@
-"""Until when Dynamics told a credential to wait, shared by every process on the store.
+"""Dynamics' service protection limits of a credential, shared by every process on the
+store: until when Dynamics told it to wait, and the execution time each process spent.
 
 Dataverse keeps its service protection limits per user (api-limits.md): one worker's
 429 means every worker using that application user must wait out ``Retry-After``,
 whichever machine it runs on. The instant is UTC wall time (each process converts it to
 its own monotonic clock) and only ever moves later, so concurrent writers need no
 coordination beyond one conditional upsert.
+
+The execution time budget (1,200 s per 5 minutes) is the user's too: each process
+writes what its requests spent over the window (its own row, so writers never
+conflict) and reads the sum of the others' rows that are fresh (``SPEND_STALE``; an
+older row is a process that is gone, deleted after ``SPEND_KEEP``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
@@ -18,7 +24,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crmsync.store.db import write_transaction
-from crmsync.store.schema import dynamics_throttle
+from crmsync.store.schema import dynamics_spend, dynamics_throttle
+
+SPEND_STALE = timedelta(seconds=15)
+SPEND_KEEP = timedelta(minutes=10)
 
 
 def credential_key(dynamics_url: str | None, tenant_id: str | None, client_id: str | None) -> str:
@@ -67,7 +76,43 @@ def publish(engine: Engine, credential: str, until: datetime, now: datetime) -> 
         return record(conn, credential, until, now)
 
 
-def read(engine: Engine, credential: str) -> datetime | None:
-    """``throttled_until`` on a connection of its own (a worker's poll)."""
-    with engine.connect() as conn:
-        return throttled_until(conn, credential)
+def exchange(
+    engine: Engine, credential: str, process: str, spent_ms: float | None, now: datetime
+) -> tuple[datetime | None, float]:
+    """A worker's poll: the credential's instant and what the other processes spent
+    over the window (ms). With ``spent_ms``, this process's own figure is written first,
+    in the same transaction (without, a read on a connection of its own)."""
+    if spent_ms is None:
+        with engine.connect() as conn:
+            return throttled_until(conn, credential), others_spent(conn, credential, process, now)
+    with write_transaction(engine) as conn:
+        record_spend(conn, credential, process, spent_ms, now)
+        return throttled_until(conn, credential), others_spent(conn, credential, process, now)
+
+
+def record_spend(
+    conn: Connection, credential: str, process: str, spent_ms: float, now: datetime
+) -> None:
+    """Set this process's spending; drop the rows of processes long gone."""
+    t = dynamics_spend
+    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(t)
+    values = {"spent_ms": max(0.0, float(spent_ms)), "updated_at": now}
+    conn.execute(
+        insert.values(credential=credential, process=process, **values).on_conflict_do_update(
+            index_elements=[t.c.credential, t.c.process], set_=values
+        )
+    )
+    conn.execute(
+        sa.delete(t).where(t.c.credential == credential, t.c.updated_at < now - SPEND_KEEP)
+    )
+
+
+def others_spent(conn: Connection, credential: str, process: str, now: datetime) -> float:
+    """The sum of the other live processes' spending over the window (ms)."""
+    t = dynamics_spend.c
+    value = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(t.spent_ms), 0.0)).where(
+            t.credential == credential, t.process != process, t.updated_at >= now - SPEND_STALE
+        )
+    ).scalar()
+    return float(value or 0.0)
