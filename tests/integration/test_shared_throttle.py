@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
 from crmsync.config import load_settings
-from crmsync.dynamics.limiter import ExecutionBudget, Limiter
+from crmsync.dynamics.limiter import ExecutionBudget, Limiter, Others
 from crmsync.engine.throttle import SharedThrottle
 from crmsync.store import throttle as shared
 from crmsync.store.db import create_store_engine, write_transaction
@@ -109,6 +110,12 @@ async def test_a_429_in_one_process_closes_the_gate_of_another(engine: Engine) -
     assert 18.0 < await bridge_b.refresh() <= 20.0
 
 
+async def poll(bridge: SharedThrottle) -> None:
+    """One poll, and the write of the spending it started."""
+    await bridge.refresh()
+    await bridge.aclose()
+
+
 async def test_two_processes_share_one_execution_budget(engine: Engine) -> None:
     """Dataverse's 1,200 s per window is the user's: what A's requests spent is left by
     B, and only while A is heard from."""
@@ -119,32 +126,39 @@ async def test_two_processes_share_one_execution_budget(engine: Engine) -> None:
     wall = [T0]
     bridge_a = SharedThrottle(engine, a, KEY, now=lambda: wall[0])
     bridge_b = SharedThrottle(engine, b, KEY, now=lambda: wall[0])
+    b.budget.charge(clock_b.now, 1_000)
     assert b.budget.wait(clock_b.now, 5_000) == 0.0
-    a.budget.charge(clock_a.now, 6_000)
-    await bridge_a.refresh()  # A tells its 6,000
-    await bridge_b.refresh()
-    assert b.budget.others(clock_b.now) == 6_000
-    assert b.budget.wait(clock_b.now, 5_000) > 0  # 6,000 + 5,000 > 10,000
+    a.budget.charge(clock_a.now, 4_000)
+    await poll(bridge_a)  # A tells its 4,000
+    await poll(bridge_b)
+    assert b.budget.others(clock_b.now) == Others(processes=1, spent_ms=4_000, share=1.0)
+    assert b.budget.wait(clock_b.now, 5_000) > 0  # 1,000 + 4,000 + 5,000 > 9,700
     assert b.budget.wait(clock_b.now, 3_000) == 0.0
     b.budget.charge(clock_b.now, 3_000)
-    await bridge_b.refresh()
-    await bridge_a.refresh()
-    assert a.budget.others(clock_a.now) == 3_000  # and A hears B's
+    await poll(bridge_b)
+    await poll(bridge_a)
+    assert a.budget.others(clock_a.now).spent_ms == 4_000  # and A hears B's
+    # An execution-time 429 cut A's share: B paces to it too.
+    a.throttled(1.0, execution=True)
+    await poll(bridge_a)
+    await poll(bridge_b)
+    assert b.budget.others(clock_b.now).share == pytest.approx(0.9)
+    assert b.budget.limit(clock_b.now) == pytest.approx(9_000 - 4_000)
     # A's spending leaves its window: the next poll writes it down to nothing.
     clock_a.now += 11
-    await bridge_a.refresh()
-    await bridge_b.refresh()
-    assert b.budget.others(clock_b.now) == 0.0
+    await poll(bridge_a)
+    await poll(bridge_b)
+    assert b.budget.others(clock_b.now).spent_ms == 0.0
     # A process that stops telling (killed) is forgotten after SPEND_STALE.
     a.budget.charge(clock_a.now, 6_000)
-    await bridge_a.refresh()
+    await poll(bridge_a)
     wall[0] = T0 + shared.SPEND_STALE + timedelta(seconds=1)
-    await bridge_b.refresh()
-    assert b.budget.others(clock_b.now) == 0.0
+    await poll(bridge_b)
+    assert b.budget.others(clock_b.now) == Others()
     # Its row is deleted once it is SPEND_KEEP old.
     wall[0] = T0 + shared.SPEND_KEEP + timedelta(seconds=1)
-    clock_b.now += shared.SPEND_KEEP.total_seconds()  # B's own 3,000 has left: it writes
-    await bridge_b.refresh()
+    clock_b.now += shared.SPEND_KEEP.total_seconds()  # B's own 4,000 has left: it writes
+    await poll(bridge_b)
     with engine.connect() as conn:
         rows = conn.execute(sa.select(dynamics_spend.c.process)).scalars().all()
     assert rows == [bridge_b.process]
@@ -160,17 +174,35 @@ async def test_an_unchanged_spending_is_written_only_as_a_heartbeat(engine: Engi
         with engine.connect() as conn:
             return conn.execute(sa.select(dynamics_spend.c.updated_at)).scalar()
 
-    await bridge.refresh()
+    await poll(bridge)
     assert written() is None  # nothing spent, nothing to tell
     limiter.budget.charge(clock.now, 1_000)
-    await bridge.refresh()
+    await poll(bridge)
     assert written() == T0
     wall[0], clock.now = T0 + timedelta(seconds=1), 1.0
-    await bridge.refresh()
+    await poll(bridge)
     assert written() == T0  # the same 1,000: no write
     wall[0], clock.now = T0 + timedelta(seconds=6), 6.0
-    await bridge.refresh()
+    await poll(bridge)
     assert written() == wall[0]  # the heartbeat, well within SPEND_STALE
+
+
+async def test_a_writer_holding_sqlite_does_not_hold_up_the_poll(engine: Engine) -> None:
+    """The spending is written by a task of its own: the others' 429 instant is read
+    while the application holds the write lock."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's writers do not queue on one lock")
+    limiter = Limiter(clock=Clock())
+    limiter.budget.charge(0.0, 50_000)  # a spending due to be written
+    bridge = SharedThrottle(engine, limiter, KEY)
+    record(engine, datetime.now(UTC) + timedelta(seconds=20))
+    with write_transaction(engine):  # BEGIN IMMEDIATE: the write lock, held
+        started = time.monotonic()
+        assert 19.0 < await bridge.refresh() <= 20.0
+        assert time.monotonic() - started < 2.0
+    await bridge.aclose()  # the write, once the lock was free
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(dynamics_spend.c.spent_ms)).scalar() == 50_000
 
 
 @pytest.fixture

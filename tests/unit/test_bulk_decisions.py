@@ -9,10 +9,10 @@ import pytest
 
 from crmsync.domain import Direction, Operation
 from crmsync.dynamics.limiter import (
-    OTHERS_LOOK,
     OTHERS_TTL,
     SMALL_RESERVE,
     ExecutionBudget,
+    Others,
     estimate_ms,
 )
 from crmsync.dynamics.writes import Op, Write
@@ -196,19 +196,38 @@ def test_what_the_other_processes_spent_is_left_to_them() -> None:
     b = ExecutionBudget(budget_ms=10_000, window_s=10, share=1.0)
     b.charge(0.0, 3_000)
     assert b.wait(1.0, 2_000) == 0.0  # alone: 3,000 + 2,000 of 10,000
-    b.hear(6_000, 1.0)  # the others spent 6,000 of the user's budget meanwhile
-    # 3,000 + 6,000 + 2,000 > 9,700 (the reserve kept): ours leaves the window at 10.
+    b.hear(Others(processes=1, spent_ms=5_000), 1.0)  # another process spent 5,000
+    # 3,000 + 5,000 + 2,000 > 9,700 (the reserve kept): ours leaves the window at 10.
     assert b.wait(1.0, 2_000) == pytest.approx(9.0)
     assert b.wait(1.0, 500) == 0.0  # a small one still fits (it may use the reserve)
-    # Even with all of ours gone the others' would be in the way: look again soon.
-    b.hear(9_000, 1.0)
-    assert b.wait(1.0, 2_000) == OTHERS_LOOK
-    fresh = ExecutionBudget(budget_ms=10_000, window_s=10, share=1.0)
-    fresh.hear(9_500, 0.0)  # nothing of ours in the window, the others' fill it
-    assert fresh.wait(0.0, 2_000) == OTHERS_LOOK
     # Not heard again for OTHERS_TTL (a store that stopped answering): forgotten.
-    assert fresh.wait(OTHERS_TTL + 0.1, 2_000) == 0.0
-    assert fresh.others(OTHERS_TTL + 0.1) == 0.0
+    assert b.others(1.0 + OTHERS_TTL + 0.1) == Others()
+    assert b.wait(1.0 + OTHERS_TTL + 0.1, 2_000) == 0.0
+
+
+def test_a_process_keeps_its_part_however_much_the_others_spent() -> None:
+    """One process filled the window: another still gets 1 / processes of it, so none
+    can keep another out for good (its own share never recovers without sending)."""
+    late = ExecutionBudget(budget_ms=10_000, window_s=10, share=1.0)
+    late.hear(Others(processes=1, spent_ms=9_800), 0.0)
+    assert late.limit(0.0) == pytest.approx(5_000)
+    assert late.wait(0.0, 149.0) == 0.0  # an edit goes at once
+    assert late.wait(0.0, 2_000) == 0.0
+    late.charge(0.0, 4_000)
+    assert late.wait(0.0, 2_000) == pytest.approx(10.0)  # beyond its part: waits its own
+    # Three others: a quarter each.
+    many = ExecutionBudget(budget_ms=10_000, window_s=10, share=1.0)
+    many.hear(Others(processes=3, spent_ms=10_000), 0.0)
+    assert many.limit(0.0) == pytest.approx(2_500)
+
+
+def test_the_lowest_share_of_any_process_paces_them_all() -> None:
+    """An execution-time 429 cut one process's share: the estimate was low for all."""
+    b = ExecutionBudget(budget_ms=10_000, window_s=10, share=0.98)
+    b.hear(Others(processes=1, spent_ms=0.0, share=0.5), 0.0)
+    assert b.limit(0.0) == pytest.approx(5_000)
+    b.hear(Others(processes=1, spent_ms=0.0, share=0.99), 0.0)
+    assert b.limit(0.0) == pytest.approx(9_800)  # its own is lower
 
 
 def test_small_requests_use_the_reserve_bulk_requests_leave() -> None:

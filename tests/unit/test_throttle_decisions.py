@@ -90,6 +90,17 @@ def test_a_job_pacer_keeps_its_share_of_every_window() -> None:
     assert 0.95 <= sent[4] < 1.3
     for i in range(len(sent) - 2):
         assert sent[i + 2] - sent[i] >= 0.45  # never 3 in one window
+
+    # Two callers waiting side by side (an audit's scan and its page task): still no
+    # more than 2 in any window.
+    async def side_by_side() -> list[float]:
+        pace = Pacer(0.25, budget=8, window=0.5)
+        both = await asyncio.gather(times(pace, 3), times(pace, 3))
+        return sorted(both[0] + both[1])
+
+    together = asyncio.run(side_by_side())
+    for i in range(len(together) - 2):
+        assert together[i + 2] - together[i] >= 0.45, together
     # The whole budget: nothing held; the default is Dataverse's 6,000 per 300 s.
     assert Pacer(1.0).allowed is None
     assert Pacer(0.5).allowed == 3000 and Pacer(0.5).window == 300.0

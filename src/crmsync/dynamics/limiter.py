@@ -98,7 +98,16 @@ SMALL_RESERVE_MAX = 0.2
 # How long what the other processes of the same user spent (``ExecutionBudget.hear``)
 # is believed without being heard again: several of the store polls that carry it.
 OTHERS_TTL = 5.0
-OTHERS_LOOK = 0.5
+
+
+@dataclass(frozen=True)
+class Others:
+    """The other live processes of one application user, as the store last told them:
+    how many, what they spent over the window (ms), and the lowest of their shares."""
+
+    processes: int = 0
+    spent_ms: float = 0.0
+    share: float = 1.0
 
 
 def estimate_ms(kind: str, records: int = 1) -> float:
@@ -152,18 +161,29 @@ class ExecutionBudget:
         self._total = 0.0
         self._small = 0.0  # of which small requests' (ms <= SMALL_MS)
         self._last_cut = float("-inf")
-        self._others = 0.0  # what the other processes of this user spent, last heard
+        self._others = Others()  # the other processes of this user, last heard
         self._heard_at = float("-inf")
 
-    def hear(self, others_ms: float, now: float) -> None:
-        """What the other processes sharing this user spent over the window, as the
-        store last told it (``engine.throttle.SharedThrottle``): Dataverse's budget is
-        the user's, not the process's. Forgotten ``OTHERS_TTL`` seconds after it was
-        heard, so a store that stops answering never holds this process for long."""
-        self._others, self._heard_at = max(0.0, others_ms), now
+    def hear(self, others: Others, now: float) -> None:
+        """The other processes sharing this user, as the store last told it
+        (``engine.throttle.SharedThrottle``): Dataverse's budget is the user's, not the
+        process's. Forgotten ``OTHERS_TTL`` seconds after it was heard, so a store that
+        stops answering never holds this process for long."""
+        self._others, self._heard_at = others, now
 
-    def others(self, now: float) -> float:
-        return self._others if now - self._heard_at <= OTHERS_TTL else 0.0
+    def others(self, now: float) -> Others:
+        return self._others if now - self._heard_at <= OTHERS_TTL else Others()
+
+    def limit(self, now: float) -> float:
+        """The user's budget this process paces to: ``share`` of it, the lowest share of
+        any live process (an execution-time 429 told one of them the estimate was low:
+        it was low for all), less what the others spent, but never less than
+        ``1 / processes`` of it: a process that finds the window full of the others'
+        spending still gets its part (once, the window may hold more than the budget
+        and the next 429 pauses them all), and none can keep another out for good."""
+        others = self.others(now)
+        total = self.budget_ms * min(self.share, others.share)
+        return total - min(others.spent_ms, total * others.processes / (others.processes + 1))
 
     def spent(self, now: float) -> float:
         while self._spent and self._spent[0][0] <= now - self.window_s:
@@ -233,22 +253,20 @@ class ExecutionBudget:
 
     def wait(self, now: float, ms: float, *, bulk: bool = False) -> float:
         """Seconds until a request of ``ms`` fits (0 now). Bulk-sized requests leave the
-        ``reserve`` free; one larger than the limit goes alone into an empty window.
-        What the other processes spent counts against the limit too; as this process
-        cannot see when theirs leaves the window, it looks again after ``OTHERS_LOOK``
-        when freeing all of its own would not be enough."""
-        spent, others = self.spent(now), self.others(now)
+        ``reserve`` free; one larger than the limit goes alone into a window empty of
+        this process's own spending. The other processes' spending is in ``limit``; the
+        caller looks again within a second (``Limiter.wait_budget``), so theirs leaving
+        the window is seen too."""
+        spent = self.spent(now)
         small = ms <= SMALL_MS and not bulk
-        limit = self.budget_ms * self.share - (0.0 if small else self.reserve(now)) - others
-        if spent + ms <= limit or spent + others == 0:
+        limit = self.limit(now) - (0.0 if small else self.reserve(now))
+        if spent + ms <= limit or spent == 0:
             return 0.0
         released = 0.0
         for at, cost, _small in self._spent:
             released += cost
             if spent - released + ms <= limit:
                 return max(0.0, at + self.window_s - now)
-        if others:  # the others' spending is in the way: it leaves the window too
-            return OTHERS_LOOK
         return max(0.0, self._spent[-1][0] + self.window_s - now)
 
     def on_throttle(self, now: float) -> None:

@@ -5,12 +5,12 @@ The client's ``Limiter`` gates one process's requests. ``SharedThrottle`` publis
 429 it sees to the store (``store.throttle``), one write per burst, and polls the store
 every ``POLL_SECONDS`` for the others' 429s, closing the local gate until the shared
 instant (UTC wall time, converted to each process's clock and capped at ``MAX_WAIT``).
-The same poll writes what this process's requests spent over Dataverse's window (when
-it moved) and hears what the others spent, which its ``ExecutionBudget`` leaves to them.
-Within a poll's blindness a process may be answered 429 itself (Dataverse rejects before
-executing, so resending is safe) or overspend by half a second's sending, which the
-shared 429 then pays for. A store outage never stops sending: it is logged once, and
-the local gate and budget work alone until the store answers again.
+The same poll hears what the others spent over Dataverse's window and their shares,
+which the ``ExecutionBudget`` leaves to them (down to its own floor); this process's
+own figures are written by a task of their own when they moved (``SPEND_STEP``). Within
+a poll's blindness a process may be answered 429 (Dataverse rejects before executing,
+so resending is safe) or overspend, which the shared 429 pays for. A store outage never
+stops sending: it is logged once, and the gate and budget work alone until it answers.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from crmsync.config import Settings
-from crmsync.dynamics.limiter import Limiter
+from crmsync.dynamics.limiter import Limiter, Others
 from crmsync.store import throttle as shared
 from crmsync.store.types import utcnow
 
@@ -78,7 +78,8 @@ class SharedThrottle:
         # This process's row of the shared spending (``store.throttle.exchange``), and
         # what it last wrote there: (ms, limiter clock).
         self.process = uuid.uuid4().hex
-        self._told = (0.0, float("-inf"))
+        self._told = (0.0, limiter.budget.share, float("-inf"))
+        self._teller: asyncio.Task[None] | None = None
         limiter.on_throttle(self._throttled)
 
     @classmethod
@@ -124,42 +125,54 @@ class SharedThrottle:
 
     async def refresh(self) -> float:
         """Read the shared instant once and close the local gate until it, and tell the
-        execution budget what the other processes spent (writing this process's own
-        figure when it moved); the seconds held (0 when the store says nothing or cannot
-        be read)."""
-        budget, clock = self.limiter.budget, self.limiter.now()
-        spent = budget.spent(clock)
-        write = self._spend_due(spent, clock)
+        execution budget what the other processes spent; the seconds held (0 when the
+        store says nothing or cannot be read). This process's own spending is written
+        by a task of its own when due (on SQLite it may wait for the write lock, which
+        must not hold up the others' 429s)."""
+        self._tell_spending()
         try:
             until, others = await asyncio.to_thread(
-                shared.exchange,
-                self.engine,
-                self.credential,
-                self.process,
-                spent if write else None,
-                self._now(),
+                shared.poll, self.engine, self.credential, self.process, self._now()
             )
         except Exception as exc:
             self._store_failed(exc)
             return 0.0
         self._store_answered()
-        if write:
-            self._told = (spent, clock)
-        budget.hear(others, self.limiter.now())
+        self.limiter.budget.hear(Others(*others), self.limiter.now())
         seconds = remaining(until, self._now())
         if seconds > 0:
             self.limiter.hold(seconds)
         return seconds
 
-    def _spend_due(self, spent: float, clock: float) -> bool:
+    def _tell_spending(self) -> None:
+        budget, clock = self.limiter.budget, self.limiter.now()
+        spent, share = budget.spent(clock), budget.share
+        if not self._spend_due(spent, share, clock):
+            return
+        if self._teller is not None and not self._teller.done():
+            return  # the last write still waits for the lock: the next poll tries again
+        self._told = (spent, share, clock)
+        self._teller = asyncio.get_running_loop().create_task(self._tell(spent, share))
+
+    async def _tell(self, spent: float, share: float) -> None:
+        try:
+            await asyncio.to_thread(
+                shared.tell, self.engine, self.credential, self.process, spent, share, self._now
+            )
+        except Exception as exc:
+            self._told = (-1.0, share, float("-inf"))  # not told: due again next poll
+            self._store_failed(exc)
+
+    def _spend_due(self, spent: float, share: float, clock: float) -> bool:
         """Whether this poll writes the process's spending: when it moved by
-        ``SPEND_STEP`` of the budget since last told, fell to nothing, or, while there
-        is any, every ``SPEND_HEARTBEAT`` (so the others know this process lives)."""
-        told, at = self._told
-        if spent == told:
+        ``SPEND_STEP`` of the budget since last told, fell to nothing, or the share
+        changed; and while there is any, every ``SPEND_HEARTBEAT`` (so the others know
+        this process lives)."""
+        told, told_share, at = self._told
+        if spent == told and share == told_share:
             return spent > 0 and clock - at >= SPEND_HEARTBEAT
         moved = abs(spent - told) >= SPEND_STEP * self.limiter.budget.budget_ms
-        return moved or spent == 0 or clock - at >= SPEND_HEARTBEAT
+        return moved or spent == 0 or share != told_share or clock - at >= SPEND_HEARTBEAT
 
     async def run(self) -> None:
         """Poll until cancelled."""
@@ -169,10 +182,11 @@ class SharedThrottle:
 
     async def aclose(self) -> None:
         """Let a publish in progress finish, so a worker that exits right after its 429
-        still tells the others."""
-        if self._publisher is not None:
-            with contextlib.suppress(Exception):
-                await self._publisher
+        still tells the others; and a write of this process's spending."""
+        for task in (self._publisher, self._teller):
+            if task is not None:
+                with contextlib.suppress(Exception):
+                    await task
 
     # --- a store outage is logged once ---------------------------------------------------
 
@@ -222,10 +236,11 @@ class Pacer:
         if self.allowed is None:
             return
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        while self._sent and self._sent[0] <= now - self.window:
-            self._sent.popleft()
-        if len(self._sent) >= self.allowed:
-            await asyncio.sleep(self._sent.popleft() + self.window - now)
+        while True:  # callers may wait side by side: each looks again after its sleep
             now = loop.time()
-        self._sent.append(now)
+            while self._sent and self._sent[0] <= now - self.window:
+                self._sent.popleft()
+            if len(self._sent) < self.allowed:
+                self._sent.append(now)
+                return
+            await asyncio.sleep(self._sent[0] + self.window - now)

@@ -422,8 +422,9 @@ dynamics_throttle = Table(
 )
 
 # Per Dynamics credential and worker process, the execution time (ms, the client's
-# estimate) its requests spent over Dataverse's sliding window: the budget is the user's,
-# so each process leaves what the others spent (``store.throttle.exchange``). A row not
+# estimate) its requests spent over Dataverse's sliding window and the share of the
+# budget it paces to: the budget is the user's, so each process leaves what the others
+# spent (``store.throttle``). A row not
 # updated for ``throttle.SPEND_STALE`` is a process that is gone; pruned later.
 dynamics_spend = Table(
     "dynamics_spend",
@@ -431,6 +432,7 @@ dynamics_spend = Table(
     Column("credential", String(64), primary_key=True),
     Column("process", String(32), primary_key=True),
     Column("spent_ms", Float(), nullable=False),
+    Column("share", Float(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
 )
 

@@ -8,15 +8,17 @@ its own monotonic clock) and only ever moves later, so concurrent writers need n
 coordination beyond one conditional upsert.
 
 The execution time budget (1,200 s per 5 minutes) is the user's too: each process
-writes what its requests spent over the window (its own row, so writers never
-conflict) and reads the sum of the others' rows that are fresh (``SPEND_STALE``; an
+writes what its requests spent over the window and its pacing share (its own row, so
+writers never conflict) and reads the others' rows that are fresh (``SPEND_STALE``; an
 older row is a process that is gone, deleted after ``SPEND_KEEP``).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
@@ -76,27 +78,46 @@ def publish(engine: Engine, credential: str, until: datetime, now: datetime) -> 
         return record(conn, credential, until, now)
 
 
-def exchange(
-    engine: Engine, credential: str, process: str, spent_ms: float | None, now: datetime
-) -> tuple[datetime | None, float]:
-    """A worker's poll: the credential's instant and what the other processes spent
-    over the window (ms). With ``spent_ms``, this process's own figure is written first,
-    in the same transaction (without, a read on a connection of its own)."""
-    if spent_ms is None:
-        with engine.connect() as conn:
-            return throttled_until(conn, credential), others_spent(conn, credential, process, now)
-    with write_transaction(engine) as conn:
-        record_spend(conn, credential, process, spent_ms, now)
+class Spending(NamedTuple):
+    """The other live processes of a credential: how many, what they spent over the
+    window (ms), and the lowest of their pacing shares (1.0 with none)."""
+
+    processes: int
+    spent_ms: float
+    share: float
+
+
+def poll(
+    engine: Engine, credential: str, process: str, now: datetime
+) -> tuple[datetime | None, Spending]:
+    """A worker's poll, on a connection of its own (a read: never waits for a writer):
+    the credential's instant and the other live processes' spending."""
+    with engine.connect() as conn:
         return throttled_until(conn, credential), others_spent(conn, credential, process, now)
 
 
-def record_spend(
-    conn: Connection, credential: str, process: str, spent_ms: float, now: datetime
+def tell(
+    engine: Engine,
+    credential: str,
+    process: str,
+    spent_ms: float,
+    share: float,
+    now: Callable[[], datetime],
 ) -> None:
-    """Set this process's spending; drop the rows of processes long gone."""
+    """``record_spend`` in a transaction of its own, timed when it got the write lock
+    (on SQLite it may wait for the application's writers)."""
+    with write_transaction(engine) as conn:
+        record_spend(conn, credential, process, spent_ms, share, now())
+
+
+def record_spend(
+    conn: Connection, credential: str, process: str, spent_ms: float, share: float, now: datetime
+) -> None:
+    """Set this process's spending and pacing share; drop the rows of processes long
+    gone."""
     t = dynamics_spend
     insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(t)
-    values = {"spent_ms": max(0.0, float(spent_ms)), "updated_at": now}
+    values = {"spent_ms": max(0.0, float(spent_ms)), "share": float(share), "updated_at": now}
     conn.execute(
         insert.values(credential=credential, process=process, **values).on_conflict_do_update(
             index_elements=[t.c.credential, t.c.process], set_=values
@@ -107,12 +128,13 @@ def record_spend(
     )
 
 
-def others_spent(conn: Connection, credential: str, process: str, now: datetime) -> float:
-    """The sum of the other live processes' spending over the window (ms)."""
+def others_spent(conn: Connection, credential: str, process: str, now: datetime) -> Spending:
+    """The other live processes' spending over the window (rows fresher than
+    ``SPEND_STALE``)."""
     t = dynamics_spend.c
-    value = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(t.spent_ms), 0.0)).where(
+    count, spent, share = conn.execute(
+        sa.select(sa.func.count(), sa.func.sum(t.spent_ms), sa.func.min(t.share)).where(
             t.credential == credential, t.process != process, t.updated_at >= now - SPEND_STALE
         )
-    ).scalar()
-    return float(value or 0.0)
+    ).one()
+    return Spending(int(count), float(spent or 0.0), 1.0 if share is None else float(share))
