@@ -4,8 +4,8 @@ A bulk load grows the capture log, then the queue, by hundreds of thousands of r
 seconds. Until a table is analysed again the planner believes what the last ``ANALYZE``
 saw (often nothing), and a plan psycopg has cached for a statement run many times can
 read a whole range of the queue row by row where it should probe the index (at
-1,000,000 changes, a fold's batch went from 60 ms to 12 s: docs/benchmarks.md).
-Autovacuum analyses only once a minute, and not at all where it is turned off.
+1,000,000 changes, a fold's batch went from 60 ms to 12 s: docs/benchmarks.md, session
+13). Autovacuum analyses only once a minute, and not at all where it is turned off.
 
 So the processes that write anyway (the fold, the upkeep) analyse crmsync's ``sync_*``
 tables once one has outgrown its statistics: a handful of runs while a table grows to
