@@ -75,8 +75,8 @@ class SharedThrottle:
         self._published: datetime | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._store_ok = True
-        # This process's row of the shared spending (``store.throttle.exchange``), and
-        # what it last wrote there: (ms, limiter clock).
+        # This process's row of the shared spending (``store.throttle.tell``), and what
+        # it last wrote there: (ms, share, limiter clock).
         self.process = uuid.uuid4().hex
         self._told = (0.0, limiter.budget.share, float("-inf"))
         self._teller: asyncio.Task[None] | None = None
