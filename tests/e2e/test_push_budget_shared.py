@@ -6,7 +6,7 @@ budget and window scaled down, and both workers are told the same budget. Each p
 alone would spend all of it, so together they would spend twice the user's budget and
 be answered 429 again and again; sharing what each spent through the store
 (``dynamics_spend``), they stay within it: a few 429s at most, from what a process can
-send between two polls. Afterwards every change is in Dynamics exactly once. (Checked
+send between two polls and from the small requests each sends from the reserve. Afterwards every change is in Dynamics exactly once. (Checked
 the other way by making ``store.throttle.others_spent`` answer 0: 21 429s on SQLite,
 against none shared; with 250 leads it was 3, too few to tell.)
 """
@@ -66,5 +66,7 @@ def test_two_worker_processes_stay_within_the_users_execution_budget(
     # The work needed well over a window's budget: the limit was what paced it.
     assert charged > 1.5 * BUDGET_MS, charged
     assert took > WINDOW_S, took
-    assert len(throttled) <= 3, f"{len(throttled)} 429s of {len(api)} requests"
+    # Shared: 0 on a quiet machine, 4 once under CI's load (the reads each process sends
+    # from the budget's reserve, which both may use); each on its own budget: 21.
+    assert len(throttled) <= 8, f"{len(throttled)} 429s of {len(api)} requests"
     assert check_exactly_once(store, url)["synced"] == LEADS
