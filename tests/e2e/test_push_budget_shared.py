@@ -6,9 +6,10 @@ budget and window scaled down, and both workers are told the same budget. Each p
 alone would spend all of it, so together they would spend twice the user's budget and
 be answered 429 again and again; sharing what each spent through the store
 (``dynamics_spend``), they stay within it: a few 429s at most, from what a process can
-send between two polls and from the small requests each sends from the reserve. Afterwards every change is in Dynamics exactly once. (Checked
-the other way by making ``store.throttle.others_spent`` answer 0: 21 429s on SQLite,
-against none shared; with 250 leads it was 3, too few to tell.)
+send between two polls and the small requests each sends from the reserve. Afterwards
+every change is in Dynamics exactly once. (Checked the other way by making
+``store.throttle.others_spent`` answer 0: 21 429s on SQLite, against none shared; with
+250 leads it was 3, too few to tell.)
 """
 
 from __future__ import annotations
