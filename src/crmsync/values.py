@@ -4,8 +4,9 @@ The store reads and writes them, the engine decides with them, the console shows
 queue entries and what became of them (``Entry``, ``Done``, ``Failed``, ``Outcome``),
 Dynamics' changes and what the store knows of a record (``Change``, ``Known``),
 conflict resolutions, the plan steps shared by push and apply (``Defer``, ``Park``,
-``Skip``; each direction adds its own write), and crmsync's own error codes, which an
-operator sees in the sync errors next to Dynamics' codes.
+``Skip``; each direction adds its own write), what the other worker processes of one
+application user spent of its budget (``Others``), and crmsync's own error codes, which
+an operator sees in the sync errors next to Dynamics' codes.
 
 Everything here is immutable except ``Outcome``, which a batch fills as it goes.
 """
@@ -358,3 +359,17 @@ class LocalRef:
     crm_id: str | None = None
     label: str | None = None
     deleted: bool = False
+
+
+# --- the execution budget shared by the processes of one application user -------------
+
+
+@dataclass(frozen=True)
+class Others:
+    """The other live worker processes of one application user, as the store last told
+    them (``store.throttle.poll``): how many, what they spent over Dataverse's window
+    (ms), and the lowest of their pacing shares (1.0 with none)."""
+
+    processes: int = 0
+    spent_ms: float = 0.0
+    share: float = 1.0

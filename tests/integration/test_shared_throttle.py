@@ -19,11 +19,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
 from crmsync.config import load_settings
-from crmsync.dynamics.limiter import ExecutionBudget, Limiter, Others
+from crmsync.dynamics.limiter import ExecutionBudget, Limiter
 from crmsync.engine.throttle import SharedThrottle
 from crmsync.store import throttle as shared
 from crmsync.store.db import create_store_engine, write_transaction
 from crmsync.store.schema import dynamics_spend
+from crmsync.values import Others
 from crmsync.web.app import create_app
 
 KEY = shared.credential_key("https://org.crm.dynamics.com", "tenant", "client")

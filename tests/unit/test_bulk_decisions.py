@@ -12,14 +12,13 @@ from crmsync.dynamics.limiter import (
     OTHERS_TTL,
     SMALL_RESERVE,
     ExecutionBudget,
-    Others,
     estimate_ms,
 )
 from crmsync.dynamics.writes import Op, Write
 from crmsync.engine import bulk
 from crmsync.engine.plan import Send
 from crmsync.errors import RecordRejected
-from crmsync.values import Entry
+from crmsync.values import Entry, Others
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 ME = "11111111-1111-1111-1111-111111111111"

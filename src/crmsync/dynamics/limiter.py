@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from crmsync.values import Others
+
 DATAVERSE_MAX_CONCURRENCY = 52
 
 
@@ -98,16 +100,6 @@ SMALL_RESERVE_MAX = 0.2
 # How long what the other processes of the same user spent (``ExecutionBudget.hear``)
 # is believed without being heard again: several of the store polls that carry it.
 OTHERS_TTL = 5.0
-
-
-@dataclass(frozen=True)
-class Others:
-    """The other live processes of one application user, as the store last told them:
-    how many, what they spent over the window (ms), and the lowest of their shares."""
-
-    processes: int = 0
-    spent_ms: float = 0.0
-    share: float = 1.0
 
 
 def estimate_ms(kind: str, records: int = 1) -> float:

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from crmsync.config import Settings
-from crmsync.dynamics.limiter import Limiter, Others
+from crmsync.dynamics.limiter import Limiter
 from crmsync.store import throttle as shared
 from crmsync.store.types import utcnow
 
@@ -138,7 +138,7 @@ class SharedThrottle:
             self._store_failed(exc)
             return 0.0
         self._store_answered()
-        self.limiter.budget.hear(Others(*others), self.limiter.now())
+        self.limiter.budget.hear(others, self.limiter.now())
         seconds = remaining(until, self._now())
         if seconds > 0:
             self.limiter.hold(seconds)

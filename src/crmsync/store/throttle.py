@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
@@ -27,6 +26,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crmsync.store.db import write_transaction
 from crmsync.store.schema import dynamics_spend, dynamics_throttle
+from crmsync.values import Others
 
 SPEND_STALE = timedelta(seconds=15)
 SPEND_KEEP = timedelta(minutes=10)
@@ -78,18 +78,9 @@ def publish(engine: Engine, credential: str, until: datetime, now: datetime) -> 
         return record(conn, credential, until, now)
 
 
-class Spending(NamedTuple):
-    """The other live processes of a credential: how many, what they spent over the
-    window (ms), and the lowest of their pacing shares (1.0 with none)."""
-
-    processes: int
-    spent_ms: float
-    share: float
-
-
 def poll(
     engine: Engine, credential: str, process: str, now: datetime
-) -> tuple[datetime | None, Spending]:
+) -> tuple[datetime | None, Others]:
     """A worker's poll, on a connection of its own (a read: never waits for a writer):
     the credential's instant and the other live processes' spending."""
     with engine.connect() as conn:
@@ -128,7 +119,7 @@ def record_spend(
     )
 
 
-def others_spent(conn: Connection, credential: str, process: str, now: datetime) -> Spending:
+def others_spent(conn: Connection, credential: str, process: str, now: datetime) -> Others:
     """The other live processes' spending over the window (rows fresher than
     ``SPEND_STALE``)."""
     t = dynamics_spend.c
@@ -137,4 +128,4 @@ def others_spent(conn: Connection, credential: str, process: str, now: datetime)
             t.credential == credential, t.process != process, t.updated_at >= now - SPEND_STALE
         )
     ).one()
-    return Spending(int(count), float(spent or 0.0), 1.0 if share is None else float(share))
+    return Others(int(count), float(spent or 0.0), 1.0 if share is None else float(share))
