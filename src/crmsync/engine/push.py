@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from crmsync.config import Settings
 from crmsync.domain import Direction, ObjectSpec, Operation
-from crmsync.dynamics.client import DataverseClient
-from crmsync.dynamics.limiter import SMALL_MS, estimate_ms
+from crmsync.dynamics.client import VERSION_CHUNK, DataverseClient
+from crmsync.dynamics.limiter import SMALL_MS, estimate_ms, reads_ms
 from crmsync.dynamics.writes import ItemResult
 from crmsync.engine import auto_retry, bulk
 from crmsync.engine.changes import MODIFIED_BY
@@ -156,7 +156,7 @@ class Pusher:
         specs = [s for s in self.specs.values() if s.flow.pushes]
         return sorted(specs, key=lambda s: len(s.lookups))
 
-    def _claim_and_plan(self, fresh: bool = False) -> list[Step]:
+    def _claim_and_plan(self, limit: int, fresh: bool = False) -> list[Step]:
         now = utcnow()
         since = self.fresh.since(now) if fresh else None
         entries = queue.claim(
@@ -164,13 +164,13 @@ class Pusher:
             self.worker_id,
             Direction.TO_CRM,
             self.objects,
-            FRESH_LIMIT if fresh else self.settings.batch_size,
+            limit,
             timedelta(seconds=self.settings.lease_seconds),
             now,
             fresh_since=since,
         )
         if since is not None:
-            self.fresh.claimed(since, now, full=len(entries) >= FRESH_LIMIT)
+            self.fresh.claimed(since, now, full=len(entries) >= limit)
         if not entries:
             return []
         if not fresh:
@@ -223,14 +223,24 @@ class Pusher:
         if self._pace is None:  # created lazily: the pusher may be built outside a loop
             self._pace = asyncio.Lock()
         if not self._thin:
-            return self._paced(await asyncio.to_thread(self._claim_and_plan))
+            limit = self._claim_limit()
+            return self._paced(await asyncio.to_thread(self._claim_and_plan, limit), limit)
         async with self._pace:
             await asyncio.sleep(max(0.0, self._next_claim - asyncio.get_running_loop().time()))
-            return self._paced(await asyncio.to_thread(self._claim_and_plan))
+            limit = self._claim_limit()
+            return self._paced(await asyncio.to_thread(self._claim_and_plan, limit), limit)
 
-    def _paced(self, steps: list[Step]) -> list[Step]:
+    def _claim_limit(self) -> int:
+        """Entries a lane claims: the batch size, or with bulk messages a bulk request's
+        worth when that is less (the rest of a claim would go as a request of its own,
+        small enough to spend the reserve small ones have)."""
+        if not self.settings.push_bulk:
+            return self.settings.batch_size
+        return min(self.settings.batch_size, self._bulk_records())
+
+    def _paced(self, steps: list[Step], limit: int) -> list[Step]:
         self._claimed = True
-        self._thin = len(steps) < self.settings.batch_size
+        self._thin = len(steps) < limit
         if self._thin:
             self._next_claim = asyncio.get_running_loop().time() + THIN_CLAIM_INTERVAL
         return steps
@@ -242,7 +252,7 @@ class Pusher:
         that bulk requests leave free (``ExecutionBudget.reserve``). Only ``behind`` a
         backlog: while the lanes keep up, they send fresh changes themselves, batched by
         the thin-claim pacing, and this lane would only add requests."""
-        steps = await asyncio.to_thread(self._claim_and_plan, True)
+        steps = await asyncio.to_thread(self._claim_and_plan, FRESH_LIMIT, True)
         return await self._push(steps)
 
     @property
@@ -297,14 +307,9 @@ class Pusher:
     async def _send_all(self, sends: Sequence[Send]) -> list[ItemResult]:
         """Send as bulk messages where they apply, the rest as one ``$batch``; one
         result per send, in order (``engine/bulk.py``)."""
-        size = bulk.bulk_size(
-            self.settings.execution_budget_ms,
-            100.0,
-            19.27,
-            share=BULK_SHARE,
-            maximum=self.settings.batch_size,
+        groups = bulk.group_sends(
+            sends, bulk=self.settings.push_bulk, max_records=self._bulk_records()
         )
-        groups = bulk.group_sends(sends, bulk=self.settings.push_bulk, max_records=size)
         done = await asyncio.gather(*(self._send_group(g) for g in groups))
         by_entry = {
             s.entry.id: r
@@ -312,6 +317,24 @@ class Pusher:
             for s, r in zip(g.sends, results, strict=True)
         }
         return [by_entry[s.entry.id] for s in sends]
+
+    def _bulk_records(self) -> int:
+        """Records per bulk request: at most ``BULK_SHARE`` of the window's budget (and
+        the claim), sized so that whole requests, with their read before and read-back
+        after, fill what the budget leaves bulk requests (``bulk.packed_size``)."""
+        largest = bulk.bulk_size(
+            self.settings.execution_budget_ms,
+            estimate_ms("UpdateMultiple", 0),
+            estimate_ms("UpdateMultiple", 1) - estimate_ms("UpdateMultiple", 0),
+            share=BULK_SHARE,
+            maximum=self.settings.batch_size,
+        )
+        budget = self.client.limiter.budget
+        return bulk.packed_size(
+            budget.bulk_room(self.client.limiter.now()),
+            largest,
+            lambda n: estimate_ms("UpdateMultiple", n) + 2 * reads_ms(n, VERSION_CHUNK),
+        )
 
     async def _send_group(self, group: bulk.Group) -> list[ItemResult]:
         if group.message is None and len(group.sends) == 1:
