@@ -307,7 +307,7 @@ def test_the_reserve_grows_with_what_small_requests_spent_over_the_window() -> N
     assert b.reserve(4.0) == 1.5 * 10_000
     b.charge(4.0, 70_000.0)  # a bulk backlog took 70%: 80% spent, 85% is the bulk limit
     assert b.wait(4.0, estimate_ms("UpdateMultiple", 100)) == 0.0  # 2,027 ms: 82%
-    # 7,808 ms: 88%, which the fixed 3% reserve (97% for bulk) would have let through.
+    # 7,808 ms: 88%, which the reserve's floor alone (99% for bulk) would let through.
     assert b.wait(4.0, estimate_ms("UpdateMultiple", 400)) > 0
     assert b.wait(4.0, estimate_ms("UpdateMultiple", 1)) == 0.0  # small: up to the share
     # The small spending slides out of the window, and the reserve with it.
@@ -324,7 +324,7 @@ def test_a_bulk_requests_read_backs_are_paced_with_it_and_leave_the_reserve_alon
     for i in range(40):  # a backlog's read-backs: cheap, but part of the bulk work
         b.charge(i * 0.1, 250.0, bulk=True)
     assert b.reserve(4.0) == SMALL_RESERVE * 100_000
-    b.charge(4.0, 87_000.0)  # 97%: the bulk limit
+    b.charge(4.0, 100_000 * (1 - SMALL_RESERVE) - 10_000)  # the bulk limit reached
     assert b.wait(4.0, 250.0, bulk=True) > 0  # a read-back waits with its request
     assert b.wait(4.0, 250.0) == 0.0  # an edit's request uses the reserve
 
