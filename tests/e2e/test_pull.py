@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from pull_support import Sales, count, rows, sales_fixture  # noqa: F401 (fixture)
 
 from crmsync.config import Settings, load_settings
+from crmsync.store import apply as apply_store
 from crmsync.store import audit, jobs
 from crmsync.store.schema import sync_conflict, sync_cursor, sync_error, sync_queue, sync_record
 
@@ -449,6 +451,40 @@ def test_a_local_constraint_parks_only_the_refused_record(
     assert rows(store, "lead")[refused]["email"] == "other@example.com"
     with store.connect() as conn:
         assert conn.execute(sa.select(sync_error.c.status)).scalar_one() == "resolved"
+
+
+def test_refused_writes_in_a_large_batch_are_found_by_halving(
+    sync_settings: Settings,
+    store: sa.Engine,
+    sales: Sales,
+    drain: Any,
+    sql: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sql(store, "CREATE UNIQUE INDEX app_lead_email ON lead (email)")
+    twins = [
+        sales.create("leads", {"emailaddress1": f"twin{k}@example.com", "lastname": f"T{k}{i}"})
+        for k in range(2)
+        for i in range(2)
+    ]
+    others = [sales.create("leads", {"lastname": f"O{i}"}) for i in range(60)]
+    calls: list[int] = []
+    execute = apply_store.execute
+
+    def counted(conn: Any, specs: Any, writes: Any, now: Any) -> Any:
+        calls.append(len(writes))
+        return execute(conn, specs, writes, now)
+
+    monkeypatch.setattr(apply_store, "execute", counted)
+    drain(sync_settings, store)
+    local = rows(store, "lead")
+    assert set(others) <= set(local)
+    assert len(set(twins) & set(local)) == 2  # one of each pair
+    with store.connect() as conn:
+        codes = conn.execute(sa.select(sync_error.c.error_code)).scalars().all()
+    assert codes == ["crmsync.local_constraint"] * 2
+    # Two bad writes among 64 cost a few savepoints each, not one per write.
+    assert len(calls) < 30, calls
 
 
 def test_worker_once_cli_loads_pulls_and_exits_0_with_progress(

@@ -43,19 +43,32 @@ def write_all(
     """Carry out ``writes``: their outcomes, and those the database refused with why."""
     refused: list[tuple[LocalWrite, str]] = []
     with capture_suppressed(conn):
-        try:
-            with conn.begin_nested():
-                done = execute(conn, specs, writes, now)
-        except DBAPIError:
-            # Someone's constraint refused a write: find it, so only that record parks.
-            done = []
-            for w in writes:
-                try:
-                    with conn.begin_nested():
-                        done += execute(conn, specs, [w], now)
-                except DBAPIError as exc:
-                    refused.append((w, _driver_message(exc)))
+        done = _bisected(conn, specs, writes, now, refused)
     return done, refused
+
+
+def _bisected(
+    conn: Connection,
+    specs: Mapping[str, ObjectSpec],
+    writes: Sequence[LocalWrite],
+    now: datetime,
+    refused: list[tuple[LocalWrite, str]],
+) -> list[Done]:
+    """``writes`` in one savepoint; when someone's constraint refuses one, halves of them
+    until it stands alone (and into ``refused``, so only that record parks): a few
+    dozen savepoints for one bad write in a batch of a thousand, not a thousand (each
+    ``execute`` reads the capture log). In order, so a write still follows the ones
+    before it."""
+    try:
+        with conn.begin_nested():
+            return execute(conn, specs, writes, now)
+    except DBAPIError as exc:
+        if len(writes) == 1:
+            refused.append((writes[0], _driver_message(exc)))
+            return []
+    mid = len(writes) // 2
+    first = _bisected(conn, specs, writes[:mid], now, refused)
+    return first + _bisected(conn, specs, writes[mid:], now, refused)
 
 
 def load_context(
