@@ -14,9 +14,12 @@ it (``store.backlog``). Two measures per backend, each in the same run:
    interpreter's start), then the read's p95 once folded (target: under 50 ms).
 
 A read is what ``GET /api/v1/sync/status`` and ``crmsync status`` do: ``status.backlog``
-in a read-only snapshot.
+in a read-only snapshot. PostgreSQL's statistics are refreshed after each load (as
+autovacuum would, in time) unless ``--stale-stats``: then the reads run on what was last
+analysed, as after an import with nothing running that analyses (readers never do).
 
     .venv/bin/python bench/status_reads.py [--rows 200000] [--small 2000] [--unfolded 1000000]
+        [--backend sqlite|postgresql|both] [--stale-stats]
 """
 
 from __future__ import annotations
@@ -72,6 +75,9 @@ def store(backend: str) -> Iterator[sa.Engine]:
         admin.dispose()
 
 
+ANALYZE_AFTER_LOAD = [True]  # False with --stale-stats
+
+
 def load(engine: sa.Engine, n: int) -> None:
     """``n`` new leads in one transaction of plain SQL, as an import writes them."""
     series = (
@@ -83,7 +89,7 @@ def load(engine: sa.Engine, n: int) -> None:
     )
     with write_transaction(engine) as conn:
         conn.execute(sa.text(series), {"n": n})
-    if engine.dialect.name == "postgresql":
+    if engine.dialect.name == "postgresql" and ANALYZE_AFTER_LOAD[0]:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(sa.text("ANALYZE"))
 
@@ -199,7 +205,9 @@ def main() -> None:
     ap.add_argument("--unfolded", type=int, default=1_000_000)
     ap.add_argument("--reads", type=int, default=50)
     ap.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    ap.add_argument("--stale-stats", action="store_true", help="PostgreSQL: no ANALYZE")
     args = ap.parse_args()
+    ANALYZE_AFTER_LOAD[0] = not args.stale_stats
     for backend in ("sqlite", "postgresql") if args.backend == "both" else (args.backend,):
         beside_serve(backend, args.rows, args.small, args.reads)
         nothing_folding(backend, args.unfolded, args.reads)

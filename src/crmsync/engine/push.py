@@ -214,21 +214,22 @@ class Pusher:
                 steps.append(step)
         return steps
 
-    async def _paced_claim(self) -> list[Step]:
+    async def _paced_claim(self) -> tuple[list[Step], int]:
         """Claim a batch; while the backlog is thin, one lane at a time and spaced out.
 
         Under a deep backlog (the last claim was full) lanes claim concurrently, as
-        they would without pacing.
+        they would without pacing. Returns the steps and the claim's limit, which is
+        also the most records one bulk request of them takes.
         """
         if self._pace is None:  # created lazily: the pusher may be built outside a loop
             self._pace = asyncio.Lock()
         if not self._thin:
             limit = self._claim_limit()
-            return self._paced(await asyncio.to_thread(self._claim_and_plan, limit), limit)
+            return self._paced(await asyncio.to_thread(self._claim_and_plan, limit), limit), limit
         async with self._pace:
             await asyncio.sleep(max(0.0, self._next_claim - asyncio.get_running_loop().time()))
             limit = self._claim_limit()
-            return self._paced(await asyncio.to_thread(self._claim_and_plan, limit), limit)
+            return self._paced(await asyncio.to_thread(self._claim_and_plan, limit), limit), limit
 
     def _claim_limit(self) -> int:
         """Entries a lane claims: the batch size, or with bulk messages a bulk request's
@@ -252,8 +253,9 @@ class Pusher:
         that bulk requests leave free (``ExecutionBudget.reserve``). Only ``behind`` a
         backlog: while the lanes keep up, they send fresh changes themselves, batched by
         the thin-claim pacing, and this lane would only add requests."""
-        steps = await asyncio.to_thread(self._claim_and_plan, FRESH_LIMIT, True)
-        return await self._push(steps)
+        limit = min(FRESH_LIMIT, self._bulk_records())
+        steps = await asyncio.to_thread(self._claim_and_plan, limit, True)
+        return await self._push(steps, limit)
 
     @property
     def keeping_up(self) -> bool:
@@ -275,14 +277,17 @@ class Pusher:
 
     async def push_batch(self) -> int:
         """Claim, send and record one batch; returns how many entries it handled."""
-        return await self._push(await self._paced_claim())
+        return await self._push(*await self._paced_claim())
 
-    async def _push(self, steps: list[Step]) -> int:
+    async def _push(self, steps: list[Step], size: int) -> int:
+        """Send ``steps`` (bulk requests of at most ``size`` records: what was sized at
+        the claim, so that a claim is not split again by a budget that moved since, into
+        a request and a remainder small enough to spend the small requests' reserve)."""
         if not steps:
             return 0
         sends = [s for s in steps if isinstance(s, Send)]
         try:
-            results = await self._send_all(sends) if sends else []
+            results = await self._send_all(sends, size) if sends else []
         except Fatal:
             await asyncio.to_thread(queue.release, self.engine, self.worker_id)
             raise
@@ -304,12 +309,10 @@ class Pusher:
             await self.on_stale(stale)
         return len(steps)
 
-    async def _send_all(self, sends: Sequence[Send]) -> list[ItemResult]:
+    async def _send_all(self, sends: Sequence[Send], size: int) -> list[ItemResult]:
         """Send as bulk messages where they apply, the rest as one ``$batch``; one
         result per send, in order (``engine/bulk.py``)."""
-        groups = bulk.group_sends(
-            sends, bulk=self.settings.push_bulk, max_records=self._bulk_records()
-        )
+        groups = bulk.group_sends(sends, bulk=self.settings.push_bulk, max_records=size)
         done = await asyncio.gather(*(self._send_group(g) for g in groups))
         by_entry = {
             s.entry.id: r
