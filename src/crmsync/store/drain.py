@@ -25,8 +25,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from crmsync.store.queue import minute_start
-from crmsync.store.schema import sync_rate
+from crmsync.store.schema import minute_start, sync_rate
 
 MINUTE = timedelta(minutes=1)
 WINDOW = timedelta(minutes=5)

@@ -26,25 +26,17 @@ from crmsync.domain import Direction, ErrorStatus, EventKind
 from crmsync.store import history
 from crmsync.store.history import OBJECT_KEY
 from crmsync.store.pgarrays import unnest as _unnest
-from crmsync.store.schema import sync_error, sync_event, sync_queue, sync_rate, sync_throughput
+from crmsync.store.schema import (
+    bucket_start,
+    minute_start,
+    sync_error,
+    sync_event,
+    sync_queue,
+    sync_rate,
+    sync_throughput,
+)
 from crmsync.store.types import UTCDateTime
 from crmsync.values import Done
-
-BUCKET_MINUTES = 15
-
-
-def bucket_start(at: datetime) -> datetime:
-    """The start of the 15-minute throughput bucket holding ``at``.
-
-    Fifteen minutes divide every clock hour of every zone in use (offsets are whole
-    quarter hours: +05:30, +05:45, +12:45), so zone hours sum whole buckets exactly.
-    """
-    return at.replace(minute=at.minute - at.minute % BUCKET_MINUTES, second=0, microsecond=0)
-
-
-def minute_start(at: datetime) -> datetime:
-    """The start of the UTC minute holding ``at``: the key of ``sync_rate``."""
-    return at.replace(second=0, microsecond=0)
 
 
 def finish_postgresql(

@@ -32,9 +32,11 @@ from crmsync import diagnosis
 from crmsync.domain import Direction, EntryState, ErrorStatus, EventKind, Operation
 from crmsync.store import capture, finish, history, outcome_events
 from crmsync.store.db import write_transaction
-from crmsync.store.finish import bucket_start as bucket_start
 from crmsync.store.finish import count_synced as count_synced
-from crmsync.store.finish import minute_start as minute_start
+from crmsync.store.pauses import is_paused as is_paused
+from crmsync.store.pauses import paused_scopes as paused_scopes
+from crmsync.store.schema import bucket_start as bucket_start
+from crmsync.store.schema import minute_start as minute_start
 from crmsync.store.schema import (
     sync_error,
     sync_pause,
@@ -57,14 +59,6 @@ OBJECT_KEY = "*"
 def entry_columns() -> list[sa.Column[Any]]:
     """The queue's columns in ``Entry``'s field order: ``Entry(*row)`` of a row of them."""
     return [sync_queue.c[f.name] for f in fields(Entry)]
-
-
-def paused_scopes(conn: Connection) -> set[tuple[str, str]]:
-    return {(r.object, r.direction) for r in conn.execute(sa.select(sync_pause))}
-
-
-def is_paused(scopes: set[tuple[str, str]], obj: str, direction: Direction) -> bool:
-    return any((o in ("*", obj)) and (d in ("*", direction)) for o, d in scopes)
 
 
 def claim(

@@ -10,6 +10,7 @@ errors its ``parked`` rows.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 
 from sqlalchemy import (
     JSON,
@@ -301,6 +302,24 @@ def declared_on(dialect: str) -> IncludeObject:
         return not (type_ == "table" and reflected and name in ERROR_FTS_TABLES)
 
     return include
+
+
+BUCKET_MINUTES = 15
+
+
+def bucket_start(at: datetime) -> datetime:
+    """The start of the 15-minute throughput bucket holding ``at``: the key of
+    ``sync_throughput``.
+
+    Fifteen minutes divide every clock hour of every zone in use (offsets are whole
+    quarter hours: +05:30, +05:45, +12:45), so zone hours sum whole buckets exactly.
+    """
+    return at.replace(minute=at.minute - at.minute % BUCKET_MINUTES, second=0, microsecond=0)
+
+
+def minute_start(at: datetime) -> datetime:
+    """The start of the UTC minute holding ``at``: the key of ``sync_rate``."""
+    return at.replace(second=0, microsecond=0)
 
 
 # Synced-record counters in 15-minute buckets, so that clock hours of zones with 30- and

@@ -26,9 +26,10 @@ from sqlalchemy import Connection
 from crmsync.domain import Direction, EntryState, ErrorStatus, Operation
 from crmsync.errors import ValidationFailed
 from crmsync.store import backlog as backlog_module
-from crmsync.store import drain, queue
+from crmsync.store import drain
 from crmsync.store.backlog import Group
 from crmsync.store.params import iso
+from crmsync.store.pauses import is_paused, paused_scopes
 from crmsync.store.schema import (
     sync_backlog_sample,
     sync_error,
@@ -140,6 +141,9 @@ def pause_unusable(
         f"Dynamics no longer matches the mapping ({found[:500]}); fix the mapping or "
         f"Dynamics (crmsync mapping check lists the mismatches), then resume {obj}"
     )
+    # The queue's writers are imported here, by the writers: a status read never loads them.
+    from crmsync.store import queue
+
     pause(conn, obj, "*", now, reason=reason)
     queue.fail_object(conn, obj, direction, MAPPING_MISMATCH, reason, now)
 
@@ -147,6 +151,8 @@ def pause_unusable(
 def resume(conn: Connection, obj: str, direction: str, now: datetime | None = None) -> int:
     """Lift the pauses that ``obj``/``direction`` cover (``*`` covers every value), and
     wake the pushes that waited for their object's pull (see ``AWAITING_PULL``)."""
+    from crmsync.store import queue  # a writer's import, as in ``pause_unusable``
+
     where = []
     if obj != "*":
         where.append(sync_pause.c.object == obj)
@@ -175,14 +181,14 @@ def wake_awaiting_pull(conn: Connection, now: datetime) -> int:
     """Make due (and unmark) the pushes held for a paused pull whose object pulls again:
     they go the ordinary way from now on (refused again, the record is pulled first)."""
     q = sync_queue.c
-    scopes = queue.paused_scopes(conn)
+    scopes = paused_scopes(conn)
     held = (
         q.state == EntryState.PENDING,
         q.direction == Direction.TO_CRM,
         q.last_error_code == AWAITING_PULL,
     )
     objects = [o for (o,) in conn.execute(sa.select(q.object).where(*held).distinct())]
-    free = [o for o in objects if not queue.is_paused(scopes, o, Direction.FROM_CRM)]
+    free = [o for o in objects if not is_paused(scopes, o, Direction.FROM_CRM)]
     if not free:
         return 0
     return conn.execute(
@@ -320,14 +326,14 @@ def backlog(
     sampled_at, earlier = backlog_sample(conn, as_of - TREND_HOURS * HOUR, direction)
     synced_hour = synced_since(conn, as_of - HOUR, as_of, direction)
     recent = drain.recent_minutes(conn, as_of)
-    scopes = queue.paused_scopes(conn)
+    scopes = paused_scopes(conn)
     for name, row in rows.items():
         row["oldest_queued_at"] = iso(oldest.get(name))
         row["backlog_earlier"] = earlier.get(name)
         row["trend"] = trend(row["total"], row["backlog_earlier"])
         row["synced_last_hour"] = synced_hour.get(name, 0)
         rates = {d: drain.recent_rate(recent.get((name, d), []), as_of) for d in DIRECTIONS}
-        held = [d for d in DIRECTIONS if queue.is_paused(scopes, name, Direction(d))]
+        held = [d for d in DIRECTIONS if is_paused(scopes, name, Direction(d))]
         estimate = drain.estimate(per_direction[name], rates, held)
         row["drain"] = estimate.state
         row["eta_seconds"] = estimate.seconds
