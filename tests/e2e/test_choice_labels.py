@@ -2,9 +2,11 @@
 
 ``lead.rating`` maps the emulator's ``leadqualitycode`` (1 Hot, 2 Warm, 3 Cold) without
 ``choices``: each worker reads the options from the emulator's metadata at start, sends
-a label as its option value and brings an option back as its label. A local value that
-is no option, an option added after the worker started and a label renamed in Dynamics
-each end as a sync error naming the field; nothing is sent wrong or lost.
+a label as its option value and brings an option back as its label. An option added
+while the worker runs is read again and used (the reads rate-limited); a local value
+that is no option and a label renamed in Dynamics end as a sync error naming the field;
+``crmsync serve`` checks a label against the options a worker stored. Nothing is sent
+wrong or lost.
 """
 
 from __future__ import annotations
