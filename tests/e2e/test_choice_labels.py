@@ -2,9 +2,11 @@
 
 ``lead.rating`` maps the emulator's ``leadqualitycode`` (1 Hot, 2 Warm, 3 Cold) without
 ``choices``: each worker reads the options from the emulator's metadata at start, sends
-a label as its option value and brings an option back as its label. A local value that
-is no option, an option added after the worker started and a label renamed in Dynamics
-each end as a sync error naming the field; nothing is sent wrong or lost.
+a label as its option value and brings an option back as its label. An option added
+while the worker runs is read again and used (the reads rate-limited); a local value
+that is no option and a label renamed in Dynamics end as a sync error naming the field;
+``crmsync serve`` checks a label against the options a worker stored. Nothing is sent
+wrong or lost.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from pull_support import Sales, count
@@ -28,11 +31,12 @@ from pull_support import Sales, count
 from crmsync.config import Settings, load_settings
 from crmsync.dynamics.client import DataverseClient
 from crmsync.emulator import model as emulator_model
+from crmsync.engine import choices
 from crmsync.engine.worker import Worker
 from crmsync.mapping import activate, default_objects
-from crmsync.store import migrate, status, sync_errors
+from crmsync.store import migrate, status
 from crmsync.store.db import write_transaction
-from crmsync.store.schema import sync_error, sync_queue
+from crmsync.store.schema import sync_choice_option, sync_error, sync_queue
 
 RATING = {"attribute": "leadqualitycode", "type": "choice", "labels": True}
 
@@ -183,9 +187,30 @@ async def _until(check: Any, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.1)
 
 
-def test_an_option_added_after_the_worker_started_is_a_sync_error_until_a_restart(
-    labels_settings: Settings, labels_store: sa.Engine, drain: Any, quality: Any
+def _metadata_reads(url: str) -> int:
+    log = httpx.get(f"{url}/_emulator/requests", timeout=10).json()["requests"]
+    return sum("PicklistAttributeMetadata" in r["path"] for r in log)
+
+
+def _stored(engine: sa.Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                sync_choice_option.c.object,
+                sync_choice_option.c.field,
+                sync_choice_option.c.value,
+                sync_choice_option.c.label,
+            ).order_by(sync_choice_option.c.value)
+        )
+        return [tuple(r) for r in rows]
+
+
+def test_an_option_added_while_the_worker_runs_is_read_again_without_a_restart(
+    labels_settings: Settings, labels_store: sa.Engine, quality: Any
 ) -> None:
+    """An option Dynamics sends that the worker lacks, and a label pushed that is none of
+    its options, make it read the options again (at most once a minute per table); a
+    label still unknown after that stays a sync error naming the field."""
     url = labels_settings.dynamics_url or ""
     settings = labels_settings.model_copy(update={"poll_seconds": 0.2})
     sales = Sales(url)
@@ -195,15 +220,43 @@ def test_an_option_added_after_the_worker_started_is_a_sync_error_until_a_restar
             worker = Worker(labels_store, client, settings, concurrency=1)
             task = asyncio.create_task(worker.run())
             try:
-                # The worker has read the options (its specs carry them) and pulled once.
                 await _until(lambda: worker.puller.specs["lead"].field_specs["rating"].options_read)
+                assert worker.options is not None
+                worker.options.reread_seconds = 0.0  # each test step may read again
+                assert await asyncio.to_thread(_stored, labels_store) == [
+                    ("lead", "rating", 1, "Hot"),
+                    ("lead", "rating", 2, "Warm"),
+                    ("lead", "rating", 3, "Cold"),
+                ]
                 quality(((1, "Hot"), (2, "Warm"), (3, "Cold"), (4, "Frozen")))
+                # Pulled: option 4 arrives labelled.
                 await asyncio.to_thread(
                     sales.create,
                     "leads",
                     {"emailaddress1": "f@x.org", "lastname": "F", "leadqualitycode": 4},
                 )
-                await _until(lambda: bool(_errors(labels_store)))
+                await _until(lambda: _ratings(labels_store).get("f@x.org") == "Frozen")
+                assert (4, "Frozen") in [r[2:] for r in _stored(labels_store)]
+                # Pushed: a label Dynamics added since goes as its option.
+                quality(((1, "Hot"), (2, "Warm"), (3, "Cold"), (4, "Frozen"), (5, "Icy")))
+                _sql(
+                    labels_store,
+                    "INSERT INTO lead (email, last_name, rating) VALUES ('i@x.org', 'I', 'Icy')",
+                )
+                await _until(lambda: _crm(url).get("i@x.org", (None, None))[1] == 5)
+                # A label that is still none of them: read again, then refused.
+                worker.options.reread_seconds = 3600.0
+                before = _metadata_reads(url)
+                worker.options._read_at["lead"] = -1e9  # due for one read again
+                for n in range(3):  # one batch each
+                    _sql(
+                        labels_store,
+                        "INSERT INTO lead (email, last_name, rating) VALUES (:e, 'L', 'Lukewarm')",
+                        e=f"l{n}@x.org",
+                    )
+                    await _until(lambda n=n: len(_errors(labels_store)) == n + 1)
+                # Three refusals in a row: one metadata read, rate-limited after it.
+                assert _metadata_reads(url) - before == 1
             finally:
                 worker.stop()
                 await asyncio.wait_for(task, 20)
@@ -212,20 +265,52 @@ def test_an_option_added_after_the_worker_started_is_a_sync_error_until_a_restar
         asyncio.run(run())
     finally:
         sales.close()
-    [error] = _errors(labels_store)
-    assert (error.direction, error.error_code, error.field) == (
-        "from_crm",
-        "crmsync.unmappable_value",
-        "rating",
+    errors = _errors(labels_store)
+    assert {(e.direction, e.error_code, e.field, e.status) for e in errors} == {
+        ("to_crm", "crmsync.invalid_value", "rating", "open")
+    }
+    assert "'Lukewarm' is not one of leadqualitycode's options in Dynamics" in (
+        errors[0].error_message
     )
-    assert "Dynamics' option 4 is not among leadqualitycode's options" in error.error_message
-    assert "restart the workers" in error.error_message
-    # A worker started now reads option 4; the error retried, the lead arrives labelled.
-    with write_transaction(labels_store) as conn:
-        sync_errors.retry_ids(conn, [error.id])
-    drain(labels_settings, labels_store)
-    assert _ratings(labels_store) == {"f@x.org": "Frozen"}
-    assert [e.status for e in _errors(labels_store)] == ["resolved"]
+    assert "5 'Icy'" in errors[0].error_message
+
+
+def test_an_error_refused_before_the_options_changed_is_retried_when_they_are_read(
+    labels_settings: Settings,
+    labels_store: sa.Engine,
+    quality: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Refused while the re-read was rate-limited: the periodic read that finds the new
+    option retries it; nothing is lost."""
+    url = labels_settings.dynamics_url or ""
+    settings = labels_settings.model_copy(update={"poll_seconds": 0.2})
+    monkeypatch.setattr(choices, "REFRESH_SECONDS", 4.0)
+    monkeypatch.setattr(choices, "REREAD_SECONDS", 3600.0)  # read at start: no re-read
+
+    async def run() -> None:
+        async with DataverseClient.from_settings(settings) as client:
+            worker = Worker(labels_store, client, settings, concurrency=1)
+            task = asyncio.create_task(worker.run())
+            try:
+                await _until(lambda: worker.puller.specs["lead"].field_specs["rating"].options_read)
+                assert worker.options is not None
+                quality(((1, "Hot"), (2, "Warm"), (3, "Cold"), (4, "Frozen")))
+                _sql(
+                    labels_store,
+                    "INSERT INTO lead (email, last_name, rating) VALUES ('f@x.org', 'F', 'Frozen')",
+                )
+                await _until(lambda: len(_errors(labels_store)) == 1)
+                assert worker.options.reads == {"lead": 0}
+                # The periodic read comes, finds option 4 and retries the error.
+                await _until(lambda: _crm(url).get("f@x.org", (None, None))[1] == 4)
+            finally:
+                worker.stop()
+                await asyncio.wait_for(task, 20)
+
+    asyncio.run(run())
+    [error] = _errors(labels_store)
+    assert (error.field, error.status) == ("rating", "resolved")
 
 
 def _cli(settings: Settings, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -372,3 +457,47 @@ def test_compare_reads_the_options_and_sees_a_label_and_its_option_as_one(
     quality(((1, "Very hot"), (2, "Warm"), (3, "Cold")))
     rating = asyncio.run(_compare(settings, labels_store, lead))["rating"]
     assert (rating["local"], rating["dynamics"], rating["same"]) == ("Hot", 1, False)
+
+
+async def _write_and_describe(settings: Settings, store: sa.Engine, rating: str) -> Any:
+    """POST a lead with ``rating`` to a ``crmsync serve`` app; its answer and the OpenAPI
+    schema of the field."""
+    from crmsync.web.app import create_app
+
+    app = create_app(settings, engine=store)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://test",
+        headers={"Authorization": "Bearer t"},
+    ) as c:
+        r = await c.post(
+            "/api/v1/records/lead", json={"email": f"{len(rating)}@x.org", "rating": rating}
+        )
+        doc = (await c.get("/api/v1/openapi.json")).json()
+    return r, doc["components"]["schemas"]["LeadFields"]["properties"]["rating"]
+
+
+def test_serve_checks_a_label_against_the_options_a_worker_stored(
+    labels_settings: Settings, labels_store: sa.Engine, drain: Any
+) -> None:
+    from pydantic import SecretStr
+
+    settings = labels_settings.model_copy(update={"api_token": SecretStr("t")})
+    # No worker has read the options: any label is taken (the worker refuses it later).
+    r, schema = asyncio.run(_write_and_describe(settings, labels_store, "Lukewarm"))
+    assert r.status_code == 201, r.text
+    assert "enum" not in json.dumps(schema)
+    _sql(labels_store, "DELETE FROM lead")
+    _sql(labels_store, "DELETE FROM sync_queue")
+    drain(settings, labels_store)  # a worker reads the options and stores them
+    assert len(_stored(labels_store)) == 3
+    r, schema = asyncio.run(_write_and_describe(settings, labels_store, "Tepid"))
+    assert r.status_code == 422, r.text
+    body = r.json()["error"]
+    assert body["code"] == "invalid_field" and body["field"] == "rating"
+    assert "'Tepid' is not one of leadqualitycode's options in Dynamics" in body["message"]
+    assert "(1 'Hot', 2 'Warm', 3 'Cold')" in body["message"]
+    assert schema["anyOf"][0] == {"enum": ["Hot", "Warm", "Cold"]}
+    r, _ = asyncio.run(_write_and_describe(settings, labels_store, "Warm"))
+    assert r.status_code == 201, r.text
+    assert _ratings(labels_store) == {"4@x.org": "Warm"}

@@ -80,3 +80,20 @@ def test_the_logs_record_index_is_postgresqls_alone(engine: sa.Engine) -> None:
     on_postgresql = engine.dialect.name == "postgresql"
     assert (names >= POSTGRESQL_ONLY_INDEXES) is on_postgresql
     assert not (POSTGRESQL_ONLY_INDEXES & names) or on_postgresql
+
+
+def test_0019_adds_the_choice_options_table_and_takes_it_away(engine: sa.Engine) -> None:
+    from alembic import command
+
+    from crmsync.mapping import default_objects
+    from crmsync.store.db import write_transaction
+
+    assert "sync_choice_option" in sa.inspect(engine).get_table_names()
+    with write_transaction(engine) as conn:
+        command.downgrade(migrate.alembic_config(conn), "0018")
+    assert "sync_choice_option" not in sa.inspect(engine).get_table_names()
+    assert migrate.current_revision(engine) == "0018"
+    migrate.upgrade(engine, default_objects().values())
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("sync_choice_option")}
+    assert columns == {"object", "field", "value", "attribute", "label", "read_at"}
+    assert migrate.current_revision(engine) == migrate.head_revision() == "0019"

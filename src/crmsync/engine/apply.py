@@ -28,6 +28,7 @@ from crmsync.domain import Direction, ObjectSpec, Operation
 from crmsync.engine import auto_retry
 from crmsync.engine import changes as ch
 from crmsync.engine.conflicts import resolve
+from crmsync.mapping import options
 from crmsync.mapping.convert import DoesNotFit, from_dataverse, json_row, local_values, to_dataverse
 from crmsync.store import apply as store_apply
 from crmsync.store import capture, inbound, queue
@@ -51,6 +52,8 @@ from crmsync.values import (
 
 if TYPE_CHECKING:  # the engine passes the store's handles on; it runs no SQL
     from sqlalchemy import Connection, Engine
+
+    from crmsync.engine.choices import Refresher
 
 log = logging.getLogger(__name__)
 
@@ -235,13 +238,41 @@ class Applier:
         self.specs = settings.object_specs()
         self.objects = [s.name for s in ch.pull_order(self.specs)]
         self.stats = ApplyStats()
+        # Reads a choice's options again when Dynamics sends one it lacks (the worker's).
+        self.options: Refresher | None = None
 
     async def apply_batch(self) -> int:
-        return await asyncio.to_thread(self.apply_batch_sync)
+        """``apply_batch_sync``; a choice's options are read again first (rate-limited)
+        when the batch holds an option value none of them has."""
+        if self.options is None:
+            return await asyncio.to_thread(self.apply_batch_sync)
+        entries = await asyncio.to_thread(self._claim)
+        if not entries:
+            return 0
+        refresher = self.options
+        stale = {
+            e.object
+            for e in entries
+            if refresher.covers(e.object)
+            and options.unknown_options(
+                self.specs[e.object], ch.Change.from_payload(e.record_key, e.payload).values
+            )
+        }
+        for obj in stale:
+            await refresher.reread(obj)
+        await asyncio.to_thread(self.apply_claimed, entries)
+        return len(entries)
 
     def apply_batch_sync(self) -> int:
         """Claim, apply and record one batch; returns how many entries it handled."""
-        entries = queue.claim(
+        entries = self._claim()
+        if not entries:
+            return 0
+        self.apply_claimed(entries)
+        return len(entries)
+
+    def _claim(self) -> list[Entry]:
+        return queue.claim(
             self.engine,
             self.worker_id,
             Direction.FROM_CRM,
@@ -249,10 +280,6 @@ class Applier:
             self.settings.batch_size,
             timedelta(seconds=self.settings.lease_seconds),
         )
-        if not entries:
-            return 0
-        self.apply_claimed(entries)
-        return len(entries)
 
     def apply_claimed(self, entries: Sequence[Entry]) -> None:
         """Apply and record entries this worker claimed, in one transaction."""

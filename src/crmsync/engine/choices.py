@@ -1,21 +1,23 @@
-"""At a worker's start: the options of the choices whose labels the store keeps.
+"""A worker's options of the choices whose labels the store keeps, read and read again.
 
 A ``choice`` without ``choices`` and with ``labels = true`` keeps its option's label
 locally; the worker reads each such table's Choice columns from Dynamics' metadata
-before it syncs anything (``mapping/options.py`` lays them into the specs). A read
-Dynamics cannot answer now (an outage, throttling) is tried again until it can: nothing
-of such an object would convert meanwhile. A table or Choice column Dynamics lacks, or a
-read it refuses, pauses that object alone with the reason and one sync error; the others
-start. Local values that are none of the options read (an option renamed or removed in
-Dynamics) are logged (``mapping.choice_unknown``); a record holding one is refused,
-naming the field, when it is sent.
+before it syncs anything (``prepare``; an outage is waited out, a table or column
+Dynamics lacks pauses that object alone). While it runs, ``Refresher`` reads a table's
+options again every ``REFRESH_SECONDS``, and when a value is none of them (a label
+pushed, an option pulled), at most once per ``REREAD_SECONDS`` per table; a change is
+laid into the lanes' specs and its fields' parked choice errors retried. Every read is
+stored (``store/choices.py``) for ``crmsync serve``. Local values that are none of the
+options are logged (``mapping.choice_unknown``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from crmsync.config import Settings
@@ -26,10 +28,13 @@ from crmsync.engine.retry import backoff_seconds
 from crmsync.errors import Refusal, Retriable
 from crmsync.mapping import activate as activate_mapping
 from crmsync.mapping import options
-from crmsync.store.choices import unknown_values
+from crmsync.mapping.convert import INVALID_VALUE
+from crmsync.store import sync_errors
+from crmsync.store.choices import save_options, unknown_values
 from crmsync.store.db import store_unavailable, write_transaction
 from crmsync.store.status import pause_unusable
 from crmsync.store.types import utcnow
+from crmsync.values import UNMAPPABLE
 
 if TYPE_CHECKING:  # the engine passes the store's handle on; it runs no SQL
     from sqlalchemy import Engine
@@ -38,6 +43,12 @@ log = logging.getLogger(__name__)
 
 RETRY_BASE_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
+# A table's options are read again this often while a worker runs, and at most once per
+# REREAD_SECONDS when a value is none of them: a bad value in every record of a bulk
+# load costs one metadata read a minute, not one per record.
+REFRESH_SECONDS = 600.0
+REREAD_SECONDS = 60.0
+RETRY_ACTOR = "crmsync:choice_options"
 
 
 class _Refused(Exception):
@@ -63,6 +74,7 @@ async def prepare(
     try:
         for name in options.wanted(specs):
             if name not in problems:
+                await asyncio.to_thread(_save, engine, resolved[name])
                 await asyncio.to_thread(_report, engine, resolved[name])
     except Exception as exc:
         if not store_unavailable(exc):
@@ -168,6 +180,122 @@ def _pause(engine: Engine, specs: Mapping[str, ObjectSpec], problems: Mapping[st
             )
             way = Direction.TO_CRM if specs[name].flow.pushes else Direction.FROM_CRM
             pause_unusable(conn, name, way, "", message, now)
+
+
+def _save(engine: Engine, spec: ObjectSpec, retry: Mapping[str, bool] | None = None) -> None:
+    """Store ``spec``'s options (for ``crmsync serve``); and retry the parked errors of
+    the fields ``retry`` names, whose options changed: a value refused meanwhile may be
+    one of them now (a value still unknown is refused again, naming the field)."""
+    now = utcnow()
+    with write_transaction(engine) as conn:
+        save_options(conn, spec, now)
+        for column in retry or ():
+            for code in (INVALID_VALUE, UNMAPPABLE):
+                filters = sync_errors.ErrorFilters(object=spec.name, field=column, code=code)
+                sync_errors.retry_matching(conn, filters, now, actor=RETRY_ACTOR)
+
+
+class Refresher:
+    """Reads the options of a running worker's tables again (see the module docstring).
+
+    ``specs`` are the specs in force (with the options read at start); ``laid_in`` is
+    told of each object whose options changed. ``reads`` counts the reads by object."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        client: DataverseClient,
+        specs: Mapping[str, ObjectSpec],
+        laid_in: Callable[[ObjectSpec], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.client = client
+        self.specs = {n: s for n, s in specs.items() if options.read_fields(s)}
+        self.laid_in = laid_in
+        self.clock = clock
+        self.refresh_seconds = REFRESH_SECONDS
+        self.reread_seconds = REREAD_SECONDS
+        started = clock()
+        self._read_at = dict.fromkeys(self.specs, started)
+        self._changed_at = dict.fromkeys(self.specs, float("-inf"))
+        self._locks = {name: asyncio.Lock() for name in self.specs}
+        self.reads: dict[str, int] = dict.fromkeys(self.specs, 0)
+
+    def covers(self, name: str) -> bool:
+        return name in self.specs
+
+    def changed_since(self, name: str, moment: float) -> bool:
+        """Whether ``name``'s options in force changed at or after ``moment``."""
+        return self._changed_at.get(name, float("-inf")) >= moment
+
+    async def reread(self, name: str) -> None:
+        """Read ``name``'s options again, unless they were read in the last
+        ``reread_seconds`` (by this worker, for any reason)."""
+        if name not in self.specs:
+            return
+        async with self._locks[name]:
+            if self.clock() - self._read_at[name] < self.reread_seconds:
+                return
+            await self._read(name)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Read every table's options again each ``refresh_seconds`` until ``stopping``."""
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=self._next_refresh())
+            if stopping.is_set():
+                return
+            for name in self.specs:
+                if self.clock() - self._read_at[name] >= self.refresh_seconds:
+                    async with self._locks[name]:
+                        await self._read(name)
+
+    def _next_refresh(self) -> float:
+        oldest = min(self._read_at.values(), default=self.clock())
+        return max(0.05, oldest + self.refresh_seconds - self.clock())
+
+    async def _read(self, name: str) -> None:
+        spec = self.specs[name]
+        self._read_at[name] = self.clock()
+        self.reads[name] += 1
+        try:
+            columns = await read_choice_options(self.client, spec.logical_name)
+        except (Retriable, Refusal) as exc:
+            # The options in force stay; a value none of them has is refused as before.
+            log.warning(
+                "choice options not read again from Dynamics",
+                extra={"event": "mapping.options_unread", "table": spec.logical_name,
+                       "error": str(exc)[:300]},
+            )  # fmt: skip
+            return
+        fresh = options.laid_in(spec, columns)
+        changed = {
+            column: True
+            for column in options.read_fields(spec)
+            if fresh.field_specs[column].choices != spec.field_specs[column].choices
+        }
+        if changed:
+            self.specs[name] = fresh
+            self._changed_at[name] = self.clock()
+            self.laid_in(fresh)
+            log.info(
+                f"{name}: choice options changed in Dynamics ({', '.join(changed)}): in force",
+                extra={"event": "mapping.choice_options_changed", "object": name,
+                       "fields": list(changed)},
+            )  # fmt: skip
+        try:
+            await asyncio.to_thread(_save, self.engine, fresh, changed)
+            if changed:
+                await asyncio.to_thread(_report, self.engine, fresh)
+        except Exception as exc:
+            if not store_unavailable(exc):
+                raise
+            log.warning(
+                "choice options not stored: the store is unavailable",
+                extra={"event": "mapping.choices_unstored", "object": name},
+            )
 
 
 def _report(engine: Engine, spec: ObjectSpec) -> None:

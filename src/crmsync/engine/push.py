@@ -38,6 +38,8 @@ from crmsync.errors import (
     Refusal,
     StaleRecord,
 )
+from crmsync.mapping import options
+from crmsync.mapping.convert import INVALID_VALUE
 from crmsync.store import outbound, parents, queue
 from crmsync.store.db import capture_suppressed, write_transaction
 from crmsync.store.status import pause_unusable
@@ -46,6 +48,8 @@ from crmsync.values import AWAITING_PULL, Defer, Done, Entry, Failed, Outcome, P
 
 if TYPE_CHECKING:  # the engine passes the store's handles on; it runs no SQL
     from sqlalchemy import Connection, Engine
+
+    from crmsync.engine.choices import Refresher
 
 
 log = logging.getLogger(__name__)
@@ -149,6 +153,8 @@ class Pusher:
         self._next_claim = 0.0
         self._own_user: str | None = None  # crmsync's Dynamics user (WhoAmI), for read-backs
         self._limits = bulk.TextLimits()  # text lengths Dynamics refused lately
+        # Reads a choice's options again when a label is none of them (the worker's).
+        self.options: Refresher | None = None
 
     def _push_order(self) -> list[ObjectSpec]:
         # Objects without lookups (parents) come first in the claim order; a child whose
@@ -246,6 +252,38 @@ class Pusher:
             self._next_claim = asyncio.get_running_loop().time() + THIN_CLAIM_INTERVAL
         return steps
 
+    async def _options_again(self, steps: list[Step], started: float) -> list[Step]:
+        """``steps`` with the entries refused for a choice label that is none of the
+        options read planned again, if reading the options again (``choices.Refresher``,
+        rate-limited) changed them since the plan began at ``started``."""
+        refresher = self.options
+        if refresher is None:
+            return steps
+        refused = [
+            s
+            for s in steps
+            if isinstance(s, Park)
+            and s.code == INVALID_VALUE
+            and refresher.covers(s.entry.object)
+            and s.field in options.read_fields(self.specs[s.entry.object])
+        ]
+        if not refused:
+            return steps
+        for obj in dict.fromkeys(s.entry.object for s in refused):
+            await refresher.reread(obj)
+        again = {
+            s.entry.id: s.entry for s in refused if refresher.changed_since(s.entry.object, started)
+        }
+        if not again:
+            return steps
+        planned = {s.entry.id: s for s in await asyncio.to_thread(self._plan, list(again.values()))}
+        # An entry the new plan leaves out was finished by another worker meanwhile.
+        return [
+            planned[s.entry.id] if s.entry.id in again else s
+            for s in steps
+            if s.entry.id not in again or s.entry.id in planned
+        ]
+
     async def push_fresh(self) -> int:
         """Claim the newest changes (due in the last ``FRESH_SECONDS``, at most
         ``FRESH_LIMIT``) and send them at once: an interactive edit does not wait behind
@@ -253,9 +291,10 @@ class Pusher:
         that bulk requests leave free (``ExecutionBudget.reserve``). Only ``behind`` a
         backlog: while the lanes keep up, they send fresh changes themselves, batched by
         the thin-claim pacing, and this lane would only add requests."""
+        started = time.monotonic()
         limit = min(FRESH_LIMIT, self._bulk_records())
         steps = await asyncio.to_thread(self._claim_and_plan, limit, True)
-        return await self._push(steps, limit)
+        return await self._push(await self._options_again(steps, started), limit)
 
     @property
     def keeping_up(self) -> bool:
@@ -277,7 +316,9 @@ class Pusher:
 
     async def push_batch(self) -> int:
         """Claim, send and record one batch; returns how many entries it handled."""
-        return await self._push(*await self._paced_claim())
+        started = time.monotonic()
+        steps, limit = await self._paced_claim()
+        return await self._push(await self._options_again(steps, started), limit)
 
     async def _push(self, steps: list[Step], size: int) -> int:
         """Send ``steps`` (bulk requests of at most ``size`` records: what was sized at

@@ -30,7 +30,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from crmsync.config import Settings
-from crmsync.domain import Direction
+from crmsync.domain import Direction, ObjectSpec
 from crmsync.dynamics.client import DataverseClient
 from crmsync.engine import choices, drift, retry
 from crmsync.engine.apply import Applier
@@ -47,6 +47,7 @@ from crmsync.errors import (
     StaleRecord,
 )
 from crmsync.mapping import activate as activate_mapping
+from crmsync.mapping import active as active_mapping
 from crmsync.mapping import options
 from crmsync.memory import release_free_memory
 from crmsync.store import jobs, migrate, queue
@@ -145,6 +146,8 @@ class Worker:
         self.apply_lanes = 1 if is_sqlite(engine) else max(1, concurrency // 2)
         self.stopping = asyncio.Event()
         self.outage = StoreOutage()
+        # Reads the choices' options again while the worker runs (``engine/choices.py``).
+        self.options: choices.Refresher | None = None
 
     def _assemble(self, settings: Settings) -> None:
         """The lanes' parts, for ``settings``' mapping (again once a choice's options are
@@ -162,6 +165,13 @@ class Worker:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def _laid_in(self, spec: ObjectSpec) -> None:
+        """A choice's options read again and changed: in force for every lane (a batch
+        planned already keeps the declaration it was planned with)."""
+        for specs in (self.pusher.specs, self.applier.specs, self.puller.specs):
+            specs[spec.name] = spec
+        activate_mapping({**active_mapping(), spec.name: spec})
 
     async def _lane(self, direction: Direction, drain: bool) -> None:
         if direction == Direction.TO_CRM:
@@ -396,6 +406,8 @@ class Worker:
             if self.stopping.is_set():
                 return
             self._assemble(self.settings.with_specs(resolved))
+            self.options = choices.Refresher(self.engine, self.client, resolved, self._laid_in)
+            self.pusher.options = self.applier.options = self.options
         # A throttle already in force when we start is honoured before the first send.
         await self.throttle.refresh()
         poll = asyncio.create_task(self.throttle.run())
@@ -405,7 +417,8 @@ class Worker:
                 await self.jobs.run_pending()
                 await asyncio.gather(*lanes())
             else:
-                await asyncio.gather(self._pull_loop(), self._jobs_loop(), *lanes())
+                refresh = [self.options.run(self.stopping)] if self.options is not None else []
+                await asyncio.gather(self._pull_loop(), self._jobs_loop(), *lanes(), *refresh)
         finally:
             poll.cancel()
             with contextlib.suppress(asyncio.CancelledError):

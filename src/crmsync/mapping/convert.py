@@ -28,6 +28,8 @@ from crmsync.domain import FieldSpec, FieldType, ObjectSpec
 INVALID_VALUE = "crmsync.invalid_value"
 # A choice's local column holds up to 100 characters (``store/local_tables.py``).
 MAX_LABEL = 100
+# The most options a message lists (a choice may have hundreds).
+LISTED = 20
 
 
 class DoesNotFit(ValueError):
@@ -301,8 +303,10 @@ def _options_unread(field: FieldSpec) -> DoesNotFit:
 def _listing(field: FieldSpec) -> str:
     if not field.options_read:
         return "the choices (" + ", ".join(repr(c) for c, _ in field.choices) + ")"
-    listed = ", ".join(f"{o} {c!r}" for c, o in field.choices) or "none"
-    return f"{field.attribute}'s options in Dynamics ({listed})"
+    shown = [f"{o} {c!r}" for c, o in field.choices[:LISTED]]
+    if len(field.choices) > LISTED:
+        shown.append(f"and {len(field.choices) - LISTED} more")
+    return f"{field.attribute}'s options in Dynamics ({', '.join(shown) or 'none'})"
 
 
 def _option(field: FieldSpec, value: Any) -> int:
@@ -343,8 +347,9 @@ def _local_choice(field: FieldSpec, option: int) -> Any:
     if field.options_read:
         raise DoesNotFit(
             field,
-            f"Dynamics' option {option} is not among {_listing(field)}, read when the "
-            "worker started: restart the workers to read the options again, then retry",
+            f"Dynamics' option {option} is not among {_listing(field)}, as read again "
+            "from Dynamics' metadata: the error is retried when the workers read a change "
+            "of the options",
         )
     raise DoesNotFit(field, f"Dynamics' option {option} has no local choice in the mapping")
 

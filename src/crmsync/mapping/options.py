@@ -7,13 +7,16 @@ names the tables whose Choice columns a worker reads when it starts;
 (label, value) pairs of its column in Dynamics' order (``options_read``), so that the
 conversion (``convert.py``) is the one of declared choices; and, per object, why it
 could not (a table or a Choice column Dynamics does not have). An object with such a
-problem keeps fields that convert nothing: the worker pauses it.
+problem keeps fields that convert nothing: the worker pauses it. ``laid_in`` lays options
+read again (or stored by a worker, for ``crmsync serve``) into one object;
+``unknown_options`` names the fields of values Dynamics sent that no option read has.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 from crmsync.domain import ObjectSpec
 
@@ -57,12 +60,43 @@ def with_options(
                 for f in missing
             )
             continue
-        resolved = dict(spec.field_specs)
-        for f in fields:
+        out[name] = laid_in(spec, columns)
+    return out, problems
+
+
+def laid_in(spec: ObjectSpec, columns: Mapping[str, Options]) -> ObjectSpec:
+    """``spec`` with the options of ``columns`` (attribute → options) laid into its
+    choices whose labels Dynamics gives; a field whose attribute is not in ``columns``
+    is left as it is. A field whose options were read already takes them again (a
+    worker reading them while it runs)."""
+    resolved = dict(spec.field_specs)
+    for f in spec.field_specs.values():
+        if (f.needs_options or f.options_read) and f.attribute in columns:
             resolved[f.column] = dataclasses.replace(
                 f,
                 choices=tuple((label, value) for value, label in columns[f.attribute]),
                 options_read=True,
             )
-        out[name] = dataclasses.replace(spec, field_specs=resolved)
-    return out, problems
+    if resolved == spec.field_specs:
+        return spec
+    return dataclasses.replace(spec, field_specs=resolved)
+
+
+def read_fields(spec: ObjectSpec) -> list[str]:
+    """The columns of ``spec`` whose options a worker read from Dynamics."""
+    return [c for c, f in spec.field_specs.items() if f.options_read]
+
+
+def unknown_options(spec: ObjectSpec, values: Mapping[str, Any]) -> list[str]:
+    """The columns of ``spec`` whose options were read and whose value in ``values`` (the
+    JSON Dynamics sent) is an option value none of them has: the options may have
+    changed since they were read."""
+    out = []
+    for column in read_fields(spec):
+        value = values.get(column)
+        if value is None:
+            continue
+        known = {option for _, option in spec.field_specs[column].choices}
+        if value not in known:
+            out.append(column)
+    return out

@@ -23,7 +23,8 @@ from sqlalchemy.engine import RowMapping
 
 from crmsync.domain import Direction, EntryState, FieldType, ObjectSpec
 from crmsync.errors import CrmsyncError, ValidationFailed
-from crmsync.mapping import convert, spec_of
+from crmsync.mapping import convert, options, spec_of
+from crmsync.store.choices import stored_options
 from crmsync.store.local_tables import local_table
 from crmsync.store.params import DEFAULT_LIMIT, MAX_ID, MAX_LIMIT
 from crmsync.store.schema import sync_change, sync_queue, sync_record
@@ -247,9 +248,17 @@ def to_json(spec: ObjectSpec, row: RowMapping) -> dict[str, Any]:
     return out
 
 
+def with_stored_options(conn: Connection, spec: ObjectSpec) -> ObjectSpec:
+    """``spec`` with the options the workers stored for its choices whose labels Dynamics
+    gives (``store/choices.py``): a label none of them has is refused. A field with none
+    stored takes any label (the workers refuse one that is no option)."""
+    stored = stored_options(conn, spec)
+    return options.laid_in(spec, stored) if stored else spec
+
+
 def create_record(conn: Connection, spec: ObjectSpec, payload: Mapping[str, Any]) -> dict[str, Any]:
     """Validate and insert one record; return it as stored."""
-    values = validate(spec, payload)
+    values = validate(with_stored_options(conn, spec), payload)
     check_references(conn, spec, [values])
     table = table_of(spec)
     now = utcnow()
@@ -293,7 +302,7 @@ def update_record(
     conn: Connection, spec: ObjectSpec, record_id: int, payload: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Change the given fields only; the others keep their values."""
-    values = validate(spec, payload)
+    values = validate(with_stored_options(conn, spec), payload)
     _known_id(spec, record_id)
     if not values:
         return get_record(conn, spec, record_id)

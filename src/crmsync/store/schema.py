@@ -549,3 +549,18 @@ __all__ = [
     "sync_suppress",
     "sync_throughput",
 ]
+
+# The options of each choice whose labels Dynamics gives (``labels = true``), as a worker
+# last read them from Dynamics' metadata (``store/choices.py``): ``crmsync serve``, which
+# reads no metadata, checks a written label against them. ``attribute`` is the Dynamics
+# column read: rows of an attribute the field no longer maps are not used.
+sync_choice_option = Table(
+    "sync_choice_option",
+    metadata,
+    Column("object", String(64), primary_key=True),
+    Column("field", String(64), primary_key=True),
+    Column("value", Integer(), primary_key=True, autoincrement=False),
+    Column("attribute", String(100), nullable=False),
+    Column("label", Text(), nullable=False),
+    Column("read_at", UTCDateTime(), nullable=False),
+)

@@ -14,8 +14,9 @@ from sqlalchemy import Engine
 from crmsync.config import Settings
 from crmsync.domain import ObjectSpec
 from crmsync.mapping import activate as activate_mapping
-from crmsync.store import migrate
-from crmsync.store.db import create_store_engine
+from crmsync.mapping import options
+from crmsync.store import migrate, records
+from crmsync.store.db import create_store_engine, store_unavailable
 from crmsync.store.history import configure as configure_history
 from crmsync.web import (
     api_conflicts,
@@ -125,12 +126,29 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
 
 
 def _describe_mapping(app: FastAPI, specs: Mapping[str, ObjectSpec]) -> None:
-    """The OpenAPI document lists the mapping's objects and their typed fields."""
+    """The OpenAPI document lists the mapping's objects and their typed fields; a choice
+    whose labels Dynamics gives lists the options the workers stored, once they have
+    (the document is built again when they change)."""
     build = app.openapi
+    described: list[Mapping[str, ObjectSpec]] = []
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = openapi_mapping.describe(build(), specs)
+        known = _with_stored_options(app.state.engine, specs)
+        if app.openapi_schema is None or described != [known]:
+            app.openapi_schema = openapi_mapping.describe(build(), known)
+            described[:] = [known]
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _with_stored_options(engine: Engine, specs: Mapping[str, ObjectSpec]) -> dict[str, ObjectSpec]:
+    if not options.wanted(specs):
+        return dict(specs)
+    try:
+        with engine.connect() as conn:
+            return {n: records.with_stored_options(conn, s) for n, s in specs.items()}
+    except Exception as exc:
+        if not store_unavailable(exc):
+            raise
+        return dict(specs)  # the store down: the document without them
