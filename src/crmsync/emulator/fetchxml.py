@@ -264,7 +264,12 @@ def _int(node: ET.Element, name: str, minimum: int) -> int | None:
     text = node.get(name)
     if text is None:
         return None
-    value = whole(text, signed=True)
+    # Dataverse's Fetch.xsd types count, page and top as xs:integer, whose lexical space
+    # is an optional sign and digits after whitespace collapse (XML Schema Part 2,
+    # 3.3.13 and 4.3.6): " 5" and "+5" are 5, as the schema-validated query reads them.
+    collapsed = text.strip(" \t\r\n")
+    plus = collapsed.startswith("+")  # then no second sign: "+-5" is not an integer
+    value = whole(collapsed[1:] if plus else collapsed, signed=not plus)
     if value is None:
         raise invalid(f"The fetch attribute '{name}' must be an integer, not '{text}'.")
     if value < minimum:

@@ -198,6 +198,24 @@ async def test_fetchxml_top_count_page_and_paging_cookie(dv: Dv, people: dict[st
     assert counted.json()["@Microsoft.Dynamics.CRM.totalrecordcount"] == 5
 
 
+async def test_fetchxml_integers_read_as_the_schema_types_them(
+    dv: Dv, people: dict[str, str]
+) -> None:
+    """Fetch.xsd types count, page and top as xs:integer: a plus sign and surrounding
+    whitespace are allowed; anything else (another script's digits, a fraction, a
+    doubled sign, an underscore, nothing) stays a 400."""
+    body = (
+        "<entity name='contact'><attribute name='lastname'/><order attribute='lastname'/></entity>"
+    )
+    top = (await fetch(dv, "contacts", f"<fetch top=' 2 '>{body}</fetch>")).json()["value"]
+    assert [x["lastname"] for x in top] == ["Ames", "Ames-Smith"]
+    paged = await fetch(dv, "contacts", f"<fetch count='+2' page='&#9;+3&#10;'>{body}</fetch>")
+    assert [x["lastname"] for x in paged.json()["value"]] == ["Dunn"]
+    for bad in ("+-2", "-+2", "2.0", "\u0662", "1_0", "", " ", "+"):
+        r = await fetch(dv, "contacts", f"<fetch count='{bad}'>{body}</fetch>")
+        assert error(r)[:2] == (400, "0x80040203"), bad
+
+
 async def test_fetchxml_comments_and_cdata_are_fine(dv: Dv, people: dict[str, str]) -> None:
     xml = (
         "<fetch><!-- who --><entity name='contact'><attribute name='lastname'/>"
