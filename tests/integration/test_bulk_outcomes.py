@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from crmsync.config import Settings, load_settings
+from crmsync.config import Settings
 from crmsync.dynamics.client import DataverseClient
 from crmsync.emulator import create_app
 from crmsync.engine.push import Pusher
@@ -270,18 +270,3 @@ def test_one_objects_unusable_bulk_request_pauses_it_alone_and_records_the_other
             .where(sync_queue.c.claimed_by.is_not(None))
         ).scalar_one()
     assert claimed == 0
-
-
-def test_a_claim_is_one_bulk_request_sized_to_fill_the_window(
-    engine: sa.Engine, db_url: str
-) -> None:
-    # Dataverse's own budget: 57.1 requests of 1,000 records (reads included) would fit
-    # in what bulk requests may spend, 58 of 983 fill it; a lane claims 983 and sends
-    # them as one request, not one of 983 and another of 17.
-    settings = load_settings(database_url=db_url, batch_size=1000)
-    insert_leads(engine, 1000)
-    _, transport = run_push(engine, settings, lambda request: None)
-    bulk_posts = [s for s in transport.seen if s.endswith("UpsertMultiple")]
-    assert len(bulk_posts) == 1, transport.seen
-    assert len(synced_leads(engine)) == 983
-    assert sum(1 for state, _ in queue_rows(engine).values() if state == "pending") == 17

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from crmsync.config import Settings
 from crmsync.domain import Direction, ObjectSpec, Operation
-from crmsync.dynamics.client import VERSION_CHUNK, DataverseClient
-from crmsync.dynamics.limiter import SMALL_MS, estimate_ms, reads_ms
+from crmsync.dynamics.client import DataverseClient
+from crmsync.dynamics.limiter import SMALL_MS, estimate_ms
 from crmsync.dynamics.writes import ItemResult
 from crmsync.engine import auto_retry, bulk
 from crmsync.engine.changes import MODIFIED_BY
@@ -238,12 +238,8 @@ class Pusher:
             return self._paced(await asyncio.to_thread(self._claim_and_plan, limit), limit), limit
 
     def _claim_limit(self) -> int:
-        """Entries a lane claims: the batch size, or with bulk messages a bulk request's
-        worth when that is less (the rest of a claim would go as a request of its own,
-        small enough to spend the reserve small ones have)."""
-        if not self.settings.push_bulk:
-            return self.settings.batch_size
-        return min(self.settings.batch_size, self._bulk_records())
+        """Entries a lane claims: the batch size."""
+        return self.settings.batch_size
 
     def _paced(self, steps: list[Step], limit: int) -> list[Step]:
         self._claimed = True
@@ -292,9 +288,8 @@ class Pusher:
         backlog: while the lanes keep up, they send fresh changes themselves, batched by
         the thin-claim pacing, and this lane would only add requests."""
         started = time.monotonic()
-        limit = min(FRESH_LIMIT, self._bulk_records())
-        steps = await asyncio.to_thread(self._claim_and_plan, limit, True)
-        return await self._push(await self._options_again(steps, started), limit)
+        steps = await asyncio.to_thread(self._claim_and_plan, FRESH_LIMIT, True)
+        return await self._push(await self._options_again(steps, started), self._bulk_records())
 
     @property
     def keeping_up(self) -> bool:
@@ -317,8 +312,8 @@ class Pusher:
     async def push_batch(self) -> int:
         """Claim, send and record one batch; returns how many entries it handled."""
         started = time.monotonic()
-        steps, limit = await self._paced_claim()
-        return await self._push(await self._options_again(steps, started), limit)
+        steps, _ = await self._paced_claim()
+        return await self._push(await self._options_again(steps, started), self._bulk_records())
 
     async def _push(self, steps: list[Step], size: int) -> int:
         """Send ``steps`` (bulk requests of at most ``size`` records: what was sized at
@@ -363,21 +358,14 @@ class Pusher:
         return [by_entry[s.entry.id] for s in sends]
 
     def _bulk_records(self) -> int:
-        """Records per bulk request: at most ``BULK_SHARE`` of the window's budget (and
-        the claim), sized so that whole requests, with their read before and read-back
-        after, fill what the budget leaves bulk requests (``bulk.packed_size``)."""
-        largest = bulk.bulk_size(
+        """Records per bulk request: at most ``BULK_SHARE`` of the window's budget, and
+        at most the claim."""
+        return bulk.bulk_size(
             self.settings.execution_budget_ms,
             estimate_ms("UpdateMultiple", 0),
             estimate_ms("UpdateMultiple", 1) - estimate_ms("UpdateMultiple", 0),
             share=BULK_SHARE,
             maximum=self.settings.batch_size,
-        )
-        budget = self.client.limiter.budget
-        return bulk.packed_size(
-            budget.bulk_room(self.client.limiter.now()),
-            largest,
-            lambda n: estimate_ms("UpdateMultiple", n) + 2 * reads_ms(n, VERSION_CHUNK),
         )
 
     async def _send_group(self, group: bulk.Group) -> list[ItemResult]:
