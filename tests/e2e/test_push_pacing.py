@@ -33,8 +33,7 @@ SECONDS = 2.0
 
 
 def test_thin_claims_are_spaced_across_lanes_and_full_ones_are_not() -> None:
-    # Without bulk messages a claim is the batch size (else sized by the client's budget).
-    settings = load_settings(database_url="sqlite://", batch_size=3, push_bulk=False)
+    settings = load_settings(database_url="sqlite://", batch_size=3)
     pusher = Pusher(sa.create_engine("sqlite://"), None, settings, "t")  # type: ignore[arg-type]
     sizes = iter([1] * 8 + [3] * 8)
     claimed_at: list[float] = []

@@ -114,13 +114,6 @@ def estimate_ms(kind: str, records: int = 1) -> float:
     return COST_MS["single"]
 
 
-def reads_ms(rows: int, per_page: int) -> float:
-    """Execution time expected for reading ``rows`` by id, ``per_page`` ids a query."""
-    pages, last = divmod(max(0, rows), max(1, per_page))
-    full = pages * estimate_ms("read", per_page)
-    return full + (estimate_ms("read", last) if last else 0.0)
-
-
 @dataclass
 class Reservation:
     """A slot's share of the execution budget: ``refund()`` gives it back (the request was
@@ -183,13 +176,6 @@ class ExecutionBudget:
         others = self.others(now)
         total = self.budget_ms * min(self.share, others.share)
         return total - min(others.spent_ms, total * others.processes / (others.processes + 1))
-
-    def bulk_room(self, now: float) -> float:
-        """The budget bulk requests may fill over a window: the user's, at the lowest
-        share of any live process, less the ``reserve``. Not less what is spent (what
-        ``wait`` subtracts): requests of every process share this one window."""
-        total = self.budget_ms * min(self.share, self.others(now).share)
-        return max(0.0, total - self.reserve(now))
 
     def spent(self, now: float) -> float:
         while self._spent and self._spent[0][0] <= now - self.window_s:

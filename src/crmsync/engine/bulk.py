@@ -14,9 +14,8 @@ stand in for both (see docs/dynamics.md, "Bulk messages").
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,28 +96,6 @@ def bulk_size(
     if per_record_ms <= 0:
         return max(1, maximum)
     return max(1, min(maximum, int(room // per_record_ms)))
-
-
-def packed_size(room_ms: float, largest: int, cost: Callable[[int], float]) -> int:
-    """Records per bulk request so that whole requests fill ``room_ms``, the budget bulk
-    requests may use over the window: as many requests as ``largest`` records each would
-    need to overfill it, each an equal part of it (``cost``: a request's execution ms
-    for so many records, its reads included). A sliding window holding ``k`` requests
-    of the largest size leaves up to one request's cost unspent for good (the next one
-    waits for the oldest to leave): in the bench's scaled window 11 requests of 1,000
-    records fit where 12 of 950 do (Dataverse's own window, some 57 to the window, loses
-    less). At least 1, at most ``largest``."""
-    if largest <= 1 or room_ms <= 0:
-        return max(1, largest)
-    part = room_ms / math.ceil(room_ms / cost(largest))
-    low, high = 1, largest  # the most records whose cost fits in ``part`` (cost grows)
-    while low < high:
-        mid = (low + high + 1) // 2
-        if cost(mid) <= part:
-            low = mid
-        else:
-            high = mid - 1
-    return low
 
 
 def stale_before(sends: Sequence[Send], current: Mapping[str, Mapping[str, Any]]) -> set[int]:

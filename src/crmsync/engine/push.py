@@ -220,30 +220,27 @@ class Pusher:
                 steps.append(step)
         return steps
 
-    async def _paced_claim(self) -> tuple[list[Step], int]:
+    async def _paced_claim(self) -> list[Step]:
         """Claim a batch; while the backlog is thin, one lane at a time and spaced out.
 
         Under a deep backlog (the last claim was full) lanes claim concurrently, as
-        they would without pacing. Returns the steps and the claim's limit, which is
-        also the most records one bulk request of them takes.
+        they would without pacing.
         """
         if self._pace is None:  # created lazily: the pusher may be built outside a loop
             self._pace = asyncio.Lock()
         if not self._thin:
-            limit = self._claim_limit()
-            return self._paced(await asyncio.to_thread(self._claim_and_plan, limit), limit), limit
+            return self._paced(await asyncio.to_thread(self._claim_and_plan, self._batch))
         async with self._pace:
             await asyncio.sleep(max(0.0, self._next_claim - asyncio.get_running_loop().time()))
-            limit = self._claim_limit()
-            return self._paced(await asyncio.to_thread(self._claim_and_plan, limit), limit), limit
+            return self._paced(await asyncio.to_thread(self._claim_and_plan, self._batch))
 
-    def _claim_limit(self) -> int:
-        """Entries a lane claims: the batch size."""
+    @property
+    def _batch(self) -> int:
         return self.settings.batch_size
 
-    def _paced(self, steps: list[Step], limit: int) -> list[Step]:
+    def _paced(self, steps: list[Step]) -> list[Step]:
         self._claimed = True
-        self._thin = len(steps) < limit
+        self._thin = len(steps) < self._batch
         if self._thin:
             self._next_claim = asyncio.get_running_loop().time() + THIN_CLAIM_INTERVAL
         return steps
@@ -289,7 +286,7 @@ class Pusher:
         the thin-claim pacing, and this lane would only add requests."""
         started = time.monotonic()
         steps = await asyncio.to_thread(self._claim_and_plan, FRESH_LIMIT, True)
-        return await self._push(await self._options_again(steps, started), self._bulk_records())
+        return await self._push(await self._options_again(steps, started))
 
     @property
     def keeping_up(self) -> bool:
@@ -312,18 +309,15 @@ class Pusher:
     async def push_batch(self) -> int:
         """Claim, send and record one batch; returns how many entries it handled."""
         started = time.monotonic()
-        steps, _ = await self._paced_claim()
-        return await self._push(await self._options_again(steps, started), self._bulk_records())
+        steps = await self._paced_claim()
+        return await self._push(await self._options_again(steps, started))
 
-    async def _push(self, steps: list[Step], size: int) -> int:
-        """Send ``steps`` (bulk requests of at most ``size`` records: what was sized at
-        the claim, so that a claim is not split again by a budget that moved since, into
-        a request and a remainder small enough to spend the small requests' reserve)."""
+    async def _push(self, steps: list[Step]) -> int:
         if not steps:
             return 0
         sends = [s for s in steps if isinstance(s, Send)]
         try:
-            results = await self._send_all(sends, size) if sends else []
+            results = await self._send_all(sends) if sends else []
         except Fatal:
             await asyncio.to_thread(queue.release, self.engine, self.worker_id)
             raise
@@ -345,10 +339,12 @@ class Pusher:
             await self.on_stale(stale)
         return len(steps)
 
-    async def _send_all(self, sends: Sequence[Send], size: int) -> list[ItemResult]:
+    async def _send_all(self, sends: Sequence[Send]) -> list[ItemResult]:
         """Send as bulk messages where they apply, the rest as one ``$batch``; one
         result per send, in order (``engine/bulk.py``)."""
-        groups = bulk.group_sends(sends, bulk=self.settings.push_bulk, max_records=size)
+        groups = bulk.group_sends(
+            sends, bulk=self.settings.push_bulk, max_records=self._bulk_records()
+        )
         done = await asyncio.gather(*(self._send_group(g) for g in groups))
         by_entry = {
             s.entry.id: r
