@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from crmsync.config import Settings, load_settings
 from crmsync.engine.push import THIN_CLAIM_INTERVAL, Pusher
 from crmsync.store.db import write_transaction
-from crmsync.store.schema import sync_change, sync_queue
+from crmsync.store.schema import sync_change, sync_error, sync_pause, sync_queue
 
 RATE = 50  # changes per second
 SECONDS = 2.0
@@ -84,11 +86,43 @@ def _pending(engine: sa.Engine) -> int:
     return int(queued) + int(logged)
 
 
-def _wait_drained(engine: sa.Engine, timeout: float) -> None:
+def _wait_drained(
+    engine: sa.Engine, timeout: float, worker: subprocess.Popen[bytes], url: str
+) -> None:
     deadline = time.monotonic() + timeout
     while _pending(engine) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert _pending(engine) == 0, "the worker did not drain the queue"
+    if _pending(engine):
+        pytest.fail(f"the worker did not drain the queue:\n{_what_it_did(engine, worker, url)}")
+
+
+def _what_it_did(engine: sa.Engine, worker: subprocess.Popen[bytes], url: str) -> str:
+    """The state a stalled drain left: the queue, pauses, errors, the emulator's counts
+    and the worker's own log (the worker is stopped to read it)."""
+    exited = worker.poll()
+    if exited is None:
+        worker.kill()
+    log = worker.stderr.read().decode(errors="replace") if worker.stderr else ""
+    with engine.connect() as conn:
+        states = conn.execute(
+            sa.select(sync_queue.c.state, sync_queue.c.attempts, sync_queue.c.next_attempt_at)
+        ).all()
+        pauses = conn.execute(sa.select(sync_pause)).all()
+        errors = conn.execute(sa.select(sync_error.c.error_code, sync_error.c.error_message)).all()
+        logged = conn.execute(sa.select(sa.func.count()).select_from(sync_change)).scalar()
+    stats = httpx.get(f"{url}/_emulator/stats", timeout=10).json()["requests"]
+    return "\n".join(
+        [
+            f"worker exit code: {exited}",
+            f"queue: {states}",
+            f"capture log rows: {logged}",
+            f"pauses: {pauses}",
+            f"errors: {errors}",
+            f"emulator requests: {stats}",
+            "worker log (last 6,000 characters):",
+            log[-6000:],
+        ]
+    )
 
 
 def _requests(url: str) -> int:
@@ -108,11 +142,11 @@ def test_a_trickle_of_changes_is_batched_within_the_request_budget(
     configure(url, latency_ms=20, per_record_ms=1)
     # Requests of the thin claims, one each: bulk messages (two requests, the write and
     # its version read-back, from five records of a kind) are counted in test_push_bulk.
-    start_worker("--concurrency", "4", push_bulk="false")
+    worker = start_worker("--concurrency", "4", push_bulk="false")
     # The worker is up once a first lead went through.
     with write_transaction(store) as conn:
         conn.execute(sa.text("INSERT INTO lead (email, last_name) VALUES ('w@example.com', 'W')"))
-    _wait_drained(store, timeout=30)
+    _wait_drained(store, 30, worker, url)
     before = _requests(url)
 
     started = time.monotonic()
@@ -123,7 +157,7 @@ def test_a_trickle_of_changes_is_batched_within_the_request_budget(
                 sa.text("INSERT INTO lead (email, last_name) VALUES (:e, :l)"),
                 {"e": f"t{k}@example.com", "l": f"T{k}"},
             )
-    _wait_drained(store, timeout=30)
+    _wait_drained(store, 30, worker, url)
     elapsed = time.monotonic() - started
     sent = _requests(url) - before
 
