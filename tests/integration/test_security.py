@@ -340,7 +340,12 @@ async def test_tampered_foreign_and_expired_sessions_are_refused(app: FastAPI, d
         good = c.cookies[COOKIE]
         c.cookies.set(COOKIE, good[:-2] + ("AA" if not good.endswith("AA") else "BB"))
         assert (await c.get("/api/v1/sync/status")).status_code == 401
-    other = create_app(load_settings(database_url=db_url, admin_password="another password"))
+    # The store's engine is the fixture's: an app that made its own would leave its
+    # connection to the garbage collector (ASGITransport runs no lifespan to dispose it).
+    other = create_app(
+        load_settings(database_url=db_url, admin_password="another password"),
+        engine=app.state.engine,
+    )
     async with client_for(other) as c:
         c.cookies.set(COOKIE, good)
         assert (await c.get("/api/v1/sync/status")).status_code == 401
