@@ -65,7 +65,15 @@ def _specs() -> dict[str, ObjectSpec]:
 
 
 def _refresher(dynamics: Dynamics, clock: Clock, laid: list[ObjectSpec]) -> choices.Refresher:
-    return choices.Refresher(None, dynamics, _specs(), laid.append, clock=clock)  # type: ignore[arg-type]
+    return choices.Refresher(
+        None,  # type: ignore[arg-type]
+        dynamics,  # type: ignore[arg-type]
+        _specs(),
+        laid.append,
+        refresh_seconds=600.0,
+        reread_seconds=60.0,
+        clock=clock,
+    )
 
 
 def _choices(spec: ObjectSpec) -> tuple[tuple[str, int], ...]:
@@ -165,9 +173,14 @@ async def test_an_outage_keeps_the_options_in_force_and_is_read_again_later(
 async def test_run_reads_every_table_again_each_refresh_seconds(saved: list[Any]) -> None:
     """On the real clock (``run`` waits in real time), with a short period."""
     dynamics, laid = Dynamics(), []
-    refresher = choices.Refresher(None, dynamics, _specs(), laid.append)  # type: ignore[arg-type]
-    refresher.refresh_seconds = 0.5
-    refresher.reread_seconds = 3600.0  # the periodic read is not rate-limited by it
+    refresher = choices.Refresher(
+        None,  # type: ignore[arg-type]
+        dynamics,  # type: ignore[arg-type]
+        _specs(),
+        laid.append,
+        refresh_seconds=0.5,
+        reread_seconds=3600.0,  # the periodic read is not rate-limited by it
+    )
     started = time.monotonic()
     stopping = asyncio.Event()
     task = asyncio.create_task(refresher.run(stopping))

@@ -4,11 +4,12 @@ A ``choice`` without ``choices`` and with ``labels = true`` keeps its option's l
 locally; the worker reads each such table's Choice columns from Dynamics' metadata
 before it syncs anything (``prepare``; an outage is waited out, a table or column
 Dynamics lacks pauses that object alone). While it runs, ``Refresher`` reads a table's
-options again every ``REFRESH_SECONDS``, and when a value is none of them (a label
-pushed, an option pulled), at most once per ``REREAD_SECONDS`` per table; a change is
-laid into the lanes' specs and its fields' parked choice errors retried. Every read is
-stored (``store/choices.py``) for ``crmsync serve``. Local values that are none of the
-options are logged (``mapping.choice_unknown``).
+options again every ``choice_refresh_seconds``, and when a value is none of them (a
+label pushed, an option pulled) at most once per ``choice_reread_seconds`` per table: a
+bad value in every record of a bulk load costs one read, not one per record. A change
+is laid into the lanes' specs and its fields' parked choice errors retried. Every read
+is stored (``store/choices.py``) for ``crmsync serve``. Local values that are none of
+the options are logged (``mapping.choice_unknown``).
 """
 
 from __future__ import annotations
@@ -43,11 +44,6 @@ log = logging.getLogger(__name__)
 
 RETRY_BASE_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
-# A table's options are read again this often while a worker runs, and at most once per
-# REREAD_SECONDS when a value is none of them: a bad value in every record of a bulk
-# load costs one metadata read a minute, not one per record.
-REFRESH_SECONDS = 600.0
-REREAD_SECONDS = 60.0
 RETRY_ACTOR = "crmsync:choice_options"
 
 
@@ -199,7 +195,8 @@ class Refresher:
     """Reads the options of a running worker's tables again (see the module docstring).
 
     ``specs`` are the specs in force (with the options read at start); ``laid_in`` is
-    told of each object whose options changed. ``reads`` counts the reads by object."""
+    told of each object whose options changed. ``reads`` counts the reads by object.
+    The timings are the settings ``choice_refresh_seconds`` and ``choice_reread_seconds``."""
 
     def __init__(
         self,
@@ -208,6 +205,8 @@ class Refresher:
         specs: Mapping[str, ObjectSpec],
         laid_in: Callable[[ObjectSpec], None],
         *,
+        refresh_seconds: float,
+        reread_seconds: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
@@ -215,8 +214,8 @@ class Refresher:
         self.specs = {n: s for n, s in specs.items() if options.read_fields(s)}
         self.laid_in = laid_in
         self.clock = clock
-        self.refresh_seconds = REFRESH_SECONDS
-        self.reread_seconds = REREAD_SECONDS
+        self.refresh_seconds = refresh_seconds
+        self.reread_seconds = reread_seconds
         started = clock()
         self._read_at = dict.fromkeys(self.specs, started)
         self._changed_at = dict.fromkeys(self.specs, float("-inf"))
