@@ -7,9 +7,9 @@ Dynamics lacks pauses that object alone). While it runs, ``Refresher`` reads a t
 options again every ``choice_refresh_seconds``, and when a value is none of them (a
 label pushed, an option pulled) at most once per ``choice_reread_seconds`` per table: a
 bad value in every record of a bulk load costs one read, not one per record. A change
-is laid into the lanes' specs and its fields' parked choice errors retried. Every read
-is stored (``store/choices.py``) for ``crmsync serve``. Local values that are none of
-the options are logged (``mapping.choice_unknown``).
+is laid into the lanes' specs, and its fields' parked choice errors whose refused value
+is now an option are retried. Every read is stored (``store/choices.py``) for ``crmsync
+serve``. Local values that are none of the options are logged (``mapping.choice_unknown``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from crmsync.errors import Refusal, Retriable
 from crmsync.mapping import activate as activate_mapping
 from crmsync.mapping import options
 from crmsync.mapping.convert import INVALID_VALUE
-from crmsync.store import sync_errors
+from crmsync.store.choice_errors import retry_known
 from crmsync.store.choices import save_options, unknown_values
 from crmsync.store.db import store_unavailable, write_transaction
 from crmsync.store.status import pause_unusable
@@ -180,15 +180,14 @@ def _pause(engine: Engine, specs: Mapping[str, ObjectSpec], problems: Mapping[st
 
 def _save(engine: Engine, spec: ObjectSpec, retry: Mapping[str, bool] | None = None) -> None:
     """Store ``spec``'s options (for ``crmsync serve``); and retry the parked errors of
-    the fields ``retry`` names, whose options changed: a value refused meanwhile may be
-    one of them now (a value still unknown is refused again, naming the field)."""
+    the fields ``retry`` names, whose options changed, when the value refused is one of
+    them now (a typo stays parked: retried, it would only be refused again)."""
     now = utcnow()
     with write_transaction(engine) as conn:
         save_options(conn, spec, now)
-        for column in retry or ():
-            for code in (INVALID_VALUE, UNMAPPABLE):
-                filters = sync_errors.ErrorFilters(object=spec.name, field=column, code=code)
-                sync_errors.retry_matching(conn, filters, now, actor=RETRY_ACTOR)
+        if retry:
+            codes = (INVALID_VALUE, UNMAPPABLE)
+            retry_known(conn, spec, retry, codes, now, actor=RETRY_ACTOR)
 
 
 class Refresher:
