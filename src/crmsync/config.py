@@ -129,6 +129,20 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(
         5.0, gt=0, le=3600, description="How often a worker pulls Dynamics' changes"
     )
+    choice_refresh_seconds: float = Field(
+        600.0,
+        gt=0,
+        le=86400,
+        description="How often a worker reads again the options of a choice whose labels"
+        " Dynamics gives",
+    )
+    choice_reread_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="At most this often per table, a worker reads them again when a value is"
+        " none of them (a label pushed, an option pulled)",
+    )
     alert_oldest_age_seconds: float | None = Field(
         None,
         gt=0,
@@ -265,6 +279,16 @@ class Settings(BaseSettings):
                 f"CRMSYNC_RETRY_BASE_SECONDS ({self.retry_base_seconds:g}) is greater than "
                 f"CRMSYNC_RETRY_MAX_SECONDS ({self.retry_max_seconds:g}): the first retry "
                 "delay cannot exceed its cap"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _choice_reads(self) -> Settings:
+        if self.choice_reread_seconds > self.choice_refresh_seconds:
+            raise ValueError(
+                f"CRMSYNC_CHOICE_REREAD_SECONDS ({self.choice_reread_seconds:g}) is greater than "
+                f"CRMSYNC_CHOICE_REFRESH_SECONDS ({self.choice_refresh_seconds:g}): the read made "
+                "when a value is none of the options cannot be rarer than the periodic one"
             )
         return self
 

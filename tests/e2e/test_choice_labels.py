@@ -31,7 +31,6 @@ from pull_support import Sales, count
 from crmsync.config import Settings, load_settings
 from crmsync.dynamics.client import DataverseClient
 from crmsync.emulator import model as emulator_model
-from crmsync.engine import choices
 from crmsync.engine.worker import Worker
 from crmsync.mapping import activate, default_objects
 from crmsync.store import migrate, status
@@ -279,14 +278,15 @@ def test_an_error_refused_before_the_options_changed_is_retried_when_they_are_re
     labels_settings: Settings,
     labels_store: sa.Engine,
     quality: Any,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Refused while the re-read was rate-limited: the periodic read that finds the new
     option retries it; nothing is lost."""
     url = labels_settings.dynamics_url or ""
-    settings = labels_settings.model_copy(update={"poll_seconds": 0.2})
-    monkeypatch.setattr(choices, "REFRESH_SECONDS", 4.0)
-    monkeypatch.setattr(choices, "REREAD_SECONDS", 3600.0)  # read at start: no re-read
+    # Read at start, then no re-read on a miss (a copy is not validated: loaded settings
+    # could not have the re-read rarer than the periodic read).
+    settings = labels_settings.model_copy(
+        update={"poll_seconds": 0.2, "choice_refresh_seconds": 4.0, "choice_reread_seconds": 3600.0}
+    )
 
     async def run() -> None:
         async with DataverseClient.from_settings(settings) as client:

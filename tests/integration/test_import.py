@@ -11,9 +11,14 @@ from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from crmsync.cli import app
-from crmsync.mapping import default_objects
-from crmsync.store import capture
+from crmsync.domain import ObjectSpec
+from crmsync.mapping import activate, build, default_objects
+from crmsync.mapping.options import with_options
+from crmsync.store import capture, migrate
+from crmsync.store.choices import save_options
 from crmsync.store.csv_import import import_csv
+from crmsync.store.db import write_transaction
+from crmsync.store.types import utcnow
 
 LEAD = default_objects()["lead"]
 
@@ -237,3 +242,80 @@ def test_email_columns_take_addresses_only(run, engine, tmp_path):
         ]
     result = run("contact", str(contacts))
     assert result.exit_code == 1 and "line 2: email:" in result.stderr
+
+
+RATING = {"attribute": "leadqualitycode", "type": "choice", "labels": True}
+
+
+def _labels_store(engine: Engine, stored: bool) -> ObjectSpec:
+    """``lead`` with a ``rating`` whose labels Dynamics gives; with ``stored``, the
+    options a worker read (1 Hot, 2 Warm, 3 Cold) are in ``sync_choice_option``."""
+    specs = build({"lead": {"fields": {"rating": RATING}}})
+    migrate.upgrade(engine, specs.values())
+    if stored:
+        read, _ = with_options(
+            specs, {"lead": {"leadqualitycode": ((1, "Hot"), (2, "Warm"), (3, "Cold"))}}
+        )
+        with write_transaction(engine) as conn:
+            save_options(conn, read["lead"], utcnow())
+    return specs["lead"]
+
+
+def _ratings(engine: Engine) -> list[tuple]:
+    with engine.connect() as conn:
+        return [
+            tuple(r) for r in conn.execute(sa.text("SELECT email, rating FROM lead ORDER BY id"))
+        ]
+
+
+def test_a_label_none_of_the_stored_options_has_is_rejected(engine, tmp_path):
+    lead = _labels_store(engine, stored=True)
+    path = write(
+        tmp_path / "l.csv",
+        "email,rating\nh@example.com,Hot\nl@example.com,Lukewarm\nn@example.com,\n"
+        "c@example.com,cold\n",
+    )
+    result = import_csv(engine, lead, path)
+    assert (result.rows, result.imported) == (4, 2)
+    assert [(e.line, e.field) for e in result.errors] == [(3, "rating"), (5, "rating")]
+    message = result.errors[0].message
+    assert "'Lukewarm' is not one of leadqualitycode's options in Dynamics" in message
+    assert "1 'Hot', 2 'Warm', 3 'Cold'" in message
+    assert result.errors[0].values == {"email": "l@example.com", "rating": "Lukewarm"}
+    assert _ratings(engine) == [("h@example.com", "Hot"), ("n@example.com", None)]
+
+
+def test_without_stored_options_any_label_is_imported(engine, tmp_path):
+    """No worker has stored the options yet: as the records API, any label of 1 to 100
+    characters is taken (the worker refuses one that is no option when it sends it)."""
+    lead = _labels_store(engine, stored=False)
+    path = write(
+        tmp_path / "l.csv", f"email,rating\nl@example.com,Lukewarm\nx@example.com,{'x' * 101}\n"
+    )
+    result = import_csv(engine, lead, path)
+    assert result.imported == 1
+    assert [(e.line, e.field) for e in result.errors] == [(3, "rating")]
+    assert _ratings(engine) == [("l@example.com", "Lukewarm")]
+
+
+def test_the_cli_reports_a_label_that_is_no_option(run, engine, tmp_path, monkeypatch):
+    _labels_store(engine, stored=True)
+    config = tmp_path / "crmsync.toml"
+    config.write_text(
+        "[objects.lead.fields]\n"
+        'rating = { attribute = "leadqualitycode", type = "choice", labels = true }\n'
+    )
+    monkeypatch.setenv("CRMSYNC_CONFIG", str(config))
+    path = write(tmp_path / "l.csv", "email,rating\nw@example.com,Warm\nf@example.com,Frozen\n")
+    errors = tmp_path / "errors.csv"
+    try:
+        result = run("lead", str(path), "--errors-file", str(errors))
+    finally:
+        activate(default_objects())
+    assert result.exit_code == 1, result.output
+    assert "1 of 2 rows imported, 1 rejected" in result.stdout
+    assert "line 3: rating: 'Frozen' is not one of leadqualitycode's options" in result.stderr
+    with errors.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["line"], r["field"], r["rating"]) for r in rows] == [("3", "rating", "Frozen")]
+    assert _ratings(engine) == [("w@example.com", "Warm")]

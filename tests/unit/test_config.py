@@ -199,3 +199,35 @@ def test_marking_deletes_is_refused_for_an_attached_table() -> None:
         assert load_settings(delete_behaviour="mark", objects={"person": created})
     finally:
         activate(default_objects())
+
+
+def test_choice_reads_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    assert (settings.choice_refresh_seconds, settings.choice_reread_seconds) == (600.0, 60.0)
+    monkeypatch.setenv("CRMSYNC_CHOICE_REFRESH_SECONDS", "120")
+    monkeypatch.setenv("CRMSYNC_CHOICE_REREAD_SECONDS", "120")  # equal is fine
+    settings = load_settings()
+    assert (settings.choice_refresh_seconds, settings.choice_reread_seconds) == (120.0, 120.0)
+
+
+def test_a_choice_reread_rarer_than_the_periodic_read_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CRMSYNC_CHOICE_REFRESH_SECONDS", "30")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    text = str(info.value)
+    assert "CRMSYNC_CHOICE_REREAD_SECONDS (60)" in text
+    assert "CRMSYNC_CHOICE_REFRESH_SECONDS (30)" in text
+    assert "Value error" not in text and "Traceback" not in text
+
+
+@pytest.mark.parametrize("name", ["CHOICE_REFRESH_SECONDS", "CHOICE_REREAD_SECONDS"])
+@pytest.mark.parametrize("value", ["0", "-5", "soon"])
+def test_a_choice_read_timing_must_be_a_positive_number(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(f"CRMSYNC_{name}", value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert f"CRMSYNC_{name}" in str(info.value)

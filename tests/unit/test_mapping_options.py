@@ -10,7 +10,7 @@ import pytest
 
 from crmsync.domain import FieldType
 from crmsync.mapping import MappingError, build
-from crmsync.mapping.options import wanted, with_options
+from crmsync.mapping.options import laid_in, read_fields, unknown_options, wanted, with_options
 from crmsync.store.local_tables import column_type
 
 # A choice that keeps labels (``labels = true``), and the same without the key.
@@ -87,3 +87,57 @@ def test_a_column_or_table_dynamics_lacks_is_the_objects_problem() -> None:
     resolved, no_table = with_options(specs, {"lead": None})
     assert "Dynamics has no table 'lead'" in no_table["lead"]
     assert resolved["lead"].field_specs["rating"].needs_options  # left unresolved
+
+
+def _read(specs: dict[str, Any]) -> Any:
+    resolved, _ = with_options(specs, {"lead": {"leadqualitycode": ((1, "Hot"), (2, "Warm"))}})
+    return resolved["lead"]
+
+
+def test_laid_in_gives_options_read_again_to_a_field_that_had_them() -> None:
+    lead = _read(build(lead_with()))
+    again = laid_in(lead, {"leadqualitycode": ((1, "Hot"), (2, "Warm"), (4, "Frozen"))})
+    assert again.field_specs["rating"].choices == (("Hot", 1), ("Warm", 2), ("Frozen", 4))
+    assert again.field_specs["rating"].options_read
+    assert lead.field_specs["rating"].choices == (("Hot", 1), ("Warm", 2))  # not changed
+    assert again.field_specs["email"] is lead.field_specs["email"]
+
+
+def test_laid_in_leaves_a_spec_alone_when_nothing_changes_or_nothing_applies() -> None:
+    lead = _read(build(lead_with()))
+    assert laid_in(lead, {"leadqualitycode": ((1, "Hot"), (2, "Warm"))}) is lead
+    assert laid_in(lead, {"statuscode": ((1, "New"),)}) is lead  # not the field's attribute
+    assert laid_in(lead, {}) is lead
+    # A choice of declared choices (or of option values) never takes options read.
+    declared = build(lead_with(PLAIN, choices={"hot": 1}))["lead"]
+    assert laid_in(declared, {"leadqualitycode": ((1, "Hot"),)}) is declared
+    plain = build(lead_with(PLAIN))["lead"]
+    assert laid_in(plain, {"leadqualitycode": ((1, "Hot"),)}) is plain
+
+
+def test_laid_in_lays_options_into_a_field_waiting_for_them() -> None:
+    lead = build(lead_with())["lead"]
+    resolved = laid_in(lead, {"leadqualitycode": ((3, "Cold"),)})
+    rating = resolved.field_specs["rating"]
+    assert rating.choices == (("Cold", 3),) and rating.options_read
+    assert not rating.needs_options
+
+
+def test_read_fields_names_the_columns_whose_options_were_read() -> None:
+    specs = build(lead_with())
+    assert read_fields(specs["lead"]) == []  # waiting for them
+    assert read_fields(_read(specs)) == ["rating"]
+    assert read_fields(build(lead_with(PLAIN, choices={"hot": 1}))["lead"]) == []
+
+
+def test_unknown_options_names_the_fields_of_an_option_none_read_has() -> None:
+    lead = _read(build(lead_with()))
+    assert unknown_options(lead, {"rating": 4, "email": "a@x.org"}) == ["rating"]
+    assert unknown_options(lead, {"rating": 2}) == []
+    assert unknown_options(lead, {"rating": None}) == []  # no value: nothing to know
+    assert unknown_options(lead, {"email": "a@x.org"}) == []
+    # A label is no option value: Dynamics sends option values.
+    assert unknown_options(lead, {"rating": "Hot"}) == ["rating"]
+    # Fields whose options were not read are not this function's.
+    declared = build(lead_with(PLAIN, choices={"hot": 1}))["lead"]
+    assert unknown_options(declared, {"rating": 9}) == []

@@ -4,11 +4,12 @@ A ``choice`` without ``choices`` and with ``labels = true`` keeps its option's l
 locally; the worker reads each such table's Choice columns from Dynamics' metadata
 before it syncs anything (``prepare``; an outage is waited out, a table or column
 Dynamics lacks pauses that object alone). While it runs, ``Refresher`` reads a table's
-options again every ``REFRESH_SECONDS``, and when a value is none of them (a label
-pushed, an option pulled), at most once per ``REREAD_SECONDS`` per table; a change is
-laid into the lanes' specs and its fields' parked choice errors retried. Every read is
-stored (``store/choices.py``) for ``crmsync serve``. Local values that are none of the
-options are logged (``mapping.choice_unknown``).
+options again every ``choice_refresh_seconds``, and when a value is none of them (a
+label pushed, an option pulled) at most once per ``choice_reread_seconds`` per table: a
+bad value in every record of a bulk load costs one read, not one per record. A change
+is laid into the lanes' specs, and its fields' parked choice errors whose refused value
+is now an option are retried. Every read is stored (``store/choices.py``) for ``crmsync
+serve``. Local values that are none of the options are logged (``mapping.choice_unknown``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from crmsync.errors import Refusal, Retriable
 from crmsync.mapping import activate as activate_mapping
 from crmsync.mapping import options
 from crmsync.mapping.convert import INVALID_VALUE
-from crmsync.store import sync_errors
+from crmsync.store.choice_errors import retry_known
 from crmsync.store.choices import save_options, unknown_values
 from crmsync.store.db import store_unavailable, write_transaction
 from crmsync.store.status import pause_unusable
@@ -43,11 +44,6 @@ log = logging.getLogger(__name__)
 
 RETRY_BASE_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
-# A table's options are read again this often while a worker runs, and at most once per
-# REREAD_SECONDS when a value is none of them: a bad value in every record of a bulk
-# load costs one metadata read a minute, not one per record.
-REFRESH_SECONDS = 600.0
-REREAD_SECONDS = 60.0
 RETRY_ACTOR = "crmsync:choice_options"
 
 
@@ -184,22 +180,22 @@ def _pause(engine: Engine, specs: Mapping[str, ObjectSpec], problems: Mapping[st
 
 def _save(engine: Engine, spec: ObjectSpec, retry: Mapping[str, bool] | None = None) -> None:
     """Store ``spec``'s options (for ``crmsync serve``); and retry the parked errors of
-    the fields ``retry`` names, whose options changed: a value refused meanwhile may be
-    one of them now (a value still unknown is refused again, naming the field)."""
+    the fields ``retry`` names, whose options changed, when the value refused is one of
+    them now (a typo stays parked: retried, it would only be refused again)."""
     now = utcnow()
     with write_transaction(engine) as conn:
         save_options(conn, spec, now)
-        for column in retry or ():
-            for code in (INVALID_VALUE, UNMAPPABLE):
-                filters = sync_errors.ErrorFilters(object=spec.name, field=column, code=code)
-                sync_errors.retry_matching(conn, filters, now, actor=RETRY_ACTOR)
+        if retry:
+            codes = (INVALID_VALUE, UNMAPPABLE)
+            retry_known(conn, spec, retry, codes, now, actor=RETRY_ACTOR)
 
 
 class Refresher:
     """Reads the options of a running worker's tables again (see the module docstring).
 
     ``specs`` are the specs in force (with the options read at start); ``laid_in`` is
-    told of each object whose options changed. ``reads`` counts the reads by object."""
+    told of each object whose options changed. ``reads`` counts the reads by object.
+    The timings are the settings ``choice_refresh_seconds`` and ``choice_reread_seconds``."""
 
     def __init__(
         self,
@@ -208,6 +204,8 @@ class Refresher:
         specs: Mapping[str, ObjectSpec],
         laid_in: Callable[[ObjectSpec], None],
         *,
+        refresh_seconds: float,
+        reread_seconds: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
@@ -215,8 +213,8 @@ class Refresher:
         self.specs = {n: s for n, s in specs.items() if options.read_fields(s)}
         self.laid_in = laid_in
         self.clock = clock
-        self.refresh_seconds = REFRESH_SECONDS
-        self.reread_seconds = REREAD_SECONDS
+        self.refresh_seconds = refresh_seconds
+        self.reread_seconds = reread_seconds
         started = clock()
         self._read_at = dict.fromkeys(self.specs, started)
         self._changed_at = dict.fromkeys(self.specs, float("-inf"))

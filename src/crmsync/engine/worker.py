@@ -406,7 +406,14 @@ class Worker:
             if self.stopping.is_set():
                 return
             self._assemble(self.settings.with_specs(resolved))
-            self.options = choices.Refresher(self.engine, self.client, resolved, self._laid_in)
+            self.options = choices.Refresher(
+                self.engine,
+                self.client,
+                resolved,
+                self._laid_in,
+                refresh_seconds=self.settings.choice_refresh_seconds,
+                reread_seconds=self.settings.choice_reread_seconds,
+            )
             self.pusher.options = self.applier.options = self.options
         # A throttle already in force when we start is honoured before the first send.
         await self.throttle.refresh()

@@ -1,9 +1,10 @@
 """Bulk import of local records from a CSV file (``crmsync import``).
 
-Every row goes through the same validation as the records API. A bad row is reported
-with its line number and skipped; it never costs the valid rows around it. Valid rows
-are inserted in batches, one transaction and one executemany per batch; the capture
-triggers queue each of them for Dynamics as usual.
+Every row goes through the same validation as the records API (a choice's label is
+checked against the options the workers stored). A bad row is reported with its line
+number and skipped; it never costs the valid rows around it. Valid rows are inserted
+in batches, one transaction and one executemany per batch; the capture triggers queue
+each of them for Dynamics as usual.
 
 The file is read twice: a first pass checks that it is UTF-8 CSV with a known header
 and counts the records (for the progress bar) before anything is written, so that a
@@ -105,6 +106,8 @@ def import_csv(
                 on_progress(len(batch))
             batch.clear()
 
+    with engine.connect() as conn:
+        checked = records.with_stored_options(conn, spec)
     rows = _records(path)
     next(rows)  # the header, checked above
     for line, cells in rows:
@@ -114,7 +117,7 @@ def import_csv(
             _advance(on_progress)
             continue
         try:
-            values = records.validate(spec, records.parse_text(spec, raw))
+            values = records.validate(checked, records.parse_text(spec, raw))
         except ValidationFailed as exc:
             reject(RowError(line, exc.field, exc.message, raw))
             _advance(on_progress)
