@@ -3,8 +3,9 @@
 Every function runs in the caller's transaction (the apply's ONE transaction per batch,
 entries held ``FOR UPDATE``) and commits nothing.
 
-- ``load_context`` reads the local rows, sync states, pushes (queued or still in the
-  capture log) and parents the plan reads, after the entries are held.
+- ``load_context`` reads the local rows (locked), pushes (still in the capture log or
+  queued) and sync states, in that order, and the parents the plan reads, after the
+  entries are held: a local change moving on meanwhile is seen where it moved to.
 - ``write_all`` carries out the plan's local writes with capture suppressed (nothing goes
   back to Dynamics), with their conflict journal, the pushes they made moot and the
   records the filter includes again, in a savepoint; if the database refuses one (a
@@ -88,14 +89,16 @@ def load_context(
         table = local_table(spec)
         keys = [e.record_key for e in group]
         picked = row_columns(table)  # keyed id and crm_id, whatever a table calls them
-        for m in conn.execute(sa.select(*picked).where(table.c.crm_id.in_(keys))).mappings():
+        found = _locked(sa.select(*picked).where(table.c.crm_id.in_(keys)), table)
+        for m in conn.execute(found).mappings():
             rows[(obj, m["crm_id"].lower())] = dict(m)
             record_ids[obj].add(m["id"])
         # A push in flight: its local row has no crm_id yet, the entry knows its id.
         loose = {e.record_id: e.record_key for e in group if e.record_id is not None}
         loose = {i: k for i, k in loose.items() if (obj, k) not in rows}
         if loose:
-            for m in conn.execute(sa.select(*picked).where(table.c.id.in_(list(loose)))).mappings():
+            held = _locked(sa.select(*picked).where(table.c.id.in_(list(loose))), table)
+            for m in conn.execute(held).mappings():
                 rows[(obj, loose[m["id"]])] = dict(m)
         record_ids[obj].update(e.record_id for e in group if e.record_id is not None)
         targets = {lk.column: lk.target for lk in spec.lookups}
@@ -106,13 +109,19 @@ def load_context(
     synced: dict[tuple[str, int], Any] = {}
     pushes: dict[tuple[str, int], PendingPush] = {}
     r, q = sync_record.c, sync_queue.c
+    # Read where a local change goes, in the order it goes there: the capture log, the
+    # queue (a fold moves it there in one commit), the sync state (a push's outcome moves
+    # it there in one commit). On PostgreSQL each statement sees what committed before
+    # it, so a change moving on between two reads is seen in the place it moved to; read
+    # the other way round, it would be seen in neither, and Dynamics' values would win
+    # over a local change as if none were waiting (the rows are locked above, so no new
+    # local change of them commits meanwhile).
     for obj, ids in record_ids.items():
         if not ids:
             continue
-        for s in conn.execute(
-            sa.select(sync_record).where(r.object == obj, r.record_id.in_(sorted(ids)))
-        ):
-            synced[(obj, s.record_id)] = s
+        # A local change committed since the fold that preceded this batch is still in
+        # the capture log: a push all the same.
+        logged = capture.logged_changes(conn, obj, ids)
         for p in conn.execute(
             sa.select(q.record_id, q.claimed_until, q.last_changed_at).where(
                 q.object == obj,
@@ -122,13 +131,15 @@ def load_context(
         ):
             claimed = p.claimed_until is not None and p.claimed_until > now
             pushes[(obj, p.record_id)] = PendingPush(claimed, p.last_changed_at)
-        # A local change committed since the fold that preceded this batch is still in
-        # the capture log: a push all the same.
-        for record_id, (changed_at, seq) in capture.logged_changes(conn, obj, ids).items():
+        for record_id, (changed_at, seq) in logged.items():
             known = pushes.get((obj, record_id))
             claimed = known is not None and known.claimed
             latest = max(changed_at, known.changed_at) if known is not None else changed_at
             pushes[(obj, record_id)] = PendingPush(claimed, latest, seq)
+        for s in conn.execute(
+            sa.select(sync_record).where(r.object == obj, r.record_id.in_(sorted(ids)))
+        ):
+            synced[(obj, s.record_id)] = s
     parents: dict[tuple[str, str], int] = {}
     on_way: set[tuple[str, str]] = set()
     for target, crm_ids in wanted_parents.items():
@@ -157,6 +168,14 @@ def load_context(
         ):
             on_way.add((target, pk.record_key))
     return ApplyContext(rows, synced, pushes, parents, frozenset(on_way))
+
+
+def _locked(select: sa.Select[Any], table: sa.Table) -> sa.Select[Any]:
+    """The local rows, locked for the rest of the apply on PostgreSQL (in the order of
+    their ids, as every apply takes them), so that what the plan compares is what is
+    there when it writes: a local change of one waits for the apply to commit, then goes
+    out as a push. SQLite's write transaction already keeps other writers out."""
+    return select.order_by(table.c.id).with_for_update()
 
 
 def _done(w: LocalWrite, record_id: int | None) -> Done:
