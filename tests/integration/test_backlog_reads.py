@@ -7,6 +7,8 @@ folds and checks the read against a count of the queue itself.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -224,7 +226,7 @@ def test_queued_records_changed_again_read_exactly_on_either_plan(
 ) -> None:
     """Every queued record changes again before the fold: the oldest waiting insert is
     still found (the queue's own candidates all have changes in the log), with the
-    planner's choice of plans and with the hash joins of a large tail."""
+    planner's choice of plans and with the merge joins of a large tail."""
     sql(
         engine,
         "INSERT INTO lead (id, email) VALUES (:i, :e)",
@@ -324,3 +326,58 @@ def test_a_long_tail_of_plain_inserts_counts_once_and_oldest_first(
     fold_pending(engine)
     assert queue_counts(engine)["lead"] == (1200, 0, 0)
     assert oldest_of(engine) == read_oldest
+
+
+def test_a_long_tail_no_statistics_describe_is_merged_in_record_order(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk load no ANALYZE has seen yet (the planner believes the log and the tables
+    a few hundred rows long): every statement of the backlog reads is planned without
+    hashing or bitmap-scanning the tail, which went through temporary files at a
+    million records (2.3 s a read where the merge in record order takes 1.2)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the plans of a long tail are chosen on PostgreSQL only")
+    n = backlog.LARGE_TAIL * 3
+    sql(
+        engine,
+        "INSERT INTO lead (id, email) VALUES (:i, :e)",
+        [{"i": i, "e": f"t{i}@x"} for i in range(1, n + 1)],
+    )
+    fold_pending(engine)
+    sql(engine, "UPDATE lead SET last_name = 'again' WHERE id % 2 = 0")
+    sql(
+        engine,
+        "INSERT INTO lead (id, email) VALUES (:i, :e)",
+        [{"i": i, "e": f"t{i}@x"} for i in range(n + 1, 2 * n + 1)],
+    )
+    plans: list[str] = []
+    inside = [False]
+    real = backlog._plans_for_tail
+
+    @contextmanager
+    def marking(conn: Any) -> Iterator[int]:
+        with real(conn) as size:
+            inside[0] = size > backlog.LARGE_TAIL
+            try:
+                yield size
+            finally:
+                inside[0] = False
+
+    def explain(_c: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if inside[0] and statement.lstrip().upper().startswith(("SELECT", "WITH")):
+            with cursor.connection.cursor() as other:
+                other.execute("EXPLAIN " + statement, parameters)
+                plans.append("\n".join(str(r[0]) for r in other.fetchall()))
+
+    monkeypatch.setattr(backlog, "_plans_for_tail", marking)
+    sa.event.listen(engine, "before_cursor_execute", explain)
+    try:
+        with read_transaction(engine) as conn:
+            rows = {r["object"]: r for r in status.backlog(conn, OBJECTS)["objects"]}
+            status.details(conn, "lead")
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", explain)
+    assert (rows["lead"]["inserts"], rows["lead"]["updates"]) == (2 * n, 0)
+    joined = [p for p in plans if "Join" in p or "Nested Loop" in p]
+    assert joined, plans
+    assert not [p for p in plans if "Hash Join" in p or "Bitmap" in p], plans

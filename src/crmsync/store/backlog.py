@@ -259,13 +259,19 @@ def _plain_sums(conn: Connection, obj: str, special: sa.CompoundSelect[Any]) -> 
     return [s for s in sums if s.n]
 
 
-# A log longer than this is read with hash joins on PostgreSQL (see ``_plans_for_tail``).
+# A log longer than this is merged in record order on PostgreSQL (see ``_plans_for_tail``).
 LARGE_TAIL = 1_000
 _PLANS = {
-    # small tail: look each record up by index; large: hash or merge the tail and the
-    # tables once, and run the plan as it is (compiling it took longer than it saved)
+    # small tail: look each record up by index; large: merge the tail and the tables
+    # once in the record's order, the log read off its index in that order, whatever
+    # the statistics say (a log or an application table no ANALYZE has seen since a
+    # bulk load looks a few hundred rows long: the planner hashed a million records
+    # through temporary files, 2.3 s where the merge takes 1.2, medians at 1,000,000),
+    # and run the plan as it is (compiling it took longer than it saved). Sorts stay
+    # allowed: without them the only plan left for a queue of no index in the record's
+    # order is a loop over it per record.
     False: ("enable_hashjoin", "enable_mergejoin"),
-    True: ("enable_nestloop", "jit"),
+    True: ("enable_nestloop", "enable_hashjoin", "enable_bitmapscan", "jit"),
 }
 
 
