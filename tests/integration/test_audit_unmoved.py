@@ -135,3 +135,46 @@ def test_sql_clears_only_rows_python_finds_unchanged(engine: sa.Engine, gadget: 
         if row["same"]:
             assert not changed, f"SQL cleared a row Python finds changed ({case}): {changed}"
         assert bool(row["same"]) is expected, case
+
+
+# Values SQLite's JSON cannot render exactly (a real rounds to 15 digits) or at all (a
+# blob): the row's JSON array would be wrong or an error, so each column decides.
+ODD: list[tuple[str, Any, Any]] = [
+    ("size", 0.30000000000000004, 0.3),  # a real in an integer column, rounded by json_array
+    ("size", 2.5, 2.5),
+    ("name", b"Ab", "Ab"),  # a blob: json_array refuses it
+    ("account_id", 7.5, 7.5),  # a real where a parent id belongs
+]
+
+
+def test_sqlite_values_json_cannot_hold_exactly_are_decided_column_by_column(
+    engine: sa.Engine, gadget: ObjectSpec
+) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("storage classes are SQLite's")
+    table = local_tables.local_table(gadget)
+    with write_transaction(engine) as conn:
+        for i, (column, local, kept) in enumerate(ODD, start=1):
+            # Bound straight through the driver: SQLAlchemy's types would convert them.
+            conn.exec_driver_sql(
+                f"INSERT INTO {table.name} (id, {column}) VALUES (?, ?)", (i, local)
+            )
+            conn.execute(
+                sa.insert(sync_record).values(
+                    object="gadget",
+                    record_id=i,
+                    last_synced_at=NOON,
+                    synced_values=_synced(gadget, column, kept),
+                )
+            )
+        classes = conn.exec_driver_sql(f"SELECT typeof(size) FROM {table.name} WHERE id = 1")
+        assert classes.scalar() == "real"
+    r = sync_record.c
+    same = same_as_synced("sqlite", gadget, table, r.synced_values)
+    with engine.connect() as conn:
+        cleared = conn.execute(
+            sa.select(table.c.id, same)
+            .join(sync_record, (r.object == "gadget") & (r.record_id == table.c.id))
+            .order_by(table.c.id)
+        ).all()
+    assert [bool(s) for _, s in cleared] == [False, False, False, False]

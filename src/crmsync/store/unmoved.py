@@ -8,7 +8,8 @@ would; the rows it does not clear are read and compared in Python, which decides
 may leave a row it could have cleared (a decimal, a date, a choice with options or
 labels: their canonical forms are Python's; a value kept in another JSON type), never
 clear one Python would not. PostgreSQL decides all columns in one jsonb containment
-(``synced_values`` parsed once a row); SQLite column by column.
+(``synced_values`` parsed once a row); SQLite first compares two JSON arrays as text
+(the row's values, the synced ones extracted in one parse), then column by column.
 """
 
 # What SQL decides as the same:
@@ -46,7 +47,8 @@ def same_as_synced(
     if dialect == "postgresql":
         same = [_contains(table, synced, list(kinds)), *undecided]
     else:
-        same = [_sqlite_same(table.c[c], synced, c, kind) for c, kind in kinds.items()]
+        each = sa.and_(*(_sqlite_same(table.c[c], synced, c, kind) for c, kind in kinds.items()))
+        same = [each if len(kinds) < 2 else _sqlite_at_once(table, synced, kinds, each)]
     return sa.func.coalesce(sa.and_(synced.is_not(None), *same), sa.false())
 
 
@@ -83,6 +85,29 @@ def _contains(table: sa.Table, synced: Any, columns: list[str]) -> sa.ColumnElem
     for part in parts[1:]:
         wanted = wanted.op("||")(part)
     return sa.cast(synced, JSONB).op("@>")(wanted)
+
+
+# The local value's SQLite storage classes whose JSON form (``json_array``) is exact and
+# whose equality, JSON text for JSON text, ``_sqlite_same`` would decide the same way.
+_EXACT = {"text": ("text", "null"), "integer": ("integer", "null"), "lookup": ("integer", "null")}
+
+
+def _sqlite_at_once(
+    table: sa.Table, synced: Any, kinds: dict[str, str | None], each: sa.ColumnElement[bool]
+) -> sa.ColumnElement[bool]:
+    """SQLite: the row's values and the synced ones as two JSON arrays, one parse of the
+    synced values, compared as text; where that does not clear the row (or the local
+    values are of a storage class whose JSON form would round or not be JSON at all),
+    ``each`` column decides. Equal texts are equal JSON values of one type each: a
+    text to the same characters, a whole number to the same value, a null to a null
+    or a missing key."""
+    paths = [sa.literal('$."' + c.replace('"', '""') + '"', sa.Text) for c in kinds]
+    exact = [
+        sa.func.typeof(table.c[c]).in_(_EXACT.get(kind or "", ("null",)))
+        for c, kind in kinds.items()
+    ]
+    texts = sa.func.json_extract(synced, *paths) == sa.func.json_array(*(table.c[c] for c in kinds))
+    return sa.case((sa.and_(*exact, texts), sa.true()), else_=each)
 
 
 def _sqlite_same(
