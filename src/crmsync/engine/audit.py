@@ -143,6 +143,15 @@ class Unread:
     moved_locally: set[int] = field(default_factory=set)
     pages: int = 0
     done: int = 0
+    # The last save, still being written while the next page is matched (a read); every
+    # write of the scan waits for it first, so saves and the lease's renewals keep order.
+    writing: asyncio.Task[None] | None = None
+
+    async def written(self) -> None:
+        """Wait for the last save (its error, if any, is raised here)."""
+        task, self.writing = self.writing, None
+        if task is not None:
+            await task
 
     def add(
         self, seen: list[dict[str, Any]], rows: list[dict[str, Any]], moved_locally: set[int]
@@ -294,8 +303,13 @@ class Auditor:
                 task = asyncio.create_task(self._page(job, spec, seen, step, repair, found, unread))
         finally:
             await pages.aclose()
-        if task is not None:
-            await task
+            # Neither the last page nor its save is left running (the page first: it
+            # may start a save); an error the loop raised comes before theirs.
+            errors = [await _settled(task), await _settled(unread.writing)]
+            unread.writing = None
+        for error in errors:
+            if error is not None:
+                raise error
         position["phase"] = "compare"
 
     def _save_and_match(
@@ -329,6 +343,7 @@ class Auditor:
         candidates, moved_locally, missing = await asyncio.to_thread(
             self._save_and_match, job, spec, seen
         )
+        await unread.written()
         found.only_dynamics += len(missing)
         for crm_id, record_id in missing.items():
             found.sample(DriftKind.ONLY_DYNAMICS, crm_id=crm_id, record_id=record_id)
@@ -365,7 +380,7 @@ class Auditor:
                 store_audit.save_seen(conn, job.id, spec.name, ids)
                 self._advance(conn, job, position, done)
 
-        await asyncio.to_thread(save)
+        unread.writing = asyncio.create_task(asyncio.to_thread(save))
 
     def _full_select(self, spec: ObjectSpec) -> list[str]:
         select = ch.select_for(spec, None)
@@ -489,3 +504,14 @@ class Auditor:
             found.repaired += await asyncio.to_thread(self._queue, spec, pushes)
             found.repaired += await self._stage(spec, pulls)
             found.repaired += await self._stage(spec, overwrite, resync=True)
+
+
+async def _settled(task: asyncio.Task[None] | None) -> Exception | None:
+    """Wait for ``task``; its error, taken (not raised)."""
+    if task is None:
+        return None
+    try:
+        await task
+    except Exception as e:  # handed to the caller, raised there
+        return e
+    return None
