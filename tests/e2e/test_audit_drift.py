@@ -169,6 +169,32 @@ def test_audit_finds_exactly_the_planted_drift_and_repair_fixes_it(
     assert again["checked"] == 4 and again["samples"] == []
 
 
+def test_small_pages_in_parts_find_each_record_once(
+    settings_here: Settings,
+    store: sa.Engine,
+    synced: dict[int, str],
+    emulator: tuple[Emulator, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pages of two ids, each matched in parts of one; the only-local pass in id ranges
+    whose bounds move with every page: no record missed at a bound, none found twice."""
+    monkeypatch.setattr("crmsync.engine.audit.PAGE", 2)
+    emu, _ = emulator
+    _plant(emu, store, synced)
+    with write_transaction(store) as conn, capture_suppressed(conn):
+        # Ids 7-18, never synced and unknown to the sync: the first range, (0, 9], holds
+        # twice a page of them; the second's rows come only after all of them.
+        for i in range(12):
+            conn.execute(sa.text("INSERT INTO lead (email) VALUES (:e)"), {"e": f"n{i}@x.org"})
+    found = _audit(settings_here, store)
+    assert (found["only_local"], found["only_dynamics"], found["different"]) == (13, 1, 2)
+    assert found["checked"] == 5 + 13
+    kinds = _kinds(found)
+    assert kinds["only_dynamics"] == {synced[4]}
+    assert kinds["different"] == {synced[1], synced[2]}
+    assert synced[3] in kinds["only_local"]
+
+
 def test_dry_run_resync_reads_only_and_reports_the_differences(
     settings_here: Settings,
     store: sa.Engine,

@@ -359,6 +359,35 @@ def test_a_job_held_by_a_dead_worker_is_cancelled_at_once(engine: Engine, db_url
     assert still.claimed_by == "w1"
 
 
+def test_an_ended_audit_drops_only_the_ids_it_read(engine: Engine) -> None:
+    """Cancelled or finished, an audit's saved ids go with it, and no other's do (on
+    SQLite the last one's go by a DELETE without WHERE)."""
+
+    def seen(job: Job, obj: str, n: int) -> None:
+        rows = [{"crm_id": f"{obj}-{i}", "version": i, "excluded": False} for i in range(n)]
+        with write_transaction(engine) as conn:
+            store_audit.save_seen(conn, job.id, obj, rows)
+
+    def counts() -> list[int]:
+        with engine.connect() as conn:
+            return [store_audit.count_seen(conn, j.id, o) for j, o in audits]
+
+    audits = [(_create_audit(engine, o), o) for o in ("lead", "contact", "account")]
+    for (job, obj), n in zip(audits, (3, 4, 5), strict=True):
+        seen(job, obj, n)
+    (first, _), (middle, _), (last, _) = audits
+    with write_transaction(engine) as conn:
+        jobs.cancel(conn, first.id)  # a waiting job: cancelled at once; others after it
+    assert counts() == [0, 4, 5]
+    held = jobs.claim(engine, "w1", LEASE, job_id=last.id)
+    assert held is not None
+    jobs.finish(engine, held, "w1", JobState.DONE, result={"objects": {}})  # one before
+    assert counts() == [0, 4, 0]
+    with write_transaction(engine) as conn:
+        jobs.cancel(conn, middle.id)  # the last
+    assert counts() == [0, 0, 0]
+
+
 def _create_audit(engine: Engine, obj: str) -> Job:
     with write_transaction(engine) as conn:
         return jobs.create(conn, JobKind.AUDIT, obj, None, {"repair": False})

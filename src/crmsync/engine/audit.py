@@ -2,16 +2,16 @@
 
 Cheap on Dynamics: it pages only ids and versions (``$select`` of the key,
 ``versionnumber``, ``modifiedon``; 5,000 a page). Each page is compared with the store
-(``store/audit.page_local``, which clears the unmoved rows in SQL) while the next is
-read; only records whose version or local values moved since the last sync are read in
-full, 50 ids a request gathered over up to 10 pages, and compared field by field
-(``engine/compare.py``). Then the pages' ids are saved (``store/audit.save_seen``) with
-the position, which carries the figures, so a crash resumes there. Local records
-Dynamics did not return are found last (``store/audit.only_local``). ``repair`` queues
-fixes through ``requeue.queue_again`` by flow and rules: a local change is pushed (a
-Dynamics change beside it meets If-Match and the rules), a Dynamics change is applied, a
-record deleted on one side is deleted on the other (synced before) or created there
-(never synced).
+(``store/audit.page_local``, which clears the unmoved rows in SQL; ``PARTS`` side by
+side) while the next is read; only records whose version or local values moved since the
+last sync are read in full, 50 ids a request gathered over up to 10 pages, and compared
+field by field (``engine/compare.py``). Then the pages' ids are saved
+(``store/audit.save_seen``) with the position, which carries the figures, so a crash
+resumes there. Local records Dynamics did not return are found last
+(``store/audit.only_local``). ``repair`` queues fixes through ``requeue.queue_again`` by
+flow and rules: a local change is pushed (a Dynamics change beside it meets If-Match and
+the rules), a Dynamics change is applied, a record deleted on one side is deleted on the
+other (synced before) or created there (never synced).
 """
 
 from __future__ import annotations
@@ -46,6 +46,14 @@ FULL_READ = 50  # ids a request when records are read in full
 # rather than a request a page): the position is saved when they are, so a crash
 # reads at most these pages' ids again.
 UNSAVED_PAGES = 10
+# A page is matched with the store in this many parts side by side, each in its own
+# snapshot, and the only-local pass reads the rest of the table in as many id ranges.
+PARTS = 2
+
+
+# A part of a page matched with the store: the local rows to read in full, the local ids
+# of those whose values moved, the ids only Dynamics holds (with the local id last synced).
+Matched = tuple[list[dict[str, Any]], set[int], dict[str, int | None]]
 
 
 class Cancelled(Exception):
@@ -263,12 +271,7 @@ class Auditor:
                     "repaired": findings.repaired,
                 },
             )
-        await asyncio.to_thread(self._forget, job)
-        return out
-
-    def _forget(self, job: Job) -> None:
-        with write_transaction(self.engine) as conn:
-            store_audit.forget_seen(conn, job.id)
+        return out  # what the pass saved is dropped as the job ends (``jobs.finish``)
 
     # --- the first pass: ids and versions -------------------------------------------------
 
@@ -312,23 +315,38 @@ class Auditor:
                 raise error
         position["phase"] = "compare"
 
-    def _save_and_match(
-        self, job: Job, spec: ObjectSpec, seen: list[dict[str, Any]]
-    ) -> tuple[list[dict[str, Any]], set[int], dict[str, int | None]]:
-        """Match a page of ids and versions with the store: the local rows to read in
-        full (and which of them moved locally), the ids only Dynamics holds."""
+    def _before_match(self, job: Job) -> None:
         self._check_cancel(job)
         # What capture logged meanwhile is the sync's to send, not drift: folded into the
         # queue entries the comparison leaves out (and what a fold still misses, the store
         # leaves out too), so that the log the comparison probes stays short.
         capture.fold_pending(self.engine, wait=False)
-        versions = {r["crm_id"]: r["version"] for r in seen if not r["excluded"]}
+
+    def _match(self, spec: ObjectSpec, versions: dict[str, int | None]) -> Matched:
+        """Match ids and versions with the store: the local rows to read in full (and
+        which of them moved locally), the ids only Dynamics holds."""
         # One snapshot: a row, its sync state and its queue entries as of one moment.
         with read_transaction(self.engine) as conn:
             rows, missing = store_audit.page_local(conn, spec, versions)
             candidates, moved_locally = moved(spec, rows)
             known = store_audit.on_their_way(conn, spec, candidates)
         return [r for r in candidates if r["crm_id"] not in known], moved_locally, missing
+
+    async def _match_page(self, job: Job, spec: ObjectSpec, seen: list[dict[str, Any]]) -> Matched:
+        """``_match`` for a page, its parts side by side, put back together in order."""
+        await asyncio.to_thread(self._before_match, job)
+        versions = [(r["crm_id"], r["version"]) for r in seen if not r["excluded"]]
+        size = max(1, -(-len(versions) // PARTS))
+        parts = await asyncio.gather(
+            *(
+                asyncio.to_thread(self._match, spec, dict(versions[i : i + size]))
+                for i in range(0, max(1, len(versions)), size)
+            )
+        )
+        candidates = [row for part in parts for row in part[0]]
+        moved_locally = {record_id for part in parts for record_id in part[1]}
+        missing = {crm_id: record_id for part in parts for crm_id, record_id in part[2].items()}
+        return candidates, moved_locally, missing
 
     async def _page(
         self,
@@ -340,9 +358,7 @@ class Auditor:
         found: Findings,
         unread: Unread,
     ) -> None:
-        candidates, moved_locally, missing = await asyncio.to_thread(
-            self._save_and_match, job, spec, seen
-        )
+        candidates, moved_locally, missing = await self._match_page(job, spec, seen)
         await unread.written()
         found.only_dynamics += len(missing)
         for crm_id, record_id in missing.items():
@@ -428,9 +444,7 @@ class Auditor:
         while True:
             self._check_cancel(job)
             await asyncio.to_thread(capture.fold_pending, self.engine, wait=False)
-            page = await asyncio.to_thread(
-                self._read, store_audit.only_local, job.id, spec, after, PAGE, started
-            )
+            page = await self._only_local_page(job, spec, after, started)
             if not page:
                 return
             after = page[-1]["id"]
@@ -448,6 +462,26 @@ class Auditor:
                 found.repaired += await asyncio.to_thread(self._stage_deletes, spec, gone)
             if len(page) < PAGE:
                 return
+
+    async def _only_local_page(
+        self, job: Job, spec: ObjectSpec, after: int, started: datetime
+    ) -> list[dict[str, Any]]:
+        """``store_audit.only_local`` after ``after``, a page: the first ``PAGE`` rows of
+        the ranges' pages, read side by side, in id order (the last range is open, for
+        the rows written since the highest id was read)."""
+        last = await asyncio.to_thread(self._read, store_audit.last_id, spec)
+        step = (last - after) // PARTS
+        bounds = [after + step * k for k in range(PARTS)] if step >= PAGE else [after]
+        uptos: list[int | None] = [*bounds[1:], None]
+        parts = await asyncio.gather(
+            *(
+                asyncio.to_thread(
+                    self._read, store_audit.only_local, job.id, spec, low, PAGE, started, upto
+                )
+                for low, upto in zip(bounds, uptos, strict=True)
+            )
+        )
+        return [row for part in parts for row in part][:PAGE]
 
     def _stage_deletes(self, spec: ObjectSpec, rows: Sequence[dict[str, Any]]) -> int:
         """Deletions Dynamics made that the sync never saw, staged to be applied."""

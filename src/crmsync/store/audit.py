@@ -77,10 +77,6 @@ def save_seen(conn: Connection, job_id: int, obj: str, rows: Sequence[Mapping[st
     )
 
 
-def forget_seen(conn: Connection, job_id: int) -> None:
-    conn.execute(sa.delete(sync_audit_seen).where(sync_audit_seen.c.job_id == job_id))
-
-
 def count_seen(conn: Connection, job_id: int, obj: str) -> int:
     s = sync_audit_seen.c
     return int(
@@ -136,11 +132,12 @@ def only_local(
     after: int,
     limit: int = PAGE,
     scan_started: datetime | None = None,
+    upto: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Local rows after the id ``after`` that Dynamics does not hold: the row, with
-    ``synced`` (it has sync state: it was in Dynamics once). Rows synced since
-    ``scan_started`` are left out: the first pass may have read past them before the
-    sync put them in Dynamics (no drift; the next audit sees them)."""
+    """Local rows after the id ``after`` (and up to ``upto``) that Dynamics does not
+    hold: the row, with ``synced`` (it has sync state: it was in Dynamics once). Rows
+    synced since ``scan_started`` are left out: the first pass may have read past them
+    before the sync put them in Dynamics (no drift; the next audit sees them)."""
     s, r, table = sync_audit_seen.c, sync_record.c, local_table(spec)
     # By the row's own Dynamics id (a push saves it on the row and in the sync state
     # together): a plain key probe of the first pass on both databases.
@@ -159,6 +156,7 @@ def only_local(
         .outerjoin(sync_record, (r.object == spec.name) & (r.record_id == table.c.id))
         .where(
             table.c.id > after,
+            *([table.c.id <= upto] if upto is not None else []),
             ~_marked(spec, table),
             sa.func.coalesce(r.excluded, sa.false()).is_(False),
             sa.or_(
@@ -187,6 +185,12 @@ def only_local(
         row.pop("synced_crm_id", None)
         out.append(row)
     return out
+
+
+def last_id(conn: Connection, spec: ObjectSpec) -> int:
+    """The highest local id of ``spec``'s table (0: none)."""
+    table = local_table(spec)
+    return int(conn.execute(sa.select(sa.func.max(table.c.id))).scalar() or 0)
 
 
 def page_local(

@@ -352,7 +352,7 @@ def cancel(conn: Connection, job_id: int, now: datetime | None = None) -> Job:
     )
     job = get(conn, job_id)
     if job.state is JobState.CANCELLED:
-        conn.execute(sa.delete(sync_audit_seen).where(sync_audit_seen.c.job_id == job_id))
+        _forget_seen(conn, job_id)
     return job
 
 
@@ -385,7 +385,22 @@ def finish(
             )
         )
         if ended.rowcount == 1:
-            conn.execute(sa.delete(sync_audit_seen).where(sync_audit_seen.c.job_id == job.id))
+            _forget_seen(conn, job.id)
+
+
+def _forget_seen(conn: Connection, job_id: int) -> None:
+    """Drop what the audit ``job_id`` read from Dynamics (only the job itself used it)."""
+    s = sync_audit_seen.c
+    if conn.dialect.name == "sqlite" and not any(
+        conn.execute(sa.select(s.job_id).where(other).limit(1)).first()
+        for other in (s.job_id < job_id, s.job_id > job_id)
+    ):
+        # The job's rows are all there are (the write lock keeps it so): a DELETE without
+        # WHERE drops the table's pages at once (SQLite's truncate optimisation), where
+        # one row at a time took 0.8 s for a million.
+        conn.execute(sa.delete(sync_audit_seen))
+        return
+    conn.execute(sa.delete(sync_audit_seen).where(s.job_id == job_id))
 
 
 def release(engine: Engine, worker: str) -> None:
