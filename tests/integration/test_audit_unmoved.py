@@ -178,3 +178,47 @@ def test_sqlite_values_json_cannot_hold_exactly_are_decided_column_by_column(
             .order_by(table.c.id)
         ).all()
     assert [bool(s) for _, s in cleared] == [False, False, False, False]
+
+
+def test_a_mapping_wider_than_a_function_takes_arguments_is_still_cleared(
+    engine: sa.Engine,
+) -> None:
+    """130 columns: more than one SQL function call may take (SQLite 127, PostgreSQL
+    100); the comparison goes in groups and still tells the same row from a changed one."""
+    fields = {f"f{i}": {"attribute": f"new_f{i}", "type": "string"} for i in range(130)}
+    specs = build(
+        {
+            "wide": {
+                "entity_set": "new_wides",
+                "logical_name": "new_wide",
+                "primary_key": "new_wideid",
+                "label": "f0",
+                "fields": fields,
+            }
+        }
+    )
+    activate(specs)
+    try:
+        spec = specs["wide"]
+        table = local_tables.local_table(spec)
+        values = {c: f"v{c}" for c in spec.columns}
+        with write_transaction(engine) as conn:
+            local_tables.bring_to(conn, specs.values())
+            for i, synced in ((1, values), (2, {**values, "f129": "other"})):
+                conn.execute(sa.insert(table).values(id=i, **values))
+                conn.execute(
+                    sa.insert(sync_record).values(
+                        object="wide", record_id=i, last_synced_at=NOON, synced_values=synced
+                    )
+                )
+        r = sync_record.c
+        same = same_as_synced(engine.dialect.name, spec, table, r.synced_values)
+        with engine.connect() as conn:
+            cleared = conn.execute(
+                sa.select(table.c.id, same)
+                .join(sync_record, (r.object == "wide") & (r.record_id == table.c.id))
+                .order_by(table.c.id)
+            ).all()
+        assert [(i, bool(s)) for i, s in cleared] == [(1, True), (2, False)]
+    finally:
+        activate(default_objects())

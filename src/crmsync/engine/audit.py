@@ -335,7 +335,7 @@ class Auditor:
     async def _match_page(self, job: Job, spec: ObjectSpec, seen: list[dict[str, Any]]) -> Matched:
         """``_match`` for a page, its parts side by side, put back together in order."""
         await asyncio.to_thread(self._before_match, job)
-        versions = [(r["crm_id"], r["version"]) for r in seen if not r["excluded"]]
+        versions = list({r["crm_id"]: r["version"] for r in seen if not r["excluded"]}.items())
         size = max(1, -(-len(versions) // PARTS))
         parts = await asyncio.gather(
             *(
@@ -440,11 +440,13 @@ class Auditor:
     async def _only_local(
         self, job: Job, spec: ObjectSpec, repair: bool, found: Findings, started: datetime
     ) -> None:
-        after = 0
+        after, parts = 0, PARTS
         while True:
             self._check_cancel(job)
             await asyncio.to_thread(capture.fold_pending, self.engine, wait=False)
-            page = await self._only_local_page(job, spec, after, started)
+            page, full = await self._only_local_page(job, spec, after, started, parts)
+            if full:  # dense: the next range's read would be thrown away page after page
+                parts = 1
             if not page:
                 return
             after = page[-1]["id"]
@@ -464,14 +466,15 @@ class Auditor:
                 return
 
     async def _only_local_page(
-        self, job: Job, spec: ObjectSpec, after: int, started: datetime
-    ) -> list[dict[str, Any]]:
+        self, job: Job, spec: ObjectSpec, after: int, started: datetime, ranges: int
+    ) -> tuple[list[dict[str, Any]], bool]:
         """``store_audit.only_local`` after ``after``, a page: the first ``PAGE`` rows of
-        the ranges' pages, read side by side, in id order (the last range is open, for
-        the rows written since the highest id was read)."""
+        ``ranges`` ranges' pages, read side by side, in id order (the last range is open,
+        for the rows written since the highest id was read); and whether the first range
+        alone filled the page."""
         last = await asyncio.to_thread(self._read, store_audit.last_id, spec)
-        step = (last - after) // PARTS
-        bounds = [after + step * k for k in range(PARTS)] if step >= PAGE else [after]
+        step = (last - after) // ranges
+        bounds = [after + step * k for k in range(ranges)] if step >= PAGE else [after]
         uptos: list[int | None] = [*bounds[1:], None]
         parts = await asyncio.gather(
             *(
@@ -481,7 +484,7 @@ class Auditor:
                 for low, upto in zip(bounds, uptos, strict=True)
             )
         )
-        return [row for part in parts for row in part][:PAGE]
+        return [row for part in parts for row in part][:PAGE], len(parts[0]) == PAGE
 
     def _stage_deletes(self, spec: ObjectSpec, rows: Sequence[dict[str, Any]]) -> int:
         """Deletions Dynamics made that the sync never saw, staged to be applied."""

@@ -33,6 +33,9 @@ from crmsync.domain import FieldType, ObjectSpec
 
 # PostgreSQL functions take at most 100 arguments: a jsonb_build_object of 40 pairs.
 _PAIRS = 40
+# SQLite's take 127 (SQLITE_MAX_FUNCTION_ARG's default before 3.48): a json_extract of
+# at most 100 paths.
+_PATHS = 100
 
 
 def same_as_synced(
@@ -101,19 +104,32 @@ def _sqlite_at_once(
     ``each`` column decides. Equal texts are equal JSON values of one type each: a
     text to the same characters, a whole number to the same value, a null to a null
     or a missing key."""
-    paths = [sa.literal('$."' + c.replace('"', '""') + '"', sa.Text) for c in kinds]
     exact = [
         sa.func.typeof(table.c[c]).in_(_EXACT.get(kind or "", ("null",)))
         for c, kind in kinds.items()
     ]
-    texts = sa.func.json_extract(synced, *paths) == sa.func.json_array(*(table.c[c] for c in kinds))
-    return sa.case((sa.and_(*exact, texts), sa.true()), else_=each)
+    # In groups of at least two columns (json_extract of one path is no array).
+    columns = list(kinds)
+    groups = -(-len(columns) // _PATHS)
+    size = -(-len(columns) // groups)
+    texts = [
+        sa.func.json_extract(synced, *(_path(c) for c in group))
+        == sa.func.json_array(*(table.c[c] for c in group))
+        for group in (columns[i : i + size] for i in range(0, len(columns), size))
+    ]
+    # A CASE, so that json_array never sees a value the guards turned away (a blob: an
+    # error, "JSON cannot hold BLOB values", were it evaluated in an AND).
+    return sa.case((sa.and_(*exact, *texts), sa.true()), else_=each)
+
+
+def _path(name: str) -> sa.ColumnElement[str]:
+    return sa.literal('$."' + name.replace('"', '""') + '"', sa.Text)
 
 
 def _sqlite_same(
     local: sa.ColumnElement[Any], synced: Any, name: str, kind: str | None
 ) -> sa.ColumnElement[bool]:
-    path = sa.literal('$."' + name.replace('"', '""') + '"', sa.Text)
+    path = _path(name)
     json_kind, value = sa.func.json_type(synced, path), sa.func.json_extract(synced, path)
     both_null = local.is_(None) & sa.or_(json_kind.is_(None), json_kind == "null")
     if kind == "lookup":
