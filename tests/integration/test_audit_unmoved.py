@@ -103,19 +103,33 @@ def _synced(spec: ObjectSpec, column: str, value: Any) -> dict[str, Any]:
     return base
 
 
+def _sync_state(conn: sa.Connection, obj: str, record_id: int, synced: dict[str, Any]) -> None:
+    conn.execute(
+        sa.insert(sync_record).values(
+            object=obj, record_id=record_id, last_synced_at=NOON, synced_values=synced
+        )
+    )
+
+
+def _cleared(engine: sa.Engine, spec: ObjectSpec, table: sa.Table) -> list[tuple[int, bool]]:
+    """Each local row's id and whether SQL clears it as unmoved, in id order."""
+    r = sync_record.c
+    same = same_as_synced(engine.dialect.name, spec, table, r.synced_values)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(table.c.id, same)
+            .join(sync_record, (r.object == spec.name) & (r.record_id == table.c.id))
+            .order_by(table.c.id)
+        ).all()
+    return [(int(i), bool(s)) for i, s in rows]
+
+
 def test_sql_clears_only_rows_python_finds_unchanged(engine: sa.Engine, gadget: ObjectSpec) -> None:
     table = local_tables.local_table(gadget)
     with write_transaction(engine) as conn:
         for i, (column, local, kept, _) in enumerate(CASES, start=1):
             conn.execute(sa.insert(table).values(id=i, **{column: local}))
-            conn.execute(
-                sa.insert(sync_record).values(
-                    object="gadget",
-                    record_id=i,
-                    last_synced_at=NOON,
-                    synced_values=_synced(gadget, column, kept),
-                )
-            )
+            _sync_state(conn, "gadget", i, _synced(gadget, column, kept))
     dialect = engine.dialect.name
     r = sync_record.c
     same = same_as_synced(dialect, gadget, table, r.synced_values)
@@ -159,25 +173,10 @@ def test_sqlite_values_json_cannot_hold_exactly_are_decided_column_by_column(
             conn.exec_driver_sql(
                 f"INSERT INTO {table.name} (id, {column}) VALUES (?, ?)", (i, local)
             )
-            conn.execute(
-                sa.insert(sync_record).values(
-                    object="gadget",
-                    record_id=i,
-                    last_synced_at=NOON,
-                    synced_values=_synced(gadget, column, kept),
-                )
-            )
+            _sync_state(conn, "gadget", i, _synced(gadget, column, kept))
         classes = conn.exec_driver_sql(f"SELECT typeof(size) FROM {table.name} WHERE id = 1")
         assert classes.scalar() == "real"
-    r = sync_record.c
-    same = same_as_synced("sqlite", gadget, table, r.synced_values)
-    with engine.connect() as conn:
-        cleared = conn.execute(
-            sa.select(table.c.id, same)
-            .join(sync_record, (r.object == "gadget") & (r.record_id == table.c.id))
-            .order_by(table.c.id)
-        ).all()
-    assert [bool(s) for _, s in cleared] == [False, False, False, False]
+    assert [s for _, s in _cleared(engine, gadget, table)] == [False, False, False, False]
 
 
 def test_a_mapping_wider_than_a_function_takes_arguments_is_still_cleared(
@@ -206,19 +205,7 @@ def test_a_mapping_wider_than_a_function_takes_arguments_is_still_cleared(
             local_tables.bring_to(conn, specs.values())
             for i, synced in ((1, values), (2, {**values, "f129": "other"})):
                 conn.execute(sa.insert(table).values(id=i, **values))
-                conn.execute(
-                    sa.insert(sync_record).values(
-                        object="wide", record_id=i, last_synced_at=NOON, synced_values=synced
-                    )
-                )
-        r = sync_record.c
-        same = same_as_synced(engine.dialect.name, spec, table, r.synced_values)
-        with engine.connect() as conn:
-            cleared = conn.execute(
-                sa.select(table.c.id, same)
-                .join(sync_record, (r.object == "wide") & (r.record_id == table.c.id))
-                .order_by(table.c.id)
-            ).all()
-        assert [(i, bool(s)) for i, s in cleared] == [(1, True), (2, False)]
+                _sync_state(conn, "wide", i, synced)
+        assert _cleared(engine, spec, table) == [(1, True), (2, False)]
     finally:
         activate(default_objects())
