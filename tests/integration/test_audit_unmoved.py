@@ -158,6 +158,7 @@ ODD: list[tuple[str, Any, Any]] = [
     ("size", 2.5, 2.5),
     ("name", b"Ab", "Ab"),  # a blob: json_array refuses it
     ("account_id", 7.5, 7.5),  # a real where a parent id belongs
+    ("account_id", b"7", "7"),  # a blob: its text is the same, Python's is not
 ]
 
 
@@ -176,7 +177,7 @@ def test_sqlite_values_json_cannot_hold_exactly_are_decided_column_by_column(
             _sync_state(conn, "gadget", i, _synced(gadget, column, kept))
         classes = conn.exec_driver_sql(f"SELECT typeof(size) FROM {table.name} WHERE id = 1")
         assert classes.scalar() == "real"
-    assert [s for _, s in _cleared(engine, gadget, table)] == [False, False, False, False]
+    assert [s for _, s in _cleared(engine, gadget, table)] == [False] * len(ODD)
 
 
 def test_a_mapping_wider_than_a_function_takes_arguments_is_still_cleared(
