@@ -210,7 +210,9 @@ class Settings(BaseSettings):
         ge=1,
         le=1_000_000,
         description="Open connections crmsync serve keeps; past it, the one idle longest "
-        "before sending its headers is closed (keep it below the file descriptor limit)",
+        "before sending its headers is closed, and while every one is busy with a request "
+        "a reserve of 1% (at least 8) more may wait for theirs (keep the sum below the file "
+        "descriptor limit)",
     )
     trusted_proxies: str = Field(
         "",

@@ -219,6 +219,44 @@ def test_a_slowloris_cannot_keep_healthz_from_answering(serve: Serve) -> None:
         assert closed >= slow - cap
 
 
+def test_a_health_check_is_answered_while_every_kept_connection_serves_a_request(
+    serve: Serve,
+) -> None:
+    """The cap full of real requests (each waiting for the rest of its body): a new
+    connection waits in the reserve and is answered; past the reserve one is closed."""
+    cap, reserve = 10, 8  # the reserve: 1% of the cap, at least 8
+    with serve(max_connections=cap, body_timeout_seconds=30) as (url, port), ExitStack() as stack:
+        for _ in range(cap):
+            s = stack.enter_context(connect(port))
+            s.sendall(
+                b"POST /api/v1/records/lead HTTP/1.1\r\nHost: t\r\n"
+                + AUTH.encode()
+                + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+            )
+        time.sleep(0.3)  # every one of them is past its headers
+        with httpx.Client(base_url=url, timeout=5) as http:
+            for _ in range(3):
+                assert http.get("/healthz").status_code in (200, 503)
+        held = []
+        for _ in range(reserve):  # the reserve, filled with requests that wait too
+            s = stack.enter_context(connect(port))
+            s.sendall(
+                b"POST /api/v1/records/lead HTTP/1.1\r\nHost: t\r\n"
+                + AUTH.encode()
+                + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+            )
+            held.append(s)
+        time.sleep(0.3)
+        with connect(port) as extra:
+            extra.settimeout(5)
+            try:
+                extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                closed = extra.recv(1) == b""
+            except (ConnectionResetError, BrokenPipeError):
+                closed = True
+            assert closed, "a connection past the cap and the reserve was kept"
+
+
 def test_x_forwarded_for_is_believed_only_from_trusted_proxies(serve: Serve) -> None:
     def attempt(http: httpx.Client, password: str, forwarded_for: str) -> int:
         headers = {"X-Forwarded-For": forwarded_for}

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import httpx
 
 from crmsync.web.limits import Admission
+from crmsync.web.server import eviction_order
 
 
 async def test_a_burst_is_admitted_a_few_at_a_time_and_healthz_goes_first() -> None:
@@ -55,3 +57,16 @@ def test_server_options_trust_no_proxy_by_default_and_normalise_networks() -> No
         load_settings(database_url="sqlite:///x.db", header_timeout_seconds=3, max_connections=7)
     )["http"]
     assert (limits.header_timeout, limits.max_connections) == (3, 7)
+
+
+def test_room_is_made_first_from_connections_that_sent_part_of_their_headers() -> None:
+    """A connection not read yet (a probe's request still in the kernel's buffer while
+    the server accepts a flood) goes after every one that sent part of its headers,
+    however much older they are; among each kind the longest waiting goes first."""
+    fresh_old = SimpleNamespace(partial=False, waiting_since=1.0)
+    slow_new = SimpleNamespace(partial=True, waiting_since=9.0)
+    slow_old = SimpleNamespace(partial=True, waiting_since=5.0)
+    fresh_new = SimpleNamespace(partial=False, waiting_since=8.0)
+    conns = [fresh_old, slow_new, slow_old, fresh_new]
+    ordered = sorted(conns, key=eviction_order)  # type: ignore[arg-type]
+    assert ordered == [slow_old, slow_new, fresh_old, fresh_new]

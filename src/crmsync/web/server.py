@@ -1,18 +1,18 @@
 """The HTTP server of ``crmsync serve`` (and of ``run`` and ``demo``): uvicorn, guarded.
 
-uvicorn (0.54) times out idle keep-alive connections but sets no deadline for a
-request's headers: a client that connects and sends nothing, or one header line a
-minute (slowloris), holds a connection and a file descriptor for ever, and enough of
-them take the server down (``OSError: Too many open files``). ``GuardedH11Protocol``
-adds what is missing, at the protocol level, before any application code runs:
+uvicorn (0.54) sets no deadline for a request's headers: a client sending one header
+line a minute (slowloris) holds a connection and a file descriptor for ever, and enough
+of them take the server down (``OSError: Too many open files``). ``GuardedH11Protocol``
+adds, before any application code runs:
 
-- a connection has ``header_timeout`` seconds from its first byte (or from connecting)
-  to finish a request's headers; past it, it gets a 408 and is closed;
-- at most ``max_connections`` are kept: over that, the connection that has waited
-  longest for its headers (the likeliest attacker) is closed to make room, or the new
-  one when every connection is busy with a real request. So a flood of half-sent
-  requests cannot keep ``/healthz`` or the API from answering. Slow and large bodies
-  are the ASGI middleware's (``web/limits.py``).
+- ``header_timeout`` seconds from a request's first byte (or from connecting) to finish
+  its headers; past it, a 408 and the connection closed;
+- at most ``max_connections`` kept: over that, the one waiting longest for its headers
+  is closed, one that sent part of them before one not read yet (a health check the
+  busy server has not read must not go for a slowloris that came before it). While
+  every other one is busy with a request, a new one may wait in a reserve (1% of the
+  cap, at least 8), so a burst at the cap does not cut off the next health check.
+Slow and large bodies are the ASGI middleware's (``web/limits.py``).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class GuardedH11Protocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
         self.waiting_since: float | None = None  # waiting for headers since (loop time)
+        self.partial = False  # part of the headers read, not the rest
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -55,6 +56,7 @@ class GuardedH11Protocol(H11Protocol):
         if self.transport.is_closing():
             return
         if self._awaiting_headers():
+            self.partial = True
             self._await_headers()
         else:
             self._headers_done()
@@ -81,6 +83,7 @@ class GuardedH11Protocol(H11Protocol):
             self._header_timer.cancel()
         self._header_timer = None
         self.waiting_since = None
+        self.partial = False
 
     def _too_slow(self) -> None:
         self._header_timer = None
@@ -89,15 +92,28 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.write(_TIMEOUT_RESPONSE)
         self.transport.close()
 
+    @property
+    def reserve(self) -> int:
+        """New connections kept over the cap while every other one is busy."""
+        return max(8, self.max_connections // 100)
+
     def _make_room(self) -> None:
         waiting = [
             c
             for c in self.connections
-            if isinstance(c, GuardedH11Protocol) and c.waiting_since is not None
+            if isinstance(c, GuardedH11Protocol) and c.waiting_since is not None and c is not self
         ]
-        victim = min(waiting, key=lambda c: c.waiting_since or 0.0, default=self)
+        if not waiting and len(self.connections) <= self.max_connections + self.reserve:
+            return  # every other one is busy with a request: this one waits in the reserve
+        victim = min(waiting, key=eviction_order, default=self)
         victim._headers_done()
         victim.transport.close()
+
+
+def eviction_order(c: GuardedH11Protocol) -> tuple[bool, float]:
+    """Who is closed first to make room: a connection that sent part of its headers
+    before one not read yet, and the longer waiting before the shorter."""
+    return (not c.partial, c.waiting_since or 0.0)
 
 
 def guarded_protocol(header_timeout: float, max_connections: int) -> type[GuardedH11Protocol]:
