@@ -88,6 +88,26 @@ def read_response(sock: socket.socket) -> bytes:
     return data
 
 
+def closed_by_server(socks: list[socket.socket], want: int, seconds: float) -> int:
+    """How many of ``socks`` the server closed (EOF or reset), looked at until ``want``
+    of them are or ``seconds`` have passed."""
+    waiting, closed = list(socks), 0
+    deadline = time.monotonic() + seconds
+    while closed < want and time.monotonic() < deadline:
+        for s in list(waiting):
+            s.settimeout(0.001)
+            try:
+                gone = s.recv(1) == b""
+            except TimeoutError:
+                gone = False
+            except ConnectionResetError:
+                gone = True
+            if gone:
+                closed += 1
+                waiting.remove(s)
+    return closed
+
+
 def status_of(response: bytes) -> int:
     match = re.match(rb"HTTP/1\.1 (\d{3})", response)
     assert match, response[:200]
@@ -203,21 +223,7 @@ def test_a_slowloris_cannot_keep_healthz_from_answering(serve: Serve) -> None:
                 assert r.status_code in (200, 503), r.text  # answers (503: no Dynamics set)
                 assert time.monotonic() - started < 1.0
         # The cap held: the half-sent requests beyond it were closed by the server.
-        open_socks, closed = list(socks), 0
-        deadline = time.monotonic() + 5
-        while closed < slow - cap and time.monotonic() < deadline:
-            for s in list(open_socks):
-                s.settimeout(0.001)
-                try:
-                    gone = s.recv(1) == b""
-                except TimeoutError:
-                    gone = False
-                except ConnectionResetError:
-                    gone = True
-                if gone:
-                    closed += 1
-                    open_socks.remove(s)
-        assert closed >= slow - cap
+        assert closed_by_server(socks, slow - cap, seconds=5) >= slow - cap
 
 
 def test_a_health_check_is_answered_while_every_kept_connection_serves_a_request(
@@ -253,20 +259,7 @@ def test_a_health_check_is_answered_while_every_kept_connection_serves_a_request
                     + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
                 )
             socks.append(s)
-        socks = busy + socks
-        closed, deadline = 0, time.monotonic() + 10
-        while closed < over and time.monotonic() < deadline:
-            for s in list(socks):
-                s.settimeout(0.01)
-                try:
-                    gone = s.recv(1) == b""
-                except TimeoutError:
-                    gone = False
-                except ConnectionResetError:
-                    gone = True
-                if gone:
-                    closed += 1
-                    socks.remove(s)
+        closed = closed_by_server(busy + socks, over, seconds=10)
         assert closed >= over, f"{closed} of the {over} connections past the cap and reserve"
 
 
