@@ -416,6 +416,7 @@ class Auditor:
     ) -> None:
         """After the first pass: the local records Dynamics did not return (but for those
         synced since the pass started)."""
+        await asyncio.to_thread(store_audit.analyse_seen, self.engine)
         await self._only_local(job, spec, repair, found, started)
         seen = await asyncio.to_thread(self._read, store_audit.count_seen, job.id, spec.name)
         found.checked = int(seen) + found.only_local

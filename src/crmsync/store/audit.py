@@ -23,11 +23,12 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from crmsync.domain import Direction, ObjectSpec
+from crmsync.store import planner_stats
 from crmsync.store.local_tables import local_table
 from crmsync.store.pgarrays import id_in, unnest
 from crmsync.store.schema import (
@@ -75,6 +76,12 @@ def save_seen(conn: Connection, job_id: int, obj: str, rows: Sequence[Mapping[st
         ),
         params,
     )
+
+
+def analyse_seen(engine: Engine) -> None:
+    """Bring the planner's statistics of the seen ids up to what the first pass saved,
+    before ``only_local`` anti-joins them (PostgreSQL)."""
+    planner_stats.analyse_now(engine, sync_audit_seen)
 
 
 def count_seen(conn: Connection, job_id: int, obj: str) -> int:
@@ -159,13 +166,14 @@ def only_local(
             *([table.c.id <= upto] if upto is not None else []),
             ~_marked(spec, table),
             sa.func.coalesce(r.excluded, sa.false()).is_(False),
-            sa.or_(
-                # Never in Dynamics: no id, no sync state.
-                table.c.crm_id.is_(None) & r.record_id.is_(None),
-                table.c.crm_id.is_not(None)
-                & ~seen
-                & ~_queued(spec.name, Direction.FROM_CRM, table.c.crm_id),
-            ),
+            # A row with a Dynamics id that the first pass did not read, or one never in
+            # Dynamics (no id, no sync state). The probes are true of a row without an
+            # id (a null matches nothing), so they stand outside the OR: PostgreSQL
+            # turns only a top-level NOT EXISTS into an anti-join, which hashes the
+            # seen ids where probing them row by row would take seconds at 1,000,000.
+            ~seen,
+            ~_queued(spec.name, Direction.FROM_CRM, table.c.crm_id),
+            table.c.crm_id.is_not(None) | r.record_id.is_(None),
             ~_queued(spec.name, Direction.TO_CRM, sa.cast(table.c.id, sa.String)),
             _uncaptured(spec.name, table.c.id),
             *(
