@@ -1,9 +1,9 @@
-"""The only-local pass hashes the seen ids instead of probing them once a local row.
+"""The only-local pass hashes the seen ids instead of probing them once a local row
+(docs/benchmarks.md, session 19).
 
-At 1,000,000 records the probe per row took 2.2 s a range; the anti-join 0.35 s. The
-planner turns a NOT EXISTS into an anti-join only at the top level of the WHERE (not
-inside an OR), and chooses the hash only on statistics that know the seen ids' number,
-so the audit analyses them first (``store.audit.analyse_seen``).
+PostgreSQL turns a NOT EXISTS into an anti-join only at the top level of the WHERE (not
+inside an OR), and chooses the hash only on statistics that know how many ids were
+seen, so the audit analyses them first (``store.audit.analyse_seen``).
 """
 
 from __future__ import annotations
